@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# HTTP throughput of lattice vs `wasmtime serve -Scli` on the same hello component, a fresh
+# instance per request in both. Alternating runs of `wrk` (32 connections, 10 s each by default);
+# prints requests/s, p50 and p99 latency per run and the ratio of the medians.
+#
+#   bench/http.sh [ROUNDS]        (env: DURATION=10s CONNECTIONS=32 THREADS=2)
+#
+# Installs wrk (Debian) and wasmtime-cli of the same major as our wasmtime (cargo install, once,
+# into bench/.cache/wasmtime) when missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+ROUNDS=${1:-3}
+DURATION=${DURATION:-10s}
+CONNECTIONS=${CONNECTIONS:-32}
+THREADS=${THREADS:-2}
+CACHE=bench/.cache
+WASMTIME_VERSION=$(sed -n 's/^wasmtime = { version = "\([0-9.]*\)".*/\1/p' Cargo.toml)
+
+if ! command -v wrk >/dev/null; then
+  if [ "$(id -u)" -eq 0 ]; then apt-get install -y -qq wrk; else sudo apt-get install -y -qq wrk; fi
+fi
+if [ ! -x "$CACHE/wasmtime/bin/wasmtime" ]; then
+  echo "installing wasmtime-cli $WASMTIME_VERSION into $CACHE/wasmtime (once; a long build)" >&2
+  cargo install --locked --quiet wasmtime-cli --version "$WASMTIME_VERSION" --root "$CACHE/wasmtime"
+fi
+cargo build --release --quiet
+cargo build --release --quiet --target wasm32-wasip2 --manifest-path examples/Cargo.toml --target-dir examples/target
+WASM=$PWD/examples/target/wasm32-wasip2/release/http_hello.wasm
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_http() { for _ in $(seq 200); do curl -sf "http://127.0.0.1:$1/" >/dev/null && return 0; sleep 0.05; done; echo "server on $1 did not answer" >&2; return 1; }
+
+WORK=$(mktemp -d)
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
+trap cleanup EXIT
+
+mkdir -p "$WORK/config"
+sed "s#file://../target/wasm32-wasip2/release/http_hello.wasm#file://$WASM#" examples/http-hello/wadm.yaml > "$WORK/config/hello.yaml"
+LPORT=$(free_port)
+target/release/lattice up --config-dir "$WORK/config" --data-dir "$WORK/data" --http-addr "127.0.0.1:$LPORT" \
+  --log warn 2>"$WORK/lattice.log" &
+PIDS+=($!)
+WPORT=$(free_port)
+"$CACHE/wasmtime/bin/wasmtime" serve -Scli --addr "127.0.0.1:$WPORT" "$WASM" >/dev/null 2>"$WORK/wasmtime.log" &
+PIDS+=($!)
+wait_http "$LPORT"; wait_http "$WPORT"
+
+# One wrk run: prints "RPS P50_MS P99_MS".
+run_wrk() {
+  wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency "http://127.0.0.1:$1/" | awk '
+    function ms(v) { if (v ~ /us$/) return v/1000; if (v ~ /ms$/) return v+0; if (v ~ /s$/) return v*1000; return v }
+    /Requests\/sec/ { rps=$2 }
+    /^ +50%/ { p50=ms($2) }
+    /^ +99%/ { p99=ms($2) }
+    /Non-2xx/ { bad=$NF }
+    END { printf "%d %.3f %.3f %s\n", rps, p50, p99, (bad==""?0:bad) }'
+}
+
+printf '%-6s %-16s %10s %9s %9s %8s\n' round server req/s p50_ms p99_ms non2xx
+L=(); W=()
+for r in $(seq "$ROUNDS"); do
+  read -r rps p50 p99 bad < <(run_wrk "$LPORT"); L+=("$rps")
+  printf '%-6s %-16s %10s %9s %9s %8s\n' "$r" lattice "$rps" "$p50" "$p99" "$bad"
+  read -r rps p50 p99 bad < <(run_wrk "$WPORT"); W+=("$rps")
+  printf '%-6s %-16s %10s %9s %9s %8s\n' "$r" "wasmtime-serve" "$rps" "$p50" "$p99" "$bad"
+done
+median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+ML=$(median "${L[@]}"); MW=$(median "${W[@]}")
+echo "median req/s: lattice $ML, wasmtime serve $MW, ratio $(awk -v a="$ML" -v b="$MW" 'BEGIN { printf "%.2f", a/b }')x"

@@ -1,0 +1,135 @@
+//! `http-echo`: a `wasi:http/proxy` component that streams the request body back as the response.
+//!
+//! Every request is answered with `200 OK` and a body that is exactly the
+//! request body (possibly empty), streamed chunk by chunk so large bodies never
+//! sit in guest memory as a whole. Response headers:
+//!
+//! - `content-type: application/octet-stream`
+//! - `x-echo-method: <METHOD>`
+//! - `x-echo-path: <path-with-query>`
+//! - every request header whose name starts with `x-`, copied verbatim
+//!   (except request headers named `x-echo-method` or `x-echo-path`, which
+//!   would clash with the two above).
+
+use std::io::Write as _;
+
+use wasi::exports::http::incoming_handler::Guest;
+use wasi::http::types::{
+    ErrorCode, Fields, IncomingRequest, Method, OutgoingBody, OutgoingResponse, ResponseOutparam,
+};
+use wasi::io::streams::StreamError;
+
+/// Largest number of bytes asked for in one read of the request body.
+const READ_CHUNK: u64 = 64 * 1024;
+
+struct HttpEcho;
+
+wasi::http::proxy::export!(HttpEcho);
+
+impl Guest for HttpEcho {
+    fn handle(request: IncomingRequest, response_out: ResponseOutparam) {
+        let method = method_name(&request.method());
+        let path = request.path_with_query().unwrap_or_else(|| "/".to_string());
+
+        let mut entries = vec![
+            (
+                "content-type".to_string(),
+                b"application/octet-stream".to_vec(),
+            ),
+            ("x-echo-method".to_string(), method.into_bytes()),
+            ("x-echo-path".to_string(), path.into_bytes()),
+        ];
+        entries.extend(request.headers().entries().into_iter().filter(|(name, _)| {
+            let name = name.to_ascii_lowercase();
+            name.starts_with("x-") && name != "x-echo-method" && name != "x-echo-path"
+        }));
+        let headers = match Fields::from_list(&entries) {
+            Ok(headers) => headers,
+            Err(err) => {
+                let message = format!("cannot build response headers: {err:?}");
+                ResponseOutparam::set(response_out, Err(ErrorCode::InternalError(Some(message))));
+                return;
+            }
+        };
+
+        let Ok(incoming_body) = request.consume() else {
+            let message = "request body was already consumed".to_string();
+            ResponseOutparam::set(response_out, Err(ErrorCode::InternalError(Some(message))));
+            return;
+        };
+
+        let response = OutgoingResponse::new(headers);
+        let outgoing_body = response.body().expect("response body is taken only once");
+        // Send the head now so the body can be streamed while the request is
+        // still arriving.
+        ResponseOutparam::set(response_out, Ok(response));
+
+        let copied = {
+            let input = incoming_body
+                .stream()
+                .expect("request body stream is taken only once");
+            let mut output = outgoing_body
+                .write()
+                .expect("response body stream is taken only once");
+            copy(&input, &mut output)
+            // `input` and `output` are children of the two bodies and are
+            // dropped here, before the bodies themselves.
+        };
+        drop(incoming_body);
+
+        match copied {
+            Ok(()) => {
+                OutgoingBody::finish(outgoing_body, None).expect("finishing the response body");
+            }
+            Err(err) => {
+                // The status line is already sent; dropping the body without
+                // finishing it tells the host the response is incomplete, so
+                // the client sees an aborted body rather than a short one.
+                eprintln!("http-echo: {err}");
+                drop(outgoing_body);
+            }
+        }
+    }
+}
+
+/// Copies `input` to `output` until the input ends, then flushes the output.
+///
+/// Writes go through `std::io::Write`, which never writes more than the
+/// stream's `check-write` budget allows and waits for it when it is zero.
+fn copy(
+    input: &wasi::io::streams::InputStream,
+    output: &mut wasi::io::streams::OutputStream,
+) -> Result<(), String> {
+    loop {
+        let chunk = match input.blocking_read(READ_CHUNK) {
+            Ok(chunk) => chunk,
+            Err(StreamError::Closed) => break,
+            Err(StreamError::LastOperationFailed(err)) => {
+                return Err(format!("reading request body: {}", err.to_debug_string()));
+            }
+        };
+        output
+            .write_all(&chunk)
+            .map_err(|err| format!("writing response body: {err}"))?;
+    }
+    output
+        .flush()
+        .map_err(|err| format!("flushing response body: {err}"))
+}
+
+/// The HTTP method as it appears on the request line.
+fn method_name(method: &Method) -> String {
+    match method {
+        Method::Get => "GET",
+        Method::Head => "HEAD",
+        Method::Post => "POST",
+        Method::Put => "PUT",
+        Method::Delete => "DELETE",
+        Method::Connect => "CONNECT",
+        Method::Options => "OPTIONS",
+        Method::Trace => "TRACE",
+        Method::Patch => "PATCH",
+        Method::Other(other) => other.as_str(),
+    }
+    .to_string()
+}

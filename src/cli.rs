@@ -1,0 +1,84 @@
+//! Command-line definitions (clap) only: every flag, its env var `LATTICE_*` and units in its help.
+//!
+//! Values are resolved into a checked [`crate::config::NodeConfig`] by `config.rs`; nothing here
+//! reads files or applies defaults that `lattice.toml` could override.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+/// `lattice`: run WebAssembly components across many machines.
+#[derive(Debug, Parser)]
+#[command(name = "lattice", version, about, long_about = None)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands of `lattice`.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run this machine as a node of the lattice, in the foreground (Ctrl-C or SIGTERM stop it).
+    Up(UpArgs),
+}
+
+/// Flags of `lattice up`. Each one can also be given as an env var `LATTICE_<FLAG>` or as a key
+/// (the flag's name, e.g. `http-addr`) in `lattice.toml` in the config dir; flag > env > file.
+#[derive(Debug, Clone, Default, Args)]
+pub struct UpArgs {
+    /// Directory of `lattice.toml` and the application manifests (`*.yaml`, `*.yml`) to deploy.
+    /// Default: $CONFIGURATION_DIRECTORY, else /etc/lattice as root, else $XDG_CONFIG_HOME/lattice.
+    #[arg(long, env = "LATTICE_CONFIG_DIR", value_name = "DIR")]
+    pub config_dir: Option<PathBuf>,
+
+    /// Directory of the node's state: nats-server config and JetStream store, compiled-code cache.
+    /// Default: $STATE_DIRECTORY, else /var/lib/lattice as root, else $XDG_DATA_HOME/lattice.
+    #[arg(long, env = "LATTICE_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    /// Address of the HTTP ingress shared by all apps routed by `path`/`host`
+    /// [default: 127.0.0.1:8000].
+    #[arg(long, env = "LATTICE_HTTP_ADDR", value_name = "ADDR")]
+    pub http_addr: Option<SocketAddr>,
+
+    /// Name of the lattice: prefixes every NATS subject and bucket [default: default].
+    #[arg(long, env = "LATTICE_LATTICE", value_name = "NAME")]
+    pub lattice: Option<String>,
+
+    /// Path of the `nats-server` executable. Default: next to `lattice`, then $PATH.
+    #[arg(long, env = "LATTICE_NATS_SERVER", value_name = "PATH")]
+    pub nats_server: Option<PathBuf>,
+
+    /// Client port of the supervised nats-server, on 127.0.0.1 [default: a free port].
+    #[arg(long, env = "LATTICE_NATS_PORT", value_name = "PORT")]
+    pub nats_port: Option<u16>,
+
+    /// Friendly name of this node [default: the hostname].
+    #[arg(long, env = "LATTICE_NAME", value_name = "NAME")]
+    pub name: Option<String>,
+
+    /// A label of this node, `KEY=VALUE`; repeatable (env: comma-separated). `os`, `arch` and
+    /// `hostname` are always added.
+    #[arg(long = "label", env = "LATTICE_LABEL", value_name = "KEY=VALUE", value_delimiter = ',')]
+    pub labels: Vec<String>,
+
+    /// Deadline of one HTTP request to a component, e.g. `30s`, `500ms` [default: 30s].
+    #[arg(long, env = "LATTICE_REQUEST_TIMEOUT", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub request_timeout: Option<Duration>,
+
+    /// Linear-memory cap of one component instance, in MiB [default: 128].
+    #[arg(long, env = "LATTICE_MAX_INSTANCE_MEMORY_MIB", value_name = "MIB")]
+    pub max_instance_memory_mib: Option<u64>,
+
+    /// Concurrent requests one replica of a component admits; a component's bound on this node is
+    /// this times its replicas here. Past the bound requests get 503 + Retry-After [default: 64].
+    #[arg(long, env = "LATTICE_REPLICA_CONCURRENCY", value_name = "N")]
+    pub replica_concurrency: Option<u32>,
+
+    /// Log filter, as tracing's EnvFilter: `info`, `debug`, `lattice=debug,info` [default: info].
+    #[arg(long, env = "LATTICE_LOG", value_name = "FILTER")]
+    pub log: Option<String>,
+}

@@ -1,0 +1,263 @@
+//! Flags, env vars and `lattice.toml`, resolved once into a checked [`NodeConfig`].
+//!
+//! Precedence: flag > env var `LATTICE_*` (both via clap) > key in `<config-dir>/lattice.toml` >
+//! built-in default. Every error names the flag or the file and key.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail, ensure};
+use serde::Deserialize;
+
+use crate::cli::UpArgs;
+
+/// Name of the optional node config file inside the config dir.
+pub const CONFIG_FILE_NAME: &str = "lattice.toml";
+
+/// Default address of the shared HTTP ingress.
+pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:8000";
+
+/// Everything `lattice up` needs, checked: paths absolute, names valid, units explicit.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// Directory holding `lattice.toml` and application manifests.
+    pub config_dir: PathBuf,
+    /// Directory of the node's state (nats-server files, compiled-code cache).
+    pub data_dir: PathBuf,
+    /// Address of the shared HTTP ingress.
+    pub http_addr: SocketAddr,
+    /// Lattice name: `[A-Za-z0-9_-]+`, used in NATS subjects and bucket names.
+    pub lattice: String,
+    /// Explicit `nats-server` executable, if given.
+    pub nats_server: Option<PathBuf>,
+    /// Client port of the supervised nats-server; `None` picks a free port at start.
+    pub nats_port: Option<u16>,
+    /// Friendly node name.
+    pub name: String,
+    /// Node labels: the user's plus `os`, `arch`, `hostname`.
+    pub labels: BTreeMap<String, String>,
+    /// Deadline of one HTTP request to a component.
+    pub request_timeout: Duration,
+    /// Linear-memory cap of one component instance, in bytes.
+    pub max_instance_memory_bytes: u64,
+    /// Concurrent requests admitted per replica of a component.
+    pub replica_concurrency: u32,
+    /// tracing EnvFilter directive.
+    pub log_filter: String,
+}
+
+/// The keys of `lattice.toml`: the flags of `lattice up`, by their long names.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct FileConfig {
+    data_dir: Option<PathBuf>,
+    http_addr: Option<SocketAddr>,
+    lattice: Option<String>,
+    nats_server: Option<PathBuf>,
+    nats_port: Option<u16>,
+    name: Option<String>,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+    #[serde(default, with = "humantime_serde_opt")]
+    request_timeout: Option<Duration>,
+    max_instance_memory_mib: Option<u64>,
+    replica_concurrency: Option<u32>,
+    log: Option<String>,
+}
+
+/// `request-timeout = "30s"` in TOML, parsed with humantime.
+mod humantime_serde_opt {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        let text = Option::<String>::deserialize(d)?;
+        text.map(|t| humantime::parse_duration(&t).map_err(serde::de::Error::custom))
+            .transpose()
+    }
+}
+
+impl NodeConfig {
+    /// Resolves flags and env (already merged by clap) with `lattice.toml` and defaults.
+    ///
+    /// # Errors
+    /// An unreadable or invalid `lattice.toml` (named, with the key), a bad label, lattice name
+    /// or size, or no way to find a config/data dir.
+    pub fn resolve(args: UpArgs) -> anyhow::Result<NodeConfig> {
+        let config_dir = absolute(match args.config_dir {
+            Some(dir) => dir,
+            None => default_dir("CONFIGURATION_DIRECTORY", "/etc/lattice", "XDG_CONFIG_HOME", ".config")?,
+        })?;
+        let file = read_file_config(&config_dir.join(CONFIG_FILE_NAME))?;
+
+        let data_dir = absolute(match args.data_dir.or(file.data_dir) {
+            Some(dir) => dir,
+            None => default_dir("STATE_DIRECTORY", "/var/lib/lattice", "XDG_DATA_HOME", ".local/share")?,
+        })?;
+        let http_addr = match args.http_addr.or(file.http_addr) {
+            Some(addr) => addr,
+            None => DEFAULT_HTTP_ADDR.parse()?,
+        };
+        let lattice = args.lattice.or(file.lattice).unwrap_or_else(|| "default".to_owned());
+        check_lattice_name(&lattice)?;
+
+        let hostname = nix::unistd::gethostname()
+            .ok()
+            .and_then(|h| h.into_string().ok())
+            .unwrap_or_else(|| "localhost".to_owned());
+        let name = args.name.or(file.name).unwrap_or_else(|| hostname.clone());
+        ensure!(!name.trim().is_empty(), "--name: must not be empty");
+
+        let mut labels = file.labels;
+        for label in &args.labels {
+            let (key, value) = parse_label(label)?;
+            labels.insert(key, value);
+        }
+        for (key, value) in &labels {
+            check_label_key(key).with_context(|| format!("label {key}={value}"))?;
+        }
+        labels.insert("os".to_owned(), std::env::consts::OS.to_owned());
+        labels.insert("arch".to_owned(), std::env::consts::ARCH.to_owned());
+        labels.insert("hostname".to_owned(), hostname);
+
+        let request_timeout = args
+            .request_timeout
+            .or(file.request_timeout)
+            .unwrap_or(Duration::from_secs(30));
+        ensure!(!request_timeout.is_zero(), "--request-timeout: must be more than 0");
+        let memory_mib = args.max_instance_memory_mib.or(file.max_instance_memory_mib).unwrap_or(128);
+        ensure!(
+            (1..=4096).contains(&memory_mib),
+            "--max-instance-memory-mib: {memory_mib} is outside 1..=4096 MiB"
+        );
+        let replica_concurrency = args.replica_concurrency.or(file.replica_concurrency).unwrap_or(64);
+        ensure!(replica_concurrency > 0, "--replica-concurrency: must be at least 1");
+
+        Ok(NodeConfig {
+            config_dir,
+            data_dir,
+            http_addr,
+            lattice,
+            nats_server: args.nats_server.or(file.nats_server),
+            nats_port: args.nats_port.or(file.nats_port),
+            name,
+            labels,
+            request_timeout,
+            max_instance_memory_bytes: memory_mib * 1024 * 1024,
+            replica_concurrency,
+            log_filter: args.log.or(file.log).unwrap_or_else(|| "info".to_owned()),
+        })
+    }
+}
+
+fn read_file_config(path: &Path) -> anyhow::Result<FileConfig> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(FileConfig::default()),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    toml::from_str(&text).with_context(|| format!("{}: invalid node config", path.display()))
+}
+
+/// systemd's directory variable, else the system path as root, else the XDG path.
+fn default_dir(systemd_var: &str, system: &str, xdg_var: &str, home_rel: &str) -> anyhow::Result<PathBuf> {
+    if let Some(dir) = std::env::var_os(systemd_var).filter(|d| !d.is_empty()) {
+        // systemd may list several directories separated by ':'; the first is ours.
+        let first = dir.to_string_lossy().split(':').next().unwrap_or_default().to_owned();
+        return Ok(PathBuf::from(first));
+    }
+    if nix::unistd::geteuid().is_root() {
+        return Ok(PathBuf::from(system));
+    }
+    if let Some(dir) = std::env::var_os(xdg_var).filter(|d| !d.is_empty()) {
+        return Ok(PathBuf::from(dir).join("lattice"));
+    }
+    match std::env::var_os("HOME").filter(|d| !d.is_empty()) {
+        Some(home) => Ok(PathBuf::from(home).join(home_rel).join("lattice")),
+        None => bail!("cannot choose a default directory: set ${xdg_var} or HOME, or pass the flag"),
+    }
+}
+
+fn absolute(path: PathBuf) -> anyhow::Result<PathBuf> {
+    std::path::absolute(&path).with_context(|| format!("resolving {}", path.display()))
+}
+
+/// A lattice name goes into NATS subjects and JetStream bucket names: keep it to their safe set.
+fn check_lattice_name(name: &str) -> anyhow::Result<()> {
+    ensure!(
+        !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'),
+        "--lattice {name:?}: use letters, digits, '-' and '_' only (it names NATS subjects and buckets)"
+    );
+    Ok(())
+}
+
+/// Parses `KEY=VALUE` of `--label`.
+fn parse_label(text: &str) -> anyhow::Result<(String, String)> {
+    let Some((key, value)) = text.split_once('=') else {
+        bail!("--label {text:?}: expected KEY=VALUE");
+    };
+    let key = key.trim();
+    check_label_key(key).with_context(|| format!("--label {text:?}"))?;
+    Ok((key.to_owned(), value.trim().to_owned()))
+}
+
+fn check_label_key(key: &str) -> anyhow::Result<()> {
+    ensure!(
+        !key.is_empty()
+            && key.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/')),
+        "label key {key:?}: use letters, digits, '-', '_', '.' and '/' only"
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(dir: &Path) -> UpArgs {
+        UpArgs { config_dir: Some(dir.to_path_buf()), data_dir: Some(dir.join("data")), ..UpArgs::default() }
+    }
+
+    #[test]
+    fn flags_win_over_file_and_defaults_apply() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join(CONFIG_FILE_NAME),
+            "http-addr = \"127.0.0.1:9000\"\nlattice = \"blue\"\nrequest-timeout = \"2s\"\n[labels]\nzone = \"a\"\n",
+        )
+        .unwrap();
+        let mut a = args(dir.path());
+        a.lattice = Some("green".into());
+        a.labels = vec!["zone=b".into(), "tier=web".into()];
+        let c = NodeConfig::resolve(a).unwrap();
+        assert_eq!(c.http_addr, "127.0.0.1:9000".parse().unwrap());
+        assert_eq!(c.lattice, "green");
+        assert_eq!(c.request_timeout, Duration::from_secs(2));
+        assert_eq!(c.labels["zone"], "b");
+        assert_eq!(c.labels["tier"], "web");
+        assert_eq!(c.labels["os"], std::env::consts::OS);
+        assert_eq!(c.max_instance_memory_bytes, 128 * 1024 * 1024);
+        assert_eq!(c.replica_concurrency, 64);
+    }
+
+    #[test]
+    fn bad_inputs_name_the_flag_or_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut a = args(dir.path());
+        a.labels = vec!["novalue".into()];
+        let err = format!("{:#}", NodeConfig::resolve(a).unwrap_err());
+        assert!(err.contains("--label \"novalue\""), "{err}");
+
+        let mut a = args(dir.path());
+        a.lattice = Some("a.b".into());
+        let err = format!("{:#}", NodeConfig::resolve(a).unwrap_err());
+        assert!(err.contains("--lattice"), "{err}");
+
+        std::fs::write(dir.path().join(CONFIG_FILE_NAME), "http-adr = \"x\"\n").unwrap();
+        let err = format!("{:#}", NodeConfig::resolve(args(dir.path())).unwrap_err());
+        assert!(err.contains("lattice.toml") && err.contains("http-adr"), "{err}");
+    }
+}

@@ -1,0 +1,81 @@
+//! The node's one wasmtime `Engine`: component model, epoch interruption, the pooling allocator
+//! sized for small VMs with a fallback to on-demand allocation, and the epoch ticker thread.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+
+/// How often the epoch advances; request deadlines are measured in these ticks.
+pub const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// Component instances the pool holds at once (all components of the node together).
+const POOL_COMPONENT_INSTANCES: u32 = 1000;
+/// Core instances, memories and tables: a Rust component has a few, CPython many.
+const POOL_CORE_INSTANCES: u32 = 4000;
+const POOL_MEMORIES: u32 = 2000;
+const POOL_TABLES: u32 = 2000;
+
+/// Which allocator the engine ended up with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Allocator {
+    /// Instances come from pre-reserved slots (fast instantiation).
+    Pooling,
+    /// Instances are mapped on demand (the pool could not be reserved).
+    OnDemand,
+}
+
+/// Builds the engine with the pooling allocator, each linear memory capped at
+/// `max_memory_bytes`; if the pool cannot be reserved (small VM, `ulimit -v`), logs a warning
+/// and builds an on-demand engine instead. Starts the epoch ticker.
+///
+/// # Errors
+/// Neither engine could be created.
+pub fn build(max_memory_bytes: u64) -> anyhow::Result<(Engine, Allocator)> {
+    let mut pool = PoolingAllocationConfig::new();
+    pool.total_component_instances(POOL_COMPONENT_INSTANCES)
+        .total_core_instances(POOL_CORE_INSTANCES)
+        .total_memories(POOL_MEMORIES)
+        .total_tables(POOL_TABLES)
+        .total_stacks(POOL_COMPONENT_INSTANCES)
+        .max_memory_size(usize::try_from(max_memory_bytes).unwrap_or(usize::MAX));
+    let pooled = Engine::new(base_config().allocation_strategy(InstanceAllocationStrategy::Pooling(pool)));
+    let (engine, allocator) = match pooled {
+        Ok(engine) => (engine, Allocator::Pooling),
+        Err(e) => {
+            tracing::warn!(
+                error = format!("{e:#}"),
+                "cannot reserve the pooling allocator's memory (small VM or limited virtual memory?); \
+                 falling back to on-demand instance allocation"
+            );
+            let engine = Engine::new(base_config().allocation_strategy(InstanceAllocationStrategy::OnDemand))
+                .map_err(anyhow::Error::from)
+                .context("creating the wasmtime engine")?;
+            (engine, Allocator::OnDemand)
+        }
+    };
+    start_epoch_ticker(&engine)?;
+    Ok((engine, allocator))
+}
+
+fn base_config() -> Config {
+    let mut config = Config::new();
+    config.wasm_component_model(true).epoch_interruption(true);
+    config
+}
+
+/// Advances the engine's epoch every [`EPOCH_TICK`] until the engine is dropped.
+fn start_epoch_ticker(engine: &Engine) -> anyhow::Result<()> {
+    let weak = engine.weak();
+    std::thread::Builder::new()
+        .name("lattice-epoch".into())
+        .spawn(move || {
+            while let Some(engine) = weak.upgrade() {
+                engine.increment_epoch();
+                drop(engine);
+                std::thread::sleep(EPOCH_TICK);
+            }
+        })
+        .context("starting the epoch ticker thread")?;
+    Ok(())
+}

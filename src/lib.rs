@@ -1,0 +1,49 @@
+//! `lattice`: one binary that turns a machine into a node of a WebAssembly application lattice.
+//!
+//! The node supervises its own `nats-server`, hosts `wasi:http` components with wasmtime, serves
+//! them over HTTP and deploys the wadm application manifests found in its config directory.
+//! See `DESIGN.md` (shared with the team) for the architecture; the modules follow its tree.
+#![deny(missing_docs)]
+
+use std::process::ExitCode;
+
+pub mod cli;
+pub mod config;
+pub mod host;
+pub mod nats;
+pub mod node;
+pub mod providers;
+pub mod reconciler;
+
+/// Runs the command the user gave: the whole program behind `main`.
+///
+/// # Errors
+/// Any error that stops the command: bad flags or config file, a node that cannot start, …
+/// `main` prints it with its whole cause chain.
+pub fn run(cli: cli::Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        cli::Command::Up(args) => {
+            let config = config::NodeConfig::resolve(args)?;
+            init_tracing(&config.log_filter)?;
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .thread_name("lattice")
+                .build()?;
+            runtime.block_on(node::run(config))?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Installs the global tracing subscriber: human-readable lines on stderr, filtered by
+/// `filter` (an `EnvFilter` directive such as `info` or `lattice=debug,info`).
+fn init_tracing(filter: &str) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .map_err(|e| anyhow::anyhow!("--log {filter:?}: {e}"))?;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .try_init()
+        .map_err(|e| anyhow::anyhow!("installing the log subscriber: {e}"))
+}

@@ -1,0 +1,38 @@
+//! The node's NATS: a supervised `nats-server` child process and the client connection to it.
+//!
+//! `server_config` renders nats-server's config file (pure), `supervisor` finds the binary,
+//! spawns it, forwards its log into tracing and restarts it with backoff when it exits.
+
+pub mod server_config;
+pub mod supervisor;
+
+pub use supervisor::{NatsSupervisor, find_nats_server};
+
+use std::time::Duration;
+
+use anyhow::Context;
+
+/// Connects the node's client to `url`, logging connection events (disconnect, reconnect).
+///
+/// The client reconnects on its own, forever, when the server goes away (as when the supervisor
+/// restarts it); requests made meanwhile fail fast instead of hanging.
+///
+/// # Errors
+/// The first connection attempt did not succeed within 10 s.
+pub async fn connect(url: &str, node_name: &str) -> anyhow::Result<async_nats::Client> {
+    let options = async_nats::ConnectOptions::new()
+        .name(format!("lattice node {node_name}"))
+        .connection_timeout(Duration::from_secs(5))
+        .max_reconnects(None)
+        .event_callback(|event| async move {
+            match event {
+                async_nats::Event::Connected => tracing::info!("connected to nats-server"),
+                async_nats::Event::Disconnected => tracing::warn!("disconnected from nats-server"),
+                other => tracing::debug!(event = %other, "nats client event"),
+            }
+        });
+    tokio::time::timeout(Duration::from_secs(10), options.connect(url))
+        .await
+        .with_context(|| format!("connecting to nats at {url}: timed out after 10 s"))?
+        .with_context(|| format!("connecting to nats at {url}"))
+}

@@ -1,0 +1,55 @@
+//! Renders the config file of the supervised nats-server (nats-server's own config format,
+//! <https://docs.nats.io/running-a-nats-service/configuration>). Pure: no I/O.
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+
+/// What the node asks of its nats-server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerSettings {
+    /// `server_name`: the node's name, so the server's log and monitoring name the node.
+    pub server_name: String,
+    /// Client port on 127.0.0.1.
+    pub client_port: u16,
+    /// JetStream store directory; `None` runs without JetStream.
+    pub jetstream_store_dir: Option<PathBuf>,
+}
+
+/// Renders `settings` as a nats-server config file (clients on 127.0.0.1 only).
+pub fn render(settings: &ServerSettings) -> String {
+    let mut out = String::from("# Written by lattice at every start; edits are overwritten.\n");
+    let _ = writeln!(out, "server_name: {}", quote(&settings.server_name));
+    let _ = writeln!(out, "listen: \"127.0.0.1:{}\"", settings.client_port);
+    if let Some(dir) = &settings.jetstream_store_dir {
+        let _ = writeln!(out, "jetstream {{\n  store_dir: {}\n}}", quote(&dir.to_string_lossy()));
+    }
+    out
+}
+
+/// A double-quoted string in nats-server's config syntax (JSON-like escapes).
+fn quote(text: &str) -> String {
+    serde_json::to_string(text).unwrap_or_else(|_| "\"\"".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_loopback_listener_and_jetstream() {
+        let text = render(&ServerSettings {
+            server_name: "node \"a\"".into(),
+            client_port: 4333,
+            jetstream_store_dir: Some(PathBuf::from("/var/lib/lattice/nats/jetstream")),
+        });
+        assert!(text.contains("server_name: \"node \\\"a\\\"\"\n"), "{text}");
+        assert!(text.contains("listen: \"127.0.0.1:4333\"\n"), "{text}");
+        assert!(text.contains("jetstream {\n  store_dir: \"/var/lib/lattice/nats/jetstream\"\n}"), "{text}");
+    }
+
+    #[test]
+    fn without_jetstream_there_is_no_jetstream_block() {
+        let text = render(&ServerSettings { server_name: "n".into(), client_port: 1, jetstream_store_dir: None });
+        assert!(!text.contains("jetstream"), "{text}");
+    }
+}

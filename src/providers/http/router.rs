@@ -1,0 +1,207 @@
+//! The route table: which app's component answers a request, by listener address, `host` and
+//! `path` prefix. Pure and immutable ([`Router::build`] reports conflicts), as Spin's router.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+/// Where a route listens and what it matches.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RouteKey {
+    /// The listener: the shared ingress, or an app's own `address`.
+    pub listener: SocketAddr,
+    /// Host name to match (lowercase, no port); `None` matches any host.
+    pub host: Option<String>,
+    /// Path prefix, normalized: starts with `/`, no trailing `/` except the root.
+    pub path: String,
+}
+
+impl RouteKey {
+    /// A key with `host` and `path` normalized (see the fields).
+    pub fn new(listener: SocketAddr, host: Option<&str>, path: Option<&str>) -> RouteKey {
+        RouteKey {
+            listener,
+            host: host.map(normalize_host).filter(|h| !h.is_empty()),
+            path: normalize_path(path.unwrap_or("/")),
+        }
+    }
+
+    fn matches(&self, host: Option<&str>, path: &str) -> bool {
+        let host_ok = match (&self.host, host) {
+            (None, _) => true,
+            (Some(want), Some(got)) => want == got,
+            (Some(_), None) => false,
+        };
+        host_ok
+            && (self.path == "/"
+                || path == self.path
+                || (path.starts_with(self.path.as_str()) && path.as_bytes().get(self.path.len()) == Some(&b'/')))
+    }
+}
+
+impl fmt::Display for RouteKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}{} on {}", self.host.as_deref().unwrap_or("*"), self.path, self.listener)
+    }
+}
+
+/// What answers a route: a component of an app.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteTarget {
+    /// App (manifest `metadata.name`).
+    pub app: Arc<str>,
+    /// Component name in the manifest.
+    pub component: Arc<str>,
+}
+
+/// A route of an app.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    /// What it matches.
+    pub key: RouteKey,
+    /// Who answers.
+    pub target: RouteTarget,
+}
+
+/// Two apps (or one app twice) claim the same listener, host and path.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("route {route} is already held by app {holder:?}; app {claimant:?} cannot claim it too")]
+pub struct RouteConflict {
+    /// The contested route.
+    pub route: String,
+    /// The app that holds it (listed first).
+    pub holder: String,
+    /// The app that claimed it later.
+    pub claimant: String,
+}
+
+/// An immutable route table.
+#[derive(Debug, Clone, Default)]
+pub struct Router {
+    /// Per listener, most specific first: a host before no host, then longer paths.
+    by_listener: BTreeMap<SocketAddr, Vec<Route>>,
+}
+
+impl Router {
+    /// Builds the table. Routes listed earlier hold their keys; a later route with an equal key
+    /// is a conflict naming both apps.
+    ///
+    /// # Errors
+    /// [`RouteConflict`] for the first duplicate key.
+    pub fn build(routes: impl IntoIterator<Item = Route>) -> Result<Router, RouteConflict> {
+        let mut seen: BTreeMap<RouteKey, Arc<str>> = BTreeMap::new();
+        let mut by_listener: BTreeMap<SocketAddr, Vec<Route>> = BTreeMap::new();
+        for route in routes {
+            if let Some(holder) = seen.get(&route.key) {
+                return Err(RouteConflict {
+                    route: route.key.to_string(),
+                    holder: holder.to_string(),
+                    claimant: route.target.app.to_string(),
+                });
+            }
+            seen.insert(route.key.clone(), route.target.app.clone());
+            by_listener.entry(route.key.listener).or_default().push(route);
+        }
+        for routes in by_listener.values_mut() {
+            routes.sort_by(|a, b| {
+                b.key.host.is_some().cmp(&a.key.host.is_some()).then(b.key.path.len().cmp(&a.key.path.len()))
+            });
+        }
+        Ok(Router { by_listener })
+    }
+
+    /// The most specific route on `listener` matching `host` (as sent, any case, port allowed)
+    /// and `path`.
+    pub fn lookup(&self, listener: SocketAddr, host: Option<&str>, path: &str) -> Option<&Route> {
+        let host = host.map(normalize_host);
+        self.by_listener.get(&listener)?.iter().find(|r| r.key.matches(host.as_deref(), path))
+    }
+
+    /// Every listener address some route uses.
+    pub fn listeners(&self) -> BTreeSet<SocketAddr> {
+        self.by_listener.keys().copied().collect()
+    }
+
+    /// Every route, by listener.
+    pub fn routes(&self) -> impl Iterator<Item = &Route> {
+        self.by_listener.values().flatten()
+    }
+}
+
+/// Lowercase, without a `:port` suffix (IPv6 literals keep their brackets).
+fn normalize_host(host: &str) -> String {
+    let host = host.trim().to_ascii_lowercase();
+    match host.rfind(':') {
+        Some(colon) if !host.ends_with(']') && host[colon + 1..].chars().all(|c| c.is_ascii_digit()) => {
+            host[..colon].to_owned()
+        }
+        _ => host,
+    }
+}
+
+/// Leading `/`, no trailing `/` except the root, no empty segments.
+fn normalize_path(path: &str) -> String {
+    let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    format!("/{}", segments.join("/"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const INGRESS: &str = "127.0.0.1:8000";
+
+    fn route(app: &str, host: Option<&str>, path: &str) -> Route {
+        Route {
+            key: RouteKey::new(INGRESS.parse().unwrap(), host, Some(path)),
+            target: RouteTarget { app: app.into(), component: "c".into() },
+        }
+    }
+
+    fn app_of(router: &Router, host: Option<&str>, path: &str) -> Option<String> {
+        router.lookup(INGRESS.parse().unwrap(), host, path).map(|r| r.target.app.to_string())
+    }
+
+    #[test]
+    fn longest_prefix_on_segment_boundaries_and_hosts_first() {
+        let router = Router::build([
+            route("root", None, "/"),
+            route("api", None, "/api/"),
+            route("api-v2", None, "/api/v2"),
+            route("example", Some("Example.COM"), "/"),
+        ])
+        .unwrap();
+        assert_eq!(app_of(&router, None, "/").as_deref(), Some("root"));
+        assert_eq!(app_of(&router, None, "/api").as_deref(), Some("api"));
+        assert_eq!(app_of(&router, None, "/api/x").as_deref(), Some("api"));
+        assert_eq!(app_of(&router, None, "/apix").as_deref(), Some("root"));
+        assert_eq!(app_of(&router, None, "/api/v2/users").as_deref(), Some("api-v2"));
+        assert_eq!(app_of(&router, Some("example.com:8000"), "/api").as_deref(), Some("example"));
+        assert_eq!(app_of(&router, Some("other.org"), "/api").as_deref(), Some("api"));
+    }
+
+    #[test]
+    fn no_route_is_none() {
+        let router = Router::build([route("api", None, "/api")]).unwrap();
+        assert_eq!(app_of(&router, None, "/"), None);
+        assert!(router.lookup("127.0.0.1:9".parse().unwrap(), None, "/api").is_none());
+    }
+
+    #[test]
+    fn duplicate_route_names_both_apps() {
+        let err = Router::build([route("first", None, "/hello/"), route("second", None, "/hello")]).unwrap_err();
+        assert_eq!(err.holder, "first");
+        assert_eq!(err.claimant, "second");
+        assert!(err.to_string().contains("*/hello on 127.0.0.1:8000"), "{err}");
+    }
+
+    #[test]
+    fn normalizes_hosts_and_paths() {
+        assert_eq!(normalize_host("Foo.Example:8080"), "foo.example");
+        assert_eq!(normalize_host("[::1]"), "[::1]");
+        assert_eq!(normalize_host("[::1]:80"), "[::1]");
+        assert_eq!(normalize_path(""), "/");
+        assert_eq!(normalize_path("a//b/"), "/a/b");
+    }
+}

@@ -1,0 +1,3 @@
+//! Built-in providers: the capabilities the node offers components without a separate process.
+
+pub mod http;

@@ -1,0 +1,476 @@
+//! wadm application manifests (`apiVersion: core.oam.dev/v1beta1`, `kind: Application`, see
+//! <https://wasmcloud.com/docs/ecosystem/wadm/model>), parsed and validated into a [`Manifest`].
+//!
+//! Read as wadm reads them: `type: component` entries with an `image` and a `spreadscaler` or
+//! `daemonscaler` trait; a `type: capability` entry for wasmCloud's http-server provider, whose
+//! `link` traits to `wasi:http/incoming-handler` become routes (`path`, `host`, `address`) on
+//! the built-in ingress. Both link forms are accepted: `target: {name}` with
+//! `source: {config: […]}`, and the older `target: NAME` with `source_config`. What we do not
+//! support yet is a warning naming the field; errors name the field by its YAML path.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_yaml::Value;
+
+/// The API version of wadm manifests.
+pub const API_VERSION: &str = "core.oam.dev/v1beta1";
+/// The one `kind` of wadm manifests.
+pub const KIND: &str = "Application";
+
+/// A manifest field is missing, malformed or refers to something that does not exist.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {reason}")]
+pub struct FieldError {
+    /// YAML path of the field, e.g. `spec.components[0].properties.image`; `.` for the document.
+    pub field: String,
+    /// Why it is refused.
+    pub reason: String,
+}
+
+impl FieldError {
+    pub(crate) fn new(field: impl Into<String>, reason: impl Into<String>) -> FieldError {
+        FieldError { field: field.into(), reason: reason.into() }
+    }
+}
+
+/// A validated application manifest.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Manifest {
+    /// `metadata.name`: the app's name, unique in the lattice.
+    pub name: String,
+    /// `metadata.annotations.version`, if given.
+    pub version: Option<String>,
+    /// The `type: component` entries.
+    pub components: Vec<ComponentSpec>,
+    /// Routes from http-server links to components.
+    pub http_links: Vec<HttpLink>,
+    /// What was accepted but is not supported (yet) or ignored, each naming its field.
+    pub warnings: Vec<String>,
+}
+
+/// A `type: component` entry.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ComponentSpec {
+    /// Component name, unique in the manifest.
+    pub name: String,
+    /// Its wasm file, resolved against the manifest's directory.
+    pub image: PathBuf,
+    /// YAML path of `image`, for errors about the file.
+    pub image_field: String,
+    /// How many replicas, where.
+    pub scaler: Scaler,
+}
+
+/// A scaler trait (wadm semantics).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scaler {
+    /// `spreadscaler`: `instances` replicas in all, split over the `spread` entries by weight.
+    Spread {
+        /// Total replicas.
+        instances: u32,
+        /// Where they go; empty means anywhere.
+        spread: Vec<Spread>,
+    },
+    /// `daemonscaler`: `instances` replicas on every node matching any `spread` entry.
+    Daemon {
+        /// Replicas per matching node.
+        instances: u32,
+        /// Which nodes; empty means every node.
+        spread: Vec<Spread>,
+    },
+}
+
+/// One `spread` entry of a scaler.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Spread {
+    /// Name of the entry.
+    pub name: String,
+    /// Node labels that must all match.
+    #[serde(default)]
+    pub requirements: BTreeMap<String, String>,
+    /// Relative share of the instances (default 100, as in wadm).
+    pub weight: Option<u32>,
+}
+
+impl Scaler {
+    /// Replicas of this component on a node with `labels`, when this node is the only one:
+    /// a spreadscaler places the share of every spread entry the node matches (all of them
+    /// without entries); a daemonscaler places `instances` when any entry matches.
+    pub fn replicas_on(&self, labels: &BTreeMap<String, String>) -> u32 {
+        let matches = |s: &Spread| s.requirements.iter().all(|(k, v)| labels.get(k) == Some(v));
+        match self {
+            Scaler::Spread { instances, spread } if spread.is_empty() => *instances,
+            Scaler::Spread { instances, spread } => {
+                let total: u64 = spread.iter().map(|s| u64::from(s.weight.unwrap_or(100))).sum();
+                if total == 0 {
+                    return 0;
+                }
+                let mine: u64 = spread.iter().filter(|s| matches(s)).map(|s| u64::from(s.weight.unwrap_or(100))).sum();
+                // Round up, so a matching entry with a small weight still gets a replica.
+                u32::try_from((u64::from(*instances) * mine).div_ceil(total)).unwrap_or(u32::MAX)
+            }
+            Scaler::Daemon { instances, spread } => {
+                if spread.is_empty() || spread.iter().any(matches) { *instances } else { 0 }
+            }
+        }
+    }
+}
+
+/// A link from the http-server capability to a component's `wasi:http/incoming-handler`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpLink {
+    /// The component that answers.
+    pub target: String,
+    /// Own listener address (wasmCloud's default mode); `None` means the shared ingress.
+    pub address: Option<SocketAddr>,
+    /// Host to match, if any.
+    pub host: Option<String>,
+    /// Path prefix to match, if any.
+    pub path: Option<String>,
+    /// YAML path of the link's `properties`, for errors about it.
+    pub field: String,
+}
+
+/// Image names of the wasmCloud http-server provider that map onto our built-in ingress.
+fn is_http_server_image(image: &str) -> bool {
+    image.starts_with("ghcr.io/wasmcloud/http-server:")
+        || image == "ghcr.io/wasmcloud/http-server"
+        || image == "wasmcloud+builtin://http-server"
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawManifest {
+    api_version: String,
+    kind: String,
+    metadata: RawMetadata,
+    spec: RawSpec,
+}
+
+#[derive(Deserialize)]
+struct RawMetadata {
+    name: String,
+    #[serde(default)]
+    annotations: BTreeMap<String, Value>,
+    #[serde(default)]
+    labels: BTreeMap<String, Value>,
+}
+
+#[derive(Deserialize)]
+struct RawSpec {
+    components: Vec<RawComponent>,
+    #[serde(default)]
+    policies: Vec<Value>,
+}
+
+#[derive(Deserialize)]
+struct RawComponent {
+    name: String,
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    properties: RawProperties,
+    #[serde(default)]
+    traits: Vec<RawTrait>,
+}
+
+#[derive(Deserialize, Default)]
+struct RawProperties {
+    image: Option<String>,
+    id: Option<String>,
+    config: Option<Value>,
+    secrets: Option<Value>,
+    application: Option<Value>,
+}
+
+#[derive(Deserialize)]
+struct RawTrait {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    properties: Value,
+}
+
+#[derive(Deserialize)]
+struct ScalerProps {
+    #[serde(alias = "replicas")]
+    instances: u32,
+    #[serde(default)]
+    spread: Vec<Spread>,
+}
+
+#[derive(Deserialize)]
+struct LinkProps {
+    target: LinkTarget,
+    namespace: String,
+    package: String,
+    interfaces: Vec<String>,
+    name: Option<String>,
+    source: Option<LinkSide>,
+    #[serde(default)]
+    source_config: Vec<ConfigEntry>,
+    #[serde(default)]
+    target_config: Vec<ConfigEntry>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum LinkTarget {
+    Name(String),
+    Full {
+        name: String,
+        #[serde(default)]
+        config: Vec<ConfigEntry>,
+    },
+}
+
+#[derive(Deserialize, Default)]
+struct LinkSide {
+    #[serde(default)]
+    config: Vec<ConfigEntry>,
+}
+
+#[derive(Deserialize)]
+struct ConfigEntry {
+    name: String,
+    #[serde(default)]
+    properties: Option<BTreeMap<String, String>>,
+}
+
+/// Deserializes `T` from `value`, errors and ignored fields named under the YAML path `prefix`.
+fn from_value<T: DeserializeOwned>(value: Value, prefix: &str, warnings: &mut Vec<String>) -> Result<T, FieldError> {
+    let mut ignored = Vec::new();
+    let mut track = serde_path_to_error::Track::new();
+    let de = serde_path_to_error::Deserializer::new(value, &mut track);
+    let result = serde_ignored::deserialize(de, |path| ignored.push(path.to_string()));
+    match result {
+        Ok(v) => {
+            warnings.extend(ignored.into_iter().map(|p| format!("{}: unknown field, ignored", join(prefix, &p))));
+            Ok(v)
+        }
+        Err(e) => Err(FieldError::new(join(prefix, &track.path().to_string()), e.to_string())),
+    }
+}
+
+fn join(prefix: &str, path: &str) -> String {
+    match (prefix.is_empty(), path.is_empty() || path == ".") {
+        (true, true) => ".".to_owned(),
+        (true, false) => path.to_owned(),
+        (false, true) => prefix.to_owned(),
+        (false, false) if path.starts_with('[') => format!("{prefix}{path}"),
+        (false, false) => format!("{prefix}.{path}"),
+    }
+}
+
+/// Parses and validates a manifest; relative image paths resolve against `base_dir`.
+///
+/// # Errors
+/// [`FieldError`] naming the first bad field: YAML syntax (`.`, with line and column), a missing
+/// or mistyped field, a wrong `apiVersion` or `kind`, duplicate component names, an image that
+/// is an OCI reference (not supported yet), a capability that is not built in, a link whose
+/// target is not a component of the manifest, a bad `address`.
+pub fn parse(text: &str, base_dir: &Path) -> Result<Manifest, FieldError> {
+    let value: Value = serde_yaml::from_str(text).map_err(|e| FieldError::new(".", format!("invalid YAML: {e}")))?;
+    let mut warnings = Vec::new();
+    let raw: RawManifest = from_value(value, "", &mut warnings)?;
+    if raw.api_version != API_VERSION {
+        return Err(FieldError::new("apiVersion", format!("expected {API_VERSION:?}, found {:?}", raw.api_version)));
+    }
+    if raw.kind != KIND {
+        return Err(FieldError::new("kind", format!("expected {KIND:?}, found {:?}", raw.kind)));
+    }
+    check_name(&raw.metadata.name).map_err(|reason| FieldError::new("metadata.name", reason))?;
+    let version = raw.metadata.annotations.get("version").map(|v| match v {
+        Value::String(s) => s.clone(),
+        other => serde_yaml::to_string(other).unwrap_or_default().trim().to_owned(),
+    });
+    let _ = raw.metadata.labels;
+    if !raw.spec.policies.is_empty() {
+        warnings.push("spec.policies: policies are not supported yet; ignored".to_owned());
+    }
+
+    let mut names = BTreeSet::new();
+    for (i, c) in raw.spec.components.iter().enumerate() {
+        check_name(&c.name).map_err(|r| FieldError::new(format!("spec.components[{i}].name"), r))?;
+        if !names.insert(c.name.as_str()) {
+            return Err(FieldError::new(format!("spec.components[{i}].name"), format!("duplicate component name {:?}", c.name)));
+        }
+    }
+    let component_names: BTreeSet<&str> =
+        raw.spec.components.iter().filter(|c| c.kind == "component").map(|c| c.name.as_str()).collect();
+
+    let mut components = Vec::new();
+    let mut http_links = Vec::new();
+    for (i, c) in raw.spec.components.iter().enumerate() {
+        let at = format!("spec.components[{i}]");
+        for (field, present) in [("secrets", c.properties.secrets.is_some()), ("application", c.properties.application.is_some())] {
+            if present {
+                warnings.push(format!("{at}.properties.{field}: not supported yet; ignored"));
+            }
+        }
+        match c.kind.as_str() {
+            "component" => components.push(component(c, &at, base_dir, &mut warnings)?),
+            "capability" => {
+                let image = c.properties.image.as_deref().ok_or_else(|| FieldError::new(format!("{at}.properties.image"), "missing"))?;
+                if !is_http_server_image(image) {
+                    return Err(FieldError::new(
+                        format!("{at}.properties.image"),
+                        format!(
+                            "capability {image:?} is not a provider lattice has built in \
+                             (built in: ghcr.io/wasmcloud/http-server:*, wasmcloud+builtin://http-server)"
+                        ),
+                    ));
+                }
+                if c.properties.config.is_some() {
+                    warnings.push(format!("{at}.properties.config: provider config is not used by the built-in http-server; ignored"));
+                }
+                for (j, t) in c.traits.iter().enumerate() {
+                    let tat = format!("{at}.traits[{j}]");
+                    match t.kind.as_str() {
+                        "link" => http_links.push(http_link(t.properties.clone(), &tat, &component_names, &mut warnings)?),
+                        "spreadscaler" | "daemonscaler" => warnings.push(format!(
+                            "{tat}: the http-server provider is built into every node; its scaler is ignored"
+                        )),
+                        other => warnings.push(format!("{tat}.type: trait {other:?} is not supported; ignored")),
+                    }
+                }
+            }
+            other => {
+                return Err(FieldError::new(format!("{at}.type"), format!("expected \"component\" or \"capability\", found {other:?}")));
+            }
+        }
+    }
+    for c in &components {
+        if !http_links.iter().any(|l| l.target == c.name) {
+            warnings.push(format!("component {:?}: no http-server link targets it, so it gets no requests", c.name));
+        }
+    }
+    Ok(Manifest { name: raw.metadata.name, version, components, http_links, warnings })
+}
+
+fn component(c: &RawComponent, at: &str, base_dir: &Path, warnings: &mut Vec<String>) -> Result<ComponentSpec, FieldError> {
+    let image_field = format!("{at}.properties.image");
+    let image = c.properties.image.as_deref().ok_or_else(|| FieldError::new(&image_field, "missing"))?;
+    let image = resolve_image(image, base_dir).map_err(|r| FieldError::new(&image_field, r))?;
+    if c.properties.config.is_some() {
+        warnings.push(format!("{at}.properties.config: wasi:config is not hosted yet; ignored"));
+    }
+    if c.properties.id.is_some() {
+        warnings.push(format!("{at}.properties.id: ignored (components are named by `name`)"));
+    }
+    let mut scaler = None;
+    for (j, t) in c.traits.iter().enumerate() {
+        let tat = format!("{at}.traits[{j}]");
+        match t.kind.as_str() {
+            kind @ ("spreadscaler" | "daemonscaler") => {
+                if scaler.is_some() {
+                    return Err(FieldError::new(format!("{tat}.type"), "a component takes one scaler trait"));
+                }
+                let props: ScalerProps = from_value(t.properties.clone(), &format!("{tat}.properties"), warnings)?;
+                let (instances, spread) = (props.instances, props.spread);
+                scaler = Some(if kind == "spreadscaler" { Scaler::Spread { instances, spread } } else { Scaler::Daemon { instances, spread } });
+            }
+            "link" => warnings.push(format!(
+                "{tat}: links from a component (keyvalue, http-client, …) are not supported yet; ignored"
+            )),
+            other => warnings.push(format!("{tat}.type: trait {other:?} is not supported; ignored")),
+        }
+    }
+    let scaler = scaler.unwrap_or_else(|| {
+        warnings.push(format!("{at}.traits: no spreadscaler or daemonscaler; running 1 replica"));
+        Scaler::Spread { instances: 1, spread: Vec::new() }
+    });
+    Ok(ComponentSpec { name: c.name.clone(), image, image_field, scaler })
+}
+
+fn http_link(props: Value, at: &str, components: &BTreeSet<&str>, warnings: &mut Vec<String>) -> Result<HttpLink, FieldError> {
+    let field = format!("{at}.properties");
+    let link: LinkProps = from_value(props, &field, warnings)?;
+    if link.namespace != "wasi" || link.package != "http" || !link.interfaces.iter().any(|i| i == "incoming-handler") {
+        return Err(FieldError::new(
+            &field,
+            format!(
+                "the http-server provider links to wasi:http/incoming-handler only, found {}:{}/{{{}}}",
+                link.namespace,
+                link.package,
+                link.interfaces.join(",")
+            ),
+        ));
+    }
+    let (target, target_config) = match link.target {
+        LinkTarget::Name(name) => (name, link.target_config),
+        LinkTarget::Full { name, config } => (name, config.into_iter().chain(link.target_config).collect()),
+    };
+    if !components.contains(target.as_str()) {
+        return Err(FieldError::new(format!("{field}.target"), format!("{target:?} is not a component of this manifest")));
+    }
+    if !target_config.is_empty() {
+        warnings.push(format!("{field}.target: target config is not used by http links; ignored"));
+    }
+    if link.name.as_deref().is_some_and(|n| n != "default") {
+        warnings.push(format!("{field}.name: link names matter for component links only; ignored"));
+    }
+    let mut settings: BTreeMap<String, String> = BTreeMap::new();
+    for entry in link.source.unwrap_or_default().config.into_iter().chain(link.source_config) {
+        match entry.properties {
+            Some(properties) => settings.extend(properties),
+            None => warnings.push(format!(
+                "{field}: named config {:?} without properties refers to a config store, which is not supported yet; ignored",
+                entry.name
+            )),
+        }
+    }
+    let address = match settings.remove("address") {
+        Some(text) => Some(text.parse::<SocketAddr>().map_err(|e| {
+            FieldError::new(format!("{field}.source.config.address"), format!("{text:?} is not an IP:PORT address: {e}"))
+        })?),
+        None => None,
+    };
+    let host = settings.remove("host");
+    let path = settings.remove("path");
+    if let Some(p) = &path {
+        if !p.starts_with('/') {
+            return Err(FieldError::new(format!("{field}.source.config.path"), format!("{p:?} must start with '/'")));
+        }
+    }
+    for key in settings.keys() {
+        warnings.push(format!("{field}.source.config.{key}: not supported by the built-in http-server; ignored"));
+    }
+    Ok(HttpLink { target, address, host, path, field })
+}
+
+/// A path, or `file://` URL, relative to the manifest's directory. OCI references are refused.
+fn resolve_image(image: &str, base_dir: &Path) -> Result<PathBuf, String> {
+    let path = if let Some(rest) = image.strip_prefix("file://") {
+        rest
+    } else if image.starts_with('/') || image.starts_with('.') || image.ends_with(".wasm") {
+        image
+    } else {
+        return Err(format!(
+            "{image:?} looks like an OCI reference, which is not supported yet; use a path to a .wasm file or file://"
+        ));
+    };
+    if path.is_empty() {
+        return Err("empty path".to_owned());
+    }
+    Ok(base_dir.join(path))
+}
+
+/// App and component names: letters, digits, `-`, `_` and `.` (they name routes and subjects).
+fn check_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("must not be empty".to_owned());
+    }
+    if !name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')) {
+        return Err(format!("{name:?}: use letters, digits, '-', '_' and '.' only"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,175 @@
+//! Desired state → running components on this node: manifests (from the config-dir watcher)
+//! are validated, their components prepared and their routes installed, atomically per app.
+//!
+//! A manifest that fails anywhere (YAML, a field, a missing or non-component wasm, a route
+//! another app holds, an address that cannot be bound) changes nothing: the app's previous
+//! version, and every other app, keep serving.
+
+pub mod manifest;
+pub mod watcher;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::host::{CodeSource, Host, HttpComponent};
+use crate::providers::http::{HttpServer, Route, RouteConflict, RouteKey, RouteTarget, Router, RoutingTable};
+pub use manifest::{FieldError, Manifest};
+
+/// Why a deploy was refused. Nothing changed.
+#[derive(Debug, thiserror::Error)]
+pub enum DeployError {
+    /// A manifest field is wrong, or what it names (wasm file, address) is unusable.
+    #[error(transparent)]
+    Field(#[from] FieldError),
+    /// A route is held by another app.
+    #[error(transparent)]
+    RouteConflict(#[from] RouteConflict),
+    /// The app is deployed from another manifest file.
+    #[error("app {app:?} is already deployed from {other}; an app comes from one file")]
+    DuplicateApp {
+        /// App name.
+        app: String,
+        /// The file it is deployed from.
+        other: PathBuf,
+    },
+}
+
+/// An app running on this node.
+pub struct DeployedApp {
+    /// The manifest it runs.
+    pub manifest: Manifest,
+    /// The file it came from.
+    pub source: PathBuf,
+    /// Its components running here.
+    pub components: Vec<Arc<HttpComponent>>,
+    routes: Vec<Route>,
+}
+
+/// Applies manifests to this node: one deploy, update or undeploy at a time.
+pub struct Deployer {
+    host: Host,
+    http: Arc<HttpServer>,
+    labels: BTreeMap<String, String>,
+    replica_concurrency: u32,
+    apps: tokio::sync::Mutex<BTreeMap<String, DeployedApp>>,
+}
+
+impl Deployer {
+    /// A deployer placing components with `host`, routes on `http`, replicas by `labels`; each
+    /// replica admits `replica_concurrency` concurrent requests.
+    pub fn new(host: Host, http: Arc<HttpServer>, labels: BTreeMap<String, String>, replica_concurrency: u32) -> Deployer {
+        Deployer { host, http, labels, replica_concurrency, apps: tokio::sync::Mutex::new(BTreeMap::new()) }
+    }
+
+    /// Deploys `manifest` (read from `source`), replacing the running version of the same app
+    /// once the new one is ready. Requests in flight finish on the version they started with.
+    ///
+    /// # Errors
+    /// [`DeployError`]; then nothing changed.
+    pub async fn deploy(&self, source: &Path, manifest: Manifest) -> Result<(), DeployError> {
+        let mut apps = self.apps.lock().await;
+        if let Some(existing) = apps.get(&manifest.name) {
+            if existing.source != source && existing.source.exists() {
+                return Err(DeployError::DuplicateApp { app: manifest.name.clone(), other: existing.source.clone() });
+            }
+        }
+        let app: Arc<str> = manifest.name.as_str().into();
+        let mut components = Vec::new();
+        for spec in &manifest.components {
+            let replicas = spec.scaler.replicas_on(&self.labels);
+            if replicas == 0 {
+                tracing::info!(app = %app, component = %spec.name, "no replica of this component belongs on this node");
+                continue;
+            }
+            let wasm = tokio::fs::read(&spec.image).await.map_err(|e| {
+                FieldError::new(&spec.image_field, format!("cannot read {}: {e}", spec.image.display()))
+            })?;
+            let concurrency = usize::try_from(u64::from(replicas) * u64::from(self.replica_concurrency)).unwrap_or(usize::MAX);
+            let prepared = self
+                .host
+                .prepare_http_component(app.clone(), spec.name.as_str().into(), wasm, concurrency)
+                .await
+                .map_err(|e| FieldError::new(&spec.image_field, format!("{}: {e}", spec.image.display())))?;
+            match prepared.code_source {
+                CodeSource::Cache => tracing::info!(app = %app, component = %spec.name, digest = prepared.component.digest(), "component code loaded from cache (not compiled)"),
+                CodeSource::Compiled => tracing::info!(app = %app, component = %spec.name, digest = prepared.component.digest(), "component compiled"),
+            }
+            components.push(prepared.component);
+        }
+        let ingress = self.http.ingress_addr();
+        let routes: Vec<Route> = manifest
+            .http_links
+            .iter()
+            .map(|link| Route {
+                key: RouteKey::new(link.address.unwrap_or(ingress), link.host.as_deref(), link.path.as_deref()),
+                target: RouteTarget { app: app.clone(), component: link.target.as_str().into() },
+            })
+            .collect();
+
+        let others = apps.values().filter(|a| a.manifest.name != manifest.name);
+        let table = routing_table(others.map(|a| (&a.routes, &a.components)).chain([(&routes, &components)]))?;
+        self.http.apply(table).await.map_err(|e| {
+            let field = manifest
+                .http_links
+                .iter()
+                .find(|l| l.address == Some(e.addr))
+                .map_or_else(|| "spec".to_owned(), |l| format!("{}.source.config.address", l.field));
+            FieldError::new(field, e.to_string())
+        })?;
+        let previous = apps.insert(
+            manifest.name.clone(),
+            DeployedApp { manifest, source: source.to_path_buf(), components, routes },
+        );
+        let deployed = &apps[&*app];
+        let routes: Vec<String> = deployed.routes.iter().map(|r| r.key.to_string()).collect();
+        tracing::info!(
+            app = %app,
+            version = deployed.manifest.version.as_deref().unwrap_or("-"),
+            source = %source.display(),
+            routes = ?routes,
+            "{}",
+            if previous.is_some() { "app updated" } else { "app deployed" }
+        );
+        Ok(())
+    }
+
+    /// Stops serving app `name`; `false` if it was not deployed. Requests in flight finish.
+    pub async fn undeploy(&self, name: &str) -> bool {
+        let mut apps = self.apps.lock().await;
+        let Some(removed) = apps.remove(name) else { return false };
+        let table = routing_table(apps.values().map(|a| (&a.routes, &a.components)))
+            .expect("routes that coexisted still coexist without one app");
+        if let Err(e) = self.http.apply(table).await {
+            // Only new listeners can fail to bind; removing an app opens none.
+            tracing::error!(error = %e, "updating listeners after undeploy");
+        }
+        tracing::info!(app = name, source = %removed.source.display(), "app undeployed");
+        true
+    }
+
+    /// The app deployed from `source`, if any.
+    pub async fn app_from(&self, source: &Path) -> Option<String> {
+        self.apps.lock().await.values().find(|a| a.source == source).map(|a| a.manifest.name.clone())
+    }
+
+    /// Names of the deployed apps.
+    pub async fn apps(&self) -> Vec<String> {
+        self.apps.lock().await.keys().cloned().collect()
+    }
+}
+
+/// Builds the table from apps' routes and components; the earlier app holds a contested route.
+fn routing_table<'a>(
+    apps: impl Iterator<Item = (&'a Vec<Route>, &'a Vec<Arc<HttpComponent>>)>,
+) -> Result<RoutingTable, RouteConflict> {
+    let mut routes = Vec::new();
+    let mut components = HashMap::new();
+    for (app_routes, app_components) in apps {
+        routes.extend(app_routes.iter().cloned());
+        for c in app_components {
+            components.insert((Arc::from(c.app()), Arc::from(c.name())), c.clone());
+        }
+    }
+    Ok(RoutingTable { router: Router::build(routes)?, components })
+}

@@ -1,0 +1,143 @@
+//! The config-dir watcher: `*.yaml`/`*.yml` files are application manifests; a new file deploys,
+//! a changed one updates, a removed one undeploys. notify wakes it up; every pass re-reads the
+//! whole directory (level-triggered), and a timer re-scans in case an event was lost.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use notify::{RecursiveMode, Watcher};
+use sha2::{Digest, Sha256};
+use tokio_util::sync::CancellationToken;
+
+use super::{Deployer, manifest};
+
+/// Quiet time after a file event before the directory is read, so editors' multi-step saves
+/// are seen whole.
+const SETTLE: Duration = Duration::from_millis(100);
+/// Re-scan interval when no event arrives.
+const RESCAN: Duration = Duration::from_secs(30);
+
+/// What the watcher last saw of a manifest file.
+struct FileState {
+    digest: [u8; 32],
+    /// The error of its last deploy, if it failed.
+    error: Option<String>,
+}
+
+/// Watches `dir` (created if missing) and applies its manifests through `deployer` until
+/// `shutdown`. The first pass runs before this returns its future's first `Pending`.
+///
+/// # Errors
+/// The directory cannot be created or watched.
+pub async fn run(dir: PathBuf, deployer: Arc<Deployer>, shutdown: CancellationToken) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating config dir {}", dir.display()))?;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        let _ = tx.send(event);
+    })
+    .context("creating the config-dir watcher")?;
+    watcher
+        .watch(&dir, RecursiveMode::NonRecursive)
+        .with_context(|| format!("watching config dir {}", dir.display()))?;
+    tracing::info!(dir = %dir.display(), "watching the config dir for manifests");
+
+    let mut files: BTreeMap<PathBuf, FileState> = BTreeMap::new();
+    scan(&dir, &deployer, &mut files).await;
+    loop {
+        tokio::select! {
+            event = rx.recv() => {
+                match event {
+                    Some(Err(e)) => tracing::warn!(error = %e, "config-dir watcher error"),
+                    Some(Ok(_)) => {}
+                    None => anyhow::bail!("config-dir watcher stopped"),
+                }
+                tokio::time::sleep(SETTLE).await;
+                while rx.try_recv().is_ok() {}
+                scan(&dir, &deployer, &mut files).await;
+            }
+            () = tokio::time::sleep(RESCAN) => scan(&dir, &deployer, &mut files).await,
+            () = shutdown.cancelled() => return Ok(()),
+        }
+    }
+}
+
+fn is_manifest(path: &Path) -> bool {
+    path.is_file() && matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"))
+}
+
+/// One level-triggered pass over the directory.
+async fn scan(dir: &Path, deployer: &Deployer, files: &mut BTreeMap<PathBuf, FileState>) {
+    let present: Vec<PathBuf> = match std::fs::read_dir(dir) {
+        Ok(entries) => {
+            let mut paths: Vec<PathBuf> = entries.filter_map(|e| e.ok()).map(|e| e.path()).filter(|p| is_manifest(p)).collect();
+            paths.sort();
+            paths
+        }
+        Err(e) => {
+            tracing::error!(dir = %dir.display(), error = %e, "cannot read the config dir; keeping every app as it is");
+            return;
+        }
+    };
+
+    let mut changed = false;
+    let removed: Vec<PathBuf> = files.keys().filter(|p| !present.contains(p)).cloned().collect();
+    for path in removed {
+        files.remove(&path);
+        changed = true;
+        if let Some(app) = deployer.app_from(&path).await {
+            tracing::info!(file = %path.display(), app, "manifest file removed; undeploying");
+            deployer.undeploy(&app).await;
+        }
+    }
+
+    let mut contents = Vec::new();
+    for path in present {
+        match std::fs::read(&path) {
+            Ok(bytes) => {
+                let digest: [u8; 32] = Sha256::digest(&bytes).into();
+                let unchanged = files.get(&path).is_some_and(|f| f.digest == digest);
+                changed |= !unchanged;
+                contents.push((path, bytes, digest, unchanged));
+            }
+            Err(e) => tracing::error!(file = %path.display(), error = %e, "cannot read manifest file"),
+        }
+    }
+    // Unchanged files are applied again only if their last try failed and something else
+    // changed (a conflicting app may be gone now).
+    for (path, bytes, digest, unchanged) in contents {
+        let failed_before = files.get(&path).and_then(|f| f.error.clone());
+        if unchanged && (failed_before.is_none() || !changed) {
+            continue;
+        }
+        let result = apply_file(&path, &bytes, deployer).await;
+        let error = result.err();
+        if let Some(error) = &error {
+            if failed_before.as_ref() != Some(error) || !unchanged {
+                tracing::error!(file = %path.display(), "manifest not applied: {error}; what was running keeps running");
+            }
+        }
+        files.insert(path, FileState { digest, error });
+    }
+}
+
+/// Parses and deploys one file; the error text names the file and the field.
+async fn apply_file(path: &Path, bytes: &[u8], deployer: &Deployer) -> Result<(), String> {
+    let in_file = |e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
+    let text = std::str::from_utf8(bytes).map_err(|e| in_file(&format!("not UTF-8 text: {e}")))?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    let manifest = manifest::parse(text, base).map_err(|e| in_file(&e))?;
+    for warning in &manifest.warnings {
+        tracing::warn!(file = %path.display(), app = manifest.name, "{warning}");
+    }
+    let previous = deployer.app_from(path).await;
+    let name = manifest.name.clone();
+    deployer.deploy(path, manifest).await.map_err(|e| in_file(&format!("app {name:?}: {e}")))?;
+    if let Some(previous) = previous.filter(|p| *p != name) {
+        tracing::info!(file = %path.display(), old = previous, new = name, "manifest now names another app");
+        deployer.undeploy(&previous).await;
+    }
+    Ok(())
+}

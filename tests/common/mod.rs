@@ -1,0 +1,276 @@
+//! Test harness: runs the real `lattice` binary (which starts a real nats-server) on loopback,
+//! builds the example components once, and reads the node's log.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex, Once};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+/// Path of an example component's wasm, building all examples first (once per test process;
+/// cargo's own lock serializes concurrent test processes).
+pub fn example_wasm(crate_name: &str) -> PathBuf {
+    static BUILD: Once = Once::new();
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+    BUILD.call_once(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "--release", "--quiet", "--target", "wasm32-wasip2", "--manifest-path"])
+            .arg(examples.join("Cargo.toml"))
+            .arg("--target-dir")
+            .arg(examples.join("target"))
+            .env_remove("RUSTFLAGS")
+            .env_remove("CARGO_TARGET_DIR")
+            .status()
+            .expect("running cargo to build the examples");
+        assert!(status.success(), "building the example components failed");
+    });
+    let path = examples.join("target/wasm32-wasip2/release").join(format!("{}.wasm", crate_name.replace('-', "_")));
+    assert!(path.is_file(), "{} missing after the build", path.display());
+    path
+}
+
+/// A wadm manifest for one component answering `path` on the shared ingress.
+pub fn manifest(app: &str, wasm: &Path, path: &str) -> String {
+    format!(
+        r#"apiVersion: core.oam.dev/v1beta1
+kind: Application
+metadata:
+  name: {app}
+  annotations:
+    version: v1
+spec:
+  components:
+    - name: {app}-component
+      type: component
+      properties:
+        image: file://{wasm}
+      traits:
+        - type: spreadscaler
+          properties:
+            instances: 1
+    - name: httpserver
+      type: capability
+      properties:
+        image: ghcr.io/wasmcloud/http-server:0.23.2
+      traits:
+        - type: link
+          properties:
+            target:
+              name: {app}-component
+            namespace: wasi
+            package: http
+            interfaces: [incoming-handler]
+            source:
+              config:
+                - name: default-http
+                  properties:
+                    path: {path}
+"#,
+        wasm = wasm.display()
+    )
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A running `lattice up` with its own config and data dirs.
+pub struct Node {
+    child: Option<Child>,
+    log: Arc<Mutex<String>>,
+    /// The shared ingress.
+    pub http: SocketAddr,
+    /// Its config dir (manifests go here).
+    pub config_dir: PathBuf,
+    /// Its data dir.
+    pub data_dir: PathBuf,
+    _dirs: Option<tempfile::TempDir>,
+}
+
+impl Node {
+    /// Starts a node with fresh temp dirs and `extra` flags.
+    pub fn start(extra: &[&str]) -> Node {
+        let dirs = tempfile::tempdir().unwrap();
+        let config_dir = dirs.path().join("config");
+        let data_dir = dirs.path().join("data");
+        std::fs::create_dir_all(&config_dir).unwrap();
+        let mut node = Node::start_in(&config_dir, &data_dir, extra);
+        node._dirs = Some(dirs);
+        node
+    }
+
+    /// Starts a node on the given dirs (kept by the caller).
+    pub fn start_in(config_dir: &Path, data_dir: &Path, extra: &[&str]) -> Node {
+        let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_lattice"))
+            .arg("up")
+            .arg("--config-dir")
+            .arg(config_dir)
+            .arg("--data-dir")
+            .arg(data_dir)
+            .arg("--http-addr")
+            .arg(http.to_string())
+            .args(["--name", "test-node", "--log", "info,lattice=debug,nats_server=info"])
+            .args(extra)
+            .env_remove("LATTICE_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawning lattice");
+        let log = Arc::new(Mutex::new(String::new()));
+        let stderr = child.stderr.take().unwrap();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("[node] {line}");
+                let mut log = sink.lock().unwrap();
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        Node { child: Some(child), log, http, config_dir: config_dir.to_path_buf(), data_dir: data_dir.to_path_buf(), _dirs: None }
+    }
+
+    /// Everything the node logged so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Waits until the log has a line containing every one of `needles`; panics after `timeout`
+    /// with the log.
+    pub fn wait_for_log(&self, needles: &[&str], timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(line) = self.log().lines().find(|l| needles.iter().all(|n| l.contains(n))) {
+                return line.to_owned();
+            }
+            assert!(Instant::now() < deadline, "no log line with {needles:?} within {timeout:?}; log:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    /// How many log lines contain `needle`.
+    pub fn count_log(&self, needle: &str) -> usize {
+        self.log().lines().filter(|l| l.contains(needle)).count()
+    }
+
+    /// The pid of the current nats-server child, from the node's log.
+    pub fn nats_pid(&self) -> i32 {
+        let log = self.log();
+        let line = log
+            .lines()
+            .filter(|l| l.contains("nats-server is ready") || l.contains("nats-server restarted and ready"))
+            .last()
+            .unwrap_or_else(|| panic!("no nats-server pid in log:\n{log}"));
+        let pid = line.split("pid=").nth(1).unwrap().split_whitespace().next().unwrap();
+        pid.parse().unwrap()
+    }
+
+    /// The node's pid.
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().unwrap().id() as i32
+    }
+
+    /// `GET path` on the ingress: status and body; `None` if the connection failed.
+    pub fn get(&self, path: &str) -> Option<(u16, String)> {
+        http_get(self.http, path, None)
+    }
+
+    /// Polls `GET path` until the status is `status`; returns the body. Panics after `timeout`.
+    pub fn wait_for_status(&self, path: &str, status: u16, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let got = self.get(path);
+            if let Some((s, body)) = &got {
+                if *s == status {
+                    return body.clone();
+                }
+            }
+            assert!(Instant::now() < deadline, "GET {path}: wanted {status} within {timeout:?}, last {got:?}; log:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Sends SIGTERM and waits up to `timeout` for the exit.
+    pub fn terminate(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let child = self.child.as_mut().unwrap();
+        kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            if child.try_wait().ok().flatten().is_none() {
+                // The node's nats-server dies with it (parent-death signal); ours only.
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}
+
+/// Whether process `pid` exists (and is not a zombie).
+pub fn alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat.split(") ").nth(1).is_some_and(|rest| rest.starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+/// A minimal blocking HTTP/1.1 GET with a 10 s timeout, returning status and body.
+pub fn http_get(addr: SocketAddr, path: &str, host: Option<&str>) -> Option<(u16, String)> {
+    let (status, _headers, body) = http_request(addr, "GET", path, host, &[])?;
+    Some((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+/// One HTTP/1.1 request over a fresh connection (`Connection: close`), via hyper's client in a
+/// small runtime: status, headers, body. `None` when the connection fails or times out.
+pub fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    host: Option<&str>,
+    body: &[u8],
+) -> Option<(u16, Vec<(String, String)>, Vec<u8>)> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let fut = async {
+            let client = reqwest::Client::builder().no_proxy().build().ok()?;
+            let mut request = client
+                .request(reqwest::Method::from_bytes(method.as_bytes()).ok()?, format!("http://{addr}{path}"))
+                .body(body.to_vec());
+            if let Some(host) = host {
+                request = request.header("host", host);
+            }
+            let response = request.send().await.ok()?;
+            let status = response.status().as_u16();
+            let headers = response
+                .headers()
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_owned()))
+                .collect();
+            let body = response.bytes().await.ok()?.to_vec();
+            Some((status, headers, body))
+        };
+        tokio::time::timeout(Duration::from_secs(10), fut).await.ok().flatten()
+    })
+}
