@@ -62,7 +62,12 @@ pub struct UpArgs {
 
     /// A label of this node, `KEY=VALUE`; repeatable (env: comma-separated). `os`, `arch` and
     /// `hostname` are always added.
-    #[arg(long = "label", env = "LATTICE_LABEL", value_name = "KEY=VALUE", value_delimiter = ',')]
+    #[arg(
+        long = "label",
+        env = "LATTICE_LABEL",
+        value_name = "KEY=VALUE",
+        value_delimiter = ','
+    )]
     pub labels: Vec<String>,
 
     /// Deadline of one HTTP request to a component, e.g. `30s`, `500ms` [default: 30s].

@@ -89,19 +89,32 @@ impl NodeConfig {
     pub fn resolve(args: UpArgs) -> anyhow::Result<NodeConfig> {
         let config_dir = absolute(match args.config_dir {
             Some(dir) => dir,
-            None => default_dir("CONFIGURATION_DIRECTORY", "/etc/lattice", "XDG_CONFIG_HOME", ".config")?,
+            None => default_dir(
+                "CONFIGURATION_DIRECTORY",
+                "/etc/lattice",
+                "XDG_CONFIG_HOME",
+                ".config",
+            )?,
         })?;
         let file = read_file_config(&config_dir.join(CONFIG_FILE_NAME))?;
 
         let data_dir = absolute(match args.data_dir.or(file.data_dir) {
             Some(dir) => dir,
-            None => default_dir("STATE_DIRECTORY", "/var/lib/lattice", "XDG_DATA_HOME", ".local/share")?,
+            None => default_dir(
+                "STATE_DIRECTORY",
+                "/var/lib/lattice",
+                "XDG_DATA_HOME",
+                ".local/share",
+            )?,
         })?;
         let http_addr = match args.http_addr.or(file.http_addr) {
             Some(addr) => addr,
             None => DEFAULT_HTTP_ADDR.parse()?,
         };
-        let lattice = args.lattice.or(file.lattice).unwrap_or_else(|| "default".to_owned());
+        let lattice = args
+            .lattice
+            .or(file.lattice)
+            .unwrap_or_else(|| "default".to_owned());
         check_lattice_name(&lattice)?;
 
         let hostname = nix::unistd::gethostname()
@@ -127,14 +140,26 @@ impl NodeConfig {
             .request_timeout
             .or(file.request_timeout)
             .unwrap_or(Duration::from_secs(30));
-        ensure!(!request_timeout.is_zero(), "--request-timeout: must be more than 0");
-        let memory_mib = args.max_instance_memory_mib.or(file.max_instance_memory_mib).unwrap_or(128);
+        ensure!(
+            !request_timeout.is_zero(),
+            "--request-timeout: must be more than 0"
+        );
+        let memory_mib = args
+            .max_instance_memory_mib
+            .or(file.max_instance_memory_mib)
+            .unwrap_or(128);
         ensure!(
             (1..=4096).contains(&memory_mib),
             "--max-instance-memory-mib: {memory_mib} is outside 1..=4096 MiB"
         );
-        let replica_concurrency = args.replica_concurrency.or(file.replica_concurrency).unwrap_or(64);
-        ensure!(replica_concurrency > 0, "--replica-concurrency: must be at least 1");
+        let replica_concurrency = args
+            .replica_concurrency
+            .or(file.replica_concurrency)
+            .unwrap_or(64);
+        ensure!(
+            replica_concurrency > 0,
+            "--replica-concurrency: must be at least 1"
+        );
 
         Ok(NodeConfig {
             config_dir,
@@ -163,10 +188,20 @@ fn read_file_config(path: &Path) -> anyhow::Result<FileConfig> {
 }
 
 /// systemd's directory variable, else the system path as root, else the XDG path.
-fn default_dir(systemd_var: &str, system: &str, xdg_var: &str, home_rel: &str) -> anyhow::Result<PathBuf> {
+fn default_dir(
+    systemd_var: &str,
+    system: &str,
+    xdg_var: &str,
+    home_rel: &str,
+) -> anyhow::Result<PathBuf> {
     if let Some(dir) = std::env::var_os(systemd_var).filter(|d| !d.is_empty()) {
         // systemd may list several directories separated by ':'; the first is ours.
-        let first = dir.to_string_lossy().split(':').next().unwrap_or_default().to_owned();
+        let first = dir
+            .to_string_lossy()
+            .split(':')
+            .next()
+            .unwrap_or_default()
+            .to_owned();
         return Ok(PathBuf::from(first));
     }
     if nix::unistd::geteuid().is_root() {
@@ -177,7 +212,9 @@ fn default_dir(systemd_var: &str, system: &str, xdg_var: &str, home_rel: &str) -
     }
     match std::env::var_os("HOME").filter(|d| !d.is_empty()) {
         Some(home) => Ok(PathBuf::from(home).join(home_rel).join("lattice")),
-        None => bail!("cannot choose a default directory: set ${xdg_var} or HOME, or pass the flag"),
+        None => {
+            bail!("cannot choose a default directory: set ${xdg_var} or HOME, or pass the flag")
+        }
     }
 }
 
@@ -188,7 +225,10 @@ fn absolute(path: PathBuf) -> anyhow::Result<PathBuf> {
 /// A lattice name goes into NATS subjects and JetStream bucket names: keep it to their safe set.
 fn check_lattice_name(name: &str) -> anyhow::Result<()> {
     ensure!(
-        !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'),
+        !name.is_empty()
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'),
         "--lattice {name:?}: use letters, digits, '-' and '_' only (it names NATS subjects and buckets)"
     );
     Ok(())
@@ -207,7 +247,9 @@ fn parse_label(text: &str) -> anyhow::Result<(String, String)> {
 fn check_label_key(key: &str) -> anyhow::Result<()> {
     ensure!(
         !key.is_empty()
-            && key.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/')),
+            && key
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/')),
         "label key {key:?}: use letters, digits, '-', '_', '.' and '/' only"
     );
     Ok(())
@@ -218,7 +260,11 @@ mod tests {
     use super::*;
 
     fn args(dir: &Path) -> UpArgs {
-        UpArgs { config_dir: Some(dir.to_path_buf()), data_dir: Some(dir.join("data")), ..UpArgs::default() }
+        UpArgs {
+            config_dir: Some(dir.to_path_buf()),
+            data_dir: Some(dir.join("data")),
+            ..UpArgs::default()
+        }
     }
 
     #[test]
@@ -258,6 +304,9 @@ mod tests {
 
         std::fs::write(dir.path().join(CONFIG_FILE_NAME), "http-adr = \"x\"\n").unwrap();
         let err = format!("{:#}", NodeConfig::resolve(args(dir.path())).unwrap_err());
-        assert!(err.contains("lattice.toml") && err.contains("http-adr"), "{err}");
+        assert!(
+            err.contains("lattice.toml") && err.contains("http-adr"),
+            "{err}"
+        );
     }
 }

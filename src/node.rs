@@ -53,7 +53,8 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         client_port: port,
         jetstream_store_dir: Some(nats_dir.join("jetstream")),
     };
-    let supervisor = NatsSupervisor::start(binary, nats_dir.join("nats-server.conf"), &settings).await?;
+    let supervisor =
+        NatsSupervisor::start(binary, nats_dir.join("nats-server.conf"), &settings).await?;
     let url_file = config.data_dir.join(NATS_URL_FILE);
     std::fs::write(&url_file, format!("{}\n", supervisor.url()))
         .with_context(|| format!("writing {}", url_file.display()))?;
@@ -78,18 +79,31 @@ async fn run_with_nats(
     let client = nats::connect(nats_url, &config.name).await?;
     let host = Host::new(
         &config.data_dir,
-        InstanceLimits { request_timeout: config.request_timeout, max_memory_bytes: config.max_instance_memory_bytes },
+        InstanceLimits {
+            request_timeout: config.request_timeout,
+            max_memory_bytes: config.max_instance_memory_bytes,
+        },
     )?;
     tracing::info!(allocator = ?host.allocator(), "component host ready");
-    let http = Arc::new(
-        HttpServer::start(config.http_addr)
-            .await
-            .with_context(|| format!("starting the http ingress (--http-addr {})", config.http_addr))?,
-    );
-    let deployer = Arc::new(Deployer::new(host, http.clone(), config.labels.clone(), config.replica_concurrency));
+    let http = Arc::new(HttpServer::start(config.http_addr).await.with_context(|| {
+        format!(
+            "starting the http ingress (--http-addr {})",
+            config.http_addr
+        )
+    })?);
+    let deployer = Arc::new(Deployer::new(
+        host,
+        http.clone(),
+        config.labels.clone(),
+        config.replica_concurrency,
+    ));
 
     let shutdown = CancellationToken::new();
-    let watcher_task = tokio::spawn(supervise_watcher(config.config_dir.clone(), deployer.clone(), shutdown.clone()));
+    let watcher_task = tokio::spawn(supervise_watcher(
+        config.config_dir.clone(),
+        deployer.clone(),
+        shutdown.clone(),
+    ));
     tracing::info!(ingress = %http.ingress_addr(), nats = nats_url, "lattice node is up");
 
     tokio::select! {
@@ -106,12 +120,23 @@ async fn run_with_nats(
 }
 
 /// Keeps the config-dir watcher running: an error or panic is logged and it starts again.
-async fn supervise_watcher(dir: std::path::PathBuf, deployer: Arc<Deployer>, shutdown: CancellationToken) {
+async fn supervise_watcher(
+    dir: std::path::PathBuf,
+    deployer: Arc<Deployer>,
+    shutdown: CancellationToken,
+) {
     while !shutdown.is_cancelled() {
-        let task = tokio::spawn(watcher::run(dir.clone(), deployer.clone(), shutdown.clone()));
+        let task = tokio::spawn(watcher::run(
+            dir.clone(),
+            deployer.clone(),
+            shutdown.clone(),
+        ));
         match task.await {
             Ok(Ok(())) => return,
-            Ok(Err(e)) => tracing::error!(error = format!("{e:#}"), "config-dir watcher failed; restarting it"),
+            Ok(Err(e)) => tracing::error!(
+                error = format!("{e:#}"),
+                "config-dir watcher failed; restarting it"
+            ),
             Err(e) => tracing::error!(error = %e, "config-dir watcher panicked; restarting it"),
         }
         tokio::select! {

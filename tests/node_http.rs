@@ -1,6 +1,8 @@
 //! `lattice up` end to end: the real binary, its real nats-server, real components built from
 //! `examples/`, real HTTP over loopback.
 
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
+
 mod common;
 
 use std::time::{Duration, Instant};
@@ -9,10 +11,20 @@ use common::{Node, alive, example_wasm, http_request, manifest};
 
 /// The example manifest, with its image made absolute so it works from a temp config dir.
 fn example_manifest() -> String {
-    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/http-hello/wadm.yaml")).unwrap();
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/examples/http-hello/wadm.yaml"
+    ))
+    .unwrap();
     let wasm = example_wasm("http-hello");
-    let replaced = text.replace("file://../target/wasm32-wasip2/release/http_hello.wasm", &format!("file://{}", wasm.display()));
-    assert_ne!(replaced, text, "examples/http-hello/wadm.yaml no longer names its wasm as expected");
+    let replaced = text.replace(
+        "file://../target/wasm32-wasip2/release/http_hello.wasm",
+        &format!("file://{}", wasm.display()),
+    );
+    assert_ne!(
+        replaced, text,
+        "examples/http-hello/wadm.yaml no longer names its wasm as expected"
+    );
     replaced
 }
 
@@ -26,7 +38,10 @@ fn serves_the_example_manifest_within_5_seconds() {
     let started = Instant::now();
     let node = Node::start_in(&config, &dirs.path().join("data"), &[]);
     let body = node.wait_for_status("/hello", 200, Duration::from_secs(5));
-    assert!(body.contains("Hello from lattice") && body.contains("/hello"), "{body}");
+    assert!(
+        body.contains("Hello from lattice") && body.contains("/hello"),
+        "{body}"
+    );
     eprintln!("first 200 after {:?}", started.elapsed());
     // No route for a path outside the app's prefix is impossible here (path: /), so check the
     // 404 of a host-routed node elsewhere; but the answer names the full path with query.
@@ -40,9 +55,17 @@ fn manifests_deploy_update_and_undeploy_while_the_node_runs() {
     let node = Node::start(&[]);
     let hello = example_wasm("http-hello");
     let goodbye = example_wasm("http-goodbye");
-    std::fs::write(node.config_dir.join("first.yaml"), manifest("first", &hello, "/first")).unwrap();
+    std::fs::write(
+        node.config_dir.join("first.yaml"),
+        manifest("first", &hello, "/first"),
+    )
+    .unwrap();
     node.wait_for_status("/first", 200, Duration::from_secs(10));
-    assert_eq!(node.get("/second").unwrap().0, 404, "no app holds /second yet");
+    assert_eq!(
+        node.get("/second").unwrap().0,
+        404,
+        "no app holds /second yet"
+    );
 
     let second = node.config_dir.join("second.yml");
     std::fs::write(&second, manifest("second", &hello, "/second")).unwrap();
@@ -58,7 +81,11 @@ fn manifests_deploy_update_and_undeploy_while_the_node_runs() {
             assert!(body.contains("/second/x"), "{body}");
             break;
         }
-        assert!(Instant::now() < deadline, "the edited manifest was not applied; log:\n{}", node.log());
+        assert!(
+            Instant::now() < deadline,
+            "the edited manifest was not applied; log:\n{}",
+            node.log()
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     node.wait_for_log(&["app updated", "second"], Duration::from_secs(1));
@@ -78,54 +105,112 @@ fn invalid_manifests_are_reported_and_the_good_version_keeps_serving() {
     std::fs::write(&file, manifest("app", &goodbye, "/app")).unwrap();
     node.wait_for_status("/app", 200, Duration::from_secs(10));
     let other = node.config_dir.join("other.yaml");
-    std::fs::write(&other, manifest("other", &example_wasm("http-hello"), "/other")).unwrap();
+    std::fs::write(
+        &other,
+        manifest("other", &example_wasm("http-hello"), "/other"),
+    )
+    .unwrap();
     node.wait_for_status("/other", 200, Duration::from_secs(10));
 
     // 1. Bad YAML.
-    std::fs::write(&file, "apiVersion: core.oam.dev/v1beta1\nkind: [Application\n").unwrap();
-    node.wait_for_log(&["app.yaml", "manifest not applied", "invalid YAML"], Duration::from_secs(10));
+    std::fs::write(
+        &file,
+        "apiVersion: core.oam.dev/v1beta1\nkind: [Application\n",
+    )
+    .unwrap();
+    node.wait_for_log(
+        &["app.yaml", "manifest not applied", "invalid YAML"],
+        Duration::from_secs(10),
+    );
     assert!(node.get("/app").unwrap().1.starts_with("Goodbye"));
 
     // 2. A wasm file that does not exist.
     let missing = node.config_dir.join("missing.wasm");
     std::fs::write(&file, manifest("app", &missing, "/app")).unwrap();
-    node.wait_for_log(&["app.yaml", "spec.components[0].properties.image", "cannot read", "missing.wasm"], Duration::from_secs(10));
+    node.wait_for_log(
+        &[
+            "app.yaml",
+            "spec.components[0].properties.image",
+            "cannot read",
+            "missing.wasm",
+        ],
+        Duration::from_secs(10),
+    );
     assert!(node.get("/app").unwrap().1.starts_with("Goodbye"));
 
     // 3. A wasm file that is a core module, not a component.
     let core = node.config_dir.join("core.wasm");
     std::fs::write(&core, b"\0asm\x01\0\0\0").unwrap();
     std::fs::write(&file, manifest("app", &core, "/app")).unwrap();
-    node.wait_for_log(&["app.yaml", "spec.components[0].properties.image", "not a valid WebAssembly component"], Duration::from_secs(10));
+    node.wait_for_log(
+        &[
+            "app.yaml",
+            "spec.components[0].properties.image",
+            "not a valid WebAssembly component",
+        ],
+        Duration::from_secs(10),
+    );
 
     // 4. A component that does not export wasi:http/incoming-handler is not one we can serve;
     //    a missing required field is named by its path.
     let no_name = manifest("app", &goodbye, "/app").replace("  name: app\n", "");
     std::fs::write(&file, no_name).unwrap();
-    node.wait_for_log(&["app.yaml", "metadata", "missing field `name`"], Duration::from_secs(10));
+    node.wait_for_log(
+        &["app.yaml", "metadata", "missing field `name`"],
+        Duration::from_secs(10),
+    );
 
     let (status, body) = node.get("/app").unwrap();
-    assert_eq!((status, body.starts_with("Goodbye")), (200, true), "the good version must keep serving: {body}");
-    assert_eq!(node.get("/other").unwrap().0, 200, "other apps are untouched");
+    assert_eq!(
+        (status, body.starts_with("Goodbye")),
+        (200, true),
+        "the good version must keep serving: {body}"
+    );
+    assert_eq!(
+        node.get("/other").unwrap().0,
+        200,
+        "other apps are untouched"
+    );
 }
 
 #[test]
 fn a_route_held_by_one_app_is_refused_to_another() {
     let node = Node::start(&[]);
-    std::fs::write(node.config_dir.join("a.yaml"), manifest("holder", &example_wasm("http-hello"), "/shared")).unwrap();
+    std::fs::write(
+        node.config_dir.join("a.yaml"),
+        manifest("holder", &example_wasm("http-hello"), "/shared"),
+    )
+    .unwrap();
     node.wait_for_status("/shared", 200, Duration::from_secs(10));
-    std::fs::write(node.config_dir.join("b.yaml"), manifest("claimant", &example_wasm("http-goodbye"), "/shared")).unwrap();
+    std::fs::write(
+        node.config_dir.join("b.yaml"),
+        manifest("claimant", &example_wasm("http-goodbye"), "/shared"),
+    )
+    .unwrap();
     let line = node.wait_for_log(&["b.yaml", "manifest not applied"], Duration::from_secs(10));
-    assert!(line.contains("\\\"holder\\\"") || line.contains("\"holder\""), "{line}");
+    assert!(
+        line.contains("\\\"holder\\\"") || line.contains("\"holder\""),
+        "{line}"
+    );
     assert!(line.contains("claimant"), "{line}");
     let body = node.wait_for_status("/shared", 200, Duration::from_secs(1));
-    assert!(body.starts_with("Hello"), "the first app keeps its route: {body}");
+    assert!(
+        body.starts_with("Hello"),
+        "the first app keeps its route: {body}"
+    );
 
     // Once the holder is gone, the claimant's manifest applies.
     std::fs::remove_file(node.config_dir.join("a.yaml")).unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !node.get("/shared").is_some_and(|(s, b)| s == 200 && b.starts_with("Goodbye")) {
-        assert!(Instant::now() < deadline, "claimant did not take the freed route; log:\n{}", node.log());
+    while !node
+        .get("/shared")
+        .is_some_and(|(s, b)| s == 200 && b.starts_with("Goodbye"))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "claimant did not take the freed route; log:\n{}",
+            node.log()
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -133,7 +218,11 @@ fn a_route_held_by_one_app_is_refused_to_another() {
 #[test]
 fn http_keeps_answering_while_nats_server_is_killed_and_restarted() {
     let node = Node::start(&[]);
-    std::fs::write(node.config_dir.join("hello.yaml"), manifest("hello", &example_wasm("http-hello"), "/")).unwrap();
+    std::fs::write(
+        node.config_dir.join("hello.yaml"),
+        manifest("hello", &example_wasm("http-hello"), "/"),
+    )
+    .unwrap();
     node.wait_for_status("/", 200, Duration::from_secs(10));
     let first = node.nats_pid();
     assert!(alive(first));
@@ -152,15 +241,32 @@ fn http_keeps_answering_while_nats_server_is_killed_and_restarted() {
         })
     };
     std::thread::sleep(Duration::from_millis(300));
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(first), nix::sys::signal::Signal::SIGKILL).unwrap();
-    node.wait_for_log(&["nats-server exited unexpectedly", "signal: 9"], Duration::from_secs(5));
-    node.wait_for_log(&["nats-server restarted and ready"], Duration::from_secs(10));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(first),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    node.wait_for_log(
+        &["nats-server exited unexpectedly", "signal: 9"],
+        Duration::from_secs(5),
+    );
+    node.wait_for_log(
+        &["nats-server restarted and ready"],
+        Duration::from_secs(10),
+    );
     node.wait_for_log(&["connected to nats-server"], Duration::from_secs(10));
     std::thread::sleep(Duration::from_millis(300));
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let statuses = load.join().unwrap();
-    assert!(statuses.len() > 20, "too few requests made: {}", statuses.len());
-    assert!(statuses.iter().all(|s| *s == Some(200)), "every request must be answered 200: {statuses:?}");
+    assert!(
+        statuses.len() > 20,
+        "too few requests made: {}",
+        statuses.len()
+    );
+    assert!(
+        statuses.iter().all(|s| *s == Some(200)),
+        "every request must be answered 200: {statuses:?}"
+    );
     let second = node.nats_pid();
     assert_ne!(first, second);
     assert!(alive(second), "the restarted nats-server runs");
@@ -169,8 +275,16 @@ fn http_keeps_answering_while_nats_server_is_killed_and_restarted() {
 #[test]
 fn a_runaway_component_hits_the_deadline_and_others_keep_answering() {
     let node = Node::start(&["--request-timeout", "1s", "--replica-concurrency", "1"]);
-    std::fs::write(node.config_dir.join("loop.yaml"), manifest("spin", &example_wasm("http-loop"), "/loop")).unwrap();
-    std::fs::write(node.config_dir.join("hello.yaml"), manifest("hello", &example_wasm("http-hello"), "/hello")).unwrap();
+    std::fs::write(
+        node.config_dir.join("loop.yaml"),
+        manifest("spin", &example_wasm("http-loop"), "/loop"),
+    )
+    .unwrap();
+    std::fs::write(
+        node.config_dir.join("hello.yaml"),
+        manifest("hello", &example_wasm("http-hello"), "/hello"),
+    )
+    .unwrap();
     node.wait_for_status("/hello", 200, Duration::from_secs(10));
     node.wait_for_log(&["app deployed", "spin"], Duration::from_secs(10));
 
@@ -184,14 +298,23 @@ fn a_runaway_component_hits_the_deadline_and_others_keep_answering() {
     std::thread::sleep(Duration::from_millis(300));
     let (status, headers, _) = http_request(node.http, "GET", "/loop", None, b"").unwrap();
     assert_eq!(status, 503);
-    assert!(headers.iter().any(|(k, v)| k == "retry-after" && v == "1"), "{headers:?}");
+    assert!(
+        headers.iter().any(|(k, v)| k == "retry-after" && v == "1"),
+        "{headers:?}"
+    );
     assert_eq!(node.get("/hello").unwrap().0, 200);
 
     let (result, elapsed) = runaway.join().unwrap();
     let (status, body) = result.expect("the runaway request gets an answer");
     assert!(status == 504 || status == 500, "{status} {body}");
-    assert!(elapsed < Duration::from_secs(5), "answered after {elapsed:?}");
-    node.wait_for_log(&["exceeded the request deadline", "spin"], Duration::from_secs(1));
+    assert!(
+        elapsed < Duration::from_secs(5),
+        "answered after {elapsed:?}"
+    );
+    node.wait_for_log(
+        &["exceeded the request deadline", "spin"],
+        Duration::from_secs(1),
+    );
     let (status, body) = node.get("/hello").unwrap();
     assert_eq!(status, 200, "{body}");
     // The slot is free again.
@@ -201,14 +324,28 @@ fn a_runaway_component_hits_the_deadline_and_others_keep_answering() {
 #[test]
 fn sigterm_stops_the_node_and_its_nats_server() {
     let mut node = Node::start(&[]);
-    std::fs::write(node.config_dir.join("hello.yaml"), manifest("hello", &example_wasm("http-hello"), "/")).unwrap();
+    std::fs::write(
+        node.config_dir.join("hello.yaml"),
+        manifest("hello", &example_wasm("http-hello"), "/"),
+    )
+    .unwrap();
     node.wait_for_status("/", 200, Duration::from_secs(10));
     let nats = node.nats_pid();
     let started = Instant::now();
-    let status = node.terminate(Duration::from_secs(5)).expect("the node must exit within 5 s of SIGTERM");
-    assert_eq!(status.code(), Some(0), "exit status {status:?}; log:\n{}", node.log());
+    let status = node
+        .terminate(Duration::from_secs(5))
+        .expect("the node must exit within 5 s of SIGTERM");
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "exit status {status:?}; log:\n{}",
+        node.log()
+    );
     eprintln!("stopped in {:?}", started.elapsed());
-    assert!(!alive(nats), "nats-server {nats} still runs after the node stopped");
+    assert!(
+        !alive(nats),
+        "nats-server {nats} still runs after the node stopped"
+    );
     assert!(node.log().contains("nats-server stopped"));
 }
 
@@ -217,15 +354,32 @@ fn a_second_start_with_the_same_data_dir_does_not_recompile() {
     let dirs = tempfile::tempdir().unwrap();
     let (config, data) = (dirs.path().join("config"), dirs.path().join("data"));
     std::fs::create_dir_all(&config).unwrap();
-    std::fs::write(config.join("hello.yaml"), manifest("hello", &example_wasm("http-hello"), "/")).unwrap();
+    std::fs::write(
+        config.join("hello.yaml"),
+        manifest("hello", &example_wasm("http-hello"), "/"),
+    )
+    .unwrap();
 
     let mut first = Node::start_in(&config, &data, &[]);
     first.wait_for_status("/", 200, Duration::from_secs(10));
     first.wait_for_log(&["component compiled", "hello"], Duration::from_secs(1));
-    assert_eq!(first.terminate(Duration::from_secs(5)).and_then(|s| s.code()), Some(0));
+    assert_eq!(
+        first
+            .terminate(Duration::from_secs(5))
+            .and_then(|s| s.code()),
+        Some(0)
+    );
 
     let second = Node::start_in(&config, &data, &[]);
     second.wait_for_status("/", 200, Duration::from_secs(10));
-    second.wait_for_log(&["component code loaded from cache", "hello"], Duration::from_secs(1));
-    assert_eq!(second.count_log("component compiled"), 0, "log:\n{}", second.log());
+    second.wait_for_log(
+        &["component code loaded from cache", "hello"],
+        Duration::from_secs(1),
+    );
+    assert_eq!(
+        second.count_log("component compiled"),
+        0,
+        "log:\n{}",
+        second.log()
+    );
 }

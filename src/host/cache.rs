@@ -41,19 +41,30 @@ impl CodeCache {
     ///
     /// # Errors
     /// `wasm` is not a valid component for this engine (the error says why).
-    pub fn load_or_compile(&self, engine: &Engine, wasm: &[u8], digest: &str) -> anyhow::Result<(Component, CodeSource)> {
+    pub fn load_or_compile(
+        &self,
+        engine: &Engine,
+        wasm: &[u8],
+        digest: &str,
+    ) -> anyhow::Result<(Component, CodeSource)> {
         let path = self.dir.join(format!("{digest}-{}.cwasm", self.engine_key));
         if path.is_file() {
             // SAFETY: the file was written by `Component::serialize` of an engine with the same
             // compatibility hash, into the node's own data dir; wasmtime checks the header too.
             match unsafe { Component::deserialize_file(engine, &path) } {
                 Ok(component) => return Ok((component, CodeSource::Cache)),
-                Err(e) => tracing::warn!(path = %path.display(), error = format!("{e:#}"), "discarding unusable compiled code"),
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = format!("{e:#}"), "discarding unusable compiled code")
+                }
             }
         }
         let started = Instant::now();
         let component = Component::new(engine, wasm)?;
-        tracing::debug!(digest, elapsed_ms = started.elapsed().as_millis() as u64, "compiled component");
+        tracing::debug!(
+            digest,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "compiled component"
+        );
         if let Err(e) = store(&path, &component) {
             tracing::warn!(path = %path.display(), error = format!("{e:#}"), "cannot cache compiled code");
         }

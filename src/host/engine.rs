@@ -39,7 +39,8 @@ pub fn build(max_memory_bytes: u64) -> anyhow::Result<(Engine, Allocator)> {
         .total_tables(POOL_TABLES)
         .total_stacks(POOL_COMPONENT_INSTANCES)
         .max_memory_size(usize::try_from(max_memory_bytes).unwrap_or(usize::MAX));
-    let pooled = Engine::new(base_config().allocation_strategy(InstanceAllocationStrategy::Pooling(pool)));
+    let pooled =
+        Engine::new(base_config().allocation_strategy(InstanceAllocationStrategy::Pooling(pool)));
     let (engine, allocator) = match pooled {
         Ok(engine) => (engine, Allocator::Pooling),
         Err(e) => {
@@ -48,9 +49,11 @@ pub fn build(max_memory_bytes: u64) -> anyhow::Result<(Engine, Allocator)> {
                 "cannot reserve the pooling allocator's memory (small VM or limited virtual memory?); \
                  falling back to on-demand instance allocation"
             );
-            let engine = Engine::new(base_config().allocation_strategy(InstanceAllocationStrategy::OnDemand))
-                .map_err(anyhow::Error::from)
-                .context("creating the wasmtime engine")?;
+            let engine = Engine::new(
+                base_config().allocation_strategy(InstanceAllocationStrategy::OnDemand),
+            )
+            .map_err(anyhow::Error::from)
+            .context("creating the wasmtime engine")?;
             (engine, Allocator::OnDemand)
         }
     };

@@ -39,7 +39,15 @@ impl HttpComponent {
         max_concurrency: usize,
         limits: InstanceLimits,
     ) -> HttpComponent {
-        HttpComponent { app, name, digest, pre, permits: Arc::new(Semaphore::new(max_concurrency)), max_concurrency, limits }
+        HttpComponent {
+            app,
+            name,
+            digest,
+            pre,
+            permits: Arc::new(Semaphore::new(max_concurrency)),
+            max_concurrency,
+            limits,
+        }
     }
 
     /// Name of the app this component belongs to.
@@ -65,18 +73,31 @@ impl HttpComponent {
     /// Serves `request` with a fresh instance. Never fails: the component's response, or
     /// 503 + `Retry-After` when the concurrency bound is reached, 504 when the deadline passes,
     /// 500 when the instance traps or sets no response (logged with the cause).
-    pub async fn handle<B>(&self, request: hyper::Request<B>, scheme: Scheme) -> hyper::Response<ResponseBody>
+    pub async fn handle<B>(
+        &self,
+        request: hyper::Request<B>,
+        scheme: Scheme,
+    ) -> hyper::Response<ResponseBody>
     where
         B: hyper::body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<wasmtime_wasi_http::Error>,
     {
         let Ok(permit) = self.permits.clone().try_acquire_owned() else {
-            tracing::warn!(limit = self.max_concurrency, "component saturated; answering 503");
+            tracing::warn!(
+                limit = self.max_concurrency,
+                "component saturated; answering 503"
+            );
             let mut response = text_response(
                 StatusCode::SERVICE_UNAVAILABLE,
-                format!("component {} of app {} is at its concurrency limit\n", self.name, self.app),
+                format!(
+                    "component {} of app {} is at its concurrency limit\n",
+                    self.name, self.app
+                ),
             );
-            response.headers_mut().insert(hyper::header::RETRY_AFTER, hyper::header::HeaderValue::from_static("1"));
+            response.headers_mut().insert(
+                hyper::header::RETRY_AFTER,
+                hyper::header::HeaderValue::from_static("1"),
+            );
             return response;
         };
         let timeout = self.limits.request_timeout;
@@ -84,17 +105,27 @@ impl HttpComponent {
         let limits = StoreLimitsBuilder::new()
             .memory_size(usize::try_from(self.limits.max_memory_bytes).unwrap_or(usize::MAX))
             .build();
-        let mut store = Store::new(self.pre.engine(), HostState::new(&self.app, &self.name, limits));
+        let mut store = Store::new(
+            self.pre.engine(),
+            HostState::new(&self.app, &self.name, limits),
+        );
         store.limiter(|state| &mut state.limits);
         // Guest code yields to the runtime at every epoch tick and traps once the deadline passed.
         store.set_epoch_deadline(1);
         store.epoch_deadline_callback(move |_| {
-            Ok(if Instant::now() >= deadline { UpdateDeadline::Interrupt } else { UpdateDeadline::Yield(1) })
+            Ok(if Instant::now() >= deadline {
+                UpdateDeadline::Interrupt
+            } else {
+                UpdateDeadline::Yield(1)
+            })
         });
 
         let (sender, receiver) = tokio::sync::oneshot::channel();
         let resources: wasmtime::Result<_> = (|| {
-            let req = store.data_mut().http().new_incoming_request(scheme, request)?;
+            let req = store
+                .data_mut()
+                .http()
+                .new_incoming_request(scheme, request)?;
             let out = store.data_mut().http().new_response_outparam(sender)?;
             wasmtime::Result::Ok((req, out))
         })();
@@ -109,37 +140,58 @@ impl HttpComponent {
         let task = tokio::spawn(async move {
             let _permit = permit;
             let proxy = pre.instantiate_async(&mut store).await?;
-            proxy.wasi_http_incoming_handler().call_handle(&mut store, req, out).await
+            proxy
+                .wasi_http_incoming_handler()
+                .call_handle(&mut store, req, out)
+                .await
         });
 
         match tokio::time::timeout_at(deadline.into(), receiver).await {
             Ok(Ok(Ok(response))) => response,
             Ok(Ok(Err(code))) => {
                 tracing::warn!(error = ?code, "component answered with an error code");
-                text_response(StatusCode::INTERNAL_SERVER_ERROR, format!("component error: {code:?}\n"))
+                text_response(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("component error: {code:?}\n"),
+                )
             }
             // The outparam was dropped unset: the instance finished, trapped or was interrupted.
             Ok(Err(_)) => match task.await {
                 Ok(Ok(())) => {
                     tracing::error!("component returned without setting a response");
-                    text_response(StatusCode::INTERNAL_SERVER_ERROR, "component set no response\n".into())
+                    text_response(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "component set no response\n".into(),
+                    )
                 }
                 Ok(Err(e)) if e.downcast_ref::<Trap>() == Some(&Trap::Interrupt) => {
-                    tracing::error!(timeout_ms = timeout.as_millis() as u64, "component exceeded the request deadline");
+                    tracing::error!(
+                        timeout_ms = timeout.as_millis() as u64,
+                        "component exceeded the request deadline"
+                    );
                     deadline_response(timeout)
                 }
                 Ok(Err(e)) => {
                     tracing::error!(error = format!("{e:?}"), "component trapped");
-                    text_response(StatusCode::INTERNAL_SERVER_ERROR, "component failed; see the node log\n".into())
+                    text_response(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "component failed; see the node log\n".into(),
+                    )
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "component task failed");
-                    text_response(StatusCode::INTERNAL_SERVER_ERROR, "component failed; see the node log\n".into())
+                    text_response(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "component failed; see the node log\n".into(),
+                    )
                 }
             },
             Err(_elapsed) => {
                 task.abort();
-                tracing::error!(timeout_ms = timeout.as_millis() as u64, "component exceeded the request deadline");
+                tracing::error!(
+                    timeout_ms = timeout.as_millis() as u64,
+                    "component exceeded the request deadline"
+                );
                 deadline_response(timeout)
             }
         }
@@ -149,17 +201,23 @@ impl HttpComponent {
 fn deadline_response(timeout: std::time::Duration) -> hyper::Response<ResponseBody> {
     text_response(
         StatusCode::GATEWAY_TIMEOUT,
-        format!("component did not answer within the request deadline of {}\n", humantime::format_duration(timeout)),
+        format!(
+            "component did not answer within the request deadline of {}\n",
+            humantime::format_duration(timeout)
+        ),
     )
 }
 
 /// A short `text/plain` response.
 pub fn text_response(status: StatusCode, text: String) -> hyper::Response<ResponseBody> {
-    let body = Full::new(Bytes::from(text)).map_err(|never| match never {}).boxed_unsync();
+    let body = Full::new(Bytes::from(text))
+        .map_err(|never| match never {})
+        .boxed_unsync();
     let mut response = hyper::Response::new(body);
     *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static("text/plain; charset=utf-8"));
+    response.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     response
 }

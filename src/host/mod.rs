@@ -40,7 +40,10 @@ pub struct InstanceLimits {
 
 impl Default for InstanceLimits {
     fn default() -> Self {
-        InstanceLimits { request_timeout: Duration::from_secs(30), max_memory_bytes: 128 * 1024 * 1024 }
+        InstanceLimits {
+            request_timeout: Duration::from_secs(30),
+            max_memory_bytes: 128 * 1024 * 1024,
+        }
     }
 }
 
@@ -87,10 +90,20 @@ impl Host {
         let mut linker = Linker::new(&engine);
         // Like `wasmtime serve -Scli`: all of WASI 0.2 (cli, clocks, random, io, filesystem
         // without preopens, sockets denying every address), plus wasi:http.
-        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(anyhow::Error::from).context("linking WASI 0.2")?;
-        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker).map_err(anyhow::Error::from).context("linking wasi:http")?;
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+            .map_err(anyhow::Error::from)
+            .context("linking WASI 0.2")?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
+            .map_err(anyhow::Error::from)
+            .context("linking wasi:http")?;
         let cache = cache::CodeCache::new(data_dir.join("cache").join("components"), &engine);
-        Ok(Host { engine, linker: Arc::new(linker), cache, limits, allocator })
+        Ok(Host {
+            engine,
+            linker: Arc::new(linker),
+            cache,
+            limits,
+            allocator,
+        })
     }
 
     /// The instance allocator in use.
@@ -114,17 +127,22 @@ impl Host {
         let host = self.clone();
         let digest = sha256_hex(&wasm);
         let key = digest.clone();
-        let (component, code_source) =
-            tokio::task::spawn_blocking(move || host.cache.load_or_compile(&host.engine, &wasm, &key))
-                .await
-                .map_err(|e| ComponentError::Invalid(format!("compiler task failed: {e}")))?
-                .map_err(|e| ComponentError::Invalid(format!("{e:#}")))?;
+        let (component, code_source) = tokio::task::spawn_blocking(move || {
+            host.cache.load_or_compile(&host.engine, &wasm, &key)
+        })
+        .await
+        .map_err(|e| ComponentError::Invalid(format!("compiler task failed: {e}")))?
+        .map_err(|e| ComponentError::Invalid(format!("{e:#}")))?;
         let instance_pre = self
             .linker
             .instantiate_pre(&component)
             .map_err(|e| ComponentError::Link(format!("{e:#}")))?;
-        let pre = ProxyPre::new(instance_pre).map_err(|e| ComponentError::NotHttp(format!("{e:#}")))?;
+        let pre =
+            ProxyPre::new(instance_pre).map_err(|e| ComponentError::NotHttp(format!("{e:#}")))?;
         let component = HttpComponent::new(app, name, digest, pre, max_concurrency, self.limits);
-        Ok(PreparedComponent { component: Arc::new(component), code_source })
+        Ok(PreparedComponent {
+            component: Arc::new(component),
+            code_source,
+        })
     }
 }

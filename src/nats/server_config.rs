@@ -21,7 +21,11 @@ pub fn render(settings: &ServerSettings) -> String {
     let _ = writeln!(out, "server_name: {}", quote(&settings.server_name));
     let _ = writeln!(out, "listen: \"127.0.0.1:{}\"", settings.client_port);
     if let Some(dir) = &settings.jetstream_store_dir {
-        let _ = writeln!(out, "jetstream {{\n  store_dir: {}\n}}", quote(&dir.to_string_lossy()));
+        let _ = writeln!(
+            out,
+            "jetstream {{\n  store_dir: {}\n}}",
+            quote(&dir.to_string_lossy())
+        );
     }
     out
 }
@@ -44,12 +48,19 @@ mod tests {
         });
         assert!(text.contains("server_name: \"node \\\"a\\\"\"\n"), "{text}");
         assert!(text.contains("listen: \"127.0.0.1:4333\"\n"), "{text}");
-        assert!(text.contains("jetstream {\n  store_dir: \"/var/lib/lattice/nats/jetstream\"\n}"), "{text}");
+        assert!(
+            text.contains("jetstream {\n  store_dir: \"/var/lib/lattice/nats/jetstream\"\n}"),
+            "{text}"
+        );
     }
 
     #[test]
     fn without_jetstream_there_is_no_jetstream_block() {
-        let text = render(&ServerSettings { server_name: "n".into(), client_port: 1, jetstream_store_dir: None });
+        let text = render(&ServerSettings {
+            server_name: "n".into(),
+            client_port: 1,
+            jetstream_store_dir: None,
+        });
         assert!(!text.contains("jetstream"), "{text}");
     }
 }

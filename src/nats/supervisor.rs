@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use async_process::{Child, Command};
-use futures::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use futures::StreamExt;
+use futures::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use tokio::task::JoinHandle;
@@ -45,7 +45,10 @@ pub fn find_nats_server(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
         bail!("--nats-server {}: no such file", path.display());
     }
     let mut candidates = Vec::new();
-    if let Some(dir) = std::env::current_exe().ok().and_then(|p| p.parent().map(Path::to_path_buf)) {
+    if let Some(dir) = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(Path::to_path_buf))
+    {
         candidates.push(dir.join("nats-server"));
     }
     if let Some(path) = std::env::var_os("PATH") {
@@ -95,21 +98,34 @@ impl NatsSupervisor {
     /// # Errors
     /// The config cannot be written, the process cannot be spawned, or it does not accept
     /// clients within 10 s (the error quotes its last log lines).
-    pub async fn start(binary: PathBuf, config_path: PathBuf, settings: &ServerSettings) -> anyhow::Result<Self> {
+    pub async fn start(
+        binary: PathBuf,
+        config_path: PathBuf,
+        settings: &ServerSettings,
+    ) -> anyhow::Result<Self> {
         if let Some(dir) = config_path.parent() {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         }
         if let Some(store) = &settings.jetstream_store_dir {
-            std::fs::create_dir_all(store).with_context(|| format!("creating {}", store.display()))?;
+            std::fs::create_dir_all(store)
+                .with_context(|| format!("creating {}", store.display()))?;
         }
         std::fs::write(&config_path, render(settings))
             .with_context(|| format!("writing nats-server config {}", config_path.display()))?;
-        let launch = Launch { binary, config_path, port: settings.client_port };
+        let launch = Launch {
+            binary,
+            config_path,
+            port: settings.client_port,
+        };
         let child = launch.spawn_ready().await?;
         tracing::info!(pid = child.id(), port = launch.port, binary = %launch.binary.display(), "nats-server is ready");
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(supervise(launch.clone(), child, shutdown.clone()));
-        Ok(NatsSupervisor { url: format!("nats://127.0.0.1:{}", launch.port), shutdown, task })
+        Ok(NatsSupervisor {
+            url: format!("nats://127.0.0.1:{}", launch.port),
+            shutdown,
+            task,
+        })
     }
 
     /// The client URL of the supervised server, `nats://127.0.0.1:PORT` (stable across restarts).
@@ -141,10 +157,18 @@ impl Launch {
             });
         }
         let mut command = Command::from(command);
-        command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
-        let mut child = command
-            .spawn()
-            .with_context(|| format!("spawning {} -c {}", self.binary.display(), self.config_path.display()))?;
+        command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = command.spawn().with_context(|| {
+            format!(
+                "spawning {} -c {}",
+                self.binary.display(),
+                self.config_path.display()
+            )
+        })?;
         let recent = Arc::new(Mutex::new(VecDeque::new()));
         if let Some(out) = child.stdout.take() {
             tokio::spawn(forward_log(out, recent.clone()));
@@ -154,11 +178,17 @@ impl Launch {
         }
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
-            if tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await.is_ok() {
+            if tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+                .await
+                .is_ok()
+            {
                 return Ok(child);
             }
             if let Some(status) = child.try_status()? {
-                bail!("nats-server exited during start ({status}); its last log lines:\n{}", tail(&recent));
+                bail!(
+                    "nats-server exited during start ({status}); its last log lines:\n{}",
+                    tail(&recent)
+                );
             }
             if Instant::now() > deadline {
                 bail!(
@@ -192,7 +222,10 @@ async fn supervise(launch: Launch, mut child: Child, shutdown: CancellationToken
             backoff = BACKOFF_INITIAL;
         }
         loop {
-            tracing::info!(delay_ms = backoff.as_millis() as u64, "restarting nats-server after backoff");
+            tracing::info!(
+                delay_ms = backoff.as_millis() as u64,
+                "restarting nats-server after backoff"
+            );
             tokio::select! {
                 () = tokio::time::sleep(backoff) => {}
                 () = shutdown.cancelled() => return,
@@ -202,10 +235,16 @@ async fn supervise(launch: Launch, mut child: Child, shutdown: CancellationToken
                 Ok(new_child) => {
                     child = new_child;
                     started = Instant::now();
-                    tracing::info!(pid = child.id(), port = launch.port, "nats-server restarted and ready");
+                    tracing::info!(
+                        pid = child.id(),
+                        port = launch.port,
+                        "nats-server restarted and ready"
+                    );
                     break;
                 }
-                Err(e) => tracing::error!(error = format!("{e:#}"), "restarting nats-server failed"),
+                Err(e) => {
+                    tracing::error!(error = format!("{e:#}"), "restarting nats-server failed")
+                }
             }
         }
     }
@@ -221,7 +260,10 @@ async fn terminate(mut child: Child) {
         Ok(Ok(status)) => tracing::info!(pid, %status, "nats-server stopped"),
         Ok(Err(e)) => tracing::warn!(pid, error = %e, "waiting for nats-server to stop"),
         Err(_) => {
-            tracing::warn!(pid, "nats-server did not stop within {STOP_GRACE:?} of SIGTERM; killing it");
+            tracing::warn!(
+                pid,
+                "nats-server did not stop within {STOP_GRACE:?} of SIGTERM; killing it"
+            );
             let _ = child.kill();
             let _ = child.status().await;
         }
@@ -250,7 +292,10 @@ async fn forward_log(stream: impl AsyncRead + Unpin, recent: Arc<Mutex<VecDeque<
 }
 
 fn tail(recent: &Mutex<VecDeque<String>>) -> String {
-    recent.lock().map(|r| r.iter().cloned().collect::<Vec<_>>().join("\n")).unwrap_or_default()
+    recent
+        .lock()
+        .map(|r| r.iter().cloned().collect::<Vec<_>>().join("\n"))
+        .unwrap_or_default()
 }
 
 /// Level of a nats-server log line.
@@ -289,14 +334,24 @@ mod tests {
     #[test]
     fn parses_nats_server_log_levels() {
         let line = "[4711] 2026/11/22 00:50:01.123456 [WRN] Plaintext passwords detected";
-        assert_eq!(parse_log_line(line), (LogLevel::Warn, "Plaintext passwords detected"));
-        assert_eq!(parse_log_line("[1] x [FTL] boom"), (LogLevel::Error, "boom"));
+        assert_eq!(
+            parse_log_line(line),
+            (LogLevel::Warn, "Plaintext passwords detected")
+        );
+        assert_eq!(
+            parse_log_line("[1] x [FTL] boom"),
+            (LogLevel::Error, "boom")
+        );
         assert_eq!(parse_log_line("plain"), (LogLevel::Info, "plain"));
     }
 
     #[test]
     fn missing_explicit_binary_is_named() {
         let err = find_nats_server(Some(Path::new("/nonexistent/nats-server"))).unwrap_err();
-        assert!(err.to_string().contains("--nats-server /nonexistent/nats-server"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("--nats-server /nonexistent/nats-server"),
+            "{err}"
+        );
     }
 }

@@ -33,7 +33,10 @@ pub struct FieldError {
 
 impl FieldError {
     pub(crate) fn new(field: impl Into<String>, reason: impl Into<String>) -> FieldError {
-        FieldError { field: field.into(), reason: reason.into() }
+        FieldError {
+            field: field.into(),
+            reason: reason.into(),
+        }
     }
 }
 
@@ -106,16 +109,27 @@ impl Scaler {
         match self {
             Scaler::Spread { instances, spread } if spread.is_empty() => *instances,
             Scaler::Spread { instances, spread } => {
-                let total: u64 = spread.iter().map(|s| u64::from(s.weight.unwrap_or(100))).sum();
+                let total: u64 = spread
+                    .iter()
+                    .map(|s| u64::from(s.weight.unwrap_or(100)))
+                    .sum();
                 if total == 0 {
                     return 0;
                 }
-                let mine: u64 = spread.iter().filter(|s| matches(s)).map(|s| u64::from(s.weight.unwrap_or(100))).sum();
+                let mine: u64 = spread
+                    .iter()
+                    .filter(|s| matches(s))
+                    .map(|s| u64::from(s.weight.unwrap_or(100)))
+                    .sum();
                 // Round up, so a matching entry with a small weight still gets a replica.
                 u32::try_from((u64::from(*instances) * mine).div_ceil(total)).unwrap_or(u32::MAX)
             }
             Scaler::Daemon { instances, spread } => {
-                if spread.is_empty() || spread.iter().any(matches) { *instances } else { 0 }
+                if spread.is_empty() || spread.iter().any(matches) {
+                    *instances
+                } else {
+                    0
+                }
             }
         }
     }
@@ -243,17 +257,29 @@ struct ConfigEntry {
 }
 
 /// Deserializes `T` from `value`, errors and ignored fields named under the YAML path `prefix`.
-fn from_value<T: DeserializeOwned>(value: Value, prefix: &str, warnings: &mut Vec<String>) -> Result<T, FieldError> {
+fn from_value<T: DeserializeOwned>(
+    value: Value,
+    prefix: &str,
+    warnings: &mut Vec<String>,
+) -> Result<T, FieldError> {
     let mut ignored = Vec::new();
-    let mut track = serde_path_to_error::Track::new();
-    let de = serde_path_to_error::Deserializer::new(value, &mut track);
-    let result = serde_ignored::deserialize(de, |path| ignored.push(path.to_string()));
+    let result = serde_path_to_error::deserialize(serde_ignored::Deserializer::new(
+        value,
+        &mut |path: serde_ignored::Path<'_>| ignored.push(path.to_string()),
+    ));
     match result {
         Ok(v) => {
-            warnings.extend(ignored.into_iter().map(|p| format!("{}: unknown field, ignored", join(prefix, &p))));
+            warnings.extend(
+                ignored
+                    .into_iter()
+                    .map(|p| format!("{}: unknown field, ignored", join(prefix, &p))),
+            );
             Ok(v)
         }
-        Err(e) => Err(FieldError::new(join(prefix, &track.path().to_string()), e.to_string())),
+        Err(e) => Err(FieldError::new(
+            join(prefix, &e.path().to_string()),
+            e.into_inner().to_string(),
+        )),
     }
 }
 
@@ -275,19 +301,29 @@ fn join(prefix: &str, path: &str) -> String {
 /// is an OCI reference (not supported yet), a capability that is not built in, a link whose
 /// target is not a component of the manifest, a bad `address`.
 pub fn parse(text: &str, base_dir: &Path) -> Result<Manifest, FieldError> {
-    let value: Value = serde_yaml::from_str(text).map_err(|e| FieldError::new(".", format!("invalid YAML: {e}")))?;
+    let value: Value = serde_yaml::from_str(text)
+        .map_err(|e| FieldError::new(".", format!("invalid YAML: {e}")))?;
     let mut warnings = Vec::new();
     let raw: RawManifest = from_value(value, "", &mut warnings)?;
     if raw.api_version != API_VERSION {
-        return Err(FieldError::new("apiVersion", format!("expected {API_VERSION:?}, found {:?}", raw.api_version)));
+        return Err(FieldError::new(
+            "apiVersion",
+            format!("expected {API_VERSION:?}, found {:?}", raw.api_version),
+        ));
     }
     if raw.kind != KIND {
-        return Err(FieldError::new("kind", format!("expected {KIND:?}, found {:?}", raw.kind)));
+        return Err(FieldError::new(
+            "kind",
+            format!("expected {KIND:?}, found {:?}", raw.kind),
+        ));
     }
     check_name(&raw.metadata.name).map_err(|reason| FieldError::new("metadata.name", reason))?;
     let version = raw.metadata.annotations.get("version").map(|v| match v {
         Value::String(s) => s.clone(),
-        other => serde_yaml::to_string(other).unwrap_or_default().trim().to_owned(),
+        other => serde_yaml::to_string(other)
+            .unwrap_or_default()
+            .trim()
+            .to_owned(),
     });
     let _ = raw.metadata.labels;
     if !raw.spec.policies.is_empty() {
@@ -296,27 +332,44 @@ pub fn parse(text: &str, base_dir: &Path) -> Result<Manifest, FieldError> {
 
     let mut names = BTreeSet::new();
     for (i, c) in raw.spec.components.iter().enumerate() {
-        check_name(&c.name).map_err(|r| FieldError::new(format!("spec.components[{i}].name"), r))?;
+        check_name(&c.name)
+            .map_err(|r| FieldError::new(format!("spec.components[{i}].name"), r))?;
         if !names.insert(c.name.as_str()) {
-            return Err(FieldError::new(format!("spec.components[{i}].name"), format!("duplicate component name {:?}", c.name)));
+            return Err(FieldError::new(
+                format!("spec.components[{i}].name"),
+                format!("duplicate component name {:?}", c.name),
+            ));
         }
     }
-    let component_names: BTreeSet<&str> =
-        raw.spec.components.iter().filter(|c| c.kind == "component").map(|c| c.name.as_str()).collect();
+    let component_names: BTreeSet<&str> = raw
+        .spec
+        .components
+        .iter()
+        .filter(|c| c.kind == "component")
+        .map(|c| c.name.as_str())
+        .collect();
 
     let mut components = Vec::new();
     let mut http_links = Vec::new();
     for (i, c) in raw.spec.components.iter().enumerate() {
         let at = format!("spec.components[{i}]");
-        for (field, present) in [("secrets", c.properties.secrets.is_some()), ("application", c.properties.application.is_some())] {
+        for (field, present) in [
+            ("secrets", c.properties.secrets.is_some()),
+            ("application", c.properties.application.is_some()),
+        ] {
             if present {
-                warnings.push(format!("{at}.properties.{field}: not supported yet; ignored"));
+                warnings.push(format!(
+                    "{at}.properties.{field}: not supported yet; ignored"
+                ));
             }
         }
         match c.kind.as_str() {
             "component" => components.push(component(c, &at, base_dir, &mut warnings)?),
             "capability" => {
-                let image = c.properties.image.as_deref().ok_or_else(|| FieldError::new(format!("{at}.properties.image"), "missing"))?;
+                let image =
+                    c.properties.image.as_deref().ok_or_else(|| {
+                        FieldError::new(format!("{at}.properties.image"), "missing")
+                    })?;
                 if !is_http_server_image(image) {
                     return Err(FieldError::new(
                         format!("{at}.properties.image"),
@@ -341,27 +394,52 @@ pub fn parse(text: &str, base_dir: &Path) -> Result<Manifest, FieldError> {
                 }
             }
             other => {
-                return Err(FieldError::new(format!("{at}.type"), format!("expected \"component\" or \"capability\", found {other:?}")));
+                return Err(FieldError::new(
+                    format!("{at}.type"),
+                    format!("expected \"component\" or \"capability\", found {other:?}"),
+                ));
             }
         }
     }
     for c in &components {
         if !http_links.iter().any(|l| l.target == c.name) {
-            warnings.push(format!("component {:?}: no http-server link targets it, so it gets no requests", c.name));
+            warnings.push(format!(
+                "component {:?}: no http-server link targets it, so it gets no requests",
+                c.name
+            ));
         }
     }
-    Ok(Manifest { name: raw.metadata.name, version, components, http_links, warnings })
+    Ok(Manifest {
+        name: raw.metadata.name,
+        version,
+        components,
+        http_links,
+        warnings,
+    })
 }
 
-fn component(c: &RawComponent, at: &str, base_dir: &Path, warnings: &mut Vec<String>) -> Result<ComponentSpec, FieldError> {
+fn component(
+    c: &RawComponent,
+    at: &str,
+    base_dir: &Path,
+    warnings: &mut Vec<String>,
+) -> Result<ComponentSpec, FieldError> {
     let image_field = format!("{at}.properties.image");
-    let image = c.properties.image.as_deref().ok_or_else(|| FieldError::new(&image_field, "missing"))?;
+    let image = c
+        .properties
+        .image
+        .as_deref()
+        .ok_or_else(|| FieldError::new(&image_field, "missing"))?;
     let image = resolve_image(image, base_dir).map_err(|r| FieldError::new(&image_field, r))?;
     if c.properties.config.is_some() {
-        warnings.push(format!("{at}.properties.config: wasi:config is not hosted yet; ignored"));
+        warnings.push(format!(
+            "{at}.properties.config: wasi:config is not hosted yet; ignored"
+        ));
     }
     if c.properties.id.is_some() {
-        warnings.push(format!("{at}.properties.id: ignored (components are named by `name`)"));
+        warnings.push(format!(
+            "{at}.properties.id: ignored (components are named by `name`)"
+        ));
     }
     let mut scaler = None;
     for (j, t) in c.traits.iter().enumerate() {
@@ -382,16 +460,34 @@ fn component(c: &RawComponent, at: &str, base_dir: &Path, warnings: &mut Vec<Str
         }
     }
     let scaler = scaler.unwrap_or_else(|| {
-        warnings.push(format!("{at}.traits: no spreadscaler or daemonscaler; running 1 replica"));
-        Scaler::Spread { instances: 1, spread: Vec::new() }
+        warnings.push(format!(
+            "{at}.traits: no spreadscaler or daemonscaler; running 1 replica"
+        ));
+        Scaler::Spread {
+            instances: 1,
+            spread: Vec::new(),
+        }
     });
-    Ok(ComponentSpec { name: c.name.clone(), image, image_field, scaler })
+    Ok(ComponentSpec {
+        name: c.name.clone(),
+        image,
+        image_field,
+        scaler,
+    })
 }
 
-fn http_link(props: Value, at: &str, components: &BTreeSet<&str>, warnings: &mut Vec<String>) -> Result<HttpLink, FieldError> {
+fn http_link(
+    props: Value,
+    at: &str,
+    components: &BTreeSet<&str>,
+    warnings: &mut Vec<String>,
+) -> Result<HttpLink, FieldError> {
     let field = format!("{at}.properties");
     let link: LinkProps = from_value(props, &field, warnings)?;
-    if link.namespace != "wasi" || link.package != "http" || !link.interfaces.iter().any(|i| i == "incoming-handler") {
+    if link.namespace != "wasi"
+        || link.package != "http"
+        || !link.interfaces.iter().any(|i| i == "incoming-handler")
+    {
         return Err(FieldError::new(
             &field,
             format!(
@@ -404,19 +500,34 @@ fn http_link(props: Value, at: &str, components: &BTreeSet<&str>, warnings: &mut
     }
     let (target, target_config) = match link.target {
         LinkTarget::Name(name) => (name, link.target_config),
-        LinkTarget::Full { name, config } => (name, config.into_iter().chain(link.target_config).collect()),
+        LinkTarget::Full { name, config } => {
+            (name, config.into_iter().chain(link.target_config).collect())
+        }
     };
     if !components.contains(target.as_str()) {
-        return Err(FieldError::new(format!("{field}.target"), format!("{target:?} is not a component of this manifest")));
+        return Err(FieldError::new(
+            format!("{field}.target"),
+            format!("{target:?} is not a component of this manifest"),
+        ));
     }
     if !target_config.is_empty() {
-        warnings.push(format!("{field}.target: target config is not used by http links; ignored"));
+        warnings.push(format!(
+            "{field}.target: target config is not used by http links; ignored"
+        ));
     }
     if link.name.as_deref().is_some_and(|n| n != "default") {
-        warnings.push(format!("{field}.name: link names matter for component links only; ignored"));
+        warnings.push(format!(
+            "{field}.name: link names matter for component links only; ignored"
+        ));
     }
     let mut settings: BTreeMap<String, String> = BTreeMap::new();
-    for entry in link.source.unwrap_or_default().config.into_iter().chain(link.source_config) {
+    for entry in link
+        .source
+        .unwrap_or_default()
+        .config
+        .into_iter()
+        .chain(link.source_config)
+    {
         match entry.properties {
             Some(properties) => settings.extend(properties),
             None => warnings.push(format!(
@@ -427,21 +538,33 @@ fn http_link(props: Value, at: &str, components: &BTreeSet<&str>, warnings: &mut
     }
     let address = match settings.remove("address") {
         Some(text) => Some(text.parse::<SocketAddr>().map_err(|e| {
-            FieldError::new(format!("{field}.source.config.address"), format!("{text:?} is not an IP:PORT address: {e}"))
+            FieldError::new(
+                format!("{field}.source.config.address"),
+                format!("{text:?} is not an IP:PORT address: {e}"),
+            )
         })?),
         None => None,
     };
     let host = settings.remove("host");
     let path = settings.remove("path");
-    if let Some(p) = &path {
-        if !p.starts_with('/') {
-            return Err(FieldError::new(format!("{field}.source.config.path"), format!("{p:?} must start with '/'")));
-        }
+    if let Some(p) = path.as_ref().filter(|p| !p.starts_with('/')) {
+        return Err(FieldError::new(
+            format!("{field}.source.config.path"),
+            format!("{p:?} must start with '/'"),
+        ));
     }
     for key in settings.keys() {
-        warnings.push(format!("{field}.source.config.{key}: not supported by the built-in http-server; ignored"));
+        warnings.push(format!(
+            "{field}.source.config.{key}: not supported by the built-in http-server; ignored"
+        ));
     }
-    Ok(HttpLink { target, address, host, path, field })
+    Ok(HttpLink {
+        target,
+        address,
+        host,
+        path,
+        field,
+    })
 }
 
 /// A path, or `file://` URL, relative to the manifest's directory. OCI references are refused.
@@ -466,8 +589,13 @@ fn check_name(name: &str) -> Result<(), String> {
     if name.is_empty() {
         return Err("must not be empty".to_owned());
     }
-    if !name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')) {
-        return Err(format!("{name:?}: use letters, digits, '-', '_' and '.' only"));
+    if !name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    {
+        return Err(format!(
+            "{name:?}: use letters, digits, '-', '_' and '.' only"
+        ));
     }
     Ok(())
 }

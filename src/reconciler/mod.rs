@@ -13,7 +13,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::host::{CodeSource, Host, HttpComponent};
-use crate::providers::http::{HttpServer, Route, RouteConflict, RouteKey, RouteTarget, Router, RoutingTable};
+use crate::providers::http::{
+    HttpServer, Route, RouteConflict, RouteKey, RouteTarget, Router, RoutingTable,
+};
 pub use manifest::{FieldError, Manifest};
 
 /// Why a deploy was refused. Nothing changed.
@@ -58,8 +60,19 @@ pub struct Deployer {
 impl Deployer {
     /// A deployer placing components with `host`, routes on `http`, replicas by `labels`; each
     /// replica admits `replica_concurrency` concurrent requests.
-    pub fn new(host: Host, http: Arc<HttpServer>, labels: BTreeMap<String, String>, replica_concurrency: u32) -> Deployer {
-        Deployer { host, http, labels, replica_concurrency, apps: tokio::sync::Mutex::new(BTreeMap::new()) }
+    pub fn new(
+        host: Host,
+        http: Arc<HttpServer>,
+        labels: BTreeMap<String, String>,
+        replica_concurrency: u32,
+    ) -> Deployer {
+        Deployer {
+            host,
+            http,
+            labels,
+            replica_concurrency,
+            apps: tokio::sync::Mutex::new(BTreeMap::new()),
+        }
     }
 
     /// Deploys `manifest` (read from `source`), replacing the running version of the same app
@@ -69,10 +82,14 @@ impl Deployer {
     /// [`DeployError`]; then nothing changed.
     pub async fn deploy(&self, source: &Path, manifest: Manifest) -> Result<(), DeployError> {
         let mut apps = self.apps.lock().await;
-        if let Some(existing) = apps.get(&manifest.name) {
-            if existing.source != source && existing.source.exists() {
-                return Err(DeployError::DuplicateApp { app: manifest.name.clone(), other: existing.source.clone() });
-            }
+        let held_elsewhere = apps
+            .get(&manifest.name)
+            .filter(|a| a.source != source && a.source.exists());
+        if let Some(existing) = held_elsewhere {
+            return Err(DeployError::DuplicateApp {
+                app: manifest.name.clone(),
+                other: existing.source.clone(),
+            });
         }
         let app: Arc<str> = manifest.name.as_str().into();
         let mut components = Vec::new();
@@ -83,17 +100,28 @@ impl Deployer {
                 continue;
             }
             let wasm = tokio::fs::read(&spec.image).await.map_err(|e| {
-                FieldError::new(&spec.image_field, format!("cannot read {}: {e}", spec.image.display()))
+                FieldError::new(
+                    &spec.image_field,
+                    format!("cannot read {}: {e}", spec.image.display()),
+                )
             })?;
-            let concurrency = usize::try_from(u64::from(replicas) * u64::from(self.replica_concurrency)).unwrap_or(usize::MAX);
+            let concurrency =
+                usize::try_from(u64::from(replicas) * u64::from(self.replica_concurrency))
+                    .unwrap_or(usize::MAX);
             let prepared = self
                 .host
                 .prepare_http_component(app.clone(), spec.name.as_str().into(), wasm, concurrency)
                 .await
-                .map_err(|e| FieldError::new(&spec.image_field, format!("{}: {e}", spec.image.display())))?;
+                .map_err(|e| {
+                    FieldError::new(&spec.image_field, format!("{}: {e}", spec.image.display()))
+                })?;
             match prepared.code_source {
-                CodeSource::Cache => tracing::info!(app = %app, component = %spec.name, digest = prepared.component.digest(), "component code loaded from cache (not compiled)"),
-                CodeSource::Compiled => tracing::info!(app = %app, component = %spec.name, digest = prepared.component.digest(), "component compiled"),
+                CodeSource::Cache => {
+                    tracing::info!(app = %app, component = %spec.name, digest = prepared.component.digest(), "component code loaded from cache (not compiled)")
+                }
+                CodeSource::Compiled => {
+                    tracing::info!(app = %app, component = %spec.name, digest = prepared.component.digest(), "component compiled")
+                }
             }
             components.push(prepared.component);
         }
@@ -102,24 +130,43 @@ impl Deployer {
             .http_links
             .iter()
             .map(|link| Route {
-                key: RouteKey::new(link.address.unwrap_or(ingress), link.host.as_deref(), link.path.as_deref()),
-                target: RouteTarget { app: app.clone(), component: link.target.as_str().into() },
+                key: RouteKey::new(
+                    link.address.unwrap_or(ingress),
+                    link.host.as_deref(),
+                    link.path.as_deref(),
+                ),
+                target: RouteTarget {
+                    app: app.clone(),
+                    component: link.target.as_str().into(),
+                },
             })
             .collect();
 
         let others = apps.values().filter(|a| a.manifest.name != manifest.name);
-        let table = routing_table(others.map(|a| (&a.routes, &a.components)).chain([(&routes, &components)]))?;
+        let table = routing_table(
+            others
+                .map(|a| (&a.routes, &a.components))
+                .chain([(&routes, &components)]),
+        )?;
         self.http.apply(table).await.map_err(|e| {
             let field = manifest
                 .http_links
                 .iter()
                 .find(|l| l.address == Some(e.addr))
-                .map_or_else(|| "spec".to_owned(), |l| format!("{}.source.config.address", l.field));
+                .map_or_else(
+                    || "spec".to_owned(),
+                    |l| format!("{}.source.config.address", l.field),
+                );
             FieldError::new(field, e.to_string())
         })?;
         let previous = apps.insert(
             manifest.name.clone(),
-            DeployedApp { manifest, source: source.to_path_buf(), components, routes },
+            DeployedApp {
+                manifest,
+                source: source.to_path_buf(),
+                components,
+                routes,
+            },
         );
         let deployed = &apps[&*app];
         let routes: Vec<String> = deployed.routes.iter().map(|r| r.key.to_string()).collect();
@@ -137,7 +184,9 @@ impl Deployer {
     /// Stops serving app `name`; `false` if it was not deployed. Requests in flight finish.
     pub async fn undeploy(&self, name: &str) -> bool {
         let mut apps = self.apps.lock().await;
-        let Some(removed) = apps.remove(name) else { return false };
+        let Some(removed) = apps.remove(name) else {
+            return false;
+        };
         let table = routing_table(apps.values().map(|a| (&a.routes, &a.components)))
             .expect("routes that coexisted still coexist without one app");
         if let Err(e) = self.http.apply(table).await {
@@ -150,7 +199,12 @@ impl Deployer {
 
     /// The app deployed from `source`, if any.
     pub async fn app_from(&self, source: &Path) -> Option<String> {
-        self.apps.lock().await.values().find(|a| a.source == source).map(|a| a.manifest.name.clone())
+        self.apps
+            .lock()
+            .await
+            .values()
+            .find(|a| a.source == source)
+            .map(|a| a.manifest.name.clone())
     }
 
     /// Names of the deployed apps.
@@ -171,5 +225,8 @@ fn routing_table<'a>(
             components.insert((Arc::from(c.app()), Arc::from(c.name())), c.clone());
         }
     }
-    Ok(RoutingTable { router: Router::build(routes)?, components })
+    Ok(RoutingTable {
+        router: Router::build(routes)?,
+        components,
+    })
 }

@@ -32,8 +32,13 @@ struct FileState {
 ///
 /// # Errors
 /// The directory cannot be created or watched.
-pub async fn run(dir: PathBuf, deployer: Arc<Deployer>, shutdown: CancellationToken) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating config dir {}", dir.display()))?;
+pub async fn run(
+    dir: PathBuf,
+    deployer: Arc<Deployer>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&dir)
+        .with_context(|| format!("creating config dir {}", dir.display()))?;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         let _ = tx.send(event);
@@ -65,14 +70,22 @@ pub async fn run(dir: PathBuf, deployer: Arc<Deployer>, shutdown: CancellationTo
 }
 
 fn is_manifest(path: &Path) -> bool {
-    path.is_file() && matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"))
+    path.is_file()
+        && matches!(
+            path.extension().and_then(|e| e.to_str()),
+            Some("yaml" | "yml")
+        )
 }
 
 /// One level-triggered pass over the directory.
 async fn scan(dir: &Path, deployer: &Deployer, files: &mut BTreeMap<PathBuf, FileState>) {
     let present: Vec<PathBuf> = match std::fs::read_dir(dir) {
         Ok(entries) => {
-            let mut paths: Vec<PathBuf> = entries.filter_map(|e| e.ok()).map(|e| e.path()).filter(|p| is_manifest(p)).collect();
+            let mut paths: Vec<PathBuf> = entries
+                .filter_map(|e| e.ok())
+                .map(|e| e.path())
+                .filter(|p| is_manifest(p))
+                .collect();
             paths.sort();
             paths
         }
@@ -83,7 +96,11 @@ async fn scan(dir: &Path, deployer: &Deployer, files: &mut BTreeMap<PathBuf, Fil
     };
 
     let mut changed = false;
-    let removed: Vec<PathBuf> = files.keys().filter(|p| !present.contains(p)).cloned().collect();
+    let removed: Vec<PathBuf> = files
+        .keys()
+        .filter(|p| !present.contains(p))
+        .cloned()
+        .collect();
     for path in removed {
         files.remove(&path);
         changed = true;
@@ -102,7 +119,9 @@ async fn scan(dir: &Path, deployer: &Deployer, files: &mut BTreeMap<PathBuf, Fil
                 changed |= !unchanged;
                 contents.push((path, bytes, digest, unchanged));
             }
-            Err(e) => tracing::error!(file = %path.display(), error = %e, "cannot read manifest file"),
+            Err(e) => {
+                tracing::error!(file = %path.display(), error = %e, "cannot read manifest file")
+            }
         }
     }
     // Unchanged files are applied again only if their last try failed and something else
@@ -114,10 +133,12 @@ async fn scan(dir: &Path, deployer: &Deployer, files: &mut BTreeMap<PathBuf, Fil
         }
         let result = apply_file(&path, &bytes, deployer).await;
         let error = result.err();
-        if let Some(error) = &error {
-            if failed_before.as_ref() != Some(error) || !unchanged {
-                tracing::error!(file = %path.display(), "manifest not applied: {error}; what was running keeps running");
-            }
+        // Log a failure once, not at every re-scan that retries it with the same result.
+        if let Some(error) = error
+            .as_ref()
+            .filter(|e| failed_before.as_ref() != Some(*e) || !unchanged)
+        {
+            tracing::error!(file = %path.display(), "manifest not applied: {error}; what was running keeps running");
         }
         files.insert(path, FileState { digest, error });
     }
@@ -134,7 +155,10 @@ async fn apply_file(path: &Path, bytes: &[u8], deployer: &Deployer) -> Result<()
     }
     let previous = deployer.app_from(path).await;
     let name = manifest.name.clone();
-    deployer.deploy(path, manifest).await.map_err(|e| in_file(&format!("app {name:?}: {e}")))?;
+    deployer
+        .deploy(path, manifest)
+        .await
+        .map_err(|e| in_file(&format!("app {name:?}: {e}")))?;
     if let Some(previous) = previous.filter(|p| *p != name) {
         tracing::info!(file = %path.display(), old = previous, new = name, "manifest now names another app");
         deployer.undeploy(&previous).await;

@@ -20,7 +20,14 @@ pub fn example_wasm(crate_name: &str) -> PathBuf {
     BUILD.call_once(|| {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let status = Command::new(cargo)
-            .args(["build", "--release", "--quiet", "--target", "wasm32-wasip2", "--manifest-path"])
+            .args([
+                "build",
+                "--release",
+                "--quiet",
+                "--target",
+                "wasm32-wasip2",
+                "--manifest-path",
+            ])
             .arg(examples.join("Cargo.toml"))
             .arg("--target-dir")
             .arg(examples.join("target"))
@@ -30,7 +37,9 @@ pub fn example_wasm(crate_name: &str) -> PathBuf {
             .expect("running cargo to build the examples");
         assert!(status.success(), "building the example components failed");
     });
-    let path = examples.join("target/wasm32-wasip2/release").join(format!("{}.wasm", crate_name.replace('-', "_")));
+    let path = examples
+        .join("target/wasm32-wasip2/release")
+        .join(format!("{}.wasm", crate_name.replace('-', "_")));
     assert!(path.is_file(), "{} missing after the build", path.display());
     path
 }
@@ -78,7 +87,11 @@ spec:
 
 /// A free TCP port on 127.0.0.1.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A running `lattice up` with its own config and data dirs.
@@ -117,7 +130,12 @@ impl Node {
             .arg(data_dir)
             .arg("--http-addr")
             .arg(http.to_string())
-            .args(["--name", "test-node", "--log", "info,lattice=debug,nats_server=info"])
+            .args([
+                "--name",
+                "test-node",
+                "--log",
+                "info,lattice=debug,nats_server=info",
+            ])
             .args(extra)
             .env_remove("LATTICE_LOG")
             .stdin(Stdio::null())
@@ -136,7 +154,14 @@ impl Node {
                 log.push('\n');
             }
         });
-        Node { child: Some(child), log, http, config_dir: config_dir.to_path_buf(), data_dir: data_dir.to_path_buf(), _dirs: None }
+        Node {
+            child: Some(child),
+            log,
+            http,
+            config_dir: config_dir.to_path_buf(),
+            data_dir: data_dir.to_path_buf(),
+            _dirs: None,
+        }
     }
 
     /// Everything the node logged so far.
@@ -149,10 +174,18 @@ impl Node {
     pub fn wait_for_log(&self, needles: &[&str], timeout: Duration) -> String {
         let deadline = Instant::now() + timeout;
         loop {
-            if let Some(line) = self.log().lines().find(|l| needles.iter().all(|n| l.contains(n))) {
+            if let Some(line) = self
+                .log()
+                .lines()
+                .find(|l| needles.iter().all(|n| l.contains(n)))
+            {
                 return line.to_owned();
             }
-            assert!(Instant::now() < deadline, "no log line with {needles:?} within {timeout:?}; log:\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "no log line with {needles:?} within {timeout:?}; log:\n{}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(25));
         }
     }
@@ -167,10 +200,17 @@ impl Node {
         let log = self.log();
         let line = log
             .lines()
-            .filter(|l| l.contains("nats-server is ready") || l.contains("nats-server restarted and ready"))
-            .last()
+            .rfind(|l| {
+                l.contains("nats-server is ready") || l.contains("nats-server restarted and ready")
+            })
             .unwrap_or_else(|| panic!("no nats-server pid in log:\n{log}"));
-        let pid = line.split("pid=").nth(1).unwrap().split_whitespace().next().unwrap();
+        let pid = line
+            .split("pid=")
+            .nth(1)
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap();
         pid.parse().unwrap()
     }
 
@@ -189,12 +229,14 @@ impl Node {
         let deadline = Instant::now() + timeout;
         loop {
             let got = self.get(path);
-            if let Some((s, body)) = &got {
-                if *s == status {
-                    return body.clone();
-                }
+            if let Some((_, body)) = got.as_ref().filter(|(s, _)| *s == status) {
+                return body.clone();
             }
-            assert!(Instant::now() < deadline, "GET {path}: wanted {status} within {timeout:?}, last {got:?}; log:\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "GET {path}: wanted {status} within {timeout:?}, last {got:?}; log:\n{}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -219,11 +261,10 @@ impl Node {
 impl Drop for Node {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            if child.try_wait().ok().flatten().is_none() {
-                // The node's nats-server dies with it (parent-death signal); ours only.
-                let _ = child.kill();
-                let _ = child.wait();
-            }
+            // A no-op for a node that already exited. The node's nats-server dies with it
+            // (parent-death signal), so only processes this test started are killed.
+            let _ = child.kill();
+            let _ = child.wait();
         }
     }
 }
@@ -231,7 +272,10 @@ impl Drop for Node {
 /// Whether process `pid` exists (and is not a zombie).
 pub fn alive(pid: i32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => !stat.split(") ").nth(1).is_some_and(|rest| rest.starts_with('Z')),
+        Ok(stat) => !stat
+            .split(") ")
+            .nth(1)
+            .is_some_and(|rest| rest.starts_with('Z')),
         Err(_) => false,
     }
 }
@@ -242,6 +286,9 @@ pub fn http_get(addr: SocketAddr, path: &str, host: Option<&str>) -> Option<(u16
     Some((status, String::from_utf8_lossy(&body).into_owned()))
 }
 
+/// Status, headers and body of an HTTP answer.
+pub type Answer = (u16, Vec<(String, String)>, Vec<u8>);
+
 /// One HTTP/1.1 request over a fresh connection (`Connection: close`), via hyper's client in a
 /// small runtime: status, headers, body. `None` when the connection fails or times out.
 pub fn http_request(
@@ -250,13 +297,19 @@ pub fn http_request(
     path: &str,
     host: Option<&str>,
     body: &[u8],
-) -> Option<(u16, Vec<(String, String)>, Vec<u8>)> {
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+) -> Option<Answer> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     runtime.block_on(async {
         let fut = async {
             let client = reqwest::Client::builder().no_proxy().build().ok()?;
             let mut request = client
-                .request(reqwest::Method::from_bytes(method.as_bytes()).ok()?, format!("http://{addr}{path}"))
+                .request(
+                    reqwest::Method::from_bytes(method.as_bytes()).ok()?,
+                    format!("http://{addr}{path}"),
+                )
                 .body(body.to_vec());
             if let Some(host) = host {
                 request = request.header("host", host);
@@ -271,6 +324,9 @@ pub fn http_request(
             let body = response.bytes().await.ok()?.to_vec();
             Some((status, headers, body))
         };
-        tokio::time::timeout(Duration::from_secs(10), fut).await.ok().flatten()
+        tokio::time::timeout(Duration::from_secs(10), fut)
+            .await
+            .ok()
+            .flatten()
     })
 }

@@ -36,13 +36,20 @@ impl RouteKey {
         host_ok
             && (self.path == "/"
                 || path == self.path
-                || (path.starts_with(self.path.as_str()) && path.as_bytes().get(self.path.len()) == Some(&b'/')))
+                || (path.starts_with(self.path.as_str())
+                    && path.as_bytes().get(self.path.len()) == Some(&b'/')))
     }
 }
 
 impl fmt::Display for RouteKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}{} on {}", self.host.as_deref().unwrap_or("*"), self.path, self.listener)
+        write!(
+            f,
+            "{}{} on {}",
+            self.host.as_deref().unwrap_or("*"),
+            self.path,
+            self.listener
+        )
     }
 }
 
@@ -101,11 +108,18 @@ impl Router {
                 });
             }
             seen.insert(route.key.clone(), route.target.app.clone());
-            by_listener.entry(route.key.listener).or_default().push(route);
+            by_listener
+                .entry(route.key.listener)
+                .or_default()
+                .push(route);
         }
         for routes in by_listener.values_mut() {
             routes.sort_by(|a, b| {
-                b.key.host.is_some().cmp(&a.key.host.is_some()).then(b.key.path.len().cmp(&a.key.path.len()))
+                b.key
+                    .host
+                    .is_some()
+                    .cmp(&a.key.host.is_some())
+                    .then(b.key.path.len().cmp(&a.key.path.len()))
             });
         }
         Ok(Router { by_listener })
@@ -115,7 +129,10 @@ impl Router {
     /// and `path`.
     pub fn lookup(&self, listener: SocketAddr, host: Option<&str>, path: &str) -> Option<&Route> {
         let host = host.map(normalize_host);
-        self.by_listener.get(&listener)?.iter().find(|r| r.key.matches(host.as_deref(), path))
+        self.by_listener
+            .get(&listener)?
+            .iter()
+            .find(|r| r.key.matches(host.as_deref(), path))
     }
 
     /// Every listener address some route uses.
@@ -133,7 +150,9 @@ impl Router {
 fn normalize_host(host: &str) -> String {
     let host = host.trim().to_ascii_lowercase();
     match host.rfind(':') {
-        Some(colon) if !host.ends_with(']') && host[colon + 1..].chars().all(|c| c.is_ascii_digit()) => {
+        Some(colon)
+            if !host.ends_with(']') && host[colon + 1..].chars().all(|c| c.is_ascii_digit()) =>
+        {
             host[..colon].to_owned()
         }
         _ => host,
@@ -155,12 +174,17 @@ mod tests {
     fn route(app: &str, host: Option<&str>, path: &str) -> Route {
         Route {
             key: RouteKey::new(INGRESS.parse().unwrap(), host, Some(path)),
-            target: RouteTarget { app: app.into(), component: "c".into() },
+            target: RouteTarget {
+                app: app.into(),
+                component: "c".into(),
+            },
         }
     }
 
     fn app_of(router: &Router, host: Option<&str>, path: &str) -> Option<String> {
-        router.lookup(INGRESS.parse().unwrap(), host, path).map(|r| r.target.app.to_string())
+        router
+            .lookup(INGRESS.parse().unwrap(), host, path)
+            .map(|r| r.target.app.to_string())
     }
 
     #[test]
@@ -176,24 +200,44 @@ mod tests {
         assert_eq!(app_of(&router, None, "/api").as_deref(), Some("api"));
         assert_eq!(app_of(&router, None, "/api/x").as_deref(), Some("api"));
         assert_eq!(app_of(&router, None, "/apix").as_deref(), Some("root"));
-        assert_eq!(app_of(&router, None, "/api/v2/users").as_deref(), Some("api-v2"));
-        assert_eq!(app_of(&router, Some("example.com:8000"), "/api").as_deref(), Some("example"));
-        assert_eq!(app_of(&router, Some("other.org"), "/api").as_deref(), Some("api"));
+        assert_eq!(
+            app_of(&router, None, "/api/v2/users").as_deref(),
+            Some("api-v2")
+        );
+        assert_eq!(
+            app_of(&router, Some("example.com:8000"), "/api").as_deref(),
+            Some("example")
+        );
+        assert_eq!(
+            app_of(&router, Some("other.org"), "/api").as_deref(),
+            Some("api")
+        );
     }
 
     #[test]
     fn no_route_is_none() {
         let router = Router::build([route("api", None, "/api")]).unwrap();
         assert_eq!(app_of(&router, None, "/"), None);
-        assert!(router.lookup("127.0.0.1:9".parse().unwrap(), None, "/api").is_none());
+        assert!(
+            router
+                .lookup("127.0.0.1:9".parse().unwrap(), None, "/api")
+                .is_none()
+        );
     }
 
     #[test]
     fn duplicate_route_names_both_apps() {
-        let err = Router::build([route("first", None, "/hello/"), route("second", None, "/hello")]).unwrap_err();
+        let err = Router::build([
+            route("first", None, "/hello/"),
+            route("second", None, "/hello"),
+        ])
+        .unwrap_err();
         assert_eq!(err.holder, "first");
         assert_eq!(err.claimant, "second");
-        assert!(err.to_string().contains("*/hello on 127.0.0.1:8000"), "{err}");
+        assert!(
+            err.to_string().contains("*/hello on 127.0.0.1:8000"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -63,8 +63,16 @@ impl HttpServer {
     /// # Errors
     /// [`BindError`] when the address cannot be bound.
     pub async fn start(ingress: SocketAddr) -> Result<HttpServer, BindError> {
-        let listener = TcpListener::bind(ingress).await.map_err(|source| BindError { addr: ingress, source })?;
-        let ingress = listener.local_addr().map_err(|source| BindError { addr: ingress, source })?;
+        let listener = TcpListener::bind(ingress)
+            .await
+            .map_err(|source| BindError {
+                addr: ingress,
+                source,
+            })?;
+        let ingress = listener.local_addr().map_err(|source| BindError {
+            addr: ingress,
+            source,
+        })?;
         let server = HttpServer {
             ingress,
             table: Arc::new(RwLock::new(Arc::new(RoutingTable::default()))),
@@ -90,7 +98,11 @@ impl HttpServer {
         let wanted = table.router.listeners();
         let missing: Vec<SocketAddr> = {
             let open = self.listeners.lock().unwrap_or_else(|p| p.into_inner());
-            wanted.iter().filter(|a| !open.contains_key(a)).copied().collect()
+            wanted
+                .iter()
+                .filter(|a| !open.contains_key(a))
+                .copied()
+                .collect()
         };
         let mut bound = Vec::new();
         for addr in missing {
@@ -106,8 +118,11 @@ impl HttpServer {
         *self.table.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(table);
         let unused: Vec<Listener> = {
             let mut open = self.listeners.lock().unwrap_or_else(|p| p.into_inner());
-            let stale: Vec<SocketAddr> =
-                open.keys().filter(|a| **a != self.ingress && !wanted.contains(a)).copied().collect();
+            let stale: Vec<SocketAddr> = open
+                .keys()
+                .filter(|a| **a != self.ingress && !wanted.contains(a))
+                .copied()
+                .collect();
             stale.iter().filter_map(|a| open.remove(a)).collect()
         };
         for listener in unused {
@@ -125,7 +140,9 @@ impl HttpServer {
     /// connections to finish their requests.
     pub async fn shutdown(&self) {
         let listeners: Vec<Listener> =
-            std::mem::take(&mut *self.listeners.lock().unwrap_or_else(|p| p.into_inner())).into_values().collect();
+            std::mem::take(&mut *self.listeners.lock().unwrap_or_else(|p| p.into_inner()))
+                .into_values()
+                .collect();
         for listener in &listeners {
             listener.stop.cancel();
         }
@@ -136,8 +153,16 @@ impl HttpServer {
 
     fn spawn_listener(&self, addr: SocketAddr, listener: TcpListener) {
         let stop = CancellationToken::new();
-        let task = tokio::spawn(serve_listener(listener, addr, self.table.clone(), stop.clone()));
-        self.listeners.lock().unwrap_or_else(|p| p.into_inner()).insert(addr, Listener { stop, task });
+        let task = tokio::spawn(serve_listener(
+            listener,
+            addr,
+            self.table.clone(),
+            stop.clone(),
+        ));
+        self.listeners
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(addr, Listener { stop, task });
     }
 }
 
@@ -183,7 +208,11 @@ async fn serve_listener(
 }
 
 /// Routes one request: 404 when no route matches, else the component's answer.
-async fn route_request(table: &RoutingTable, listener: SocketAddr, request: hyper::Request<Incoming>) -> hyper::Response<ResponseBody> {
+async fn route_request(
+    table: &RoutingTable,
+    listener: SocketAddr,
+    request: hyper::Request<Incoming>,
+) -> hyper::Response<ResponseBody> {
     let host = request
         .headers()
         .get(hyper::header::HOST)
@@ -204,7 +233,10 @@ async fn route_request(table: &RoutingTable, listener: SocketAddr, request: hype
         let Some(route) = table.router.lookup(listener, host.as_deref(), &path) else {
             tracing::Span::current().record("status", 404);
             tracing::debug!("no route");
-            return text_response(StatusCode::NOT_FOUND, format!("no route for {}{path}\n", host.as_deref().unwrap_or("")));
+            return text_response(
+                StatusCode::NOT_FOUND,
+                format!("no route for {}{path}\n", host.as_deref().unwrap_or("")),
+            );
         };
         let span = tracing::Span::current();
         span.record("app", &*route.target.app);
@@ -215,7 +247,10 @@ async fn route_request(table: &RoutingTable, listener: SocketAddr, request: hype
             Some(component) => component.handle(request, Scheme::Http).await,
             None => text_response(
                 StatusCode::SERVICE_UNAVAILABLE,
-                format!("component {} of app {} runs on no replica here\n", key.1, key.0),
+                format!(
+                    "component {} of app {} runs on no replica here\n",
+                    key.1, key.0
+                ),
             ),
         };
         span.record("status", response.status().as_u16());

@@ -53,8 +53,17 @@ fn wasmcloud_hello_world_parses() {
     assert_eq!(m.name, "hello-world");
     assert_eq!(m.version.as_deref(), Some("v0.0.1"));
     assert_eq!(m.components.len(), 1);
-    assert_eq!(m.components[0].image, PathBuf::from("/apps/./build/http_hello_world_s.wasm"));
-    assert_eq!(m.components[0].scaler, Scaler::Spread { instances: 1, spread: vec![] });
+    assert_eq!(
+        m.components[0].image,
+        PathBuf::from("/apps/./build/http_hello_world_s.wasm")
+    );
+    assert_eq!(
+        m.components[0].scaler,
+        Scaler::Spread {
+            instances: 1,
+            spread: vec![]
+        }
+    );
     assert_eq!(
         m.http_links,
         vec![HttpLink {
@@ -88,14 +97,29 @@ fn older_link_form_with_source_config() {
 #[test]
 fn unsupported_things_are_warnings_naming_the_field() {
     let text = HELLO
-        .replace("spec:\n", "spec:\n  policies:\n    - name: p\n      type: policy.secret.wasmcloud.dev/v1alpha1\n")
-        .replace("        - type: spreadscaler\n", "        - type: autoscaler\n          properties: {}\n        - type: spreadscaler\n")
-        .replace("            instances: 1\n", "            instances: 1\n            colour: blue\n");
+        .replace(
+            "spec:\n",
+            "spec:\n  policies:\n    - name: p\n      type: policy.secret.wasmcloud.dev/v1alpha1\n",
+        )
+        .replace(
+            "        - type: spreadscaler\n",
+            "        - type: autoscaler\n          properties: {}\n        - type: spreadscaler\n",
+        )
+        .replace(
+            "            instances: 1\n",
+            "            instances: 1\n            colour: blue\n",
+        );
     let m = parse_ok(&text);
     let w = m.warnings.join("\n");
     assert!(w.contains("spec.policies"), "{w}");
-    assert!(w.contains("spec.components[0].traits[0].type: trait \"autoscaler\""), "{w}");
-    assert!(w.contains("spec.components[0].traits[1].properties.colour: unknown field"), "{w}");
+    assert!(
+        w.contains("spec.components[0].traits[0].type: trait \"autoscaler\""),
+        "{w}"
+    );
+    assert!(
+        w.contains("spec.components[0].traits[1].properties.colour: unknown field"),
+        "{w}"
+    );
 }
 
 #[test]
@@ -104,13 +128,22 @@ fn errors_name_the_yaml_path() {
     assert_eq!(e.field, ".");
     assert!(e.reason.contains("invalid YAML"), "{e}");
 
-    let e = parse_err(&HELLO.replace("        image: file://./build/http_hello_world_s.wasm\n", ""));
-    assert_eq!(e.to_string(), "spec.components[0].properties.image: missing");
+    let e = parse_err(&HELLO.replace(
+        "        image: file://./build/http_hello_world_s.wasm\n",
+        "",
+    ));
+    assert_eq!(
+        e.to_string(),
+        "spec.components[0].properties.image: missing"
+    );
 
     let e = parse_err(&HELLO.replace("instances: 1", "instances: many"));
     assert_eq!(e.field, "spec.components[0].traits[0].properties.instances");
 
-    let e = parse_err(&HELLO.replace("              name: http-component", "              name: nobody"));
+    let e = parse_err(&HELLO.replace(
+        "              name: http-component",
+        "              name: nobody",
+    ));
     assert_eq!(e.field, "spec.components[1].traits[0].properties.target");
     assert!(e.reason.contains("\"nobody\""), "{e}");
 
@@ -118,15 +151,24 @@ fn errors_name_the_yaml_path() {
     assert_eq!(e.field, "kind");
 
     let e = parse_err(&HELLO.replace("address: 0.0.0.0:8000", "address: localhost"));
-    assert_eq!(e.field, "spec.components[1].traits[0].properties.source.config.address");
+    assert_eq!(
+        e.field,
+        "spec.components[1].traits[0].properties.source.config.address"
+    );
 
-    let e = parse_err(&HELLO.replace("ghcr.io/wasmcloud/http-server:0.23.2", "ghcr.io/wasmcloud/keyvalue-redis:0.28"));
+    let e = parse_err(&HELLO.replace(
+        "ghcr.io/wasmcloud/http-server:0.23.2",
+        "ghcr.io/wasmcloud/keyvalue-redis:0.28",
+    ));
     assert_eq!(e.field, "spec.components[1].properties.image");
 
-    let e = parse_err(&HELLO.replace("file://./build/http_hello_world_s.wasm", "ghcr.io/wasmcloud/components/hello:0.1"));
+    let e = parse_err(&HELLO.replace(
+        "file://./build/http_hello_world_s.wasm",
+        "ghcr.io/wasmcloud/components/hello:0.1",
+    ));
     assert!(e.reason.contains("OCI"), "{e}");
 
-    let e = parse_err(&HELLO.replace("metadata:\n  name: hello-world\n", "metadata:\n  annotations: {}\n"));
+    let e = parse_err(&HELLO.replace("  name: hello-world\n", ""));
     assert_eq!(e.field, "metadata");
     assert!(e.reason.contains("missing field `name`"), "{e}");
 }
@@ -139,11 +181,38 @@ fn replicas_follow_spread_requirements_and_weights() {
         requirements: [("zone".to_owned(), zone.to_owned())].into(),
         weight: Some(weight),
     };
-    assert_eq!(Scaler::Spread { instances: 4, spread: vec![] }.replicas_on(&labels), 4);
-    let s = Scaler::Spread { instances: 4, spread: vec![spread("a", "a", 50), spread("b", "b", 50)] };
+    assert_eq!(
+        Scaler::Spread {
+            instances: 4,
+            spread: vec![]
+        }
+        .replicas_on(&labels),
+        4
+    );
+    let s = Scaler::Spread {
+        instances: 4,
+        spread: vec![spread("a", "a", 50), spread("b", "b", 50)],
+    };
     assert_eq!(s.replicas_on(&labels), 2);
-    let s = Scaler::Spread { instances: 4, spread: vec![spread("b", "b", 100)] };
+    let s = Scaler::Spread {
+        instances: 4,
+        spread: vec![spread("b", "b", 100)],
+    };
     assert_eq!(s.replicas_on(&labels), 0);
-    assert_eq!(Scaler::Daemon { instances: 3, spread: vec![spread("a", "a", 1)] }.replicas_on(&labels), 3);
-    assert_eq!(Scaler::Daemon { instances: 3, spread: vec![spread("b", "b", 1)] }.replicas_on(&labels), 0);
+    assert_eq!(
+        Scaler::Daemon {
+            instances: 3,
+            spread: vec![spread("a", "a", 1)]
+        }
+        .replicas_on(&labels),
+        3
+    );
+    assert_eq!(
+        Scaler::Daemon {
+            instances: 3,
+            spread: vec![spread("b", "b", 1)]
+        }
+        .replicas_on(&labels),
+        0
+    );
 }
