@@ -383,3 +383,47 @@ fn a_second_start_with_the_same_data_dir_does_not_recompile() {
         second.log()
     );
 }
+
+#[test]
+fn with_little_virtual_memory_the_host_falls_back_to_on_demand_allocation() {
+    let dirs = tempfile::tempdir().unwrap();
+    let (config, data) = (dirs.path().join("config"), dirs.path().join("data"));
+    std::fs::create_dir_all(&config).unwrap();
+    std::fs::write(
+        config.join("hello.yaml"),
+        manifest("hello", &example_wasm("http-hello"), "/"),
+    )
+    .unwrap();
+    // 3 GiB of address space: far less than the pool's reservation (thousands of linear-memory
+    // slots of 4 GiB each), as on a small VM.
+    let node = Node::start_limited(&config, &data, &[], Some(3 << 30));
+    node.wait_for_log(
+        &["falling back to on-demand instance allocation"],
+        Duration::from_secs(10),
+    );
+    node.wait_for_log(
+        &["component host ready", "OnDemand"],
+        Duration::from_secs(10),
+    );
+    let body = node.wait_for_status("/limited", 200, Duration::from_secs(10));
+    assert!(body.contains("/limited"), "{body}");
+    // Several instances at once still fit.
+    let handles: Vec<_> = (0..8)
+        .map(|_| {
+            let addr = node.http;
+            std::thread::spawn(move || common::http_get(addr, "/x", None).map(|r| r.0))
+        })
+        .collect();
+    for h in handles {
+        assert_eq!(h.join().unwrap(), Some(200));
+    }
+}
+
+#[test]
+fn without_limits_the_pooling_allocator_is_used() {
+    let node = Node::start(&[]);
+    node.wait_for_log(
+        &["component host ready", "Pooling"],
+        Duration::from_secs(10),
+    );
+}

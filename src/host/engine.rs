@@ -16,6 +16,11 @@ const POOL_CORE_INSTANCES: u32 = 4000;
 const POOL_MEMORIES: u32 = 2000;
 const POOL_TABLES: u32 = 2000;
 
+/// Guard region after a linear memory in the on-demand fallback, in bytes.
+const SMALL_GUARD_BYTES: u64 = 64 * 1024;
+/// Address space reserved for a linear memory to grow into in the fallback, in bytes.
+const SMALL_GROWTH_RESERVATION_BYTES: u64 = 16 * 1024 * 1024;
+
 /// Which allocator the engine ended up with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Allocator {
@@ -49,11 +54,17 @@ pub fn build(max_memory_bytes: u64) -> anyhow::Result<(Engine, Allocator)> {
                 "cannot reserve the pooling allocator's memory (small VM or limited virtual memory?); \
                  falling back to on-demand instance allocation"
             );
-            let engine = Engine::new(
-                base_config().allocation_strategy(InstanceAllocationStrategy::OnDemand),
-            )
-            .map_err(anyhow::Error::from)
-            .context("creating the wasmtime engine")?;
+            // Small reservations too: the default 4 GiB + 2 GiB of address space per linear
+            // memory is what such a VM cannot give. Bounds checks become explicit.
+            let mut config = base_config();
+            config
+                .allocation_strategy(InstanceAllocationStrategy::OnDemand)
+                .memory_reservation(0)
+                .memory_guard_size(SMALL_GUARD_BYTES)
+                .memory_reservation_for_growth(SMALL_GROWTH_RESERVATION_BYTES);
+            let engine = Engine::new(&config)
+                .map_err(anyhow::Error::from)
+                .context("creating the wasmtime engine")?;
             (engine, Allocator::OnDemand)
         }
     };

@@ -121,8 +121,34 @@ impl Node {
 
     /// Starts a node on the given dirs (kept by the caller).
     pub fn start_in(config_dir: &Path, data_dir: &Path, extra: &[&str]) -> Node {
+        Node::start_limited(config_dir, data_dir, extra, None)
+    }
+
+    /// Starts a node whose address space (RLIMIT_AS, inherited by its nats-server) is limited
+    /// to `address_space_bytes`, like a small VM with `ulimit -v`.
+    pub fn start_limited(
+        config_dir: &Path,
+        data_dir: &Path,
+        extra: &[&str],
+        address_space_bytes: Option<u64>,
+    ) -> Node {
         let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_lattice"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_lattice"));
+        if let Some(limit) = address_space_bytes {
+            use std::os::unix::process::CommandExt as _;
+            // SAFETY: setrlimit is async-signal-safe and touches no memory of the parent.
+            unsafe {
+                command.pre_exec(move || {
+                    nix::sys::resource::setrlimit(
+                        nix::sys::resource::Resource::RLIMIT_AS,
+                        limit,
+                        limit,
+                    )
+                    .map_err(std::io::Error::from)
+                });
+            }
+        }
+        let mut child = command
             .arg("up")
             .arg("--config-dir")
             .arg(config_dir)
