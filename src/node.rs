@@ -105,11 +105,16 @@ async fn run_with_nats(
         shutdown.clone(),
     ));
     tracing::info!(ingress = %http.ingress_addr(), nats = nats_url, "lattice node is up");
+    // Under systemd (Type=notify) this marks the unit started; elsewhere it does nothing.
+    if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
+        tracing::warn!(error = %e, "telling systemd the node is ready");
+    }
 
     tokio::select! {
         _ = sigterm.recv() => tracing::info!("SIGTERM received; stopping"),
         _ = sigint.recv() => tracing::info!("SIGINT received; stopping"),
     }
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     shutdown.cancel();
     let _ = watcher_task.await;
     http.shutdown().await;

@@ -350,6 +350,40 @@ fn sigterm_stops_the_node_and_its_nats_server() {
 }
 
 #[test]
+fn systemd_is_told_when_the_node_is_ready_and_when_it_stops() {
+    let dirs = tempfile::tempdir().unwrap();
+    let (config, data) = (dirs.path().join("config"), dirs.path().join("data"));
+    std::fs::create_dir_all(&config).unwrap();
+    let socket_path = dirs.path().join("notify.sock");
+    let socket = std::os::unix::net::UnixDatagram::bind(&socket_path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut node = Node::start_with(
+        &config,
+        &data,
+        &[],
+        &[("NOTIFY_SOCKET", socket_path.to_str().unwrap())],
+        None,
+    );
+    let mut buf = [0u8; 256];
+    let n = socket.recv(&mut buf).expect("READY=1 within 10 s");
+    assert_eq!(std::str::from_utf8(&buf[..n]).unwrap().trim(), "READY=1");
+    assert!(
+        node.log().contains("lattice node is up"),
+        "ready only once the node is up"
+    );
+    assert_eq!(
+        node.get("/").unwrap().0,
+        404,
+        "the ingress answers when systemd hears READY"
+    );
+    node.terminate(Duration::from_secs(5)).unwrap();
+    let n = socket.recv(&mut buf).expect("STOPPING=1");
+    assert_eq!(std::str::from_utf8(&buf[..n]).unwrap().trim(), "STOPPING=1");
+}
+
+#[test]
 fn a_second_start_with_the_same_data_dir_does_not_recompile() {
     let dirs = tempfile::tempdir().unwrap();
     let (config, data) = (dirs.path().join("config"), dirs.path().join("data"));
@@ -396,7 +430,7 @@ fn with_little_virtual_memory_the_host_falls_back_to_on_demand_allocation() {
     .unwrap();
     // 3 GiB of address space: far less than the pool's reservation (thousands of linear-memory
     // slots of 4 GiB each), as on a small VM.
-    let node = Node::start_limited(&config, &data, &[], Some(3 << 30));
+    let node = Node::start_with(&config, &data, &[], &[], Some(3 << 30));
     node.wait_for_log(
         &["falling back to on-demand instance allocation"],
         Duration::from_secs(10),

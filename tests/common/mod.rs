@@ -121,15 +121,17 @@ impl Node {
 
     /// Starts a node on the given dirs (kept by the caller).
     pub fn start_in(config_dir: &Path, data_dir: &Path, extra: &[&str]) -> Node {
-        Node::start_limited(config_dir, data_dir, extra, None)
+        Node::start_with(config_dir, data_dir, extra, &[], None)
     }
 
-    /// Starts a node whose address space (RLIMIT_AS, inherited by its nats-server) is limited
-    /// to `address_space_bytes`, like a small VM with `ulimit -v`.
-    pub fn start_limited(
+    /// Starts a node with `extra` flags, `env` vars set, and, if given, its address space
+    /// (RLIMIT_AS, inherited by its nats-server) limited to `address_space_bytes`, like a small
+    /// VM with `ulimit -v`.
+    pub fn start_with(
         config_dir: &Path,
         data_dir: &Path,
         extra: &[&str],
+        env: &[(&str, &str)],
         address_space_bytes: Option<u64>,
     ) -> Node {
         let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
@@ -164,6 +166,8 @@ impl Node {
             ])
             .args(extra)
             .env_remove("LATTICE_LOG")
+            .env_remove("NOTIFY_SOCKET")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
