@@ -99,21 +99,38 @@ async fn run_with_nats(
     ));
 
     let shutdown = CancellationToken::new();
+    let (first_pass_done, first_pass) = tokio::sync::oneshot::channel();
     let watcher_task = tokio::spawn(supervise_watcher(
         config.config_dir.clone(),
         deployer.clone(),
         shutdown.clone(),
+        first_pass_done,
     ));
-    tracing::info!(ingress = %http.ingress_addr(), nats = nats_url, "lattice node is up");
-    // Under systemd (Type=notify) this marks the unit started; elsewhere it does nothing.
-    if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
-        tracing::warn!(error = %e, "telling systemd the node is ready");
-    }
-
-    tokio::select! {
-        _ = sigterm.recv() => tracing::info!("SIGTERM received; stopping"),
-        _ = sigint.recv() => tracing::info!("SIGINT received; stopping"),
-    }
+    let signal = async {
+        tokio::select! {
+            _ = sigterm.recv() => "SIGTERM",
+            _ = sigint.recv() => "SIGINT",
+        }
+    };
+    tokio::pin!(signal);
+    // Up (and READY for systemd) once the manifests present at start are applied; a watcher
+    // that fails before that does not hold the node back.
+    let early = tokio::select! {
+        _ = first_pass => None,
+        name = &mut signal => Some(name),
+    };
+    let received = match early {
+        Some(name) => name,
+        None => {
+            tracing::info!(ingress = %http.ingress_addr(), nats = nats_url, "lattice node is up");
+            // Under systemd (Type=notify) this marks the unit started; elsewhere a no-op.
+            if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
+                tracing::warn!(error = %e, "telling systemd the node is ready");
+            }
+            signal.await
+        }
+    };
+    tracing::info!("{received} received; stopping");
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     shutdown.cancel();
     let _ = watcher_task.await;
@@ -129,12 +146,15 @@ async fn supervise_watcher(
     dir: std::path::PathBuf,
     deployer: Arc<Deployer>,
     shutdown: CancellationToken,
+    first_pass_done: tokio::sync::oneshot::Sender<()>,
 ) {
+    let mut first_pass_done = Some(first_pass_done);
     while !shutdown.is_cancelled() {
         let task = tokio::spawn(watcher::run(
             dir.clone(),
             deployer.clone(),
             shutdown.clone(),
+            first_pass_done.take(),
         ));
         match task.await {
             Ok(Ok(())) => return,

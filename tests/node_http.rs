@@ -151,8 +151,20 @@ fn invalid_manifests_are_reported_and_the_good_version_keeps_serving() {
         Duration::from_secs(10),
     );
 
-    // 4. A component that does not export wasi:http/incoming-handler is not one we can serve;
-    //    a missing required field is named by its path.
+    // 4. A component that does not export wasi:http/incoming-handler (here: an empty one).
+    let empty = node.config_dir.join("empty.wasm");
+    std::fs::write(&empty, b"\0asm\x0d\0\x01\0").unwrap();
+    std::fs::write(&file, manifest("app", &empty, "/app")).unwrap();
+    node.wait_for_log(
+        &[
+            "app.yaml",
+            "spec.components[0].properties.image",
+            "not a wasi:http component",
+        ],
+        Duration::from_secs(10),
+    );
+
+    // 5. A missing required field is named by its path.
     let no_name = manifest("app", &goodbye, "/app").replace("  name: app\n", "");
     std::fs::write(&file, no_name).unwrap();
     node.wait_for_log(
@@ -227,25 +239,31 @@ fn http_keeps_answering_while_nats_server_is_killed_and_restarted() {
     let first = node.nats_pid();
     assert!(alive(first));
 
+    // A load loop before, during and after the restart.
+    let statuses = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let load = {
-        let stop = stop.clone();
-        let addr = node.http;
+        let (statuses, stop, addr) = (statuses.clone(), stop.clone(), node.http);
         std::thread::spawn(move || {
-            let mut statuses = Vec::new();
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                statuses.push(common::http_get(addr, "/", None).map(|r| r.0));
+                let status = common::http_get(addr, "/", None).map(|r| r.0);
+                statuses.lock().unwrap().push(status);
                 std::thread::sleep(Duration::from_millis(10));
             }
-            statuses
         })
     };
-    std::thread::sleep(Duration::from_millis(300));
+    let made = || statuses.lock().unwrap().len();
+    common::wait_until(
+        "10 requests before the kill",
+        Duration::from_secs(20),
+        || made() >= 10,
+    );
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(first),
         nix::sys::signal::Signal::SIGKILL,
     )
     .unwrap();
+    let during = made();
     node.wait_for_log(
         &["nats-server exited unexpectedly", "signal: 9"],
         Duration::from_secs(5),
@@ -254,14 +272,21 @@ fn http_keeps_answering_while_nats_server_is_killed_and_restarted() {
         &["nats-server restarted and ready"],
         Duration::from_secs(10),
     );
-    node.wait_for_log(&["connected to nats-server"], Duration::from_secs(10));
-    std::thread::sleep(Duration::from_millis(300));
+    common::wait_until("the client reconnects", Duration::from_secs(10), || {
+        node.count_log("connected to nats-server") >= 2
+    });
+    let after = made();
+    common::wait_until(
+        "10 requests after the reconnect",
+        Duration::from_secs(20),
+        || made() >= after + 10,
+    );
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let statuses = load.join().unwrap();
+    load.join().unwrap();
+    let statuses = statuses.lock().unwrap().clone();
     assert!(
-        statuses.len() > 20,
-        "too few requests made: {}",
-        statuses.len()
+        after > during,
+        "no request was made while nats-server was down and restarting"
     );
     assert!(
         statuses.iter().all(|s| *s == Some(200)),
@@ -295,9 +320,18 @@ fn a_runaway_component_hits_the_deadline_and_others_keep_answering() {
     });
     // While the runaway instance spins, the component's one slot is taken (503 + Retry-After)
     // and other components still answer.
-    std::thread::sleep(Duration::from_millis(300));
-    let (status, headers, _) = http_request(node.http, "GET", "/loop", None, b"").unwrap();
-    assert_eq!(status, 503);
+    let mut saturated = None;
+    common::wait_until(
+        "a second /loop request is refused with 503",
+        Duration::from_secs(5),
+        || {
+            let answer = http_request(node.http, "GET", "/loop", None, b"").unwrap();
+            let refused = answer.0 == 503;
+            saturated = Some(answer);
+            refused
+        },
+    );
+    let (_, headers, _) = saturated.unwrap();
     assert!(
         headers.iter().any(|(k, v)| k == "retry-after" && v == "1"),
         "{headers:?}"
@@ -346,7 +380,7 @@ fn sigterm_stops_the_node_and_its_nats_server() {
         !alive(nats),
         "nats-server {nats} still runs after the node stopped"
     );
-    assert!(node.log().contains("nats-server stopped"));
+    node.wait_for_log(&["nats-server stopped"], Duration::from_secs(2));
 }
 
 #[test]
@@ -354,6 +388,11 @@ fn systemd_is_told_when_the_node_is_ready_and_when_it_stops() {
     let dirs = tempfile::tempdir().unwrap();
     let (config, data) = (dirs.path().join("config"), dirs.path().join("data"));
     std::fs::create_dir_all(&config).unwrap();
+    std::fs::write(
+        config.join("hello.yaml"),
+        manifest("hello", &example_wasm("http-hello"), "/"),
+    )
+    .unwrap();
     let socket_path = dirs.path().join("notify.sock");
     let socket = std::os::unix::net::UnixDatagram::bind(&socket_path).unwrap();
     socket
@@ -369,14 +408,11 @@ fn systemd_is_told_when_the_node_is_ready_and_when_it_stops() {
     let mut buf = [0u8; 256];
     let n = socket.recv(&mut buf).expect("READY=1 within 10 s");
     assert_eq!(std::str::from_utf8(&buf[..n]).unwrap().trim(), "READY=1");
-    assert!(
-        node.log().contains("lattice node is up"),
-        "ready only once the node is up"
-    );
+    node.wait_for_log(&["lattice node is up"], Duration::from_secs(2));
+    let (status, body) = node.get("/ready").unwrap();
     assert_eq!(
-        node.get("/").unwrap().0,
-        404,
-        "the ingress answers when systemd hears READY"
+        status, 200,
+        "apps present at start answer once systemd hears READY: {body}"
     );
     node.terminate(Duration::from_secs(5)).unwrap();
     let n = socket.recv(&mut buf).expect("STOPPING=1");
@@ -460,4 +496,66 @@ fn without_limits_the_pooling_allocator_is_used() {
         &["component host ready", "Pooling"],
         Duration::from_secs(10),
     );
+}
+
+#[test]
+fn address_and_host_routes_and_an_app_renamed_in_its_file() {
+    let node = Node::start(&[]);
+    let hello = example_wasm("http-hello");
+    let goodbye = example_wasm("http-goodbye");
+    // wasmCloud's own form: an address on the ingress port on every interface is the ingress.
+    let on_ingress = manifest("everywhere", &hello, "/").replace(
+        "path: /\n",
+        &format!("address: 0.0.0.0:{}\n", node.http.port()),
+    );
+    std::fs::write(node.config_dir.join("everywhere.yaml"), on_ingress).unwrap();
+    node.wait_for_status("/anything", 200, Duration::from_secs(10));
+
+    // An address of its own: a second listener, closed again when the app goes.
+    let own: std::net::SocketAddr = format!("127.0.0.1:{}", common::free_port())
+        .parse()
+        .unwrap();
+    let own_file = node.config_dir.join("own.yaml");
+    let own_manifest =
+        manifest("own", &goodbye, "/").replace("path: /\n", &format!("address: {own}\n"));
+    std::fs::write(&own_file, &own_manifest).unwrap();
+    common::wait_until(
+        "the app's own listener answers",
+        Duration::from_secs(10),
+        || {
+            common::http_get(own, "/x", None)
+                .is_some_and(|(s, b)| s == 200 && b.starts_with("Goodbye"))
+        },
+    );
+
+    // A host route beats the host-less one on the ingress.
+    let by_host =
+        manifest("by-host", &goodbye, "/").replace("path: /\n", "host: api.example.com\n");
+    std::fs::write(node.config_dir.join("by-host.yaml"), by_host).unwrap();
+    common::wait_until("the host route answers", Duration::from_secs(10), || {
+        common::http_get(node.http, "/h", Some("API.example.com:1234"))
+            .is_some_and(|(s, b)| s == 200 && b.starts_with("Goodbye"))
+    });
+    assert!(
+        node.get("/h").unwrap().1.starts_with("Hello"),
+        "other hosts still reach the ingress app"
+    );
+
+    // The same file naming another app: the old app goes, the new one takes its routes.
+    std::fs::write(
+        &own_file,
+        own_manifest.replace("name: own\n", "name: own-renamed\n"),
+    )
+    .unwrap();
+    node.wait_for_log(
+        &["app undeployed: its manifest now names app own-renamed"],
+        Duration::from_secs(10),
+    );
+    assert_eq!(common::http_get(own, "/x", None).map(|r| r.0), Some(200));
+
+    std::fs::remove_file(&own_file).unwrap();
+    common::wait_until("the own listener closes", Duration::from_secs(10), || {
+        common::http_get(own, "/x", None).is_none()
+    });
+    assert_eq!(node.get("/still").unwrap().0, 200);
 }

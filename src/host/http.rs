@@ -8,6 +8,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::StatusCode;
 use tokio::sync::Semaphore;
+use tracing::Instrument;
 use wasmtime::{Store, StoreLimitsBuilder, Trap, UpdateDeadline};
 use wasmtime_wasi_http::WasiHttpView;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
@@ -137,47 +138,64 @@ impl HttpComponent {
             }
         };
         let pre = self.pre.clone();
-        let task = tokio::spawn(async move {
-            let _permit = permit;
-            let proxy = pre.instantiate_async(&mut store).await?;
-            proxy
-                .wasi_http_incoming_handler()
-                .call_handle(&mut store, req, out)
-                .await
-        });
+        // The instance runs in its own task, which may outlive the response headers while it
+        // streams the body; the deadline covers all of it, host calls included.
+        let task = tokio::spawn(
+            async move {
+                let _permit = permit;
+                let run = async {
+                    let proxy = pre.instantiate_async(&mut store).await?;
+                    proxy
+                        .wasi_http_incoming_handler()
+                        .call_handle(&mut store, req, out)
+                        .await
+                };
+                let outcome = match tokio::time::timeout_at(deadline.into(), run).await {
+                    Ok(Ok(())) => return Outcome::Finished,
+                    Ok(Err(e)) if e.downcast_ref::<Trap>() == Some(&Trap::Interrupt) => {
+                        Outcome::DeadlineExceeded
+                    }
+                    Ok(Err(e)) => {
+                        tracing::error!(error = format!("{e:?}"), "component trapped");
+                        Outcome::Trapped
+                    }
+                    Err(_elapsed) => Outcome::DeadlineExceeded,
+                };
+                if outcome == Outcome::DeadlineExceeded {
+                    tracing::error!(
+                        timeout_ms = timeout.as_millis() as u64,
+                        "component exceeded the request deadline"
+                    );
+                }
+                outcome
+            }
+            .in_current_span(),
+        );
 
-        match tokio::time::timeout_at(deadline.into(), receiver).await {
-            Ok(Ok(Ok(response))) => response,
-            Ok(Ok(Err(code))) => {
+        // The task ends by the deadline and drops the outparam with its store, so this wait is
+        // bounded too.
+        match receiver.await {
+            Ok(Ok(response)) => response,
+            Ok(Err(code)) => {
                 tracing::warn!(error = ?code, "component answered with an error code");
                 text_response(
                     StatusCode::INTERNAL_SERVER_ERROR,
                     format!("component error: {code:?}\n"),
                 )
             }
-            // The outparam was dropped unset: the instance finished, trapped or was interrupted.
-            Ok(Err(_)) => match task.await {
-                Ok(Ok(())) => {
+            Err(_) => match task.await {
+                Ok(Outcome::DeadlineExceeded) => deadline_response(timeout),
+                Ok(Outcome::Finished) => {
                     tracing::error!("component returned without setting a response");
                     text_response(
                         StatusCode::INTERNAL_SERVER_ERROR,
                         "component set no response\n".into(),
                     )
                 }
-                Ok(Err(e)) if e.downcast_ref::<Trap>() == Some(&Trap::Interrupt) => {
-                    tracing::error!(
-                        timeout_ms = timeout.as_millis() as u64,
-                        "component exceeded the request deadline"
-                    );
-                    deadline_response(timeout)
-                }
-                Ok(Err(e)) => {
-                    tracing::error!(error = format!("{e:?}"), "component trapped");
-                    text_response(
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        "component failed; see the node log\n".into(),
-                    )
-                }
+                Ok(Outcome::Trapped) => text_response(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "component failed; see the node log\n".into(),
+                ),
                 Err(e) => {
                     tracing::error!(error = %e, "component task failed");
                     text_response(
@@ -186,16 +204,19 @@ impl HttpComponent {
                     )
                 }
             },
-            Err(_elapsed) => {
-                task.abort();
-                tracing::error!(
-                    timeout_ms = timeout.as_millis() as u64,
-                    "component exceeded the request deadline"
-                );
-                deadline_response(timeout)
-            }
         }
     }
+}
+
+/// How an instance's run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    /// `handle` returned.
+    Finished,
+    /// It trapped (logged with the cause).
+    Trapped,
+    /// It ran past the request deadline and was stopped.
+    DeadlineExceeded,
 }
 
 fn deadline_response(timeout: std::time::Duration) -> hyper::Response<ResponseBody> {

@@ -170,17 +170,23 @@ impl Launch {
             )
         })?;
         let recent = Arc::new(Mutex::new(VecDeque::new()));
+        let (said_ready, says_ready) = tokio::sync::watch::channel(false);
+        let said_ready = Arc::new(said_ready);
         if let Some(out) = child.stdout.take() {
-            tokio::spawn(forward_log(out, recent.clone()));
+            tokio::spawn(forward_log(out, recent.clone(), said_ready.clone()));
         }
         if let Some(err) = child.stderr.take() {
-            tokio::spawn(forward_log(err, recent.clone()));
+            tokio::spawn(forward_log(err, recent.clone(), said_ready));
         }
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
-            if tokio::net::TcpStream::connect(("127.0.0.1", self.port))
-                .await
-                .is_ok()
+            // Ready means: our child says so and the port accepts, while our child still runs
+            // (another process holding the port would accept too).
+            if *says_ready.borrow()
+                && tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+                    .await
+                    .is_ok()
+                && child.try_status()?.is_none()
             {
                 return Ok(child);
             }
@@ -231,7 +237,11 @@ async fn supervise(launch: Launch, mut child: Child, shutdown: CancellationToken
                 () = shutdown.cancelled() => return,
             }
             backoff = (backoff * 2).min(BACKOFF_MAX);
-            match launch.spawn_ready().await {
+            let spawned = tokio::select! {
+                spawned = launch.spawn_ready() => spawned,
+                () = shutdown.cancelled() => return,
+            };
+            match spawned {
                 Ok(new_child) => {
                     child = new_child;
                     started = Instant::now();
@@ -270,11 +280,22 @@ async fn terminate(mut child: Child) {
     }
 }
 
-/// Forwards the child's log lines into tracing at their own level, keeping the last few.
-async fn forward_log(stream: impl AsyncRead + Unpin, recent: Arc<Mutex<VecDeque<String>>>) {
+/// nats-server's log line once it accepts clients.
+const READY_LINE: &str = "Server is ready";
+
+/// Forwards the child's log lines into tracing at their own level, keeping the last few, and
+/// sets `said_ready` at nats-server's ready line.
+async fn forward_log(
+    stream: impl AsyncRead + Unpin,
+    recent: Arc<Mutex<VecDeque<String>>>,
+    said_ready: Arc<tokio::sync::watch::Sender<bool>>,
+) {
     let mut lines = BufReader::new(stream).lines();
     while let Some(Ok(line)) = lines.next().await {
         let (level, message) = parse_log_line(&line);
+        if message == READY_LINE {
+            said_ready.send_replace(true);
+        }
         match level {
             LogLevel::Error => tracing::error!(target: "nats_server", "{message}"),
             LogLevel::Warn => tracing::warn!(target: "nats_server", "{message}"),

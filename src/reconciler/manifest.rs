@@ -584,17 +584,18 @@ fn resolve_image(image: &str, base_dir: &Path) -> Result<PathBuf, String> {
     Ok(base_dir.join(path))
 }
 
-/// App and component names: letters, digits, `-`, `_` and `.` (they name routes and subjects).
+/// App and component names: letters, digits, `-` and `_` (they become NATS subject tokens, where
+/// `.` separates tokens).
 fn check_name(name: &str) -> Result<(), String> {
     if name.is_empty() {
         return Err("must not be empty".to_owned());
     }
     if !name
         .chars()
-        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_'))
     {
         return Err(format!(
-            "{name:?}: use letters, digits, '-', '_' and '.' only"
+            "{name:?}: use letters, digits, '-' and '_' only (names become NATS subject tokens)"
         ));
     }
     Ok(())

@@ -9,6 +9,7 @@ pub mod manifest;
 pub mod watcher;
 
 use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -99,12 +100,9 @@ impl Deployer {
                 tracing::info!(app = %app, component = %spec.name, "no replica of this component belongs on this node");
                 continue;
             }
-            let wasm = tokio::fs::read(&spec.image).await.map_err(|e| {
-                FieldError::new(
-                    &spec.image_field,
-                    format!("cannot read {}: {e}", spec.image.display()),
-                )
-            })?;
+            let wasm = read_component_file(&spec.image)
+                .await
+                .map_err(|reason| FieldError::new(&spec.image_field, reason))?;
             let concurrency =
                 usize::try_from(u64::from(replicas) * u64::from(self.replica_concurrency))
                     .unwrap_or(usize::MAX);
@@ -131,7 +129,7 @@ impl Deployer {
             .iter()
             .map(|link| Route {
                 key: RouteKey::new(
-                    link.address.unwrap_or(ingress),
+                    listener_for(link.address, ingress, &app),
                     link.host.as_deref(),
                     link.path.as_deref(),
                 ),
@@ -142,7 +140,14 @@ impl Deployer {
             })
             .collect();
 
-        let others = apps.values().filter(|a| a.manifest.name != manifest.name);
+        // The same file naming another app now: that app goes in the same swap.
+        let renamed_from = apps
+            .values()
+            .find(|a| a.source == source && a.manifest.name != manifest.name)
+            .map(|a| a.manifest.name.clone());
+        let others = apps.values().filter(|a| {
+            a.manifest.name != manifest.name && Some(&a.manifest.name) != renamed_from.as_ref()
+        });
         let table = routing_table(
             others
                 .map(|a| (&a.routes, &a.components))
@@ -168,6 +173,10 @@ impl Deployer {
                 routes,
             },
         );
+        if let Some(old) = renamed_from {
+            apps.remove(&old);
+            tracing::info!(app = old, source = %source.display(), "app undeployed: its manifest now names app {app}");
+        }
         let deployed = &apps[&*app];
         let routes: Vec<String> = deployed.routes.iter().map(|r| r.key.to_string()).collect();
         tracing::info!(
@@ -210,6 +219,45 @@ impl Deployer {
     /// Names of the deployed apps.
     pub async fn apps(&self) -> Vec<String> {
         self.apps.lock().await.keys().cloned().collect()
+    }
+}
+
+/// Largest component file accepted, in bytes.
+const MAX_COMPONENT_BYTES: u64 = 256 * 1024 * 1024;
+
+/// Reads a component's wasm: a regular file of at most [`MAX_COMPONENT_BYTES`].
+async fn read_component_file(path: &Path) -> Result<Vec<u8>, String> {
+    let cannot = |e: &dyn std::fmt::Display| format!("cannot read {}: {e}", path.display());
+    let meta = tokio::fs::metadata(path).await.map_err(|e| cannot(&e))?;
+    if !meta.is_file() {
+        return Err(cannot(&"not a regular file"));
+    }
+    if meta.len() > MAX_COMPONENT_BYTES {
+        return Err(cannot(&format!(
+            "{} bytes is more than the {MAX_COMPONENT_BYTES} bytes allowed",
+            meta.len()
+        )));
+    }
+    tokio::fs::read(path).await.map_err(|e| cannot(&e))
+}
+
+/// The listener of an http link's `address`: the shared ingress when the address is the
+/// ingress's, or its port on every interface (`0.0.0.0:8000`, as wasmCloud's examples write it:
+/// served by the ingress, with a warning saying where it listens); else an own listener.
+fn listener_for(address: Option<SocketAddr>, ingress: SocketAddr, app: &str) -> SocketAddr {
+    match address {
+        None => ingress,
+        Some(addr) if addr == ingress => ingress,
+        Some(addr) if addr.ip().is_unspecified() && addr.port() == ingress.port() => {
+            tracing::warn!(
+                app,
+                %addr,
+                "address is the ingress's port on every interface: served by the shared ingress on {ingress} \
+                 (start the node with --http-addr {addr} to listen on every interface)"
+            );
+            ingress
+        }
+        Some(addr) => addr,
     }
 }
 

@@ -28,7 +28,7 @@ struct FileState {
 }
 
 /// Watches `dir` (created if missing) and applies its manifests through `deployer` until
-/// `shutdown`. The first pass runs before this returns its future's first `Pending`.
+/// `shutdown`. `first_pass` is told when the manifests present at start have been applied.
 ///
 /// # Errors
 /// The directory cannot be created or watched.
@@ -36,12 +36,16 @@ pub async fn run(
     dir: PathBuf,
     deployer: Arc<Deployer>,
     shutdown: CancellationToken,
+    first_pass: Option<tokio::sync::oneshot::Sender<()>>,
 ) -> anyhow::Result<()> {
     std::fs::create_dir_all(&dir)
         .with_context(|| format!("creating config dir {}", dir.display()))?;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        let _ = tx.send(event);
+        // Reading the directory is itself an event (open, access); only changes count.
+        if event.as_ref().map_or(true, touches_manifests) {
+            let _ = tx.send(event);
+        }
     })
     .context("creating the config-dir watcher")?;
     watcher
@@ -50,7 +54,12 @@ pub async fn run(
     tracing::info!(dir = %dir.display(), "watching the config dir for manifests");
 
     let mut files: BTreeMap<PathBuf, FileState> = BTreeMap::new();
-    scan(&dir, &deployer, &mut files).await;
+    scan(&dir, &deployer, &mut files, false).await;
+    if let Some(first_pass) = first_pass {
+        let _ = first_pass.send(());
+    }
+    let mut rescan = tokio::time::interval_at(tokio::time::Instant::now() + RESCAN, RESCAN);
+    rescan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             event = rx.recv() => {
@@ -61,12 +70,34 @@ pub async fn run(
                 }
                 tokio::time::sleep(SETTLE).await;
                 while rx.try_recv().is_ok() {}
-                scan(&dir, &deployer, &mut files).await;
+                scan(&dir, &deployer, &mut files, false).await;
             }
-            () = tokio::time::sleep(RESCAN) => scan(&dir, &deployer, &mut files).await,
+            // The timer also retries manifests that failed: the wasm may exist now, a port may
+            // be free.
+            _ = rescan.tick() => scan(&dir, &deployer, &mut files, true).await,
             () = shutdown.cancelled() => return Ok(()),
         }
     }
+}
+
+/// Whether `event` creates, changes or removes something that may be a manifest.
+fn touches_manifests(event: &notify::Event) -> bool {
+    use notify::EventKind;
+    use notify::event::ModifyKind;
+    let kind_counts = matches!(
+        event.kind,
+        EventKind::Create(_)
+            | EventKind::Remove(_)
+            | EventKind::Modify(ModifyKind::Data(_) | ModifyKind::Name(_) | ModifyKind::Any)
+            | EventKind::Any
+            | EventKind::Other
+    );
+    kind_counts
+        && (event.paths.is_empty()
+            || event
+                .paths
+                .iter()
+                .any(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"))))
 }
 
 fn is_manifest(path: &Path) -> bool {
@@ -78,7 +109,12 @@ fn is_manifest(path: &Path) -> bool {
 }
 
 /// One level-triggered pass over the directory.
-async fn scan(dir: &Path, deployer: &Deployer, files: &mut BTreeMap<PathBuf, FileState>) {
+async fn scan(
+    dir: &Path,
+    deployer: &Deployer,
+    files: &mut BTreeMap<PathBuf, FileState>,
+    retry_failed: bool,
+) {
     let present: Vec<PathBuf> = match std::fs::read_dir(dir) {
         Ok(entries) => {
             let mut paths: Vec<PathBuf> = entries
@@ -124,11 +160,12 @@ async fn scan(dir: &Path, deployer: &Deployer, files: &mut BTreeMap<PathBuf, Fil
             }
         }
     }
-    // Unchanged files are applied again only if their last try failed and something else
-    // changed (a conflicting app may be gone now).
+    // Unchanged files are applied again only if their last try failed, and then only when
+    // something else changed (a conflicting app may be gone) or `retry_failed` says so.
+    let retry_failed = retry_failed || changed;
     for (path, bytes, digest, unchanged) in contents {
         let failed_before = files.get(&path).and_then(|f| f.error.clone());
-        if unchanged && (failed_before.is_none() || !changed) {
+        if unchanged && (failed_before.is_none() || !retry_failed) {
             continue;
         }
         let result = apply_file(&path, &bytes, deployer).await;
@@ -153,15 +190,9 @@ async fn apply_file(path: &Path, bytes: &[u8], deployer: &Deployer) -> Result<()
     for warning in &manifest.warnings {
         tracing::warn!(file = %path.display(), app = manifest.name, "{warning}");
     }
-    let previous = deployer.app_from(path).await;
     let name = manifest.name.clone();
     deployer
         .deploy(path, manifest)
         .await
-        .map_err(|e| in_file(&format!("app {name:?}: {e}")))?;
-    if let Some(previous) = previous.filter(|p| *p != name) {
-        tracing::info!(file = %path.display(), old = previous, new = name, "manifest now names another app");
-        deployer.undeploy(&previous).await;
-    }
-    Ok(())
+        .map_err(|e| in_file(&format!("app {name:?}: {e}")))
 }

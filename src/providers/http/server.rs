@@ -9,17 +9,20 @@ use std::time::Duration;
 
 use hyper::StatusCode;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
-use tokio::task::JoinHandle;
+use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 
 use super::router::Router;
 use crate::host::{HttpComponent, ResponseBody, text_response};
+
+/// How long a client may take to send a request's headers.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How long open connections may take to finish their requests when a listener stops.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(3);
@@ -46,6 +49,8 @@ pub struct BindError {
 
 struct Listener {
     stop: CancellationToken,
+    /// Fires once the listening socket is closed (its address can be bound again).
+    released: tokio::sync::oneshot::Receiver<()>,
     task: JoinHandle<()>,
 }
 
@@ -127,6 +132,8 @@ impl HttpServer {
         };
         for listener in unused {
             listener.stop.cancel();
+            // The socket closes right away; its connections drain in the background.
+            let _ = listener.released.await;
         }
         Ok(())
     }
@@ -153,16 +160,25 @@ impl HttpServer {
 
     fn spawn_listener(&self, addr: SocketAddr, listener: TcpListener) {
         let stop = CancellationToken::new();
+        let (release, released) = tokio::sync::oneshot::channel();
         let task = tokio::spawn(serve_listener(
             listener,
             addr,
             self.table.clone(),
             stop.clone(),
+            release,
         ));
         self.listeners
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(addr, Listener { stop, task });
+            .insert(
+                addr,
+                Listener {
+                    stop,
+                    released,
+                    task,
+                },
+            );
     }
 }
 
@@ -171,10 +187,18 @@ async fn serve_listener(
     addr: SocketAddr,
     table: Arc<RwLock<Arc<RoutingTable>>>,
     stop: CancellationToken,
+    release: tokio::sync::oneshot::Sender<()>,
 ) {
     let graceful = GracefulShutdown::new();
-    let builder = auto::Builder::new(TokioExecutor::new());
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    builder.http2().timer(TokioTimer::new());
+    let mut connections = JoinSet::new();
     loop {
+        while connections.try_join_next().is_some() {}
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, _peer)) => {
@@ -185,7 +209,7 @@ async fn serve_listener(
                         async move { Ok::<_, Infallible>(route_request(&table, addr, request).await) }
                     });
                     let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service).into_owned());
-                    tokio::spawn(async move {
+                    connections.spawn(async move {
                         if let Err(e) = connection.await {
                             tracing::debug!(error = %e, "http connection ended with an error");
                         }
@@ -201,9 +225,13 @@ async fn serve_listener(
         }
     }
     drop(listener);
+    let _ = release.send(());
     tokio::select! {
         () = graceful.shutdown() => tracing::debug!(%addr, "http listener drained"),
-        () = tokio::time::sleep(DRAIN_TIMEOUT) => tracing::warn!(%addr, "http connections still open after {DRAIN_TIMEOUT:?}; closing them"),
+        () = tokio::time::sleep(DRAIN_TIMEOUT) => {
+            tracing::warn!(%addr, open = connections.len(), "http connections still open after {DRAIN_TIMEOUT:?}; closing them");
+            connections.abort_all();
+        }
     }
 }
 
