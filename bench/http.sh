@@ -17,8 +17,11 @@ THREADS=${THREADS:-2}
 CACHE=bench/.cache
 WASMTIME_VERSION=$(sed -n 's/^wasmtime = { version = "\([0-9.]*\)".*/\1/p' Cargo.toml)
 
-if ! command -v wrk >/dev/null; then
-  if [ "$(id -u)" -eq 0 ]; then apt-get install -y -qq wrk; else sudo apt-get install -y -qq wrk; fi
+./packaging/install-deps.sh
+as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+if ! command -v wrk >/dev/null || ! command -v curl >/dev/null; then
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk curl
 fi
 if [ ! -x "$CACHE/wasmtime/bin/wasmtime" ]; then
   echo "installing wasmtime-cli $WASMTIME_VERSION into $CACHE/wasmtime (once; a long build)" >&2
@@ -28,8 +31,10 @@ cargo build --release --quiet
 cargo build --release --quiet --target wasm32-wasip2 --manifest-path examples/Cargo.toml --target-dir examples/target
 WASM=$PWD/examples/target/wasm32-wasip2/release/http_hello.wasm
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_http() { for _ in $(seq 200); do curl -sf "http://127.0.0.1:$1/" >/dev/null && return 0; sleep 0.05; done; echo "server on $1 did not answer" >&2; return 1; }
+wait_http() {
+  for _ in $(seq 400); do curl -sf "http://127.0.0.1:$1/" >/dev/null && return 0; sleep 0.05; done
+  echo "server on port $1 did not answer; its log:" >&2; tail -n 30 "$2" >&2; return 1
+}
 
 WORK=$(mktemp -d)
 PIDS=()
@@ -38,14 +43,14 @@ trap cleanup EXIT
 
 mkdir -p "$WORK/config"
 sed "s#file://../target/wasm32-wasip2/release/http_hello.wasm#file://$WASM#" examples/http-hello/wadm.yaml > "$WORK/config/hello.yaml"
-LPORT=$(free_port)
+LPORT=${LATTICE_PORT:-18180}
+WPORT=${WASMTIME_PORT:-18181}
 target/release/lattice up --config-dir "$WORK/config" --data-dir "$WORK/data" --http-addr "127.0.0.1:$LPORT" \
   --log warn 2>"$WORK/lattice.log" &
 PIDS+=($!)
-WPORT=$(free_port)
 "$CACHE/wasmtime/bin/wasmtime" serve -Scli --addr "127.0.0.1:$WPORT" "$WASM" >/dev/null 2>"$WORK/wasmtime.log" &
 PIDS+=($!)
-wait_http "$LPORT"; wait_http "$WPORT"
+wait_http "$LPORT" "$WORK/lattice.log"; wait_http "$WPORT" "$WORK/wasmtime.log"
 
 # One wrk run: prints "RPS P50_MS P99_MS".
 run_wrk() {
@@ -68,4 +73,4 @@ for r in $(seq "$ROUNDS"); do
 done
 median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 ML=$(median "${L[@]}"); MW=$(median "${W[@]}")
-echo "median req/s: lattice $ML, wasmtime serve $MW, ratio $(awk -v a="$ML" -v b="$MW" 'BEGIN { printf "%.2f", a/b }')x"
+echo "median req/s: lattice $ML, wasmtime serve $MW, ratio $(awk -v a="$ML" -v b="$MW" 'BEGIN { if (b > 0) printf "%.2f", a/b; else printf "n/a" }')x"
