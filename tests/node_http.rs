@@ -559,3 +559,31 @@ fn address_and_host_routes_and_an_app_renamed_in_its_file() {
     });
     assert_eq!(node.get("/still").unwrap().0, 200);
 }
+
+#[test]
+fn bodies_and_headers_stream_through_a_component() {
+    let node = Node::start(&[]);
+    std::fs::write(
+        node.config_dir.join("echo.yaml"),
+        manifest("echo", &example_wasm("http-echo"), "/echo"),
+    )
+    .unwrap();
+    node.wait_for_status("/echo", 200, Duration::from_secs(10));
+    // 10 MiB of non-repeating bytes, echoed back unchanged.
+    let body: Vec<u8> = (0..10 * 1024 * 1024u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let (status, headers, echoed) =
+        http_request(node.http, "POST", "/echo/big?x=1", None, &body).unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(echoed.len(), body.len());
+    assert!(echoed == body, "the echoed body differs");
+    let header = |name: &str| {
+        headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    };
+    assert_eq!(header("x-echo-method"), Some("POST"));
+    assert_eq!(header("x-echo-path"), Some("/echo/big?x=1"));
+}
