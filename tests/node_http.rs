@@ -112,65 +112,53 @@ fn invalid_manifests_are_reported_and_the_good_version_keeps_serving() {
     .unwrap();
     node.wait_for_status("/other", 200, Duration::from_secs(10));
 
-    // 1. Bad YAML.
-    std::fs::write(
-        &file,
-        "apiVersion: core.oam.dev/v1beta1\nkind: [Application\n",
-    )
-    .unwrap();
-    node.wait_for_log(
-        &["app.yaml", "manifest not applied", "invalid YAML"],
-        Duration::from_secs(10),
-    );
-    assert!(node.get("/app").unwrap().1.starts_with("Goodbye"));
-
-    // 2. A wasm file that does not exist.
-    let missing = node.config_dir.join("missing.wasm");
-    std::fs::write(&file, manifest("app", &missing, "/app")).unwrap();
-    node.wait_for_log(
-        &[
-            "app.yaml",
-            "spec.components[0].properties.image",
-            "cannot read",
-            "missing.wasm",
-        ],
-        Duration::from_secs(10),
-    );
-    assert!(node.get("/app").unwrap().1.starts_with("Goodbye"));
-
-    // 3. A wasm file that is a core module, not a component.
-    let core = node.config_dir.join("core.wasm");
-    std::fs::write(&core, b"\0asm\x01\0\0\0").unwrap();
-    std::fs::write(&file, manifest("app", &core, "/app")).unwrap();
-    node.wait_for_log(
-        &[
-            "app.yaml",
-            "spec.components[0].properties.image",
-            "not a valid WebAssembly component",
-        ],
-        Duration::from_secs(10),
-    );
-
-    // 4. A component that does not export wasi:http/incoming-handler (here: an empty one).
-    let empty = node.config_dir.join("empty.wasm");
-    std::fs::write(&empty, b"\0asm\x0d\0\x01\0").unwrap();
-    std::fs::write(&file, manifest("app", &empty, "/app")).unwrap();
-    node.wait_for_log(
-        &[
-            "app.yaml",
-            "spec.components[0].properties.image",
-            "not a wasi:http component",
-        ],
-        Duration::from_secs(10),
-    );
-
-    // 5. A missing required field is named by its path.
-    let no_name = manifest("app", &goodbye, "/app").replace("  name: app\n", "");
-    std::fs::write(&file, no_name).unwrap();
-    node.wait_for_log(
-        &["app.yaml", "metadata", "missing field `name`"],
-        Duration::from_secs(10),
-    );
+    let wasm = |name: &str, bytes: &[u8]| {
+        let path = node.config_dir.join(name);
+        std::fs::write(&path, bytes).unwrap();
+        path
+    };
+    let image = "spec.components[0].properties.image";
+    let cases: Vec<(&str, String, Vec<&str>)> = vec![
+        (
+            "bad YAML",
+            "apiVersion: core.oam.dev/v1beta1\nkind: [Application\n".into(),
+            vec!["invalid YAML"],
+        ),
+        (
+            "a wasm file that does not exist",
+            manifest("app", &node.config_dir.join("missing.wasm"), "/app"),
+            vec![image, "cannot read", "missing.wasm"],
+        ),
+        (
+            "a core module, not a component",
+            manifest("app", &wasm("core.wasm", b"\0asm\x01\0\0\0"), "/app"),
+            vec![image, "not a valid WebAssembly component"],
+        ),
+        (
+            "a component without wasi:http/incoming-handler (an empty one)",
+            manifest("app", &wasm("empty.wasm", b"\0asm\x0d\0\x01\0"), "/app"),
+            vec![image, "not a wasi:http component"],
+        ),
+        (
+            "a missing required field",
+            manifest("app", &goodbye, "/app").replace("  name: app\n", ""),
+            vec!["metadata", "missing field `name`"],
+        ),
+    ];
+    for (case, text, expected) in cases {
+        std::fs::write(&file, text).unwrap();
+        let needles: Vec<&str> = ["app.yaml", "manifest not applied"]
+            .into_iter()
+            .chain(expected)
+            .collect();
+        let line = node.wait_for_log(&needles, Duration::from_secs(10));
+        eprintln!("{case}: {line}");
+        let (status, body) = node.get("/app").unwrap();
+        assert!(
+            status == 200 && body.starts_with("Goodbye"),
+            "{case}: the good version must keep serving: {body}"
+        );
+    }
 
     let (status, body) = node.get("/app").unwrap();
     assert_eq!(
