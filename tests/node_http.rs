@@ -43,11 +43,30 @@ fn serves_the_example_manifest_within_5_seconds() {
         "{body}"
     );
     eprintln!("first 200 after {:?}", started.elapsed());
-    // No route for a path outside the app's prefix is impossible here (path: /), so check the
-    // 404 of a host-routed node elsewhere; but the answer names the full path with query.
+    // The answer names the full path with its query.
     let (status, body) = node.get("/a/b?c=d").unwrap();
     assert_eq!(status, 200);
     assert!(body.contains("/a/b?c=d"), "{body}");
+
+    // HTTP/2 without TLS (h2c, prior knowledge) is served too.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (version, body) = runtime.block_on(async {
+        let client = reqwest::Client::builder()
+            .http2_prior_knowledge()
+            .build()
+            .unwrap();
+        let response = client
+            .get(format!("http://{}/h2", node.http))
+            .send()
+            .await
+            .unwrap();
+        (response.version(), response.text().await.unwrap())
+    });
+    assert_eq!(version, reqwest::Version::HTTP_2);
+    assert!(body.contains("/h2"), "{body}");
 }
 
 #[test]
