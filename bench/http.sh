@@ -46,7 +46,7 @@ sed "s#file://../target/wasm32-wasip2/release/http_hello.wasm#file://$WASM#" exa
 LPORT=${LATTICE_PORT:-18180}
 WPORT=${WASMTIME_PORT:-18181}
 target/release/lattice up --config-dir "$WORK/config" --data-dir "$WORK/data" --http-addr "127.0.0.1:$LPORT" \
-  --log warn 2>"$WORK/lattice.log" &
+  2>"$WORK/lattice.log" &
 PIDS+=($!)
 "$CACHE/wasmtime/bin/wasmtime" serve -Scli --addr "127.0.0.1:$WPORT" "$WASM" >/dev/null 2>"$WORK/wasmtime.log" &
 PIDS+=($!)
