@@ -30,13 +30,9 @@ fn example_manifest() -> String {
 
 #[test]
 fn serves_the_example_manifest_within_5_seconds() {
-    let manifest = example_manifest();
-    let dirs = tempfile::tempdir().unwrap();
-    let config = dirs.path().join("config");
-    std::fs::create_dir_all(&config).unwrap();
-    std::fs::write(config.join("wadm.yaml"), manifest).unwrap();
+    let dirs = common::Dirs::with_manifest("wadm.yaml", &example_manifest());
     let started = Instant::now();
-    let node = Node::start_in(&config, &dirs.path().join("data"), &[]);
+    let node = Node::start_in(&dirs.config, &dirs.data, &[]);
     let body = node.wait_for_status("/hello", 200, Duration::from_secs(5));
     assert!(
         body.contains("Hello from lattice") && body.contains("/hello"),
@@ -399,22 +395,16 @@ fn sigterm_stops_the_node_and_its_nats_server() {
 
 #[test]
 fn systemd_is_told_when_the_node_is_ready_and_when_it_stops() {
-    let dirs = tempfile::tempdir().unwrap();
-    let (config, data) = (dirs.path().join("config"), dirs.path().join("data"));
-    std::fs::create_dir_all(&config).unwrap();
-    std::fs::write(
-        config.join("hello.yaml"),
-        manifest("hello", &example_wasm("http-hello"), "/"),
-    )
-    .unwrap();
-    let socket_path = dirs.path().join("notify.sock");
+    let dirs = common::Dirs::with_hello();
+    let (config, data) = (&dirs.config, &dirs.data);
+    let socket_path = dirs.config.join("notify.sock");
     let socket = std::os::unix::net::UnixDatagram::bind(&socket_path).unwrap();
     socket
         .set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
     let mut node = Node::start_with(
-        &config,
-        &data,
+        config,
+        data,
         &[],
         &[("NOTIFY_SOCKET", socket_path.to_str().unwrap())],
         None,
@@ -435,16 +425,10 @@ fn systemd_is_told_when_the_node_is_ready_and_when_it_stops() {
 
 #[test]
 fn a_second_start_with_the_same_data_dir_does_not_recompile() {
-    let dirs = tempfile::tempdir().unwrap();
-    let (config, data) = (dirs.path().join("config"), dirs.path().join("data"));
-    std::fs::create_dir_all(&config).unwrap();
-    std::fs::write(
-        config.join("hello.yaml"),
-        manifest("hello", &example_wasm("http-hello"), "/"),
-    )
-    .unwrap();
+    let dirs = common::Dirs::with_hello();
+    let (config, data) = (&dirs.config, &dirs.data);
 
-    let mut first = Node::start_in(&config, &data, &[]);
+    let mut first = Node::start_in(config, data, &[]);
     first.wait_for_status("/", 200, Duration::from_secs(10));
     first.wait_for_log(&["component compiled", "hello"], Duration::from_secs(1));
     assert_eq!(
@@ -454,7 +438,7 @@ fn a_second_start_with_the_same_data_dir_does_not_recompile() {
         Some(0)
     );
 
-    let second = Node::start_in(&config, &data, &[]);
+    let second = Node::start_in(config, data, &[]);
     second.wait_for_status("/", 200, Duration::from_secs(10));
     second.wait_for_log(
         &["component code loaded from cache", "hello"],
@@ -470,17 +454,11 @@ fn a_second_start_with_the_same_data_dir_does_not_recompile() {
 
 #[test]
 fn with_little_virtual_memory_the_host_falls_back_to_on_demand_allocation() {
-    let dirs = tempfile::tempdir().unwrap();
-    let (config, data) = (dirs.path().join("config"), dirs.path().join("data"));
-    std::fs::create_dir_all(&config).unwrap();
-    std::fs::write(
-        config.join("hello.yaml"),
-        manifest("hello", &example_wasm("http-hello"), "/"),
-    )
-    .unwrap();
+    let dirs = common::Dirs::with_hello();
+    let (config, data) = (&dirs.config, &dirs.data);
     // 3 GiB of address space: far less than the pool's reservation (thousands of linear-memory
     // slots of 4 GiB each), as on a small VM.
-    let node = Node::start_with(&config, &data, &[], &[], Some(3 << 30));
+    let node = Node::start_with(config, data, &[], &[], Some(3 << 30));
     node.wait_for_log(
         &["falling back to on-demand instance allocation"],
         Duration::from_secs(10),

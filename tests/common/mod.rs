@@ -97,6 +97,39 @@ pub fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool)
     }
 }
 
+/// Temp config and data dirs for a node started with [`Node::start_in`] or
+/// [`Node::start_with`]; removed on drop.
+pub struct Dirs {
+    /// The config dir (created).
+    pub config: PathBuf,
+    /// The data dir (not created: the node makes it).
+    pub data: PathBuf,
+    _tmp: tempfile::TempDir,
+}
+
+impl Dirs {
+    /// Fresh dirs whose config dir holds `file` with `manifest`.
+    pub fn with_manifest(file: &str, manifest: &str) -> Dirs {
+        let tmp = tempfile::tempdir().unwrap();
+        let (config, data) = (tmp.path().join("config"), tmp.path().join("data"));
+        std::fs::create_dir_all(&config).unwrap();
+        std::fs::write(config.join(file), manifest).unwrap();
+        Dirs {
+            config,
+            data,
+            _tmp: tmp,
+        }
+    }
+
+    /// Fresh dirs with the hello example routed at `/`.
+    pub fn with_hello() -> Dirs {
+        Dirs::with_manifest(
+            "hello.yaml",
+            &manifest("hello", &example_wasm("http-hello"), "/"),
+        )
+    }
+}
+
 /// A free TCP port on 127.0.0.1.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
