@@ -66,11 +66,6 @@ impl HttpComponent {
         &self.digest
     }
 
-    /// How many requests this component admits at once on this node.
-    pub fn max_concurrency(&self) -> usize {
-        self.max_concurrency
-    }
-
     /// Serves `request` with a fresh instance. Never fails: the component's response, or
     /// 503 + `Retry-After` when the concurrency bound is reached, 504 when the deadline passes,
     /// 500 when the instance traps or sets no response (logged with the cause).

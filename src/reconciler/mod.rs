@@ -215,11 +215,6 @@ impl Deployer {
             .find(|a| a.source == source)
             .map(|a| a.manifest.name.clone())
     }
-
-    /// Names of the deployed apps.
-    pub async fn apps(&self) -> Vec<String> {
-        self.apps.lock().await.keys().cloned().collect()
-    }
 }
 
 /// Largest component file accepted, in bytes.

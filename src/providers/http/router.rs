@@ -139,11 +139,6 @@ impl Router {
     pub fn listeners(&self) -> BTreeSet<SocketAddr> {
         self.by_listener.keys().copied().collect()
     }
-
-    /// Every route, by listener.
-    pub fn routes(&self) -> impl Iterator<Item = &Route> {
-        self.by_listener.values().flatten()
-    }
 }
 
 /// Lowercase, without a `:port` suffix (IPv6 literals keep their brackets).

@@ -138,11 +138,6 @@ impl HttpServer {
         Ok(())
     }
 
-    /// The current routing table.
-    pub fn table(&self) -> Arc<RoutingTable> {
-        self.table.read().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-
     /// Stops accepting on every listener and waits up to [`DRAIN_TIMEOUT`] for open
     /// connections to finish their requests.
     pub async fn shutdown(&self) {
