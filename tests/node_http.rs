@@ -88,21 +88,17 @@ fn manifests_deploy_update_and_undeploy_while_the_node_runs() {
     assert!(body.starts_with("Hello from lattice"), "{body}");
 
     std::fs::write(&second, manifest("second", &goodbye, "/second")).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let (status, body) = node.get("/second/x").unwrap();
-        assert_eq!(status, 200, "{body}");
-        if body.starts_with("Goodbye from lattice") {
-            assert!(body.contains("/second/x"), "{body}");
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the edited manifest was not applied; log:\n{}",
-            node.log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    common::wait_until(
+        "the edited manifest to apply",
+        Duration::from_secs(10),
+        || {
+            let (status, body) = node.get("/second/x").unwrap();
+            assert_eq!(status, 200, "{body}");
+            let switched = body.starts_with("Goodbye from lattice");
+            assert!(!switched || body.contains("/second/x"), "{body}");
+            switched
+        },
+    );
     node.wait_for_log(&["app updated", "second"], Duration::from_secs(1));
 
     std::fs::remove_file(&second).unwrap();
@@ -116,15 +112,9 @@ fn manifests_deploy_update_and_undeploy_while_the_node_runs() {
 fn invalid_manifests_are_reported_and_the_good_version_keeps_serving() {
     let node = Node::start(&[]);
     let goodbye = example_wasm("http-goodbye");
-    let file = node.config_dir.join("app.yaml");
-    std::fs::write(&file, manifest("app", &goodbye, "/app")).unwrap();
+    let file = node.write_manifest("app.yaml", "app", "http-goodbye", "/app");
     node.wait_for_status("/app", 200, Duration::from_secs(10));
-    let other = node.config_dir.join("other.yaml");
-    std::fs::write(
-        &other,
-        manifest("other", &example_wasm("http-hello"), "/other"),
-    )
-    .unwrap();
+    node.write_manifest("other.yaml", "other", "http-hello", "/other");
     node.wait_for_status("/other", 200, Duration::from_secs(10));
 
     let wasm = |name: &str, bytes: &[u8]| {
@@ -191,17 +181,9 @@ fn invalid_manifests_are_reported_and_the_good_version_keeps_serving() {
 #[test]
 fn a_route_held_by_one_app_is_refused_to_another() {
     let node = Node::start(&[]);
-    std::fs::write(
-        node.config_dir.join("a.yaml"),
-        manifest("holder", &example_wasm("http-hello"), "/shared"),
-    )
-    .unwrap();
+    node.write_manifest("a.yaml", "holder", "http-hello", "/shared");
     node.wait_for_status("/shared", 200, Duration::from_secs(10));
-    std::fs::write(
-        node.config_dir.join("b.yaml"),
-        manifest("claimant", &example_wasm("http-goodbye"), "/shared"),
-    )
-    .unwrap();
+    node.write_manifest("b.yaml", "claimant", "http-goodbye", "/shared");
     let line = node.wait_for_log(&["b.yaml", "manifest not applied"], Duration::from_secs(10));
     assert!(
         line.contains("\\\"holder\\\"") || line.contains("\"holder\""),
@@ -216,28 +198,20 @@ fn a_route_held_by_one_app_is_refused_to_another() {
 
     // Once the holder is gone, the claimant's manifest applies.
     std::fs::remove_file(node.config_dir.join("a.yaml")).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !node
-        .get("/shared")
-        .is_some_and(|(s, b)| s == 200 && b.starts_with("Goodbye"))
-    {
-        assert!(
-            Instant::now() < deadline,
-            "claimant did not take the freed route; log:\n{}",
-            node.log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    common::wait_until(
+        "the claimant to take the freed route",
+        Duration::from_secs(10),
+        || {
+            node.get("/shared")
+                .is_some_and(|(s, b)| s == 200 && b.starts_with("Goodbye"))
+        },
+    );
 }
 
 #[test]
 fn http_keeps_answering_while_nats_server_is_killed_and_restarted() {
     let node = Node::start(&[]);
-    std::fs::write(
-        node.config_dir.join("hello.yaml"),
-        manifest("hello", &example_wasm("http-hello"), "/"),
-    )
-    .unwrap();
+    node.write_manifest("hello.yaml", "hello", "http-hello", "/");
     node.wait_for_status("/", 200, Duration::from_secs(10));
     let first = node.nats_pid();
     assert!(alive(first));
@@ -303,16 +277,8 @@ fn http_keeps_answering_while_nats_server_is_killed_and_restarted() {
 #[test]
 fn a_runaway_component_hits_the_deadline_and_others_keep_answering() {
     let node = Node::start(&["--request-timeout", "1s", "--replica-concurrency", "1"]);
-    std::fs::write(
-        node.config_dir.join("loop.yaml"),
-        manifest("spin", &example_wasm("http-loop"), "/loop"),
-    )
-    .unwrap();
-    std::fs::write(
-        node.config_dir.join("hello.yaml"),
-        manifest("hello", &example_wasm("http-hello"), "/hello"),
-    )
-    .unwrap();
+    node.write_manifest("loop.yaml", "spin", "http-loop", "/loop");
+    node.write_manifest("hello.yaml", "hello", "http-hello", "/hello");
     node.wait_for_status("/hello", 200, Duration::from_secs(10));
     node.wait_for_log(&["app deployed", "spin"], Duration::from_secs(10));
 
@@ -368,11 +334,7 @@ fn a_runaway_component_hits_the_deadline_and_others_keep_answering() {
 #[test]
 fn sigterm_stops_the_node_and_its_nats_server() {
     let mut node = Node::start(&[]);
-    std::fs::write(
-        node.config_dir.join("hello.yaml"),
-        manifest("hello", &example_wasm("http-hello"), "/"),
-    )
-    .unwrap();
+    node.write_manifest("hello.yaml", "hello", "http-hello", "/");
     node.wait_for_status("/", 200, Duration::from_secs(10));
     let nats = node.nats_pid();
     let started = Instant::now();
@@ -555,11 +517,7 @@ fn address_and_host_routes_and_an_app_renamed_in_its_file() {
 #[test]
 fn bodies_and_headers_stream_through_a_component() {
     let node = Node::start(&[]);
-    std::fs::write(
-        node.config_dir.join("echo.yaml"),
-        manifest("echo", &example_wasm("http-echo"), "/echo"),
-    )
-    .unwrap();
+    node.write_manifest("echo.yaml", "echo", "http-echo", "/echo");
     node.wait_for_status("/echo", 200, Duration::from_secs(10));
     // 10 MiB of non-repeating bytes, echoed back unchanged.
     let body: Vec<u8> = (0..10 * 1024 * 1024u32)

@@ -239,6 +239,14 @@ impl Node {
         }
     }
 
+    /// Writes `file` into the config dir: a manifest of app `app` routing `path` to the example
+    /// component `example` (crate name). Returns the file's path.
+    pub fn write_manifest(&self, file: &str, app: &str, example: &str, path: &str) -> PathBuf {
+        let file = self.config_dir.join(file);
+        std::fs::write(&file, manifest(app, &example_wasm(example), path)).unwrap();
+        file
+    }
+
     /// Everything the node logged so far.
     pub fn log(&self) -> String {
         self.log.lock().unwrap().clone()
