@@ -22,7 +22,80 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run this machine as a node of the lattice, in the foreground (Ctrl-C or SIGTERM stop it).
-    Up(UpArgs),
+    Up(Box<UpArgs>),
+    /// Show the lattice: its hosts or what runs where. Talks to any node of the lattice.
+    Get(GetArgs),
+}
+
+/// `lattice get …`.
+#[derive(Debug, Clone, Args)]
+pub struct GetArgs {
+    /// What to show.
+    #[command(subcommand)]
+    pub what: GetCommand,
+}
+
+/// The things `lattice get` shows.
+#[derive(Debug, Clone, Subcommand)]
+pub enum GetCommand {
+    /// The hosts (nodes) of the lattice: id, name, labels, uptime, leaf uplink.
+    Hosts {
+        /// How to reach the lattice.
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// The components and their replicas on each host.
+    Inventory {
+        /// Only this host: its id or name.
+        host: Option<String>,
+        /// How to reach the lattice.
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+/// Output format of client commands.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum OutputFormat {
+    /// A table for people.
+    #[default]
+    Table,
+    /// JSON for programs (the `response` of the control API's reply, see PROTOCOL.md).
+    Json,
+}
+
+/// How a client command reaches the lattice.
+#[derive(Debug, Clone, Args)]
+pub struct ClientArgs {
+    /// NATS server to talk through [default: the local node's, as recorded in its data dir].
+    #[arg(long, env = "LATTICE_NATS_URL", value_name = "URL")]
+    pub nats_url: Option<String>,
+
+    /// Data dir of the local node whose NATS to use when --nats-url is not given.
+    /// Default: as for `lattice up`.
+    #[arg(long, env = "LATTICE_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    /// NATS credentials file for --nats-url.
+    #[arg(long, env = "LATTICE_CREDS", value_name = "FILE")]
+    pub creds: Option<PathBuf>,
+
+    /// Name of the lattice.
+    #[arg(
+        long,
+        env = "LATTICE_LATTICE",
+        value_name = "NAME",
+        default_value = "default"
+    )]
+    pub lattice: String,
+
+    /// How long to wait for the lattice to answer, e.g. `5s`.
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
+
+    /// Output format.
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
 }
 
 /// Flags of `lattice up`. Each one can also be given as an env var `LATTICE_<FLAG>` or as a key
@@ -55,6 +128,31 @@ pub struct UpArgs {
     /// Client port of the supervised nats-server, on 127.0.0.1 [default: a free port].
     #[arg(long, env = "LATTICE_NATS_PORT", value_name = "PORT")]
     pub nats_port: Option<u16>,
+
+    /// NATS user credentials file: the node's nats-server becomes a leaf node of --leaf-url,
+    /// authenticating with it. The file must not be readable by group or others.
+    #[arg(long, env = "LATTICE_CREDS", value_name = "FILE")]
+    pub creds: Option<PathBuf>,
+
+    /// Remote the leaf node joins, e.g. `nats-leaf://hub.example:7422`
+    /// [default with --creds: tls://connect.ngs.global].
+    #[arg(long, env = "LATTICE_LEAF_URL", value_name = "URL")]
+    pub leaf_url: Option<String>,
+
+    /// JetStream domain whose JetStream the node uses (desired state, KV); in leaf mode the
+    /// default is the hub's own.
+    #[arg(long, env = "LATTICE_JS_DOMAIN", value_name = "DOMAIN")]
+    pub js_domain: Option<String>,
+
+    /// Connect to this existing NATS instead of running a nats-server (external mode), e.g.
+    /// `nats://nats.internal:4222`; --creds then authenticates the node's own connection.
+    #[arg(long, env = "LATTICE_NATS_URL", value_name = "URL")]
+    pub nats_url: Option<String>,
+
+    /// How often the node publishes its heartbeat, e.g. `5s`; a node not heard from for 3
+    /// intervals is gone [default: 5s].
+    #[arg(long, env = "LATTICE_HEARTBEAT_INTERVAL", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub heartbeat_interval: Option<Duration>,
 
     /// Friendly name of this node [default: the hostname].
     #[arg(long, env = "LATTICE_NAME", value_name = "NAME")]

@@ -19,6 +19,33 @@ pub const CONFIG_FILE_NAME: &str = "lattice.toml";
 /// Default address of the shared HTTP ingress.
 pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:8000";
 
+/// The public NGS endpoint, the default leaf remote with `--creds` (as in wasmCloud's guide).
+pub const DEFAULT_LEAF_URL: &str = "tls://connect.ngs.global";
+
+/// Default interval between heartbeats.
+pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
+
+/// How the node reaches NATS (DESIGN.md §2 "NATS modes").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NatsMode {
+    /// Own nats-server with JetStream, loopback only (no `--creds`, `--leaf-url`, `--nats-url`).
+    Standalone,
+    /// Own nats-server, without JetStream, as a leaf node of `url`, authenticated by `creds`.
+    Leaf {
+        /// Remote URL (`--leaf-url`).
+        url: String,
+        /// Credentials file, checked (exists, parses, mode 0600 or stricter).
+        creds: Option<PathBuf>,
+    },
+    /// No nats-server of our own: connect to `url`.
+    External {
+        /// Server URL (`--nats-url`).
+        url: String,
+        /// Credentials file for the node's connection, checked as for leaf mode.
+        creds: Option<PathBuf>,
+    },
+}
+
 /// Everything `lattice up` needs, checked: paths absolute, names valid, units explicit.
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
@@ -34,6 +61,12 @@ pub struct NodeConfig {
     pub nats_server: Option<PathBuf>,
     /// Client port of the supervised nats-server; `None` picks a free port at start.
     pub nats_port: Option<u16>,
+    /// Standalone, leaf or external.
+    pub nats_mode: NatsMode,
+    /// JetStream domain to use, if not the default one.
+    pub js_domain: Option<String>,
+    /// Interval between heartbeats.
+    pub heartbeat_interval: Duration,
     /// Friendly node name.
     pub name: String,
     /// Node labels: the user's plus `os`, `arch`, `hostname`.
@@ -57,6 +90,12 @@ struct FileConfig {
     lattice: Option<String>,
     nats_server: Option<PathBuf>,
     nats_port: Option<u16>,
+    creds: Option<PathBuf>,
+    leaf_url: Option<String>,
+    js_domain: Option<String>,
+    nats_url: Option<String>,
+    #[serde(default, with = "humantime_serde_opt")]
+    heartbeat_interval: Option<Duration>,
     name: Option<String>,
     #[serde(default)]
     labels: BTreeMap<String, String>,
@@ -98,15 +137,10 @@ impl NodeConfig {
         })?;
         let file = read_file_config(&config_dir.join(CONFIG_FILE_NAME))?;
 
-        let data_dir = absolute(match args.data_dir.or(file.data_dir) {
-            Some(dir) => dir,
-            None => default_dir(
-                "STATE_DIRECTORY",
-                "/var/lib/lattice",
-                "XDG_DATA_HOME",
-                ".local/share",
-            )?,
-        })?;
+        let data_dir = match args.data_dir.or(file.data_dir) {
+            Some(dir) => absolute(dir)?,
+            None => default_data_dir()?,
+        };
         let http_addr = match args.http_addr.or(file.http_addr) {
             Some(addr) => addr,
             None => DEFAULT_HTTP_ADDR.parse()?,
@@ -161,6 +195,50 @@ impl NodeConfig {
             "--replica-concurrency: must be at least 1"
         );
 
+        let creds = match (args.creds, file.creds) {
+            (Some(path), _) => Some(absolute(path)?),
+            (None, Some(path)) => Some(config_dir.join(path)),
+            (None, None) => None,
+        };
+        if let Some(path) = &creds {
+            check_creds_file(path)?;
+        }
+        let nats_mode = match (
+            args.nats_url.or(file.nats_url),
+            args.leaf_url.or(file.leaf_url),
+        ) {
+            (Some(_), Some(_)) => bail!(
+                "--nats-url and --leaf-url: choose one (--nats-url uses an existing NATS, --leaf-url makes the node's own nats-server a leaf node)"
+            ),
+            (Some(url), None) => NatsMode::External { url, creds },
+            (None, Some(url)) => NatsMode::Leaf { url, creds },
+            (None, None) => match creds {
+                Some(creds) => NatsMode::Leaf {
+                    url: DEFAULT_LEAF_URL.to_owned(),
+                    creds: Some(creds),
+                },
+                None => NatsMode::Standalone,
+            },
+        };
+        let js_domain = args.js_domain.or(file.js_domain);
+        if let Some(domain) = &js_domain {
+            ensure!(
+                !domain.is_empty()
+                    && domain
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'),
+                "--js-domain {domain:?}: use letters, digits, '-' and '_' only"
+            );
+        }
+        let heartbeat_interval = args
+            .heartbeat_interval
+            .or(file.heartbeat_interval)
+            .unwrap_or(DEFAULT_HEARTBEAT_INTERVAL);
+        ensure!(
+            heartbeat_interval >= Duration::from_millis(100),
+            "--heartbeat-interval: must be at least 100ms"
+        );
+
         Ok(NodeConfig {
             config_dir,
             data_dir,
@@ -168,6 +246,9 @@ impl NodeConfig {
             lattice,
             nats_server: args.nats_server.or(file.nats_server),
             nats_port: args.nats_port.or(file.nats_port),
+            nats_mode,
+            js_domain,
+            heartbeat_interval,
             name,
             labels,
             request_timeout,
@@ -176,6 +257,54 @@ impl NodeConfig {
             log_filter: args.log.or(file.log).unwrap_or_else(|| "info".to_owned()),
         })
     }
+}
+
+/// Checks a NATS credentials file before anything starts: it exists, parses as a creds file
+/// (user JWT and nkey seed, the format of `nsc` and NGS), and only its owner can access it.
+///
+/// # Errors
+/// Names the file and the problem.
+pub fn check_creds_file(path: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let meta = std::fs::metadata(path)
+        .with_context(|| format!("--creds {}: cannot read it", path.display()))?;
+    ensure!(
+        meta.is_file(),
+        "--creds {}: not a regular file",
+        path.display()
+    );
+    let mode = meta.permissions().mode() & 0o777;
+    ensure!(
+        mode & 0o077 == 0,
+        "--creds {}: group or others can access it (mode {mode:o}); it holds a secret key: run `chmod 600 {}`",
+        path.display(),
+        path.display()
+    );
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("--creds {}: cannot read it", path.display()))?;
+    async_nats::ConnectOptions::new()
+        .credentials(&text)
+        .map(drop)
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "--creds {}: not a NATS credentials file: {e}",
+                path.display()
+            )
+        })
+}
+
+/// The default data dir: $STATE_DIRECTORY, else /var/lib/lattice as root, else
+/// $XDG_DATA_HOME/lattice (or ~/.local/share/lattice).
+///
+/// # Errors
+/// None of these can be determined.
+pub fn default_data_dir() -> anyhow::Result<PathBuf> {
+    absolute(default_dir(
+        "STATE_DIRECTORY",
+        "/var/lib/lattice",
+        "XDG_DATA_HOME",
+        ".local/share",
+    )?)
 }
 
 fn read_file_config(path: &Path) -> anyhow::Result<FileConfig> {
@@ -308,5 +437,78 @@ mod tests {
             err.contains("lattice.toml") && err.contains("http-adr"),
             "{err}"
         );
+    }
+
+    fn creds_text() -> String {
+        let seed = nkeys::KeyPair::new_user().seed().unwrap();
+        format!(
+            "-----BEGIN NATS USER JWT-----\neyJ0eXAiOiJKV1QifQ.e30.c2ln\n------END NATS USER JWT------\n\n\
+             -----BEGIN USER NKEY SEED-----\n{seed}\n------END USER NKEY SEED------\n"
+        )
+    }
+
+    #[test]
+    fn creds_files_are_checked_before_anything_starts() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("user.creds");
+        let with_creds = |path: &Path| {
+            let mut a = args(dir.path());
+            a.creds = Some(path.to_path_buf());
+            a.leaf_url = Some("nats-leaf://127.0.0.1:7422".into());
+            NodeConfig::resolve(a).map_err(|e| format!("{e:#}"))
+        };
+
+        let err = with_creds(&path).unwrap_err();
+        assert!(
+            err.contains("user.creds") && err.contains("cannot read"),
+            "{err}"
+        );
+
+        std::fs::write(&path, creds_text()).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let err = with_creds(&path).unwrap_err();
+        assert!(
+            err.contains("user.creds") && err.contains("mode 640"),
+            "{err}"
+        );
+
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let config = with_creds(&path).unwrap();
+        assert_eq!(
+            config.nats_mode,
+            NatsMode::Leaf {
+                url: "nats-leaf://127.0.0.1:7422".into(),
+                creds: Some(path.clone())
+            }
+        );
+
+        std::fs::write(&path, "just some text\n").unwrap();
+        let err = with_creds(&path).unwrap_err();
+        assert!(
+            err.contains("user.creds") && err.contains("not a NATS credentials file"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn nats_modes() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(
+            NodeConfig::resolve(args(dir.path())).unwrap().nats_mode,
+            NatsMode::Standalone
+        );
+        let mut a = args(dir.path());
+        a.nats_url = Some("nats://10.0.0.1:4222".into());
+        assert_eq!(
+            NodeConfig::resolve(a.clone()).unwrap().nats_mode,
+            NatsMode::External {
+                url: "nats://10.0.0.1:4222".into(),
+                creds: None
+            }
+        );
+        a.leaf_url = Some("nats-leaf://x:7422".into());
+        let err = format!("{:#}", NodeConfig::resolve(a).unwrap_err());
+        assert!(err.contains("--nats-url and --leaf-url"), "{err}");
     }
 }

@@ -9,7 +9,9 @@ use std::process::ExitCode;
 
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod host;
+pub mod lattice;
 pub mod nats;
 pub mod node;
 pub mod providers;
@@ -23,7 +25,7 @@ pub mod reconciler;
 pub fn run(cli: cli::Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         cli::Command::Up(args) => {
-            let config = config::NodeConfig::resolve(args)?;
+            let config = config::NodeConfig::resolve(*args)?;
             init_tracing(&config.log_filter)?;
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
@@ -31,6 +33,12 @@ pub fn run(cli: cli::Cli) -> anyhow::Result<ExitCode> {
                 .build()?;
             runtime.block_on(node::run(config))?;
             Ok(ExitCode::SUCCESS)
+        }
+        cli::Command::Get(args) => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(control::client::get(args.what))
         }
     }
 }

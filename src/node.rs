@@ -1,19 +1,27 @@
 //! `lattice up`: the node's supervision tree — start order, signals, shutdown order.
 //!
-//! Start: data dir → nats-server (supervised) → NATS client → host → HTTP ingress → config-dir
-//! watcher. Stop (SIGINT/SIGTERM): watcher → HTTP (drain in-flight requests) → NATS client →
-//! nats-server last.
+//! Start: data dir and node key → nats-server (supervised; none in external mode) → NATS client
+//! → lattice RPC → host → HTTP ingress → membership and control API → config-dir watcher →
+//! `host_started` and heartbeats. Stop (SIGINT/SIGTERM): watcher → HTTP (drain in-flight
+//! requests) → `host_stopped` → NATS client → nats-server last.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::NodeConfig;
+use crate::config::{NatsMode, NodeConfig};
+use crate::control;
 use crate::host::{Host, InstanceLimits};
-use crate::nats::server_config::ServerSettings;
+use crate::lattice::identity;
+use crate::lattice::membership::{Heartbeat, HostInfo, Membership};
+use crate::lattice::rpc::Rpc;
+use crate::nats::server_config::{LeafRemote, ServerSettings};
+use crate::nats::subjects;
+use crate::nats::uplink::{Uplink, UplinkState, UplinkTracker};
 use crate::nats::{self, NatsSupervisor};
 use crate::providers::http::HttpServer;
 use crate::reconciler::{Deployer, watcher};
@@ -27,21 +35,62 @@ pub const NATS_URL_FILE: &str = "nats.url";
 /// Runs the node until SIGINT or SIGTERM, then stops it in order.
 ///
 /// # Errors
-/// A part that cannot start: data dir, nats-server (missing binary, no readiness), the NATS
-/// connection, the engine, the HTTP ingress address, the config dir.
+/// A part that cannot start: data dir, node key, nats-server (missing binary, no readiness),
+/// the NATS connection, the engine, the HTTP ingress address, the config dir.
 pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
+    let id = identity::load_or_create(&config.data_dir)?;
     tracing::info!(
+        id,
         name = config.name,
         lattice = config.lattice,
         version = env!("CARGO_PKG_VERSION"),
         labels = ?config.labels,
+        nats = ?config.nats_mode,
+        js_domain = config.js_domain.as_deref().unwrap_or("-"),
         "starting lattice node"
     );
-    std::fs::create_dir_all(&config.data_dir)
-        .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
 
+    let (supervisor, url, uplink) = start_nats(&config).await?;
+    let url_file = config.data_dir.join(NATS_URL_FILE);
+    std::fs::write(&url_file, format!("{url}\n"))
+        .with_context(|| format!("writing {}", url_file.display()))?;
+
+    let result = run_with_nats(&config, id, &url, uplink, &mut sigterm, &mut sigint).await;
+    if let Some(supervisor) = supervisor {
+        supervisor.stop().await;
+    }
+    let _ = std::fs::remove_file(&url_file);
+    match &result {
+        Ok(()) => tracing::info!("lattice node stopped"),
+        Err(e) => tracing::error!(error = format!("{e:#}"), "lattice node failed"),
+    }
+    result
+}
+
+/// Starts the node's own nats-server (standalone or leaf mode), or nothing (external mode).
+/// Returns the supervisor, the URL the node connects to, and the uplink state.
+async fn start_nats(
+    config: &NodeConfig,
+) -> anyhow::Result<(Option<NatsSupervisor>, String, watch::Receiver<Uplink>)> {
+    let (leaf_remote, uplink) = match &config.nats_mode {
+        NatsMode::External { url, .. } => {
+            let (_, uplink) =
+                watch::channel(Uplink::fixed(UplinkState::External, Some(url.clone())));
+            return Ok((None, url.clone(), uplink));
+        }
+        NatsMode::Standalone => (None, None),
+        NatsMode::Leaf { url, creds } => (
+            Some(LeafRemote {
+                url: url.clone(),
+                credentials: creds.clone(),
+            }),
+            Some(UplinkTracker::start(url.clone())),
+        ),
+    };
     let nats_dir = config.data_dir.join("nats");
     let binary = nats::find_nats_server(config.nats_server.as_deref())?;
     let port = match config.nats_port {
@@ -51,32 +100,72 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     let settings = ServerSettings {
         server_name: config.name.clone(),
         client_port: port,
-        jetstream_store_dir: Some(nats_dir.join("jetstream")),
+        // A leaf node uses the hub's JetStream (DESIGN.md §4), so it runs none of its own.
+        jetstream_store_dir: leaf_remote.is_none().then(|| nats_dir.join("jetstream")),
+        leaf_remote,
     };
-    let supervisor =
-        NatsSupervisor::start(binary, nats_dir.join("nats-server.conf"), &settings).await?;
-    let url_file = config.data_dir.join(NATS_URL_FILE);
-    std::fs::write(&url_file, format!("{}\n", supervisor.url()))
-        .with_context(|| format!("writing {}", url_file.display()))?;
-
-    let result = run_with_nats(&config, supervisor.url(), &mut sigterm, &mut sigint).await;
-    supervisor.stop().await;
-    let _ = std::fs::remove_file(&url_file);
-    match &result {
-        Ok(()) => tracing::info!("lattice node stopped"),
-        Err(e) => tracing::error!(error = format!("{e:#}"), "lattice node failed"),
-    }
-    result
+    let (tracker, uplink) = match uplink {
+        Some((tracker, state)) => (Some(tracker), state),
+        None => (
+            None,
+            watch::channel(Uplink::fixed(UplinkState::None, None)).1,
+        ),
+    };
+    let supervisor = NatsSupervisor::start(
+        binary,
+        nats_dir.join("nats-server.conf"),
+        &settings,
+        tracker,
+    )
+    .await?;
+    let url = supervisor.url().to_owned();
+    Ok((Some(supervisor), url, uplink))
 }
 
-/// The parts that run on top of a ready nats-server.
+/// What this node says of itself in its host events.
+struct LocalHost {
+    id: String,
+    config: NodeConfig,
+    started: Instant,
+    http_addr: String,
+    uplink: watch::Receiver<Uplink>,
+    deployer: Arc<Deployer>,
+}
+
+impl LocalHost {
+    async fn info(&self) -> HostInfo {
+        let components = self.deployer.inventory().await;
+        HostInfo {
+            id: self.id.clone(),
+            name: self.config.name.clone(),
+            lattice: self.config.lattice.clone(),
+            labels: self.config.labels.clone(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            uptime_ms: self.started.elapsed().as_millis() as u64,
+            heartbeat_interval_ms: self.config.heartbeat_interval.as_millis() as u64,
+            uplink: self.uplink.borrow().clone(),
+            http_addr: self.http_addr.clone(),
+            components,
+        }
+    }
+}
+
+/// The parts that run on top of a ready NATS.
 async fn run_with_nats(
     config: &NodeConfig,
+    id: String,
     nats_url: &str,
+    uplink: watch::Receiver<Uplink>,
     sigterm: &mut tokio::signal::unix::Signal,
     sigint: &mut tokio::signal::unix::Signal,
 ) -> anyhow::Result<()> {
-    let client = nats::connect(nats_url, &config.name).await?;
+    let started = Instant::now();
+    let client_creds = match &config.nats_mode {
+        NatsMode::External { creds, .. } => creds.as_deref(),
+        _ => None,
+    };
+    let client = nats::connect(nats_url, &config.name, client_creds).await?;
+    let rpc = Arc::new(Rpc::start(client.clone(), &config.lattice, config.request_timeout).await?);
     let host = Host::new(
         &config.data_dir,
         InstanceLimits {
@@ -94,11 +183,39 @@ async fn run_with_nats(
     let deployer = Arc::new(Deployer::new(
         host,
         http.clone(),
+        rpc,
         config.labels.clone(),
         config.replica_concurrency,
     ));
 
     let shutdown = CancellationToken::new();
+    let membership = Arc::new(Membership::default());
+    let membership_task = membership
+        .clone()
+        .follow(client.clone(), config.lattice.clone(), shutdown.clone())
+        .await?;
+    let control_task = control::serve(
+        client.clone(),
+        &config.lattice,
+        membership,
+        shutdown.clone(),
+    )
+    .await?;
+    let local = Arc::new(LocalHost {
+        id,
+        config: config.clone(),
+        started,
+        http_addr: http.ingress_addr().to_string(),
+        uplink: uplink.clone(),
+        deployer: deployer.clone(),
+    });
+    let heartbeat_now = deployer.changed();
+    tokio::spawn(notify_on_change(
+        uplink,
+        heartbeat_now.clone(),
+        shutdown.clone(),
+    ));
+
     let (first_pass_done, first_pass) = tokio::sync::oneshot::channel();
     let watcher_task = tokio::spawn(supervise_watcher(
         config.config_dir.clone(),
@@ -119,9 +236,24 @@ async fn run_with_nats(
         _ = first_pass => None,
         name = &mut signal => Some(name),
     };
+    let events = Heartbeat::new(client.clone(), &config.lattice);
     let received = match early {
         Some(name) => name,
         None => {
+            events
+                .publish(subjects::HOST_STARTED, &local.info().await)
+                .await;
+            let beats = Heartbeat::new(client.clone(), &config.lattice);
+            let info_source = local.clone();
+            tokio::spawn(beats.run(
+                move || {
+                    let local = info_source.clone();
+                    async move { local.info().await }
+                },
+                config.heartbeat_interval,
+                heartbeat_now,
+                shutdown.clone(),
+            ));
             tracing::info!(ingress = %http.ingress_addr(), nats = nats_url, "lattice node is up");
             // Under systemd (Type=notify) this marks the unit started; elsewhere a no-op.
             if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
@@ -135,10 +267,29 @@ async fn run_with_nats(
     shutdown.cancel();
     let _ = watcher_task.await;
     http.shutdown().await;
+    let _ = tokio::join!(membership_task, control_task);
+    events
+        .publish(subjects::HOST_STOPPED, &local.info().await)
+        .await;
     if let Err(e) = client.drain().await {
         tracing::debug!(error = %e, "draining the nats client");
     }
     Ok(())
+}
+
+/// Wakes the heartbeat whenever the uplink changes, so others see it at once.
+async fn notify_on_change(
+    mut uplink: watch::Receiver<Uplink>,
+    now: Arc<Notify>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            changed = uplink.changed() => if changed.is_err() { return },
+            () = shutdown.cancelled() => return,
+        }
+        now.notify_one();
+    }
 }
 
 /// Keeps the config-dir watcher running: an error or panic is logged and it starts again.

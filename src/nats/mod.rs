@@ -1,10 +1,13 @@
 //! The node's NATS: a supervised `nats-server` child process and the client connection to it.
 //!
 //! `server_config` renders nats-server's config file (pure), `supervisor` finds the binary,
-//! spawns it, forwards its log into tracing and restarts it with backoff when it exits.
+//! spawns it, forwards its log into tracing and restarts it with backoff when it exits,
+//! `uplink` follows the leaf connection in that log, `subjects` builds every subject we use.
 
 pub mod server_config;
+pub mod subjects;
 pub mod supervisor;
+pub mod uplink;
 
 pub use supervisor::{NatsSupervisor, find_nats_server};
 
@@ -12,15 +15,20 @@ use std::time::Duration;
 
 use anyhow::Context;
 
-/// Connects the node's client to `url`, logging connection events (disconnect, reconnect).
+/// Connects the node's client to `url` (with the credentials file `creds`, in external mode),
+/// logging connection events (disconnect, reconnect).
 ///
 /// The client reconnects on its own, forever, when the server goes away (as when the supervisor
 /// restarts it); requests made meanwhile fail fast instead of hanging.
 ///
 /// # Errors
 /// The first connection attempt did not succeed within 10 s.
-pub async fn connect(url: &str, node_name: &str) -> anyhow::Result<async_nats::Client> {
-    let options = async_nats::ConnectOptions::new()
+pub async fn connect(
+    url: &str,
+    node_name: &str,
+    creds: Option<&std::path::Path>,
+) -> anyhow::Result<async_nats::Client> {
+    let mut options = async_nats::ConnectOptions::new()
         .name(format!("lattice node {node_name}"))
         .connection_timeout(Duration::from_secs(5))
         .max_reconnects(None)
@@ -31,6 +39,12 @@ pub async fn connect(url: &str, node_name: &str) -> anyhow::Result<async_nats::C
                 other => tracing::debug!(event = %other, "nats client event"),
             }
         });
+    if let Some(creds) = creds {
+        options = options
+            .credentials_file(creds)
+            .await
+            .with_context(|| format!("--creds {}", creds.display()))?;
+    }
     tokio::time::timeout(Duration::from_secs(10), options.connect(url))
         .await
         .with_context(|| format!("connecting to nats at {url}: timed out after 10 s"))?

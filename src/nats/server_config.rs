@@ -13,6 +13,17 @@ pub struct ServerSettings {
     pub client_port: u16,
     /// JetStream store directory; `None` runs without JetStream.
     pub jetstream_store_dir: Option<PathBuf>,
+    /// The remote this server joins as a leaf node, if any.
+    pub leaf_remote: Option<LeafRemote>,
+}
+
+/// A leafnode remote (nats-server's `leafnodes.remotes` entry).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeafRemote {
+    /// Remote URL, e.g. `nats-leaf://hub:7422` or `tls://connect.ngs.global`.
+    pub url: String,
+    /// User credentials file nats-server authenticates with (read by nats-server only).
+    pub credentials: Option<PathBuf>,
 }
 
 /// Renders `settings` as a nats-server config file (clients on 127.0.0.1 only).
@@ -26,6 +37,17 @@ pub fn render(settings: &ServerSettings) -> String {
             "jetstream {{\n  store_dir: {}\n}}",
             quote(&dir.to_string_lossy())
         );
+    }
+    if let Some(remote) = &settings.leaf_remote {
+        let _ = write!(
+            out,
+            "leafnodes {{\n  remotes [\n    {{ url: {}",
+            quote(&remote.url)
+        );
+        if let Some(creds) = &remote.credentials {
+            let _ = write!(out, ", credentials: {}", quote(&creds.to_string_lossy()));
+        }
+        out.push_str(" }\n  ]\n}\n");
     }
     out
 }
@@ -45,7 +67,9 @@ mod tests {
             server_name: "node \"a\"".into(),
             client_port: 4333,
             jetstream_store_dir: Some(PathBuf::from("/var/lib/lattice/nats/jetstream")),
+            leaf_remote: None,
         });
+        assert!(!text.contains("leafnodes"), "{text}");
         assert!(text.contains("server_name: \"node \\\"a\\\"\"\n"), "{text}");
         assert!(text.contains("listen: \"127.0.0.1:4333\"\n"), "{text}");
         assert!(
@@ -55,12 +79,22 @@ mod tests {
     }
 
     #[test]
-    fn without_jetstream_there_is_no_jetstream_block() {
+    fn a_leaf_node_has_a_remote_and_no_jetstream() {
         let text = render(&ServerSettings {
             server_name: "n".into(),
             client_port: 1,
             jetstream_store_dir: None,
+            leaf_remote: Some(LeafRemote {
+                url: "nats-leaf://127.0.0.1:7422".into(),
+                credentials: Some(PathBuf::from("/etc/lattice/default.creds")),
+            }),
         });
         assert!(!text.contains("jetstream"), "{text}");
+        assert!(
+            text.contains(
+                "leafnodes {\n  remotes [\n    { url: \"nats-leaf://127.0.0.1:7422\", credentials: \"/etc/lattice/default.creds\" }\n  ]\n}\n"
+            ),
+            "{text}"
+        );
     }
 }

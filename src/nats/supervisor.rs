@@ -17,6 +17,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::server_config::{ServerSettings, render};
+use super::uplink::UplinkTracker;
 
 /// How long a fresh nats-server may take to accept clients before the start counts as failed.
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -89,11 +90,14 @@ struct Launch {
     binary: PathBuf,
     config_path: PathBuf,
     port: u16,
+    /// Told about the leaf connection lines of the log, in leaf mode.
+    uplink: Option<UplinkTracker>,
 }
 
 impl NatsSupervisor {
     /// Writes the config for `settings` to `config_path`, starts `binary` with it, waits until it
     /// accepts clients, and keeps it running in a background task until [`NatsSupervisor::stop`].
+    /// `uplink`, in leaf mode, is fed the log lines about the leaf connection.
     ///
     /// # Errors
     /// The config cannot be written, the process cannot be spawned, or it does not accept
@@ -102,6 +106,7 @@ impl NatsSupervisor {
         binary: PathBuf,
         config_path: PathBuf,
         settings: &ServerSettings,
+        uplink: Option<UplinkTracker>,
     ) -> anyhow::Result<Self> {
         if let Some(dir) = config_path.parent() {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -116,6 +121,7 @@ impl NatsSupervisor {
             binary,
             config_path,
             port: settings.client_port,
+            uplink,
         };
         let child = launch.spawn_ready().await?;
         tracing::info!(pid = child.id(), port = launch.port, binary = %launch.binary.display(), "nats-server is ready");
@@ -173,10 +179,20 @@ impl Launch {
         let (said_ready, says_ready) = tokio::sync::watch::channel(false);
         let said_ready = Arc::new(said_ready);
         if let Some(out) = child.stdout.take() {
-            tokio::spawn(forward_log(out, recent.clone(), said_ready.clone()));
+            tokio::spawn(forward_log(
+                out,
+                recent.clone(),
+                said_ready.clone(),
+                self.uplink.clone(),
+            ));
         }
         if let Some(err) = child.stderr.take() {
-            tokio::spawn(forward_log(err, recent.clone(), said_ready));
+            tokio::spawn(forward_log(
+                err,
+                recent.clone(),
+                said_ready,
+                self.uplink.clone(),
+            ));
         }
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
@@ -283,18 +299,22 @@ async fn terminate(mut child: Child) {
 /// nats-server's log line once it accepts clients.
 const READY_LINE: &str = "Server is ready";
 
-/// Forwards the child's log lines into tracing at their own level, keeping the last few, and
-/// sets `said_ready` at nats-server's ready line.
+/// Forwards the child's log lines into tracing at their own level, keeping the last few, sets
+/// `said_ready` at nats-server's ready line and shows `uplink` every line.
 async fn forward_log(
     stream: impl AsyncRead + Unpin,
     recent: Arc<Mutex<VecDeque<String>>>,
     said_ready: Arc<tokio::sync::watch::Sender<bool>>,
+    uplink: Option<UplinkTracker>,
 ) {
     let mut lines = BufReader::new(stream).lines();
     while let Some(Ok(line)) = lines.next().await {
         let (level, message) = parse_log_line(&line);
         if message == READY_LINE {
             said_ready.send_replace(true);
+        }
+        if let Some(uplink) = &uplink {
+            uplink.observe(message, level == LogLevel::Error);
         }
         match level {
             LogLevel::Error => tracing::error!(target: "nats_server", "{message}"),

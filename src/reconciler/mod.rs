@@ -13,7 +13,11 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use tokio::sync::Notify;
+
 use crate::host::{CodeSource, Host, HttpComponent};
+use crate::lattice::membership::ComponentReplicas;
+use crate::lattice::rpc::{Rpc, Serving};
 use crate::providers::http::{
     HttpServer, Route, RouteConflict, RouteKey, RouteTarget, Router, RoutingTable,
 };
@@ -44,36 +48,70 @@ pub struct DeployedApp {
     pub manifest: Manifest,
     /// The file it came from.
     pub source: PathBuf,
-    /// Its components running here.
-    pub components: Vec<Arc<HttpComponent>>,
+    /// Its components with replicas here.
+    pub components: Vec<LocalComponent>,
     routes: Vec<Route>,
+}
+
+/// A component with replicas on this node, taking lattice invocations while it lives.
+pub struct LocalComponent {
+    /// The component.
+    pub component: Arc<HttpComponent>,
+    /// Its replicas here.
+    pub replicas: u32,
+    _serving: Serving,
 }
 
 /// Applies manifests to this node: one deploy, update or undeploy at a time.
 pub struct Deployer {
     host: Host,
     http: Arc<HttpServer>,
+    rpc: Arc<Rpc>,
     labels: BTreeMap<String, String>,
     replica_concurrency: u32,
     apps: tokio::sync::Mutex<BTreeMap<String, DeployedApp>>,
+    changed: Arc<Notify>,
 }
 
 impl Deployer {
-    /// A deployer placing components with `host`, routes on `http`, replicas by `labels`; each
-    /// replica admits `replica_concurrency` concurrent requests.
+    /// A deployer placing components with `host`, routes on `http` (every app's, also those
+    /// with no replica here: `rpc` forwards their requests), replicas by `labels`; each replica
+    /// admits `replica_concurrency` concurrent requests.
     pub fn new(
         host: Host,
         http: Arc<HttpServer>,
+        rpc: Arc<Rpc>,
         labels: BTreeMap<String, String>,
         replica_concurrency: u32,
     ) -> Deployer {
         Deployer {
             host,
             http,
+            rpc,
             labels,
             replica_concurrency,
             apps: tokio::sync::Mutex::new(BTreeMap::new()),
+            changed: Arc::new(Notify::new()),
         }
+    }
+
+    /// Notified after every change of the components running here.
+    pub fn changed(&self) -> Arc<Notify> {
+        self.changed.clone()
+    }
+
+    /// The components with replicas on this node, by app and component.
+    pub async fn inventory(&self) -> Vec<ComponentReplicas> {
+        let apps = self.apps.lock().await;
+        apps.values()
+            .flat_map(|a| &a.components)
+            .map(|c| ComponentReplicas {
+                app: c.component.app().to_owned(),
+                component: c.component.name().to_owned(),
+                replicas: c.replicas,
+                digest: c.component.digest().to_owned(),
+            })
+            .collect()
     }
 
     /// Deploys `manifest` (read from `source`), replacing the running version of the same app
@@ -121,7 +159,17 @@ impl Deployer {
                     tracing::info!(app = %app, component = %spec.name, digest = prepared.component.digest(), "component compiled")
                 }
             }
-            components.push(prepared.component);
+            // Subscribed before the swap, so replicas elsewhere never miss this one.
+            let serving = self
+                .rpc
+                .serve(prepared.component.clone())
+                .await
+                .map_err(|e| FieldError::new(&spec.image_field, format!("{e:#}")))?;
+            components.push(LocalComponent {
+                component: prepared.component,
+                replicas,
+                _serving: serving,
+            });
         }
         let ingress = self.http.ingress_addr();
         let routes: Vec<Route> = manifest
@@ -148,7 +196,7 @@ impl Deployer {
         let others = apps.values().filter(|a| {
             a.manifest.name != manifest.name && Some(&a.manifest.name) != renamed_from.as_ref()
         });
-        let table = routing_table(
+        let table = self.routing_table(
             others
                 .map(|a| (&a.routes, &a.components))
                 .chain([(&routes, &components)]),
@@ -187,6 +235,7 @@ impl Deployer {
             "{}",
             if previous.is_some() { "app updated" } else { "app deployed" }
         );
+        self.changed.notify_one();
         Ok(())
     }
 
@@ -196,13 +245,15 @@ impl Deployer {
         let Some(removed) = apps.remove(name) else {
             return false;
         };
-        let table = routing_table(apps.values().map(|a| (&a.routes, &a.components)))
+        let table = self
+            .routing_table(apps.values().map(|a| (&a.routes, &a.components)))
             .expect("routes that coexisted still coexist without one app");
         if let Err(e) = self.http.apply(table).await {
             // Only new listeners can fail to bind; removing an app opens none.
             tracing::error!(error = %e, "updating listeners after undeploy");
         }
         tracing::info!(app = name, source = %removed.source.display(), "app undeployed");
+        self.changed.notify_one();
         true
     }
 
@@ -256,20 +307,26 @@ fn listener_for(address: Option<SocketAddr>, ingress: SocketAddr, app: &str) -> 
     }
 }
 
-/// Builds the table from apps' routes and components; the earlier app holds a contested route.
-fn routing_table<'a>(
-    apps: impl Iterator<Item = (&'a Vec<Route>, &'a Vec<Arc<HttpComponent>>)>,
-) -> Result<RoutingTable, RouteConflict> {
-    let mut routes = Vec::new();
-    let mut components = HashMap::new();
-    for (app_routes, app_components) in apps {
-        routes.extend(app_routes.iter().cloned());
-        for c in app_components {
-            components.insert((Arc::from(c.app()), Arc::from(c.name())), c.clone());
+impl Deployer {
+    /// Builds the table from apps' routes and components; the earlier app holds a contested
+    /// route.
+    fn routing_table<'a>(
+        &self,
+        apps: impl Iterator<Item = (&'a Vec<Route>, &'a Vec<LocalComponent>)>,
+    ) -> Result<RoutingTable, RouteConflict> {
+        let mut routes = Vec::new();
+        let mut components = HashMap::new();
+        for (app_routes, app_components) in apps {
+            routes.extend(app_routes.iter().cloned());
+            for c in app_components {
+                let c = &c.component;
+                components.insert((Arc::from(c.app()), Arc::from(c.name())), c.clone());
+            }
         }
+        Ok(RoutingTable {
+            router: Router::build(routes)?,
+            components,
+            remote: Some(self.rpc.clone()),
+        })
     }
-    Ok(RoutingTable {
-        router: Router::build(routes)?,
-        components,
-    })
 }

@@ -2,6 +2,8 @@
 //! builds the example components once, and reads the node's log.
 #![allow(dead_code)]
 
+pub mod hub;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -46,6 +48,13 @@ pub fn example_wasm(crate_name: &str) -> PathBuf {
 
 /// A wadm manifest for one component answering `path` on the shared ingress.
 pub fn manifest(app: &str, wasm: &Path, path: &str) -> String {
+    manifest_with(app, &format!("{app}-component"), wasm, path, "instances: 1")
+}
+
+/// A wadm manifest of app `app` whose component `component` (`wasm`) answers `path` on the
+/// shared ingress; `scaler` is the spreadscaler's properties, lines after the first indented
+/// by 12 spaces.
+pub fn manifest_with(app: &str, component: &str, wasm: &Path, path: &str, scaler: &str) -> String {
     format!(
         r#"apiVersion: core.oam.dev/v1beta1
 kind: Application
@@ -55,14 +64,14 @@ metadata:
     version: v1
 spec:
   components:
-    - name: {app}-component
+    - name: {component}
       type: component
       properties:
         image: file://{wasm}
       traits:
         - type: spreadscaler
           properties:
-            instances: 1
+            {scaler}
     - name: httpserver
       type: capability
       properties:
@@ -71,7 +80,7 @@ spec:
         - type: link
           properties:
             target:
-              name: {app}-component
+              name: {component}
             namespace: wasi
             package: http
             interfaces: [incoming-handler]
@@ -203,12 +212,12 @@ impl Node {
             .arg(data_dir)
             .arg("--http-addr")
             .arg(http.to_string())
-            .args([
-                "--name",
-                "test-node",
-                "--log",
-                "info,lattice=debug,nats_server=info",
-            ])
+            .args(if extra.contains(&"--name") {
+                &[][..]
+            } else {
+                &["--name", "test-node"][..]
+            })
+            .args(["--log", "info,lattice=debug,nats_server=info"])
             .args(extra)
             .env_remove("LATTICE_LOG")
             .env_remove("NOTIFY_SOCKET")
@@ -381,6 +390,18 @@ pub fn http_request(
     host: Option<&str>,
     body: &[u8],
 ) -> Option<Answer> {
+    let headers: Vec<(&str, &str)> = host.map(|h| ("host", h)).into_iter().collect();
+    http_request_with(addr, method, path, &headers, body)
+}
+
+/// As [`http_request`], with any request headers.
+pub fn http_request_with(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Option<Answer> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -394,8 +415,8 @@ pub fn http_request(
                     format!("http://{addr}{path}"),
                 )
                 .body(body.to_vec());
-            if let Some(host) = host {
-                request = request.header("host", host);
+            for (name, value) in headers {
+                request = request.header(*name, *value);
             }
             let response = request.send().await.ok()?;
             let status = response.status().as_u16();
@@ -412,4 +433,27 @@ pub fn http_request(
             .ok()
             .flatten()
     })
+}
+
+/// Runs the `lattice` binary with `args` (a client command), with a 30 s limit.
+pub fn lattice_cli(args: &[&str]) -> std::process::Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_lattice"))
+        .args(args)
+        .env_remove("LATTICE_NATS_URL")
+        .env_remove("LATTICE_LATTICE")
+        .env_remove("LATTICE_DATA_DIR")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawning lattice");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child.wait_with_output().unwrap()
 }

@@ -20,6 +20,7 @@ use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 
 use super::router::Router;
 use crate::host::{HttpComponent, ResponseBody, text_response};
+use crate::lattice::rpc::Rpc;
 
 /// How long a client may take to send a request's headers.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
@@ -34,6 +35,8 @@ pub struct RoutingTable {
     pub router: Router,
     /// Local components by (app, component).
     pub components: HashMap<(Arc<str>, Arc<str>), Arc<HttpComponent>>,
+    /// Where requests for components with no local replica go.
+    pub remote: Option<Arc<Rpc>>,
 }
 
 /// A listener address could not be bound.
@@ -266,9 +269,11 @@ async fn route_request(
         span.record("component", &*route.target.component);
         span.record("route", tracing::field::display(&route.key));
         let key = (route.target.app.clone(), route.target.component.clone());
-        let response = match table.components.get(&key) {
-            Some(component) => component.handle(request, Scheme::Http).await,
-            None => text_response(
+        // A local replica first; else one elsewhere in the lattice.
+        let response = match (table.components.get(&key), &table.remote) {
+            (Some(component), _) => component.handle(request, Scheme::Http).await,
+            (None, Some(rpc)) => rpc.forward(&key.0, &key.1, request).await,
+            (None, None) => text_response(
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!(
                     "component {} of app {} runs on no replica here\n",

@@ -1,0 +1,243 @@
+//! Heartbeats and membership: every node publishes what it is and runs every few seconds
+//! (`host_heartbeat`), and `host_started` / `host_stopped` once; every node keeps the hosts it
+//! has heard from, and forgets one not heard from for [`MISSED_HEARTBEATS`] of its intervals.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::nats::subjects;
+use crate::nats::uplink::Uplink;
+
+/// Heartbeats a host may miss before the others consider it gone.
+pub const MISSED_HEARTBEATS: u32 = 3;
+
+/// What a node says of itself: the payload of every host event and an entry of
+/// `lattice get hosts` (`PROTOCOL.md` §Events).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostInfo {
+    /// Node id: the public nkeys server key (`N…`).
+    pub id: String,
+    /// Friendly name (`--name`).
+    pub name: String,
+    /// Lattice name.
+    pub lattice: String,
+    /// Labels: the user's plus `os`, `arch`, `hostname`.
+    pub labels: BTreeMap<String, String>,
+    /// Version of `lattice`.
+    pub version: String,
+    /// Time since the node started, in ms (when the event was sent).
+    pub uptime_ms: u64,
+    /// The node's heartbeat interval, in ms.
+    pub heartbeat_interval_ms: u64,
+    /// Its leaf uplink.
+    pub uplink: Uplink,
+    /// Address of its HTTP ingress.
+    pub http_addr: String,
+    /// Components with replicas on the node.
+    pub components: Vec<ComponentReplicas>,
+}
+
+/// A component's replicas on one node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ComponentReplicas {
+    /// App (manifest `metadata.name`).
+    pub app: String,
+    /// Component name in the manifest.
+    pub component: String,
+    /// Replicas on the node.
+    pub replicas: u32,
+    /// sha256 of the component's wasm, lowercase hex.
+    pub digest: String,
+}
+
+/// The hosts this node has heard from.
+#[derive(Default)]
+pub struct Membership {
+    hosts: Mutex<HashMap<String, Seen>>,
+}
+
+struct Seen {
+    info: HostInfo,
+    at: Instant,
+}
+
+impl Membership {
+    /// Records a heartbeat or `host_started`.
+    pub fn observe(&self, info: HostInfo) {
+        let mut hosts = self.hosts.lock().unwrap_or_else(|p| p.into_inner());
+        hosts.insert(
+            info.id.clone(),
+            Seen {
+                info,
+                at: Instant::now(),
+            },
+        );
+    }
+
+    /// Forgets host `id` (`host_stopped`).
+    pub fn forget(&self, id: &str) {
+        self.hosts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
+    }
+
+    /// The live hosts, by name then id, with uptimes brought to now.
+    pub fn hosts(&self) -> Vec<HostInfo> {
+        let mut hosts = self.hosts.lock().unwrap_or_else(|p| p.into_inner());
+        hosts.retain(|_, seen| {
+            let interval = Duration::from_millis(seen.info.heartbeat_interval_ms);
+            seen.at.elapsed() <= interval * MISSED_HEARTBEATS
+        });
+        let mut live: Vec<HostInfo> = hosts
+            .values()
+            .map(|seen| {
+                let mut info = seen.info.clone();
+                info.uptime_ms += seen.at.elapsed().as_millis() as u64;
+                info
+            })
+            .collect();
+        live.sort_by(|a, b| (&a.name, &a.id).cmp(&(&b.name, &b.id)));
+        live
+    }
+
+    /// Follows the host events of `lattice` until `shutdown`.
+    ///
+    /// # Errors
+    /// The subscription cannot be made.
+    pub async fn follow(
+        self: Arc<Self>,
+        client: async_nats::Client,
+        lattice: String,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+        let subject = subjects::events(&lattice);
+        let mut events = client
+            .subscribe(subject.clone())
+            .await
+            .with_context(|| format!("subscribing to {subject}"))?;
+        Ok(tokio::spawn(async move {
+            loop {
+                let message = tokio::select! {
+                    message = events.next() => match message {
+                        Some(message) => message,
+                        None => return,
+                    },
+                    () = shutdown.cancelled() => return,
+                };
+                let event = message.subject.rsplit('.').next().unwrap_or_default();
+                let info: HostInfo = match serde_json::from_slice(&message.payload) {
+                    Ok(info) => info,
+                    Err(e) => {
+                        tracing::debug!(subject = %message.subject, error = %e, "malformed host event ignored");
+                        continue;
+                    }
+                };
+                match event {
+                    subjects::HOST_HEARTBEAT => self.observe(info),
+                    subjects::HOST_STARTED => {
+                        tracing::info!(id = info.id, name = info.name, "host joined the lattice");
+                        self.observe(info);
+                    }
+                    subjects::HOST_STOPPED => {
+                        tracing::info!(id = info.id, name = info.name, "host left the lattice");
+                        self.forget(&info.id);
+                    }
+                    _ => {}
+                }
+            }
+        }))
+    }
+}
+
+/// Publishes host events of this node.
+pub struct Heartbeat {
+    client: async_nats::Client,
+    lattice: String,
+}
+
+impl Heartbeat {
+    /// Events of this node on `client`, for `lattice`.
+    pub fn new(client: async_nats::Client, lattice: &str) -> Heartbeat {
+        Heartbeat {
+            client,
+            lattice: lattice.to_owned(),
+        }
+    }
+
+    /// Publishes `info` as `event` (one of the `subjects::HOST_*`), and flushes it.
+    pub async fn publish(&self, event: &str, info: &HostInfo) {
+        let subject = subjects::event(&self.lattice, event);
+        let payload = serde_json::to_vec(info).unwrap_or_default();
+        if let Err(e) = self.client.publish(subject.clone(), payload.into()).await {
+            tracing::warn!(subject, error = %e, "publishing a host event failed");
+        }
+        let _ = self.client.flush().await;
+    }
+
+    /// Publishes a heartbeat from `info()` every `interval`, and at once whenever `now` is
+    /// notified (the components changed), until `shutdown`.
+    pub async fn run<F, Fut>(
+        self,
+        info: F,
+        interval: Duration,
+        now: Arc<Notify>,
+        shutdown: CancellationToken,
+    ) where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = HostInfo>,
+    {
+        let mut ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => {}
+                () = now.notified() => ticker.reset(),
+                () = shutdown.cancelled() => return,
+            }
+            self.publish(subjects::HOST_HEARTBEAT, &info().await).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nats::uplink::UplinkState;
+
+    fn host(id: &str, interval_ms: u64) -> HostInfo {
+        HostInfo {
+            id: id.into(),
+            name: format!("node-{id}"),
+            lattice: "default".into(),
+            labels: BTreeMap::new(),
+            version: "0".into(),
+            uptime_ms: 0,
+            heartbeat_interval_ms: interval_ms,
+            uplink: Uplink::fixed(UplinkState::None, None),
+            http_addr: "127.0.0.1:8000".into(),
+            components: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn hosts_expire_after_three_missed_heartbeats_and_leave_on_stop() {
+        let members = Membership::default();
+        members.observe(host("b", 60_000));
+        members.observe(host("a", 10));
+        members.observe(host("c", 60_000));
+        let names: Vec<String> = members.hosts().into_iter().map(|h| h.name).collect();
+        assert_eq!(names, ["node-a", "node-b", "node-c"]);
+        std::thread::sleep(Duration::from_millis(40));
+        members.forget("c");
+        let names: Vec<String> = members.hosts().into_iter().map(|h| h.name).collect();
+        assert_eq!(names, ["node-b"]);
+    }
+}

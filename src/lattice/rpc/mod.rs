@@ -1,0 +1,497 @@
+//! Lattice RPC for HTTP: a request for a component with no replica on this node travels over
+//! NATS to the component's queue group, one replica somewhere in the lattice serves it, and the
+//! response streams back. NATS picks the replica, so load balancing and failover are NATS's.
+//!
+//! The exchange (`PROTOCOL.md` §RPC): the requester publishes `request` (head + first body bytes)
+//! to `lattice.<L>.rpc.v1.http.<app>.<component>` with its exchange subject as reply. The
+//! replica answers `accept` at once; when the body did not fit, the requester then streams
+//! `data` frames to it. The replica answers `response` (head + first bytes), then `data` frames
+//! when the body did not fit, then `end`. Each `data` frame is acknowledged; at most
+//! [`stream::WINDOW`] are in flight. A request no replica accepts within [`ACCEPT_TIMEOUT`]
+//! (one that died with it in flight) is sent again, to whichever replica NATS picks then.
+
+pub mod mux;
+pub mod stream;
+pub mod wire;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use bytes::Bytes;
+use futures::StreamExt;
+use hyper::StatusCode;
+use tokio_util::sync::{CancellationToken, DropGuard};
+use tracing::Instrument;
+use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
+
+use crate::host::{HttpComponent, ResponseBody, text_response};
+use crate::nats::subjects;
+use mux::Mux;
+use stream::{Chunk, Chunker, Peer, complete_body, streamed_body};
+use wire::{ErrorBody, FrameKind, RequestHead, ResponseHead};
+
+/// How long a replica may take to accept a request before it is sent again. Accepting is
+/// the first thing a replica does, so only a lost message (its node died) takes this long.
+pub const ACCEPT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// What one attempt of a forwarded request is about.
+#[derive(Clone, Copy)]
+struct Attempt<'a> {
+    subject: &'a str,
+    app: &'a str,
+    component: &'a str,
+    deadline: Instant,
+    streamed: bool,
+}
+
+/// The node's RPC endpoint: forwards requests to other nodes and serves its own replicas.
+pub struct Rpc {
+    client: async_nats::Client,
+    lattice: String,
+    mux: Mux,
+    /// Upper bound of a served invocation's deadline (the node's `--request-timeout`).
+    max_timeout: Duration,
+}
+
+/// Serving a component's invocations; dropping it unsubscribes.
+pub struct Serving {
+    _stop: DropGuard,
+}
+
+impl Rpc {
+    /// Starts the endpoint on `client` for lattice `lattice`.
+    ///
+    /// # Errors
+    /// The reply subscription cannot be made.
+    pub async fn start(
+        client: async_nats::Client,
+        lattice: &str,
+        max_timeout: Duration,
+    ) -> anyhow::Result<Rpc> {
+        let mux = Mux::start(&client).await?;
+        Ok(Rpc {
+            client,
+            lattice: lattice.to_owned(),
+            mux,
+            max_timeout,
+        })
+    }
+
+    /// Sends `request` for component `component` of `app` to a replica elsewhere and returns its
+    /// response, streaming both bodies. Never fails: 503 when no replica runs anywhere (NATS
+    /// reports no responders), 504 when none answers within the request timeout, 502 when the
+    /// exchange breaks before the response head.
+    pub async fn forward<B>(
+        &self,
+        app: &str,
+        component: &str,
+        request: hyper::Request<B>,
+    ) -> hyper::Response<ResponseBody>
+    where
+        B: hyper::body::Body<Data = Bytes> + Send + Unpin + 'static,
+        B::Error: std::fmt::Display,
+    {
+        let timeout = self.max_timeout;
+        let deadline = Instant::now() + timeout;
+        let subject = subjects::http_invoke(&self.lattice, app, component);
+        let (parts, body) = request.into_parts();
+        let mut chunker = Chunker::new(body);
+        let mut head = RequestHead {
+            method: parts.method.to_string(),
+            uri: parts.uri.to_string(),
+            scheme: "http".to_owned(),
+            headers: wire::fields_of(&parts.headers),
+            streamed: false,
+            trailers: None,
+            timeout_ms: timeout.as_millis() as u64,
+        };
+        let head_len = serde_json::to_vec(&head).map_or(0, |h| h.len()) + 64;
+        let limit = stream::chunk_limit(&self.client);
+        let Some(room) = limit.checked_sub(head_len) else {
+            return text_response(
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                format!(
+                    "request headers of {head_len} bytes do not fit the lattice's {limit}-byte messages\n"
+                ),
+            );
+        };
+        let first = match chunker.next(room).await {
+            Ok(Chunk::Data(data)) => {
+                head.streamed = true;
+                data
+            }
+            Ok(Chunk::Last(data, trailers)) => {
+                head.trailers = trailers.as_ref().map(wire::fields_of);
+                data
+            }
+            Err(e) => return text_response(StatusCode::BAD_REQUEST, format!("{e}\n")),
+        };
+        let streamed = head.streamed;
+        let payload = wire::encode_with_head(&head, &first);
+        let mut chunker = Some(chunker);
+        loop {
+            let exchange = self.mux.open();
+            if let Err(e) = self
+                .client
+                .publish_with_reply_and_headers(
+                    subject.clone(),
+                    exchange.subject.clone(),
+                    wire::frame_headers(FrameKind::Request, None),
+                    payload.clone(),
+                )
+                .await
+            {
+                return text_response(
+                    StatusCode::BAD_GATEWAY,
+                    format!("cannot send the request over NATS: {e}\n"),
+                );
+            }
+            let attempt = Attempt {
+                subject: &subject,
+                app,
+                component,
+                deadline,
+                streamed,
+            };
+            match self.await_reply(&attempt, exchange, &mut chunker).await {
+                Some(response) => return response,
+                None => tracing::warn!(
+                    subject,
+                    "no replica accepted the request within {ACCEPT_TIMEOUT:?}; sending it again"
+                ),
+            }
+        }
+    }
+
+    /// Waits for the replies to one attempt; `None` when no replica accepted it in time and
+    /// there is time left for another attempt.
+    async fn await_reply<B>(
+        &self,
+        attempt: &Attempt<'_>,
+        exchange: mux::Exchange,
+        chunker: &mut Option<Chunker<B>>,
+    ) -> Option<hyper::Response<ResponseBody>>
+    where
+        B: hyper::body::Body<Data = Bytes> + Send + Unpin + 'static,
+        B::Error: std::fmt::Display,
+    {
+        let Attempt {
+            subject,
+            app,
+            component,
+            deadline,
+            streamed,
+        } = *attempt;
+        let timeout = self.max_timeout;
+        let mux::Exchange {
+            subject: reply,
+            acks,
+            mut frames,
+            guard,
+        } = exchange;
+        let mut acks = Some(acks);
+        let accept_by = (Instant::now() + ACCEPT_TIMEOUT).min(deadline);
+        let mut accepted = false;
+        loop {
+            let wait_until = if accepted { deadline } else { accept_by };
+            let message = match tokio::time::timeout_at(wait_until.into(), frames.recv()).await {
+                Ok(Some(message)) => message,
+                Ok(None) => {
+                    return Some(text_response(
+                        StatusCode::BAD_GATEWAY,
+                        "the lattice rpc exchange closed\n".into(),
+                    ));
+                }
+                Err(_) if !accepted && Instant::now() + ACCEPT_TIMEOUT < deadline => return None,
+                Err(_) => {
+                    tracing::warn!(subject, "no replica answered within the request deadline");
+                    return Some(text_response(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        format!(
+                            "no replica of component {component} of app {app} answered within {}\n",
+                            humantime::format_duration(timeout)
+                        ),
+                    ));
+                }
+            };
+            if message.status == Some(async_nats::StatusCode::NO_RESPONDERS) {
+                tracing::debug!(subject, "no replica subscribed");
+                return Some(text_response(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("component {component} of app {app} runs on no node of the lattice\n"),
+                ));
+            }
+            match FrameKind::of(&message) {
+                Some(FrameKind::Accept) => {
+                    accepted = true;
+                    if !streamed {
+                        continue;
+                    }
+                    let (Some(to), Some(mut chunker), Some(mut acks)) =
+                        (message.reply, chunker.take(), acks.take())
+                    else {
+                        continue;
+                    };
+                    let peer = Peer {
+                        client: self.client.clone(),
+                        to: to.to_string(),
+                        reply: reply.clone(),
+                        idle: timeout,
+                    };
+                    let keep = guard.clone();
+                    tokio::spawn(
+                        async move {
+                            let _keep = keep;
+                            if let Err(e) = peer.send_body(&mut chunker, &mut acks).await {
+                                tracing::warn!(
+                                    error = e,
+                                    "sending the request body over the lattice failed"
+                                );
+                            }
+                        }
+                        .in_current_span(),
+                    );
+                }
+                Some(FrameKind::Response) => {
+                    let (head, first): (ResponseHead, Bytes) =
+                        match wire::decode_with_head(message.payload) {
+                            Ok(decoded) => decoded,
+                            Err(e) => {
+                                return Some(text_response(
+                                    StatusCode::BAD_GATEWAY,
+                                    format!("{e}\n"),
+                                ));
+                            }
+                        };
+                    let source = BodySource {
+                        first,
+                        frames,
+                        client: self.client.clone(),
+                        idle: timeout,
+                        guard,
+                    };
+                    let built = build_response(&head, source);
+                    return Some(built.unwrap_or_else(|e| {
+                        text_response(StatusCode::BAD_GATEWAY, format!("{e}\n"))
+                    }));
+                }
+                Some(FrameKind::Error) => {
+                    let error: ErrorBody =
+                        serde_json::from_slice(&message.payload).unwrap_or(ErrorBody {
+                            status: 502,
+                            message: "malformed error frame".into(),
+                        });
+                    let status =
+                        StatusCode::from_u16(error.status).unwrap_or(StatusCode::BAD_GATEWAY);
+                    return Some(text_response(status, format!("{}\n", error.message)));
+                }
+                other => tracing::debug!(kind = ?other, "unexpected rpc frame ignored"),
+            }
+        }
+    }
+
+    /// Subscribes `component`'s replicas here to its queue group and serves each invocation
+    /// with [`HttpComponent::handle`], until the returned [`Serving`] is dropped.
+    ///
+    /// # Errors
+    /// The subscription cannot be made.
+    pub async fn serve(self: &Arc<Self>, component: Arc<HttpComponent>) -> anyhow::Result<Serving> {
+        let subject = subjects::http_invoke(&self.lattice, component.app(), component.name());
+        let queue = subjects::replica_queue(component.app(), component.name());
+        let mut subscriber = self
+            .client
+            .queue_subscribe(subject.clone(), queue.clone())
+            .await
+            .with_context(|| format!("subscribing to {subject} in queue group {queue}"))?;
+        let stop = CancellationToken::new();
+        let rpc = self.clone();
+        let cancelled = stop.clone();
+        tokio::spawn(async move {
+            loop {
+                let message = tokio::select! {
+                    message = subscriber.next() => match message {
+                        Some(message) => message,
+                        None => break,
+                    },
+                    () = cancelled.cancelled() => break,
+                };
+                let rpc = rpc.clone();
+                let component = component.clone();
+                let span = tracing::info_span!(
+                    "rpc_invocation",
+                    app = component.app(),
+                    component = component.name(),
+                    status = tracing::field::Empty,
+                );
+                tokio::spawn(
+                    async move { rpc.serve_one(&component, message).await }.instrument(span),
+                );
+            }
+            let _ = subscriber.unsubscribe().await;
+        });
+        tracing::debug!(subject, queue, "serving lattice invocations");
+        Ok(Serving {
+            _stop: stop.drop_guard(),
+        })
+    }
+
+    async fn serve_one(&self, component: &HttpComponent, message: async_nats::Message) {
+        let Some(reply) = message.reply.clone() else {
+            return;
+        };
+        let exchange = self.mux.open();
+        let peer = Peer {
+            client: self.client.clone(),
+            to: reply.to_string(),
+            reply: exchange.subject.clone(),
+            idle: self.max_timeout,
+        };
+        let (head, first): (RequestHead, Bytes) = match wire::decode_with_head(message.payload) {
+            Ok(decoded) => decoded,
+            Err(e) => {
+                tracing::warn!(error = %e, "malformed invocation");
+                peer.send_error(400, &e.to_string()).await;
+                return;
+            }
+        };
+        let timeout = Duration::from_millis(head.timeout_ms).min(self.max_timeout);
+        let mux::Exchange {
+            mut acks,
+            frames,
+            guard,
+            ..
+        } = exchange;
+        let source = BodySource {
+            first,
+            frames,
+            client: self.client.clone(),
+            idle: timeout,
+            guard,
+        };
+        let request = match build_request(&head, source) {
+            Ok(request) => request,
+            Err(e) => {
+                peer.send_error(400, &e).await;
+                return;
+            }
+        };
+        if peer
+            .send(FrameKind::Accept, None, Bytes::new())
+            .await
+            .is_err()
+        {
+            return;
+        }
+        let response = component.handle(request, Scheme::Http).await;
+        tracing::Span::current().record("status", response.status().as_u16());
+        tracing::debug!("lattice invocation served");
+
+        let (parts, body) = response.into_parts();
+        let mut head = ResponseHead {
+            status: parts.status.as_u16(),
+            headers: wire::fields_of(&parts.headers),
+            streamed: false,
+            trailers: None,
+        };
+        let head_len = serde_json::to_vec(&head).map_or(0, |h| h.len()) + 64;
+        let room = stream::chunk_limit(&self.client)
+            .saturating_sub(head_len)
+            .max(1);
+        let mut chunker = Chunker::new(body);
+        let first = match chunker.next(room).await {
+            Ok(Chunk::Data(data)) => {
+                head.streamed = true;
+                data
+            }
+            Ok(Chunk::Last(data, trailers)) => {
+                head.trailers = trailers.as_ref().map(wire::fields_of);
+                data
+            }
+            Err(e) => {
+                peer.send_error(502, &e).await;
+                return;
+            }
+        };
+        if peer
+            .send(
+                FrameKind::Response,
+                None,
+                wire::encode_with_head(&head, &first),
+            )
+            .await
+            .is_err()
+            || !head.streamed
+        {
+            return;
+        }
+        if let Err(e) = peer.send_body(&mut chunker, &mut acks).await {
+            tracing::warn!(
+                error = e,
+                "streaming the response body over the lattice failed"
+            );
+        }
+    }
+}
+
+/// The first body bytes of a `request` or `response` frame, and where the rest arrives.
+struct BodySource {
+    first: Bytes,
+    frames: tokio::sync::mpsc::Receiver<async_nats::Message>,
+    client: async_nats::Client,
+    idle: Duration,
+    guard: Arc<mux::RouteGuard>,
+}
+
+impl BodySource {
+    /// `first` with `trailers` when the frame held the whole body, else `first` followed by
+    /// the `data` frames to come.
+    fn into_body(
+        self,
+        streamed: bool,
+        trailers: Option<&[wire::Field]>,
+    ) -> Result<ResponseBody, String> {
+        if streamed {
+            return Ok(streamed_body(
+                self.client,
+                self.first,
+                self.frames,
+                self.idle,
+                self.guard,
+            ));
+        }
+        let trailers = trailers
+            .map(wire::header_map)
+            .transpose()
+            .map_err(|e| e.to_string())?;
+        Ok(complete_body(self.first, trailers))
+    }
+}
+
+/// The request a replica hands its component.
+fn build_request(
+    head: &RequestHead,
+    source: BodySource,
+) -> Result<hyper::Request<ResponseBody>, String> {
+    let body = source.into_body(head.streamed, head.trailers.as_deref())?;
+    let mut request = hyper::Request::builder()
+        .method(head.method.as_str())
+        .uri(head.uri.as_str())
+        .body(body)
+        .map_err(|e| format!("invalid request line: {e}"))?;
+    *request.headers_mut() = wire::header_map(&head.headers).map_err(|e| e.to_string())?;
+    Ok(request)
+}
+
+/// The response the ingress returns from a replica's `response` frame.
+fn build_response(
+    head: &ResponseHead,
+    source: BodySource,
+) -> Result<hyper::Response<ResponseBody>, String> {
+    let body = source.into_body(head.streamed, head.trailers.as_deref())?;
+    let mut response = hyper::Response::new(body);
+    *response.status_mut() =
+        StatusCode::from_u16(head.status).map_err(|_| format!("invalid status {}", head.status))?;
+    *response.headers_mut() = wire::header_map(&head.headers).map_err(|e| e.to_string())?;
+    Ok(response)
+}

@@ -1,0 +1,140 @@
+//! One NATS subscription (`<inbox>.*`) shared by every RPC exchange of this node, as async-nats
+//! does for its own requests: an exchange gets the subject `<inbox>.<n>` and the frames sent to
+//! it, split into acks (for the body it sends) and everything else (for what it receives).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use anyhow::Context;
+use futures::StreamExt;
+use tokio::sync::mpsc;
+
+use super::wire::{FrameKind, seq_of};
+
+/// Frames one exchange may have queued before it counts as stuck. The window of unacknowledged
+/// `data` frames is far smaller, so only a misbehaving peer fills this.
+const QUEUE: usize = 64;
+
+/// The shared reply subscription and its routing table.
+pub struct Mux {
+    prefix: String,
+    next: AtomicU64,
+    routes: Arc<Mutex<HashMap<u64, Route>>>,
+}
+
+struct Route {
+    acks: mpsc::Sender<u64>,
+    frames: mpsc::Sender<async_nats::Message>,
+}
+
+/// The receiving side of one exchange. Dropping both halves stops its routing.
+pub struct Exchange {
+    /// The subject peers send this exchange's frames to.
+    pub subject: String,
+    /// Sequence numbers of `ack` frames received.
+    pub acks: mpsc::Receiver<u64>,
+    /// Every other frame received, in order (including NATS no-responders statuses).
+    pub frames: mpsc::Receiver<async_nats::Message>,
+    /// Removes the route when the last holder drops it.
+    pub guard: Arc<RouteGuard>,
+}
+
+/// Removes an exchange's route on drop.
+pub struct RouteGuard {
+    id: u64,
+    routes: Arc<Mutex<HashMap<u64, Route>>>,
+}
+
+impl Drop for RouteGuard {
+    fn drop(&mut self) {
+        if let Ok(mut routes) = self.routes.lock() {
+            routes.remove(&self.id);
+        }
+    }
+}
+
+impl Mux {
+    /// Subscribes to a fresh inbox of `client` and routes what arrives until the client closes.
+    ///
+    /// # Errors
+    /// The subscription cannot be made.
+    pub async fn start(client: &async_nats::Client) -> anyhow::Result<Mux> {
+        let prefix = client.new_inbox();
+        let mut subscriber = client
+            .subscribe(format!("{prefix}.*"))
+            .await
+            .with_context(|| format!("subscribing to {prefix}.*"))?;
+        let routes: Arc<Mutex<HashMap<u64, Route>>> = Arc::default();
+        let table = routes.clone();
+        let skip = prefix.len() + 1;
+        tokio::spawn(async move {
+            while let Some(message) = subscriber.next().await {
+                let Some(id) = message
+                    .subject
+                    .get(skip..)
+                    .and_then(|t| t.parse::<u64>().ok())
+                else {
+                    continue;
+                };
+                let mut routes = table.lock().unwrap_or_else(|p| p.into_inner());
+                let Some(route) = routes.get(&id) else {
+                    // A late frame of a finished exchange.
+                    continue;
+                };
+                // Acks matter only while their sender waits, and a receiver that is done
+                // drops its channel: late ones are dropped. A full frame queue means a peer
+                // ignoring the ack window: that exchange ends, its reader sees the close.
+                let flooded = if FrameKind::of(&message) == Some(FrameKind::Ack) {
+                    if let Some(seq) = seq_of(&message) {
+                        let _ = route.acks.try_send(seq);
+                    }
+                    false
+                } else {
+                    matches!(
+                        route.frames.try_send(message),
+                        Err(mpsc::error::TrySendError::Full(_))
+                    )
+                };
+                if flooded {
+                    tracing::warn!(
+                        exchange = id,
+                        "rpc peer sent past the ack window; exchange closed"
+                    );
+                    routes.remove(&id);
+                }
+            }
+        });
+        Ok(Mux {
+            prefix,
+            next: AtomicU64::new(1),
+            routes,
+        })
+    }
+
+    /// Opens an exchange with a new subject.
+    pub fn open(&self) -> Exchange {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let (acks_tx, acks) = mpsc::channel(QUEUE);
+        let (frames_tx, frames) = mpsc::channel(QUEUE);
+        self.routes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(
+                id,
+                Route {
+                    acks: acks_tx,
+                    frames: frames_tx,
+                },
+            );
+        Exchange {
+            subject: format!("{}.{id}", self.prefix),
+            acks,
+            frames,
+            guard: Arc::new(RouteGuard {
+                id,
+                routes: self.routes.clone(),
+            }),
+        }
+    }
+}

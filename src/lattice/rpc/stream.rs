@@ -1,0 +1,319 @@
+//! HTTP bodies over NATS: cutting a body into chunks that fit the server's `max_payload`,
+//! sending them as `data` frames with a window of unacknowledged frames, and turning received
+//! frames back into a body with the same bytes and trailers.
+
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http_body_util::{BodyExt, StreamBody};
+use hyper::HeaderMap;
+use hyper::body::{Body, Frame};
+use tokio::sync::mpsc;
+
+use super::wire::{self, ErrorBody, Field, FrameKind};
+use crate::host::ResponseBody;
+
+/// Bytes of every NATS message kept free for our headers and the protocol line.
+const HEADROOM: usize = 4 * 1024;
+/// `data` frames a sender may have in flight without an ack.
+pub const WINDOW: u64 = 4;
+/// Body frames buffered between the NATS side and the HTTP side of a received body.
+const BODY_BUFFER: usize = 2;
+
+/// The error type of bodies (as wasmtime-wasi-http's).
+pub type BodyError = wasmtime_wasi_http::Error;
+
+/// Largest body chunk one message may carry: the server's `max_payload` less headroom.
+pub fn chunk_limit(client: &async_nats::Client) -> usize {
+    client
+        .server_info()
+        .max_payload
+        .saturating_sub(HEADROOM)
+        .max(HEADROOM)
+}
+
+/// A piece of a body.
+#[derive(Debug)]
+pub enum Chunk {
+    /// Bytes, with more to come.
+    Data(Bytes),
+    /// The last bytes (possibly none) and the trailers, if any.
+    Last(Bytes, Option<HeaderMap>),
+}
+
+/// Cuts a body into chunks of at most a given size.
+pub struct Chunker<B> {
+    body: B,
+    buffer: BytesMut,
+    /// `Some(trailers)` once the body has ended.
+    ended: Option<Option<HeaderMap>>,
+}
+
+impl<B> Chunker<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+{
+    /// Wraps `body`.
+    pub fn new(body: B) -> Chunker<B> {
+        Chunker {
+            body,
+            buffer: BytesMut::new(),
+            ended: None,
+        }
+    }
+
+    /// The next chunk of at most `limit` bytes.
+    ///
+    /// # Errors
+    /// Reading the body failed (the message names the cause).
+    pub async fn next(&mut self, limit: usize) -> Result<Chunk, String> {
+        loop {
+            // Exactly `limit` bytes may still be the last ones: read on to find out, so a
+            // body that fits one message is sent as one.
+            if self.buffer.len() > limit.max(1) {
+                return Ok(Chunk::Data(self.buffer.split_to(limit.max(1)).freeze()));
+            }
+            if let Some(trailers) = &mut self.ended {
+                return Ok(Chunk::Last(self.buffer.split().freeze(), trailers.take()));
+            }
+            match self.body.frame().await {
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) => self.buffer.extend_from_slice(&data),
+                    Err(frame) => {
+                        if let Ok(trailers) = frame.into_trailers() {
+                            self.ended = Some(Some(trailers));
+                        }
+                    }
+                },
+                Some(Err(e)) => return Err(format!("reading the body: {e}")),
+                None => self.ended = Some(None),
+            }
+        }
+    }
+}
+
+/// Where frames of a streamed body go, and how long the peer may stay silent.
+pub struct Peer {
+    /// The node's client.
+    pub client: async_nats::Client,
+    /// The peer's exchange subject.
+    pub to: String,
+    /// Our exchange subject (acks come back to it).
+    pub reply: String,
+    /// Longest wait for an ack or a frame.
+    pub idle: Duration,
+}
+
+impl Peer {
+    /// Publishes a frame of `kind` to the peer.
+    ///
+    /// # Errors
+    /// The client is closed.
+    pub async fn send(
+        &self,
+        kind: FrameKind,
+        seq: Option<u64>,
+        payload: Bytes,
+    ) -> Result<(), String> {
+        self.client
+            .publish_with_reply_and_headers(
+                self.to.clone(),
+                self.reply.clone(),
+                wire::frame_headers(kind, seq),
+                payload,
+            )
+            .await
+            .map_err(|e| format!("publishing to {}: {e}", self.to))
+    }
+
+    /// Tells the peer the exchange failed.
+    pub async fn send_error(&self, status: u16, message: &str) {
+        let body = ErrorBody {
+            status,
+            message: message.to_owned(),
+        };
+        let payload = serde_json::to_vec(&body).unwrap_or_default();
+        let _ = self.send(FrameKind::Error, None, payload.into()).await;
+    }
+
+    /// Sends the rest of a body as `data` frames (at most [`WINDOW`] unacknowledged) and an
+    /// `end` frame with the trailers. A body that fails to read ends the exchange with `error`.
+    ///
+    /// # Errors
+    /// The body failed, the peer stopped acknowledging for `idle`, or the client closed.
+    pub async fn send_body<B>(
+        &self,
+        chunker: &mut Chunker<B>,
+        acks: &mut mpsc::Receiver<u64>,
+    ) -> Result<(), String>
+    where
+        B: Body<Data = Bytes> + Unpin,
+        B::Error: std::fmt::Display,
+    {
+        let limit = chunk_limit(&self.client);
+        let mut seq = 0;
+        let mut acked = 0;
+        loop {
+            let chunk = match chunker.next(limit).await {
+                Ok(chunk) => chunk,
+                Err(e) => {
+                    self.send_error(502, &e).await;
+                    return Err(e);
+                }
+            };
+            let (data, last) = match chunk {
+                Chunk::Data(data) => (data, None),
+                Chunk::Last(data, trailers) => (data, Some(trailers)),
+            };
+            if !data.is_empty() {
+                seq += 1;
+                while seq - acked > WINDOW {
+                    acked = acked.max(self.wait_ack(acks).await?);
+                }
+                self.send(FrameKind::Data, Some(seq), data).await?;
+            }
+            if let Some(trailers) = last {
+                let trailers = trailers.as_ref().map(wire::fields_of);
+                let payload = serde_json::to_vec(&trailers).unwrap_or_default();
+                return self.send(FrameKind::End, None, payload.into()).await;
+            }
+        }
+    }
+
+    async fn wait_ack(&self, acks: &mut mpsc::Receiver<u64>) -> Result<u64, String> {
+        match tokio::time::timeout(self.idle, acks.recv()).await {
+            Ok(Some(seq)) => Ok(seq),
+            Ok(None) => Err("the exchange closed".into()),
+            Err(_) => Err(format!(
+                "no ack from {} within {}",
+                self.to,
+                humantime::format_duration(self.idle)
+            )),
+        }
+    }
+}
+
+/// A body of `first` and, when `trailers` is set, those trailers: for a message that carried
+/// its whole body.
+pub fn complete_body(first: Bytes, trailers: Option<HeaderMap>) -> ResponseBody {
+    let mut frames = Vec::with_capacity(2);
+    if !first.is_empty() {
+        frames.push(Ok(Frame::data(first)));
+    }
+    if let Some(trailers) = trailers {
+        frames.push(Ok(Frame::trailers(trailers)));
+    }
+    StreamBody::new(futures::stream::iter(frames)).boxed_unsync()
+}
+
+/// A body of `first` followed by the `data` frames arriving on `frames` (each acknowledged to
+/// its sender once the body has taken it), ending at `end` (trailers) or failing at `error`, a
+/// gap in the sequence, or `idle` without a frame. `keep` lives as long as the body is read.
+pub fn streamed_body<K: Send + 'static>(
+    client: async_nats::Client,
+    first: Bytes,
+    mut frames: mpsc::Receiver<async_nats::Message>,
+    idle: Duration,
+    keep: K,
+) -> ResponseBody {
+    let (tx, mut rx) = mpsc::channel::<Result<Frame<Bytes>, BodyError>>(BODY_BUFFER);
+    tokio::spawn(async move {
+        let _keep = keep;
+        if !first.is_empty() && tx.send(Ok(Frame::data(first))).await.is_err() {
+            return;
+        }
+        let mut expected = 1;
+        let failure = loop {
+            let message = match tokio::time::timeout(idle, frames.recv()).await {
+                Ok(Some(message)) => message,
+                Ok(None) => break "the exchange closed".to_owned(),
+                Err(_) => {
+                    break format!("no body frame within {}", humantime::format_duration(idle));
+                }
+            };
+            match FrameKind::of(&message) {
+                Some(FrameKind::Data) => {
+                    let seq = wire::seq_of(&message);
+                    if seq != Some(expected) {
+                        break format!("body frame {seq:?} arrived, {expected} expected");
+                    }
+                    expected += 1;
+                    if tx.send(Ok(Frame::data(message.payload))).await.is_err() {
+                        return;
+                    }
+                    if let Some(reply) = message.reply {
+                        let _ = client
+                            .publish_with_headers(
+                                reply,
+                                wire::frame_headers(FrameKind::Ack, seq),
+                                Bytes::new(),
+                            )
+                            .await;
+                    }
+                }
+                Some(FrameKind::End) => {
+                    match serde_json::from_slice::<Option<Vec<Field>>>(&message.payload) {
+                        Ok(None) => {}
+                        Ok(Some(fields)) => match wire::header_map(&fields) {
+                            Ok(trailers) => {
+                                let _ = tx.send(Ok(Frame::trailers(trailers))).await;
+                            }
+                            Err(e) => break e.to_string(),
+                        },
+                        Err(e) => break format!("malformed trailers: {e}"),
+                    }
+                    return;
+                }
+                Some(FrameKind::Error) => {
+                    break serde_json::from_slice::<ErrorBody>(&message.payload)
+                        .map_or_else(|e| format!("malformed error frame: {e}"), |b| b.message);
+                }
+                other => {
+                    tracing::debug!(kind = ?other, "unexpected frame in a body stream; ignored")
+                }
+            }
+        };
+        tracing::warn!(error = failure, "lattice rpc body stream broken");
+        let _ = tx.send(Err(BodyError::InternalError(Some(failure)))).await;
+    });
+    let stream = futures::stream::poll_fn(move |cx| rx.poll_recv(cx));
+    StreamBody::new(stream).boxed_unsync()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::Full;
+
+    #[tokio::test]
+    async fn chunker_cuts_at_the_limit_and_keeps_trailers() {
+        let body = Full::new(Bytes::from(vec![7u8; 10]));
+        let mut chunker = Chunker::new(body);
+        let mut sizes = Vec::new();
+        loop {
+            match chunker.next(4).await.unwrap() {
+                Chunk::Data(d) => sizes.push(d.len()),
+                Chunk::Last(d, trailers) => {
+                    sizes.push(d.len());
+                    assert!(trailers.is_none());
+                    break;
+                }
+            }
+        }
+        assert_eq!(sizes, [4, 4, 2]);
+
+        let mut trailers = HeaderMap::new();
+        trailers.insert("x-sum", "1".parse().unwrap());
+        let body = complete_body(Bytes::from_static(b"abcd"), Some(trailers));
+        let mut chunker = Chunker::new(body);
+        // A body of exactly the limit ends in one chunk.
+        match chunker.next(4).await.unwrap() {
+            Chunk::Last(d, Some(t)) => {
+                assert_eq!(&d[..], b"abcd");
+                assert_eq!(t["x-sum"], "1");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}

@@ -1,0 +1,75 @@
+//! Every NATS subject and queue group the lattice uses, built in one place (as wasmCloud's
+//! `broker.rs`). The wire contract is `PROTOCOL.md`; the version token `v1` changes only with an
+//! incompatible change to a payload.
+//!
+//! Layout: `lattice.<lattice>.<area>.v1.<…>`, so several lattices share one NATS account without
+//! seeing each other (`--lattice` names are `[A-Za-z0-9_-]+`, app and component names too).
+
+/// Protocol version carried in every subject.
+pub const VERSION: &str = "v1";
+
+/// Host events of lattice `lattice`: `lattice.<lattice>.evt.v1.<event>`, for `event` one of
+/// [`HOST_HEARTBEAT`], [`HOST_STARTED`], [`HOST_STOPPED`].
+pub fn event(lattice: &str, event: &str) -> String {
+    format!("lattice.{lattice}.evt.{VERSION}.{event}")
+}
+
+/// Every host event of `lattice`: `lattice.<lattice>.evt.v1.*`.
+pub fn events(lattice: &str) -> String {
+    format!("lattice.{lattice}.evt.{VERSION}.*")
+}
+
+/// The periodic heartbeat event.
+pub const HOST_HEARTBEAT: &str = "host_heartbeat";
+/// Published once when a node is up.
+pub const HOST_STARTED: &str = "host_started";
+/// Published once when a node stops in order.
+pub const HOST_STOPPED: &str = "host_stopped";
+
+/// Prefix of the control API of `lattice`: `lattice.<lattice>.ctl.v1`; endpoints are
+/// [`CTL_GET_HOSTS`] and [`CTL_GET_INVENTORY`] under it.
+pub fn control(lattice: &str) -> String {
+    format!("lattice.{lattice}.ctl.{VERSION}")
+}
+
+/// Control endpoint: the hosts of the lattice.
+pub const CTL_GET_HOSTS: &str = "get.hosts";
+/// Control endpoint: components and replicas per host.
+pub const CTL_GET_INVENTORY: &str = "get.inventory";
+
+/// Name of the control service (NATS service API, `$SRV.PING.<name>`) of `lattice`.
+pub fn control_service(lattice: &str) -> String {
+    format!("lattice-{lattice}")
+}
+
+/// HTTP invocations of component `component` of app `app`:
+/// `lattice.<lattice>.rpc.v1.http.<app>.<component>`.
+pub fn http_invoke(lattice: &str, app: &str, component: &str) -> String {
+    format!("lattice.{lattice}.rpc.{VERSION}.http.{app}.{component}")
+}
+
+/// The queue group of a component's replicas: `<app>.<component>`. NATS hands each invocation
+/// to one member, which is the lattice's load balancing and failover.
+pub fn replica_queue(app: &str, component: &str) -> String {
+    format!("{app}.{component}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subjects_carry_the_lattice_and_version() {
+        assert_eq!(
+            event("blue", HOST_HEARTBEAT),
+            "lattice.blue.evt.v1.host_heartbeat"
+        );
+        assert_eq!(events("blue"), "lattice.blue.evt.v1.*");
+        assert_eq!(control("blue"), "lattice.blue.ctl.v1");
+        assert_eq!(
+            http_invoke("blue", "shop", "web"),
+            "lattice.blue.rpc.v1.http.shop.web"
+        );
+        assert_eq!(replica_queue("shop", "web"), "shop.web");
+    }
+}
