@@ -209,6 +209,12 @@ async fn run_with_nats(
         uplink: uplink.clone(),
         deployer: deployer.clone(),
     });
+    tokio::spawn(nats::watch_jetstream(
+        nats::jetstream(client.clone(), config.js_domain.as_deref()),
+        config.js_domain.clone(),
+        matches!(config.nats_mode, NatsMode::Leaf { .. }),
+        shutdown.clone(),
+    ));
     let heartbeat_now = deployer.changed();
     tokio::spawn(notify_on_change(
         uplink,

@@ -57,6 +57,19 @@ fn join(
     manifests: &[(&str, String)],
     creds: Option<PathBuf>,
 ) -> Member {
+    join_with(hub, name, role, lattice, manifests, creds, &[])
+}
+
+/// As [`join`], with `extra` flags.
+fn join_with(
+    hub: &Hub,
+    name: &str,
+    role: &str,
+    lattice: &str,
+    manifests: &[(&str, String)],
+    creds: Option<PathBuf>,
+    extra: &[&str],
+) -> Member {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("config");
     std::fs::create_dir_all(&config).unwrap();
@@ -68,24 +81,22 @@ fn join(
     let leaf_url = hub.leaf_url();
     let label = format!("role={role}");
     let heartbeat = format!("{}ms", HEARTBEAT.as_millis());
-    let node = Node::start_in(
-        &config,
-        &dir.path().join("data"),
-        &[
-            "--creds",
-            &creds,
-            "--leaf-url",
-            &leaf_url,
-            "--name",
-            name,
-            "--label",
-            &label,
-            "--lattice",
-            lattice,
-            "--heartbeat-interval",
-            &heartbeat,
-        ],
-    );
+    let mut flags = vec![
+        "--creds",
+        &creds,
+        "--leaf-url",
+        &leaf_url,
+        "--name",
+        name,
+        "--label",
+        &label,
+        "--lattice",
+        lattice,
+        "--heartbeat-interval",
+        &heartbeat,
+    ];
+    flags.extend_from_slice(extra);
+    let node = Node::start_in(&config, &dir.path().join("data"), &flags);
     node.wait_for_log(&["lattice node is up"], Duration::from_secs(20));
     Member { node, _dir: dir }
 }
@@ -198,6 +209,13 @@ fn a_node_with_wrong_creds_reports_an_authorization_failure() {
     // It never claims to have joined, however long it tries.
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(stranger.count_log("leaf uplink connected"), 0);
+
+    // A remote that refuses connections is an error too.
+    let port = common::free_port();
+    let nowhere = format!("nats-leaf://127.0.0.1:{port}");
+    let lonely = Node::start(&["--leaf-url", &nowhere, "--name", "lonely"]);
+    let line = lonely.wait_for_log(&["leaf uplink failed"], Duration::from_secs(10));
+    assert!(line.contains("connection refused"), "{line}");
 
     // A member of the account does join, and does not see the stranger.
     let member = join(&hub, "member", "m", "default", &[], None);
@@ -488,4 +506,33 @@ fn an_unreachable_lattice_is_a_clear_error() {
         "{stderr}"
     );
     assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+#[test]
+fn a_remote_runaway_component_gets_504_and_a_missing_one_503() {
+    let hub = Hub::start();
+    let manifests = [
+        (
+            "loop.yaml",
+            app_manifest("spin", "http-loop", "/loop", "b", 1),
+        ),
+        (
+            "gone.yaml",
+            app_manifest("gone", "http-hello", "/gone", "nobody", 1),
+        ),
+    ];
+    let timeout = ["--request-timeout", "1s"];
+    let a = join_with(&hub, "node-a", "a", "default", &manifests, None, &timeout);
+    let b = join_with(&hub, "node-b", "b", "default", &manifests, None, &timeout);
+    joined(&a);
+    joined(&b);
+    b.wait_for_log(&["app deployed", "spin"], Duration::from_secs(10));
+    std::thread::sleep(Duration::from_millis(500));
+    let started = Instant::now();
+    let (status, body) = a.get("/loop").expect("an answer");
+    assert_eq!(status, 504, "{body}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let (status, body) = a.get("/gone").expect("an answer");
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("runs on no node"), "{body}");
 }

@@ -50,3 +50,62 @@ pub async fn connect(
         .with_context(|| format!("connecting to nats at {url}: timed out after 10 s"))?
         .with_context(|| format!("connecting to nats at {url}"))
 }
+
+/// How often an unreachable JetStream is asked again.
+const JETSTREAM_RETRY: Duration = Duration::from_secs(5);
+
+/// The JetStream the node uses: `domain`'s (`--js-domain`), else the one its NATS reaches by
+/// default (the local server's in standalone mode).
+pub fn jetstream(
+    client: async_nats::Client,
+    domain: Option<&str>,
+) -> async_nats::jetstream::Context {
+    match domain {
+        Some(domain) => async_nats::jetstream::with_domain(client, domain),
+        None => async_nats::jetstream::new(client),
+    }
+}
+
+/// Asks JetStream for the account's info until it answers (every 5 s, until `shutdown`), and
+/// logs the outcome: info once reachable, a warning saying what to do while it is not.
+pub async fn watch_jetstream(
+    js: async_nats::jetstream::Context,
+    domain: Option<String>,
+    leaf: bool,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    let domain_text = domain.as_deref().unwrap_or("(default)");
+    let mut warned = false;
+    loop {
+        match tokio::time::timeout(JETSTREAM_RETRY, js.query_account()).await {
+            Ok(Ok(account)) => {
+                tracing::info!(
+                    domain = domain_text,
+                    streams = account.streams,
+                    "JetStream reachable"
+                );
+                return;
+            }
+            outcome => {
+                let error = match outcome {
+                    Ok(Err(e)) => e.to_string(),
+                    _ => "no answer".to_owned(),
+                };
+                if !warned {
+                    warned = true;
+                    let hint = if leaf && domain.is_none() {
+                        "; a leaf node has no JetStream of its own and nats-server keeps $JS.API \
+                         local to the leaf: pass --js-domain with the hub's JetStream domain"
+                    } else {
+                        ""
+                    };
+                    tracing::warn!(domain = domain_text, error, "JetStream not reachable{hint}");
+                }
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(JETSTREAM_RETRY) => {}
+            () = shutdown.cancelled() => return,
+        }
+    }
+}

@@ -4,8 +4,8 @@
 //!
 //! The exchange (`PROTOCOL.md` §RPC): the requester publishes `request` (head + first body bytes)
 //! to `lattice.<L>.rpc.v1.http.<app>.<component>` with its exchange subject as reply. The
-//! replica answers `accept` at once; when the body did not fit, the requester then streams
-//! `data` frames to it. The replica answers `response` (head + first bytes), then `data` frames
+//! replica answers `accept` (at once when the body did not fit: the requester then streams
+//! `data` frames to it; else only if its response takes longer than 250 ms). The replica answers `response` (head + first bytes), then `data` frames
 //! when the body did not fit, then `end`. Each `data` frame is acknowledged; at most
 //! [`stream::WINDOW`] are in flight. A request no replica accepts within [`ACCEPT_TIMEOUT`]
 //! (one that died with it in flight) is sent again, to whichever replica NATS picks then.
@@ -31,9 +31,23 @@ use mux::Mux;
 use stream::{Chunk, Chunker, Peer, complete_body, streamed_body};
 use wire::{ErrorBody, FrameKind, RequestHead, ResponseHead};
 
-/// How long a replica may take to accept a request before it is sent again. Accepting is
-/// the first thing a replica does, so only a lost message (its node died) takes this long.
+/// How long a replica may take to accept (or answer) a request before it is sent again. A
+/// replica accepts within [`ACCEPT_DELAY`], so only a lost message (its node died) takes this
+/// long.
 pub const ACCEPT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// How long a replica may run a request whose body came whole before it sends `accept`;
+/// a response sent earlier stands for it.
+const ACCEPT_DELAY: Duration = Duration::from_millis(250);
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
 
 /// What one attempt of a forwarded request is about.
 #[derive(Clone, Copy)]
@@ -376,13 +390,25 @@ impl Rpc {
                 return;
             }
         };
-        if peer
-            .send(FrameKind::Accept, None, Bytes::new())
-            .await
-            .is_err()
-        {
-            return;
-        }
+        // A streamed body needs the accept at once (it says where to send the rest). Else a
+        // response that comes quickly is its own accept, saving a message per request; the
+        // accept goes out only if the component takes longer than ACCEPT_DELAY.
+        let delayed_accept = if head.streamed {
+            if peer
+                .send(FrameKind::Accept, None, Bytes::new())
+                .await
+                .is_err()
+            {
+                return;
+            }
+            None
+        } else {
+            let peer = peer.clone();
+            Some(AbortOnDrop(tokio::spawn(async move {
+                tokio::time::sleep(ACCEPT_DELAY).await;
+                let _ = peer.send(FrameKind::Accept, None, Bytes::new()).await;
+            })))
+        };
         let response = component.handle(request, Scheme::Http).await;
         tracing::Span::current().record("status", response.status().as_u16());
         tracing::debug!("lattice invocation served");
@@ -413,6 +439,7 @@ impl Rpc {
                 return;
             }
         };
+        drop(delayed_accept);
         if peer
             .send(
                 FrameKind::Response,

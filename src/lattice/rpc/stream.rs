@@ -94,6 +94,7 @@ where
 }
 
 /// Where frames of a streamed body go, and how long the peer may stay silent.
+#[derive(Clone)]
 pub struct Peer {
     /// The node's client.
     pub client: async_nats::Client,

@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# Cross-node cost of the lattice: the same hello component served by (a) the node that runs its
+# replica (local) and (b) a node with no replica, whose ingress forwards each request over NATS
+# (leaf → hub → leaf) to the replica. Two loopback nodes, each with its own leaf nats-server,
+# and a hub nats-server. Alternating `wrk` runs; prints requests/s, p50 and p99 per run, at one
+# connection (the latency a request pays) and at CONNECTIONS (throughput), and the median p50
+# difference at one connection: the hop's added latency.
+#
+#   bench/lattice.sh [ROUNDS]        (env: DURATION=10s CONNECTIONS=32 THREADS=2)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+ROUNDS=${1:-3}
+DURATION=${DURATION:-10s}
+CONNECTIONS=${CONNECTIONS:-32}
+THREADS=${THREADS:-2}
+
+./packaging/install-deps.sh
+as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+if ! command -v wrk >/dev/null || ! command -v curl >/dev/null; then
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk curl
+fi
+cargo build --release --quiet
+cargo build --release --quiet --target wasm32-wasip2 --manifest-path examples/Cargo.toml --target-dir examples/target
+WASM=$PWD/examples/target/wasm32-wasip2/release/http_hello.wasm
+NATS_SERVER=$(command -v nats-server || echo /usr/sbin/nats-server)
+
+WORK=$(mktemp -d)
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_http() {
+  for _ in $(seq 400); do curl -sf "http://127.0.0.1:$1/" >/dev/null && return 0; sleep 0.05; done
+  echo "node on port $1 did not answer; its log:" >&2; tail -n 30 "$2" >&2; return 1
+}
+
+HUB_PORT=$(free_port); HUB_LEAF=$(free_port)
+printf 'listen: 127.0.0.1:%s\nserver_name: hub\nleafnodes { listen: 127.0.0.1:%s }\n' "$HUB_PORT" "$HUB_LEAF" > "$WORK/hub.conf"
+"$NATS_SERVER" -c "$WORK/hub.conf" 2>"$WORK/hub.log" &
+PIDS+=($!)
+
+# The replica goes to nodes labelled role=worker only.
+mkdir -p "$WORK/config"
+sed -e "s#file://../target/wasm32-wasip2/release/http_hello.wasm#file://$WASM#" \
+    -e 's#^\( *\)instances: \(.*\)$#\1instances: \2\n\1spread:\n\1  - name: workers\n\1    requirements:\n\1      role: worker#' \
+    examples/http-hello/wadm.yaml > "$WORK/config/hello.yaml"
+grep -q 'role: worker' "$WORK/config/hello.yaml" || { echo "could not add the spread to the manifest" >&2; exit 1; }
+
+LOCAL=${LOCAL_PORT:-18280}; REMOTE=${REMOTE_PORT:-18281}
+start_node() { # name role http-port
+  target/release/lattice up --name "$1" --label "role=$2" --leaf-url "nats-leaf://127.0.0.1:$HUB_LEAF" \
+    --config-dir "$WORK/config" --data-dir "$WORK/$1" --http-addr "127.0.0.1:$3" 2>"$WORK/$1.log" &
+  PIDS+=($!)
+}
+start_node worker worker "$LOCAL"
+start_node front front "$REMOTE"
+wait_http "$LOCAL" "$WORK/worker.log"; wait_http "$REMOTE" "$WORK/front.log"
+grep -q 'no replica of this component belongs on this node' "$WORK/front.log" \
+  || { echo "the front node runs a replica; the cross-node path would not be measured" >&2; exit 1; }
+
+# One wrk run: prints "RPS P50_MS P99_MS NON2XX".
+run_wrk() { # port connections
+  wrk -t"$(( $2 < THREADS ? $2 : THREADS ))" -c"$2" -d"$DURATION" --latency "http://127.0.0.1:$1/" | awk '
+    function ms(v) { if (v ~ /us$/) return v/1000; if (v ~ /ms$/) return v+0; if (v ~ /s$/) return v*1000; return v }
+    /Requests\/sec/ { rps=$2 }
+    /^ +50%/ { p50=ms($2) }
+    /^ +99%/ { p99=ms($2) }
+    /Non-2xx/ { bad=$NF }
+    END { printf "%d %.3f %.3f %s\n", rps, p50, p99, (bad==""?0:bad) }'
+}
+
+printf '%-6s %-12s %5s %10s %9s %9s %8s\n' round path conns req/s p50_ms p99_ms non2xx
+LP=(); RP=()
+for r in $(seq "$ROUNDS"); do
+  for c in 1 "$CONNECTIONS"; do
+    read -r rps p50 p99 bad < <(run_wrk "$LOCAL" "$c")
+    printf '%-6s %-12s %5s %10s %9s %9s %8s\n' "$r" local "$c" "$rps" "$p50" "$p99" "$bad"
+    [ "$c" = 1 ] && LP+=("$p50")
+    read -r rps p50 p99 bad < <(run_wrk "$REMOTE" "$c")
+    printf '%-6s %-12s %5s %10s %9s %9s %8s\n' "$r" cross-node "$c" "$rps" "$p50" "$p99" "$bad"
+    [ "$c" = 1 ] && RP+=("$p50")
+  done
+done
+median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+ML=$(median "${LP[@]}"); MR=$(median "${RP[@]}")
+echo "median p50 at 1 connection: local $ML ms, cross-node $MR ms, added $(awk -v a="$MR" -v b="$ML" 'BEGIN { printf "%.3f", a-b }') ms"
