@@ -154,6 +154,20 @@ impl UplinkTracker {
                     changed
                 })
             };
+            let failed = |reason: String| {
+                if set(UplinkState::Failed, Some(reason.clone())) {
+                    tracing::error!(
+                        remote,
+                        error = reason,
+                        "leaf uplink failed: the node has not joined the lattice"
+                    );
+                }
+            };
+            let connected = || {
+                if set(UplinkState::Connected, None) {
+                    tracing::info!(remote, "leaf uplink connected");
+                }
+            };
             loop {
                 let settle = pending.map(|(_, at)| at);
                 let event = tokio::select! {
@@ -163,9 +177,7 @@ impl UplinkTracker {
                     },
                     () = sleep_until(settle), if settle.is_some() => {
                         current = pending.take().map(|(lid, _)| lid);
-                        if set(UplinkState::Connected, None) {
-                            tracing::info!(remote, "leaf uplink connected");
-                        }
+                        connected();
                         continue;
                     }
                 };
@@ -174,33 +186,19 @@ impl UplinkTracker {
                     LeafEvent::Established(lid) => {
                         pending = None;
                         current = Some(lid);
-                        if set(UplinkState::Connected, None) {
-                            tracing::info!(remote, "leaf uplink connected");
-                        }
+                        connected();
                     }
                     LeafEvent::Error(lid, reason) => {
                         if lid.is_none() || pending.is_some_and(|(p, _)| Some(p) == lid) {
                             pending = None;
                         }
-                        if (lid.is_none() || lid != current)
-                            && set(UplinkState::Failed, Some(reason.clone()))
-                        {
-                            tracing::error!(
-                                remote,
-                                error = reason,
-                                "leaf uplink failed: the node has not joined the lattice"
-                            );
+                        if lid.is_none() || lid != current {
+                            failed(reason);
                         }
                     }
                     LeafEvent::DialFailed(reason) => {
                         pending = None;
-                        if set(UplinkState::Failed, Some(reason.clone())) {
-                            tracing::error!(
-                                remote,
-                                error = reason,
-                                "leaf uplink failed: the node has not joined the lattice"
-                            );
-                        }
+                        failed(reason);
                     }
                     LeafEvent::Closed(lid, reason) => {
                         if pending.is_some_and(|(p, _)| p == lid) {

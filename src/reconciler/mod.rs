@@ -32,6 +32,16 @@ pub enum DeployError {
     /// A route is held by another app.
     #[error(transparent)]
     RouteConflict(#[from] RouteConflict),
+    /// A component could not join its lattice queue group (NATS refused the subscription).
+    #[error("app {app:?}, component {component:?}: cannot take lattice invocations: {reason}")]
+    Serve {
+        /// App name.
+        app: String,
+        /// Component name.
+        component: String,
+        /// Why.
+        reason: String,
+    },
     /// The app is deployed from another manifest file.
     #[error("app {app:?} is already deployed from {other}; an app comes from one file")]
     DuplicateApp {
@@ -164,7 +174,11 @@ impl Deployer {
                 .rpc
                 .serve(prepared.component.clone())
                 .await
-                .map_err(|e| FieldError::new(&spec.image_field, format!("{e:#}")))?;
+                .map_err(|e| DeployError::Serve {
+                    app: app.to_string(),
+                    component: spec.name.clone(),
+                    reason: format!("{e:#}"),
+                })?;
             components.push(LocalComponent {
                 component: prepared.component,
                 replicas,
