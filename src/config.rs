@@ -196,13 +196,19 @@ impl NodeConfig {
         );
 
         let creds = match (args.creds, file.creds) {
-            (Some(path), _) => Some(absolute(path)?),
-            (None, Some(path)) => Some(config_dir.join(path)),
+            (Some(path), _) => {
+                let path = absolute(path)?;
+                check_creds_file(&path, "--creds")?;
+                Some(path)
+            }
+            (None, Some(path)) => {
+                let path = config_dir.join(path);
+                let key = format!("{} key creds", config_dir.join(CONFIG_FILE_NAME).display());
+                check_creds_file(&path, &key)?;
+                Some(path)
+            }
             (None, None) => None,
         };
-        if let Some(path) = &creds {
-            check_creds_file(path)?;
-        }
         let nats_mode = match (
             args.nats_url.or(file.nats_url),
             args.leaf_url.or(file.leaf_url),
@@ -263,31 +269,31 @@ impl NodeConfig {
 /// (user JWT and nkey seed, the format of `nsc` and NGS), and only its owner can access it.
 ///
 /// # Errors
-/// Names the file and the problem.
-pub fn check_creds_file(path: &Path) -> anyhow::Result<()> {
+/// Names the file, where it was given (`origin`, e.g. `--creds`) and the problem.
+pub fn check_creds_file(path: &Path, origin: &str) -> anyhow::Result<()> {
     use std::os::unix::fs::PermissionsExt as _;
     let meta = std::fs::metadata(path)
-        .with_context(|| format!("--creds {}: cannot read it", path.display()))?;
+        .with_context(|| format!("{origin} {}: cannot read it", path.display()))?;
     ensure!(
         meta.is_file(),
-        "--creds {}: not a regular file",
+        "{origin} {}: not a regular file",
         path.display()
     );
     let mode = meta.permissions().mode() & 0o777;
     ensure!(
         mode & 0o077 == 0,
-        "--creds {}: group or others can access it (mode {mode:o}); it holds a secret key: run `chmod 600 {}`",
+        "{origin} {}: group or others can access it (mode {mode:o}); it holds a secret key: run `chmod 600 {}`",
         path.display(),
         path.display()
     );
     let text = std::fs::read_to_string(path)
-        .with_context(|| format!("--creds {}: cannot read it", path.display()))?;
+        .with_context(|| format!("{origin} {}: cannot read it", path.display()))?;
     async_nats::ConnectOptions::new()
         .credentials(&text)
         .map(drop)
         .map_err(|e| {
             anyhow::anyhow!(
-                "--creds {}: not a NATS credentials file: {e}",
+                "{origin} {}: not a NATS credentials file: {e}",
                 path.display()
             )
         })
@@ -352,7 +358,10 @@ fn absolute(path: PathBuf) -> anyhow::Result<PathBuf> {
 }
 
 /// A lattice name goes into NATS subjects and JetStream bucket names: keep it to their safe set.
-fn check_lattice_name(name: &str) -> anyhow::Result<()> {
+///
+/// # Errors
+/// The name is empty or has another character than `[A-Za-z0-9_-]`.
+pub fn check_lattice_name(name: &str) -> anyhow::Result<()> {
     ensure!(
         !name.is_empty()
             && name

@@ -26,6 +26,12 @@ use crate::nats::{self, NatsSupervisor};
 use crate::providers::http::HttpServer;
 use crate::reconciler::{Deployer, watcher};
 
+/// How long in-flight lattice invocations get to finish at the node's stop.
+const DRAIN_TIMEOUT: Duration = crate::providers::http::server::DRAIN_TIMEOUT;
+
+/// How long the node waits for NATS to take its `host_stopped` and drain at its stop.
+const NATS_GOODBYE_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// Delay before a failed config-dir watcher is started again.
 const WATCHER_RESTART_DELAY: Duration = Duration::from_secs(1);
 
@@ -56,7 +62,8 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
 
     let (supervisor, url, uplink) = start_nats(&config).await?;
     let url_file = config.data_dir.join(NATS_URL_FILE);
-    std::fs::write(&url_file, format!("{url}\n"))
+    // Private: an external URL may carry a user and password.
+    write_private(&url_file, &format!("{url}\n"))
         .with_context(|| format!("writing {}", url_file.display()))?;
 
     let result = run_with_nats(&config, id, &url, uplink, &mut sigterm, &mut sigint).await;
@@ -133,8 +140,8 @@ struct LocalHost {
 }
 
 impl LocalHost {
-    async fn info(&self) -> HostInfo {
-        let components = self.deployer.inventory().await;
+    fn info(&self) -> HostInfo {
+        let components = self.deployer.inventory();
         HostInfo {
             id: self.id.clone(),
             name: self.config.name.clone(),
@@ -166,6 +173,7 @@ async fn run_with_nats(
     };
     let client = nats::connect(nats_url, &config.name, client_creds).await?;
     let rpc = Arc::new(Rpc::start(client.clone(), &config.lattice, config.request_timeout).await?);
+    let heartbeat_now = Arc::new(Notify::new());
     let host = Host::new(
         &config.data_dir,
         InstanceLimits {
@@ -183,7 +191,7 @@ async fn run_with_nats(
     let deployer = Arc::new(Deployer::new(
         host,
         http.clone(),
-        rpc,
+        rpc.clone(),
         config.labels.clone(),
         config.replica_concurrency,
     ));
@@ -192,7 +200,12 @@ async fn run_with_nats(
     let membership = Arc::new(Membership::default());
     let membership_task = membership
         .clone()
-        .follow(client.clone(), config.lattice.clone(), shutdown.clone())
+        .follow(
+            client.clone(),
+            config.lattice.clone(),
+            heartbeat_now.clone(),
+            shutdown.clone(),
+        )
         .await?;
     let control_task = control::serve(
         client.clone(),
@@ -215,7 +228,11 @@ async fn run_with_nats(
         matches!(config.nats_mode, NatsMode::Leaf { .. }),
         shutdown.clone(),
     ));
-    let heartbeat_now = deployer.changed();
+    tokio::spawn(notify_on(
+        deployer.on_change(),
+        heartbeat_now.clone(),
+        shutdown.clone(),
+    ));
     tokio::spawn(notify_on_change(
         uplink,
         heartbeat_now.clone(),
@@ -243,23 +260,19 @@ async fn run_with_nats(
         name = &mut signal => Some(name),
     };
     let events = Heartbeat::new(client.clone(), &config.lattice);
+    let mut heartbeats = None;
     let received = match early {
         Some(name) => name,
         None => {
-            events
-                .publish(subjects::HOST_STARTED, &local.info().await)
-                .await;
+            events.publish(subjects::HOST_STARTED, &local.info()).await;
             let beats = Heartbeat::new(client.clone(), &config.lattice);
             let info_source = local.clone();
-            tokio::spawn(beats.run(
-                move || {
-                    let local = info_source.clone();
-                    async move { local.info().await }
-                },
+            heartbeats = Some(tokio::spawn(beats.run(
+                move || info_source.info(),
                 config.heartbeat_interval,
-                heartbeat_now,
+                heartbeat_now.clone(),
                 shutdown.clone(),
-            ));
+            )));
             tracing::info!(ingress = %http.ingress_addr(), nats = nats_url, "lattice node is up");
             // Under systemd (Type=notify) this marks the unit started; elsewhere a no-op.
             if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
@@ -272,15 +285,50 @@ async fn run_with_nats(
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     shutdown.cancel();
     let _ = watcher_task.await;
-    http.shutdown().await;
+    // New invocations go to replicas elsewhere; the ones in flight here finish.
+    deployer.stop_serving().await;
+    tokio::join!(http.shutdown(), rpc.drain(DRAIN_TIMEOUT));
     let _ = tokio::join!(membership_task, control_task);
-    events
-        .publish(subjects::HOST_STOPPED, &local.info().await)
-        .await;
-    if let Err(e) = client.drain().await {
-        tracing::debug!(error = %e, "draining the nats client");
+    if let Some(heartbeats) = heartbeats {
+        let _ = heartbeats.await;
+    }
+    // NATS may be unreachable now (external mode, a restarting nats-server): never wait long.
+    let goodbye = async {
+        events.publish(subjects::HOST_STOPPED, &local.info()).await;
+        client.drain().await
+    };
+    match tokio::time::timeout(NATS_GOODBYE_TIMEOUT, goodbye).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::debug!(error = %e, "draining the nats client"),
+        Err(_) => tracing::warn!(
+            "NATS did not take host_stopped within {NATS_GOODBYE_TIMEOUT:?}; others will see this node expire"
+        ),
     }
     Ok(())
+}
+
+/// Writes `text` to `path`, readable by its owner only.
+fn write_private(path: &std::path::Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    file.write_all(text.as_bytes())
+}
+
+/// Passes every notification of `from` on to `to`, until `shutdown`.
+async fn notify_on(from: Arc<Notify>, to: Arc<Notify>, shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            () = from.notified() => to.notify_one(),
+            () = shutdown.cancelled() => return,
+        }
+    }
 }
 
 /// Wakes the heartbeat whenever the uplink changes, so others see it at once.

@@ -46,13 +46,14 @@ async fn request<T: DeserializeOwned>(
     endpoint: &str,
     payload: Vec<u8>,
 ) -> anyhow::Result<T> {
+    crate::config::check_lattice_name(&args.lattice)?;
     let url = nats_url(args)?;
     let mut options = async_nats::ConnectOptions::new()
         .name("lattice cli")
         .connection_timeout(args.timeout)
         .request_timeout(Some(args.timeout));
     if let Some(creds) = &args.creds {
-        crate::config::check_creds_file(creds)?;
+        crate::config::check_creds_file(creds, "--creds")?;
         options = options
             .credentials_file(creds)
             .await

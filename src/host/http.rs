@@ -78,6 +78,22 @@ impl HttpComponent {
         B: hyper::body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<wasmtime_wasi_http::Error>,
     {
+        self.handle_within(request, scheme, self.limits.request_timeout)
+            .await
+    }
+
+    /// As [`HttpComponent::handle`], with the deadline `timeout` from now when that is sooner
+    /// than the node's request timeout (a forwarded request brings what is left of its own).
+    pub async fn handle_within<B>(
+        &self,
+        request: hyper::Request<B>,
+        scheme: Scheme,
+        timeout: std::time::Duration,
+    ) -> hyper::Response<ResponseBody>
+    where
+        B: hyper::body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<wasmtime_wasi_http::Error>,
+    {
         let Ok(permit) = self.permits.clone().try_acquire_owned() else {
             tracing::warn!(
                 limit = self.max_concurrency,
@@ -96,7 +112,7 @@ impl HttpComponent {
             );
             return response;
         };
-        let timeout = self.limits.request_timeout;
+        let timeout = timeout.min(self.limits.request_timeout);
         let deadline = Instant::now() + timeout;
         let limits = StoreLimitsBuilder::new()
             .memory_size(usize::try_from(self.limits.max_memory_bytes).unwrap_or(usize::MAX))

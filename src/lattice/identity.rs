@@ -40,7 +40,8 @@ pub fn load_or_create(data_dir: &Path) -> anyhow::Result<String> {
                 .mode(0o600)
                 .open(&path)
                 .with_context(|| format!("creating {}", path.display()))?;
-            file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+            file.set_permissions(std::fs::Permissions::from_mode(0o600))
+                .with_context(|| format!("making {} private", path.display()))?;
             writeln!(file, "{seed}").with_context(|| format!("writing {}", path.display()))?;
             tracing::info!(id = key.public_key(), file = %path.display(), "new node identity created");
             Ok(key.public_key())

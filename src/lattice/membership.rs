@@ -93,14 +93,16 @@ impl Membership {
     pub fn hosts(&self) -> Vec<HostInfo> {
         let mut hosts = self.hosts.lock().unwrap_or_else(|p| p.into_inner());
         hosts.retain(|_, seen| {
-            let interval = Duration::from_millis(seen.info.heartbeat_interval_ms);
+            let interval = Duration::from_millis(seen.info.heartbeat_interval_ms.max(100));
             seen.at.elapsed() <= interval * MISSED_HEARTBEATS
         });
         let mut live: Vec<HostInfo> = hosts
             .values()
             .map(|seen| {
                 let mut info = seen.info.clone();
-                info.uptime_ms += seen.at.elapsed().as_millis() as u64;
+                info.uptime_ms = info
+                    .uptime_ms
+                    .saturating_add(seen.at.elapsed().as_millis() as u64);
                 info
             })
             .collect();
@@ -116,6 +118,7 @@ impl Membership {
         self: Arc<Self>,
         client: async_nats::Client,
         lattice: String,
+        on_join: Arc<Notify>,
         shutdown: CancellationToken,
     ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
         let subject = subjects::events(&lattice);
@@ -145,6 +148,8 @@ impl Membership {
                     subjects::HOST_STARTED => {
                         tracing::info!(id = info.id, name = info.name, "host joined the lattice");
                         self.observe(info);
+                        // The newcomer learns of this node at once, not a heartbeat later.
+                        on_join.notify_one();
                     }
                     subjects::HOST_STOPPED => {
                         tracing::info!(id = info.id, name = info.name, "host left the lattice");
@@ -172,27 +177,25 @@ impl Heartbeat {
         }
     }
 
-    /// Publishes `info` as `event` (one of the `subjects::HOST_*`), and flushes it.
+    /// Publishes `info` as `event` (one of the `subjects::HOST_*`).
     pub async fn publish(&self, event: &str, info: &HostInfo) {
         let subject = subjects::event(&self.lattice, event);
         let payload = serde_json::to_vec(info).unwrap_or_default();
         if let Err(e) = self.client.publish(subject.clone(), payload.into()).await {
             tracing::warn!(subject, error = %e, "publishing a host event failed");
         }
-        let _ = self.client.flush().await;
     }
 
     /// Publishes a heartbeat from `info()` every `interval`, and at once whenever `now` is
     /// notified (the components changed), until `shutdown`.
-    pub async fn run<F, Fut>(
+    pub async fn run<F>(
         self,
         info: F,
         interval: Duration,
         now: Arc<Notify>,
         shutdown: CancellationToken,
     ) where
-        F: Fn() -> Fut,
-        Fut: std::future::Future<Output = HostInfo>,
+        F: Fn() -> HostInfo,
     {
         let mut ticker = tokio::time::interval(interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -202,7 +205,7 @@ impl Heartbeat {
                 () = now.notified() => ticker.reset(),
                 () = shutdown.cancelled() => return,
             }
-            self.publish(subjects::HOST_HEARTBEAT, &info().await).await;
+            self.publish(subjects::HOST_HEARTBEAT, &info()).await;
         }
     }
 }
@@ -231,11 +234,11 @@ mod tests {
     fn hosts_expire_after_three_missed_heartbeats_and_leave_on_stop() {
         let members = Membership::default();
         members.observe(host("b", 60_000));
-        members.observe(host("a", 10));
+        members.observe(host("a", 100));
         members.observe(host("c", 60_000));
         let names: Vec<String> = members.hosts().into_iter().map(|h| h.name).collect();
         assert_eq!(names, ["node-a", "node-b", "node-c"]);
-        std::thread::sleep(Duration::from_millis(40));
+        std::thread::sleep(Duration::from_millis(350));
         members.forget("c");
         let names: Vec<String> = members.hosts().into_iter().map(|h| h.name).collect();
         assert_eq!(names, ["node-b"]);

@@ -234,6 +234,9 @@ async fn supervise(launch: Launch, mut child: Child, shutdown: CancellationToken
             status = child.status() => {
                 let status = status.map_or_else(|e| e.to_string(), |s| s.to_string());
                 tracing::error!(pid, %status, "nats-server exited unexpectedly; restarting it");
+                if let Some(uplink) = &launch.uplink {
+                    uplink.server_exited();
+                }
             }
             () = shutdown.cancelled() => {
                 terminate(child).await;

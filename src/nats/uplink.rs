@@ -87,6 +87,9 @@ pub enum LeafEvent {
     Closed(u64, String),
     /// `Error trying to connect as leafnode to remote server …: reason`.
     DialFailed(String),
+    /// The nats-server process exited (the supervisor restarts it): its connections are gone
+    /// and the next one counts connection ids from the start again.
+    ServerExited,
 }
 
 /// Reads a leaf-connection event from one log message (level already stripped); `is_error`
@@ -171,6 +174,8 @@ impl UplinkTracker {
             loop {
                 let settle = pending.map(|(_, at)| at);
                 let event = tokio::select! {
+                    // Lines already logged count before the settle timer.
+                    biased;
                     event = rx.recv() => match event {
                         Some(event) => event,
                         None => return,
@@ -188,13 +193,30 @@ impl UplinkTracker {
                         current = Some(lid);
                         connected();
                     }
-                    LeafEvent::Error(lid, reason) => {
-                        if lid.is_none() || pending.is_some_and(|(p, _)| Some(p) == lid) {
+                    // An error of a connection (pending or already counted as joined: the
+                    // remote may answer after the settle time) fails the uplink; a leafnode
+                    // error naming no connection does so only while none stands.
+                    LeafEvent::Error(Some(lid), reason) => {
+                        if pending.is_some_and(|(p, _)| p == lid) {
                             pending = None;
                         }
-                        if lid.is_none() || lid != current {
+                        if current == Some(lid) {
+                            current = None;
+                        }
+                        if current.is_none() {
                             failed(reason);
                         }
+                    }
+                    LeafEvent::Error(None, reason) => {
+                        if current.is_none() {
+                            pending = None;
+                            failed(reason);
+                        }
+                    }
+                    LeafEvent::ServerExited => {
+                        pending = None;
+                        current = None;
+                        set(UplinkState::Connecting, None);
                     }
                     LeafEvent::DialFailed(reason) => {
                         pending = None;
@@ -219,6 +241,11 @@ impl UplinkTracker {
             }
         });
         (UplinkTracker { events }, state_rx)
+    }
+
+    /// Tells that the nats-server process exited.
+    pub fn server_exited(&self) {
+        let _ = self.events.send(LeafEvent::ServerExited);
     }
 
     /// Feeds one nats-server log message.
@@ -313,5 +340,21 @@ mod tests {
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
         assert_eq!(state.borrow().state, UplinkState::Disconnected);
+
+        // A refusal that comes after the settle time still fails the uplink.
+        tracker.observe(
+            "x - lid:6 - Leafnode connection created for account: $G",
+            false,
+        );
+        tokio::time::sleep(SETTLE * 2).await;
+        assert_eq!(state.borrow().state, UplinkState::Connected);
+        tracker.observe("x - lid:6 - Leafnode Error 'Authorization Violation'", true);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert_eq!(state.borrow().state, UplinkState::Failed);
+
+        // A restarted server starts over.
+        tracker.server_exited();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert_eq!(state.borrow().state, UplinkState::Connecting);
     }
 }

@@ -69,7 +69,8 @@ pub struct LocalComponent {
     pub component: Arc<HttpComponent>,
     /// Its replicas here.
     pub replicas: u32,
-    _serving: Serving,
+    /// Its queue-group subscription; `None` once the node stops taking invocations.
+    serving: Option<Serving>,
 }
 
 /// Applies manifests to this node: one deploy, update or undeploy at a time.
@@ -80,6 +81,9 @@ pub struct Deployer {
     labels: BTreeMap<String, String>,
     replica_concurrency: u32,
     apps: tokio::sync::Mutex<BTreeMap<String, DeployedApp>>,
+    /// What runs here, updated after every change: read without waiting for a deploy (which
+    /// may be compiling) to finish.
+    inventory: std::sync::Mutex<Vec<ComponentReplicas>>,
     changed: Arc<Notify>,
 }
 
@@ -101,19 +105,28 @@ impl Deployer {
             labels,
             replica_concurrency,
             apps: tokio::sync::Mutex::new(BTreeMap::new()),
+            inventory: std::sync::Mutex::new(Vec::new()),
             changed: Arc::new(Notify::new()),
         }
     }
 
     /// Notified after every change of the components running here.
-    pub fn changed(&self) -> Arc<Notify> {
+    pub fn on_change(&self) -> Arc<Notify> {
         self.changed.clone()
     }
 
     /// The components with replicas on this node, by app and component.
-    pub async fn inventory(&self) -> Vec<ComponentReplicas> {
-        let apps = self.apps.lock().await;
-        apps.values()
+    pub fn inventory(&self) -> Vec<ComponentReplicas> {
+        self.inventory
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Records the inventory of `apps` and wakes the heartbeat.
+    fn changed(&self, apps: &BTreeMap<String, DeployedApp>) {
+        let inventory = apps
+            .values()
             .flat_map(|a| &a.components)
             .map(|c| ComponentReplicas {
                 app: c.component.app().to_owned(),
@@ -121,7 +134,20 @@ impl Deployer {
                 replicas: c.replicas,
                 digest: c.component.digest().to_owned(),
             })
-            .collect()
+            .collect();
+        *self.inventory.lock().unwrap_or_else(|p| p.into_inner()) = inventory;
+        self.changed.notify_one();
+    }
+
+    /// Leaves every component's queue group, so other replicas take new invocations; local
+    /// requests are still served. For the node's stop.
+    pub async fn stop_serving(&self) {
+        let mut apps = self.apps.lock().await;
+        for app in apps.values_mut() {
+            for component in &mut app.components {
+                component.serving = None;
+            }
+        }
     }
 
     /// Deploys `manifest` (read from `source`), replacing the running version of the same app
@@ -182,7 +208,7 @@ impl Deployer {
             components.push(LocalComponent {
                 component: prepared.component,
                 replicas,
-                _serving: serving,
+                serving: Some(serving),
             });
         }
         let ingress = self.http.ingress_addr();
@@ -249,7 +275,7 @@ impl Deployer {
             "{}",
             if previous.is_some() { "app updated" } else { "app deployed" }
         );
-        self.changed.notify_one();
+        self.changed(&apps);
         Ok(())
     }
 
@@ -267,7 +293,7 @@ impl Deployer {
             tracing::error!(error = %e, "updating listeners after undeploy");
         }
         tracing::info!(app = name, source = %removed.source.display(), "app undeployed");
-        self.changed.notify_one();
+        self.changed(&apps);
         true
     }
 

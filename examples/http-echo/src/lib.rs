@@ -10,6 +10,10 @@
 //! - every request header whose name starts with `x-`, copied verbatim
 //!   (except request headers named `x-echo-method` or `x-echo-path`, which
 //!   would clash with the two above).
+//!
+//! With a request header `x-echo-generate: N` the body is instead N generated
+//! bytes (byte i is `i % 251`), written without reading the request body: a
+//! large response to a small request.
 
 use std::io::Write as _;
 
@@ -52,6 +56,12 @@ impl Guest for HttpEcho {
             }
         };
 
+        let generate = request
+            .headers()
+            .get(&"x-echo-generate".to_string())
+            .first()
+            .and_then(|v| std::str::from_utf8(v).ok()?.trim().parse::<u64>().ok());
+
         let Ok(incoming_body) = request.consume() else {
             let message = "request body was already consumed".to_string();
             ResponseOutparam::set(response_out, Err(ErrorCode::InternalError(Some(message))));
@@ -71,7 +81,10 @@ impl Guest for HttpEcho {
             let mut output = outgoing_body
                 .write()
                 .expect("response body stream is taken only once");
-            copy(&input, &mut output)
+            match generate {
+                Some(len) => write_generated(len, &mut output),
+                None => copy(&input, &mut output),
+            }
             // `input` and `output` are children of the two bodies and are
             // dropped here, before the bodies themselves.
         };
@@ -111,6 +124,23 @@ fn copy(
         output
             .write_all(&chunk)
             .map_err(|err| format!("writing response body: {err}"))?;
+    }
+    output
+        .flush()
+        .map_err(|err| format!("flushing response body: {err}"))
+}
+
+/// Writes `len` bytes, byte i being `i % 251`, then flushes.
+fn write_generated(len: u64, output: &mut wasi::io::streams::OutputStream) -> Result<(), String> {
+    let pattern: Vec<u8> = (0..251u32 * 256).map(|i| (i % 251) as u8).collect();
+    let mut left = len;
+    while left > 0 {
+        // Whole multiples of 251 keep the pattern continuous across writes.
+        let n = left.min(pattern.len() as u64) as usize;
+        output
+            .write_all(&pattern[..n])
+            .map_err(|err| format!("writing response body: {err}"))?;
+        left -= n as u64;
     }
     output
         .flush()

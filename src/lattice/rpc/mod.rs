@@ -4,8 +4,8 @@
 //!
 //! The exchange (`PROTOCOL.md` §RPC): the requester publishes `request` (head + first body bytes)
 //! to `lattice.<L>.rpc.v1.http.<app>.<component>` with its exchange subject as reply. The
-//! replica answers `accept` (at once when the body did not fit: the requester then streams
-//! `data` frames to it; else only if its response takes longer than 250 ms). The replica answers `response` (head + first bytes), then `data` frames
+//! replica answers `accept` at once; when the body did not fit, the requester then streams
+//! `data` frames to it. The replica answers `response` (head + first bytes), then `data` frames
 //! when the body did not fit, then `end`. Each `data` frame is acknowledged; at most
 //! [`stream::WINDOW`] are in flight. A request no replica accepts within [`ACCEPT_TIMEOUT`]
 //! (one that died with it in flight) is sent again, to whichever replica NATS picks then.
@@ -31,21 +31,42 @@ use mux::Mux;
 use stream::{Chunk, Chunker, Peer, complete_body, streamed_body};
 use wire::{ErrorBody, FrameKind, RequestHead, ResponseHead};
 
-/// How long a replica may take to accept (or answer) a request before it is sent again. A
-/// replica accepts within [`ACCEPT_DELAY`], so only a lost message (its node died) takes this
-/// long.
+/// How long a replica may take to accept a request before it is sent again. Accepting is the
+/// first thing a replica does, so only a lost message (its node died) or a very slow link takes
+/// this long; a replica that accepts late is then ignored in favour of the first one.
 pub const ACCEPT_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// How long a replica may run a request whose body came whole before it sends `accept`;
-/// a response sent earlier stands for it.
-const ACCEPT_DELAY: Duration = Duration::from_millis(250);
+/// How long the first message of a body waits for more of the body before it goes out with
+/// what there is: a whole small body makes one message, a slow one does not hold the head.
+const FIRST_LINGER: Duration = Duration::from_millis(5);
 
-/// Aborts a task when dropped.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
+/// Bytes allowed for a JSON head growing after it was measured (the `streamed` flag).
+const HEAD_SLACK: usize = 64;
 
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
+/// One forwarded request's exchange, across its attempts.
+struct Forwarding<B> {
+    exchange: mux::Exchange,
+    /// The rest of the request body, until a replica accepts it.
+    chunker: Option<Chunker<B>>,
+    /// The exchange subject of the replica that answered first.
+    replica: Option<String>,
+    /// Whether the body goes on after the first message.
+    streamed: bool,
+}
+
+impl<B> Forwarding<B> {
+    /// Hands the incoming frames over to a response body.
+    fn take_frames(
+        &mut self,
+    ) -> (
+        tokio::sync::mpsc::Receiver<async_nats::Message>,
+        Arc<mux::RouteGuard>,
+    ) {
+        let (_, closed) = tokio::sync::mpsc::channel(1);
+        (
+            std::mem::replace(&mut self.exchange.frames, closed),
+            self.exchange.guard.clone(),
+        )
     }
 }
 
@@ -56,7 +77,6 @@ struct Attempt<'a> {
     app: &'a str,
     component: &'a str,
     deadline: Instant,
-    streamed: bool,
 }
 
 /// The node's RPC endpoint: forwards requests to other nodes and serves its own replicas.
@@ -66,6 +86,8 @@ pub struct Rpc {
     mux: Mux,
     /// Upper bound of a served invocation's deadline (the node's `--request-timeout`).
     max_timeout: Duration,
+    /// Invocations being served here.
+    serving: tokio_util::task::TaskTracker,
 }
 
 /// Serving a component's invocations; dropping it unsubscribes.
@@ -89,7 +111,23 @@ impl Rpc {
             lattice: lattice.to_owned(),
             mux,
             max_timeout,
+            serving: tokio_util::task::TaskTracker::new(),
         })
+    }
+
+    /// Waits up to `within` for the invocations being served here to finish (after the
+    /// components left their queue groups, at the node's stop).
+    pub async fn drain(&self, within: Duration) {
+        self.serving.close();
+        if tokio::time::timeout(within, self.serving.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                open = self.serving.len(),
+                "lattice invocations still running after {within:?}; stopping anyway"
+            );
+        }
     }
 
     /// Sends `request` for component `component` of `app` to a replica elsewhere and returns its
@@ -104,7 +142,7 @@ impl Rpc {
     ) -> hyper::Response<ResponseBody>
     where
         B: hyper::body::Body<Data = Bytes> + Send + Unpin + 'static,
-        B::Error: std::fmt::Display,
+        B::Error: std::fmt::Display + Send,
     {
         let timeout = self.max_timeout;
         let deadline = Instant::now() + timeout;
@@ -120,7 +158,7 @@ impl Rpc {
             trailers: None,
             timeout_ms: timeout.as_millis() as u64,
         };
-        let head_len = serde_json::to_vec(&head).map_or(0, |h| h.len()) + 64;
+        let head_len = serde_json::to_vec(&head).map_or(0, |h| h.len()) + HEAD_SLACK;
         let limit = stream::chunk_limit(&self.client);
         let Some(room) = limit.checked_sub(head_len) else {
             return text_response(
@@ -130,7 +168,8 @@ impl Rpc {
                 ),
             );
         };
-        let first = match chunker.next(room).await {
+        // What the client has sent by now (a slow upload is not waited for) goes with the head.
+        let first = match chunker.next(room, FIRST_LINGER, true).await {
             Ok(Chunk::Data(data)) => {
                 head.streamed = true;
                 data
@@ -141,18 +180,25 @@ impl Rpc {
             }
             Err(e) => return text_response(StatusCode::BAD_REQUEST, format!("{e}\n")),
         };
-        let streamed = head.streamed;
-        let payload = wire::encode_with_head(&head, &first);
-        let mut chunker = Some(chunker);
+        let mut exchange = Forwarding {
+            exchange: self.mux.open(),
+            chunker: Some(chunker),
+            replica: None,
+            streamed: head.streamed,
+        };
         loop {
-            let exchange = self.mux.open();
+            // Every attempt gets what is left of the deadline, and replies to the same
+            // exchange: whichever replica accepts first is the one the exchange follows.
+            head.timeout_ms = deadline
+                .saturating_duration_since(Instant::now())
+                .as_millis() as u64;
             if let Err(e) = self
                 .client
                 .publish_with_reply_and_headers(
                     subject.clone(),
-                    exchange.subject.clone(),
+                    exchange.exchange.subject.clone(),
                     wire::frame_headers(FrameKind::Request, None),
-                    payload.clone(),
+                    wire::encode_with_head(&head, &first),
                 )
                 .await
             {
@@ -166,9 +212,8 @@ impl Rpc {
                 app,
                 component,
                 deadline,
-                streamed,
             };
-            match self.await_reply(&attempt, exchange, &mut chunker).await {
+            match self.await_reply(&attempt, &mut exchange).await {
                 Some(response) => return response,
                 None => tracing::warn!(
                     subject,
@@ -183,32 +228,24 @@ impl Rpc {
     async fn await_reply<B>(
         &self,
         attempt: &Attempt<'_>,
-        exchange: mux::Exchange,
-        chunker: &mut Option<Chunker<B>>,
+        forwarding: &mut Forwarding<B>,
     ) -> Option<hyper::Response<ResponseBody>>
     where
         B: hyper::body::Body<Data = Bytes> + Send + Unpin + 'static,
-        B::Error: std::fmt::Display,
+        B::Error: std::fmt::Display + Send,
     {
         let Attempt {
             subject,
             app,
             component,
             deadline,
-            streamed,
         } = *attempt;
         let timeout = self.max_timeout;
-        let mux::Exchange {
-            subject: reply,
-            acks,
-            mut frames,
-            guard,
-        } = exchange;
-        let mut acks = Some(acks);
         let accept_by = (Instant::now() + ACCEPT_TIMEOUT).min(deadline);
-        let mut accepted = false;
         loop {
+            let accepted = forwarding.replica.is_some();
             let wait_until = if accepted { deadline } else { accept_by };
+            let frames = &mut forwarding.exchange.frames;
             let message = match tokio::time::timeout_at(wait_until.into(), frames.recv()).await {
                 Ok(Some(message)) => message,
                 Ok(None) => {
@@ -230,42 +267,36 @@ impl Rpc {
                 }
             };
             if message.status == Some(async_nats::StatusCode::NO_RESPONDERS) {
+                if accepted {
+                    continue;
+                }
                 tracing::debug!(subject, "no replica subscribed");
                 return Some(text_response(
                     StatusCode::SERVICE_UNAVAILABLE,
                     format!("component {component} of app {app} runs on no node of the lattice\n"),
                 ));
             }
+            let Some(from) = message.reply.as_ref().map(|r| r.to_string()) else {
+                continue;
+            };
+            // A resent request may reach a second replica: the exchange follows the first one
+            // that answers and ignores the other.
+            match &forwarding.replica {
+                Some(replica) if *replica != from => {
+                    tracing::debug!(
+                        subject,
+                        "a second replica answered a resent request; ignored"
+                    );
+                    continue;
+                }
+                Some(_) => {}
+                None => forwarding.replica = Some(from.clone()),
+            }
             match FrameKind::of(&message) {
                 Some(FrameKind::Accept) => {
-                    accepted = true;
-                    if !streamed {
-                        continue;
+                    if forwarding.streamed {
+                        self.spawn_request_body(forwarding, from);
                     }
-                    let (Some(to), Some(mut chunker), Some(mut acks)) =
-                        (message.reply, chunker.take(), acks.take())
-                    else {
-                        continue;
-                    };
-                    let peer = Peer {
-                        client: self.client.clone(),
-                        to: to.to_string(),
-                        reply: reply.clone(),
-                        idle: timeout,
-                    };
-                    let keep = guard.clone();
-                    tokio::spawn(
-                        async move {
-                            let _keep = keep;
-                            if let Err(e) = peer.send_body(&mut chunker, &mut acks).await {
-                                tracing::warn!(
-                                    error = e,
-                                    "sending the request body over the lattice failed"
-                                );
-                            }
-                        }
-                        .in_current_span(),
-                    );
                 }
                 Some(FrameKind::Response) => {
                     let (head, first): (ResponseHead, Bytes) =
@@ -278,10 +309,12 @@ impl Rpc {
                                 ));
                             }
                         };
+                    let (frames, guard) = forwarding.take_frames();
                     let source = BodySource {
                         first,
                         frames,
                         client: self.client.clone(),
+                        peer: from,
                         idle: timeout,
                         guard,
                     };
@@ -303,6 +336,38 @@ impl Rpc {
                 other => tracing::debug!(kind = ?other, "unexpected rpc frame ignored"),
             }
         }
+    }
+
+    /// Streams the rest of the request body to the replica that accepted it.
+    fn spawn_request_body<B>(&self, forwarding: &mut Forwarding<B>, replica: String)
+    where
+        B: hyper::body::Body<Data = Bytes> + Send + Unpin + 'static,
+        B::Error: std::fmt::Display + Send,
+    {
+        let (Some(mut chunker), Some(mut acks)) =
+            (forwarding.chunker.take(), forwarding.exchange.acks.take())
+        else {
+            return;
+        };
+        let peer = Peer {
+            client: self.client.clone(),
+            to: replica,
+            reply: forwarding.exchange.subject.clone(),
+            idle: self.max_timeout,
+        };
+        let keep = forwarding.exchange.guard.clone();
+        tokio::spawn(
+            async move {
+                let _keep = keep;
+                if let Err(e) = peer.send_body(&mut chunker, &mut acks).await {
+                    tracing::warn!(
+                        error = e,
+                        "sending the request body over the lattice failed"
+                    );
+                }
+            }
+            .in_current_span(),
+        );
     }
 
     /// Subscribes `component`'s replicas here to its queue group and serves each invocation
@@ -338,7 +403,8 @@ impl Rpc {
                     component = component.name(),
                     status = tracing::field::Empty,
                 );
-                tokio::spawn(
+                let tasks = rpc.serving.clone();
+                tasks.spawn(
                     async move { rpc.serve_one(&component, message).await }.instrument(span),
                 );
             }
@@ -361,6 +427,14 @@ impl Rpc {
             reply: exchange.subject.clone(),
             idle: self.max_timeout,
         };
+        // Accepting is the first thing done: the requester resends what no replica accepts.
+        if peer
+            .send(FrameKind::Accept, None, Bytes::new())
+            .await
+            .is_err()
+        {
+            return;
+        }
         let (head, first): (RequestHead, Bytes) = match wire::decode_with_head(message.payload) {
             Ok(decoded) => decoded,
             Err(e) => {
@@ -371,15 +445,21 @@ impl Rpc {
         };
         let timeout = Duration::from_millis(head.timeout_ms).min(self.max_timeout);
         let mux::Exchange {
-            mut acks,
+            acks,
             frames,
             guard,
             ..
         } = exchange;
+        let Some(mut acks) = acks else {
+            return;
+        };
+        // The route lives until the response is sent: its acks come back through it.
+        let _route = guard.clone();
         let source = BodySource {
             first,
             frames,
             client: self.client.clone(),
+            peer: peer.to.clone(),
             idle: timeout,
             guard,
         };
@@ -390,26 +470,9 @@ impl Rpc {
                 return;
             }
         };
-        // A streamed body needs the accept at once (it says where to send the rest). Else a
-        // response that comes quickly is its own accept, saving a message per request; the
-        // accept goes out only if the component takes longer than ACCEPT_DELAY.
-        let delayed_accept = if head.streamed {
-            if peer
-                .send(FrameKind::Accept, None, Bytes::new())
-                .await
-                .is_err()
-            {
-                return;
-            }
-            None
-        } else {
-            let peer = peer.clone();
-            Some(AbortOnDrop(tokio::spawn(async move {
-                tokio::time::sleep(ACCEPT_DELAY).await;
-                let _ = peer.send(FrameKind::Accept, None, Bytes::new()).await;
-            })))
-        };
-        let response = component.handle(request, Scheme::Http).await;
+        let response = component
+            .handle_within(request, Scheme::Http, timeout)
+            .await;
         tracing::Span::current().record("status", response.status().as_u16());
         tracing::debug!("lattice invocation served");
 
@@ -420,12 +483,13 @@ impl Rpc {
             streamed: false,
             trailers: None,
         };
-        let head_len = serde_json::to_vec(&head).map_or(0, |h| h.len()) + 64;
+        let head_len = serde_json::to_vec(&head).map_or(0, |h| h.len()) + HEAD_SLACK;
         let room = stream::chunk_limit(&self.client)
             .saturating_sub(head_len)
             .max(1);
         let mut chunker = Chunker::new(body);
-        let first = match chunker.next(room).await {
+        // The head goes out with what the body has by now; a slow (or endless) body follows.
+        let first = match chunker.next(room, FIRST_LINGER, true).await {
             Ok(Chunk::Data(data)) => {
                 head.streamed = true;
                 data
@@ -439,17 +503,26 @@ impl Rpc {
                 return;
             }
         };
-        drop(delayed_accept);
-        if peer
+        if let Err(e) = peer
             .send(
                 FrameKind::Response,
                 None,
                 wire::encode_with_head(&head, &first),
             )
             .await
-            .is_err()
-            || !head.streamed
         {
+            tracing::warn!(
+                error = e,
+                "sending the response head over the lattice failed"
+            );
+            peer.send_error(
+                502,
+                &format!("the replica could not send its response: {e}"),
+            )
+            .await;
+            return;
+        }
+        if !head.streamed {
             return;
         }
         if let Err(e) = peer.send_body(&mut chunker, &mut acks).await {
@@ -466,6 +539,8 @@ struct BodySource {
     first: Bytes,
     frames: tokio::sync::mpsc::Receiver<async_nats::Message>,
     client: async_nats::Client,
+    /// The exchange subject of the side sending the body.
+    peer: String,
     idle: Duration,
     guard: Arc<mux::RouteGuard>,
 }
@@ -481,6 +556,7 @@ impl BodySource {
         if streamed {
             return Ok(streamed_body(
                 self.client,
+                self.peer,
                 self.first,
                 self.frames,
                 self.idle,

@@ -12,6 +12,9 @@ use tokio::sync::mpsc;
 
 use super::wire::{FrameKind, seq_of};
 
+/// Pushed into an exchange's acks when its peer gave up: a sender stops.
+pub const CANCEL: u64 = u64::MAX;
+
 /// Frames one exchange may have queued before it counts as stuck. The window of unacknowledged
 /// `data` frames is far smaller, so only a misbehaving peer fills this.
 const QUEUE: usize = 64;
@@ -32,8 +35,9 @@ struct Route {
 pub struct Exchange {
     /// The subject peers send this exchange's frames to.
     pub subject: String,
-    /// Sequence numbers of `ack` frames received.
-    pub acks: mpsc::Receiver<u64>,
+    /// Sequence numbers of `ack` frames received, and [`CANCEL`] when the peer gave up (an
+    /// `error` frame, or NATS reporting no responders for a frame sent).
+    pub acks: Option<mpsc::Receiver<u64>>,
     /// Every other frame received, in order (including NATS no-responders statuses).
     pub frames: mpsc::Receiver<async_nats::Message>,
     /// Removes the route when the last holder drops it.
@@ -85,12 +89,18 @@ impl Mux {
                 // Acks matter only while their sender waits, and a receiver that is done
                 // drops its channel: late ones are dropped. A full frame queue means a peer
                 // ignoring the ack window: that exchange ends, its reader sees the close.
-                let flooded = if FrameKind::of(&message) == Some(FrameKind::Ack) {
+                let kind = FrameKind::of(&message);
+                let flooded = if kind == Some(FrameKind::Ack) {
                     if let Some(seq) = seq_of(&message) {
                         let _ = route.acks.try_send(seq);
                     }
                     false
                 } else {
+                    if kind == Some(FrameKind::Error)
+                        || message.status == Some(async_nats::StatusCode::NO_RESPONDERS)
+                    {
+                        let _ = route.acks.try_send(CANCEL);
+                    }
                     matches!(
                         route.frames.try_send(message),
                         Err(mpsc::error::TrySendError::Full(_))
@@ -129,7 +139,7 @@ impl Mux {
             );
         Exchange {
             subject: format!("{}.{id}", self.prefix),
-            acks,
+            acks: Some(acks),
             frames,
             guard: Arc::new(RouteGuard {
                 id,

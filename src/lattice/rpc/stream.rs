@@ -9,6 +9,7 @@ use http_body_util::{BodyExt, StreamBody};
 use hyper::HeaderMap;
 use hyper::body::{Body, Frame};
 use tokio::sync::mpsc;
+use tracing::Instrument as _;
 
 use super::wire::{self, ErrorBody, Field, FrameKind};
 use crate::host::ResponseBody;
@@ -17,6 +18,8 @@ use crate::host::ResponseBody;
 const HEADROOM: usize = 4 * 1024;
 /// `data` frames a sender may have in flight without an ack.
 pub const WINDOW: u64 = 4;
+/// How long a chunk after the first waits to fill up before it goes out with what there is.
+const LINGER: Duration = Duration::from_millis(1);
 /// Body frames buffered between the NATS side and the HTTP side of a received body.
 const BODY_BUFFER: usize = 2;
 
@@ -63,21 +66,39 @@ where
         }
     }
 
-    /// The next chunk of at most `limit` bytes.
+    /// The next chunk of at most `limit` bytes. Waits up to `linger` for the body to fill it
+    /// or end, then returns what there is; with nothing there yet, it waits on for the first
+    /// bytes, unless `may_be_empty`.
     ///
     /// # Errors
     /// Reading the body failed (the message names the cause).
-    pub async fn next(&mut self, limit: usize) -> Result<Chunk, String> {
+    pub async fn next(
+        &mut self,
+        limit: usize,
+        linger: Duration,
+        may_be_empty: bool,
+    ) -> Result<Chunk, String> {
+        let limit = limit.max(1);
+        let linger_until = tokio::time::Instant::now() + linger;
         loop {
             // Exactly `limit` bytes may still be the last ones: read on to find out, so a
             // body that fits one message is sent as one.
-            if self.buffer.len() > limit.max(1) {
-                return Ok(Chunk::Data(self.buffer.split_to(limit.max(1)).freeze()));
+            if self.buffer.len() > limit {
+                return Ok(Chunk::Data(self.buffer.split_to(limit).freeze()));
             }
             if let Some(trailers) = &mut self.ended {
                 return Ok(Chunk::Last(self.buffer.split().freeze(), trailers.take()));
             }
-            match self.body.frame().await {
+            // Dropping a pending `frame()` loses nothing: a body yields data only when polled
+            // ready.
+            let frame = match tokio::time::timeout_at(linger_until, self.body.frame()).await {
+                Ok(frame) => frame,
+                Err(_) if may_be_empty || !self.buffer.is_empty() => {
+                    return Ok(Chunk::Data(self.buffer.split().freeze()));
+                }
+                Err(_) => self.body.frame().await,
+            };
+            match frame {
                 Some(Ok(frame)) => match frame.into_data() {
                     Ok(data) => self.buffer.extend_from_slice(&data),
                     Err(frame) => {
@@ -100,7 +121,7 @@ pub struct Peer {
     pub client: async_nats::Client,
     /// The peer's exchange subject.
     pub to: String,
-    /// Our exchange subject (acks come back to it).
+    /// Our exchange subject (acks come back to it); empty for a side that only reports errors.
     pub reply: String,
     /// Longest wait for an ack or a frame.
     pub idle: Duration,
@@ -117,15 +138,22 @@ impl Peer {
         seq: Option<u64>,
         payload: Bytes,
     ) -> Result<(), String> {
-        self.client
-            .publish_with_reply_and_headers(
-                self.to.clone(),
-                self.reply.clone(),
-                wire::frame_headers(kind, seq),
-                payload,
-            )
-            .await
-            .map_err(|e| format!("publishing to {}: {e}", self.to))
+        let headers = wire::frame_headers(kind, seq);
+        let sent = if self.reply.is_empty() {
+            self.client
+                .publish_with_headers(self.to.clone(), headers, payload)
+                .await
+        } else {
+            self.client
+                .publish_with_reply_and_headers(
+                    self.to.clone(),
+                    self.reply.clone(),
+                    headers,
+                    payload,
+                )
+                .await
+        };
+        sent.map_err(|e| format!("publishing to {}: {e}", self.to))
     }
 
     /// Tells the peer the exchange failed.
@@ -156,7 +184,10 @@ impl Peer {
         let mut seq = 0;
         let mut acked = 0;
         loop {
-            let chunk = match chunker.next(limit).await {
+            if let Ok(super::mux::CANCEL) = acks.try_recv() {
+                return Err(format!("{} gave up the exchange", self.to));
+            }
+            let chunk = match chunker.next(limit, LINGER, false).await {
                 Ok(chunk) => chunk,
                 Err(e) => {
                     self.send_error(502, &e).await;
@@ -184,13 +215,18 @@ impl Peer {
 
     async fn wait_ack(&self, acks: &mut mpsc::Receiver<u64>) -> Result<u64, String> {
         match tokio::time::timeout(self.idle, acks.recv()).await {
+            Ok(Some(super::mux::CANCEL)) => Err(format!("{} gave up the exchange", self.to)),
             Ok(Some(seq)) => Ok(seq),
             Ok(None) => Err("the exchange closed".into()),
-            Err(_) => Err(format!(
-                "no ack from {} within {}",
-                self.to,
-                humantime::format_duration(self.idle)
-            )),
+            Err(_) => {
+                let error = format!(
+                    "no ack from {} within {}",
+                    self.to,
+                    humantime::format_duration(self.idle)
+                );
+                self.send_error(504, &error).await;
+                Err(error)
+            }
         }
     }
 }
@@ -208,20 +244,30 @@ pub fn complete_body(first: Bytes, trailers: Option<HeaderMap>) -> ResponseBody 
     StreamBody::new(futures::stream::iter(frames)).boxed_unsync()
 }
 
-/// A body of `first` followed by the `data` frames arriving on `frames` (each acknowledged to
-/// its sender once the body has taken it), ending at `end` (trailers) or failing at `error`, a
-/// gap in the sequence, or `idle` without a frame. `keep` lives as long as the body is read.
+/// A body of `first` followed by the `data` frames from `peer` (an exchange subject) arriving
+/// on `frames` (each acknowledged once the body has taken it), ending at `end` (trailers) or
+/// failing at `error`, a gap in the sequence, or `idle` without a frame; frames from anyone
+/// else are ignored. When the body fails here, or its reader goes away, `peer` is told with an
+/// `error` frame. `keep` lives as long as the body is read.
 pub fn streamed_body<K: Send + 'static>(
     client: async_nats::Client,
+    peer: String,
     first: Bytes,
     mut frames: mpsc::Receiver<async_nats::Message>,
     idle: Duration,
     keep: K,
 ) -> ResponseBody {
     let (tx, mut rx) = mpsc::channel::<Result<Frame<Bytes>, BodyError>>(BODY_BUFFER);
-    tokio::spawn(async move {
+    let sender = Peer {
+        client: client.clone(),
+        to: peer.clone(),
+        reply: String::new(),
+        idle,
+    };
+    let task = async move {
         let _keep = keep;
         if !first.is_empty() && tx.send(Ok(Frame::data(first))).await.is_err() {
+            sender.send_error(499, "the body's reader went away").await;
             return;
         }
         let mut expected = 1;
@@ -233,6 +279,10 @@ pub fn streamed_body<K: Send + 'static>(
                     break format!("no body frame within {}", humantime::format_duration(idle));
                 }
             };
+            if message.reply.as_deref() != Some(peer.as_str()) {
+                tracing::debug!("a body frame from another peer ignored");
+                continue;
+            }
             match FrameKind::of(&message) {
                 Some(FrameKind::Data) => {
                     let seq = wire::seq_of(&message);
@@ -241,6 +291,7 @@ pub fn streamed_body<K: Send + 'static>(
                     }
                     expected += 1;
                     if tx.send(Ok(Frame::data(message.payload))).await.is_err() {
+                        sender.send_error(499, "the body's reader went away").await;
                         return;
                     }
                     if let Some(reply) = message.reply {
@@ -276,8 +327,10 @@ pub fn streamed_body<K: Send + 'static>(
             }
         };
         tracing::warn!(error = failure, "lattice rpc body stream broken");
+        sender.send_error(502, &failure).await;
         let _ = tx.send(Err(BodyError::InternalError(Some(failure)))).await;
-    });
+    };
+    tokio::spawn(task.in_current_span());
     let stream = futures::stream::poll_fn(move |cx| rx.poll_recv(cx));
     StreamBody::new(stream).boxed_unsync()
 }
@@ -293,7 +346,7 @@ mod tests {
         let mut chunker = Chunker::new(body);
         let mut sizes = Vec::new();
         loop {
-            match chunker.next(4).await.unwrap() {
+            match chunker.next(4, Duration::ZERO, false).await.unwrap() {
                 Chunk::Data(d) => sizes.push(d.len()),
                 Chunk::Last(d, trailers) => {
                     sizes.push(d.len());
@@ -309,7 +362,7 @@ mod tests {
         let body = complete_body(Bytes::from_static(b"abcd"), Some(trailers));
         let mut chunker = Chunker::new(body);
         // A body of exactly the limit ends in one chunk.
-        match chunker.next(4).await.unwrap() {
+        match chunker.next(4, Duration::ZERO, false).await.unwrap() {
             Chunk::Last(d, Some(t)) => {
                 assert_eq!(&d[..], b"abcd");
                 assert_eq!(t["x-sum"], "1");
