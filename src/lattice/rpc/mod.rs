@@ -4,8 +4,8 @@
 //!
 //! The exchange (`PROTOCOL.md` §RPC): the requester publishes `request` (head + first body bytes)
 //! to `lattice.<L>.rpc.v1.http.<app>.<component>` with its exchange subject as reply. The
-//! replica answers `accept` at once; when the body did not fit, the requester then streams
-//! `data` frames to it. The replica answers `response` (head + first bytes), then `data` frames
+//! replica answers `accept` (at once when the body did not fit: the requester then streams
+//! `data` frames to it; else only when its response takes more than 50 ms). The replica answers `response` (head + first bytes), then `data` frames
 //! when the body did not fit, then `end`. Each `data` frame is acknowledged; at most
 //! [`stream::WINDOW`] are in flight. A request no replica accepts within [`ACCEPT_TIMEOUT`]
 //! (one that died with it in flight) is sent again, to whichever replica NATS picks then.
@@ -31,10 +31,16 @@ use mux::Mux;
 use stream::{Chunk, Chunker, Peer, complete_body, streamed_body};
 use wire::{ErrorBody, FrameKind, RequestHead, ResponseHead};
 
-/// How long a replica may take to accept a request before it is sent again. Accepting is the
-/// first thing a replica does, so only a lost message (its node died) or a very slow link takes
-/// this long; a replica that accepts late is then ignored in favour of the first one.
+/// How long a replica may take to accept (or answer) a request before it is sent again. A
+/// replica accepts within [`ACCEPT_DELAY`], so only a lost message (its node died or stalled)
+/// or a very slow link takes this long; a replica that answers late is then ignored in favour
+/// of the first one.
 pub const ACCEPT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// How long a replica may work on a request whose body came whole before it sends `accept`;
+/// a response sent earlier stands for it. Far below [`ACCEPT_TIMEOUT`], so a resend needs a
+/// link or node that takes more than 950 ms to pass the accept on.
+const ACCEPT_DELAY: Duration = Duration::from_millis(50);
 
 /// How long the first message of a body waits for more of the body before it goes out with
 /// what there is: a whole small body makes one message, a slow one does not hold the head.
@@ -427,14 +433,6 @@ impl Rpc {
             reply: exchange.subject.clone(),
             idle: self.max_timeout,
         };
-        // Accepting is the first thing done: the requester resends what no replica accepts.
-        if peer
-            .send(FrameKind::Accept, None, Bytes::new())
-            .await
-            .is_err()
-        {
-            return;
-        }
         let (head, first): (RequestHead, Bytes) = match wire::decode_with_head(message.payload) {
             Ok(decoded) => decoded,
             Err(e) => {
@@ -470,9 +468,26 @@ impl Rpc {
                 return;
             }
         };
-        let response = component
-            .handle_within(request, Scheme::Http, timeout)
-            .await;
+        // The requester resends what no replica accepts within ACCEPT_TIMEOUT. A streamed body
+        // needs the accept at once (it says where to send the rest); otherwise a response
+        // ready within ACCEPT_DELAY stands for it: one message less per quick request.
+        if head.streamed
+            && peer
+                .send(FrameKind::Accept, None, Bytes::new())
+                .await
+                .is_err()
+        {
+            return;
+        }
+        let handling = component.handle_within(request, Scheme::Http, timeout);
+        tokio::pin!(handling);
+        let response = tokio::select! {
+            response = &mut handling => response,
+            () = tokio::time::sleep(ACCEPT_DELAY), if !head.streamed => {
+                let _ = peer.send(FrameKind::Accept, None, Bytes::new()).await;
+                handling.await
+            }
+        };
         tracing::Span::current().record("status", response.status().as_u16());
         tracing::debug!("lattice invocation served");
 
