@@ -28,7 +28,7 @@ use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use crate::host::{HttpComponent, ResponseBody, text_response};
 use crate::nats::subjects;
 use mux::Mux;
-use stream::{Chunk, Chunker, Peer, complete_body, streamed_body};
+use stream::{Chunker, Peer, complete_body, streamed_body};
 use wire::{ErrorBody, FrameKind, RequestHead, ResponseHead};
 
 /// How long a replica may take to accept (or answer) a request before it is sent again. A
@@ -41,10 +41,6 @@ pub const ACCEPT_TIMEOUT: Duration = Duration::from_secs(1);
 /// a response sent earlier stands for it. Far below [`ACCEPT_TIMEOUT`], so a resend needs a
 /// link or node that takes more than 950 ms to pass the accept on.
 const ACCEPT_DELAY: Duration = Duration::from_millis(50);
-
-/// How long the first message of a body waits for more of the body before it goes out with
-/// what there is: a whole small body makes one message, a slow one does not hold the head.
-const FIRST_LINGER: Duration = Duration::from_millis(5);
 
 /// Bytes allowed for a JSON head growing after it was measured (the `streamed` flag).
 const HEAD_SLACK: usize = 64;
@@ -175,17 +171,12 @@ impl Rpc {
             );
         };
         // What the client has sent by now (a slow upload is not waited for) goes with the head.
-        let first = match chunker.next(room, FIRST_LINGER, true).await {
-            Ok(Chunk::Data(data)) => {
-                head.streamed = true;
-                data
-            }
-            Ok(Chunk::Last(data, trailers)) => {
-                head.trailers = trailers.as_ref().map(wire::fields_of);
-                data
-            }
+        let first = match chunker.first(room).await {
+            Ok(first) => first,
             Err(e) => return text_response(StatusCode::BAD_REQUEST, format!("{e}\n")),
         };
+        (head.streamed, head.trailers) = (first.streamed, first.trailers);
+        let first = first.data;
         let mut exchange = Forwarding {
             exchange: self.mux.open(),
             chunker: Some(chunker),
@@ -504,20 +495,15 @@ impl Rpc {
             .max(1);
         let mut chunker = Chunker::new(body);
         // The head goes out with what the body has by now; a slow (or endless) body follows.
-        let first = match chunker.next(room, FIRST_LINGER, true).await {
-            Ok(Chunk::Data(data)) => {
-                head.streamed = true;
-                data
-            }
-            Ok(Chunk::Last(data, trailers)) => {
-                head.trailers = trailers.as_ref().map(wire::fields_of);
-                data
-            }
+        let first = match chunker.first(room).await {
+            Ok(first) => first,
             Err(e) => {
                 peer.send_error(502, &e).await;
                 return;
             }
         };
+        (head.streamed, head.trailers) = (first.streamed, first.trailers);
+        let first = first.data;
         if let Err(e) = peer
             .send(
                 FrameKind::Response,

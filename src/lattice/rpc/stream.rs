@@ -44,6 +44,21 @@ pub enum Chunk {
     Last(Bytes, Option<HeaderMap>),
 }
 
+/// How long the first message of a body waits for more of the body before it goes out with
+/// what there is: a whole small body makes one message, a slow one does not hold the head.
+const FIRST_LINGER: Duration = Duration::from_millis(5);
+
+/// The body part of a `request` or `response` message.
+#[derive(Debug)]
+pub struct First {
+    /// The bytes the message carries.
+    pub data: Bytes,
+    /// Whether more follows in `data` frames (the head's `streamed`).
+    pub streamed: bool,
+    /// The trailers, when the body ended within the message (the head's `trailers`).
+    pub trailers: Option<Vec<Field>>,
+}
+
 /// Cuts a body into chunks of at most a given size.
 pub struct Chunker<B> {
     body: B,
@@ -64,6 +79,25 @@ where
             buffer: BytesMut::new(),
             ended: None,
         }
+    }
+
+    /// What of the body goes with the head: up to `room` bytes, those there within 5 ms.
+    ///
+    /// # Errors
+    /// Reading the body failed (the message names the cause).
+    pub async fn first(&mut self, room: usize) -> Result<First, String> {
+        Ok(match self.next(room, FIRST_LINGER, true).await? {
+            Chunk::Data(data) => First {
+                data,
+                streamed: true,
+                trailers: None,
+            },
+            Chunk::Last(data, trailers) => First {
+                data,
+                streamed: false,
+                trailers: trailers.as_ref().map(wire::fields_of),
+            },
+        })
     }
 
     /// The next chunk of at most `limit` bytes. Waits up to `linger` for the body to fill it
