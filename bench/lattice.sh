@@ -2,9 +2,10 @@
 # Cross-node cost of the lattice: the same hello component served by (a) the node that runs its
 # replica (local) and (b) a node with no replica, whose ingress forwards each request over NATS
 # (leaf → hub → leaf) to the replica. Two loopback nodes, each with its own leaf nats-server,
-# and a hub nats-server. Alternating `wrk` runs; prints requests/s, p50 and p99 per run, at one
-# connection (the latency a request pays) and at CONNECTIONS (throughput), and the median p50
-# difference at one connection: the hop's added latency.
+# and a hub nats-server with JetStream (domain `hub`, holding the lattice's desired state; every
+# node reaches it with --js-domain hub). Alternating `wrk` runs; prints requests/s, p50 and p99
+# per run, at one connection (the latency a request pays) and at CONNECTIONS (throughput), and
+# the median p50 difference at one connection: the hop's added latency.
 #
 #   bench/lattice.sh [ROUNDS]        (env: DURATION=10s CONNECTIONS=32 THREADS=2)
 set -euo pipefail
@@ -38,28 +39,33 @@ wait_http() {
 }
 
 HUB_PORT=$(free_port); HUB_LEAF=$(free_port)
-printf 'listen: 127.0.0.1:%s\nserver_name: hub\nleafnodes { listen: 127.0.0.1:%s }\n' "$HUB_PORT" "$HUB_LEAF" > "$WORK/hub.conf"
+printf 'listen: 127.0.0.1:%s\nserver_name: hub\njetstream { store_dir: "%s", domain: hub }\nleafnodes { listen: 127.0.0.1:%s }\n' \
+  "$HUB_PORT" "$WORK/hub-js" "$HUB_LEAF" > "$WORK/hub.conf"
 "$NATS_SERVER" -c "$WORK/hub.conf" 2>"$WORK/hub.log" &
 PIDS+=($!)
 
-# The replica goes to nodes labelled role=worker only.
-mkdir -p "$WORK/config"
+# The replica goes to nodes labelled role=worker only. The manifest is in the worker's config dir
+# only (a manifest in any node's config dir is deployed lattice-wide); the front's is empty.
+mkdir -p "$WORK/config" "$WORK/front-config"
 sed -e "s#file://../target/wasm32-wasip2/release/http_hello.wasm#file://$WASM#" \
     -e 's#^\( *\)instances: \(.*\)$#\1instances: \2\n\1spread:\n\1  - name: workers\n\1    requirements:\n\1      role: worker#' \
     examples/http-hello/wadm.yaml > "$WORK/config/hello.yaml"
 grep -q 'role: worker' "$WORK/config/hello.yaml" || { echo "could not add the spread to the manifest" >&2; exit 1; }
 
 LOCAL=${LOCAL_PORT:-18280}; REMOTE=${REMOTE_PORT:-18281}
-start_node() { # name role http-port
+start_node() { # name role config-dir http-port
   target/release/lattice up --name "$1" --label "role=$2" --leaf-url "nats-leaf://127.0.0.1:$HUB_LEAF" \
-    --config-dir "$WORK/config" --data-dir "$WORK/$1" --http-addr "127.0.0.1:$3" 2>"$WORK/$1.log" &
+    --js-domain hub --config-dir "$3" --data-dir "$WORK/$1" --http-addr "127.0.0.1:$4" 2>"$WORK/$1.log" &
   PIDS+=($!)
 }
-start_node worker worker "$LOCAL"
-start_node front front "$REMOTE"
+start_node worker worker "$WORK/config" "$LOCAL"
+start_node front front "$WORK/front-config" "$REMOTE"
 wait_http "$LOCAL" "$WORK/worker.log"; wait_http "$REMOTE" "$WORK/front.log"
+# The front reconciles the app on its own schedule: give it a few seconds to log its decision.
+for _ in $(seq 100); do grep -q 'no replica of this component belongs on this node' "$WORK/front.log" && break; sleep 0.05; done
 grep -q 'no replica of this component belongs on this node' "$WORK/front.log" \
-  || { echo "the front node runs a replica; the cross-node path would not be measured" >&2; exit 1; }
+  || { echo "the front node runs a replica; the cross-node path would not be measured; its log:" >&2
+       tail -n 30 "$WORK/front.log" >&2; exit 1; }
 
 # One wrk run: prints "RPS P50_MS P99_MS NON2XX".
 run_wrk() { # port connections

@@ -25,6 +25,68 @@ pub enum Command {
     Up(Box<UpArgs>),
     /// Show the lattice: its hosts or what runs where. Talks to any node of the lattice.
     Get(GetArgs),
+    /// Deploy, update, undeploy and inspect applications (wadm manifests) lattice-wide.
+    App(AppArgs),
+}
+
+/// `lattice app …`.
+#[derive(Debug, Clone, Args)]
+pub struct AppArgs {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: AppCommand,
+}
+
+/// The things `lattice app` does.
+#[derive(Debug, Clone, Subcommand)]
+pub enum AppCommand {
+    /// Validate a manifest, upload its component files to the lattice's artifact store and store
+    /// it as the deployed version of its app (an update, rolling, if the app exists).
+    Deploy {
+        /// The manifest (wadm `core.oam.dev/v1beta1` Application, YAML).
+        file: PathBuf,
+        /// Version to store it as [default: `metadata.annotations.version`, else one made from
+        /// the manifest's content].
+        #[arg(long, value_name = "VERSION")]
+        version: Option<String>,
+        /// JetStream domain of the lattice's buckets [default: the one the node answering uses].
+        #[arg(long, env = "LATTICE_JS_DOMAIN", value_name = "DOMAIN")]
+        js_domain: Option<String>,
+        /// How to reach the lattice.
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Remove an app, every version of it, from the lattice: its replicas stop on every node.
+    Undeploy {
+        /// App name.
+        name: String,
+        /// How to reach the lattice.
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Every app with its deployed version and state.
+    List {
+        /// How to reach the lattice.
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// One app's state: deployed, reconciling or failed (with the reason), and per component
+    /// the desired and running replicas and the nodes running them.
+    Status {
+        /// App name.
+        name: String,
+        /// How to reach the lattice.
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// One app's stored versions, oldest first.
+    History {
+        /// App name.
+        name: String,
+        /// How to reach the lattice.
+        #[command(flatten)]
+        client: ClientArgs,
+    },
 }
 
 /// `lattice get …`.
@@ -89,9 +151,10 @@ pub struct ClientArgs {
     )]
     pub lattice: String,
 
-    /// How long to wait for the lattice to answer, e.g. `5s`.
-    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = humantime::parse_duration)]
-    pub timeout: Duration,
+    /// How long to wait for the lattice to answer, e.g. `5s` [default: 5s; 60s for
+    /// `app deploy`, which compiles the components to check them].
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub timeout: Option<Duration>,
 
     /// Output format.
     #[arg(short = 'o', long = "output", value_enum, default_value_t = OutputFormat::Table)]

@@ -1,7 +1,8 @@
 //! `lattice`: one binary that turns a machine into a node of a WebAssembly application lattice.
 //!
 //! The node supervises its own `nats-server`, hosts `wasi:http` components with wasmtime, serves
-//! them over HTTP and deploys the wadm application manifests found in its config directory.
+//! them over HTTP, and runs its share of the lattice's applications (wadm manifests, deployed
+//! from any node's config directory or the CLI) as placed by its built-in reconciler.
 //! See `DESIGN.md` (shared with the team) for the architecture; the modules follow its tree.
 #![deny(missing_docs)]
 
@@ -39,6 +40,12 @@ pub fn run(cli: cli::Cli) -> anyhow::Result<ExitCode> {
                 .enable_all()
                 .build()?;
             runtime.block_on(control::client::get(args.what))
+        }
+        cli::Command::App(args) => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(control::client::app(args.command))
         }
     }
 }

@@ -1,9 +1,10 @@
 //! `lattice up`: the node's supervision tree — start order, signals, shutdown order.
 //!
 //! Start: data dir and node key → nats-server (supervised; none in external mode) → NATS client
-//! → lattice RPC → host → HTTP ingress → membership and control API → config-dir watcher →
-//! `host_started` and heartbeats. Stop (SIGINT/SIGTERM): watcher → HTTP (drain in-flight
-//! requests) → `host_stopped` → NATS client → nats-server last.
+//! → lattice RPC → host → HTTP ingress → desired-state mirror (sled) → membership and control
+//! API → `host_started` and heartbeats → config-dir watcher's first pass (into the lattice's
+//! store) → the reconciler's first pass → ready. Stop (SIGINT/SIGTERM): watcher and reconciler
+//! → HTTP (drain in-flight requests) → `host_stopped` → NATS client → nats-server last.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -24,7 +25,17 @@ use crate::nats::subjects;
 use crate::nats::uplink::{Uplink, UplinkState, UplinkTracker};
 use crate::nats::{self, NatsSupervisor};
 use crate::providers::http::HttpServer;
-use crate::reconciler::{Deployer, watcher};
+use crate::reconciler::artifacts::Artifacts;
+use crate::reconciler::store::Mirror;
+use crate::reconciler::{AppStore, Deployer, Reconciler, watcher};
+
+/// How long a starting node listens for the other hosts (who answer its `host_started` with a
+/// heartbeat at once) before it places replicas, at most.
+const DISCOVERY: Duration = Duration::from_millis(500);
+
+/// How long a starting leaf node waits for its uplink before it writes its config dir's
+/// manifests to the lattice's store (they are retried after, every 2 s).
+const UPLINK_WAIT: Duration = Duration::from_secs(5);
 
 /// How long in-flight lattice invocations get to finish at the node's stop.
 const DRAIN_TIMEOUT: Duration = crate::providers::http::server::DRAIN_TIMEOUT;
@@ -153,6 +164,7 @@ impl LocalHost {
             uplink: self.uplink.borrow().clone(),
             http_addr: self.http_addr.clone(),
             components,
+            failures: self.deployer.failures(),
         }
     }
 }
@@ -188,12 +200,29 @@ async fn run_with_nats(
             config.http_addr
         )
     })?);
+    let db = sled::open(config.data_dir.join("state"))
+        .with_context(|| format!("opening {}", config.data_dir.join("state").display()))?;
+    let mirror = Arc::new(Mirror::open(&db)?);
+    let js = nats::jetstream(client.clone(), config.js_domain.as_deref());
+    let artifacts = Artifacts::new(
+        js.clone(),
+        &config.lattice,
+        Some(config.data_dir.join("artifacts")),
+    );
     let deployer = Arc::new(Deployer::new(
-        host,
+        host.clone(),
         http.clone(),
         rpc.clone(),
-        config.labels.clone(),
+        artifacts.clone(),
         config.replica_concurrency,
+    ));
+    let apps = Arc::new(AppStore::new(
+        js.clone(),
+        &config.lattice,
+        mirror.clone(),
+        artifacts.clone(),
+        host,
+        http.ingress_addr(),
     ));
 
     let shutdown = CancellationToken::new();
@@ -207,25 +236,37 @@ async fn run_with_nats(
             shutdown.clone(),
         )
         .await?;
-    let control_task = control::serve(
-        client.clone(),
-        &config.lattice,
-        membership,
-        shutdown.clone(),
-    )
-    .await?;
     let local = Arc::new(LocalHost {
-        id,
+        id: id.clone(),
         config: config.clone(),
         started,
         http_addr: http.ingress_addr().to_string(),
         uplink: uplink.clone(),
         deployer: deployer.clone(),
     });
+    let info_source = local.clone();
+    let local_info: Arc<dyn Fn() -> HostInfo + Send + Sync> = Arc::new(move || info_source.info());
+    let control_task = control::serve(
+        client.clone(),
+        Arc::new(control::ControlContext {
+            lattice: config.lattice.clone(),
+            js_domain: config.js_domain.clone(),
+            membership: membership.clone(),
+            local: local_info.clone(),
+            apps: apps.clone(),
+        }),
+        shutdown.clone(),
+    )
+    .await?;
     tokio::spawn(nats::watch_jetstream(
-        nats::jetstream(client.clone(), config.js_domain.as_deref()),
+        js.clone(),
         config.js_domain.clone(),
         matches!(config.nats_mode, NatsMode::Leaf { .. }),
+        shutdown.clone(),
+    ));
+    let mirror_task = tokio::spawn(mirror.clone().follow(
+        js,
+        config.lattice.clone(),
         shutdown.clone(),
     ));
     tokio::spawn(notify_on(
@@ -234,18 +275,57 @@ async fn run_with_nats(
         shutdown.clone(),
     ));
     tokio::spawn(notify_on_change(
-        uplink,
+        uplink.clone(),
         heartbeat_now.clone(),
         shutdown.clone(),
     ));
 
-    let (first_pass_done, first_pass) = tokio::sync::oneshot::channel();
+    // Others answer host_started with a heartbeat: this node learns of them before it places.
+    let events = Heartbeat::new(client.clone(), &config.lattice);
+    events.publish(subjects::HOST_STARTED, &local.info()).await;
+    let discovered = tokio::time::Instant::now() + DISCOVERY.min(config.heartbeat_interval);
+    let info_source = local.clone();
+    let heartbeats = tokio::spawn(Heartbeat::new(client.clone(), &config.lattice).run(
+        move || info_source.info(),
+        config.heartbeat_interval,
+        heartbeat_now.clone(),
+        shutdown.clone(),
+    ));
+
+    let (watcher_done, watcher_first_pass) = tokio::sync::oneshot::channel();
     let watcher_task = tokio::spawn(supervise_watcher(
         config.config_dir.clone(),
-        deployer.clone(),
+        apps.clone(),
+        watcher::NodeRef {
+            id: id.clone(),
+            name: config.name.clone(),
+        },
+        matches!(config.nats_mode, NatsMode::Leaf { .. }).then(|| uplink.clone()),
         shutdown.clone(),
-        first_pass_done,
+        watcher_done,
     ));
+    let (start_reconciling, reconcile_start) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let _ = watcher_first_pass.await;
+        tokio::time::sleep_until(discovered).await;
+        let _ = start_reconciling.send(());
+    });
+    let (reconciled, first_pass) = tokio::sync::oneshot::channel();
+    let reconciler = Reconciler {
+        me: id,
+        deployer: deployer.clone(),
+        mirror,
+        membership,
+        local: local_info,
+        client: client.clone(),
+        lattice: config.lattice.clone(),
+        tick: config.heartbeat_interval.min(Duration::from_secs(1)),
+        code_cache: config.data_dir.join("cache").join("components"),
+        artifacts,
+    };
+    let reconciler_task =
+        tokio::spawn(reconciler.run(reconcile_start, reconciled, shutdown.clone()));
+
     let signal = async {
         tokio::select! {
             _ = sigterm.recv() => "SIGTERM",
@@ -253,26 +333,15 @@ async fn run_with_nats(
         }
     };
     tokio::pin!(signal);
-    // Up (and READY for systemd) once the manifests present at start are applied; a watcher
-    // that fails before that does not hold the node back.
+    // Up (and READY for systemd) once this node runs its share of the lattice, the config dir's
+    // manifests included; a watcher that fails before that does not hold the node back.
     let early = tokio::select! {
         _ = first_pass => None,
         name = &mut signal => Some(name),
     };
-    let events = Heartbeat::new(client.clone(), &config.lattice);
-    let mut heartbeats = None;
     let received = match early {
         Some(name) => name,
         None => {
-            events.publish(subjects::HOST_STARTED, &local.info()).await;
-            let beats = Heartbeat::new(client.clone(), &config.lattice);
-            let info_source = local.clone();
-            heartbeats = Some(tokio::spawn(beats.run(
-                move || info_source.info(),
-                config.heartbeat_interval,
-                heartbeat_now.clone(),
-                shutdown.clone(),
-            )));
             tracing::info!(ingress = %http.ingress_addr(), nats = nats_url, "lattice node is up");
             // Under systemd (Type=notify) this marks the unit started; elsewhere a no-op.
             if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
@@ -284,14 +353,12 @@ async fn run_with_nats(
     tracing::info!("{received} received; stopping");
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     shutdown.cancel();
-    let _ = watcher_task.await;
+    let _ = tokio::join!(watcher_task, reconciler_task, mirror_task);
     // New invocations go to replicas elsewhere; the ones in flight here finish.
     deployer.stop_serving().await;
     tokio::join!(http.shutdown(), rpc.drain(DRAIN_TIMEOUT));
     let _ = tokio::join!(membership_task, control_task);
-    if let Some(heartbeats) = heartbeats {
-        let _ = heartbeats.await;
-    }
+    let _ = heartbeats.await;
     // NATS may be unreachable now (external mode, a restarting nats-server): never wait long.
     let goodbye = async {
         events.publish(subjects::HOST_STOPPED, &local.info()).await;
@@ -346,18 +413,30 @@ async fn notify_on_change(
     }
 }
 
-/// Keeps the config-dir watcher running: an error or panic is logged and it starts again.
+/// Keeps the config-dir watcher running: an error or panic is logged and it starts again. A
+/// leaf node first waits (up to [`UPLINK_WAIT`]) for its uplink, through which the store is
+/// reached.
 async fn supervise_watcher(
     dir: std::path::PathBuf,
-    deployer: Arc<Deployer>,
+    apps: Arc<AppStore>,
+    node: watcher::NodeRef,
+    uplink: Option<watch::Receiver<Uplink>>,
     shutdown: CancellationToken,
     first_pass_done: tokio::sync::oneshot::Sender<()>,
 ) {
+    if let Some(mut uplink) = uplink {
+        let connected = uplink.wait_for(|u| u.state == UplinkState::Connected);
+        tokio::select! {
+            _ = tokio::time::timeout(UPLINK_WAIT, connected) => {}
+            () = shutdown.cancelled() => return,
+        }
+    }
     let mut first_pass_done = Some(first_pass_done);
     while !shutdown.is_cancelled() {
         let task = tokio::spawn(watcher::run(
             dir.clone(),
-            deployer.clone(),
+            apps.clone(),
+            node.clone(),
             shutdown.clone(),
             first_pass_done.take(),
         ));

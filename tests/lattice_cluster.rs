@@ -94,6 +94,9 @@ fn join_with(
         lattice,
         "--heartbeat-interval",
         &heartbeat,
+        // The lattice's desired state lives in the hub's JetStream.
+        "--js-domain",
+        Hub::JS_DOMAIN,
     ];
     flags.extend_from_slice(extra);
     let node = Node::start_in(&config, &dir.path().join("data"), &flags);
@@ -326,7 +329,8 @@ fn replicas_on_two_nodes_share_requests_and_survive_the_loss_of_one() {
     let hub = Hub::start();
     let manifest = [(
         "hello.yaml",
-        app_manifest("hello", "http-hello", "/hello", "worker", 1),
+        // Two replicas over the two worker nodes: one each.
+        app_manifest("hello", "http-hello", "/hello", "worker", 2),
     )];
     let a = join(&hub, "node-a", "worker", "default", &manifest, None);
     let b = join(&hub, "node-b", "worker", "default", &manifest, None);

@@ -1,4 +1,4 @@
-//! The CLI side of the control API: `lattice get hosts` and `lattice get inventory`.
+//! The CLI side of the control API: `lattice get hosts|inventory` and `lattice app …`.
 
 use std::fmt::Write as _;
 use std::process::ExitCode;
@@ -7,11 +7,24 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use serde::de::DeserializeOwned;
 
-use super::{CtlResponse, HostInventory, InventoryRequest};
-use crate::cli::{ClientArgs, GetCommand, OutputFormat};
+use super::{
+    AppRequest, AppSummary, CtlResponse, HistoryEntry, HostInventory, InventoryRequest,
+    LatticeConfig,
+};
+use crate::cli::{AppCommand, ClientArgs, GetCommand, OutputFormat};
 use crate::lattice::membership::HostInfo;
 use crate::nats::subjects;
 use crate::node::NATS_URL_FILE;
+use crate::reconciler::artifacts::Artifacts;
+use crate::reconciler::deploy::upload_images;
+use crate::reconciler::plan::AppStatus;
+use crate::reconciler::store::Source;
+use crate::reconciler::{DeployError, DeployOutcome, DeployRequest, manifest};
+
+/// Default wait for an answer.
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default wait for `app deploy`, whose node compiles the components to check them.
+const DEPLOY_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Runs `lattice get …`: prints the answer on stdout.
 ///
@@ -20,8 +33,10 @@ use crate::node::NATS_URL_FILE;
 pub async fn get(command: GetCommand) -> anyhow::Result<ExitCode> {
     match command {
         GetCommand::Hosts { client } => {
-            let hosts: Vec<HostInfo> =
-                request(&client, subjects::CTL_GET_HOSTS, Vec::new()).await?;
+            let nats = connect(&client).await?;
+            let hosts: Vec<HostInfo> = nats
+                .request(subjects::CTL_GET_HOSTS, Vec::new(), DEFAULT_TIMEOUT)
+                .await?;
             match client.output {
                 OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&hosts)?),
                 OutputFormat::Table => print!("{}", hosts_table(&hosts)),
@@ -29,8 +44,10 @@ pub async fn get(command: GetCommand) -> anyhow::Result<ExitCode> {
         }
         GetCommand::Inventory { host, client } => {
             let payload = serde_json::to_vec(&InventoryRequest { host })?;
-            let inventory: Vec<HostInventory> =
-                request(&client, subjects::CTL_GET_INVENTORY, payload).await?;
+            let nats = connect(&client).await?;
+            let inventory: Vec<HostInventory> = nats
+                .request(subjects::CTL_GET_INVENTORY, payload, DEFAULT_TIMEOUT)
+                .await?;
             match client.output {
                 OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&inventory)?),
                 OutputFormat::Table => print!("{}", inventory_table(&inventory)),
@@ -40,18 +57,181 @@ pub async fn get(command: GetCommand) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Sends one control request and unwraps its [`CtlResponse`].
-async fn request<T: DeserializeOwned>(
-    args: &ClientArgs,
-    endpoint: &str,
-    payload: Vec<u8>,
-) -> anyhow::Result<T> {
+/// Runs `lattice app …`: prints the answer on stdout.
+///
+/// # Errors
+/// The manifest is refused (the message names the file, the field and the reason), the lattice
+/// cannot be reached, or it answers with an error.
+pub async fn app(command: AppCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        AppCommand::Deploy {
+            file,
+            version,
+            js_domain,
+            client,
+        } => {
+            let outcome = deploy(&file, version, js_domain, &client).await?;
+            match client.output {
+                OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&outcome)?),
+                OutputFormat::Table => println!(
+                    "app {} version {} {}",
+                    outcome.name,
+                    outcome.version,
+                    if outcome.changed {
+                        "deployed"
+                    } else {
+                        "unchanged (already deployed)"
+                    }
+                ),
+            }
+        }
+        AppCommand::Undeploy { name, client } => {
+            let nats = connect(&client).await?;
+            let payload = serde_json::to_vec(&AppRequest { name: name.clone() })?;
+            let _: String = nats
+                .request(subjects::CTL_APP_UNDEPLOY, payload, DEFAULT_TIMEOUT)
+                .await?;
+            match client.output {
+                OutputFormat::Json => println!("{}", serde_json::json!({ "name": name })),
+                OutputFormat::Table => println!("app {name} undeployed"),
+            }
+        }
+        AppCommand::List { client } => {
+            let nats = connect(&client).await?;
+            let apps: Vec<AppSummary> = nats
+                .request(subjects::CTL_APP_LIST, Vec::new(), DEFAULT_TIMEOUT)
+                .await?;
+            match client.output {
+                OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&apps)?),
+                OutputFormat::Table => {
+                    let rows: Vec<[String; 4]> = apps
+                        .iter()
+                        .map(|a| {
+                            [
+                                a.name.clone(),
+                                a.version.clone(),
+                                a.state.as_str().to_owned(),
+                                a.reason.clone(),
+                            ]
+                        })
+                        .collect();
+                    print!("{}", table(["NAME", "VERSION", "STATE", "REASON"], &rows));
+                }
+            }
+        }
+        AppCommand::Status { name, client } => {
+            let nats = connect(&client).await?;
+            let payload = serde_json::to_vec(&AppRequest { name })?;
+            let status: AppStatus = nats
+                .request(subjects::CTL_APP_STATUS, payload, DEFAULT_TIMEOUT)
+                .await?;
+            match client.output {
+                OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&status)?),
+                OutputFormat::Table => print!("{}", status_text(&status)),
+            }
+        }
+        AppCommand::History { name, client } => {
+            let nats = connect(&client).await?;
+            let payload = serde_json::to_vec(&AppRequest { name })?;
+            let history: Vec<HistoryEntry> = nats
+                .request(subjects::CTL_APP_HISTORY, payload, DEFAULT_TIMEOUT)
+                .await?;
+            match client.output {
+                OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&history)?),
+                OutputFormat::Table => {
+                    let rows: Vec<[String; 4]> = history
+                        .iter()
+                        .map(|h| {
+                            let at =
+                                std::time::UNIX_EPOCH + Duration::from_millis(h.deployed_at_ms);
+                            [
+                                format!("{}{}", h.version, if h.deployed { " *" } else { "" }),
+                                humantime::format_rfc3339_seconds(at).to_string(),
+                                h.source.clone(),
+                                h.digests
+                                    .iter()
+                                    .map(|(c, d)| format!("{c}={}", &d[..d.len().min(12)]))
+                                    .collect::<Vec<_>>()
+                                    .join(","),
+                            ]
+                        })
+                        .collect();
+                    print!(
+                        "{}",
+                        table(["VERSION", "STORED", "SOURCE", "COMPONENTS"], &rows)
+                    );
+                }
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `lattice app deploy`: parse and check the manifest here, upload its files, then ask a node
+/// to validate and store it.
+async fn deploy(
+    file: &std::path::Path,
+    version: Option<String>,
+    js_domain: Option<String>,
+    client: &ClientArgs,
+) -> anyhow::Result<DeployOutcome> {
+    let in_file = |e: &dyn std::fmt::Display| anyhow::anyhow!("{}: {e}", file.display());
+    let text = std::fs::read_to_string(file).map_err(|e| in_file(&e))?;
+    let base = file
+        .canonicalize()
+        .ok()
+        .and_then(|p| p.parent().map(std::path::Path::to_path_buf))
+        .unwrap_or_else(|| std::path::PathBuf::from("."));
+    let manifest = manifest::parse(&text, &base).map_err(|e| in_file(&e))?;
+    for warning in &manifest.warnings {
+        eprintln!("warning: {}: {warning}", file.display());
+    }
+    let nats = connect(client).await?;
+    let js_domain = match js_domain {
+        Some(domain) => Some(domain),
+        None => {
+            let config: LatticeConfig = nats
+                .request(subjects::CTL_GET_CONFIG, Vec::new(), DEFAULT_TIMEOUT)
+                .await?;
+            config.js_domain
+        }
+    };
+    let js = crate::nats::jetstream(nats.client.clone(), js_domain.as_deref());
+    let artifacts = Artifacts::new(js, &client.lattice, None);
+    let images = upload_images(&manifest, &artifacts)
+        .await
+        .map_err(|e: DeployError| in_file(&format!("app {:?}: {e}", manifest.name)))?;
+    let request = DeployRequest {
+        manifest: text,
+        version,
+        images,
+        source: Source::Cli,
+    };
+    nats.request(
+        subjects::CTL_APP_DEPLOY,
+        serde_json::to_vec(&request)?,
+        DEPLOY_TIMEOUT,
+    )
+    .await
+    .map_err(|e| in_file(&format!("app {:?}: {e:#}", manifest.name)))
+}
+
+/// A CLI's connection to the lattice.
+struct Connection {
+    client: async_nats::Client,
+    url: String,
+    lattice: String,
+    timeout: Option<Duration>,
+}
+
+/// Connects as `args` say (`--nats-url` with `--creds`, else the local node's NATS).
+async fn connect(args: &ClientArgs) -> anyhow::Result<Connection> {
     crate::config::check_lattice_name(&args.lattice)?;
     let url = nats_url(args)?;
+    let timeout = args.timeout.unwrap_or(DEFAULT_TIMEOUT);
     let mut options = async_nats::ConnectOptions::new()
         .name("lattice cli")
-        .connection_timeout(args.timeout)
-        .request_timeout(Some(args.timeout));
+        .connection_timeout(timeout);
     if let Some(creds) = &args.creds {
         crate::config::check_creds_file(creds, "--creds")?;
         options = options
@@ -59,38 +239,90 @@ async fn request<T: DeserializeOwned>(
             .await
             .with_context(|| format!("--creds {}", creds.display()))?;
     }
-    let client = tokio::time::timeout(args.timeout + Duration::from_secs(1), options.connect(&url))
+    let client = tokio::time::timeout(timeout + Duration::from_secs(1), options.connect(&url))
         .await
         .map_err(|_| {
             anyhow::anyhow!(
                 "cannot reach NATS at {url}: no connection within {}",
-                humantime::format_duration(args.timeout)
+                humantime::format_duration(timeout)
             )
         })?
         .with_context(|| format!("cannot reach NATS at {url}"))?;
-    let subject = format!("{}.{endpoint}", subjects::control(&args.lattice));
-    let reply = client
-        .request(subject.clone(), payload.into())
-        .await
-        .map_err(|e| match e.kind() {
-            async_nats::RequestErrorKind::NoResponders => anyhow::anyhow!(
-                "no node of lattice {:?} answers through {url} (no responders on {subject})",
-                args.lattice
-            ),
-            async_nats::RequestErrorKind::TimedOut => anyhow::anyhow!(
-                "no node of lattice {:?} answered through {url} within {}",
-                args.lattice,
-                humantime::format_duration(args.timeout)
-            ),
-            _ => anyhow::anyhow!("request on {subject} through {url}: {e}"),
-        })?;
-    let reply: CtlResponse<T> = serde_json::from_slice(&reply.payload)
-        .with_context(|| format!("malformed reply on {subject}"))?;
-    match (reply.success, reply.response) {
-        (true, Some(response)) => Ok(response),
-        (true, None) => bail!("the reply on {subject} has no response"),
-        (false, _) => bail!("{}", reply.message),
+    Ok(Connection {
+        client,
+        url,
+        lattice: args.lattice.clone(),
+        timeout: args.timeout,
+    })
+}
+
+impl Connection {
+    /// Sends one control request to `endpoint` and unwraps its [`CtlResponse`]; waits
+    /// `--timeout`, else `default_timeout`.
+    async fn request<T: DeserializeOwned>(
+        &self,
+        endpoint: &str,
+        payload: Vec<u8>,
+        default_timeout: Duration,
+    ) -> anyhow::Result<T> {
+        let (url, lattice) = (&self.url, &self.lattice);
+        let timeout = self.timeout.unwrap_or(default_timeout);
+        let subject = format!("{}.{endpoint}", subjects::control(lattice));
+        let request = async_nats::Request::new()
+            .payload(payload.into())
+            .timeout(Some(timeout));
+        let reply = self
+            .client
+            .send_request(subject.clone(), request)
+            .await
+            .map_err(|e| match e.kind() {
+                async_nats::RequestErrorKind::NoResponders => anyhow::anyhow!(
+                    "no node of lattice {lattice:?} answers through {url} (no responders on {subject})"
+                ),
+                async_nats::RequestErrorKind::TimedOut => anyhow::anyhow!(
+                    "no node of lattice {lattice:?} answered through {url} within {}",
+                    humantime::format_duration(timeout)
+                ),
+                _ => anyhow::anyhow!("request on {subject} through {url}: {e}"),
+            })?;
+        let reply: CtlResponse<T> = serde_json::from_slice(&reply.payload)
+            .with_context(|| format!("malformed reply on {subject}"))?;
+        match (reply.success, reply.response) {
+            (true, Some(response)) => Ok(response),
+            (true, None) => bail!("the reply on {subject} has no response"),
+            (false, _) => bail!("{}", reply.message),
+        }
     }
+}
+
+fn status_text(status: &AppStatus) -> String {
+    let mut out = format!(
+        "app {} version {}: {}\n",
+        status.name,
+        status.version,
+        status.state.as_str()
+    );
+    if !status.reason.is_empty() {
+        let _ = writeln!(out, "reason: {}", status.reason);
+    }
+    let rows: Vec<[String; 4]> = status
+        .components
+        .iter()
+        .map(|c| {
+            [
+                c.name.clone(),
+                c.desired.to_string(),
+                c.running.to_string(),
+                c.nodes
+                    .iter()
+                    .map(|n| format!("{}={}", n.name, n.replicas))
+                    .collect::<Vec<_>>()
+                    .join(","),
+            ]
+        })
+        .collect();
+    out.push_str(&table(["COMPONENT", "DESIRED", "RUNNING", "NODES"], &rows));
+    out
 }
 
 /// `--nats-url`, else the URL the local node recorded in its data dir.

@@ -1,6 +1,8 @@
 //! The control API: NATS request/reply with JSON payloads (`PROTOCOL.md` §Control API), served
 //! by every node with the async-nats service API (so `$SRV.PING`/`INFO`/`STATS` work too), in
-//! one queue group so one node answers each request. `client` holds the CLI side.
+//! one queue group so one node answers each request: hosts and inventory from its membership
+//! view, apps from its mirror of the desired state, deploys validated and stored by it.
+//! `client` holds the CLI side.
 
 pub mod client;
 
@@ -14,6 +16,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::lattice::membership::{ComponentReplicas, HostInfo, Membership};
 use crate::nats::subjects;
+use crate::reconciler::plan::{self, AppStatus};
+use crate::reconciler::{AppStore, DeployRequest};
 
 /// The envelope of every control reply (as wasmCloud's `CtlResponse`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -67,62 +71,237 @@ pub struct HostInventory {
     pub components: Vec<ComponentReplicas>,
 }
 
-/// Serves the control API of `lattice` from `membership` until `shutdown`.
+/// What the control API answers from and writes to.
+pub struct ControlContext {
+    /// Lattice name.
+    pub lattice: String,
+    /// The JetStream domain the lattice's state lives in (`--js-domain`), if any.
+    pub js_domain: Option<String>,
+    /// The hosts heard from (and, through `local`, this one as it is now).
+    pub membership: Arc<Membership>,
+    /// This node as it describes itself now.
+    pub local: Arc<dyn Fn() -> HostInfo + Send + Sync>,
+    /// The desired state, read and written.
+    pub apps: Arc<AppStore>,
+}
+
+impl ControlContext {
+    fn hosts(&self) -> Vec<HostInfo> {
+        self.membership.hosts_with((self.local)())
+    }
+
+    /// Every app's status.
+    fn statuses(&self) -> Vec<AppStatus> {
+        let desired = self.apps.mirror().desired();
+        let hosts = self.hosts();
+        let placement = plan::place(&desired, &hosts);
+        desired
+            .keys()
+            .filter_map(|name| plan::status(name, &desired, &placement, &hosts))
+            .collect()
+    }
+}
+
+/// Payload of `app.undeploy`, `app.status` and `app.history`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppRequest {
+    /// App name.
+    pub name: String,
+}
+
+/// Reply of `get.config`: where the lattice keeps its state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LatticeConfig {
+    /// Lattice name.
+    pub lattice: String,
+    /// JetStream domain of the lattice's buckets; `null` for the connection's default.
+    pub js_domain: Option<String>,
+    /// KV bucket of the desired state.
+    pub apps_bucket: String,
+    /// Object store bucket of the artifacts.
+    pub artifacts_bucket: String,
+}
+
+/// One version in `app.history`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryEntry {
+    /// Version name.
+    pub version: String,
+    /// When it was stored, in ms since the Unix epoch.
+    pub deployed_at_ms: u64,
+    /// Whether it is the deployed one.
+    pub deployed: bool,
+    /// `cli`, or `file <node name>:<path>`.
+    pub source: String,
+    /// Component → sha256 of its wasm.
+    pub digests: std::collections::BTreeMap<String, String>,
+}
+
+/// One entry of `app.list`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppSummary {
+    /// App name.
+    pub name: String,
+    /// Deployed version.
+    pub version: String,
+    /// `deployed`, `reconciling` or `failed`.
+    pub state: plan::AppState,
+    /// Why not deployed.
+    pub reason: String,
+}
+
+/// Serves the control API of `context.lattice` until `shutdown`.
 ///
 /// # Errors
 /// The service or its endpoints cannot be registered.
 pub async fn serve(
     client: async_nats::Client,
-    lattice: &str,
-    membership: Arc<Membership>,
+    context: Arc<ControlContext>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let lattice = context.lattice.clone();
     let service = client
         .service_builder()
         .description(format!("lattice control API of lattice {lattice}"))
         .start(
-            subjects::control_service(lattice),
+            subjects::control_service(&lattice),
             env!("CARGO_PKG_VERSION"),
         )
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))
         .context("starting the control service")?;
-    let group = service.group(subjects::control(lattice));
-    let mut hosts = group
-        .endpoint(subjects::CTL_GET_HOSTS)
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))
-        .context("adding the get.hosts endpoint")?;
-    let mut inventory = group
-        .endpoint(subjects::CTL_GET_INVENTORY)
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))
-        .context("adding the get.inventory endpoint")?;
-    let lattice = lattice.to_owned();
+    let group = service.group(subjects::control(&lattice));
+    let mut endpoints = Vec::new();
+    for name in [
+        subjects::CTL_GET_HOSTS,
+        subjects::CTL_GET_INVENTORY,
+        subjects::CTL_GET_CONFIG,
+        subjects::CTL_APP_DEPLOY,
+        subjects::CTL_APP_UNDEPLOY,
+        subjects::CTL_APP_LIST,
+        subjects::CTL_APP_STATUS,
+        subjects::CTL_APP_HISTORY,
+    ] {
+        let endpoint = group
+            .endpoint(name)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))
+            .with_context(|| format!("adding the {name} endpoint"))?;
+        endpoints.push(endpoint.map(move |request| (name, request)));
+    }
+    let mut requests = futures::stream::select_all(endpoints);
     Ok(tokio::spawn(async move {
+        let tasks = tokio_util::task::TaskTracker::new();
         loop {
-            let (request, reply) = tokio::select! {
-                Some(request) = hosts.next() => {
-                    let reply = to_json(&CtlResponse::ok(membership.hosts()));
-                    (request, reply)
-                }
-                Some(request) = inventory.next() => {
-                    let reply = to_json(&inventory_reply(&membership, &lattice, &request.message.payload));
-                    (request, reply)
-                }
+            let (name, request) = tokio::select! {
+                Some(next) = requests.next() => next,
                 () = shutdown.cancelled() => break,
                 else => break,
             };
-            if let Err(e) = request.respond(Ok(reply.into())).await {
-                tracing::debug!(error = %e, "answering a control request failed");
-            }
+            let context = context.clone();
+            // A deploy compiles: each request in its own task, so reads are never held up.
+            tasks.spawn(async move {
+                let reply = answer(&context, name, &request.message.payload).await;
+                if let Err(e) = request.respond(Ok(reply.into())).await {
+                    tracing::debug!(error = %e, "answering a control request failed");
+                }
+            });
         }
+        tasks.close();
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), tasks.wait()).await;
         let _ = service.stop().await;
     }))
 }
 
+/// The JSON reply to one request on endpoint `name`.
+async fn answer(context: &ControlContext, name: &str, payload: &[u8]) -> Vec<u8> {
+    match name {
+        subjects::CTL_GET_HOSTS => to_json(&CtlResponse::ok(context.hosts())),
+        subjects::CTL_GET_INVENTORY => to_json(&inventory_reply(
+            &context.hosts(),
+            &context.lattice,
+            payload,
+        )),
+        subjects::CTL_GET_CONFIG => to_json(&CtlResponse::ok(LatticeConfig {
+            lattice: context.lattice.clone(),
+            js_domain: context.js_domain.clone(),
+            apps_bucket: subjects::apps_bucket(&context.lattice),
+            artifacts_bucket: subjects::artifacts_bucket(&context.lattice),
+        })),
+        subjects::CTL_APP_DEPLOY => to_json(&match parse::<DeployRequest>(name, payload) {
+            Ok(request) => match context.apps.deploy(request).await {
+                Ok(outcome) => CtlResponse::ok(outcome),
+                Err(e) => CtlResponse::error(e.to_string()),
+            },
+            Err(e) => CtlResponse::error(e),
+        }),
+        subjects::CTL_APP_UNDEPLOY => to_json(&match parse::<AppRequest>(name, payload) {
+            Ok(request) => match context.apps.undeploy(&request.name, None).await {
+                Ok(_) => CtlResponse::ok(request.name),
+                Err(e) => CtlResponse::error(e.to_string()),
+            },
+            Err(e) => CtlResponse::error(e),
+        }),
+        subjects::CTL_APP_LIST => to_json(&CtlResponse::ok(
+            context
+                .statuses()
+                .into_iter()
+                .map(|s| AppSummary {
+                    name: s.name,
+                    version: s.version,
+                    state: s.state,
+                    reason: s.reason,
+                })
+                .collect::<Vec<_>>(),
+        )),
+        subjects::CTL_APP_STATUS => to_json(&match parse::<AppRequest>(name, payload) {
+            Ok(request) => match context
+                .statuses()
+                .into_iter()
+                .find(|s| s.name == request.name)
+            {
+                Some(status) => CtlResponse::ok(status),
+                None => CtlResponse::error(format!(
+                    "no app {:?} in lattice {}",
+                    request.name, context.lattice
+                )),
+            },
+            Err(e) => CtlResponse::error(e),
+        }),
+        subjects::CTL_APP_HISTORY => to_json(&match parse::<AppRequest>(name, payload) {
+            Ok(request) => match context.apps.mirror().get(&request.name) {
+                Some((_, record)) => CtlResponse::ok(
+                    record
+                        .versions
+                        .iter()
+                        .map(|v| HistoryEntry {
+                            version: v.version.clone(),
+                            deployed_at_ms: v.stored_at_ms,
+                            deployed: v.version == record.deployed,
+                            source: v.source.to_string(),
+                            digests: v.images.clone(),
+                        })
+                        .collect::<Vec<_>>(),
+                ),
+                None => CtlResponse::error(format!(
+                    "no app {:?} in lattice {}",
+                    request.name, context.lattice
+                )),
+            },
+            Err(e) => CtlResponse::error(e),
+        }),
+        other => to_json(&CtlResponse::<()>::error(format!(
+            "unknown endpoint {other}"
+        ))),
+    }
+}
+
+fn parse<T: serde::de::DeserializeOwned>(endpoint: &str, payload: &[u8]) -> Result<T, String> {
+    serde_json::from_slice(payload).map_err(|e| format!("malformed {endpoint} request: {e}"))
+}
+
 fn inventory_reply(
-    membership: &Membership,
+    hosts: &[HostInfo],
     lattice: &str,
     payload: &[u8],
 ) -> CtlResponse<Vec<HostInventory>> {
@@ -134,9 +313,8 @@ fn inventory_reply(
             Err(e) => return CtlResponse::error(format!("malformed get.inventory request: {e}")),
         }
     };
-    let hosts: Vec<HostInfo> = membership
-        .hosts()
-        .into_iter()
+    let hosts: Vec<&HostInfo> = hosts
+        .iter()
         .filter(|h| {
             request
                 .host
@@ -153,9 +331,9 @@ fn inventory_reply(
         hosts
             .into_iter()
             .map(|h| HostInventory {
-                id: h.id,
-                name: h.name,
-                components: h.components,
+                id: h.id.clone(),
+                name: h.name.clone(),
+                components: h.components.clone(),
             })
             .collect(),
     )

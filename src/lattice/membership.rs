@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::nats::subjects;
 use crate::nats::uplink::Uplink;
+use crate::reconciler::plan::Failure;
 
 /// Heartbeats a host may miss before the others consider it gone.
 pub const MISSED_HEARTBEATS: u32 = 3;
@@ -42,6 +43,9 @@ pub struct HostInfo {
     pub http_addr: String,
     /// Components with replicas on the node.
     pub components: Vec<ComponentReplicas>,
+    /// Replicas or routes the node was given but could not start, with why.
+    #[serde(default)]
+    pub failures: Vec<Failure>,
 }
 
 /// A component's replicas on one node.
@@ -55,12 +59,16 @@ pub struct ComponentReplicas {
     pub replicas: u32,
     /// sha256 of the component's wasm, lowercase hex.
     pub digest: String,
+    /// The app version they run.
+    #[serde(default)]
+    pub version: String,
 }
 
 /// The hosts this node has heard from.
 #[derive(Default)]
 pub struct Membership {
     hosts: Mutex<HashMap<String, Seen>>,
+    changed: Notify,
 }
 
 struct Seen {
@@ -69,9 +77,15 @@ struct Seen {
 }
 
 impl Membership {
-    /// Records a heartbeat or `host_started`.
+    /// Records a heartbeat or `host_started`; wakes [`Membership::changed`] when the host is
+    /// new or its labels, components or failures changed.
     pub fn observe(&self, info: HostInfo) {
         let mut hosts = self.hosts.lock().unwrap_or_else(|p| p.into_inner());
+        let same = hosts.get(&info.id).is_some_and(|seen| {
+            seen.info.labels == info.labels
+                && seen.info.components == info.components
+                && seen.info.failures == info.failures
+        });
         hosts.insert(
             info.id.clone(),
             Seen {
@@ -79,14 +93,30 @@ impl Membership {
                 at: Instant::now(),
             },
         );
+        if !same {
+            self.changed.notify_one();
+        }
     }
 
     /// Forgets host `id` (`host_stopped`).
     pub fn forget(&self, id: &str) {
-        self.hosts
+        let removed = self
+            .hosts
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(id);
+        if removed.is_some() {
+            self.changed.notify_one();
+        }
+    }
+
+    /// Completes when a host joins, leaves in order, or reports other labels, components or
+    /// failures (hosts that go silent are noticed by the next [`Membership::hosts`]).
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: a change that happens while nobody waits is kept for the next call.
+    pub async fn changed(&self) {
+        self.changed.notified().await;
     }
 
     /// The live hosts, by name then id, with uptimes brought to now.
@@ -108,6 +138,15 @@ impl Membership {
             .collect();
         live.sort_by(|a, b| (&a.name, &a.id).cmp(&(&b.name, &b.id)));
         live
+    }
+
+    /// The live hosts with `me` (this node as it is now, fresher than its last heartbeat) in
+    /// place of what was heard of it, by name then id.
+    pub fn hosts_with(&self, me: HostInfo) -> Vec<HostInfo> {
+        let mut hosts: Vec<HostInfo> = self.hosts().into_iter().filter(|h| h.id != me.id).collect();
+        hosts.push(me);
+        hosts.sort_by(|a, b| (&a.name, &a.id).cmp(&(&b.name, &b.id)));
+        hosts
     }
 
     /// Follows the host events of `lattice` until `shutdown`.
@@ -136,6 +175,15 @@ impl Membership {
                     () = shutdown.cancelled() => return,
                 };
                 let event = message.subject.rsplit('.').next().unwrap_or_default();
+                if ![
+                    subjects::HOST_HEARTBEAT,
+                    subjects::HOST_STARTED,
+                    subjects::HOST_STOPPED,
+                ]
+                .contains(&event)
+                {
+                    continue;
+                }
                 let info: HostInfo = match serde_json::from_slice(&message.payload) {
                     Ok(info) => info,
                     Err(e) => {
@@ -227,6 +275,7 @@ mod tests {
             uplink: Uplink::fixed(UplinkState::None, None),
             http_addr: "127.0.0.1:8000".into(),
             components: Vec::new(),
+            failures: Vec::new(),
         }
     }
 

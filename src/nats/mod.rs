@@ -77,19 +77,26 @@ pub async fn watch_jetstream(
     let domain_text = domain.as_deref().unwrap_or("(default)");
     let mut warned = false;
     loop {
-        match tokio::time::timeout(JETSTREAM_RETRY, js.query_account()).await {
-            Ok(Ok(account)) => {
+        // The raw `$JS.API.INFO` answer: async-nats's `query_account` expects fields that
+        // nats-server 2.9 does not send.
+        let info = js.request::<_, _, serde_json::Value>("INFO", &());
+        match tokio::time::timeout(JETSTREAM_RETRY, info).await {
+            Ok(Ok(account)) if account.get("error").is_none() => {
                 tracing::info!(
                     domain = domain_text,
-                    streams = account.streams,
+                    streams = account["streams"].as_u64().unwrap_or(0),
                     "JetStream reachable"
                 );
                 return;
             }
             outcome => {
                 let error = match outcome {
+                    Ok(Ok(answer)) => answer["error"]["description"]
+                        .as_str()
+                        .unwrap_or("an error")
+                        .to_owned(),
                     Ok(Err(e)) => e.to_string(),
-                    _ => "no answer".to_owned(),
+                    Err(_) => "no answer".to_owned(),
                 };
                 if !warned {
                     warned = true;

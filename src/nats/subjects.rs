@@ -36,6 +36,33 @@ pub fn control(lattice: &str) -> String {
 pub const CTL_GET_HOSTS: &str = "get.hosts";
 /// Control endpoint: components and replicas per host.
 pub const CTL_GET_INVENTORY: &str = "get.inventory";
+/// Control endpoint: where the lattice keeps its state (JetStream domain, bucket names).
+pub const CTL_GET_CONFIG: &str = "get.config";
+/// Control endpoint: validate and store a manifest version, make it the deployed one.
+pub const CTL_APP_DEPLOY: &str = "app.deploy";
+/// Control endpoint: remove an app (every version) from the lattice.
+pub const CTL_APP_UNDEPLOY: &str = "app.undeploy";
+/// Control endpoint: every app with its state.
+pub const CTL_APP_LIST: &str = "app.list";
+/// Control endpoint: one app's state, per component.
+pub const CTL_APP_STATUS: &str = "app.status";
+/// Control endpoint: one app's stored versions.
+pub const CTL_APP_HISTORY: &str = "app.history";
+
+/// Published when an app's state changes (deployed, reconciling, failed), by one node.
+pub const APP_STATUS: &str = "app_status";
+
+/// JetStream KV bucket of lattice `lattice`'s desired state: one key per app, its versions
+/// (`lattice_<lattice>_apps`).
+pub fn apps_bucket(lattice: &str) -> String {
+    format!("lattice_{lattice}_apps")
+}
+
+/// JetStream object store bucket of lattice `lattice`'s component artifacts, named by the
+/// sha256 of their bytes (`lattice_<lattice>_artifacts`).
+pub fn artifacts_bucket(lattice: &str) -> String {
+    format!("lattice_{lattice}_artifacts")
+}
 
 /// Name of the control service (NATS service API, `$SRV.PING.<name>`) of `lattice`.
 pub fn control_service(lattice: &str) -> String {
@@ -71,5 +98,7 @@ mod tests {
             "lattice.blue.rpc.v1.http.shop.web"
         );
         assert_eq!(replica_queue("shop", "web"), "shop.web");
+        assert_eq!(apps_bucket("blue"), "lattice_blue_apps");
+        assert_eq!(artifacts_bucket("blue"), "lattice_blue_artifacts");
     }
 }

@@ -55,13 +55,36 @@ pub struct Manifest {
     pub warnings: Vec<String>,
 }
 
+/// Where a component's wasm comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Image {
+    /// A file on the machine that deploys the manifest, resolved against the manifest's
+    /// directory (`image: ./x.wasm` or `file://…`).
+    File(PathBuf),
+    /// Bytes in the lattice's artifact store, by the sha256 of the wasm (lowercase hex): what a
+    /// stored manifest names once its files were uploaded.
+    Artifact {
+        /// sha256 of the wasm, lowercase hex.
+        digest: String,
+    },
+}
+
+impl std::fmt::Display for Image {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Image::File(path) => write!(f, "{}", path.display()),
+            Image::Artifact { digest } => write!(f, "artifact sha256:{digest}"),
+        }
+    }
+}
+
 /// A `type: component` entry.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ComponentSpec {
     /// Component name, unique in the manifest.
     pub name: String,
-    /// Its wasm file, resolved against the manifest's directory.
-    pub image: PathBuf,
+    /// Its wasm.
+    pub image: Image,
     /// YAML path of `image`, for errors about the file.
     pub image_field: String,
     /// How many replicas, where.
@@ -96,42 +119,37 @@ pub struct Spread {
     /// Node labels that must all match.
     #[serde(default)]
     pub requirements: BTreeMap<String, String>,
-    /// Relative share of the instances (default 100, as in wadm).
+    /// Relative share of the instances (default 100, as in wadm; see `plan::spread_counts`).
     pub weight: Option<u32>,
 }
 
-impl Scaler {
-    /// Replicas of this component on a node with `labels`, when this node is the only one:
-    /// a spreadscaler places the share of every spread entry the node matches (all of them
-    /// without entries); a daemonscaler places `instances` when any entry matches.
-    pub fn replicas_on(&self, labels: &BTreeMap<String, String>) -> u32 {
-        let matches = |s: &Spread| s.requirements.iter().all(|(k, v)| labels.get(k) == Some(v));
-        match self {
-            Scaler::Spread { instances, spread } if spread.is_empty() => *instances,
-            Scaler::Spread { instances, spread } => {
-                let total: u64 = spread
-                    .iter()
-                    .map(|s| u64::from(s.weight.unwrap_or(100)))
-                    .sum();
-                if total == 0 {
-                    return 0;
-                }
-                let mine: u64 = spread
-                    .iter()
-                    .filter(|s| matches(s))
-                    .map(|s| u64::from(s.weight.unwrap_or(100)))
-                    .sum();
-                // Round up, so a matching entry with a small weight still gets a replica.
-                u32::try_from((u64::from(*instances) * mine).div_ceil(total)).unwrap_or(u32::MAX)
+impl Manifest {
+    /// Replaces every component's file image by the artifact `digests` names for it (component
+    /// name → sha256 hex): the form in which a manifest is stored and run by the lattice.
+    ///
+    /// # Errors
+    /// A component has no digest (the error names its `image` field), or a digest is not 64
+    /// lowercase hex characters.
+    pub fn bind_artifacts(&mut self, digests: &BTreeMap<String, String>) -> Result<(), FieldError> {
+        for spec in &mut self.components {
+            let digest = digests.get(&spec.name).ok_or_else(|| {
+                FieldError::new(&spec.image_field, "no artifact stored for this component")
+            })?;
+            if digest.len() != 64
+                || !digest
+                    .bytes()
+                    .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+            {
+                return Err(FieldError::new(
+                    &spec.image_field,
+                    format!("{digest:?} is not a sha256 digest (64 lowercase hex characters)"),
+                ));
             }
-            Scaler::Daemon { instances, spread } => {
-                if spread.is_empty() || spread.iter().any(matches) {
-                    *instances
-                } else {
-                    0
-                }
-            }
+            spec.image = Image::Artifact {
+                digest: digest.clone(),
+            };
         }
+        Ok(())
     }
 }
 
@@ -430,7 +448,8 @@ fn component(
         .image
         .as_deref()
         .ok_or_else(|| FieldError::new(&image_field, "missing"))?;
-    let image = resolve_image(image, base_dir).map_err(|r| FieldError::new(&image_field, r))?;
+    let image =
+        Image::File(resolve_image(image, base_dir).map_err(|r| FieldError::new(&image_field, r))?);
     if c.properties.config.is_some() {
         warnings.push(format!(
             "{at}.properties.config: wasi:config is not hosted yet; ignored"

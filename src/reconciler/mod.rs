@@ -1,116 +1,111 @@
-//! Desired state → running components on this node: manifests (from the config-dir watcher)
-//! are validated, their components prepared and their routes installed, atomically per app.
+//! The mini reconciler (wadm's job, built in, without a leader): desired state (manifests in
+//! the lattice's KV bucket, mirrored in sled) and observed state (heartbeats) → this node's
+//! share of the replicas, started and stopped here, and every app's routes on the ingress.
 //!
-//! A manifest that fails anywhere (YAML, a field, a missing or non-component wasm, a route
-//! another app holds, an address that cannot be bound) changes nothing: the app's previous
-//! version, and every other app, keep serving.
+//! `manifest` parses wadm manifests; `deploy` validates and stores them (the control API's
+//! `app.deploy`, the config-dir `watcher`); `store` mirrors the KV; `artifacts` moves component
+//! bytes by digest; `plan` is the pure placement every node computes alike; [`Deployer`] makes
+//! this node run its share; [`Reconciler`] loops over all of it, level-triggered.
 
+pub mod artifacts;
+pub mod deploy;
 pub mod manifest;
+pub mod plan;
+pub mod store;
 pub mod watcher;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 
 use crate::host::{CodeSource, Host, HttpComponent};
-use crate::lattice::membership::ComponentReplicas;
+use crate::lattice::membership::{ComponentReplicas, HostInfo, Membership};
 use crate::lattice::rpc::{Rpc, Serving};
-use crate::providers::http::{
-    HttpServer, Route, RouteConflict, RouteKey, RouteTarget, Router, RoutingTable,
-};
+use crate::nats::subjects;
+use crate::providers::http::{HttpServer, Router, RoutingTable};
+use artifacts::Artifacts;
+pub use deploy::{AppStore, DeployError, DeployOutcome, DeployRequest};
+use manifest::Image;
 pub use manifest::{FieldError, Manifest};
+use plan::{AppStatus, Failure, LocalReplicas, Running};
+use store::{Desired, Mirror};
 
-/// Why a deploy was refused. Nothing changed.
-#[derive(Debug, thiserror::Error)]
-pub enum DeployError {
-    /// A manifest field is wrong, or what it names (wasm file, address) is unusable.
-    #[error(transparent)]
-    Field(#[from] FieldError),
-    /// A route is held by another app.
-    #[error(transparent)]
-    RouteConflict(#[from] RouteConflict),
-    /// A component could not join its lattice queue group (NATS refused the subscription).
-    #[error("app {app:?}, component {component:?}: cannot take lattice invocations: {reason}")]
-    Serve {
-        /// App name.
-        app: String,
-        /// Component name.
-        component: String,
-        /// Why.
-        reason: String,
-    },
-    /// The app is deployed from another manifest file.
-    #[error("app {app:?} is already deployed from {other}; an app comes from one file")]
-    DuplicateApp {
-        /// App name.
-        app: String,
-        /// The file it is deployed from.
-        other: PathBuf,
-    },
-}
-
-/// An app running on this node.
-pub struct DeployedApp {
-    /// The manifest it runs.
-    pub manifest: Manifest,
-    /// The file it came from.
-    pub source: PathBuf,
-    /// Its components with replicas here.
-    pub components: Vec<LocalComponent>,
-    routes: Vec<Route>,
-}
+/// How long a replica that failed to start waits before it is tried again.
+const RETRY_FAILED: Duration = Duration::from_secs(10);
 
 /// A component with replicas on this node, taking lattice invocations while it lives.
-pub struct LocalComponent {
-    /// The component.
-    pub component: Arc<HttpComponent>,
-    /// Its replicas here.
-    pub replicas: u32,
+struct LocalComponent {
+    component: Arc<HttpComponent>,
+    replicas: u32,
+    version: String,
     /// Its queue-group subscription; `None` once the node stops taking invocations.
     serving: Option<Serving>,
 }
 
-/// Applies manifests to this node: one deploy, update or undeploy at a time.
+/// A start that failed, kept to report it and to wait before trying again.
+struct FailedStart {
+    version: String,
+    digest: String,
+    at: Instant,
+    reason: String,
+}
+
+#[derive(Default)]
+struct LocalState {
+    components: BTreeMap<(String, String), LocalComponent>,
+    failed: HashMap<(String, String), FailedStart>,
+    /// The version of every app this node routes, to log deploys, updates and undeploys.
+    versions: BTreeMap<String, String>,
+    /// What the installed routing table was built from, to skip rebuilding an equal one.
+    installed: Option<TableKey>,
+    /// (app, component, version) already logged as having no replica here.
+    noted: BTreeSet<(String, String, String)>,
+}
+
+type TableKey = (Vec<String>, Vec<(String, String, String, u32)>);
+
+/// Makes this node run its share of the lattice: one apply at a time.
 pub struct Deployer {
     host: Host,
     http: Arc<HttpServer>,
     rpc: Arc<Rpc>,
-    labels: BTreeMap<String, String>,
+    artifacts: Artifacts,
     replica_concurrency: u32,
-    apps: tokio::sync::Mutex<BTreeMap<String, DeployedApp>>,
-    /// What runs here, updated after every change: read without waiting for a deploy (which
-    /// may be compiling) to finish.
-    inventory: std::sync::Mutex<Vec<ComponentReplicas>>,
+    state: tokio::sync::Mutex<LocalState>,
+    /// What runs here and what failed, updated after every apply: read without waiting for an
+    /// apply (which may be compiling) to finish.
+    inventory: std::sync::Mutex<(Vec<ComponentReplicas>, Vec<Failure>)>,
     changed: Arc<Notify>,
 }
 
 impl Deployer {
-    /// A deployer placing components with `host`, routes on `http` (every app's, also those
-    /// with no replica here: `rpc` forwards their requests), replicas by `labels`; each replica
-    /// admits `replica_concurrency` concurrent requests.
+    /// A deployer placing components with `host` (their bytes from `artifacts`), routes on
+    /// `http` (every app's, also those with no replica here: `rpc` forwards their requests);
+    /// each replica admits `replica_concurrency` concurrent requests.
     pub fn new(
         host: Host,
         http: Arc<HttpServer>,
         rpc: Arc<Rpc>,
-        labels: BTreeMap<String, String>,
+        artifacts: Artifacts,
         replica_concurrency: u32,
     ) -> Deployer {
         Deployer {
             host,
             http,
             rpc,
-            labels,
+            artifacts,
             replica_concurrency,
-            apps: tokio::sync::Mutex::new(BTreeMap::new()),
-            inventory: std::sync::Mutex::new(Vec::new()),
+            state: tokio::sync::Mutex::new(LocalState::default()),
+            inventory: std::sync::Mutex::new((Vec::new(), Vec::new())),
             changed: Arc::new(Notify::new()),
         }
     }
 
-    /// Notified after every change of the components running here.
+    /// Notified after every change of the components running here or their failures.
     pub fn on_change(&self) -> Arc<Notify> {
         self.changed.clone()
     }
@@ -120,211 +115,392 @@ impl Deployer {
         self.inventory
             .lock()
             .unwrap_or_else(|p| p.into_inner())
+            .0
             .clone()
     }
 
-    /// Records the inventory of `apps` and wakes the heartbeat.
-    fn changed(&self, apps: &BTreeMap<String, DeployedApp>) {
-        let inventory = apps
-            .values()
-            .flat_map(|a| &a.components)
-            .map(|c| ComponentReplicas {
-                app: c.component.app().to_owned(),
-                component: c.component.name().to_owned(),
-                replicas: c.replicas,
-                digest: c.component.digest().to_owned(),
-            })
-            .collect();
-        *self.inventory.lock().unwrap_or_else(|p| p.into_inner()) = inventory;
-        self.changed.notify_one();
+    /// The replicas this node was given but could not start, with why.
+    pub fn failures(&self) -> Vec<Failure> {
+        self.inventory
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .1
+            .clone()
     }
 
     /// Leaves every component's queue group, so other replicas take new invocations; local
     /// requests are still served. For the node's stop.
     pub async fn stop_serving(&self) {
-        let mut apps = self.apps.lock().await;
-        for app in apps.values_mut() {
-            for component in &mut app.components {
-                component.serving = None;
-            }
+        let mut state = self.state.lock().await;
+        for component in state.components.values_mut() {
+            component.serving = None;
         }
     }
 
-    /// Deploys `manifest` (read from `source`), replacing the running version of the same app
-    /// once the new one is ready. Requests in flight finish on the version they started with.
-    ///
-    /// # Errors
-    /// [`DeployError`]; then nothing changed.
-    pub async fn deploy(&self, source: &Path, manifest: Manifest) -> Result<(), DeployError> {
-        let mut apps = self.apps.lock().await;
-        let held_elsewhere = apps
-            .get(&manifest.name)
-            .filter(|a| a.source != source && a.source.exists());
-        if let Some(existing) = held_elsewhere {
-            return Err(DeployError::DuplicateApp {
-                app: manifest.name.clone(),
-                other: existing.source.clone(),
-            });
-        }
-        let app: Arc<str> = manifest.name.as_str().into();
-        let mut components = Vec::new();
-        for spec in &manifest.components {
-            let replicas = spec.scaler.replicas_on(&self.labels);
-            if replicas == 0 {
-                tracing::info!(app = %app, component = %spec.name, "no replica of this component belongs on this node");
+    /// Runs `share` here ((app, component) → version and replicas) and routes every app of
+    /// `desired`: starts what is missing (a new version's replicas before the old ones stop),
+    /// stops what `share` no longer names, installs the routes in one swap. What cannot start
+    /// is reported in [`Deployer::failures`] and keeps its previous version running.
+    pub async fn apply(
+        &self,
+        desired: &Desired,
+        share: &BTreeMap<(String, String), LocalReplicas>,
+    ) {
+        let mut state = self.state.lock().await;
+        let now = Instant::now();
+        for (key, want) in share {
+            let Some(app) = desired.get(&key.0) else {
+                continue;
+            };
+            if want.version != app.record.deployed {
+                // Old replicas kept until their replacements run elsewhere: as they are.
                 continue;
             }
-            let wasm = read_component_file(&spec.image)
-                .await
-                .map_err(|reason| FieldError::new(&spec.image_field, reason))?;
-            let concurrency =
-                usize::try_from(u64::from(replicas) * u64::from(self.replica_concurrency))
-                    .unwrap_or(usize::MAX);
-            let prepared = self
-                .host
-                .prepare_http_component(app.clone(), spec.name.as_str().into(), wasm, concurrency)
-                .await
-                .map_err(|e| {
-                    FieldError::new(&spec.image_field, format!("{}: {e}", spec.image.display()))
-                })?;
-            match prepared.code_source {
-                CodeSource::Cache => {
-                    tracing::info!(app = %app, component = %spec.name, digest = prepared.component.digest(), "component code loaded from cache (not compiled)")
+            let Ok(manifest) = &app.manifest else {
+                continue;
+            };
+            let Some(spec) = manifest.components.iter().find(|c| c.name == key.1) else {
+                continue;
+            };
+            let Image::Artifact { digest } = &spec.image else {
+                continue;
+            };
+            let current = state.components.get(key);
+            if current.is_some_and(|c| {
+                c.version == want.version
+                    && c.component.digest() == digest
+                    && c.replicas == want.replicas
+            }) {
+                continue;
+            }
+            if let Some(failed) = state.failed.get(key)
+                && failed.version == want.version
+                && failed.digest == *digest
+                && now.duration_since(failed.at) < RETRY_FAILED
+            {
+                continue;
+            }
+            match self.start(key, digest, want).await {
+                Ok(local) => {
+                    state.failed.remove(key);
+                    tracing::info!(
+                        app = key.0,
+                        component = key.1,
+                        version = want.version,
+                        replicas = want.replicas,
+                        "replicas running here"
+                    );
+                    state.components.insert(key.clone(), local);
                 }
-                CodeSource::Compiled => {
-                    tracing::info!(app = %app, component = %spec.name, digest = prepared.component.digest(), "component compiled")
+                Err(reason) => {
+                    let repeated = state
+                        .failed
+                        .get(key)
+                        .is_some_and(|f| f.version == want.version && f.reason == reason);
+                    if !repeated {
+                        tracing::error!(
+                            app = key.0,
+                            component = key.1,
+                            version = want.version,
+                            "cannot start replicas here: {reason}"
+                        );
+                    }
+                    state.failed.insert(
+                        key.clone(),
+                        FailedStart {
+                            version: want.version.clone(),
+                            digest: digest.clone(),
+                            at: now,
+                            reason,
+                        },
+                    );
                 }
             }
-            // Subscribed before the swap, so replicas elsewhere never miss this one.
-            let serving = self
-                .rpc
-                .serve(prepared.component.clone())
-                .await
-                .map_err(|e| DeployError::Serve {
-                    app: app.to_string(),
-                    component: spec.name.clone(),
-                    reason: format!("{e:#}"),
-                })?;
-            components.push(LocalComponent {
-                component: prepared.component,
-                replicas,
-                serving: Some(serving),
-            });
         }
-        let ingress = self.http.ingress_addr();
-        let routes: Vec<Route> = manifest
-            .http_links
+        let stopped: Vec<(String, String)> = state
+            .components
+            .keys()
+            .filter(|k| !share.contains_key(*k))
+            .cloned()
+            .collect();
+        for key in stopped {
+            state.components.remove(&key);
+            tracing::info!(app = key.0, component = key.1, "replicas stopped here");
+        }
+        state.failed.retain(|k, _| share.contains_key(k));
+        self.note_unplaced(&mut state, desired, share);
+
+        let route_failures = self.install_routes(&mut state, desired).await;
+        self.log_versions(&mut state, desired);
+
+        let inventory: Vec<ComponentReplicas> = state
+            .components
             .iter()
-            .map(|link| Route {
-                key: RouteKey::new(
-                    listener_for(link.address, ingress, &app),
-                    link.host.as_deref(),
-                    link.path.as_deref(),
-                ),
-                target: RouteTarget {
-                    app: app.clone(),
-                    component: link.target.as_str().into(),
-                },
+            .map(|((app, component), c)| ComponentReplicas {
+                app: app.clone(),
+                component: component.clone(),
+                replicas: c.replicas,
+                digest: c.component.digest().to_owned(),
+                version: c.version.clone(),
             })
             .collect();
-
-        // The same file naming another app now: that app goes in the same swap.
-        let renamed_from = apps
-            .values()
-            .find(|a| a.source == source && a.manifest.name != manifest.name)
-            .map(|a| a.manifest.name.clone());
-        let others = apps.values().filter(|a| {
-            a.manifest.name != manifest.name && Some(&a.manifest.name) != renamed_from.as_ref()
-        });
-        let table = self.routing_table(
-            others
-                .map(|a| (&a.routes, &a.components))
-                .chain([(&routes, &components)]),
-        )?;
-        self.http.apply(table).await.map_err(|e| {
-            let field = manifest
-                .http_links
-                .iter()
-                .find(|l| l.address == Some(e.addr))
-                .map_or_else(
-                    || "spec".to_owned(),
-                    |l| format!("{}.source.config.address", l.field),
-                );
-            FieldError::new(field, e.to_string())
-        })?;
-        let previous = apps.insert(
-            manifest.name.clone(),
-            DeployedApp {
-                manifest,
-                source: source.to_path_buf(),
-                components,
-                routes,
-            },
-        );
-        if let Some(old) = renamed_from {
-            apps.remove(&old);
-            tracing::info!(app = old, source = %source.display(), "app undeployed: its manifest now names app {app}");
+        let failures: Vec<Failure> = state
+            .failed
+            .iter()
+            .map(|((app, component), f)| Failure {
+                app: app.clone(),
+                component: component.clone(),
+                version: f.version.clone(),
+                reason: f.reason.clone(),
+            })
+            .chain(route_failures)
+            .collect();
+        let mut current = self.inventory.lock().unwrap_or_else(|p| p.into_inner());
+        if current.0 != inventory || current.1 != failures {
+            *current = (inventory, failures);
+            self.changed.notify_one();
         }
-        let deployed = &apps[&*app];
-        let routes: Vec<String> = deployed.routes.iter().map(|r| r.key.to_string()).collect();
-        tracing::info!(
-            app = %app,
-            version = deployed.manifest.version.as_deref().unwrap_or("-"),
-            source = %source.display(),
-            routes = ?routes,
-            "{}",
-            if previous.is_some() { "app updated" } else { "app deployed" }
-        );
-        self.changed(&apps);
-        Ok(())
     }
 
-    /// Stops serving app `name`; `false` if it was not deployed. Requests in flight finish.
-    pub async fn undeploy(&self, name: &str) -> bool {
-        let mut apps = self.apps.lock().await;
-        let Some(removed) = apps.remove(name) else {
-            return false;
-        };
-        let table = self
-            .routing_table(apps.values().map(|a| (&a.routes, &a.components)))
-            .expect("routes that coexisted still coexist without one app");
-        if let Err(e) = self.http.apply(table).await {
-            // Only new listeners can fail to bind; removing an app opens none.
-            tracing::error!(error = %e, "updating listeners after undeploy");
+    /// Fetches, compiles (or loads from the code cache) and subscribes one component.
+    async fn start(
+        &self,
+        key: &(String, String),
+        digest: &str,
+        want: &LocalReplicas,
+    ) -> Result<LocalComponent, String> {
+        let (app, name) = key;
+        let wasm = self
+            .artifacts
+            .fetch(digest)
+            .await
+            .map_err(|e| format!("{e:#}"))?;
+        let concurrency =
+            usize::try_from(u64::from(want.replicas) * u64::from(self.replica_concurrency))
+                .unwrap_or(usize::MAX);
+        let prepared = self
+            .host
+            .prepare_http_component(app.as_str().into(), name.as_str().into(), wasm, concurrency)
+            .await
+            .map_err(|e| e.to_string())?;
+        match prepared.code_source {
+            CodeSource::Cache => {
+                tracing::info!(
+                    app,
+                    component = name,
+                    digest,
+                    "component code loaded from cache (not compiled)"
+                )
+            }
+            CodeSource::Compiled => {
+                tracing::info!(app, component = name, digest, "component compiled")
+            }
         }
-        tracing::info!(app = name, source = %removed.source.display(), "app undeployed");
-        self.changed(&apps);
-        true
+        // Subscribed before the swap, so replicas elsewhere never miss this one.
+        let serving = self
+            .rpc
+            .serve(prepared.component.clone())
+            .await
+            .map_err(|e| format!("cannot take lattice invocations: {e:#}"))?;
+        Ok(LocalComponent {
+            component: prepared.component,
+            replicas: want.replicas,
+            version: want.version.clone(),
+            serving: Some(serving),
+        })
     }
 
-    /// The app deployed from `source`, if any.
-    pub async fn app_from(&self, source: &Path) -> Option<String> {
-        self.apps
+    /// Logs, once per version, the components of `desired` with no replica here.
+    fn note_unplaced(
+        &self,
+        state: &mut LocalState,
+        desired: &Desired,
+        share: &BTreeMap<(String, String), LocalReplicas>,
+    ) {
+        let mut noted = BTreeSet::new();
+        for (name, app) in desired {
+            let Ok(manifest) = &app.manifest else {
+                continue;
+            };
+            for spec in &manifest.components {
+                let key = (name.clone(), spec.name.clone());
+                if share.contains_key(&key) {
+                    continue;
+                }
+                let entry = (name.clone(), spec.name.clone(), app.record.deployed.clone());
+                if !state.noted.contains(&entry) {
+                    tracing::info!(
+                        app = name,
+                        component = spec.name,
+                        version = app.record.deployed,
+                        "no replica of this component belongs on this node"
+                    );
+                }
+                noted.insert(entry);
+            }
+        }
+        state.noted = noted;
+    }
+
+    /// Installs the routes of every app of `desired` (apps stored earlier keep a contested
+    /// route) with the local components; returns the apps whose routes could not be installed.
+    async fn install_routes(&self, state: &mut LocalState, desired: &Desired) -> Vec<Failure> {
+        let ingress = self.http.ingress_addr();
+        let mut apps: Vec<(&String, &Arc<Manifest>, &str, u64)> = desired
+            .iter()
+            .filter_map(|(name, app)| {
+                let manifest = app.manifest.as_ref().ok()?;
+                Some((
+                    name,
+                    manifest,
+                    app.record.deployed.as_str(),
+                    app.first_stored_ms(),
+                ))
+            })
+            .collect();
+        apps.sort_by_key(|(name, _, _, first)| (*first, (*name).clone()));
+        let components: Vec<(String, String, String, u32)> = state
+            .components
+            .iter()
+            .map(|((a, c), l)| {
+                (
+                    a.clone(),
+                    c.clone(),
+                    l.component.digest().to_owned(),
+                    l.replicas,
+                )
+            })
+            .collect();
+        let mut excluded: BTreeMap<String, String> = BTreeMap::new();
+        loop {
+            let mut routes = Vec::new();
+            let mut failures = Vec::new();
+            let mut included = Vec::new();
+            for (name, manifest, version, _) in &apps {
+                if let Some(reason) = excluded.get(*name) {
+                    failures.push(Failure {
+                        app: (*name).clone(),
+                        component: String::new(),
+                        version: (*version).to_owned(),
+                        reason: reason.clone(),
+                    });
+                    continue;
+                }
+                let mine = deploy::routes_of(manifest, ingress);
+                let mut candidate = routes.clone();
+                candidate.extend(mine.iter().cloned());
+                match Router::build(candidate) {
+                    Ok(_) => {
+                        routes.extend(mine);
+                        included.push(format!("{name}@{version}"));
+                    }
+                    Err(conflict) => {
+                        excluded.insert((*name).clone(), conflict.to_string());
+                    }
+                }
+            }
+            // Rebuilt only if a failure appeared above; the loop ends once nothing new is
+            // excluded.
+            if failures.len() < excluded.len() {
+                continue;
+            }
+            let key: TableKey = (included, components.clone());
+            if state.installed.as_ref() == Some(&key) {
+                return failures;
+            }
+            let table = RoutingTable {
+                router: match Router::build(routes) {
+                    Ok(router) => router,
+                    Err(e) => {
+                        tracing::error!(error = %e, "routes that were checked one by one conflict");
+                        return failures;
+                    }
+                },
+                components: state
+                    .components
+                    .iter()
+                    .map(|((a, c), l)| {
+                        (
+                            (Arc::from(a.as_str()), Arc::from(c.as_str())),
+                            l.component.clone(),
+                        )
+                    })
+                    .collect(),
+                remote: Some(self.rpc.clone()),
+            };
+            match self.http.apply(table).await {
+                Ok(()) => {
+                    state.installed = Some(key);
+                    return failures;
+                }
+                Err(e) => {
+                    // An app address that cannot be bound: that app's routes stay out.
+                    let culprits: Vec<String> = apps
+                        .iter()
+                        .filter(|(name, m, _, _)| {
+                            !excluded.contains_key(*name)
+                                && m.http_links.iter().any(|l| l.address == Some(e.addr))
+                        })
+                        .map(|(name, _, _, _)| (*name).clone())
+                        .collect();
+                    if culprits.is_empty() {
+                        tracing::error!(error = %e, "installing routes");
+                        return failures;
+                    }
+                    for name in culprits {
+                        excluded.insert(name, e.to_string());
+                    }
+                }
+            }
+        }
+    }
+
+    /// Logs apps deployed, updated and undeployed on this node since the last apply.
+    fn log_versions(&self, state: &mut LocalState, desired: &Desired) {
+        let ingress = self.http.ingress_addr();
+        let now: BTreeMap<String, String> = desired
+            .iter()
+            .map(|(name, app)| (name.clone(), app.record.deployed.clone()))
+            .collect();
+        for (name, version) in &now {
+            let before = state.versions.get(name);
+            if before == Some(version) {
+                continue;
+            }
+            let routes: Vec<String> = desired[name]
+                .manifest
+                .as_ref()
+                .map(|m| {
+                    deploy::routes_of(m, ingress)
+                        .iter()
+                        .map(|r| r.key.to_string())
+                        .collect()
+                })
+                .unwrap_or_default();
+            tracing::info!(
+                app = name,
+                version,
+                routes = ?routes,
+                "{}",
+                if before.is_some() { "app updated" } else { "app deployed" }
+            );
+        }
+        for name in state.versions.keys().filter(|n| !now.contains_key(*n)) {
+            tracing::info!(app = name, "app undeployed");
+        }
+        state.versions = now;
+    }
+
+    /// What runs here: (app, component) → version and replicas.
+    async fn running(&self) -> BTreeMap<(String, String), (String, u32)> {
+        self.state
             .lock()
             .await
-            .values()
-            .find(|a| a.source == source)
-            .map(|a| a.manifest.name.clone())
+            .components
+            .iter()
+            .map(|(k, c)| (k.clone(), (c.version.clone(), c.replicas)))
+            .collect()
     }
-}
-
-/// Largest component file accepted, in bytes.
-const MAX_COMPONENT_BYTES: u64 = 256 * 1024 * 1024;
-
-/// Reads a component's wasm: a regular file of at most [`MAX_COMPONENT_BYTES`].
-async fn read_component_file(path: &Path) -> Result<Vec<u8>, String> {
-    let cannot = |e: &dyn std::fmt::Display| format!("cannot read {}: {e}", path.display());
-    let meta = tokio::fs::metadata(path).await.map_err(|e| cannot(&e))?;
-    if !meta.is_file() {
-        return Err(cannot(&"not a regular file"));
-    }
-    if meta.len() > MAX_COMPONENT_BYTES {
-        return Err(cannot(&format!(
-            "{} bytes is more than the {MAX_COMPONENT_BYTES} bytes allowed",
-            meta.len()
-        )));
-    }
-    tokio::fs::read(path).await.map_err(|e| cannot(&e))
 }
 
 /// The listener of an http link's `address`: the shared ingress when the address is the
@@ -335,7 +511,7 @@ fn listener_for(address: Option<SocketAddr>, ingress: SocketAddr, app: &str) -> 
         None => ingress,
         Some(addr) if addr == ingress => ingress,
         Some(addr) if addr.ip().is_unspecified() && addr.port() == ingress.port() => {
-            tracing::warn!(
+            tracing::debug!(
                 app,
                 %addr,
                 "address is the ingress's port on every interface: served by the shared ingress on {ingress} \
@@ -347,26 +523,149 @@ fn listener_for(address: Option<SocketAddr>, ingress: SocketAddr, app: &str) -> 
     }
 }
 
-impl Deployer {
-    /// Builds the table from apps' routes and components; the earlier app holds a contested
-    /// route.
-    fn routing_table<'a>(
-        &self,
-        apps: impl Iterator<Item = (&'a Vec<Route>, &'a Vec<LocalComponent>)>,
-    ) -> Result<RoutingTable, RouteConflict> {
-        let mut routes = Vec::new();
-        let mut components = HashMap::new();
-        for (app_routes, app_components) in apps {
-            routes.extend(app_routes.iter().cloned());
-            for c in app_components {
-                let c = &c.component;
-                components.insert((Arc::from(c.app()), Arc::from(c.name())), c.clone());
+/// The reconcile loop of one node.
+pub struct Reconciler {
+    /// This node's id.
+    pub me: String,
+    /// Runs this node's share.
+    pub deployer: Arc<Deployer>,
+    /// The desired state.
+    pub mirror: Arc<Mirror>,
+    /// The live hosts.
+    pub membership: Arc<Membership>,
+    /// This node as it describes itself now.
+    pub local: Arc<dyn Fn() -> HostInfo + Send + Sync>,
+    /// Publishes `app_status` events.
+    pub client: async_nats::Client,
+    /// Lattice name.
+    pub lattice: String,
+    /// Interval of the level-triggered pass when nothing wakes it earlier.
+    pub tick: Duration,
+    /// Code cache dir, pruned of unused artifacts' code.
+    pub code_cache: std::path::PathBuf,
+    /// This node's artifact cache.
+    pub artifacts: Artifacts,
+}
+
+impl Reconciler {
+    /// The live hosts: those heard from, with this node as it is now.
+    pub fn hosts(&self) -> Vec<HostInfo> {
+        self.membership.hosts_with((self.local)())
+    }
+
+    /// Reconciles until `shutdown`: after `start` (the config dir's first pass) and a short
+    /// wait to hear from the other hosts, then whenever the desired state or a host changes,
+    /// and every `tick`. `first_pass` is told after the first pass.
+    pub async fn run(
+        self,
+        start: tokio::sync::oneshot::Receiver<()>,
+        first_pass: tokio::sync::oneshot::Sender<()>,
+        shutdown: CancellationToken,
+    ) {
+        tokio::select! {
+            _ = start => {}
+            () = shutdown.cancelled() => return,
+        }
+        let mut desired_rx = self.mirror.subscribe();
+        let mut surplus: BTreeMap<(String, String), Instant> = BTreeMap::new();
+        let mut statuses: BTreeMap<String, AppStatus> = BTreeMap::new();
+        let mut first_pass = Some(first_pass);
+        let mut ticker = tokio::time::interval(self.tick);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut prune = true;
+        loop {
+            let desired = self.mirror.desired();
+            desired_rx.mark_unchanged();
+            let hosts = self.hosts();
+            let placement = plan::place(&desired, &hosts);
+            let now = Instant::now();
+            let running: BTreeMap<(String, String), Running> = self
+                .deployer
+                .running()
+                .await
+                .into_iter()
+                .map(|(key, (version, replicas))| {
+                    let placed_here = placement
+                        .get(&key)
+                        .is_some_and(|p| p.hosts.contains_key(&self.me));
+                    let current = desired
+                        .get(&key.0)
+                        .is_some_and(|a| a.record.deployed == version);
+                    let surplus_since = if placed_here && current {
+                        surplus.remove(&key);
+                        None
+                    } else {
+                        Some(*surplus.entry(key.clone()).or_insert(now))
+                    };
+                    (
+                        key,
+                        Running {
+                            version,
+                            replicas,
+                            surplus_since,
+                        },
+                    )
+                })
+                .collect();
+            surplus.retain(|k, _| running.contains_key(k));
+            let share = plan::local_share(&self.me, &desired, &placement, &hosts, &running, now);
+            self.deployer.apply(&desired, &share).await;
+            if let Some(done) = first_pass.take() {
+                let _ = done.send(());
+            }
+            self.report(&desired, &placement, &mut statuses).await;
+            if std::mem::take(&mut prune) {
+                let referenced = plan::referenced_digests(&desired);
+                self.artifacts.prune_cache(&referenced, &self.code_cache);
+            }
+            tokio::select! {
+                changed = desired_rx.changed() => {
+                    if changed.is_err() { return; }
+                    prune = true;
+                }
+                () = self.membership.changed() => {}
+                _ = ticker.tick() => {}
+                () = shutdown.cancelled() => return,
             }
         }
-        Ok(RoutingTable {
-            router: Router::build(routes)?,
-            components,
-            remote: Some(self.rpc.clone()),
-        })
+    }
+
+    /// Publishes the state of every app whose state changed, for the apps this node reports.
+    async fn report(
+        &self,
+        desired: &Desired,
+        placement: &plan::Placement,
+        last: &mut BTreeMap<String, AppStatus>,
+    ) {
+        let hosts = self.hosts();
+        last.retain(|name, _| desired.contains_key(name));
+        for name in desired.keys() {
+            let Some(status) = plan::status(name, desired, placement, &hosts) else {
+                continue;
+            };
+            if last.get(name) == Some(&status) {
+                continue;
+            }
+            let reporter = plan::reporter(name, &hosts).map(|h| h.id.as_str());
+            if reporter == Some(self.me.as_str()) {
+                tracing::info!(
+                    app = name,
+                    version = status.version,
+                    state = status.state.as_str(),
+                    reason = status.reason,
+                    "app status"
+                );
+                let subject = subjects::event(&self.lattice, subjects::APP_STATUS);
+                match serde_json::to_vec(&status) {
+                    Ok(payload) => {
+                        if let Err(e) = self.client.publish(subject, payload.into()).await {
+                            tracing::debug!(error = %e, "publishing app status");
+                        }
+                    }
+                    Err(e) => tracing::debug!(error = %e, "encoding app status"),
+                }
+            }
+            last.insert(name.clone(), status);
+        }
     }
 }

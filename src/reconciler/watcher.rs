@@ -1,6 +1,8 @@
-//! The config-dir watcher: `*.yaml`/`*.yml` files are application manifests; a new file deploys,
-//! a changed one updates, a removed one undeploys. notify wakes it up; every pass re-reads the
-//! whole directory (level-triggered), and a timer re-scans in case an event was lost.
+//! The config-dir watcher: `*.yaml`/`*.yml` files are application manifests, deployed into the
+//! lattice's desired state as `lattice app deploy` would: a new file deploys lattice-wide, a
+//! changed one updates, a removed one undeploys (if the app's deployed version came from it).
+//! notify wakes it up; every pass re-reads the whole directory (level-triggered), and a timer
+//! re-scans in case an event was lost, sooner while the desired-state store is unreachable.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -8,58 +10,105 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use notify::{RecursiveMode, Watcher};
+use notify::{RecursiveMode, Watcher as _};
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
-use super::{Deployer, manifest};
+use super::deploy::{self, AppStore, DeployError, DeployRequest};
+use super::manifest;
+use super::store::Source;
 
 /// Quiet time after a file event before the directory is read, so editors' multi-step saves
 /// are seen whole.
 const SETTLE: Duration = Duration::from_millis(100);
 /// Re-scan interval when no event arrives.
 const RESCAN: Duration = Duration::from_secs(30);
+/// Re-scan interval while a file waits for the desired-state store to be reachable.
+const RESCAN_UNREACHABLE: Duration = Duration::from_secs(2);
 
 /// What the watcher last saw of a manifest file.
 struct FileState {
     digest: [u8; 32],
     /// The error of its last deploy, if it failed.
-    error: Option<String>,
+    error: Option<Failed>,
+    /// The app it deployed.
+    app: Option<String>,
 }
 
-/// Watches `dir` (created if missing) and applies its manifests through `deployer` until
-/// `shutdown`. `first_pass` is told when the manifests present at start have been applied.
+/// Why a file was not applied.
+#[derive(Clone, PartialEq, Eq)]
+struct Failed {
+    text: String,
+    /// The desired-state store could not be reached: retried soon.
+    unreachable: bool,
+}
+
+/// This node, as the source of the manifests of its config dir.
+#[derive(Clone)]
+pub struct NodeRef {
+    /// Node id.
+    pub id: String,
+    /// Node name.
+    pub name: String,
+}
+
+impl NodeRef {
+    fn source(&self, path: &Path) -> Source {
+        Source::File {
+            node_id: self.id.clone(),
+            node: self.name.clone(),
+            path: path.display().to_string(),
+        }
+    }
+}
+
+/// Watches `dir` (created if missing) and deploys its manifests into `store` as node `node`
+/// until `shutdown`. `first_pass` is told when the manifests present at start have been
+/// applied (or failed).
 ///
 /// # Errors
 /// The directory cannot be created or watched.
 pub async fn run(
     dir: PathBuf,
-    deployer: Arc<Deployer>,
+    store: Arc<AppStore>,
+    node: NodeRef,
     shutdown: CancellationToken,
     first_pass: Option<tokio::sync::oneshot::Sender<()>>,
 ) -> anyhow::Result<()> {
+    let dir = if dir.is_absolute() {
+        dir
+    } else {
+        std::env::current_dir()
+            .context("reading the current dir")?
+            .join(dir)
+    };
+    let deployer = DirDeployer {
+        store,
+        node,
+        dir: dir.clone(),
+    };
     std::fs::create_dir_all(&dir)
         .with_context(|| format!("creating config dir {}", dir.display()))?;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+    let mut notifier = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         // Reading the directory is itself an event (open, access); only changes count.
         if event.as_ref().map_or(true, touches_manifests) {
             let _ = tx.send(event);
         }
     })
     .context("creating the config-dir watcher")?;
-    watcher
+    notifier
         .watch(&dir, RecursiveMode::NonRecursive)
         .with_context(|| format!("watching config dir {}", dir.display()))?;
     tracing::info!(dir = %dir.display(), "watching the config dir for manifests");
 
     let mut files: BTreeMap<PathBuf, FileState> = BTreeMap::new();
-    scan(&dir, &deployer, &mut files, false).await;
+    deployer.undeploy_orphans().await;
+    deployer.scan(&mut files, false).await;
     if let Some(first_pass) = first_pass {
         let _ = first_pass.send(());
     }
-    let mut rescan = tokio::time::interval_at(tokio::time::Instant::now() + RESCAN, RESCAN);
-    rescan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut next_rescan = tokio::time::Instant::now() + rescan_interval(&files);
     loop {
         tokio::select! {
             event = rx.recv() => {
@@ -70,13 +119,26 @@ pub async fn run(
                 }
                 tokio::time::sleep(SETTLE).await;
                 while rx.try_recv().is_ok() {}
-                scan(&dir, &deployer, &mut files, false).await;
+                deployer.scan(&mut files, false).await;
             }
-            // The timer also retries manifests that failed: the wasm may exist now, a port may
-            // be free.
-            _ = rescan.tick() => scan(&dir, &deployer, &mut files, true).await,
+            // The timer also retries manifests that failed: the wasm may exist now, the store
+            // may be reachable again.
+            () = tokio::time::sleep_until(next_rescan) => deployer.scan(&mut files, true).await,
             () = shutdown.cancelled() => return Ok(()),
         }
+        next_rescan = tokio::time::Instant::now() + rescan_interval(&files);
+    }
+}
+
+/// Sooner while a file waits for the store.
+fn rescan_interval(files: &BTreeMap<PathBuf, FileState>) -> Duration {
+    if files
+        .values()
+        .any(|f| f.error.as_ref().is_some_and(|e| e.unreachable))
+    {
+        RESCAN_UNREACHABLE
+    } else {
+        RESCAN
     }
 }
 
@@ -108,91 +170,220 @@ fn is_manifest(path: &Path) -> bool {
         )
 }
 
-/// One level-triggered pass over the directory.
-async fn scan(
-    dir: &Path,
-    deployer: &Deployer,
-    files: &mut BTreeMap<PathBuf, FileState>,
-    retry_failed: bool,
-) {
-    let present: Vec<PathBuf> = match std::fs::read_dir(dir) {
-        Ok(entries) => {
-            let mut paths: Vec<PathBuf> = entries
-                .filter_map(|e| e.ok())
-                .map(|e| e.path())
-                .filter(|p| is_manifest(p))
-                .collect();
-            paths.sort();
-            paths
-        }
-        Err(e) => {
-            tracing::error!(dir = %dir.display(), error = %e, "cannot read the config dir; keeping every app as it is");
-            return;
-        }
-    };
-
-    let mut changed = false;
-    let removed: Vec<PathBuf> = files
-        .keys()
-        .filter(|p| !present.contains(p))
-        .cloned()
-        .collect();
-    for path in removed {
-        files.remove(&path);
-        changed = true;
-        if let Some(app) = deployer.app_from(&path).await {
-            tracing::info!(file = %path.display(), app, "manifest file removed; undeploying");
-            deployer.undeploy(&app).await;
-        }
-    }
-
-    let mut contents = Vec::new();
-    for path in present {
-        match std::fs::read(&path) {
-            Ok(bytes) => {
-                let digest: [u8; 32] = Sha256::digest(&bytes).into();
-                let unchanged = files.get(&path).is_some_and(|f| f.digest == digest);
-                changed |= !unchanged;
-                contents.push((path, bytes, digest, unchanged));
-            }
-            Err(e) => {
-                tracing::error!(file = %path.display(), error = %e, "cannot read manifest file")
-            }
-        }
-    }
-    // Unchanged files are applied again only if their last try failed, and then only when
-    // something else changed (a conflicting app may be gone) or `retry_failed` says so.
-    let retry_failed = retry_failed || changed;
-    for (path, bytes, digest, unchanged) in contents {
-        let failed_before = files.get(&path).and_then(|f| f.error.clone());
-        if unchanged && (failed_before.is_none() || !retry_failed) {
-            continue;
-        }
-        let result = apply_file(&path, &bytes, deployer).await;
-        let error = result.err();
-        // Log a failure once, not at every re-scan that retries it with the same result.
-        if let Some(error) = error
-            .as_ref()
-            .filter(|e| failed_before.as_ref() != Some(*e) || !unchanged)
-        {
-            tracing::error!(file = %path.display(), "manifest not applied: {error}; what was running keeps running");
-        }
-        files.insert(path, FileState { digest, error });
-    }
+struct DirDeployer {
+    store: Arc<AppStore>,
+    node: NodeRef,
+    dir: PathBuf,
 }
 
-/// Parses and deploys one file; the error text names the file and the field.
-async fn apply_file(path: &Path, bytes: &[u8], deployer: &Deployer) -> Result<(), String> {
-    let in_file = |e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
-    let text = std::str::from_utf8(bytes).map_err(|e| in_file(&format!("not UTF-8 text: {e}")))?;
-    let base = path.parent().unwrap_or(Path::new("."));
-    let manifest = manifest::parse(text, base).map_err(|e| in_file(&e))?;
-    for warning in &manifest.warnings {
-        tracing::warn!(file = %path.display(), app = manifest.name, "{warning}");
+impl DirDeployer {
+    /// Undeploys the apps whose deployed version came from a file of this dir that is gone
+    /// (removed while the node was down).
+    async fn undeploy_orphans(&self) {
+        let desired = self.store.mirror().desired();
+        for (name, app) in desired.iter() {
+            let Some(Source::File { node_id, path, .. }) =
+                app.record.deployed_version().map(|v| &v.source)
+            else {
+                continue;
+            };
+            let path = Path::new(path);
+            if *node_id != self.node.id || path.parent() != Some(&self.dir) || path.exists() {
+                continue;
+            }
+            let source = self.node.source(path);
+            match self.store.undeploy(name, Some(&source)).await {
+                Ok(true) => {
+                    tracing::info!(file = %path.display(), app = name, "manifest file removed while the node was down; app undeployed")
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(file = %path.display(), app = name, error = %e, "undeploying the app of a removed manifest file")
+                }
+            }
+        }
     }
-    let name = manifest.name.clone();
-    deployer
-        .deploy(path, manifest)
-        .await
-        .map_err(|e| in_file(&format!("app {name:?}: {e}")))
+
+    /// One level-triggered pass over the directory.
+    async fn scan(&self, files: &mut BTreeMap<PathBuf, FileState>, retry_failed: bool) {
+        let dir = &self.dir;
+        let present: Vec<PathBuf> = match std::fs::read_dir(dir) {
+            Ok(entries) => {
+                let mut paths: Vec<PathBuf> = entries
+                    .filter_map(|e| e.ok())
+                    .map(|e| e.path())
+                    .filter(|p| is_manifest(p))
+                    .collect();
+                paths.sort();
+                paths
+            }
+            Err(e) => {
+                tracing::error!(dir = %dir.display(), error = %e, "cannot read the config dir; keeping every app as it is");
+                return;
+            }
+        };
+
+        let mut changed = false;
+        let removed: Vec<PathBuf> = files
+            .keys()
+            .filter(|p| !present.contains(p))
+            .cloned()
+            .collect();
+        for path in removed {
+            let state = files.remove(&path);
+            changed = true;
+            let Some(app) = state.and_then(|s| s.app) else {
+                continue;
+            };
+            let source = self.node.source(&path);
+            match self.store.undeploy(&app, Some(&source)).await {
+                Ok(true) => {
+                    tracing::info!(file = %path.display(), app, "manifest file removed; app undeployed")
+                }
+                Ok(false) => {
+                    tracing::info!(file = %path.display(), app, "manifest file removed; the app's deployed version came from elsewhere and stays")
+                }
+                Err(DeployError::NoSuchApp(_)) => {}
+                Err(e) => {
+                    tracing::error!(file = %path.display(), app, "manifest file removed, but its app could not be undeployed: {e}")
+                }
+            }
+        }
+
+        let mut contents = Vec::new();
+        for path in present {
+            match std::fs::read(&path) {
+                Ok(bytes) => {
+                    let digest: [u8; 32] = Sha256::digest(&bytes).into();
+                    let unchanged = files.get(&path).is_some_and(|f| f.digest == digest);
+                    changed |= !unchanged;
+                    contents.push((path, bytes, digest, unchanged));
+                }
+                Err(e) => {
+                    tracing::error!(file = %path.display(), error = %e, "cannot read manifest file")
+                }
+            }
+        }
+        // Unchanged files are applied again only if their last try failed, and then only when
+        // something else changed (a conflicting app may be gone) or `retry_failed` says so.
+        let retry_failed = retry_failed || changed;
+        for (path, bytes, digest, unchanged) in contents {
+            let before = files.get(&path);
+            let failed_before = before.and_then(|f| f.error.clone());
+            if unchanged && (failed_before.is_none() || !retry_failed) {
+                continue;
+            }
+            let first_sight = before.is_none();
+            let previous_app = before.and_then(|f| f.app.clone());
+            let result = self.apply_file(&path, &bytes, first_sight).await;
+            let (app, error) = match result {
+                Ok(app) => (Some(app), None),
+                Err(e) => (previous_app, Some(e)),
+            };
+            // Log a failure once, not at every re-scan that retries it with the same result.
+            if let Some(error) = error
+                .as_ref()
+                .filter(|e| failed_before.as_ref() != Some(*e) || !unchanged)
+            {
+                tracing::error!(file = %path.display(), "manifest not applied: {}; what was running keeps running", error.text);
+            }
+            files.insert(path, FileState { digest, error, app });
+        }
+    }
+
+    /// Parses, uploads and deploys one file; returns its app. The error text names the file
+    /// and the field.
+    async fn apply_file(
+        &self,
+        path: &Path,
+        bytes: &[u8],
+        first_sight: bool,
+    ) -> Result<String, Failed> {
+        let failed = |text: String| Failed {
+            text,
+            unreachable: false,
+        };
+        let in_file = |e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
+        let text = std::str::from_utf8(bytes)
+            .map_err(|e| failed(in_file(&format!("not UTF-8 text: {e}"))))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        let manifest = manifest::parse(text, base).map_err(|e| failed(in_file(&e)))?;
+        for warning in &manifest.warnings {
+            tracing::warn!(file = %path.display(), app = manifest.name, "{warning}");
+        }
+        let name = manifest.name.clone();
+        let source = self.node.source(path);
+        let mirror = self.store.mirror().clone();
+        let stored = mirror.get(&name).map(|(_, record)| record);
+        if let Some(record) = &stored {
+            let deployed_source = record.deployed_version().map(|v| &v.source);
+            if let Some(Source::File {
+                node_id,
+                path: other,
+                ..
+            }) = deployed_source
+                && *node_id == self.node.id
+                && Path::new(other) != path
+                && Path::new(other).exists()
+            {
+                let e = DeployError::DuplicateApp {
+                    app: name.clone(),
+                    other: other.clone(),
+                };
+                return Err(failed(in_file(&format!("app {name:?}: {e}"))));
+            }
+            // A file seen for the first time (at the node's start) that holds an older version:
+            // the lattice has moved on; the file does not roll it back.
+            if first_sight
+                && record
+                    .versions
+                    .iter()
+                    .any(|v| v.manifest == text && v.version != record.deployed)
+            {
+                tracing::info!(file = %path.display(), app = name, deployed = record.deployed, "manifest file holds an older version of the app; the deployed one stays");
+                return Ok(name);
+            }
+        }
+        let to_failure = |e: DeployError| Failed {
+            unreachable: matches!(e, DeployError::Store(_)),
+            text: in_file(&format!("app {name:?}: {e}")),
+        };
+        let images = deploy::upload_images(&manifest, self.store.artifacts())
+            .await
+            .map_err(to_failure)?;
+        let outcome = self
+            .store
+            .deploy(DeployRequest {
+                manifest: text.to_owned(),
+                version: None,
+                images,
+                source: source.clone(),
+            })
+            .await
+            .map_err(to_failure)?;
+        if outcome.changed {
+            tracing::info!(file = %path.display(), app = name, version = outcome.version, "manifest deployed to the lattice");
+        }
+        // The same file naming another app now: that app goes.
+        let renamed: Vec<String> = mirror
+            .desired()
+            .iter()
+            .filter(|(other, app)| {
+                **other != name && app.record.deployed_version().map(|v| &v.source) == Some(&source)
+            })
+            .map(|(other, _)| other.clone())
+            .collect();
+        for old in renamed {
+            match self.store.undeploy(&old, Some(&source)).await {
+                Ok(true) => {
+                    tracing::info!(app = old, file = %path.display(), "app undeployed: its manifest now names app {name}")
+                }
+                Ok(false) | Err(DeployError::NoSuchApp(_)) => {}
+                Err(e) => {
+                    tracing::warn!(app = old, error = %e, "undeploying the app this file named before")
+                }
+            }
+        }
+        Ok(name)
+    }
 }

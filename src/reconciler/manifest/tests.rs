@@ -55,7 +55,7 @@ fn wasmcloud_hello_world_parses() {
     assert_eq!(m.components.len(), 1);
     assert_eq!(
         m.components[0].image,
-        PathBuf::from("/apps/./build/http_hello_world_s.wasm")
+        Image::File(PathBuf::from("/apps/./build/http_hello_world_s.wasm"))
     );
     assert_eq!(
         m.components[0].scaler,
@@ -171,48 +171,4 @@ fn errors_name_the_yaml_path() {
     let e = parse_err(&HELLO.replace("  name: hello-world\n", ""));
     assert_eq!(e.field, "metadata");
     assert!(e.reason.contains("missing field `name`"), "{e}");
-}
-
-#[test]
-fn replicas_follow_spread_requirements_and_weights() {
-    let labels: BTreeMap<String, String> = [("zone".to_owned(), "a".to_owned())].into();
-    let spread = |name: &str, zone: &str, weight| Spread {
-        name: name.into(),
-        requirements: [("zone".to_owned(), zone.to_owned())].into(),
-        weight: Some(weight),
-    };
-    assert_eq!(
-        Scaler::Spread {
-            instances: 4,
-            spread: vec![]
-        }
-        .replicas_on(&labels),
-        4
-    );
-    let s = Scaler::Spread {
-        instances: 4,
-        spread: vec![spread("a", "a", 50), spread("b", "b", 50)],
-    };
-    assert_eq!(s.replicas_on(&labels), 2);
-    let s = Scaler::Spread {
-        instances: 4,
-        spread: vec![spread("b", "b", 100)],
-    };
-    assert_eq!(s.replicas_on(&labels), 0);
-    assert_eq!(
-        Scaler::Daemon {
-            instances: 3,
-            spread: vec![spread("a", "a", 1)]
-        }
-        .replicas_on(&labels),
-        3
-    );
-    assert_eq!(
-        Scaler::Daemon {
-            instances: 3,
-            spread: vec![spread("b", "b", 1)]
-        }
-        .replicas_on(&labels),
-        0
-    );
 }
