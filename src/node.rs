@@ -3,8 +3,9 @@
 //! Start: data dir and node key → nats-server (supervised; none in external mode) → NATS client
 //! → lattice RPC → host → HTTP ingress → desired-state mirror (sled) → membership and control
 //! API → `host_started` and heartbeats → config-dir watcher's first pass (into the lattice's
-//! store) → the reconciler's first pass → ready. Stop (SIGINT/SIGTERM): watcher and reconciler
-//! → HTTP (drain in-flight requests) → `host_stopped` → NATS client → nats-server last.
+//! store) → the reconciler's first pass → ready. Stop (SIGINT/SIGTERM): heartbeats →
+//! `host_stopped` (others re-place at once) → watcher and reconciler → HTTP (drain in-flight
+//! requests) → NATS client → nats-server last.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -25,13 +26,18 @@ use crate::nats::subjects;
 use crate::nats::uplink::{Uplink, UplinkState, UplinkTracker};
 use crate::nats::{self, NatsSupervisor};
 use crate::providers::http::HttpServer;
-use crate::reconciler::artifacts::Artifacts;
+use crate::reconciler::artifacts::{Artifacts, GC_INTERVAL};
+use crate::reconciler::plan;
 use crate::reconciler::store::Mirror;
 use crate::reconciler::{AppStore, Deployer, Reconciler, watcher};
 
 /// How long a starting node listens for the other hosts (who answer its `host_started` with a
 /// heartbeat at once) before it places replicas, at most.
 const DISCOVERY: Duration = Duration::from_millis(500);
+
+/// How long a starting node waits for its config dir's first pass (which writes to the
+/// lattice's store) before it runs its share from its mirror.
+const FIRST_PASS_WAIT: Duration = Duration::from_secs(5);
 
 /// How long a starting leaf node waits for its uplink before it writes its config dir's
 /// manifests to the lattice's store (they are retried after, every 2 s).
@@ -203,6 +209,9 @@ async fn run_with_nats(
     let db = sled::open(config.data_dir.join("state"))
         .with_context(|| format!("opening {}", config.data_dir.join("state").display()))?;
     let mirror = Arc::new(Mirror::open(&db)?);
+    let file_records = db
+        .open_tree("files")
+        .context("opening the config-dir records")?;
     let js = nats::jetstream(client.clone(), config.js_domain.as_deref());
     let artifacts = Artifacts::new(
         js.clone(),
@@ -300,13 +309,22 @@ async fn run_with_nats(
             id: id.clone(),
             name: config.name.clone(),
         },
+        file_records,
         matches!(config.nats_mode, NatsMode::Leaf { .. }).then(|| uplink.clone()),
         shutdown.clone(),
         watcher_done,
     ));
+    tokio::spawn(sweep_artifacts(
+        apps.clone(),
+        membership.clone(),
+        local_info.clone(),
+        shutdown.clone(),
+    ));
     let (start_reconciling, reconcile_start) = tokio::sync::oneshot::channel();
     tokio::spawn(async move {
-        let _ = watcher_first_pass.await;
+        // The config dir's changes first, but a store that does not answer holds the node back
+        // no longer than FIRST_PASS_WAIT: it then runs from its mirror.
+        let _ = tokio::time::timeout(FIRST_PASS_WAIT, watcher_first_pass).await;
         tokio::time::sleep_until(discovered).await;
         let _ = start_reconciling.send(());
     });
@@ -353,25 +371,56 @@ async fn run_with_nats(
     tracing::info!("{received} received; stopping");
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     shutdown.cancel();
+    let _ = heartbeats.await;
+    // host_stopped first: the others re-place this node's replicas at once, while it finishes
+    // what it serves. NATS may be unreachable now (external mode, a restarting nats-server):
+    // never wait long.
+    let goodbye = async {
+        events.publish(subjects::HOST_STOPPED, &local.info()).await;
+        client.flush().await
+    };
+    match tokio::time::timeout(NATS_GOODBYE_TIMEOUT, goodbye).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::debug!(error = %e, "sending host_stopped"),
+        Err(_) => tracing::warn!(
+            "NATS did not take host_stopped within {NATS_GOODBYE_TIMEOUT:?}; others will see this node expire"
+        ),
+    }
     let _ = tokio::join!(watcher_task, reconciler_task, mirror_task);
     // New invocations go to replicas elsewhere; the ones in flight here finish.
     deployer.stop_serving().await;
     tokio::join!(http.shutdown(), rpc.drain(DRAIN_TIMEOUT));
     let _ = tokio::join!(membership_task, control_task);
-    let _ = heartbeats.await;
-    // NATS may be unreachable now (external mode, a restarting nats-server): never wait long.
-    let goodbye = async {
-        events.publish(subjects::HOST_STOPPED, &local.info()).await;
-        client.drain().await
-    };
-    match tokio::time::timeout(NATS_GOODBYE_TIMEOUT, goodbye).await {
+    match tokio::time::timeout(NATS_GOODBYE_TIMEOUT, client.drain()).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::debug!(error = %e, "draining the nats client"),
-        Err(_) => tracing::warn!(
-            "NATS did not take host_stopped within {NATS_GOODBYE_TIMEOUT:?}; others will see this node expire"
-        ),
+        Err(_) => tracing::debug!("the nats client did not drain within {NATS_GOODBYE_TIMEOUT:?}"),
     }
     Ok(())
+}
+
+/// Every [`GC_INTERVAL`], if this node is the one of the lattice that sweeps (by rendezvous over
+/// the live hosts), collects the artifacts no app uses any more.
+async fn sweep_artifacts(
+    apps: Arc<AppStore>,
+    membership: Arc<Membership>,
+    local: Arc<dyn Fn() -> HostInfo + Send + Sync>,
+    shutdown: CancellationToken,
+) {
+    let mut ticker = tokio::time::interval(GC_INTERVAL);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            () = shutdown.cancelled() => return,
+        }
+        let me = local();
+        let id = me.id.clone();
+        let hosts = membership.hosts_with(me);
+        if plan::reporter("artifacts", &hosts).is_some_and(|h| h.id == id) {
+            apps.sweep_artifacts().await;
+        }
+    }
 }
 
 /// Writes `text` to `path`, readable by its owner only.
@@ -416,10 +465,12 @@ async fn notify_on_change(
 /// Keeps the config-dir watcher running: an error or panic is logged and it starts again. A
 /// leaf node first waits (up to [`UPLINK_WAIT`]) for its uplink, through which the store is
 /// reached.
+#[allow(clippy::too_many_arguments)]
 async fn supervise_watcher(
     dir: std::path::PathBuf,
     apps: Arc<AppStore>,
     node: watcher::NodeRef,
+    records: sled::Tree,
     uplink: Option<watch::Receiver<Uplink>>,
     shutdown: CancellationToken,
     first_pass_done: tokio::sync::oneshot::Sender<()>,
@@ -437,6 +488,7 @@ async fn supervise_watcher(
             dir.clone(),
             apps.clone(),
             node.clone(),
+            records.clone(),
             shutdown.clone(),
             first_pass_done.take(),
         ));

@@ -207,13 +207,20 @@ async fn deploy(
         images,
         source: Source::Cli,
     };
-    nats.request(
-        subjects::CTL_APP_DEPLOY,
-        serde_json::to_vec(&request)?,
-        DEPLOY_TIMEOUT,
-    )
-    .await
-    .map_err(|e| in_file(&format!("app {:?}: {e:#}", manifest.name)))
+    let outcome = nats
+        .request(
+            subjects::CTL_APP_DEPLOY,
+            serde_json::to_vec(&request)?,
+            DEPLOY_TIMEOUT,
+        )
+        .await
+        .map_err(|e| in_file(&format!("app {:?}: {e:#}", manifest.name)))?;
+    // An artifact this deploy found already stored may have been collected between the upload
+    // and the store (its last user undeployed meanwhile): put it back.
+    upload_images(&manifest, &artifacts)
+        .await
+        .map_err(|e: DeployError| in_file(&format!("app {:?}: {e}", manifest.name)))?;
+    Ok(outcome)
 }
 
 /// A CLI's connection to the lattice.

@@ -4,11 +4,15 @@
 //!
 //! A node fetches an artifact by digest, verifies it, and keeps it in `<data-dir>/artifacts/`
 //! (the compiled code goes to the code cache as before). The same bytes are stored once however
-//! many apps use them; [`collectable`] picks the ones no stored version names any more.
+//! many apps use them. Collection is mark and sweep: [`Artifacts::sweep`] (run by one node of
+//! the lattice every [`GC_INTERVAL`]) deletes an artifact only when no stored version of any app
+//! has named it for [`GC_GRACE`], read afresh from the KV at each sweep, so an upload whose
+//! manifest is being stored is never taken.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context;
 use async_nats::jetstream;
@@ -22,9 +26,13 @@ use crate::nats::subjects;
 /// Largest component accepted, in bytes.
 pub const MAX_COMPONENT_BYTES: u64 = 256 * 1024 * 1024;
 
-/// An unreferenced artifact younger than this is kept: a deploy uploads its artifacts before it
-/// stores the manifest naming them.
+/// How long an artifact must have been named by no stored version before it is deleted: a
+/// deploy uploads its artifacts before it stores the manifest naming them. Also the age a
+/// node's cached artifact must have before an unused one is removed.
 pub const GC_GRACE: Duration = Duration::from_secs(120);
+
+/// How often the sweeping node looks for unused artifacts.
+pub const GC_INTERVAL: Duration = Duration::from_secs(60);
 
 /// The lattice's artifact store, seen from one node (or one CLI command).
 #[derive(Clone)]
@@ -33,6 +41,8 @@ pub struct Artifacts {
     lattice: String,
     /// Local cache, `None` for the CLI.
     dir: Option<PathBuf>,
+    /// Artifacts seen unused by a sweep, since when.
+    unused_since: Arc<Mutex<BTreeMap<String, Instant>>>,
 }
 
 impl Artifacts {
@@ -43,6 +53,7 @@ impl Artifacts {
             js,
             lattice: lattice.to_owned(),
             dir,
+            unused_since: Arc::default(),
         }
     }
 
@@ -150,12 +161,16 @@ impl Artifacts {
         Ok(bytes)
     }
 
-    /// Deletes the artifacts that `referenced` does not name and that were stored more than
-    /// [`GC_GRACE`] ago. Returns how many went.
+    /// Lists the stored artifacts, asks `referenced` (read afresh after the listing) which are
+    /// named by some stored version, and deletes those that no sweep has seen named for
+    /// [`GC_GRACE`]. Returns how many went.
     ///
     /// # Errors
-    /// The store cannot be reached.
-    pub async fn collect_garbage(&self, referenced: &BTreeSet<String>) -> anyhow::Result<usize> {
+    /// The store cannot be reached, or `referenced` fails.
+    pub async fn sweep<F>(&self, referenced: F) -> anyhow::Result<usize>
+    where
+        F: AsyncFnOnce() -> anyhow::Result<BTreeSet<String>>,
+    {
         let bucket = self.bucket().await?;
         let objects: Vec<object_store::ObjectInfo> = bucket
             .list()
@@ -164,13 +179,15 @@ impl Artifacts {
             .try_collect()
             .await
             .context("listing artifacts")?;
-        let now = SystemTime::now();
-        let stored: Vec<(String, Option<SystemTime>)> = objects
-            .into_iter()
-            .map(|o| (o.name, o.modified.map(SystemTime::from)))
-            .collect();
+        // Read after the listing: a manifest stored meanwhile names what it uploaded.
+        let referenced = referenced().await?;
+        let stored: Vec<String> = objects.into_iter().map(|o| o.name).collect();
+        let due = {
+            let mut unused = self.unused_since.lock().unwrap_or_else(|p| p.into_inner());
+            collectable(&mut unused, &stored, &referenced, Instant::now())
+        };
         let mut deleted = 0;
-        for name in collectable(&stored, referenced, now) {
+        for name in due {
             match bucket.delete(&name).await {
                 Ok(()) => {
                     deleted += 1;
@@ -206,8 +223,9 @@ impl Artifacts {
             if digest.len() != 64 {
                 continue;
             }
-            let entry = [(digest.to_owned(), modified)];
-            if collectable(&entry, referenced, now).is_empty() {
+            let old =
+                modified.is_none_or(|at| now.duration_since(at).is_ok_and(|age| age > GC_GRACE));
+            if referenced.contains(digest) || !old {
                 continue;
             }
             match std::fs::remove_file(&path) {
@@ -220,19 +238,21 @@ impl Artifacts {
     }
 }
 
-/// Of `stored` artifacts (digest, when stored), those `referenced` does not name and that are
-/// older than [`GC_GRACE`] at `now`. One with no time is treated as old.
+/// Marks the `stored` artifacts that `referenced` does not name in `unused` (since `now`),
+/// unmarks the named ones, and returns those marked for [`GC_GRACE`] or longer.
 pub fn collectable(
-    stored: &[(String, Option<SystemTime>)],
+    unused: &mut BTreeMap<String, Instant>,
+    stored: &[String],
     referenced: &BTreeSet<String>,
-    now: SystemTime,
+    now: Instant,
 ) -> Vec<String> {
-    stored
+    unused.retain(|digest, _| stored.contains(digest) && !referenced.contains(digest));
+    for digest in stored.iter().filter(|d| !referenced.contains(*d)) {
+        unused.entry(digest.clone()).or_insert(now);
+    }
+    unused
         .iter()
-        .filter(|(digest, _)| !referenced.contains(digest))
-        .filter(|(_, at)| {
-            at.is_none_or(|at| now.duration_since(at).is_ok_and(|age| age > GC_GRACE))
-        })
+        .filter(|(_, since)| now.duration_since(**since) >= GC_GRACE)
         .map(|(digest, _)| digest.clone())
         .collect()
 }
@@ -275,20 +295,23 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_unreferenced_artifacts_past_the_grace_period_are_collected() {
-        let now = SystemTime::now();
-        let old = now - GC_GRACE - Duration::from_secs(1);
-        let fresh = now - Duration::from_secs(5);
-        let stored = vec![
-            ("used".to_owned(), Some(old)),
-            ("unused-old".to_owned(), Some(old)),
-            ("unused-fresh".to_owned(), Some(fresh)),
-            ("unused-untimed".to_owned(), None),
-        ];
-        let referenced = BTreeSet::from(["used".to_owned()]);
+    fn only_artifacts_unused_for_the_grace_period_are_collected() {
+        let start = Instant::now();
+        let stored = ["a".to_owned(), "b".to_owned()];
+        let mut unused = BTreeMap::new();
+        let used = BTreeSet::from(["a".to_owned()]);
+        assert!(collectable(&mut unused, &stored, &used, start).is_empty());
+        // b unused for the whole grace period: due. a named again in between: not.
+        let later = start + GC_GRACE;
+        assert_eq!(collectable(&mut unused, &stored, &used, later), ["b"]);
+        let none = BTreeSet::new();
+        let mut unused = BTreeMap::new();
+        collectable(&mut unused, &stored, &none, start);
+        collectable(&mut unused, &stored, &used, start + GC_GRACE / 2);
+        assert_eq!(collectable(&mut unused, &stored, &none, later), ["b"]);
         assert_eq!(
-            collectable(&stored, &referenced, now),
-            ["unused-old", "unused-untimed"]
+            collectable(&mut unused, &stored, &none, later + GC_GRACE),
+            ["a", "b"]
         );
     }
 }

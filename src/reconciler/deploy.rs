@@ -7,23 +7,28 @@
 //! whose config dir holds it) and puts their bytes into the artifact store; [`AppStore`] runs on
 //! a node (the control API's `app.deploy`, the config-dir watcher) and validates and stores.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use anyhow::Context as _;
 use async_nats::jetstream;
 use async_nats::jetstream::kv::{CreateErrorKind, UpdateErrorKind};
+use futures::TryStreamExt as _;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::artifacts::{Artifacts, read_component_file};
 use super::manifest::{self, FieldError, Image, Manifest};
-use super::plan::referenced_digests;
 use super::store::{Mirror, Source, StoredApp, StoredVersion, apps_kv};
 use crate::host::Host;
 use crate::providers::http::{Route, RouteConflict, RouteKey, RouteTarget, Router};
+
+/// Versions kept per app, newest; the record of an app is one KV value (NATS `max_payload`,
+/// 1 MiB by default, bounds it).
+pub const MAX_VERSIONS: usize = 100;
 
 /// How often a deploy retries its compare-and-set when another writer changed the app between
 /// its read and its write.
@@ -186,6 +191,20 @@ impl AppStore {
             )
             .into());
         }
+        // Already deployed as it is (a node restarting with its config dir, a repeated
+        // deploy): nothing to check or write.
+        if let Some((_, record)) = self.mirror.get(&manifest.name)
+            && record.deployed == version
+            && record
+                .deployed_version()
+                .is_some_and(|v| v.manifest == request.manifest && v.images == request.images)
+        {
+            return Ok(DeployOutcome {
+                name: manifest.name,
+                version,
+                changed: false,
+            });
+        }
         self.check_components(&manifest).await?;
         self.check_routes(&manifest, &request.source)?;
 
@@ -234,17 +253,29 @@ impl AppStore {
                 // A config-dir file edited in place keeps its annotation: its new content gets
                 // the annotation with a content suffix, as users of such files expect an edit to
                 // roll out.
-                let digest = Sha256::digest(request.manifest.as_bytes());
-                let hex: String = digest[..6].iter().map(|b| format!("{b:02x}")).collect();
+                let mut hasher = Sha256::new();
+                hasher.update(request.manifest.as_bytes());
+                for (component, digest) in &request.images {
+                    hasher.update(format!("\n{component}={digest}").as_bytes());
+                }
+                let hex: String = hasher.finalize()[..6]
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect();
                 version = format!("{version}+sha-{hex}");
                 stored.version = version.clone();
             }
             if let Some(existing) = record.versions.iter().find(|v| v.version == version) {
                 if !same(existing) {
-                    return Err(DeployError::VersionExists {
-                        app: manifest.name.clone(),
-                        version,
-                    });
+                    return Err(FieldError::new(
+                        "metadata.annotations.version",
+                        DeployError::VersionExists {
+                            app: manifest.name.clone(),
+                            version,
+                        }
+                        .to_string(),
+                    )
+                    .into());
                 }
                 if revision.is_some() && record.deployed == version {
                     return Ok(DeployOutcome {
@@ -257,6 +288,13 @@ impl AppStore {
                 record.versions.push(stored.clone());
             }
             record.deployed = version.clone();
+            // One KV value holds the record: the oldest versions go past MAX_VERSIONS.
+            while record.versions.len() > MAX_VERSIONS {
+                let Some(oldest) = record.versions.iter().position(|v| v.version != version) else {
+                    break;
+                };
+                record.versions.remove(oldest);
+            }
             let value =
                 serde_json::to_vec(&record).map_err(|e| DeployError::Store(e.to_string()))?;
             let written = match revision {
@@ -332,15 +370,26 @@ impl AppStore {
         // The delete marker's revision is not returned; one past the record's is a lower bound
         // that orders it after the record, and the watch brings the exact one.
         self.mirror.apply(name, entry.revision + 1, None);
-        self.collect_garbage().await;
         Ok(true)
     }
 
-    /// Deletes artifacts that no stored version of any app names (older than the grace
-    /// period); failures are logged.
-    pub async fn collect_garbage(&self) {
-        let referenced = referenced_digests(&self.mirror.desired());
-        if let Err(e) = self.artifacts.collect_garbage(&referenced).await {
+    /// One mark-and-sweep pass over the artifacts ([`Artifacts::sweep`]), with the digests every
+    /// stored version names read afresh from the KV; failures are logged.
+    pub async fn sweep_artifacts(&self) {
+        let referenced = async || -> anyhow::Result<BTreeSet<String>> {
+            let kv = apps_kv(&self.js, &self.lattice).await?;
+            let keys: Vec<String> = kv.keys().await?.try_collect().await?;
+            let mut digests = BTreeSet::new();
+            for key in keys {
+                if let Some(value) = kv.get(key.clone()).await? {
+                    let record: StoredApp = serde_json::from_slice(&value)
+                        .with_context(|| format!("app {key:?}: malformed record"))?;
+                    digests.extend(record.digests().map(str::to_owned));
+                }
+            }
+            Ok(digests)
+        };
+        if let Err(e) = self.artifacts.sweep(referenced).await {
             tracing::warn!(error = format!("{e:#}"), "collecting unused artifacts");
         }
     }
@@ -396,9 +445,17 @@ impl AppStore {
                 routes.extend(routes_of(other, self.ingress));
             }
         }
+        let held = routes.len();
         routes.extend(routes_of(manifest, self.ingress));
-        Router::build(routes)?;
-        Ok(())
+        Router::build(routes.clone()).map(drop).map_err(|conflict| {
+            // Name the link that claims the route.
+            let field = routes[held..]
+                .iter()
+                .zip(&manifest.http_links)
+                .find(|(route, _)| route.key.to_string() == conflict.route)
+                .map_or_else(|| "spec".to_owned(), |(_, link)| link.field.clone());
+            FieldError::new(field, conflict.to_string()).into()
+        })
     }
 }
 

@@ -588,10 +588,7 @@ impl Reconciler {
                     let placed_here = placement
                         .get(&key)
                         .is_some_and(|p| p.hosts.contains_key(&self.me));
-                    let current = desired
-                        .get(&key.0)
-                        .is_some_and(|a| a.record.deployed == version);
-                    let surplus_since = if placed_here && current {
+                    let surplus_since = if placed_here {
                         surplus.remove(&key);
                         None
                     } else {
@@ -638,7 +635,19 @@ impl Reconciler {
         last: &mut BTreeMap<String, AppStatus>,
     ) {
         let hosts = self.hosts();
-        last.retain(|name, _| desired.contains_key(name));
+        let gone: Vec<String> = last
+            .keys()
+            .filter(|name| !desired.contains_key(*name))
+            .cloned()
+            .collect();
+        for name in gone {
+            if let Some(mut status) = last.remove(&name) {
+                status.state = plan::AppState::Undeployed;
+                status.reason.clear();
+                status.components.clear();
+                self.publish_status(&hosts, &status).await;
+            }
+        }
         for name in desired.keys() {
             let Some(status) = plan::status(name, desired, placement, &hosts) else {
                 continue;
@@ -646,26 +655,32 @@ impl Reconciler {
             if last.get(name) == Some(&status) {
                 continue;
             }
-            let reporter = plan::reporter(name, &hosts).map(|h| h.id.as_str());
-            if reporter == Some(self.me.as_str()) {
-                tracing::info!(
-                    app = name,
-                    version = status.version,
-                    state = status.state.as_str(),
-                    reason = status.reason,
-                    "app status"
-                );
-                let subject = subjects::event(&self.lattice, subjects::APP_STATUS);
-                match serde_json::to_vec(&status) {
-                    Ok(payload) => {
-                        if let Err(e) = self.client.publish(subject, payload.into()).await {
-                            tracing::debug!(error = %e, "publishing app status");
-                        }
-                    }
-                    Err(e) => tracing::debug!(error = %e, "encoding app status"),
+            self.publish_status(&hosts, &status).await;
+            last.insert(name.clone(), status);
+        }
+    }
+
+    /// Publishes `status` as an `app_status` event if this node reports for its app.
+    async fn publish_status(&self, hosts: &[HostInfo], status: &AppStatus) {
+        let reporter = plan::reporter(&status.name, hosts).map(|h| h.id.as_str());
+        if reporter != Some(self.me.as_str()) {
+            return;
+        }
+        tracing::info!(
+            app = status.name,
+            version = status.version,
+            state = status.state.as_str(),
+            reason = status.reason,
+            "app status"
+        );
+        let subject = subjects::event(&self.lattice, subjects::APP_STATUS);
+        match serde_json::to_vec(status) {
+            Ok(payload) => {
+                if let Err(e) = self.client.publish(subject, payload.into()).await {
+                    tracing::debug!(error = %e, "publishing app status");
                 }
             }
-            last.insert(name.clone(), status);
+            Err(e) => tracing::debug!(error = %e, "encoding app status"),
         }
     }
 }

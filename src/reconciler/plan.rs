@@ -91,7 +91,8 @@ pub fn place_component(
         }
         Scaler::Daemon { instances, spread } => {
             for host in hosts {
-                if spread.is_empty() || spread.iter().any(|s| matches(s, host)) {
+                if *instances > 0 && (spread.is_empty() || spread.iter().any(|s| matches(s, host)))
+                {
                     out.hosts.insert(host.id.clone(), *instances);
                     out.desired += instances;
                 }
@@ -138,13 +139,17 @@ pub fn spread_counts(instances: u32, spread: &[Spread]) -> Vec<(Spread, u32)> {
             (s, u32::try_from(share).unwrap_or(u32::MAX))
         })
         .collect();
+    // The remainder, one each by descending weight (fewer than the entries, unless every
+    // weight is 0: then round and round).
     let mut left = instances.saturating_sub(counts.iter().map(|(_, c)| *c).sum());
-    for (_, count) in &mut counts {
-        if left == 0 {
-            break;
+    while left > 0 {
+        for (_, count) in &mut counts {
+            if left == 0 {
+                break;
+            }
+            *count += 1;
+            left -= 1;
         }
-        *count += 1;
-        left -= 1;
     }
     counts
 }
@@ -179,12 +184,13 @@ fn rendezvous(key: &str, host: &str) -> [u8; 32] {
     hasher.finalize().into()
 }
 
-/// The host that reports `app`'s state changes as events: the live host with the highest
-/// rendezvous score for it, so exactly one does while they agree on who is live.
-pub fn reporter<'a>(app: &str, hosts: &'a [HostInfo]) -> Option<&'a HostInfo> {
+/// The host that does lattice-wide chore `task` (report an app's state changes, sweep the
+/// artifacts): the live host with the highest rendezvous score for it, so exactly one does
+/// while the hosts agree on who is live.
+pub fn reporter<'a>(task: &str, hosts: &'a [HostInfo]) -> Option<&'a HostInfo> {
     hosts
         .iter()
-        .max_by_key(|h| rendezvous(&format!("status/{app}"), &h.id))
+        .max_by_key(|h| rendezvous(&format!("chore/{task}"), &h.id))
 }
 
 /// A component replica set that failed on a node, as the node reports it in its heartbeat.
@@ -227,6 +233,8 @@ pub enum AppState {
     /// Something cannot be done until the lattice changes (no eligible node, a replica that
     /// does not start): the reason says what.
     Failed,
+    /// Removed from the lattice (in `app_status` events only).
+    Undeployed,
 }
 
 impl AppState {
@@ -236,6 +244,7 @@ impl AppState {
             AppState::Deployed => "deployed",
             AppState::Reconciling => "reconciling",
             AppState::Failed => "failed",
+            AppState::Undeployed => "undeployed",
         }
     }
 }
@@ -385,8 +394,8 @@ pub struct Running {
     pub version: String,
     /// Replicas here.
     pub replicas: u32,
-    /// Whether the placement still gives them to this node (else they are kept only until
-    /// their replacements run).
+    /// Since when the placement no longer gives this component any replica here (they are kept
+    /// only until their replacements run); `None` while it does.
     pub surplus_since: Option<std::time::Instant>,
 }
 
@@ -395,9 +404,11 @@ pub struct Running {
 pub const HANDOVER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// This node's share: (app, component) → replicas to run here, from the placement, keeping
-/// replicas the placement moved elsewhere (or that run an old version) until the replacements
-/// run (rolling: new replicas start before old ones stop), at most [`HANDOVER_TIMEOUT`].
-/// Undeployed apps get nothing.
+/// replicas the placement moved elsewhere (or that run an old version) until their
+/// replacements run (rolling: new replicas start before old ones stop). The wait ends after
+/// [`HANDOVER_TIMEOUT`] unless a node placed for them reports that it cannot start them: then
+/// they stay. Undeployed apps get nothing; apps whose manifest this node cannot read keep what
+/// runs.
 pub fn local_share(
     me: &str,
     desired: &Desired,
@@ -407,25 +418,25 @@ pub fn local_share(
     now: std::time::Instant,
 ) -> BTreeMap<(String, String), LocalReplicas> {
     let mut share = BTreeMap::new();
+    for (key, here) in running {
+        if desired.get(&key.0).is_some_and(|a| a.manifest.is_err()) {
+            share.insert(
+                key.clone(),
+                LocalReplicas {
+                    version: here.version.clone(),
+                    replicas: here.replicas,
+                },
+            );
+        }
+    }
     for (key, place) in placement {
         let Some(app) = desired.get(&key.0) else {
             continue;
         };
         let version = &app.record.deployed;
-        if let Some(&n) = place.hosts.get(me) {
-            share.insert(
-                key.clone(),
-                LocalReplicas {
-                    version: version.clone(),
-                    replicas: n,
-                },
-            );
-            continue;
-        }
-        let Some(here) = running.get(key) else {
-            continue;
-        };
-        // Replicas of the deployed version elsewhere, on the hosts that should run them.
+        let mine = place.hosts.get(me).copied().unwrap_or(0);
+        let here = running.get(key);
+        // Replicas of the deployed version elsewhere, on the hosts placed for them.
         let elsewhere: u32 = hosts
             .iter()
             .filter(|h| h.id != me)
@@ -439,18 +450,51 @@ pub fn local_share(
                 ran.min(place.hosts.get(&h.id).copied().unwrap_or(0))
             })
             .sum();
-        let placed: u32 = place.hosts.values().sum();
+        let placed_elsewhere: u32 = place.hosts.values().sum::<u32>() - mine;
+        let handed_over = elsewhere >= placed_elsewhere;
+        let target_failed = hosts.iter().any(|h| {
+            place.hosts.contains_key(&h.id)
+                && h.failures
+                    .iter()
+                    .any(|f| f.app == key.0 && f.component == key.1 && &f.version == version)
+        });
         let timed_out = here
-            .surplus_since
+            .and_then(|h| h.surplus_since)
             .is_some_and(|since| now.duration_since(since) >= HANDOVER_TIMEOUT);
-        if elsewhere < placed && !timed_out {
-            share.insert(
-                key.clone(),
-                LocalReplicas {
-                    version: here.version.clone(),
-                    replicas: here.replicas,
-                },
-            );
+        let hold = !handed_over && (!timed_out || target_failed);
+        match here {
+            // Placed here: the deployed version, and no fewer than run now until the rest
+            // runs elsewhere.
+            Some(here) if mine > 0 => {
+                let keep = here.version == *version && here.replicas > mine && hold;
+                share.insert(
+                    key.clone(),
+                    LocalReplicas {
+                        version: version.clone(),
+                        replicas: if keep { here.replicas } else { mine },
+                    },
+                );
+            }
+            None if mine > 0 => {
+                share.insert(
+                    key.clone(),
+                    LocalReplicas {
+                        version: version.clone(),
+                        replicas: mine,
+                    },
+                );
+            }
+            // Moved away: kept as they are until the replacements run.
+            Some(here) if hold => {
+                share.insert(
+                    key.clone(),
+                    LocalReplicas {
+                        version: here.version.clone(),
+                        replicas: here.replicas,
+                    },
+                );
+            }
+            _ => {}
         }
     }
     share

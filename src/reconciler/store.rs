@@ -156,6 +156,10 @@ struct MirrorEntry {
 /// parsed [`Desired`] state published on a watch channel.
 pub struct Mirror {
     tree: sled::Tree,
+    /// Which bucket the entries came from (`bucket` → its creation time), so a bucket created
+    /// anew (wiped, restored, another JetStream) replaces the mirror instead of hiding behind
+    /// its higher revisions.
+    meta: sled::Tree,
     entries: Mutex<BTreeMap<String, MirrorEntry>>,
     desired: watch::Sender<Arc<Desired>>,
 }
@@ -167,6 +171,9 @@ impl Mirror {
     /// sled cannot open the tree or read it.
     pub fn open(db: &sled::Db) -> anyhow::Result<Mirror> {
         let tree = db.open_tree("apps").context("opening the apps mirror")?;
+        let meta = db
+            .open_tree("apps_meta")
+            .context("opening the apps mirror")?;
         let mut entries = BTreeMap::new();
         for item in tree.iter() {
             let (key, value) = item.context("reading the apps mirror")?;
@@ -183,6 +190,7 @@ impl Mirror {
         let desired = watch::Sender::new(Arc::new(build_desired(&entries)));
         Ok(Mirror {
             tree,
+            meta,
             entries: Mutex::new(entries),
             desired,
         })
@@ -218,12 +226,30 @@ impl Mirror {
         self.desired.send_replace(Arc::new(build_desired(&entries)));
     }
 
-    /// A full pass: `present` is every key of the bucket with its revision and record, read
-    /// while the bucket's last revision was at least `last_revision`. Keys absent from it, and
-    /// not changed since, are deleted.
-    fn resync(&self, last_revision: u64, present: Vec<(String, u64, StoredApp)>) {
+    /// A full pass: `present` is every key of bucket `bucket_id` (its creation time) with its
+    /// revision and record, read while the bucket's last revision was at least
+    /// `last_revision`. Keys absent from it, and not changed since, are deleted. Entries of
+    /// another bucket are dropped first.
+    fn resync(&self, bucket_id: &str, last_revision: u64, present: Vec<(String, u64, StoredApp)>) {
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         let mut changed = false;
+        let known = self.meta.get("bucket").ok().flatten();
+        if known.as_deref() != Some(bucket_id.as_bytes()) {
+            if known.is_some() && !entries.is_empty() {
+                tracing::warn!(
+                    bucket = bucket_id,
+                    "the apps bucket is not the one mirrored (created anew or another JetStream); mirroring it afresh"
+                );
+                entries.clear();
+                if let Err(e) = self.tree.clear() {
+                    tracing::error!(error = %e, "clearing the apps mirror");
+                }
+                changed = true;
+            }
+            if let Err(e) = self.meta.insert("bucket", bucket_id.as_bytes()) {
+                tracing::error!(error = %e, "writing the apps mirror");
+            }
+        }
         let keys: std::collections::BTreeSet<String> =
             present.iter().map(|(k, _, _)| k.clone()).collect();
         for (key, revision, record) in present {
@@ -309,7 +335,7 @@ impl Mirror {
     ) -> anyhow::Result<()> {
         let kv = apps_kv(js, lattice).await?;
         let mut watch = kv.watch_all().await.context("watching the apps bucket")?;
-        self.full_pass(&kv).await?;
+        self.full_pass(js, &kv).await?;
         if std::mem::take(unreachable_logged) {
             tracing::info!(
                 bucket = subjects::apps_bucket(lattice),
@@ -335,14 +361,20 @@ impl Mirror {
                     };
                     self.apply(&entry.key, entry.revision, record);
                 }
-                _ = resync.tick() => self.full_pass(&kv).await?,
+                _ = resync.tick() => self.full_pass(js, &kv).await?,
             }
         }
     }
 
-    async fn full_pass(&self, kv: &Store) -> anyhow::Result<()> {
-        let status = kv.status().await.context("reading the apps bucket")?;
-        let last_revision = status.info.state.last_sequence;
+    async fn full_pass(&self, js: &jetstream::Context, kv: &Store) -> anyhow::Result<()> {
+        // Fresh stream info: `Store::status` answers what was cached when the store was opened.
+        let stream = js
+            .get_stream(&kv.stream_name)
+            .await
+            .context("reading the apps bucket")?;
+        let info = stream.cached_info();
+        let last_revision = info.state.last_sequence;
+        let bucket_id = format!("{}@{}", kv.stream_name, info.created);
         let keys: Vec<String> = kv
             .keys()
             .await
@@ -367,7 +399,7 @@ impl Mirror {
                 Err(e) => tracing::warn!(app = key, error = %e, "malformed app record ignored"),
             }
         }
-        self.resync(last_revision, present);
+        self.resync(&bucket_id, last_revision, present);
         Ok(())
     }
 }
@@ -461,9 +493,9 @@ mod tests {
             assert!(mirror.get("b").is_none());
             // A full pass that no longer lists a key drops it, unless it changed since.
             mirror.apply("c", 9, Some(record("c", "v1")));
-            mirror.resync(8, vec![("a".into(), 5, record("a", "v2"))]);
+            mirror.resync("one", 8, vec![("a".into(), 5, record("a", "v2"))]);
             assert!(mirror.get("c").is_some());
-            mirror.resync(9, vec![("a".into(), 5, record("a", "v2"))]);
+            mirror.resync("one", 9, vec![("a".into(), 5, record("a", "v2"))]);
             assert!(mirror.get("c").is_none());
         }
         let db = sled::open(dir.path()).unwrap();
@@ -474,5 +506,9 @@ mod tests {
             ["a"],
             "deleted apps stay deleted after a restart"
         );
+        // The bucket created anew: its revisions start again, and win.
+        mirror.resync("two", 1, vec![("b".into(), 1, record("b", "v9"))]);
+        assert!(mirror.get("a").is_none());
+        assert_eq!(mirror.get("b").unwrap().1.deployed, "v9");
     }
 }

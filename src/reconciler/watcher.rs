@@ -3,6 +3,10 @@
 //! changed one updates, a removed one undeploys (if the app's deployed version came from it).
 //! notify wakes it up; every pass re-reads the whole directory (level-triggered), and a timer
 //! re-scans in case an event was lost, sooner while the desired-state store is unreachable.
+//!
+//! A file deploys when it changes: what this node last deployed from each file (content digest
+//! and app) is kept in sled (tree `files`), so a restart neither deploys an unchanged file again
+//! (which could roll the lattice back to it) nor forgets a file removed while the node was down.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -25,6 +29,15 @@ const SETTLE: Duration = Duration::from_millis(100);
 const RESCAN: Duration = Duration::from_secs(30);
 /// Re-scan interval while a file waits for the desired-state store to be reachable.
 const RESCAN_UNREACHABLE: Duration = Duration::from_secs(2);
+
+/// What this node last deployed from a file, kept in sled across restarts.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+struct Deployed {
+    /// sha256 of the file's content, hex.
+    digest: String,
+    /// The app it deployed.
+    app: String,
+}
 
 /// What the watcher last saw of a manifest file.
 struct FileState {
@@ -72,6 +85,7 @@ pub async fn run(
     dir: PathBuf,
     store: Arc<AppStore>,
     node: NodeRef,
+    records: sled::Tree,
     shutdown: CancellationToken,
     first_pass: Option<tokio::sync::oneshot::Sender<()>>,
 ) -> anyhow::Result<()> {
@@ -82,10 +96,12 @@ pub async fn run(
             .context("reading the current dir")?
             .join(dir)
     };
-    let deployer = DirDeployer {
+    let mut deployer = DirDeployer {
         store,
         node,
         dir: dir.clone(),
+        records,
+        pending: BTreeMap::new(),
     };
     std::fs::create_dir_all(&dir)
         .with_context(|| format!("creating config dir {}", dir.display()))?;
@@ -103,12 +119,12 @@ pub async fn run(
     tracing::info!(dir = %dir.display(), "watching the config dir for manifests");
 
     let mut files: BTreeMap<PathBuf, FileState> = BTreeMap::new();
-    deployer.undeploy_orphans().await;
+    deployer.find_orphans();
     deployer.scan(&mut files, false).await;
     if let Some(first_pass) = first_pass {
         let _ = first_pass.send(());
     }
-    let mut next_rescan = tokio::time::Instant::now() + rescan_interval(&files);
+    let mut next_rescan = tokio::time::Instant::now() + deployer.rescan_interval(&files);
     loop {
         tokio::select! {
             event = rx.recv() => {
@@ -126,19 +142,7 @@ pub async fn run(
             () = tokio::time::sleep_until(next_rescan) => deployer.scan(&mut files, true).await,
             () = shutdown.cancelled() => return Ok(()),
         }
-        next_rescan = tokio::time::Instant::now() + rescan_interval(&files);
-    }
-}
-
-/// Sooner while a file waits for the store.
-fn rescan_interval(files: &BTreeMap<PathBuf, FileState>) -> Duration {
-    if files
-        .values()
-        .any(|f| f.error.as_ref().is_some_and(|e| e.unreachable))
-    {
-        RESCAN_UNREACHABLE
-    } else {
-        RESCAN
+        next_rescan = tokio::time::Instant::now() + deployer.rescan_interval(&files);
     }
 }
 
@@ -174,38 +178,85 @@ struct DirDeployer {
     store: Arc<AppStore>,
     node: NodeRef,
     dir: PathBuf,
+    /// What this node deployed from each file (path → [`Deployed`]).
+    records: sled::Tree,
+    /// Files removed whose app still has to be undeployed (the store was unreachable).
+    pending: BTreeMap<PathBuf, String>,
 }
 
 impl DirDeployer {
-    /// Undeploys the apps whose deployed version came from a file of this dir that is gone
-    /// (removed while the node was down).
-    async fn undeploy_orphans(&self) {
-        let desired = self.store.mirror().desired();
-        for (name, app) in desired.iter() {
-            let Some(Source::File { node_id, path, .. }) =
-                app.record.deployed_version().map(|v| &v.source)
-            else {
+    /// Sooner while a file or an undeploy waits for the store.
+    fn rescan_interval(&self, files: &BTreeMap<PathBuf, FileState>) -> Duration {
+        let waiting = !self.pending.is_empty()
+            || files
+                .values()
+                .any(|f| f.error.as_ref().is_some_and(|e| e.unreachable));
+        if waiting { RESCAN_UNREACHABLE } else { RESCAN }
+    }
+
+    fn record(&self, path: &Path) -> Option<Deployed> {
+        let bytes = self.records.get(path.to_string_lossy().as_bytes()).ok()??;
+        serde_json::from_slice(&bytes).ok()
+    }
+
+    fn set_record(&self, path: &Path, record: Option<&Deployed>) {
+        let key = path.to_string_lossy();
+        let result = match record {
+            Some(record) => serde_json::to_vec(record)
+                .map_err(anyhow::Error::from)
+                .and_then(|v| Ok(self.records.insert(key.as_bytes(), v).map(drop)?)),
+            None => self
+                .records
+                .remove(key.as_bytes())
+                .map(drop)
+                .map_err(Into::into),
+        };
+        if let Err(e) = result.and_then(|()| Ok(self.records.flush().map(drop)?)) {
+            tracing::warn!(file = %path.display(), error = %e, "recording a deployed manifest file");
+        }
+    }
+
+    /// Files of this dir this node deployed from that are gone (removed while the node was
+    /// down): their apps are to be undeployed.
+    fn find_orphans(&mut self) {
+        for item in self.records.iter() {
+            let Ok((key, value)) = item else { continue };
+            let path = PathBuf::from(String::from_utf8_lossy(&key).into_owned());
+            let Ok(record) = serde_json::from_slice::<Deployed>(&value) else {
                 continue;
             };
-            let path = Path::new(path);
-            if *node_id != self.node.id || path.parent() != Some(&self.dir) || path.exists() {
-                continue;
-            }
-            let source = self.node.source(path);
-            match self.store.undeploy(name, Some(&source)).await {
-                Ok(true) => {
-                    tracing::info!(file = %path.display(), app = name, "manifest file removed while the node was down; app undeployed")
-                }
-                Ok(false) => {}
-                Err(e) => {
-                    tracing::warn!(file = %path.display(), app = name, error = %e, "undeploying the app of a removed manifest file")
-                }
+            if path.parent() == Some(&self.dir) && !path.exists() {
+                self.pending.insert(path, record.app);
             }
         }
     }
 
+    /// Undeploys the apps of removed files (if their deployed version came from the file);
+    /// keeps those the store could not be asked about for the next pass.
+    async fn undeploy_pending(&mut self) {
+        let pending = std::mem::take(&mut self.pending);
+        for (path, app) in pending {
+            let source = self.node.source(&path);
+            match self.store.undeploy(&app, Some(&source)).await {
+                Ok(true) => {
+                    tracing::info!(file = %path.display(), app, "manifest file removed; app undeployed")
+                }
+                Ok(false) => {
+                    tracing::info!(file = %path.display(), app, "manifest file removed; the app's deployed version came from elsewhere and stays")
+                }
+                Err(DeployError::NoSuchApp(_)) => {}
+                Err(e) => {
+                    tracing::warn!(file = %path.display(), app, "manifest file removed, but its app cannot be undeployed yet: {e}");
+                    self.pending.insert(path, app);
+                    continue;
+                }
+            }
+            self.set_record(&path, None);
+        }
+    }
+
     /// One level-triggered pass over the directory.
-    async fn scan(&self, files: &mut BTreeMap<PathBuf, FileState>, retry_failed: bool) {
+    async fn scan(&mut self, files: &mut BTreeMap<PathBuf, FileState>, retry_failed: bool) {
         let dir = &self.dir;
         let present: Vec<PathBuf> = match std::fs::read_dir(dir) {
             Ok(entries) => {
@@ -232,23 +283,11 @@ impl DirDeployer {
         for path in removed {
             let state = files.remove(&path);
             changed = true;
-            let Some(app) = state.and_then(|s| s.app) else {
-                continue;
-            };
-            let source = self.node.source(&path);
-            match self.store.undeploy(&app, Some(&source)).await {
-                Ok(true) => {
-                    tracing::info!(file = %path.display(), app, "manifest file removed; app undeployed")
-                }
-                Ok(false) => {
-                    tracing::info!(file = %path.display(), app, "manifest file removed; the app's deployed version came from elsewhere and stays")
-                }
-                Err(DeployError::NoSuchApp(_)) => {}
-                Err(e) => {
-                    tracing::error!(file = %path.display(), app, "manifest file removed, but its app could not be undeployed: {e}")
-                }
+            if let Some(app) = state.and_then(|s| s.app) {
+                self.pending.insert(path, app);
             }
         }
+        self.undeploy_pending().await;
 
         let mut contents = Vec::new();
         for path in present {
@@ -273,9 +312,32 @@ impl DirDeployer {
             if unchanged && (failed_before.is_none() || !retry_failed) {
                 continue;
             }
-            let first_sight = before.is_none();
             let previous_app = before.and_then(|f| f.app.clone());
-            let result = self.apply_file(&path, &bytes, first_sight).await;
+            // First seen since the node started, unchanged since this node deployed it.
+            let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+            if before.is_none()
+                && let Some(record) = self.record(&path).filter(|r| r.digest == hex)
+            {
+                files.insert(
+                    path,
+                    FileState {
+                        digest,
+                        error: None,
+                        app: Some(record.app),
+                    },
+                );
+                continue;
+            }
+            let result = self.apply_file(&path, &bytes).await;
+            if let Ok(app) = &result {
+                self.set_record(
+                    &path,
+                    Some(&Deployed {
+                        digest: hex,
+                        app: app.clone(),
+                    }),
+                );
+            }
             let (app, error) = match result {
                 Ok(app) => (Some(app), None),
                 Err(e) => (previous_app, Some(e)),
@@ -293,12 +355,7 @@ impl DirDeployer {
 
     /// Parses, uploads and deploys one file; returns its app. The error text names the file
     /// and the field.
-    async fn apply_file(
-        &self,
-        path: &Path,
-        bytes: &[u8],
-        first_sight: bool,
-    ) -> Result<String, Failed> {
+    async fn apply_file(&self, path: &Path, bytes: &[u8]) -> Result<String, Failed> {
         let failed = |text: String| Failed {
             text,
             unreachable: false,
@@ -332,17 +389,6 @@ impl DirDeployer {
                 };
                 return Err(failed(in_file(&format!("app {name:?}: {e}"))));
             }
-            // A file seen for the first time (at the node's start) that holds an older version:
-            // the lattice has moved on; the file does not roll it back.
-            if first_sight
-                && record
-                    .versions
-                    .iter()
-                    .any(|v| v.manifest == text && v.version != record.deployed)
-            {
-                tracing::info!(file = %path.display(), app = name, deployed = record.deployed, "manifest file holds an older version of the app; the deployed one stays");
-                return Ok(name);
-            }
         }
         let to_failure = |e: DeployError| Failed {
             unreachable: matches!(e, DeployError::Store(_)),
@@ -363,6 +409,11 @@ impl DirDeployer {
             .map_err(to_failure)?;
         if outcome.changed {
             tracing::info!(file = %path.display(), app = name, version = outcome.version, "manifest deployed to the lattice");
+            // An artifact found already stored may have been collected between the upload and
+            // the store (its last user undeployed meanwhile): put it back.
+            deploy::upload_images(&manifest, self.store.artifacts())
+                .await
+                .map_err(to_failure)?;
         }
         // The same file naming another app now: that app goes.
         let renamed: Vec<String> = mirror

@@ -298,3 +298,73 @@ fn moved_replicas_stay_until_their_replacements_run() {
         .is_empty()
     );
 }
+
+#[test]
+fn a_shrinking_share_waits_for_the_rest_and_a_failing_target_holds_the_old_replicas() {
+    let scaler = Scaler::Spread {
+        instances: 2,
+        spread: Vec::new(),
+    };
+    let want = desired("shop", "v1", scaler);
+    let key = ("shop".to_owned(), "web".to_owned());
+    let now = Instant::now();
+    // a1 runs both replicas; a2 joined and is placed for one of them.
+    let here = BTreeMap::from([(
+        key.clone(),
+        Running {
+            version: "v1".into(),
+            replicas: 2,
+            surplus_since: None,
+        },
+    )]);
+    let hosts = vec![running(host("a1", "a"), "shop", "v1", 2), host("a2", "a")];
+    let placement = place(&want, &hosts);
+    assert_eq!(placement[&key].hosts.len(), 2, "{placement:?}");
+    let share = local_share("a1", &want, &placement, &hosts, &here, now);
+    assert_eq!(share[&key].replicas, 2, "both kept until a2 runs its one");
+    let hosts = vec![
+        running(host("a1", "a"), "shop", "v1", 2),
+        running(host("a2", "a"), "shop", "v1", 1),
+    ];
+    let share = local_share("a1", &want, &placement, &hosts, &here, now);
+    assert_eq!(share[&key].replicas, 1);
+
+    // Moved away to a node that cannot start it: kept past the timeout.
+    let scaler = Scaler::Spread {
+        instances: 1,
+        spread: vec![spread("b", Some("b"), None)],
+    };
+    let want = desired("shop", "v1", scaler);
+    let here = BTreeMap::from([(
+        key.clone(),
+        Running {
+            version: "v1".into(),
+            replicas: 1,
+            surplus_since: Some(now),
+        },
+    )]);
+    let mut b1 = host("b1", "b");
+    b1.failures.push(Failure {
+        app: "shop".into(),
+        component: "web".into(),
+        version: "v1".into(),
+        reason: "cannot fetch".into(),
+    });
+    let hosts = vec![host("a1", "a"), b1];
+    let placement = place(&want, &hosts);
+    let later = now + HANDOVER_TIMEOUT * 2;
+    let share = local_share("a1", &want, &placement, &hosts, &here, later);
+    assert_eq!(share[&key].replicas, 1);
+}
+
+#[test]
+fn zero_weights_and_zero_instances_place_sensibly() {
+    let zero = [spread("one", None, Some(0)), spread("two", None, Some(0))];
+    assert_eq!(counts(&zero, 4), [("one".into(), 2), ("two".into(), 2)]);
+    let scaler = Scaler::Daemon {
+        instances: 0,
+        spread: Vec::new(),
+    };
+    let p = place_component("shop", "web", &scaler, &[host("a1", "a")]);
+    assert!(p.hosts.is_empty() && p.unplaced.is_empty(), "{p:?}");
+}
