@@ -17,29 +17,12 @@ THREADS=${THREADS:-2}
 CACHE=bench/.cache
 WASMTIME_VERSION=$(sed -n 's/^wasmtime = { version = "\([0-9.]*\)".*/\1/p' Cargo.toml)
 
-./packaging/install-deps.sh
-as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
-if ! command -v wrk >/dev/null || ! command -v curl >/dev/null; then
-  as_root apt-get update -qq
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk curl
-fi
+. bench/lib.sh
 if [ ! -x "$CACHE/wasmtime/bin/wasmtime" ]; then
   echo "installing wasmtime-cli $WASMTIME_VERSION into $CACHE/wasmtime (once; a long build)" >&2
   cargo install --locked --quiet wasmtime-cli --version "$WASMTIME_VERSION" --root "$CACHE/wasmtime"
 fi
-cargo build --release --quiet
-cargo build --release --quiet --target wasm32-wasip2 --manifest-path examples/Cargo.toml --target-dir examples/target
-WASM=$PWD/examples/target/wasm32-wasip2/release/http_hello.wasm
-
-wait_http() {
-  for _ in $(seq 400); do curl -sf "http://127.0.0.1:$1/" >/dev/null && return 0; sleep 0.05; done
-  echo "server on port $1 did not answer; its log:" >&2; tail -n 30 "$2" >&2; return 1
-}
-
-WORK=$(mktemp -d)
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
-trap cleanup EXIT
+bench_prepare wrk curl
 
 mkdir -p "$WORK/config"
 sed "s#file://../target/wasm32-wasip2/release/http_hello.wasm#file://$WASM#" examples/http-hello/wadm.yaml > "$WORK/config/hello.yaml"
@@ -71,6 +54,5 @@ for r in $(seq "$ROUNDS"); do
   read -r rps p50 p99 bad < <(run_wrk "$WPORT"); W+=("$rps")
   printf '%-6s %-16s %10s %9s %9s %8s\n' "$r" "wasmtime-serve" "$rps" "$p50" "$p99" "$bad"
 done
-median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 ML=$(median "${L[@]}"); MW=$(median "${W[@]}")
 echo "median req/s: lattice $ML, wasmtime serve $MW, ratio $(awk -v a="$ML" -v b="$MW" 'BEGIN { if (b > 0) printf "%.2f", a/b; else printf "n/a" }')x"

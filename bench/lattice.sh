@@ -16,33 +16,10 @@ DURATION=${DURATION:-10s}
 CONNECTIONS=${CONNECTIONS:-32}
 THREADS=${THREADS:-2}
 
-./packaging/install-deps.sh
-as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
-if ! command -v wrk >/dev/null || ! command -v curl >/dev/null; then
-  as_root apt-get update -qq
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk curl
-fi
-cargo build --release --quiet
-cargo build --release --quiet --target wasm32-wasip2 --manifest-path examples/Cargo.toml --target-dir examples/target
-WASM=$PWD/examples/target/wasm32-wasip2/release/http_hello.wasm
-NATS_SERVER=$(command -v nats-server || echo /usr/sbin/nats-server)
+. bench/lib.sh
+bench_prepare wrk curl
 
-WORK=$(mktemp -d)
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
-trap cleanup EXIT
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_http() {
-  for _ in $(seq 400); do curl -sf "http://127.0.0.1:$1/" >/dev/null && return 0; sleep 0.05; done
-  echo "node on port $1 did not answer; its log:" >&2; tail -n 30 "$2" >&2; return 1
-}
-
-HUB_PORT=$(free_port); HUB_LEAF=$(free_port)
-printf 'listen: 127.0.0.1:%s\nserver_name: hub\njetstream { store_dir: "%s", domain: hub }\nleafnodes { listen: 127.0.0.1:%s }\n' \
-  "$HUB_PORT" "$WORK/hub-js" "$HUB_LEAF" > "$WORK/hub.conf"
-"$NATS_SERVER" -c "$WORK/hub.conf" 2>"$WORK/hub.log" &
-PIDS+=($!)
+start_hub
 
 # The replica goes to nodes labelled role=worker only. The manifest is in the worker's config dir
 # only (a manifest in any node's config dir is deployed lattice-wide); the front's is empty.
@@ -90,6 +67,5 @@ for r in $(seq "$ROUNDS"); do
     [ "$c" = 1 ] && RP+=("$p50")
   done
 done
-median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 ML=$(median "${LP[@]}"); MR=$(median "${RP[@]}")
 echo "median p50 at 1 connection: local $ML ms, cross-node $MR ms, added $(awk -v a="$MR" -v b="$ML" 'BEGIN { printf "%.3f", a-b }') ms"

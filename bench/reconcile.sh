@@ -26,29 +26,8 @@ cd "$(dirname "$0")/.."
 ROUNDS=${1:-5}
 LATTICE=target/release/lattice
 
-./packaging/install-deps.sh
-as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
-if ! command -v curl >/dev/null; then
-  as_root apt-get update -qq
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq curl
-fi
-cargo build --release --quiet
-cargo build --release --quiet --target wasm32-wasip2 --manifest-path examples/Cargo.toml --target-dir examples/target
-WASM=$PWD/examples/target/wasm32-wasip2/release/http_hello.wasm
-NATS_SERVER=$(command -v nats-server || echo /usr/sbin/nats-server)
-
-WORK=$(mktemp -d)
-PIDS=()
-cleanup() {
-  for p in ${PIDS[@]+"${PIDS[@]}"}; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-now_ms() { date +%s%3N; }
-median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+. bench/lib.sh
+bench_prepare curl
 # HTTP status of a GET (000 when there is no answer within 2 s).
 http_code() { curl -s -o /dev/null -w '%{http_code}' --max-time 2 "$1" 2>/dev/null || true; }
 
@@ -59,15 +38,7 @@ die() { # message: prints it and the tail of every log, exits
 }
 
 # --- hub ---------------------------------------------------------------------------------------
-HUB_PORT=$(free_port); HUB_LEAF=$(free_port)
-printf 'listen: 127.0.0.1:%s\nserver_name: hub\njetstream { store_dir: "%s", domain: hub }\nleafnodes { listen: 127.0.0.1:%s }\n' \
-  "$HUB_PORT" "$WORK/hub-js" "$HUB_LEAF" > "$WORK/hub.conf"
-"$NATS_SERVER" -c "$WORK/hub.conf" 2>"$WORK/hub.log" &
-HUB_PID=$!
-PIDS+=("$HUB_PID")
-for _ in $(seq 200); do (exec 3<>"/dev/tcp/127.0.0.1/$HUB_LEAF") 2>/dev/null && break; sleep 0.05; done
-(exec 3<>"/dev/tcp/127.0.0.1/$HUB_LEAF") 2>/dev/null && kill -0 "$HUB_PID" 2>/dev/null \
-  || { echo "the hub nats-server did not come up; its log:" >&2; tail -n 30 "$WORK/hub.log" >&2; exit 1; }
+start_hub
 
 # --- nodes -------------------------------------------------------------------------------------
 declare -A ZONE=([node-a]=a [node-b]=a [node-c]=b) PORT=() PID=()

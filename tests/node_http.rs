@@ -537,3 +537,86 @@ fn bodies_and_headers_stream_through_a_component() {
     assert_eq!(header("x-echo-method"), Some("POST"));
     assert_eq!(header("x-echo-path"), Some("/echo/big?x=1"));
 }
+
+#[test]
+fn a_restart_neither_rolls_back_a_newer_version_nor_forgets_a_file_removed_meanwhile() {
+    let dirs = common::Dirs::with_manifest(
+        "app.yaml",
+        &manifest("app", &example_wasm("http-hello"), "/app"),
+    );
+    let (config, data) = (&dirs.config, &dirs.data);
+    let mut node = Node::start_in(config, data, &[]);
+    assert!(
+        node.wait_for_status("/app", 200, Duration::from_secs(10))
+            .starts_with("Hello")
+    );
+    std::fs::write(
+        config.join("other.yaml"),
+        manifest("other", &example_wasm("http-hello"), "/other"),
+    )
+    .unwrap();
+    node.wait_for_status("/other", 200, Duration::from_secs(10));
+
+    // v2 of the app from the CLI, from a file outside the config dir.
+    let outside = tempfile::tempdir().unwrap();
+    let v2 = outside.path().join("app-v2.yaml");
+    std::fs::write(
+        &v2,
+        manifest("app", &example_wasm("http-goodbye"), "/app")
+            .replace("version: v1", "version: v2"),
+    )
+    .unwrap();
+    let data_arg = data.to_string_lossy().into_owned();
+    let out = common::lattice_cli(&[
+        "app",
+        "deploy",
+        v2.to_str().unwrap(),
+        "--data-dir",
+        &data_arg,
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    common::wait_until("v2 answers", Duration::from_secs(10), || {
+        node.get("/app")
+            .is_some_and(|(s, b)| s == 200 && b.starts_with("Goodbye"))
+    });
+    assert!(node.terminate(Duration::from_secs(5)).unwrap().success());
+
+    // While the node is down, other.yaml goes; app.yaml (v1) stays as it was.
+    std::fs::remove_file(config.join("other.yaml")).unwrap();
+    let node = Node::start_in(config, data, &[]);
+    node.wait_for_status("/other", 404, Duration::from_secs(10));
+    node.wait_for_log(&["manifest file removed", "other"], Duration::from_secs(1));
+    std::thread::sleep(Duration::from_millis(500));
+    let (status, body) = node.get("/app").unwrap();
+    assert!(
+        status == 200 && body.starts_with("Goodbye"),
+        "the unchanged app.yaml must not roll v2 back: {status} {body}\n{}",
+        node.log()
+    );
+    let out = common::lattice_cli(&[
+        "app",
+        "status",
+        "app",
+        "--data-dir",
+        &data_arg,
+        "-o",
+        "json",
+    ]);
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(status["version"], "v2", "{status}");
+
+    // An edit of the file is a change: it rolls out.
+    std::fs::write(
+        config.join("app.yaml"),
+        manifest("app", &example_wasm("http-hello"), "/app").replace("version: v1", "version: v3"),
+    )
+    .unwrap();
+    common::wait_until("v3 answers", Duration::from_secs(10), || {
+        node.get("/app")
+            .is_some_and(|(s, b)| s == 200 && b.starts_with("Hello"))
+    });
+}

@@ -1,0 +1,56 @@
+# Shared by the bench scripts; sourced from the repository root (`. bench/lib.sh`).
+#
+#   bench_prepare CMD...   installs lattice's deps and the Debian packages named CMD... (wrk,
+#                          curl) when their command is missing, builds lattice (release) and the
+#                          example components; sets WASM (http-hello), NATS_SERVER, WORK (a temp
+#                          dir) and PIDS, whose processes are killed on exit (only those).
+#   start_hub              a hub nats-server on loopback with JetStream in domain `hub` (the
+#                          lattice's desired state) and a leafnode listener; sets HUB_PORT,
+#                          HUB_LEAF; waits until the leafnode port accepts.
+#   wait_http PORT LOG     until GET / on 127.0.0.1:PORT succeeds (20 s), else shows LOG's tail
+#   free_port, median N..., now_ms
+
+as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+
+bench_prepare() {
+  ./packaging/install-deps.sh
+  local missing=()
+  for cmd in "$@"; do command -v "$cmd" >/dev/null || missing+=("$cmd"); done
+  if [ "${#missing[@]}" -gt 0 ]; then
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
+  fi
+  cargo build --release --quiet
+  cargo build --release --quiet --target wasm32-wasip2 --manifest-path examples/Cargo.toml --target-dir examples/target
+  WASM=$PWD/examples/target/wasm32-wasip2/release/http_hello.wasm
+  NATS_SERVER=$(command -v nats-server || echo /usr/sbin/nats-server)
+  WORK=$(mktemp -d)
+  PIDS=()
+  trap bench_cleanup EXIT
+}
+
+bench_cleanup() {
+  for p in ${PIDS[@]+"${PIDS[@]}"}; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$WORK"
+}
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+now_ms() { date +%s%3N; }
+median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+
+start_hub() {
+  HUB_PORT=$(free_port); HUB_LEAF=$(free_port)
+  printf 'listen: 127.0.0.1:%s\nserver_name: hub\njetstream { store_dir: "%s", domain: hub }\nleafnodes { listen: 127.0.0.1:%s }\n' \
+    "$HUB_PORT" "$WORK/hub-js" "$HUB_LEAF" > "$WORK/hub.conf"
+  "$NATS_SERVER" -c "$WORK/hub.conf" 2>"$WORK/hub.log" &
+  local pid=$!
+  PIDS+=("$pid")
+  for _ in $(seq 200); do (exec 3<>"/dev/tcp/127.0.0.1/$HUB_LEAF") 2>/dev/null && return 0; sleep 0.05; done
+  echo "the hub nats-server did not come up; its log:" >&2; tail -n 30 "$WORK/hub.log" >&2; exit 1
+}
+
+wait_http() {
+  for _ in $(seq 400); do curl -sf "http://127.0.0.1:$1/" >/dev/null && return 0; sleep 0.05; done
+  echo "server on port $1 did not answer; its log:" >&2; tail -n 30 "$2" >&2; return 1
+}
