@@ -33,10 +33,7 @@ const DEPLOY_TIMEOUT: Duration = Duration::from_secs(60);
 pub async fn get(command: GetCommand) -> anyhow::Result<ExitCode> {
     match command {
         GetCommand::Hosts { client } => {
-            let nats = connect(&client).await?;
-            let hosts: Vec<HostInfo> = nats
-                .request(subjects::CTL_GET_HOSTS, Vec::new(), DEFAULT_TIMEOUT)
-                .await?;
+            let hosts: Vec<HostInfo> = call(&client, subjects::CTL_GET_HOSTS, Vec::new()).await?;
             match client.output {
                 OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&hosts)?),
                 OutputFormat::Table => print!("{}", hosts_table(&hosts)),
@@ -44,10 +41,8 @@ pub async fn get(command: GetCommand) -> anyhow::Result<ExitCode> {
         }
         GetCommand::Inventory { host, client } => {
             let payload = serde_json::to_vec(&InventoryRequest { host })?;
-            let nats = connect(&client).await?;
-            let inventory: Vec<HostInventory> = nats
-                .request(subjects::CTL_GET_INVENTORY, payload, DEFAULT_TIMEOUT)
-                .await?;
+            let inventory: Vec<HostInventory> =
+                call(&client, subjects::CTL_GET_INVENTORY, payload).await?;
             match client.output {
                 OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&inventory)?),
                 OutputFormat::Table => print!("{}", inventory_table(&inventory)),
@@ -86,21 +81,15 @@ pub async fn app(command: AppCommand) -> anyhow::Result<ExitCode> {
             }
         }
         AppCommand::Undeploy { name, client } => {
-            let nats = connect(&client).await?;
             let payload = serde_json::to_vec(&AppRequest { name: name.clone() })?;
-            let _: String = nats
-                .request(subjects::CTL_APP_UNDEPLOY, payload, DEFAULT_TIMEOUT)
-                .await?;
+            let _: String = call(&client, subjects::CTL_APP_UNDEPLOY, payload).await?;
             match client.output {
                 OutputFormat::Json => println!("{}", serde_json::json!({ "name": name })),
                 OutputFormat::Table => println!("app {name} undeployed"),
             }
         }
         AppCommand::List { client } => {
-            let nats = connect(&client).await?;
-            let apps: Vec<AppSummary> = nats
-                .request(subjects::CTL_APP_LIST, Vec::new(), DEFAULT_TIMEOUT)
-                .await?;
+            let apps: Vec<AppSummary> = call(&client, subjects::CTL_APP_LIST, Vec::new()).await?;
             match client.output {
                 OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&apps)?),
                 OutputFormat::Table => {
@@ -120,22 +109,17 @@ pub async fn app(command: AppCommand) -> anyhow::Result<ExitCode> {
             }
         }
         AppCommand::Status { name, client } => {
-            let nats = connect(&client).await?;
             let payload = serde_json::to_vec(&AppRequest { name })?;
-            let status: AppStatus = nats
-                .request(subjects::CTL_APP_STATUS, payload, DEFAULT_TIMEOUT)
-                .await?;
+            let status: AppStatus = call(&client, subjects::CTL_APP_STATUS, payload).await?;
             match client.output {
                 OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&status)?),
                 OutputFormat::Table => print!("{}", status_text(&status)),
             }
         }
         AppCommand::History { name, client } => {
-            let nats = connect(&client).await?;
             let payload = serde_json::to_vec(&AppRequest { name })?;
-            let history: Vec<HistoryEntry> = nats
-                .request(subjects::CTL_APP_HISTORY, payload, DEFAULT_TIMEOUT)
-                .await?;
+            let history: Vec<HistoryEntry> =
+                call(&client, subjects::CTL_APP_HISTORY, payload).await?;
             match client.output {
                 OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&history)?),
                 OutputFormat::Table => {
@@ -221,6 +205,18 @@ async fn deploy(
         .await
         .map_err(|e: DeployError| in_file(&format!("app {:?}: {e}", manifest.name)))?;
     Ok(outcome)
+}
+
+/// Connects as `args` say and sends one request to `endpoint`: its response.
+async fn call<T: DeserializeOwned>(
+    args: &ClientArgs,
+    endpoint: &str,
+    payload: Vec<u8>,
+) -> anyhow::Result<T> {
+    connect(args)
+        .await?
+        .request(endpoint, payload, DEFAULT_TIMEOUT)
+        .await
 }
 
 /// A CLI's connection to the lattice.

@@ -24,7 +24,7 @@ use wasmtime::Engine;
 use wasmtime::component::Linker;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
-pub use cache::{CodeSource, sha256_hex};
+pub use cache::{CodeSource, hex, sha256_hex};
 pub use engine::Allocator;
 pub use http::{HttpComponent, ResponseBody, text_response};
 pub use state::HostState;

@@ -23,7 +23,7 @@ use sha2::{Digest, Sha256};
 use super::artifacts::{Artifacts, read_component_file};
 use super::manifest::{self, FieldError, Image, Manifest};
 use super::store::{Mirror, Source, StoredApp, StoredVersion, apps_kv};
-use crate::host::Host;
+use crate::host::{Host, hex};
 use crate::providers::http::{Route, RouteConflict, RouteKey, RouteTarget, Router};
 
 /// Versions kept per app, newest; the record of an app is one KV value (NATS `max_payload`,
@@ -128,11 +128,7 @@ pub fn version_of(explicit: Option<&str>, manifest: &Manifest, text: &str) -> St
     explicit
         .map(str::to_owned)
         .or_else(|| manifest.version.clone())
-        .unwrap_or_else(|| {
-            let digest = Sha256::digest(text.as_bytes());
-            let hex: String = digest[..6].iter().map(|b| format!("{b:02x}")).collect();
-            format!("sha-{hex}")
-        })
+        .unwrap_or_else(|| format!("sha-{}", hex(&Sha256::digest(text.as_bytes())[..6])))
 }
 
 /// The write side of the desired state, on a node.
@@ -207,6 +203,18 @@ impl AppStore {
         }
         self.check_components(&manifest).await?;
         self.check_routes(&manifest, &request.source)?;
+        for link in &manifest.http_links {
+            if let Some(addr) = link.address.filter(|a| {
+                a.ip().is_unspecified() && a.port() == self.ingress.port() && *a != self.ingress
+            }) {
+                tracing::warn!(
+                    app = manifest.name,
+                    %addr,
+                    "address is the ingress's port on every interface: served by each node's shared ingress \
+                     (start nodes with --http-addr {addr} to listen on every interface)"
+                );
+            }
+        }
 
         let mut stored = StoredVersion {
             version: version.clone(),
@@ -258,11 +266,7 @@ impl AppStore {
                 for (component, digest) in &request.images {
                     hasher.update(format!("\n{component}={digest}").as_bytes());
                 }
-                let hex: String = hasher.finalize()[..6]
-                    .iter()
-                    .map(|b| format!("{b:02x}"))
-                    .collect();
-                version = format!("{version}+sha-{hex}");
+                version = format!("{version}+sha-{}", hex(&hasher.finalize()[..6]));
                 stored.version = version.clone();
             }
             if let Some(existing) = record.versions.iter().find(|v| v.version == version) {
@@ -467,7 +471,7 @@ pub fn routes_of(manifest: &Manifest, ingress: SocketAddr) -> Vec<Route> {
         .iter()
         .map(|link| Route {
             key: RouteKey::new(
-                super::listener_for(link.address, ingress, &app),
+                super::listener_for(link.address, ingress),
                 link.host.as_deref(),
                 link.path.as_deref(),
             ),

@@ -374,16 +374,9 @@ impl Deployer {
         let mut excluded: BTreeMap<String, String> = BTreeMap::new();
         loop {
             let mut routes = Vec::new();
-            let mut failures = Vec::new();
             let mut included = Vec::new();
             for (name, manifest, version, _) in &apps {
-                if let Some(reason) = excluded.get(*name) {
-                    failures.push(Failure {
-                        app: (*name).clone(),
-                        component: String::new(),
-                        version: (*version).to_owned(),
-                        reason: reason.clone(),
-                    });
+                if excluded.contains_key(*name) {
                     continue;
                 }
                 let mine = deploy::routes_of(manifest, ingress);
@@ -399,11 +392,17 @@ impl Deployer {
                     }
                 }
             }
-            // Rebuilt only if a failure appeared above; the loop ends once nothing new is
-            // excluded.
-            if failures.len() < excluded.len() {
-                continue;
-            }
+            let failures: Vec<Failure> = apps
+                .iter()
+                .filter_map(|(name, _, version, _)| {
+                    Some(Failure {
+                        app: (*name).clone(),
+                        component: String::new(),
+                        version: (*version).to_owned(),
+                        reason: excluded.get(*name)?.clone(),
+                    })
+                })
+                .collect();
             let key: TableKey = (included, components.clone());
             if state.installed.as_ref() == Some(&key) {
                 return failures;
@@ -505,21 +504,11 @@ impl Deployer {
 
 /// The listener of an http link's `address`: the shared ingress when the address is the
 /// ingress's, or its port on every interface (`0.0.0.0:8000`, as wasmCloud's examples write it:
-/// served by the ingress, with a warning saying where it listens); else an own listener.
-fn listener_for(address: Option<SocketAddr>, ingress: SocketAddr, app: &str) -> SocketAddr {
+/// served by the ingress; the deploy warns where it listens); else an own listener.
+fn listener_for(address: Option<SocketAddr>, ingress: SocketAddr) -> SocketAddr {
     match address {
-        None => ingress,
-        Some(addr) if addr == ingress => ingress,
-        Some(addr) if addr.ip().is_unspecified() && addr.port() == ingress.port() => {
-            tracing::debug!(
-                app,
-                %addr,
-                "address is the ingress's port on every interface: served by the shared ingress on {ingress} \
-                 (start the node with --http-addr {addr} to listen on every interface)"
-            );
-            ingress
-        }
-        Some(addr) => addr,
+        Some(addr) if !(addr.ip().is_unspecified() && addr.port() == ingress.port()) => addr,
+        _ => ingress,
     }
 }
 
@@ -610,6 +599,7 @@ impl Reconciler {
             if let Some(done) = first_pass.take() {
                 let _ = done.send(());
             }
+            // Hosts read again: this node's own inventory has just changed.
             self.report(&desired, &placement, &mut statuses).await;
             if std::mem::take(&mut prune) {
                 let referenced = plan::referenced_digests(&desired);
@@ -634,7 +624,7 @@ impl Reconciler {
         placement: &plan::Placement,
         last: &mut BTreeMap<String, AppStatus>,
     ) {
-        let hosts = self.hosts();
+        let hosts = &self.hosts();
         let gone: Vec<String> = last
             .keys()
             .filter(|name| !desired.contains_key(*name))
@@ -645,17 +635,17 @@ impl Reconciler {
                 status.state = plan::AppState::Undeployed;
                 status.reason.clear();
                 status.components.clear();
-                self.publish_status(&hosts, &status).await;
+                self.publish_status(hosts, &status).await;
             }
         }
         for name in desired.keys() {
-            let Some(status) = plan::status(name, desired, placement, &hosts) else {
+            let Some(status) = plan::status(name, desired, placement, hosts) else {
                 continue;
             };
             if last.get(name) == Some(&status) {
                 continue;
             }
-            self.publish_status(&hosts, &status).await;
+            self.publish_status(hosts, &status).await;
             last.insert(name.clone(), status);
         }
     }

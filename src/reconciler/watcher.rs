@@ -314,7 +314,7 @@ impl DirDeployer {
             }
             let previous_app = before.and_then(|f| f.app.clone());
             // First seen since the node started, unchanged since this node deployed it.
-            let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+            let hex = crate::host::hex(&digest);
             if before.is_none()
                 && let Some(record) = self.record(&path).filter(|r| r.digest == hex)
             {
