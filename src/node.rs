@@ -26,6 +26,7 @@ use crate::nats::subjects;
 use crate::nats::uplink::{Uplink, UplinkState, UplinkTracker};
 use crate::nats::{self, NatsSupervisor};
 use crate::providers::http::HttpServer;
+use crate::providers::keyvalue::KeyValueProviders;
 use crate::reconciler::artifacts::{Artifacts, GC_INTERVAL};
 use crate::reconciler::plan;
 use crate::reconciler::store::Mirror;
@@ -218,11 +219,15 @@ async fn run_with_nats(
         &config.lattice,
         Some(config.data_dir.join("artifacts")),
     );
+    // keyvalue-nats buckets live in the same JetStream as the apps; keyvalue-sled trees in the
+    // node's own database.
+    let keyvalue = KeyValueProviders::new(Some(js.clone()), Some(db.clone()));
     let deployer = Arc::new(Deployer::new(
         host.clone(),
         http.clone(),
         rpc.clone(),
         artifacts.clone(),
+        keyvalue,
         config.replica_concurrency,
     ));
     let apps = Arc::new(AppStore::new(

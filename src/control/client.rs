@@ -204,6 +204,10 @@ async fn deploy(
     upload_images(&manifest, &artifacts)
         .await
         .map_err(|e: DeployError| in_file(&format!("app {:?}: {e}", manifest.name)))?;
+    let outcome: DeployOutcome = outcome;
+    for warning in &outcome.warnings {
+        eprintln!("warning: {}: {warning}", file.display());
+    }
     Ok(outcome)
 }
 

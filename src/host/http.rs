@@ -15,6 +15,7 @@ use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 
 use super::InstanceLimits;
+use super::grants::Grants;
 use super::state::HostState;
 
 /// Body of every response the ingress sends: a component's streamed body or a short text.
@@ -25,6 +26,7 @@ pub struct HttpComponent {
     app: Arc<str>,
     name: Arc<str>,
     digest: String,
+    grants: Arc<Grants>,
     pre: ProxyPre<HostState>,
     permits: Arc<Semaphore>,
     max_concurrency: usize,
@@ -33,17 +35,17 @@ pub struct HttpComponent {
 
 impl HttpComponent {
     pub(super) fn new(
-        app: Arc<str>,
-        name: Arc<str>,
+        grants: Arc<Grants>,
         digest: String,
         pre: ProxyPre<HostState>,
         max_concurrency: usize,
         limits: InstanceLimits,
     ) -> HttpComponent {
         HttpComponent {
-            app,
-            name,
+            app: grants.app.clone(),
+            name: grants.component.clone(),
             digest,
+            grants,
             pre,
             permits: Arc::new(Semaphore::new(max_concurrency)),
             max_concurrency,
@@ -117,10 +119,7 @@ impl HttpComponent {
         let limits = StoreLimitsBuilder::new()
             .memory_size(usize::try_from(self.limits.max_memory_bytes).unwrap_or(usize::MAX))
             .build();
-        let mut store = Store::new(
-            self.pre.engine(),
-            HostState::new(&self.app, &self.name, limits),
-        );
+        let mut store = Store::new(self.pre.engine(), HostState::new(&self.grants, limits));
         store.limiter(|state| &mut state.limits);
         // Guest code yields to the runtime at every epoch tick and traps once the deadline passed.
         store.set_epoch_deadline(1);

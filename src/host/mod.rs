@@ -1,19 +1,30 @@
 //! The component host: one wasmtime `Engine`, the compiled-code cache, the `Linker` with the
 //! interfaces we host (DESIGN.md §5), and [`HttpComponent`]s ready to serve requests.
 //!
+//! Beyond WASI 0.2 and wasi:http, one `bindgen!` (`bindings`) covers `wit/`: one file per
+//! interface implements it on [`HostState`] (`keyvalue`, `wasi_config`, `logging`), reading the
+//! component's [`Grants`].
+//!
 //! ```no_run
 //! # async fn example(wasm: Vec<u8>) -> anyhow::Result<()> {
-//! use lattice::host::{Host, InstanceLimits};
+//! use std::sync::Arc;
+//! use lattice::host::{Grants, Host, InstanceLimits};
 //! let host = Host::new(std::path::Path::new("/tmp/data"), InstanceLimits::default())?;
-//! let prepared = host.prepare_http_component("hello".into(), "http-hello".into(), wasm, 64).await?;
+//! let grants = Arc::new(Grants::none("hello".into(), "http-hello".into()));
+//! let prepared = host.prepare_http_component(grants, wasm, 64).await?;
 //! // prepared.component.handle(request).await answers one hyper request with a fresh instance.
 //! # Ok(()) }
 //! ```
 
+mod bindings;
 mod cache;
 mod engine;
+mod grants;
 mod http;
+mod keyvalue;
+mod logging;
 mod state;
+mod wasi_config;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -26,7 +37,9 @@ use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
 pub use cache::{CodeSource, hex, sha256_hex};
 pub use engine::Allocator;
+pub use grants::{Grants, keyvalue_imports};
 pub use http::{HttpComponent, ResponseBody, text_response};
+pub use keyvalue::BucketResource;
 pub use state::HostState;
 
 /// Limits applied to every component instance.
@@ -59,12 +72,23 @@ pub enum ComponentError {
     /// The component does not export `wasi:http/incoming-handler@0.2.x`.
     #[error("not a wasi:http component (it must export wasi:http/incoming-handler@0.2.x): {0}")]
     NotHttp(String),
+    /// The component imports an interface granted only by a link it does not have.
+    #[error("{0}")]
+    NotGranted(String),
 }
 
 /// A component compiled, linked and pre-instantiated, with where its code came from.
 pub struct PreparedComponent {
     /// The component, ready to serve.
     pub component: Arc<HttpComponent>,
+    /// Whether its native code was compiled now or loaded from the cache.
+    pub code_source: CodeSource,
+}
+
+/// A component checked to compile, link and export wasi:http, not made ready to serve.
+pub struct CheckedComponent {
+    /// The interfaces it imports, e.g. `wasi:keyvalue/store@0.2.0-draft`.
+    pub imports: Vec<String>,
     /// Whether its native code was compiled now or loaded from the cache.
     pub code_source: CodeSource,
 }
@@ -96,6 +120,13 @@ impl Host {
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
             .map_err(anyhow::Error::from)
             .context("linking wasi:http")?;
+        // wasi:keyvalue, wasi:config, wasi:logging: each call reads the instance's grants.
+        bindings::Capabilities::add_to_linker::<_, wasmtime::component::HasSelf<HostState>>(
+            &mut linker,
+            |state| state,
+        )
+        .map_err(anyhow::Error::from)
+        .context("linking wasi:keyvalue, wasi:config and wasi:logging")?;
         let cache = cache::CodeCache::new(data_dir.join("cache").join("components"), &engine);
         Ok(Host {
             engine,
@@ -112,37 +143,81 @@ impl Host {
     }
 
     /// Compiles `wasm` (or loads its code from the cache), links it and pre-instantiates it as a
-    /// `wasi:http/proxy` component of app `app`, admitting `max_concurrency` requests at once.
+    /// `wasi:http/proxy` component with `grants` (its app and component names included),
+    /// admitting `max_concurrency` requests at once.
     ///
     /// # Errors
-    /// [`ComponentError`]: not a component, an import the node does not host, or no
+    /// [`ComponentError`]: not a component, an import the node does not host, an import its
+    /// grants do not allow (`wasi:keyvalue` without a keyvalue link), or no
     /// `wasi:http/incoming-handler` export.
     pub async fn prepare_http_component(
         &self,
-        app: Arc<str>,
-        name: Arc<str>,
+        grants: Arc<Grants>,
         wasm: Vec<u8>,
         max_concurrency: usize,
     ) -> Result<PreparedComponent, ComponentError> {
-        let host = self.clone();
         let digest = sha256_hex(&wasm);
-        let key = digest.clone();
-        let (component, code_source) = tokio::task::spawn_blocking(move || {
-            host.cache.load_or_compile(&host.engine, &wasm, &key)
-        })
-        .await
-        .map_err(|e| ComponentError::Invalid(format!("compiler task failed: {e}")))?
-        .map_err(|e| ComponentError::Invalid(format!("{e:#}")))?;
-        let instance_pre = self
-            .linker
-            .instantiate_pre(&component)
-            .map_err(|e| ComponentError::Link(format!("{e:#}")))?;
-        let pre =
-            ProxyPre::new(instance_pre).map_err(|e| ComponentError::NotHttp(format!("{e:#}")))?;
-        let component = HttpComponent::new(app, name, digest, pre, max_concurrency, self.limits);
+        let (component, code_source) = self.compile(wasm, digest.clone()).await?;
+        if let Some(reason) = grants.refusal(&self.imports(&component)) {
+            return Err(ComponentError::NotGranted(reason));
+        }
+        let pre = self.link(&component)?;
+        let component = HttpComponent::new(grants, digest, pre, max_concurrency, self.limits);
         Ok(PreparedComponent {
             component: Arc::new(component),
             code_source,
         })
+    }
+
+    /// Checks that `wasm` compiles, links with what this node hosts and exports wasi:http, as
+    /// [`Host::prepare_http_component`] does, without looking at grants; returns its imports.
+    ///
+    /// # Errors
+    /// [`ComponentError`] but `NotGranted`.
+    pub async fn check_http_component(
+        &self,
+        wasm: Vec<u8>,
+    ) -> Result<CheckedComponent, ComponentError> {
+        let digest = sha256_hex(&wasm);
+        let (component, code_source) = self.compile(wasm, digest).await?;
+        self.link(&component)?;
+        Ok(CheckedComponent {
+            imports: self.imports(&component),
+            code_source,
+        })
+    }
+
+    async fn compile(
+        &self,
+        wasm: Vec<u8>,
+        digest: String,
+    ) -> Result<(wasmtime::component::Component, CodeSource), ComponentError> {
+        let host = self.clone();
+        tokio::task::spawn_blocking(move || {
+            host.cache.load_or_compile(&host.engine, &wasm, &digest)
+        })
+        .await
+        .map_err(|e| ComponentError::Invalid(format!("compiler task failed: {e}")))?
+        .map_err(|e| ComponentError::Invalid(format!("{e:#}")))
+    }
+
+    fn link(
+        &self,
+        component: &wasmtime::component::Component,
+    ) -> Result<ProxyPre<HostState>, ComponentError> {
+        let instance_pre = self
+            .linker
+            .instantiate_pre(component)
+            .map_err(|e| ComponentError::Link(format!("{e:#}")))?;
+        ProxyPre::new(instance_pre).map_err(|e| ComponentError::NotHttp(format!("{e:#}")))
+    }
+
+    /// The names of the interfaces `component` imports.
+    fn imports(&self, component: &wasmtime::component::Component) -> Vec<String> {
+        component
+            .component_type()
+            .imports(&self.engine)
+            .map(|(name, _)| name.to_owned())
+            .collect()
     }
 }

@@ -9,7 +9,10 @@ use wasmtime::StoreLimits;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
-use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
+
+use super::grants::Grants;
+use crate::providers::http_client::OutgoingHttp;
 
 /// The data of one component instance's `Store`: one request's worth of state.
 pub struct HostState {
@@ -19,15 +22,18 @@ pub struct HostState {
     pub(crate) wasi: WasiCtx,
     /// wasi:http settings.
     pub(crate) http: WasiHttpCtx,
-    /// Outgoing-HTTP policy: deny everything (no http-client link exists yet).
-    pub(crate) http_hooks: DenyOutgoingHttp,
+    /// Outgoing-HTTP policy: only the hosts of the component's http-client links.
+    pub(crate) http_hooks: OutgoingHttp,
+    /// What the manifest grants the component: config, keyvalue buckets, outgoing hosts.
+    pub(crate) grants: Arc<Grants>,
     /// Memory and instance limits of this store.
     pub(crate) limits: StoreLimits,
 }
 
 impl HostState {
-    /// State for one instance of component `component` of app `app`, guest stdio into the log.
-    pub(crate) fn new(app: &Arc<str>, component: &Arc<str>, limits: StoreLimits) -> HostState {
+    /// State for one instance of the component `grants` belongs to, guest stdio into the log.
+    pub(crate) fn new(grants: &Arc<Grants>, limits: StoreLimits) -> HostState {
+        let (app, component) = (&grants.app, &grants.component);
         let wasi = WasiCtx::builder()
             .stdout(GuestLog::new(app, component, "stdout"))
             .stderr(GuestLog::new(app, component, "stderr"))
@@ -37,7 +43,12 @@ impl HostState {
             table: ResourceTable::new(),
             wasi,
             http: WasiHttpCtx::new(),
-            http_hooks: DenyOutgoingHttp,
+            http_hooks: OutgoingHttp::new(
+                grants.allowed_hosts.clone(),
+                app.clone(),
+                component.clone(),
+            ),
+            grants: grants.clone(),
             limits,
         }
     }
@@ -59,33 +70,6 @@ impl WasiHttpView for HostState {
             table: &mut self.table,
             hooks: &mut self.http_hooks,
         }
-    }
-}
-
-/// wasi:http hooks that deny every outgoing request with `HTTP-request-denied` (DESIGN.md §5:
-/// outgoing hosts are granted only by an http-client link). The guest sees the interface's own
-/// error code, never a trap.
-pub(crate) struct DenyOutgoingHttp;
-
-impl WasiHttpHooks for DenyOutgoingHttp {
-    fn send_request(
-        &mut self,
-        request: http::Request<wasmtime_wasi_http::WasiBody>,
-        _options: Option<wasmtime_wasi_http::RequestOptions>,
-        _fut: Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
-    ) -> Box<
-        dyn Future<
-                Output = Result<
-                    (
-                        http::Response<wasmtime_wasi_http::WasiBody>,
-                        Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
-                    ),
-                    wasmtime_wasi_http::Error,
-                >,
-            > + Send,
-    > {
-        tracing::warn!(uri = %request.uri(), "outgoing HTTP request denied: no http-client link grants it");
-        Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) })
     }
 }
 

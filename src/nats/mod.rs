@@ -2,8 +2,10 @@
 //!
 //! `server_config` renders nats-server's config file (pure), `supervisor` finds the binary,
 //! spawns it, forwards its log into tracing and restarts it with backoff when it exits,
-//! `uplink` follows the leaf connection in that log, `subjects` builds every subject we use.
+//! `uplink` follows the leaf connection in that log, `subjects` builds every subject we use,
+//! `kv` opens JetStream KV buckets.
 
+pub mod kv;
 pub mod server_config;
 pub mod subjects;
 pub mod supervisor;

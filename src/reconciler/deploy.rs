@@ -58,6 +58,10 @@ pub struct DeployOutcome {
     pub version: String,
     /// `false` when that version was deployed already.
     pub changed: bool,
+    /// What the deploying node found questionable but accepted (e.g. a component that will not
+    /// start for want of a link).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 /// Why a deploy or undeploy was refused. Nothing changed.
@@ -199,9 +203,10 @@ impl AppStore {
                 name: manifest.name,
                 version,
                 changed: false,
+                warnings: Vec::new(),
             });
         }
-        self.check_components(&manifest).await?;
+        let warnings = self.check_components(&manifest).await?;
         self.check_routes(&manifest, &request.source)?;
         for link in &manifest.http_links {
             if let Some(addr) = link.address.filter(|a| {
@@ -286,6 +291,7 @@ impl AppStore {
                         name: manifest.name,
                         version,
                         changed: false,
+                        warnings,
                     });
                 }
             } else {
@@ -323,6 +329,7 @@ impl AppStore {
                         name: manifest.name,
                         version,
                         changed: true,
+                        warnings,
                     });
                 }
                 // Another writer got there first: read again.
@@ -399,7 +406,10 @@ impl AppStore {
     }
 
     /// Every component's artifact exists and is a `wasi:http` component this node can link.
-    async fn check_components(&self, manifest: &Manifest) -> Result<(), DeployError> {
+    /// Returns warnings: components importing `wasi:keyvalue` without a keyvalue link, which
+    /// are stored but will not start (their status says why).
+    async fn check_components(&self, manifest: &Manifest) -> Result<Vec<String>, DeployError> {
+        let mut warnings = Vec::new();
         for spec in &manifest.components {
             let Image::Artifact { digest } = &spec.image else {
                 continue;
@@ -409,17 +419,12 @@ impl AppStore {
                 .fetch(digest)
                 .await
                 .map_err(|e| FieldError::new(&spec.image_field, format!("{e:#}")))?;
-            let prepared = self
+            let checked = self
                 .host
-                .prepare_http_component(
-                    manifest.name.as_str().into(),
-                    spec.name.as_str().into(),
-                    wasm,
-                    1,
-                )
+                .check_http_component(wasm)
                 .await
                 .map_err(|e| FieldError::new(&spec.image_field, e.to_string()))?;
-            if prepared.code_source == crate::host::CodeSource::Compiled {
+            if checked.code_source == crate::host::CodeSource::Compiled {
                 tracing::info!(
                     app = manifest.name,
                     component = spec.name,
@@ -427,8 +432,16 @@ impl AppStore {
                     "component compiled (checked for the deploy)"
                 );
             }
+            let keyvalue = crate::host::keyvalue_imports(&checked.imports);
+            if !keyvalue.is_empty() && spec.keyvalue.is_empty() {
+                warnings.push(format!(
+                    "component {:?} imports {} but has no keyvalue link: it will not start",
+                    spec.name,
+                    keyvalue.join(", ")
+                ));
+            }
         }
-        Ok(())
+        Ok(warnings)
     }
 
     /// The manifest's routes are free: no other deployed app of the lattice holds one (an app

@@ -1,16 +1,22 @@
 //! wadm application manifests (`apiVersion: core.oam.dev/v1beta1`, `kind: Application`, see
 //! <https://wasmcloud.com/docs/ecosystem/wadm/model>), parsed and validated into a [`Manifest`].
 //!
-//! Read as wadm reads them: `type: component` entries with an `image` and a `spreadscaler` or
-//! `daemonscaler` trait; a `type: capability` entry for wasmCloud's http-server provider, whose
-//! `link` traits to `wasi:http/incoming-handler` become routes (`path`, `host`, `address`) on
-//! the built-in ingress. Both link forms are accepted: `target: {name}` with
-//! `source: {config: […]}`, and the older `target: NAME` with `source_config`. What we do not
-//! support yet is a warning naming the field; errors name the field by its YAML path.
+//! Read as wadm reads them: `type: component` entries with an `image`, a `spreadscaler` or
+//! `daemonscaler` trait, `config` (wasi:config) and `link` traits to capabilities; `type:
+//! capability` entries for the providers a node has built in. The http-server's `link` traits
+//! to `wasi:http/incoming-handler` become routes (`path`, `host`, `address`) on the built-in
+//! ingress; a component's links to keyvalue-nats, keyvalue-sled and http-client are its grants
+//! (`links`). What we do not support yet is a warning naming the field; errors name the field
+//! by its YAML path.
+
+mod links;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+
+use crate::providers::http_client::AllowedHosts;
+use crate::providers::keyvalue::BucketSpec;
 
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
@@ -89,6 +95,12 @@ pub struct ComponentSpec {
     pub image_field: String,
     /// How many replicas, where.
     pub scaler: Scaler,
+    /// Its `wasi:config`: the properties of its `config` entries, merged in order.
+    pub config: BTreeMap<String, String>,
+    /// Its `wasi:keyvalue` buckets, by link name (what `store.open` takes).
+    pub keyvalue: BTreeMap<String, BucketSpec>,
+    /// Hosts its `wasi:http/outgoing-handler` may reach (its http-client links); empty: none.
+    pub allowed_hosts: AllowedHosts,
 }
 
 /// A scaler trait (wadm semantics).
@@ -168,13 +180,6 @@ pub struct HttpLink {
     pub field: String,
 }
 
-/// Image names of the wasmCloud http-server provider that map onto our built-in ingress.
-fn is_http_server_image(image: &str) -> bool {
-    image.starts_with("ghcr.io/wasmcloud/http-server:")
-        || image == "ghcr.io/wasmcloud/http-server"
-        || image == "wasmcloud+builtin://http-server"
-}
-
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct RawManifest {
@@ -234,44 +239,6 @@ struct ScalerProps {
     instances: u32,
     #[serde(default)]
     spread: Vec<Spread>,
-}
-
-#[derive(Deserialize)]
-struct LinkProps {
-    target: LinkTarget,
-    namespace: String,
-    package: String,
-    interfaces: Vec<String>,
-    name: Option<String>,
-    source: Option<LinkSide>,
-    #[serde(default)]
-    source_config: Vec<ConfigEntry>,
-    #[serde(default)]
-    target_config: Vec<ConfigEntry>,
-}
-
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum LinkTarget {
-    Name(String),
-    Full {
-        name: String,
-        #[serde(default)]
-        config: Vec<ConfigEntry>,
-    },
-}
-
-#[derive(Deserialize, Default)]
-struct LinkSide {
-    #[serde(default)]
-    config: Vec<ConfigEntry>,
-}
-
-#[derive(Deserialize)]
-struct ConfigEntry {
-    name: String,
-    #[serde(default)]
-    properties: Option<BTreeMap<String, String>>,
 }
 
 /// Deserializes `T` from `value`, errors and ignored fields named under the YAML path `prefix`.
@@ -366,6 +333,29 @@ pub fn parse(text: &str, base_dir: &Path) -> Result<Manifest, FieldError> {
         .filter(|c| c.kind == "component")
         .map(|c| c.name.as_str())
         .collect();
+    let mut capabilities = BTreeMap::new();
+    for (i, c) in raw.spec.components.iter().enumerate() {
+        if c.kind != "capability" {
+            continue;
+        }
+        let field = format!("spec.components[{i}].properties.image");
+        let image = c
+            .properties
+            .image
+            .as_deref()
+            .ok_or_else(|| FieldError::new(&field, "missing"))?;
+        let kind = links::capability(image).ok_or_else(|| {
+            FieldError::new(
+                &field,
+                format!(
+                    "capability {image:?} is not a provider lattice has built in (built in: {})",
+                    links::BUILT_IN
+                ),
+            )
+        })?;
+        capabilities.insert(c.name.as_str(), kind);
+    }
+    let named = links::NamedConfigs::collect(&raw.spec.components);
 
     let mut components = Vec::new();
     let mut http_links = Vec::new();
@@ -382,32 +372,46 @@ pub fn parse(text: &str, base_dir: &Path) -> Result<Manifest, FieldError> {
             }
         }
         match c.kind.as_str() {
-            "component" => components.push(component(c, &at, base_dir, &mut warnings)?),
+            "component" => {
+                let context = links::LinkContext {
+                    app: &raw.metadata.name,
+                    capabilities: &capabilities,
+                    components: &component_names,
+                    named: &named,
+                };
+                components.push(component(c, &at, base_dir, &context, &mut warnings)?);
+            }
             "capability" => {
-                let image =
-                    c.properties.image.as_deref().ok_or_else(|| {
-                        FieldError::new(format!("{at}.properties.image"), "missing")
-                    })?;
-                if !is_http_server_image(image) {
-                    return Err(FieldError::new(
-                        format!("{at}.properties.image"),
-                        format!(
-                            "capability {image:?} is not a provider lattice has built in \
-                             (built in: ghcr.io/wasmcloud/http-server:*, wasmcloud+builtin://http-server)"
-                        ),
-                    ));
-                }
+                let kind = capabilities.get(c.name.as_str()).copied();
                 if c.properties.config.is_some() {
-                    warnings.push(format!("{at}.properties.config: provider config is not used by the built-in http-server; ignored"));
+                    warnings.push(format!(
+                        "{at}.properties.config: provider config is not used by built-in providers; ignored"
+                    ));
                 }
                 for (j, t) in c.traits.iter().enumerate() {
                     let tat = format!("{at}.traits[{j}]");
                     match t.kind.as_str() {
-                        "link" => http_links.push(http_link(t.properties.clone(), &tat, &component_names, &mut warnings)?),
+                        "link" if kind == Some(links::Capability::HttpServer) => {
+                            http_links.push(links::http_link(
+                                t.properties.clone(),
+                                &tat,
+                                &component_names,
+                                &named,
+                                &mut warnings,
+                            )?)
+                        }
+                        "link" => {
+                            return Err(FieldError::new(
+                                tat,
+                                "only the http-server capability links to components; a component links to this capability",
+                            ));
+                        }
                         "spreadscaler" | "daemonscaler" => warnings.push(format!(
-                            "{tat}: the http-server provider is built into every node; its scaler is ignored"
+                            "{tat}: built-in providers run in every node; the scaler is ignored"
                         )),
-                        other => warnings.push(format!("{tat}.type: trait {other:?} is not supported; ignored")),
+                        other => warnings.push(format!(
+                            "{tat}.type: trait {other:?} is not supported; ignored"
+                        )),
                     }
                 }
             }
@@ -440,6 +444,7 @@ fn component(
     c: &RawComponent,
     at: &str,
     base_dir: &Path,
+    context: &links::LinkContext<'_>,
     warnings: &mut Vec<String>,
 ) -> Result<ComponentSpec, FieldError> {
     let image_field = format!("{at}.properties.image");
@@ -450,32 +455,40 @@ fn component(
         .ok_or_else(|| FieldError::new(&image_field, "missing"))?;
     let image =
         Image::File(resolve_image(image, base_dir).map_err(|r| FieldError::new(&image_field, r))?);
-    if c.properties.config.is_some() {
-        warnings.push(format!(
-            "{at}.properties.config: wasi:config is not hosted yet; ignored"
-        ));
-    }
+    let config =
+        links::component_config(c.properties.config.as_ref(), at, context.named, warnings)?;
     if c.properties.id.is_some() {
         warnings.push(format!(
             "{at}.properties.id: ignored (components are named by `name`)"
         ));
     }
     let mut scaler = None;
+    let mut grants = links::ComponentLinks::default();
     for (j, t) in c.traits.iter().enumerate() {
         let tat = format!("{at}.traits[{j}]");
         match t.kind.as_str() {
             kind @ ("spreadscaler" | "daemonscaler") => {
                 if scaler.is_some() {
-                    return Err(FieldError::new(format!("{tat}.type"), "a component takes one scaler trait"));
+                    return Err(FieldError::new(
+                        format!("{tat}.type"),
+                        "a component takes one scaler trait",
+                    ));
                 }
-                let props: ScalerProps = from_value(t.properties.clone(), &format!("{tat}.properties"), warnings)?;
+                let props: ScalerProps =
+                    from_value(t.properties.clone(), &format!("{tat}.properties"), warnings)?;
                 let (instances, spread) = (props.instances, props.spread);
-                scaler = Some(if kind == "spreadscaler" { Scaler::Spread { instances, spread } } else { Scaler::Daemon { instances, spread } });
+                scaler = Some(if kind == "spreadscaler" {
+                    Scaler::Spread { instances, spread }
+                } else {
+                    Scaler::Daemon { instances, spread }
+                });
             }
-            "link" => warnings.push(format!(
-                "{tat}: links from a component (keyvalue, http-client, …) are not supported yet; ignored"
+            "link" => {
+                links::component_link(t.properties.clone(), &tat, context, &mut grants, warnings)?
+            }
+            other => warnings.push(format!(
+                "{tat}.type: trait {other:?} is not supported; ignored"
             )),
-            other => warnings.push(format!("{tat}.type: trait {other:?} is not supported; ignored")),
         }
     }
     let scaler = scaler.unwrap_or_else(|| {
@@ -492,97 +505,9 @@ fn component(
         image,
         image_field,
         scaler,
-    })
-}
-
-fn http_link(
-    props: Value,
-    at: &str,
-    components: &BTreeSet<&str>,
-    warnings: &mut Vec<String>,
-) -> Result<HttpLink, FieldError> {
-    let field = format!("{at}.properties");
-    let link: LinkProps = from_value(props, &field, warnings)?;
-    if link.namespace != "wasi"
-        || link.package != "http"
-        || !link.interfaces.iter().any(|i| i == "incoming-handler")
-    {
-        return Err(FieldError::new(
-            &field,
-            format!(
-                "the http-server provider links to wasi:http/incoming-handler only, found {}:{}/{{{}}}",
-                link.namespace,
-                link.package,
-                link.interfaces.join(",")
-            ),
-        ));
-    }
-    let (target, target_config) = match link.target {
-        LinkTarget::Name(name) => (name, link.target_config),
-        LinkTarget::Full { name, config } => {
-            (name, config.into_iter().chain(link.target_config).collect())
-        }
-    };
-    if !components.contains(target.as_str()) {
-        return Err(FieldError::new(
-            format!("{field}.target"),
-            format!("{target:?} is not a component of this manifest"),
-        ));
-    }
-    if !target_config.is_empty() {
-        warnings.push(format!(
-            "{field}.target: target config is not used by http links; ignored"
-        ));
-    }
-    if link.name.as_deref().is_some_and(|n| n != "default") {
-        warnings.push(format!(
-            "{field}.name: link names matter for component links only; ignored"
-        ));
-    }
-    let mut settings: BTreeMap<String, String> = BTreeMap::new();
-    for entry in link
-        .source
-        .unwrap_or_default()
-        .config
-        .into_iter()
-        .chain(link.source_config)
-    {
-        match entry.properties {
-            Some(properties) => settings.extend(properties),
-            None => warnings.push(format!(
-                "{field}: named config {:?} without properties refers to a config store, which is not supported yet; ignored",
-                entry.name
-            )),
-        }
-    }
-    let address = match settings.remove("address") {
-        Some(text) => Some(text.parse::<SocketAddr>().map_err(|e| {
-            FieldError::new(
-                format!("{field}.source.config.address"),
-                format!("{text:?} is not an IP:PORT address: {e}"),
-            )
-        })?),
-        None => None,
-    };
-    let host = settings.remove("host");
-    let path = settings.remove("path");
-    if let Some(p) = path.as_ref().filter(|p| !p.starts_with('/')) {
-        return Err(FieldError::new(
-            format!("{field}.source.config.path"),
-            format!("{p:?} must start with '/'"),
-        ));
-    }
-    for key in settings.keys() {
-        warnings.push(format!(
-            "{field}.source.config.{key}: not supported by the built-in http-server; ignored"
-        ));
-    }
-    Ok(HttpLink {
-        target,
-        address,
-        host,
-        path,
-        field,
+        config,
+        keyvalue: grants.keyvalue,
+        allowed_hosts: grants.allowed_hosts,
     })
 }
 

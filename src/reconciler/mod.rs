@@ -22,14 +22,15 @@ use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::host::{CodeSource, Host, HttpComponent};
+use crate::host::{CodeSource, Grants, Host, HttpComponent};
 use crate::lattice::membership::{ComponentReplicas, HostInfo, Membership};
 use crate::lattice::rpc::{Rpc, Serving};
 use crate::nats::subjects;
 use crate::providers::http::{HttpServer, Router, RoutingTable};
+use crate::providers::keyvalue::KeyValueProviders;
 use artifacts::Artifacts;
 pub use deploy::{AppStore, DeployError, DeployOutcome, DeployRequest};
-use manifest::Image;
+use manifest::{ComponentSpec, Image};
 pub use manifest::{FieldError, Manifest};
 use plan::{AppStatus, Failure, LocalReplicas, Running};
 use store::{Desired, Mirror};
@@ -74,6 +75,7 @@ pub struct Deployer {
     http: Arc<HttpServer>,
     rpc: Arc<Rpc>,
     artifacts: Artifacts,
+    keyvalue: KeyValueProviders,
     replica_concurrency: u32,
     state: tokio::sync::Mutex<LocalState>,
     /// What runs here and what failed, updated after every apply: read without waiting for an
@@ -83,14 +85,16 @@ pub struct Deployer {
 }
 
 impl Deployer {
-    /// A deployer placing components with `host` (their bytes from `artifacts`), routes on
-    /// `http` (every app's, also those with no replica here: `rpc` forwards their requests);
-    /// each replica admits `replica_concurrency` concurrent requests.
+    /// A deployer placing components with `host` (their bytes from `artifacts`, their
+    /// keyvalue links' buckets from `keyvalue`), routes on `http` (every app's, also those with
+    /// no replica here: `rpc` forwards their requests); each replica admits
+    /// `replica_concurrency` concurrent requests.
     pub fn new(
         host: Host,
         http: Arc<HttpServer>,
         rpc: Arc<Rpc>,
         artifacts: Artifacts,
+        keyvalue: KeyValueProviders,
         replica_concurrency: u32,
     ) -> Deployer {
         Deployer {
@@ -98,6 +102,7 @@ impl Deployer {
             http,
             rpc,
             artifacts,
+            keyvalue,
             replica_concurrency,
             state: tokio::sync::Mutex::new(LocalState::default()),
             inventory: std::sync::Mutex::new((Vec::new(), Vec::new())),
@@ -180,7 +185,7 @@ impl Deployer {
             {
                 continue;
             }
-            match self.start(key, digest, want).await {
+            match self.start(key, spec, digest, want).await {
                 Ok(local) => {
                     state.failed.remove(key);
                     tracing::info!(
@@ -262,10 +267,12 @@ impl Deployer {
         }
     }
 
-    /// Fetches, compiles (or loads from the code cache) and subscribes one component.
+    /// Fetches, compiles (or loads from the code cache) and subscribes one component, with
+    /// what `spec` grants it (its keyvalue links' buckets opened here).
     async fn start(
         &self,
         key: &(String, String),
+        spec: &ComponentSpec,
         digest: &str,
         want: &LocalReplicas,
     ) -> Result<LocalComponent, String> {
@@ -278,9 +285,10 @@ impl Deployer {
         let concurrency =
             usize::try_from(u64::from(want.replicas) * u64::from(self.replica_concurrency))
                 .unwrap_or(usize::MAX);
+        let grants = self.grants(app, spec).await?;
         let prepared = self
             .host
-            .prepare_http_component(app.as_str().into(), name.as_str().into(), wasm, concurrency)
+            .prepare_http_component(Arc::new(grants), wasm, concurrency)
             .await
             .map_err(|e| e.to_string())?;
         match prepared.code_source {
@@ -308,6 +316,23 @@ impl Deployer {
             version: want.version.clone(),
             serving: Some(serving),
         })
+    }
+
+    /// What `spec` of app `app` grants: its config, its links' buckets (opened, or created when
+    /// the link allows it), its allowed outgoing hosts.
+    async fn grants(&self, app: &str, spec: &ComponentSpec) -> Result<Grants, String> {
+        let mut grants = Grants::none(app.into(), spec.name.as_str().into());
+        grants.config = spec.config.clone();
+        grants.allowed_hosts = Arc::new(spec.allowed_hosts.clone());
+        for (link, bucket) in &spec.keyvalue {
+            let opened = self
+                .keyvalue
+                .open(bucket)
+                .await
+                .map_err(|e| format!("keyvalue link {link:?}: {e:#}"))?;
+            grants.buckets.insert(link.as_str().into(), opened);
+        }
+        Ok(grants)
     }
 
     /// Logs, once per version, the components of `desired` with no replica here.

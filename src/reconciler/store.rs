@@ -412,45 +412,19 @@ fn build_desired(entries: &BTreeMap<String, MirrorEntry>) -> Desired {
 }
 
 /// The apps bucket of `lattice`, created when missing (history 1: the record holds every
-/// version).
-///
-/// The bucket's stream is created here rather than with async-nats's `create_key_value`, which
-/// first reads the account info in a shape nats-server 2.9 does not send; the stream has the
-/// configuration of a KV bucket (ADR-8: `KV_<bucket>`, subjects `$KV.<bucket>.>`, roll-ups
-/// allowed, deletes denied, direct get).
+/// version), by [`crate::nats::kv::open_bucket`].
 ///
 /// # Errors
 /// JetStream cannot be reached, or refuses to create the bucket.
 pub async fn apps_kv(js: &jetstream::Context, lattice: &str) -> anyhow::Result<Store> {
     let bucket = subjects::apps_bucket(lattice);
-    if let Ok(kv) = js.get_key_value(&bucket).await {
-        return Ok(kv);
-    }
-    let created = js
-        .create_stream(jetstream::stream::Config {
-            name: format!("KV_{bucket}"),
-            description: Some(format!(
-                "desired state (app manifests) of lattice {lattice}"
-            )),
-            subjects: vec![format!("$KV.{bucket}.>")],
-            max_messages_per_subject: 1,
-            storage: jetstream::stream::StorageType::File,
-            allow_rollup: true,
-            deny_delete: true,
-            allow_direct: true,
-            discard: jetstream::stream::DiscardPolicy::New,
-            num_replicas: 1,
-            ..Default::default()
-        })
-        .await;
-    // Another node may have created it meanwhile: open it either way.
-    match js.get_key_value(&bucket).await {
-        Ok(kv) => Ok(kv),
-        Err(e) => match created {
-            Err(create) => Err(create).with_context(|| format!("creating KV bucket {bucket}")),
-            Ok(_) => Err(e).with_context(|| format!("opening KV bucket {bucket}")),
-        },
-    }
+    crate::nats::kv::open_bucket(
+        js,
+        &bucket,
+        &format!("desired state (app manifests) of lattice {lattice}"),
+        crate::nats::kv::IfMissing::Create,
+    )
+    .await
 }
 
 #[cfg(test)]

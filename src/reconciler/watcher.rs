@@ -407,6 +407,9 @@ impl DirDeployer {
             })
             .await
             .map_err(to_failure)?;
+        for warning in &outcome.warnings {
+            tracing::warn!(file = %path.display(), app = name, "{warning}");
+        }
         if outcome.changed {
             tracing::info!(file = %path.display(), app = name, version = outcome.version, "manifest deployed to the lattice");
             // An artifact found already stored may have been collected between the upload and

@@ -1,6 +1,7 @@
 //! Unit tests of manifest parsing: both wadm link forms, and errors naming their field.
 
 use super::*;
+use crate::providers::keyvalue::BucketSpec;
 
 const HELLO: &str = r#"
 apiVersion: core.oam.dev/v1beta1
@@ -171,4 +172,187 @@ fn errors_name_the_yaml_path() {
     let e = parse_err(&HELLO.replace("  name: hello-world\n", ""));
     assert_eq!(e.field, "metadata");
     assert!(e.reason.contains("missing field `name`"), "{e}");
+}
+
+const CAPABILITIES: &str = r#"
+apiVersion: core.oam.dev/v1beta1
+kind: Application
+metadata:
+  name: kv-counter
+spec:
+  components:
+    - name: counter
+      type: component
+      properties:
+        image: ./counter.wasm
+        config:
+          - name: shared
+            properties:
+              greeting: hello
+              colour: blue
+          - name: override
+            properties:
+              colour: red
+      traits:
+        - type: spreadscaler
+          properties:
+            instances: 2
+        - type: link
+          properties:
+            namespace: wasi
+            package: keyvalue
+            interfaces: [store, atomics]
+            target:
+              name: kvnats
+              config:
+                - name: bucket-config
+                  properties:
+                    bucket: counters
+                    enable_bucket_auto_create: 'true'
+        - type: link
+          properties:
+            namespace: wasi
+            package: keyvalue
+            interfaces: [store]
+            name: local
+            target: kvsled
+        - type: link
+          properties:
+            namespace: wasi
+            package: http
+            interfaces: [outgoing-handler]
+            target: client
+            target_config:
+              - name: hosts
+                properties:
+                  allowed_hosts: "127.0.0.1:8080, *.example.com"
+    - name: kvnats
+      type: capability
+      properties:
+        image: ghcr.io/wasmcloud/keyvalue-nats:0.3.1
+    - name: kvsled
+      type: capability
+      properties:
+        image: wasmcloud+builtin://keyvalue-sled
+    - name: client
+      type: capability
+      properties:
+        image: ghcr.io/wasmcloud/http-client:0.12.0
+"#;
+
+#[test]
+fn component_links_grant_buckets_hosts_and_config_in_both_forms() {
+    let m = parse_ok(CAPABILITIES);
+    let c = &m.components[0];
+    assert_eq!(
+        c.config,
+        BTreeMap::from([
+            ("colour".to_owned(), "red".to_owned()),
+            ("greeting".to_owned(), "hello".to_owned()),
+        ])
+    );
+    assert_eq!(
+        c.keyvalue,
+        BTreeMap::from([
+            (
+                "default".to_owned(),
+                BucketSpec::Nats {
+                    bucket: "counters".into(),
+                    auto_create: true
+                }
+            ),
+            (
+                "local".to_owned(),
+                BucketSpec::Sled {
+                    bucket: "kv-counter".into()
+                }
+            ),
+        ])
+    );
+    assert!(c.allowed_hosts.allows("127.0.0.1", 8080));
+    assert!(c.allowed_hosts.allows("api.example.com", 443));
+    assert!(!c.allowed_hosts.allows("127.0.0.1", 8081));
+    assert!(
+        m.warnings.iter().all(|w| !w.contains("traits[")),
+        "{:?}",
+        m.warnings
+    );
+}
+
+#[test]
+fn a_named_config_without_properties_refers_to_one_defined_in_the_manifest() {
+    let text = CAPABILITIES.replace(
+        "          - name: override\n            properties:\n              colour: red\n",
+        "          - name: bucket-config\n",
+    );
+    let m = parse_ok(&text);
+    assert_eq!(m.components[0].config["bucket"], "counters");
+    let e = parse_err(&CAPABILITIES.replace(
+        "          - name: override\n            properties:\n              colour: red\n",
+        "          - name: vault\n",
+    ));
+    assert_eq!(e.field, "spec.components[0].properties.config[1]");
+    assert!(e.reason.contains("\"vault\""), "{e}");
+}
+
+#[test]
+fn bad_component_links_name_their_field() {
+    let e = parse_err(&CAPABILITIES.replace("                    bucket: counters\n", ""));
+    assert_eq!(
+        e.field,
+        "spec.components[0].traits[1].properties.target.config"
+    );
+    assert!(e.reason.contains("bucket"), "{e}");
+
+    let e = parse_err(&CAPABILITIES.replace("'true'", "'yes'"));
+    assert_eq!(
+        e.field,
+        "spec.components[0].traits[1].properties.target.config.enable_bucket_auto_create"
+    );
+
+    let e = parse_err(&CAPABILITIES.replace("            name: local\n", ""));
+    assert_eq!(e.field, "spec.components[0].traits[2].properties.name");
+    assert!(e.reason.contains("\"default\""), "{e}");
+
+    let e = parse_err(&CAPABILITIES.replace("target: kvsled", "target: counter"));
+    assert_eq!(e.field, "spec.components[0].traits[2].properties.target");
+    assert!(e.reason.contains("between components"), "{e}");
+
+    let e = parse_err(&CAPABILITIES.replace("target: kvsled", "target: nothing"));
+    assert!(e.reason.contains("not a capability"), "{e}");
+
+    let e = parse_err(&CAPABILITIES.replace("target: client", "target: kvsled"));
+    assert_eq!(e.field, "spec.components[0].traits[3].properties");
+    assert!(e.reason.contains("wasi:http/{outgoing-handler}"), "{e}");
+
+    let e = parse_err(&CAPABILITIES.replace("127.0.0.1:8080", "127.0.0.1:http"));
+    assert_eq!(
+        e.field,
+        "spec.components[0].traits[3].properties.target.config.allowed_hosts"
+    );
+
+    let e = parse_err(&CAPABILITIES.replace("interfaces: [store]", "interfaces: [watcher]"));
+    assert_eq!(
+        e.field,
+        "spec.components[0].traits[2].properties.interfaces"
+    );
+
+    let e = parse_err(&CAPABILITIES.replace(
+        "wasmcloud+builtin://keyvalue-sled",
+        "ghcr.io/wasmcloud/keyvalue-redis:0.28",
+    ));
+    assert_eq!(e.field, "spec.components[2].properties.image");
+}
+
+#[test]
+fn an_http_client_link_without_allowed_hosts_allows_nothing_and_says_so() {
+    let text = CAPABILITIES.replace(
+        "                  allowed_hosts: \"127.0.0.1:8080, *.example.com\"\n",
+        "                  timeout: 5s\n",
+    );
+    let m = parse_ok(&text);
+    assert!(m.components[0].allowed_hosts.is_empty());
+    let w = m.warnings.join("\n");
+    assert!(w.contains("no allowed_hosts"), "{w}");
+    assert!(w.contains("target.config.timeout"), "{w}");
 }

@@ -1,0 +1,21 @@
+//! The one `bindgen!` of the interfaces we host beyond WASI 0.2 and wasi:http (`wit/`, world
+//! `lattice:host/capabilities`): wasi:keyvalue, wasi:config, wasi:logging. Only what the
+//! interface files (`keyvalue.rs`, `wasi_config.rs`, `logging.rs`) need is re-exported.
+
+#[allow(missing_docs, reason = "bindgen-generated code")]
+mod generated {
+    wasmtime::component::bindgen!({
+        path: "wit",
+        world: "lattice:host/capabilities",
+        imports: {
+            "wasi:keyvalue": async | tracing | trappable,
+            default: tracing | trappable,
+        },
+        with: {
+            "wasi:keyvalue/store.bucket": crate::host::keyvalue::BucketResource,
+        },
+    });
+}
+
+pub use self::generated::Capabilities;
+pub use self::generated::wasi::{config, keyvalue, logging};

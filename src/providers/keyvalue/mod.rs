@@ -1,0 +1,187 @@
+//! The keyvalue providers behind `wasi:keyvalue`: a small [`Bucket`] trait (as Spin's
+//! key-value factor has), with two backends: `nats` (a JetStream KV bucket shared by the
+//! lattice, wasmCloud's keyvalue-nats) and `sled` (a tree in the node's own database).
+//!
+//! Counters written by `increment` are decimal ASCII text (`b"1000"`), as wasmCloud's
+//! keyvalue-nats provider writes them, so other NATS clients can read them.
+
+mod nats;
+mod sled;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+
+pub use self::nats::NatsBucket;
+pub use self::sled::SledBucket;
+
+/// Keys returned by one `list-keys` page at most.
+pub const KEYS_PAGE: usize = 1000;
+
+/// A failed bucket operation; the guest sees it as `wasi:keyvalue/store.error.other(text)`.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct KvError(pub String);
+
+impl KvError {
+    /// An error of operation `op` on `key`, with `cause`'s whole chain.
+    pub fn of(op: &str, key: &str, cause: impl std::fmt::Display) -> KvError {
+        KvError(format!("{op} {key:?}: {cause}"))
+    }
+}
+
+/// Reads the decimal counter `value` of `key` (what `increment` writes).
+///
+/// # Errors
+/// The value is not a decimal u64.
+pub fn parse_counter(key: &str, value: &[u8]) -> Result<u64, KvError> {
+    std::str::from_utf8(value)
+        .ok()
+        .and_then(|text| text.trim().parse::<u64>().ok())
+        .ok_or_else(|| {
+            KvError::of(
+                "increment",
+                key,
+                "the value is not a decimal number (counters are stored as decimal text)",
+            )
+        })
+}
+
+/// Adds `delta` to `current`.
+///
+/// # Errors
+/// The sum overflows u64.
+pub fn add_counter(key: &str, current: u64, delta: u64) -> Result<u64, KvError> {
+    current
+        .checked_add(delta)
+        .ok_or_else(|| KvError::of("increment", key, "the counter would overflow u64"))
+}
+
+/// One page of keys and the cursor of the next page (`None` after the last).
+pub type KeysPage = (Vec<String>, Option<u64>);
+
+/// One bucket of a keyvalue backend: what `wasi:keyvalue` store, atomics and batch need.
+pub trait Bucket: Send + Sync {
+    /// The value of `key`, `None` when absent.
+    fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Bytes>, KvError>>;
+    /// Sets `key` to `value`.
+    fn set<'a>(&'a self, key: &'a str, value: Bytes) -> BoxFuture<'a, Result<(), KvError>>;
+    /// Removes `key` (nothing when absent).
+    fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), KvError>>;
+    /// Whether `key` is present.
+    fn exists<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<bool, KvError>>;
+    /// Up to `limit` keys starting at position `cursor` of the bucket's key order, and the
+    /// cursor of the next page (`None` after the last).
+    fn keys(&self, cursor: u64, limit: usize) -> BoxFuture<'_, Result<KeysPage, KvError>>;
+    /// Adds `delta` to the decimal counter at `key` (created as `delta`), atomically: exact
+    /// under concurrent increments from any node. Returns the new value.
+    fn increment<'a>(&'a self, key: &'a str, delta: u64) -> BoxFuture<'a, Result<u64, KvError>>;
+}
+
+/// Which bucket a keyvalue link grants, from the link's target capability and its config.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum BucketSpec {
+    /// A JetStream KV bucket of the lattice (wasmCloud's keyvalue-nats).
+    Nats {
+        /// The bucket's name.
+        bucket: String,
+        /// Create it when missing (`enable_bucket_auto_create: 'true'`).
+        auto_create: bool,
+    },
+    /// A tree in this node's sled database, `keyvalue/<bucket>`: node-local.
+    Sled {
+        /// The bucket's name.
+        bucket: String,
+    },
+}
+
+impl std::fmt::Display for BucketSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BucketSpec::Nats { bucket, .. } => write!(f, "keyvalue-nats bucket {bucket}"),
+            BucketSpec::Sled { bucket } => write!(f, "keyvalue-sled bucket {bucket}"),
+        }
+    }
+}
+
+/// Opens the buckets links grant, once each: the node's JetStream for keyvalue-nats, its sled
+/// database for keyvalue-sled. Cheap to clone.
+#[derive(Clone)]
+pub struct KeyValueProviders {
+    js: Option<async_nats::jetstream::Context>,
+    db: Option<::sled::Db>,
+    open: Arc<Mutex<HashMap<BucketSpec, Arc<dyn Bucket>>>>,
+}
+
+impl KeyValueProviders {
+    /// Providers over `js` (keyvalue-nats) and `db` (keyvalue-sled); a missing one makes its
+    /// buckets fail to open, with an error saying so.
+    pub fn new(
+        js: Option<async_nats::jetstream::Context>,
+        db: Option<::sled::Db>,
+    ) -> KeyValueProviders {
+        KeyValueProviders {
+            js,
+            db,
+            open: Arc::new(Mutex::new(HashMap::new())),
+        }
+    }
+
+    /// The bucket `spec` names, opened (or created, when the spec allows it) on first use.
+    ///
+    /// # Errors
+    /// A keyvalue-nats bucket that does not exist without `auto_create`, JetStream unreachable, a
+    /// bad bucket name, or the sled tree cannot be opened. The message names the bucket.
+    pub async fn open(&self, spec: &BucketSpec) -> anyhow::Result<Arc<dyn Bucket>> {
+        if let Some(bucket) = self
+            .open
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(spec)
+        {
+            return Ok(bucket.clone());
+        }
+        let bucket: Arc<dyn Bucket> = match spec {
+            BucketSpec::Nats {
+                bucket,
+                auto_create,
+            } => {
+                let js = self
+                    .js
+                    .as_ref()
+                    .ok_or_else(|| anyhow::anyhow!("{spec}: this node has no JetStream"))?;
+                Arc::new(NatsBucket::open(js, bucket, *auto_create).await?)
+            }
+            BucketSpec::Sled { bucket } => {
+                let db = self
+                    .db
+                    .as_ref()
+                    .ok_or_else(|| anyhow::anyhow!("{spec}: this node has no sled database"))?;
+                Arc::new(SledBucket::open(db, bucket)?)
+            }
+        };
+        self.open
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(spec.clone(), bucket.clone());
+        Ok(bucket)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_are_decimal_text_and_overflow_is_an_error() {
+        assert_eq!(parse_counter("k", b"1000").unwrap(), 1000);
+        assert_eq!(parse_counter("k", b" 7\n").unwrap(), 7);
+        assert!(parse_counter("k", b"abc").is_err());
+        assert!(parse_counter("k", &[0xff]).is_err());
+        assert_eq!(add_counter("k", 1, 2).unwrap(), 3);
+        let err = add_counter("k", u64::MAX, 1).unwrap_err().to_string();
+        assert!(err.contains("overflow"), "{err}");
+    }
+}
