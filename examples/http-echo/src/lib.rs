@@ -58,7 +58,7 @@ impl Guest for HttpEcho {
 
         let generate = request
             .headers()
-            .get(&"x-echo-generate".to_string())
+            .get("x-echo-generate")
             .first()
             .and_then(|v| std::str::from_utf8(v).ok()?.trim().parse::<u64>().ok());
 
