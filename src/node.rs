@@ -396,6 +396,10 @@ async fn run_with_nats(
     deployer.stop_serving().await;
     tokio::join!(http.shutdown(), rpc.drain(DRAIN_TIMEOUT));
     let _ = tokio::join!(membership_task, control_task);
+    // keyvalue-sled writes of the last requests are on disk before the process exits.
+    if let Err(e) = db.flush_async().await {
+        tracing::warn!(error = %e, "flushing {}", config.data_dir.join("state").display());
+    }
     match tokio::time::timeout(NATS_GOODBYE_TIMEOUT, client.drain()).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::debug!(error = %e, "draining the nats client"),

@@ -23,18 +23,50 @@ pub struct BucketResource {
 /// What `batch.get-many` returns: each key's pair, or `none` when absent.
 type ManyValues = Vec<Option<(String, Vec<u8>)>>;
 
-fn other(e: KvError) -> store::Error {
-    store::Error::Other(e.0)
+impl HostState {
+    /// The bucket behind `resource`, and a way to report its errors.
+    fn bucket(&self, resource: &Resource<BucketResource>) -> wasmtime::Result<Opened> {
+        let resource = self.table.get(resource)?;
+        Ok(Opened {
+            bucket: resource.bucket.clone(),
+            link: resource.link.clone(),
+            app: self.grants.app.clone(),
+            component: self.grants.component.clone(),
+        })
+    }
 }
 
-impl HostState {
-    fn bucket(&self, bucket: &Resource<BucketResource>) -> wasmtime::Result<Arc<dyn Bucket>> {
-        Ok(self.table.get(bucket)?.bucket.clone())
+/// An open bucket taken out of the table for one call.
+struct Opened {
+    bucket: Arc<dyn Bucket>,
+    link: Arc<str>,
+    app: Arc<str>,
+    component: Arc<str>,
+}
+
+impl std::ops::Deref for Opened {
+    type Target = dyn Bucket;
+
+    fn deref(&self) -> &Self::Target {
+        &*self.bucket
+    }
+}
+
+impl Opened {
+    /// `e` as the guest sees it (`other`), logged for the operator with where it happened.
+    fn error(&self, e: KvError) -> store::Error {
+        tracing::warn!(
+            app = %self.app,
+            component = %self.component,
+            link = %self.link,
+            "wasi:keyvalue call failed: {e}"
+        );
+        store::Error::Other(e.0)
     }
 }
 
 impl store::Host for HostState {
-    #[tracing::instrument(name = "wasi_keyvalue.open", skip_all, fields(identifier))]
+    #[tracing::instrument(name = "wasi_keyvalue.open", level = "debug", skip_all, fields(identifier = %identifier))]
     async fn open(
         &mut self,
         identifier: String,
@@ -57,7 +89,7 @@ impl store::Host for HostState {
 }
 
 impl store::HostBucket for HostState {
-    #[tracing::instrument(name = "wasi_keyvalue.get", skip_all)]
+    #[tracing::instrument(name = "wasi_keyvalue.get", level = "debug", skip_all)]
     async fn get(
         &mut self,
         bucket: Resource<BucketResource>,
@@ -68,10 +100,10 @@ impl store::HostBucket for HostState {
             .get(&key)
             .await
             .map(|v| v.map(Vec::from))
-            .map_err(other))
+            .map_err(|e| bucket.error(e)))
     }
 
-    #[tracing::instrument(name = "wasi_keyvalue.set", skip_all)]
+    #[tracing::instrument(name = "wasi_keyvalue.set", level = "debug", skip_all)]
     async fn set(
         &mut self,
         bucket: Resource<BucketResource>,
@@ -79,30 +111,33 @@ impl store::HostBucket for HostState {
         value: Vec<u8>,
     ) -> wasmtime::Result<Result<(), store::Error>> {
         let bucket = self.bucket(&bucket)?;
-        Ok(bucket.set(&key, Bytes::from(value)).await.map_err(other))
+        Ok(bucket
+            .set(&key, Bytes::from(value))
+            .await
+            .map_err(|e| bucket.error(e)))
     }
 
-    #[tracing::instrument(name = "wasi_keyvalue.delete", skip_all)]
+    #[tracing::instrument(name = "wasi_keyvalue.delete", level = "debug", skip_all)]
     async fn delete(
         &mut self,
         bucket: Resource<BucketResource>,
         key: String,
     ) -> wasmtime::Result<Result<(), store::Error>> {
         let bucket = self.bucket(&bucket)?;
-        Ok(bucket.delete(&key).await.map_err(other))
+        Ok(bucket.delete(&key).await.map_err(|e| bucket.error(e)))
     }
 
-    #[tracing::instrument(name = "wasi_keyvalue.exists", skip_all)]
+    #[tracing::instrument(name = "wasi_keyvalue.exists", level = "debug", skip_all)]
     async fn exists(
         &mut self,
         bucket: Resource<BucketResource>,
         key: String,
     ) -> wasmtime::Result<Result<bool, store::Error>> {
         let bucket = self.bucket(&bucket)?;
-        Ok(bucket.exists(&key).await.map_err(other))
+        Ok(bucket.exists(&key).await.map_err(|e| bucket.error(e)))
     }
 
-    #[tracing::instrument(name = "wasi_keyvalue.list_keys", skip_all)]
+    #[tracing::instrument(name = "wasi_keyvalue.list_keys", level = "debug", skip_all)]
     async fn list_keys(
         &mut self,
         bucket: Resource<BucketResource>,
@@ -113,7 +148,7 @@ impl store::HostBucket for HostState {
             .keys(cursor.unwrap_or(0), KEYS_PAGE)
             .await
             .map(|(keys, cursor)| store::KeyResponse { keys, cursor })
-            .map_err(other))
+            .map_err(|e| bucket.error(e)))
     }
 
     async fn drop(&mut self, bucket: Resource<BucketResource>) -> wasmtime::Result<()> {
@@ -124,7 +159,7 @@ impl store::HostBucket for HostState {
 }
 
 impl atomics::Host for HostState {
-    #[tracing::instrument(name = "wasi_keyvalue.increment", skip_all)]
+    #[tracing::instrument(name = "wasi_keyvalue.increment", level = "debug", skip_all)]
     async fn increment(
         &mut self,
         bucket: Resource<BucketResource>,
@@ -132,12 +167,15 @@ impl atomics::Host for HostState {
         delta: u64,
     ) -> wasmtime::Result<Result<u64, store::Error>> {
         let bucket = self.bucket(&bucket)?;
-        Ok(bucket.increment(&key, delta).await.map_err(other))
+        Ok(bucket
+            .increment(&key, delta)
+            .await
+            .map_err(|e| bucket.error(e)))
     }
 }
 
 impl batch::Host for HostState {
-    #[tracing::instrument(name = "wasi_keyvalue.get_many", skip_all)]
+    #[tracing::instrument(name = "wasi_keyvalue.get_many", level = "debug", skip_all)]
     async fn get_many(
         &mut self,
         bucket: Resource<BucketResource>,
@@ -148,13 +186,13 @@ impl batch::Host for HostState {
         for key in keys {
             match bucket.get(&key).await {
                 Ok(value) => values.push(value.map(|v| (key, Vec::from(v)))),
-                Err(e) => return Ok(Err(other(e))),
+                Err(e) => return Ok(Err(bucket.error(e))),
             }
         }
         Ok(Ok(values))
     }
 
-    #[tracing::instrument(name = "wasi_keyvalue.set_many", skip_all)]
+    #[tracing::instrument(name = "wasi_keyvalue.set_many", level = "debug", skip_all)]
     async fn set_many(
         &mut self,
         bucket: Resource<BucketResource>,
@@ -163,13 +201,13 @@ impl batch::Host for HostState {
         let bucket = self.bucket(&bucket)?;
         for (key, value) in key_values {
             if let Err(e) = bucket.set(&key, Bytes::from(value)).await {
-                return Ok(Err(other(e)));
+                return Ok(Err(bucket.error(e)));
             }
         }
         Ok(Ok(()))
     }
 
-    #[tracing::instrument(name = "wasi_keyvalue.delete_many", skip_all)]
+    #[tracing::instrument(name = "wasi_keyvalue.delete_many", level = "debug", skip_all)]
     async fn delete_many(
         &mut self,
         bucket: Resource<BucketResource>,
@@ -178,7 +216,7 @@ impl batch::Host for HostState {
         let bucket = self.bucket(&bucket)?;
         for key in keys {
             if let Err(e) = bucket.delete(&key).await {
-                return Ok(Err(other(e)));
+                return Ok(Err(bucket.error(e)));
             }
         }
         Ok(Ok(()))

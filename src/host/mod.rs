@@ -158,10 +158,11 @@ impl Host {
     ) -> Result<PreparedComponent, ComponentError> {
         let digest = sha256_hex(&wasm);
         let (component, code_source) = self.compile(wasm, digest.clone()).await?;
+        // Linked first: an import the node does not host is named as such, not as ungranted.
+        let pre = self.link(&component)?;
         if let Some(reason) = grants.refusal(&self.imports(&component)) {
             return Err(ComponentError::NotGranted(reason));
         }
-        let pre = self.link(&component)?;
         let component = HttpComponent::new(grants, digest, pre, max_concurrency, self.limits);
         Ok(PreparedComponent {
             component: Arc::new(component),

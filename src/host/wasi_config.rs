@@ -6,12 +6,12 @@ use super::bindings::config::{runtime, store};
 use super::state::HostState;
 
 impl store::Host for HostState {
-    #[tracing::instrument(name = "wasi_config.get", skip_all)]
+    #[tracing::instrument(name = "wasi_config.get", level = "debug", skip_all)]
     fn get(&mut self, key: String) -> wasmtime::Result<Result<Option<String>, store::Error>> {
         Ok(Ok(self.grants.config.get(&key).cloned()))
     }
 
-    #[tracing::instrument(name = "wasi_config.get_all", skip_all)]
+    #[tracing::instrument(name = "wasi_config.get_all", level = "debug", skip_all)]
     fn get_all(&mut self) -> wasmtime::Result<Result<Vec<(String, String)>, store::Error>> {
         Ok(Ok(self
             .grants
@@ -23,7 +23,7 @@ impl store::Host for HostState {
 }
 
 impl runtime::Host for HostState {
-    #[tracing::instrument(name = "wasi_config.runtime.get", skip_all)]
+    #[tracing::instrument(name = "wasi_config.runtime.get", level = "debug", skip_all)]
     fn get(
         &mut self,
         key: String,
@@ -31,7 +31,7 @@ impl runtime::Host for HostState {
         Ok(Ok(self.grants.config.get(&key).cloned()))
     }
 
-    #[tracing::instrument(name = "wasi_config.runtime.get_all", skip_all)]
+    #[tracing::instrument(name = "wasi_config.runtime.get_all", level = "debug", skip_all)]
     fn get_all(&mut self) -> wasmtime::Result<Result<Vec<(String, String)>, runtime::ConfigError>> {
         Ok(Ok(self
             .grants

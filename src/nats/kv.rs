@@ -3,8 +3,8 @@
 //! (it lacks `reserved_memory`/`reserved_storage`). The stream is created with the KV
 //! conventions of NATS ADR-8 instead, which is what `create_key_value` sends.
 
-use anyhow::Context;
 use async_nats::jetstream;
+use async_nats::jetstream::context::GetStreamErrorKind;
 use async_nats::jetstream::kv::Store;
 
 /// How a missing bucket is handled by [`open_bucket`].
@@ -12,37 +12,67 @@ use async_nats::jetstream::kv::Store;
 pub enum IfMissing {
     /// Create it (history 1, file storage, one replica).
     Create,
-    /// Fail with an error naming the bucket.
+    /// Fail with [`OpenBucketError::Missing`].
     Fail,
+}
+
+/// Why a KV bucket could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenBucketError {
+    /// The name is not a valid bucket name.
+    #[error("{0:?} is not a valid JetStream KV bucket name (letters, digits, '-' and '_')")]
+    InvalidName(String),
+    /// JetStream answered that the bucket does not exist.
+    #[error("JetStream KV bucket {0} does not exist")]
+    Missing(String),
+    /// JetStream did not answer, or refused the request.
+    #[error("JetStream KV bucket {bucket}: {reason}")]
+    Unavailable {
+        /// The bucket's name.
+        bucket: String,
+        /// What JetStream said, or that it did not answer.
+        reason: String,
+    },
 }
 
 /// Opens the KV bucket `bucket` in `js`'s JetStream (domain included), creating it as ADR-8
 /// describes when it is missing and `if_missing` says so; `description` describes a created one.
 ///
 /// # Errors
-/// The bucket is missing and `if_missing` is [`IfMissing::Fail`]; the name is not a valid bucket
-/// name (letters, digits, `-`, `_`); JetStream is unreachable or refuses the stream.
+/// [`OpenBucketError`]: a bad name, the bucket missing (with [`IfMissing::Fail`]), or JetStream
+/// unreachable or refusing the stream.
 pub async fn open_bucket(
     js: &jetstream::Context,
     bucket: &str,
     description: &str,
     if_missing: IfMissing,
-) -> anyhow::Result<Store> {
+) -> Result<Store, OpenBucketError> {
     if bucket.is_empty()
         || !bucket
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_'))
     {
-        anyhow::bail!(
-            "{bucket:?} is not a valid JetStream KV bucket name (letters, digits, '-' and '_')"
-        );
+        return Err(OpenBucketError::InvalidName(bucket.to_owned()));
     }
-    let first = match js.get_key_value(bucket).await {
-        Ok(kv) => return Ok(kv),
-        Err(e) => e,
+    let unavailable = |reason: String| OpenBucketError::Unavailable {
+        bucket: bucket.to_owned(),
+        reason,
     };
+    match js.get_stream(format!("KV_{bucket}")).await {
+        Ok(_) => {
+            return js
+                .get_key_value(bucket)
+                .await
+                .map_err(|e| unavailable(e.to_string()));
+        }
+        Err(e) => match e.kind() {
+            GetStreamErrorKind::JetStream(err)
+                if err.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND => {}
+            _ => return Err(unavailable(e.to_string())),
+        },
+    }
     if if_missing == IfMissing::Fail {
-        return Err(first).with_context(|| format!("opening JetStream KV bucket {bucket}"));
+        return Err(OpenBucketError::Missing(bucket.to_owned()));
     }
     let created = js
         .create_stream(jetstream::stream::Config {
@@ -62,11 +92,9 @@ pub async fn open_bucket(
     // Another node may have created it meanwhile: open it either way.
     match js.get_key_value(bucket).await {
         Ok(kv) => Ok(kv),
-        Err(e) => match created {
-            Err(create) => {
-                Err(create).with_context(|| format!("creating JetStream KV bucket {bucket}"))
-            }
-            Ok(_) => Err(e).with_context(|| format!("opening JetStream KV bucket {bucket}")),
-        },
+        Err(e) => Err(unavailable(match created {
+            Err(create) => format!("creating it: {create}"),
+            Ok(_) => e.to_string(),
+        })),
     }
 }

@@ -13,8 +13,10 @@ use wasmtime_wasi_http::{WasiBody, WasiHttpHooks};
 enum HostPattern {
     /// `*`: every host.
     Any,
-    /// `host` or `host:port`; `*.domain` when `suffix` (subdomains of `domain`, not itself).
+    /// `host` or `host:port`; `*.domain` when `suffix` (subdomains of `domain`, not itself);
+    /// with `scheme` (`https://host`) only that scheme, on its default port unless one is given.
     Host {
+        scheme: Option<http::uri::Scheme>,
         name: String,
         suffix: bool,
         port: Option<u16>,
@@ -28,9 +30,11 @@ pub struct AllowedHosts {
 }
 
 impl AllowedHosts {
-    /// Parses `allowed_hosts`: comma-separated entries, each `*` (any host), `host`
-    /// (any port), `host:port`, `*.domain` (its subdomains, any port) or `*.domain:port`; IPv6
-    /// addresses in brackets (`[::1]:8080`). Names compare case-insensitively.
+    /// Parses `allowed_hosts`: comma-separated entries, each `*` (any host), `host` (any port,
+    /// http or https), `host:port`, `*.domain` (its subdomains) or `*.domain:port`, optionally
+    /// behind `http://` or `https://` (then only that scheme, on its default port 80 or 443
+    /// unless a port is given); IPv6 addresses in brackets (`[::1]:8080`). Names compare
+    /// case-insensitively.
     ///
     /// # Errors
     /// An empty entry or a port that is not a number in 1..=65535; the message names the entry.
@@ -41,12 +45,22 @@ impl AllowedHosts {
                 patterns.push(HostPattern::Any);
                 continue;
             }
-            let entry = entry
-                .strip_prefix("https://")
-                .or_else(|| entry.strip_prefix("http://"))
-                .unwrap_or(entry);
-            let (host, port) = split_port(entry)
-                .ok_or_else(|| format!("{entry:?}: the port must be a number in 1..=65535"))?;
+            let (scheme, rest) = if let Some(rest) = entry.strip_prefix("https://") {
+                (Some(http::uri::Scheme::HTTPS), rest)
+            } else if let Some(rest) = entry.strip_prefix("http://") {
+                (Some(http::uri::Scheme::HTTP), rest)
+            } else {
+                (None, entry)
+            };
+            let rest = rest.trim_end_matches('/');
+            let (host, port) = split_port(rest).ok_or_else(|| {
+                format!("{entry:?}: expected host or host:port, with a port in 1..=65535")
+            })?;
+            let port = port.or(match &scheme {
+                Some(s) if *s == http::uri::Scheme::HTTPS => Some(443),
+                Some(_) => Some(80),
+                None => None,
+            });
             let (name, suffix) = match host.strip_prefix("*.") {
                 Some(domain) => (domain, true),
                 None => (host, false),
@@ -57,6 +71,7 @@ impl AllowedHosts {
                 ));
             }
             patterns.push(HostPattern::Host {
+                scheme,
                 name: name.to_ascii_lowercase(),
                 suffix,
                 port,
@@ -75,8 +90,8 @@ impl AllowedHosts {
         self.patterns.is_empty()
     }
 
-    /// Whether a request to `host` on `port` is allowed.
-    pub fn allows(&self, host: &str, port: u16) -> bool {
+    /// Whether a request with `scheme` (http or https) to `host` on `port` is allowed.
+    pub fn allows(&self, scheme: &http::uri::Scheme, host: &str, port: u16) -> bool {
         let host = host
             .trim_start_matches('[')
             .trim_end_matches(']')
@@ -84,10 +99,14 @@ impl AllowedHosts {
         self.patterns.iter().any(|p| match p {
             HostPattern::Any => true,
             HostPattern::Host {
+                scheme: want_scheme,
                 name,
                 suffix,
                 port: want,
             } => {
+                if want_scheme.as_ref().is_some_and(|s| s != scheme) {
+                    return false;
+                }
                 let name_ok = if *suffix {
                     host.strip_suffix(name.as_str())
                         .is_some_and(|rest| rest.len() > 1 && rest.ends_with('.'))
@@ -100,17 +119,22 @@ impl AllowedHosts {
     }
 
     /// Whether `uri` (absolute, as the guest built it) is allowed; its port defaults to 443 for
-    /// https and 80 otherwise.
+    /// https and 80 otherwise. An authority with user info (`user@host`) is never allowed: the
+    /// client would dial the whole authority, not the host checked here.
     pub fn allows_uri(&self, uri: &http::Uri) -> bool {
-        let Some(host) = uri.host() else {
+        let (Some(host), Some(authority)) = (uri.host(), uri.authority()) else {
             return false;
         };
-        let default = if uri.scheme() == Some(&http::uri::Scheme::HTTPS) {
+        if authority.as_str().contains('@') {
+            return false;
+        }
+        let scheme = uri.scheme().cloned().unwrap_or(http::uri::Scheme::HTTP);
+        let default = if scheme == http::uri::Scheme::HTTPS {
             443
         } else {
             80
         };
-        self.allows(host, uri.port_u16().unwrap_or(default))
+        self.allows(&scheme, host, uri.port_u16().unwrap_or(default))
     }
 }
 
@@ -125,7 +149,15 @@ impl std::fmt::Display for AllowedHosts {
             }
             match p {
                 HostPattern::Any => f.write_str("*")?,
-                HostPattern::Host { name, suffix, port } => {
+                HostPattern::Host {
+                    scheme,
+                    name,
+                    suffix,
+                    port,
+                } => {
+                    if let Some(scheme) = scheme {
+                        write!(f, "{scheme}://")?;
+                    }
                     if *suffix {
                         f.write_str("*.")?;
                     }
@@ -224,23 +256,31 @@ mod tests {
 
     #[test]
     fn entries_match_hosts_ports_and_subdomains() {
-        let allowed =
-            AllowedHosts::parse("127.0.0.1:8080, Example.com, *.svc.local, [::1]:9000").unwrap();
-        assert!(allowed.allows("127.0.0.1", 8080));
-        assert!(!allowed.allows("127.0.0.1", 8081));
-        assert!(allowed.allows("example.com", 443));
-        assert!(allowed.allows("EXAMPLE.com", 80));
-        assert!(!allowed.allows("www.example.com", 443));
-        assert!(allowed.allows("a.svc.local", 1));
-        assert!(!allowed.allows("svc.local", 1));
-        assert!(!allowed.allows("evilsvc.local", 1));
-        assert!(allowed.allows("[::1]", 9000));
-        assert!(allowed.allows_uri(&"https://example.com/x".parse().unwrap()));
-        assert!(allowed.allows_uri(&"http://127.0.0.1:8080/".parse().unwrap()));
-        assert!(!allowed.allows_uri(&"http://127.0.0.1/".parse().unwrap()));
+        let allowed = AllowedHosts::parse(
+            "127.0.0.1:8080, Example.com, *.svc.local, [::1]:9000, https://api.test/",
+        )
+        .unwrap();
+        let http = http::uri::Scheme::HTTP;
+        assert!(allowed.allows(&http, "127.0.0.1", 8080));
+        assert!(!allowed.allows(&http, "127.0.0.1", 8081));
+        assert!(allowed.allows(&http, "example.com", 443));
+        assert!(allowed.allows(&http, "EXAMPLE.com", 80));
+        assert!(!allowed.allows(&http, "www.example.com", 443));
+        assert!(allowed.allows(&http, "a.svc.local", 1));
+        assert!(!allowed.allows(&http, "svc.local", 1));
+        assert!(!allowed.allows(&http, "evilsvc.local", 1));
+        assert!(allowed.allows(&http, "[::1]", 9000));
+        let uri = |u: &str| u.parse::<http::Uri>().unwrap();
+        assert!(allowed.allows_uri(&uri("https://example.com/x")));
+        assert!(allowed.allows_uri(&uri("http://127.0.0.1:8080/")));
+        assert!(!allowed.allows_uri(&uri("http://127.0.0.1/")));
+        assert!(allowed.allows_uri(&uri("https://api.test/v1")));
+        assert!(!allowed.allows_uri(&uri("http://api.test/v1")));
+        assert!(!allowed.allows_uri(&uri("https://api.test:8443/v1")));
+        assert!(!allowed.allows_uri(&uri("http://user@127.0.0.1:8080/")));
         assert_eq!(
             allowed.to_string(),
-            "127.0.0.1:8080,example.com,*.svc.local,[::1]:9000"
+            "127.0.0.1:8080,example.com,*.svc.local,[::1]:9000,https://api.test:443"
         );
     }
 
@@ -249,7 +289,11 @@ mod tests {
         let none = AllowedHosts::default();
         assert!(!none.allows_uri(&"https://example.com/".parse().unwrap()));
         assert!(AllowedHosts::parse("").unwrap().is_empty());
-        assert!(AllowedHosts::parse("*").unwrap().allows("anything", 1));
+        assert!(
+            AllowedHosts::parse("*")
+                .unwrap()
+                .allows(&http::uri::Scheme::HTTPS, "anything", 1)
+        );
     }
 
     #[test]

@@ -484,7 +484,7 @@ pub fn routes_of(manifest: &Manifest, ingress: SocketAddr) -> Vec<Route> {
         .iter()
         .map(|link| Route {
             key: RouteKey::new(
-                super::listener_for(link.address, ingress),
+                super::deployer::listener_for(link.address, ingress),
                 link.host.as_deref(),
                 link.path.as_deref(),
             ),

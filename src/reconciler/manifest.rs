@@ -355,7 +355,7 @@ pub fn parse(text: &str, base_dir: &Path) -> Result<Manifest, FieldError> {
         })?;
         capabilities.insert(c.name.as_str(), kind);
     }
-    let named = links::NamedConfigs::collect(&raw.spec.components);
+    let named = links::NamedConfigs::collect(&raw.spec.components, &mut warnings);
 
     let mut components = Vec::new();
     let mut http_links = Vec::new();

@@ -425,6 +425,7 @@ pub async fn apps_kv(js: &jetstream::Context, lattice: &str) -> anyhow::Result<S
         crate::nats::kv::IfMissing::Create,
     )
     .await
+    .map_err(anyhow::Error::from)
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod hub;
+pub mod lattice;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -402,6 +403,18 @@ pub fn http_request_with(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> Option<Answer> {
+    http_request_within(Duration::from_secs(10), addr, method, path, headers, body)
+}
+
+/// As [`http_request_with`], giving up after `timeout` instead of 10 s.
+pub fn http_request_within(
+    timeout: Duration,
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Option<Answer> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -428,10 +441,7 @@ pub fn http_request_with(
             let body = response.bytes().await.ok()?.to_vec();
             Some((status, headers, body))
         };
-        tokio::time::timeout(Duration::from_secs(10), fut)
-            .await
-            .ok()
-            .flatten()
+        tokio::time::timeout(timeout, fut).await.ok().flatten()
     })
 }
 

@@ -26,43 +26,62 @@ pub const KEYS_PAGE: usize = 1000;
 pub struct KvError(pub String);
 
 impl KvError {
-    /// An error of operation `op` on `key`, with `cause`'s whole chain.
-    pub fn of(op: &str, key: &str, cause: impl std::fmt::Display) -> KvError {
-        KvError(format!("{op} {key:?}: {cause}"))
+    /// Operation `op` on `key` of `bucket` (e.g. `keyvalue-sled bucket counters`) failed
+    /// because of `cause`.
+    pub fn of(bucket: &str, op: &str, key: &str, cause: impl std::fmt::Display) -> KvError {
+        KvError(format!("{bucket}: {op} {key:?}: {cause}"))
     }
 }
 
-/// Reads the decimal counter `value` of `key` (what `increment` writes).
+/// Reads the decimal counter `value` (what `increment` writes); an empty value counts as 0, as
+/// in wasmCloud's keyvalue-nats.
 ///
 /// # Errors
-/// The value is not a decimal u64.
-pub fn parse_counter(key: &str, value: &[u8]) -> Result<u64, KvError> {
-    std::str::from_utf8(value)
-        .ok()
-        .and_then(|text| text.trim().parse::<u64>().ok())
-        .ok_or_else(|| {
-            KvError::of(
-                "increment",
-                key,
-                "the value is not a decimal number (counters are stored as decimal text)",
-            )
-        })
+/// The value is not a decimal u64 (the reason, as text).
+pub fn parse_counter(value: &[u8]) -> Result<u64, &'static str> {
+    let text = std::str::from_utf8(value)
+        .map_err(|_| NOT_A_COUNTER)?
+        .trim();
+    if text.is_empty() {
+        return Ok(0);
+    }
+    text.parse::<u64>().map_err(|_| NOT_A_COUNTER)
 }
+
+const NOT_A_COUNTER: &str =
+    "the value is not a decimal number (counters are stored as decimal text)";
 
 /// Adds `delta` to `current`.
 ///
 /// # Errors
-/// The sum overflows u64.
-pub fn add_counter(key: &str, current: u64, delta: u64) -> Result<u64, KvError> {
+/// The sum overflows u64 (the reason, as text).
+pub fn add_counter(current: u64, delta: u64) -> Result<u64, &'static str> {
     current
         .checked_add(delta)
-        .ok_or_else(|| KvError::of("increment", key, "the counter would overflow u64"))
+        .ok_or("the counter would overflow u64")
+}
+
+/// The page of sorted `keys` starting at position `cursor`, at most `limit` long, and the
+/// cursor of the next page (`None` after the last).
+pub fn page(keys: Vec<String>, cursor: u64, limit: usize) -> KeysPage {
+    let start = usize::try_from(cursor)
+        .unwrap_or(usize::MAX)
+        .min(keys.len());
+    let end = start.saturating_add(limit).min(keys.len());
+    let next = (end < keys.len()).then_some(end as u64);
+    let page = keys.into_iter().skip(start).take(end - start).collect();
+    (page, next)
 }
 
 /// One page of keys and the cursor of the next page (`None` after the last).
 pub type KeysPage = (Vec<String>, Option<u64>);
 
 /// One bucket of a keyvalue backend: what `wasi:keyvalue` store, atomics and batch need.
+///
+/// # Errors
+/// Every method fails with a [`KvError`] naming the bucket, the operation and the key: the
+/// backend did not answer or refused (JetStream unreachable, a key JetStream does not accept,
+/// sled I/O), or `increment` found a value that is not a decimal counter or would overflow.
 pub trait Bucket: Send + Sync {
     /// The value of `key`, `None` when absent.
     fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Bytes>, KvError>>;
@@ -176,12 +195,27 @@ mod tests {
 
     #[test]
     fn counters_are_decimal_text_and_overflow_is_an_error() {
-        assert_eq!(parse_counter("k", b"1000").unwrap(), 1000);
-        assert_eq!(parse_counter("k", b" 7\n").unwrap(), 7);
-        assert!(parse_counter("k", b"abc").is_err());
-        assert!(parse_counter("k", &[0xff]).is_err());
-        assert_eq!(add_counter("k", 1, 2).unwrap(), 3);
-        let err = add_counter("k", u64::MAX, 1).unwrap_err().to_string();
-        assert!(err.contains("overflow"), "{err}");
+        assert_eq!(parse_counter(b"1000").unwrap(), 1000);
+        assert_eq!(parse_counter(b" 7\n").unwrap(), 7);
+        assert_eq!(parse_counter(b"").unwrap(), 0);
+        assert!(parse_counter(b"abc").is_err());
+        assert!(parse_counter(&[0xff]).is_err());
+        assert_eq!(add_counter(1, 2).unwrap(), 3);
+        assert!(add_counter(u64::MAX, 1).unwrap_err().contains("overflow"));
+    }
+
+    #[test]
+    fn pages_follow_the_cursor_to_the_end() {
+        let keys: Vec<String> = (0..5).map(|i| format!("k{i}")).collect();
+        assert_eq!(
+            page(keys.clone(), 0, 2),
+            (vec!["k0".into(), "k1".into()], Some(2))
+        );
+        assert_eq!(page(keys.clone(), 4, 2), (vec!["k4".into()], None));
+        assert_eq!(
+            page(keys.clone(), 3, 2),
+            (vec!["k3".into(), "k4".into()], None)
+        );
+        assert_eq!(page(keys, 9, 2), (Vec::<String>::new(), None));
     }
 }

@@ -1,148 +1,197 @@
 //! keyvalue-nats: a bucket is a JetStream KV bucket of the lattice (wasmCloud's keyvalue-nats
 //! provider, built in), reached through the node's NATS connection and JetStream domain, so
 //! every node sees the same data.
+//!
+//! The bucket is opened lazily: a node whose JetStream is out of reach (the hub down) still
+//! starts its components, whose calls fail with an error until JetStream answers again.
+
+use std::hash::{BuildHasher, RandomState};
 
 use async_nats::jetstream;
 use async_nats::jetstream::kv::{CreateErrorKind, Operation, Store, UpdateErrorKind};
 use bytes::Bytes;
+use futures::TryStreamExt;
 use futures::future::BoxFuture;
-use futures::{StreamExt, TryStreamExt};
+use tokio::sync::{Mutex, OnceCell};
 
 use super::{Bucket, KeysPage, KvError, add_counter, parse_counter};
-use crate::nats::kv::{IfMissing, open_bucket};
+use crate::nats::kv::{IfMissing, OpenBucketError, open_bucket};
 
 /// Compare-and-swap attempts of one `increment` before it gives up. Each failed attempt means
 /// another writer succeeded, so the lattice as a whole always progresses.
 const MAX_INCREMENT_ATTEMPTS: u32 = 10_000;
 
+/// Increments of this node that run one at a time per stripe (keys hash onto stripes): they
+/// would only make each other retry, so only other nodes' writes race with them.
+const INCREMENT_STRIPES: usize = 64;
+
+const DESCRIPTION: &str = "wasi:keyvalue bucket (lattice keyvalue-nats)";
+
 /// A JetStream KV bucket.
 pub struct NatsBucket {
-    kv: Store,
+    js: jetstream::Context,
+    name: String,
+    auto_create: bool,
+    kv: OnceCell<Store>,
+    stripes: Vec<Mutex<()>>,
+    hasher: RandomState,
 }
 
 impl NatsBucket {
-    /// Opens the KV bucket `bucket`, creating it when missing if `auto_create`.
+    /// The KV bucket `bucket`, created when missing if `auto_create`. When JetStream does not
+    /// answer, the bucket is returned unopened (and a warning logged): its calls open it.
     ///
     /// # Errors
-    /// The bucket does not exist and `auto_create` is false (the message says how to allow it),
-    /// a bad name, or JetStream unreachable.
+    /// A bad name, or the bucket does not exist and `auto_create` is false (the message says
+    /// how to allow it).
     pub async fn open(
         js: &jetstream::Context,
         bucket: &str,
         auto_create: bool,
     ) -> anyhow::Result<NatsBucket> {
-        let if_missing = if auto_create {
+        let this = NatsBucket {
+            js: js.clone(),
+            name: bucket.to_owned(),
+            auto_create,
+            kv: OnceCell::new(),
+            stripes: (0..INCREMENT_STRIPES).map(|_| Mutex::new(())).collect(),
+            hasher: RandomState::new(),
+        };
+        match this.store().await {
+            Ok(_) => Ok(this),
+            Err(OpenBucketError::Unavailable { reason, .. }) => {
+                tracing::warn!(
+                    bucket,
+                    "keyvalue-nats bucket not opened yet ({reason}); its calls fail until JetStream answers"
+                );
+                Ok(this)
+            }
+            Err(e @ OpenBucketError::Missing(_)) => Err(anyhow::anyhow!(
+                "{e}; create it (`nats kv add {bucket}`) or set enable_bucket_auto_create: 'true' \
+                 in the link's target config"
+            )),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn store(&self) -> Result<&Store, OpenBucketError> {
+        let if_missing = if self.auto_create {
             IfMissing::Create
         } else {
             IfMissing::Fail
         };
-        let kv = open_bucket(js, bucket, "wasi:keyvalue bucket (lattice keyvalue-nats)", if_missing)
+        self.kv
+            .get_or_try_init(|| open_bucket(&self.js, &self.name, DESCRIPTION, if_missing))
             .await
-            .map_err(|e| {
-                if auto_create {
-                    e
-                } else {
-                    e.context(format!(
-                        "keyvalue-nats bucket {bucket} cannot be opened; create it (`nats kv add {bucket}`) \
-                         or set enable_bucket_auto_create: 'true' in the link's target config"
-                    ))
-                }
-            })?;
-        Ok(NatsBucket { kv })
+    }
+
+    fn error(&self, op: &str, key: &str, cause: impl std::fmt::Display) -> KvError {
+        KvError::of(
+            &format!("keyvalue-nats bucket {}", self.name),
+            op,
+            key,
+            cause,
+        )
+    }
+
+    async fn kv(&self, op: &str, key: &str) -> Result<&Store, KvError> {
+        self.store().await.map_err(|e| self.error(op, key, e))
     }
 }
 
 impl Bucket for NatsBucket {
     fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Bytes>, KvError>> {
         Box::pin(async move {
-            self.kv
-                .get(key)
-                .await
-                .map_err(|e| KvError::of("get", key, e))
+            let kv = self.kv("get", key).await?;
+            kv.get(key).await.map_err(|e| self.error("get", key, e))
         })
     }
 
     fn set<'a>(&'a self, key: &'a str, value: Bytes) -> BoxFuture<'a, Result<(), KvError>> {
         Box::pin(async move {
-            self.kv
-                .put(key, value)
+            let kv = self.kv("set", key).await?;
+            kv.put(key, value)
                 .await
                 .map(drop)
-                .map_err(|e| KvError::of("set", key, e))
+                .map_err(|e| self.error("set", key, e))
         })
     }
 
     fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), KvError>> {
         Box::pin(async move {
-            self.kv
-                .delete(key)
+            let kv = self.kv("delete", key).await?;
+            kv.delete(key)
                 .await
-                .map_err(|e| KvError::of("delete", key, e))
+                .map_err(|e| self.error("delete", key, e))
         })
     }
 
     fn exists<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<bool, KvError>> {
         Box::pin(async move {
-            let entry = self
-                .kv
+            let kv = self.kv("exists", key).await?;
+            let entry = kv
                 .entry(key)
                 .await
-                .map_err(|e| KvError::of("exists", key, e))?;
+                .map_err(|e| self.error("exists", key, e))?;
             Ok(entry.is_some_and(|e| e.operation == Operation::Put))
         })
     }
 
     fn keys(&self, cursor: u64, limit: usize) -> BoxFuture<'_, Result<KeysPage, KvError>> {
         Box::pin(async move {
-            let skip = usize::try_from(cursor).unwrap_or(usize::MAX);
-            let mut keys: Vec<String> = self
-                .kv
+            let kv = self.kv("list-keys", "").await?;
+            // JetStream lists keys in the order of their last write, which moves under
+            // concurrent writes: sorted, the cursor is a stable position.
+            let mut keys: Vec<String> = kv
                 .keys()
                 .await
-                .map_err(|e| KvError(format!("list-keys: {e}")))?
-                .skip(skip)
-                .take(limit + 1)
+                .map_err(|e| self.error("list-keys", "", e))?
                 .try_collect()
                 .await
-                .map_err(|e| KvError(format!("list-keys: {e}")))?;
-            let more = keys.len() > limit;
-            keys.truncate(limit);
-            let next = more.then(|| cursor + keys.len() as u64);
-            Ok((keys, next))
+                .map_err(|e| self.error("list-keys", "", e))?;
+            keys.sort_unstable();
+            Ok(super::page(keys, cursor, limit))
         })
     }
 
     fn increment<'a>(&'a self, key: &'a str, delta: u64) -> BoxFuture<'a, Result<u64, KvError>> {
         Box::pin(async move {
+            let kv = self.kv("increment", key).await?;
+            let stripe =
+                usize::try_from(self.hasher.hash_one(key) % INCREMENT_STRIPES as u64).unwrap_or(0);
+            let _turn = self.stripes[stripe].lock().await;
             // Compare-and-swap on the key's revision: a write that lost the race is retried
             // against the new value, so concurrent increments from every node all count.
             for _ in 0..MAX_INCREMENT_ATTEMPTS {
-                let entry = self
-                    .kv
+                let entry = kv
                     .entry(key)
                     .await
-                    .map_err(|e| KvError::of("increment", key, e))?;
-                match entry.filter(|e| e.operation == Operation::Put) {
+                    .map_err(|e| self.error("increment", key, e))?;
+                let written = match entry.filter(|e| e.operation == Operation::Put) {
                     Some(entry) => {
-                        let next = add_counter(key, parse_counter(key, &entry.value)?, delta)?;
-                        match self
-                            .kv
+                        let next = parse_counter(&entry.value)
+                            .and_then(|current| add_counter(current, delta))
+                            .map_err(|reason| self.error("increment", key, reason))?;
+                        match kv
                             .update(key, next.to_string().into(), entry.revision)
                             .await
                         {
-                            Ok(_) => return Ok(next),
-                            Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => continue,
-                            Err(e) => return Err(KvError::of("increment", key, e)),
+                            Ok(_) => Some(next),
+                            Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => None,
+                            Err(e) => return Err(self.error("increment", key, e)),
                         }
                     }
-                    None => match self.kv.create(key, delta.to_string().into()).await {
-                        Ok(_) => return Ok(delta),
-                        Err(e) if e.kind() == CreateErrorKind::AlreadyExists => continue,
-                        Err(e) => return Err(KvError::of("increment", key, e)),
+                    None => match kv.create(key, delta.to_string().into()).await {
+                        Ok(_) => Some(delta),
+                        Err(e) if e.kind() == CreateErrorKind::AlreadyExists => None,
+                        Err(e) => return Err(self.error("increment", key, e)),
                     },
+                };
+                if let Some(value) = written {
+                    return Ok(value);
                 }
             }
-            Err(KvError::of(
+            Err(self.error(
                 "increment",
                 key,
                 format!("lost the race {MAX_INCREMENT_ATTEMPTS} times in a row"),

@@ -1,13 +1,16 @@
 //! keyvalue-sled: a bucket is the tree `keyvalue/<bucket>` of the node's sled database, so its
-//! data stays on this node and survives restarts.
+//! data stays on this node and survives restarts. Calls run on tokio's blocking threads: sled
+//! may wait for I/O.
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
 
 use super::{Bucket, KeysPage, KvError, add_counter, parse_counter};
 
-/// A node-local bucket in sled.
+/// A node-local bucket in sled. Cheap to clone.
+#[derive(Clone)]
 pub struct SledBucket {
+    name: String,
     tree: sled::Tree,
 }
 
@@ -20,7 +23,32 @@ impl SledBucket {
         let tree = db
             .open_tree(format!("keyvalue/{bucket}"))
             .map_err(|e| anyhow::anyhow!("opening keyvalue-sled bucket {bucket}: {e}"))?;
-        Ok(SledBucket { tree })
+        Ok(SledBucket {
+            name: bucket.to_owned(),
+            tree,
+        })
+    }
+
+    fn error(&self, op: &str, key: &str, cause: impl std::fmt::Display) -> KvError {
+        KvError::of(
+            &format!("keyvalue-sled bucket {}", self.name),
+            op,
+            key,
+            cause,
+        )
+    }
+
+    /// Runs `f` on a clone of this bucket on a blocking thread.
+    fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&SledBucket) -> Result<T, KvError> + Send + 'static,
+    ) -> BoxFuture<'static, Result<T, KvError>> {
+        let this = self.clone();
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || f(&this))
+                .await
+                .map_err(|e| KvError(format!("keyvalue-sled task failed: {e}")))?
+        })
     }
 
     fn increment_now(&self, key: &str, delta: u64) -> Result<u64, KvError> {
@@ -29,15 +57,16 @@ impl SledBucket {
             let current = self
                 .tree
                 .get(key)
-                .map_err(|e| KvError::of("increment", key, e))?;
+                .map_err(|e| self.error("increment", key, e))?;
             let next = match &current {
-                Some(value) => add_counter(key, parse_counter(key, value)?, delta)?,
-                None => delta,
-            };
+                Some(value) => parse_counter(value).and_then(|c| add_counter(c, delta)),
+                None => Ok(delta),
+            }
+            .map_err(|reason| self.error("increment", key, reason))?;
             let swapped = self
                 .tree
                 .compare_and_swap(key, current, Some(next.to_string().into_bytes()))
-                .map_err(|e| KvError::of("increment", key, e))?;
+                .map_err(|e| self.error("increment", key, e))?;
             if swapped.is_ok() {
                 return Ok(next);
             }
@@ -47,62 +76,61 @@ impl SledBucket {
 
 impl Bucket for SledBucket {
     fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Bytes>, KvError>> {
-        let result = self
-            .tree
-            .get(key)
-            .map(|v| v.map(|v| Bytes::copy_from_slice(&v)))
-            .map_err(|e| KvError::of("get", key, e));
-        Box::pin(async move { result })
+        let key = key.to_owned();
+        self.blocking(move |b| {
+            b.tree
+                .get(&key)
+                .map(|v| v.map(|v| Bytes::copy_from_slice(&v)))
+                .map_err(|e| b.error("get", &key, e))
+        })
     }
 
     fn set<'a>(&'a self, key: &'a str, value: Bytes) -> BoxFuture<'a, Result<(), KvError>> {
-        let result = self
-            .tree
-            .insert(key, value.as_ref())
-            .map(drop)
-            .map_err(|e| KvError::of("set", key, e));
-        Box::pin(async move { result })
+        let key = key.to_owned();
+        self.blocking(move |b| {
+            b.tree
+                .insert(&key, value.as_ref())
+                .map(drop)
+                .map_err(|e| b.error("set", &key, e))
+        })
     }
 
     fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), KvError>> {
-        let result = self
-            .tree
-            .remove(key)
-            .map(drop)
-            .map_err(|e| KvError::of("delete", key, e));
-        Box::pin(async move { result })
+        let key = key.to_owned();
+        self.blocking(move |b| {
+            b.tree
+                .remove(&key)
+                .map(drop)
+                .map_err(|e| b.error("delete", &key, e))
+        })
     }
 
     fn exists<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<bool, KvError>> {
-        let result = self
-            .tree
-            .contains_key(key)
-            .map_err(|e| KvError::of("exists", key, e));
-        Box::pin(async move { result })
+        let key = key.to_owned();
+        self.blocking(move |b| {
+            b.tree
+                .contains_key(&key)
+                .map_err(|e| b.error("exists", &key, e))
+        })
     }
 
     fn keys(&self, cursor: u64, limit: usize) -> BoxFuture<'_, Result<KeysPage, KvError>> {
-        let skip = usize::try_from(cursor).unwrap_or(usize::MAX);
-        let result = (|| {
-            let mut keys = Vec::new();
-            let mut more = false;
-            for key in self.tree.iter().keys().skip(skip) {
-                let key = key.map_err(|e| KvError(format!("list-keys: {e}")))?;
-                if keys.len() == limit {
-                    more = true;
-                    break;
-                }
-                keys.push(String::from_utf8_lossy(&key).into_owned());
-            }
-            let next = more.then(|| cursor + keys.len() as u64);
-            Ok((keys, next))
-        })();
-        Box::pin(async move { result })
+        self.blocking(move |b| {
+            // sled iterates in key order: the page is a slice of the sorted keys.
+            let keys = b
+                .tree
+                .iter()
+                .keys()
+                .map(|k| k.map(|k| String::from_utf8_lossy(&k).into_owned()))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| b.error("list-keys", "", e))?;
+            Ok(super::page(keys, cursor, limit))
+        })
     }
 
     fn increment<'a>(&'a self, key: &'a str, delta: u64) -> BoxFuture<'a, Result<u64, KvError>> {
-        let result = self.increment_now(key, delta);
-        Box::pin(async move { result })
+        let key = key.to_owned();
+        self.blocking(move |b| b.increment_now(&key, delta))
     }
 }
 
@@ -114,7 +142,7 @@ mod tests {
     async fn increments_are_exact_under_concurrency_and_keys_page() {
         let dir = tempfile::tempdir().unwrap();
         let db = sled::open(dir.path()).unwrap();
-        let bucket = std::sync::Arc::new(SledBucket::open(&db, "counters").unwrap());
+        let bucket = SledBucket::open(&db, "counters").unwrap();
         let mut threads = Vec::new();
         for _ in 0..8 {
             let bucket = bucket.clone();
@@ -138,12 +166,13 @@ mod tests {
                 .unwrap();
         }
         let (page, next) = bucket.keys(0, 4).await.unwrap();
-        assert_eq!(page.len(), 4);
+        assert_eq!(page, ["hits", "k0", "k1", "k2"]);
         let (rest, last) = bucket.keys(next.unwrap(), 4).await.unwrap();
-        assert_eq!(rest.len(), 2);
+        assert_eq!(rest, ["k3", "k4"]);
         assert_eq!(last, None);
         bucket.set("word", Bytes::from("abc")).await.unwrap();
-        assert!(bucket.increment("word", 1).await.is_err());
+        let err = bucket.increment("word", 1).await.unwrap_err().to_string();
+        assert!(err.contains("keyvalue-sled bucket counters"), "{err}");
         bucket.delete("word").await.unwrap();
         assert!(!bucket.exists("word").await.unwrap());
     }

@@ -28,12 +28,13 @@ pub(super) enum Capability {
     HttpClient,
 }
 
-/// Which built-in capability `image` names: wasmCloud's provider images (any tag) or
+/// Which built-in capability `image` names: wasmCloud's provider images (any tag or digest) or
 /// `wasmcloud+builtin://<name>`.
 pub(super) fn capability(image: &str) -> Option<Capability> {
     let name = image.strip_prefix("wasmcloud+builtin://").or_else(|| {
         let rest = image.strip_prefix("ghcr.io/wasmcloud/")?;
-        Some(rest.split_once(':').map_or(rest, |(name, _tag)| name))
+        // `name:tag` or `name@sha256:…`
+        rest.split([':', '@']).next()
     })?;
     match name {
         "http-server" => Some(Capability::HttpServer),
@@ -52,7 +53,7 @@ pub(super) const BUILT_IN: &str = "ghcr.io/wasmcloud/http-server:*, ghcr.io/wasm
 
 #[derive(Deserialize)]
 struct LinkProps {
-    target: LinkTarget,
+    target: Value,
     namespace: String,
     package: String,
     interfaces: Vec<String>,
@@ -65,12 +66,31 @@ struct LinkProps {
 }
 
 impl LinkProps {
-    /// The target's name and config, from either form.
-    fn target(&mut self) -> (String, Vec<ConfigEntry>) {
+    /// The target's name and config, from either form; `field` is the YAML path of the link's
+    /// properties.
+    ///
+    /// # Errors
+    /// `target` is neither a name nor a mapping with `name` (and `config`).
+    fn target(
+        &mut self,
+        field: &str,
+        warnings: &mut Vec<String>,
+    ) -> Result<(String, Vec<ConfigEntry>), FieldError> {
         let extra = std::mem::take(&mut self.target_config);
-        match std::mem::replace(&mut self.target, LinkTarget::Name(String::new())) {
-            LinkTarget::Name(name) => (name, extra),
-            LinkTarget::Full { name, config } => (name, config.into_iter().chain(extra).collect()),
+        let at = format!("{field}.target");
+        match std::mem::take(&mut self.target) {
+            Value::String(name) => Ok((name, extra)),
+            value @ Value::Mapping(_) => {
+                let target: LinkTarget = from_value(value, &at, warnings)?;
+                Ok((
+                    target.name,
+                    target.config.into_iter().chain(extra).collect(),
+                ))
+            }
+            _ => Err(FieldError::new(
+                at,
+                "expected a name, or a mapping with `name` and optional `config`",
+            )),
         }
     }
 
@@ -96,15 +116,12 @@ impl LinkProps {
     }
 }
 
+/// The mapping form of a link's `target`.
 #[derive(Deserialize)]
-#[serde(untagged)]
-enum LinkTarget {
-    Name(String),
-    Full {
-        name: String,
-        #[serde(default)]
-        config: Vec<ConfigEntry>,
-    },
+struct LinkTarget {
+    name: String,
+    #[serde(default)]
+    config: Vec<ConfigEntry>,
 }
 
 #[derive(Deserialize, Default)]
@@ -127,8 +144,9 @@ pub(super) struct NamedConfigs(BTreeMap<String, BTreeMap<String, String>>);
 
 impl NamedConfigs {
     /// Collects the named configs with properties of every component's `config` and every link
-    /// trait's config lists. Malformed entries are skipped here: parsing reports them.
-    pub(super) fn collect(components: &[RawComponent]) -> NamedConfigs {
+    /// trait's config lists. Malformed entries are skipped here: parsing reports them. A name
+    /// given twice with different properties keeps the first, with a warning.
+    pub(super) fn collect(components: &[RawComponent], warnings: &mut Vec<String>) -> NamedConfigs {
         let mut named = NamedConfigs::default();
         let mut add = |list: Option<&Value>| {
             let Some(Value::Sequence(entries)) = list else {
@@ -140,7 +158,16 @@ impl NamedConfigs {
                     properties: Some(properties),
                 }) = serde_yaml::from_value::<ConfigEntry>(entry.clone())
                 {
-                    named.0.entry(name).or_insert(properties);
+                    match named.0.get(&name) {
+                        Some(first) if *first != properties => warnings.push(format!(
+                            "named config {name:?} is given twice with different properties; \
+                             the first is used wherever it is referred to by name"
+                        )),
+                        Some(_) => {}
+                        None => {
+                            named.0.insert(name, properties);
+                        }
+                    }
                 }
             }
         };
@@ -245,7 +272,7 @@ pub(super) fn component_link(
     } = context;
     let field = format!("{at}.properties");
     let mut link: LinkProps = from_value(props, &field, warnings)?;
-    let (target, target_config) = link.target();
+    let (target, target_config) = link.target(&field, warnings)?;
     let target_field = format!("{field}.target");
     let kind = match capabilities.get(target.as_str()) {
         Some(kind) => *kind,
@@ -294,9 +321,11 @@ pub(super) fn component_link(
                         "keyvalue-nats needs `bucket`: the JetStream KV bucket this link grants",
                     )
                 })?;
-                let auto_create = match config.remove("enable_bucket_auto_create").as_deref() {
-                    None | Some("false") => false,
-                    Some("true") => true,
+                let auto_create = match config.remove("enable_bucket_auto_create") {
+                    None => false,
+                    // wasmCloud reads it case-insensitively.
+                    Some(v) if v.eq_ignore_ascii_case("true") => true,
+                    Some(v) if v.eq_ignore_ascii_case("false") => false,
                     Some(other) => {
                         return Err(FieldError::new(
                             format!("{config_field}.enable_bucket_auto_create"),
@@ -408,7 +437,7 @@ pub(super) fn http_link(
             ),
         ));
     }
-    let (target, target_config) = link.target();
+    let (target, target_config) = link.target(&field, warnings)?;
     if !components.contains(target.as_str()) {
         return Err(FieldError::new(
             format!("{field}.target"),

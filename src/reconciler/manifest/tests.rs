@@ -269,9 +269,10 @@ fn component_links_grant_buckets_hosts_and_config_in_both_forms() {
             ),
         ])
     );
-    assert!(c.allowed_hosts.allows("127.0.0.1", 8080));
-    assert!(c.allowed_hosts.allows("api.example.com", 443));
-    assert!(!c.allowed_hosts.allows("127.0.0.1", 8081));
+    let allows = |uri: &str| c.allowed_hosts.allows_uri(&uri.parse().unwrap());
+    assert!(allows("http://127.0.0.1:8080/x"));
+    assert!(allows("https://api.example.com/"));
+    assert!(!allows("http://127.0.0.1:8081/"));
     assert!(
         m.warnings.iter().all(|w| !w.contains("traits[")),
         "{:?}",
@@ -355,4 +356,33 @@ fn an_http_client_link_without_allowed_hosts_allows_nothing_and_says_so() {
     let w = m.warnings.join("\n");
     assert!(w.contains("no allowed_hosts"), "{w}");
     assert!(w.contains("target.config.timeout"), "{w}");
+}
+
+#[test]
+fn unknown_fields_in_a_target_are_warned_and_digest_images_are_built_in() {
+    let text = CAPABILITIES
+        .replace(
+            "              name: kvnats\n",
+            "              name: kvnats\n              secrets: []\n",
+        )
+        .replace(
+            "ghcr.io/wasmcloud/keyvalue-nats:0.3.1",
+            "ghcr.io/wasmcloud/keyvalue-nats@sha256:0123",
+        )
+        .replace("'true'", "'TRUE'");
+    let m = parse_ok(&text);
+    let w = m.warnings.join("\n");
+    assert!(
+        w.contains("spec.components[0].traits[1].properties.target.secrets: unknown field"),
+        "{w}"
+    );
+    assert_eq!(
+        m.components[0].keyvalue["default"],
+        BucketSpec::Nats {
+            bucket: "counters".into(),
+            auto_create: true
+        }
+    );
+    let e = parse_err(&CAPABILITIES.replace("target: kvsled", "target: [kvsled]"));
+    assert_eq!(e.field, "spec.components[0].traits[2].properties.target");
 }

@@ -1,0 +1,524 @@
+//! [`Deployer`]: makes this node run its share of the lattice. Starts the replicas the plan
+//! gives it (fetching the wasm, opening what the component's links grant, compiling or loading
+//! the code), stops the ones it no longer names, installs every app's routes in one swap, and
+//! keeps what could not start, with why, for the heartbeats and `app status`.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::Notify;
+
+use super::artifacts::Artifacts;
+use super::deploy;
+use super::manifest::{ComponentSpec, Image, Manifest};
+use super::plan::{Failure, LocalReplicas};
+use super::store::Desired;
+use crate::host::{CodeSource, Grants, Host, HttpComponent};
+use crate::lattice::membership::ComponentReplicas;
+use crate::lattice::rpc::{Rpc, Serving};
+use crate::providers::http::{HttpServer, Router, RoutingTable};
+use crate::providers::keyvalue::KeyValueProviders;
+
+/// How long a replica that failed to start waits before it is tried again.
+const RETRY_FAILED: Duration = Duration::from_secs(10);
+
+/// A component with replicas on this node, taking lattice invocations while it lives.
+struct LocalComponent {
+    component: Arc<HttpComponent>,
+    replicas: u32,
+    version: String,
+    /// Its queue-group subscription; `None` once the node stops taking invocations.
+    serving: Option<Serving>,
+}
+
+/// A start that failed, kept to report it and to wait before trying again.
+struct FailedStart {
+    version: String,
+    digest: String,
+    at: Instant,
+    reason: String,
+}
+
+#[derive(Default)]
+struct LocalState {
+    components: BTreeMap<(String, String), LocalComponent>,
+    failed: HashMap<(String, String), FailedStart>,
+    /// The version of every app this node routes, to log deploys, updates and undeploys.
+    versions: BTreeMap<String, String>,
+    /// What the installed routing table was built from, to skip rebuilding an equal one.
+    installed: Option<TableKey>,
+    /// (app, component, version) already logged as having no replica here.
+    noted: BTreeSet<(String, String, String)>,
+}
+
+type TableKey = (Vec<String>, Vec<(String, String, String, u32)>);
+
+/// Makes this node run its share of the lattice: one apply at a time.
+pub struct Deployer {
+    host: Host,
+    http: Arc<HttpServer>,
+    rpc: Arc<Rpc>,
+    artifacts: Artifacts,
+    keyvalue: KeyValueProviders,
+    replica_concurrency: u32,
+    state: tokio::sync::Mutex<LocalState>,
+    /// What runs here and what failed, updated after every apply: read without waiting for an
+    /// apply (which may be compiling) to finish.
+    inventory: std::sync::Mutex<(Vec<ComponentReplicas>, Vec<Failure>)>,
+    changed: Arc<Notify>,
+}
+
+impl Deployer {
+    /// A deployer placing components with `host` (their bytes from `artifacts`, their
+    /// keyvalue links' buckets from `keyvalue`), routes on `http` (every app's, also those with
+    /// no replica here: `rpc` forwards their requests); each replica admits
+    /// `replica_concurrency` concurrent requests.
+    pub fn new(
+        host: Host,
+        http: Arc<HttpServer>,
+        rpc: Arc<Rpc>,
+        artifacts: Artifacts,
+        keyvalue: KeyValueProviders,
+        replica_concurrency: u32,
+    ) -> Deployer {
+        Deployer {
+            host,
+            http,
+            rpc,
+            artifacts,
+            keyvalue,
+            replica_concurrency,
+            state: tokio::sync::Mutex::new(LocalState::default()),
+            inventory: std::sync::Mutex::new((Vec::new(), Vec::new())),
+            changed: Arc::new(Notify::new()),
+        }
+    }
+
+    /// Notified after every change of the components running here or their failures.
+    pub fn on_change(&self) -> Arc<Notify> {
+        self.changed.clone()
+    }
+
+    /// The components with replicas on this node, by app and component.
+    pub fn inventory(&self) -> Vec<ComponentReplicas> {
+        self.inventory
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .0
+            .clone()
+    }
+
+    /// The replicas this node was given but could not start, with why.
+    pub fn failures(&self) -> Vec<Failure> {
+        self.inventory
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .1
+            .clone()
+    }
+
+    /// Leaves every component's queue group, so other replicas take new invocations; local
+    /// requests are still served. For the node's stop.
+    pub async fn stop_serving(&self) {
+        let mut state = self.state.lock().await;
+        for component in state.components.values_mut() {
+            component.serving = None;
+        }
+    }
+
+    /// Runs `share` here ((app, component) → version and replicas) and routes every app of
+    /// `desired`: starts what is missing (a new version's replicas before the old ones stop),
+    /// stops what `share` no longer names, installs the routes in one swap. What cannot start
+    /// is reported in [`Deployer::failures`] and keeps its previous version running.
+    pub async fn apply(
+        &self,
+        desired: &Desired,
+        share: &BTreeMap<(String, String), LocalReplicas>,
+    ) {
+        let mut state = self.state.lock().await;
+        let now = Instant::now();
+        for (key, want) in share {
+            let Some(app) = desired.get(&key.0) else {
+                continue;
+            };
+            if want.version != app.record.deployed {
+                // Old replicas kept until their replacements run elsewhere: as they are.
+                continue;
+            }
+            let Ok(manifest) = &app.manifest else {
+                continue;
+            };
+            let Some(spec) = manifest.components.iter().find(|c| c.name == key.1) else {
+                continue;
+            };
+            let Image::Artifact { digest } = &spec.image else {
+                continue;
+            };
+            let current = state.components.get(key);
+            if current.is_some_and(|c| {
+                c.version == want.version
+                    && c.component.digest() == digest
+                    && c.replicas == want.replicas
+            }) {
+                continue;
+            }
+            if let Some(failed) = state.failed.get(key)
+                && failed.version == want.version
+                && failed.digest == *digest
+                && now.duration_since(failed.at) < RETRY_FAILED
+            {
+                continue;
+            }
+            match self.start(key, spec, digest, want).await {
+                Ok(local) => {
+                    state.failed.remove(key);
+                    tracing::info!(
+                        app = key.0,
+                        component = key.1,
+                        version = want.version,
+                        replicas = want.replicas,
+                        "replicas running here"
+                    );
+                    state.components.insert(key.clone(), local);
+                }
+                Err(reason) => {
+                    let repeated = state
+                        .failed
+                        .get(key)
+                        .is_some_and(|f| f.version == want.version && f.reason == reason);
+                    if !repeated {
+                        tracing::error!(
+                            app = key.0,
+                            component = key.1,
+                            version = want.version,
+                            "cannot start replicas here: {reason}"
+                        );
+                    }
+                    state.failed.insert(
+                        key.clone(),
+                        FailedStart {
+                            version: want.version.clone(),
+                            digest: digest.clone(),
+                            at: now,
+                            reason,
+                        },
+                    );
+                }
+            }
+        }
+        let stopped: Vec<(String, String)> = state
+            .components
+            .keys()
+            .filter(|k| !share.contains_key(*k))
+            .cloned()
+            .collect();
+        for key in stopped {
+            state.components.remove(&key);
+            tracing::info!(app = key.0, component = key.1, "replicas stopped here");
+        }
+        state.failed.retain(|k, _| share.contains_key(k));
+        self.note_unplaced(&mut state, desired, share);
+
+        let route_failures = self.install_routes(&mut state, desired).await;
+        self.log_versions(&mut state, desired);
+
+        let inventory: Vec<ComponentReplicas> = state
+            .components
+            .iter()
+            .map(|((app, component), c)| ComponentReplicas {
+                app: app.clone(),
+                component: component.clone(),
+                replicas: c.replicas,
+                digest: c.component.digest().to_owned(),
+                version: c.version.clone(),
+            })
+            .collect();
+        let failures: Vec<Failure> = state
+            .failed
+            .iter()
+            .map(|((app, component), f)| Failure {
+                app: app.clone(),
+                component: component.clone(),
+                version: f.version.clone(),
+                reason: f.reason.clone(),
+            })
+            .chain(route_failures)
+            .collect();
+        let mut current = self.inventory.lock().unwrap_or_else(|p| p.into_inner());
+        if current.0 != inventory || current.1 != failures {
+            *current = (inventory, failures);
+            self.changed.notify_one();
+        }
+    }
+
+    /// Fetches, compiles (or loads from the code cache) and subscribes one component, with
+    /// what `spec` grants it (its keyvalue links' buckets opened here).
+    async fn start(
+        &self,
+        key: &(String, String),
+        spec: &ComponentSpec,
+        digest: &str,
+        want: &LocalReplicas,
+    ) -> Result<LocalComponent, String> {
+        let (app, name) = key;
+        let wasm = self
+            .artifacts
+            .fetch(digest)
+            .await
+            .map_err(|e| format!("{e:#}"))?;
+        let concurrency =
+            usize::try_from(u64::from(want.replicas) * u64::from(self.replica_concurrency))
+                .unwrap_or(usize::MAX);
+        let grants = self.grants(app, spec).await?;
+        let prepared = self
+            .host
+            .prepare_http_component(Arc::new(grants), wasm, concurrency)
+            .await
+            .map_err(|e| e.to_string())?;
+        match prepared.code_source {
+            CodeSource::Cache => {
+                tracing::info!(
+                    app,
+                    component = name,
+                    digest,
+                    "component code loaded from cache (not compiled)"
+                )
+            }
+            CodeSource::Compiled => {
+                tracing::info!(app, component = name, digest, "component compiled")
+            }
+        }
+        // Subscribed before the swap, so replicas elsewhere never miss this one.
+        let serving = self
+            .rpc
+            .serve(prepared.component.clone())
+            .await
+            .map_err(|e| format!("cannot take lattice invocations: {e:#}"))?;
+        Ok(LocalComponent {
+            component: prepared.component,
+            replicas: want.replicas,
+            version: want.version.clone(),
+            serving: Some(serving),
+        })
+    }
+
+    /// What `spec` of app `app` grants: its config, its links' buckets (opened, or created when
+    /// the link allows it), its allowed outgoing hosts.
+    async fn grants(&self, app: &str, spec: &ComponentSpec) -> Result<Grants, String> {
+        let mut grants = Grants::none(app.into(), spec.name.as_str().into());
+        grants.config = spec.config.clone();
+        grants.allowed_hosts = Arc::new(spec.allowed_hosts.clone());
+        for (link, bucket) in &spec.keyvalue {
+            let opened = self
+                .keyvalue
+                .open(bucket)
+                .await
+                .map_err(|e| format!("keyvalue link {link:?}: {e:#}"))?;
+            grants.buckets.insert(link.as_str().into(), opened);
+        }
+        Ok(grants)
+    }
+
+    /// Logs, once per version, the components of `desired` with no replica here.
+    fn note_unplaced(
+        &self,
+        state: &mut LocalState,
+        desired: &Desired,
+        share: &BTreeMap<(String, String), LocalReplicas>,
+    ) {
+        let mut noted = BTreeSet::new();
+        for (name, app) in desired {
+            let Ok(manifest) = &app.manifest else {
+                continue;
+            };
+            for spec in &manifest.components {
+                let key = (name.clone(), spec.name.clone());
+                if share.contains_key(&key) {
+                    continue;
+                }
+                let entry = (name.clone(), spec.name.clone(), app.record.deployed.clone());
+                if !state.noted.contains(&entry) {
+                    tracing::info!(
+                        app = name,
+                        component = spec.name,
+                        version = app.record.deployed,
+                        "no replica of this component belongs on this node"
+                    );
+                }
+                noted.insert(entry);
+            }
+        }
+        state.noted = noted;
+    }
+
+    /// Installs the routes of every app of `desired` (apps stored earlier keep a contested
+    /// route) with the local components; returns the apps whose routes could not be installed.
+    async fn install_routes(&self, state: &mut LocalState, desired: &Desired) -> Vec<Failure> {
+        let ingress = self.http.ingress_addr();
+        let mut apps: Vec<(&String, &Arc<Manifest>, &str, u64)> = desired
+            .iter()
+            .filter_map(|(name, app)| {
+                let manifest = app.manifest.as_ref().ok()?;
+                Some((
+                    name,
+                    manifest,
+                    app.record.deployed.as_str(),
+                    app.first_stored_ms(),
+                ))
+            })
+            .collect();
+        apps.sort_by_key(|(name, _, _, first)| (*first, (*name).clone()));
+        let components: Vec<(String, String, String, u32)> = state
+            .components
+            .iter()
+            .map(|((a, c), l)| {
+                (
+                    a.clone(),
+                    c.clone(),
+                    l.component.digest().to_owned(),
+                    l.replicas,
+                )
+            })
+            .collect();
+        let mut excluded: BTreeMap<String, String> = BTreeMap::new();
+        loop {
+            let mut routes = Vec::new();
+            let mut included = Vec::new();
+            for (name, manifest, version, _) in &apps {
+                if excluded.contains_key(*name) {
+                    continue;
+                }
+                let mine = deploy::routes_of(manifest, ingress);
+                let mut candidate = routes.clone();
+                candidate.extend(mine.iter().cloned());
+                match Router::build(candidate) {
+                    Ok(_) => {
+                        routes.extend(mine);
+                        included.push(format!("{name}@{version}"));
+                    }
+                    Err(conflict) => {
+                        excluded.insert((*name).clone(), conflict.to_string());
+                    }
+                }
+            }
+            let failures: Vec<Failure> = apps
+                .iter()
+                .filter_map(|(name, _, version, _)| {
+                    Some(Failure {
+                        app: (*name).clone(),
+                        component: String::new(),
+                        version: (*version).to_owned(),
+                        reason: excluded.get(*name)?.clone(),
+                    })
+                })
+                .collect();
+            let key: TableKey = (included, components.clone());
+            if state.installed.as_ref() == Some(&key) {
+                return failures;
+            }
+            let table = RoutingTable {
+                router: match Router::build(routes) {
+                    Ok(router) => router,
+                    Err(e) => {
+                        tracing::error!(error = %e, "routes that were checked one by one conflict");
+                        return failures;
+                    }
+                },
+                components: state
+                    .components
+                    .iter()
+                    .map(|((a, c), l)| {
+                        (
+                            (Arc::from(a.as_str()), Arc::from(c.as_str())),
+                            l.component.clone(),
+                        )
+                    })
+                    .collect(),
+                remote: Some(self.rpc.clone()),
+            };
+            match self.http.apply(table).await {
+                Ok(()) => {
+                    state.installed = Some(key);
+                    return failures;
+                }
+                Err(e) => {
+                    // An app address that cannot be bound: that app's routes stay out.
+                    let culprits: Vec<String> = apps
+                        .iter()
+                        .filter(|(name, m, _, _)| {
+                            !excluded.contains_key(*name)
+                                && m.http_links.iter().any(|l| l.address == Some(e.addr))
+                        })
+                        .map(|(name, _, _, _)| (*name).clone())
+                        .collect();
+                    if culprits.is_empty() {
+                        tracing::error!(error = %e, "installing routes");
+                        return failures;
+                    }
+                    for name in culprits {
+                        excluded.insert(name, e.to_string());
+                    }
+                }
+            }
+        }
+    }
+
+    /// Logs apps deployed, updated and undeployed on this node since the last apply.
+    fn log_versions(&self, state: &mut LocalState, desired: &Desired) {
+        let ingress = self.http.ingress_addr();
+        let now: BTreeMap<String, String> = desired
+            .iter()
+            .map(|(name, app)| (name.clone(), app.record.deployed.clone()))
+            .collect();
+        for (name, version) in &now {
+            let before = state.versions.get(name);
+            if before == Some(version) {
+                continue;
+            }
+            let routes: Vec<String> = desired[name]
+                .manifest
+                .as_ref()
+                .map(|m| {
+                    deploy::routes_of(m, ingress)
+                        .iter()
+                        .map(|r| r.key.to_string())
+                        .collect()
+                })
+                .unwrap_or_default();
+            tracing::info!(
+                app = name,
+                version,
+                routes = ?routes,
+                "{}",
+                if before.is_some() { "app updated" } else { "app deployed" }
+            );
+        }
+        for name in state.versions.keys().filter(|n| !now.contains_key(*n)) {
+            tracing::info!(app = name, "app undeployed");
+        }
+        state.versions = now;
+    }
+
+    /// What runs here: (app, component) → version and replicas.
+    pub(super) async fn running(&self) -> BTreeMap<(String, String), (String, u32)> {
+        self.state
+            .lock()
+            .await
+            .components
+            .iter()
+            .map(|(k, c)| (k.clone(), (c.version.clone(), c.replicas)))
+            .collect()
+    }
+}
+
+/// The listener of an http link's `address`: the shared ingress when the address is the
+/// ingress's, or its port on every interface (`0.0.0.0:8000`, as wasmCloud's examples write it:
+/// served by the ingress; the deploy warns where it listens); else an own listener.
+pub(super) fn listener_for(address: Option<SocketAddr>, ingress: SocketAddr) -> SocketAddr {
+    match address {
+        Some(addr) if !(addr.ip().is_unspecified() && addr.port() == ingress.port()) => addr,
+        _ => ingress,
+    }
+}
