@@ -333,7 +333,7 @@ fn deployed_on(via: &Member, app: &str, want: &[(&str, u64)], members: &[&Member
 
 #[test]
 fn nats_kv_counts_1000_concurrent_increments_via_two_nodes_exactly_and_keeps_them_over_restarts() {
-    let hub = Hub::start();
+    let mut hub = Hub::start();
     let work = tempfile::tempdir().unwrap();
     let mut a = join(&hub, "node-a", "a");
     let mut b = join(&hub, "node-b", "b");
@@ -454,6 +454,39 @@ fn nats_kv_counts_1000_concurrent_increments_via_two_nodes_exactly_and_keeps_the
             node.name
         );
     }
+
+    // The hub goes away and node-a restarts without it: its replica starts all the same (the
+    // bucket opens on first use), answers a keyvalue error while JetStream is out of reach, and
+    // counts on from 1000 once the hub is back.
+    hub.stop();
+    a.wait_for_log(&["leaf uplink disconnected"], Duration::from_secs(10));
+    let exit = a.terminate(Duration::from_secs(20));
+    assert!(
+        exit.is_some_and(|s| s.success()),
+        "SIGTERM of node-a: {exit:?}\n{}",
+        logs(&[&a])
+    );
+    a.restart();
+    eventually(
+        "node-a's replica answering without the hub",
+        SETTLE,
+        &[&a],
+        || match call(&a, "POST", "/counter/x", Duration::from_secs(10)) {
+            Some((500, body)) if body.contains("keyvalue error") => Ok(body),
+            other => Err(format!("{other:?}")),
+        },
+    );
+    hub.restart();
+    let body = eventually(
+        "POST through node-a to count on with the hub back",
+        SETTLE,
+        &[&a],
+        || match post(&a, "/counter/x") {
+            Some((200, body)) => Ok(body),
+            other => Err(format!("{other:?}")),
+        },
+    );
+    assert_eq!(body, "1001\n", "the first increment after the outage");
 }
 
 #[test]
