@@ -575,7 +575,13 @@ fn keyvalue_is_denied_unless_linked_and_a_linked_counter_logs_with_its_app_and_c
         "kvnats",
         KEYVALUE_NATS,
     );
-    for app in [&nolink, &nobucket, &linked] {
+    // A sled link granting atomics only: increments work, store calls are denied.
+    let atomics_only = App::new("kvatomics", "counter", "http-keyvalue-counter", "/atomics").link(
+        keyvalue_link("kvsled", &[]).replace("[store, atomics]", "[atomics]"),
+        "kvsled",
+        KEYVALUE_SLED,
+    );
+    for app in [&nolink, &nobucket, &linked, &atomics_only] {
         let file = write(work.path(), &format!("{}.yaml", app.name), &app.yaml());
         let out = node.cli(&["app", "deploy", &file.to_string_lossy()]);
         let stderr = String::from_utf8_lossy(&out.stderr);
@@ -630,6 +636,46 @@ fn keyvalue_is_denied_unless_linked_and_a_linked_counter_logs_with_its_app_and_c
         Duration::from_secs(10),
     );
     eprintln!("{line}");
+
+    // A key too long for a NATS subject is refused before it reaches NATS (nats-server would
+    // close the node's connection over it), as is a key JetStream does not take; the node's
+    // NATS connection is untouched, and the next increment counts on.
+    let long = format!("/counter/{}", "k".repeat(5000));
+    let answer = post(&node, &long);
+    assert!(
+        matches!(&answer, Some((500, body)) if body.contains("at most 1024")),
+        "POST of a 5009-byte key: {answer:?}"
+    );
+    let answer = post(&node, "/counter/a%20b");
+    assert!(
+        matches!(&answer, Some((500, body)) if body.contains("ADR-8")),
+        "POST of a key with '%': {answer:?}"
+    );
+    assert_eq!(
+        post(&node, "/counter/x"),
+        Some((200, "2\n".to_owned())),
+        "{}",
+        logs(&[&node])
+    );
+    let log = logs(&[&node]);
+    assert!(
+        !log.contains("maximum control line") && !log.contains("disconnected from nats-server"),
+        "the node's NATS connection was cut:\n{log}"
+    );
+
+    // Calls through an interface the link does not list are access-denied.
+    deployed_on(&node, "kvatomics", &[("solo", 1)], &[&node]);
+    assert_eq!(post(&node, "/atomics/x"), Some((200, "1\n".to_owned())));
+    assert_eq!(post(&node, "/atomics/x"), Some((200, "2\n".to_owned())));
+    let answer = node.get("/atomics/x");
+    assert!(
+        matches!(&answer, Some((500, body)) if body.contains("access-denied")),
+        "GET through a link without `store`: {answer:?}"
+    );
+    node.wait_for_log(
+        &["wasi:keyvalue get denied", "app=kvatomics"],
+        Duration::from_secs(10),
+    );
 }
 
 /// A tiny HTTP/1.1 server on 127.0.0.1 (a free port) answering every request `200` with a fixed

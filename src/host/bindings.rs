@@ -7,8 +7,12 @@ mod generated {
     wasmtime::component::bindgen!({
         path: "wit",
         world: "lattice:host/capabilities",
+        // No `tracing` of arguments and results for wasi:config (its values may be secrets) or
+        // wasi:logging (its messages are logged once already, by the interface itself).
         imports: {
             "wasi:keyvalue": async | tracing | trappable,
+            "wasi:config": trappable,
+            "wasi:logging": trappable,
             default: tracing | trappable,
         },
         with: {

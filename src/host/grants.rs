@@ -6,7 +6,16 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use crate::providers::http_client::AllowedHosts;
-use crate::providers::keyvalue::Bucket;
+use crate::providers::keyvalue::{Bucket, KvInterfaces};
+
+/// A bucket of a keyvalue link, opened, and the interfaces the link grants it through.
+#[derive(Clone)]
+pub struct GrantedBucket {
+    /// The open bucket.
+    pub bucket: Arc<dyn Bucket>,
+    /// What the link's `interfaces` list grants; other calls get `access-denied`.
+    pub interfaces: KvInterfaces,
+}
 
 /// The grants of one component of one app, shared by all its instances.
 pub struct Grants {
@@ -17,7 +26,7 @@ pub struct Grants {
     /// `wasi:config` values: the component's `config` properties.
     pub config: BTreeMap<String, String>,
     /// `wasi:keyvalue` buckets by the link name `store.open` takes.
-    pub buckets: BTreeMap<Arc<str>, Arc<dyn Bucket>>,
+    pub buckets: BTreeMap<Arc<str>, GrantedBucket>,
     /// Hosts `wasi:http/outgoing-handler` may reach; empty: none.
     pub allowed_hosts: Arc<AllowedHosts>,
 }

@@ -1,34 +1,54 @@
 //! `wasi:keyvalue@0.2.0-draft` (store, atomics, batch) as wasmCloud hosts it: `store.open`
 //! takes the name of one of the component's keyvalue links (default `default`) and gives its
-//! bucket; any other identifier is `no-such-store`. The buckets are the providers'
-//! (`providers::keyvalue`); every call has a span named after it.
+//! bucket; any other identifier is `no-such-store`. A call through an interface the link does
+//! not list is `access-denied`; a key over `MAX_KEY_BYTES` is refused before it reaches the
+//! backend. The buckets are the providers' (`providers::keyvalue`); every call has a span named
+//! after it.
 
 use std::sync::Arc;
 
 use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt, stream};
 use wasmtime::component::Resource;
 
 use super::bindings::keyvalue::{atomics, batch, store};
+use super::grants::GrantedBucket;
 use super::state::HostState;
-use crate::providers::keyvalue::{Bucket, KEYS_PAGE, KvError};
+use crate::providers::keyvalue::{Bucket, KEYS_PAGE, KvError, check_key};
+
+/// Calls of one batch operation in flight at once: a batch over a leaf connection costs a few
+/// round trips, not one per key.
+const BATCH_CONCURRENCY: usize = 16;
+
+/// The most value bytes one `get-many` gathers in the host before handing them to the guest
+/// (64 MiB): a guest repeating one large key cannot make the node hold more.
+const MAX_GET_MANY_BYTES: usize = 64 << 20;
 
 /// The concrete type behind a `wasi:keyvalue/store.bucket` resource: an open bucket of one of
 /// the component's links.
 pub struct BucketResource {
     /// The link name the guest opened it by.
     link: Arc<str>,
-    bucket: Arc<dyn Bucket>,
+    granted: GrantedBucket,
 }
 
 /// What `batch.get-many` returns: each key's pair, or `none` when absent.
 type ManyValues = Vec<Option<(String, Vec<u8>)>>;
+
+/// The interface a call comes through, checked against the link's `interfaces`.
+#[derive(Debug, Clone, Copy)]
+enum Via {
+    Store,
+    Atomics,
+    Batch,
+}
 
 impl HostState {
     /// The bucket behind `resource`, and a way to report its errors.
     fn bucket(&self, resource: &Resource<BucketResource>) -> wasmtime::Result<Opened> {
         let resource = self.table.get(resource)?;
         Ok(Opened {
-            bucket: resource.bucket.clone(),
+            granted: resource.granted.clone(),
             link: resource.link.clone(),
             app: self.grants.app.clone(),
             component: self.grants.component.clone(),
@@ -38,7 +58,7 @@ impl HostState {
 
 /// An open bucket taken out of the table for one call.
 struct Opened {
-    bucket: Arc<dyn Bucket>,
+    granted: GrantedBucket,
     link: Arc<str>,
     app: Arc<str>,
     component: Arc<str>,
@@ -48,7 +68,7 @@ impl std::ops::Deref for Opened {
     type Target = dyn Bucket;
 
     fn deref(&self) -> &Self::Target {
-        &*self.bucket
+        &*self.granted.bucket
     }
 }
 
@@ -62,6 +82,83 @@ impl Opened {
             "wasi:keyvalue call failed: {e}"
         );
         store::Error::Other(e.0)
+    }
+
+    /// The values of `keys`, in order, [`BATCH_CONCURRENCY`] reads at a time; `none` for an
+    /// absent key. Fails once the values add up to more than [`MAX_GET_MANY_BYTES`].
+    async fn get_many(&self, keys: Vec<String>) -> Result<ManyValues, store::Error> {
+        let mut gets = stream::iter(keys)
+            .map(|key| async move {
+                let value = self.get(&key).await;
+                (key, value)
+            })
+            .buffered(BATCH_CONCURRENCY);
+        let mut values = Vec::new();
+        let mut total = 0usize;
+        while let Some((key, value)) = gets.next().await {
+            let Some(value) = value.map_err(|e| self.error(e))? else {
+                values.push(None);
+                continue;
+            };
+            total = total.saturating_add(value.len());
+            if total > MAX_GET_MANY_BYTES {
+                let reason = format!(
+                    "the values add up to more than {} MiB; ask for fewer keys at a time",
+                    MAX_GET_MANY_BYTES >> 20
+                );
+                return Err(self.error(KvError(format!("{}: get-many: {reason}", self.label()))));
+            }
+            values.push(Some((key, Vec::from(value))));
+        }
+        Ok(values)
+    }
+
+    /// Runs `call` on every item, [`BATCH_CONCURRENCY`] at a time; the first error ends the
+    /// batch (calls already made stay made: batches are not atomic, as the WIT allows).
+    async fn each<T, F, Fut>(&self, items: Vec<T>, call: F) -> Result<(), store::Error>
+    where
+        F: FnMut(T) -> Fut,
+        Fut: Future<Output = Result<(), KvError>>,
+    {
+        stream::iter(items)
+            .map(call)
+            .buffered(BATCH_CONCURRENCY)
+            .try_for_each(|()| async { Ok(()) })
+            .await
+            .map_err(|e| self.error(e))
+    }
+
+    /// Whether the link grants `via` and takes `keys`: `access-denied` for an interface the
+    /// link does not list, `other` for a key over `MAX_KEY_BYTES`.
+    fn admit<'k>(
+        &self,
+        op: &str,
+        via: Via,
+        keys: impl IntoIterator<Item = &'k str>,
+    ) -> Result<(), store::Error> {
+        let granted = self.granted.interfaces;
+        let allowed = match via {
+            Via::Store => granted.store,
+            Via::Atomics => granted.atomics,
+            Via::Batch => granted.batch,
+        };
+        if !allowed {
+            tracing::warn!(
+                app = %self.app,
+                component = %self.component,
+                link = %self.link,
+                "wasi:keyvalue {op} denied: the link's interfaces do not list {via:?}"
+            );
+            return Err(store::Error::AccessDenied);
+        }
+        for key in keys {
+            if let Err(reason) = check_key(key) {
+                let e = KvError::of(self.label(), op, key, reason);
+                tracing::debug!(app = %self.app, component = %self.component, link = %self.link, "{e}");
+                return Err(store::Error::Other(e.0));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -82,7 +179,7 @@ impl store::Host for HostState {
         };
         let resource = BucketResource {
             link: link.clone(),
-            bucket: bucket.clone(),
+            granted: bucket.clone(),
         };
         Ok(Ok(self.table.push(resource)?))
     }
@@ -95,12 +192,13 @@ impl store::HostBucket for HostState {
         bucket: Resource<BucketResource>,
         key: String,
     ) -> wasmtime::Result<Result<Option<Vec<u8>>, store::Error>> {
-        let bucket = self.bucket(&bucket)?;
-        Ok(bucket
-            .get(&key)
-            .await
-            .map(|v| v.map(Vec::from))
-            .map_err(|e| bucket.error(e)))
+        let b = self.bucket(&bucket)?;
+        Ok(async {
+            b.admit("get", Via::Store, [key.as_str()])?;
+            let value = b.get(&key).await.map_err(|e| b.error(e))?;
+            Ok(value.map(Vec::from))
+        }
+        .await)
     }
 
     #[tracing::instrument(name = "wasi_keyvalue.set", level = "debug", skip_all)]
@@ -110,11 +208,14 @@ impl store::HostBucket for HostState {
         key: String,
         value: Vec<u8>,
     ) -> wasmtime::Result<Result<(), store::Error>> {
-        let bucket = self.bucket(&bucket)?;
-        Ok(bucket
-            .set(&key, Bytes::from(value))
-            .await
-            .map_err(|e| bucket.error(e)))
+        let b = self.bucket(&bucket)?;
+        Ok(async {
+            b.admit("set", Via::Store, [key.as_str()])?;
+            b.set(&key, Bytes::from(value))
+                .await
+                .map_err(|e| b.error(e))
+        }
+        .await)
     }
 
     #[tracing::instrument(name = "wasi_keyvalue.delete", level = "debug", skip_all)]
@@ -123,8 +224,12 @@ impl store::HostBucket for HostState {
         bucket: Resource<BucketResource>,
         key: String,
     ) -> wasmtime::Result<Result<(), store::Error>> {
-        let bucket = self.bucket(&bucket)?;
-        Ok(bucket.delete(&key).await.map_err(|e| bucket.error(e)))
+        let b = self.bucket(&bucket)?;
+        Ok(async {
+            b.admit("delete", Via::Store, [key.as_str()])?;
+            b.delete(&key).await.map_err(|e| b.error(e))
+        }
+        .await)
     }
 
     #[tracing::instrument(name = "wasi_keyvalue.exists", level = "debug", skip_all)]
@@ -133,8 +238,12 @@ impl store::HostBucket for HostState {
         bucket: Resource<BucketResource>,
         key: String,
     ) -> wasmtime::Result<Result<bool, store::Error>> {
-        let bucket = self.bucket(&bucket)?;
-        Ok(bucket.exists(&key).await.map_err(|e| bucket.error(e)))
+        let b = self.bucket(&bucket)?;
+        Ok(async {
+            b.admit("exists", Via::Store, [key.as_str()])?;
+            b.exists(&key).await.map_err(|e| b.error(e))
+        }
+        .await)
     }
 
     #[tracing::instrument(name = "wasi_keyvalue.list_keys", level = "debug", skip_all)]
@@ -143,12 +252,16 @@ impl store::HostBucket for HostState {
         bucket: Resource<BucketResource>,
         cursor: Option<u64>,
     ) -> wasmtime::Result<Result<store::KeyResponse, store::Error>> {
-        let bucket = self.bucket(&bucket)?;
-        Ok(bucket
-            .keys(cursor.unwrap_or(0), KEYS_PAGE)
-            .await
-            .map(|(keys, cursor)| store::KeyResponse { keys, cursor })
-            .map_err(|e| bucket.error(e)))
+        let b = self.bucket(&bucket)?;
+        Ok(async {
+            b.admit("list-keys", Via::Store, [])?;
+            let (keys, cursor) = b
+                .keys(cursor.unwrap_or(0), KEYS_PAGE)
+                .await
+                .map_err(|e| b.error(e))?;
+            Ok(store::KeyResponse { keys, cursor })
+        }
+        .await)
     }
 
     async fn drop(&mut self, bucket: Resource<BucketResource>) -> wasmtime::Result<()> {
@@ -166,11 +279,12 @@ impl atomics::Host for HostState {
         key: String,
         delta: u64,
     ) -> wasmtime::Result<Result<u64, store::Error>> {
-        let bucket = self.bucket(&bucket)?;
-        Ok(bucket
-            .increment(&key, delta)
-            .await
-            .map_err(|e| bucket.error(e)))
+        let b = self.bucket(&bucket)?;
+        Ok(async {
+            b.admit("increment", Via::Atomics, [key.as_str()])?;
+            b.increment(&key, delta).await.map_err(|e| b.error(e))
+        }
+        .await)
     }
 }
 
@@ -181,15 +295,12 @@ impl batch::Host for HostState {
         bucket: Resource<BucketResource>,
         keys: Vec<String>,
     ) -> wasmtime::Result<Result<ManyValues, store::Error>> {
-        let bucket = self.bucket(&bucket)?;
-        let mut values = Vec::with_capacity(keys.len());
-        for key in keys {
-            match bucket.get(&key).await {
-                Ok(value) => values.push(value.map(|v| (key, Vec::from(v)))),
-                Err(e) => return Ok(Err(bucket.error(e))),
-            }
+        let b = self.bucket(&bucket)?;
+        Ok(async {
+            b.admit("get-many", Via::Batch, keys.iter().map(String::as_str))?;
+            b.get_many(keys).await
         }
-        Ok(Ok(values))
+        .await)
     }
 
     #[tracing::instrument(name = "wasi_keyvalue.set_many", level = "debug", skip_all)]
@@ -198,13 +309,20 @@ impl batch::Host for HostState {
         bucket: Resource<BucketResource>,
         key_values: Vec<(String, Vec<u8>)>,
     ) -> wasmtime::Result<Result<(), store::Error>> {
-        let bucket = self.bucket(&bucket)?;
-        for (key, value) in key_values {
-            if let Err(e) = bucket.set(&key, Bytes::from(value)).await {
-                return Ok(Err(bucket.error(e)));
-            }
+        let b = self.bucket(&bucket)?;
+        Ok(async {
+            b.admit(
+                "set-many",
+                Via::Batch,
+                key_values.iter().map(|(k, _)| k.as_str()),
+            )?;
+            let b = &b;
+            b.each(key_values, |(key, value)| async move {
+                b.set(&key, Bytes::from(value)).await
+            })
+            .await
         }
-        Ok(Ok(()))
+        .await)
     }
 
     #[tracing::instrument(name = "wasi_keyvalue.delete_many", level = "debug", skip_all)]
@@ -213,12 +331,94 @@ impl batch::Host for HostState {
         bucket: Resource<BucketResource>,
         keys: Vec<String>,
     ) -> wasmtime::Result<Result<(), store::Error>> {
-        let bucket = self.bucket(&bucket)?;
-        for key in keys {
-            if let Err(e) = bucket.delete(&key).await {
-                return Ok(Err(bucket.error(e)));
-            }
+        let b = self.bucket(&bucket)?;
+        Ok(async {
+            b.admit("delete-many", Via::Batch, keys.iter().map(String::as_str))?;
+            let b = &b;
+            b.each(keys, |key| async move { b.delete(&key).await })
+                .await
         }
-        Ok(Ok(()))
+        .await)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::providers::keyvalue::{KvInterfaces, MAX_KEY_BYTES, SledBucket};
+
+    /// A sled bucket in a temporary directory, opened through a link granting `interfaces`.
+    fn opened(interfaces: KvInterfaces) -> (tempfile::TempDir, Opened) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::open(dir.path()).unwrap();
+        let bucket = Arc::new(SledBucket::open(&db, "batch").unwrap());
+        let opened = Opened {
+            granted: GrantedBucket { bucket, interfaces },
+            link: "default".into(),
+            app: "app".into(),
+            component: "component".into(),
+        };
+        (dir, opened)
+    }
+
+    #[tokio::test]
+    async fn batches_keep_their_order_and_stop_at_the_byte_cap() {
+        let (_dir, b) = opened(KvInterfaces::ALL);
+        let pairs: Vec<(String, Vec<u8>)> =
+            (0..40).map(|i| (format!("k{i}"), vec![b'v'; i])).collect();
+        b.each(pairs, |(key, value)| {
+            let b = &b;
+            async move { b.set(&key, Bytes::from(value)).await }
+        })
+        .await
+        .unwrap();
+        let keys: Vec<String> = (0..42).rev().map(|i| format!("k{i}")).collect();
+        let values = b.get_many(keys).await.unwrap();
+        assert_eq!(values.len(), 42);
+        assert_eq!(values[0], None, "k41 was never set");
+        assert_eq!(values[1], None, "k40 was never set");
+        assert_eq!(values[2], Some(("k39".to_owned(), vec![b'v'; 39])));
+        assert_eq!(values[41], Some(("k0".to_owned(), Vec::new())));
+
+        b.each((0..40).map(|i| format!("k{i}")).collect(), |key| {
+            let b = &b;
+            async move { b.delete(&key).await }
+        })
+        .await
+        .unwrap();
+        assert!(!b.exists("k39").await.unwrap());
+
+        // One 1 MiB value asked for 65 times passes the 64 MiB cap: an error, not 65 MiB held.
+        b.set("big", Bytes::from(vec![0u8; 1 << 20])).await.unwrap();
+        let err = b.get_many(vec!["big".to_owned(); 65]).await.unwrap_err();
+        assert!(
+            matches!(&err, store::Error::Other(text) if text.contains("more than 64 MiB")),
+            "{err:?}"
+        );
+        assert_eq!(
+            b.get_many(vec!["big".to_owned(); 64]).await.unwrap().len(),
+            64
+        );
+    }
+
+    #[test]
+    fn calls_outside_the_links_interfaces_are_denied_and_long_keys_refused() {
+        let (_dir, b) = opened(KvInterfaces {
+            atomics: true,
+            ..KvInterfaces::default()
+        });
+        assert!(b.admit("increment", Via::Atomics, ["k"]).is_ok());
+        for via in [Via::Store, Via::Batch] {
+            assert!(matches!(
+                b.admit("get", via, ["k"]),
+                Err(store::Error::AccessDenied)
+            ));
+        }
+        let long = "k".repeat(MAX_KEY_BYTES + 1);
+        let err = b.admit("increment", Via::Atomics, ["k", long.as_str()]);
+        assert!(
+            matches!(&err, Err(store::Error::Other(text)) if text.contains("keyvalue-sled bucket batch: increment") && text.contains("at most 1024")),
+            "{err:?}"
+        );
     }
 }

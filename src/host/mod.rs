@@ -37,7 +37,7 @@ use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
 pub use cache::{CodeSource, hex, sha256_hex};
 pub use engine::Allocator;
-pub use grants::{Grants, keyvalue_imports};
+pub use grants::{GrantedBucket, Grants, keyvalue_imports};
 pub use http::{HttpComponent, ResponseBody, text_response};
 pub use keyvalue::BucketResource;
 pub use state::HostState;

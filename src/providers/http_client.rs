@@ -195,6 +195,17 @@ fn split_port(entry: &str) -> Option<(&str, Option<u16>)> {
     }
 }
 
+/// `uri` for the log, without its query (which often carries tokens).
+fn without_query(uri: &http::Uri) -> String {
+    let scheme = uri.scheme_str().unwrap_or("http");
+    let authority = uri.authority().map_or("", |a| a.as_str());
+    format!("{scheme}://{authority}{}", uri.path())
+}
+
+/// How long an outgoing connection may take to be established when the guest sets no
+/// `connect-timeout` (10 s).
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// The wasi:http hooks of one component instance: outgoing requests only to its allowed hosts.
 pub struct OutgoingHttp {
     allowed: Arc<AllowedHosts>,
@@ -232,13 +243,19 @@ impl WasiHttpHooks for OutgoingHttp {
             tracing::warn!(
                 app = %self.app,
                 component = %self.component,
-                uri = %request.uri(),
+                uri = %without_query(request.uri()),
                 allowed_hosts = %self.allowed,
                 "outgoing HTTP request denied: its host is not in the allowed_hosts of an http-client link"
             );
             return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
         }
-        tracing::debug!(app = %self.app, component = %self.component, uri = %request.uri(), "outgoing HTTP request");
+        tracing::debug!(app = %self.app, component = %self.component, uri = %without_query(request.uri()), "outgoing HTTP request");
+        // A host that never answers the connect gets the guest `connection-timeout` it can
+        // handle, rather than wasmtime's 600 s default outliving the request's deadline. The
+        // other waits stay the guest's: the request deadline bounds them.
+        let mut options = options.unwrap_or_default();
+        options.connect_timeout.get_or_insert(CONNECT_TIMEOUT);
+        let options = Some(options);
         Box::new(async move {
             use http_body_util::BodyExt;
             let (response, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
@@ -282,6 +299,14 @@ mod tests {
             allowed.to_string(),
             "127.0.0.1:8080,example.com,*.svc.local,[::1]:9000,https://api.test:443"
         );
+    }
+
+    #[test]
+    fn logged_uris_leave_out_the_query() {
+        let uri = "https://api.test:8443/v1/items?token=secret"
+            .parse()
+            .unwrap();
+        assert_eq!(without_query(&uri), "https://api.test:8443/v1/items");
     }
 
     #[test]

@@ -15,7 +15,7 @@ use super::deploy;
 use super::manifest::{ComponentSpec, Image, Manifest};
 use super::plan::{Failure, LocalReplicas};
 use super::store::Desired;
-use crate::host::{CodeSource, Grants, Host, HttpComponent};
+use crate::host::{CodeSource, GrantedBucket, Grants, Host, HttpComponent};
 use crate::lattice::membership::ComponentReplicas;
 use crate::lattice::rpc::{Rpc, Serving};
 use crate::providers::http::{HttpServer, Router, RoutingTable};
@@ -310,13 +310,17 @@ impl Deployer {
         let mut grants = Grants::none(app.into(), spec.name.as_str().into());
         grants.config = spec.config.clone();
         grants.allowed_hosts = Arc::new(spec.allowed_hosts.clone());
-        for (link, bucket) in &spec.keyvalue {
-            let opened = self
+        for (name, link) in &spec.keyvalue {
+            let bucket = self
                 .keyvalue
-                .open(bucket)
+                .open(&link.bucket)
                 .await
-                .map_err(|e| format!("keyvalue link {link:?}: {e:#}"))?;
-            grants.buckets.insert(link.as_str().into(), opened);
+                .map_err(|e| format!("keyvalue link {name:?}: {e:#}"))?;
+            let granted = GrantedBucket {
+                bucket,
+                interfaces: link.interfaces,
+            };
+            grants.buckets.insert(name.as_str().into(), granted);
         }
         Ok(grants)
     }

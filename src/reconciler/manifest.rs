@@ -16,7 +16,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use crate::providers::http_client::AllowedHosts;
-use crate::providers::keyvalue::BucketSpec;
+use crate::providers::keyvalue::KeyValueLink;
 
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
@@ -97,8 +97,9 @@ pub struct ComponentSpec {
     pub scaler: Scaler,
     /// Its `wasi:config`: the properties of its `config` entries, merged in order.
     pub config: BTreeMap<String, String>,
-    /// Its `wasi:keyvalue` buckets, by link name (what `store.open` takes).
-    pub keyvalue: BTreeMap<String, BucketSpec>,
+    /// Its `wasi:keyvalue` links (bucket and granted interfaces), by link name (what
+    /// `store.open` takes).
+    pub keyvalue: BTreeMap<String, KeyValueLink>,
     /// Hosts its `wasi:http/outgoing-handler` may reach (its http-client links); empty: none.
     pub allowed_hosts: AllowedHosts,
 }

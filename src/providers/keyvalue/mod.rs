@@ -20,6 +20,12 @@ pub use self::sled::SledBucket;
 /// Keys returned by one `list-keys` page at most.
 pub const KEYS_PAGE: usize = 1000;
 
+/// The longest key any backend takes, in bytes. A keyvalue-nats key travels in NATS subjects
+/// (`$KV.<bucket>.<key>`), and nats-server closes a connection whose protocol line passes
+/// `max_control_line` (4096 bytes): a longer key would cut the node's whole NATS connection.
+/// keyvalue-sled takes the same limit, so a component behaves the same on both.
+pub const MAX_KEY_BYTES: usize = 1024;
+
 /// A failed bucket operation; the guest sees it as `wasi:keyvalue/store.error.other(text)`.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -27,10 +33,33 @@ pub struct KvError(pub String);
 
 impl KvError {
     /// Operation `op` on `key` of `bucket` (e.g. `keyvalue-sled bucket counters`) failed
-    /// because of `cause`.
+    /// because of `cause`. A key longer than 64 characters is shown by its start and length.
     pub fn of(bucket: &str, op: &str, key: &str, cause: impl std::fmt::Display) -> KvError {
-        KvError(format!("{bucket}: {op} {key:?}: {cause}"))
+        KvError(format!("{bucket}: {op} {}: {cause}", shown_key(key)))
     }
+}
+
+/// `key` quoted for a message: whole when short, else its first 64 characters and its length.
+fn shown_key(key: &str) -> String {
+    const SHOWN: usize = 64;
+    match key.char_indices().nth(SHOWN) {
+        None => format!("{key:?}"),
+        Some((end, _)) => format!("{:?}… ({} bytes)", &key[..end], key.len()),
+    }
+}
+
+/// Checks a key a guest passed before it reaches a backend.
+///
+/// # Errors
+/// The key is longer than [`MAX_KEY_BYTES`] (the reason, as text).
+pub fn check_key(key: &str) -> Result<(), String> {
+    if key.len() > MAX_KEY_BYTES {
+        return Err(format!(
+            "the key is {} bytes long, at most {MAX_KEY_BYTES} are allowed",
+            key.len()
+        ));
+    }
+    Ok(())
 }
 
 /// Reads the decimal counter `value` (what `increment` writes); an empty value counts as 0, as
@@ -83,6 +112,8 @@ pub type KeysPage = (Vec<String>, Option<u64>);
 /// backend did not answer or refused (JetStream unreachable, a key JetStream does not accept,
 /// sled I/O), or `increment` found a value that is not a decimal counter or would overflow.
 pub trait Bucket: Send + Sync {
+    /// What the bucket is, for messages: `keyvalue-nats bucket counters`.
+    fn label(&self) -> &str;
     /// The value of `key`, `None` when absent.
     fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Bytes>, KvError>>;
     /// Sets `key` to `value`.
@@ -97,6 +128,58 @@ pub trait Bucket: Send + Sync {
     /// Adds `delta` to the decimal counter at `key` (created as `delta`), atomically: exact
     /// under concurrent increments from any node. Returns the new value.
     fn increment<'a>(&'a self, key: &'a str, delta: u64) -> BoxFuture<'a, Result<u64, KvError>>;
+}
+
+/// The `wasi:keyvalue` interfaces a keyvalue link grants: its `interfaces` list (wadm). A call
+/// through an interface the link does not list gets `access-denied`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct KvInterfaces {
+    /// `store`: get, set, delete, exists, list-keys.
+    pub store: bool,
+    /// `atomics`: increment.
+    pub atomics: bool,
+    /// `batch`: get-many, set-many, delete-many.
+    pub batch: bool,
+}
+
+impl KvInterfaces {
+    /// Every interface: store, atomics and batch.
+    pub const ALL: KvInterfaces = KvInterfaces {
+        store: true,
+        atomics: true,
+        batch: true,
+    };
+
+    /// The interfaces named in a link's `interfaces` list.
+    ///
+    /// # Errors
+    /// A name other than `store`, `atomics` or `batch`, returned as it is.
+    pub fn parse<'a>(names: impl IntoIterator<Item = &'a str>) -> Result<KvInterfaces, &'a str> {
+        let mut granted = KvInterfaces::default();
+        for name in names {
+            match name {
+                "store" => granted.store = true,
+                "atomics" => granted.atomics = true,
+                "batch" => granted.batch = true,
+                other => return Err(other),
+            }
+        }
+        Ok(granted)
+    }
+
+    /// Whether no interface is granted.
+    pub fn is_empty(&self) -> bool {
+        *self == KvInterfaces::default()
+    }
+}
+
+/// One keyvalue link of a component: its bucket, and the interfaces through which it is granted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyValueLink {
+    /// The bucket.
+    pub bucket: BucketSpec,
+    /// The interfaces the link lists.
+    pub interfaces: KvInterfaces,
 }
 
 /// Which bucket a keyvalue link grants, from the link's target capability and its config.
@@ -178,7 +261,9 @@ impl KeyValueProviders {
                     .db
                     .as_ref()
                     .ok_or_else(|| anyhow::anyhow!("{spec}: this node has no sled database"))?;
-                Arc::new(SledBucket::open(db, bucket)?)
+                // Opening a tree may read the disk: on a blocking thread, like every sled call.
+                let (db, name) = (db.clone(), bucket.clone());
+                Arc::new(tokio::task::spawn_blocking(move || SledBucket::open(&db, &name)).await??)
             }
         };
         self.open
@@ -202,6 +287,33 @@ mod tests {
         assert!(parse_counter(&[0xff]).is_err());
         assert_eq!(add_counter(1, 2).unwrap(), 3);
         assert!(add_counter(u64::MAX, 1).unwrap_err().contains("overflow"));
+    }
+
+    #[test]
+    fn long_keys_are_refused_and_shown_by_their_start() {
+        assert!(check_key(&"k".repeat(MAX_KEY_BYTES)).is_ok());
+        let err = check_key(&"k".repeat(MAX_KEY_BYTES + 1)).unwrap_err();
+        assert!(err.contains("1025 bytes"), "{err}");
+        let e = KvError::of(
+            "keyvalue-nats bucket b",
+            "get",
+            &"é".repeat(5000),
+            "too long",
+        );
+        assert!(e.0.len() < 200, "{e}");
+        assert!(e.0.contains("(10000 bytes)"), "{e}");
+        assert_eq!(
+            KvError::of("keyvalue-nats bucket b", "get", "k", "gone").0,
+            "keyvalue-nats bucket b: get \"k\": gone"
+        );
+    }
+
+    #[test]
+    fn interfaces_are_read_from_the_links_list() {
+        let granted = KvInterfaces::parse(["store", "atomics"]).unwrap();
+        assert!(granted.store && granted.atomics && !granted.batch);
+        assert_eq!(KvInterfaces::parse(["batch", "blobs"]), Err("blobs"));
+        assert!(KvInterfaces::parse([]).unwrap().is_empty());
     }
 
     #[test]

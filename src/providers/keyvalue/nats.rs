@@ -8,7 +8,7 @@
 use std::hash::{BuildHasher, RandomState};
 
 use async_nats::jetstream;
-use async_nats::jetstream::kv::{CreateErrorKind, Operation, Store, UpdateErrorKind};
+use async_nats::jetstream::kv::{Operation, Store, UpdateErrorKind};
 use bytes::Bytes;
 use futures::TryStreamExt;
 use futures::future::BoxFuture;
@@ -31,6 +31,7 @@ const DESCRIPTION: &str = "wasi:keyvalue bucket (lattice keyvalue-nats)";
 pub struct NatsBucket {
     js: jetstream::Context,
     name: String,
+    label: String,
     auto_create: bool,
     kv: OnceCell<Store>,
     stripes: Vec<Mutex<()>>,
@@ -52,6 +53,7 @@ impl NatsBucket {
         let this = NatsBucket {
             js: js.clone(),
             name: bucket.to_owned(),
+            label: format!("keyvalue-nats bucket {bucket}"),
             auto_create,
             kv: OnceCell::new(),
             stripes: (0..INCREMENT_STRIPES).map(|_| Mutex::new(())).collect(),
@@ -86,20 +88,40 @@ impl NatsBucket {
     }
 
     fn error(&self, op: &str, key: &str, cause: impl std::fmt::Display) -> KvError {
-        KvError::of(
-            &format!("keyvalue-nats bucket {}", self.name),
-            op,
-            key,
-            cause,
-        )
+        KvError::of(&self.label, op, key, cause)
     }
 
+    /// The opened store, for operation `op` on `key`, once `key` is checked to be one JetStream
+    /// KV takes (async-nats would refuse it too, with a reason that misleads).
     async fn kv(&self, op: &str, key: &str) -> Result<&Store, KvError> {
+        check_nats_key(key).map_err(|reason| self.error(op, key, reason))?;
         self.store().await.map_err(|e| self.error(op, key, e))
     }
 }
 
+/// Checks that JetStream KV takes `key` (NATS ADR-8: letters, digits and `-/_=.`, not starting
+/// or ending with `.`; keys are subject tokens).
+///
+/// # Errors
+/// The reason, naming the rule.
+fn check_nats_key(key: &str) -> Result<(), &'static str> {
+    let chars_ok = key
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'/' | b'_' | b'=' | b'.'));
+    if key.is_empty() || !chars_ok || key.starts_with('.') || key.ends_with('.') {
+        return Err(
+            "keyvalue-nats keys are made of letters, digits and - / _ = . (NATS ADR-8) and \
+             neither start nor end with '.'",
+        );
+    }
+    Ok(())
+}
+
 impl Bucket for NatsBucket {
+    fn label(&self) -> &str {
+        &self.label
+    }
+
     fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Bytes>, KvError>> {
         Box::pin(async move {
             let kv = self.kv("get", key).await?;
@@ -139,16 +161,18 @@ impl Bucket for NatsBucket {
 
     fn keys(&self, cursor: u64, limit: usize) -> BoxFuture<'_, Result<KeysPage, KvError>> {
         Box::pin(async move {
-            let kv = self.kv("list-keys", "").await?;
+            let failed =
+                |e: &dyn std::fmt::Display| KvError(format!("{}: list-keys: {e}", self.label));
+            let kv = self.store().await.map_err(|e| failed(&e))?;
             // JetStream lists keys in the order of their last write, which moves under
             // concurrent writes: sorted, the cursor is a stable position.
             let mut keys: Vec<String> = kv
                 .keys()
                 .await
-                .map_err(|e| self.error("list-keys", "", e))?
+                .map_err(|e| failed(&e))?
                 .try_collect()
                 .await
-                .map_err(|e| self.error("list-keys", "", e))?;
+                .map_err(|e| failed(&e))?;
             keys.sort_unstable();
             Ok(super::page(keys, cursor, limit))
         })
@@ -167,25 +191,23 @@ impl Bucket for NatsBucket {
                     .entry(key)
                     .await
                     .map_err(|e| self.error("increment", key, e))?;
-                let written = match entry.filter(|e| e.operation == Operation::Put) {
-                    Some(entry) => {
+                // An absent key is written against revision 0, a deleted one against its
+                // delete marker: never with `create`, which after a lost acknowledgement would
+                // find this very write and report the key as taken (one increment counted twice).
+                let (next, revision) = match entry {
+                    Some(entry) if entry.operation == Operation::Put => {
                         let next = parse_counter(&entry.value)
                             .and_then(|current| add_counter(current, delta))
                             .map_err(|reason| self.error("increment", key, reason))?;
-                        match kv
-                            .update(key, next.to_string().into(), entry.revision)
-                            .await
-                        {
-                            Ok(_) => Some(next),
-                            Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => None,
-                            Err(e) => return Err(self.error("increment", key, e)),
-                        }
+                        (next, entry.revision)
                     }
-                    None => match kv.create(key, delta.to_string().into()).await {
-                        Ok(_) => Some(delta),
-                        Err(e) if e.kind() == CreateErrorKind::AlreadyExists => None,
-                        Err(e) => return Err(self.error("increment", key, e)),
-                    },
+                    Some(marker) => (delta, marker.revision),
+                    None => (delta, 0),
+                };
+                let written = match kv.update(key, next.to_string().into(), revision).await {
+                    Ok(_) => Some(next),
+                    Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => None,
+                    Err(e) => return Err(self.error("increment", key, e)),
                 };
                 if let Some(value) = written {
                     return Ok(value);
@@ -197,5 +219,21 @@ impl Bucket for NatsBucket {
                 format!("lost the race {MAX_INCREMENT_ATTEMPTS} times in a row"),
             ))
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_jetstream_refuses_are_refused_with_the_rule() {
+        for good in ["counter/x", "a.b", "A-z_0=9"] {
+            assert!(check_nats_key(good).is_ok(), "{good}");
+        }
+        for bad in ["", ".a", "a.", "a b", "a*", "a>", "é"] {
+            let reason = check_nats_key(bad).unwrap_err();
+            assert!(reason.contains("ADR-8"), "{bad}: {reason}");
+        }
     }
 }

@@ -10,7 +10,7 @@ use super::{Bucket, KeysPage, KvError, add_counter, parse_counter};
 /// A node-local bucket in sled. Cheap to clone.
 #[derive(Clone)]
 pub struct SledBucket {
-    name: String,
+    label: String,
     tree: sled::Tree,
 }
 
@@ -24,18 +24,13 @@ impl SledBucket {
             .open_tree(format!("keyvalue/{bucket}"))
             .map_err(|e| anyhow::anyhow!("opening keyvalue-sled bucket {bucket}: {e}"))?;
         Ok(SledBucket {
-            name: bucket.to_owned(),
+            label: format!("keyvalue-sled bucket {bucket}"),
             tree,
         })
     }
 
     fn error(&self, op: &str, key: &str, cause: impl std::fmt::Display) -> KvError {
-        KvError::of(
-            &format!("keyvalue-sled bucket {}", self.name),
-            op,
-            key,
-            cause,
-        )
+        KvError::of(&self.label, op, key, cause)
     }
 
     /// Runs `f` on a clone of this bucket on a blocking thread.
@@ -75,6 +70,10 @@ impl SledBucket {
 }
 
 impl Bucket for SledBucket {
+    fn label(&self) -> &str {
+        &self.label
+    }
+
     fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Bytes>, KvError>> {
         let key = key.to_owned();
         self.blocking(move |b| {
@@ -116,15 +115,18 @@ impl Bucket for SledBucket {
 
     fn keys(&self, cursor: u64, limit: usize) -> BoxFuture<'_, Result<KeysPage, KvError>> {
         self.blocking(move |b| {
-            // sled iterates in key order: the page is a slice of the sorted keys.
-            let keys = b
-                .tree
-                .iter()
-                .keys()
-                .map(|k| k.map(|k| String::from_utf8_lossy(&k).into_owned()))
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| b.error("list-keys", "", e))?;
-            Ok(super::page(keys, cursor, limit))
+            // sled iterates in key order: the page is a slice of the sorted keys, read without
+            // holding the keys before or after it.
+            let failed = |e: sled::Error| KvError(format!("{}: list-keys: {e}", b.label));
+            let start = usize::try_from(cursor).unwrap_or(usize::MAX);
+            let mut iter = b.tree.iter().keys().skip(start);
+            let mut page = Vec::with_capacity(limit.min(super::KEYS_PAGE));
+            for key in iter.by_ref().take(limit) {
+                page.push(String::from_utf8_lossy(&key.map_err(failed)?).into_owned());
+            }
+            let more = iter.next().transpose().map_err(failed)?.is_some();
+            let next = more.then(|| cursor.saturating_add(page.len() as u64));
+            Ok((page, next))
         })
     }
 

@@ -13,7 +13,7 @@ use serde_yaml::Value;
 
 use super::{FieldError, HttpLink, RawComponent, from_value};
 use crate::providers::http_client::AllowedHosts;
-use crate::providers::keyvalue::BucketSpec;
+use crate::providers::keyvalue::{BucketSpec, KeyValueLink, KvInterfaces};
 
 /// The capabilities a node has built in, by what a manifest's `image` says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,6 +50,11 @@ pub(super) fn capability(image: &str) -> Option<Capability> {
 /// The images accepted, for errors.
 pub(super) const BUILT_IN: &str = "ghcr.io/wasmcloud/http-server:*, ghcr.io/wasmcloud/keyvalue-nats:*, \
     ghcr.io/wasmcloud/http-client:*, or wasmcloud+builtin:// http-server, keyvalue-nats, keyvalue-sled, http-client";
+
+/// The longest keyvalue bucket name, in characters: the name appears twice in the NATS subject
+/// of a KV read (`$JS.API.DIRECT.GET.KV_<bucket>.$KV.<bucket>.<key>`), which with a key of
+/// `MAX_KEY_BYTES` must stay well under nats-server's 4096-byte `max_control_line`.
+const MAX_BUCKET_NAME: usize = 128;
 
 #[derive(Deserialize)]
 struct LinkProps {
@@ -233,8 +238,8 @@ pub(super) fn component_config(
 /// What a component's links grant it.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub(super) struct ComponentLinks {
-    /// Buckets by link name.
-    pub(super) keyvalue: BTreeMap<String, BucketSpec>,
+    /// Keyvalue links (bucket and interfaces) by link name.
+    pub(super) keyvalue: BTreeMap<String, KeyValueLink>,
     /// Hosts of its http-client links, merged.
     pub(super) allowed_hosts: AllowedHosts,
 }
@@ -302,14 +307,17 @@ pub(super) fn component_link(
     }
     match (link.namespace.as_str(), link.package.as_str(), kind) {
         ("wasi", "keyvalue", Capability::KeyValueNats | Capability::KeyValueSled) => {
-            if let Some(bad) = link
-                .interfaces
-                .iter()
-                .find(|i| !matches!(i.as_str(), "store" | "atomics" | "batch"))
-            {
+            let interfaces = KvInterfaces::parse(link.interfaces.iter().map(String::as_str))
+                .map_err(|bad| {
+                    FieldError::new(
+                        format!("{field}.interfaces"),
+                        format!("{bad:?}: wasi:keyvalue links grant store, atomics and batch"),
+                    )
+                })?;
+            if interfaces.is_empty() {
                 return Err(FieldError::new(
                     format!("{field}.interfaces"),
-                    format!("{bad:?}: wasi:keyvalue links grant store, atomics and batch"),
+                    "list the wasi:keyvalue interfaces this link grants: store, atomics, batch",
                 ));
             }
             let name = link.name.clone().unwrap_or_else(|| "default".to_owned());
@@ -356,16 +364,24 @@ pub(super) fn component_link(
                 BucketSpec::Nats { bucket, .. } | BucketSpec::Sled { bucket } => bucket,
             };
             if bucket_name.is_empty()
+                || bucket_name.len() > MAX_BUCKET_NAME
                 || !bucket_name
                     .chars()
                     .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_'))
             {
                 return Err(FieldError::new(
                     format!("{config_field}.bucket"),
-                    format!("{bucket_name:?}: use letters, digits, '-' and '_' only"),
+                    format!(
+                        "{bucket_name:?}: use letters, digits, '-' and '_' only, at most \
+                         {MAX_BUCKET_NAME} of them"
+                    ),
                 ));
             }
-            if links.keyvalue.insert(name.clone(), spec).is_some() {
+            let granted = KeyValueLink {
+                bucket: spec,
+                interfaces,
+            };
+            if links.keyvalue.insert(name.clone(), granted).is_some() {
                 return Err(FieldError::new(
                     format!("{field}.name"),
                     format!(

@@ -1,7 +1,7 @@
 //! Unit tests of manifest parsing: both wadm link forms, and errors naming their field.
 
 use super::*;
-use crate::providers::keyvalue::BucketSpec;
+use crate::providers::keyvalue::{BucketSpec, KeyValueLink, KvInterfaces};
 
 const HELLO: &str = r#"
 apiVersion: core.oam.dev/v1beta1
@@ -256,15 +256,28 @@ fn component_links_grant_buckets_hosts_and_config_in_both_forms() {
         BTreeMap::from([
             (
                 "default".to_owned(),
-                BucketSpec::Nats {
-                    bucket: "counters".into(),
-                    auto_create: true
+                KeyValueLink {
+                    bucket: BucketSpec::Nats {
+                        bucket: "counters".into(),
+                        auto_create: true
+                    },
+                    interfaces: KvInterfaces {
+                        store: true,
+                        atomics: true,
+                        batch: false
+                    },
                 }
             ),
             (
                 "local".to_owned(),
-                BucketSpec::Sled {
-                    bucket: "kv-counter".into()
+                KeyValueLink {
+                    bucket: BucketSpec::Sled {
+                        bucket: "kv-counter".into()
+                    },
+                    interfaces: KvInterfaces {
+                        store: true,
+                        ..KvInterfaces::default()
+                    },
                 }
             ),
         ])
@@ -337,6 +350,21 @@ fn bad_component_links_name_their_field() {
         e.field,
         "spec.components[0].traits[2].properties.interfaces"
     );
+    let e = parse_err(&CAPABILITIES.replace("interfaces: [store]", "interfaces: []"));
+    assert_eq!(
+        e.field,
+        "spec.components[0].traits[2].properties.interfaces"
+    );
+    assert!(e.reason.contains("store, atomics, batch"), "{e}");
+
+    let e = parse_err(
+        &CAPABILITIES.replace("bucket: counters", &format!("bucket: {}", "b".repeat(129))),
+    );
+    assert_eq!(
+        e.field,
+        "spec.components[0].traits[1].properties.target.config.bucket"
+    );
+    assert!(e.reason.contains("at most 128"), "{e}");
 
     let e = parse_err(&CAPABILITIES.replace(
         "wasmcloud+builtin://keyvalue-sled",
@@ -377,7 +405,7 @@ fn unknown_fields_in_a_target_are_warned_and_digest_images_are_built_in() {
         "{w}"
     );
     assert_eq!(
-        m.components[0].keyvalue["default"],
+        m.components[0].keyvalue["default"].bucket,
         BucketSpec::Nats {
             bucket: "counters".into(),
             auto_create: true
