@@ -65,14 +65,20 @@ impl AllowedHosts {
                 Some(domain) => (domain, true),
                 None => (host, false),
             };
-            if name.is_empty() || name.contains('*') || name.contains('/') {
+            if name.contains('*') {
                 return Err(format!(
                     "{entry:?}: expected host, host:port, *.domain or * (a '*' only as the first label)"
                 ));
             }
+            let name = canonical_host(name).ok_or_else(|| {
+                format!(
+                    "{entry:?}: {name:?} is neither a host name (letters, digits, '-', '_' and \
+                     dots; international names in their xn-- form) nor an IP address"
+                )
+            })?;
             patterns.push(HostPattern::Host {
                 scheme,
-                name: name.to_ascii_lowercase(),
+                name,
                 suffix,
                 port,
             });
@@ -92,10 +98,13 @@ impl AllowedHosts {
 
     /// Whether a request with `scheme` (http or https) to `host` on `port` is allowed.
     pub fn allows(&self, scheme: &http::uri::Scheme, host: &str, port: u16) -> bool {
-        let host = host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_ascii_lowercase();
+        let bare = host
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(host);
+        let Some(host) = canonical_host(bare) else {
+            return false;
+        };
         self.patterns.iter().any(|p| match p {
             HostPattern::Any => true,
             HostPattern::Host {
@@ -176,6 +185,29 @@ impl std::fmt::Display for AllowedHosts {
     }
 }
 
+/// `host` in the one form entries and requests are compared in: a name lowercased and without
+/// a trailing dot (`Example.COM.` → `example.com`), an IPv6 address in its canonical text
+/// (`0:0::1` → `::1`). `None` for anything else (spaces, `@`, `?`, empty labels, non-ASCII),
+/// which can name no host a request reaches.
+fn canonical_host(host: &str) -> Option<String> {
+    if host.contains(':') {
+        return host
+            .parse::<std::net::Ipv6Addr>()
+            .ok()
+            .map(|ip| ip.to_string());
+    }
+    let name = host.strip_suffix('.').unwrap_or(host);
+    let label_ok = |label: &str| {
+        !label.is_empty()
+            && label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'))
+    };
+    name.split('.')
+        .all(label_ok)
+        .then(|| name.to_ascii_lowercase())
+}
+
 /// `host`, `host:port`, `[v6]` or `[v6]:port` → (host, port); `None` for a bad port.
 fn split_port(entry: &str) -> Option<(&str, Option<u16>)> {
     let parse = |p: &str| p.parse::<u16>().ok().filter(|p| *p != 0);
@@ -202,6 +234,10 @@ fn without_query(uri: &http::Uri) -> String {
     format!("{scheme}://{authority}{}", uri.path())
 }
 
+/// Outgoing requests one instance may have in flight at once; past that `handle` returns
+/// `connection-limit-reached`, so one request cannot use up the node's sockets.
+const MAX_IN_FLIGHT: usize = 32;
+
 /// How long an outgoing connection may take to be established when the guest sets no
 /// `connect-timeout` (10 s).
 const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -211,6 +247,11 @@ pub struct OutgoingHttp {
     allowed: Arc<AllowedHosts>,
     app: Arc<str>,
     component: Arc<str>,
+    /// Requests of this instance in flight: each holds a permit until its connection closes.
+    in_flight: Arc<tokio::sync::Semaphore>,
+    /// Whether a denial was logged at WARN already (later ones at DEBUG: a guest looping on a
+    /// denied host does not flood the log).
+    denial_logged: bool,
 }
 
 impl OutgoingHttp {
@@ -220,6 +261,8 @@ impl OutgoingHttp {
             allowed,
             app,
             component,
+            in_flight: Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT)),
+            denial_logged: false,
         }
     }
 }
@@ -240,15 +283,23 @@ impl WasiHttpHooks for OutgoingHttp {
         _fut: Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
     ) -> Box<dyn Future<Output = SendResult> + Send> {
         if !self.allowed.allows_uri(request.uri()) {
+            let uri = without_query(request.uri());
+            let why = "outgoing HTTP request denied: its host is not in the allowed_hosts of an http-client link";
+            if std::mem::replace(&mut self.denial_logged, true) {
+                tracing::debug!(app = %self.app, component = %self.component, uri, "{why}");
+            } else {
+                tracing::warn!(app = %self.app, component = %self.component, uri, allowed_hosts = %self.allowed, "{why}");
+            }
+            return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
+        }
+        let Ok(permit) = self.in_flight.clone().try_acquire_owned() else {
             tracing::warn!(
                 app = %self.app,
                 component = %self.component,
-                uri = %without_query(request.uri()),
-                allowed_hosts = %self.allowed,
-                "outgoing HTTP request denied: its host is not in the allowed_hosts of an http-client link"
+                "outgoing HTTP request refused: {MAX_IN_FLIGHT} of this instance's requests are in flight"
             );
-            return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
-        }
+            return Box::new(async { Err(wasmtime_wasi_http::Error::ConnectionLimitReached) });
+        };
         tracing::debug!(app = %self.app, component = %self.component, uri = %without_query(request.uri()), "outgoing HTTP request");
         // A host that never answers the connect gets the guest `connection-timeout` it can
         // handle, rather than wasmtime's 600 s default outliving the request's deadline. The
@@ -259,6 +310,11 @@ impl WasiHttpHooks for OutgoingHttp {
         Box::new(async move {
             use http_body_util::BodyExt;
             let (response, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
+            // The connection counts as in flight until its driver ends.
+            let io = async move {
+                let _permit = permit;
+                io.await
+            };
             Ok((
                 response.map(BodyExt::boxed_unsync),
                 Box::new(io) as Box<dyn Future<Output = _> + Send>,
@@ -301,6 +357,51 @@ mod tests {
         );
     }
 
+    #[tokio::test]
+    async fn an_instance_has_at_most_32_requests_in_flight() {
+        use http_body_util::{BodyExt, Empty};
+
+        // A loopback port nothing listens on: a request that goes out is refused at once.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let uri = format!("http://127.0.0.1:{port}/");
+        let allowed = Arc::new(AllowedHosts::parse(&format!("127.0.0.1:{port}")).unwrap());
+        let mut hooks = OutgoingHttp::new(allowed, "app".into(), "component".into());
+        let mut send = |uri: &str| {
+            let body = Empty::new().map_err(|never| match never {}).boxed_unsync();
+            let request = http::Request::get(uri).body(body).unwrap();
+            Box::into_pin(hooks.send_request(request, None, Box::new(async { Ok(()) })))
+        };
+        async fn outcome(
+            fut: std::pin::Pin<Box<dyn Future<Output = SendResult> + Send>>,
+        ) -> Option<String> {
+            fut.await.err().map(|e| e.to_string())
+        }
+        // Futures not yet polled hold their permits, as requests under way do.
+        let in_flight: Vec<_> = (0..MAX_IN_FLIGHT).map(|_| send(&uri)).collect();
+        assert_eq!(
+            outcome(send(&uri)).await.as_deref(),
+            Some("connection limit reached")
+        );
+        // A denied host is denied, whatever the limit.
+        assert_eq!(
+            outcome(send(&format!("http://127.0.0.2:{port}/")))
+                .await
+                .as_deref(),
+            Some("HTTP request denied")
+        );
+        // Once they end, a request goes out again (and is refused).
+        drop(in_flight);
+        assert_ne!(
+            outcome(send(&uri)).await.as_deref(),
+            Some("connection limit reached"),
+            "a request ended gives its place back"
+        );
+    }
+
     #[test]
     fn logged_uris_leave_out_the_query() {
         let uri = "https://api.test:8443/v1/items?token=secret"
@@ -322,7 +423,33 @@ mod tests {
     }
 
     #[test]
+    fn names_and_addresses_compare_in_one_canonical_form() {
+        let allowed = AllowedHosts::parse("api.test., [0:0::1]:8080, *.Svc.Local").unwrap();
+        let http = http::uri::Scheme::HTTP;
+        assert!(allowed.allows(&http, "api.test", 80));
+        assert!(allowed.allows(&http, "API.test.", 80));
+        assert!(allowed.allows(&http, "[::1]", 8080));
+        assert!(allowed.allows(&http, "[0000::0001]", 8080));
+        assert!(allowed.allows(&http, "a.svc.local.", 1));
+        assert!(!allowed.allows(&http, "api..test", 80));
+        assert!(!allowed.allows(&http, "[::2]", 8080));
+        assert_eq!(allowed.to_string(), "api.test,[::1]:8080,*.svc.local");
+    }
+
+    #[test]
     fn bad_entries_are_refused_with_the_entry_named() {
+        for bad in [
+            "a b.com",
+            "user@host",
+            "x?y",
+            ".example.com",
+            "a..b",
+            "bücher.de",
+            "[::g]",
+        ] {
+            let err = AllowedHosts::parse(bad).unwrap_err();
+            assert!(err.contains(&format!("{bad:?}")), "{bad}: {err}");
+        }
         for bad in ["host:0", "host:99999", "host:x", "a*.b", "*.", "[::1"] {
             let err = AllowedHosts::parse(bad).unwrap_err();
             assert!(

@@ -6,6 +6,7 @@
 //! starts its components, whose calls fail with an error until JetStream answers again.
 
 use std::hash::{BuildHasher, RandomState};
+use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
 use async_nats::jetstream::kv::{Operation, Store, UpdateErrorKind};
@@ -25,6 +26,10 @@ const MAX_INCREMENT_ATTEMPTS: u32 = 10_000;
 /// would only make each other retry, so only other nodes' writes race with them.
 const INCREMENT_STRIPES: usize = 64;
 
+/// How long a bucket that could not be opened for want of JetStream fails calls at once before
+/// the next attempt.
+const REOPEN_AFTER: Duration = Duration::from_secs(1);
+
 const DESCRIPTION: &str = "wasi:keyvalue bucket (lattice keyvalue-nats)";
 
 /// A JetStream KV bucket.
@@ -34,6 +39,8 @@ pub struct NatsBucket {
     label: String,
     auto_create: bool,
     kv: OnceCell<Store>,
+    /// When opening last failed for want of JetStream, and why.
+    last_failure: Mutex<Option<(Instant, String)>>,
     stripes: Vec<Mutex<()>>,
     hasher: RandomState,
 }
@@ -56,6 +63,7 @@ impl NatsBucket {
             label: format!("keyvalue-nats bucket {bucket}"),
             auto_create,
             kv: OnceCell::new(),
+            last_failure: Mutex::new(None),
             stripes: (0..INCREMENT_STRIPES).map(|_| Mutex::new(())).collect(),
             hasher: RandomState::new(),
         };
@@ -76,6 +84,9 @@ impl NatsBucket {
         }
     }
 
+    /// The opened bucket. While JetStream does not answer, one attempt per [`REOPEN_AFTER`]
+    /// goes to it; the calls in between fail at once with the last reason, instead of queueing
+    /// behind each other's timeouts.
     async fn store(&self) -> Result<&Store, OpenBucketError> {
         let if_missing = if self.auto_create {
             IfMissing::Create
@@ -83,7 +94,21 @@ impl NatsBucket {
             IfMissing::Fail
         };
         self.kv
-            .get_or_try_init(|| open_bucket(&self.js, &self.name, DESCRIPTION, if_missing))
+            .get_or_try_init(|| async {
+                if let Some((at, reason)) = &*self.last_failure.lock().await
+                    && at.elapsed() < REOPEN_AFTER
+                {
+                    return Err(OpenBucketError::Unavailable {
+                        bucket: self.name.clone(),
+                        reason: reason.clone(),
+                    });
+                }
+                let opened = open_bucket(&self.js, &self.name, DESCRIPTION, if_missing).await;
+                if let Err(OpenBucketError::Unavailable { reason, .. }) = &opened {
+                    *self.last_failure.lock().await = Some((Instant::now(), reason.clone()));
+                }
+                opened
+            })
             .await
     }
 
