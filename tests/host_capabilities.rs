@@ -678,6 +678,168 @@ fn keyvalue_is_denied_unless_linked_and_a_linked_counter_logs_with_its_app_and_c
     );
 }
 
+/// `method path` with `body` through `member`: status, headers and body (lossy UTF-8).
+fn send(
+    member: &Member,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> (u16, Vec<(String, String)>, String) {
+    let (status, headers, body) = http_request_within(
+        Duration::from_secs(30),
+        member.http,
+        method,
+        path,
+        &[],
+        body.as_bytes(),
+    )
+    .unwrap_or_else(|| panic!("{method} {path}: no answer"));
+    (status, headers, String::from_utf8_lossy(&body).into_owned())
+}
+
+#[test]
+fn every_store_and_batch_call_works_alike_on_nats_and_sled_and_an_increment_counts_from_a_delete() {
+    let node = standalone("solo");
+    let work = tempfile::tempdir().unwrap();
+    let bucket = unique("kv");
+    let nats_link = keyvalue_link(
+        "kvnats",
+        &[
+            ("bucket", bucket.as_str()),
+            ("enable_bucket_auto_create", "true"),
+        ],
+    );
+    let kvn = App::new("kvn", "kv", "http-keyvalue", "/kvn").link(
+        nats_link.replace("[store, atomics]", "[store, batch]"),
+        "kvnats",
+        KEYVALUE_NATS,
+    );
+    let kvs = App::new("kvs", "kv", "http-keyvalue", "/kvs").link(
+        keyvalue_link("kvsled", &[]).replace("[store, atomics]", "[store, batch]"),
+        "kvsled",
+        KEYVALUE_SLED,
+    );
+    // The counter on the same JetStream bucket as kvn.
+    let cnt = counter("cnt").link(nats_link, "kvnats", KEYVALUE_NATS);
+    for app in [&kvn, &kvs, &cnt] {
+        node.deploy(&write(
+            work.path(),
+            &format!("{}.yaml", app.name),
+            &app.yaml(),
+        ));
+    }
+    for app in ["kvn", "kvs", "cnt"] {
+        deployed_on(&node, app, &[("solo", 1)], &[&node]);
+    }
+
+    for p in ["/kvn", "/kvs"] {
+        let at = |key: &str| format!("{p}/{key}");
+        let status = |method: &str, key: &str| send(&node, method, &at(key), "").0;
+        let (code, _, body) = send(&node, "PUT", &at("a"), "1");
+        assert_eq!(
+            (code, body.as_str()),
+            (200, "ok\n"),
+            "PUT through {p}\n{}",
+            logs(&[&node])
+        );
+        assert_eq!(send(&node, "GET", &at("a"), "").2, "1", "GET through {p}");
+        assert_eq!(
+            status("HEAD", "a"),
+            200,
+            "HEAD of a present key through {p}"
+        );
+        assert_eq!(
+            status("HEAD", "none"),
+            404,
+            "HEAD of an absent key through {p}"
+        );
+        assert_eq!(
+            status("GET", "none"),
+            404,
+            "GET of an absent key through {p}"
+        );
+        assert_eq!(status("DELETE", "a"), 200, "DELETE through {p}");
+        assert_eq!(status("GET", "a"), 404, "GET after DELETE through {p}");
+        assert_eq!(status("HEAD", "a"), 404, "HEAD after DELETE through {p}");
+        assert_eq!(
+            status("DELETE", "a"),
+            200,
+            "DELETE of an absent key through {p}"
+        );
+
+        // 1100 keys by set-many: list-keys takes two pages (1000 keys a page) and gives each
+        // key once, sorted.
+        let keys: Vec<String> = (0..1100).map(|i| at(&format!("k{i:04}"))).collect();
+        let pairs: String = keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| format!("{k}=v{i}\n"))
+            .collect();
+        let (code, _, body) = send(&node, "POST", &format!("{p}?set-many"), &pairs);
+        assert_eq!((code, body.as_str()), (200, "ok\n"), "set-many through {p}");
+        let (code, headers, body) = send(&node, "GET", &format!("{p}?keys"), "");
+        assert_eq!(code, 200, "list-keys through {p}: {body}");
+        let listed: Vec<&str> = body.lines().filter(|k| k.starts_with(&at("k"))).collect();
+        assert_eq!(listed, keys, "list-keys through {p}");
+        let pages = headers
+            .iter()
+            .find(|(n, _)| n == "x-pages")
+            .map(|(_, v)| v.as_str());
+        assert_eq!(pages, Some("2"), "list-keys pages through {p}");
+
+        let ask = format!("{}\n{}\n{}\n", at("k0001"), at("none"), at("k1099"));
+        let (code, _, body) = send(&node, "POST", &format!("{p}?get-many"), &ask);
+        assert_eq!(code, 200, "get-many through {p}: {body}");
+        assert_eq!(
+            body,
+            format!(
+                "{}=v1\n{}\n{}=v1099\n",
+                at("k0001"),
+                at("none"),
+                at("k1099")
+            ),
+            "get-many through {p}"
+        );
+
+        let (code, _, body) = send(&node, "POST", &format!("{p}?delete-many"), &keys.join("\n"));
+        assert_eq!(
+            (code, body.as_str()),
+            (200, "ok\n"),
+            "delete-many through {p}"
+        );
+        let (_, _, body) = send(&node, "GET", &format!("{p}?keys"), "");
+        assert!(
+            !body.lines().any(|k| k.starts_with(&at("k"))),
+            "keys left after delete-many through {p}: {body}"
+        );
+    }
+
+    // The counter's key deleted by the other app (a delete marker in JetStream): the next
+    // increment starts again from 1.
+    assert_eq!(post(&node, "/counter/x"), Some((200, "1\n".to_owned())));
+    assert_eq!(post(&node, "/counter/x"), Some((200, "2\n".to_owned())));
+    let (code, _, body) = send(&node, "POST", "/kvn?delete-many", "/counter/x\n");
+    assert_eq!(
+        (code, body.as_str()),
+        (200, "ok\n"),
+        "delete-many of the counter"
+    );
+    assert_eq!(node.get("/counter/x"), Some((200, "0\n".to_owned())));
+    assert_eq!(
+        post(&node, "/counter/x"),
+        Some((200, "1\n".to_owned())),
+        "the first increment after a delete\n{}",
+        logs(&[&node])
+    );
+    assert_eq!(post(&node, "/counter/x"), Some((200, "2\n".to_owned())));
+    // One JetStream bucket behind both apps.
+    let (code, _, body) = send(&node, "GET", "/kvn?keys", "");
+    assert!(
+        code == 200 && body.contains("/counter/x"),
+        "kvn lists the counter's key: {code} {body}"
+    );
+}
+
 /// A tiny HTTP/1.1 server on 127.0.0.1 (a free port) answering every request `200` with a fixed
 /// body, counting the connections it accepts. Its threads end with the test process.
 struct Upstream {

@@ -6,6 +6,7 @@
 //! starts its components, whose calls fail with an error until JetStream answers again.
 
 use std::hash::{BuildHasher, RandomState};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
@@ -26,6 +27,10 @@ const MAX_INCREMENT_ATTEMPTS: u32 = 10_000;
 /// would only make each other retry, so only other nodes' writes race with them.
 const INCREMENT_STRIPES: usize = 64;
 
+/// How long the keys read for the first page of a `list-keys` listing serve its later pages
+/// (30 s); past that a page reads them again.
+const LISTING_KEPT: Duration = Duration::from_secs(30);
+
 /// How long a bucket that could not be opened for want of JetStream fails calls at once before
 /// the next attempt.
 const REOPEN_AFTER: Duration = Duration::from_secs(1);
@@ -39,6 +44,9 @@ pub struct NatsBucket {
     label: String,
     auto_create: bool,
     kv: OnceCell<Store>,
+    /// The sorted keys of the last `list-keys` that started a listing, and when they were read:
+    /// the pages after the first one are cut from it instead of reading every key again.
+    listing: Mutex<Option<(Instant, Arc<Vec<String>>)>>,
     /// When opening last failed for want of JetStream, and why.
     last_failure: Mutex<Option<(Instant, String)>>,
     stripes: Vec<Mutex<()>>,
@@ -64,6 +72,7 @@ impl NatsBucket {
             auto_create,
             kv: OnceCell::new(),
             last_failure: Mutex::new(None),
+            listing: Mutex::new(None),
             stripes: (0..INCREMENT_STRIPES).map(|_| Mutex::new(())).collect(),
             hasher: RandomState::new(),
         };
@@ -110,6 +119,33 @@ impl NatsBucket {
                 opened
             })
             .await
+    }
+
+    /// The listing a page at `cursor` continues: the last one read, when `cursor` is past the
+    /// first page and it was read less than [`LISTING_KEPT`] ago.
+    async fn listing(&self, cursor: u64) -> Option<Arc<Vec<String>>> {
+        if cursor == 0 {
+            return None;
+        }
+        let listing = self.listing.lock().await;
+        let (at, keys) = listing.as_ref()?;
+        (at.elapsed() < LISTING_KEPT).then(|| keys.clone())
+    }
+
+    /// Every key of the bucket, sorted. JetStream lists keys in the order of their last write,
+    /// which moves under concurrent writes: sorted, a cursor is a stable position.
+    async fn sorted_keys(&self) -> Result<Vec<String>, KvError> {
+        let failed = |e: &dyn std::fmt::Display| KvError(format!("{}: list-keys: {e}", self.label));
+        let kv = self.store().await.map_err(|e| failed(&e))?;
+        let mut keys: Vec<String> = kv
+            .keys()
+            .await
+            .map_err(|e| failed(&e))?
+            .try_collect()
+            .await
+            .map_err(|e| failed(&e))?;
+        keys.sort_unstable();
+        Ok(keys)
     }
 
     fn error(&self, op: &str, key: &str, cause: impl std::fmt::Display) -> KvError {
@@ -186,20 +222,15 @@ impl Bucket for NatsBucket {
 
     fn keys(&self, cursor: u64, limit: usize) -> BoxFuture<'_, Result<KeysPage, KvError>> {
         Box::pin(async move {
-            let failed =
-                |e: &dyn std::fmt::Display| KvError(format!("{}: list-keys: {e}", self.label));
-            let kv = self.store().await.map_err(|e| failed(&e))?;
-            // JetStream lists keys in the order of their last write, which moves under
-            // concurrent writes: sorted, the cursor is a stable position.
-            let mut keys: Vec<String> = kv
-                .keys()
-                .await
-                .map_err(|e| failed(&e))?
-                .try_collect()
-                .await
-                .map_err(|e| failed(&e))?;
-            keys.sort_unstable();
-            Ok(super::page(keys, cursor, limit))
+            let keys = match self.listing(cursor).await {
+                Some(keys) => keys,
+                None => {
+                    let keys = Arc::new(self.sorted_keys().await?);
+                    *self.listing.lock().await = Some((Instant::now(), keys.clone()));
+                    keys
+                }
+            };
+            Ok(super::page(&keys, cursor, limit))
         })
     }
 
