@@ -19,12 +19,9 @@
 //!
 //! Request bodies are read up to 16 MiB.
 
-use std::io::Write as _;
-
+use example_http::respond;
 use wasi::exports::http::incoming_handler::Guest;
-use wasi::http::types::{
-    ErrorCode, Fields, IncomingRequest, Method, OutgoingBody, OutgoingResponse, ResponseOutparam,
-};
+use wasi::http::types::{IncomingRequest, Method, ResponseOutparam};
 use wasi::io::streams::StreamError;
 
 #[allow(missing_docs, clippy::all)]
@@ -93,14 +90,23 @@ impl Guest for HttpKeyvalue {
                         .map_err(|err| keyvalue_error(&format!("exists {key:?}"), &err)),
                     _ => Ok((
                         405,
-                        vec![("allow".to_string(), b"GET, PUT, DELETE, HEAD, POST".to_vec())],
+                        vec![(
+                            "allow".to_string(),
+                            b"GET, PUT, DELETE, HEAD, POST".to_vec(),
+                        )],
                         b"method not allowed\n".to_vec(),
                     )),
                 }),
         };
         let (status, headers, body) =
             answer.unwrap_or_else(|message| (500, Vec::new(), message.into_bytes()));
-        respond(response_out, status, &headers, &body);
+        respond(
+            response_out,
+            status,
+            "application/octet-stream",
+            &headers,
+            &body,
+        );
     }
 }
 
@@ -138,8 +144,7 @@ fn list_keys(bucket: &store::Bucket) -> Result<Answer, String> {
 
 fn get_many(bucket: &store::Bucket, body: &[u8]) -> Result<Answer, String> {
     let keys: Vec<String> = lines(body).map(str::to_string).collect();
-    let values =
-        batch::get_many(bucket, &keys).map_err(|err| keyvalue_error("get-many", &err))?;
+    let values = batch::get_many(bucket, &keys).map_err(|err| keyvalue_error("get-many", &err))?;
     let mut out = Vec::new();
     for (key, value) in keys.iter().zip(values) {
         out.extend_from_slice(key.as_bytes());
@@ -213,50 +218,4 @@ fn read_body(request: IncomingRequest) -> Result<Vec<u8>, String> {
         }
     }
     Ok(out)
-}
-
-/// Sends a complete response, or reports an internal error to the host if it cannot be built.
-fn respond(
-    response_out: ResponseOutparam,
-    status: u16,
-    extra_headers: &[(String, Vec<u8>)],
-    body: &[u8],
-) {
-    let mut entries = vec![(
-        "content-type".to_string(),
-        b"application/octet-stream".to_vec(),
-    )];
-    entries.extend_from_slice(extra_headers);
-    let response = Fields::from_list(&entries)
-        .map_err(|err| format!("cannot build response headers: {err:?}"))
-        .and_then(|headers| {
-            let response = OutgoingResponse::new(headers);
-            response
-                .set_status_code(status)
-                .map_err(|()| format!("invalid status code {status}"))?;
-            Ok(response)
-        });
-    let response = match response {
-        Ok(response) => response,
-        Err(message) => {
-            ResponseOutparam::set(response_out, Err(ErrorCode::InternalError(Some(message))));
-            return;
-        }
-    };
-    let Ok(outgoing_body) = response.body() else {
-        let message = "response body was already taken".to_string();
-        ResponseOutparam::set(response_out, Err(ErrorCode::InternalError(Some(message))));
-        return;
-    };
-    ResponseOutparam::set(response_out, Ok(response));
-    let written = match outgoing_body.write() {
-        Ok(mut stream) => stream
-            .write_all(body)
-            .and_then(|()| std::io::Write::flush(&mut stream))
-            .is_ok(),
-        Err(()) => false,
-    };
-    if written {
-        let _ = OutgoingBody::finish(outgoing_body, None);
-    }
 }
