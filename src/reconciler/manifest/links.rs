@@ -71,8 +71,9 @@ struct LinkProps {
 }
 
 impl LinkProps {
-    /// The target's name and config, from either form; `field` is the YAML path of the link's
-    /// properties.
+    /// The target's name and config, from either form, and the YAML path of that config (for
+    /// errors: `target.config`, or `target_config` where the manifest used the older form);
+    /// `field` is the YAML path of the link's properties.
     ///
     /// # Errors
     /// `target` is neither a name nor a mapping with `name` (and `config`).
@@ -80,16 +81,23 @@ impl LinkProps {
         &mut self,
         field: &str,
         warnings: &mut Vec<String>,
-    ) -> Result<(String, Vec<ConfigEntry>), FieldError> {
+    ) -> Result<(String, Vec<ConfigEntry>, String), FieldError> {
         let extra = std::mem::take(&mut self.target_config);
         let at = format!("{field}.target");
+        let older = format!("{field}.target_config");
         match std::mem::take(&mut self.target) {
-            Value::String(name) => Ok((name, extra)),
+            Value::String(name) => Ok((name, extra, older)),
             value @ Value::Mapping(_) => {
                 let target: LinkTarget = from_value(value, &at, warnings)?;
+                let config_at = if target.config.is_empty() && !extra.is_empty() {
+                    older
+                } else {
+                    format!("{at}.config")
+                };
                 Ok((
                     target.name,
                     target.config.into_iter().chain(extra).collect(),
+                    config_at,
                 ))
             }
             _ => Err(FieldError::new(
@@ -99,16 +107,17 @@ impl LinkProps {
         }
     }
 
-    /// The source's config, from either form.
-    fn source_config(&mut self) -> Vec<ConfigEntry> {
+    /// The source's config, from either form, and its YAML path as [`LinkProps::target`] gives
+    /// the target's.
+    fn source_config(&mut self, field: &str) -> (Vec<ConfigEntry>, String) {
         let extra = std::mem::take(&mut self.source_config);
-        self.source
-            .take()
-            .unwrap_or_default()
-            .config
-            .into_iter()
-            .chain(extra)
-            .collect()
+        let config = self.source.take().unwrap_or_default().config;
+        let at = if config.is_empty() && !extra.is_empty() {
+            format!("{field}.source_config")
+        } else {
+            format!("{field}.source.config")
+        };
+        (config.into_iter().chain(extra).collect(), at)
     }
 
     fn interface_names(&self) -> String {
@@ -277,7 +286,7 @@ pub(super) fn component_link(
     } = context;
     let field = format!("{at}.properties");
     let mut link: LinkProps = from_value(props, &field, warnings)?;
-    let (target, target_config) = link.target(&field, warnings)?;
+    let (target, target_config, config_field) = link.target(&field, warnings)?;
     let target_field = format!("{field}.target");
     let kind = match capabilities.get(target.as_str()) {
         Some(kind) => *kind,
@@ -297,11 +306,11 @@ pub(super) fn component_link(
             ));
         }
     };
-    let config_field = format!("{field}.target.config");
     let mut config = named.resolve(target_config, &config_field)?;
-    if !link.source_config().is_empty() {
+    let (source_config, source_field) = link.source_config(&field);
+    if !source_config.is_empty() {
         warnings.push(format!(
-            "{field}.source: source config is not used by {} links; ignored",
+            "{source_field}: source config is not used by {} links; ignored",
             link.package
         ));
     }
@@ -391,10 +400,12 @@ pub(super) fn component_link(
             }
         }
         ("wasi", "http", Capability::HttpClient) => {
-            if link.interfaces.iter().any(|i| i != "outgoing-handler") {
+            if link.interfaces.is_empty() || link.interfaces.iter().any(|i| i != "outgoing-handler")
+            {
                 return Err(FieldError::new(
                     format!("{field}.interfaces"),
-                    "the http-client capability grants wasi:http/outgoing-handler only",
+                    "list [outgoing-handler]: the http-client capability grants \
+                     wasi:http/outgoing-handler only",
                 ));
             }
             match config.remove("allowed_hosts") {
@@ -453,7 +464,7 @@ pub(super) fn http_link(
             ),
         ));
     }
-    let (target, target_config) = link.target(&field, warnings)?;
+    let (target, target_config, _) = link.target(&field, warnings)?;
     if !components.contains(target.as_str()) {
         return Err(FieldError::new(
             format!("{field}.target"),
@@ -470,8 +481,8 @@ pub(super) fn http_link(
             "{field}.name: link names matter for keyvalue links only; ignored"
         ));
     }
-    let config_field = format!("{field}.source.config");
-    let mut settings = named.resolve(link.source_config(), &config_field)?;
+    let (source_config, config_field) = link.source_config(&field);
+    let mut settings = named.resolve(source_config, &config_field)?;
     let address = match settings.remove("address") {
         Some(text) => Some(text.parse::<SocketAddr>().map_err(|e| {
             FieldError::new(

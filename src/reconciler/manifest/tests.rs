@@ -341,8 +341,13 @@ fn bad_component_links_name_their_field() {
 
     let e = parse_err(&CAPABILITIES.replace("127.0.0.1:8080", "127.0.0.1:http"));
     assert_eq!(
+        e.field, "spec.components[0].traits[3].properties.target_config.allowed_hosts",
+        "the older form's errors name target_config"
+    );
+    let e = parse_err(&CAPABILITIES.replace("[outgoing-handler]", "[]"));
+    assert_eq!(
         e.field,
-        "spec.components[0].traits[3].properties.target.config.allowed_hosts"
+        "spec.components[0].traits[3].properties.interfaces"
     );
 
     let e = parse_err(&CAPABILITIES.replace("interfaces: [store]", "interfaces: [watcher]"));
@@ -383,7 +388,7 @@ fn an_http_client_link_without_allowed_hosts_allows_nothing_and_says_so() {
     assert!(m.components[0].allowed_hosts.is_empty());
     let w = m.warnings.join("\n");
     assert!(w.contains("no allowed_hosts"), "{w}");
-    assert!(w.contains("target.config.timeout"), "{w}");
+    assert!(w.contains("properties.target_config.timeout"), "{w}");
 }
 
 #[test]
