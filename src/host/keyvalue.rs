@@ -106,7 +106,7 @@ impl Opened {
                     "the values add up to more than {} MiB; ask for fewer keys at a time",
                     MAX_GET_MANY_BYTES >> 20
                 );
-                return Err(self.error(KvError(format!("{}: get-many: {reason}", self.label()))));
+                return Err(self.error(KvError::on_bucket(self.label(), "get-many", reason)));
             }
             values.push(Some((key, Vec::from(value))));
         }
@@ -363,7 +363,11 @@ mod tests {
 
     #[tokio::test]
     async fn batches_keep_their_order_and_stop_at_the_byte_cap() {
-        let (_dir, b) = opened(KvInterfaces::ALL);
+        let (_dir, b) = opened(KvInterfaces {
+            store: true,
+            atomics: true,
+            batch: true,
+        });
         let pairs: Vec<(String, Vec<u8>)> =
             (0..40).map(|i| (format!("k{i}"), vec![b'v'; i])).collect();
         b.each(pairs, |(key, value)| {

@@ -37,6 +37,11 @@ impl KvError {
     pub fn of(bucket: &str, op: &str, key: &str, cause: impl std::fmt::Display) -> KvError {
         KvError(format!("{bucket}: {op} {}: {cause}", shown_key(key)))
     }
+
+    /// Operation `op` of `bucket` as a whole (`list-keys`, `get-many`) failed because of `cause`.
+    pub fn on_bucket(bucket: &str, op: &str, cause: impl std::fmt::Display) -> KvError {
+        KvError(format!("{bucket}: {op}: {cause}"))
+    }
 }
 
 /// `key` quoted for a message: whole when short, else its first 64 characters and its length.
@@ -142,13 +147,6 @@ pub struct KvInterfaces {
 }
 
 impl KvInterfaces {
-    /// Every interface: store, atomics and batch.
-    pub const ALL: KvInterfaces = KvInterfaces {
-        store: true,
-        atomics: true,
-        batch: true,
-    };
-
     /// The interfaces named in a link's `interfaces` list.
     ///
     /// # Errors

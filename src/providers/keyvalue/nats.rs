@@ -135,7 +135,7 @@ impl NatsBucket {
     /// Every key of the bucket, sorted. JetStream lists keys in the order of their last write,
     /// which moves under concurrent writes: sorted, a cursor is a stable position.
     async fn sorted_keys(&self) -> Result<Vec<String>, KvError> {
-        let failed = |e: &dyn std::fmt::Display| KvError(format!("{}: list-keys: {e}", self.label));
+        let failed = |e: &dyn std::fmt::Display| KvError::on_bucket(&self.label, "list-keys", e);
         let kv = self.store().await.map_err(|e| failed(&e))?;
         let mut keys: Vec<String> = kv
             .keys()

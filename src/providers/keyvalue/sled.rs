@@ -117,7 +117,7 @@ impl Bucket for SledBucket {
         self.blocking(move |b| {
             // sled iterates in key order: the page is a slice of the sorted keys, read without
             // holding the keys before or after it.
-            let failed = |e: sled::Error| KvError(format!("{}: list-keys: {e}", b.label));
+            let failed = |e: sled::Error| KvError::on_bucket(&b.label, "list-keys", e);
             let start = usize::try_from(cursor).unwrap_or(usize::MAX);
             let mut iter = b.tree.iter().keys().skip(start);
             let mut page = Vec::with_capacity(limit.min(super::KEYS_PAGE));
