@@ -244,6 +244,16 @@ pub struct UpArgs {
     #[arg(long, env = "LATTICE_REPLICA_CONCURRENCY", value_name = "N")]
     pub replica_concurrency: Option<u32>,
 
+    /// Deadline of fetching and compiling one component before it starts, e.g. `60s`; past
+    /// it the start fails (and is retried), without holding back other starts [default: 60s].
+    #[arg(long, env = "LATTICE_START_TIMEOUT", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub start_timeout: Option<Duration>,
+
+    /// Replicas of the lattice's apps bucket and artifact object store when this node creates
+    /// them: more than 1 for hubs that are JetStream clusters [default: 1].
+    #[arg(long, env = "LATTICE_STORE_REPLICAS", value_name = "N")]
+    pub store_replicas: Option<usize>,
+
     /// Log filter, as tracing's EnvFilter: `info`, `debug`, `lattice=debug,info` [default: info].
     #[arg(long, env = "LATTICE_LOG", value_name = "FILTER")]
     pub log: Option<String>,

@@ -77,6 +77,11 @@ pub struct NodeConfig {
     pub max_instance_memory_bytes: u64,
     /// Concurrent requests admitted per replica of a component.
     pub replica_concurrency: u32,
+    /// Deadline of fetching and compiling one component before it starts.
+    pub start_timeout: Duration,
+    /// Replicas (1..=5, JetStream's range) of the apps bucket and artifact store this node
+    /// creates.
+    pub store_replicas: usize,
     /// tracing EnvFilter directive.
     pub log_filter: String,
 }
@@ -103,6 +108,9 @@ struct FileConfig {
     request_timeout: Option<Duration>,
     max_instance_memory_mib: Option<u64>,
     replica_concurrency: Option<u32>,
+    #[serde(default, with = "humantime_serde_opt")]
+    start_timeout: Option<Duration>,
+    store_replicas: Option<usize>,
     log: Option<String>,
 }
 
@@ -195,6 +203,20 @@ impl NodeConfig {
             "--replica-concurrency: must be at least 1"
         );
 
+        let start_timeout = args
+            .start_timeout
+            .or(file.start_timeout)
+            .unwrap_or(Duration::from_secs(60));
+        ensure!(
+            !start_timeout.is_zero(),
+            "--start-timeout: must be more than 0"
+        );
+        let store_replicas = args.store_replicas.or(file.store_replicas).unwrap_or(1);
+        ensure!(
+            (1..=5).contains(&store_replicas),
+            "--store-replicas: {store_replicas} is outside 1..=5 (JetStream's replica range)"
+        );
+
         let creds = match (args.creds, file.creds) {
             (Some(path), _) => {
                 let path = absolute(path)?;
@@ -260,6 +282,8 @@ impl NodeConfig {
             request_timeout,
             max_instance_memory_bytes: memory_mib * 1024 * 1024,
             replica_concurrency,
+            start_timeout,
+            store_replicas,
             log_filter: args.log.or(file.log).unwrap_or_else(|| "info".to_owned()),
         })
     }

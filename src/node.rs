@@ -213,7 +213,7 @@ async fn run_with_nats(
     let file_records = db
         .open_tree("files")
         .context("opening the config-dir records")?;
-    let js = nats::jetstream(client.clone(), config.js_domain.as_deref());
+    let (js, js_state) = nats::SharedJetStream::new(client.clone(), config.js_domain.clone());
     let artifacts = Artifacts::new(
         js.clone(),
         &config.lattice,
@@ -274,6 +274,7 @@ async fn run_with_nats(
     .await?;
     tokio::spawn(nats::watch_jetstream(
         js.clone(),
+        js_state,
         config.js_domain.clone(),
         matches!(config.nats_mode, NatsMode::Leaf { .. }),
         shutdown.clone(),

@@ -180,7 +180,7 @@ async fn deploy(
             config.js_domain
         }
     };
-    let js = crate::nats::jetstream(nats.client.clone(), js_domain.as_deref());
+    let js = crate::nats::SharedJetStream::fixed(nats.client.clone(), js_domain);
     let artifacts = Artifacts::new(js, &client.lattice, None);
     let images = upload_images(&manifest, &artifacts)
         .await

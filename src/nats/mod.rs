@@ -5,12 +5,14 @@
 //! `uplink` follows the leaf connection in that log, `subjects` builds every subject we use,
 //! `kv` opens JetStream KV buckets.
 
+pub mod jetstream;
 pub mod kv;
 pub mod server_config;
 pub mod subjects;
 pub mod supervisor;
 pub mod uplink;
 
+pub use jetstream::{JetStreamState, SharedJetStream};
 pub use supervisor::{NatsSupervisor, find_nats_server};
 
 use std::time::Duration;
@@ -56,22 +58,12 @@ pub async fn connect(
 /// How often an unreachable JetStream is asked again.
 const JETSTREAM_RETRY: Duration = Duration::from_secs(5);
 
-/// The JetStream the node uses: `domain`'s (`--js-domain`), else the one its NATS reaches by
-/// default (the local server's in standalone mode).
-pub fn jetstream(
-    client: async_nats::Client,
-    domain: Option<&str>,
-) -> async_nats::jetstream::Context {
-    match domain {
-        Some(domain) => async_nats::jetstream::with_domain(client, domain),
-        None => async_nats::jetstream::new(client),
-    }
-}
-
-/// Asks JetStream for the account's info until it answers (every 5 s, until `shutdown`), and
-/// logs the outcome: info once reachable, a warning saying what to do while it is not.
+/// Asks JetStream for the account's info until it answers (every 5 s, until `shutdown`), logs
+/// the outcome (info once reachable, a warning saying what to do while it is not) and sets
+/// `state` accordingly.
 pub async fn watch_jetstream(
-    js: async_nats::jetstream::Context,
+    shared: SharedJetStream,
+    state: tokio::sync::watch::Sender<JetStreamState>,
     domain: Option<String>,
     leaf: bool,
     shutdown: tokio_util::sync::CancellationToken,
@@ -81,6 +73,7 @@ pub async fn watch_jetstream(
     loop {
         // The raw `$JS.API.INFO` answer: async-nats's `query_account` expects fields that
         // nats-server 2.9 does not send.
+        let js = shared.context();
         let info = js.request::<_, _, serde_json::Value>("INFO", &());
         match tokio::time::timeout(JETSTREAM_RETRY, info).await {
             Ok(Ok(account)) if account.get("error").is_none() => {
@@ -89,6 +82,9 @@ pub async fn watch_jetstream(
                     streams = account["streams"].as_u64().unwrap_or(0),
                     "JetStream reachable"
                 );
+                state.send_replace(JetStreamState::Found {
+                    domain: domain.clone(),
+                });
                 return;
             }
             outcome => {
@@ -100,6 +96,9 @@ pub async fn watch_jetstream(
                     Ok(Err(e)) => e.to_string(),
                     Err(_) => "no answer".to_owned(),
                 };
+                state.send_replace(JetStreamState::Unreachable {
+                    reason: error.clone(),
+                });
                 if !warned {
                     warned = true;
                     let hint = if leaf && domain.is_none() {

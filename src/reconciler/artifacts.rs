@@ -21,7 +21,7 @@ use futures::TryStreamExt;
 use tokio::io::AsyncReadExt;
 
 use crate::host::sha256_hex;
-use crate::nats::subjects;
+use crate::nats::{SharedJetStream, subjects};
 
 /// Largest component accepted, in bytes.
 pub const MAX_COMPONENT_BYTES: u64 = 256 * 1024 * 1024;
@@ -37,7 +37,7 @@ pub const GC_INTERVAL: Duration = Duration::from_secs(60);
 /// The lattice's artifact store, seen from one node (or one CLI command).
 #[derive(Clone)]
 pub struct Artifacts {
-    js: jetstream::Context,
+    js: SharedJetStream,
     lattice: String,
     /// Local cache, `None` for the CLI.
     dir: Option<PathBuf>,
@@ -48,7 +48,7 @@ pub struct Artifacts {
 impl Artifacts {
     /// The artifacts of `lattice` through `js`, cached in `dir` (a node's
     /// `<data-dir>/artifacts`) when given.
-    pub fn new(js: jetstream::Context, lattice: &str, dir: Option<PathBuf>) -> Artifacts {
+    pub fn new(js: SharedJetStream, lattice: &str, dir: Option<PathBuf>) -> Artifacts {
         Artifacts {
             js,
             lattice: lattice.to_owned(),
@@ -63,10 +63,10 @@ impl Artifacts {
     /// JetStream cannot be reached or refuses to create the bucket.
     pub async fn bucket(&self) -> anyhow::Result<ObjectStore> {
         let name = subjects::artifacts_bucket(&self.lattice);
-        match self.js.get_object_store(&name).await {
+        let js = self.js.context();
+        match js.get_object_store(&name).await {
             Ok(store) => Ok(store),
-            Err(_) => self
-                .js
+            Err(_) => js
                 .create_object_store(object_store::Config {
                     bucket: name.clone(),
                     description: Some(format!(

@@ -13,8 +13,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use crate::nats::SharedJetStream;
 use anyhow::Context as _;
-use async_nats::jetstream;
 use async_nats::jetstream::kv::{CreateErrorKind, UpdateErrorKind};
 use futures::TryStreamExt as _;
 use serde::{Deserialize, Serialize};
@@ -137,7 +137,7 @@ pub fn version_of(explicit: Option<&str>, manifest: &Manifest, text: &str) -> St
 
 /// The write side of the desired state, on a node.
 pub struct AppStore {
-    js: jetstream::Context,
+    js: SharedJetStream,
     lattice: String,
     mirror: Arc<Mirror>,
     artifacts: Artifacts,
@@ -149,7 +149,7 @@ impl AppStore {
     /// Writes `lattice`'s desired state through `js`, keeping `mirror` in step at once; checks
     /// components with `host`, routes against the ingress at `ingress`.
     pub fn new(
-        js: jetstream::Context,
+        js: SharedJetStream,
         lattice: &str,
         mirror: Arc<Mirror>,
         artifacts: Artifacts,
@@ -228,7 +228,7 @@ impl AppStore {
             stored_at_ms: now_ms(),
             source: request.source.clone(),
         };
-        let kv = apps_kv(&self.js, &self.lattice)
+        let kv = apps_kv(&self.js.context(), &self.lattice)
             .await
             .map_err(|e| DeployError::Store(format!("{e:#}")))?;
         for _ in 0..CAS_ATTEMPTS {
@@ -236,7 +236,7 @@ impl AppStore {
                 .entry(manifest.name.clone())
                 .await
                 .map_err(|e| DeployError::Store(format!("reading app {:?}: {e}", manifest.name)))?
-                .filter(|e| e.operation == jetstream::kv::Operation::Put);
+                .filter(|e| e.operation == async_nats::jetstream::kv::Operation::Put);
             let (revision, mut record) = match &current {
                 Some(entry) => (
                     Some(entry.revision),
@@ -359,14 +359,14 @@ impl AppStore {
         name: &str,
         only_from: Option<&Source>,
     ) -> Result<bool, DeployError> {
-        let kv = apps_kv(&self.js, &self.lattice)
+        let kv = apps_kv(&self.js.context(), &self.lattice)
             .await
             .map_err(|e| DeployError::Store(format!("{e:#}")))?;
         let entry = kv
             .entry(name.to_owned())
             .await
             .map_err(|e| DeployError::Store(format!("reading app {name:?}: {e}")))?
-            .filter(|e| e.operation == jetstream::kv::Operation::Put)
+            .filter(|e| e.operation == async_nats::jetstream::kv::Operation::Put)
             .ok_or_else(|| DeployError::NoSuchApp(name.to_owned()))?;
         if let Some(source) = only_from {
             let record: StoredApp = serde_json::from_slice(&entry.value)
@@ -388,7 +388,7 @@ impl AppStore {
     /// stored version names read afresh from the KV; failures are logged.
     pub async fn sweep_artifacts(&self) {
         let referenced = async || -> anyhow::Result<BTreeSet<String>> {
-            let kv = apps_kv(&self.js, &self.lattice).await?;
+            let kv = apps_kv(&self.js.context(), &self.lattice).await?;
             let keys: Vec<String> = kv.keys().await?.try_collect().await?;
             let mut digests = BTreeSet::new();
             for key in keys {

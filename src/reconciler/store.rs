@@ -300,14 +300,15 @@ impl Mirror {
     /// after the KV comes back. While the KV cannot be reached the mirror keeps what it has.
     pub async fn follow(
         self: Arc<Self>,
-        js: jetstream::Context,
+        js: crate::nats::SharedJetStream,
         lattice: String,
         shutdown: CancellationToken,
     ) {
         let mut unreachable_logged = false;
         loop {
+            let context = js.context();
             let outcome = tokio::select! {
-                outcome = self.follow_once(&js, &lattice, &mut unreachable_logged) => outcome,
+                outcome = self.follow_once(&context, &lattice, &mut unreachable_logged) => outcome,
                 () = shutdown.cancelled() => return,
             };
             if let Err(e) = outcome

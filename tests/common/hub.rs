@@ -23,7 +23,20 @@ const READY_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the hub gets to exit after SIGTERM before it is killed.
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A running operator-mode nats-server hub with JetStream, in its own temp dir.
+/// The JetStream a test hub runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[allow(dead_code)]
+pub enum HubJetStream {
+    /// JetStream in the named domain: leaf nodes reach it as `$JS.<domain>.API.>`.
+    Domain(&'static str),
+    /// JetStream with no domain.
+    NoDomain,
+    /// No JetStream on the hub at all.
+    Off,
+}
+
+/// A running operator-mode nats-server hub, with JetStream as [`HubJetStream`] says, in its
+/// own temp dir.
 ///
 /// Dropping it kills the hub process (by its pid) and removes the temp dir.
 pub struct Hub {
@@ -37,6 +50,8 @@ pub struct Hub {
     leaf_port: u16,
     /// Identity key of the application account; signs user JWTs.
     account: KeyPair,
+    /// The config without its `jetstream` block, which [`Hub::write_config`] adds.
+    base_config: String,
 }
 
 impl Hub {
@@ -51,6 +66,11 @@ impl Hub {
     /// [`Hub::JS_DOMAIN`] (store dir inside its temp dir). Waits until it accepts TCP on both
     /// ports.
     pub fn start() -> Hub {
+        Hub::start_with(HubJetStream::Domain(Hub::JS_DOMAIN))
+    }
+
+    /// [`Hub::start`] with the hub's JetStream as `js` says.
+    pub fn start_with(js: HubJetStream) -> Hub {
         let dir = tempfile::Builder::new()
             .prefix("lattice-hub-")
             .tempdir()
@@ -99,13 +119,9 @@ impl Hub {
 
         let client_port = free_port();
         let leaf_port = free_port();
-        let config = format!(
+        let base_config = format!(
             r#"listen: 127.0.0.1:{client_port}
 server_name: hub
-jetstream {{
-  store_dir: "{store}"
-  domain: {domain}
-}}
 leafnodes {{
   listen: 127.0.0.1:{leaf_port}
 }}
@@ -117,23 +133,39 @@ resolver_preload: {{
   {sys_pub}: "{system_jwt}"
 }}
 "#,
-            store = store_dir.display(),
-            domain = Hub::JS_DOMAIN,
             operator = operator_path.display(),
             sys_pub = system.public_key(),
             acc_pub = account.public_key(),
         );
-        fs::write(dir.path().join("hub.conf"), config).unwrap();
-
         let mut hub = Hub {
             dir,
             child: None,
             client_port,
             leaf_port,
             account,
+            base_config,
         };
+        hub.write_config(js);
         hub.spawn();
         hub
+    }
+
+    /// Writes `hub.conf`: the base config plus the `jetstream` block `js` asks for (the store
+    /// in the temp dir's `jetstream`, kept across reconfigurations).
+    fn write_config(&self, js: HubJetStream) {
+        let store = self.dir.path().join("jetstream");
+        let jetstream = match js {
+            HubJetStream::Domain(domain) => format!(
+                "jetstream {{\n  store_dir: \"{}\"\n  domain: {domain}\n}}\n",
+                store.display()
+            ),
+            HubJetStream::NoDomain => {
+                format!("jetstream {{\n  store_dir: \"{}\"\n}}\n", store.display())
+            }
+            HubJetStream::Off => String::new(),
+        };
+        let config = format!("{}{jetstream}", self.base_config);
+        fs::write(self.dir.path().join("hub.conf"), config).unwrap();
     }
 
     /// The URL leaf nodes use to reach the hub: `nats-leaf://127.0.0.1:LEAFPORT`.
@@ -181,6 +213,15 @@ resolver_preload: {{
     /// if it still runs); waits until it accepts TCP on both ports.
     pub fn restart(&mut self) {
         self.stop();
+        self.spawn();
+    }
+
+    /// Stops the hub and starts it again on the same ports, account and store, with its
+    /// JetStream as `js` says (e.g. a hub without JetStream that comes back with it).
+    #[allow(dead_code)]
+    pub fn restart_with(&mut self, js: HubJetStream) {
+        self.stop();
+        self.write_config(js);
         self.spawn();
     }
 

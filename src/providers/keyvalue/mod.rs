@@ -209,7 +209,7 @@ impl std::fmt::Display for BucketSpec {
 /// database for keyvalue-sled. Cheap to clone.
 #[derive(Clone)]
 pub struct KeyValueProviders {
-    js: Option<async_nats::jetstream::Context>,
+    js: Option<crate::nats::SharedJetStream>,
     db: Option<::sled::Db>,
     open: Arc<Mutex<HashMap<BucketSpec, Arc<dyn Bucket>>>>,
 }
@@ -218,7 +218,7 @@ impl KeyValueProviders {
     /// Providers over `js` (keyvalue-nats) and `db` (keyvalue-sled); a missing one makes its
     /// buckets fail to open, with an error saying so.
     pub fn new(
-        js: Option<async_nats::jetstream::Context>,
+        js: Option<crate::nats::SharedJetStream>,
         db: Option<::sled::Db>,
     ) -> KeyValueProviders {
         KeyValueProviders {

@@ -9,8 +9,9 @@ use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream;
 use async_nats::jetstream::kv::{Operation, Store, UpdateErrorKind};
+
+use crate::nats::SharedJetStream;
 use bytes::Bytes;
 use futures::TryStreamExt;
 use futures::future::BoxFuture;
@@ -39,7 +40,7 @@ const DESCRIPTION: &str = "wasi:keyvalue bucket (lattice keyvalue-nats)";
 
 /// A JetStream KV bucket.
 pub struct NatsBucket {
-    js: jetstream::Context,
+    js: SharedJetStream,
     name: String,
     label: String,
     auto_create: bool,
@@ -61,7 +62,7 @@ impl NatsBucket {
     /// A bad name, or the bucket does not exist and `auto_create` is false (the message says
     /// how to allow it).
     pub async fn open(
-        js: &jetstream::Context,
+        js: &SharedJetStream,
         bucket: &str,
         auto_create: bool,
     ) -> anyhow::Result<NatsBucket> {
@@ -112,7 +113,8 @@ impl NatsBucket {
                         reason: reason.clone(),
                     });
                 }
-                let opened = open_bucket(&self.js, &self.name, DESCRIPTION, if_missing).await;
+                let opened =
+                    open_bucket(&self.js.context(), &self.name, DESCRIPTION, if_missing).await;
                 if let Err(OpenBucketError::Unavailable { reason, .. }) = &opened {
                     *self.last_failure.lock().await = Some((Instant::now(), reason.clone()));
                 }

@@ -1,0 +1,1 @@
+//! Tests: manifests that ask for unbounded work, and starts that must not block each other.

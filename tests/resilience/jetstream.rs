@@ -1,0 +1,1 @@
+//! Tests: the hub's JetStream found without --js-domain, and nats-server's state from its monitoring port.

@@ -1,0 +1,1 @@
+//! Tests: requests run once, pool exhaustion is 503, Host headers are checked, traps cost the same.

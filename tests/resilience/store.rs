@@ -1,0 +1,1 @@
+//! Tests: desired state with no shared store, and a store that cannot be wiped by accident.
