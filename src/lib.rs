@@ -17,6 +17,7 @@ pub mod nats;
 pub mod node;
 pub mod providers;
 pub mod reconciler;
+pub mod supervisor;
 
 /// Runs the command the user gave: the whole program behind `main`.
 ///

@@ -19,7 +19,7 @@ use crate::config::{NatsMode, NodeConfig};
 use crate::control;
 use crate::host::{Host, InstanceLimits};
 use crate::lattice::identity;
-use crate::lattice::membership::{Heartbeat, HostInfo, Membership};
+use crate::lattice::membership::{Heartbeat, HostInfo, Membership, NodeHealth};
 use crate::lattice::rpc::Rpc;
 use crate::nats::server_config::{LeafRemote, ServerSettings};
 use crate::nats::subjects;
@@ -31,6 +31,7 @@ use crate::reconciler::artifacts::{Artifacts, GC_INTERVAL};
 use crate::reconciler::plan;
 use crate::reconciler::store::Mirror;
 use crate::reconciler::{AppStore, Deployer, Reconciler, watcher};
+use crate::supervisor::{Health, RestartPolicy, Supervisor};
 
 /// How long a starting node listens for the other hosts (who answer its `host_started` with a
 /// heartbeat at once) before it places replicas, at most.
@@ -50,8 +51,19 @@ const DRAIN_TIMEOUT: Duration = crate::providers::http::server::DRAIN_TIMEOUT;
 /// How long the node waits for NATS to take its `host_stopped` and drain at its stop.
 const NATS_GOODBYE_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Delay before a failed config-dir watcher is started again.
-const WATCHER_RESTART_DELAY: Duration = Duration::from_secs(1);
+/// How long each supervised task gets to end at the node's stop before it is aborted.
+const TASK_STOP_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// The node's supervised tasks (DESIGN §2), in start order: at stop the heartbeat goes first
+/// (then `host_stopped`), the rest in reverse order.
+const TASK_MEMBERSHIP: &str = "membership";
+const TASK_CONTROL: &str = "control-api";
+const TASK_JETSTREAM: &str = "jetstream";
+const TASK_MIRROR: &str = "mirror";
+const TASK_WATCHER: &str = "config-watcher";
+const TASK_SWEEPER: &str = "artifact-sweeper";
+const TASK_RECONCILER: &str = "reconciler";
+const TASK_HEARTBEAT: &str = "heartbeat";
 
 /// Name of the file in the data dir that records the URL of this node's NATS, for CLI commands.
 pub const NATS_URL_FILE: &str = "nats.url";
@@ -155,6 +167,7 @@ struct LocalHost {
     http_addr: String,
     uplink: watch::Receiver<Uplink>,
     deployer: Arc<Deployer>,
+    health: Health,
 }
 
 impl LocalHost {
@@ -172,6 +185,10 @@ impl LocalHost {
             http_addr: self.http_addr.clone(),
             components,
             failures: self.deployer.failures(),
+            health: NodeHealth {
+                degraded: self.health.degraded(),
+                tasks: self.health.tasks(),
+            },
         }
     }
 }
@@ -239,17 +256,8 @@ async fn run_with_nats(
         http.ingress_addr(),
     ));
 
-    let shutdown = CancellationToken::new();
     let membership = Arc::new(Membership::default());
-    let membership_task = membership
-        .clone()
-        .follow(
-            client.clone(),
-            config.lattice.clone(),
-            heartbeat_now.clone(),
-            shutdown.clone(),
-        )
-        .await?;
+    let mut tasks = Supervisor::new(RestartPolicy::default());
     let local = Arc::new(LocalHost {
         id: id.clone(),
         config: config.clone(),
@@ -257,82 +265,118 @@ async fn run_with_nats(
         http_addr: http.ingress_addr().to_string(),
         uplink: uplink.clone(),
         deployer: deployer.clone(),
+        health: tasks.health(),
     });
     let info_source = local.clone();
     let local_info: Arc<dyn Fn() -> HostInfo + Send + Sync> = Arc::new(move || info_source.info());
-    let control_task = control::serve(
-        client.clone(),
-        Arc::new(control::ControlContext {
-            lattice: config.lattice.clone(),
-            js_domain: config.js_domain.clone(),
-            membership: membership.clone(),
-            local: local_info.clone(),
-            apps: apps.clone(),
-        }),
-        shutdown.clone(),
-    )
-    .await?;
-    tokio::spawn(nats::watch_jetstream(
-        js.clone(),
-        js_state,
-        config.js_domain.clone(),
-        matches!(config.nats_mode, NatsMode::Leaf { .. }),
-        shutdown.clone(),
-    ));
-    let mirror_task = tokio::spawn(mirror.clone().follow(
-        js,
-        config.lattice.clone(),
-        shutdown.clone(),
-    ));
-    tokio::spawn(notify_on(
-        deployer.on_change(),
-        heartbeat_now.clone(),
-        shutdown.clone(),
-    ));
-    tokio::spawn(notify_on_change(
-        uplink.clone(),
-        heartbeat_now.clone(),
-        shutdown.clone(),
-    ));
+
+    // Subscribed before host_started goes out, so the others' answers are heard; a restarted
+    // attempt subscribes anew.
+    let mut events = Some(Membership::subscribe(&client, &config.lattice).await?);
+    tasks.spawn(TASK_MEMBERSHIP, {
+        let (membership, client, lattice, on_join) = (
+            membership.clone(),
+            client.clone(),
+            config.lattice.clone(),
+            heartbeat_now.clone(),
+        );
+        move |shutdown| {
+            let (membership, client, lattice, on_join) = (
+                membership.clone(),
+                client.clone(),
+                lattice.clone(),
+                on_join.clone(),
+            );
+            let first = events.take();
+            async move {
+                let events = match first {
+                    Some(events) => events,
+                    None => Membership::subscribe(&client, &lattice).await?,
+                };
+                membership.follow(events, &on_join, shutdown).await
+            }
+        }
+    });
+    let control = Arc::new(control::ControlContext {
+        lattice: config.lattice.clone(),
+        js_domain: config.js_domain.clone(),
+        membership: membership.clone(),
+        local: local_info.clone(),
+        apps: apps.clone(),
+    });
+    tasks.spawn(TASK_CONTROL, {
+        let client = client.clone();
+        move |shutdown| {
+            let (client, control) = (client.clone(), control.clone());
+            async move {
+                control::serve(client, control, shutdown)
+                    .await?
+                    .await
+                    .context("the control API task")
+            }
+        }
+    });
+    tasks.spawn(TASK_JETSTREAM, {
+        let js = js.clone();
+        let domain = config.js_domain.clone();
+        let leaf = matches!(config.nats_mode, NatsMode::Leaf { .. });
+        move |shutdown| {
+            let watch =
+                nats::watch_jetstream(js.clone(), js_state.clone(), domain.clone(), leaf, shutdown);
+            async move {
+                watch.await;
+                Ok(())
+            }
+        }
+    });
+    tasks.spawn(TASK_MIRROR, {
+        let (mirror, js, lattice) = (mirror.clone(), js.clone(), config.lattice.clone());
+        move |shutdown| {
+            let follow = mirror.clone().follow(js.clone(), lattice.clone(), shutdown);
+            async move {
+                follow.await;
+                Ok(())
+            }
+        }
+    });
 
     // Others answer host_started with a heartbeat: this node learns of them before it places.
     let events = Heartbeat::new(client.clone(), &config.lattice);
     events.publish(subjects::HOST_STARTED, &local.info()).await;
     let discovered = tokio::time::Instant::now() + DISCOVERY.min(config.heartbeat_interval);
-    let info_source = local.clone();
-    let heartbeats = tokio::spawn(Heartbeat::new(client.clone(), &config.lattice).run(
-        move || info_source.info(),
-        config.heartbeat_interval,
-        heartbeat_now.clone(),
-        shutdown.clone(),
-    ));
 
     let (watcher_done, watcher_first_pass) = tokio::sync::oneshot::channel();
-    let watcher_task = tokio::spawn(supervise_watcher(
-        config.config_dir.clone(),
-        apps.clone(),
-        watcher::NodeRef {
+    tasks.spawn(TASK_WATCHER, {
+        let mut first_pass_done = Some(watcher_done);
+        let dir = config.config_dir.clone();
+        let apps = apps.clone();
+        let node = watcher::NodeRef {
             id: id.clone(),
             name: config.name.clone(),
-        },
-        file_records,
-        matches!(config.nats_mode, NatsMode::Leaf { .. }).then(|| uplink.clone()),
-        shutdown.clone(),
-        watcher_done,
-    ));
-    tokio::spawn(sweep_artifacts(
-        apps.clone(),
-        membership.clone(),
-        local_info.clone(),
-        shutdown.clone(),
-    ));
-    let (start_reconciling, reconcile_start) = tokio::sync::oneshot::channel();
-    tokio::spawn(async move {
-        // The config dir's changes first, but a store that does not answer holds the node back
-        // no longer than FIRST_PASS_WAIT: it then runs from its mirror.
-        let _ = tokio::time::timeout(FIRST_PASS_WAIT, watcher_first_pass).await;
-        tokio::time::sleep_until(discovered).await;
-        let _ = start_reconciling.send(());
+        };
+        let uplink = matches!(config.nats_mode, NatsMode::Leaf { .. }).then(|| uplink.clone());
+        move |shutdown| {
+            let first_pass_done = first_pass_done.take();
+            watch_config_dir(
+                dir.clone(),
+                apps.clone(),
+                node.clone(),
+                file_records.clone(),
+                uplink.clone(),
+                shutdown,
+                first_pass_done,
+            )
+        }
+    });
+    tasks.spawn(TASK_SWEEPER, {
+        let (apps, membership, local) = (apps.clone(), membership.clone(), local_info.clone());
+        move |shutdown| {
+            let sweep = sweep_artifacts(apps.clone(), membership.clone(), local.clone(), shutdown);
+            async move {
+                sweep.await;
+                Ok(())
+            }
+        }
     });
     let (reconciled, first_pass) = tokio::sync::oneshot::channel();
     let reconciler = Reconciler {
@@ -347,8 +391,54 @@ async fn run_with_nats(
         code_cache: config.data_dir.join("cache").join("components"),
         artifacts,
     };
-    let reconciler_task =
-        tokio::spawn(reconciler.run(reconcile_start, reconciled, shutdown.clone()));
+    tasks.spawn(TASK_RECONCILER, {
+        let mut first = Some((watcher_first_pass, reconciled));
+        move |shutdown| {
+            let reconciler = reconciler.clone();
+            let first = first.take();
+            async move {
+                let (start, started) = tokio::sync::oneshot::channel();
+                let reconciled = match first {
+                    // The config dir's changes first, but a store that does not answer holds
+                    // the node back no longer than FIRST_PASS_WAIT: it then runs from its
+                    // mirror. A restarted reconciler starts at once.
+                    Some((watcher_first_pass, reconciled)) => {
+                        tokio::select! {
+                            _ = tokio::time::timeout(FIRST_PASS_WAIT, watcher_first_pass) => {}
+                            () = shutdown.cancelled() => return Ok(()),
+                        }
+                        tokio::time::sleep_until(discovered).await;
+                        reconciled
+                    }
+                    None => tokio::sync::oneshot::channel().0,
+                };
+                let _ = start.send(());
+                reconciler.run(started, reconciled, shutdown).await;
+                Ok(())
+            }
+        }
+    });
+    tasks.spawn(TASK_HEARTBEAT, {
+        let (client, lattice, local) = (client.clone(), config.lattice.clone(), local.clone());
+        let (interval, now) = (config.heartbeat_interval, heartbeat_now.clone());
+        move |shutdown| {
+            let heartbeat = Heartbeat::new(client.clone(), &lattice);
+            let local = local.clone();
+            let wake = wake_heartbeat(
+                local.deployer.on_change(),
+                local.uplink.clone(),
+                now.clone(),
+            );
+            let run = heartbeat.run(move || local.info(), interval, now.clone(), shutdown);
+            async move {
+                tokio::select! {
+                    () = run => {}
+                    () = wake => {}
+                }
+                Ok(())
+            }
+        }
+    });
 
     let signal = async {
         tokio::select! {
@@ -376,8 +466,7 @@ async fn run_with_nats(
     };
     tracing::info!("{received} received; stopping");
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
-    shutdown.cancel();
-    let _ = heartbeats.await;
+    tasks.stop(TASK_HEARTBEAT, TASK_STOP_TIMEOUT).await;
     // host_stopped first: the others re-place this node's replicas at once, while it finishes
     // what it serves. NATS may be unreachable now (external mode, a restarting nats-server):
     // never wait long.
@@ -392,11 +481,14 @@ async fn run_with_nats(
             "NATS did not take host_stopped within {NATS_GOODBYE_TIMEOUT:?}; others will see this node expire"
         ),
     }
-    let _ = tokio::join!(watcher_task, reconciler_task, mirror_task);
+    // The reconciler and watcher first (nothing new starts), membership last.
+    let aborted = tasks.shutdown(TASK_STOP_TIMEOUT).await;
+    if !aborted.is_empty() {
+        tracing::warn!(?aborted, "tasks aborted at stop");
+    }
     // New invocations go to replicas elsewhere; the ones in flight here finish.
     deployer.stop_serving().await;
     tokio::join!(http.shutdown(), rpc.drain(DRAIN_TIMEOUT));
-    let _ = tokio::join!(membership_task, control_task);
     // keyvalue-sled writes of the last requests are on disk before the process exits.
     if let Err(e) = db.flush_async().await {
         tracing::warn!(error = %e, "flushing {}", config.data_dir.join("state").display());
@@ -447,72 +539,48 @@ fn write_private(path: &std::path::Path, text: &str) -> std::io::Result<()> {
     file.write_all(text.as_bytes())
 }
 
-/// Passes every notification of `from` on to `to`, until `shutdown`.
-async fn notify_on(from: Arc<Notify>, to: Arc<Notify>, shutdown: CancellationToken) {
-    loop {
-        tokio::select! {
-            () = from.notified() => to.notify_one(),
-            () = shutdown.cancelled() => return,
-        }
-    }
-}
-
-/// Wakes the heartbeat whenever the uplink changes, so others see it at once.
-async fn notify_on_change(
+/// Wakes the heartbeat (`now`) whenever the node's components (`inventory`) or its uplink
+/// change, so others see it at once. Runs until the uplink's sender is gone.
+async fn wake_heartbeat(
+    inventory: Arc<Notify>,
     mut uplink: watch::Receiver<Uplink>,
     now: Arc<Notify>,
-    shutdown: CancellationToken,
 ) {
     loop {
         tokio::select! {
-            changed = uplink.changed() => if changed.is_err() { return },
-            () = shutdown.cancelled() => return,
+            () = inventory.notified() => {}
+            changed = uplink.changed() => if changed.is_err() {
+                // No uplink changes any more: the inventory alone.
+                loop {
+                    inventory.notified().await;
+                    now.notify_one();
+                }
+            },
         }
         now.notify_one();
     }
 }
 
-/// Keeps the config-dir watcher running: an error or panic is logged and it starts again. A
-/// leaf node first waits (up to [`UPLINK_WAIT`]) for its uplink, through which the store is
-/// reached.
-#[allow(clippy::too_many_arguments)]
-async fn supervise_watcher(
+/// The config-dir watcher, one attempt: a leaf node first waits (up to [`UPLINK_WAIT`]) for its
+/// uplink, through which the store is reached; `first_pass_done` is told after the first pass.
+///
+/// # Errors
+/// The watcher's: the directory cannot be created or watched.
+async fn watch_config_dir(
     dir: std::path::PathBuf,
     apps: Arc<AppStore>,
     node: watcher::NodeRef,
     records: sled::Tree,
     uplink: Option<watch::Receiver<Uplink>>,
     shutdown: CancellationToken,
-    first_pass_done: tokio::sync::oneshot::Sender<()>,
-) {
+    first_pass_done: Option<tokio::sync::oneshot::Sender<()>>,
+) -> anyhow::Result<()> {
     if let Some(mut uplink) = uplink {
         let connected = uplink.wait_for(|u| u.state == UplinkState::Connected);
         tokio::select! {
             _ = tokio::time::timeout(UPLINK_WAIT, connected) => {}
-            () = shutdown.cancelled() => return,
+            () = shutdown.cancelled() => return Ok(()),
         }
     }
-    let mut first_pass_done = Some(first_pass_done);
-    while !shutdown.is_cancelled() {
-        let task = tokio::spawn(watcher::run(
-            dir.clone(),
-            apps.clone(),
-            node.clone(),
-            records.clone(),
-            shutdown.clone(),
-            first_pass_done.take(),
-        ));
-        match task.await {
-            Ok(Ok(())) => return,
-            Ok(Err(e)) => tracing::error!(
-                error = format!("{e:#}"),
-                "config-dir watcher failed; restarting it"
-            ),
-            Err(e) => tracing::error!(error = %e, "config-dir watcher panicked; restarting it"),
-        }
-        tokio::select! {
-            () = tokio::time::sleep(WATCHER_RESTART_DELAY) => {}
-            () = shutdown.cancelled() => return,
-        }
-    }
+    watcher::run(dir, apps, node, records, shutdown, first_pass_done).await
 }

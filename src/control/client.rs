@@ -354,9 +354,13 @@ fn nats_url(args: &ClientArgs) -> anyhow::Result<String> {
 }
 
 fn hosts_table(hosts: &[HostInfo]) -> String {
-    let rows: Vec<[String; 5]> = hosts
+    let rows: Vec<[String; 6]> = hosts
         .iter()
         .map(|h| {
+            let health = match &h.health.degraded {
+                Some(reason) => format!("degraded ({reason})"),
+                None => "ok".to_owned(),
+            };
             let uplink = match &h.uplink.error {
                 Some(error) => format!("{} ({error})", h.uplink.state.as_str()),
                 None => h.uplink.state.as_str().to_owned(),
@@ -367,11 +371,15 @@ fn hosts_table(hosts: &[HostInfo]) -> String {
                 h.name.clone(),
                 humantime::format_duration(Duration::from_secs(h.uptime_ms / 1000)).to_string(),
                 uplink,
+                health,
                 labels.join(","),
             ]
         })
         .collect();
-    table(["ID", "NAME", "UPTIME", "UPLINK", "LABELS"], &rows)
+    table(
+        ["ID", "NAME", "UPTIME", "UPLINK", "HEALTH", "LABELS"],
+        &rows,
+    )
 }
 
 fn inventory_table(inventory: &[HostInventory]) -> String {

@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use crate::nats::subjects;
 use crate::nats::uplink::Uplink;
 use crate::reconciler::plan::Failure;
+use crate::supervisor::TaskHealth;
 
 /// Heartbeats a host may miss before the others consider it gone.
 pub const MISSED_HEARTBEATS: u32 = 3;
@@ -46,6 +47,20 @@ pub struct HostInfo {
     /// Replicas or routes the node was given but could not start, with why.
     #[serde(default)]
     pub failures: Vec<Failure>,
+    /// The node's own tasks: each one's state, and whether the node is degraded.
+    #[serde(default)]
+    pub health: NodeHealth,
+}
+
+/// How a node's own tasks fare (DESIGN §2): part of every host event.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeHealth {
+    /// Why the node is degraded (a task failing for longer than 60 s), `None` while it is not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub degraded: Option<String>,
+    /// Every supervised task, in start order.
+    #[serde(default)]
+    pub tasks: Vec<TaskHealth>,
 }
 
 /// A component's replicas on one node.
@@ -149,30 +164,40 @@ impl Membership {
         hosts
     }
 
-    /// Follows the host events of `lattice` until `shutdown`.
+    /// Subscribes to the host events of `lattice`, for [`Membership::follow`].
     ///
     /// # Errors
     /// The subscription cannot be made.
-    pub async fn follow(
-        self: Arc<Self>,
-        client: async_nats::Client,
-        lattice: String,
-        on_join: Arc<Notify>,
-        shutdown: CancellationToken,
-    ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
-        let subject = subjects::events(&lattice);
-        let mut events = client
+    pub async fn subscribe(
+        client: &async_nats::Client,
+        lattice: &str,
+    ) -> anyhow::Result<async_nats::Subscriber> {
+        let subject = subjects::events(lattice);
+        client
             .subscribe(subject.clone())
             .await
-            .with_context(|| format!("subscribing to {subject}"))?;
-        Ok(tokio::spawn(async move {
+            .with_context(|| format!("subscribing to {subject}"))
+    }
+
+    /// Follows the host `events` (from [`Membership::subscribe`]) until `shutdown`; tells
+    /// `on_join` when a host starts.
+    ///
+    /// # Errors
+    /// The subscription ended (the client closed it) before `shutdown`.
+    pub async fn follow(
+        &self,
+        mut events: async_nats::Subscriber,
+        on_join: &Notify,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<()> {
+        {
             loop {
                 let message = tokio::select! {
                     message = events.next() => match message {
                         Some(message) => message,
-                        None => return,
+                        None => anyhow::bail!("the host events subscription ended"),
                     },
-                    () = shutdown.cancelled() => return,
+                    () = shutdown.cancelled() => return Ok(()),
                 };
                 let event = message.subject.rsplit('.').next().unwrap_or_default();
                 if ![
@@ -206,7 +231,7 @@ impl Membership {
                     _ => {}
                 }
             }
-        }))
+        }
     }
 }
 
@@ -276,6 +301,7 @@ mod tests {
             http_addr: "127.0.0.1:8000".into(),
             components: Vec::new(),
             failures: Vec::new(),
+            health: NodeHealth::default(),
         }
     }
 

@@ -31,6 +31,7 @@ use plan::{AppStatus, Running};
 use store::{Desired, Mirror};
 
 /// The reconcile loop of one node.
+#[derive(Clone)]
 pub struct Reconciler {
     /// This node's id.
     pub me: String,

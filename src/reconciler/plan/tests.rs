@@ -32,6 +32,7 @@ fn host(id: &str, zone: &str) -> HostInfo {
         http_addr: "127.0.0.1:8000".into(),
         components: Vec::new(),
         failures: Vec::new(),
+        health: Default::default(),
     }
 }
 
