@@ -1,11 +1,13 @@
 //! `lattice up`: the node's supervision tree — start order, signals, shutdown order.
 //!
 //! Start: data dir and node key → nats-server (supervised; none in external mode) → NATS client
-//! → lattice RPC → host → HTTP ingress → desired-state mirror (sled) → membership and control
-//! API → `host_started` and heartbeats → config-dir watcher's first pass (into the lattice's
-//! store) → the reconciler's first pass → ready. Stop (SIGINT/SIGTERM): heartbeats →
-//! `host_stopped` (others re-place at once) → watcher and reconciler → HTTP (drain in-flight
-//! requests) → NATS client → nats-server last.
+//! → lattice RPC → host → HTTP ingress → desired-state mirror (sled) → the supervised tasks
+//! ([`crate::supervisor`]): membership, control API, JetStream watch, mirror follower,
+//! `host_started`, config-dir watcher (its first pass writes into the lattice's store),
+//! artifact sweeper, reconciler (its first pass makes the node ready), heartbeat. Stop
+//! (SIGINT/SIGTERM): heartbeat → `host_stopped` (others re-place at once) → the other tasks in
+//! reverse start order, each bounded → HTTP and RPC (drain in-flight requests) → NATS client →
+//! nats-server last.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
