@@ -248,6 +248,7 @@ async fn run_with_nats(
         artifacts.clone(),
         keyvalue,
         config.replica_concurrency,
+        config.start_timeout,
     ));
     let apps = Arc::new(AppStore::new(
         js.clone(),

@@ -2,6 +2,12 @@
 //! gives it (fetching the wasm, opening what the component's links grant, compiling or loading
 //! the code), stops the ones it no longer names, installs every app's routes in one swap, and
 //! keeps what could not start, with why, for the heartbeats and `app status`.
+//!
+//! Starts do not hold up an apply, nor each other: each runs as a task of its own, under a
+//! deadline (`--start-timeout`), while the apply goes on with what runs; the host's code cache
+//! bounds how many compile at once. When a start ends, the reconciler is woken
+//! ([`Deployer::on_started`]) and the next apply routes to it. A slow or failing component so
+//! delays no other app, e.g. the failover of one whose node was lost.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
@@ -33,6 +39,16 @@ struct LocalComponent {
     serving: Option<Serving>,
 }
 
+/// A start in progress, as its own task.
+struct Starting {
+    version: String,
+    digest: String,
+    replicas: u32,
+    /// Tells this start from a later one of the same component.
+    id: u64,
+    task: tokio::task::AbortHandle,
+}
+
 /// A start that failed, kept to report it and to wait before trying again.
 struct FailedStart {
     version: String,
@@ -44,6 +60,11 @@ struct FailedStart {
 #[derive(Default)]
 struct LocalState {
     components: BTreeMap<(String, String), LocalComponent>,
+    starting: HashMap<(String, String), Starting>,
+    /// The id of the next start.
+    next_start: u64,
+    /// Set when the node stops: no more starts.
+    stopped: bool,
     failed: HashMap<(String, String), FailedStart>,
     /// The version of every app this node routes, to log deploys, updates and undeploys.
     versions: BTreeMap<String, String>,
@@ -55,26 +76,37 @@ struct LocalState {
 
 type TableKey = (Vec<String>, Vec<(String, String, String, u32)>);
 
-/// Makes this node run its share of the lattice: one apply at a time.
+/// Makes this node run its share of the lattice: one apply at a time, starts alongside.
 pub struct Deployer {
-    host: Host,
+    starter: Arc<Starter>,
     http: Arc<HttpServer>,
+    rpc: Arc<Rpc>,
+    /// Held by an apply, and by a start only to record how it ended.
+    state: Arc<tokio::sync::Mutex<LocalState>>,
+    /// What runs here and what failed, updated after every apply: read without waiting for an
+    /// apply to finish.
+    inventory: std::sync::Mutex<(Vec<ComponentReplicas>, Vec<Failure>)>,
+    changed: Arc<Notify>,
+    /// Told when a start ends (well or not).
+    started: Arc<Notify>,
+}
+
+/// What a start needs: fetches, grants, compiles and subscribes one component.
+struct Starter {
+    host: Host,
     rpc: Arc<Rpc>,
     artifacts: Artifacts,
     keyvalue: KeyValueProviders,
     replica_concurrency: u32,
-    state: tokio::sync::Mutex<LocalState>,
-    /// What runs here and what failed, updated after every apply: read without waiting for an
-    /// apply (which may be compiling) to finish.
-    inventory: std::sync::Mutex<(Vec<ComponentReplicas>, Vec<Failure>)>,
-    changed: Arc<Notify>,
+    start_timeout: Duration,
 }
 
 impl Deployer {
     /// A deployer placing components with `host` (their bytes from `artifacts`, their
     /// keyvalue links' buckets from `keyvalue`), routes on `http` (every app's, also those with
     /// no replica here: `rpc` forwards their requests); each replica admits
-    /// `replica_concurrency` concurrent requests.
+    /// `replica_concurrency` concurrent requests. A start (fetch, grants, compile, subscribe)
+    /// that takes longer than `start_timeout` fails and is retried like any failed start.
     pub fn new(
         host: Host,
         http: Arc<HttpServer>,
@@ -82,18 +114,29 @@ impl Deployer {
         artifacts: Artifacts,
         keyvalue: KeyValueProviders,
         replica_concurrency: u32,
+        start_timeout: Duration,
     ) -> Deployer {
         Deployer {
-            host,
+            starter: Arc::new(Starter {
+                host,
+                rpc: rpc.clone(),
+                artifacts,
+                keyvalue,
+                replica_concurrency,
+                start_timeout,
+            }),
             http,
             rpc,
-            artifacts,
-            keyvalue,
-            replica_concurrency,
-            state: tokio::sync::Mutex::new(LocalState::default()),
+            state: Arc::default(),
             inventory: std::sync::Mutex::new((Vec::new(), Vec::new())),
             changed: Arc::new(Notify::new()),
+            started: Arc::new(Notify::new()),
         }
+    }
+
+    /// Notified when a start ends, well or not: the next apply routes to it (or reports it).
+    pub fn on_started(&self) -> Arc<Notify> {
+        self.started.clone()
     }
 
     /// Notified after every change of the components running here or their failures.
@@ -119,10 +162,14 @@ impl Deployer {
             .clone()
     }
 
-    /// Leaves every component's queue group, so other replicas take new invocations; local
-    /// requests are still served. For the node's stop.
+    /// Abandons the starts in progress and leaves every component's queue group, so other
+    /// replicas take new invocations; local requests are still served. For the node's stop.
     pub async fn stop_serving(&self) {
         let mut state = self.state.lock().await;
+        state.stopped = true;
+        for (_, start) in state.starting.drain() {
+            start.task.abort();
+        }
         for component in state.components.values_mut() {
             component.serving = None;
         }
@@ -130,8 +177,9 @@ impl Deployer {
 
     /// Runs `share` here ((app, component) → version and replicas) and routes every app of
     /// `desired`: starts what is missing (a new version's replicas before the old ones stop),
-    /// stops what `share` no longer names, installs the routes in one swap. What cannot start
-    /// is reported in [`Deployer::failures`] and keeps its previous version running.
+    /// stops what `share` no longer names, installs the routes in one swap. Starts run on as
+    /// tasks of their own (see the module doc); what cannot start is reported in
+    /// [`Deployer::failures`] and keeps its previous version running.
     pub async fn apply(
         &self,
         desired: &Desired,
@@ -139,6 +187,8 @@ impl Deployer {
     ) {
         let mut state = self.state.lock().await;
         let now = Instant::now();
+        // The starts this share still wants; any other in progress is abandoned below.
+        let mut wanted: BTreeSet<(String, String)> = BTreeSet::new();
         for (key, want) in share {
             let Some(app) = desired.get(&key.0) else {
                 continue;
@@ -171,43 +221,58 @@ impl Deployer {
             {
                 continue;
             }
-            match self.start(key, spec, digest, want).await {
-                Ok(local) => {
-                    state.failed.remove(key);
-                    tracing::info!(
-                        app = key.0,
-                        component = key.1,
-                        version = want.version,
-                        replicas = want.replicas,
-                        "replicas running here"
-                    );
-                    state.components.insert(key.clone(), local);
-                }
-                Err(reason) => {
-                    let repeated = state
-                        .failed
-                        .get(key)
-                        .is_some_and(|f| f.version == want.version && f.reason == reason);
-                    if !repeated {
-                        tracing::error!(
-                            app = key.0,
-                            component = key.1,
-                            version = want.version,
-                            "cannot start replicas here: {reason}"
-                        );
-                    }
-                    state.failed.insert(
-                        key.clone(),
-                        FailedStart {
-                            version: want.version.clone(),
-                            digest: digest.clone(),
-                            at: now,
-                            reason,
-                        },
-                    );
-                }
+            wanted.insert(key.clone());
+            if state.starting.get(key).is_some_and(|s| {
+                s.version == want.version && s.digest == *digest && s.replicas == want.replicas
+            }) {
+                continue;
             }
+            if state.stopped {
+                continue;
+            }
+            if let Some(previous) = state.starting.remove(key) {
+                previous.task.abort();
+            }
+            let id = state.next_start;
+            state.next_start += 1;
+            tracing::debug!(
+                app = key.0,
+                component = key.1,
+                version = want.version,
+                replicas = want.replicas,
+                "starting replicas here"
+            );
+            let task = tokio::spawn(run_start(
+                self.starter.clone(),
+                self.state.clone(),
+                self.started.clone(),
+                StartOf {
+                    id,
+                    key: key.clone(),
+                    spec: spec.clone(),
+                    digest: digest.clone(),
+                    want: want.clone(),
+                },
+            ));
+            state.starting.insert(
+                key.clone(),
+                Starting {
+                    version: want.version.clone(),
+                    digest: digest.clone(),
+                    replicas: want.replicas,
+                    id,
+                    task: task.abort_handle(),
+                },
+            );
         }
+        state.starting.retain(|key, start| {
+            let keep = wanted.contains(key);
+            if !keep {
+                start.task.abort();
+                tracing::debug!(app = key.0, component = key.1, "start abandoned");
+            }
+            keep
+        });
         let stopped: Vec<(String, String)> = state
             .components
             .keys()
@@ -251,78 +316,6 @@ impl Deployer {
             *current = (inventory, failures);
             self.changed.notify_one();
         }
-    }
-
-    /// Fetches, compiles (or loads from the code cache) and subscribes one component, with
-    /// what `spec` grants it (its keyvalue links' buckets opened here).
-    async fn start(
-        &self,
-        key: &(String, String),
-        spec: &ComponentSpec,
-        digest: &str,
-        want: &LocalReplicas,
-    ) -> Result<LocalComponent, String> {
-        let (app, name) = key;
-        let wasm = self
-            .artifacts
-            .fetch(digest)
-            .await
-            .map_err(|e| format!("{e:#}"))?;
-        let concurrency =
-            usize::try_from(u64::from(want.replicas) * u64::from(self.replica_concurrency))
-                .unwrap_or(usize::MAX);
-        let grants = self.grants(app, spec).await?;
-        let prepared = self
-            .host
-            .prepare_http_component(Arc::new(grants), wasm, concurrency)
-            .await
-            .map_err(|e| e.to_string())?;
-        match prepared.code_source {
-            CodeSource::Cache => {
-                tracing::info!(
-                    app,
-                    component = name,
-                    digest,
-                    "component code loaded from cache (not compiled)"
-                )
-            }
-            CodeSource::Compiled => {
-                tracing::info!(app, component = name, digest, "component compiled")
-            }
-        }
-        // Subscribed before the swap, so replicas elsewhere never miss this one.
-        let serving = self
-            .rpc
-            .serve(prepared.component.clone())
-            .await
-            .map_err(|e| format!("cannot take lattice invocations: {e:#}"))?;
-        Ok(LocalComponent {
-            component: prepared.component,
-            replicas: want.replicas,
-            version: want.version.clone(),
-            serving: Some(serving),
-        })
-    }
-
-    /// What `spec` of app `app` grants: its config, its links' buckets (opened, or created when
-    /// the link allows it), its allowed outgoing hosts.
-    async fn grants(&self, app: &str, spec: &ComponentSpec) -> Result<Grants, String> {
-        let mut grants = Grants::none(app.into(), spec.name.as_str().into());
-        grants.config = spec.config.clone();
-        grants.allowed_hosts = Arc::new(spec.allowed_hosts.clone());
-        for (name, link) in &spec.keyvalue {
-            let bucket = self
-                .keyvalue
-                .open(&link.bucket)
-                .await
-                .map_err(|e| format!("keyvalue link {name:?}: {e:#}"))?;
-            let granted = GrantedBucket {
-                bucket,
-                interfaces: link.interfaces,
-            };
-            grants.buckets.insert(name.as_str().into(), granted);
-        }
-        Ok(grants)
     }
 
     /// Logs, once per version, the components of `desired` with no replica here.
@@ -505,6 +498,11 @@ impl Deployer {
         state.versions = now;
     }
 
+    /// Whether no start is in progress.
+    pub(super) async fn idle(&self) -> bool {
+        self.state.lock().await.starting.is_empty()
+    }
+
     /// What runs here: (app, component) → version and replicas.
     pub(super) async fn running(&self) -> BTreeMap<(String, String), (String, u32)> {
         self.state
@@ -514,6 +512,160 @@ impl Deployer {
             .iter()
             .map(|(k, c)| (k.clone(), (c.version.clone(), c.replicas)))
             .collect()
+    }
+}
+
+/// What one start is of: (app, component), its spec and artifact, the replicas wanted.
+struct StartOf {
+    id: u64,
+    key: (String, String),
+    spec: ComponentSpec,
+    digest: String,
+    want: LocalReplicas,
+}
+
+/// One start, as a task of its own: [`Starter::start`] under the deadline, then what came of
+/// it recorded in `state` (unless a later start or the node's stop replaced it meanwhile), and
+/// `started` told.
+async fn run_start(
+    starter: Arc<Starter>,
+    state: Arc<tokio::sync::Mutex<LocalState>>,
+    started: Arc<Notify>,
+    start: StartOf,
+) {
+    let StartOf {
+        id,
+        key,
+        spec,
+        digest,
+        want,
+    } = start;
+    let timeout = starter.start_timeout;
+    let result = tokio::time::timeout(timeout, starter.start(&key, &spec, &digest, &want))
+        .await
+        .unwrap_or_else(|_| {
+            Err(format!(
+                "did not start within {} (fetching, compiling and subscribing the component; --start-timeout)",
+                humantime::format_duration(timeout)
+            ))
+        });
+    let mut state = state.lock().await;
+    if state.starting.get(&key).is_none_or(|s| s.id != id) {
+        // Replaced or abandoned while it ran: what it started is dropped here.
+        return;
+    }
+    state.starting.remove(&key);
+    match result {
+        Ok(local) => {
+            state.failed.remove(&key);
+            tracing::info!(
+                app = key.0,
+                component = key.1,
+                version = want.version,
+                replicas = want.replicas,
+                "replicas running here"
+            );
+            state.components.insert(key, local);
+        }
+        Err(reason) => {
+            let repeated = state
+                .failed
+                .get(&key)
+                .is_some_and(|f| f.version == want.version && f.reason == reason);
+            if !repeated {
+                tracing::error!(
+                    app = key.0,
+                    component = key.1,
+                    version = want.version,
+                    "cannot start replicas here: {reason}"
+                );
+            }
+            state.failed.insert(
+                key,
+                FailedStart {
+                    version: want.version,
+                    digest,
+                    at: Instant::now(),
+                    reason,
+                },
+            );
+        }
+    }
+    drop(state);
+    started.notify_one();
+}
+
+impl Starter {
+    /// Fetches, compiles (or loads from the code cache) and subscribes one component, with
+    /// what `spec` grants it (its keyvalue links' buckets opened here).
+    async fn start(
+        &self,
+        key: &(String, String),
+        spec: &ComponentSpec,
+        digest: &str,
+        want: &LocalReplicas,
+    ) -> Result<LocalComponent, String> {
+        let (app, name) = key;
+        let wasm = self
+            .artifacts
+            .fetch(digest)
+            .await
+            .map_err(|e| format!("{e:#}"))?;
+        let concurrency =
+            usize::try_from(u64::from(want.replicas) * u64::from(self.replica_concurrency))
+                .unwrap_or(usize::MAX);
+        let grants = self.grants(app, spec).await?;
+        let prepared = self
+            .host
+            .prepare_http_component(Arc::new(grants), wasm, concurrency)
+            .await
+            .map_err(|e| e.to_string())?;
+        match prepared.code_source {
+            CodeSource::Cache => {
+                tracing::info!(
+                    app,
+                    component = name,
+                    digest,
+                    "component code loaded from cache (not compiled)"
+                )
+            }
+            CodeSource::Compiled => {
+                tracing::info!(app, component = name, digest, "component compiled")
+            }
+        }
+        // Subscribed before the swap, so replicas elsewhere never miss this one.
+        let serving = self
+            .rpc
+            .serve(prepared.component.clone())
+            .await
+            .map_err(|e| format!("cannot take lattice invocations: {e:#}"))?;
+        Ok(LocalComponent {
+            component: prepared.component,
+            replicas: want.replicas,
+            version: want.version.clone(),
+            serving: Some(serving),
+        })
+    }
+
+    /// What `spec` of app `app` grants: its config, its links' buckets (opened, or created when
+    /// the link allows it), its allowed outgoing hosts.
+    async fn grants(&self, app: &str, spec: &ComponentSpec) -> Result<Grants, String> {
+        let mut grants = Grants::none(app.into(), spec.name.as_str().into());
+        grants.config = spec.config.clone();
+        grants.allowed_hosts = Arc::new(spec.allowed_hosts.clone());
+        for (name, link) in &spec.keyvalue {
+            let bucket = self
+                .keyvalue
+                .open(&link.bucket)
+                .await
+                .map_err(|e| format!("keyvalue link {name:?}: {e:#}"))?;
+            let granted = GrantedBucket {
+                bucket,
+                interfaces: link.interfaces,
+            };
+            grants.buckets.insert(name.as_str().into(), granted);
+        }
+        Ok(grants)
     }
 }
 

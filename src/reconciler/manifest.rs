@@ -27,6 +27,15 @@ pub const API_VERSION: &str = "core.oam.dev/v1beta1";
 /// The one `kind` of wadm manifests.
 pub const KIND: &str = "Application";
 
+/// Most replicas a scaler may ask for: a `spreadscaler`'s `instances` in all, a
+/// `daemonscaler`'s per node. Far above what a lattice runs, low enough that the work any
+/// manifest can cause (placement, status, the pools of a node) stays bounded.
+pub const MAX_INSTANCES: u32 = 100_000;
+/// Largest `weight` of a `spread` entry (wadm's default is 100).
+pub const MAX_WEIGHT: u32 = 1_000_000;
+/// Most `spread` entries of one scaler: placement looks at every node for each of them.
+pub const MAX_SPREAD_ENTRIES: usize = 100;
+
 /// A manifest field is missing, malformed or refers to something that does not exist.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{field}: {reason}")]
@@ -109,14 +118,14 @@ pub struct ComponentSpec {
 pub enum Scaler {
     /// `spreadscaler`: `instances` replicas in all, split over the `spread` entries by weight.
     Spread {
-        /// Total replicas.
+        /// Total replicas, at most [`MAX_INSTANCES`].
         instances: u32,
         /// Where they go; empty means anywhere.
         spread: Vec<Spread>,
     },
     /// `daemonscaler`: `instances` replicas on every node matching any `spread` entry.
     Daemon {
-        /// Replicas per matching node.
+        /// Replicas per matching node, at most [`MAX_INSTANCES`].
         instances: u32,
         /// Which nodes; empty means every node.
         spread: Vec<Spread>,
@@ -132,7 +141,8 @@ pub struct Spread {
     /// Node labels that must all match.
     #[serde(default)]
     pub requirements: BTreeMap<String, String>,
-    /// Relative share of the instances (default 100, as in wadm; see `plan::spread_counts`).
+    /// Relative share of the instances (default 100, as in wadm; see `plan::spread_counts`), at
+    /// most [`MAX_WEIGHT`].
     pub weight: Option<u32>,
 }
 
@@ -236,10 +246,50 @@ struct RawTrait {
 
 #[derive(Deserialize)]
 struct ScalerProps {
+    // Read wider than the model's u32 so a value beyond the bound gets the bound's error.
     #[serde(alias = "replicas")]
-    instances: u32,
+    instances: u64,
     #[serde(default)]
     spread: Vec<Spread>,
+}
+
+impl ScalerProps {
+    /// `instances` and the `spread` entries within [`MAX_INSTANCES`], [`MAX_WEIGHT`] and
+    /// [`MAX_SPREAD_ENTRIES`]; `at` is the YAML path of the properties.
+    fn checked(self, at: &str) -> Result<(u32, Vec<Spread>), FieldError> {
+        let instances = u32::try_from(self.instances)
+            .ok()
+            .filter(|n| *n <= MAX_INSTANCES)
+            .ok_or_else(|| {
+                FieldError::new(
+                    format!("{at}.instances"),
+                    format!(
+                        "{} replicas asked for; at most {MAX_INSTANCES} are allowed",
+                        self.instances
+                    ),
+                )
+            })?;
+        if self.spread.len() > MAX_SPREAD_ENTRIES {
+            return Err(FieldError::new(
+                format!("{at}.spread"),
+                format!(
+                    "{} entries; at most {MAX_SPREAD_ENTRIES} are allowed",
+                    self.spread.len()
+                ),
+            ));
+        }
+        for (k, entry) in self.spread.iter().enumerate() {
+            if let Some(weight) = entry.weight
+                && weight > MAX_WEIGHT
+            {
+                return Err(FieldError::new(
+                    format!("{at}.spread[{k}].weight"),
+                    format!("{weight} is above the largest weight allowed, {MAX_WEIGHT}"),
+                ));
+            }
+        }
+        Ok((instances, self.spread))
+    }
 }
 
 /// Deserializes `T` from `value`, errors and ignored fields named under the YAML path `prefix`.
@@ -285,7 +335,8 @@ fn join(prefix: &str, path: &str) -> String {
 /// [`FieldError`] naming the first bad field: YAML syntax (`.`, with line and column), a missing
 /// or mistyped field, a wrong `apiVersion` or `kind`, duplicate component names, an image that
 /// is an OCI reference (not supported yet), a capability that is not built in, a link whose
-/// target is not a component of the manifest, a bad `address`.
+/// target is not a component of the manifest, a bad `address`, a scaler beyond
+/// [`MAX_INSTANCES`], [`MAX_WEIGHT`] or [`MAX_SPREAD_ENTRIES`].
 pub fn parse(text: &str, base_dir: &Path) -> Result<Manifest, FieldError> {
     let value: Value = serde_yaml::from_str(text)
         .map_err(|e| FieldError::new(".", format!("invalid YAML: {e}")))?;
@@ -475,9 +526,9 @@ fn component(
                         "a component takes one scaler trait",
                     ));
                 }
-                let props: ScalerProps =
-                    from_value(t.properties.clone(), &format!("{tat}.properties"), warnings)?;
-                let (instances, spread) = (props.instances, props.spread);
+                let at = format!("{tat}.properties");
+                let props: ScalerProps = from_value(t.properties.clone(), &at, warnings)?;
+                let (instances, spread) = props.checked(&at)?;
                 scaler = Some(if kind == "spreadscaler" {
                     Scaler::Spread { instances, spread }
                 } else {

@@ -63,7 +63,7 @@ impl Reconciler {
 
     /// Reconciles until `shutdown`: after `start` (the config dir's first pass) and a short
     /// wait to hear from the other hosts, then whenever the desired state or a host changes,
-    /// and every `tick`. `first_pass` is told after the first pass.
+    /// and every `tick`. `first_pass` is told once the starts of the first pass have ended.
     pub async fn run(
         self,
         start: tokio::sync::oneshot::Receiver<()>,
@@ -81,6 +81,9 @@ impl Reconciler {
         let mut ticker = tokio::time::interval(self.tick);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut prune = true;
+        // A start that ends (they run on their own, see `Deployer`) wakes the next pass, which
+        // routes to it.
+        let started = self.deployer.on_started();
         loop {
             let desired = self.mirror.desired();
             desired_rx.mark_unchanged();
@@ -115,7 +118,12 @@ impl Reconciler {
             surplus.retain(|k, _| running.contains_key(k));
             let share = plan::local_share(&self.me, &desired, &placement, &hosts, &running, now);
             self.deployer.apply(&desired, &share).await;
-            if let Some(done) = first_pass.take() {
+            // The first pass is done once the starts it began have ended (each under its
+            // deadline), so the node is up with its share running; later passes go on meanwhile.
+            if first_pass.is_some()
+                && self.deployer.idle().await
+                && let Some(done) = first_pass.take()
+            {
                 let _ = done.send(());
             }
             // Hosts read again: this node's own inventory has just changed.
@@ -130,6 +138,7 @@ impl Reconciler {
                     prune = true;
                 }
                 () = self.membership.changed() => {}
+                () = started.notified() => {}
                 _ = ticker.tick() => {}
                 () = shutdown.cancelled() => return,
             }

@@ -9,6 +9,10 @@
 //! of hosts chosen by rendezvous hashing so it stays stable as hosts come and go. A
 //! `daemonscaler` runs `instances` replicas on every host matching any entry (every host
 //! without entries).
+//!
+//! The cost is O(spread entries × hosts) per component whatever `instances` says (the
+//! manifest bounds both, `manifest::MAX_INSTANCES` and `MAX_SPREAD_ENTRIES`), and counts are
+//! summed in `u64`, so no manifest or heartbeat can make a node spin or overflow here.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -25,8 +29,9 @@ pub const DEFAULT_WEIGHT: u32 = 100;
 /// Where one component's replicas go.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ComponentPlacement {
-    /// Replicas the scaler asks for in all (placed or not).
-    pub desired: u32,
+    /// Replicas the scaler asks for in all (placed or not); a daemonscaler's summed over the
+    /// hosts, hence `u64`.
+    pub desired: u64,
     /// Replicas per host id.
     pub hosts: BTreeMap<String, u32>,
     /// Why some replicas have no host, one line per spread entry.
@@ -63,7 +68,7 @@ pub fn place_component(
     let mut out = ComponentPlacement::default();
     match scaler {
         Scaler::Spread { instances, spread } => {
-            out.desired = *instances;
+            out.desired = u64::from(*instances);
             for (entry, count) in spread_counts(*instances, spread) {
                 if count == 0 {
                     continue;
@@ -79,7 +84,7 @@ pub fn place_component(
                     continue;
                 }
                 let key = format!("{app}/{component}/{}", entry.name);
-                eligible.sort_by_key(|h| std::cmp::Reverse(rendezvous(&key, &h.id)));
+                eligible.sort_by_cached_key(|h| std::cmp::Reverse(rendezvous(&key, &h.id)));
                 let n = eligible.len() as u32;
                 for (i, host) in eligible.iter().enumerate() {
                     let share = count / n + u32::from((i as u32) < count % n);
@@ -94,7 +99,7 @@ pub fn place_component(
                 if *instances > 0 && (spread.is_empty() || spread.iter().any(|s| matches(s, host)))
                 {
                     out.hosts.insert(host.id.clone(), *instances);
-                    out.desired += instances;
+                    out.desired += u64::from(*instances);
                 }
             }
             if out.hosts.is_empty() && *instances > 0 {
@@ -139,17 +144,14 @@ pub fn spread_counts(instances: u32, spread: &[Spread]) -> Vec<(Spread, u32)> {
             (s, u32::try_from(share).unwrap_or(u32::MAX))
         })
         .collect();
-    // The remainder, one each by descending weight (fewer than the entries, unless every
-    // weight is 0: then round and round).
-    let mut left = instances.saturating_sub(counts.iter().map(|(_, c)| *c).sum());
-    while left > 0 {
-        for (_, count) in &mut counts {
-            if left == 0 {
-                break;
-            }
-            *count += 1;
-            left -= 1;
-        }
+    // The remainder, one each by descending weight: fewer than the entries, unless every
+    // weight is 0 (then wadm goes round and round, i.e. an even split, computed here at once).
+    let assigned: u64 = counts.iter().map(|(_, c)| u64::from(*c)).sum();
+    let left = u64::from(instances).saturating_sub(assigned);
+    let n = counts.len() as u64;
+    for (i, (_, count)) in counts.iter_mut().enumerate() {
+        let extra = left / n + u64::from((i as u64) < left % n);
+        *count = u32::try_from(u64::from(*count) + extra).unwrap_or(u32::MAX);
     }
     counts
 }
@@ -255,9 +257,9 @@ pub struct ComponentStatus {
     /// Component name.
     pub name: String,
     /// Replicas the scaler asks for.
-    pub desired: u32,
+    pub desired: u64,
     /// Replicas of the deployed version running on live nodes.
-    pub running: u32,
+    pub running: u64,
     /// The nodes running them.
     pub nodes: Vec<NodeReplicas>,
 }
@@ -270,7 +272,7 @@ pub struct NodeReplicas {
     /// Node name.
     pub name: String,
     /// Replicas there.
-    pub replicas: u32,
+    pub replicas: u64,
 }
 
 /// The state of app `name` from the desired state, its placement and what the live `hosts`
@@ -303,20 +305,21 @@ pub fn status(
         let place = placement.get(&key).cloned().unwrap_or_default();
         failed.extend(place.unplaced.iter().cloned());
         let mut nodes = Vec::new();
-        let mut running = 0;
+        let mut running: u64 = 0;
         let mut settled = true;
         for host in hosts {
-            let mut current = 0;
-            let mut other = 0;
+            // u64: heartbeats say what they like, their sum must not overflow.
+            let mut current: u64 = 0;
+            let mut other: u64 = 0;
             for c in host
                 .components
                 .iter()
                 .filter(|c| c.app == name && c.component == spec.name)
             {
                 if c.version == version {
-                    current += c.replicas;
+                    current += u64::from(c.replicas);
                 } else {
-                    other += c.replicas;
+                    other += u64::from(c.replicas);
                 }
             }
             if current > 0 {
@@ -327,7 +330,7 @@ pub fn status(
                 });
             }
             running += current;
-            let wanted = place.hosts.get(&host.id).copied().unwrap_or(0);
+            let wanted = u64::from(place.hosts.get(&host.id).copied().unwrap_or(0));
             settled &= current == wanted && other == 0;
         }
         for f in hosts.iter().flat_map(|h| {
@@ -436,21 +439,23 @@ pub fn local_share(
         let version = &app.record.deployed;
         let mine = place.hosts.get(me).copied().unwrap_or(0);
         let here = running.get(key);
-        // Replicas of the deployed version elsewhere, on the hosts placed for them.
-        let elsewhere: u32 = hosts
+        // Replicas of the deployed version elsewhere, on the hosts placed for them (u64: the
+        // sums of heartbeats' and of a daemonscaler's counts must not overflow).
+        let elsewhere: u64 = hosts
             .iter()
             .filter(|h| h.id != me)
             .map(|h| {
-                let ran: u32 = h
+                let ran: u64 = h
                     .components
                     .iter()
                     .filter(|c| c.app == key.0 && c.component == key.1 && &c.version == version)
-                    .map(|c| c.replicas)
+                    .map(|c| u64::from(c.replicas))
                     .sum();
-                ran.min(place.hosts.get(&h.id).copied().unwrap_or(0))
+                ran.min(u64::from(place.hosts.get(&h.id).copied().unwrap_or(0)))
             })
             .sum();
-        let placed_elsewhere: u32 = place.hosts.values().sum::<u32>() - mine;
+        let placed_elsewhere: u64 =
+            place.hosts.values().map(|n| u64::from(*n)).sum::<u64>() - u64::from(mine);
         let handed_over = elsewhere >= placed_elsewhere;
         let target_failed = hosts.iter().any(|h| {
             place.hosts.contains_key(&h.id)

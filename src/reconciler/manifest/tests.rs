@@ -419,3 +419,70 @@ fn unknown_fields_in_a_target_are_warned_and_digest_images_are_built_in() {
     let e = parse_err(&CAPABILITIES.replace("target: kvsled", "target: [kvsled]"));
     assert_eq!(e.field, "spec.components[0].traits[2].properties.target");
 }
+
+/// HELLO with the spreadscaler's properties replaced by `props` (lines indented by 12 spaces).
+fn with_scaler(props: &str) -> String {
+    HELLO.replace("            instances: 1\n", props)
+}
+
+#[test]
+fn instances_beyond_the_bound_are_refused_naming_the_field() {
+    let field = "spec.components[0].traits[0].properties.instances";
+    for n in ["4000000000", "100001", "5000000000"] {
+        let e = parse_err(&with_scaler(&format!("            instances: {n}\n")));
+        assert_eq!(e.field, field, "{e}");
+        assert!(e.reason.contains(n) && e.reason.contains("100000"), "{e}");
+    }
+    // The weight-0 manifest of issue 12.
+    let e = parse_err(&with_scaler(
+        "            instances: 4000000000\n            spread:\n              - name: a\n                weight: 0\n              - name: b\n                weight: 0\n",
+    ));
+    assert_eq!(e.field, field, "{e}");
+    let daemon = with_scaler("            instances: 100001\n")
+        .replace("type: spreadscaler", "type: daemonscaler");
+    assert_eq!(parse_err(&daemon).field, field);
+
+    let m = parse_ok(&with_scaler("            instances: 100000\n"));
+    assert_eq!(
+        m.components[0].scaler,
+        Scaler::Spread {
+            instances: MAX_INSTANCES,
+            spread: vec![]
+        }
+    );
+}
+
+#[test]
+fn weights_and_spread_entries_are_bounded() {
+    let e = parse_err(&with_scaler(
+        "            instances: 2\n            spread:\n              - name: a\n              - name: b\n                weight: 1000001\n",
+    ));
+    assert_eq!(
+        e.field,
+        "spec.components[0].traits[0].properties.spread[1].weight"
+    );
+    assert!(e.reason.contains("1000000"), "{e}");
+    let e = parse_err(&with_scaler(
+        "            instances: 2\n            spread:\n              - name: a\n                weight: 4294967296\n",
+    ));
+    assert_eq!(
+        e.field,
+        "spec.components[0].traits[0].properties.spread[0].weight"
+    );
+
+    let entries: String = (0..=MAX_SPREAD_ENTRIES)
+        .map(|k| format!("              - name: s{k}\n"))
+        .collect();
+    let e = parse_err(&with_scaler(&format!(
+        "            instances: 2\n            spread:\n{entries}"
+    )));
+    assert_eq!(e.field, "spec.components[0].traits[0].properties.spread");
+    assert!(e.reason.contains("101 entries"), "{e}");
+
+    let m = parse_ok(&with_scaler(
+        "            instances: 2\n            spread:\n              - name: a\n                weight: 1000000\n",
+    ));
+    assert!(
+        matches!(&m.components[0].scaler, Scaler::Spread { spread, .. } if spread[0].weight == Some(MAX_WEIGHT))
+    );
+}

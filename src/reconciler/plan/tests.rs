@@ -372,3 +372,104 @@ fn zero_weights_and_zero_instances_place_sensibly() {
     let p = place_component("shop", "web", &scaler, &[host("a1", "a")]);
     assert!(p.hosts.is_empty() && p.unplaced.is_empty(), "{p:?}");
 }
+
+#[test]
+fn placement_costs_do_not_grow_with_instances() {
+    // Beyond the manifest's bound (a scaler built in code): still one pass per entry, not one
+    // per replica; the even split of every-weight-0 is computed at once.
+    let zero = [spread("one", None, Some(0)), spread("two", None, Some(0))];
+    assert_eq!(
+        counts(&zero, u32::MAX),
+        [
+            ("one".into(), u32::MAX / 2 + 1),
+            ("two".into(), u32::MAX / 2)
+        ]
+    );
+    let three = [
+        spread("a", None, Some(0)),
+        spread("b", None, Some(0)),
+        spread("c", None, Some(0)),
+    ];
+    assert_eq!(
+        counts(&three, 4_000_000_000),
+        [
+            ("a".into(), 1_333_333_334),
+            ("b".into(), 1_333_333_333),
+            ("c".into(), 1_333_333_333)
+        ]
+    );
+    let scaler = Scaler::Spread {
+        instances: u32::MAX,
+        spread: zero.to_vec(),
+    };
+    let hosts = [host("a1", "a"), host("a2", "a"), host("b1", "b")];
+    let p = place_component("shop", "web", &scaler, &hosts);
+    assert_eq!(p.desired, u64::from(u32::MAX));
+    assert_eq!(
+        p.hosts.values().map(|n| u64::from(*n)).sum::<u64>(),
+        u64::from(u32::MAX)
+    );
+}
+
+#[test]
+fn desired_and_running_sums_do_not_overflow() {
+    // A daemonscaler's desired count is summed over the hosts: beyond u32 here.
+    let scaler = Scaler::Daemon {
+        instances: u32::MAX,
+        spread: Vec::new(),
+    };
+    let hosts: Vec<HostInfo> = (0..3)
+        .map(|i| running(host(&format!("h{i}"), "a"), "shop", "v1", u32::MAX))
+        .collect();
+    let p = place_component("shop", "web", &scaler, &hosts);
+    assert_eq!(p.desired, 3 * u64::from(u32::MAX));
+    let d = desired("shop", "v1", scaler);
+    let placement = place(&d, &hosts);
+    let s = status("shop", &d, &placement, &hosts).unwrap();
+    assert_eq!(s.components[0].desired, 3 * u64::from(u32::MAX));
+    assert_eq!(s.components[0].running, 3 * u64::from(u32::MAX));
+    assert_eq!(s.state, AppState::Deployed, "{s:?}");
+    // And this node's share is computed without overflowing either.
+    let share = local_share(
+        "h0",
+        &d,
+        &placement,
+        &hosts,
+        &BTreeMap::new(),
+        Instant::now(),
+    );
+    assert_eq!(
+        share[&("shop".to_owned(), "web".to_owned())].replicas,
+        u32::MAX
+    );
+}
+
+#[test]
+fn a_stored_manifest_beyond_the_bounds_is_failed_not_placed() {
+    // Stored before the bound existed (or written to the bucket by hand): every node parses
+    // it again, refuses it and places nothing for it.
+    let text = "apiVersion: core.oam.dev/v1beta1\nkind: Application\nmetadata:\n  name: spin\nspec:\n  components:\n    - name: web\n      type: component\n      properties:\n        image: ./web.wasm\n      traits:\n        - type: spreadscaler\n          properties:\n            instances: 4000000000\n            spread:\n              - name: a\n                weight: 0\n";
+    let version = StoredVersion {
+        version: "v1".into(),
+        manifest: text.into(),
+        images: BTreeMap::from([("web".to_owned(), "0".repeat(64))]),
+        stored_at_ms: 0,
+        source: Source::Cli,
+    };
+    let manifest = crate::reconciler::store::parse_stored(&version).map(Arc::new);
+    let reason = manifest.as_ref().unwrap_err().clone();
+    assert!(
+        reason.contains("spec.components[0].traits[0].properties.instances"),
+        "{reason}"
+    );
+    let record = StoredApp {
+        name: "spin".into(),
+        deployed: "v1".into(),
+        versions: vec![version],
+    };
+    let d = Desired::from([("spin".to_owned(), DesiredApp { record, manifest })]);
+    let hosts = [host("a1", "a")];
+    assert!(place(&d, &hosts).is_empty());
+    let s = status("spin", &d, &place(&d, &hosts), &hosts).unwrap();
+    assert_eq!((s.state, s.reason), (AppState::Failed, reason));
+}
