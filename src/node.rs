@@ -20,7 +20,7 @@ use crate::control;
 use crate::host::{Host, InstanceLimits};
 use crate::lattice::identity;
 use crate::lattice::membership::{Heartbeat, HostInfo, Membership};
-use crate::lattice::rpc::Rpc;
+use crate::lattice::rpc::{Peers, Rpc};
 use crate::nats::server_config::{LeafRemote, ServerSettings};
 use crate::nats::subjects;
 use crate::nats::uplink::{Uplink, UplinkState, UplinkTracker};
@@ -191,13 +191,27 @@ async fn run_with_nats(
         _ => None,
     };
     let client = nats::connect(nats_url, &config.name, client_creds).await?;
-    let rpc = Arc::new(Rpc::start(client.clone(), &config.lattice, config.request_timeout).await?);
+    let membership = Arc::new(Membership::default());
+    let peers = Peers {
+        node: id.clone(),
+        membership: membership.clone(),
+    };
+    let rpc = Arc::new(
+        Rpc::start(
+            client.clone(),
+            &config.lattice,
+            config.request_timeout,
+            peers,
+        )
+        .await?,
+    );
     let heartbeat_now = Arc::new(Notify::new());
     let host = Host::new(
         &config.data_dir,
         InstanceLimits {
             request_timeout: config.request_timeout,
             max_memory_bytes: config.max_instance_memory_bytes,
+            pool_instances: config.max_instances,
         },
     )?;
     tracing::info!(allocator = ?host.allocator(), "component host ready");
@@ -240,7 +254,6 @@ async fn run_with_nats(
     ));
 
     let shutdown = CancellationToken::new();
-    let membership = Arc::new(Membership::default());
     let membership_task = membership
         .clone()
         .follow(
