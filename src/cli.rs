@@ -239,6 +239,12 @@ pub struct UpArgs {
     #[arg(long, env = "LATTICE_MAX_INSTANCE_MEMORY_MIB", value_name = "MIB")]
     pub max_instance_memory_mib: Option<u64>,
 
+    /// Component instances the node holds at once, all components together: the slots of
+    /// wasmtime's pooling allocator (each reserves address space for one instance's memories).
+    /// A request past them gets 503 + Retry-After [default: 1000].
+    #[arg(long, env = "LATTICE_MAX_INSTANCES", value_name = "N")]
+    pub max_instances: Option<u32>,
+
     /// Concurrent requests one replica of a component admits; a component's bound on this node is
     /// this times its replicas here. Past the bound requests get 503 + Retry-After [default: 64].
     #[arg(long, env = "LATTICE_REPLICA_CONCURRENCY", value_name = "N")]

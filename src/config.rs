@@ -25,6 +25,9 @@ pub const DEFAULT_LEAF_URL: &str = "tls://connect.ngs.global";
 /// Default interval between heartbeats.
 pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
 
+/// Largest `--max-instances`: each pool slot reserves address space for its memories.
+pub const MAX_POOL_INSTANCES: u32 = 10_000;
+
 /// How the node reaches NATS (DESIGN.md §2 "NATS modes").
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NatsMode {
@@ -75,6 +78,8 @@ pub struct NodeConfig {
     pub request_timeout: Duration,
     /// Linear-memory cap of one component instance, in bytes.
     pub max_instance_memory_bytes: u64,
+    /// Component instances the node's pool holds at once (`--max-instances`).
+    pub max_instances: u32,
     /// Concurrent requests admitted per replica of a component.
     pub replica_concurrency: u32,
     /// Deadline of fetching and compiling one component before it starts.
@@ -107,6 +112,7 @@ struct FileConfig {
     #[serde(default, with = "humantime_serde_opt")]
     request_timeout: Option<Duration>,
     max_instance_memory_mib: Option<u64>,
+    max_instances: Option<u32>,
     replica_concurrency: Option<u32>,
     #[serde(default, with = "humantime_serde_opt")]
     start_timeout: Option<Duration>,
@@ -193,6 +199,14 @@ impl NodeConfig {
         ensure!(
             (1..=4096).contains(&memory_mib),
             "--max-instance-memory-mib: {memory_mib} is outside 1..=4096 MiB"
+        );
+        let max_instances = args
+            .max_instances
+            .or(file.max_instances)
+            .unwrap_or(crate::host::DEFAULT_POOL_INSTANCES);
+        ensure!(
+            (1..=MAX_POOL_INSTANCES).contains(&max_instances),
+            "--max-instances: {max_instances} is outside 1..={MAX_POOL_INSTANCES}"
         );
         let replica_concurrency = args
             .replica_concurrency
@@ -281,6 +295,7 @@ impl NodeConfig {
             labels,
             request_timeout,
             max_instance_memory_bytes: memory_mib * 1024 * 1024,
+            max_instances,
             replica_concurrency,
             start_timeout,
             store_replicas,

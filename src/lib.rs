@@ -19,6 +19,25 @@ pub mod providers;
 pub mod reconciler;
 pub mod supervisor;
 
+/// Keeps `RUST_BACKTRACE=1` from making every error capture a host backtrace: sets
+/// `RUST_LIB_BACKTRACE=0` unless the user set `RUST_LIB_BACKTRACE` themselves. Panics keep their
+/// backtraces (`RUST_BACKTRACE` alone governs those).
+///
+/// Why: wasmtime reports every guest trap as an `anyhow::Error`, and anyhow captures (and, when
+/// the error is logged, symbolizes) a backtrace of the host whenever `RUST_BACKTRACE=1` is set,
+/// which service environments often set. That made a failed request cost ~40 KB of log and the
+/// first one ~200 MiB of RSS for the debug info; a trap now costs the same whatever the
+/// environment says. Errors of the node keep their cause chain, which is what it logs.
+///
+/// Call it first in `main`, before any thread starts: it changes the process environment.
+pub fn no_error_backtraces() {
+    if std::env::var_os("RUST_LIB_BACKTRACE").is_none() {
+        // SAFETY: called at the top of `main`, before the program starts any thread, so
+        // nothing reads the environment concurrently.
+        unsafe { std::env::set_var("RUST_LIB_BACKTRACE", "0") };
+    }
+}
+
 /// Runs the command the user gave: the whole program behind `main`.
 ///
 /// # Errors

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
+    lattice::no_error_backtraces();
     let cli = lattice::cli::Cli::parse();
     match lattice::run(cli) {
         Ok(code) => code,

@@ -22,7 +22,7 @@ use crate::control;
 use crate::host::{Host, InstanceLimits};
 use crate::lattice::identity;
 use crate::lattice::membership::{Heartbeat, HostInfo, Membership, NodeHealth};
-use crate::lattice::rpc::Rpc;
+use crate::lattice::rpc::{Peers, Rpc};
 use crate::nats::server_config::{LeafRemote, ServerSettings};
 use crate::nats::subjects;
 use crate::nats::uplink::{Uplink, UplinkState, UplinkTracker};
@@ -210,13 +210,27 @@ async fn run_with_nats(
         _ => None,
     };
     let client = nats::connect(nats_url, &config.name, client_creds).await?;
-    let rpc = Arc::new(Rpc::start(client.clone(), &config.lattice, config.request_timeout).await?);
+    let membership = Arc::new(Membership::default());
+    let peers = Peers {
+        node: id.clone(),
+        membership: membership.clone(),
+    };
+    let rpc = Arc::new(
+        Rpc::start(
+            client.clone(),
+            &config.lattice,
+            config.request_timeout,
+            peers,
+        )
+        .await?,
+    );
     let heartbeat_now = Arc::new(Notify::new());
     let host = Host::new(
         &config.data_dir,
         InstanceLimits {
             request_timeout: config.request_timeout,
             max_memory_bytes: config.max_instance_memory_bytes,
+            pool_instances: config.max_instances,
         },
     )?;
     tracing::info!(allocator = ?host.allocator(), "component host ready");
@@ -259,7 +273,6 @@ async fn run_with_nats(
         http.ingress_addr(),
     ));
 
-    let membership = Arc::new(Membership::default());
     let mut tasks = Supervisor::new(RestartPolicy::default());
     let local = Arc::new(LocalHost {
         id: id.clone(),

@@ -9,12 +9,14 @@ use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAlloc
 /// How often the epoch advances; request deadlines are measured in these ticks.
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 
-/// Component instances the pool holds at once (all components of the node together).
-const POOL_COMPONENT_INSTANCES: u32 = 1000;
-/// Core instances, memories and tables: a Rust component has a few, CPython many.
-const POOL_CORE_INSTANCES: u32 = 4000;
-const POOL_MEMORIES: u32 = 2000;
-const POOL_TABLES: u32 = 2000;
+/// Component instances the pool holds at once by default (all components of the node
+/// together): `--max-instances`.
+pub const DEFAULT_POOL_INSTANCES: u32 = 1000;
+/// Core instances per component instance slot: a Rust component has a few, CPython many.
+const CORE_INSTANCES_PER_SLOT: u32 = 4;
+/// Memories and tables per component instance slot.
+const MEMORIES_PER_SLOT: u32 = 2;
+const TABLES_PER_SLOT: u32 = 2;
 
 /// Linear memory kept resident (reset in place) per freed pool slot, with PAGEMAP_SCAN, in bytes.
 const KEEP_RESIDENT_SCANNED_BYTES: usize = 2 * 1024 * 1024;
@@ -38,19 +40,21 @@ pub enum Allocator {
     OnDemand,
 }
 
-/// Builds the engine with the pooling allocator, each linear memory capped at
-/// `max_memory_bytes`; if the pool cannot be reserved (small VM, `ulimit -v`), logs a warning
-/// and builds an on-demand engine instead. Starts the epoch ticker.
+/// Builds the engine with the pooling allocator holding `pool_instances` component instances
+/// at once (and 4 core instances, 2 memories, 2 tables and one stack per instance), each linear
+/// memory capped at `max_memory_bytes`; if the pool cannot be reserved (small VM, `ulimit -v`),
+/// logs a warning and builds an on-demand engine instead. Starts the epoch ticker.
 ///
 /// # Errors
 /// Neither engine could be created.
-pub fn build(max_memory_bytes: u64) -> anyhow::Result<(Engine, Allocator)> {
+pub fn build(max_memory_bytes: u64, pool_instances: u32) -> anyhow::Result<(Engine, Allocator)> {
+    let slots = pool_instances.max(1);
     let mut pool = PoolingAllocationConfig::new();
-    pool.total_component_instances(POOL_COMPONENT_INSTANCES)
-        .total_core_instances(POOL_CORE_INSTANCES)
-        .total_memories(POOL_MEMORIES)
-        .total_tables(POOL_TABLES)
-        .total_stacks(POOL_COMPONENT_INSTANCES)
+    pool.total_component_instances(slots)
+        .total_core_instances(slots.saturating_mul(CORE_INSTANCES_PER_SLOT))
+        .total_memories(slots.saturating_mul(MEMORIES_PER_SLOT))
+        .total_tables(slots.saturating_mul(TABLES_PER_SLOT))
+        .total_stacks(slots)
         .max_memory_size(usize::try_from(max_memory_bytes).unwrap_or(usize::MAX));
     // Reset a freed slot by rewriting the pages an instance touched instead of `madvise`-ing
     // them away: every `madvise` in a multi-threaded process is a TLB shootdown on all cores,

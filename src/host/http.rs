@@ -1,5 +1,8 @@
 //! Serving one HTTP request with a fresh instance of a `wasi:http/proxy` component, as
 //! `wasmtime serve` and Spin do: deadline by epoch interruption, memory cap, bounded concurrency.
+//! A request the node has no room for (the component's concurrency bound, or the pooling
+//! allocator out of slots) is handed back untouched ([`Refused`]), so the ingress can try a
+//! replica elsewhere before it answers 503.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -20,6 +23,70 @@ use super::state::HostState;
 
 /// Body of every response the ingress sends: a component's streamed body or a short text.
 pub type ResponseBody = wasmtime_wasi_http::p2::body::HyperOutgoingBody;
+
+/// Why a request could not start an instance here. Nothing of the request ran.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Saturation {
+    /// The component's concurrency bound on this node is reached.
+    Concurrency {
+        /// The bound: replicas here × `--replica-concurrency`.
+        limit: usize,
+    },
+    /// The engine's pooling allocator has no free slot (`--max-instances`); the text is
+    /// wasmtime's, naming the exhausted resource.
+    Pool(String),
+}
+
+impl Saturation {
+    /// What a client is told: the component, and which bound it met.
+    pub fn message(&self, app: &str, component: &str) -> String {
+        match self {
+            Saturation::Concurrency { limit } => format!(
+                "component {component} of app {app} is at its concurrency limit ({limit} requests)"
+            ),
+            Saturation::Pool(_) => {
+                format!("no instance slot free on this node for component {component} of app {app}")
+            }
+        }
+    }
+}
+
+/// A request this node did not run (see [`Saturation`]), handed back with its body unread.
+pub struct Refused<B> {
+    /// The request, as it came.
+    pub request: hyper::Request<B>,
+    /// Why.
+    pub reason: Saturation,
+}
+
+impl<B> Refused<B> {
+    /// The answer when no replica elsewhere takes the request either: 503 with `Retry-After`.
+    pub fn response(&self, app: &str, component: &str) -> hyper::Response<ResponseBody> {
+        busy_response(app, component, &self.reason)
+    }
+}
+
+/// `503` with `Retry-After: 1` for a request `reason` kept from running.
+pub fn busy_response(
+    app: &str,
+    component: &str,
+    reason: &Saturation,
+) -> hyper::Response<ResponseBody> {
+    let text = format!("{}\n", reason.message(app, component));
+    let mut response = text_response(StatusCode::SERVICE_UNAVAILABLE, text);
+    response.headers_mut().insert(
+        hyper::header::RETRY_AFTER,
+        hyper::header::HeaderValue::from_static("1"),
+    );
+    response
+}
+
+/// Whether `error` is the pooling allocator being out of slots.
+fn is_pool_exhausted(error: &wasmtime::Error) -> bool {
+    error
+        .chain()
+        .any(|cause| cause.is::<wasmtime::PoolConcurrencyLimitError>())
+}
 
 /// A deployed `wasi:http` component of an app, ready to serve requests on this node.
 pub struct HttpComponent {
@@ -69,8 +136,9 @@ impl HttpComponent {
     }
 
     /// Serves `request` with a fresh instance. Never fails: the component's response, or
-    /// 503 + `Retry-After` when the concurrency bound is reached, 504 when the deadline passes,
-    /// 500 when the instance traps or sets no response (logged with the cause).
+    /// 503 + `Retry-After` when the concurrency bound is reached or the pool has no free slot,
+    /// 504 when the deadline passes, 500 when the instance traps or sets no response (logged
+    /// with the cause).
     pub async fn handle<B>(
         &self,
         request: hyper::Request<B>,
@@ -96,23 +164,69 @@ impl HttpComponent {
         B: hyper::body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<wasmtime_wasi_http::Error>,
     {
+        match self.try_handle_within(request, scheme, timeout).await {
+            Ok(response) => response,
+            Err(refused) => refused.response(&self.app, &self.name),
+        }
+    }
+
+    /// As [`HttpComponent::handle`], but a request that finds no room here comes back unread
+    /// (see [`HttpComponent::try_handle_within`]).
+    ///
+    /// # Errors
+    /// [`Refused`], with the request and the [`Saturation`]; nothing of it ran.
+    pub async fn try_handle<B>(
+        &self,
+        request: hyper::Request<B>,
+        scheme: Scheme,
+    ) -> Result<hyper::Response<ResponseBody>, Refused<B>>
+    where
+        B: hyper::body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<wasmtime_wasi_http::Error>,
+    {
+        self.try_handle_within(request, scheme, self.limits.request_timeout)
+            .await
+    }
+
+    /// As [`HttpComponent::handle_within`], but a request that finds no room here (the
+    /// concurrency bound, or no free pool slot for its instance) comes back unread.
+    ///
+    /// # Errors
+    /// [`Refused`], with the request and the [`Saturation`]; nothing of it ran.
+    pub async fn try_handle_within<B>(
+        &self,
+        request: hyper::Request<B>,
+        scheme: Scheme,
+        timeout: std::time::Duration,
+    ) -> Result<hyper::Response<ResponseBody>, Refused<B>>
+    where
+        B: hyper::body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<wasmtime_wasi_http::Error>,
+    {
+        match self.admit(timeout).await {
+            Ok(admitted) => Ok(admitted.serve(request, scheme).await),
+            Err(NotAdmitted::Busy(reason)) => Err(Refused { request, reason }),
+            Err(NotAdmitted::Failed(response)) => Ok(response),
+        }
+    }
+
+    /// Takes a place in the component's concurrency bound and instantiates it for one request
+    /// with the deadline `timeout` from now (capped by the node's request timeout), before the
+    /// request is read: one that finds no room can go elsewhere.
+    ///
+    /// # Errors
+    /// [`NotAdmitted::Busy`] at the concurrency bound or with no free pool slot;
+    /// [`NotAdmitted::Failed`] with the answer to send when instantiation trapped (500, logged)
+    /// or ran past the deadline (504).
+    pub async fn admit(&self, timeout: std::time::Duration) -> Result<Admitted, NotAdmitted> {
         let Ok(permit) = self.permits.clone().try_acquire_owned() else {
-            tracing::warn!(
+            tracing::debug!(
                 limit = self.max_concurrency,
-                "component saturated; answering 503"
+                "component at its concurrency limit"
             );
-            let mut response = text_response(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!(
-                    "component {} of app {} is at its concurrency limit\n",
-                    self.name, self.app
-                ),
-            );
-            response.headers_mut().insert(
-                hyper::header::RETRY_AFTER,
-                hyper::header::HeaderValue::from_static("1"),
-            );
-            return response;
+            return Err(NotAdmitted::Busy(Saturation::Concurrency {
+                limit: self.max_concurrency,
+            }));
         };
         let timeout = timeout.min(self.limits.request_timeout);
         let deadline = Instant::now() + timeout;
@@ -130,7 +244,82 @@ impl HttpComponent {
                 UpdateDeadline::Yield(1)
             })
         });
+        let instantiated =
+            tokio::time::timeout_at(deadline.into(), self.pre.instantiate_async(&mut store)).await;
+        let proxy = match instantiated {
+            Ok(Ok(proxy)) => proxy,
+            Ok(Err(e)) if is_pool_exhausted(&e) => {
+                tracing::debug!(error = %e, "no free pool slot for an instance");
+                return Err(NotAdmitted::Busy(Saturation::Pool(e.to_string())));
+            }
+            Ok(Err(e)) if e.downcast_ref::<Trap>() != Some(&Trap::Interrupt) => {
+                tracing::error!(error = format!("{e:?}"), "component trapped while starting");
+                return Err(NotAdmitted::Failed(text_response(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "component failed; see the node log\n".into(),
+                )));
+            }
+            Ok(Err(_)) | Err(_) => {
+                tracing::error!(
+                    timeout_ms = timeout.as_millis() as u64,
+                    "component exceeded the request deadline while starting"
+                );
+                return Err(NotAdmitted::Failed(deadline_response(timeout)));
+            }
+        };
+        Ok(Admitted {
+            app: self.app.clone(),
+            name: self.name.clone(),
+            permit,
+            store,
+            proxy,
+            deadline,
+            timeout,
+        })
+    }
+}
 
+/// Why [`HttpComponent::admit`] did not start an instance.
+pub enum NotAdmitted {
+    /// No room: the request may go to a replica elsewhere; nothing ran.
+    Busy(Saturation),
+    /// Instantiation failed: the answer to send.
+    Failed(hyper::Response<ResponseBody>),
+}
+
+/// A fresh instance with its place in the component's concurrency bound, for one request.
+pub struct Admitted {
+    app: Arc<str>,
+    name: Arc<str>,
+    permit: tokio::sync::OwnedSemaphorePermit,
+    store: Store<HostState>,
+    proxy: wasmtime_wasi_http::p2::bindings::Proxy,
+    deadline: Instant,
+    timeout: std::time::Duration,
+}
+
+impl Admitted {
+    /// Hands `request` to the instance and returns its response. Never fails: 504 when the
+    /// deadline passes, 500 when the instance traps or sets no response (logged with the
+    /// cause), 503 + `Retry-After` when the pool has no stack for the call.
+    pub async fn serve<B>(
+        self,
+        request: hyper::Request<B>,
+        scheme: Scheme,
+    ) -> hyper::Response<ResponseBody>
+    where
+        B: hyper::body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<wasmtime_wasi_http::Error>,
+    {
+        let Admitted {
+            app,
+            name,
+            permit,
+            mut store,
+            proxy,
+            deadline,
+            timeout,
+        } = self;
         let (sender, receiver) = tokio::sync::oneshot::channel();
         let resources: wasmtime::Result<_> = (|| {
             let req = store
@@ -147,23 +336,23 @@ impl HttpComponent {
                 return text_response(StatusCode::BAD_REQUEST, format!("bad request: {e}\n"));
             }
         };
-        let pre = self.pre.clone();
         // The instance runs in its own task, which may outlive the response headers while it
         // streams the body; the deadline covers all of it, host calls included.
         let task = tokio::spawn(
             async move {
                 let _permit = permit;
-                let run = async {
-                    let proxy = pre.instantiate_async(&mut store).await?;
-                    proxy
-                        .wasi_http_incoming_handler()
-                        .call_handle(&mut store, req, out)
-                        .await
-                };
+                let run = proxy
+                    .wasi_http_incoming_handler()
+                    .call_handle(&mut store, req, out);
                 let outcome = match tokio::time::timeout_at(deadline.into(), run).await {
                     Ok(Ok(())) => return Outcome::Finished,
                     Ok(Err(e)) if e.downcast_ref::<Trap>() == Some(&Trap::Interrupt) => {
                         Outcome::DeadlineExceeded
+                    }
+                    Ok(Err(e)) if is_pool_exhausted(&e) => {
+                        // No stack for the call: the guest never ran.
+                        tracing::debug!(error = %e, "no free pool slot for the call");
+                        Outcome::PoolExhausted(e.to_string())
                     }
                     Ok(Err(e)) => {
                         tracing::error!(error = format!("{e:?}"), "component trapped");
@@ -206,6 +395,9 @@ impl HttpComponent {
                     StatusCode::INTERNAL_SERVER_ERROR,
                     "component failed; see the node log\n".into(),
                 ),
+                Ok(Outcome::PoolExhausted(reason)) => {
+                    busy_response(&app, &name, &Saturation::Pool(reason))
+                }
                 Err(e) => {
                     tracing::error!(error = %e, "component task failed");
                     text_response(
@@ -219,7 +411,7 @@ impl HttpComponent {
 }
 
 /// How an instance's run ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Outcome {
     /// `handle` returned.
     Finished,
@@ -227,6 +419,8 @@ enum Outcome {
     Trapped,
     /// It ran past the request deadline and was stopped.
     DeadlineExceeded,
+    /// The pool had no stack for the call: the guest never ran.
+    PoolExhausted(String),
 }
 
 fn deadline_response(timeout: std::time::Duration) -> hyper::Response<ResponseBody> {

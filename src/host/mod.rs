@@ -36,9 +36,12 @@ use wasmtime::component::Linker;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
 pub use cache::{CodeSource, hex, sha256_hex};
-pub use engine::Allocator;
+pub use engine::{Allocator, DEFAULT_POOL_INSTANCES};
 pub use grants::{GrantedBucket, Grants, keyvalue_imports};
-pub use http::{HttpComponent, ResponseBody, text_response};
+pub use http::{
+    Admitted, HttpComponent, NotAdmitted, Refused, ResponseBody, Saturation, busy_response,
+    text_response,
+};
 pub use keyvalue::BucketResource;
 pub use state::HostState;
 
@@ -49,6 +52,9 @@ pub struct InstanceLimits {
     pub request_timeout: Duration,
     /// Linear-memory cap of one instance, in bytes.
     pub max_memory_bytes: u64,
+    /// Component instances the node's pooling allocator holds at once, all components
+    /// together (`--max-instances`); a request past them gets 503 + `Retry-After`.
+    pub pool_instances: u32,
 }
 
 impl Default for InstanceLimits {
@@ -56,6 +62,7 @@ impl Default for InstanceLimits {
         InstanceLimits {
             request_timeout: Duration::from_secs(30),
             max_memory_bytes: 128 * 1024 * 1024,
+            pool_instances: engine::DEFAULT_POOL_INSTANCES,
         }
     }
 }
@@ -110,7 +117,7 @@ impl Host {
     /// # Errors
     /// The engine cannot be created or an interface cannot be added to the linker.
     pub fn new(data_dir: &Path, limits: InstanceLimits) -> anyhow::Result<Host> {
-        let (engine, allocator) = engine::build(limits.max_memory_bytes)?;
+        let (engine, allocator) = engine::build(limits.max_memory_bytes, limits.pool_instances)?;
         let mut linker = Linker::new(&engine);
         // Like `wasmtime serve -Scli`: all of WASI 0.2 (cli, clocks, random, io, filesystem
         // without preopens, sockets denying every address), plus wasi:http.

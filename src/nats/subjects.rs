@@ -75,6 +75,13 @@ pub fn http_invoke(lattice: &str, app: &str, component: &str) -> String {
     format!("lattice.{lattice}.rpc.{VERSION}.http.{app}.{component}")
 }
 
+/// HTTP invocations of component `component` of app `app` for its replicas on node `node` (the
+/// node's id) only, outside the queue group: what a saturated node sends a request it has no
+/// room for to: `lattice.<lattice>.rpc.v1.http.<app>.<component>.<node>`.
+pub fn http_invoke_on(lattice: &str, app: &str, component: &str, node: &str) -> String {
+    format!("{}.{node}", http_invoke(lattice, app, component))
+}
+
 /// The queue group of a component's replicas: `<app>.<component>`. NATS hands each invocation
 /// to one member, which is the lattice's load balancing and failover.
 pub fn replica_queue(app: &str, component: &str) -> String {

@@ -24,6 +24,7 @@ use super::artifacts::{Artifacts, read_component_file};
 use super::manifest::{self, FieldError, Image, Manifest};
 use super::store::{Mirror, Source, StoredApp, StoredVersion, apps_kv};
 use crate::host::{Host, hex};
+use crate::lattice::rpc::Resend;
 use crate::providers::http::{Route, RouteConflict, RouteKey, RouteTarget, Router};
 
 /// Versions kept per app, newest; the record of an app is one KV value (NATS `max_payload`,
@@ -491,6 +492,11 @@ pub fn routes_of(manifest: &Manifest, ingress: SocketAddr) -> Vec<Route> {
             target: RouteTarget {
                 app: app.clone(),
                 component: link.target.as_str().into(),
+                resend: manifest
+                    .components
+                    .iter()
+                    .find(|c| c.name == link.target)
+                    .map_or(Resend::Idempotent, |c| Resend::of_config(&c.config)),
             },
         })
         .collect()

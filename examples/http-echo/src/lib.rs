@@ -14,6 +14,10 @@
 //! With a request header `x-echo-generate: N` the body is instead N generated
 //! bytes (byte i is `i % 251`), written without reading the request body: a
 //! large response to a small request.
+//!
+//! Two headers for testing the host: `x-echo-sleep-ms: N` holds the instance
+//! N ms (a clock wait, no CPU) before answering, and `x-echo-trap: <message>`
+//! makes the guest trap (a Rust panic, which aborts) before it sets a response.
 
 use std::io::Write as _;
 
@@ -32,6 +36,12 @@ wasi::http::proxy::export!(HttpEcho);
 
 impl Guest for HttpEcho {
     fn handle(request: IncomingRequest, response_out: ResponseOutparam) {
+        if let Some(message) = header_text(&request, "x-echo-trap") {
+            panic!("x-echo-trap: {message}");
+        }
+        if let Some(ms) = header_text(&request, "x-echo-sleep-ms").and_then(|v| v.parse().ok()) {
+            std::thread::sleep(std::time::Duration::from_millis(ms));
+        }
         let method = method_name(&request.method());
         let path = request.path_with_query().unwrap_or_else(|| "/".to_string());
 
@@ -145,6 +155,13 @@ fn write_generated(len: u64, output: &mut wasi::io::streams::OutputStream) -> Re
     output
         .flush()
         .map_err(|err| format!("flushing response body: {err}"))
+}
+
+/// The first value of header `name`, trimmed, if it is UTF-8.
+fn header_text(request: &IncomingRequest, name: &str) -> Option<String> {
+    let values = request.headers().get(name);
+    let value = std::str::from_utf8(values.first()?).ok()?;
+    Some(value.trim().to_string())
 }
 
 /// The HTTP method as it appears on the request line.

@@ -8,13 +8,17 @@
 //! `data` frames to it; else only when its response takes more than 50 ms). The replica answers `response` (head + first bytes), then `data` frames
 //! when the body did not fit, then `end`. Each `data` frame is acknowledged; at most
 //! [`stream::WINDOW`] are in flight. A request no replica accepts within [`ACCEPT_TIMEOUT`]
-//! (one that died with it in flight) is sent again, to whichever replica NATS picks then.
+//! (one that died or stalled with it in flight) is sent again, to whichever replica NATS picks
+//! then, only when running it twice does no harm ([`Resend`]): an idempotent method (RFC 9110
+//! §9.2.2), or a component that declares its requests safe to resend. A `POST` is otherwise
+//! never sent twice: it waits for its one replica until the deadline.
 
 pub mod mux;
 pub mod stream;
 pub mod wire;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -25,7 +29,8 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 use tracing::Instrument;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 
-use crate::host::{HttpComponent, ResponseBody, text_response};
+use crate::host::{HttpComponent, NotAdmitted, Refused, ResponseBody, text_response};
+use crate::lattice::membership::Membership;
 use crate::nats::subjects;
 use mux::Mux;
 use stream::{Chunker, Peer, complete_body, streamed_body};
@@ -42,8 +47,55 @@ pub const ACCEPT_TIMEOUT: Duration = Duration::from_secs(1);
 /// link or node that takes more than 950 ms to pass the accept on.
 const ACCEPT_DELAY: Duration = Duration::from_millis(50);
 
+/// Replicas on other nodes a saturated node tries, one after another, before it answers 503.
+pub const MAX_OVERFLOW_TARGETS: usize = 3;
+
 /// Bytes allowed for a JSON head growing after it was measured (the `streamed` flag).
 const HEAD_SLACK: usize = 64;
+
+/// Whether a request no replica accepted within [`ACCEPT_TIMEOUT`] may be sent again. A
+/// replica that stalled (not one that died) runs it when it wakes up, so a resent request may
+/// run twice: only one that does no harm twice is resent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resend {
+    /// Resend whatever the method: the component declared its requests safe to run twice
+    /// (component config key [`RETRY_SAFE_KEY`] set to `true`).
+    Any,
+    /// Resend only idempotent methods: `GET`, `HEAD`, `OPTIONS`, `TRACE`, `PUT`, `DELETE`
+    /// (RFC 9110 §9.2.2).
+    Idempotent,
+}
+
+/// Component config key (`properties.config` of a `type: component` entry) by which a
+/// component declares that its requests may be sent to a replica again when none accepted
+/// them within [`ACCEPT_TIMEOUT`], whatever their method: value `true`. Without it only
+/// idempotent methods are resent.
+pub const RETRY_SAFE_KEY: &str = "lattice.retry-safe";
+
+impl Resend {
+    /// The policy for a component whose config is `config`.
+    pub fn of_config(config: &std::collections::BTreeMap<String, String>) -> Resend {
+        match config.get(RETRY_SAFE_KEY) {
+            Some(value) if value.trim().eq_ignore_ascii_case("true") => Resend::Any,
+            _ => Resend::Idempotent,
+        }
+    }
+
+    /// Whether a request with `method` may be sent again.
+    pub fn allows(self, method: &hyper::Method) -> bool {
+        use hyper::Method;
+        self == Resend::Any
+            || [
+                Method::GET,
+                Method::HEAD,
+                Method::OPTIONS,
+                Method::TRACE,
+                Method::PUT,
+                Method::DELETE,
+            ]
+            .contains(method)
+    }
+}
 
 /// One forwarded request's exchange, across its attempts.
 struct Forwarding<B> {
@@ -72,6 +124,17 @@ impl<B> Forwarding<B> {
     }
 }
 
+/// How one attempt of a forwarded request ended.
+enum Reply {
+    /// The answer to send.
+    Done(hyper::Response<ResponseBody>),
+    /// No replica accepted it in time, and it may be sent again.
+    Resend,
+    /// The replica did not run it (busy, or no subscriber): the answer to send unless another
+    /// target takes it.
+    NotRun(hyper::Response<ResponseBody>),
+}
+
 /// What one attempt of a forwarded request is about.
 #[derive(Clone, Copy)]
 struct Attempt<'a> {
@@ -79,6 +142,16 @@ struct Attempt<'a> {
     app: &'a str,
     component: &'a str,
     deadline: Instant,
+    /// Whether the request may be sent again when no replica accepts it in time.
+    resendable: bool,
+}
+
+/// This node among the others: where [`Rpc::overflow`] finds replicas elsewhere.
+pub struct Peers {
+    /// This node's id.
+    pub node: String,
+    /// The live hosts and what they run, from their heartbeats.
+    pub membership: Arc<Membership>,
 }
 
 /// The node's RPC endpoint: forwards requests to other nodes and serves its own replicas.
@@ -86,6 +159,9 @@ pub struct Rpc {
     client: async_nats::Client,
     lattice: String,
     mux: Mux,
+    peers: Peers,
+    /// Where the next overflow starts among the replicas elsewhere.
+    turn: AtomicUsize,
     /// Upper bound of a served invocation's deadline (the node's `--request-timeout`).
     max_timeout: Duration,
     /// Invocations being served here.
@@ -98,7 +174,7 @@ pub struct Serving {
 }
 
 impl Rpc {
-    /// Starts the endpoint on `client` for lattice `lattice`.
+    /// Starts the endpoint on `client` for lattice `lattice`, as node `peers.node`.
     ///
     /// # Errors
     /// The reply subscription cannot be made.
@@ -106,12 +182,15 @@ impl Rpc {
         client: async_nats::Client,
         lattice: &str,
         max_timeout: Duration,
+        peers: Peers,
     ) -> anyhow::Result<Rpc> {
         let mux = Mux::start(&client).await?;
         Ok(Rpc {
             client,
             lattice: lattice.to_owned(),
             mux,
+            peers,
+            turn: AtomicUsize::new(0),
             max_timeout,
             serving: tokio_util::task::TaskTracker::new(),
         })
@@ -133,14 +212,90 @@ impl Rpc {
     }
 
     /// Sends `request` for component `component` of `app` to a replica elsewhere and returns its
-    /// response, streaming both bodies. Never fails: 503 when no replica runs anywhere (NATS
-    /// reports no responders), 504 when none answers within the request timeout, 502 when the
-    /// exchange breaks before the response head.
+    /// response, streaming both bodies; a request no replica accepts within
+    /// [`ACCEPT_TIMEOUT`] is sent again only if `resend` allows its method. Never fails: 503
+    /// when no replica runs anywhere (NATS reports no responders), 504 when none answers within
+    /// the request timeout, 502 when the exchange breaks before the response head.
     pub async fn forward<B>(
         &self,
         app: &str,
         component: &str,
+        resend: Resend,
         request: hyper::Request<B>,
+    ) -> hyper::Response<ResponseBody>
+    where
+        B: hyper::body::Body<Data = Bytes> + Send + Unpin + 'static,
+        B::Error: std::fmt::Display + Send,
+    {
+        let subject = subjects::http_invoke(&self.lattice, app, component);
+        self.forward_to(app, component, resend, request, vec![subject])
+            .await
+    }
+
+    /// The invocation subjects of the replicas of component `component` of `app` on other
+    /// nodes, as their heartbeats tell, at most [`MAX_OVERFLOW_TARGETS`], starting at a
+    /// different node each call so that overflow spreads over them.
+    pub fn replicas_elsewhere(&self, app: &str, component: &str) -> Vec<String> {
+        let mut subjects: Vec<String> = self
+            .peers
+            .membership
+            .hosts()
+            .into_iter()
+            .filter(|host| {
+                host.id != self.peers.node
+                    && host
+                        .components
+                        .iter()
+                        .any(|c| c.app == app && c.component == component && c.replicas > 0)
+            })
+            .map(|host| subjects::http_invoke_on(&self.lattice, app, component, &host.id))
+            .collect();
+        if !subjects.is_empty() {
+            let turn = self.turn.fetch_add(1, Ordering::Relaxed) % subjects.len();
+            subjects.rotate_left(turn);
+        }
+        subjects.truncate(MAX_OVERFLOW_TARGETS);
+        subjects
+    }
+
+    /// Serves a request the local replica had no room for ([`Refused`]) on a replica of
+    /// another node: each is asked in turn, a busy one answering at once without running it;
+    /// 503 + `Retry-After` when none runs elsewhere or every one is busy too.
+    pub async fn overflow<B>(
+        &self,
+        app: &str,
+        component: &str,
+        resend: Resend,
+        refused: Refused<B>,
+    ) -> hyper::Response<ResponseBody>
+    where
+        B: hyper::body::Body<Data = Bytes> + Send + Unpin + 'static,
+        B::Error: std::fmt::Display + Send,
+    {
+        let targets = self.replicas_elsewhere(app, component);
+        if targets.is_empty() {
+            tracing::debug!(reason = ?refused.reason, "component saturated here and runs nowhere else; answering 503");
+            return refused.response(app, component);
+        }
+        tracing::debug!(reason = ?refused.reason, replicas = targets.len(), "component saturated here; trying its replicas elsewhere");
+        let response = self
+            .forward_to(app, component, resend, refused.request, targets)
+            .await;
+        if response.status() == StatusCode::SERVICE_UNAVAILABLE {
+            tracing::debug!(reason = ?refused.reason, "component saturated here and elsewhere; answering 503");
+        }
+        response
+    }
+
+    /// Sends `request` to the first of `targets` (invocation subjects) that takes it: one
+    /// that is busy or has no subscriber passes it to the next; the last one's answer stands.
+    async fn forward_to<B>(
+        &self,
+        app: &str,
+        component: &str,
+        resend: Resend,
+        request: hyper::Request<B>,
+        targets: Vec<String>,
     ) -> hyper::Response<ResponseBody>
     where
         B: hyper::body::Body<Data = Bytes> + Send + Unpin + 'static,
@@ -148,8 +303,15 @@ impl Rpc {
     {
         let timeout = self.max_timeout;
         let deadline = Instant::now() + timeout;
-        let subject = subjects::http_invoke(&self.lattice, app, component);
+        let mut targets = targets.into_iter();
+        let Some(mut subject) = targets.next() else {
+            return text_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("component {component} of app {app} runs on no node of the lattice\n"),
+            );
+        };
         let (parts, body) = request.into_parts();
+        let resendable = resend.allows(&parts.method);
         let mut chunker = Chunker::new(body);
         let mut head = RequestHead {
             method: parts.method.to_string(),
@@ -209,24 +371,29 @@ impl Rpc {
                 app,
                 component,
                 deadline,
+                resendable,
             };
             match self.await_reply(&attempt, &mut exchange).await {
-                Some(response) => return response,
-                None => tracing::warn!(
+                Reply::Done(response) => return response,
+                Reply::Resend => tracing::warn!(
                     subject,
                     "no replica accepted the request within {ACCEPT_TIMEOUT:?}; sending it again"
                 ),
+                Reply::NotRun(response) => match targets.next() {
+                    // Nothing ran: the next replica may take it, whatever the method.
+                    Some(next) => {
+                        tracing::debug!(subject, next, "replica busy or gone; trying the next");
+                        exchange.replica = None;
+                        subject = next;
+                    }
+                    None => return response,
+                },
             }
         }
     }
 
-    /// Waits for the replies to one attempt; `None` when no replica accepted it in time and
-    /// there is time left for another attempt.
-    async fn await_reply<B>(
-        &self,
-        attempt: &Attempt<'_>,
-        forwarding: &mut Forwarding<B>,
-    ) -> Option<hyper::Response<ResponseBody>>
+    /// Waits for the replies to one attempt.
+    async fn await_reply<B>(&self, attempt: &Attempt<'_>, forwarding: &mut Forwarding<B>) -> Reply
     where
         B: hyper::body::Body<Data = Bytes> + Send + Unpin + 'static,
         B::Error: std::fmt::Display + Send,
@@ -236,25 +403,45 @@ impl Rpc {
             app,
             component,
             deadline,
+            resendable,
         } = *attempt;
         let timeout = self.max_timeout;
-        let accept_by = (Instant::now() + ACCEPT_TIMEOUT).min(deadline);
+        let mut accept_by = Some((Instant::now() + ACCEPT_TIMEOUT).min(deadline));
         loop {
             let accepted = forwarding.replica.is_some();
-            let wait_until = if accepted { deadline } else { accept_by };
+            let wait_until = match accept_by {
+                Some(by) if !accepted => by,
+                _ => deadline,
+            };
             let frames = &mut forwarding.exchange.frames;
             let message = match tokio::time::timeout_at(wait_until.into(), frames.recv()).await {
                 Ok(Some(message)) => message,
                 Ok(None) => {
-                    return Some(text_response(
+                    return Reply::Done(text_response(
                         StatusCode::BAD_GATEWAY,
                         "the lattice rpc exchange closed\n".into(),
                     ));
                 }
-                Err(_) if !accepted && Instant::now() + ACCEPT_TIMEOUT < deadline => return None,
+                Err(_) if !accepted && accept_by.is_some() && Instant::now() < deadline => {
+                    accept_by = None;
+                    if resendable && Instant::now() + ACCEPT_TIMEOUT < deadline {
+                        return Reply::Resend;
+                    }
+                    // A stalled replica runs what it was sent when it wakes: sent again, this
+                    // request could run twice. Its one replica gets until the deadline.
+                    if !resendable {
+                        tracing::warn!(
+                            subject,
+                            "no replica accepted the request within {ACCEPT_TIMEOUT:?}; not \
+                             sending it again (its method is not idempotent and the component \
+                             does not declare {RETRY_SAFE_KEY}), waiting for its replica"
+                        );
+                    }
+                    continue;
+                }
                 Err(_) => {
                     tracing::warn!(subject, "no replica answered within the request deadline");
-                    return Some(text_response(
+                    return Reply::Done(text_response(
                         StatusCode::GATEWAY_TIMEOUT,
                         format!(
                             "no replica of component {component} of app {app} answered within {}\n",
@@ -268,7 +455,7 @@ impl Rpc {
                     continue;
                 }
                 tracing::debug!(subject, "no replica subscribed");
-                return Some(text_response(
+                return Reply::NotRun(text_response(
                     StatusCode::SERVICE_UNAVAILABLE,
                     format!("component {component} of app {app} runs on no node of the lattice\n"),
                 ));
@@ -300,7 +487,7 @@ impl Rpc {
                         match wire::decode_with_head(message.payload) {
                             Ok(decoded) => decoded,
                             Err(e) => {
-                                return Some(text_response(
+                                return Reply::Done(text_response(
                                     StatusCode::BAD_GATEWAY,
                                     format!("{e}\n"),
                                 ));
@@ -316,7 +503,7 @@ impl Rpc {
                         guard,
                     };
                     let built = build_response(&head, source);
-                    return Some(built.unwrap_or_else(|e| {
+                    return Reply::Done(built.unwrap_or_else(|e| {
                         text_response(StatusCode::BAD_GATEWAY, format!("{e}\n"))
                     }));
                 }
@@ -325,10 +512,19 @@ impl Rpc {
                         serde_json::from_slice(&message.payload).unwrap_or(ErrorBody {
                             status: 502,
                             message: "malformed error frame".into(),
+                            busy: false,
                         });
                     let status =
                         StatusCode::from_u16(error.status).unwrap_or(StatusCode::BAD_GATEWAY);
-                    return Some(text_response(status, format!("{}\n", error.message)));
+                    let mut response = text_response(status, format!("{}\n", error.message));
+                    if !error.busy {
+                        return Reply::Done(response);
+                    }
+                    response.headers_mut().insert(
+                        hyper::header::RETRY_AFTER,
+                        hyper::header::HeaderValue::from_static("1"),
+                    );
+                    return Reply::NotRun(response);
                 }
                 other => tracing::debug!(kind = ?other, "unexpected rpc frame ignored"),
             }
@@ -367,19 +563,31 @@ impl Rpc {
         );
     }
 
-    /// Subscribes `component`'s replicas here to its queue group and serves each invocation
-    /// with [`HttpComponent::handle`], until the returned [`Serving`] is dropped.
+    /// Subscribes `component`'s replicas here to its queue group, and to this node's own
+    /// subject of it (overflow from saturated nodes), and serves each invocation, until the
+    /// returned [`Serving`] is dropped. One it has no room for is answered `busy` at once.
     ///
     /// # Errors
-    /// The subscription cannot be made.
+    /// A subscription cannot be made.
     pub async fn serve(self: &Arc<Self>, component: Arc<HttpComponent>) -> anyhow::Result<Serving> {
         let subject = subjects::http_invoke(&self.lattice, component.app(), component.name());
         let queue = subjects::replica_queue(component.app(), component.name());
+        let direct = subjects::http_invoke_on(
+            &self.lattice,
+            component.app(),
+            component.name(),
+            &self.peers.node,
+        );
         let mut subscriber = self
             .client
             .queue_subscribe(subject.clone(), queue.clone())
             .await
             .with_context(|| format!("subscribing to {subject} in queue group {queue}"))?;
+        let mut overflow = self
+            .client
+            .subscribe(direct.clone())
+            .await
+            .with_context(|| format!("subscribing to {direct}"))?;
         let stop = CancellationToken::new();
         let rpc = self.clone();
         let cancelled = stop.clone();
@@ -387,6 +595,10 @@ impl Rpc {
             loop {
                 let message = tokio::select! {
                     message = subscriber.next() => match message {
+                        Some(message) => message,
+                        None => break,
+                    },
+                    message = overflow.next() => match message {
                         Some(message) => message,
                         None => break,
                     },
@@ -406,6 +618,7 @@ impl Rpc {
                 );
             }
             let _ = subscriber.unsubscribe().await;
+            let _ = overflow.unsubscribe().await;
         });
         tracing::debug!(subject, queue, "serving lattice invocations");
         Ok(Serving {
@@ -459,24 +672,39 @@ impl Rpc {
                 return;
             }
         };
-        // The requester resends what no replica accepts within ACCEPT_TIMEOUT. A streamed body
-        // needs the accept at once (it says where to send the rest); otherwise a response
-        // ready within ACCEPT_DELAY stands for it: one message less per quick request.
-        if head.streamed
-            && peer
-                .send(FrameKind::Accept, None, Bytes::new())
-                .await
-                .is_err()
-        {
-            return;
-        }
-        let handling = component.handle_within(request, Scheme::Http, timeout);
-        tokio::pin!(handling);
-        let response = tokio::select! {
-            response = &mut handling => response,
-            () = tokio::time::sleep(ACCEPT_DELAY), if !head.streamed => {
-                let _ = peer.send(FrameKind::Accept, None, Bytes::new()).await;
-                handling.await
+        // Room first: a request this node cannot run now is refused before anything of it
+        // ran, so the requester may take it elsewhere.
+        let response = match component.admit(timeout).await {
+            Err(NotAdmitted::Busy(reason)) => {
+                tracing::debug!(?reason, "no room for a lattice invocation; answered busy");
+                tracing::Span::current().record("status", 503);
+                peer.send_busy(&reason.message(component.app(), component.name()))
+                    .await;
+                return;
+            }
+            Err(NotAdmitted::Failed(response)) => response,
+            Ok(admitted) => {
+                // The requester resends what no replica accepts within ACCEPT_TIMEOUT (if it
+                // may). A streamed body needs the accept at once (it says where to send the
+                // rest); otherwise a response ready within ACCEPT_DELAY stands for it: one
+                // message less per quick request.
+                if head.streamed
+                    && peer
+                        .send(FrameKind::Accept, None, Bytes::new())
+                        .await
+                        .is_err()
+                {
+                    return;
+                }
+                let handling = admitted.serve(request, Scheme::Http);
+                tokio::pin!(handling);
+                tokio::select! {
+                    response = &mut handling => response,
+                    () = tokio::time::sleep(ACCEPT_DELAY), if !head.streamed => {
+                        let _ = peer.send(FrameKind::Accept, None, Bytes::new()).await;
+                        handling.await
+                    }
+                }
             }
         };
         tracing::Span::current().record("status", response.status().as_u16());

@@ -192,11 +192,26 @@ impl Peer {
 
     /// Tells the peer the exchange failed.
     pub async fn send_error(&self, status: u16, message: &str) {
-        let body = ErrorBody {
+        self.send_error_body(&ErrorBody {
             status,
             message: message.to_owned(),
-        };
-        let payload = serde_json::to_vec(&body).unwrap_or_default();
+            busy: false,
+        })
+        .await;
+    }
+
+    /// Tells the requester that this replica did not run its request: 503, `busy`.
+    pub async fn send_busy(&self, message: &str) {
+        self.send_error_body(&ErrorBody {
+            status: 503,
+            message: message.to_owned(),
+            busy: true,
+        })
+        .await;
+    }
+
+    async fn send_error_body(&self, body: &ErrorBody) {
+        let payload = serde_json::to_vec(body).unwrap_or_default();
         let _ = self.send(FrameKind::Error, None, payload.into()).await;
     }
 

@@ -151,6 +151,11 @@ pub struct ErrorBody {
     pub status: u16,
     /// What went wrong, for the log and the response body.
     pub message: String,
+    /// `true` when the replica did not run the request at all (at its concurrency bound, or
+    /// out of instance slots, before `accept`): the requester may try another replica whatever
+    /// the method. Absent means `false`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub busy: bool,
 }
 
 /// A payload that does not follow the format.

@@ -6,6 +6,8 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use crate::lattice::rpc::Resend;
+
 /// Where a route listens and what it matches.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct RouteKey {
@@ -60,6 +62,10 @@ pub struct RouteTarget {
     pub app: Arc<str>,
     /// Component name in the manifest.
     pub component: Arc<str>,
+    /// Whether a request forwarded to a replica elsewhere that none accepted in time may be
+    /// sent again whatever its method (from the component's config, see
+    /// [`Resend::of_config`]).
+    pub resend: Resend,
 }
 
 /// A route of an app.
@@ -172,6 +178,7 @@ mod tests {
             target: RouteTarget {
                 app: app.into(),
                 component: "c".into(),
+                resend: Resend::Idempotent,
             },
         }
     }

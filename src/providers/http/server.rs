@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 
+use super::authority;
 use super::router::Router;
 use crate::host::{HttpComponent, ResponseBody, text_response};
 use crate::lattice::rpc::Rpc;
@@ -239,12 +240,7 @@ async fn route_request(
     listener: SocketAddr,
     request: hyper::Request<Incoming>,
 ) -> hyper::Response<ResponseBody> {
-    let host = request
-        .headers()
-        .get(hyper::header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .or_else(|| request.uri().authority().map(|a| a.as_str()))
-        .map(str::to_owned);
+    let host = authority::request_host(request.version(), request.uri(), request.headers());
     let path = request.uri().path().to_owned();
     let span = tracing::info_span!(
         "http_request",
@@ -256,6 +252,14 @@ async fn route_request(
         status = tracing::field::Empty,
     );
     async move {
+        let host = match host {
+            Ok(host) => host,
+            Err(e) => {
+                tracing::Span::current().record("status", 400);
+                tracing::debug!(error = %e, "bad host");
+                return text_response(StatusCode::BAD_REQUEST, format!("{e}\n"));
+            }
+        };
         let Some(route) = table.router.lookup(listener, host.as_deref(), &path) else {
             tracing::Span::current().record("status", 404);
             tracing::debug!("no route");
@@ -271,8 +275,21 @@ async fn route_request(
         let key = (route.target.app.clone(), route.target.component.clone());
         // A local replica first; else one elsewhere in the lattice.
         let response = match (table.components.get(&key), &table.remote) {
-            (Some(component), _) => component.handle(request, Scheme::Http).await,
-            (None, Some(rpc)) => rpc.forward(&key.0, &key.1, request).await,
+            (Some(component), remote) => match component.try_handle(request, Scheme::Http).await {
+                Ok(response) => response,
+                // No room here: a replica elsewhere, if one is idle, before 503.
+                Err(refused) => match remote {
+                    Some(rpc) => {
+                        rpc.overflow(&key.0, &key.1, route.target.resend, refused)
+                            .await
+                    }
+                    None => refused.response(&key.0, &key.1),
+                },
+            },
+            (None, Some(rpc)) => {
+                rpc.forward(&key.0, &key.1, route.target.resend, request)
+                    .await
+            }
             (None, None) => text_response(
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!(
