@@ -258,9 +258,18 @@ fn requests_past_the_instance_pool_get_200_or_503_with_retry_after() {
     node.wait_for_status("/echo", 200, Duration::from_secs(5));
 }
 
-/// A manifest of app `app`: the sled counter example at `/counter`, one replica on the node
-/// labelled `zone=<zone>`.
-fn sled_counter_on(app: &str, zone: &str) -> String {
+/// A manifest of app `app`: the sled counter example at `path`, one replica on the node
+/// labelled `zone=<zone>`, with `lattice.retry-safe: "true"` in its config if `retry_safe`.
+fn sled_counter_on(app: &str, zone: &str, path: &str, retry_safe: bool) -> String {
+    let config = if retry_safe {
+        "
+        config:
+          - name: rpc
+            properties:
+              lattice.retry-safe: \"true\""
+    } else {
+        ""
+    };
     let wasm = example_wasm("http-keyvalue-counter");
     format!(
         r#"apiVersion: core.oam.dev/v1beta1
@@ -274,7 +283,7 @@ spec:
     - name: counter
       type: component
       properties:
-        image: file://{wasm}
+        image: file://{wasm}{config}
       traits:
         - type: spreadscaler
           properties:
@@ -310,14 +319,20 @@ spec:
               config:
                 - name: default-http
                   properties:
-                    path: /counter
+                    path: {path}
 "#,
         wasm = wasm.display()
     )
 }
 
+/// Status and body of a POST to `path` through `node`.
+fn post(node: &Node, path: &str) -> Option<(u16, String)> {
+    http_request_with(node.http, "POST", path, &[], b"")
+        .map(|(status, _, body)| (status, String::from_utf8_lossy(&body).into_owned()))
+}
+
 #[test]
-fn a_post_to_a_stalled_replica_runs_once() {
+fn a_post_to_a_stalled_replica_runs_once_unless_its_component_declares_it_retry_safe() {
     let _hub = Hub::start();
     let hub = &_hub;
     let work = tempfile::tempdir().unwrap();
@@ -327,25 +342,31 @@ fn a_post_to_a_stalled_replica_runs_once() {
     a.deploy(&write(
         work.path(),
         "once.yaml",
-        &sled_counter_on("once", "b"),
+        &sled_counter_on("once", "b", "/counter", false),
     ));
-    eventually("the counter on node-b only", SETTLE, &[&a, &b], || {
-        replicas_are(&a, "once", &[("node-a", 0), ("node-b", 1)])
-    });
+    a.deploy(&write(
+        work.path(),
+        "twice.yaml",
+        &sled_counter_on("twice", "b", "/twice", true),
+    ));
+    for app in ["once", "twice"] {
+        eventually(&format!("{app} on node-b only"), SETTLE, &[&a, &b], || {
+            replicas_are(&a, app, &[("node-a", 0), ("node-b", 1)])
+        });
+    }
     // Through node-a, which has no replica: every request travels to node-b.
     all_answer(&[&a], "/counter/x", "0\n", SETTLE);
+    all_answer(&[&a], "/twice/x", "0\n", SETTLE);
 
     // node-b's process stalls (its nats-server does not) with the POST in flight: its
     // replica takes the request when it wakes, 2 s later, well past the 1 s accept timeout.
     kill(Pid::from_raw(b.pid()), Signal::SIGSTOP).unwrap();
-    let posted = std::thread::scope(|scope| {
-        let post = scope.spawn(|| {
-            http_request_with(a.http, "POST", "/counter/x", &[], b"")
-                .map(|(status, _, body)| (status, String::from_utf8_lossy(&body).into_owned()))
-        });
+    let (posted, resent) = std::thread::scope(|scope| {
+        let once = scope.spawn(|| post(&a, "/counter/x"));
+        let twice = scope.spawn(|| post(&a, "/twice/x"));
         std::thread::sleep(Duration::from_secs(2));
         kill(Pid::from_raw(b.pid()), Signal::SIGCONT).unwrap();
-        post.join().unwrap()
+        (once.join().unwrap(), twice.join().unwrap())
     });
     assert_eq!(
         posted,
@@ -365,6 +386,14 @@ fn a_post_to_a_stalled_replica_runs_once() {
         b.count_log("incremented /counter/x to"),
         1,
         "the POST ran more than once\n{}",
+        logs(&[&a, &b])
+    );
+    // The component that declared itself retry-safe got the POST again after 1 s without an
+    // accept: it ran on each copy once node-b woke up.
+    assert_eq!(resent.as_ref().map(|r| r.0), Some(200), "{resent:?}");
+    assert!(
+        b.count_log("incremented /twice/x to") >= 2,
+        "a retry-safe component's POST was not resent\n{}",
         logs(&[&a, &b])
     );
 }

@@ -827,3 +827,38 @@ fn build_response(
     *response.headers_mut() = wire::header_map(&head.headers).map_err(|e| e.to_string())?;
     Ok(response)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hyper::Method;
+
+    #[test]
+    fn only_idempotent_methods_are_resent_unless_the_component_declares_it_safe() {
+        for method in [
+            Method::GET,
+            Method::HEAD,
+            Method::OPTIONS,
+            Method::TRACE,
+            Method::PUT,
+            Method::DELETE,
+        ] {
+            assert!(Resend::Idempotent.allows(&method), "{method}");
+        }
+        for method in [Method::POST, Method::PATCH, Method::CONNECT] {
+            assert!(!Resend::Idempotent.allows(&method), "{method}");
+            assert!(Resend::Any.allows(&method), "{method}");
+        }
+        let config = |value: &str| {
+            std::collections::BTreeMap::from([(RETRY_SAFE_KEY.to_owned(), value.to_owned())])
+        };
+        assert_eq!(Resend::of_config(&config("true")), Resend::Any);
+        assert_eq!(Resend::of_config(&config(" TRUE ")), Resend::Any);
+        assert_eq!(Resend::of_config(&config("false")), Resend::Idempotent);
+        assert_eq!(Resend::of_config(&config("yes")), Resend::Idempotent);
+        assert_eq!(
+            Resend::of_config(&std::collections::BTreeMap::new()),
+            Resend::Idempotent
+        );
+    }
+}
