@@ -32,6 +32,30 @@ fn raw_status(addr: SocketAddr, request: &[u8]) -> Option<u16> {
     text.strip_prefix("HTTP/1.")?.get(2..5)?.parse().ok()
 }
 
+/// The status of a GET of `/` over HTTP/2 (h2c, prior knowledge) to `addr`, with `host` as the
+/// `Host` header if given (`:authority` is `addr`).
+fn h2_status(addr: SocketAddr, host: Option<&str>) -> Option<u16> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .http2_prior_knowledge()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .ok()?;
+        let mut request = client.get(format!("http://{addr}/"));
+        if let Some(host) = host {
+            request = request.header("host", host);
+        }
+        let response = request.send().await.ok()?;
+        assert_eq!(response.version(), reqwest::Version::HTTP_2);
+        Some(response.status().as_u16())
+    })
+}
+
 #[test]
 fn duplicate_missing_and_invalid_host_headers_get_400() {
     let dirs = Dirs::with_hello();
@@ -82,6 +106,21 @@ fn duplicate_missing_and_invalid_host_headers_get_400() {
             node.log()
         );
     }
+    // HTTP/2: `:authority` alone, or with a Host that agrees, is fine; one that differs is not.
+    let authority = node.http.to_string();
+    assert_eq!(h2_status(node.http, None), Some(200), "{}", node.log());
+    assert_eq!(
+        h2_status(node.http, Some(&authority)),
+        Some(200),
+        "{}",
+        node.log()
+    );
+    assert_eq!(
+        h2_status(node.http, Some("other.example")),
+        Some(400),
+        "{}",
+        node.log()
+    );
 }
 
 /// The lines `node` logged within the span of requests to `path`, and its components' stderr,
