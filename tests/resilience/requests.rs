@@ -518,8 +518,12 @@ fn a_saturated_replica_passes_requests_to_an_idle_one_elsewhere_before_503() {
     let one = ["--replica-concurrency", "1"];
     let (a, a_dir) = join_with(&hub, "node-a", "a", &one, &[("spill.yaml", &echo)]);
     let (b, _b_dir) = join_with(&hub, "node-b", "b", &one, &[]);
+    // node-c runs no replica: it forwards through the queue group.
+    let (c, _c_dir) = join_with(&hub, "node-c", "c", &one, &[]);
     let want: std::collections::BTreeMap<String, u64> =
-        [("node-a".to_owned(), 1), ("node-b".to_owned(), 1)].into();
+        [("node-a", 1), ("node-b", 1), ("node-c", 0)]
+            .map(|(n, r)| (n.to_owned(), r))
+            .into();
     let deadline = Instant::now() + SETTLE;
     loop {
         let got = inventory_of(&a_dir.path().join("data"), "spill");
@@ -536,8 +540,10 @@ fn a_saturated_replica_passes_requests_to_an_idle_one_elsewhere_before_503() {
     }
     a.wait_for_status("/echo", 200, SETTLE);
     b.wait_for_status("/echo", 200, SETTLE);
+    c.wait_for_status("/echo", 200, SETTLE);
 
     let statuses = Mutex::new(Vec::new());
+    let via_c = Mutex::new(Vec::new());
     std::thread::scope(|scope| {
         // node-a's one place is taken for 3 s: what it gets meanwhile goes to node-b.
         let slow = slow_get(scope, &a, "/echo/slow", "3000");
@@ -548,6 +554,13 @@ fn a_saturated_replica_passes_requests_to_an_idle_one_elsewhere_before_503() {
                 .lock()
                 .unwrap()
                 .push(a.get("/echo/fast").map(|a| a.0));
+        }
+        // Through node-c, NATS picks node-a or node-b; a busy node-a passes it on to node-b.
+        for _ in 0..6 {
+            via_c
+                .lock()
+                .unwrap()
+                .push(c.get("/echo/via-c").map(|a| a.0));
         }
         // Now node-b's place is taken too: node-a answers 503 with Retry-After.
         let slow_b = slow_get(scope, &b, "/echo/slow-b", "2000");
@@ -569,9 +582,17 @@ fn a_saturated_replica_passes_requests_to_an_idle_one_elsewhere_before_503() {
         a.log(),
         b.log()
     );
+    assert_eq!(
+        via_c.into_inner().unwrap(),
+        [Some(200); 6],
+        "requests through node-c while node-a was saturated\n{}\n{}\n{}",
+        a.log(),
+        b.log(),
+        c.log()
+    );
     assert!(
-        b.count_log("lattice invocation served") >= 3,
-        "node-b did not serve node-a's overflow\n{}",
+        b.count_log("lattice invocation served") >= 9,
+        "node-b did not serve node-a's overflow and node-c's requests\n{}",
         b.log()
     );
 }

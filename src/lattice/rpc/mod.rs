@@ -130,9 +130,13 @@ enum Reply {
     Done(hyper::Response<ResponseBody>),
     /// No replica accepted it in time, and it may be sent again.
     Resend,
-    /// The replica did not run it (busy, or no subscriber): the answer to send unless another
-    /// target takes it.
-    NotRun(hyper::Response<ResponseBody>),
+    /// The replica did not run it: the answer to send unless another target takes it.
+    NotRun {
+        /// 503, with `Retry-After` when busy.
+        response: hyper::Response<ResponseBody>,
+        /// The replica said it had no room (else: no subscriber at all).
+        busy: bool,
+    },
 }
 
 /// What one attempt of a forwarded request is about.
@@ -228,7 +232,7 @@ impl Rpc {
         B::Error: std::fmt::Display + Send,
     {
         let subject = subjects::http_invoke(&self.lattice, app, component);
-        self.forward_to(app, component, resend, request, vec![subject])
+        self.forward_to(app, component, resend, request, vec![subject], true)
             .await
     }
 
@@ -279,7 +283,7 @@ impl Rpc {
         }
         tracing::debug!(reason = ?refused.reason, replicas = targets.len(), "component saturated here; trying its replicas elsewhere");
         let response = self
-            .forward_to(app, component, resend, refused.request, targets)
+            .forward_to(app, component, resend, refused.request, targets, false)
             .await;
         if response.status() == StatusCode::SERVICE_UNAVAILABLE {
             tracing::debug!(reason = ?refused.reason, "component saturated here and elsewhere; answering 503");
@@ -289,6 +293,8 @@ impl Rpc {
 
     /// Sends `request` to the first of `targets` (invocation subjects) that takes it: one
     /// that is busy or has no subscriber passes it to the next; the last one's answer stands.
+    /// With `spill`, a busy answer when no target is left brings in the replicas elsewhere
+    /// ([`Rpc::replicas_elsewhere`]) once: the queue group's pick was busy, another may not be.
     async fn forward_to<B>(
         &self,
         app: &str,
@@ -296,6 +302,7 @@ impl Rpc {
         resend: Resend,
         request: hyper::Request<B>,
         targets: Vec<String>,
+        mut spill: bool,
     ) -> hyper::Response<ResponseBody>
     where
         B: hyper::body::Body<Data = Bytes> + Send + Unpin + 'static,
@@ -379,15 +386,21 @@ impl Rpc {
                     subject,
                     "no replica accepted the request within {ACCEPT_TIMEOUT:?}; sending it again"
                 ),
-                Reply::NotRun(response) => match targets.next() {
-                    // Nothing ran: the next replica may take it, whatever the method.
-                    Some(next) => {
-                        tracing::debug!(subject, next, "replica busy or gone; trying the next");
-                        exchange.replica = None;
-                        subject = next;
+                Reply::NotRun { response, busy } => {
+                    if busy && spill && targets.len() == 0 {
+                        spill = false;
+                        targets = self.replicas_elsewhere(app, component).into_iter();
                     }
-                    None => return response,
-                },
+                    match targets.next() {
+                        // Nothing ran: the next replica may take it, whatever the method.
+                        Some(next) => {
+                            tracing::debug!(subject, next, "replica busy or gone; trying the next");
+                            exchange.replica = None;
+                            subject = next;
+                        }
+                        None => return response,
+                    }
+                }
             }
         }
     }
@@ -455,10 +468,15 @@ impl Rpc {
                     continue;
                 }
                 tracing::debug!(subject, "no replica subscribed");
-                return Reply::NotRun(text_response(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    format!("component {component} of app {app} runs on no node of the lattice\n"),
-                ));
+                return Reply::NotRun {
+                    response: text_response(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        format!(
+                            "component {component} of app {app} runs on no node of the lattice\n"
+                        ),
+                    ),
+                    busy: false,
+                };
             }
             let Some(from) = message.reply.as_ref().map(|r| r.to_string()) else {
                 continue;
@@ -524,7 +542,10 @@ impl Rpc {
                         hyper::header::RETRY_AFTER,
                         hyper::header::HeaderValue::from_static("1"),
                     );
-                    return Reply::NotRun(response);
+                    return Reply::NotRun {
+                        response,
+                        busy: true,
+                    };
                 }
                 other => tracing::debug!(kind = ?other, "unexpected rpc frame ignored"),
             }
