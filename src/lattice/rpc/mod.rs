@@ -29,7 +29,7 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 use tracing::Instrument;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 
-use crate::host::{HttpComponent, NotAdmitted, Refused, ResponseBody, text_response};
+use crate::host::{HttpComponent, NotAdmitted, Refused, ResponseBody, Saturation, text_response};
 use crate::lattice::membership::Membership;
 use crate::nats::subjects;
 use mux::Mux;
@@ -46,6 +46,16 @@ pub const ACCEPT_TIMEOUT: Duration = Duration::from_secs(1);
 /// a response sent earlier stands for it. Far below [`ACCEPT_TIMEOUT`], so a resend needs a
 /// link or node that takes more than 950 ms to pass the accept on.
 const ACCEPT_DELAY: Duration = Duration::from_millis(50);
+
+/// Least time between two warnings about requests turned away for want of room.
+const SATURATION_WARN_INTERVAL: Duration = Duration::from_secs(10);
+
+/// When the node last warned of turning requests away, and how many it turned away since.
+#[derive(Default)]
+struct SaturationLog {
+    warned: Option<Instant>,
+    refused: u64,
+}
 
 /// Replicas on other nodes a saturated node tries, one after another, before it answers 503.
 pub const MAX_OVERFLOW_TARGETS: usize = 3;
@@ -166,6 +176,8 @@ pub struct Rpc {
     peers: Peers,
     /// Where the next overflow starts among the replicas elsewhere.
     turn: AtomicUsize,
+    /// Requests turned away for want of room, for a rate-limited warning.
+    saturation: std::sync::Mutex<SaturationLog>,
     /// Upper bound of a served invocation's deadline (the node's `--request-timeout`).
     max_timeout: Duration,
     /// Invocations being served here.
@@ -195,6 +207,7 @@ impl Rpc {
             mux,
             peers,
             turn: AtomicUsize::new(0),
+            saturation: std::sync::Mutex::default(),
             max_timeout,
             serving: tokio_util::task::TaskTracker::new(),
         })
@@ -278,7 +291,7 @@ impl Rpc {
     {
         let targets = self.replicas_elsewhere(app, component);
         if targets.is_empty() {
-            tracing::debug!(reason = ?refused.reason, "component saturated here and runs nowhere else; answering 503");
+            self.saturated(app, component, &refused.reason, "runs nowhere else");
             return refused.response(app, component);
         }
         tracing::debug!(reason = ?refused.reason, replicas = targets.len(), "component saturated here; trying its replicas elsewhere");
@@ -286,9 +299,35 @@ impl Rpc {
             .forward_to(app, component, resend, refused.request, targets, false)
             .await;
         if response.status() == StatusCode::SERVICE_UNAVAILABLE {
-            tracing::debug!(reason = ?refused.reason, "component saturated here and elsewhere; answering 503");
+            self.saturated(app, component, &refused.reason, "and elsewhere");
         }
         response
+    }
+
+    /// Logs a 503 for want of room: at debug level each time, at warn level at most once per
+    /// [`SATURATION_WARN_INTERVAL`] with the count since, so an overloaded node does not log a
+    /// line per request it turns away.
+    fn saturated(&self, app: &str, component: &str, reason: &Saturation, where_: &str) {
+        tracing::debug!(?reason, "component saturated here {where_}; answering 503");
+        let mut log = self.saturation.lock().unwrap_or_else(|p| p.into_inner());
+        log.refused += 1;
+        if log
+            .warned
+            .is_some_and(|at| at.elapsed() < SATURATION_WARN_INTERVAL)
+        {
+            return;
+        }
+        tracing::warn!(
+            app,
+            component,
+            refused = log.refused,
+            "component saturated here {where_} ({}); answering 503 + Retry-After",
+            reason.message(app, component),
+        );
+        *log = SaturationLog {
+            warned: Some(Instant::now()),
+            refused: 0,
+        };
     }
 
     /// Sends `request` to the first of `targets` (invocation subjects) that takes it: one
