@@ -47,6 +47,9 @@ pub const ACCEPT_TIMEOUT: Duration = Duration::from_secs(1);
 /// link or node that takes more than 950 ms to pass the accept on.
 const ACCEPT_DELAY: Duration = Duration::from_millis(50);
 
+/// How long a replica that stops serving answers what NATS delivered before its unsubscribe.
+const LEAVE_DRAIN: Duration = Duration::from_secs(1);
+
 /// Least time between two warnings about requests turned away for want of room.
 const SATURATION_WARN_INTERVAL: Duration = Duration::from_secs(10);
 
@@ -677,13 +680,50 @@ impl Rpc {
                     async move { rpc.serve_one(&component, message).await }.instrument(span),
                 );
             }
-            let _ = subscriber.unsubscribe().await;
-            let _ = overflow.unsubscribe().await;
+            // What NATS delivered before it took the unsubscribe would be lost, and a request
+            // that may not be resent would wait for its deadline: each requester is told at
+            // once that nothing ran here, so it goes elsewhere (a POST too).
+            let _ = subscriber.drain().await;
+            let _ = overflow.drain().await;
+            let mut left = futures::stream::select(subscriber, overflow);
+            let turned_away = async {
+                while let Some(message) = left.next().await {
+                    rpc.turn_away(&component, &message).await;
+                }
+            };
+            let _ = tokio::time::timeout(LEAVE_DRAIN, turned_away).await;
         });
         tracing::debug!(subject, queue, "serving lattice invocations");
         Ok(Serving {
             _stop: stop.drop_guard(),
         })
+    }
+
+    /// Answers an invocation delivered after `component` stopped serving here `busy`: it did
+    /// not run.
+    async fn turn_away(&self, component: &HttpComponent, message: &async_nats::Message) {
+        let Some(reply) = &message.reply else {
+            return;
+        };
+        // The requester follows frames by their reply subject: this one needs one.
+        let exchange = self.mux.open();
+        let peer = Peer {
+            client: self.client.clone(),
+            to: reply.to_string(),
+            reply: exchange.subject.clone(),
+            idle: self.max_timeout,
+        };
+        tracing::debug!(
+            app = component.app(),
+            component = component.name(),
+            "invocation arrived as the replica stopped; answered busy"
+        );
+        peer.send_busy(&format!(
+            "component {} of app {} stopped on this node",
+            component.name(),
+            component.app()
+        ))
+        .await;
     }
 
     async fn serve_one(&self, component: &HttpComponent, message: async_nats::Message) {
