@@ -5,13 +5,19 @@
 //! The exchange (`PROTOCOL.md` §RPC): the requester publishes `request` (head + first body bytes)
 //! to `lattice.<L>.rpc.v1.http.<app>.<component>` with its exchange subject as reply. The
 //! replica answers `accept` (at once when the body did not fit: the requester then streams
-//! `data` frames to it; else only when its response takes more than 50 ms). The replica answers `response` (head + first bytes), then `data` frames
-//! when the body did not fit, then `end`. Each `data` frame is acknowledged; at most
+//! `data` frames to it; else only when its response takes more than 50 ms). The replica
+//! answers `response` (head + first bytes), then `data` frames when the body did not fit, then
+//! `end`. Each `data` frame is acknowledged; at most
 //! [`stream::WINDOW`] are in flight. A request no replica accepts within [`ACCEPT_TIMEOUT`]
 //! (one that died or stalled with it in flight) is sent again, to whichever replica NATS picks
 //! then, only when running it twice does no harm ([`Resend`]): an idempotent method (RFC 9110
 //! §9.2.2), or a component that declares its requests safe to resend. A `POST` is otherwise
 //! never sent twice: it waits for its one replica until the deadline.
+//!
+//! A replica with no room for a request (or that stopped serving) answers `error` with
+//! `busy` before running anything; the requester then tries the component's replicas on other
+//! nodes through their node subjects (`…<component>.<node-id>`), as a node whose own replica
+//! is saturated does ([`Rpc::overflow`]), and answers 503 + `Retry-After` when all are busy.
 
 pub mod mux;
 pub mod stream;
@@ -36,10 +42,10 @@ use mux::Mux;
 use stream::{Chunker, Peer, complete_body, streamed_body};
 use wire::{ErrorBody, FrameKind, RequestHead, ResponseHead};
 
-/// How long a replica may take to accept (or answer) a request before it is sent again. A
-/// replica accepts within [`ACCEPT_DELAY`], so only a lost message (its node died or stalled)
-/// or a very slow link takes this long; a replica that answers late is then ignored in favour
-/// of the first one.
+/// How long a replica may take to accept (or answer) a request before it is sent again, if
+/// [`Resend`] allows. A replica accepts within 50 ms, so only a lost message (its node died or
+/// stalled) or a very slow link takes this long; a replica that answers late is then ignored in
+/// favour of the first one.
 pub const ACCEPT_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// How long a replica may work on a request whose body came whole before it sends `accept`;
