@@ -467,6 +467,22 @@ mod tests {
     }
 
     #[test]
+    fn max_instances_comes_from_the_file_and_is_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = NodeConfig::resolve(args(dir.path())).unwrap();
+        assert_eq!(c.max_instances, crate::host::DEFAULT_POOL_INSTANCES);
+        std::fs::write(dir.path().join(CONFIG_FILE_NAME), "max-instances = 8\n").unwrap();
+        assert_eq!(
+            NodeConfig::resolve(args(dir.path())).unwrap().max_instances,
+            8
+        );
+        let mut a = args(dir.path());
+        a.max_instances = Some(0);
+        let err = format!("{:#}", NodeConfig::resolve(a).unwrap_err());
+        assert!(err.contains("--max-instances"), "{err}");
+    }
+
+    #[test]
     fn bad_inputs_name_the_flag_or_file() {
         let dir = tempfile::tempdir().unwrap();
         let mut a = args(dir.path());

@@ -23,11 +23,12 @@ pub mod supervisor;
 /// `RUST_LIB_BACKTRACE=0` unless the user set `RUST_LIB_BACKTRACE` themselves. Panics keep their
 /// backtraces (`RUST_BACKTRACE` alone governs those).
 ///
-/// Why: wasmtime reports every guest trap as an `anyhow::Error`, and anyhow captures (and, when
+/// Why: wasmtime reports every guest trap as an error that, like anyhow's, captures (and, when
 /// the error is logged, symbolizes) a backtrace of the host whenever `RUST_BACKTRACE=1` is set,
-/// which service environments often set. That made a failed request cost ~40 KB of log and the
-/// first one ~200 MiB of RSS for the debug info; a trap now costs the same whatever the
-/// environment says. Errors of the node keep their cause chain, which is what it logs.
+/// which service environments often set. That made a failed request cost ~20-40 KB of log and
+/// the first one ~80-200 MiB of RSS for the debug info; a trap now costs the same whatever the
+/// environment says. Errors keep their cause chain (and a trap its guest stack), which is what
+/// the node logs.
 ///
 /// Call it first in `main`, before any thread starts: it changes the process environment.
 pub fn no_error_backtraces() {

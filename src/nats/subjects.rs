@@ -105,6 +105,10 @@ mod tests {
             "lattice.blue.rpc.v1.http.shop.web"
         );
         assert_eq!(replica_queue("shop", "web"), "shop.web");
+        assert_eq!(
+            http_invoke_on("blue", "shop", "web", "NABC"),
+            "lattice.blue.rpc.v1.http.shop.web.NABC"
+        );
         assert_eq!(apps_bucket("blue"), "lattice_blue_apps");
         assert_eq!(artifacts_bucket("blue"), "lattice_blue_artifacts");
     }

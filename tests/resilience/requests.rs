@@ -32,6 +32,30 @@ fn raw_status(addr: SocketAddr, request: &[u8]) -> Option<u16> {
     text.strip_prefix("HTTP/1.")?.get(2..5)?.parse().ok()
 }
 
+/// The status of a GET of `/` over HTTP/2 (h2c, prior knowledge) to `addr`, with `host` as the
+/// `Host` header if given (`:authority` is `addr`).
+fn h2_status(addr: SocketAddr, host: Option<&str>) -> Option<u16> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .http2_prior_knowledge()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .ok()?;
+        let mut request = client.get(format!("http://{addr}/"));
+        if let Some(host) = host {
+            request = request.header("host", host);
+        }
+        let response = request.send().await.ok()?;
+        assert_eq!(response.version(), reqwest::Version::HTTP_2);
+        Some(response.status().as_u16())
+    })
+}
+
 #[test]
 fn duplicate_missing_and_invalid_host_headers_get_400() {
     let dirs = Dirs::with_hello();
@@ -82,6 +106,21 @@ fn duplicate_missing_and_invalid_host_headers_get_400() {
             node.log()
         );
     }
+    // HTTP/2: `:authority` alone, or with a Host that agrees, is fine; one that differs is not.
+    let authority = node.http.to_string();
+    assert_eq!(h2_status(node.http, None), Some(200), "{}", node.log());
+    assert_eq!(
+        h2_status(node.http, Some(&authority)),
+        Some(200),
+        "{}",
+        node.log()
+    );
+    assert_eq!(
+        h2_status(node.http, Some("other.example")),
+        Some(400),
+        "{}",
+        node.log()
+    );
 }
 
 /// The lines `node` logged within the span of requests to `path`, and its components' stderr,
@@ -258,9 +297,18 @@ fn requests_past_the_instance_pool_get_200_or_503_with_retry_after() {
     node.wait_for_status("/echo", 200, Duration::from_secs(5));
 }
 
-/// A manifest of app `app`: the sled counter example at `/counter`, one replica on the node
-/// labelled `zone=<zone>`.
-fn sled_counter_on(app: &str, zone: &str) -> String {
+/// A manifest of app `app`: the sled counter example at `path`, one replica on the node
+/// labelled `zone=<zone>`, with `lattice.retry-safe: "true"` in its config if `retry_safe`.
+fn sled_counter_on(app: &str, zone: &str, path: &str, retry_safe: bool) -> String {
+    let config = if retry_safe {
+        "
+        config:
+          - name: rpc
+            properties:
+              lattice.retry-safe: \"true\""
+    } else {
+        ""
+    };
     let wasm = example_wasm("http-keyvalue-counter");
     format!(
         r#"apiVersion: core.oam.dev/v1beta1
@@ -274,7 +322,7 @@ spec:
     - name: counter
       type: component
       properties:
-        image: file://{wasm}
+        image: file://{wasm}{config}
       traits:
         - type: spreadscaler
           properties:
@@ -310,14 +358,20 @@ spec:
               config:
                 - name: default-http
                   properties:
-                    path: /counter
+                    path: {path}
 "#,
         wasm = wasm.display()
     )
 }
 
+/// Status and body of a POST to `path` through `node`.
+fn post(node: &Node, path: &str) -> Option<(u16, String)> {
+    http_request_with(node.http, "POST", path, &[], b"")
+        .map(|(status, _, body)| (status, String::from_utf8_lossy(&body).into_owned()))
+}
+
 #[test]
-fn a_post_to_a_stalled_replica_runs_once() {
+fn a_post_to_a_stalled_replica_runs_once_unless_its_component_declares_it_retry_safe() {
     let _hub = Hub::start();
     let hub = &_hub;
     let work = tempfile::tempdir().unwrap();
@@ -327,25 +381,31 @@ fn a_post_to_a_stalled_replica_runs_once() {
     a.deploy(&write(
         work.path(),
         "once.yaml",
-        &sled_counter_on("once", "b"),
+        &sled_counter_on("once", "b", "/counter", false),
     ));
-    eventually("the counter on node-b only", SETTLE, &[&a, &b], || {
-        replicas_are(&a, "once", &[("node-a", 0), ("node-b", 1)])
-    });
+    a.deploy(&write(
+        work.path(),
+        "twice.yaml",
+        &sled_counter_on("twice", "b", "/twice", true),
+    ));
+    for app in ["once", "twice"] {
+        eventually(&format!("{app} on node-b only"), SETTLE, &[&a, &b], || {
+            replicas_are(&a, app, &[("node-a", 0), ("node-b", 1)])
+        });
+    }
     // Through node-a, which has no replica: every request travels to node-b.
     all_answer(&[&a], "/counter/x", "0\n", SETTLE);
+    all_answer(&[&a], "/twice/x", "0\n", SETTLE);
 
     // node-b's process stalls (its nats-server does not) with the POST in flight: its
     // replica takes the request when it wakes, 2 s later, well past the 1 s accept timeout.
     kill(Pid::from_raw(b.pid()), Signal::SIGSTOP).unwrap();
-    let posted = std::thread::scope(|scope| {
-        let post = scope.spawn(|| {
-            http_request_with(a.http, "POST", "/counter/x", &[], b"")
-                .map(|(status, _, body)| (status, String::from_utf8_lossy(&body).into_owned()))
-        });
+    let (posted, resent) = std::thread::scope(|scope| {
+        let once = scope.spawn(|| post(&a, "/counter/x"));
+        let twice = scope.spawn(|| post(&a, "/twice/x"));
         std::thread::sleep(Duration::from_secs(2));
         kill(Pid::from_raw(b.pid()), Signal::SIGCONT).unwrap();
-        post.join().unwrap()
+        (once.join().unwrap(), twice.join().unwrap())
     });
     assert_eq!(
         posted,
@@ -365,6 +425,14 @@ fn a_post_to_a_stalled_replica_runs_once() {
         b.count_log("incremented /counter/x to"),
         1,
         "the POST ran more than once\n{}",
+        logs(&[&a, &b])
+    );
+    // The component that declared itself retry-safe got the POST again after 1 s without an
+    // accept: it ran on each copy once node-b woke up.
+    assert_eq!(resent.as_ref().map(|r| r.0), Some(200), "{resent:?}");
+    assert!(
+        b.count_log("incremented /twice/x to") >= 2,
+        "a retry-safe component's POST was not resent\n{}",
         logs(&[&a, &b])
     );
 }
@@ -450,8 +518,12 @@ fn a_saturated_replica_passes_requests_to_an_idle_one_elsewhere_before_503() {
     let one = ["--replica-concurrency", "1"];
     let (a, a_dir) = join_with(&hub, "node-a", "a", &one, &[("spill.yaml", &echo)]);
     let (b, _b_dir) = join_with(&hub, "node-b", "b", &one, &[]);
+    // node-c runs no replica: it forwards through the queue group.
+    let (c, _c_dir) = join_with(&hub, "node-c", "c", &one, &[]);
     let want: std::collections::BTreeMap<String, u64> =
-        [("node-a".to_owned(), 1), ("node-b".to_owned(), 1)].into();
+        [("node-a", 1), ("node-b", 1), ("node-c", 0)]
+            .map(|(n, r)| (n.to_owned(), r))
+            .into();
     let deadline = Instant::now() + SETTLE;
     loop {
         let got = inventory_of(&a_dir.path().join("data"), "spill");
@@ -468,8 +540,10 @@ fn a_saturated_replica_passes_requests_to_an_idle_one_elsewhere_before_503() {
     }
     a.wait_for_status("/echo", 200, SETTLE);
     b.wait_for_status("/echo", 200, SETTLE);
+    c.wait_for_status("/echo", 200, SETTLE);
 
     let statuses = Mutex::new(Vec::new());
+    let via_c = Mutex::new(Vec::new());
     std::thread::scope(|scope| {
         // node-a's one place is taken for 3 s: what it gets meanwhile goes to node-b.
         let slow = slow_get(scope, &a, "/echo/slow", "3000");
@@ -480,6 +554,13 @@ fn a_saturated_replica_passes_requests_to_an_idle_one_elsewhere_before_503() {
                 .lock()
                 .unwrap()
                 .push(a.get("/echo/fast").map(|a| a.0));
+        }
+        // Through node-c, NATS picks node-a or node-b; a busy node-a passes it on to node-b.
+        for _ in 0..6 {
+            via_c
+                .lock()
+                .unwrap()
+                .push(c.get("/echo/via-c").map(|a| a.0));
         }
         // Now node-b's place is taken too: node-a answers 503 with Retry-After.
         let slow_b = slow_get(scope, &b, "/echo/slow-b", "2000");
@@ -501,9 +582,17 @@ fn a_saturated_replica_passes_requests_to_an_idle_one_elsewhere_before_503() {
         a.log(),
         b.log()
     );
+    assert_eq!(
+        via_c.into_inner().unwrap(),
+        [Some(200); 6],
+        "requests through node-c while node-a was saturated\n{}\n{}\n{}",
+        a.log(),
+        b.log(),
+        c.log()
+    );
     assert!(
-        b.count_log("lattice invocation served") >= 3,
-        "node-b did not serve node-a's overflow\n{}",
+        b.count_log("lattice invocation served") >= 9,
+        "node-b did not serve node-a's overflow and node-c's requests\n{}",
         b.log()
     );
 }

@@ -5,13 +5,19 @@
 //! The exchange (`PROTOCOL.md` §RPC): the requester publishes `request` (head + first body bytes)
 //! to `lattice.<L>.rpc.v1.http.<app>.<component>` with its exchange subject as reply. The
 //! replica answers `accept` (at once when the body did not fit: the requester then streams
-//! `data` frames to it; else only when its response takes more than 50 ms). The replica answers `response` (head + first bytes), then `data` frames
-//! when the body did not fit, then `end`. Each `data` frame is acknowledged; at most
+//! `data` frames to it; else only when its response takes more than 50 ms). The replica
+//! answers `response` (head + first bytes), then `data` frames when the body did not fit, then
+//! `end`. Each `data` frame is acknowledged; at most
 //! [`stream::WINDOW`] are in flight. A request no replica accepts within [`ACCEPT_TIMEOUT`]
 //! (one that died or stalled with it in flight) is sent again, to whichever replica NATS picks
 //! then, only when running it twice does no harm ([`Resend`]): an idempotent method (RFC 9110
 //! §9.2.2), or a component that declares its requests safe to resend. A `POST` is otherwise
 //! never sent twice: it waits for its one replica until the deadline.
+//!
+//! A replica with no room for a request (or that stopped serving) answers `error` with
+//! `busy` before running anything; the requester then tries the component's replicas on other
+//! nodes through their node subjects (`…<component>.<node-id>`), as a node whose own replica
+//! is saturated does ([`Rpc::overflow`]), and answers 503 + `Retry-After` when all are busy.
 
 pub mod mux;
 pub mod stream;
@@ -29,23 +35,36 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 use tracing::Instrument;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 
-use crate::host::{HttpComponent, NotAdmitted, Refused, ResponseBody, text_response};
+use crate::host::{HttpComponent, NotAdmitted, Refused, ResponseBody, Saturation, text_response};
 use crate::lattice::membership::Membership;
 use crate::nats::subjects;
 use mux::Mux;
 use stream::{Chunker, Peer, complete_body, streamed_body};
 use wire::{ErrorBody, FrameKind, RequestHead, ResponseHead};
 
-/// How long a replica may take to accept (or answer) a request before it is sent again. A
-/// replica accepts within [`ACCEPT_DELAY`], so only a lost message (its node died or stalled)
-/// or a very slow link takes this long; a replica that answers late is then ignored in favour
-/// of the first one.
+/// How long a replica may take to accept (or answer) a request before it is sent again, if
+/// [`Resend`] allows. A replica accepts within 50 ms, so only a lost message (its node died or
+/// stalled) or a very slow link takes this long; a replica that answers late is then ignored in
+/// favour of the first one.
 pub const ACCEPT_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// How long a replica may work on a request whose body came whole before it sends `accept`;
 /// a response sent earlier stands for it. Far below [`ACCEPT_TIMEOUT`], so a resend needs a
 /// link or node that takes more than 950 ms to pass the accept on.
 const ACCEPT_DELAY: Duration = Duration::from_millis(50);
+
+/// How long a replica that stops serving answers what NATS delivered before its unsubscribe.
+const LEAVE_DRAIN: Duration = Duration::from_secs(1);
+
+/// Least time between two warnings about requests turned away for want of room.
+const SATURATION_WARN_INTERVAL: Duration = Duration::from_secs(10);
+
+/// When the node last warned of turning requests away, and how many it turned away since.
+#[derive(Default)]
+struct SaturationLog {
+    warned: Option<Instant>,
+    refused: u64,
+}
 
 /// Replicas on other nodes a saturated node tries, one after another, before it answers 503.
 pub const MAX_OVERFLOW_TARGETS: usize = 3;
@@ -130,9 +149,13 @@ enum Reply {
     Done(hyper::Response<ResponseBody>),
     /// No replica accepted it in time, and it may be sent again.
     Resend,
-    /// The replica did not run it (busy, or no subscriber): the answer to send unless another
-    /// target takes it.
-    NotRun(hyper::Response<ResponseBody>),
+    /// The replica did not run it: the answer to send unless another target takes it.
+    NotRun {
+        /// 503, with `Retry-After` when busy.
+        response: hyper::Response<ResponseBody>,
+        /// The replica said it had no room (else: no subscriber at all).
+        busy: bool,
+    },
 }
 
 /// What one attempt of a forwarded request is about.
@@ -162,6 +185,8 @@ pub struct Rpc {
     peers: Peers,
     /// Where the next overflow starts among the replicas elsewhere.
     turn: AtomicUsize,
+    /// Requests turned away for want of room, for a rate-limited warning.
+    saturation: std::sync::Mutex<SaturationLog>,
     /// Upper bound of a served invocation's deadline (the node's `--request-timeout`).
     max_timeout: Duration,
     /// Invocations being served here.
@@ -191,6 +216,7 @@ impl Rpc {
             mux,
             peers,
             turn: AtomicUsize::new(0),
+            saturation: std::sync::Mutex::default(),
             max_timeout,
             serving: tokio_util::task::TaskTracker::new(),
         })
@@ -228,7 +254,7 @@ impl Rpc {
         B::Error: std::fmt::Display + Send,
     {
         let subject = subjects::http_invoke(&self.lattice, app, component);
-        self.forward_to(app, component, resend, request, vec![subject])
+        self.forward_to(app, component, resend, request, vec![subject], true)
             .await
     }
 
@@ -274,21 +300,49 @@ impl Rpc {
     {
         let targets = self.replicas_elsewhere(app, component);
         if targets.is_empty() {
-            tracing::debug!(reason = ?refused.reason, "component saturated here and runs nowhere else; answering 503");
+            self.saturated(app, component, &refused.reason, "runs nowhere else");
             return refused.response(app, component);
         }
         tracing::debug!(reason = ?refused.reason, replicas = targets.len(), "component saturated here; trying its replicas elsewhere");
         let response = self
-            .forward_to(app, component, resend, refused.request, targets)
+            .forward_to(app, component, resend, refused.request, targets, false)
             .await;
         if response.status() == StatusCode::SERVICE_UNAVAILABLE {
-            tracing::debug!(reason = ?refused.reason, "component saturated here and elsewhere; answering 503");
+            self.saturated(app, component, &refused.reason, "and elsewhere");
         }
         response
     }
 
+    /// Logs a 503 for want of room: at debug level each time, at warn level at most once per
+    /// [`SATURATION_WARN_INTERVAL`] with the count since, so an overloaded node does not log a
+    /// line per request it turns away.
+    fn saturated(&self, app: &str, component: &str, reason: &Saturation, where_: &str) {
+        tracing::debug!(?reason, "component saturated here {where_}; answering 503");
+        let mut log = self.saturation.lock().unwrap_or_else(|p| p.into_inner());
+        log.refused += 1;
+        if log
+            .warned
+            .is_some_and(|at| at.elapsed() < SATURATION_WARN_INTERVAL)
+        {
+            return;
+        }
+        tracing::warn!(
+            app,
+            component,
+            refused = log.refused,
+            "component saturated here {where_} ({}); answering 503 + Retry-After",
+            reason.message(app, component),
+        );
+        *log = SaturationLog {
+            warned: Some(Instant::now()),
+            refused: 0,
+        };
+    }
+
     /// Sends `request` to the first of `targets` (invocation subjects) that takes it: one
     /// that is busy or has no subscriber passes it to the next; the last one's answer stands.
+    /// With `spill`, a busy answer when no target is left brings in the replicas elsewhere
+    /// ([`Rpc::replicas_elsewhere`]) once: the queue group's pick was busy, another may not be.
     async fn forward_to<B>(
         &self,
         app: &str,
@@ -296,6 +350,7 @@ impl Rpc {
         resend: Resend,
         request: hyper::Request<B>,
         targets: Vec<String>,
+        mut spill: bool,
     ) -> hyper::Response<ResponseBody>
     where
         B: hyper::body::Body<Data = Bytes> + Send + Unpin + 'static,
@@ -379,15 +434,21 @@ impl Rpc {
                     subject,
                     "no replica accepted the request within {ACCEPT_TIMEOUT:?}; sending it again"
                 ),
-                Reply::NotRun(response) => match targets.next() {
-                    // Nothing ran: the next replica may take it, whatever the method.
-                    Some(next) => {
-                        tracing::debug!(subject, next, "replica busy or gone; trying the next");
-                        exchange.replica = None;
-                        subject = next;
+                Reply::NotRun { response, busy } => {
+                    if busy && spill && targets.len() == 0 {
+                        spill = false;
+                        targets = self.replicas_elsewhere(app, component).into_iter();
                     }
-                    None => return response,
-                },
+                    match targets.next() {
+                        // Nothing ran: the next replica may take it, whatever the method.
+                        Some(next) => {
+                            tracing::debug!(subject, next, "replica busy or gone; trying the next");
+                            exchange.replica = None;
+                            subject = next;
+                        }
+                        None => return response,
+                    }
+                }
             }
         }
     }
@@ -455,10 +516,15 @@ impl Rpc {
                     continue;
                 }
                 tracing::debug!(subject, "no replica subscribed");
-                return Reply::NotRun(text_response(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    format!("component {component} of app {app} runs on no node of the lattice\n"),
-                ));
+                return Reply::NotRun {
+                    response: text_response(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        format!(
+                            "component {component} of app {app} runs on no node of the lattice\n"
+                        ),
+                    ),
+                    busy: false,
+                };
             }
             let Some(from) = message.reply.as_ref().map(|r| r.to_string()) else {
                 continue;
@@ -524,7 +590,10 @@ impl Rpc {
                         hyper::header::RETRY_AFTER,
                         hyper::header::HeaderValue::from_static("1"),
                     );
-                    return Reply::NotRun(response);
+                    return Reply::NotRun {
+                        response,
+                        busy: true,
+                    };
                 }
                 other => tracing::debug!(kind = ?other, "unexpected rpc frame ignored"),
             }
@@ -617,13 +686,50 @@ impl Rpc {
                     async move { rpc.serve_one(&component, message).await }.instrument(span),
                 );
             }
-            let _ = subscriber.unsubscribe().await;
-            let _ = overflow.unsubscribe().await;
+            // What NATS delivered before it took the unsubscribe would be lost, and a request
+            // that may not be resent would wait for its deadline: each requester is told at
+            // once that nothing ran here, so it goes elsewhere (a POST too).
+            let _ = subscriber.drain().await;
+            let _ = overflow.drain().await;
+            let mut left = futures::stream::select(subscriber, overflow);
+            let turned_away = async {
+                while let Some(message) = left.next().await {
+                    rpc.turn_away(&component, &message).await;
+                }
+            };
+            let _ = tokio::time::timeout(LEAVE_DRAIN, turned_away).await;
         });
         tracing::debug!(subject, queue, "serving lattice invocations");
         Ok(Serving {
             _stop: stop.drop_guard(),
         })
+    }
+
+    /// Answers an invocation delivered after `component` stopped serving here `busy`: it did
+    /// not run.
+    async fn turn_away(&self, component: &HttpComponent, message: &async_nats::Message) {
+        let Some(reply) = &message.reply else {
+            return;
+        };
+        // The requester follows frames by their reply subject: this one needs one.
+        let exchange = self.mux.open();
+        let peer = Peer {
+            client: self.client.clone(),
+            to: reply.to_string(),
+            reply: exchange.subject.clone(),
+            idle: self.max_timeout,
+        };
+        tracing::debug!(
+            app = component.app(),
+            component = component.name(),
+            "invocation arrived as the replica stopped; answered busy"
+        );
+        peer.send_busy(&format!(
+            "component {} of app {} stopped on this node",
+            component.name(),
+            component.app()
+        ))
+        .await;
     }
 
     async fn serve_one(&self, component: &HttpComponent, message: async_nats::Message) {
@@ -826,4 +932,39 @@ fn build_response(
         StatusCode::from_u16(head.status).map_err(|_| format!("invalid status {}", head.status))?;
     *response.headers_mut() = wire::header_map(&head.headers).map_err(|e| e.to_string())?;
     Ok(response)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hyper::Method;
+
+    #[test]
+    fn only_idempotent_methods_are_resent_unless_the_component_declares_it_safe() {
+        for method in [
+            Method::GET,
+            Method::HEAD,
+            Method::OPTIONS,
+            Method::TRACE,
+            Method::PUT,
+            Method::DELETE,
+        ] {
+            assert!(Resend::Idempotent.allows(&method), "{method}");
+        }
+        for method in [Method::POST, Method::PATCH, Method::CONNECT] {
+            assert!(!Resend::Idempotent.allows(&method), "{method}");
+            assert!(Resend::Any.allows(&method), "{method}");
+        }
+        let config = |value: &str| {
+            std::collections::BTreeMap::from([(RETRY_SAFE_KEY.to_owned(), value.to_owned())])
+        };
+        assert_eq!(Resend::of_config(&config("true")), Resend::Any);
+        assert_eq!(Resend::of_config(&config(" TRUE ")), Resend::Any);
+        assert_eq!(Resend::of_config(&config("false")), Resend::Idempotent);
+        assert_eq!(Resend::of_config(&config("yes")), Resend::Idempotent);
+        assert_eq!(
+            Resend::of_config(&std::collections::BTreeMap::new()),
+            Resend::Idempotent
+        );
+    }
 }

@@ -286,6 +286,24 @@ mod tests {
     }
 
     #[test]
+    fn busy_is_written_only_when_set_and_read_as_false_when_absent() {
+        let plain = ErrorBody {
+            status: 502,
+            message: "x".into(),
+            busy: false,
+        };
+        assert_eq!(
+            serde_json::to_string(&plain).unwrap(),
+            r#"{"status":502,"message":"x"}"#
+        );
+        let busy: ErrorBody =
+            serde_json::from_str(r#"{"status":503,"message":"full","busy":true}"#).unwrap();
+        assert!(busy.busy);
+        let old: ErrorBody = serde_json::from_str(r#"{"status":503,"message":"full"}"#).unwrap();
+        assert!(!old.busy);
+    }
+
+    #[test]
     fn frame_kinds_round_trip() {
         for kind in [
             FrameKind::Request,
