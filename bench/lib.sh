@@ -4,6 +4,7 @@
 #                          curl) when their command is missing, builds lattice (release) and the
 #                          example components; sets WASM (http-hello), NATS_SERVER, WORK (a temp
 #                          dir) and PIDS, whose processes are killed on exit (only those).
+#                          With BENCH_LATTICE set (a lattice binary), lattice is not built.
 #   start_hub              a hub nats-server on loopback with JetStream in domain `hub` (the
 #                          lattice's desired state) and a leafnode listener; sets HUB_PORT,
 #                          HUB_LEAF; waits until the leafnode port accepts.
@@ -20,7 +21,7 @@ bench_prepare() {
     as_root apt-get update -qq
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
   fi
-  cargo build --release --quiet
+  [ -n "${BENCH_LATTICE:-}" ] || cargo build --release --quiet
   cargo build --release --quiet --target wasm32-wasip2 --manifest-path examples/Cargo.toml --target-dir examples/target
   WASM=$PWD/examples/target/wasm32-wasip2/release/http_hello.wasm
   NATS_SERVER=$(command -v nats-server || echo /usr/sbin/nats-server)

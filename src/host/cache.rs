@@ -5,7 +5,10 @@
 //! Compiles are gated node-wide: at most [`MAX_CONCURRENT_COMPILES`] run at once (each uses
 //! every core wasmtime's parallel compilation can get, and memory in proportion to the wasm),
 //! and a wasm being compiled is not compiled a second time meanwhile: the second caller waits
-//! and loads the first one's code. Loading cached code does not wait for the gate.
+//! and loads the first one's code. Loading cached code does not wait for the gate. Each
+//! compile runs its functions on a rayon pool of its own (wasmtime's parallel compilation uses
+//! the current rayon pool): in one shared pool a small component's functions would queue
+//! behind the thousands of a large one, and its start wait for the large one's compile.
 
 use std::collections::HashSet;
 use std::hash::{Hash, Hasher};
@@ -125,7 +128,16 @@ impl CodeCache {
             return Ok((component, CodeSource::Cache));
         }
         let started = Instant::now();
-        let component = Component::new(engine, wasm)?;
+        let component = match rayon::ThreadPoolBuilder::new()
+            .thread_name(|i| format!("compile-{i}"))
+            .build()
+        {
+            Ok(pool) => pool.install(|| Component::new(engine, wasm))?,
+            Err(e) => {
+                tracing::warn!(error = %e, "no compile threads of its own; compiling on the shared ones");
+                Component::new(engine, wasm)?
+            }
+        };
         tracing::debug!(
             digest,
             waited_ms = started.duration_since(waiting).as_millis() as u64,

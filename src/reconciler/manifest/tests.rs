@@ -486,3 +486,20 @@ fn weights_and_spread_entries_are_bounded() {
         matches!(&m.components[0].scaler, Scaler::Spread { spread, .. } if spread[0].weight == Some(MAX_WEIGHT))
     );
 }
+
+#[test]
+fn every_example_manifest_parses_within_the_bounds() {
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&examples).unwrap() {
+        let dir = entry.unwrap().path();
+        for file in ["wadm.yaml", "wadm-sled.yaml"] {
+            let Ok(text) = std::fs::read_to_string(dir.join(file)) else {
+                continue;
+            };
+            parse(&text, &dir).unwrap_or_else(|e| panic!("{}/{file}: {e}", dir.display()));
+            seen += 1;
+        }
+    }
+    assert!(seen >= 10, "{seen} example manifests");
+}
