@@ -57,7 +57,8 @@ const NATS_GOODBYE_TIMEOUT: Duration = Duration::from_secs(2);
 const TASK_STOP_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// The node's supervised tasks (DESIGN §2), in start order: at stop the heartbeat goes first
-/// (then `host_stopped`), the rest in reverse order.
+/// (then `host_stopped`), the rest in reverse order, the RPC replies after the drain.
+const TASK_RPC: &str = "rpc-replies";
 const TASK_MEMBERSHIP: &str = "membership";
 const TASK_CONTROL: &str = "control-api";
 const TASK_JETSTREAM: &str = "jetstream";
@@ -286,6 +287,13 @@ async fn run_with_nats(
     let info_source = local.clone();
     let local_info: Arc<dyn Fn() -> HostInfo + Send + Sync> = Arc::new(move || info_source.info());
 
+    tasks.spawn(TASK_RPC, {
+        let rpc = rpc.clone();
+        move |shutdown| {
+            let rpc = rpc.clone();
+            async move { rpc.route_replies(shutdown).await }
+        }
+    });
     // Subscribed before host_started goes out, so the others' answers are heard; a restarted
     // attempt subscribes anew.
     let mut events = Some(Membership::subscribe(&client, &config.lattice).await?);
@@ -497,14 +505,16 @@ async fn run_with_nats(
             "NATS did not take host_stopped within {NATS_GOODBYE_TIMEOUT:?}; others will see this node expire"
         ),
     }
-    // The reconciler and watcher first (nothing new starts), membership last.
-    let aborted = tasks.shutdown(TASK_STOP_TIMEOUT).await;
-    if !aborted.is_empty() {
-        tracing::warn!(?aborted, "tasks aborted at stop");
-    }
+    // The reconciler and watcher first (nothing new starts), membership last; the RPC replies
+    // are routed on while in-flight requests drain.
+    let mut aborted = tasks.shutdown_after(TASK_RPC, TASK_STOP_TIMEOUT).await;
     // New invocations go to replicas elsewhere; the ones in flight here finish.
     deployer.stop_serving().await;
     tokio::join!(http.shutdown(), rpc.drain(DRAIN_TIMEOUT));
+    aborted.extend(tasks.shutdown(TASK_STOP_TIMEOUT).await);
+    if !aborted.is_empty() {
+        tracing::warn!(?aborted, "tasks aborted at stop");
+    }
     // keyvalue-sled writes of the last requests are on disk before the process exits.
     if let Err(e) = db.flush_async().await {
         tracing::warn!(error = %e, "flushing {}", config.data_dir.join("state").display());

@@ -257,6 +257,26 @@ impl Supervisor {
         }
     }
 
+    /// Stops, in the reverse of their start order, every task started after task `keep`,
+    /// giving each up to `each` to end; `keep` and the tasks before it go on (e.g. what the
+    /// node still needs while it drains). Returns the names of those that had to be aborted.
+    pub async fn shutdown_after(&mut self, keep: &str, each: Duration) -> Vec<&'static str> {
+        let first = self
+            .tasks
+            .iter()
+            .position(|t| t.name == keep)
+            .map_or(0, |i| i + 1);
+        let mut aborted = Vec::new();
+        while self.tasks.len() > first {
+            let Some(task) = self.tasks.pop() else { break };
+            let name = task.name;
+            if !stop_task(task, each).await {
+                aborted.push(name);
+            }
+        }
+        aborted
+    }
+
     /// Stops every task left, one after the other in the reverse of their start order, giving
     /// each up to `each` to end. Returns the names of those that had to be aborted.
     pub async fn shutdown(mut self, each: Duration) -> Vec<&'static str> {
@@ -501,8 +521,12 @@ mod tests {
         let health = tasks.health();
         assert!(tasks.stop("heartbeat", Duration::from_secs(1)).await);
         assert_eq!(*lock(&stopped), ["heartbeat"]);
-        let aborted = tasks.shutdown(Duration::from_millis(100)).await;
+        let aborted = tasks
+            .shutdown_after("membership", Duration::from_millis(100))
+            .await;
         assert_eq!(aborted, ["stuck"]);
+        assert_eq!(*lock(&stopped), ["heartbeat", "reconciler"]);
+        assert!(tasks.shutdown(Duration::from_millis(100)).await.is_empty());
         assert_eq!(
             *lock(&stopped),
             ["heartbeat", "reconciler", "membership", "nats"]

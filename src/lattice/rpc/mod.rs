@@ -222,6 +222,15 @@ impl Rpc {
         })
     }
 
+    /// Routes the replies to this node's requests (and the frames of the exchanges it serves)
+    /// until `shutdown`: a long-running task of the node.
+    ///
+    /// # Errors
+    /// The reply subscription ended or cannot be made again: see [`Mux::route`].
+    pub async fn route_replies(&self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        self.mux.route(shutdown).await
+    }
+
     /// Waits up to `within` for the invocations being served here to finish (after the
     /// components left their queue groups, at the node's stop).
     pub async fn drain(&self, within: Duration) {

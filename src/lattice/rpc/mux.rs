@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use anyhow::Context;
 use futures::StreamExt;
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 use super::wire::{FrameKind, seq_of};
 
@@ -24,6 +25,9 @@ pub struct Mux {
     prefix: String,
     next: AtomicU64,
     routes: Arc<Mutex<HashMap<u64, Route>>>,
+    client: async_nats::Client,
+    /// The subscription made at start, until the first [`Mux::route`] takes it.
+    first: Mutex<Option<async_nats::Subscriber>>,
 }
 
 struct Route {
@@ -59,67 +63,84 @@ impl Drop for RouteGuard {
 }
 
 impl Mux {
-    /// Subscribes to a fresh inbox of `client` and routes what arrives until the client closes.
+    /// Subscribes to a fresh inbox of `client`. What arrives waits in the subscription until
+    /// [`Mux::route`] runs, so exchanges may be opened at once.
     ///
     /// # Errors
     /// The subscription cannot be made.
     pub async fn start(client: &async_nats::Client) -> anyhow::Result<Mux> {
         let prefix = client.new_inbox();
-        let mut subscriber = client
-            .subscribe(format!("{prefix}.*"))
-            .await
-            .with_context(|| format!("subscribing to {prefix}.*"))?;
-        let routes: Arc<Mutex<HashMap<u64, Route>>> = Arc::default();
-        let table = routes.clone();
-        let skip = prefix.len() + 1;
-        tokio::spawn(async move {
-            while let Some(message) = subscriber.next().await {
-                let Some(id) = message
-                    .subject
-                    .get(skip..)
-                    .and_then(|t| t.parse::<u64>().ok())
-                else {
-                    continue;
-                };
-                let mut routes = table.lock().unwrap_or_else(|p| p.into_inner());
-                let Some(route) = routes.get(&id) else {
-                    // A late frame of a finished exchange.
-                    continue;
-                };
-                // Acks matter only while their sender waits, and a receiver that is done
-                // drops its channel: late ones are dropped. A full frame queue means a peer
-                // ignoring the ack window: that exchange ends, its reader sees the close.
-                let kind = FrameKind::of(&message);
-                let flooded = if kind == Some(FrameKind::Ack) {
-                    if let Some(seq) = seq_of(&message) {
-                        let _ = route.acks.try_send(seq);
-                    }
-                    false
-                } else {
-                    if kind == Some(FrameKind::Error)
-                        || message.status == Some(async_nats::StatusCode::NO_RESPONDERS)
-                    {
-                        let _ = route.acks.try_send(CANCEL);
-                    }
-                    matches!(
-                        route.frames.try_send(message),
-                        Err(mpsc::error::TrySendError::Full(_))
-                    )
-                };
-                if flooded {
-                    tracing::warn!(
-                        exchange = id,
-                        "rpc peer sent past the ack window; exchange closed"
-                    );
-                    routes.remove(&id);
-                }
-            }
-        });
+        let subscriber = subscribe(client, &prefix).await?;
         Ok(Mux {
             prefix,
             next: AtomicU64::new(1),
-            routes,
+            routes: Arc::default(),
+            client: client.clone(),
+            first: Mutex::new(Some(subscriber)),
         })
+    }
+
+    /// Routes the frames that arrive to their exchanges until `shutdown`: a long-running task
+    /// of the node, which restarts it when it fails. The first run uses the subscription
+    /// [`Mux::start`] made; a later one subscribes to the same inbox again.
+    ///
+    /// # Errors
+    /// The subscription ended before `shutdown` (the client closed it), or cannot be made again.
+    pub async fn route(&self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let first = self.first.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let mut subscriber = match first {
+            Some(subscriber) => subscriber,
+            None => subscribe(&self.client, &self.prefix).await?,
+        };
+        let skip = self.prefix.len() + 1;
+        loop {
+            let message = tokio::select! {
+                message = subscriber.next() => match message {
+                    Some(message) => message,
+                    None => anyhow::bail!("the rpc reply subscription {}.* ended", self.prefix),
+                },
+                () = shutdown.cancelled() => return Ok(()),
+            };
+            let Some(id) = message
+                .subject
+                .get(skip..)
+                .and_then(|t| t.parse::<u64>().ok())
+            else {
+                continue;
+            };
+            let mut routes = self.routes.lock().unwrap_or_else(|p| p.into_inner());
+            let Some(route) = routes.get(&id) else {
+                // A late frame of a finished exchange.
+                continue;
+            };
+            // Acks matter only while their sender waits, and a receiver that is done drops its
+            // channel: late ones are dropped. A full frame queue means a peer ignoring the ack
+            // window: that exchange ends, its reader sees the close.
+            let kind = FrameKind::of(&message);
+            let flooded = if kind == Some(FrameKind::Ack) {
+                if let Some(seq) = seq_of(&message) {
+                    let _ = route.acks.try_send(seq);
+                }
+                false
+            } else {
+                if kind == Some(FrameKind::Error)
+                    || message.status == Some(async_nats::StatusCode::NO_RESPONDERS)
+                {
+                    let _ = route.acks.try_send(CANCEL);
+                }
+                matches!(
+                    route.frames.try_send(message),
+                    Err(mpsc::error::TrySendError::Full(_))
+                )
+            };
+            if flooded {
+                tracing::warn!(
+                    exchange = id,
+                    "rpc peer sent past the ack window; exchange closed"
+                );
+                routes.remove(&id);
+            }
+        }
     }
 
     /// Opens an exchange with a new subject.
@@ -147,4 +168,15 @@ impl Mux {
             }),
         }
     }
+}
+
+/// Subscribes `client` to every exchange subject under `prefix`.
+async fn subscribe(
+    client: &async_nats::Client,
+    prefix: &str,
+) -> anyhow::Result<async_nats::Subscriber> {
+    client
+        .subscribe(format!("{prefix}.*"))
+        .await
+        .with_context(|| format!("subscribing to {prefix}.*"))
 }
