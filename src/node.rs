@@ -218,7 +218,8 @@ async fn run_with_nats(
         js.clone(),
         &config.lattice,
         Some(config.data_dir.join("artifacts")),
-    );
+    )
+    .with_replicas(config.store_replicas);
     // keyvalue-nats buckets live in the same JetStream as the apps; keyvalue-sled trees in the
     // node's own database.
     let keyvalue = KeyValueProviders::new(Some(js.clone()), Some(db.clone()));
@@ -230,14 +231,18 @@ async fn run_with_nats(
         keyvalue,
         config.replica_concurrency,
     ));
-    let apps = Arc::new(AppStore::new(
-        js.clone(),
-        &config.lattice,
-        mirror.clone(),
-        artifacts.clone(),
-        host,
-        http.ingress_addr(),
-    ));
+    let apps = Arc::new(
+        AppStore::new(
+            js.clone(),
+            &config.lattice,
+            mirror.clone(),
+            artifacts.clone(),
+            host,
+            http.ingress_addr(),
+        )
+        .with_config_dir(config.config_dir.clone())
+        .with_replicas(config.store_replicas),
+    );
 
     let shutdown = CancellationToken::new();
     let membership = Arc::new(Membership::default());
@@ -282,6 +287,7 @@ async fn run_with_nats(
     let mirror_task = tokio::spawn(mirror.clone().follow(
         js,
         config.lattice.clone(),
+        config.store_replicas,
         shutdown.clone(),
     ));
     tokio::spawn(notify_on(

@@ -78,6 +78,7 @@ fn desired(app: &str, version: &str, scaler: Scaler) -> Desired {
         DesiredApp {
             record,
             manifest: Ok(Arc::new(manifest)),
+            local: false,
         },
     )])
 }
