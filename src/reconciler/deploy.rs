@@ -623,6 +623,9 @@ impl AppStore {
     /// stored version names (every version key, listed by a head or not) read afresh from the
     /// KV; failures are logged.
     pub async fn sweep_artifacts(&self) {
+        if self.no_store().is_some() {
+            return;
+        }
         let referenced = async || -> anyhow::Result<BTreeSet<String>> {
             let bucket = AppsBucket::open(&self.js.context(), &self.lattice, self.replicas).await?;
             let kv = bucket.kv();
