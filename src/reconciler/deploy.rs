@@ -13,22 +13,28 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use futures::TryStreamExt as _;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 
+mod checks;
+mod prepare;
+
+pub use checks::routes_of;
+pub use prepare::version_of;
+use prepare::{Prepared, prepare, suffixed, version_exists};
+
 use super::artifacts::{Artifacts, read_component_file};
-use super::manifest::{self, FieldError, Image, Manifest};
+use super::manifest::{FieldError, Image, Manifest};
 use super::store::layout::{self, AppHead, AppsBucket, WriteError, same_content};
 use super::store::{CAS_ATTEMPTS, Mirror, Source, StoredApp, StoredVersion};
-use crate::host::{Host, hex};
+use crate::host::Host;
 use crate::nats::{JetStreamState, SharedJetStream};
-use crate::providers::http::{Route, RouteConflict, RouteKey, RouteTarget, Router};
+use crate::providers::http::RouteConflict;
 
 /// Versions kept per app, newest (older ones are removed from the store as new ones come).
 pub const MAX_VERSIONS: usize = 100;
@@ -179,15 +185,6 @@ pub async fn keep_images(
     Ok(images)
 }
 
-/// The version name of a manifest: `explicit`, else its `version` annotation, else
-/// `sha-<first 12 hex of the text's sha256>` (deploying the same text twice is the same version).
-pub fn version_of(explicit: Option<&str>, manifest: &Manifest, text: &str) -> String {
-    explicit
-        .map(str::to_owned)
-        .or_else(|| manifest.version.clone())
-        .unwrap_or_else(|| format!("sha-{}", hex(&Sha256::digest(text.as_bytes())[..6])))
-}
-
 /// The write side of the desired state, on a node.
 pub struct AppStore {
     js: SharedJetStream,
@@ -200,12 +197,6 @@ pub struct AppStore {
     config_dir: PathBuf,
     /// Replicas of the apps bucket when this node creates it (`--store-replicas`).
     replicas: usize,
-}
-
-/// A request checked as far as it can be without the store.
-struct Prepared {
-    manifest: Manifest,
-    version: String,
 }
 
 impl AppStore {
@@ -232,9 +223,10 @@ impl AppStore {
         }
     }
 
-    /// This store with `dir` as the node's config dir (named by [`DeployError::NoStore`]).
+    /// This store with `dir` as the node's config dir (named by [`DeployError::NoStore`], made
+    /// absolute as the config-dir watcher names it).
     pub fn with_config_dir(mut self, dir: PathBuf) -> AppStore {
-        self.config_dir = dir;
+        self.config_dir = std::path::absolute(&dir).unwrap_or(dir);
         self
     }
 
@@ -651,155 +643,10 @@ impl AppStore {
             tracing::warn!(error = format!("{e:#}"), "collecting unused artifacts");
         }
     }
-
-    /// Every component's artifact exists and is a `wasi:http` component this node can link.
-    /// Returns warnings: components importing `wasi:keyvalue` without a keyvalue link, which
-    /// are stored but will not start (their status says why).
-    async fn check_components(&self, manifest: &Manifest) -> Result<Vec<String>, DeployError> {
-        let mut warnings = Vec::new();
-        for spec in &manifest.components {
-            let Image::Artifact { digest } = &spec.image else {
-                continue;
-            };
-            let wasm = self
-                .artifacts
-                .fetch(digest)
-                .await
-                .map_err(|e| FieldError::new(&spec.image_field, format!("{e:#}")))?;
-            let checked = self
-                .host
-                .check_http_component(wasm)
-                .await
-                .map_err(|e| FieldError::new(&spec.image_field, e.to_string()))?;
-            if checked.code_source == crate::host::CodeSource::Compiled {
-                tracing::info!(
-                    app = manifest.name,
-                    component = spec.name,
-                    digest,
-                    "component compiled (checked for the deploy)"
-                );
-            }
-            let keyvalue = crate::host::keyvalue_imports(&checked.imports);
-            if !keyvalue.is_empty() && spec.keyvalue.is_empty() {
-                warnings.push(format!(
-                    "component {:?} imports {} but has no keyvalue link: it will not start",
-                    spec.name,
-                    keyvalue.join(", ")
-                ));
-            }
-        }
-        Ok(warnings)
-    }
-
-    /// The manifest's routes are free: no other deployed app of the lattice holds one (an app
-    /// deployed from the same file is being replaced and does not count).
-    fn check_routes(&self, manifest: &Manifest, source: &Source) -> Result<(), DeployError> {
-        let desired = self.mirror.desired();
-        let mut routes = Vec::new();
-        for (name, app) in desired.iter() {
-            if *name == manifest.name {
-                continue;
-            }
-            let same_file = matches!(source, Source::File { .. })
-                && app.record.deployed_version().map(|v| &v.source) == Some(source);
-            if same_file {
-                continue;
-            }
-            if let Ok(other) = &app.manifest {
-                routes.extend(routes_of(other, self.ingress));
-            }
-        }
-        let held = routes.len();
-        routes.extend(routes_of(manifest, self.ingress));
-        Router::build(routes.clone()).map(drop).map_err(|conflict| {
-            // Name the link that claims the route.
-            let field = routes[held..]
-                .iter()
-                .zip(&manifest.http_links)
-                .find(|(route, _)| route.key.to_string() == conflict.route)
-                .map_or_else(|| "spec".to_owned(), |(_, link)| link.field.clone());
-            FieldError::new(field, conflict.to_string()).into()
-        })
-    }
-}
-
-/// The routes of `manifest` on a node whose shared ingress is `ingress`.
-pub fn routes_of(manifest: &Manifest, ingress: SocketAddr) -> Vec<Route> {
-    let app: Arc<str> = manifest.name.as_str().into();
-    manifest
-        .http_links
-        .iter()
-        .map(|link| Route {
-            key: RouteKey::new(
-                super::deployer::listener_for(link.address, ingress),
-                link.host.as_deref(),
-                link.path.as_deref(),
-            ),
-            target: RouteTarget {
-                app: app.clone(),
-                component: link.target.as_str().into(),
-            },
-        })
-        .collect()
 }
 
 fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
-}
-
-/// Checks what can be checked of `request` without the store: its size, its manifest (parsed,
-/// artifacts bound) and its version name.
-fn prepare(request: &DeployRequest) -> Result<Prepared, DeployError> {
-    if request.manifest.len() > MAX_MANIFEST_BYTES {
-        return Err(FieldError::new(
-            "spec",
-            format!(
-                "the manifest is {} bytes, more than the {MAX_MANIFEST_BYTES} bytes allowed",
-                request.manifest.len()
-            ),
-        )
-        .into());
-    }
-    let mut manifest = manifest::parse(&request.manifest, Path::new("/"))?;
-    manifest.bind_artifacts(&request.images)?;
-    let version = version_of(request.version.as_deref(), &manifest, &request.manifest);
-    if version.is_empty() || version.chars().any(char::is_control) {
-        return Err(FieldError::new(
-            "metadata.annotations.version",
-            format!("{version:?} is not a usable version name"),
-        )
-        .into());
-    }
-    if version.len() > MAX_VERSION_BYTES {
-        return Err(FieldError::new(
-            "metadata.annotations.version",
-            format!("a version name has at most {MAX_VERSION_BYTES} bytes"),
-        )
-        .into());
-    }
-    Ok(Prepared { manifest, version })
-}
-
-/// `version` with a suffix naming the content of `request` (`+sha-<12 hex>`).
-fn suffixed(version: &str, request: &DeployRequest) -> String {
-    let mut hasher = Sha256::new();
-    hasher.update(request.manifest.as_bytes());
-    for (component, digest) in &request.images {
-        hasher.update(format!("\n{component}={digest}").as_bytes());
-    }
-    format!("{version}+sha-{}", hex(&hasher.finalize()[..6]))
-}
-
-fn version_exists(app: &str, version: String) -> DeployError {
-    FieldError::new(
-        "metadata.annotations.version",
-        DeployError::VersionExists {
-            app: app.to_owned(),
-            version,
-        }
-        .to_string(),
-    )
-    .into()
 }

@@ -221,7 +221,7 @@ impl DirDeployer {
         let waiting = !self.pending.is_empty()
             || files
                 .values()
-                .any(|f| f.local || f.error.as_ref().is_some_and(|e| e.unreachable));
+                .any(|f| f.error.as_ref().is_some_and(|e| e.unreachable));
         if waiting { RESCAN_UNREACHABLE } else { RESCAN }
     }
 
