@@ -5,6 +5,8 @@
 //!   moves into the store, served throughout.
 //! - The apps bucket deleted with a plain NATS client while three nodes serve: no request
 //!   fails, the nodes re-create it with every app.
+//! - The hub down at a node's first start: the config dir's app runs, after a restart too, and
+//!   reaches the store when the hub comes.
 //! - 150 deploys of one app with a 12 KiB manifest; a record of the earlier one-value layout is
 //!   read and rewritten; `--store-replicas` reaches the buckets; an oversized manifest file is
 //!   refused without being read.
@@ -229,6 +231,63 @@ fn with_no_shared_jetstream_the_config_dir_app_runs_here_then_moves_into_the_sto
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+#[test]
+fn with_the_hub_down_at_the_first_start_the_config_dir_app_runs_and_survives_a_restart() {
+    let mut hub = Hub::start_with(HubJetStream::Domain(Hub::JS_DOMAIN));
+    hub.stop();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config");
+    std::fs::create_dir_all(&config).unwrap();
+    write(&config, "early.yaml", &hello("early", "/early", 1));
+    let creds = hub.user_creds(dir.path(), "node.creds");
+    let flags: Vec<String> = [
+        "--creds",
+        &creds.to_string_lossy(),
+        "--leaf-url",
+        &hub.leaf_url(),
+        "--js-domain",
+        Hub::JS_DOMAIN,
+        "--name",
+        "node-a",
+        "--heartbeat-interval",
+        "1s",
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .collect();
+    let mut node = crate::common::lattice::start(dir.path(), &flags);
+    let body = node.wait_for_status("/early", 200, Duration::from_secs(20));
+    assert!(body.starts_with("Hello from lattice: /early"), "{body}");
+    let reason = format!(
+        "no lattice store reachable: apps from {} run on this node only",
+        config.display()
+    );
+    node.wait_for_log(&[&reason], Duration::from_secs(5));
+    // Node-local state is kept: restarted with the hub still down, it serves the app again.
+    let exit = node.terminate(Duration::from_secs(10));
+    assert!(exit.is_some_and(|s| s.success()), "{exit:?}");
+    node = crate::common::lattice::start(dir.path(), &flags);
+    let body = node.wait_for_status("/early", 200, Duration::from_secs(20));
+    assert!(body.starts_with("Hello from lattice: /early"), "{body}");
+    // The hub comes: the app is in its store.
+    hub.restart();
+    let url = hub.client_url();
+    let admin = hub.user_creds(dir.path(), "admin.creds");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let keys = bucket_keys(&url, Some(&admin)).unwrap_or_default();
+        if keys.contains(&"app.early".to_owned()) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "early not in the store: keys {keys:?}\n{}",
+            node.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 #[test]
