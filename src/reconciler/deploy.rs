@@ -425,6 +425,8 @@ impl AppStore {
             .and_then(|l| l.deployed_version().filter(|v| same_content(v, &stored)))
             .cloned();
         if let Some(local) = &local_version {
+            version = local.version.clone();
+            stored.version = version.clone();
             stored.stored_at_ms = local.stored_at_ms;
         }
         let store = |e: String| DeployError::Store(e);
