@@ -252,7 +252,8 @@ async fn run_with_nats(
         js.clone(),
         &config.lattice,
         Some(config.data_dir.join("artifacts")),
-    );
+    )
+    .with_replicas(config.store_replicas);
     // keyvalue-nats buckets live in the same JetStream as the apps; keyvalue-sled trees in the
     // node's own database.
     let keyvalue = KeyValueProviders::new(Some(js.clone()), Some(db.clone()));
@@ -265,14 +266,18 @@ async fn run_with_nats(
         config.replica_concurrency,
         config.start_timeout,
     ));
-    let apps = Arc::new(AppStore::new(
-        js.clone(),
-        &config.lattice,
-        mirror.clone(),
-        artifacts.clone(),
-        host,
-        http.ingress_addr(),
-    ));
+    let apps = Arc::new(
+        AppStore::new(
+            js.clone(),
+            &config.lattice,
+            mirror.clone(),
+            artifacts.clone(),
+            host,
+            http.ingress_addr(),
+        )
+        .with_config_dir(config.config_dir.clone())
+        .with_replicas(config.store_replicas),
+    );
 
     let mut tasks = Supervisor::new(RestartPolicy::default());
     let local = Arc::new(LocalHost {
@@ -355,8 +360,11 @@ async fn run_with_nats(
     });
     tasks.spawn(TASK_MIRROR, {
         let (mirror, js, lattice) = (mirror.clone(), js.clone(), config.lattice.clone());
+        let replicas = config.store_replicas;
         move |shutdown| {
-            let follow = mirror.clone().follow(js.clone(), lattice.clone(), shutdown);
+            let follow = mirror
+                .clone()
+                .follow(js.clone(), lattice.clone(), replicas, shutdown);
             async move {
                 follow.await;
                 Ok(())

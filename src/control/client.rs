@@ -16,7 +16,7 @@ use crate::lattice::membership::HostInfo;
 use crate::nats::subjects;
 use crate::node::NATS_URL_FILE;
 use crate::reconciler::artifacts::Artifacts;
-use crate::reconciler::deploy::upload_images;
+use crate::reconciler::deploy::{MAX_MANIFEST_BYTES, upload_images};
 use crate::reconciler::plan::AppStatus;
 use crate::reconciler::store::Source;
 use crate::reconciler::{DeployError, DeployOutcome, DeployRequest, manifest};
@@ -166,22 +166,27 @@ async fn deploy(
         .ok()
         .and_then(|p| p.parent().map(std::path::Path::to_path_buf))
         .unwrap_or_else(|| std::path::PathBuf::from("."));
+    if text.len() > MAX_MANIFEST_BYTES {
+        return Err(in_file(&format!(
+            "{} bytes is more than the {MAX_MANIFEST_BYTES} bytes a manifest may have",
+            text.len()
+        )));
+    }
     let manifest = manifest::parse(&text, &base).map_err(|e| in_file(&e))?;
     for warning in &manifest.warnings {
         eprintln!("warning: {}: {warning}", file.display());
     }
     let nats = connect(client).await?;
-    let js_domain = match js_domain {
-        Some(domain) => Some(domain),
-        None => {
-            let config: LatticeConfig = nats
-                .request(subjects::CTL_GET_CONFIG, Vec::new(), DEFAULT_TIMEOUT)
-                .await?;
-            config.js_domain
-        }
-    };
+    let config: LatticeConfig = nats
+        .request(subjects::CTL_GET_CONFIG, Vec::new(), DEFAULT_TIMEOUT)
+        .await?;
+    // Nothing to upload into: the node's reason, before any artifact is sent.
+    if let Some(reason) = config.no_store {
+        return Err(in_file(&format!("app {:?}: {reason}", manifest.name)));
+    }
+    let js_domain = js_domain.or(config.js_domain);
     let js = crate::nats::SharedJetStream::fixed(nats.client.clone(), js_domain);
-    let artifacts = Artifacts::new(js, &client.lattice, None);
+    let artifacts = Artifacts::new(js, &client.lattice, None).with_replicas(config.store_replicas);
     let images = upload_images(&manifest, &artifacts)
         .await
         .map_err(|e: DeployError| in_file(&format!("app {:?}: {e}", manifest.name)))?;

@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use crate::lattice::membership::{ComponentReplicas, HostInfo, Membership};
 use crate::nats::subjects;
 use crate::reconciler::plan::{self, AppStatus};
+use crate::reconciler::store;
 use crate::reconciler::{AppStore, DeployRequest};
 
 /// The envelope of every control reply (as wasmCloud's `CtlResponse`).
@@ -93,8 +94,9 @@ impl ControlContext {
     /// Every app's status.
     fn statuses(&self) -> Vec<AppStatus> {
         let desired = self.apps.mirror().desired();
+        let me = (self.local)().id;
         let hosts = self.hosts();
-        let placement = plan::place(&desired, &hosts);
+        let placement = store::place(&desired, &hosts, &me);
         desired
             .keys()
             .filter_map(|name| plan::status(name, &desired, &placement, &hosts))
@@ -120,6 +122,17 @@ pub struct LatticeConfig {
     pub apps_bucket: String,
     /// Object store bucket of the artifacts.
     pub artifacts_bucket: String,
+    /// Why the answering node reaches no lattice store, `null` when it does (or may: still
+    /// looking); a deploy through it fails with this reason.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub no_store: Option<String>,
+    /// Replicas of the buckets when created (the answering node's `--store-replicas`).
+    #[serde(default = "one")]
+    pub store_replicas: usize,
+}
+
+fn one() -> usize {
+    1
 }
 
 /// One version in `app.history`.
@@ -227,6 +240,8 @@ async fn answer(context: &ControlContext, name: &str, payload: &[u8]) -> Vec<u8>
             js_domain: context.js_domain.clone(),
             apps_bucket: subjects::apps_bucket(&context.lattice),
             artifacts_bucket: subjects::artifacts_bucket(&context.lattice),
+            no_store: context.apps.no_store().map(|e| e.to_string()),
+            store_replicas: context.apps.replicas(),
         })),
         subjects::CTL_APP_DEPLOY => to_json(&match parse::<DeployRequest>(name, payload) {
             Ok(request) => match context.apps.deploy(request).await {
@@ -269,8 +284,8 @@ async fn answer(context: &ControlContext, name: &str, payload: &[u8]) -> Vec<u8>
             Err(e) => CtlResponse::error(e),
         }),
         subjects::CTL_APP_HISTORY => to_json(&match parse::<AppRequest>(name, payload) {
-            Ok(request) => match context.apps.mirror().get(&request.name) {
-                Some((_, record)) => CtlResponse::ok(
+            Ok(request) => match context.apps.mirror().record(&request.name) {
+                Some(record) => CtlResponse::ok(
                     record
                         .versions
                         .iter()

@@ -7,6 +7,28 @@ use async_nats::jetstream;
 use async_nats::jetstream::context::GetStreamErrorKind;
 use async_nats::jetstream::kv::Store;
 
+/// The stream of KV bucket `bucket` as NATS ADR-8 lays it out (history 1, file storage), with
+/// `replicas` replicas.
+pub fn stream_config(
+    bucket: &str,
+    description: &str,
+    replicas: usize,
+) -> jetstream::stream::Config {
+    jetstream::stream::Config {
+        name: format!("KV_{bucket}"),
+        description: Some(description.to_owned()),
+        subjects: vec![format!("$KV.{bucket}.>")],
+        max_messages_per_subject: 1,
+        storage: jetstream::stream::StorageType::File,
+        allow_rollup: true,
+        deny_delete: true,
+        allow_direct: true,
+        discard: jetstream::stream::DiscardPolicy::New,
+        num_replicas: replicas,
+        ..Default::default()
+    }
+}
+
 /// How a missing bucket is handled by [`open_bucket`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IfMissing {
@@ -47,6 +69,22 @@ pub async fn open_bucket(
     description: &str,
     if_missing: IfMissing,
 ) -> Result<Store, OpenBucketError> {
+    open_bucket_with_replicas(js, bucket, description, if_missing, 1).await
+}
+
+/// [`open_bucket`], a created bucket having `replicas` replicas (1..=5; more than 1 needs a
+/// JetStream cluster).
+///
+/// # Errors
+/// As [`open_bucket`]; a server refusing the replicas is [`OpenBucketError::Unavailable`] with
+/// its reason.
+pub async fn open_bucket_with_replicas(
+    js: &jetstream::Context,
+    bucket: &str,
+    description: &str,
+    if_missing: IfMissing,
+    replicas: usize,
+) -> Result<Store, OpenBucketError> {
     if bucket.is_empty()
         || !bucket
             .chars()
@@ -75,19 +113,7 @@ pub async fn open_bucket(
         return Err(OpenBucketError::Missing(bucket.to_owned()));
     }
     let created = js
-        .create_stream(jetstream::stream::Config {
-            name: format!("KV_{bucket}"),
-            description: Some(description.to_owned()),
-            subjects: vec![format!("$KV.{bucket}.>")],
-            max_messages_per_subject: 1,
-            storage: jetstream::stream::StorageType::File,
-            allow_rollup: true,
-            deny_delete: true,
-            allow_direct: true,
-            discard: jetstream::stream::DiscardPolicy::New,
-            num_replicas: 1,
-            ..Default::default()
-        })
+        .create_stream(stream_config(bucket, description, replicas))
         .await;
     // Another node may have created it meanwhile: open it either way.
     match js.get_key_value(bucket).await {

@@ -43,6 +43,8 @@ pub struct Artifacts {
     dir: Option<PathBuf>,
     /// Artifacts seen unused by a sweep, since when.
     unused_since: Arc<Mutex<BTreeMap<String, Instant>>>,
+    /// Replicas of the object store when this node creates it (`--store-replicas`).
+    replicas: usize,
 }
 
 impl Artifacts {
@@ -54,31 +56,77 @@ impl Artifacts {
             lattice: lattice.to_owned(),
             dir,
             unused_since: Arc::default(),
+            replicas: 1,
         }
     }
 
-    /// The object store bucket, created when missing.
+    /// These artifacts, the object store created with `replicas` replicas (`--store-replicas`)
+    /// when this node creates it.
+    pub fn with_replicas(mut self, replicas: usize) -> Artifacts {
+        self.replicas = replicas;
+        self
+    }
+
+    /// The object store's configuration when this node creates it.
+    pub fn bucket_config(&self) -> object_store::Config {
+        object_store::Config {
+            bucket: subjects::artifacts_bucket(&self.lattice),
+            description: Some(format!(
+                "component artifacts of lattice {}, by sha256",
+                self.lattice
+            )),
+            storage: jetstream::stream::StorageType::File,
+            num_replicas: self.replicas,
+            ..Default::default()
+        }
+    }
+
+    /// The object store bucket, created when missing ([`Artifacts::bucket_config`]).
     ///
     /// # Errors
-    /// JetStream cannot be reached or refuses to create the bucket.
+    /// JetStream cannot be reached or refuses to create the bucket (the message names the
+    /// bucket, and `--store-replicas` when more than one replica was asked for).
     pub async fn bucket(&self) -> anyhow::Result<ObjectStore> {
         let name = subjects::artifacts_bucket(&self.lattice);
         let js = self.js.context();
         match js.get_object_store(&name).await {
             Ok(store) => Ok(store),
             Err(_) => js
-                .create_object_store(object_store::Config {
-                    bucket: name.clone(),
-                    description: Some(format!(
-                        "component artifacts of lattice {}, by sha256",
-                        self.lattice
-                    )),
-                    storage: jetstream::stream::StorageType::File,
-                    ..Default::default()
-                })
+                .create_object_store(self.bucket_config())
                 .await
-                .with_context(|| format!("opening object store {name}")),
+                .with_context(|| {
+                    if self.replicas > 1 {
+                        format!(
+                            "opening object store {name} (created with {} replicas, --store-replicas)",
+                            self.replicas
+                        )
+                    } else {
+                        format!("opening object store {name}")
+                    }
+                }),
         }
+    }
+
+    /// Keeps `wasm` in this node's cache only (no lattice store reachable: it is uploaded when
+    /// its app moves into the store); returns its digest.
+    ///
+    /// # Errors
+    /// This is the CLI's handle (no cache), or the cache cannot be written.
+    pub async fn keep_here(&self, wasm: &[u8]) -> anyhow::Result<String> {
+        let digest = sha256_hex(wasm);
+        let dir = self
+            .dir
+            .as_ref()
+            .context("no artifact cache to keep a component in")?;
+        let path = dir.join(format!("{digest}.wasm"));
+        if tokio::fs::read(&path)
+            .await
+            .is_ok_and(|bytes| sha256_hex(&bytes) == digest)
+        {
+            return Ok(digest);
+        }
+        write_atomically(&path, wasm).await?;
+        Ok(digest)
     }
 
     /// Stores `wasm` under its digest unless the store already has it; returns the digest.
@@ -293,6 +341,22 @@ pub async fn read_component_file(path: &Path) -> Result<Vec<u8>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn the_object_store_gets_the_replicas_asked_for() {
+        // Never connected: only the configuration is read.
+        let client = async_nats::ConnectOptions::new()
+            .retry_on_initial_connect()
+            .connect("127.0.0.1:1")
+            .await
+            .unwrap();
+        let js = SharedJetStream::fixed(client, None);
+        let artifacts = Artifacts::new(js, "blue", None);
+        assert_eq!(artifacts.bucket_config().num_replicas, 1);
+        let config = artifacts.with_replicas(3).bucket_config();
+        assert_eq!(config.num_replicas, 3);
+        assert_eq!(config.bucket, "lattice_blue_artifacts");
+    }
 
     #[test]
     fn only_artifacts_unused_for_the_grace_period_are_collected() {

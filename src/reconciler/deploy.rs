@@ -1,39 +1,51 @@
 //! Deploying into the lattice's desired state: a manifest is checked fully before it is stored
-//! (schema, names, link targets, artifacts present and loadable as `wasi:http` components,
-//! routes free lattice-wide, version naming), then stored as a new version of its app with a
-//! compare-and-set on the app's KV record. A rejected manifest changes nothing.
+//! (size, schema, names, link targets, artifacts present and loadable as `wasi:http`
+//! components, routes free lattice-wide, version naming), then stored as a new version of its
+//! app: its own KV key, then the app's head with a compare-and-set (`store::layout`). A
+//! rejected manifest changes nothing.
 //!
 //! Two halves: [`upload_images`] runs where the manifest's files are (the CLI, or the node
 //! whose config dir holds it) and puts their bytes into the artifact store; [`AppStore`] runs on
 //! a node (the control API's `app.deploy`, the config-dir watcher) and validates and stores.
+//! While no lattice store is reachable the config dir's manifests go into the node's node-local
+//! desired state instead ([`AppStore::deploy_file`]), their wasm into its artifact cache
+//! ([`keep_images`]), and move into the store when it appears; `app.deploy` fails meanwhile.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::nats::SharedJetStream;
-use anyhow::Context as _;
-use async_nats::jetstream::kv::{CreateErrorKind, UpdateErrorKind};
 use futures::TryStreamExt as _;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
+use tokio::sync::watch;
+
+mod checks;
+mod prepare;
+
+pub use checks::routes_of;
+pub use prepare::version_of;
+use prepare::{Prepared, prepare, suffixed, version_exists};
 
 use super::artifacts::{Artifacts, read_component_file};
-use super::manifest::{self, FieldError, Image, Manifest};
-use super::store::{Mirror, Source, StoredApp, StoredVersion, apps_kv};
-use crate::host::{Host, hex};
-use crate::lattice::rpc::Resend;
-use crate::providers::http::{Route, RouteConflict, RouteKey, RouteTarget, Router};
+use super::manifest::{FieldError, Image, Manifest};
+use super::store::layout::{self, AppHead, AppsBucket, WriteError, same_content};
+use super::store::{CAS_ATTEMPTS, Mirror, Source, StoredApp, StoredVersion};
+use crate::host::Host;
+use crate::nats::{JetStreamState, SharedJetStream};
+use crate::providers::http::RouteConflict;
 
-/// Versions kept per app, newest; the record of an app is one KV value (NATS `max_payload`,
-/// 1 MiB by default, bounds it).
+/// Versions kept per app, newest (older ones are removed from the store as new ones come).
 pub const MAX_VERSIONS: usize = 100;
 
-/// How often a deploy retries its compare-and-set when another writer changed the app between
-/// its read and its write.
-const CAS_ATTEMPTS: usize = 5;
+/// Largest manifest accepted, in bytes of YAML: a version's record is one NATS message (1 MiB
+/// `max_payload` by default) holding the manifest JSON-escaped. Larger config-dir files are
+/// refused before they are read.
+pub const MAX_MANIFEST_BYTES: usize = 512 * 1024;
+
+/// Longest version name accepted, in bytes (the head record lists every version's name).
+pub const MAX_VERSION_BYTES: usize = 256;
 
 /// A manifest to deploy, as the control API's `app.deploy` takes it (`PROTOCOL.md`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -59,6 +71,10 @@ pub struct DeployOutcome {
     pub version: String,
     /// `false` when that version was deployed already.
     pub changed: bool,
+    /// Stored in this node's node-local desired state only (no lattice store reachable): it
+    /// runs on this node until it moves into the store.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub local: bool,
     /// What the deploying node found questionable but accepted (e.g. a component that will not
     /// start for want of a link).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -98,6 +114,21 @@ pub enum DeployError {
     /// The desired-state store could not be read or written.
     #[error("desired-state store: {0}")]
     Store(String),
+    /// No lattice store is reachable: this node runs its config dir's apps itself, and nothing
+    /// else can be deployed meanwhile.
+    #[error("no lattice store reachable: apps from {dir} run on this node only")]
+    NoStore {
+        /// The node's config dir.
+        dir: String,
+    },
+}
+
+impl DeployError {
+    /// Whether the store could not be reached (worth trying again soon), as opposed to a
+    /// refusal of the manifest.
+    pub fn is_unreachable(&self) -> bool {
+        matches!(self, DeployError::Store(_) | DeployError::NoStore { .. })
+    }
 }
 
 /// Uploads the wasm file of every component of `manifest` whose image is a file, and returns
@@ -127,13 +158,31 @@ pub async fn upload_images(
     Ok(images)
 }
 
-/// The version name of a manifest: `explicit`, else its `version` annotation, else
-/// `sha-<first 12 hex of the text's sha256>` (deploying the same text twice is the same version).
-pub fn version_of(explicit: Option<&str>, manifest: &Manifest, text: &str) -> String {
-    explicit
-        .map(str::to_owned)
-        .or_else(|| manifest.version.clone())
-        .unwrap_or_else(|| format!("sha-{}", hex(&Sha256::digest(text.as_bytes())[..6])))
+/// Keeps the wasm file of every component of `manifest` whose image is a file in this node's
+/// artifact cache only (no lattice store reachable), and returns component name → digest.
+///
+/// # Errors
+/// A file cannot be read ([`FieldError`] on its `image`), or the cache cannot be written
+/// ([`DeployError::Store`]).
+pub async fn keep_images(
+    manifest: &Manifest,
+    artifacts: &Artifacts,
+) -> Result<BTreeMap<String, String>, DeployError> {
+    let mut images = BTreeMap::new();
+    for spec in &manifest.components {
+        let Image::File(path) = &spec.image else {
+            continue;
+        };
+        let wasm = read_component_file(path)
+            .await
+            .map_err(|reason| FieldError::new(&spec.image_field, reason))?;
+        let digest = artifacts
+            .keep_here(&wasm)
+            .await
+            .map_err(|e| DeployError::Store(format!("{e:#}")))?;
+        images.insert(spec.name.clone(), digest);
+    }
+    Ok(images)
 }
 
 /// The write side of the desired state, on a node.
@@ -144,11 +193,16 @@ pub struct AppStore {
     artifacts: Artifacts,
     host: Host,
     ingress: SocketAddr,
+    /// The node's config dir, named when no store is reachable.
+    config_dir: PathBuf,
+    /// Replicas of the apps bucket when this node creates it (`--store-replicas`).
+    replicas: usize,
 }
 
 impl AppStore {
     /// Writes `lattice`'s desired state through `js`, keeping `mirror` in step at once; checks
-    /// components with `host`, routes against the ingress at `ingress`.
+    /// components with `host`, routes against the ingress at `ingress`. The apps bucket is
+    /// created with one replica unless [`AppStore::with_replicas`] says otherwise.
     pub fn new(
         js: SharedJetStream,
         lattice: &str,
@@ -164,7 +218,27 @@ impl AppStore {
             artifacts,
             host,
             ingress,
+            config_dir: PathBuf::new(),
+            replicas: 1,
         }
+    }
+
+    /// This store with `dir` as the node's config dir (named by [`DeployError::NoStore`], made
+    /// absolute as the config-dir watcher names it).
+    pub fn with_config_dir(mut self, dir: PathBuf) -> AppStore {
+        self.config_dir = std::path::absolute(&dir).unwrap_or(dir);
+        self
+    }
+
+    /// This store creating the apps bucket with `replicas` replicas (`--store-replicas`).
+    pub fn with_replicas(mut self, replicas: usize) -> AppStore {
+        self.replicas = replicas;
+        self
+    }
+
+    /// Replicas of the buckets when this node creates them (`--store-replicas`).
+    pub fn replicas(&self) -> usize {
+        self.replicas
     }
 
     /// The node's mirror of the desired state.
@@ -177,35 +251,151 @@ impl AppStore {
         &self.artifacts
     }
 
-    /// Validates `request` and stores it as the deployed version of its app.
+    /// [`DeployError::NoStore`] while the lattice's JetStream is known to be unreachable.
+    pub fn no_store(&self) -> Option<DeployError> {
+        match self.js.state() {
+            JetStreamState::Unreachable { .. } => Some(DeployError::NoStore {
+                dir: self.config_dir.display().to_string(),
+            }),
+            JetStreamState::Searching | JetStreamState::Found { .. } => None,
+        }
+    }
+
+    /// Follows whether the lattice's JetStream is reachable.
+    pub fn subscribe_store(&self) -> watch::Receiver<JetStreamState> {
+        self.js.subscribe()
+    }
+
+    /// Validates `request` and stores it as the deployed version of its app (the control
+    /// API's `app.deploy`).
     ///
     /// # Errors
-    /// [`DeployError`], naming the field and the reason; nothing changed.
+    /// [`DeployError`], naming the field and the reason, or [`DeployError::NoStore`]; nothing
+    /// changed.
     pub async fn deploy(&self, request: DeployRequest) -> Result<DeployOutcome, DeployError> {
-        let mut manifest = manifest::parse(&request.manifest, Path::new("/"))?;
-        manifest.bind_artifacts(&request.images)?;
-        let mut version = version_of(request.version.as_deref(), &manifest, &request.manifest);
-        if version.is_empty() || version.chars().any(char::is_control) {
-            return Err(FieldError::new(
-                "metadata.annotations.version",
-                format!("{version:?} is not a usable version name"),
-            )
-            .into());
+        if let Some(e) = self.no_store() {
+            return Err(e);
         }
+        let prepared = prepare(&request)?;
+        self.deploy_shared(&request, prepared, None).await
+    }
+
+    /// Deploys a manifest of this node's config dir: into the lattice's store, else (none
+    /// reachable) into the node-local desired state. A node-local app of the same name moves
+    /// into the store: written there (unless the store holds a version stored after it, which
+    /// then stays) and dropped here, the same version and artifacts, so its replicas run on.
+    ///
+    /// # Errors
+    /// As [`AppStore::deploy`], never [`DeployError::NoStore`].
+    pub async fn deploy_file(&self, request: DeployRequest) -> Result<DeployOutcome, DeployError> {
+        let prepared = prepare(&request)?;
+        if self.no_store().is_some() {
+            return self.deploy_local(&request, prepared).await;
+        }
+        let local = self.mirror.local(&prepared.manifest.name);
+        self.deploy_shared(&request, prepared, local).await
+    }
+
+    async fn deploy_local(
+        &self,
+        request: &DeployRequest,
+        prepared: Prepared,
+    ) -> Result<DeployOutcome, DeployError> {
+        let Prepared {
+            manifest,
+            mut version,
+        } = prepared;
+        let name = manifest.name.clone();
+        let mut stored = StoredVersion {
+            version: version.clone(),
+            manifest: request.manifest.clone(),
+            images: request.images.clone(),
+            stored_at_ms: now_ms(),
+            source: request.source.clone(),
+        };
+        let known: Vec<StoredVersion> = self
+            .mirror
+            .local(&name)
+            .into_iter()
+            .chain(self.mirror.get(&name).map(|(_, r)| r))
+            .flat_map(|r| r.versions)
+            .collect();
+        if let Some(existing) = known.iter().find(|v| v.version == version)
+            && !same_content(existing, &stored)
+        {
+            if request.version.is_some() || !matches!(request.source, Source::File { .. }) {
+                return Err(version_exists(&name, version));
+            }
+            version = suffixed(&version, request);
+            stored.version = version.clone();
+        }
+        if let Some(local) = self.mirror.local(&name)
+            && local.deployed == version
+            && local
+                .deployed_version()
+                .is_some_and(|v| same_content(v, &stored))
+        {
+            return Ok(DeployOutcome {
+                name,
+                version,
+                changed: false,
+                local: true,
+                warnings: Vec::new(),
+            });
+        }
+        let warnings = self.check_components(&manifest).await?;
+        self.check_routes(&manifest, &request.source)?;
+        self.mirror.set_local(
+            &name,
+            Some(StoredApp {
+                name: name.clone(),
+                deployed: version.clone(),
+                versions: vec![stored],
+            }),
+        );
+        Ok(DeployOutcome {
+            name,
+            version,
+            changed: true,
+            local: true,
+            warnings,
+        })
+    }
+
+    /// Stores a prepared request in the lattice's store; `local` is the node-local record of
+    /// the app, moving into the store.
+    async fn deploy_shared(
+        &self,
+        request: &DeployRequest,
+        prepared: Prepared,
+        local: Option<StoredApp>,
+    ) -> Result<DeployOutcome, DeployError> {
+        let Prepared {
+            manifest,
+            mut version,
+        } = prepared;
+        let name = manifest.name.clone();
+        let unchanged = |version: String, warnings: Vec<String>| {
+            if local.is_some() {
+                self.mirror.set_local(&name, None);
+            }
+            Ok(DeployOutcome {
+                name: name.clone(),
+                version,
+                changed: false,
+                local: false,
+                warnings,
+            })
+        };
         // Already deployed as it is (a node restarting with its config dir, a repeated
         // deploy): nothing to check or write.
-        if let Some((_, record)) = self.mirror.get(&manifest.name)
+        if let Some((_, record)) = self.mirror.get(&name)
             && record.deployed == version
             && record
                 .deployed_version()
                 .is_some_and(|v| v.manifest == request.manifest && v.images == request.images)
         {
-            return Ok(DeployOutcome {
-                name: manifest.name,
-                version,
-                changed: false,
-                warnings: Vec::new(),
-            });
+            return unchanged(version, Vec::new());
         }
         let warnings = self.check_components(&manifest).await?;
         self.check_routes(&manifest, &request.source)?;
@@ -214,7 +404,7 @@ impl AppStore {
                 a.ip().is_unspecified() && a.port() == self.ingress.port() && *a != self.ingress
             }) {
                 tracing::warn!(
-                    app = manifest.name,
+                    app = name,
                     %addr,
                     "address is the ingress's port on every interface: served by each node's shared ingress \
                      (start nodes with --http-addr {addr} to listen on every interface)"
@@ -229,174 +419,224 @@ impl AppStore {
             stored_at_ms: now_ms(),
             source: request.source.clone(),
         };
-        let kv = apps_kv(&self.js.context(), &self.lattice)
+        // Moving from the node-local state: the very version that runs here, its time kept.
+        let local_version = local
+            .as_ref()
+            .and_then(|l| l.deployed_version().filter(|v| same_content(v, &stored)))
+            .cloned();
+        if let Some(local) = &local_version {
+            version = local.version.clone();
+            stored.version = version.clone();
+            stored.stored_at_ms = local.stored_at_ms;
+        }
+        let store = |e: String| DeployError::Store(e);
+        let bucket = AppsBucket::open(&self.js.context(), &self.lattice, self.replicas)
             .await
-            .map_err(|e| DeployError::Store(format!("{e:#}")))?;
+            .map_err(|e| store(format!("{e:#}")))?;
         for _ in 0..CAS_ATTEMPTS {
-            let current = kv
-                .entry(manifest.name.clone())
+            let current = bucket.read_app(&name).await.map_err(store)?;
+            if let Some(local) = &local_version
+                && let Some(deployed) = current.deployed()
+                && deployed != version
+                && current.age().1 > local.stored_at_ms
+            {
+                tracing::info!(
+                    app = name,
+                    version = deployed,
+                    "the lattice store holds a version of the app stored after this node's config-dir version; it stays"
+                );
+                return unchanged(
+                    deployed.to_owned(),
+                    vec![format!(
+                        "app {name:?}: the lattice store holds version {deployed:?}, stored after this node ran {version:?} from its config dir; the store's version stays"
+                    )],
+                );
+            }
+            let mut existing = bucket
+                .read_version(&current, &name, &version)
                 .await
-                .map_err(|e| DeployError::Store(format!("reading app {:?}: {e}", manifest.name)))?
-                .filter(|e| e.operation == async_nats::jetstream::kv::Operation::Put);
-            let (revision, mut record) = match &current {
-                Some(entry) => (
-                    Some(entry.revision),
-                    serde_json::from_slice::<StoredApp>(&entry.value).map_err(|e| {
-                        DeployError::Store(format!(
-                            "app {:?}: malformed record: {e}",
-                            manifest.name
-                        ))
-                    })?,
-                ),
-                None => (
-                    None,
-                    StoredApp {
-                        name: manifest.name.clone(),
-                        deployed: version.clone(),
-                        versions: Vec::new(),
-                    },
-                ),
-            };
-            let same =
-                |v: &StoredVersion| v.manifest == stored.manifest && v.images == stored.images;
-            let taken = record
-                .versions
-                .iter()
-                .any(|v| v.version == version && !same(v));
-            if taken && request.version.is_none() && matches!(request.source, Source::File { .. }) {
+                .map_err(store)?;
+            if existing.as_ref().is_some_and(|v| !same_content(v, &stored))
+                && request.version.is_none()
+                && matches!(request.source, Source::File { .. })
+            {
                 // A config-dir file edited in place keeps its annotation: its new content gets
                 // the annotation with a content suffix, as users of such files expect an edit to
                 // roll out.
-                let mut hasher = Sha256::new();
-                hasher.update(request.manifest.as_bytes());
-                for (component, digest) in &request.images {
-                    hasher.update(format!("\n{component}={digest}").as_bytes());
-                }
-                version = format!("{version}+sha-{}", hex(&hasher.finalize()[..6]));
+                version = suffixed(&version, request);
                 stored.version = version.clone();
+                existing = bucket
+                    .read_version(&current, &name, &version)
+                    .await
+                    .map_err(store)?;
             }
-            if let Some(existing) = record.versions.iter().find(|v| v.version == version) {
-                if !same(existing) {
-                    return Err(FieldError::new(
-                        "metadata.annotations.version",
-                        DeployError::VersionExists {
-                            app: manifest.name.clone(),
-                            version,
-                        }
-                        .to_string(),
-                    )
-                    .into());
+            let mut versions = current.version_names();
+            let mut write = Vec::new();
+            match &existing {
+                Some(existing) if !same_content(existing, &stored) => {
+                    return Err(version_exists(&name, version));
                 }
-                if revision.is_some() && record.deployed == version {
-                    return Ok(DeployOutcome {
-                        name: manifest.name,
-                        version,
-                        changed: false,
-                        warnings,
-                    });
+                Some(_) if current.deployed() == Some(version.as_str()) => {
+                    return unchanged(version, warnings);
                 }
-            } else {
-                record.versions.push(stored.clone());
+                Some(_) => {}
+                None => {
+                    versions.retain(|v| *v != version);
+                    versions.push(version.clone());
+                    write.push(stored.clone());
+                }
             }
-            record.deployed = version.clone();
-            // One KV value holds the record: the oldest versions go past MAX_VERSIONS.
-            while record.versions.len() > MAX_VERSIONS {
-                let Some(oldest) = record.versions.iter().position(|v| v.version != version) else {
+            // The history is bounded: the oldest versions go past MAX_VERSIONS.
+            while versions.len() > MAX_VERSIONS {
+                let Some(oldest) = versions.iter().position(|v| *v != version) else {
                     break;
                 };
-                record.versions.remove(oldest);
+                versions.remove(oldest);
             }
-            let value =
-                serde_json::to_vec(&record).map_err(|e| DeployError::Store(e.to_string()))?;
-            let written = match revision {
-                Some(revision) => kv
-                    .update(&manifest.name, value.into(), revision)
-                    .await
-                    .map_err(|e| {
-                        (
-                            e.kind() == UpdateErrorKind::WrongLastRevision,
-                            e.to_string(),
-                        )
-                    }),
-                None => kv
-                    .create(&manifest.name, value.into())
-                    .await
-                    .map_err(|e| (e.kind() == CreateErrorKind::AlreadyExists, e.to_string())),
+            // A record of an earlier release is rewritten, one key per version.
+            if let Some((_, legacy)) = &current.legacy {
+                write.extend(
+                    legacy
+                        .versions
+                        .iter()
+                        .filter(|v| versions.contains(&v.version) && v.version != version)
+                        .cloned(),
+                );
+            }
+            let (generation, _) = current.age();
+            let head = AppHead {
+                name: name.clone(),
+                deployed: version.clone(),
+                versions,
+                generation: generation.max(self.mirror.generation(&name)) + 1,
+                updated_at_ms: now_ms(),
             };
-            match written {
-                Ok(revision) => {
-                    self.mirror.apply(&manifest.name, revision, Some(record));
+            match bucket.write_app(&current, &head, &write).await {
+                Ok(written) => {
+                    self.mirror.apply_written(&written);
+                    if local.is_some() {
+                        self.mirror.set_local(&name, None);
+                    }
                     return Ok(DeployOutcome {
-                        name: manifest.name,
+                        name,
                         version,
                         changed: true,
+                        local: false,
                         warnings,
                     });
                 }
                 // Another writer got there first: read again.
-                Err((true, _)) => continue,
-                Err((false, e)) => {
-                    return Err(DeployError::Store(format!(
-                        "writing app {:?}: {e}",
-                        manifest.name
-                    )));
+                Err(WriteError::Conflict(_)) => continue,
+                Err(e @ WriteError::TooLarge { .. }) => {
+                    return Err(FieldError::new("spec", e.to_string()).into());
+                }
+                Err(WriteError::Store(e)) => {
+                    return Err(DeployError::Store(format!("writing app {name:?}: {e}")));
                 }
             }
         }
         Err(DeployError::Store(format!(
-            "app {:?} kept changing under this deploy; try again",
-            manifest.name
+            "app {name:?} kept changing under this deploy; try again"
         )))
     }
 
     /// Removes app `name` (every version) from the lattice, if `only_from` is `None` or its
-    /// deployed version came from that source; then collects artifacts no app names.
-    /// Returns whether it was removed.
+    /// deployed version came from that source; a node-local app of that source goes at once.
+    /// Returns whether it was removed. Unused artifacts are collected by the sweep.
     ///
     /// # Errors
-    /// [`DeployError::NoSuchApp`], or the store cannot be written.
+    /// [`DeployError::NoSuchApp`], [`DeployError::NoStore`] (the control API's undeploy while
+    /// no store is reachable), or the store cannot be written.
     pub async fn undeploy(
         &self,
         name: &str,
         only_from: Option<&Source>,
     ) -> Result<bool, DeployError> {
-        let kv = apps_kv(&self.js.context(), &self.lattice)
+        let from = |record: &StoredApp| {
+            only_from.is_none_or(|s| record.deployed_version().map(|v| &v.source) == Some(s))
+        };
+        let no_store = self.no_store();
+        if only_from.is_none()
+            && let Some(e) = no_store
+        {
+            return Err(e);
+        }
+        let mut removed = false;
+        if let Some(local) = self.mirror.local(name)
+            && from(&local)
+        {
+            self.mirror.set_local(name, None);
+            removed = true;
+        }
+        if let Some(e) = no_store {
+            return match self.mirror.get(name) {
+                // Stored from this file too: that waits for the store.
+                Some((_, record)) if from(&record) => Err(e),
+                _ if removed => Ok(true),
+                Some(_) => Ok(false),
+                None => Err(DeployError::NoSuchApp(name.to_owned())),
+            };
+        }
+        let store = |e: String| DeployError::Store(e);
+        let bucket = AppsBucket::open(&self.js.context(), &self.lattice, self.replicas)
             .await
-            .map_err(|e| DeployError::Store(format!("{e:#}")))?;
-        let entry = kv
-            .entry(name.to_owned())
-            .await
-            .map_err(|e| DeployError::Store(format!("reading app {name:?}: {e}")))?
-            .filter(|e| e.operation == async_nats::jetstream::kv::Operation::Put)
-            .ok_or_else(|| DeployError::NoSuchApp(name.to_owned()))?;
-        if let Some(source) = only_from {
-            let record: StoredApp = serde_json::from_slice(&entry.value)
-                .map_err(|e| DeployError::Store(format!("app {name:?}: malformed record: {e}")))?;
-            if record.deployed_version().map(|v| &v.source) != Some(source) {
-                return Ok(false);
+            .map_err(|e| store(format!("{e:#}")))?;
+        for _ in 0..CAS_ATTEMPTS {
+            let current = bucket.read_app(name).await.map_err(store)?;
+            let Some(deployed) = current.deployed() else {
+                return if removed {
+                    Ok(true)
+                } else {
+                    Err(DeployError::NoSuchApp(name.to_owned()))
+                };
+            };
+            if let Some(source) = only_from {
+                let version = bucket
+                    .read_version(&current, name, deployed)
+                    .await
+                    .map_err(store)?;
+                if version.map(|v| v.source).as_ref() != Some(source) {
+                    return Ok(removed);
+                }
+            }
+            match bucket.delete_app(name, &current).await {
+                Ok(written) => {
+                    self.mirror.apply_written(&written);
+                    return Ok(true);
+                }
+                Err(WriteError::Conflict(_)) => continue,
+                Err(e) => return Err(DeployError::Store(format!("deleting app {name:?}: {e}"))),
             }
         }
-        kv.delete_expect_revision(name, Some(entry.revision))
-            .await
-            .map_err(|e| DeployError::Store(format!("deleting app {name:?}: {e}")))?;
-        // The delete marker's revision is not returned; one past the record's is a lower bound
-        // that orders it after the record, and the watch brings the exact one.
-        self.mirror.apply(name, entry.revision + 1, None);
-        Ok(true)
+        Err(DeployError::Store(format!(
+            "app {name:?} kept changing under this undeploy; try again"
+        )))
     }
 
     /// One mark-and-sweep pass over the artifacts ([`Artifacts::sweep`]), with the digests every
-    /// stored version names read afresh from the KV; failures are logged.
+    /// stored version names (every version key, listed by a head or not) read afresh from the
+    /// KV; failures are logged.
     pub async fn sweep_artifacts(&self) {
+        if self.no_store().is_some() {
+            return;
+        }
         let referenced = async || -> anyhow::Result<BTreeSet<String>> {
-            let kv = apps_kv(&self.js.context(), &self.lattice).await?;
+            let bucket = AppsBucket::open(&self.js.context(), &self.lattice, self.replicas).await?;
+            let kv = bucket.kv();
             let keys: Vec<String> = kv.keys().await?.try_collect().await?;
             let mut digests = BTreeSet::new();
             for key in keys {
-                if let Some(value) = kv.get(key.clone()).await? {
-                    let record: StoredApp = serde_json::from_slice(&value)
-                        .with_context(|| format!("app {key:?}: malformed record"))?;
-                    digests.extend(record.digests().map(str::to_owned));
+                let Some(value) = kv.get(key.clone()).await? else {
+                    continue;
+                };
+                match layout::parse_record(&key, &value).map_err(anyhow::Error::msg)? {
+                    Some(layout::Record::Legacy(record)) => {
+                        digests.extend(record.digests().map(str::to_owned));
+                    }
+                    Some(layout::Record::Version(version)) => {
+                        digests.extend(version.images.into_values());
+                    }
+                    Some(layout::Record::Head(_)) | None => {}
                 }
             }
             Ok(digests)
@@ -405,101 +645,6 @@ impl AppStore {
             tracing::warn!(error = format!("{e:#}"), "collecting unused artifacts");
         }
     }
-
-    /// Every component's artifact exists and is a `wasi:http` component this node can link.
-    /// Returns warnings: components importing `wasi:keyvalue` without a keyvalue link, which
-    /// are stored but will not start (their status says why).
-    async fn check_components(&self, manifest: &Manifest) -> Result<Vec<String>, DeployError> {
-        let mut warnings = Vec::new();
-        for spec in &manifest.components {
-            let Image::Artifact { digest } = &spec.image else {
-                continue;
-            };
-            let wasm = self
-                .artifacts
-                .fetch(digest)
-                .await
-                .map_err(|e| FieldError::new(&spec.image_field, format!("{e:#}")))?;
-            let checked = self
-                .host
-                .check_http_component(wasm)
-                .await
-                .map_err(|e| FieldError::new(&spec.image_field, e.to_string()))?;
-            if checked.code_source == crate::host::CodeSource::Compiled {
-                tracing::info!(
-                    app = manifest.name,
-                    component = spec.name,
-                    digest,
-                    "component compiled (checked for the deploy)"
-                );
-            }
-            let keyvalue = crate::host::keyvalue_imports(&checked.imports);
-            if !keyvalue.is_empty() && spec.keyvalue.is_empty() {
-                warnings.push(format!(
-                    "component {:?} imports {} but has no keyvalue link: it will not start",
-                    spec.name,
-                    keyvalue.join(", ")
-                ));
-            }
-        }
-        Ok(warnings)
-    }
-
-    /// The manifest's routes are free: no other deployed app of the lattice holds one (an app
-    /// deployed from the same file is being replaced and does not count).
-    fn check_routes(&self, manifest: &Manifest, source: &Source) -> Result<(), DeployError> {
-        let desired = self.mirror.desired();
-        let mut routes = Vec::new();
-        for (name, app) in desired.iter() {
-            if *name == manifest.name {
-                continue;
-            }
-            let same_file = matches!(source, Source::File { .. })
-                && app.record.deployed_version().map(|v| &v.source) == Some(source);
-            if same_file {
-                continue;
-            }
-            if let Ok(other) = &app.manifest {
-                routes.extend(routes_of(other, self.ingress));
-            }
-        }
-        let held = routes.len();
-        routes.extend(routes_of(manifest, self.ingress));
-        Router::build(routes.clone()).map(drop).map_err(|conflict| {
-            // Name the link that claims the route.
-            let field = routes[held..]
-                .iter()
-                .zip(&manifest.http_links)
-                .find(|(route, _)| route.key.to_string() == conflict.route)
-                .map_or_else(|| "spec".to_owned(), |(_, link)| link.field.clone());
-            FieldError::new(field, conflict.to_string()).into()
-        })
-    }
-}
-
-/// The routes of `manifest` on a node whose shared ingress is `ingress`.
-pub fn routes_of(manifest: &Manifest, ingress: SocketAddr) -> Vec<Route> {
-    let app: Arc<str> = manifest.name.as_str().into();
-    manifest
-        .http_links
-        .iter()
-        .map(|link| Route {
-            key: RouteKey::new(
-                super::deployer::listener_for(link.address, ingress),
-                link.host.as_deref(),
-                link.path.as_deref(),
-            ),
-            target: RouteTarget {
-                app: app.clone(),
-                component: link.target.as_str().into(),
-                resend: manifest
-                    .components
-                    .iter()
-                    .find(|c| c.name == link.target)
-                    .map_or(Resend::Idempotent, |c| Resend::of_config(&c.config)),
-            },
-        })
-        .collect()
 }
 
 fn now_ms() -> u64 {

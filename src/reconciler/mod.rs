@@ -88,7 +88,7 @@ impl Reconciler {
             let desired = self.mirror.desired();
             desired_rx.mark_unchanged();
             let hosts = self.hosts();
-            let placement = plan::place(&desired, &hosts);
+            let placement = store::place(&desired, &hosts, &self.me);
             let now = Instant::now();
             let running: BTreeMap<(String, String), Running> = self
                 .deployer

@@ -1,27 +1,35 @@
-//! Desired state shared by the lattice: one record per app, with every version, in a JetStream
-//! KV bucket (`lattice_<lattice>_apps`, key = app name, as wadm keeps a `StoredManifest` per
-//! model), mirrored by every node into sled so it restarts, and keeps serving, from the same
-//! state when the KV is out of reach (`PROTOCOL.md` §Desired state).
+//! Desired state of the lattice: apps and every version of them in a JetStream KV bucket
+//! (`lattice_<lattice>_apps`, a head record per app and one key per version: [`layout`]),
+//! mirrored by every node into sled so it restarts, and keeps serving, from the same state when
+//! the KV is out of reach; beside it, node-local desired state: the apps of this node's config
+//! dir while no lattice store is reachable, run on this node only until they move into the
+//! store (`PROTOCOL.md` §Desired state).
 //!
 //! The mirror follows the KV with a watch (every change, at once) and a full pass every
-//! [`RESYNC`] (changes a watch may have missed while the hub was away). Each entry keeps its KV
-//! revision, so an older value never replaces a newer one whatever order they arrive in.
+//! [`RESYNC`] (changes a watch may have missed while the hub was away). Each key keeps its KV
+//! revision, so an older value never replaces a newer one whatever order they arrive in. A
+//! bucket that vanished or was created anew never empties the mirror: the node keeps running
+//! what it has, logs an error naming the bucket and re-publishes its apps into the new bucket
+//! (the newest record of each app wins: [`layout::AppHead::newer_than`]); keys that vanish from
+//! the bucket without a delete marker (a purged stream) are re-published likewise.
 
-use std::collections::BTreeMap;
+mod follow;
+use follow::Listing;
+pub mod layout;
+
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
-use async_nats::jetstream;
-use async_nats::jetstream::kv::{Operation, Store};
-use futures::{StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
-use tokio_util::sync::CancellationToken;
 
 use super::manifest::{self, Manifest};
-use crate::nats::subjects;
+use super::plan;
+use crate::lattice::membership::HostInfo;
+use layout::{Record, key_kind, parse_record};
 
 /// How often the mirror re-reads the whole KV bucket, besides following its watch.
 pub const RESYNC: Duration = Duration::from_secs(15);
@@ -29,8 +37,13 @@ pub const RESYNC: Duration = Duration::from_secs(15);
 /// Delay before an unreachable KV is tried again.
 const RETRY: Duration = Duration::from_secs(2);
 
+/// How often a write of an app is tried again when another writer changed the app between its
+/// read and its write.
+pub const CAS_ATTEMPTS: usize = 5;
+
 /// An app as the lattice stores it: every version given to it, and which one is deployed.
-/// The value of key `<app>` in the apps bucket, JSON.
+/// Assembled from the app's head and version keys ([`layout`]); the value of key `<app>` in
+/// buckets written by earlier releases, JSON.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StoredApp {
     /// App name (`metadata.name`).
@@ -105,10 +118,15 @@ pub struct DesiredApp {
     pub record: StoredApp,
     /// The deployed version's manifest.
     pub manifest: Result<Arc<Manifest>, String>,
+    /// From this node's node-local desired state (its config dir while no lattice store is
+    /// reachable): placed on this node only.
+    pub local: bool,
 }
 
 impl DesiredApp {
-    fn new(record: StoredApp) -> DesiredApp {
+    /// The desired app of `record`, its deployed manifest parsed; `local` for node-local
+    /// desired state.
+    pub fn new(record: StoredApp, local: bool) -> DesiredApp {
         let manifest = match record.deployed_version() {
             Some(version) => parse_stored(version).map(Arc::new),
             None => Err(format!(
@@ -116,7 +134,11 @@ impl DesiredApp {
                 record.deployed
             )),
         };
-        DesiredApp { record, manifest }
+        DesiredApp {
+            record,
+            manifest,
+            local,
+        }
     }
 
     /// When the app was first stored (its oldest version), in ms since the epoch: apps stored
@@ -145,55 +167,229 @@ pub fn parse_stored(version: &StoredVersion) -> Result<Manifest, String> {
 /// The desired state of the lattice: deployed apps by name.
 pub type Desired = BTreeMap<String, DesiredApp>;
 
-/// What the mirror keeps per key: the KV revision and the record, `None` once deleted.
+/// Places `desired` on `hosts` ([`plan::place`]), node-local apps on this node (`me`) only.
+pub fn place(desired: &Desired, hosts: &[HostInfo], me: &str) -> plan::Placement {
+    let mut placement = plan::place(desired, hosts);
+    let local: Desired = desired
+        .iter()
+        .filter(|(_, app)| app.local)
+        .map(|(name, app)| (name.clone(), app.clone()))
+        .collect();
+    if !local.is_empty() {
+        let mine: Vec<HostInfo> = hosts.iter().filter(|h| h.id == me).cloned().collect();
+        placement.extend(plan::place(&local, &mine));
+    }
+    placement
+}
+
+/// What the mirror keeps per KV key in sled: the revision and the value (JSON text), no value
+/// once deleted.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct MirrorEntry {
     revision: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    value: Option<String>,
+    /// Mirrors written by releases before one key per version: the record of key `<app>`.
+    #[serde(default, skip_serializing)]
     record: Option<StoredApp>,
 }
 
-/// The node's copy of the apps bucket, in sled (tree `apps` of `<data-dir>/state`), with the
-/// parsed [`Desired`] state published on a watch channel.
+/// A KV key as the mirror holds it in memory.
+#[derive(Debug, Clone)]
+struct Entry {
+    revision: u64,
+    /// `None` once deleted.
+    record: Option<Record>,
+}
+
+/// An app of the bucket as the mirror assembles it from its keys.
+#[derive(Debug, Clone)]
+struct SharedApp {
+    record: StoredApp,
+    generation: u64,
+    updated_at_ms: u64,
+    /// Revision of its head (or earlier release's record).
+    revision: u64,
+}
+
+/// The mirror in memory.
+#[derive(Default)]
+struct State {
+    /// Every key of the bucket seen, deleted ones included.
+    entries: BTreeMap<String, Entry>,
+    /// The apps of the bucket.
+    shared: BTreeMap<String, SharedApp>,
+    /// Node-local desired state: app → record.
+    local: BTreeMap<String, StoredApp>,
+    /// What runs: local apps over shared ones of the same name.
+    desired: Desired,
+}
+
+impl State {
+    fn live(&self, key: &str) -> Option<(u64, &Record)> {
+        let entry = self.entries.get(key)?;
+        Some((entry.revision, entry.record.as_ref()?))
+    }
+
+    fn assemble(&self, app: &str) -> Option<SharedApp> {
+        if let Some((revision, Record::Head(head))) = self.live(&layout::head_key(app)) {
+            let versions = head
+                .versions
+                .iter()
+                .filter_map(|v| match self.live(&layout::version_key(app, v)) {
+                    Some((_, Record::Version(version))) if version.version == *v => {
+                        Some(version.clone())
+                    }
+                    _ => None,
+                })
+                .collect();
+            return Some(SharedApp {
+                record: StoredApp {
+                    name: app.to_owned(),
+                    deployed: head.deployed.clone(),
+                    versions,
+                },
+                generation: head.generation,
+                updated_at_ms: head.updated_at_ms,
+                revision,
+            });
+        }
+        if let Some((revision, Record::Legacy(record))) = self.live(app) {
+            return Some(SharedApp {
+                record: record.clone(),
+                generation: 0,
+                updated_at_ms: record
+                    .versions
+                    .iter()
+                    .map(|v| v.stored_at_ms)
+                    .max()
+                    .unwrap_or(0),
+                revision,
+            });
+        }
+        None
+    }
+
+    /// Assembles `app` again; returns whether what runs of it changed.
+    fn refresh(&mut self, app: &str) -> bool {
+        match self.assemble(app) {
+            Some(shared) => self.shared.insert(app.to_owned(), shared),
+            None => self.shared.remove(app),
+        };
+        let want = match self.local.get(app) {
+            Some(record) => Some((record, true)),
+            None => self.shared.get(app).map(|s| (&s.record, false)),
+        };
+        match want {
+            None => self.desired.remove(app).is_some(),
+            Some((record, local)) => {
+                if self
+                    .desired
+                    .get(app)
+                    .is_some_and(|d| d.local == local && d.record == *record)
+                {
+                    return false;
+                }
+                let desired = DesiredApp::new(record.clone(), local);
+                self.desired.insert(app.to_owned(), desired);
+                true
+            }
+        }
+    }
+}
+
+/// The node's copy of the apps bucket, in sled (tree `apps` of `<data-dir>/state`, per KV key),
+/// with its node-local desired state (tree `apps_local`), and the parsed [`Desired`] state of
+/// both published on a watch channel.
 pub struct Mirror {
     tree: sled::Tree,
-    /// Which bucket the entries came from (`bucket` → its creation time), so a bucket created
-    /// anew (wiped, restored, another JetStream) replaces the mirror instead of hiding behind
-    /// its higher revisions.
+    /// Which bucket the entries came from (`bucket` → stream name and creation time), so a
+    /// bucket created anew is told from the one mirrored: its revisions start again.
     meta: sled::Tree,
-    entries: Mutex<BTreeMap<String, MirrorEntry>>,
+    local_tree: sled::Tree,
+    state: Mutex<State>,
     desired: watch::Sender<Arc<Desired>>,
 }
 
 impl Mirror {
-    /// Opens (or creates) the mirror in `db` and loads what it holds.
+    /// Opens (or creates) the mirror in `db` and loads what it holds (mirrors of earlier
+    /// releases included).
     ///
     /// # Errors
-    /// sled cannot open the tree or read it.
+    /// sled cannot open the trees or read them.
     pub fn open(db: &sled::Db) -> anyhow::Result<Mirror> {
         let tree = db.open_tree("apps").context("opening the apps mirror")?;
         let meta = db
             .open_tree("apps_meta")
             .context("opening the apps mirror")?;
-        let mut entries = BTreeMap::new();
+        let local_tree = db
+            .open_tree("apps_local")
+            .context("opening the node-local desired state")?;
+        let mut state = State::default();
         for item in tree.iter() {
             let (key, value) = item.context("reading the apps mirror")?;
             let key = String::from_utf8_lossy(&key).into_owned();
-            match serde_json::from_slice::<MirrorEntry>(&value) {
-                Ok(entry) => {
-                    entries.insert(key, entry);
-                }
+            let entry = match serde_json::from_slice::<MirrorEntry>(&value) {
+                Ok(entry) => entry,
                 Err(e) => {
-                    tracing::warn!(app = key, error = %e, "unreadable mirror entry ignored")
+                    tracing::warn!(key, error = %e, "unreadable mirror entry ignored");
+                    continue;
                 }
+            };
+            let record = match (entry.value, entry.record) {
+                (Some(value), _) => match parse_record(&key, value.as_bytes()) {
+                    Ok(record) => record,
+                    Err(e) => {
+                        tracing::warn!(key, error = e, "unreadable mirror entry ignored");
+                        continue;
+                    }
+                },
+                (None, Some(record)) => Some(Record::Legacy(record)),
+                (None, None) => None,
+            };
+            state.entries.insert(
+                key,
+                Entry {
+                    revision: entry.revision,
+                    record,
+                },
+            );
+        }
+        for item in local_tree.iter() {
+            let (key, value) = item.context("reading the node-local desired state")?;
+            let app = String::from_utf8_lossy(&key).into_owned();
+            match serde_json::from_slice::<StoredApp>(&value) {
+                Ok(record) => {
+                    state.local.insert(app, record);
+                }
+                Err(e) => tracing::warn!(app, error = %e, "unreadable node-local app ignored"),
             }
         }
-        let desired = watch::Sender::new(Arc::new(build_desired(&entries)));
+        let apps: BTreeSet<String> = state
+            .entries
+            .keys()
+            .filter_map(|k| key_kind(k).map(|k| k.app().to_owned()))
+            .chain(state.local.keys().cloned())
+            .collect();
+        for app in &apps {
+            state.refresh(app);
+        }
+        let desired = watch::Sender::new(Arc::new(state.desired.clone()));
         Ok(Mirror {
             tree,
             meta,
-            entries: Mutex::new(entries),
+            local_tree,
+            state: Mutex::new(state),
             desired,
         })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn publish(&self, state: &State) {
+        self.desired.send_replace(Arc::new(state.desired.clone()));
     }
 
     /// Follows the desired state: a new value after every change.
@@ -201,290 +397,188 @@ impl Mirror {
         self.desired.subscribe()
     }
 
-    /// The desired state now.
+    /// The desired state now: the apps of the lattice's store, and this node's node-local ones
+    /// (which take the place of a stored app of the same name).
     pub fn desired(&self) -> Arc<Desired> {
         self.desired.borrow().clone()
     }
 
-    /// The stored record of `app` (deployed or not: every app in the mirror is deployed).
+    /// The record of `app` in the lattice's store, with its head's revision.
     pub fn get(&self, app: &str) -> Option<(u64, StoredApp)> {
-        let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        let entry = entries.get(app)?;
-        Some((entry.revision, entry.record.clone()?))
+        let state = self.lock();
+        let shared = state.shared.get(app)?;
+        Some((shared.revision, shared.record.clone()))
     }
 
-    /// Records `record` (or its deletion, `None`) for `key` at KV `revision`, unless the mirror
-    /// already holds that key at a later revision.
-    pub fn apply(&self, key: &str, revision: u64, record: Option<StoredApp>) {
-        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        if entries.get(key).is_some_and(|e| e.revision >= revision) {
+    /// The generation of `app`'s head in the store as this node last saw it (0 for none).
+    pub fn generation(&self, app: &str) -> u64 {
+        self.lock().shared.get(app).map_or(0, |s| s.generation)
+    }
+
+    /// The record of `app` that runs: node-local, else the store's.
+    pub fn record(&self, app: &str) -> Option<StoredApp> {
+        self.lock().desired.get(app).map(|d| d.record.clone())
+    }
+
+    /// The node-local record of `app`.
+    pub fn local(&self, app: &str) -> Option<StoredApp> {
+        self.lock().local.get(app).cloned()
+    }
+
+    /// Sets (or with `None` drops) the node-local record of `app`, kept in sled.
+    pub fn set_local(&self, app: &str, record: Option<StoredApp>) {
+        let mut state = self.lock();
+        let result = match &record {
+            Some(record) => serde_json::to_vec(record)
+                .map_err(anyhow::Error::from)
+                .and_then(|bytes| Ok(self.local_tree.insert(app.as_bytes(), bytes).map(drop)?)),
+            None => self
+                .local_tree
+                .remove(app.as_bytes())
+                .map(drop)
+                .map_err(Into::into),
+        };
+        if let Err(e) = result.and_then(|()| Ok(self.local_tree.flush().map(drop)?)) {
+            tracing::error!(app, error = %e, "writing the node-local desired state");
+        }
+        match record {
+            Some(record) => state.local.insert(app.to_owned(), record),
+            None => state.local.remove(app),
+        };
+        if state.refresh(app) {
+            self.publish(&state);
+        }
+    }
+
+    /// Records the value of KV key `key` (or its deletion, `None`) at KV `revision`, unless
+    /// the mirror already holds that key at that revision or a later one. Values that do not
+    /// parse, and keys of no known shape, are ignored.
+    pub fn apply(&self, key: &str, revision: u64, value: Option<&[u8]>) {
+        let Some(kind) = key_kind(key) else { return };
+        let record = match value.map(|v| parse_record(key, v)) {
+            Some(Ok(record)) => record,
+            Some(Err(e)) => {
+                tracing::warn!(key, error = e, "malformed app record ignored");
+                return;
+            }
+            None => None,
+        };
+        let mut state = self.lock();
+        if state
+            .entries
+            .get(key)
+            .is_some_and(|e| e.revision >= revision)
+        {
             return;
         }
-        let entry = MirrorEntry { revision, record };
-        self.persist(key, &entry);
-        entries.insert(key.to_owned(), entry);
-        self.desired.send_replace(Arc::new(build_desired(&entries)));
+        self.persist(key, revision, value);
+        self.flush();
+        state
+            .entries
+            .insert(key.to_owned(), Entry { revision, record });
+        if state.refresh(kind.app()) {
+            self.publish(&state);
+        }
     }
 
-    /// A full pass: `present` is every key of bucket `bucket_id` (its creation time) with its
-    /// revision and record, read while the bucket's last revision was at least
-    /// `last_revision`. Keys absent from it, and not changed since, are deleted. Entries of
-    /// another bucket are dropped first.
-    fn resync(&self, bucket_id: &str, last_revision: u64, present: Vec<(String, u64, StoredApp)>) {
-        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        let mut changed = false;
-        let known = self.meta.get("bucket").ok().flatten();
-        if known.as_deref() != Some(bucket_id.as_bytes()) {
-            if known.is_some() && !entries.is_empty() {
-                tracing::warn!(
-                    bucket = bucket_id,
-                    "the apps bucket is not the one mirrored (created anew or another JetStream); mirroring it afresh"
-                );
-                entries.clear();
-                if let Err(e) = self.tree.clear() {
-                    tracing::error!(error = %e, "clearing the apps mirror");
-                }
-                changed = true;
-            }
-            if let Err(e) = self.meta.insert("bucket", bucket_id.as_bytes()) {
-                tracing::error!(error = %e, "writing the apps mirror");
-            }
+    /// [`Mirror::apply`] of every key a write stored.
+    pub fn apply_written(&self, written: &layout::Written) {
+        for (key, revision, value) in written {
+            self.apply(key, *revision, value.as_deref());
         }
-        let keys: std::collections::BTreeSet<String> =
-            present.iter().map(|(k, _, _)| k.clone()).collect();
-        for (key, revision, record) in present {
-            if entries.get(&key).is_some_and(|e| e.revision >= revision) {
+    }
+
+    /// A full pass: `listing` is every key of the bucket, read while the bucket's last
+    /// revision was at least `last_revision`, with its revision and value unless the mirror's
+    /// copy was taken as it is. Keys absent from it, and not changed since, are deleted. With
+    /// `replace` (a bucket not mirrored before, whose revisions started again) every entry is
+    /// taken from the listing, whatever its revision.
+    fn resync(&self, last_revision: u64, listing: Listing, replace: bool) {
+        let mut state = self.lock();
+        let mut touched = BTreeSet::new();
+        let Listing { present, kept } = listing;
+        let keys: BTreeSet<String> = present
+            .iter()
+            .map(|(k, _, _)| k.clone())
+            .chain(kept)
+            .collect();
+        for (key, revision, value) in present {
+            let Some(kind) = key_kind(&key) else { continue };
+            let known = state.entries.get(&key);
+            if known.is_some_and(|e| e.revision == revision && e.record.is_some())
+                || (!replace && known.is_some_and(|e| e.revision >= revision))
+            {
                 continue;
             }
-            let entry = MirrorEntry {
-                revision,
-                record: Some(record),
+            let record = match parse_record(&key, &value) {
+                Ok(record) => record,
+                Err(e) => {
+                    tracing::warn!(key, error = e, "malformed app record ignored");
+                    continue;
+                }
             };
-            self.persist(&key, &entry);
-            entries.insert(key, entry);
-            changed = true;
+            self.persist(&key, revision, Some(&value));
+            touched.insert(kind.app().to_owned());
+            state.entries.insert(key, Entry { revision, record });
         }
-        let gone: Vec<String> = entries
+        let absent: Vec<(String, bool)> = state
+            .entries
             .iter()
-            .filter(|(k, e)| !keys.contains(*k) && e.revision <= last_revision)
-            .filter(|(_, e)| e.record.is_some())
-            .map(|(k, _)| k.clone())
+            .filter(|(k, e)| !keys.contains(*k) && (replace || e.revision <= last_revision))
+            .map(|(k, e)| (k.clone(), e.record.is_some()))
             .collect();
-        for key in gone {
-            let entry = MirrorEntry {
-                revision: last_revision,
-                record: None,
-            };
-            self.persist(&key, &entry);
-            entries.insert(key, entry);
-            changed = true;
+        for (key, live) in absent {
+            if let Some(kind) = key_kind(&key) {
+                touched.insert(kind.app().to_owned());
+            }
+            if replace && !live {
+                // A deletion in a bucket that is gone: nothing to order against any more.
+                state.entries.remove(&key);
+                if let Err(e) = self.tree.remove(key.as_bytes()) {
+                    tracing::error!(key, error = %e, "writing the apps mirror");
+                }
+            } else if live {
+                self.persist(&key, last_revision, None);
+                state.entries.insert(
+                    key,
+                    Entry {
+                        revision: last_revision,
+                        record: None,
+                    },
+                );
+            }
+        }
+        self.flush();
+        let mut changed = false;
+        for app in touched {
+            changed |= state.refresh(&app);
         }
         if changed {
-            self.desired.send_replace(Arc::new(build_desired(&entries)));
+            self.publish(&state);
         }
     }
 
-    fn persist(&self, key: &str, entry: &MirrorEntry) {
-        let result = serde_json::to_vec(entry)
+    fn persist(&self, key: &str, revision: u64, value: Option<&[u8]>) {
+        let entry = MirrorEntry {
+            revision,
+            value: value.map(|v| String::from_utf8_lossy(v).into_owned()),
+            record: None,
+        };
+        let result = serde_json::to_vec(&entry)
             .map_err(anyhow::Error::from)
-            .and_then(|bytes| Ok(self.tree.insert(key.as_bytes(), bytes)?))
-            .and_then(|_| Ok(self.tree.flush()?));
+            .and_then(|bytes| Ok(self.tree.insert(key.as_bytes(), bytes)?));
         if let Err(e) = result {
             // The in-memory state still follows the lattice; only a restart would miss it.
-            tracing::error!(app = key, error = %e, "writing the apps mirror");
+            tracing::error!(key, error = %e, "writing the apps mirror");
         }
     }
 
-    /// Keeps the mirror in step with the apps bucket of `lattice` through `js`, until
-    /// `shutdown`: a watch for changes as they happen, and a full pass every [`RESYNC`] and
-    /// after the KV comes back. While the KV cannot be reached the mirror keeps what it has.
-    pub async fn follow(
-        self: Arc<Self>,
-        js: crate::nats::SharedJetStream,
-        lattice: String,
-        shutdown: CancellationToken,
-    ) {
-        let mut unreachable_logged = false;
-        loop {
-            let context = js.context();
-            let outcome = tokio::select! {
-                outcome = self.follow_once(&context, &lattice, &mut unreachable_logged) => outcome,
-                () = shutdown.cancelled() => return,
-            };
-            if let Err(e) = outcome
-                && !unreachable_logged
-            {
-                unreachable_logged = true;
-                tracing::warn!(
-                    bucket = subjects::apps_bucket(&lattice),
-                    error = format!("{e:#}"),
-                    "desired-state store unreachable; running from the local mirror"
-                );
-            }
-            tokio::select! {
-                () = tokio::time::sleep(RETRY) => {}
-                () = shutdown.cancelled() => return,
-            }
+    fn flush(&self) {
+        if let Err(e) = self.tree.flush() {
+            tracing::error!(error = %e, "writing the apps mirror");
         }
     }
-
-    async fn follow_once(
-        &self,
-        js: &jetstream::Context,
-        lattice: &str,
-        unreachable_logged: &mut bool,
-    ) -> anyhow::Result<()> {
-        let kv = apps_kv(js, lattice).await?;
-        let mut watch = kv.watch_all().await.context("watching the apps bucket")?;
-        self.full_pass(js, &kv).await?;
-        if std::mem::take(unreachable_logged) {
-            tracing::info!(
-                bucket = subjects::apps_bucket(lattice),
-                "desired-state store reachable again"
-            );
-        }
-        let mut resync = tokio::time::interval_at(tokio::time::Instant::now() + RESYNC, RESYNC);
-        loop {
-            tokio::select! {
-                entry = watch.next() => {
-                    let entry = entry
-                        .context("the apps bucket watch ended")?
-                        .context("watching the apps bucket")?;
-                    let record = match entry.operation {
-                        Operation::Put => match serde_json::from_slice::<StoredApp>(&entry.value) {
-                            Ok(record) => Some(record),
-                            Err(e) => {
-                                tracing::warn!(app = entry.key, error = %e, "malformed app record ignored");
-                                continue;
-                            }
-                        },
-                        Operation::Delete | Operation::Purge => None,
-                    };
-                    self.apply(&entry.key, entry.revision, record);
-                }
-                _ = resync.tick() => self.full_pass(js, &kv).await?,
-            }
-        }
-    }
-
-    async fn full_pass(&self, js: &jetstream::Context, kv: &Store) -> anyhow::Result<()> {
-        // Fresh stream info: `Store::status` answers what was cached when the store was opened.
-        let stream = js
-            .get_stream(&kv.stream_name)
-            .await
-            .context("reading the apps bucket")?;
-        let info = stream.cached_info();
-        let last_revision = info.state.last_sequence;
-        let bucket_id = format!("{}@{}", kv.stream_name, info.created);
-        let keys: Vec<String> = kv
-            .keys()
-            .await
-            .context("listing the apps bucket")?
-            .try_collect()
-            .await
-            .context("listing the apps bucket")?;
-        let mut present = Vec::new();
-        for key in keys {
-            let Some(entry) = kv
-                .entry(key.clone())
-                .await
-                .context("reading an app record")?
-            else {
-                continue;
-            };
-            if entry.operation != Operation::Put {
-                continue;
-            }
-            match serde_json::from_slice::<StoredApp>(&entry.value) {
-                Ok(record) => present.push((key, entry.revision, record)),
-                Err(e) => tracing::warn!(app = key, error = %e, "malformed app record ignored"),
-            }
-        }
-        self.resync(&bucket_id, last_revision, present);
-        Ok(())
-    }
-}
-
-fn build_desired(entries: &BTreeMap<String, MirrorEntry>) -> Desired {
-    entries
-        .iter()
-        .filter_map(|(k, e)| Some((k.clone(), DesiredApp::new(e.record.clone()?))))
-        .collect()
-}
-
-/// The apps bucket of `lattice`, created when missing (history 1: the record holds every
-/// version), by [`crate::nats::kv::open_bucket`].
-///
-/// # Errors
-/// JetStream cannot be reached, or refuses to create the bucket.
-pub async fn apps_kv(js: &jetstream::Context, lattice: &str) -> anyhow::Result<Store> {
-    let bucket = subjects::apps_bucket(lattice);
-    crate::nats::kv::open_bucket(
-        js,
-        &bucket,
-        &format!("desired state (app manifests) of lattice {lattice}"),
-        crate::nats::kv::IfMissing::Create,
-    )
-    .await
-    .map_err(anyhow::Error::from)
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn record(name: &str, version: &str) -> StoredApp {
-        StoredApp {
-            name: name.into(),
-            deployed: version.into(),
-            versions: vec![StoredVersion {
-                version: version.into(),
-                manifest: "not yaml: [".into(),
-                images: BTreeMap::new(),
-                stored_at_ms: 1,
-                source: Source::Cli,
-            }],
-        }
-    }
-
-    #[test]
-    fn the_mirror_keeps_the_latest_revision_and_survives_a_reopen() {
-        let dir = tempfile::tempdir().unwrap();
-        {
-            let db = sled::open(dir.path()).unwrap();
-            let mirror = Mirror::open(&db).unwrap();
-            let seen = mirror.subscribe();
-            mirror.apply("a", 5, Some(record("a", "v2")));
-            mirror.apply("a", 3, Some(record("a", "v1")));
-            assert_eq!(mirror.get("a").unwrap().1.deployed, "v2");
-            assert!(seen.has_changed().unwrap());
-            assert!(
-                mirror.desired()["a"].manifest.is_err(),
-                "bad text is reported"
-            );
-            mirror.apply("b", 6, Some(record("b", "v1")));
-            mirror.apply("b", 7, None);
-            // A stale put of a deleted key does not bring it back.
-            mirror.apply("b", 6, Some(record("b", "v1")));
-            assert!(mirror.get("b").is_none());
-            // A full pass that no longer lists a key drops it, unless it changed since.
-            mirror.apply("c", 9, Some(record("c", "v1")));
-            mirror.resync("one", 8, vec![("a".into(), 5, record("a", "v2"))]);
-            assert!(mirror.get("c").is_some());
-            mirror.resync("one", 9, vec![("a".into(), 5, record("a", "v2"))]);
-            assert!(mirror.get("c").is_none());
-        }
-        let db = sled::open(dir.path()).unwrap();
-        let mirror = Mirror::open(&db).unwrap();
-        assert_eq!(mirror.get("a").unwrap().1.deployed, "v2");
-        assert_eq!(
-            mirror.desired().keys().collect::<Vec<_>>(),
-            ["a"],
-            "deleted apps stay deleted after a restart"
-        );
-        // The bucket created anew: its revisions start again, and win.
-        mirror.resync("two", 1, vec![("b".into(), 1, record("b", "v9"))]);
-        assert!(mirror.get("a").is_none());
-        assert_eq!(mirror.get("b").unwrap().1.deployed, "v9");
-    }
-}
+mod tests;

@@ -7,6 +7,12 @@
 //! A file deploys when it changes: what this node last deployed from each file (content digest
 //! and app) is kept in sled (tree `files`), so a restart neither deploys an unchanged file again
 //! (which could roll the lattice back to it) nor forgets a file removed while the node was down.
+//!
+//! While no lattice store is reachable the files deploy into the node's node-local desired
+//! state (they run on this node only; logged once: `no lattice store reachable: apps from <dir>
+//! run on this node only`), and move into the store as soon as it is reachable. A file larger
+//! than [`MAX_MANIFEST_BYTES`] is refused without being read; like any bad manifest it is tried
+//! again when it changes or at the 30 s re-scan, never sooner.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -18,7 +24,7 @@ use notify::{RecursiveMode, Watcher as _};
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
-use super::deploy::{self, AppStore, DeployError, DeployRequest};
+use super::deploy::{self, AppStore, DeployError, DeployRequest, MAX_MANIFEST_BYTES};
 use super::manifest;
 use super::store::Source;
 
@@ -37,6 +43,9 @@ struct Deployed {
     digest: String,
     /// The app it deployed.
     app: String,
+    /// Deployed into the node-local desired state only: still to move into the store.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    local: bool,
 }
 
 /// What the watcher last saw of a manifest file.
@@ -46,6 +55,8 @@ struct FileState {
     error: Option<Failed>,
     /// The app it deployed.
     app: Option<String>,
+    /// Deployed into the node-local desired state only.
+    local: bool,
 }
 
 /// Why a file was not applied.
@@ -102,6 +113,7 @@ pub async fn run(
         dir: dir.clone(),
         records,
         pending: BTreeMap::new(),
+        local_logged: false,
     };
     std::fs::create_dir_all(&dir)
         .with_context(|| format!("creating config dir {}", dir.display()))?;
@@ -118,6 +130,7 @@ pub async fn run(
         .with_context(|| format!("watching config dir {}", dir.display()))?;
     tracing::info!(dir = %dir.display(), "watching the config dir for manifests");
 
+    let mut store_state = Some(deployer.store.subscribe_store());
     let mut files: BTreeMap<PathBuf, FileState> = BTreeMap::new();
     deployer.find_orphans();
     deployer.scan(&mut files, false).await;
@@ -140,6 +153,18 @@ pub async fn run(
             // The timer also retries manifests that failed: the wasm may exist now, the store
             // may be reachable again.
             () = tokio::time::sleep_until(next_rescan) => deployer.scan(&mut files, true).await,
+            // Found or lost: node-local apps move into the store, or files go node-local.
+            changed = async {
+                match &mut store_state {
+                    Some(state) => state.changed().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                match changed {
+                    Ok(()) => deployer.scan(&mut files, true).await,
+                    Err(_) => store_state = None,
+                }
+            }
             () = shutdown.cancelled() => return Ok(()),
         }
         next_rescan = tokio::time::Instant::now() + deployer.rescan_interval(&files);
@@ -182,11 +207,17 @@ struct DirDeployer {
     records: sled::Tree,
     /// Files removed whose app still has to be undeployed (the store was unreachable).
     pending: BTreeMap<PathBuf, String>,
+    /// Whether running from node-local desired state was logged (once per outage).
+    local_logged: bool,
 }
 
 impl DirDeployer {
-    /// Sooner while a file or an undeploy waits for the store.
+    /// Sooner while a file or an undeploy waits for a store that should answer (not while
+    /// none is reachable at all: the store's state wakes the watcher when it is found).
     fn rescan_interval(&self, files: &BTreeMap<PathBuf, FileState>) -> Duration {
+        if self.store.no_store().is_some() {
+            return RESCAN;
+        }
         let waiting = !self.pending.is_empty()
             || files
                 .values()
@@ -291,6 +322,39 @@ impl DirDeployer {
 
         let mut contents = Vec::new();
         for path in present {
+            // Too large to be a manifest: refused from its size, never read.
+            if let Ok(meta) = std::fs::metadata(&path)
+                && meta.len() > MAX_MANIFEST_BYTES as u64
+            {
+                let stamp = format!("{} bytes, modified {:?}", meta.len(), meta.modified().ok());
+                let digest: [u8; 32] = Sha256::digest(stamp.as_bytes()).into();
+                let before = files.get(&path);
+                if before.is_some_and(|f| f.digest == digest) {
+                    continue;
+                }
+                changed = true;
+                let error = Failed {
+                    text: format!(
+                        "{}: {} bytes is more than the {MAX_MANIFEST_BYTES} bytes a manifest may have (not read)",
+                        path.display(),
+                        meta.len()
+                    ),
+                    unreachable: false,
+                };
+                tracing::error!(file = %path.display(), "manifest not applied: {}; what was running keeps running", error.text);
+                let app = before.and_then(|f| f.app.clone());
+                let local = before.is_some_and(|f| f.local);
+                files.insert(
+                    path,
+                    FileState {
+                        digest,
+                        error: Some(error),
+                        app,
+                        local,
+                    },
+                );
+                continue;
+            }
             match std::fs::read(&path) {
                 Ok(bytes) => {
                     let digest: [u8; 32] = Sha256::digest(&bytes).into();
@@ -306,17 +370,22 @@ impl DirDeployer {
         // Unchanged files are applied again only if their last try failed, and then only when
         // something else changed (a conflicting app may be gone) or `retry_failed` says so.
         let retry_failed = retry_failed || changed;
+        let reachable = self.store.no_store().is_none();
         for (path, bytes, digest, unchanged) in contents {
             let before = files.get(&path);
             let failed_before = before.and_then(|f| f.error.clone());
-            if unchanged && (failed_before.is_none() || !retry_failed) {
+            // Node-local apps move into the store once it is reachable.
+            let to_move = reachable && before.is_some_and(|f| f.local);
+            if unchanged && !to_move && (failed_before.is_none() || !retry_failed) {
                 continue;
             }
             let previous_app = before.and_then(|f| f.app.clone());
             // First seen since the node started, unchanged since this node deployed it.
             let hex = crate::host::hex(&digest);
             if before.is_none()
-                && let Some(record) = self.record(&path).filter(|r| r.digest == hex)
+                && let Some(record) = self
+                    .record(&path)
+                    .filter(|r| r.digest == hex && (!r.local || !reachable))
             {
                 files.insert(
                     path,
@@ -324,23 +393,26 @@ impl DirDeployer {
                         digest,
                         error: None,
                         app: Some(record.app),
+                        local: record.local,
                     },
                 );
                 continue;
             }
+            let previous_local = before.is_some_and(|f| f.local);
             let result = self.apply_file(&path, &bytes).await;
-            if let Ok(app) = &result {
+            if let Ok((app, local)) = &result {
                 self.set_record(
                     &path,
                     Some(&Deployed {
                         digest: hex,
                         app: app.clone(),
+                        local: *local,
                     }),
                 );
             }
-            let (app, error) = match result {
-                Ok(app) => (Some(app), None),
-                Err(e) => (previous_app, Some(e)),
+            let (app, error, local) = match result {
+                Ok((app, local)) => (Some(app), None, local),
+                Err(e) => (previous_app, Some(e), previous_local),
             };
             // Log a failure once, not at every re-scan that retries it with the same result.
             if let Some(error) = error
@@ -349,13 +421,34 @@ impl DirDeployer {
             {
                 tracing::error!(file = %path.display(), "manifest not applied: {}; what was running keeps running", error.text);
             }
-            files.insert(path, FileState { digest, error, app });
+            files.insert(
+                path,
+                FileState {
+                    digest,
+                    error,
+                    app,
+                    local,
+                },
+            );
+        }
+        let local = files.values().any(|f| f.local);
+        if local && !self.local_logged {
+            self.local_logged = true;
+            tracing::warn!(
+                dir = %self.dir.display(),
+                "no lattice store reachable: apps from {} run on this node only",
+                self.dir.display()
+            );
+        } else if !local && self.local_logged && reachable {
+            self.local_logged = false;
+            tracing::info!(dir = %self.dir.display(), "lattice store reachable: the apps of the config dir are in it");
         }
     }
 
-    /// Parses, uploads and deploys one file; returns its app. The error text names the file
-    /// and the field.
-    async fn apply_file(&self, path: &Path, bytes: &[u8]) -> Result<String, Failed> {
+    /// Parses, uploads and deploys one file (into the node-local desired state while no store
+    /// is reachable); returns its app and whether it went node-local. The error text names the
+    /// file and the field.
+    async fn apply_file(&self, path: &Path, bytes: &[u8]) -> Result<(String, bool), Failed> {
         let failed = |text: String| Failed {
             text,
             unreachable: false,
@@ -371,7 +464,7 @@ impl DirDeployer {
         let name = manifest.name.clone();
         let source = self.node.source(path);
         let mirror = self.store.mirror().clone();
-        let stored = mirror.get(&name).map(|(_, record)| record);
+        let stored = mirror.record(&name);
         if let Some(record) = &stored {
             let deployed_source = record.deployed_version().map(|v| &v.source);
             if let Some(Source::File {
@@ -391,15 +484,18 @@ impl DirDeployer {
             }
         }
         let to_failure = |e: DeployError| Failed {
-            unreachable: matches!(e, DeployError::Store(_)),
+            unreachable: e.is_unreachable(),
             text: in_file(&format!("app {name:?}: {e}")),
         };
-        let images = deploy::upload_images(&manifest, self.store.artifacts())
-            .await
-            .map_err(to_failure)?;
+        let images = if self.store.no_store().is_some() {
+            deploy::keep_images(&manifest, self.store.artifacts()).await
+        } else {
+            deploy::upload_images(&manifest, self.store.artifacts()).await
+        }
+        .map_err(to_failure)?;
         let outcome = self
             .store
-            .deploy(DeployRequest {
+            .deploy_file(DeployRequest {
                 manifest: text.to_owned(),
                 version: None,
                 images,
@@ -410,7 +506,9 @@ impl DirDeployer {
         for warning in &outcome.warnings {
             tracing::warn!(file = %path.display(), app = name, "{warning}");
         }
-        if outcome.changed {
+        if outcome.changed && outcome.local {
+            tracing::info!(file = %path.display(), app = name, version = outcome.version, "manifest deployed on this node only (no lattice store reachable)");
+        } else if outcome.changed {
             tracing::info!(file = %path.display(), app = name, version = outcome.version, "manifest deployed to the lattice");
             // An artifact found already stored may have been collected between the upload and
             // the store (its last user undeployed meanwhile): put it back.
@@ -438,6 +536,6 @@ impl DirDeployer {
                 }
             }
         }
-        Ok(name)
+        Ok((name, outcome.local))
     }
 }

@@ -79,6 +79,7 @@ fn desired(app: &str, version: &str, scaler: Scaler) -> Desired {
         DesiredApp {
             record,
             manifest: Ok(Arc::new(manifest)),
+            local: false,
         },
     )])
 }
@@ -467,7 +468,14 @@ fn a_stored_manifest_beyond_the_bounds_is_failed_not_placed() {
         deployed: "v1".into(),
         versions: vec![version],
     };
-    let d = Desired::from([("spin".to_owned(), DesiredApp { record, manifest })]);
+    let d = Desired::from([(
+        "spin".to_owned(),
+        DesiredApp {
+            record,
+            manifest,
+            local: false,
+        },
+    )]);
     let hosts = [host("a1", "a")];
     assert!(place(&d, &hosts).is_empty());
     let s = status("spin", &d, &place(&d, &hosts), &hosts).unwrap();
