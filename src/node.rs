@@ -125,6 +125,7 @@ async fn start_nats(
     let settings = ServerSettings {
         server_name: config.name.clone(),
         client_port: port,
+        monitor_port: nats::supervisor::free_loopback_port()?,
         // A leaf node uses the hub's JetStream (DESIGN.md §4), so it runs none of its own.
         jetstream_store_dir: leaf_remote.is_none().then(|| nats_dir.join("jetstream")),
         leaf_remote,
@@ -264,7 +265,7 @@ async fn run_with_nats(
         client.clone(),
         Arc::new(control::ControlContext {
             lattice: config.lattice.clone(),
-            js_domain: config.js_domain.clone(),
+            jetstream: js.clone(),
             membership: membership.clone(),
             local: local_info.clone(),
             apps: apps.clone(),
@@ -275,8 +276,17 @@ async fn run_with_nats(
     tokio::spawn(nats::watch_jetstream(
         js.clone(),
         js_state,
-        config.js_domain.clone(),
-        matches!(config.nats_mode, NatsMode::Leaf { .. }),
+        nats::Discovery {
+            configured: config.js_domain.clone(),
+            reach: match &config.nats_mode {
+                NatsMode::Standalone => nats::Reach::Standalone,
+                NatsMode::Leaf { url, .. } => nats::Reach::Leaf {
+                    remote: url.clone(),
+                    uplink: uplink.clone(),
+                },
+                NatsMode::External { .. } => nats::Reach::External,
+            },
+        },
         shutdown.clone(),
     ));
     let mirror_task = tokio::spawn(mirror.clone().follow(

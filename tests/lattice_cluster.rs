@@ -94,9 +94,7 @@ fn join_with(
         lattice,
         "--heartbeat-interval",
         &heartbeat,
-        // The lattice's desired state lives in the hub's JetStream.
-        "--js-domain",
-        Hub::JS_DOMAIN,
+        // No --js-domain: the node finds the hub's JetStream (domain `hub`) itself.
     ];
     flags.extend_from_slice(extra);
     let node = Node::start_in(&config, &dir.path().join("data"), &flags);

@@ -4,10 +4,14 @@
 //! unreachable, found again) reaches all of them at once.
 
 use async_nats::jetstream;
+use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-/// Whether the lattice's shared JetStream is reachable from this node, and where.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Whether the lattice's shared JetStream is reachable from this node, and where. As JSON (the
+/// `get.config` reply): `{"state":"searching"}`, `{"state":"found","domain":"hub"}` (`null`:
+/// none), `{"state":"unreachable","reason":"…"}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
 pub enum JetStreamState {
     /// Not known yet: the node is still looking.
     Searching,
@@ -65,14 +69,24 @@ impl SharedJetStream {
 
     /// A context addressing the JetStream found, else the configured domain's.
     pub fn context(&self) -> jetstream::Context {
-        let domain = match &*self.state.borrow() {
-            JetStreamState::Found { domain } => domain.clone(),
-            _ => self.configured.clone(),
-        };
-        match domain {
+        match self.domain() {
             Some(domain) => jetstream::with_domain(self.client.clone(), domain),
             None => jetstream::new(self.client.clone()),
         }
+    }
+
+    /// The domain [`SharedJetStream::context`] addresses now: the one found, else the
+    /// configured one (`None`: the plain `$JS.API` prefix).
+    pub fn domain(&self) -> Option<String> {
+        match &*self.state.borrow() {
+            JetStreamState::Found { domain } => domain.clone(),
+            _ => self.configured.clone(),
+        }
+    }
+
+    /// The NATS connection it uses.
+    pub fn client(&self) -> &async_nats::Client {
+        &self.client
     }
 
     /// The state now.
