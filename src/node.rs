@@ -273,20 +273,22 @@ async fn run_with_nats(
         shutdown.clone(),
     )
     .await?;
+    let discovery = nats::Discovery {
+        configured: config.js_domain.clone(),
+        reach: match &config.nats_mode {
+            NatsMode::Standalone => nats::Reach::Standalone,
+            NatsMode::Leaf { url, .. } => nats::Reach::Leaf {
+                remote: url.clone(),
+                uplink: uplink.clone(),
+            },
+            NatsMode::External { .. } => nats::Reach::External,
+        },
+    };
+    discovery.prime(&js).await;
     tokio::spawn(nats::watch_jetstream(
         js.clone(),
         js_state,
-        nats::Discovery {
-            configured: config.js_domain.clone(),
-            reach: match &config.nats_mode {
-                NatsMode::Standalone => nats::Reach::Standalone,
-                NatsMode::Leaf { url, .. } => nats::Reach::Leaf {
-                    remote: url.clone(),
-                    uplink: uplink.clone(),
-                },
-                NatsMode::External { .. } => nats::Reach::External,
-            },
-        },
+        discovery,
         shutdown.clone(),
     ));
     let mirror_task = tokio::spawn(mirror.clone().follow(

@@ -7,8 +7,9 @@
 //!   JetStream; `server/leafnode.go`, the leafnode `Info`). The node's nats-server reads it but
 //!   shows it in no monitoring endpoint, so the node reads it too: it opens a TCP connection to
 //!   the leaf URL, reads that one line and closes (a plain read: nats-server sends INFO before
-//!   any TLS handshake). It does so whenever the uplink (re)connects, and every 30 s while
-//!   nothing is found.
+//!   any TLS handshake). It does so at start, before the uplink stands (so that the first
+//!   requests of the node already address that domain: [`SharedJetStream::context`]), whenever
+//!   the uplink (re)connects, and every 30 s while nothing is found.
 //! - Then it asks `$JS.<domain>.API.INFO` (the hub's domain, if it has one), then the plain
 //!   `$JS.API.INFO` (a hub's JetStream without a domain, which the leaf's `default_js_domain`
 //!   lets through, see [`super::server_config::render`]). The first that answers without an
@@ -205,6 +206,26 @@ async fn find(
     Err(failures)
 }
 
+/// How long [`Discovery::prime`] waits for the remote's INFO at most.
+const PRIME_TIMEOUT: Duration = Duration::from_secs(1);
+
+impl Discovery {
+    /// Before the node's users of `shared` start: in leaf mode without `--js-domain`, reads the
+    /// remote's leafnode INFO (1 s at most) and has `shared` address its domain until one is
+    /// found, so their first requests do not go to the wrong prefix.
+    pub async fn prime(&self, shared: &SharedJetStream) {
+        let Reach::Leaf { remote, .. } = &self.reach else {
+            return;
+        };
+        if self.configured.is_some() {
+            return;
+        }
+        if let Ok(Ok(info)) = tokio::time::timeout(PRIME_TIMEOUT, read_remote_info(remote)).await {
+            shared.expect(info.domain().map(str::to_owned));
+        }
+    }
+}
+
 /// Finds the shared JetStream as `discovery` says and keeps `state` current, until `shutdown`:
 /// asks the one in use every 5 s, looks again at once when it stops answering or the uplink
 /// changes, and every 2 s while none answers. Logs each change: which domain is used and how it
@@ -237,31 +258,34 @@ pub async fn watch_jetstream(
                     remote_info = None;
                 }
                 was_connected = connected;
-                if !connected {
-                    leaf_not_connected(&now, started)
-                } else {
-                    let stale = remote_info.as_ref().is_none_or(|(at, _)| {
-                        !matches!(&*state.borrow(), JetStreamState::Found { .. })
-                            && at.elapsed() >= INFO_REREAD
-                    });
-                    if stale && discovery.configured.is_none() {
-                        let info = read_remote_info(remote).await;
-                        match &info {
-                            Ok(info) => tracing::debug!(
+                // Read at once, before the uplink stands (it is a connection of its own), and
+                // again after each (re)connection and now and then while nothing is found.
+                let stale = remote_info.as_ref().is_none_or(|(at, _)| {
+                    !matches!(&*state.borrow(), JetStreamState::Found { .. })
+                        && at.elapsed() >= INFO_REREAD
+                });
+                if stale && discovery.configured.is_none() {
+                    let info = read_remote_info(remote).await;
+                    match &info {
+                        Ok(info) => {
+                            tracing::debug!(
                                 remote,
                                 server = info.server_name.as_deref().unwrap_or("-"),
                                 jetstream = info.jetstream,
                                 domain = info.domain().unwrap_or("(none)"),
                                 "read the remote's leafnode INFO"
-                            ),
-                            Err(e) => tracing::debug!(
-                                remote,
-                                error = e,
-                                "reading the remote's leafnode INFO"
-                            ),
+                            );
+                            shared.expect(info.domain().map(str::to_owned));
                         }
-                        remote_info = Some((Instant::now(), info));
+                        Err(e) => {
+                            tracing::debug!(remote, error = e, "reading the remote's leafnode INFO")
+                        }
                     }
+                    remote_info = Some((Instant::now(), info));
+                }
+                if !connected {
+                    leaf_not_connected(&now, started)
+                } else {
                     let info = remote_info.as_ref().map(|(_, info)| info);
                     let candidates = leaf_candidates(discovery.configured.as_deref(), info);
                     Some(find(&client, &candidates).await.map_err(|failures| {
