@@ -335,7 +335,7 @@ fn leaf_not_connected(uplink: &Uplink, started: Instant) -> Option<Result<Candid
         .map(|e| format!(": {e}"))
         .unwrap_or_default();
     Some(Err(format!(
-        "the leaf uplink to {} is {}{error}",
+        "the leaf uplink to {} does not stand ({}{error})",
         uplink.remote.as_deref().unwrap_or("the hub"),
         uplink.state.as_str()
     )))

@@ -34,6 +34,8 @@ const LEAFZ_POLL: Duration = Duration::from_secs(1);
 const LEAFZ_FAST_POLL: Duration = Duration::from_millis(100);
 /// How long the fast polling lasts after a leafnode line.
 const LEAFZ_FAST_FOR: Duration = Duration::from_secs(2);
+/// How long a (re)start waits for the hub's leafnode INFO at most (it starts without it).
+const INFO_TIMEOUT: Duration = Duration::from_secs(1);
 /// First restart delay; doubled after each failed or short-lived run.
 const BACKOFF_INITIAL: Duration = Duration::from_millis(250);
 /// Longest restart delay.
@@ -185,7 +187,8 @@ impl Launch {
     /// `None` when not in leaf mode or the INFO could not be read.
     async fn hub_js_without_domain(&self) -> Option<bool> {
         let remote = self.settings.leaf_remote.as_ref()?;
-        match read_remote_info(&remote.url).await {
+        let read = tokio::time::timeout(INFO_TIMEOUT, read_remote_info(&remote.url)).await;
+        match read.unwrap_or_else(|_| Err(format!("no INFO within {INFO_TIMEOUT:?}"))) {
             Ok(info) => Some(info.jetstream && info.domain().is_none()),
             Err(e) => {
                 tracing::debug!(

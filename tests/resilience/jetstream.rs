@@ -143,3 +143,105 @@ fn a_jetstream_that_appears_later_is_found_in_the_domain_it_comes_with() {
         || found_through(&a, "$JS.API"),
     );
 }
+
+/// The counter example (`POST /counter/<key>` increments, answers the new value) with a
+/// keyvalue-nats bucket `bucket` (created when missing), one replica.
+fn counter_on_nats(bucket: &str) -> String {
+    format!(
+        r#"apiVersion: core.oam.dev/v1beta1
+kind: Application
+metadata:
+  name: kvcount
+  annotations:
+    version: v1
+spec:
+  components:
+    - name: counter
+      type: component
+      properties:
+        image: file://{wasm}
+      traits:
+        - type: spreadscaler
+          properties:
+            instances: 1
+        - type: link
+          properties:
+            namespace: wasi
+            package: keyvalue
+            interfaces: [store, atomics]
+            target:
+              name: kvnats
+              config:
+                - name: kv-config
+                  properties:
+                    bucket: '{bucket}'
+                    enable_bucket_auto_create: 'true'
+    - name: kvnats
+      type: capability
+      properties:
+        image: ghcr.io/wasmcloud/keyvalue-nats:0.3.1
+    - name: httpserver
+      type: capability
+      properties:
+        image: ghcr.io/wasmcloud/http-server:0.23.2
+      traits:
+        - type: link
+          properties:
+            target:
+              name: counter
+            namespace: wasi
+            package: http
+            interfaces: [incoming-handler]
+            source:
+              config:
+                - name: default-http
+                  properties:
+                    path: /counter
+"#,
+        wasm = example_wasm("http-keyvalue-counter").display()
+    )
+}
+
+/// `Ok` when `POST /counter/x` through `member` answers 200 with `want`.
+fn increments_to(member: &Member, want: &str) -> Result<(), String> {
+    match crate::common::http_request(member.http, "POST", "/counter/x", None, b"") {
+        Some((200, _, body)) if body == want.as_bytes() => Ok(()),
+        other => Err(format!(
+            "POST /counter/x: {:?}",
+            other.map(|(s, _, b)| (s, String::from_utf8_lossy(&b).into_owned()))
+        )),
+    }
+}
+
+#[test]
+fn a_keyvalue_nats_bucket_follows_the_jetstream_into_its_new_domain() {
+    let mut hub = Hub::start_with(HubJetStream::Domain("hub"));
+    let a = join(&hub, "node-a", "a");
+    write(&a.config_dir, "kvcount.yaml", &counter_on_nats("jsmove"));
+    eventually(
+        "the first increment in domain hub",
+        Duration::from_secs(20),
+        &[&a],
+        || increments_to(&a, "1\n"),
+    );
+
+    // The same JetStream (same store), now without a domain: the bucket opened through
+    // `$JS.hub.API` must be opened again through `$JS.API`, and still hold the count.
+    hub.restart_with(HubJetStream::NoDomain);
+    eventually(
+        "A to find the hub's JetStream without a domain",
+        Duration::from_secs(20),
+        &[&a],
+        || found_through(&a, "$JS.API"),
+    );
+    eventually(
+        "the next increment, through the new prefix",
+        Duration::from_secs(20),
+        &[&a],
+        || increments_to(&a, "2\n"),
+    );
+    assert_eq!(
+        a.count_log("keyvalue-nats bucket opened again in the JetStream domain now in use"),
+        1
+    );
+}
