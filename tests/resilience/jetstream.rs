@@ -245,3 +245,22 @@ fn a_keyvalue_nats_bucket_follows_the_jetstream_into_its_new_domain() {
         1
     );
 }
+
+#[test]
+fn a_node_whose_hub_is_down_at_its_start_says_why_no_jetstream_is_reachable() {
+    let mut hub = Hub::start_with(HubJetStream::Domain("hub"));
+    hub.stop();
+    let dir = tempfile::tempdir().unwrap();
+    let creds = hub.user_creds(dir.path(), "node.creds");
+    let creds = creds.to_string_lossy().into_owned();
+    let leaf_url = hub.leaf_url();
+    let node = crate::common::Node::start(&["--creds", &creds, "--leaf-url", &leaf_url]);
+    let line = node.wait_for_log(&["JetStream not reachable"], Duration::from_secs(15));
+    assert!(line.contains("does not stand (failed"), "{line}");
+    assert!(line.contains("connection refused"), "{line}");
+
+    // The hub comes up: found, in its domain, without a restart of the node.
+    hub.restart();
+    let line = node.wait_for_log(&["JetStream found"], Duration::from_secs(20));
+    assert!(line.contains("api=\"$JS.hub.API\""), "{line}");
+}
