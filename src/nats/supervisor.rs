@@ -118,7 +118,9 @@ struct Launch {
 }
 
 impl NatsSupervisor {
-    /// Writes the config for `settings` to `config_path`, starts `binary` with it, waits until
+    /// Writes the config for `settings` to `config_path` (in leaf mode, for the hub's
+    /// JetStream as the hub's leafnode INFO says: [`render`]; rewritten, and nats-server
+    /// restarted, when that changes at a reconnection), starts `binary` with it, waits until
     /// its monitoring port says it is healthy, and keeps it running in a background task until
     /// [`NatsSupervisor::stop`]. `uplink`, in leaf mode, is fed what `/leafz` lists (polled
     /// every second, every 100 ms for 2 s after a leafnode log line) and the log lines about
