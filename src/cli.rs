@@ -49,7 +49,8 @@ pub enum AppCommand {
         /// the manifest's content].
         #[arg(long, value_name = "VERSION")]
         version: Option<String>,
-        /// JetStream domain of the lattice's buckets [default: the one the node answering uses].
+        /// JetStream domain of the lattice's buckets, for uploading the component files
+        /// [default: the one the answering node found and uses].
         #[arg(long, env = "LATTICE_JS_DOMAIN", value_name = "DOMAIN")]
         js_domain: Option<String>,
         /// How to reach the lattice.
@@ -202,8 +203,9 @@ pub struct UpArgs {
     #[arg(long, env = "LATTICE_LEAF_URL", value_name = "URL")]
     pub leaf_url: Option<String>,
 
-    /// JetStream domain whose JetStream the node uses (desired state, KV); in leaf mode the
-    /// default is the hub's own.
+    /// JetStream domain of the lattice's store (desired state, artifacts, keyvalue-nats), to use
+    /// instead of the one found [default: found: in leaf mode the hub's, from its leafnode INFO,
+    /// else none; standalone, the node's own].
     #[arg(long, env = "LATTICE_JS_DOMAIN", value_name = "DOMAIN")]
     pub js_domain: Option<String>,
 

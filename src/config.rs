@@ -66,7 +66,8 @@ pub struct NodeConfig {
     pub nats_port: Option<u16>,
     /// Standalone, leaf or external.
     pub nats_mode: NatsMode,
-    /// JetStream domain to use, if not the default one.
+    /// `--js-domain`: the JetStream domain to use instead of discovering one
+    /// ([`crate::nats::discovery`]).
     pub js_domain: Option<String>,
     /// Interval between heartbeats.
     pub heartbeat_interval: Duration,

@@ -140,6 +140,7 @@ async fn start_nats(
     let settings = ServerSettings {
         server_name: config.name.clone(),
         client_port: port,
+        monitor_port: nats::supervisor::free_loopback_port()?,
         // A leaf node uses the hub's JetStream (DESIGN.md §4), so it runs none of its own.
         jetstream_store_dir: leaf_remote.is_none().then(|| nats_dir.join("jetstream")),
         leaf_remote,
@@ -328,7 +329,7 @@ async fn run_with_nats(
     });
     let control = Arc::new(control::ControlContext {
         lattice: config.lattice.clone(),
-        js_domain: config.js_domain.clone(),
+        jetstream: js.clone(),
         membership: membership.clone(),
         local: local_info.clone(),
         apps: apps.clone(),
@@ -345,13 +346,24 @@ async fn run_with_nats(
             }
         }
     });
+    let discovery = nats::Discovery {
+        configured: config.js_domain.clone(),
+        reach: match &config.nats_mode {
+            NatsMode::Standalone => nats::Reach::Standalone,
+            NatsMode::Leaf { url, .. } => nats::Reach::Leaf {
+                remote: url.clone(),
+                uplink: uplink.clone(),
+            },
+            NatsMode::External { .. } => nats::Reach::External,
+        },
+    };
+    // The hub's INFO read first (1 s at most), so the first store requests use its domain.
+    discovery.prime(&js).await;
     tasks.spawn(TASK_JETSTREAM, {
         let js = js.clone();
-        let domain = config.js_domain.clone();
-        let leaf = matches!(config.nats_mode, NatsMode::Leaf { .. });
         move |shutdown| {
             let watch =
-                nats::watch_jetstream(js.clone(), js_state.clone(), domain.clone(), leaf, shutdown);
+                nats::watch_jetstream(js.clone(), js_state.clone(), discovery.clone(), shutdown);
             async move {
                 watch.await;
                 Ok(())

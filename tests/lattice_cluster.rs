@@ -94,9 +94,7 @@ fn join_with(
         lattice,
         "--heartbeat-interval",
         &heartbeat,
-        // The lattice's desired state lives in the hub's JetStream.
-        "--js-domain",
-        Hub::JS_DOMAIN,
+        // No --js-domain: the node finds the hub's JetStream (domain `hub`) itself.
     ];
     flags.extend_from_slice(extra);
     let node = Node::start_in(&config, &dir.path().join("data"), &flags);
@@ -342,6 +340,22 @@ fn replicas_on_two_nodes_share_requests_and_survive_the_loss_of_one() {
     wait_until("C reaches a replica", Duration::from_secs(10), || {
         get(&c) == Some(200)
     });
+    // Both replicas run (the second may still be starting when the first answers).
+    wait_until(
+        "A and B run a replica each",
+        Duration::from_secs(10),
+        || {
+            let inventory = get_json(&c, "default", &["inventory"]);
+            ["node-a", "node-b"].iter().all(|name| {
+                inventory.iter().any(|host| {
+                    host["name"] == *name
+                        && host["components"]
+                            .as_array()
+                            .is_some_and(|c| c.iter().any(|c| c["replicas"].as_u64() >= Some(1)))
+                })
+            })
+        },
+    );
     let (served_a, served_b) = (
         a.count_log("lattice invocation served"),
         b.count_log("lattice invocation served"),

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use crate::lattice::membership::{ComponentReplicas, HostInfo, Membership};
-use crate::nats::subjects;
+use crate::nats::{JetStreamState, subjects};
 use crate::reconciler::plan::{self, AppStatus};
 use crate::reconciler::store;
 use crate::reconciler::{AppStore, DeployRequest};
@@ -76,8 +76,8 @@ pub struct HostInventory {
 pub struct ControlContext {
     /// Lattice name.
     pub lattice: String,
-    /// The JetStream domain the lattice's state lives in (`--js-domain`), if any.
-    pub js_domain: Option<String>,
+    /// The lattice's shared JetStream as this node finds it (its domain and state).
+    pub jetstream: crate::nats::SharedJetStream,
     /// The hosts heard from (and, through `local`, this one as it is now).
     pub membership: Arc<Membership>,
     /// This node as it describes itself now.
@@ -116,8 +116,13 @@ pub struct AppRequest {
 pub struct LatticeConfig {
     /// Lattice name.
     pub lattice: String,
-    /// JetStream domain of the lattice's buckets; `null` for the connection's default.
+    /// JetStream domain of the lattice's buckets as the answering node found it (else its
+    /// `--js-domain`); `null` for none (the plain `$JS.API` prefix).
     pub js_domain: Option<String>,
+    /// Whether the answering node reaches that JetStream now; `None` from a node that does not
+    /// say (older versions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jetstream: Option<JetStreamState>,
     /// KV bucket of the desired state.
     pub apps_bucket: String,
     /// Object store bucket of the artifacts.
@@ -237,7 +242,8 @@ async fn answer(context: &ControlContext, name: &str, payload: &[u8]) -> Vec<u8>
         )),
         subjects::CTL_GET_CONFIG => to_json(&CtlResponse::ok(LatticeConfig {
             lattice: context.lattice.clone(),
-            js_domain: context.js_domain.clone(),
+            js_domain: context.jetstream.domain(),
+            jetstream: Some(context.jetstream.state()),
             apps_bucket: subjects::apps_bucket(&context.lattice),
             artifacts_bucket: subjects::artifacts_bucket(&context.lattice),
             no_store: context.apps.no_store().map(|e| e.to_string()),

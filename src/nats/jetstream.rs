@@ -3,11 +3,17 @@
 //! [`jetstream::Context`], so that what the node learns about the JetStream (found in a domain,
 //! unreachable, found again) reaches all of them at once.
 
+use std::sync::{Arc, RwLock};
+
 use async_nats::jetstream;
+use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-/// Whether the lattice's shared JetStream is reachable from this node, and where.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Whether the lattice's shared JetStream is reachable from this node, and where. As JSON (the
+/// `get.config` reply): `{"state":"searching"}`, `{"state":"found","domain":"hub"}` (`null`:
+/// none), `{"state":"unreachable","reason":"…"}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
 pub enum JetStreamState {
     /// Not known yet: the node is still looking.
     Searching,
@@ -29,6 +35,10 @@ pub struct SharedJetStream {
     client: async_nats::Client,
     /// The domain to use while none has been found (`--js-domain`, or none).
     configured: Option<String>,
+    /// Without `configured`: the domain discovery expects before it has found one (the hub's
+    /// leafnode INFO says it, read before the uplink stands), so the first requests of a
+    /// starting node already address it.
+    expected: Arc<RwLock<Option<String>>>,
     state: watch::Receiver<JetStreamState>,
 }
 
@@ -44,6 +54,7 @@ impl SharedJetStream {
             SharedJetStream {
                 client,
                 configured,
+                expected: Arc::default(),
                 state,
             },
             tx,
@@ -59,20 +70,44 @@ impl SharedJetStream {
         SharedJetStream {
             client,
             configured: domain,
+            expected: Arc::default(),
             state,
         }
     }
 
-    /// A context addressing the JetStream found, else the configured domain's.
+    /// A context addressing the JetStream found, else the configured domain's, else the one
+    /// discovery expects.
     pub fn context(&self) -> jetstream::Context {
-        let domain = match &*self.state.borrow() {
-            JetStreamState::Found { domain } => domain.clone(),
-            _ => self.configured.clone(),
-        };
-        match domain {
+        match self.domain() {
             Some(domain) => jetstream::with_domain(self.client.clone(), domain),
             None => jetstream::new(self.client.clone()),
         }
+    }
+
+    /// The domain [`SharedJetStream::context`] addresses now: the one found, else the
+    /// configured one, else the one discovery expects (`None`: the plain `$JS.API` prefix).
+    pub fn domain(&self) -> Option<String> {
+        match &*self.state.borrow() {
+            JetStreamState::Found { domain } => domain.clone(),
+            _ => self.configured.clone().or_else(|| {
+                self.expected
+                    .read()
+                    .map(|expected| expected.clone())
+                    .unwrap_or_default()
+            }),
+        }
+    }
+
+    /// Sets the domain to address until one is found (discovery's first guess).
+    pub(crate) fn expect(&self, domain: Option<String>) {
+        if let Ok(mut expected) = self.expected.write() {
+            *expected = domain;
+        }
+    }
+
+    /// The NATS connection it uses.
+    pub fn client(&self) -> &async_nats::Client {
+        &self.client
     }
 
     /// The state now.

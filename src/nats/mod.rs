@@ -1,17 +1,21 @@
 //! The node's NATS: a supervised `nats-server` child process and the client connection to it.
 //!
 //! `server_config` renders nats-server's config file (pure), `supervisor` finds the binary,
-//! spawns it, forwards its log into tracing and restarts it with backoff when it exits,
-//! `uplink` follows the leaf connection in that log, `subjects` builds every subject we use,
-//! `kv` opens JetStream KV buckets.
+//! spawns it, forwards its log into tracing, reads its readiness and leaf connection from its
+//! monitoring port (`monitor`) and restarts it with backoff when it exits, `uplink` keeps the
+//! leaf uplink's state, `discovery` finds the lattice's JetStream (`jetstream`: the handle on
+//! it), `subjects` builds every subject we use, `kv` opens JetStream KV buckets.
 
+pub mod discovery;
 pub mod jetstream;
 pub mod kv;
+pub mod monitor;
 pub mod server_config;
 pub mod subjects;
 pub mod supervisor;
 pub mod uplink;
 
+pub use discovery::{Discovery, Reach, watch_jetstream};
 pub use jetstream::{JetStreamState, SharedJetStream};
 pub use supervisor::{NatsSupervisor, find_nats_server};
 
@@ -53,67 +57,4 @@ pub async fn connect(
         .await
         .with_context(|| format!("connecting to nats at {url}: timed out after 10 s"))?
         .with_context(|| format!("connecting to nats at {url}"))
-}
-
-/// How often an unreachable JetStream is asked again.
-const JETSTREAM_RETRY: Duration = Duration::from_secs(5);
-
-/// Asks JetStream for the account's info until it answers (every 5 s, until `shutdown`), logs
-/// the outcome (info once reachable, a warning saying what to do while it is not) and sets
-/// `state` accordingly.
-pub async fn watch_jetstream(
-    shared: SharedJetStream,
-    state: tokio::sync::watch::Sender<JetStreamState>,
-    domain: Option<String>,
-    leaf: bool,
-    shutdown: tokio_util::sync::CancellationToken,
-) {
-    let domain_text = domain.as_deref().unwrap_or("(default)");
-    let mut warned = false;
-    loop {
-        // The raw `$JS.API.INFO` answer: async-nats's `query_account` expects fields that
-        // nats-server 2.9 does not send.
-        let js = shared.context();
-        let info = js.request::<_, _, serde_json::Value>("INFO", &());
-        match tokio::time::timeout(JETSTREAM_RETRY, info).await {
-            Ok(Ok(account)) if account.get("error").is_none() => {
-                tracing::info!(
-                    domain = domain_text,
-                    streams = account["streams"].as_u64().unwrap_or(0),
-                    "JetStream reachable"
-                );
-                state.send_replace(JetStreamState::Found {
-                    domain: domain.clone(),
-                });
-                return;
-            }
-            outcome => {
-                let error = match outcome {
-                    Ok(Ok(answer)) => answer["error"]["description"]
-                        .as_str()
-                        .unwrap_or("an error")
-                        .to_owned(),
-                    Ok(Err(e)) => e.to_string(),
-                    Err(_) => "no answer".to_owned(),
-                };
-                state.send_replace(JetStreamState::Unreachable {
-                    reason: error.clone(),
-                });
-                if !warned {
-                    warned = true;
-                    let hint = if leaf && domain.is_none() {
-                        "; a leaf node has no JetStream of its own and nats-server keeps $JS.API \
-                         local to the leaf: pass --js-domain with the hub's JetStream domain"
-                    } else {
-                        ""
-                    };
-                    tracing::warn!(domain = domain_text, error, "JetStream not reachable{hint}");
-                }
-            }
-        }
-        tokio::select! {
-            () = tokio::time::sleep(JETSTREAM_RETRY) => {}
-            () = shutdown.cancelled() => return,
-        }
-    }
 }

@@ -11,6 +11,9 @@ pub struct ServerSettings {
     pub server_name: String,
     /// Client port on 127.0.0.1.
     pub client_port: u16,
+    /// HTTP monitoring port on 127.0.0.1 (`/healthz`, `/varz`, `/leafz`), which the supervisor
+    /// reads for readiness and the leaf uplink's state.
+    pub monitor_port: u16,
     /// JetStream store directory; `None` runs without JetStream.
     pub jetstream_store_dir: Option<PathBuf>,
     /// The remote this server joins as a leaf node, if any.
@@ -27,10 +30,13 @@ pub struct LeafRemote {
 }
 
 /// Renders `settings` as a nats-server config file (clients on 127.0.0.1 only).
-pub fn render(settings: &ServerSettings) -> String {
+/// `hub_js_without_domain`, in leaf mode, says that the hub runs JetStream without a domain
+/// (its leafnode INFO says so), which this leaf must then let through (see below).
+pub fn render(settings: &ServerSettings, hub_js_without_domain: bool) -> String {
     let mut out = String::from("# Written by lattice at every start; edits are overwritten.\n");
     let _ = writeln!(out, "server_name: {}", quote(&settings.server_name));
     let _ = writeln!(out, "listen: \"127.0.0.1:{}\"", settings.client_port);
+    let _ = writeln!(out, "http: \"127.0.0.1:{}\"", settings.monitor_port);
     if let Some(dir) = &settings.jetstream_store_dir {
         let _ = writeln!(
             out,
@@ -48,6 +54,16 @@ pub fn render(settings: &ServerSettings) -> String {
             let _ = write!(out, ", credentials: {}", quote(&creds.to_string_lossy()));
         }
         out.push_str(" }\n  ]\n}\n");
+        // nats-server denies `$JS.API.>`, `$KV.>` and `$OBJ.>` on a leaf connection whose two
+        // ends are not one JetStream domain (server/leafnode.go, addLeafNodeConnection), which
+        // a leaf without JetStream never is: a hub's JetStream without a domain is reached
+        // only when both ends map the account to the empty default domain
+        // (`default_js_domain`; the hub for its account, this leaf for its local $G). Only
+        // then: with a hub in a domain, this leaf's mapping breaks `$JS.<domain>.API` (direct
+        // gets time out), so it is rendered for a hub without a domain alone.
+        if hub_js_without_domain {
+            out.push_str("default_js_domain: { \"$G\": \"\" }\n");
+        }
     }
     out
 }
@@ -63,15 +79,21 @@ mod tests {
 
     #[test]
     fn renders_loopback_listener_and_jetstream() {
-        let text = render(&ServerSettings {
-            server_name: "node \"a\"".into(),
-            client_port: 4333,
-            jetstream_store_dir: Some(PathBuf::from("/var/lib/lattice/nats/jetstream")),
-            leaf_remote: None,
-        });
+        let text = render(
+            &ServerSettings {
+                server_name: "node \"a\"".into(),
+                client_port: 4333,
+                monitor_port: 8333,
+                jetstream_store_dir: Some(PathBuf::from("/var/lib/lattice/nats/jetstream")),
+                leaf_remote: None,
+            },
+            true,
+        );
         assert!(!text.contains("leafnodes"), "{text}");
         assert!(text.contains("server_name: \"node \\\"a\\\"\"\n"), "{text}");
         assert!(text.contains("listen: \"127.0.0.1:4333\"\n"), "{text}");
+        assert!(text.contains("http: \"127.0.0.1:8333\"\n"), "{text}");
+        assert!(!text.contains("default_js_domain"), "{text}");
         assert!(
             text.contains("jetstream {\n  store_dir: \"/var/lib/lattice/nats/jetstream\"\n}"),
             "{text}"
@@ -80,16 +102,24 @@ mod tests {
 
     #[test]
     fn a_leaf_node_has_a_remote_and_no_jetstream() {
-        let text = render(&ServerSettings {
+        let settings = ServerSettings {
             server_name: "n".into(),
             client_port: 1,
+            monitor_port: 2,
             jetstream_store_dir: None,
             leaf_remote: Some(LeafRemote {
                 url: "nats-leaf://127.0.0.1:7422".into(),
                 credentials: Some(PathBuf::from("/etc/lattice/default.creds")),
             }),
-        });
-        assert!(!text.contains("jetstream"), "{text}");
+        };
+        let text = render(&settings, false);
+        assert!(!text.contains("default_js_domain"), "{text}");
+        assert!(!text.contains("jetstream {"), "{text}");
+        let text = render(&settings, true);
+        assert!(
+            text.contains("default_js_domain: { \"$G\": \"\" }\n"),
+            "{text}"
+        );
         assert!(
             text.contains(
                 "leafnodes {\n  remotes [\n    { url: \"nats-leaf://127.0.0.1:7422\", credentials: \"/etc/lattice/default.creds\" }\n  ]\n}\n"

@@ -1,9 +1,11 @@
 //! Supervises the node's `nats-server` child: spawn (async-process), log forwarding into tracing,
-//! readiness, restart with exponential backoff, and an orderly stop.
+//! readiness and the leaf uplink from its monitoring port ([`super::monitor`]), restart with
+//! exponential backoff, and an orderly stop.
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -16,11 +18,24 @@ use nix::unistd::Pid;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use super::discovery::read_remote_info;
+use super::monitor::Monitor;
 use super::server_config::{ServerSettings, render};
 use super::uplink::UplinkTracker;
 
-/// How long a fresh nats-server may take to accept clients before the start counts as failed.
+/// How long a fresh nats-server may take to report itself healthy before the start counts as
+/// failed.
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often a starting nats-server's `/healthz` is asked.
+const READY_POLL: Duration = Duration::from_millis(25);
+/// How often `/leafz` is read while nothing happens.
+const LEAFZ_POLL: Duration = Duration::from_secs(1);
+/// How often `/leafz` is read for a while after a leafnode line in the log.
+const LEAFZ_FAST_POLL: Duration = Duration::from_millis(100);
+/// How long the fast polling lasts after a leafnode line.
+const LEAFZ_FAST_FOR: Duration = Duration::from_secs(2);
+/// How long a (re)start waits for the hub's leafnode INFO at most (it starts without it).
+const INFO_TIMEOUT: Duration = Duration::from_secs(1);
 /// First restart delay; doubled after each failed or short-lived run.
 const BACKOFF_INITIAL: Duration = Duration::from_millis(250);
 /// Longest restart delay.
@@ -89,19 +104,31 @@ pub struct NatsSupervisor {
 struct Launch {
     binary: PathBuf,
     config_path: PathBuf,
+    settings: ServerSettings,
+    /// In leaf mode: whether the config lets the hub's JetStream without a domain through
+    /// ([`render`]), as the hub's leafnode INFO last said.
+    hub_js_without_domain: Arc<AtomicBool>,
     port: u16,
-    /// Told about the leaf connection lines of the log, in leaf mode.
+    /// Its `server_name`, as `/varz` must say.
+    server_name: String,
+    /// Its monitoring endpoint.
+    monitor: Monitor,
+    /// Told what `/leafz` lists and the leaf connection lines of the log, in leaf mode.
     uplink: Option<UplinkTracker>,
 }
 
 impl NatsSupervisor {
-    /// Writes the config for `settings` to `config_path`, starts `binary` with it, waits until it
-    /// accepts clients, and keeps it running in a background task until [`NatsSupervisor::stop`].
-    /// `uplink`, in leaf mode, is fed the log lines about the leaf connection.
+    /// Writes the config for `settings` to `config_path` (in leaf mode, for the hub's
+    /// JetStream as the hub's leafnode INFO says: [`render`]; rewritten, and nats-server
+    /// restarted, when that changes at a reconnection), starts `binary` with it, waits until
+    /// its monitoring port says it is healthy, and keeps it running in a background task until
+    /// [`NatsSupervisor::stop`]. `uplink`, in leaf mode, is fed what `/leafz` lists (polled
+    /// every second, every 100 ms for 2 s after a leafnode log line) and the log lines about
+    /// the leaf connection.
     ///
     /// # Errors
-    /// The config cannot be written, the process cannot be spawned, or it does not accept
-    /// clients within 10 s (the error quotes its last log lines).
+    /// The config cannot be written, the process cannot be spawned, or it does not report
+    /// itself healthy on `/healthz` within 10 s (the error quotes its last log lines).
     pub async fn start(
         binary: PathBuf,
         config_path: PathBuf,
@@ -115,16 +142,25 @@ impl NatsSupervisor {
             std::fs::create_dir_all(store)
                 .with_context(|| format!("creating {}", store.display()))?;
         }
-        std::fs::write(&config_path, render(settings))
-            .with_context(|| format!("writing nats-server config {}", config_path.display()))?;
         let launch = Launch {
             binary,
             config_path,
+            settings: settings.clone(),
+            hub_js_without_domain: Arc::new(AtomicBool::new(false)),
             port: settings.client_port,
+            server_name: settings.server_name.clone(),
+            monitor: Monitor::new(settings.monitor_port),
             uplink,
         };
-        let child = launch.spawn_ready().await?;
-        tracing::info!(pid = child.id(), port = launch.port, binary = %launch.binary.display(), "nats-server is ready");
+        let (child, version) = launch.spawn_ready().await?;
+        tracing::info!(
+            pid = child.id(),
+            port = launch.port,
+            monitor_port = launch.monitor.port(),
+            version,
+            binary = %launch.binary.display(),
+            "nats-server is ready"
+        );
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(supervise(launch.clone(), child, shutdown.clone()));
         Ok(NatsSupervisor {
@@ -149,8 +185,38 @@ impl NatsSupervisor {
 }
 
 impl Launch {
-    /// Spawns nats-server and waits until its client port accepts connections.
-    async fn spawn_ready(&self) -> anyhow::Result<Child> {
+    /// In leaf mode, whether the hub's leafnode INFO says it runs JetStream without a domain;
+    /// `None` when not in leaf mode or the INFO could not be read.
+    async fn hub_js_without_domain(&self) -> Option<bool> {
+        let remote = self.settings.leaf_remote.as_ref()?;
+        let read = tokio::time::timeout(INFO_TIMEOUT, read_remote_info(&remote.url)).await;
+        match read.unwrap_or_else(|_| Err(format!("no INFO within {INFO_TIMEOUT:?}"))) {
+            Ok(info) => Some(info.jetstream && info.domain().is_none()),
+            Err(e) => {
+                tracing::debug!(
+                    remote = remote.url,
+                    error = e,
+                    "reading the hub's leafnode INFO"
+                );
+                None
+            }
+        }
+    }
+
+    /// Writes the config, for the hub's JetStream as its INFO says now (as last seen when it
+    /// cannot be read), spawns nats-server and waits until it is ready; returns it and its
+    /// version.
+    async fn spawn_ready(&self) -> anyhow::Result<(Child, String)> {
+        if let Some(open) = self.hub_js_without_domain().await {
+            self.hub_js_without_domain.store(open, Ordering::Relaxed);
+        }
+        let text = render(
+            &self.settings,
+            self.hub_js_without_domain.load(Ordering::Relaxed),
+        );
+        std::fs::write(&self.config_path, text).with_context(|| {
+            format!("writing nats-server config {}", self.config_path.display())
+        })?;
         let mut command = std::process::Command::new(&self.binary);
         command.arg("-c").arg(&self.config_path);
         // If this node dies without stopping its child (SIGKILL, crash), the kernel stops the child
@@ -176,35 +242,21 @@ impl Launch {
             )
         })?;
         let recent = Arc::new(Mutex::new(VecDeque::new()));
-        let (said_ready, says_ready) = tokio::sync::watch::channel(false);
-        let said_ready = Arc::new(said_ready);
         if let Some(out) = child.stdout.take() {
-            tokio::spawn(forward_log(
-                out,
-                recent.clone(),
-                said_ready.clone(),
-                self.uplink.clone(),
-            ));
+            tokio::spawn(forward_log(out, recent.clone(), self.uplink.clone()));
         }
         if let Some(err) = child.stderr.take() {
-            tokio::spawn(forward_log(
-                err,
-                recent.clone(),
-                said_ready,
-                self.uplink.clone(),
-            ));
+            tokio::spawn(forward_log(err, recent.clone(), self.uplink.clone()));
         }
         let deadline = Instant::now() + READY_TIMEOUT;
+        let mut last = String::from("no answer yet");
         loop {
-            // Ready means: our child says so and the port accepts, while our child still runs
-            // (another process holding the port would accept too).
-            if *says_ready.borrow()
-                && tokio::net::TcpStream::connect(("127.0.0.1", self.port))
-                    .await
-                    .is_ok()
-                && child.try_status()?.is_none()
-            {
-                return Ok(child);
+            match self.ready().await {
+                // Ours, healthy, and still running: another process holding the ports would
+                // answer too, but not with our name and client port, or not while ours runs.
+                Ok(version) if child.try_status()?.is_none() => return Ok((child, version)),
+                Ok(_) => {}
+                Err(why) => last = why,
             }
             if let Some(status) = child.try_status()? {
                 bail!(
@@ -214,13 +266,98 @@ impl Launch {
             }
             if Instant::now() > deadline {
                 bail!(
-                    "nats-server did not accept clients on 127.0.0.1:{} within {READY_TIMEOUT:?}; its last log lines:\n{}",
-                    self.port,
+                    "nats-server did not report itself ready on 127.0.0.1:{}/healthz within {READY_TIMEOUT:?} ({last}); its last log lines:\n{}",
+                    self.monitor.port(),
                     tail(&recent)
                 );
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            tokio::time::sleep(READY_POLL).await;
         }
+    }
+
+    /// Whether the server on the monitoring port is ours and healthy: `/varz` names our server
+    /// and client port, `/healthz` says `ok`. Returns its version, else why not.
+    async fn ready(&self) -> Result<String, String> {
+        let varz = self.monitor.varz().await.map_err(|e| e.to_string())?;
+        if varz.server_name != self.server_name || varz.port != self.port {
+            return Err(format!(
+                "the monitoring port answers for server {:?} on client port {}, not ours",
+                varz.server_name, varz.port
+            ));
+        }
+        let health = self.monitor.healthz().await.map_err(|e| e.to_string())?;
+        if !health.is_ok() {
+            return Err(format!(
+                "/healthz says {}: {}",
+                health.status,
+                health.error.unwrap_or_default()
+            ));
+        }
+        Ok(varz.version)
+    }
+
+    /// Runs until `child` exits, `shutdown`, or its config no longer fits the hub: in leaf
+    /// mode, meanwhile, tells the uplink tracker what `/leafz` lists, every [`LEAFZ_POLL`], and
+    /// every [`LEAFZ_FAST_POLL`] for [`LEAFZ_FAST_FOR`] after a leafnode line in the log; each
+    /// time the uplink (re)connects, reads the hub's INFO again.
+    async fn watch(&self, child: &mut Child, shutdown: &CancellationToken) -> Stop {
+        let look = self.uplink.as_ref().map(UplinkTracker::look_requests);
+        let mut next_poll = tokio::time::Instant::now();
+        let mut fast_until = next_poll;
+        let mut listed = false;
+        loop {
+            tokio::select! {
+                status = child.status() => {
+                    return Stop::Exited(status.map_or_else(|e| e.to_string(), |s| s.to_string()));
+                }
+                () = shutdown.cancelled() => return Stop::Shutdown,
+                () = notified(look.as_deref()) => {
+                    let now = tokio::time::Instant::now();
+                    fast_until = now + LEAFZ_FAST_FOR;
+                    next_poll = next_poll.min(now + LEAFZ_FAST_POLL);
+                }
+                () = tokio::time::sleep_until(next_poll), if self.uplink.is_some() => {
+                    if let Some(uplink) = &self.uplink {
+                        match self.monitor.leafz().await {
+                            Ok(leafz) => {
+                                uplink.leafz(leafz.count > 0);
+                                let joined = leafz.count > 0 && !listed;
+                                listed = leafz.count > 0;
+                                let now = self.hub_js_without_domain.load(Ordering::Relaxed);
+                                if joined
+                                    && let Some(open) = self.hub_js_without_domain().await
+                                    && open != now
+                                {
+                                    return Stop::Reconfigure(open);
+                                }
+                            }
+                            Err(e) => tracing::debug!(error = %e, "reading /leafz"),
+                        }
+                    }
+                    let now = tokio::time::Instant::now();
+                    next_poll = now + if now < fast_until { LEAFZ_FAST_POLL } else { LEAFZ_POLL };
+                }
+            }
+        }
+    }
+}
+
+/// Why [`Launch::watch`] returned.
+enum Stop {
+    /// The child exited, how.
+    Exited(String),
+    /// The node stops.
+    Shutdown,
+    /// The hub's JetStream now has no domain (`true`) or has one (`false`), so the config must
+    /// change (and nats-server cannot reload this part of it).
+    Reconfigure(bool),
+}
+
+/// Waits for `notify`, or forever without one.
+async fn notified(notify: Option<&tokio::sync::Notify>) {
+    match notify {
+        Some(notify) => notify.notified().await,
+        None => std::future::pending().await,
     }
 }
 
@@ -230,17 +367,47 @@ async fn supervise(launch: Launch, mut child: Child, shutdown: CancellationToken
     let mut started = Instant::now();
     loop {
         let pid = child.id();
-        tokio::select! {
-            status = child.status() => {
-                let status = status.map_or_else(|e| e.to_string(), |s| s.to_string());
+        match launch.watch(&mut child, &shutdown).await {
+            Stop::Exited(status) => {
                 tracing::error!(pid, %status, "nats-server exited unexpectedly; restarting it");
                 if let Some(uplink) = &launch.uplink {
                     uplink.server_exited();
                 }
             }
-            () = shutdown.cancelled() => {
+            Stop::Shutdown => {
                 terminate(child).await;
                 return;
+            }
+            Stop::Reconfigure(open) => {
+                tracing::info!(
+                    pid,
+                    hub_jetstream = if open {
+                        "without a domain"
+                    } else {
+                        "in a domain, or none"
+                    },
+                    "the hub's JetStream changed: restarting nats-server with the leaf config for it"
+                );
+                terminate(child).await;
+                if let Some(uplink) = &launch.uplink {
+                    uplink.server_exited();
+                }
+                launch.hub_js_without_domain.store(open, Ordering::Relaxed);
+                match launch.spawn_ready().await {
+                    Ok((new_child, version)) => {
+                        child = new_child;
+                        started = Instant::now();
+                        tracing::info!(
+                            pid = child.id(),
+                            version,
+                            "nats-server restarted and ready"
+                        );
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::error!(error = format!("{e:#}"), "restarting nats-server failed")
+                    }
+                }
             }
         }
         if started.elapsed() >= STABLE_RUN {
@@ -261,12 +428,13 @@ async fn supervise(launch: Launch, mut child: Child, shutdown: CancellationToken
                 () = shutdown.cancelled() => return,
             };
             match spawned {
-                Ok(new_child) => {
+                Ok((new_child, version)) => {
                     child = new_child;
                     started = Instant::now();
                     tracing::info!(
                         pid = child.id(),
                         port = launch.port,
+                        version,
                         "nats-server restarted and ready"
                     );
                     break;
@@ -299,22 +467,23 @@ async fn terminate(mut child: Child) {
     }
 }
 
-/// nats-server's log line once it accepts clients.
-const READY_LINE: &str = "Server is ready";
+/// The warning nats-server logs at every start for the `default_js_domain` the leaf config
+/// sets on purpose ([`super::server_config::render`]): forwarded at debug, not as a warning the
+/// user can do nothing about.
+const DEFAULT_DOMAIN_WARNING: &str = "The option `default_js_domain` is a temporary backwards compatibility measure and will be removed";
 
-/// Forwards the child's log lines into tracing at their own level, keeping the last few, sets
-/// `said_ready` at nats-server's ready line and shows `uplink` every line.
+/// Forwards the child's log lines into tracing at their own level, keeping the last few, and
+/// shows `uplink` every line.
 async fn forward_log(
     stream: impl AsyncRead + Unpin,
     recent: Arc<Mutex<VecDeque<String>>>,
-    said_ready: Arc<tokio::sync::watch::Sender<bool>>,
     uplink: Option<UplinkTracker>,
 ) {
     let mut lines = BufReader::new(stream).lines();
     while let Some(Ok(line)) = lines.next().await {
-        let (level, message) = parse_log_line(&line);
-        if message == READY_LINE {
-            said_ready.send_replace(true);
+        let (mut level, message) = parse_log_line(&line);
+        if message == DEFAULT_DOMAIN_WARNING {
+            level = LogLevel::Debug;
         }
         if let Some(uplink) = &uplink {
             uplink.observe(message, level == LogLevel::Error);

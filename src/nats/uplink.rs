@@ -1,21 +1,21 @@
-//! The state of the leaf node's uplink to its remote (the hub), read from nats-server's own log
-//! lines, which the supervisor forwards here.
+//! The state of the leaf node's uplink to its remote (the hub).
 //!
-//! nats-server 2.9 logs `Leafnode connection created` as soon as the TCP (and TLS) connection
-//! stands, *before* the remote has checked the credentials; a refusal follows within a round
-//! trip as `Leafnode Error '…'` and `Leafnode connection closed`. A connection counts as joined
-//! when the server, past authentication, logs its JetStream deny rule for the connection
-//! (`… adding deny [$JS.API.> $KV.> $OBJ.>] …`, printed by 2.9 on every successful leaf
-//! connection), or once it has stood for [`SETTLE`] without an error.
+//! What comes from where, in nats-server 2.9 and 2.15 alike:
+//! - *Whether* the uplink stands comes from the monitoring port: `/leafz` lists the leaf
+//!   connection once the remote accepted its CONNECT (credentials included), and no longer once
+//!   it is gone. The supervisor polls it (every second; every 100 ms for 2 s after a leafnode
+//!   log line) and feeds the answer here.
+//! - *Why* an attempt failed or a connection dropped is in no monitoring endpoint of either
+//!   version (`/leafz` and `/varz` carry no error of a remote), only in the log: `Leafnode Error
+//!   '<reason>'` (the remote's `-ERR`, e.g. `Authorization Violation`), `Error trying to connect
+//!   as leafnode to remote server …: <reason>` (dial, TLS) and `Leafnode connection closed:
+//!   <reason>`. The supervisor forwards those lines here; they set the reason, and an error
+//!   line while `/leafz` lists no connection makes the uplink [`UplinkState::Failed`].
 
-use std::time::Duration;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
-use tokio::sync::{mpsc, watch};
-use tokio::time::Instant;
-
-/// How long a new leaf connection must stand without an error to count as connected.
-pub const SETTLE: Duration = Duration::from_secs(1);
+use tokio::sync::{Notify, mpsc, watch};
 
 /// Whether this node reaches the rest of the lattice.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -74,51 +74,40 @@ impl Uplink {
     }
 }
 
-/// A leaf-connection event in nats-server's log.
+/// A leaf-connection line of nats-server's log, as far as the uplink cares.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LeafEvent {
-    /// `lid:N - Leafnode connection created`.
-    Created(u64),
-    /// `lid:N - … adding deny [$JS.API.> …]`: the remote accepted the connection.
-    Established(u64),
-    /// `lid:N - Leafnode Error '…'`, or another leafnode error line (no lid).
-    Error(Option<u64>, String),
-    /// `lid:N - Leafnode connection closed: …`.
-    Closed(u64, String),
-    /// `Error trying to connect as leafnode to remote server …: reason`.
+    /// `Leafnode connection created …`: a handshake started (only a cue to look at `/leafz`).
+    Created,
+    /// `Leafnode Error '<reason>'`, or another leafnode error line.
+    Error(String),
+    /// `Leafnode connection closed: <reason>`.
+    Closed(String),
+    /// `Error trying to connect as leafnode to remote server …: <reason>`.
     DialFailed(String),
-    /// The nats-server process exited (the supervisor restarts it): its connections are gone
-    /// and the next one counts connection ids from the start again.
-    ServerExited,
 }
 
 /// Reads a leaf-connection event from one log message (level already stripped); `is_error`
-/// says whether nats-server logged it as an error.
+/// says whether nats-server logged it as an error. Formats: `server/client.go` (`Leafnode
+/// Error %s`, `%s connection closed: %s account: %s` in 2.9, `… closed: %s - %s` in 2.15) and
+/// `server/leafnode.go` (`Leafnode connection created`, `Error trying to connect as leafnode`).
 pub fn parse_leaf_event(message: &str, is_error: bool) -> Option<LeafEvent> {
-    let lid = message.find("lid:").and_then(|at| {
-        message[at + 4..]
-            .split(|c: char| !c.is_ascii_digit())
-            .next()?
-            .parse()
-            .ok()
-    });
     if message.contains("Leafnode connection created") {
-        return lid.map(LeafEvent::Created);
-    }
-    if message
-        .to_ascii_lowercase()
-        .contains("adding deny [$js.api.>")
-    {
-        return lid.map(LeafEvent::Established);
+        return Some(LeafEvent::Created);
     }
     if let Some(at) = message.find("Leafnode connection closed: ") {
         let rest = &message[at + "Leafnode connection closed: ".len()..];
-        let reason = rest.split(" account:").next().unwrap_or(rest).trim();
-        return lid.map(|lid| LeafEvent::Closed(lid, reason.to_owned()));
+        let reason = rest
+            .split(" account:")
+            .next()
+            .and_then(|r| r.split(" - ").next())
+            .unwrap_or(rest)
+            .trim();
+        return Some(LeafEvent::Closed(reason.to_owned()));
     }
     if let Some(at) = message.find("Leafnode Error ") {
         let reason = message[at + "Leafnode Error ".len()..].trim_matches(['\'', ' ']);
-        return Some(LeafEvent::Error(lid, reason.to_owned()));
+        return Some(LeafEvent::Error(reason.to_owned()));
     }
     if message.starts_with("Error trying to connect as leafnode") {
         let reason = message
@@ -127,15 +116,28 @@ pub fn parse_leaf_event(message: &str, is_error: bool) -> Option<LeafEvent> {
         return Some(LeafEvent::DialFailed(reason.to_owned()));
     }
     if is_error && message.to_ascii_lowercase().contains("leafnode") {
-        return Some(LeafEvent::Error(lid, message.to_owned()));
+        return Some(LeafEvent::Error(message.to_owned()));
     }
     None
 }
 
-/// Feeds leaf events into the uplink state; cheap to clone.
+/// What the tracker is told.
+#[derive(Debug)]
+enum Input {
+    /// A leafnode line of the log.
+    Log(LeafEvent),
+    /// `/leafz` answered: whether it lists a connection.
+    Leafz(bool),
+    /// The nats-server process exited: its connection is gone, and what its log said with it.
+    ServerExited,
+}
+
+/// Feeds what the supervisor sees (monitoring answers, log lines, exits) into the uplink
+/// state; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct UplinkTracker {
-    events: mpsc::UnboundedSender<LeafEvent>,
+    inputs: mpsc::UnboundedSender<Input>,
+    look: Arc<Notify>,
 }
 
 impl UplinkTracker {
@@ -143,123 +145,123 @@ impl UplinkTracker {
     /// state, which starts as [`UplinkState::Connecting`]. Changes are logged: connected at
     /// info, failures at error, a drop at warn.
     pub fn start(remote: String) -> (UplinkTracker, watch::Receiver<Uplink>) {
-        let (events, mut rx) = mpsc::unbounded_channel();
+        let (inputs, mut rx) = mpsc::unbounded_channel();
         let (state_tx, state_rx) =
             watch::channel(Uplink::fixed(UplinkState::Connecting, Some(remote.clone())));
         tokio::spawn(async move {
-            let mut pending: Option<(u64, Instant)> = None;
-            let mut current: Option<u64> = None;
-            let set = |state: UplinkState, error: Option<String>| {
-                state_tx.send_if_modified(|now| {
-                    let changed = now.state != state || now.error != error;
+            let mut machine = Machine::default();
+            while let Some(input) = rx.recv().await {
+                let before = state_tx.borrow().clone();
+                let Some((state, error)) = machine.step(input, before.state) else {
+                    continue;
+                };
+                if before.state == state && before.error == error {
+                    continue;
+                }
+                match state {
+                    UplinkState::Connected => tracing::info!(remote, "leaf uplink connected"),
+                    UplinkState::Failed => tracing::error!(
+                        remote,
+                        error = error.as_deref().unwrap_or("-"),
+                        "leaf uplink failed: the node has not joined the lattice"
+                    ),
+                    UplinkState::Disconnected => tracing::warn!(
+                        remote,
+                        reason = error.as_deref().unwrap_or("-"),
+                        "leaf uplink disconnected; nats-server reconnects on its own"
+                    ),
+                    _ => {}
+                }
+                state_tx.send_modify(|now| {
                     now.state = state;
                     now.error = error;
-                    changed
-                })
-            };
-            let failed = |reason: String| {
-                if set(UplinkState::Failed, Some(reason.clone())) {
-                    tracing::error!(
-                        remote,
-                        error = reason,
-                        "leaf uplink failed: the node has not joined the lattice"
-                    );
-                }
-            };
-            let connected = || {
-                if set(UplinkState::Connected, None) {
-                    tracing::info!(remote, "leaf uplink connected");
-                }
-            };
-            loop {
-                let settle = pending.map(|(_, at)| at);
-                let event = tokio::select! {
-                    // Lines already logged count before the settle timer.
-                    biased;
-                    event = rx.recv() => match event {
-                        Some(event) => event,
-                        None => return,
-                    },
-                    () = sleep_until(settle), if settle.is_some() => {
-                        current = pending.take().map(|(lid, _)| lid);
-                        connected();
-                        continue;
-                    }
-                };
-                match event {
-                    LeafEvent::Created(lid) => pending = Some((lid, Instant::now() + SETTLE)),
-                    LeafEvent::Established(lid) => {
-                        pending = None;
-                        current = Some(lid);
-                        connected();
-                    }
-                    // An error of a connection (pending or already counted as joined: the
-                    // remote may answer after the settle time) fails the uplink; a leafnode
-                    // error naming no connection does so only while none stands.
-                    LeafEvent::Error(Some(lid), reason) => {
-                        if pending.is_some_and(|(p, _)| p == lid) {
-                            pending = None;
-                        }
-                        if current == Some(lid) {
-                            current = None;
-                        }
-                        if current.is_none() {
-                            failed(reason);
-                        }
-                    }
-                    LeafEvent::Error(None, reason) => {
-                        if current.is_none() {
-                            pending = None;
-                            failed(reason);
-                        }
-                    }
-                    LeafEvent::ServerExited => {
-                        pending = None;
-                        current = None;
-                        set(UplinkState::Connecting, None);
-                    }
-                    LeafEvent::DialFailed(reason) => {
-                        pending = None;
-                        failed(reason);
-                    }
-                    LeafEvent::Closed(lid, reason) => {
-                        if pending.is_some_and(|(p, _)| p == lid) {
-                            pending = None;
-                        }
-                        if current == Some(lid) {
-                            current = None;
-                            if set(UplinkState::Disconnected, Some(reason.clone())) {
-                                tracing::warn!(
-                                    remote,
-                                    reason,
-                                    "leaf uplink disconnected; nats-server reconnects on its own"
-                                );
-                            }
-                        }
-                    }
-                }
+                });
             }
         });
-        (UplinkTracker { events }, state_rx)
+        (
+            UplinkTracker {
+                inputs,
+                look: Arc::new(Notify::new()),
+            },
+            state_rx,
+        )
     }
 
     /// Tells that the nats-server process exited.
     pub fn server_exited(&self) {
-        let _ = self.events.send(LeafEvent::ServerExited);
+        let _ = self.inputs.send(Input::ServerExited);
     }
 
-    /// Feeds one nats-server log message.
+    /// Tells what `/leafz` answered: whether it lists a leaf connection.
+    pub fn leafz(&self, connected: bool) {
+        let _ = self.inputs.send(Input::Leafz(connected));
+    }
+
+    /// Feeds one nats-server log message; a leafnode line also asks for a look at `/leafz`.
     pub fn observe(&self, message: &str, is_error: bool) {
         if let Some(event) = parse_leaf_event(message, is_error) {
-            let _ = self.events.send(event);
+            let _ = self.inputs.send(Input::Log(event));
+            self.look.notify_one();
         }
+    }
+
+    /// Notified when the log says something about the leaf connection: `/leafz` is worth a
+    /// look now.
+    pub fn look_requests(&self) -> Arc<Notify> {
+        self.look.clone()
     }
 }
 
-async fn sleep_until(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
+/// The uplink's state machine, apart from its channel (pure, so tests drive it directly).
+#[derive(Debug, Default)]
+struct Machine {
+    /// The last `/leafz` answer since the server (re)started.
+    listed: Option<bool>,
+    /// The last error line since the uplink last stood (or was found gone).
+    failure: Option<String>,
+    /// The last close reason since the uplink last stood.
+    closed: Option<String>,
+}
+
+impl Machine {
+    /// The new state and error after `input`, from state `now`; `None` to keep both.
+    fn step(&mut self, input: Input, now: UplinkState) -> Option<(UplinkState, Option<String>)> {
+        match input {
+            Input::ServerExited => {
+                *self = Machine::default();
+                return Some((UplinkState::Connecting, None));
+            }
+            Input::Log(LeafEvent::Created) => return None,
+            Input::Log(LeafEvent::Closed(reason)) => {
+                self.closed = Some(reason);
+                return None;
+            }
+            Input::Log(LeafEvent::Error(reason) | LeafEvent::DialFailed(reason)) => {
+                self.failure = Some(reason);
+            }
+            Input::Leafz(listed) => self.listed = Some(listed),
+        }
+        match (self.listed, now) {
+            (Some(true), _) => {
+                self.failure = None;
+                self.closed = None;
+                Some((UplinkState::Connected, None))
+            }
+            // Only `/leafz` says that a connection is gone: an error line may come while it
+            // still stands (a permissions violation of one message does not close it).
+            (Some(false), UplinkState::Connected) => {
+                let reason = self.closed.take().or(self.failure.take());
+                Some((
+                    UplinkState::Disconnected,
+                    Some(reason.unwrap_or_else(|| "the leaf connection is gone".to_owned())),
+                ))
+            }
+            (_, UplinkState::Connected) => None,
+            (_, _) => self
+                .failure
+                .clone()
+                .map(|reason| (UplinkState::Failed, Some(reason))),
+        }
     }
 }
 
@@ -268,28 +270,32 @@ mod tests {
     use super::*;
 
     #[test]
-    fn reads_nats_server_2_9_leaf_lines() {
+    fn reads_nats_server_leaf_lines() {
         assert_eq!(
             parse_leaf_event(
                 "127.0.0.1:17422 - lid:4 - Leafnode connection created for account: $G ",
                 false
             ),
-            Some(LeafEvent::Created(4))
+            Some(LeafEvent::Created)
         );
         assert_eq!(
             parse_leaf_event(
                 "127.0.0.1:17422 - lid:5 - Leafnode Error 'Authorization Violation'",
                 true
             ),
-            Some(LeafEvent::Error(Some(5), "Authorization Violation".into()))
+            Some(LeafEvent::Error("Authorization Violation".into()))
         );
-        assert_eq!(
-            parse_leaf_event(
-                "127.0.0.1:17422 - lid:5 - Leafnode connection closed: Client Closed account: $G",
-                false
-            ),
-            Some(LeafEvent::Closed(5, "Client Closed".into()))
-        );
+        // 2.9 and 2.15.
+        for line in [
+            "127.0.0.1:17422 - lid:5 - Leafnode connection closed: Client Closed account: $G",
+            "127.0.0.1:17422 - lid:5 - Leafnode connection closed: Client Closed - Account: $G",
+        ] {
+            assert_eq!(
+                parse_leaf_event(line, false),
+                Some(LeafEvent::Closed("Client Closed".into())),
+                "{line}"
+            );
+        }
         assert_eq!(
             parse_leaf_event(
                 "Error trying to connect as leafnode to remote server \"127.0.0.1:17422\" (attempt 1): dial tcp 127.0.0.1:17422: connect: connection refused",
@@ -299,62 +305,73 @@ mod tests {
                 "dial tcp 127.0.0.1:17422: connect: connection refused".into()
             ))
         );
-        assert_eq!(
-            parse_leaf_event(
-                "127.0.0.1:17422 - lid:6 - JetStream Not Extended, adding deny [$JS.API.> $KV.> $OBJ.>] for account \"$G\"",
-                false
-            ),
-            Some(LeafEvent::Established(6))
-        );
         assert_eq!(parse_leaf_event("Server is ready", false), None);
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn a_refused_connection_never_counts_as_connected() {
-        let (tracker, mut state) = UplinkTracker::start("nats-leaf://hub:7422".into());
-        tracker.observe(
-            "x - lid:4 - Leafnode connection created for account: $G",
-            false,
-        );
-        tracker.observe("x - lid:4 - Leafnode Error 'Authorization Violation'", true);
-        tracker.observe(
-            "x - lid:4 - Leafnode connection closed: Client Closed account: $G",
-            false,
-        );
-        state.changed().await.unwrap();
-        assert_eq!(state.borrow().state, UplinkState::Failed);
-        tokio::time::sleep(SETTLE * 3).await;
-        let now = state.borrow().clone();
-        assert_eq!(now.state, UplinkState::Failed);
-        assert_eq!(now.error.as_deref(), Some("Authorization Violation"));
+    fn step(machine: &mut Machine, now: &mut UplinkState, input: Input) -> Option<String> {
+        let (state, error) = machine.step(input, *now)?;
+        *now = state;
+        error
+    }
 
-        tracker.observe(
-            "x - lid:5 - Leafnode connection created for account: $G",
-            false,
+    #[test]
+    fn the_state_is_what_leafz_lists_and_the_reason_what_the_log_said() {
+        let mut m = Machine::default();
+        let mut now = UplinkState::Connecting;
+        // A refusal: the connection is created, refused, closed, and never listed.
+        step(&mut m, &mut now, Input::Log(LeafEvent::Created));
+        step(&mut m, &mut now, Input::Leafz(false));
+        assert_eq!(now, UplinkState::Connecting);
+        let error = step(
+            &mut m,
+            &mut now,
+            Input::Log(LeafEvent::Error("Authorization Violation".into())),
         );
-        tokio::time::sleep(SETTLE * 2).await;
-        assert_eq!(state.borrow().state, UplinkState::Connected);
-        tracker.observe(
-            "x - lid:5 - Leafnode connection closed: Server Shutdown account: $G",
-            false,
+        assert_eq!(now, UplinkState::Failed);
+        assert_eq!(error.as_deref(), Some("Authorization Violation"));
+        step(
+            &mut m,
+            &mut now,
+            Input::Log(LeafEvent::Closed("Client Closed".into())),
         );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-        assert_eq!(state.borrow().state, UplinkState::Disconnected);
+        assert_eq!(
+            m.step(Input::Leafz(false), now),
+            Some((UplinkState::Failed, Some("Authorization Violation".into())))
+        );
 
-        // A refusal that comes after the settle time still fails the uplink.
-        tracker.observe(
-            "x - lid:6 - Leafnode connection created for account: $G",
-            false,
+        // Listed: connected; an error line alone does not undo that.
+        step(&mut m, &mut now, Input::Leafz(true));
+        assert_eq!(now, UplinkState::Connected);
+        step(
+            &mut m,
+            &mut now,
+            Input::Log(LeafEvent::Error("Permissions Violation".into())),
         );
-        tokio::time::sleep(SETTLE * 2).await;
-        assert_eq!(state.borrow().state, UplinkState::Connected);
-        tracker.observe("x - lid:6 - Leafnode Error 'Authorization Violation'", true);
-        tokio::time::sleep(Duration::from_millis(10)).await;
-        assert_eq!(state.borrow().state, UplinkState::Failed);
+        assert_eq!(now, UplinkState::Connected);
+        step(&mut m, &mut now, Input::Leafz(true));
+        assert_eq!(now, UplinkState::Connected);
+
+        // Gone from /leafz: disconnected, with the close reason the log gave.
+        step(
+            &mut m,
+            &mut now,
+            Input::Log(LeafEvent::Closed("Server Shutdown".into())),
+        );
+        let reason = step(&mut m, &mut now, Input::Leafz(false));
+        assert_eq!(now, UplinkState::Disconnected);
+        assert_eq!(reason.as_deref(), Some("Server Shutdown"));
+        // Reconnecting fails: failed, with why.
+        let reason = step(
+            &mut m,
+            &mut now,
+            Input::Log(LeafEvent::DialFailed("connection refused".into())),
+        );
+        assert_eq!(now, UplinkState::Failed);
+        assert_eq!(reason.as_deref(), Some("connection refused"));
 
         // A restarted server starts over.
-        tracker.server_exited();
-        tokio::time::sleep(Duration::from_millis(10)).await;
-        assert_eq!(state.borrow().state, UplinkState::Connecting);
+        step(&mut m, &mut now, Input::ServerExited);
+        assert_eq!(now, UplinkState::Connecting);
+        assert_eq!(m.step(Input::Leafz(false), now), None);
     }
 }

@@ -56,8 +56,8 @@ pub struct Hub {
 
 impl Hub {
     /// The hub's JetStream domain. Leaf nodes reach the hub's JetStream as `$JS.hub.API.>`
-    /// (a leaf denies the plain `$JS.API.>` towards the hub); direct clients of the hub use the
-    /// plain `$JS.API.>`.
+    /// (nats-server denies the plain `$JS.API.>` across a leaf connection between domains);
+    /// direct clients of the hub use the plain `$JS.API.>`.
     pub const JS_DOMAIN: &'static str = "hub";
 
     /// Starts an operator-mode nats-server on 127.0.0.1: client port and leafnode port chosen
@@ -159,9 +159,15 @@ resolver_preload: {{
                 "jetstream {{\n  store_dir: \"{}\"\n  domain: {domain}\n}}\n",
                 store.display()
             ),
-            HubJetStream::NoDomain => {
-                format!("jetstream {{\n  store_dir: \"{}\"\n}}\n", store.display())
-            }
+            // nats-server denies the JetStream API (`$JS.API.>`, `$KV.>`, `$OBJ.>`) on every
+            // leaf connection of an account whose JetStream has no domain, unless the hub maps
+            // that account to the empty default domain (`default_js_domain`, honoured by 2.9
+            // and 2.15): that is how a hub without a domain serves leaf nodes.
+            HubJetStream::NoDomain => format!(
+                "jetstream {{\n  store_dir: \"{}\"\n}}\ndefault_js_domain: {{ {}: \"\" }}\n",
+                store.display(),
+                self.account.public_key()
+            ),
             HubJetStream::Off => String::new(),
         };
         let config = format!("{}{jetstream}", self.base_config);
@@ -292,9 +298,13 @@ impl Drop for Hub {
     }
 }
 
-/// The nats-server executable: `nats-server` from PATH if there is one, else Debian's
-/// `/usr/sbin/nats-server`.
+/// The nats-server executable: `LATTICE_NATS_SERVER` when set (the binary the nodes under test
+/// run too, e.g. CI's second run against another version), else `nats-server` from PATH if
+/// there is one, else Debian's `/usr/sbin/nats-server`.
 fn nats_server() -> PathBuf {
+    if let Some(path) = std::env::var_os("LATTICE_NATS_SERVER").filter(|p| !p.is_empty()) {
+        return PathBuf::from(path);
+    }
     std::env::var_os("PATH")
         .iter()
         .flat_map(std::env::split_paths)

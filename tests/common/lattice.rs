@@ -48,8 +48,8 @@ impl std::ops::DerefMut for Member {
 }
 
 /// Starts node `name` labelled `zone=<zone>` in lattice `default`, joined to `hub` as a leaf
-/// node with a fresh user's creds, the hub's JetStream domain and 1 s heartbeats; waits until
-/// it is up and its leaf uplink is connected.
+/// node with a fresh user's creds (nothing else: the node finds the hub's JetStream itself) and
+/// 1 s heartbeats; waits until it is up and its leaf uplink is connected.
 pub fn join(hub: &Hub, name: &str, zone: &str) -> Member {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir.path().join("config")).unwrap();
@@ -59,8 +59,6 @@ pub fn join(hub: &Hub, name: &str, zone: &str) -> Member {
         creds.to_string_lossy().into_owned(),
         "--leaf-url".into(),
         hub.leaf_url(),
-        "--js-domain".into(),
-        Hub::JS_DOMAIN.into(),
         "--name".into(),
         name.into(),
         "--label".into(),

@@ -3,7 +3,10 @@
 //! every node sees the same data.
 //!
 //! The bucket is opened lazily: a node whose JetStream is out of reach (the hub down) still
-//! starts its components, whose calls fail with an error until JetStream answers again.
+//! starts its components, whose calls fail with an error until JetStream answers again. The
+//! opened store is kept with the JetStream domain it was opened in: when the node finds the
+//! lattice's JetStream in another domain (a hub that came back with one), the next call opens
+//! the bucket again there instead of addressing the old domain's prefix.
 
 use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
@@ -15,7 +18,7 @@ use crate::nats::SharedJetStream;
 use bytes::Bytes;
 use futures::TryStreamExt;
 use futures::future::BoxFuture;
-use tokio::sync::{Mutex, OnceCell};
+use tokio::sync::Mutex;
 
 use super::{Bucket, KeysPage, KvError, add_counter, parse_counter};
 use crate::nats::kv::{IfMissing, OpenBucketError, open_bucket};
@@ -44,7 +47,8 @@ pub struct NatsBucket {
     name: String,
     label: String,
     auto_create: bool,
-    kv: OnceCell<Store>,
+    /// The opened bucket and the JetStream domain it was opened in.
+    kv: Mutex<Option<(Option<String>, Store)>>,
     /// The sorted keys of the last `list-keys` that started a listing, and when they were read:
     /// the pages after the first one are cut from it instead of reading every key again.
     listing: Mutex<Option<(Instant, Arc<Vec<String>>)>>,
@@ -71,7 +75,7 @@ impl NatsBucket {
             name: bucket.to_owned(),
             label: format!("keyvalue-nats bucket {bucket}"),
             auto_create,
-            kv: OnceCell::new(),
+            kv: Mutex::new(None),
             last_failure: Mutex::new(None),
             listing: Mutex::new(None),
             stripes: (0..INCREMENT_STRIPES).map(|_| Mutex::new(())).collect(),
@@ -94,33 +98,51 @@ impl NatsBucket {
         }
     }
 
-    /// The opened bucket. While JetStream does not answer, one attempt per [`REOPEN_AFTER`]
-    /// goes to it; the calls in between fail at once with the last reason, instead of queueing
-    /// behind each other's timeouts.
-    async fn store(&self) -> Result<&Store, OpenBucketError> {
+    /// The bucket opened in the JetStream domain the node uses now (opened again when that
+    /// changed). While JetStream does not answer, one attempt per [`REOPEN_AFTER`] goes to it;
+    /// the calls in between fail at once with the last reason, instead of queueing behind each
+    /// other's timeouts.
+    async fn store(&self) -> Result<Store, OpenBucketError> {
         let if_missing = if self.auto_create {
             IfMissing::Create
         } else {
             IfMissing::Fail
         };
-        self.kv
-            .get_or_try_init(|| async {
-                if let Some((at, reason)) = &*self.last_failure.lock().await
-                    && at.elapsed() < REOPEN_AFTER
-                {
-                    return Err(OpenBucketError::Unavailable {
-                        bucket: self.name.clone(),
-                        reason: reason.clone(),
-                    });
+        let domain = self.js.domain();
+        let mut kv = self.kv.lock().await;
+        if let Some((opened_in, store)) = &*kv
+            && *opened_in == domain
+        {
+            return Ok(store.clone());
+        }
+        if let Some((at, reason)) = &*self.last_failure.lock().await
+            && at.elapsed() < REOPEN_AFTER
+        {
+            return Err(OpenBucketError::Unavailable {
+                bucket: self.name.clone(),
+                reason: reason.clone(),
+            });
+        }
+        let context = self.js.context();
+        match open_bucket(&context, &self.name, DESCRIPTION, if_missing).await {
+            Ok(store) => {
+                if kv.is_some() {
+                    tracing::info!(
+                        bucket = self.name,
+                        domain = domain.as_deref().unwrap_or("(none)"),
+                        "keyvalue-nats bucket opened again in the JetStream domain now in use"
+                    );
                 }
-                let opened =
-                    open_bucket(&self.js.context(), &self.name, DESCRIPTION, if_missing).await;
-                if let Err(OpenBucketError::Unavailable { reason, .. }) = &opened {
+                *kv = Some((domain, store.clone()));
+                Ok(store)
+            }
+            Err(e) => {
+                if let OpenBucketError::Unavailable { reason, .. } = &e {
                     *self.last_failure.lock().await = Some((Instant::now(), reason.clone()));
                 }
-                opened
-            })
-            .await
+                Err(e)
+            }
+        }
     }
 
     /// The listing a page at `cursor` continues: the last one read, when `cursor` is past the
@@ -156,7 +178,7 @@ impl NatsBucket {
 
     /// The opened store, for operation `op` on `key`, once `key` is checked to be one JetStream
     /// KV takes (async-nats would refuse it too, with a reason that misleads).
-    async fn kv(&self, op: &str, key: &str) -> Result<&Store, KvError> {
+    async fn kv(&self, op: &str, key: &str) -> Result<Store, KvError> {
         check_nats_key(key).map_err(|reason| self.error(op, key, reason))?;
         self.store().await.map_err(|e| self.error(op, key, e))
     }
