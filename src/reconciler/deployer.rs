@@ -74,7 +74,9 @@ struct LocalState {
     noted: BTreeSet<(String, String, String)>,
 }
 
-type TableKey = (Vec<String>, Vec<(String, String, String, u32)>);
+/// The apps routed (`name@version`) and the local components behind them (app, component,
+/// version, digest, replicas): a component replaced by a start changes one of the last three.
+type TableKey = (Vec<String>, Vec<(String, String, String, String, u32)>);
 
 /// Makes this node run its share of the lattice: one apply at a time, starts alongside.
 pub struct Deployer {
@@ -367,13 +369,14 @@ impl Deployer {
             })
             .collect();
         apps.sort_by_key(|(name, _, _, first)| (*first, (*name).clone()));
-        let components: Vec<(String, String, String, u32)> = state
+        let components: Vec<(String, String, String, String, u32)> = state
             .components
             .iter()
             .map(|((a, c), l)| {
                 (
                     a.clone(),
                     c.clone(),
+                    l.version.clone(),
                     l.component.digest().to_owned(),
                     l.replicas,
                 )
