@@ -16,7 +16,7 @@ use crate::lattice::membership::HostInfo;
 use crate::nats::subjects;
 use crate::node::NATS_URL_FILE;
 use crate::reconciler::artifacts::Artifacts;
-use crate::reconciler::deploy::{MAX_MANIFEST_BYTES, upload_images};
+use crate::reconciler::deploy::{ImagesTo, MAX_MANIFEST_BYTES, upload_images};
 use crate::reconciler::plan::AppStatus;
 use crate::reconciler::store::Source;
 use crate::reconciler::{DeployError, DeployOutcome, DeployRequest, manifest};
@@ -187,7 +187,7 @@ async fn deploy(
     let js_domain = js_domain.or(config.js_domain);
     let js = crate::nats::SharedJetStream::fixed(nats.client.clone(), js_domain);
     let artifacts = Artifacts::new(js, &client.lattice, None).with_replicas(config.store_replicas);
-    let images = upload_images(&manifest, &artifacts)
+    let images = upload_images(&manifest, &artifacts, ImagesTo::Lattice)
         .await
         .map_err(|e: DeployError| in_file(&format!("app {:?}: {e}", manifest.name)))?;
     let request = DeployRequest {
@@ -206,7 +206,7 @@ async fn deploy(
         .map_err(|e| in_file(&format!("app {:?}: {e:#}", manifest.name)))?;
     // An artifact this deploy found already stored may have been collected between the upload
     // and the store (its last user undeployed meanwhile): put it back.
-    upload_images(&manifest, &artifacts)
+    upload_images(&manifest, &artifacts, ImagesTo::Lattice)
         .await
         .map_err(|e: DeployError| in_file(&format!("app {:?}: {e}", manifest.name)))?;
     let outcome: DeployOutcome = outcome;

@@ -9,7 +9,7 @@
 //! a node (the control API's `app.deploy`, the config-dir watcher) and validates and stores.
 //! While no lattice store is reachable the config dir's manifests go into the node's node-local
 //! desired state instead ([`AppStore::deploy_file`]), their wasm into its artifact cache
-//! ([`keep_images`]), and move into the store when it appears; `app.deploy` fails meanwhile.
+//! ([`ImagesTo::ThisNode`]), and move into the store when it appears; `app.deploy` fails meanwhile.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -131,15 +131,25 @@ impl DeployError {
     }
 }
 
-/// Uploads the wasm file of every component of `manifest` whose image is a file, and returns
-/// component name → digest.
+/// Where [`upload_images`] puts the bytes of a manifest's component files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImagesTo {
+    /// The lattice's artifact store.
+    Lattice,
+    /// This node's artifact cache only: no lattice store is reachable.
+    ThisNode,
+}
+
+/// Puts the wasm file of every component of `manifest` whose image is a file where `to` says,
+/// and returns component name → digest.
 ///
 /// # Errors
-/// A file cannot be read ([`FieldError`] on its `image`), or the artifact store cannot be
-/// reached ([`DeployError::Store`]).
+/// A file cannot be read ([`FieldError`] on its `image`), or the artifact store (or cache)
+/// cannot be written ([`DeployError::Store`]).
 pub async fn upload_images(
     manifest: &Manifest,
     artifacts: &Artifacts,
+    to: ImagesTo,
 ) -> Result<BTreeMap<String, String>, DeployError> {
     let mut images = BTreeMap::new();
     for spec in &manifest.components {
@@ -149,37 +159,11 @@ pub async fn upload_images(
         let wasm = read_component_file(path)
             .await
             .map_err(|reason| FieldError::new(&spec.image_field, reason))?;
-        let digest = artifacts
-            .upload(&wasm)
-            .await
-            .map_err(|e| DeployError::Store(format!("{e:#}")))?;
-        images.insert(spec.name.clone(), digest);
-    }
-    Ok(images)
-}
-
-/// Keeps the wasm file of every component of `manifest` whose image is a file in this node's
-/// artifact cache only (no lattice store reachable), and returns component name → digest.
-///
-/// # Errors
-/// A file cannot be read ([`FieldError`] on its `image`), or the cache cannot be written
-/// ([`DeployError::Store`]).
-pub async fn keep_images(
-    manifest: &Manifest,
-    artifacts: &Artifacts,
-) -> Result<BTreeMap<String, String>, DeployError> {
-    let mut images = BTreeMap::new();
-    for spec in &manifest.components {
-        let Image::File(path) = &spec.image else {
-            continue;
-        };
-        let wasm = read_component_file(path)
-            .await
-            .map_err(|reason| FieldError::new(&spec.image_field, reason))?;
-        let digest = artifacts
-            .keep_here(&wasm)
-            .await
-            .map_err(|e| DeployError::Store(format!("{e:#}")))?;
+        let digest = match to {
+            ImagesTo::Lattice => artifacts.upload(&wasm).await,
+            ImagesTo::ThisNode => artifacts.keep_here(&wasm).await,
+        }
+        .map_err(|e| DeployError::Store(format!("{e:#}")))?;
         images.insert(spec.name.clone(), digest);
     }
     Ok(images)

@@ -24,7 +24,7 @@ use notify::{RecursiveMode, Watcher as _};
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
-use super::deploy::{self, AppStore, DeployError, DeployRequest, MAX_MANIFEST_BYTES};
+use super::deploy::{self, AppStore, DeployError, DeployRequest, ImagesTo, MAX_MANIFEST_BYTES};
 use super::manifest;
 use super::store::Source;
 
@@ -487,12 +487,14 @@ impl DirDeployer {
             unreachable: e.is_unreachable(),
             text: in_file(&format!("app {name:?}: {e}")),
         };
-        let images = if self.store.no_store().is_some() {
-            deploy::keep_images(&manifest, self.store.artifacts()).await
+        let to = if self.store.no_store().is_some() {
+            ImagesTo::ThisNode
         } else {
-            deploy::upload_images(&manifest, self.store.artifacts()).await
-        }
-        .map_err(to_failure)?;
+            ImagesTo::Lattice
+        };
+        let images = deploy::upload_images(&manifest, self.store.artifacts(), to)
+            .await
+            .map_err(to_failure)?;
         let outcome = self
             .store
             .deploy_file(DeployRequest {
@@ -512,7 +514,7 @@ impl DirDeployer {
             tracing::info!(file = %path.display(), app = name, version = outcome.version, "manifest deployed to the lattice");
             // An artifact found already stored may have been collected between the upload and
             // the store (its last user undeployed meanwhile): put it back.
-            deploy::upload_images(&manifest, self.store.artifacts())
+            deploy::upload_images(&manifest, self.store.artifacts(), ImagesTo::Lattice)
                 .await
                 .map_err(to_failure)?;
         }
