@@ -6,7 +6,7 @@ use crate::common::hub::Hub;
 use crate::common::lattice::{
     HEARTBEAT, answers, eventually, join, standalone, start, state_is, write,
 };
-use crate::common::{Node, example_wasm};
+use crate::common::{Node, example_wasm, manifest_with};
 
 /// The YAML path of the first component's scaler `instances`.
 const INSTANCES_FIELD: &str = "spec.components[0].traits[0].properties.instances";
@@ -14,46 +14,13 @@ const INSTANCES_FIELD: &str = "spec.components[0].traits[0].properties.instances
 /// Issue 12's manifest: 4e9 instances over spread entries that all weigh 0 (before the bound,
 /// every node spun a core on it on every tick).
 fn spinning_manifest(app: &str, wasm: &std::path::Path) -> String {
-    format!(
-        r#"apiVersion: core.oam.dev/v1beta1
-kind: Application
-metadata:
-  name: {app}
-spec:
-  components:
-    - name: web
-      type: component
-      properties:
-        image: file://{wasm}
-      traits:
-        - type: spreadscaler
-          properties:
-            instances: 4000000000
+    let scaler = "instances: 4000000000
             spread:
               - name: one
                 weight: 0
               - name: two
-                weight: 0
-    - name: httpserver
-      type: capability
-      properties:
-        image: ghcr.io/wasmcloud/http-server:0.23.2
-      traits:
-        - type: link
-          properties:
-            target:
-              name: web
-            namespace: wasi
-            package: http
-            interfaces: [incoming-handler]
-            source:
-              config:
-                - name: default-http
-                  properties:
-                    path: /{app}
-"#,
-        wasm = wasm.display()
-    )
+                weight: 0";
+    manifest_with(app, "web", wasm, &format!("/{app}"), scaler)
 }
 
 #[test]
