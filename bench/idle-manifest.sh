@@ -45,23 +45,7 @@ spec:
         - type: spreadscaler
           properties:
             instances: 1
-    - name: httpserver
-      type: capability
-      properties:
-        image: ghcr.io/wasmcloud/http-server:0.23.2
-      traits:
-        - type: link
-          properties:
-            target:
-              name: web
-            namespace: wasi
-            package: http
-            interfaces: [incoming-handler]
-            source:
-              config:
-                - name: default-http
-                  properties:
-                    path: $2
+$(http_server_link web "$2")
 EOF
 }
 manifest fine /fine > "$WORK/config/fine.yaml"

@@ -70,23 +70,7 @@ $config
       type: capability
       properties:
         image: $3
-    - name: httpserver
-      type: capability
-      properties:
-        image: ghcr.io/wasmcloud/http-server:0.23.2
-      traits:
-        - type: link
-          properties:
-            target:
-              name: counter
-            namespace: wasi
-            package: http
-            interfaces: [incoming-handler]
-            source:
-              config:
-                - name: default-http
-                  properties:
-                    path: $2
+$(http_server_link counter "$2")
 EOF
 }
 NATS_CONFIG=$'                    bucket: bench-counters\n                    enable_bucket_auto_create: \'true\''

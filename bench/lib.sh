@@ -9,6 +9,8 @@
 #                          lattice's desired state) and a leafnode listener; sets HUB_PORT,
 #                          HUB_LEAF; waits until the leafnode port accepts.
 #   wait_http PORT LOG     until GET / on 127.0.0.1:PORT succeeds (20 s), else shows LOG's tail
+#   http_server_link C PATH the manifest lines of the http-server capability linking component C
+#                          to PATH on the shared ingress (for the end of a manifest's heredoc)
 #   free_port, median N..., now_ms
 
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
@@ -54,4 +56,26 @@ start_hub() {
 wait_http() {
   for _ in $(seq 400); do curl -sf "http://127.0.0.1:$1/" >/dev/null && return 0; sleep 0.05; done
   echo "server on port $1 did not answer; its log:" >&2; tail -n 30 "$2" >&2; return 1
+}
+
+http_server_link() {
+  cat <<EOF
+    - name: httpserver
+      type: capability
+      properties:
+        image: ghcr.io/wasmcloud/http-server:0.23.2
+      traits:
+        - type: link
+          properties:
+            target:
+              name: $1
+            namespace: wasi
+            package: http
+            interfaces: [incoming-handler]
+            source:
+              config:
+                - name: default-http
+                  properties:
+                    path: $2
+EOF
 }

@@ -114,23 +114,7 @@ spec:
               - name: zone-$3
                 requirements:
                   zone: $3
-    - name: httpserver
-      type: capability
-      properties:
-        image: ghcr.io/wasmcloud/http-server:0.23.2
-      traits:
-        - type: link
-          properties:
-            target:
-              name: web
-            namespace: wasi
-            package: http
-            interfaces: [incoming-handler]
-            source:
-              config:
-                - name: default-http
-                  properties:
-                    path: $2
+$(http_server_link web "$2")
 EOF
 }
 deploy() { # via file

@@ -116,23 +116,7 @@ spec:
               - name: only
                 requirements:
                   $4: $5
-    - name: httpserver
-      type: capability
-      properties:
-        image: ghcr.io/wasmcloud/http-server:0.23.2
-      traits:
-        - type: link
-          properties:
-            target:
-              name: web
-            namespace: wasi
-            package: http
-            interfaces: [incoming-handler]
-            source:
-              config:
-                - name: default-http
-                  properties:
-                    path: $3
+$(http_server_link web "$3")
 EOF
 }
 # A copy of the large wasm with a custom section naming round R appended: a new artifact.
