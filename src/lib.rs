@@ -53,7 +53,11 @@ pub fn run(cli: cli::Cli) -> anyhow::Result<ExitCode> {
                 .enable_all()
                 .thread_name("lattice")
                 .build()?;
-            runtime.block_on(node::run(config))?;
+            let result = runtime.block_on(node::run(config));
+            // Blocking work still running (a compile nobody waits for any more) must not hold
+            // the exit: dropping a runtime would wait for it without bound.
+            runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+            result?;
             Ok(ExitCode::SUCCESS)
         }
         cli::Command::Get(args) => {

@@ -41,7 +41,9 @@ const DISCOVERY: Duration = Duration::from_millis(500);
 
 /// How long a starting node waits for its config dir's first pass (which writes to the
 /// lattice's store) before it runs its share from its mirror.
-const FIRST_PASS_WAIT: Duration = Duration::from_secs(5);
+/// Longer than [`UPLINK_WAIT`] and one store attempt, so that a leaf node whose hub is down
+/// places its config dir's apps (node-local) before it says it is up.
+const FIRST_PASS_WAIT: Duration = Duration::from_secs(10);
 
 /// How long a starting leaf node waits for its uplink before it writes its config dir's
 /// manifests to the lattice's store (they are retried after, every 2 s).
@@ -53,8 +55,14 @@ const DRAIN_TIMEOUT: Duration = crate::providers::http::server::DRAIN_TIMEOUT;
 /// How long the node waits for NATS to take its `host_stopped` and drain at its stop.
 const NATS_GOODBYE_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// How long each supervised task gets to end at the node's stop before it is aborted.
-const TASK_STOP_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long the supervised tasks get, all together, to end at the node's stop before the ones
+/// left are aborted (the heartbeat and RPC replies have [`HEARTBEAT_STOP_TIMEOUT`] each). With
+/// the other steps of the stop the whole takes at most about 17 s (the systemd unit allows 30).
+const TASKS_STOP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long the heartbeat (before `host_stopped`) and the RPC replies (after the drain) get to
+/// end at the node's stop.
+const HEARTBEAT_STOP_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// The node's supervised tasks (DESIGN §2), in start order: at stop the heartbeat goes first
 /// (then `host_stopped`), the rest in reverse order, the RPC replies after the drain.
@@ -436,28 +444,41 @@ async fn run_with_nats(
         artifacts,
     };
     tasks.spawn(TASK_RECONCILER, {
-        let mut first = Some((watcher_first_pass, reconciled));
+        let mut watcher_first_pass = Some(watcher_first_pass);
+        // Told by whichever attempt completes a pass first: an attempt that fails before its
+        // first pass does not make the node ready.
+        let reconciled = Arc::new(std::sync::Mutex::new(Some(reconciled)));
         move |shutdown| {
             let reconciler = reconciler.clone();
-            let first = first.take();
+            let watcher_first_pass = watcher_first_pass.take();
+            let reconciled = reconciled.clone();
             async move {
-                let (start, started) = tokio::sync::oneshot::channel();
-                let reconciled = match first {
-                    // The config dir's changes first, but a store that does not answer holds
-                    // the node back no longer than FIRST_PASS_WAIT: it then runs from its
-                    // mirror. A restarted reconciler starts at once.
-                    Some((watcher_first_pass, reconciled)) => {
-                        tokio::select! {
-                            _ = tokio::time::timeout(FIRST_PASS_WAIT, watcher_first_pass) => {}
-                            () = shutdown.cancelled() => return Ok(()),
-                        }
-                        tokio::time::sleep_until(discovered).await;
-                        reconciled
+                // The config dir's changes first, but a store that does not answer holds the
+                // node back no longer than FIRST_PASS_WAIT: it then runs from its mirror. A
+                // restarted reconciler starts at once.
+                if let Some(watcher_first_pass) = watcher_first_pass {
+                    tokio::select! {
+                        _ = tokio::time::timeout(FIRST_PASS_WAIT, watcher_first_pass) => {}
+                        () = shutdown.cancelled() => return Ok(()),
                     }
-                    None => tokio::sync::oneshot::channel().0,
-                };
+                    tokio::time::sleep_until(discovered).await;
+                }
+                let (start, started) = tokio::sync::oneshot::channel();
                 let _ = start.send(());
-                reconciler.run(started, reconciled, shutdown).await;
+                let (passed, first_pass) = tokio::sync::oneshot::channel();
+                let tell = async {
+                    if first_pass.await.is_ok()
+                        && let Some(ready) =
+                            reconciled.lock().unwrap_or_else(|p| p.into_inner()).take()
+                    {
+                        let _ = ready.send(());
+                    }
+                    std::future::pending::<()>().await;
+                };
+                tokio::select! {
+                    () = reconciler.run(started, passed, shutdown) => {}
+                    () = tell => {}
+                }
                 Ok(())
             }
         }
@@ -510,7 +531,7 @@ async fn run_with_nats(
     };
     tracing::info!("{received} received; stopping");
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
-    tasks.stop(TASK_HEARTBEAT, TASK_STOP_TIMEOUT).await;
+    tasks.stop(TASK_HEARTBEAT, HEARTBEAT_STOP_TIMEOUT).await;
     // host_stopped first: the others re-place this node's replicas at once, while it finishes
     // what it serves. NATS may be unreachable now (external mode, a restarting nats-server):
     // never wait long.
@@ -527,11 +548,11 @@ async fn run_with_nats(
     }
     // The reconciler and watcher first (nothing new starts), membership last; the RPC replies
     // are routed on while in-flight requests drain.
-    let mut aborted = tasks.shutdown_after(TASK_RPC, TASK_STOP_TIMEOUT).await;
+    let mut aborted = tasks.shutdown_after(TASK_RPC, TASKS_STOP_TIMEOUT).await;
     // New invocations go to replicas elsewhere; the ones in flight here finish.
     deployer.stop_serving().await;
     tokio::join!(http.shutdown(), rpc.drain(DRAIN_TIMEOUT));
-    aborted.extend(tasks.shutdown(TASK_STOP_TIMEOUT).await);
+    aborted.extend(tasks.shutdown(HEARTBEAT_STOP_TIMEOUT).await);
     if !aborted.is_empty() {
         tracing::warn!(?aborted, "tasks aborted at stop");
     }

@@ -2,11 +2,12 @@
 //! all restarted under one [`RestartPolicy`], with their health readable at any time.
 //!
 //! A task is a factory of attempts: every attempt is a future run on its own tokio task, so a
-//! panic is caught like an error. An attempt that fails (returns `Err` or panics) is logged with
-//! the task's name and cause and started again after a backoff (250 ms doubling to 30 s; a run
-//! that lasted [`RestartPolicy::stable`] starts the backoff over). An attempt that returns `Ok`
-//! has done its job: the task is finished and not restarted. A task whose attempts keep failing
-//! for [`RestartPolicy::degraded_after`] makes the node degraded ([`Health::degraded`]).
+//! panic is caught like an error. Every task runs until the node stops it: an attempt that
+//! fails (returns `Err`, panics, or returns `Ok` before it was told to stop) is logged with the
+//! task's name and cause and started again after a backoff (250 ms doubling to 30 s; a run that
+//! lasted [`RestartPolicy::stable`] starts the backoff over). A task whose attempts keep
+//! failing for [`RestartPolicy::degraded_after`] makes the node degraded
+//! ([`Health::degraded`]).
 //!
 //! Stopping is explicit and ordered: [`Supervisor::stop`] cancels one task's token and waits for
 //! it (bounded), [`Supervisor::shutdown`] stops every task left in the reverse of the order they
@@ -71,20 +72,22 @@ pub enum TaskState {
     Running,
     /// The last attempt failed; the next one starts after the backoff.
     Restarting,
-    /// An attempt returned `Ok`: the task has done its job.
-    Finished,
     /// Stopped by the node (shutdown).
     Stopped,
+    /// A state this node does not know (sent by a newer one): heartbeats stay readable.
+    #[serde(other)]
+    Unknown,
 }
 
 impl TaskState {
-    /// The state as JSON and the CLI write it: `running`, `restarting`, `finished`, `stopped`.
+    /// The state as JSON and the CLI write it: `running`, `restarting`, `stopped`
+    /// (`unknown` for one a newer node sent).
     pub fn as_str(self) -> &'static str {
         match self {
             TaskState::Running => "running",
             TaskState::Restarting => "restarting",
-            TaskState::Finished => "finished",
             TaskState::Stopped => "stopped",
+            TaskState::Unknown => "unknown",
         }
     }
 }
@@ -209,7 +212,8 @@ impl Supervisor {
 
     /// Starts task `name`: `attempt(shutdown)` is called for its first run and again after each
     /// failure; `shutdown` is cancelled when the node stops the task, and an attempt should
-    /// return soon after (its result then counts for nothing).
+    /// return soon after (its result then counts for nothing). An attempt that returns before
+    /// that, even `Ok`, has failed.
     ///
     /// # Panics
     /// Outside a tokio runtime.
@@ -243,7 +247,7 @@ impl Supervisor {
         });
     }
 
-    /// The tasks' health, to read at any time (heartbeats, `/readyz`).
+    /// The tasks' health, to read at any time (heartbeats, `lattice get hosts`).
     pub fn health(&self) -> Health {
         self.health.clone()
     }
@@ -258,32 +262,33 @@ impl Supervisor {
     }
 
     /// Stops, in the reverse of their start order, every task started after task `keep`,
-    /// giving each up to `each` to end; `keep` and the tasks before it go on (e.g. what the
-    /// node still needs while it drains). Returns the names of those that had to be aborted.
-    pub async fn shutdown_after(&mut self, keep: &str, each: Duration) -> Vec<&'static str> {
+    /// within `within` for them all (each gets what is left; the ones left at the end are
+    /// aborted); `keep` and the tasks before it go on (e.g. what the node still needs while it
+    /// drains). Returns the names of those that had to be aborted.
+    pub async fn shutdown_after(&mut self, keep: &str, within: Duration) -> Vec<&'static str> {
         let first = self
             .tasks
             .iter()
             .position(|t| t.name == keep)
             .map_or(0, |i| i + 1);
+        self.stop_from(first, within).await
+    }
+
+    /// Stops every task left as [`Supervisor::shutdown_after`] does, within `within` for them
+    /// all. Returns the names of those that had to be aborted.
+    pub async fn shutdown(mut self, within: Duration) -> Vec<&'static str> {
+        self.stop_from(0, within).await
+    }
+
+    /// Stops the tasks from index `first` on, last first, within `within` for them all.
+    async fn stop_from(&mut self, first: usize, within: Duration) -> Vec<&'static str> {
+        let deadline = tokio::time::Instant::now() + within;
         let mut aborted = Vec::new();
         while self.tasks.len() > first {
             let Some(task) = self.tasks.pop() else { break };
             let name = task.name;
-            if !stop_task(task, each).await {
-                aborted.push(name);
-            }
-        }
-        aborted
-    }
-
-    /// Stops every task left, one after the other in the reverse of their start order, giving
-    /// each up to `each` to end. Returns the names of those that had to be aborted.
-    pub async fn shutdown(mut self, each: Duration) -> Vec<&'static str> {
-        let mut aborted = Vec::new();
-        while let Some(task) = self.tasks.pop() {
-            let name = task.name;
-            if !stop_task(task, each).await {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if !stop_task(task, left).await {
                 aborted.push(name);
             }
         }
@@ -307,8 +312,8 @@ async fn stop_task(task: Task, within: Duration) -> bool {
     ended
 }
 
-/// Runs attempts of task `name` until one returns `Ok` or `stop` is cancelled, restarting a
-/// failed one after the policy's backoff.
+/// Runs attempts of task `name` until `stop` is cancelled, restarting each one that ends
+/// before that after the policy's backoff.
 async fn supervise<F, Fut>(
     name: &'static str,
     policy: RestartPolicy,
@@ -342,11 +347,7 @@ async fn supervise<F, Fut>(
             return;
         }
         let cause = match outcome {
-            Ok(Ok(())) => {
-                lock(&record).state = TaskState::Finished;
-                tracing::debug!(task = name, "task finished");
-                return;
-            }
+            Ok(Ok(())) => "ended before the node stopped it".to_owned(),
             Ok(Err(error)) => format!("{error:#}"),
             Err(join) if join.is_panic() => {
                 format!("panicked: {}", panic_message(&*join.into_panic()))
@@ -481,22 +482,35 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_task_that_finishes_is_not_restarted() {
+    async fn a_task_that_ends_before_it_is_stopped_has_failed_and_is_restarted() {
         let mut tasks = Supervisor::new(fast());
         let runs = Arc::new(AtomicU32::new(0));
         let counter = runs.clone();
-        tasks.spawn("once", move |_| {
-            counter.fetch_add(1, Ordering::SeqCst);
-            async { Ok(()) }
+        tasks.spawn("ends", move |shutdown| {
+            let run = counter.fetch_add(1, Ordering::SeqCst);
+            async move {
+                if run > 0 {
+                    shutdown.cancelled().await;
+                }
+                Ok(())
+            }
         });
         let health = tasks.health();
-        wait_for("finished", || {
-            health.tasks()[0].state == TaskState::Finished
-        })
-        .await;
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        assert_eq!(runs.load(Ordering::SeqCst), 1);
-        assert_eq!(health.tasks()[0].restarts, 0);
+        wait_for("the second run", || runs.load(Ordering::SeqCst) == 2).await;
+        let task = &health.tasks()[0];
+        assert_eq!(task.restarts, 1);
+        assert_eq!(
+            task.last_error.as_deref(),
+            Some("ended before the node stopped it")
+        );
+        tasks.shutdown(Duration::from_secs(1)).await;
+    }
+
+    #[test]
+    fn a_task_state_of_a_newer_node_keeps_its_heartbeat_readable() {
+        let task: TaskHealth =
+            serde_json::from_str(r#"{"name":"x","state":"hibernating","restarts":0}"#).unwrap();
+        assert_eq!(task.state, TaskState::Unknown);
     }
 
     #[tokio::test]

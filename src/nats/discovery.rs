@@ -35,6 +35,9 @@ use super::uplink::{Uplink, UplinkState};
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// How often the JetStream in use is asked whether it still answers.
 const RECHECK: Duration = Duration::from_secs(5);
+/// Failed probes in a row, beyond the first, that a JetStream found survives before it counts
+/// as unreachable (while the uplink stands).
+const FOUND_MISSES: u32 = 2;
 /// How often an unreachable JetStream is looked for again (and at once when the uplink changes).
 const RETRY: Duration = Duration::from_secs(2);
 /// How often, at most, the remote's leafnode INFO is read while nothing is found.
@@ -246,6 +249,7 @@ pub async fn watch_jetstream(
     // is found.
     let mut remote_info: Option<(Instant, Result<RemoteInfo, String>)> = None;
     let mut was_connected = false;
+    let mut misses = 0;
     loop {
         let outcome = match &discovery.reach {
             Reach::Leaf { remote, .. } => {
@@ -307,10 +311,28 @@ pub async fn watch_jetstream(
                 )
             }
         };
+        // A JetStream found is not given up on one failed probe (a busy hub, a leader
+        // election): only after FOUND_MISSES in a row, RETRY apart. A leaf whose uplink is down
+        // says so at once (`leaf_not_connected`).
+        let outcome = match outcome {
+            Some(Err(_))
+                if misses < FOUND_MISSES
+                    && matches!(&*state.borrow(), JetStreamState::Found { .. })
+                    && was_connected_or_direct(&discovery.reach, was_connected) =>
+            {
+                misses += 1;
+                None
+            }
+            Some(Ok(found)) => {
+                misses = 0;
+                Some(Ok(found))
+            }
+            other => other,
+        };
         if let Some(outcome) = outcome {
             report(&state, outcome);
         }
-        let wait = if matches!(&*state.borrow(), JetStreamState::Found { .. }) {
+        let wait = if matches!(&*state.borrow(), JetStreamState::Found { .. }) && misses == 0 {
             RECHECK
         } else {
             RETRY
@@ -321,6 +343,12 @@ pub async fn watch_jetstream(
             () = shutdown.cancelled() => return,
         }
     }
+}
+
+/// Whether a failed probe was a probe of the JetStream itself: the uplink of a leaf stands, or
+/// the node reaches its NATS directly.
+fn was_connected_or_direct(reach: &Reach, leaf_connected: bool) -> bool {
+    !matches!(reach, Reach::Leaf { .. }) || leaf_connected
 }
 
 /// What a leaf node whose uplink does not stand can say of the JetStream: still searching in

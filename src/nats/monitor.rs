@@ -85,15 +85,19 @@ pub struct Leafz {
     pub leafs: Option<Vec<LeafInfo>>,
 }
 
-/// One leafnode connection in `/leafz`.
+/// One leafnode connection in `/leafz`. Every field optional: only the count is relied on, and
+/// an entry of another version's shape must not make the whole answer unreadable.
 #[derive(Debug, Clone, Deserialize)]
 pub struct LeafInfo {
     /// The local account it binds.
-    pub account: String,
+    #[serde(default)]
+    pub account: Option<String>,
     /// Remote address.
-    pub ip: String,
+    #[serde(default)]
+    pub ip: Option<String>,
     /// Remote port.
-    pub port: u16,
+    #[serde(default)]
+    pub port: Option<u16>,
     /// The remote server's name (2.10 and later; absent in 2.9).
     #[serde(default)]
     pub name: Option<String>,
@@ -201,7 +205,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(old.count, 1);
-        assert_eq!(old.leafs.unwrap()[0].port, 17422);
+        assert_eq!(old.leafs.unwrap()[0].port, Some(17422));
         let none: Leafz =
             serde_json::from_str(r#"{"server_id":"N","now":"x","leafnodes":0,"leafs":null}"#)
                 .unwrap();

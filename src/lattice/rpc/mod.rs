@@ -661,11 +661,13 @@ impl Rpc {
             .queue_subscribe(subject.clone(), queue.clone())
             .await
             .with_context(|| format!("subscribing to {subject} in queue group {queue}"))?;
+        // In the same queue group too: while a start replaces this component, the old and the
+        // new subscription share each message instead of both running it.
         let mut overflow = self
             .client
-            .subscribe(direct.clone())
+            .queue_subscribe(direct.clone(), queue.clone())
             .await
-            .with_context(|| format!("subscribing to {direct}"))?;
+            .with_context(|| format!("subscribing to {direct} in queue group {queue}"))?;
         let stop = CancellationToken::new();
         let rpc = self.clone();
         let cancelled = stop.clone();
