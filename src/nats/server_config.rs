@@ -30,8 +30,8 @@ pub struct LeafRemote {
 }
 
 /// Renders `settings` as a nats-server config file (clients on 127.0.0.1 only).
-/// `hub_js_without_domain`, in leaf mode, says that the hub's leafnode INFO names no JetStream
-/// domain: should the hub run JetStream, this leaf must then let it through (see below).
+/// `hub_js_without_domain`, in leaf mode, says that the hub runs JetStream without a domain
+/// (its leafnode INFO says so), which this leaf must then let through (see below).
 pub fn render(settings: &ServerSettings, hub_js_without_domain: bool) -> String {
     let mut out = String::from("# Written by lattice at every start; edits are overwritten.\n");
     let _ = writeln!(out, "server_name: {}", quote(&settings.server_name));

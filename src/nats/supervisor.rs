@@ -185,16 +185,13 @@ impl NatsSupervisor {
 }
 
 impl Launch {
-    /// In leaf mode, whether the hub's leafnode INFO names no JetStream domain (the leaf then
-    /// maps its account to the hub's domain-less JetStream, harmless where the hub runs none:
-    /// decided from the domain alone, so a hub gaining JetStream, or a cluster whose members
-    /// differ in running it, restarts nothing); `None` when not in leaf mode or the INFO could
-    /// not be read.
+    /// In leaf mode, whether the hub's leafnode INFO says it runs JetStream without a domain;
+    /// `None` when not in leaf mode or the INFO could not be read.
     async fn hub_js_without_domain(&self) -> Option<bool> {
         let remote = self.settings.leaf_remote.as_ref()?;
         let read = tokio::time::timeout(INFO_TIMEOUT, read_remote_info(&remote.url)).await;
         match read.unwrap_or_else(|_| Err(format!("no INFO within {INFO_TIMEOUT:?}"))) {
-            Ok(info) => Some(info.domain().is_none()),
+            Ok(info) => Some(info.jetstream && info.domain().is_none()),
             Err(e) => {
                 tracing::debug!(
                     remote = remote.url,
@@ -369,6 +366,7 @@ async fn supervise(launch: Launch, mut child: Child, shutdown: CancellationToken
     let mut backoff = BACKOFF_INITIAL;
     let mut started = Instant::now();
     let mut last_reconfigure: Option<Instant> = None;
+    let mut reconfigure_backoff = BACKOFF_INITIAL;
     loop {
         let pid = child.id();
         match launch.watch(&mut child, &shutdown).await {
@@ -384,11 +382,10 @@ async fn supervise(launch: Launch, mut child: Child, shutdown: CancellationToken
             }
             Stop::Reconfigure(open) => {
                 // A hub that keeps changing its mind (or servers behind one name that differ)
-                // restarts the leaf at most once per STABLE_RUN.
-                if let Some(last) = last_reconfigure
-                    && last.elapsed() < STABLE_RUN
-                {
-                    let wait = STABLE_RUN - last.elapsed();
+                // restarts the leaf with the same backoff as exits do.
+                if last_reconfigure.is_some_and(|last| last.elapsed() < STABLE_RUN) {
+                    let wait = reconfigure_backoff;
+                    reconfigure_backoff = (reconfigure_backoff * 2).min(BACKOFF_MAX);
                     tracing::warn!(
                         wait_ms = wait.as_millis() as u64,
                         "the hub's JetStream domain changed again; waiting before restarting nats-server"
@@ -401,13 +398,16 @@ async fn supervise(launch: Launch, mut child: Child, shutdown: CancellationToken
                         }
                     }
                 }
+                if last_reconfigure.is_none_or(|last| last.elapsed() >= STABLE_RUN) {
+                    reconfigure_backoff = BACKOFF_INITIAL;
+                }
                 last_reconfigure = Some(Instant::now());
                 tracing::info!(
                     pid,
                     hub_jetstream = if open {
-                        "without a domain, or none"
+                        "without a domain"
                     } else {
-                        "in a domain"
+                        "in a domain, or none"
                     },
                     "the hub's JetStream changed: restarting nats-server with the leaf config for it"
                 );
