@@ -193,6 +193,16 @@ pub struct Rpc {
     serving: tokio_util::task::TaskTracker,
 }
 
+/// What [`Rpc::forward_to`] falls back on when its targets are busy or gone.
+enum Fallback {
+    /// A busy answer when no target is left brings in the replicas elsewhere
+    /// ([`Rpc::replicas_elsewhere`]) once: the queue group's pick was busy, another may not be.
+    Spill,
+    /// This node's own answer, its replica being full (503 with Retry-After): it outranks a
+    /// target with no subscriber (heartbeats may still list a node that died or dropped it).
+    FullHere(hyper::Response<ResponseBody>),
+}
+
 /// Serving a component's invocations; dropping it unsubscribes.
 pub struct Serving {
     _stop: DropGuard,
@@ -263,8 +273,15 @@ impl Rpc {
         B::Error: std::fmt::Display + Send,
     {
         let subject = subjects::http_invoke(&self.lattice, app, component);
-        self.forward_to(app, component, resend, request, vec![subject], true)
-            .await
+        self.forward_to(
+            app,
+            component,
+            resend,
+            request,
+            vec![subject],
+            Fallback::Spill,
+        )
+        .await
     }
 
     /// The invocation subjects of the replicas of component `component` of `app` on other
@@ -313,8 +330,18 @@ impl Rpc {
             return refused.response(app, component);
         }
         tracing::debug!(reason = ?refused.reason, replicas = targets.len(), "component saturated here; trying its replicas elsewhere");
+        // Should every replica elsewhere be busy or gone, the answer is this one's: full (503
+        // with Retry-After), not "runs on no node".
+        let full_here = refused.response(app, component);
         let response = self
-            .forward_to(app, component, resend, refused.request, targets, false)
+            .forward_to(
+                app,
+                component,
+                resend,
+                refused.request,
+                targets,
+                Fallback::FullHere(full_here),
+            )
             .await;
         if response.status() == StatusCode::SERVICE_UNAVAILABLE {
             self.saturated(app, component, &refused.reason, "and elsewhere");
@@ -349,9 +376,9 @@ impl Rpc {
     }
 
     /// Sends `request` to the first of `targets` (invocation subjects) that takes it: one
-    /// that is busy or has no subscriber passes it to the next; the last one's answer stands.
-    /// With `spill`, a busy answer when no target is left brings in the replicas elsewhere
-    /// ([`Rpc::replicas_elsewhere`]) once: the queue group's pick was busy, another may not be.
+    /// that is busy or has no subscriber passes it to the next; the last one's answer stands,
+    /// except that a busy answer outranks a later "no subscriber". `fallback` says what comes
+    /// after the last target.
     async fn forward_to<B>(
         &self,
         app: &str,
@@ -359,7 +386,7 @@ impl Rpc {
         resend: Resend,
         request: hyper::Request<B>,
         targets: Vec<String>,
-        mut spill: bool,
+        fallback: Fallback,
     ) -> hyper::Response<ResponseBody>
     where
         B: hyper::body::Body<Data = Bytes> + Send + Unpin + 'static,
@@ -368,6 +395,10 @@ impl Rpc {
         let timeout = self.max_timeout;
         let deadline = Instant::now() + timeout;
         let mut targets = targets.into_iter();
+        let (mut spill, mut kept) = match fallback {
+            Fallback::Spill => (true, None),
+            Fallback::FullHere(response) => (false, Some(response)),
+        };
         let Some(mut subject) = targets.next() else {
             return text_response(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -448,12 +479,20 @@ impl Rpc {
                         spill = false;
                         targets = self.replicas_elsewhere(app, component).into_iter();
                     }
+                    // A busy answer (503, Retry-After) outranks a later target's "runs
+                    // nowhere": a replica exists, it is only full (heartbeats may still list a
+                    // node that died or dropped the component).
+                    let response = match kept.take() {
+                        Some(earlier) if !busy => earlier,
+                        _ => response,
+                    };
                     match targets.next() {
                         // Nothing ran: the next replica may take it, whatever the method.
                         Some(next) => {
                             tracing::debug!(subject, next, "replica busy or gone; trying the next");
                             exchange.replica = None;
                             subject = next;
+                            kept = Some(response);
                         }
                         None => return response,
                     }
