@@ -5,7 +5,9 @@
 //! Compiles are gated node-wide: at most [`MAX_CONCURRENT_COMPILES`] run at once (each uses
 //! every core wasmtime's parallel compilation can get, and memory in proportion to the wasm),
 //! and a wasm being compiled is not compiled a second time meanwhile: the second caller waits
-//! and loads the first one's code. Loading cached code does not wait for the gate. Each
+//! and loads the first one's code. Loading cached code does not wait for the gate, and waiting
+//! for the gate holds no thread: a start abandoned before its turn (a newer version, its
+//! deadline) leaves the queue, while one whose compile has begun finishes it. Each
 //! compile runs its functions on a rayon pool of its own (wasmtime's parallel compilation uses
 //! the current rayon pool): in one shared pool a small component's functions would queue
 //! behind the thousands of a large one, and its start wait for the large one's compile.
@@ -13,7 +15,7 @@
 use std::collections::HashSet;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
 use anyhow::Context;
@@ -42,51 +44,85 @@ pub struct CodeCache {
     gate: Arc<CompileGate>,
 }
 
-/// Admits [`MAX_CONCURRENT_COMPILES`] compiles at once, one per digest.
-#[derive(Debug, Default)]
+/// Admits [`MAX_CONCURRENT_COMPILES`] compiles at once, one per digest. Waiting is async and
+/// cancel-safe: a caller that gives up before its turn leaves the queue (and holds no thread).
+#[derive(Debug)]
 struct CompileGate {
-    /// The digests being compiled now.
+    /// The digests admitted (waiting for a permit, or compiling).
     compiling: Mutex<HashSet<String>>,
-    /// Told when a compile ends.
-    ended: Condvar,
+    /// Told when a digest leaves `compiling`.
+    left: tokio::sync::Notify,
+    /// One permit per compile that may run.
+    permits: Arc<tokio::sync::Semaphore>,
 }
 
-/// A compile admitted by the [`CompileGate`]; leaves it when dropped.
-struct CompileSlot<'a> {
-    gate: &'a CompileGate,
-    digest: String,
-}
-
-impl CompileGate {
-    /// Waits (blocking) until fewer than [`MAX_CONCURRENT_COMPILES`] compiles run and none of
-    /// `digest`.
-    fn enter(&self, digest: &str) -> CompileSlot<'_> {
-        let mut compiling = self
-            .compiling
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        while compiling.len() >= MAX_CONCURRENT_COMPILES || compiling.contains(digest) {
-            compiling = self
-                .ended
-                .wait(compiling)
-                .unwrap_or_else(PoisonError::into_inner);
-        }
-        compiling.insert(digest.to_owned());
-        CompileSlot {
-            gate: self,
-            digest: digest.to_owned(),
+impl Default for CompileGate {
+    fn default() -> CompileGate {
+        CompileGate {
+            compiling: Mutex::default(),
+            left: tokio::sync::Notify::new(),
+            permits: Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_COMPILES)),
         }
     }
 }
 
-impl Drop for CompileSlot<'_> {
+/// A compile admitted by the [`CompileGate`]; leaves it when dropped. Moved into the blocking
+/// task that compiles, so a compile that has begun ends (and is cached) even if its caller
+/// gives up.
+pub struct CompileSlot {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    _digest: DigestClaim,
+}
+
+/// `digest` in the gate's `compiling` set, until dropped.
+struct DigestClaim {
+    gate: Arc<CompileGate>,
+    digest: String,
+}
+
+impl Drop for DigestClaim {
     fn drop(&mut self) {
         self.gate
             .compiling
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .remove(&self.digest);
-        self.gate.ended.notify_all();
+        self.gate.left.notify_waiters();
+    }
+}
+
+impl CompileGate {
+    /// Waits until no compile of `digest` is admitted, then for one of the permits.
+    ///
+    /// # Cancel safety
+    /// Dropped before it resolves, it leaves the gate as it found it.
+    async fn enter(self: &Arc<Self>, digest: &str) -> CompileSlot {
+        let claim = loop {
+            // Registered before the check, so a digest leaving in between is not missed.
+            let left = self.left.notified();
+            {
+                let mut compiling = self
+                    .compiling
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
+                if compiling.insert(digest.to_owned()) {
+                    break DigestClaim {
+                        gate: self.clone(),
+                        digest: digest.to_owned(),
+                    };
+                }
+            }
+            left.await;
+        };
+        let permit = match self.permits.clone().acquire_owned().await {
+            Ok(permit) => permit,
+            // The semaphore is never closed.
+            Err(_) => unreachable!("the compile gate's semaphore is never closed"),
+        };
+        CompileSlot {
+            _permit: permit,
+            _digest: claim,
+        }
     }
 }
 
@@ -103,27 +139,35 @@ impl CodeCache {
         }
     }
 
-    /// Loads the compiled code of `wasm` (whose sha256 is `digest`, lowercase hex) from the
-    /// cache, or compiles it and stores the result. Blocking: run it off the async runtime. A
-    /// compile first waits for the node's compile gate (see the module doc); a caller that
-    /// gives up waiting for this function leaves it to finish, so the code is cached for the
-    /// next attempt.
+    /// The cached compiled code of the wasm whose sha256 is `digest` (lowercase hex), if there
+    /// is usable code. Blocking (a file read): run it off the async runtime.
+    pub fn load(&self, engine: &Engine, digest: &str) -> Option<Component> {
+        load(engine, &self.path(digest))
+    }
+
+    /// Waits for the node's compile gate (see the module doc) to admit a compile of `digest`.
+    ///
+    /// # Cancel safety
+    /// Dropped before it resolves, it leaves the gate as it found it.
+    pub async fn admit(&self, digest: &str) -> CompileSlot {
+        self.gate.enter(digest).await
+    }
+
+    /// Compiles `wasm` (whose sha256 is `digest`) under `slot`, unless another caller cached it
+    /// while this one waited for the gate, and stores the result. Blocking: run it off the
+    /// async runtime; the slot is given back when it returns.
     ///
     /// # Errors
     /// `wasm` is not a valid component for this engine (the error says why).
-    pub fn load_or_compile(
+    pub fn compile(
         &self,
         engine: &Engine,
         wasm: &[u8],
         digest: &str,
+        slot: CompileSlot,
     ) -> anyhow::Result<(Component, CodeSource)> {
-        let path = self.dir.join(format!("{digest}-{}.cwasm", self.engine_key));
-        if let Some(component) = load(engine, &path) {
-            return Ok((component, CodeSource::Cache));
-        }
-        let waiting = Instant::now();
-        let _slot = self.gate.enter(digest);
-        // Compiled by another caller while this one waited.
+        let _slot = slot;
+        let path = self.path(digest);
         if let Some(component) = load(engine, &path) {
             return Ok((component, CodeSource::Cache));
         }
@@ -140,7 +184,6 @@ impl CodeCache {
         };
         tracing::debug!(
             digest,
-            waited_ms = started.duration_since(waiting).as_millis() as u64,
             elapsed_ms = started.elapsed().as_millis() as u64,
             "compiled component"
         );
@@ -148,6 +191,10 @@ impl CodeCache {
             tracing::warn!(path = %path.display(), error = format!("{e:#}"), "cannot cache compiled code");
         }
         Ok((component, CodeSource::Compiled))
+    }
+
+    fn path(&self, digest: &str) -> PathBuf {
+        self.dir.join(format!("{digest}-{}.cwasm", self.engine_key))
     }
 }
 
@@ -208,38 +255,55 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::time::Duration;
 
-    /// Runs `digests` through the gate on threads at once, each holding its slot for 50 ms;
-    /// returns the most held at once.
-    fn most_at_once(digests: &[&str]) -> usize {
+    /// Runs `digests` through the gate at once, each holding its slot for 50 ms; returns the
+    /// most held at once.
+    async fn most_at_once(digests: &[&str]) -> usize {
         let gate = Arc::new(CompileGate::default());
         let inside = Arc::new(AtomicUsize::new(0));
         let most = Arc::new(AtomicUsize::new(0));
-        let threads: Vec<_> = digests
+        let tasks: Vec<_> = digests
             .iter()
             .map(|d| {
                 let (gate, inside, most, d) =
                     (gate.clone(), inside.clone(), most.clone(), d.to_string());
-                std::thread::spawn(move || {
-                    let _slot = gate.enter(&d);
+                tokio::spawn(async move {
+                    let _slot = gate.enter(&d).await;
                     let now = inside.fetch_add(1, Ordering::SeqCst) + 1;
                     most.fetch_max(now, Ordering::SeqCst);
-                    std::thread::sleep(Duration::from_millis(50));
+                    tokio::time::sleep(Duration::from_millis(50)).await;
                     inside.fetch_sub(1, Ordering::SeqCst);
                 })
             })
             .collect();
-        for t in threads {
-            t.join().unwrap();
+        for t in tasks {
+            t.await.unwrap();
         }
         most.load(Ordering::SeqCst)
     }
 
-    #[test]
-    fn the_gate_admits_two_compiles_and_one_per_digest() {
+    #[tokio::test]
+    async fn the_gate_admits_two_compiles_and_one_per_digest() {
         assert_eq!(
-            most_at_once(&["a", "b", "c", "d", "e"]),
+            most_at_once(&["a", "b", "c", "d", "e"]).await,
             MAX_CONCURRENT_COMPILES
         );
-        assert_eq!(most_at_once(&["a", "a", "a"]), 1);
+        assert_eq!(most_at_once(&["a", "a", "a"]).await, 1);
+    }
+
+    #[tokio::test]
+    async fn a_caller_that_gives_up_waiting_leaves_the_gate() {
+        let gate = Arc::new(CompileGate::default());
+        let first = gate.enter("a").await;
+        let second = gate.enter("b").await;
+        // Both permits taken: these wait, then give up.
+        let gave_up = tokio::time::timeout(Duration::from_millis(20), gate.enter("c")).await;
+        assert!(gave_up.is_err());
+        let same = tokio::time::timeout(Duration::from_millis(20), gate.enter("a")).await;
+        assert!(same.is_err());
+        drop((first, second));
+        // Nothing of the two is left behind: "c" and "a" get in at once.
+        let c = tokio::time::timeout(Duration::from_millis(100), gate.enter("c")).await;
+        let a = tokio::time::timeout(Duration::from_millis(100), gate.enter("a")).await;
+        assert!(c.is_ok() && a.is_ok());
     }
 }

@@ -201,12 +201,27 @@ impl Host {
         digest: String,
     ) -> Result<(wasmtime::component::Component, CodeSource), ComponentError> {
         let host = self.clone();
-        tokio::task::spawn_blocking(move || {
-            host.cache.load_or_compile(&host.engine, &wasm, &digest)
-        })
-        .await
-        .map_err(|e| ComponentError::Invalid(format!("compiler task failed: {e}")))?
-        .map_err(|e| ComponentError::Invalid(format!("{e:#}")))
+        let looked = digest.clone();
+        let cached = tokio::task::spawn_blocking(move || host.cache.load(&host.engine, &looked))
+            .await
+            .map_err(|e| ComponentError::Invalid(format!("compiler task failed: {e}")))?;
+        if let Some(component) = cached {
+            return Ok((component, CodeSource::Cache));
+        }
+        // Waiting for the gate holds no thread; once admitted, the compile runs to its end
+        // (and is cached) even if this caller gives up.
+        let waiting = std::time::Instant::now();
+        let slot = self.cache.admit(&digest).await;
+        tracing::debug!(
+            digest,
+            waited_ms = waiting.elapsed().as_millis() as u64,
+            "compile admitted"
+        );
+        let host = self.clone();
+        tokio::task::spawn_blocking(move || host.cache.compile(&host.engine, &wasm, &digest, slot))
+            .await
+            .map_err(|e| ComponentError::Invalid(format!("compiler task failed: {e}")))?
+            .map_err(|e| ComponentError::Invalid(format!("{e:#}")))
     }
 
     fn link(
