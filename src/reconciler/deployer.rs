@@ -101,7 +101,14 @@ struct Starter {
     keyvalue: KeyValueProviders,
     replica_concurrency: u32,
     start_timeout: Duration,
+    /// One permit per start that may fetch (and hold its wasm) at once.
+    fetching: Arc<tokio::sync::Semaphore>,
 }
+
+/// Starts that may fetch their artifact and wait to compile at once on a node: each holds its
+/// whole wasm meanwhile, so a node joining a lattice of many large components holds a few of
+/// them, not all. More than the compile gate's 2, so small components start beside large ones.
+pub const MAX_CONCURRENT_STARTS: usize = 8;
 
 impl Deployer {
     /// A deployer placing components with `host` (their bytes from `artifacts`, their
@@ -126,6 +133,7 @@ impl Deployer {
                 keyvalue,
                 replica_concurrency,
                 start_timeout,
+                fetching: Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_STARTS)),
             }),
             http,
             rpc,
@@ -609,6 +617,9 @@ impl Starter {
         want: &LocalReplicas,
     ) -> Result<LocalComponent, String> {
         let (app, name) = key;
+        // Held until this start has its component (or fails): fetched bytes wait for the
+        // compile gate under it.
+        let _fetching = self.fetching.acquire().await;
         let wasm = self
             .artifacts
             .fetch(digest)
