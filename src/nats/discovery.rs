@@ -432,6 +432,11 @@ fn unreachable_reason(
         (None, Some(Ok(info))) if !info.jetstream => {
             format!(" (the hub at {remote} says it runs no JetStream)")
         }
+        (None, Some(Ok(info))) if info.domain().is_none() => format!(
+            " (the hub at {remote} runs JetStream without a domain, which nats-server keeps \
+             from leaf nodes unless the hub maps their account: `default_js_domain: \
+             {{ <ACCOUNT>: \"\" }}` in the hub's config, or give its JetStream a domain)"
+        ),
         (None, Some(Ok(_))) => String::new(),
         (None, Some(Err(e))) => format!(
             " (the hub's JetStream domain is not known: {e}; pass --js-domain if it has one)"
