@@ -292,6 +292,30 @@ impl AppsBucket {
         }
     }
 
+    /// Every key of `app` as the bucket holds it now, with its revision and value, for the
+    /// mirror: the head and each version it lists, or the record of an earlier release.
+    ///
+    /// # Errors
+    /// The store cannot be read, or the head is malformed.
+    pub async fn snapshot(&self, app: &str) -> Result<Written, String> {
+        let mut written = Written::new();
+        let key = head_key(app);
+        if let Some((revision, value)) = self.read(&key).await? {
+            let head: AppHead = serde_json::from_slice(&value)
+                .map_err(|e| format!("app {app:?}: malformed head record: {e}"))?;
+            written.push((key, revision, Some(value)));
+            for version in &head.versions {
+                let key = version_key(app, version);
+                if let Some((revision, value)) = self.read(&key).await? {
+                    written.push((key, revision, Some(value)));
+                }
+            }
+        } else if let Some((revision, value)) = self.read(app).await? {
+            written.push((app.to_owned(), revision, Some(value)));
+        }
+        Ok(written)
+    }
+
     /// The value and revision of `key`, `None` when absent or deleted.
     async fn read(&self, key: &str) -> Result<Option<(u64, Vec<u8>)>, String> {
         let entry = self
