@@ -482,15 +482,19 @@ impl AppStore {
                 };
                 versions.remove(oldest);
             }
-            // A record of an earlier release is rewritten, one key per version.
+            // A record of an earlier release is rewritten, one key per version: every version
+            // the head lists gets its key (the one deployed too, when it is an existing one).
             if let Some((_, legacy)) = &current.legacy {
-                write.extend(
-                    legacy
-                        .versions
-                        .iter()
-                        .filter(|v| versions.contains(&v.version) && v.version != version)
-                        .cloned(),
-                );
+                let rewrite: Vec<StoredVersion> = legacy
+                    .versions
+                    .iter()
+                    .filter(|v| {
+                        versions.contains(&v.version)
+                            && !write.iter().any(|w| w.version == v.version)
+                    })
+                    .cloned()
+                    .collect();
+                write.extend(rewrite);
             }
             let (generation, _) = current.age();
             let head = AppHead {

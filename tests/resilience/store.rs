@@ -407,7 +407,16 @@ fn a_hundred_and_fifty_deploys_of_a_12_kib_manifest_keep_a_history_of_a_hundred(
     }
     assert_eq!(deployed.unwrap()["version"], "v150");
     let history = array(node.json(&["app", "history", "big"])).unwrap();
-    assert!(history.len() >= 100, "{} versions", history.len());
+    assert_eq!(history.len(), 100, "versions in the history");
+    assert_eq!(history[0]["version"], "v51");
+    // The versions past the history's length are gone from the bucket too.
+    let url = std::fs::read_to_string(node.data_dir.join("nats.url")).unwrap();
+    let keys = bucket_keys(url.trim(), None).unwrap();
+    assert_eq!(
+        keys.iter().filter(|k| k.starts_with("ver.big.")).count(),
+        100,
+        "{keys:?}"
+    );
     let last = history.last().unwrap();
     assert_eq!(last["version"], "v150");
     assert_eq!(last["deployed"], true);
@@ -468,6 +477,68 @@ fn an_app_record_of_the_one_value_layout_is_read_and_rewritten_by_its_next_deplo
         keys.iter().filter(|k| k.starts_with("ver.old.")).count(),
         2,
         "{keys:?}"
+    );
+}
+
+#[test]
+fn rolling_back_an_app_record_of_the_one_value_layout_keeps_the_version_rolled_back_to() {
+    let node = standalone("solo");
+    let work = tempfile::tempdir().unwrap();
+    node.deploy(&write(work.path(), "new.yaml", &hello("new", "/new", 1)));
+    let history = array(node.json(&["app", "history", "new"])).unwrap();
+    let digest = history[0]["digests"]["new-web"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let url = std::fs::read_to_string(node.data_dir.join("nats.url")).unwrap();
+    let url = url.trim();
+    // An earlier release's record of two versions, v2 deployed.
+    let v1 = hello("old", "/old", 1);
+    let v2 = v1.replace("version: v1", "version: v2");
+    let version = |name: &str, manifest: &str, at: u64| {
+        serde_json::json!({
+            "version": name, "manifest": manifest, "images": {"old-web": digest},
+            "stored_at_ms": at, "source": {"kind": "cli"}
+        })
+    };
+    let record = serde_json::json!({
+        "name": "old",
+        "deployed": "v2",
+        "versions": [version("v1", &v1, 1_700_000_000_000), version("v2", &v2, 1_700_000_001_000)],
+    });
+    with_jetstream(url, None, async |js| {
+        let kv = js.get_key_value(APPS_BUCKET).await.unwrap();
+        kv.put("old", serde_json::to_vec(&record).unwrap().into())
+            .await
+            .unwrap();
+    });
+    all_answer(
+        &[&node],
+        "/old",
+        "Hello from lattice: /old",
+        Duration::from_secs(20),
+    );
+    // Back to v1, which the record holds with the same content: rewritten in the new layout,
+    // every version with its key, v1 deployed.
+    node.deploy(&write(work.path(), "old.yaml", &v1));
+    let keys = bucket_keys(url, None).unwrap();
+    assert!(!keys.contains(&"old".to_owned()), "{keys:?}");
+    assert_eq!(
+        keys.iter().filter(|k| k.starts_with("ver.old.")).count(),
+        2,
+        "{keys:?}"
+    );
+    let history = array(node.json(&["app", "history", "old"])).unwrap();
+    let versions: Vec<(&str, bool)> = history
+        .iter()
+        .map(|h| (h["version"].as_str().unwrap(), h["deployed"] == true))
+        .collect();
+    assert_eq!(versions, [("v1", true), ("v2", false)], "{history:?}");
+    all_answer(
+        &[&node],
+        "/old",
+        "Hello from lattice: /old",
+        Duration::from_secs(20),
     );
 }
 
