@@ -316,6 +316,60 @@ impl AppsBucket {
         Ok(written)
     }
 
+    /// Whether `app` was undeployed in this bucket: its head carries a delete (or purge)
+    /// marker, or, with no head at all, the record of an earlier release does.
+    ///
+    /// # Errors
+    /// The store cannot be read.
+    pub async fn undeployed(&self, app: &str) -> Result<bool, String> {
+        let marker = async |key: String| -> Result<Option<bool>, String> {
+            let entry = self
+                .kv
+                .entry(key.clone())
+                .await
+                .map_err(|e| format!("reading {key}: {e}"))?;
+            Ok(entry.map(|e| e.operation != Operation::Put))
+        };
+        Ok(match marker(head_key(app)).await? {
+            Some(deleted) => deleted,
+            None => marker(app.to_owned()).await? == Some(true),
+        })
+    }
+
+    /// Writes each of `versions` whose key is absent from the bucket (no value and no delete
+    /// marker: lost, as in a purged stream), leaving every key that is there as it is.
+    ///
+    /// # Errors
+    /// [`WriteError::TooLarge`]; [`WriteError::Store`].
+    pub async fn restore_versions(
+        &self,
+        app: &str,
+        versions: &[StoredVersion],
+    ) -> Result<Written, WriteError> {
+        let mut written = Written::new();
+        for version in versions {
+            let key = version_key(app, &version.version);
+            let there = self
+                .kv
+                .entry(key.clone())
+                .await
+                .map_err(|e| WriteError::Store(format!("reading {key}: {e}")))?;
+            if there.is_some() {
+                continue;
+            }
+            let value = self.value(
+                || format!("app {app:?} version {:?}", version.version),
+                version,
+            )?;
+            match self.kv.create(&key, value.clone().into()).await {
+                Ok(revision) => written.push((key, revision, Some(value))),
+                Err(e) if e.kind() == CreateErrorKind::AlreadyExists => {}
+                Err(e) => return Err(WriteError::Store(format!("writing {key}: {e}"))),
+            }
+        }
+        Ok(written)
+    }
+
     /// The value and revision of `key`, `None` when absent or deleted.
     async fn read(&self, key: &str) -> Result<Option<(u64, Vec<u8>)>, String> {
         let entry = self

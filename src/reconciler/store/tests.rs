@@ -68,12 +68,14 @@ fn the_mirror_keeps_the_latest_revision_and_survives_a_reopen() {
             8,
             listing(vec![("a".into(), 5, json(&record("a", "v2")))]),
             false,
+            &BTreeSet::new(),
         );
         assert!(mirror.get("c").is_some());
         mirror.resync(
             9,
             listing(vec![("a".into(), 5, json(&record("a", "v2")))]),
             false,
+            &BTreeSet::new(),
         );
         assert!(mirror.get("c").is_none());
     }
@@ -94,6 +96,7 @@ fn the_mirror_keeps_the_latest_revision_and_survives_a_reopen() {
             ("b".into(), 2, json(&record("b", "v9"))),
         ]),
         true,
+        &BTreeSet::new(),
     );
     assert_eq!(mirror.get("a").unwrap().1.deployed, "v3");
     assert_eq!(mirror.get("b").unwrap().1.deployed, "v9");
@@ -160,7 +163,7 @@ fn an_app_is_its_head_and_the_versions_it_lists() {
             layout::version_key("shop", "v2"),
         ]),
     };
-    mirror.resync(4, kept, false);
+    mirror.resync(4, kept, false, &BTreeSet::new());
     assert_eq!(mirror.get("shop").unwrap().1.versions.len(), 2);
     // Versions the head no longer lists are not part of the app.
     mirror.apply(
@@ -260,4 +263,42 @@ spec:
         here[&("shop".to_owned(), "web".to_owned())].hosts,
         BTreeMap::from([("a".to_owned(), 4)])
     );
+}
+
+#[test]
+fn a_bucket_created_anew_replaces_a_value_of_the_same_revision() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = sled::open(dir.path()).unwrap();
+    let mirror = Mirror::open(&db).unwrap();
+    mirror.apply("a", 1, Some(&json(&record("a", "v1"))));
+    // The new bucket's revision 1 holds another value.
+    mirror.resync(
+        1,
+        listing(vec![("a".into(), 1, json(&record("a", "v2")))]),
+        true,
+        &BTreeSet::new(),
+    );
+    assert_eq!(mirror.get("a").unwrap().1.deployed, "v2");
+}
+
+#[test]
+fn an_app_that_could_not_be_re_published_keeps_its_mirrored_copy() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = sled::open(dir.path()).unwrap();
+    let mirror = Mirror::open(&db).unwrap();
+    mirror.apply("a", 4, Some(&json(&record("a", "v1"))));
+    mirror.apply("b", 5, Some(&json(&record("b", "v1"))));
+    // A new bucket holding only `a`: `b` failed to be written into it.
+    mirror.resync(
+        1,
+        listing(vec![("a".into(), 1, json(&record("a", "v1")))]),
+        true,
+        &BTreeSet::from(["b".to_owned()]),
+    );
+    assert!(mirror.get("a").is_some());
+    assert_eq!(mirror.get("b").unwrap().1.deployed, "v1");
+    assert!(mirror.desired().contains_key("b"));
+    // Without it spared, a new bucket's listing is the whole truth.
+    mirror.resync(1, listing(vec![]), true, &BTreeSet::new());
+    assert!(mirror.get("b").is_none());
 }
