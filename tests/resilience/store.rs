@@ -7,9 +7,11 @@
 //!   fails, the nodes re-create it with every app.
 //! - The hub down at a node's first start: the config dir's app runs, after a restart too, and
 //!   reaches the store when the hub comes.
-//! - 150 deploys of one app with a 12 KiB manifest; a record of the earlier one-value layout is
-//!   read and rewritten; `--store-replicas` reaches the buckets; an oversized manifest file is
-//!   refused without being read.
+//! - Re-publishing into a new bucket goes past an app it cannot write (kept from the mirror)
+//!   and leaves out an app undeployed there; a version key lost under its head comes back.
+//! - 150 deploys of one app with a 12 KiB manifest keep exactly 100 versions; a record of the
+//!   earlier one-value layout is read and rewritten, by a rollback too; `--store-replicas`
+//!   reaches the buckets; an oversized manifest file is refused without being read.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -24,7 +26,7 @@ use serde_json::Value;
 
 use crate::common::hub::{Hub, HubJetStream};
 use crate::common::lattice::{
-    Member, all_answer, array, eventually, join, logs, see_each_other, standalone, write,
+    Member, all_answer, answers, array, eventually, join, logs, see_each_other, standalone, write,
 };
 use crate::common::{example_wasm, lattice_cli, manifest_with};
 
@@ -540,6 +542,142 @@ fn rolling_back_an_app_record_of_the_one_value_layout_keeps_the_version_rolled_b
         "Hello from lattice: /old",
         Duration::from_secs(20),
     );
+}
+
+#[test]
+fn re_publishing_into_a_new_bucket_goes_past_an_app_it_cannot_write_and_skips_one_undeployed_there()
+{
+    let hub = Hub::start();
+    let mut a = join(&hub, "node-a", "a");
+    let work = tempfile::tempdir().unwrap();
+    // `big`'s version (8 KiB of annotation) is larger than the new bucket takes; `gone` is
+    // undeployed in the new bucket; `small` goes in.
+    let padding = "x".repeat(8 * 1024);
+    let big = hello("big", "/big", 1).replace(
+        "    version: v1\n",
+        &format!("    version: v1\n    description: \"{padding}\"\n"),
+    );
+    a.deploy(&write(work.path(), "big.yaml", &big));
+    a.deploy(&write(work.path(), "gone.yaml", &hello("gone", "/gone", 1)));
+    a.deploy(&write(
+        work.path(),
+        "small.yaml",
+        &hello("small", "/small", 1),
+    ));
+    for path in ["/big", "/gone", "/small"] {
+        all_answer(
+            &[&a],
+            path,
+            &format!("Hello from lattice: {path}"),
+            Duration::from_secs(20),
+        );
+    }
+    a.terminate(Duration::from_secs(10));
+    let creds = hub.user_creds(work.path(), "admin.creds");
+    let url = hub.client_url();
+    with_jetstream(&url, Some(&creds), async |js| {
+        js.delete_key_value(APPS_BUCKET).await.unwrap();
+        // The stream of a KV bucket, as the node creates it, but for its message size
+        // (async-nats's `create_key_value` does not read nats-server 2.9's answer).
+        js.create_stream(jetstream::stream::Config {
+            name: format!("KV_{APPS_BUCKET}"),
+            subjects: vec![format!("$KV.{APPS_BUCKET}.>")],
+            max_messages_per_subject: 1,
+            max_message_size: 4096,
+            allow_rollup: true,
+            deny_delete: true,
+            allow_direct: true,
+            discard: jetstream::stream::DiscardPolicy::New,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let kv = js.get_key_value(APPS_BUCKET).await.unwrap();
+        kv.put("app.gone", "{}".into()).await.unwrap();
+        kv.delete("app.gone").await.unwrap();
+    });
+    a.restart();
+    eventually(
+        "small re-published into the new bucket",
+        Duration::from_secs(30),
+        &[&a],
+        || {
+            let keys = bucket_keys(&url, Some(&creds))?;
+            if keys.contains(&"app.small".to_owned()) {
+                Ok(keys)
+            } else {
+                Err(format!("keys {keys:?}"))
+            }
+        },
+    );
+    a.wait_for_log(
+        &["app \"big\" cannot be re-published into lattice_default_apps"],
+        Duration::from_secs(10),
+    );
+    let keys = bucket_keys(&url, Some(&creds)).unwrap();
+    assert!(!keys.contains(&"app.gone".to_owned()), "{keys:?}");
+    assert!(!keys.contains(&"app.big".to_owned()), "{keys:?}");
+    // `big` runs on from the mirror; `gone` is gone; the node follows the new bucket.
+    answers(&a, "/big", "Hello from lattice: /big").unwrap();
+    eventually("gone to stop", Duration::from_secs(20), &[&a], || {
+        match a.get("/gone") {
+            Some((404, _)) => Ok(()),
+            other => Err(format!("/gone answered {other:?}")),
+        }
+    });
+    let small = hello("small", "/small", 1).replace("version: v1", "version: v2");
+    let out = deploy_output(&a, &write(work.path(), "small-v2.yaml", &small), &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(apps(&a).unwrap().contains(&"small".to_owned()));
+    assert!(
+        !a.log().contains("desired-state store unreachable"),
+        "{}",
+        a.log()
+    );
+}
+
+#[test]
+fn a_version_key_lost_under_its_surviving_head_is_written_again() {
+    let node = standalone("solo");
+    let work = tempfile::tempdir().unwrap();
+    node.deploy(&write(work.path(), "app.yaml", &hello("app", "/app", 1)));
+    let url = std::fs::read_to_string(node.data_dir.join("nats.url")).unwrap();
+    let url = url.trim();
+    let keys = bucket_keys(url, None).unwrap();
+    let v1: Vec<&String> = keys.iter().filter(|k| k.starts_with("ver.app.")).collect();
+    assert_eq!(v1.len(), 1, "{keys:?}");
+    let v1 = v1[0].clone();
+    let v2 = hello("app", "/app", 1).replace("version: v1", "version: v2");
+    node.deploy(&write(work.path(), "app-v2.yaml", &v2));
+    // v1's key purged from the stream: no value, no delete marker.
+    with_jetstream(url, None, async |js| {
+        let stream = js.get_stream(format!("KV_{APPS_BUCKET}")).await.unwrap();
+        stream
+            .purge()
+            .filter(format!("$KV.{APPS_BUCKET}.{v1}"))
+            .await
+            .unwrap();
+    });
+    assert!(!bucket_keys(url, None).unwrap().contains(&v1));
+    eventually(
+        "the lost version key written again",
+        Duration::from_secs(45),
+        &[&node],
+        || {
+            let keys = bucket_keys(url, None)?;
+            if keys.contains(&v1) {
+                Ok(())
+            } else {
+                Err(format!("keys {keys:?}"))
+            }
+        },
+    );
+    let history = array(node.json(&["app", "history", "app"])).unwrap();
+    assert_eq!(history.len(), 2, "{history:?}");
 }
 
 #[test]
