@@ -496,11 +496,24 @@ impl AppStore {
                     .collect();
                 write.extend(rewrite);
             }
+            // Each version keeps its key; those written now are at the key of their content.
+            let mut keys = current
+                .head
+                .as_ref()
+                .map(|(_, head)| head.keys.clone())
+                .unwrap_or_default();
+            keys.extend(
+                write
+                    .iter()
+                    .map(|v| (v.version.clone(), layout::content_key(v))),
+            );
+            keys.retain(|v, _| versions.contains(v));
             let (generation, _) = current.age();
             let head = AppHead {
                 name: name.clone(),
                 deployed: version.clone(),
                 versions,
+                keys,
                 generation: generation.max(self.mirror.generation(&name)) + 1,
                 updated_at_ms: now_ms(),
             };

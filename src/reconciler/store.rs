@@ -236,7 +236,7 @@ impl State {
             let versions = head
                 .versions
                 .iter()
-                .filter_map(|v| match self.live(&layout::version_key(app, v)) {
+                .filter_map(|v| match self.live(&head.key(v)) {
                     Some((_, Record::Version(version))) if version.version == *v => {
                         Some(version.clone())
                     }

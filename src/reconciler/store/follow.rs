@@ -10,7 +10,7 @@ use async_nats::jetstream::kv::Operation;
 use futures::{StreamExt, TryStreamExt};
 use tokio_util::sync::CancellationToken;
 
-use super::layout::{AppHead, AppsBucket, Record, WriteError, key_kind};
+use super::layout::{AppHead, AppsBucket, Record, WriteError, content_key, key_kind};
 use super::{CAS_ATTEMPTS, Mirror, RESYNC, RETRY, SharedApp, StoredVersion};
 use crate::nats::subjects;
 
@@ -136,8 +136,8 @@ impl Mirror {
                 );
             }
         }
-        // A version's key holds one content for good (its name is the key): one the mirror
-        // holds is not read again, unless the bucket is new to it.
+        // A version's key holds one content for good (the key hashes its name and content):
+        // one the mirror holds is not read again, unless the bucket is new to it.
         let known: BTreeSet<String> = if fresh {
             BTreeSet::new()
         } else {
@@ -246,6 +246,12 @@ impl Mirror {
                 .iter()
                 .map(|v| v.version.clone())
                 .collect(),
+            keys: mine
+                .record
+                .versions
+                .iter()
+                .map(|v| (v.version.clone(), content_key(v)))
+                .collect(),
             generation: mine.generation,
             updated_at_ms: mine.updated_at_ms,
         };
@@ -273,7 +279,7 @@ impl Mirror {
                     .cloned()
                     .collect();
                 let restored = bucket
-                    .restore_versions(app, &lost)
+                    .restore_versions(theirs, &lost)
                     .await
                     .map_err(|e| e.to_string())?;
                 return Ok(!restored.is_empty());

@@ -37,6 +37,7 @@ fn head(name: &str, deployed: &str, versions: &[&str], generation: u64) -> AppHe
         name: name.into(),
         deployed: deployed.into(),
         versions: versions.iter().map(|v| (*v).to_owned()).collect(),
+        keys: BTreeMap::new(),
         generation,
         updated_at_ms: generation,
     }
@@ -301,4 +302,26 @@ fn an_app_that_could_not_be_re_published_keeps_its_mirrored_copy() {
     // Without it spared, a new bucket's listing is the whole truth.
     mirror.resync(1, listing(vec![]), true, &BTreeSet::new());
     assert!(mirror.get("b").is_none());
+}
+
+#[test]
+fn a_version_is_read_at_the_key_its_head_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = sled::open(dir.path()).unwrap();
+    let mirror = Mirror::open(&db).unwrap();
+    let old = version("v1", 1);
+    let mut edited = version("v1", 2);
+    edited.manifest = "edited: [".into();
+    // v1 as first deployed (key of its content), undeployed, then deployed again with other
+    // content: another key, which the new head names.
+    let old_key = format!("ver.shop.{}", layout::content_key(&old));
+    let new_key = format!("ver.shop.{}", layout::content_key(&edited));
+    assert_ne!(old_key, new_key);
+    mirror.apply(&old_key, 1, Some(&json(&old)));
+    let mut second = head("shop", "v1", &["v1"], 3);
+    second.keys = BTreeMap::from([("v1".to_owned(), layout::content_key(&edited))]);
+    mirror.apply(&new_key, 5, Some(&json(&edited)));
+    mirror.apply(&layout::head_key("shop"), 6, Some(&json(&second)));
+    let (_, app) = mirror.get("shop").unwrap();
+    assert_eq!(app.versions, [edited]);
 }
