@@ -2,7 +2,8 @@
 //!
 //! - A hub without JetStream: a node runs its config dir's app from node-local desired state,
 //!   `lattice app deploy` fails with the reason; the hub comes back with JetStream and the app
-//!   moves into the store, served throughout.
+//!   moves into the store, served throughout; two nodes with the same config-dir app move it
+//!   into the store, both serving throughout.
 //! - The apps bucket deleted with a plain NATS client while three nodes serve: no request
 //!   fails, the nodes re-create it with every app.
 //! - The hub down at a node's first start: the config dir's app runs, after a restart too, and
@@ -233,6 +234,43 @@ fn with_no_shared_jetstream_the_config_dir_app_runs_here_then_moves_into_the_sto
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+#[test]
+fn two_nodes_with_the_same_config_dir_app_move_it_into_the_store_serving_throughout() {
+    let mut hub = Hub::start_with(HubJetStream::Off);
+    let a = join(&hub, "node-a", "a");
+    let b = join(&hub, "node-b", "b");
+    see_each_other(&[&a, &b]);
+    let daemon = hello("both", "/both", 1).replace("type: spreadscaler", "type: daemonscaler");
+    write(&a.config_dir, "both.yaml", &daemon);
+    write(&b.config_dir, "both.yaml", &daemon);
+    all_answer(
+        &[&a, &b],
+        "/both",
+        "Hello from lattice: /both",
+        Duration::from_secs(20),
+    );
+    // The store appears: one node writes the app, the other finds it there and drops its
+    // node-local copy, each serving all along.
+    let load = Load::start(&[&a, &b], &["/both"]);
+    hub.restart_with(HubJetStream::Domain(Hub::JS_DOMAIN));
+    for member in [&a, &b] {
+        member.wait_for_log(
+            &["lattice store reachable: the apps of the config dir are in it"],
+            Duration::from_secs(60),
+        );
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    let (sent, failed) = load.stop();
+    assert!(
+        failed.is_empty(),
+        "{} of {sent} requests failed: {failed:#?}\n{}",
+        failed.len(),
+        logs(&[&a, &b])
+    );
+    let history = array(a.json(&["app", "history", "both"])).unwrap();
+    assert_eq!(history.len(), 1, "{history:?}");
 }
 
 #[test]
