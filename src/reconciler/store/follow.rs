@@ -275,7 +275,15 @@ impl Mirror {
                     .record
                     .versions
                     .iter()
-                    .filter(|v| theirs.versions.contains(&v.version))
+                    // The very content the head names (a head that names no key for a
+                    // version has it at the key of its name).
+                    .filter(|v| {
+                        theirs.versions.contains(&v.version)
+                            && theirs
+                                .keys
+                                .get(&v.version)
+                                .is_none_or(|hash| *hash == content_key(v))
+                    })
                     .cloned()
                     .collect();
                 let restored = bucket
