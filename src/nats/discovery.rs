@@ -456,17 +456,26 @@ fn report(state: &watch::Sender<JetStreamState>, outcome: Result<Candidate, Stri
             reason: reason.clone(),
         },
     };
-    let before = state.send_replace(next.clone());
-    match (&outcome, before == next) {
-        (_, true) => {}
-        (Ok(found), false) => tracing::info!(
+    // Receivers are woken only by a change: a probe finding what the last one found is no news
+    // (each wake-up of the config-dir watcher retries its failed manifests).
+    let mut before = None;
+    state.send_if_modified(|current| {
+        if *current == next {
+            return false;
+        }
+        before = Some(std::mem::replace(current, next.clone()));
+        true
+    });
+    let Some(before) = before else { return };
+    match &outcome {
+        Ok(found) => tracing::info!(
             domain = found.domain.as_deref().unwrap_or("(none)"),
             api = api_prefix(found.domain.as_deref()),
             source = found.source,
             "JetStream found: the lattice's store is reached through {}",
             api_prefix(found.domain.as_deref())
         ),
-        (Err(reason), false) => {
+        Err(reason) => {
             // A reason that only changes its wording while unreachable is no news.
             if !matches!(before, JetStreamState::Unreachable { .. }) {
                 tracing::warn!(error = reason, "JetStream not reachable");
@@ -536,6 +545,30 @@ mod tests {
                 .collect::<Vec<_>>(),
             [None, Some("edge".to_owned())]
         );
+    }
+
+    #[test]
+    fn a_probe_finding_what_the_last_found_wakes_no_receiver() {
+        let (tx, mut rx) = watch::channel(JetStreamState::Searching);
+        let found = || {
+            Ok(Candidate {
+                domain: Some("hub".into()),
+                source: "test",
+            })
+        };
+        report(&tx, found());
+        assert!(rx.has_changed().unwrap());
+        rx.borrow_and_update();
+        report(&tx, found());
+        assert!(
+            !rx.has_changed().unwrap(),
+            "an unchanged state woke the receiver"
+        );
+        report(&tx, Err("no responders".into()));
+        assert!(rx.has_changed().unwrap());
+        rx.borrow_and_update();
+        report(&tx, Err("no responders".into()));
+        assert!(!rx.has_changed().unwrap());
     }
 
     #[test]

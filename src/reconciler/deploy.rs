@@ -359,10 +359,8 @@ impl AppStore {
             mut version,
         } = prepared;
         let name = manifest.name.clone();
+        // The caller hands a node-local app over to the store's copy first.
         let unchanged = |version: String, warnings: Vec<String>| {
-            if local.is_some() {
-                self.mirror.set_local(&name, None);
-            }
             Ok(DeployOutcome {
                 name: name.clone(),
                 version,
@@ -379,6 +377,9 @@ impl AppStore {
                 .deployed_version()
                 .is_some_and(|v| v.manifest == request.manifest && v.images == request.images)
         {
+            if local.is_some() {
+                self.mirror.set_local(&name, None);
+            }
             return unchanged(version, Vec::new());
         }
         let warnings = self.check_components(&manifest).await?;
@@ -429,6 +430,7 @@ impl AppStore {
                     version = deployed,
                     "the lattice store holds a version of the app stored after this node's config-dir version; it stays"
                 );
+                self.hand_over(&bucket, &name).await?;
                 return unchanged(
                     deployed.to_owned(),
                     vec![format!(
@@ -461,6 +463,9 @@ impl AppStore {
                     return Err(version_exists(&name, version));
                 }
                 Some(_) if current.deployed() == Some(version.as_str()) => {
+                    if local.is_some() {
+                        self.hand_over(&bucket, &name).await?;
+                    }
                     return unchanged(version, warnings);
                 }
                 Some(_) => {}
@@ -477,21 +482,38 @@ impl AppStore {
                 };
                 versions.remove(oldest);
             }
-            // A record of an earlier release is rewritten, one key per version.
+            // A record of an earlier release is rewritten, one key per version: every version
+            // the head lists gets its key (the one deployed too, when it is an existing one).
             if let Some((_, legacy)) = &current.legacy {
-                write.extend(
-                    legacy
-                        .versions
-                        .iter()
-                        .filter(|v| versions.contains(&v.version) && v.version != version)
-                        .cloned(),
-                );
+                let rewrite: Vec<StoredVersion> = legacy
+                    .versions
+                    .iter()
+                    .filter(|v| {
+                        versions.contains(&v.version)
+                            && !write.iter().any(|w| w.version == v.version)
+                    })
+                    .cloned()
+                    .collect();
+                write.extend(rewrite);
             }
+            // Each version keeps its key; those written now are at the key of their content.
+            let mut keys = current
+                .head
+                .as_ref()
+                .map(|(_, head)| head.keys.clone())
+                .unwrap_or_default();
+            keys.extend(
+                write
+                    .iter()
+                    .map(|v| (v.version.clone(), layout::content_key(v))),
+            );
+            keys.retain(|v, _| versions.contains(v));
             let (generation, _) = current.age();
             let head = AppHead {
                 name: name.clone(),
                 deployed: version.clone(),
                 versions,
+                keys,
                 generation: generation.max(self.mirror.generation(&name)) + 1,
                 updated_at_ms: now_ms(),
             };
@@ -499,7 +521,7 @@ impl AppStore {
                 Ok(written) => {
                     self.mirror.apply_written(&written);
                     if local.is_some() {
-                        self.mirror.set_local(&name, None);
+                        self.hand_over(&bucket, &name).await?;
                     }
                     return Ok(DeployOutcome {
                         name,
@@ -522,6 +544,35 @@ impl AppStore {
         Err(DeployError::Store(format!(
             "app {name:?} kept changing under this deploy; try again"
         )))
+    }
+
+    /// Drops the node-local record of `name` in favour of the store's copy, once the mirror
+    /// holds that copy whole (its deployed version among its versions): the store's keys of
+    /// the app are read into the mirror first, as the mirror's watch may not have brought them
+    /// yet. Until then the app would drop out of the desired state and its replicas stop.
+    ///
+    /// # Errors
+    /// [`DeployError::Store`]: the store cannot be read, or its copy lacks the deployed
+    /// version (changing meanwhile); the node-local record stays, and the move is tried again.
+    async fn hand_over(&self, bucket: &AppsBucket, name: &str) -> Result<(), DeployError> {
+        let written = bucket.snapshot(name).await.map_err(|e| {
+            DeployError::Store(format!(
+                "reading app {name:?} to move it into the store: {e}"
+            ))
+        })?;
+        self.mirror.apply_written(&written);
+        if self
+            .mirror
+            .get(name)
+            .is_none_or(|(_, record)| record.deployed_version().is_none())
+        {
+            return Err(DeployError::Store(format!(
+                "app {name:?}: the lattice store's copy lacks its deployed version (changing meanwhile); \
+                 the node-local copy runs on until the move is tried again"
+            )));
+        }
+        self.mirror.set_local(name, None);
+        Ok(())
     }
 
     /// Removes app `name` (every version) from the lattice, if `only_from` is `None` or its

@@ -236,7 +236,7 @@ impl State {
             let versions = head
                 .versions
                 .iter()
-                .filter_map(|v| match self.live(&layout::version_key(app, v)) {
+                .filter_map(|v| match self.live(&head.key(v)) {
                     Some((_, Record::Version(version))) if version.version == *v => {
                         Some(version.clone())
                     }
@@ -492,8 +492,15 @@ impl Mirror {
     /// revision was at least `last_revision`, with its revision and value unless the mirror's
     /// copy was taken as it is. Keys absent from it, and not changed since, are deleted. With
     /// `replace` (a bucket not mirrored before, whose revisions started again) every entry is
-    /// taken from the listing, whatever its revision.
-    fn resync(&self, last_revision: u64, listing: Listing, replace: bool) {
+    /// taken from the listing, whatever its revision. The keys of the apps of `spared` (which
+    /// could not be re-published into the bucket) are not deleted.
+    fn resync(
+        &self,
+        last_revision: u64,
+        listing: Listing,
+        replace: bool,
+        spared: &BTreeSet<String>,
+    ) {
         let mut state = self.lock();
         let mut touched = BTreeSet::new();
         let Listing { present, kept } = listing;
@@ -505,9 +512,9 @@ impl Mirror {
         for (key, revision, value) in present {
             let Some(kind) = key_kind(&key) else { continue };
             let known = state.entries.get(&key);
-            if known.is_some_and(|e| e.revision == revision && e.record.is_some())
-                || (!replace && known.is_some_and(|e| e.revision >= revision))
-            {
+            // A bucket created anew numbers its revisions from 1 again: an equal revision
+            // says nothing of its value then.
+            if !replace && known.is_some_and(|e| e.revision >= revision) {
                 continue;
             }
             let record = match parse_record(&key, &value) {
@@ -524,7 +531,11 @@ impl Mirror {
         let absent: Vec<(String, bool)> = state
             .entries
             .iter()
-            .filter(|(k, e)| !keys.contains(*k) && (replace || e.revision <= last_revision))
+            .filter(|(k, e)| {
+                !keys.contains(*k)
+                    && (replace || e.revision <= last_revision)
+                    && !key_kind(k).is_some_and(|kind| spared.contains(kind.app()))
+            })
             .map(|(k, e)| (k.clone(), e.record.is_some()))
             .collect();
         for (key, live) in absent {

@@ -27,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 use super::deploy::{self, AppStore, DeployError, DeployRequest, ImagesTo, MAX_MANIFEST_BYTES};
 use super::manifest;
 use super::store::Source;
+use crate::nats::JetStreamState;
 
 /// Quiet time after a file event before the directory is read, so editors' multi-step saves
 /// are seen whole.
@@ -131,6 +132,11 @@ pub async fn run(
     tracing::info!(dir = %dir.display(), "watching the config dir for manifests");
 
     let mut store_state = Some(deployer.store.subscribe_store());
+    let mut reachable = Reachability(
+        store_state
+            .as_mut()
+            .is_some_and(|state| store_reachable(&state.borrow_and_update())),
+    );
     let mut files: BTreeMap<PathBuf, FileState> = BTreeMap::new();
     deployer.find_orphans();
     deployer.scan(&mut files, false).await;
@@ -153,21 +159,41 @@ pub async fn run(
             // The timer also retries manifests that failed: the wasm may exist now, the store
             // may be reachable again.
             () = tokio::time::sleep_until(next_rescan) => deployer.scan(&mut files, true).await,
-            // Found or lost: node-local apps move into the store, or files go node-local.
+            // Found or lost: node-local apps move into the store, or files go node-local. Only
+            // a flip counts (not a new reason for being unreachable): each scan here retries
+            // the manifests that failed, which otherwise wait for the timer.
             changed = async {
                 match &mut store_state {
-                    Some(state) => state.changed().await,
+                    Some(state) => state.changed().await.map(|()| reachable.flipped(&state.borrow_and_update())),
                     None => std::future::pending().await,
                 }
             } => {
                 match changed {
-                    Ok(()) => deployer.scan(&mut files, true).await,
+                    Ok(true) => deployer.scan(&mut files, true).await,
+                    Ok(false) => {}
                     Err(_) => store_state = None,
                 }
             }
             () = shutdown.cancelled() => return Ok(()),
         }
         next_rescan = tokio::time::Instant::now() + deployer.rescan_interval(&files);
+    }
+}
+
+/// Whether the lattice's store counts as reachable in `state` (as [`AppStore::no_store`] sees
+/// it: only a JetStream known to be unreachable sends the config dir node-local).
+fn store_reachable(state: &JetStreamState) -> bool {
+    !matches!(state, JetStreamState::Unreachable { .. })
+}
+
+/// Whether the lattice's store was reachable at the last state seen.
+struct Reachability(bool);
+
+impl Reachability {
+    /// Takes `state`; returns whether reachability flipped with it.
+    fn flipped(&mut self, state: &JetStreamState) -> bool {
+        let now = store_reachable(state);
+        std::mem::replace(&mut self.0, now) != now
     }
 }
 
@@ -539,5 +565,31 @@ impl DirDeployer {
             }
         }
         Ok((name, outcome.local))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_flip_of_the_stores_reachability_counts() {
+        let unreachable = |reason: &str| JetStreamState::Unreachable {
+            reason: reason.into(),
+        };
+        let found = |domain: &str| JetStreamState::Found {
+            domain: Some(domain.into()),
+        };
+        let mut reachable = Reachability(false);
+        assert!(!reachable.flipped(&unreachable("a")));
+        assert!(
+            !reachable.flipped(&unreachable("b")),
+            "a new reason is no flip"
+        );
+        assert!(reachable.flipped(&found("hub")));
+        assert!(!reachable.flipped(&found("hub")));
+        assert!(!reachable.flipped(&found("ngs")));
+        assert!(!reachable.flipped(&JetStreamState::Searching));
+        assert!(reachable.flipped(&unreachable("c")));
     }
 }

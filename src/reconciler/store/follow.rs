@@ -10,8 +10,8 @@ use async_nats::jetstream::kv::Operation;
 use futures::{StreamExt, TryStreamExt};
 use tokio_util::sync::CancellationToken;
 
-use super::layout::{AppHead, AppsBucket, Record, WriteError, key_kind};
-use super::{CAS_ATTEMPTS, Mirror, RESYNC, RETRY};
+use super::layout::{AppHead, AppsBucket, Record, WriteError, content_key, key_kind};
+use super::{CAS_ATTEMPTS, Mirror, RESYNC, RETRY, SharedApp, StoredVersion};
 use crate::nats::subjects;
 
 impl Mirror {
@@ -33,15 +33,18 @@ impl Mirror {
                 outcome = self.follow_once(&context, &lattice, replicas, &mut unreachable_logged) => outcome,
                 () = shutdown.cancelled() => return,
             };
-            if let Err(e) = outcome
-                && !unreachable_logged
-            {
-                unreachable_logged = true;
-                tracing::warn!(
-                    bucket = subjects::apps_bucket(&lattice),
-                    error = format!("{e:#}"),
-                    "desired-state store unreachable; running from the local mirror"
-                );
+            match outcome {
+                // The bucket was created anew: a new watch of it at once.
+                Ok(()) => continue,
+                Err(e) if !unreachable_logged => {
+                    unreachable_logged = true;
+                    tracing::warn!(
+                        bucket = subjects::apps_bucket(&lattice),
+                        error = format!("{e:#}"),
+                        "desired-state store unreachable; running from the local mirror"
+                    );
+                }
+                Err(_) => {}
             }
             tokio::select! {
                 () = tokio::time::sleep(RETRY) => {}
@@ -50,6 +53,9 @@ impl Mirror {
         }
     }
 
+    /// Follows the bucket until it cannot be reached (an error) or it is found created anew
+    /// (`Ok`: the watch follows the stream of the bucket it was opened on, and is to be opened
+    /// again).
     async fn follow_once(
         &self,
         js: &jetstream::Context,
@@ -59,12 +65,15 @@ impl Mirror {
     ) -> anyhow::Result<()> {
         let bucket = AppsBucket::open(js, lattice, replicas).await?;
         let name = subjects::apps_bucket(lattice);
+        let watched = bucket_id(js, &bucket, &name).await?;
         let mut watch = bucket
             .kv()
             .watch_all()
             .await
             .with_context(|| format!("watching {name}"))?;
-        self.full_pass(js, &bucket, &name).await?;
+        if self.full_pass(js, &bucket, &name).await? != watched {
+            return Ok(());
+        }
         if std::mem::take(unreachable_logged) {
             tracing::info!(bucket = name, "desired-state store reachable again");
         }
@@ -81,27 +90,32 @@ impl Mirror {
                     };
                     self.apply(&entry.key, entry.revision, value);
                 }
-                _ = resync.tick() => self.full_pass(js, &bucket, &name).await?,
+                _ = resync.tick() => {
+                    if self.full_pass(js, &bucket, &name).await? != watched {
+                        tracing::info!(bucket = name, "the apps bucket {name} was created anew: following it with a new watch");
+                        return Ok(());
+                    }
+                }
             }
         }
     }
 
-    /// Reads the whole bucket into the mirror. A bucket other than the one mirrored (deleted
-    /// and created anew, or another JetStream's) first gets this node's apps re-published into
-    /// it; so do apps whose keys vanished without a delete marker.
+    /// Reads the whole bucket into the mirror; returns the bucket's identity ([`bucket_id`]).
+    /// A bucket other than the one mirrored (deleted and created anew, or another JetStream's)
+    /// first gets this node's apps re-published into it; so do apps whose keys vanished without
+    /// a delete marker. An app that cannot be re-published is logged and keeps its mirrored
+    /// copy; it is tried again at the next pass.
+    ///
+    /// # Errors
+    /// The bucket cannot be read.
     async fn full_pass(
         &self,
         js: &jetstream::Context,
         bucket: &AppsBucket,
         name: &str,
-    ) -> anyhow::Result<()> {
-        // Fresh stream info: `Store::status` answers what was cached when the store was opened.
-        let stream = js
-            .get_stream(&bucket.kv().stream_name)
-            .await
-            .with_context(|| format!("reading {name}"))?;
-        let info = stream.cached_info();
-        let bucket_id = format!("{}@{}", bucket.kv().stream_name, info.created);
+    ) -> anyhow::Result<String> {
+        let bucket_id = bucket_id(js, bucket, name).await?;
+        let mut spared = BTreeSet::new();
         let fresh = self.meta.get("bucket").ok().flatten().as_deref() != Some(bucket_id.as_bytes());
         if fresh {
             let apps: Vec<String> = self.lock().shared.keys().cloned().collect();
@@ -112,12 +126,18 @@ impl Mirror {
                     "the apps bucket {name} is not the one this node mirrored (deleted and created anew, or another JetStream's): \
                      this node keeps running its apps and re-publishes them into it"
                 );
-                let republished = self.republish(bucket, &apps).await?;
-                tracing::info!(bucket = name, republished, "apps re-published into {name}");
+                let republished;
+                (republished, spared) = self.republish(bucket, name, &apps).await;
+                tracing::info!(
+                    bucket = name,
+                    republished,
+                    failed = spared.len(),
+                    "apps re-published into {name}"
+                );
             }
         }
-        // A version's key holds one content for good (its name is the key): one the mirror
-        // holds is not read again, unless the bucket is new to it.
+        // A version's key holds one content for good (the key hashes its name and content):
+        // one the mirror holds is not read again, unless the bucket is new to it.
         let known: BTreeSet<String> = if fresh {
             BTreeSet::new()
         } else {
@@ -164,61 +184,147 @@ impl Mirror {
                     apps = ?apps,
                     "records vanished from the apps bucket {name} without being deleted: re-publishing them"
                 );
-                self.republish(bucket, &apps).await?;
+                (_, spared) = self.republish(bucket, name, &apps).await;
                 (last_revision, listing) = list(js, bucket, name, &known).await?;
             }
         }
-        self.resync(last_revision, listing, fresh);
-        if fresh && let Err(e) = self.meta.insert("bucket", bucket_id.as_bytes()) {
+        self.resync(last_revision, listing, fresh, &spared);
+        // A bucket into which an app could not be re-published stays new to the mirror: the
+        // next pass tries again, and takes the bucket's revisions as they are.
+        if fresh
+            && spared.is_empty()
+            && let Err(e) = self.meta.insert("bucket", bucket_id.as_bytes())
+        {
             tracing::error!(error = %e, "writing the apps mirror");
         }
-        Ok(())
+        Ok(bucket_id)
     }
 
-    /// Writes this node's record of each of `apps` into `bucket`, where the bucket holds none
-    /// or an older one ([`AppHead::newer_than`]). Returns how many were written.
-    ///
-    /// # Errors
-    /// The store cannot be written.
-    async fn republish(&self, bucket: &AppsBucket, apps: &[String]) -> anyhow::Result<usize> {
+    /// Writes this node's record of each of `apps` into `bucket` (named `name`), where the
+    /// bucket holds none or an older one ([`AppHead::newer_than`]), and where the bucket's
+    /// record is the newer one, the version keys it lists and lost. An app undeployed in the
+    /// bucket (its head carries a delete marker, newer than any copy) is not re-published.
+    /// Returns how many apps were written, and the apps that could not be (each logged).
+    async fn republish(
+        &self,
+        bucket: &AppsBucket,
+        name: &str,
+        apps: &[String],
+    ) -> (usize, BTreeSet<String>) {
         let mut written = 0;
+        let mut failed = BTreeSet::new();
         for app in apps {
             let Some(mine) = self.lock().shared.get(app).cloned() else {
                 continue;
             };
-            let head = AppHead {
-                name: app.clone(),
-                deployed: mine.record.deployed.clone(),
-                versions: mine
-                    .record
-                    .versions
-                    .iter()
-                    .map(|v| v.version.clone())
-                    .collect(),
-                generation: mine.generation,
-                updated_at_ms: mine.updated_at_ms,
-            };
-            for attempt in 1..=CAS_ATTEMPTS {
-                let current = bucket.read_app(app).await.map_err(anyhow::Error::msg)?;
-                let (generation, updated_at_ms) = current.age();
-                if current.exists() && !head.newer_than(generation, updated_at_ms) {
-                    break;
-                }
-                match bucket
-                    .write_app(&current, &head, &mine.record.versions)
-                    .await
-                {
-                    Ok(_) => {
-                        written += 1;
-                        break;
-                    }
-                    Err(WriteError::Conflict(_)) if attempt < CAS_ATTEMPTS => {}
-                    Err(e) => anyhow::bail!("re-publishing app {app:?}: {e}"),
+            match self.republish_app(bucket, &mine).await {
+                Ok(true) => written += 1,
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::error!(
+                        app,
+                        bucket = name,
+                        error = e,
+                        "app {app:?} cannot be re-published into {name}: {e}; this node keeps running its copy and tries again at the next pass"
+                    );
+                    failed.insert(app.clone());
                 }
             }
         }
-        Ok(written)
+        (written, failed)
     }
+
+    /// [`Mirror::republish`] of one app; whether anything was written.
+    async fn republish_app(&self, bucket: &AppsBucket, mine: &SharedApp) -> Result<bool, String> {
+        let app = &mine.record.name;
+        let head = AppHead {
+            name: app.clone(),
+            deployed: mine.record.deployed.clone(),
+            versions: mine
+                .record
+                .versions
+                .iter()
+                .map(|v| v.version.clone())
+                .collect(),
+            keys: mine
+                .record
+                .versions
+                .iter()
+                .map(|v| (v.version.clone(), content_key(v)))
+                .collect(),
+            generation: mine.generation,
+            updated_at_ms: mine.updated_at_ms,
+        };
+        for attempt in 1..=CAS_ATTEMPTS {
+            if bucket.undeployed(app).await? {
+                tracing::info!(
+                    app,
+                    "app undeployed in the apps bucket since this node's copy: not re-published"
+                );
+                return Ok(false);
+            }
+            let current = bucket.read_app(app).await?;
+            let (generation, updated_at_ms) = current.age();
+            if current.exists() && !head.newer_than(generation, updated_at_ms) {
+                // The bucket's record stands; the version keys it lists and lost come back
+                // from this node's copy.
+                let Some((_, theirs)) = &current.head else {
+                    return Ok(false);
+                };
+                let lost: Vec<StoredVersion> = mine
+                    .record
+                    .versions
+                    .iter()
+                    // The very content the head names (a head that names no key for a
+                    // version has it at the key of its name).
+                    .filter(|v| {
+                        theirs.versions.contains(&v.version)
+                            && theirs
+                                .keys
+                                .get(&v.version)
+                                .is_none_or(|hash| *hash == content_key(v))
+                    })
+                    .cloned()
+                    .collect();
+                let restored = bucket
+                    .restore_versions(theirs, &lost)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                return Ok(!restored.is_empty());
+            }
+            match bucket
+                .write_app(&current, &head, &mine.record.versions)
+                .await
+            {
+                Ok(_) => return Ok(true),
+                Err(WriteError::Conflict(_)) if attempt < CAS_ATTEMPTS => {}
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+        Err(format!("app {app:?} kept changing under the re-publishing"))
+    }
+}
+
+/// The identity of the bucket's stream: its name and creation time, so a bucket created anew
+/// is told from the one before it.
+///
+/// # Errors
+/// The stream cannot be read.
+async fn bucket_id(
+    js: &jetstream::Context,
+    bucket: &AppsBucket,
+    name: &str,
+) -> anyhow::Result<String> {
+    // Fresh stream info: `Store::status` answers what was cached when the store was opened.
+    let stream = js
+        .get_stream(&bucket.kv().stream_name)
+        .await
+        .with_context(|| format!("reading {name}"))?;
+    Ok(format!(
+        "{}@{}",
+        bucket.kv().stream_name,
+        stream.cached_info().created
+    ))
 }
 
 /// The keys of the bucket as a full pass read them.

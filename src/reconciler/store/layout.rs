@@ -1,13 +1,16 @@
 //! The keys of the apps bucket (`PROTOCOL.md` §Desired state): per app a head record
-//! (`app.<app>`: the deployed version and the names of all versions) and one key per version
-//! (`ver.<app>.<32 hex of the version name's sha256>`), so an app's history is not bounded by
-//! one value's `max_payload`. Buckets written by earlier releases hold one record per app with
-//! every version (key `<app>`); they are read as they are and rewritten in this layout by the
-//! next deploy of the app.
+//! (`app.<app>`: the deployed version, the names of all versions and their keys) and one key
+//! per version (`ver.<app>.<32 hex of the sha256 of the version's name and content>`), so an
+//! app's history is not bounded by one value's `max_payload`, and a version key holds one
+//! content for good (a version undeployed and deployed again with other content gets another
+//! key). Heads written before keys named the content list no keys: their versions' keys hash
+//! the name alone ([`version_key`]), and are read as they are. Buckets written by earlier
+//! releases hold one record per app with every version (key `<app>`); they are read as they
+//! are and rewritten in this layout by the next deploy of the app.
 //!
 //! [`AppsBucket`] reads and writes whole apps in this layout with compare-and-set on the head.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use async_nats::jetstream;
 use async_nats::jetstream::kv::{CreateErrorKind, Operation, Store, UpdateErrorKind};
@@ -25,8 +28,13 @@ pub struct AppHead {
     pub name: String,
     /// The version that runs.
     pub deployed: String,
-    /// The names of the versions kept, oldest first; each is the key [`version_key`].
+    /// The names of the versions kept, oldest first.
     pub versions: Vec<String>,
+    /// The key of each version listed: version name → the 32 hex of its key
+    /// ([`content_key`]). Versions it does not name (every one, in heads written before keys
+    /// named the content) are at [`version_key`].
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub keys: BTreeMap<String, String>,
     /// One more at every write of the head: the newest record of an app is the one with the
     /// highest generation (then the latest `updated_at_ms`).
     pub generation: u64,
@@ -35,6 +43,19 @@ pub struct AppHead {
 }
 
 impl AppHead {
+    /// The key of version `version` of this head's app.
+    pub fn key(&self, version: &str) -> String {
+        match self.keys.get(version) {
+            Some(hash) => format!("ver.{}.{hash}", self.name),
+            None => version_key(&self.name, version),
+        }
+    }
+
+    /// Every key this head lists.
+    pub fn listed_keys(&self) -> BTreeSet<String> {
+        self.versions.iter().map(|v| self.key(v)).collect()
+    }
+
     /// Whether this head is newer than one of `generation` written at `updated_at_ms`.
     pub fn newer_than(&self, generation: u64, updated_at_ms: u64) -> bool {
         (self.generation, self.updated_at_ms) > (generation, updated_at_ms)
@@ -90,13 +111,31 @@ pub fn head_key(app: &str) -> String {
     format!("app.{app}")
 }
 
-/// Key of version `version` of `app`: the version name's sha256, 16 bytes in hex (version names
-/// may hold any character; keys only `[-/_=.a-zA-Z0-9]`).
+/// Key of version `version` of `app` in heads that list no keys: the version name's sha256, 16
+/// bytes in hex (version names may hold any character; keys only `[-/_=.a-zA-Z0-9]`).
 pub fn version_key(app: &str, version: &str) -> String {
     format!(
         "ver.{app}.{}",
         hex(&Sha256::digest(version.as_bytes())[..16])
     )
+}
+
+/// The 32 hex of the key of `version` as written now (the key is `ver.<app>.<these>`): the
+/// first 16 bytes of the sha256 of its name, a 0 byte, its manifest, a 0 byte, then each image
+/// in component order as the component's name, a 0 byte, the digest, a 0 byte.
+pub fn content_key(version: &StoredVersion) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(version.version.as_bytes());
+    hasher.update([0]);
+    hasher.update(version.manifest.as_bytes());
+    hasher.update([0]);
+    for (component, digest) in &version.images {
+        hasher.update(component.as_bytes());
+        hasher.update([0]);
+        hasher.update(digest.as_bytes());
+        hasher.update([0]);
+    }
+    hex(&hasher.finalize()[..16])
 }
 
 /// Parses the value of `key`.
@@ -281,15 +320,98 @@ impl AppsBucket {
                 .find(|v| v.version == version)
                 .cloned());
         }
-        if !current.version_names().iter().any(|v| v == version) {
+        let Some((_, head)) = current
+            .head
+            .as_ref()
+            .filter(|(_, h)| h.versions.iter().any(|v| v == version))
+        else {
             return Ok(None);
-        }
-        match self.read(&version_key(app, version)).await? {
+        };
+        match self.read(&head.key(version)).await? {
             Some((_, value)) => serde_json::from_slice::<StoredVersion>(&value)
                 .map(Some)
                 .map_err(|e| format!("app {app:?} version {version:?}: malformed record: {e}")),
             None => Ok(None),
         }
+    }
+
+    /// Every key of `app` as the bucket holds it now, with its revision and value, for the
+    /// mirror: the head and each version it lists, or the record of an earlier release.
+    ///
+    /// # Errors
+    /// The store cannot be read, or the head is malformed.
+    pub async fn snapshot(&self, app: &str) -> Result<Written, String> {
+        let mut written = Written::new();
+        let key = head_key(app);
+        if let Some((revision, value)) = self.read(&key).await? {
+            let head: AppHead = serde_json::from_slice(&value)
+                .map_err(|e| format!("app {app:?}: malformed head record: {e}"))?;
+            written.push((key, revision, Some(value)));
+            for key in head.listed_keys() {
+                if let Some((revision, value)) = self.read(&key).await? {
+                    written.push((key, revision, Some(value)));
+                }
+            }
+        } else if let Some((revision, value)) = self.read(app).await? {
+            written.push((app.to_owned(), revision, Some(value)));
+        }
+        Ok(written)
+    }
+
+    /// Whether `app` was undeployed in this bucket: its head carries a delete (or purge)
+    /// marker, or, with no head at all, the record of an earlier release does.
+    ///
+    /// # Errors
+    /// The store cannot be read.
+    pub async fn undeployed(&self, app: &str) -> Result<bool, String> {
+        let marker = async |key: String| -> Result<Option<bool>, String> {
+            let entry = self
+                .kv
+                .entry(key.clone())
+                .await
+                .map_err(|e| format!("reading {key}: {e}"))?;
+            Ok(entry.map(|e| e.operation != Operation::Put))
+        };
+        Ok(match marker(head_key(app)).await? {
+            Some(deleted) => deleted,
+            None => marker(app.to_owned()).await? == Some(true),
+        })
+    }
+
+    /// Writes each of `versions` (listed by `head`) whose key is absent from the bucket (no
+    /// value and no delete marker: lost, as in a purged stream), leaving every key that is
+    /// there as it is.
+    ///
+    /// # Errors
+    /// [`WriteError::TooLarge`]; [`WriteError::Store`].
+    pub async fn restore_versions(
+        &self,
+        head: &AppHead,
+        versions: &[StoredVersion],
+    ) -> Result<Written, WriteError> {
+        let app = &head.name;
+        let mut written = Written::new();
+        for version in versions {
+            let key = head.key(&version.version);
+            let there = self
+                .kv
+                .entry(key.clone())
+                .await
+                .map_err(|e| WriteError::Store(format!("reading {key}: {e}")))?;
+            if there.is_some() {
+                continue;
+            }
+            let value = self.value(
+                || format!("app {app:?} version {:?}", version.version),
+                version,
+            )?;
+            match self.kv.create(&key, value.clone().into()).await {
+                Ok(revision) => written.push((key, revision, Some(value))),
+                Err(e) if e.kind() == CreateErrorKind::AlreadyExists => {}
+                Err(e) => return Err(WriteError::Store(format!("writing {key}: {e}"))),
+            }
+        }
+        Ok(written)
     }
 
     /// The value and revision of `key`, `None` when absent or deleted.
@@ -318,18 +440,20 @@ impl AppsBucket {
         versions: &[StoredVersion],
     ) -> Result<Written, WriteError> {
         let app = &head.name;
-        let listed: BTreeSet<&str> = current
+        let listed: BTreeSet<String> = current
             .head
             .iter()
-            .flat_map(|(_, h)| h.versions.iter().map(String::as_str))
+            .flat_map(|(_, h)| h.listed_keys())
             .collect();
         let mut written = Written::new();
+        let mut values = Vec::new();
         for version in versions {
-            let key = version_key(app, &version.version);
+            let key = head.key(&version.version);
             let value = self.value(
                 || format!("app {app:?} version {:?}", version.version),
                 version,
             )?;
+            values.push((key.clone(), value.clone()));
             match self.kv.create(&key, value.clone().into()).await {
                 Ok(revision) => written.push((key, revision, Some(value))),
                 Err(e) if e.kind() == CreateErrorKind::AlreadyExists => {
@@ -339,7 +463,7 @@ impl AppsBucket {
                             if serde_json::from_slice::<StoredVersion>(&bytes)
                                 .is_ok_and(|v| same_content(&v, version)) => {}
                         // Listed by the head with other content: not ours to replace.
-                        Some(_) if listed.contains(version.version.as_str()) => {
+                        Some(_) if listed.contains(&key) => {
                             return Err(WriteError::Conflict(app.clone()));
                         }
                         // Left by a write that lost its race, or malformed: replaced.
@@ -383,12 +507,34 @@ impl AppsBucket {
                 })?,
         };
         written.push((key, revision, Some(value)));
+        // A writer that lost its race to this head, or an undeploy before it, may have
+        // deleted a key it lists (the version of a rollback, one the writer dropped): written
+        // again.
+        for (key, value) in values {
+            let there = self
+                .kv
+                .entry(key.clone())
+                .await
+                .map_err(|e| WriteError::Store(format!("reading {key}: {e}")))?;
+            if there.is_none_or(|e| e.operation != Operation::Put) {
+                tracing::warn!(
+                    app,
+                    key,
+                    "a version key deleted by a concurrent write: written again"
+                );
+                let revision = self
+                    .kv
+                    .put(&key, value.clone().into())
+                    .await
+                    .map_err(|e| WriteError::Store(format!("writing {key}: {e}")))?;
+                written.push((key, revision, Some(value)));
+            }
+        }
         // Only now: a reader following the head finds every version it lists.
-        let keep: BTreeSet<&str> = head.versions.iter().map(String::as_str).collect();
-        for gone in listed.iter().filter(|v| !keep.contains(**v)) {
-            let key = version_key(app, gone);
-            if let Err(e) = self.kv.delete(&key).await {
-                tracing::warn!(app, version = gone, error = %e, "removing a version past the history's length");
+        let keep = head.listed_keys();
+        for key in listed.iter().filter(|k| !keep.contains(*k)) {
+            if let Err(e) = self.kv.delete(key).await {
+                tracing::warn!(app, key, error = %e, "removing a version past the history's length");
             }
         }
         if let Some((revision, _)) = &current.legacy {
@@ -431,12 +577,11 @@ impl AppsBucket {
                     conflict_or(&key, &e, wrong)
                 })?;
             written.push((key, revision + 1, None));
-            for version in &head.versions {
-                let key = version_key(app, version);
+            for key in head.listed_keys() {
                 match self.kv.delete(&key).await {
                     Ok(()) => written.push((key, revision + 1, None)),
                     Err(e) => {
-                        tracing::warn!(app, version, error = %e, "removing a version of an undeployed app")
+                        tracing::warn!(app, key, error = %e, "removing a version of an undeployed app")
                     }
                 }
             }
@@ -499,6 +644,70 @@ mod tests {
         assert_eq!(key_kind("other.x"), None);
     }
 
+    fn version(name: &str, manifest: &str, digest: &str, at: u64) -> StoredVersion {
+        StoredVersion {
+            version: name.into(),
+            manifest: manifest.into(),
+            images: BTreeMap::from([("web".to_owned(), digest.to_owned())]),
+            stored_at_ms: at,
+            source: super::super::Source::Cli,
+        }
+    }
+
+    #[test]
+    fn a_version_key_names_the_content_so_it_never_holds_another() {
+        let v1 = version("v1", "a: 1", "aa", 1);
+        assert_eq!(
+            content_key(&v1),
+            content_key(&version("v1", "a: 1", "aa", 2)),
+            "when it was stored is not content"
+        );
+        assert_ne!(
+            content_key(&v1),
+            content_key(&version("v1", "a: 2", "aa", 1))
+        );
+        assert_ne!(
+            content_key(&v1),
+            content_key(&version("v1", "a: 1", "ab", 1))
+        );
+        assert_ne!(
+            content_key(&v1),
+            content_key(&version("v2", "a: 1", "aa", 1))
+        );
+        // No shifting of bytes between the name and the manifest gives the same key.
+        assert_ne!(
+            content_key(&version("v1a", ": 1", "aa", 1)),
+            content_key(&version("v1", "a: 1", "aa", 1))
+        );
+        let key = format!("ver.shop.{}", content_key(&v1));
+        assert_eq!(key_kind(&key), Some(KeyKind::Version("shop")));
+    }
+
+    #[test]
+    fn a_head_names_its_versions_keys_and_one_without_keys_is_read_by_name() {
+        let v2 = version("v2", "a: 2", "aa", 1);
+        let head = AppHead {
+            name: "shop".into(),
+            deployed: "v2".into(),
+            versions: vec!["v1".into(), "v2".into()],
+            keys: BTreeMap::from([("v2".to_owned(), content_key(&v2))]),
+            generation: 2,
+            updated_at_ms: 5,
+        };
+        assert_eq!(head.key("v1"), version_key("shop", "v1"));
+        assert_eq!(head.key("v2"), format!("ver.shop.{}", content_key(&v2)));
+        assert_eq!(head.listed_keys().len(), 2);
+        let json = serde_json::to_string(&head).unwrap();
+        assert_eq!(serde_json::from_str::<AppHead>(&json).unwrap(), head);
+        // A head of the layout before keys named the content.
+        let older: AppHead = serde_json::from_str(
+            r#"{"name":"shop","deployed":"v1","versions":["v1"],"generation":1,"updated_at_ms":1}"#,
+        )
+        .unwrap();
+        assert_eq!(older.key("v1"), version_key("shop", "v1"));
+        assert!(!serde_json::to_string(&older).unwrap().contains("keys"));
+    }
+
     #[test]
     fn the_apps_bucket_gets_the_replicas_asked_for() {
         let config = crate::nats::kv::stream_config("lattice_blue_apps", "apps", 3);
@@ -513,6 +722,7 @@ mod tests {
             name: "a".into(),
             deployed: "v1".into(),
             versions: vec!["v1".into()],
+            keys: BTreeMap::new(),
             generation: 3,
             updated_at_ms: 10,
         };

@@ -37,6 +37,7 @@ fn head(name: &str, deployed: &str, versions: &[&str], generation: u64) -> AppHe
         name: name.into(),
         deployed: deployed.into(),
         versions: versions.iter().map(|v| (*v).to_owned()).collect(),
+        keys: BTreeMap::new(),
         generation,
         updated_at_ms: generation,
     }
@@ -68,12 +69,14 @@ fn the_mirror_keeps_the_latest_revision_and_survives_a_reopen() {
             8,
             listing(vec![("a".into(), 5, json(&record("a", "v2")))]),
             false,
+            &BTreeSet::new(),
         );
         assert!(mirror.get("c").is_some());
         mirror.resync(
             9,
             listing(vec![("a".into(), 5, json(&record("a", "v2")))]),
             false,
+            &BTreeSet::new(),
         );
         assert!(mirror.get("c").is_none());
     }
@@ -94,6 +97,7 @@ fn the_mirror_keeps_the_latest_revision_and_survives_a_reopen() {
             ("b".into(), 2, json(&record("b", "v9"))),
         ]),
         true,
+        &BTreeSet::new(),
     );
     assert_eq!(mirror.get("a").unwrap().1.deployed, "v3");
     assert_eq!(mirror.get("b").unwrap().1.deployed, "v9");
@@ -160,7 +164,7 @@ fn an_app_is_its_head_and_the_versions_it_lists() {
             layout::version_key("shop", "v2"),
         ]),
     };
-    mirror.resync(4, kept, false);
+    mirror.resync(4, kept, false, &BTreeSet::new());
     assert_eq!(mirror.get("shop").unwrap().1.versions.len(), 2);
     // Versions the head no longer lists are not part of the app.
     mirror.apply(
@@ -260,4 +264,64 @@ spec:
         here[&("shop".to_owned(), "web".to_owned())].hosts,
         BTreeMap::from([("a".to_owned(), 4)])
     );
+}
+
+#[test]
+fn a_bucket_created_anew_replaces_a_value_of_the_same_revision() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = sled::open(dir.path()).unwrap();
+    let mirror = Mirror::open(&db).unwrap();
+    mirror.apply("a", 1, Some(&json(&record("a", "v1"))));
+    // The new bucket's revision 1 holds another value.
+    mirror.resync(
+        1,
+        listing(vec![("a".into(), 1, json(&record("a", "v2")))]),
+        true,
+        &BTreeSet::new(),
+    );
+    assert_eq!(mirror.get("a").unwrap().1.deployed, "v2");
+}
+
+#[test]
+fn an_app_that_could_not_be_re_published_keeps_its_mirrored_copy() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = sled::open(dir.path()).unwrap();
+    let mirror = Mirror::open(&db).unwrap();
+    mirror.apply("a", 4, Some(&json(&record("a", "v1"))));
+    mirror.apply("b", 5, Some(&json(&record("b", "v1"))));
+    // A new bucket holding only `a`: `b` failed to be written into it.
+    mirror.resync(
+        1,
+        listing(vec![("a".into(), 1, json(&record("a", "v1")))]),
+        true,
+        &BTreeSet::from(["b".to_owned()]),
+    );
+    assert!(mirror.get("a").is_some());
+    assert_eq!(mirror.get("b").unwrap().1.deployed, "v1");
+    assert!(mirror.desired().contains_key("b"));
+    // Without it spared, a new bucket's listing is the whole truth.
+    mirror.resync(1, listing(vec![]), true, &BTreeSet::new());
+    assert!(mirror.get("b").is_none());
+}
+
+#[test]
+fn a_version_is_read_at_the_key_its_head_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = sled::open(dir.path()).unwrap();
+    let mirror = Mirror::open(&db).unwrap();
+    let old = version("v1", 1);
+    let mut edited = version("v1", 2);
+    edited.manifest = "edited: [".into();
+    // v1 as first deployed (key of its content), undeployed, then deployed again with other
+    // content: another key, which the new head names.
+    let old_key = format!("ver.shop.{}", layout::content_key(&old));
+    let new_key = format!("ver.shop.{}", layout::content_key(&edited));
+    assert_ne!(old_key, new_key);
+    mirror.apply(&old_key, 1, Some(&json(&old)));
+    let mut second = head("shop", "v1", &["v1"], 3);
+    second.keys = BTreeMap::from([("v1".to_owned(), layout::content_key(&edited))]);
+    mirror.apply(&new_key, 5, Some(&json(&edited)));
+    mirror.apply(&layout::head_key("shop"), 6, Some(&json(&second)));
+    let (_, app) = mirror.get("shop").unwrap();
+    assert_eq!(app.versions, [edited]);
 }
