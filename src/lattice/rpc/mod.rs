@@ -48,10 +48,6 @@ use wire::{ErrorBody, FrameKind, RequestHead, ResponseHead};
 /// favour of the first one.
 pub const ACCEPT_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// How often, at most, one request is sent again for want of an accept: each copy runs when a
-/// stalled replica wakes, so a few, not one a second until the deadline.
-pub const MAX_RESENDS: u32 = 2;
-
 /// How long a replica may work on a request whose body came whole before it sends `accept`;
 /// a response sent earlier stands for it. Far below [`ACCEPT_TIMEOUT`], so a resend needs a
 /// link or node that takes more than 950 ms to pass the accept on.
@@ -410,11 +406,7 @@ impl Rpc {
             );
         };
         let (parts, body) = request.into_parts();
-        let mut resends_left = if resend.allows(&parts.method) {
-            MAX_RESENDS
-        } else {
-            0
-        };
+        let resendable = resend.allows(&parts.method);
         let mut chunker = Chunker::new(body);
         let mut head = RequestHead {
             method: parts.method.to_string(),
@@ -474,17 +466,14 @@ impl Rpc {
                 app,
                 component,
                 deadline,
-                resendable: resends_left > 0,
+                resendable,
             };
             match self.await_reply(&attempt, &mut exchange).await {
                 Reply::Done(response) => return response,
-                Reply::Resend => {
-                    resends_left -= 1;
-                    tracing::warn!(
-                        subject,
-                        "no replica accepted the request within {ACCEPT_TIMEOUT:?}; sending it again"
-                    );
-                }
+                Reply::Resend => tracing::warn!(
+                    subject,
+                    "no replica accepted the request within {ACCEPT_TIMEOUT:?}; sending it again"
+                ),
                 Reply::NotRun { response, busy } => {
                     if busy && spill && targets.len() == 0 {
                         spill = false;
@@ -554,8 +543,7 @@ impl Rpc {
                             subject,
                             "no replica accepted the request within {ACCEPT_TIMEOUT:?}; not \
                              sending it again (its method is not idempotent and the component \
-                             does not declare {RETRY_SAFE_KEY}, or it was sent \
-                             {MAX_RESENDS} times more already), waiting for its replica"
+                             does not declare {RETRY_SAFE_KEY}), waiting for its replica"
                         );
                     }
                     continue;
