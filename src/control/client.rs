@@ -160,6 +160,13 @@ async fn deploy(
     client: &ClientArgs,
 ) -> anyhow::Result<DeployOutcome> {
     let in_file = |e: &dyn std::fmt::Display| anyhow::anyhow!("{}: {e}", file.display());
+    // Refused from its size before it is read (a 50 MB file is no manifest).
+    let size = std::fs::metadata(file).map_err(|e| in_file(&e))?.len();
+    if size > MAX_MANIFEST_BYTES as u64 {
+        return Err(in_file(&format!(
+            "{size} bytes is more than the {MAX_MANIFEST_BYTES} bytes a manifest may have"
+        )));
+    }
     let text = std::fs::read_to_string(file).map_err(|e| in_file(&e))?;
     let base = file
         .canonicalize()
@@ -167,6 +174,7 @@ async fn deploy(
         .and_then(|p| p.parent().map(std::path::Path::to_path_buf))
         .unwrap_or_else(|| std::path::PathBuf::from("."));
     if text.len() > MAX_MANIFEST_BYTES {
+        // Grown since its size was read.
         return Err(in_file(&format!(
             "{} bytes is more than the {MAX_MANIFEST_BYTES} bytes a manifest may have",
             text.len()
