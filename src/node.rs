@@ -347,8 +347,9 @@ async fn run_with_nats(
         move |shutdown| {
             let (client, control) = (client.clone(), control.clone());
             async move {
-                control::serve(client, control, shutdown)
-                    .await?
+                // Aborted with the attempt, so an abandoned attempt leaves no endpoint behind.
+                let serving = control::serve(client, control, shutdown).await?;
+                tokio_util::task::AbortOnDropHandle::new(serving)
                     .await
                     .context("the control API task")
             }

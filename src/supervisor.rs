@@ -37,6 +37,9 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 
+/// The least time a task gets to end once told to stop, whatever is left of a shared bound.
+const STOP_GRACE: Duration = Duration::from_millis(200);
+
 /// How failed tasks are restarted, and when failing makes the node degraded. One policy for
 /// every task of a node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -262,8 +265,8 @@ impl Supervisor {
     }
 
     /// Stops, in the reverse of their start order, every task started after task `keep`,
-    /// within `within` for them all (each gets what is left; the ones left at the end are
-    /// aborted); `keep` and the tasks before it go on (e.g. what the node still needs while it
+    /// within `within` for them all (each gets what is left, at least 200 ms; one that does not
+    /// end in its time is aborted); `keep` and the tasks before it go on (e.g. what the node still needs while it
     /// drains). Returns the names of those that had to be aborted.
     pub async fn shutdown_after(&mut self, keep: &str, within: Duration) -> Vec<&'static str> {
         let first = self
@@ -287,7 +290,11 @@ impl Supervisor {
         while self.tasks.len() > first {
             let Some(task) = self.tasks.pop() else { break };
             let name = task.name;
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            // Past the shared deadline a task still gets a moment to see its token: one held
+            // up earlier must not get the others aborted unawares.
+            let left = deadline
+                .saturating_duration_since(tokio::time::Instant::now())
+                .max(STOP_GRACE);
             if !stop_task(task, left).await {
                 aborted.push(name);
             }

@@ -556,7 +556,7 @@ async fn run_start(
         .await
         .unwrap_or_else(|_| {
             Err(format!(
-                "did not start within {} (fetching, compiling and subscribing the component; --start-timeout)",
+                "did not start within {} (fetching, compiling and subscribing the component, and waiting for its turn to; --start-timeout)",
                 humantime::format_duration(timeout)
             ))
         });
@@ -617,23 +617,24 @@ impl Starter {
         want: &LocalReplicas,
     ) -> Result<LocalComponent, String> {
         let (app, name) = key;
-        // Held until this start has its component (or fails): fetched bytes wait for the
+        let concurrency =
+            usize::try_from(u64::from(want.replicas) * u64::from(self.replica_concurrency))
+                .unwrap_or(usize::MAX);
+        let grants = self.grants(app, spec).await?;
+        // From the fetch until the component is compiled: the fetched bytes wait for the
         // compile gate under it.
-        let _fetching = self.fetching.acquire().await;
+        let fetching = self.fetching.acquire().await;
         let wasm = self
             .artifacts
             .fetch(digest)
             .await
             .map_err(|e| format!("{e:#}"))?;
-        let concurrency =
-            usize::try_from(u64::from(want.replicas) * u64::from(self.replica_concurrency))
-                .unwrap_or(usize::MAX);
-        let grants = self.grants(app, spec).await?;
         let prepared = self
             .host
             .prepare_http_component(Arc::new(grants), wasm, concurrency)
             .await
             .map_err(|e| e.to_string())?;
+        drop(fetching);
         match prepared.code_source {
             CodeSource::Cache => {
                 tracing::info!(

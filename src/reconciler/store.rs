@@ -493,7 +493,8 @@ impl Mirror {
     /// copy was taken as it is. Keys absent from it, and not changed since, are deleted. With
     /// `replace` (a bucket not mirrored before, whose revisions started again) every entry is
     /// taken from the listing, whatever its revision. The keys of the apps of `spared` (which
-    /// could not be re-published into the bucket) are not deleted.
+    /// could not be re-published into the bucket) are neither taken nor deleted: the mirror's
+    /// copy of them stands.
     fn resync(
         &self,
         last_revision: u64,
@@ -511,6 +512,10 @@ impl Mirror {
             .collect();
         for (key, revision, value) in present {
             let Some(kind) = key_kind(&key) else { continue };
+            // The mirror's copy of a spared app stands whole: the bucket's may be older.
+            if spared.contains(kind.app()) {
+                continue;
+            }
             let known = state.entries.get(&key);
             // A bucket created anew numbers its revisions from 1 again: an equal revision
             // says nothing of its value then.

@@ -256,7 +256,7 @@ impl Mirror {
             updated_at_ms: mine.updated_at_ms,
         };
         for attempt in 1..=CAS_ATTEMPTS {
-            if bucket.undeployed(app).await? {
+            if bucket.undeployed(app, mine.generation == 0).await? {
                 tracing::info!(
                     app,
                     "app undeployed in the apps bucket since this node's copy: not re-published"

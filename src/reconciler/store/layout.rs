@@ -359,11 +359,13 @@ impl AppsBucket {
     }
 
     /// Whether `app` was undeployed in this bucket: its head carries a delete (or purge)
-    /// marker, or, with no head at all, the record of an earlier release does.
+    /// marker, or, with no head at all and `mine_is_old` (this node's copy is itself of the
+    /// earlier release's one-value layout), that record does. A copy with a head was written
+    /// after the move to heads, whose own delete of the old record is no undeploy.
     ///
     /// # Errors
     /// The store cannot be read.
-    pub async fn undeployed(&self, app: &str) -> Result<bool, String> {
+    pub async fn undeployed(&self, app: &str, mine_is_old: bool) -> Result<bool, String> {
         let marker = async |key: String| -> Result<Option<bool>, String> {
             let entry = self
                 .kv
@@ -374,7 +376,7 @@ impl AppsBucket {
         };
         Ok(match marker(head_key(app)).await? {
             Some(deleted) => deleted,
-            None => marker(app.to_owned()).await? == Some(true),
+            None => mine_is_old && marker(app.to_owned()).await? == Some(true),
         })
     }
 
