@@ -509,9 +509,11 @@ impl AppsBucket {
                 })?,
         };
         written.push((key, revision, Some(value)));
+        let head_revision = revision;
         // A writer that lost its race to this head, or an undeploy before it, may have
         // deleted a key it lists (the version of a rollback, one the writer dropped): written
-        // again.
+        // again, as long as this head is still the app's (a later write or undeploy may have
+        // dropped that key on purpose).
         for (key, value) in values {
             let there = self
                 .kv
@@ -519,6 +521,15 @@ impl AppsBucket {
                 .await
                 .map_err(|e| WriteError::Store(format!("reading {key}: {e}")))?;
             if there.is_none_or(|e| e.operation != Operation::Put) {
+                let head_now =
+                    self.kv.entry(head_key(app)).await.map_err(|e| {
+                        WriteError::Store(format!("reading {}: {e}", head_key(app)))
+                    })?;
+                if !head_now
+                    .is_some_and(|e| e.operation == Operation::Put && e.revision == head_revision)
+                {
+                    break;
+                }
                 tracing::warn!(
                     app,
                     key,
