@@ -80,6 +80,17 @@ impl Load {
         self.stop.store(true, Ordering::Relaxed);
         self.thread.take().unwrap().join().unwrap()
     }
+
+    /// Stops the thread and panics, with the logs of `members`, if any request failed.
+    fn stop_without_failures(self, members: &[&Member]) {
+        let (sent, failed) = self.stop();
+        assert!(
+            failed.is_empty(),
+            "{} of {sent} requests failed: {failed:#?}\n{}",
+            failed.len(),
+            logs(members)
+        );
+    }
 }
 
 impl Drop for Load {
@@ -205,13 +216,7 @@ fn with_no_shared_jetstream_the_config_dir_app_runs_here_then_moves_into_the_sto
         Duration::from_secs(20),
     );
     std::thread::sleep(Duration::from_secs(2));
-    let (sent, failed) = load.stop();
-    assert!(
-        failed.is_empty(),
-        "{} of {sent} requests failed: {failed:#?}\n{}",
-        failed.len(),
-        logs(&[&a, &b])
-    );
+    load.stop_without_failures(&[&a, &b]);
     let history = array(b.json(&["app", "history", "alone"])).unwrap();
     assert_eq!(history.len(), 1, "{history:?}");
     assert!(
@@ -263,13 +268,7 @@ fn two_nodes_with_the_same_config_dir_app_move_it_into_the_store_serving_through
         );
     }
     std::thread::sleep(Duration::from_secs(3));
-    let (sent, failed) = load.stop();
-    assert!(
-        failed.is_empty(),
-        "{} of {sent} requests failed: {failed:#?}\n{}",
-        failed.len(),
-        logs(&[&a, &b])
-    );
+    load.stop_without_failures(&[&a, &b]);
     let history = array(a.json(&["app", "history", "both"])).unwrap();
     assert_eq!(history.len(), 1, "{history:?}");
 }
@@ -388,13 +387,7 @@ fn deleting_the_apps_bucket_while_three_nodes_serve_fails_no_request() {
         );
     }
     std::thread::sleep(Duration::from_secs(2));
-    let (sent, failed) = load.stop();
-    assert!(
-        failed.is_empty(),
-        "{} of {sent} requests failed: {failed:#?}\n{}",
-        failed.len(),
-        logs(&all)
-    );
+    load.stop_without_failures(&all);
     let text = logs(&all);
     assert!(
         text.contains(&format!(
