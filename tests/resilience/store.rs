@@ -126,6 +126,17 @@ fn apps(via: &Member) -> Result<Vec<String>, String> {
     Ok(names)
 }
 
+/// Writes `record` as key `key` of the apps bucket through the node's NATS at `url`: an app
+/// record as an earlier release stored it (one value per app).
+fn put_app_record(url: &str, key: &str, record: &serde_json::Value) {
+    with_jetstream(url, None, async |js| {
+        let kv = js.get_key_value(APPS_BUCKET).await.unwrap();
+        kv.put(key, serde_json::to_vec(record).unwrap().into())
+            .await
+            .unwrap();
+    });
+}
+
 /// Runs `f` with a JetStream context of a plain NATS client of `url`.
 fn with_jetstream<T>(
     url: &str,
@@ -483,12 +494,7 @@ fn an_app_record_of_the_one_value_layout_is_read_and_rewritten_by_its_next_deplo
             "stored_at_ms": 1_700_000_000_000u64, "source": {"kind": "cli"}
         }]
     });
-    with_jetstream(url, None, async |js| {
-        let kv = js.get_key_value(APPS_BUCKET).await.unwrap();
-        kv.put("old", serde_json::to_vec(&record).unwrap().into())
-            .await
-            .unwrap();
-    });
+    put_app_record(url, "old", &record);
     all_answer(
         &[&node],
         "/old",
@@ -540,12 +546,7 @@ fn rolling_back_an_app_record_of_the_one_value_layout_keeps_the_version_rolled_b
         "deployed": "v2",
         "versions": [version("v1", &v1, 1_700_000_000_000), version("v2", &v2, 1_700_000_001_000)],
     });
-    with_jetstream(url, None, async |js| {
-        let kv = js.get_key_value(APPS_BUCKET).await.unwrap();
-        kv.put("old", serde_json::to_vec(&record).unwrap().into())
-            .await
-            .unwrap();
-    });
+    put_app_record(url, "old", &record);
     all_answer(
         &[&node],
         "/old",
