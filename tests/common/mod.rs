@@ -73,7 +73,17 @@ spec:
         - type: spreadscaler
           properties:
             {scaler}
-    - name: httpserver
+{link}"#,
+        wasm = wasm.display(),
+        link = http_server_link(component, path),
+    )
+}
+
+/// The manifest lines (the end of a manifest's `components`) of the http-server capability
+/// linking component `component` to `path` on the shared ingress.
+pub fn http_server_link(component: &str, path: &str) -> String {
+    format!(
+        r#"    - name: httpserver
       type: capability
       properties:
         image: ghcr.io/wasmcloud/http-server:0.23.2
@@ -90,8 +100,7 @@ spec:
                 - name: default-http
                   properties:
                     path: {path}
-"#,
-        wasm = wasm.display()
+"#
     )
 }
 

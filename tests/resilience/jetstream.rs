@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use crate::common::hub::{Hub, HubJetStream};
 use crate::common::lattice::{Member, answers, eventually, join, replicas_are, write};
-use crate::common::{example_wasm, manifest_with};
+use crate::common::{example_wasm, http_server_link, manifest_with};
 
 /// A manifest of `app` (http-hello at `path`) whose one replica must run on a `zone=<zone>`
 /// node.
@@ -180,25 +180,9 @@ spec:
       type: capability
       properties:
         image: ghcr.io/wasmcloud/keyvalue-nats:0.3.1
-    - name: httpserver
-      type: capability
-      properties:
-        image: ghcr.io/wasmcloud/http-server:0.23.2
-      traits:
-        - type: link
-          properties:
-            target:
-              name: counter
-            namespace: wasi
-            package: http
-            interfaces: [incoming-handler]
-            source:
-              config:
-                - name: default-http
-                  properties:
-                    path: /counter
-"#,
-        wasm = example_wasm("http-keyvalue-counter").display()
+{link}"#,
+        wasm = example_wasm("http-keyvalue-counter").display(),
+        link = http_server_link("counter", "/counter"),
     )
 }
 

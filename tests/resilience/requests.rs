@@ -13,7 +13,9 @@ use crate::common::hub::Hub;
 use crate::common::lattice::{
     HEARTBEAT, all_answer, eventually, join, logs, replicas, replicas_are, see_each_other, write,
 };
-use crate::common::{Dirs, Node, example_wasm, http_request_with, manifest, manifest_with};
+use crate::common::{
+    Dirs, Node, example_wasm, http_request_with, http_server_link, manifest, manifest_with,
+};
 
 /// How long a deploy may take to be served.
 const SETTLE: Duration = Duration::from_secs(30);
@@ -342,25 +344,9 @@ spec:
       type: capability
       properties:
         image: wasmcloud+builtin://keyvalue-sled
-    - name: httpserver
-      type: capability
-      properties:
-        image: ghcr.io/wasmcloud/http-server:0.23.2
-      traits:
-        - type: link
-          properties:
-            target:
-              name: counter
-            namespace: wasi
-            package: http
-            interfaces: [incoming-handler]
-            source:
-              config:
-                - name: default-http
-                  properties:
-                    path: {path}
-"#,
-        wasm = wasm.display()
+{link}"#,
+        wasm = wasm.display(),
+        link = http_server_link("counter", path),
     )
 }
 
