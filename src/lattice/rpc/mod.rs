@@ -755,13 +755,9 @@ impl Rpc {
         })
     }
 
-    /// Answers an invocation delivered after `component` stopped serving here `busy`: it did
-    /// not run.
-    async fn turn_away(&self, component: &HttpComponent, message: &async_nats::Message) {
-        let Some(reply) = &message.reply else {
-            return;
-        };
-        // The requester follows frames by their reply subject: this one needs one.
+    /// A new exchange of this node, and the peer that answers the requester at `reply` from
+    /// it.
+    fn answer_to(&self, reply: &async_nats::Subject) -> (mux::Exchange, Peer) {
         let exchange = self.mux.open();
         let peer = Peer {
             client: self.client.clone(),
@@ -769,6 +765,17 @@ impl Rpc {
             reply: exchange.subject.clone(),
             idle: self.max_timeout,
         };
+        (exchange, peer)
+    }
+
+    /// Answers an invocation delivered after `component` stopped serving here `busy`: it did
+    /// not run.
+    async fn turn_away(&self, component: &HttpComponent, message: &async_nats::Message) {
+        let Some(reply) = &message.reply else {
+            return;
+        };
+        // The requester follows frames by their reply subject: this one needs one.
+        let (_exchange, peer) = self.answer_to(reply);
         tracing::debug!(
             app = component.app(),
             component = component.name(),
@@ -786,13 +793,7 @@ impl Rpc {
         let Some(reply) = message.reply.clone() else {
             return;
         };
-        let exchange = self.mux.open();
-        let peer = Peer {
-            client: self.client.clone(),
-            to: reply.to_string(),
-            reply: exchange.subject.clone(),
-            idle: self.max_timeout,
-        };
+        let (exchange, peer) = self.answer_to(&reply);
         let (head, first): (RequestHead, Bytes) = match wire::decode_with_head(message.payload) {
             Ok(decoded) => decoded,
             Err(e) => {
