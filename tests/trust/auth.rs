@@ -1,0 +1,4 @@
+//! Issue 13: auth.
+
+#[allow(unused_imports)]
+use crate::common;

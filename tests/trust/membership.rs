@@ -1,0 +1,4 @@
+//! Issue 13: membership.
+
+#[allow(unused_imports)]
+use crate::common;

@@ -1,0 +1,4 @@
+//! Issue 13: secrets.
+
+#[allow(unused_imports)]
+use crate::common;
