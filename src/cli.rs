@@ -214,8 +214,8 @@ pub struct UpArgs {
     #[arg(long, env = "LATTICE_NATS_URL", value_name = "URL")]
     pub nats_url: Option<String>,
 
-    /// How often the node publishes its heartbeat, e.g. `5s`; a node not heard from for 3
-    /// intervals is gone [default: 5s].
+    /// How often the node publishes its heartbeat, e.g. `5s` (1s to 60s); a node not heard
+    /// from for 3 intervals is gone [default: 5s].
     #[arg(long, env = "LATTICE_HEARTBEAT_INTERVAL", value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub heartbeat_interval: Option<Duration>,
 

@@ -277,9 +277,14 @@ impl NodeConfig {
             .heartbeat_interval
             .or(file.heartbeat_interval)
             .unwrap_or(DEFAULT_HEARTBEAT_INTERVAL);
+        // Others drop heartbeats announcing an interval outside this range (PROTOCOL.md §Events).
+        let interval_ms = crate::lattice::membership::HEARTBEAT_INTERVAL_MS;
         ensure!(
-            heartbeat_interval >= Duration::from_millis(100),
-            "--heartbeat-interval: must be at least 100ms"
+            u64::try_from(heartbeat_interval.as_millis()).is_ok_and(|ms| interval_ms.contains(&ms)),
+            "--heartbeat-interval {}: must be from {}ms to {}ms",
+            humantime::format_duration(heartbeat_interval),
+            interval_ms.start(),
+            interval_ms.end()
         );
 
         Ok(NodeConfig {
@@ -575,5 +580,28 @@ mod tests {
         a.leaf_url = Some("nats-leaf://x:7422".into());
         let err = format!("{:#}", NodeConfig::resolve(a).unwrap_err());
         assert!(err.contains("--nats-url and --leaf-url"), "{err}");
+    }
+
+    #[test]
+    fn heartbeat_interval_is_from_1s_to_60s() {
+        let dir = tempfile::tempdir().unwrap();
+        for (interval, ok) in [(999, false), (1_000, true), (60_000, true), (60_001, false)] {
+            let mut a = args(dir.path());
+            a.heartbeat_interval = Some(Duration::from_millis(interval));
+            match NodeConfig::resolve(a) {
+                Ok(c) => {
+                    assert!(ok, "{interval} ms accepted");
+                    assert_eq!(c.heartbeat_interval, Duration::from_millis(interval));
+                }
+                Err(e) => {
+                    let err = format!("{e:#}");
+                    assert!(!ok, "{interval} ms refused: {err}");
+                    assert!(
+                        err.contains("--heartbeat-interval") && err.contains("1000ms to 60000ms"),
+                        "{err}"
+                    );
+                }
+            }
+        }
     }
 }

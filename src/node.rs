@@ -21,7 +21,7 @@ use crate::config::{NatsMode, NodeConfig};
 use crate::control;
 use crate::host::{Host, InstanceLimits};
 use crate::lattice::identity;
-use crate::lattice::membership::{Heartbeat, HostInfo, Membership, NodeHealth};
+use crate::lattice::membership::{Heartbeat, HostInfo, Membership, NodeHealth, Signer};
 use crate::lattice::rpc::{Peers, Rpc};
 use crate::nats::server_config::{LeafRemote, ServerSettings};
 use crate::nats::subjects;
@@ -89,7 +89,10 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
-    let id = identity::load_or_create(&config.data_dir)?;
+    let key = identity::load_or_create(&config.data_dir)?;
+    // Host events are signed with the node's key (PROTOCOL.md §Events).
+    let signer = Arc::new(Signer::new(key)?);
+    let id = signer.id();
     tracing::info!(
         id,
         name = config.name,
@@ -107,7 +110,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     write_private(&url_file, &format!("{url}\n"))
         .with_context(|| format!("writing {}", url_file.display()))?;
 
-    let result = run_with_nats(&config, id, &url, uplink, &mut sigterm, &mut sigint).await;
+    let result = run_with_nats(&config, id, &url, uplink, &mut sigterm, &mut sigint, signer).await;
     if let Some(supervisor) = supervisor {
         supervisor.stop().await;
     }
@@ -213,6 +216,7 @@ async fn run_with_nats(
     uplink: watch::Receiver<Uplink>,
     sigterm: &mut tokio::signal::unix::Signal,
     sigint: &mut tokio::signal::unix::Signal,
+    signer: Arc<Signer>,
 ) -> anyhow::Result<()> {
     let started = Instant::now();
     let client_creds = match &config.nats_mode {
@@ -394,7 +398,7 @@ async fn run_with_nats(
     });
 
     // Others answer host_started with a heartbeat: this node learns of them before it places.
-    let events = Heartbeat::new(client.clone(), &config.lattice);
+    let events = Heartbeat::new(client.clone(), &config.lattice, signer.clone());
     events.publish(subjects::HOST_STARTED, &local.info()).await;
     let discovered = tokio::time::Instant::now() + DISCOVERY.min(config.heartbeat_interval);
 
@@ -487,8 +491,9 @@ async fn run_with_nats(
     tasks.spawn(TASK_HEARTBEAT, {
         let (client, lattice, local) = (client.clone(), config.lattice.clone(), local.clone());
         let (interval, now) = (config.heartbeat_interval, heartbeat_now.clone());
+        let signer = signer.clone();
         move |shutdown| {
-            let heartbeat = Heartbeat::new(client.clone(), &lattice);
+            let heartbeat = Heartbeat::new(client.clone(), &lattice, signer.clone());
             let local = local.clone();
             let wake = wake_heartbeat(
                 local.deployer.on_change(),

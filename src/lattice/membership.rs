@@ -1,10 +1,19 @@
 //! Heartbeats and membership: every node publishes what it is and runs every few seconds
 //! (`host_heartbeat`), and `host_started` / `host_stopped` once; every node keeps the hosts it
 //! has heard from, and forgets one not heard from for [`MISSED_HEARTBEATS`] of its intervals.
+//!
+//! Every host event is signed with the node's key and carries a sequence (`PROTOCOL.md`
+//! §Events): a node accepts only events whose signature verifies with the key their `id`
+//! names, whose sequence is newer than the last it accepted of that id and within
+//! [`SEQUENCE_WINDOW`] of its clock, and whose `heartbeat_interval_ms` is in
+//! [`HEARTBEAT_INTERVAL_MS`]; it drops and counts the others ([`Rejections`]).
 
 use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::ops::RangeInclusive;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use futures::StreamExt;
@@ -12,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use crate::lattice::identity;
 use crate::nats::subjects;
 use crate::nats::uplink::Uplink;
 use crate::reconciler::plan::Failure;
@@ -19,6 +29,23 @@ use crate::supervisor::TaskHealth;
 
 /// Heartbeats a host may miss before the others consider it gone.
 pub const MISSED_HEARTBEATS: u32 = 3;
+
+/// The `heartbeat_interval_ms` a host event may carry (and a node's own
+/// `--heartbeat-interval`), in ms: 1 s to 60 s, so no host counts as live for more than 3 min
+/// after its last heartbeat.
+pub const HEARTBEAT_INTERVAL_MS: RangeInclusive<u64> = 1_000..=60_000;
+
+/// How far a host event's sequence (ms since the Unix epoch, give or take) may lie from the
+/// receiver's clock, either way. An older event is a replay (a receiver that just started
+/// remembers no sequence); the nodes' clocks must agree within this.
+pub const SEQUENCE_WINDOW: Duration = Duration::from_secs(60);
+
+/// NATS header that carries a host event's signature: ed25519 by the node's key over the
+/// exact payload bytes, unpadded base64url ([`identity::sign`]).
+pub const SIGNATURE_HEADER: &str = "Lattice-Signature";
+
+/// Dropped host events are logged at most this often, with counts.
+const REJECTIONS_LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// What a node says of itself: the payload of every host event and an entry of
 /// `lattice get hosts` (`PROTOCOL.md` §Events).
@@ -79,11 +106,210 @@ pub struct ComponentReplicas {
     pub version: String,
 }
 
-/// The hosts this node has heard from.
+/// The signed body of a host event: the node's [`HostInfo`] with the event's name and its
+/// sequence as two more fields (`PROTOCOL.md` §Events).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct HostEvent {
+    #[serde(flatten)]
+    info: HostInfo,
+    /// `host_started`, `host_heartbeat` or `host_stopped`: the same as the subject's last token,
+    /// so one event's signature cannot pass for another's.
+    event: String,
+    /// Greater in every event of the node than in the one before, across restarts.
+    seq: u64,
+}
+
+/// Why a host event was dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Rejected {
+    /// The payload is not a host event (JSON of a [`HostInfo`] with `event` and `seq`).
+    #[error("not a host event")]
+    Malformed,
+    /// No [`SIGNATURE_HEADER`] (nodes before signed membership send none).
+    #[error("unsigned")]
+    Unsigned,
+    /// The body's `event` or `lattice` is not the subject's.
+    #[error("event or lattice differs from its subject")]
+    WrongSubject,
+    /// The `id` is not an nkeys server public key, so no signature can name it.
+    #[error("id is not a node key")]
+    BadId,
+    /// The signature does not verify with the key the `id` names (forged, signed by another
+    /// key, or the body changed).
+    #[error("signature does not verify with the id's key")]
+    BadSignature,
+    /// `heartbeat_interval_ms` outside [`HEARTBEAT_INTERVAL_MS`].
+    #[error("heartbeat_interval_ms outside 1000..=60000")]
+    BadInterval,
+    /// The sequence is not greater than the last accepted of that id, or more than
+    /// [`SEQUENCE_WINDOW`] from this node's clock (a replay).
+    #[error("sequence replayed or out of the window")]
+    Stale,
+}
+
+/// Counts of dropped host events, by reason, since the node started: what [`Rejections`]
+/// holds, to log or to export as metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct RejectionCounts {
+    /// [`Rejected::Malformed`].
+    pub malformed: u64,
+    /// [`Rejected::Unsigned`].
+    pub unsigned: u64,
+    /// [`Rejected::WrongSubject`].
+    pub wrong_subject: u64,
+    /// [`Rejected::BadId`].
+    pub bad_id: u64,
+    /// [`Rejected::BadSignature`].
+    pub bad_signature: u64,
+    /// [`Rejected::BadInterval`].
+    pub bad_interval: u64,
+    /// [`Rejected::Stale`].
+    pub stale: u64,
+}
+
+impl RejectionCounts {
+    fn fields(&self) -> [(&'static str, u64); 7] {
+        [
+            ("malformed", self.malformed),
+            ("unsigned", self.unsigned),
+            ("wrong_subject", self.wrong_subject),
+            ("bad_id", self.bad_id),
+            ("bad_signature", self.bad_signature),
+            ("bad_interval", self.bad_interval),
+            ("stale", self.stale),
+        ]
+    }
+
+    /// Every dropped event.
+    pub fn total(&self) -> u64 {
+        self.fields().iter().map(|(_, n)| n).sum()
+    }
+
+    /// The counts that grew from `earlier` to `self`.
+    fn since(&self, earlier: &RejectionCounts) -> RejectionCounts {
+        RejectionCounts {
+            malformed: self.malformed.saturating_sub(earlier.malformed),
+            unsigned: self.unsigned.saturating_sub(earlier.unsigned),
+            wrong_subject: self.wrong_subject.saturating_sub(earlier.wrong_subject),
+            bad_id: self.bad_id.saturating_sub(earlier.bad_id),
+            bad_signature: self.bad_signature.saturating_sub(earlier.bad_signature),
+            bad_interval: self.bad_interval.saturating_sub(earlier.bad_interval),
+            stale: self.stale.saturating_sub(earlier.stale),
+        }
+    }
+}
+
+/// `reason=count` for each reason with a count, e.g. `bad_signature=2 stale=14`.
+impl fmt::Display for RejectionCounts {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut first = true;
+        for (name, count) in self.fields().into_iter().filter(|(_, n)| *n > 0) {
+            if !first {
+                f.write_str(" ")?;
+            }
+            write!(f, "{name}={count}")?;
+            first = false;
+        }
+        Ok(())
+    }
+}
+
+/// Dropped host events counted by reason, readable at any time ([`Membership::rejections`]).
+#[derive(Debug, Default)]
+pub struct Rejections {
+    malformed: AtomicU64,
+    unsigned: AtomicU64,
+    wrong_subject: AtomicU64,
+    bad_id: AtomicU64,
+    bad_signature: AtomicU64,
+    bad_interval: AtomicU64,
+    stale: AtomicU64,
+}
+
+impl Rejections {
+    fn count(&self, reason: Rejected) {
+        let counter = match reason {
+            Rejected::Malformed => &self.malformed,
+            Rejected::Unsigned => &self.unsigned,
+            Rejected::WrongSubject => &self.wrong_subject,
+            Rejected::BadId => &self.bad_id,
+            Rejected::BadSignature => &self.bad_signature,
+            Rejected::BadInterval => &self.bad_interval,
+            Rejected::Stale => &self.stale,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The counts now.
+    pub fn snapshot(&self) -> RejectionCounts {
+        RejectionCounts {
+            malformed: self.malformed.load(Ordering::Relaxed),
+            unsigned: self.unsigned.load(Ordering::Relaxed),
+            wrong_subject: self.wrong_subject.load(Ordering::Relaxed),
+            bad_id: self.bad_id.load(Ordering::Relaxed),
+            bad_signature: self.bad_signature.load(Ordering::Relaxed),
+            bad_interval: self.bad_interval.load(Ordering::Relaxed),
+            stale: self.stale.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// What an accepted host event did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Accepted {
+    /// `host_started`: the host joined (or started again).
+    Started(HostInfo),
+    /// `host_heartbeat`.
+    Heartbeat,
+    /// `host_stopped`: the host left.
+    Stopped(HostInfo),
+}
+
+/// Milliseconds since the Unix epoch by this machine's clock (0 before 1970).
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Checks the signature, subject and interval of the host event `payload` received on
+/// `subject` with `signature` (the [`SIGNATURE_HEADER`]); the sequence is the membership's to
+/// check.
+fn verify_event(
+    subject: &str,
+    signature: Option<&str>,
+    payload: &[u8],
+) -> Result<HostEvent, Rejected> {
+    let event: HostEvent = serde_json::from_slice(payload).map_err(|_| Rejected::Malformed)?;
+    let signature = signature.ok_or(Rejected::Unsigned)?;
+    if subject != subjects::event(&event.info.lattice, &event.event) {
+        return Err(Rejected::WrongSubject);
+    }
+    identity::verify(&event.info.id, payload, signature).map_err(|e| match e {
+        identity::VerifyError::NotAServerKey => Rejected::BadId,
+        identity::VerifyError::BadSignature => Rejected::BadSignature,
+    })?;
+    if !HEARTBEAT_INTERVAL_MS.contains(&event.info.heartbeat_interval_ms) {
+        return Err(Rejected::BadInterval);
+    }
+    Ok(event)
+}
+
+/// The hosts this node has heard from, by verified host events only.
 #[derive(Default)]
 pub struct Membership {
-    hosts: Mutex<HashMap<String, Seen>>,
+    state: Mutex<State>,
     changed: Notify,
+    rejections: Rejections,
+}
+
+#[derive(Default)]
+struct State {
+    hosts: HashMap<String, Seen>,
+    /// The last sequence accepted of each id, kept while it is within [`SEQUENCE_WINDOW`] of
+    /// the clock (an event older than that is refused by the window itself), so a host that
+    /// stopped or went silent is not brought back by its own events replayed.
+    sequences: HashMap<String, u64>,
 }
 
 struct Seen {
@@ -92,34 +318,98 @@ struct Seen {
 }
 
 impl Membership {
-    /// Records a heartbeat or `host_started`; wakes [`Membership::changed`] when the host is
-    /// new or its labels, components or failures changed.
-    pub fn observe(&self, info: HostInfo) {
-        let mut hosts = self.hosts.lock().unwrap_or_else(|p| p.into_inner());
-        let same = hosts.get(&info.id).is_some_and(|seen| {
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Takes in the host event `payload` received on `subject` (one of
+    /// `lattice.<L>.evt.v1.host_*`) with `signature`, the value of its [`SIGNATURE_HEADER`]:
+    /// verifies it, then records the host or forgets it. `now_ms` is this node's clock (ms
+    /// since the Unix epoch).
+    ///
+    /// # Errors
+    /// Why the event was dropped (counted in [`Membership::rejections`]); the membership is
+    /// unchanged then.
+    pub fn receive(
+        &self,
+        subject: &str,
+        signature: Option<&str>,
+        payload: &[u8],
+        now_ms: u64,
+    ) -> Result<Accepted, Rejected> {
+        let result = verify_event(subject, signature, payload).and_then(|event| {
+            self.accept_sequence(&event.info.id, event.seq, now_ms)?;
+            Ok(event)
+        });
+        let event = match result {
+            Ok(event) => event,
+            Err(reason) => {
+                self.rejections.count(reason);
+                return Err(reason);
+            }
+        };
+        Ok(match event.event.as_str() {
+            subjects::HOST_STOPPED => {
+                self.forget(&event.info.id);
+                Accepted::Stopped(event.info)
+            }
+            subjects::HOST_STARTED => {
+                self.observe(event.info.clone());
+                Accepted::Started(event.info)
+            }
+            _ => {
+                self.observe(event.info);
+                Accepted::Heartbeat
+            }
+        })
+    }
+
+    /// Records `seq` as the last of `id` if it is greater than the last and within the window.
+    fn accept_sequence(&self, id: &str, seq: u64, now_ms: u64) -> Result<(), Rejected> {
+        let window = SEQUENCE_WINDOW.as_millis() as u64;
+        if seq < now_ms.saturating_sub(window) || seq > now_ms.saturating_add(window) {
+            return Err(Rejected::Stale);
+        }
+        let mut state = self.state();
+        if state.sequences.get(id).is_some_and(|last| seq <= *last) {
+            return Err(Rejected::Stale);
+        }
+        state.sequences.insert(id.to_owned(), seq);
+        let oldest = now_ms.saturating_sub(window);
+        state.sequences.retain(|_, last| *last >= oldest);
+        Ok(())
+    }
+
+    /// Dropped host events so far, by reason.
+    pub fn rejections(&self) -> &Rejections {
+        &self.rejections
+    }
+
+    /// Records a verified heartbeat or `host_started`; wakes [`Membership::changed`] when the
+    /// host is new or its labels, components or failures changed.
+    fn observe(&self, info: HostInfo) {
+        let mut state = self.state();
+        let same = state.hosts.get(&info.id).is_some_and(|seen| {
             seen.info.labels == info.labels
                 && seen.info.components == info.components
                 && seen.info.failures == info.failures
         });
-        hosts.insert(
+        state.hosts.insert(
             info.id.clone(),
             Seen {
                 info,
                 at: Instant::now(),
             },
         );
+        drop(state);
         if !same {
             self.changed.notify_one();
         }
     }
 
-    /// Forgets host `id` (`host_stopped`).
-    pub fn forget(&self, id: &str) {
-        let removed = self
-            .hosts
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(id);
+    /// Forgets host `id` (a verified `host_stopped`).
+    fn forget(&self, id: &str) {
+        let removed = self.state().hosts.remove(id);
         if removed.is_some() {
             self.changed.notify_one();
         }
@@ -136,12 +426,13 @@ impl Membership {
 
     /// The live hosts, by name then id, with uptimes brought to now.
     pub fn hosts(&self) -> Vec<HostInfo> {
-        let mut hosts = self.hosts.lock().unwrap_or_else(|p| p.into_inner());
-        hosts.retain(|_, seen| {
+        let mut state = self.state();
+        state.hosts.retain(|_, seen| {
             let interval = Duration::from_millis(seen.info.heartbeat_interval_ms.max(100));
             seen.at.elapsed() <= interval * MISSED_HEARTBEATS
         });
-        let mut live: Vec<HostInfo> = hosts
+        let mut live: Vec<HostInfo> = state
+            .hosts
             .values()
             .map(|seen| {
                 let mut info = seen.info.clone();
@@ -180,7 +471,8 @@ impl Membership {
     }
 
     /// Follows the host `events` (from [`Membership::subscribe`]) until `shutdown`; tells
-    /// `on_join` when a host starts.
+    /// `on_join` when a host starts. Dropped events are logged at warn with their counts, at
+    /// most every 10 s.
     ///
     /// # Errors
     /// The subscription ended (the client closed it) before `shutdown`.
@@ -190,48 +482,150 @@ impl Membership {
         on_join: &Notify,
         shutdown: CancellationToken,
     ) -> anyhow::Result<()> {
-        {
-            loop {
-                let message = tokio::select! {
-                    message = events.next() => match message {
-                        Some(message) => message,
-                        None => anyhow::bail!("the host events subscription ended"),
-                    },
-                    () = shutdown.cancelled() => return Ok(()),
-                };
-                let event = message.subject.rsplit('.').next().unwrap_or_default();
-                if ![
-                    subjects::HOST_HEARTBEAT,
-                    subjects::HOST_STARTED,
-                    subjects::HOST_STOPPED,
-                ]
-                .contains(&event)
-                {
+        let mut log = RejectionLog::new(self.rejections.snapshot());
+        let mut flush = tokio::time::interval(REJECTIONS_LOG_EVERY);
+        flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let message = tokio::select! {
+                message = events.next() => match message {
+                    Some(message) => message,
+                    None => anyhow::bail!("the host events subscription ended"),
+                },
+                _ = flush.tick() => {
+                    log.flush(&self.rejections);
                     continue;
                 }
-                let info: HostInfo = match serde_json::from_slice(&message.payload) {
-                    Ok(info) => info,
-                    Err(e) => {
-                        tracing::debug!(subject = %message.subject, error = %e, "malformed host event ignored");
-                        continue;
-                    }
-                };
-                match event {
-                    subjects::HOST_HEARTBEAT => self.observe(info),
-                    subjects::HOST_STARTED => {
-                        tracing::info!(id = info.id, name = info.name, "host joined the lattice");
-                        self.observe(info);
-                        // The newcomer learns of this node at once, not a heartbeat later.
-                        on_join.notify_one();
-                    }
-                    subjects::HOST_STOPPED => {
-                        tracing::info!(id = info.id, name = info.name, "host left the lattice");
-                        self.forget(&info.id);
-                    }
-                    _ => {}
+                () = shutdown.cancelled() => return Ok(()),
+            };
+            let event = message.subject.rsplit('.').next().unwrap_or_default();
+            if ![
+                subjects::HOST_HEARTBEAT,
+                subjects::HOST_STARTED,
+                subjects::HOST_STOPPED,
+            ]
+            .contains(&event)
+            {
+                continue;
+            }
+            let signature = message
+                .headers
+                .as_ref()
+                .and_then(|headers| headers.get(SIGNATURE_HEADER))
+                .map(|value| value.as_str());
+            match self.receive(&message.subject, signature, &message.payload, unix_ms()) {
+                Ok(Accepted::Heartbeat) => {}
+                Ok(Accepted::Started(info)) => {
+                    tracing::info!(id = info.id, name = info.name, "host joined the lattice");
+                    // The newcomer learns of this node at once, not a heartbeat later.
+                    on_join.notify_one();
+                }
+                Ok(Accepted::Stopped(info)) => {
+                    tracing::info!(id = info.id, name = info.name, "host left the lattice");
+                }
+                Err(reason) => {
+                    tracing::debug!(subject = %message.subject, %reason, "host event dropped");
+                    log.flush(&self.rejections);
                 }
             }
         }
+    }
+}
+
+/// Logs dropped host events at warn, at most every [`REJECTIONS_LOG_EVERY`], with the counts
+/// since the last line, so a flood of forged events makes one line per period.
+struct RejectionLog {
+    logged: RejectionCounts,
+    at: Option<Instant>,
+}
+
+impl RejectionLog {
+    fn new(logged: RejectionCounts) -> RejectionLog {
+        RejectionLog { logged, at: None }
+    }
+
+    /// Logs what was dropped since the last line, if anything was and the period is over.
+    fn flush(&mut self, rejections: &Rejections) {
+        if self
+            .at
+            .is_some_and(|at| at.elapsed() < REJECTIONS_LOG_EVERY)
+        {
+            return;
+        }
+        let now = rejections.snapshot();
+        let new = now.since(&self.logged);
+        if new.total() == 0 {
+            return;
+        }
+        tracing::warn!(
+            dropped = %new,
+            total = now.total(),
+            "host events dropped (unsigned, forged, replayed or invalid; PROTOCOL.md §Events)"
+        );
+        self.logged = now;
+        self.at = Some(Instant::now());
+    }
+}
+
+/// Signs this node's host events and numbers them: one per node, shared by everything that
+/// publishes them, so the sequence grows across all of them.
+pub struct Signer {
+    key: nkeys::KeyPair,
+    last: AtomicU64,
+}
+
+impl Signer {
+    /// A signer with `key`, the node's key pair ([`identity::load_or_create`]).
+    ///
+    /// # Errors
+    /// `key` is not a server key pair with its seed.
+    pub fn new(key: nkeys::KeyPair) -> anyhow::Result<Signer> {
+        anyhow::ensure!(
+            key.key_pair_type() == nkeys::KeyPairType::Server && key.seed().is_ok(),
+            "node key {}: a server key pair with its seed is needed to sign host events",
+            key.public_key()
+        );
+        Ok(Signer {
+            key,
+            last: AtomicU64::new(0),
+        })
+    }
+
+    /// The node id: the key's public key.
+    pub fn id(&self) -> String {
+        self.key.public_key()
+    }
+
+    /// The next sequence: `max(last + 1, now in ms since the Unix epoch)`, so it grows within
+    /// a run and, with the clock, from one run to the next.
+    fn next_sequence(&self) -> u64 {
+        let now = unix_ms();
+        let mut last = self.last.load(Ordering::Relaxed);
+        loop {
+            let next = now.max(last.saturating_add(1));
+            match self
+                .last
+                .compare_exchange_weak(last, next, Ordering::Relaxed, Ordering::Relaxed)
+            {
+                Ok(_) => return next,
+                Err(actual) => last = actual,
+            }
+        }
+    }
+
+    /// The payload of host event `event` (one of the `subjects::HOST_*`) carrying `info`, and
+    /// its signature (the [`SIGNATURE_HEADER`] value).
+    ///
+    /// # Errors
+    /// `info` cannot be serialized or signing fails.
+    fn sign(&self, event: &str, info: &HostInfo) -> anyhow::Result<(Vec<u8>, String)> {
+        let body = HostEvent {
+            info: info.clone(),
+            event: event.to_owned(),
+            seq: self.next_sequence(),
+        };
+        let payload = serde_json::to_vec(&body).context("encoding a host event")?;
+        let signature = identity::sign(&self.key, &payload)?;
+        Ok((payload, signature))
     }
 }
 
@@ -239,22 +633,40 @@ impl Membership {
 pub struct Heartbeat {
     client: async_nats::Client,
     lattice: String,
+    signer: Arc<Signer>,
 }
 
 impl Heartbeat {
-    /// Events of this node on `client`, for `lattice`.
-    pub fn new(client: async_nats::Client, lattice: &str) -> Heartbeat {
+    /// Events of this node on `client`, for `lattice`, signed by `signer`.
+    pub fn new(client: async_nats::Client, lattice: &str, signer: Arc<Signer>) -> Heartbeat {
         Heartbeat {
             client,
             lattice: lattice.to_owned(),
+            signer,
         }
     }
 
-    /// Publishes `info` as `event` (one of the `subjects::HOST_*`).
+    /// Publishes `info` as `event` (one of the `subjects::HOST_*`), signed.
     pub async fn publish(&self, event: &str, info: &HostInfo) {
         let subject = subjects::event(&self.lattice, event);
-        let payload = serde_json::to_vec(info).unwrap_or_default();
-        if let Err(e) = self.client.publish(subject.clone(), payload.into()).await {
+        let (payload, signature) = match self.signer.sign(event, info) {
+            Ok(signed) => signed,
+            Err(e) => {
+                tracing::warn!(
+                    subject,
+                    error = format!("{e:#}"),
+                    "signing a host event failed"
+                );
+                return;
+            }
+        };
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(SIGNATURE_HEADER, signature.as_str());
+        if let Err(e) = self
+            .client
+            .publish_with_headers(subject.clone(), headers, payload.into())
+            .await
+        {
             tracing::warn!(subject, error = %e, "publishing a host event failed");
         }
     }
@@ -317,5 +729,270 @@ mod tests {
         members.forget("c");
         let names: Vec<String> = members.hosts().into_iter().map(|h| h.name).collect();
         assert_eq!(names, ["node-b"]);
+    }
+
+    /// A node's key and the host it says it is.
+    fn node(name: &str) -> (nkeys::KeyPair, HostInfo) {
+        let key = nkeys::KeyPair::new_server();
+        let mut info = host(&key.public_key(), 1_000);
+        info.name = name.into();
+        (key, info)
+    }
+
+    /// `event` of `info` with sequence `seq`, signed by `key`: (subject, payload, signature).
+    fn signed(
+        key: &nkeys::KeyPair,
+        event: &str,
+        info: &HostInfo,
+        seq: u64,
+    ) -> (String, Vec<u8>, String) {
+        let body = HostEvent {
+            info: info.clone(),
+            event: event.into(),
+            seq,
+        };
+        let payload = serde_json::to_vec(&body).unwrap();
+        let signature = identity::sign(key, &payload).unwrap();
+        (subjects::event(&info.lattice, event), payload, signature)
+    }
+
+    fn receive(
+        members: &Membership,
+        (subject, payload, signature): &(String, Vec<u8>, String),
+        now: u64,
+    ) -> Result<Accepted, Rejected> {
+        members.receive(subject, Some(signature), payload, now)
+    }
+
+    fn names(members: &Membership) -> Vec<String> {
+        members.hosts().into_iter().map(|h| h.name).collect()
+    }
+
+    #[test]
+    fn a_signed_event_is_accepted_once_and_counted_when_replayed() {
+        let members = Membership::default();
+        let (key, info) = node("a");
+        let now = unix_ms();
+        let beat = signed(&key, subjects::HOST_HEARTBEAT, &info, now);
+        assert_eq!(receive(&members, &beat, now), Ok(Accepted::Heartbeat));
+        assert_eq!(names(&members), ["a"]);
+        assert_eq!(receive(&members, &beat, now + 10), Err(Rejected::Stale));
+        let older = signed(&key, subjects::HOST_HEARTBEAT, &info, now - 1);
+        assert_eq!(receive(&members, &older, now + 10), Err(Rejected::Stale));
+        let next = signed(&key, subjects::HOST_HEARTBEAT, &info, now + 1);
+        assert_eq!(receive(&members, &next, now + 10), Ok(Accepted::Heartbeat));
+        let counts = members.rejections().snapshot();
+        assert_eq!(counts.stale, 2);
+        assert_eq!(counts.total(), 2);
+        assert_eq!(counts.to_string(), "stale=2");
+    }
+
+    #[test]
+    fn forged_events_change_nothing_and_are_counted_by_reason() {
+        let members = Membership::default();
+        let (key, info) = node("a");
+        let now = unix_ms();
+        let started = signed(&key, subjects::HOST_STARTED, &info, now);
+        assert_eq!(
+            receive(&members, &started, now),
+            Ok(Accepted::Started(info.clone()))
+        );
+        let (intruder, _) = node("intruder");
+
+        // A host_stopped of the live node: unsigned, signed by another key, or with the
+        // signature of its own heartbeat.
+        let (subject, stop, _) = signed(&key, subjects::HOST_STOPPED, &info, now + 1);
+        assert_eq!(
+            members.receive(&subject, None, &stop, now),
+            Err(Rejected::Unsigned)
+        );
+        let resigned = signed(&intruder, subjects::HOST_STOPPED, &info, now + 1);
+        assert_eq!(
+            receive(&members, &resigned, now),
+            Err(Rejected::BadSignature)
+        );
+        let beat = signed(&key, subjects::HOST_HEARTBEAT, &info, now + 2);
+        assert_eq!(
+            members.receive(&subject, Some(&beat.2), &stop, now),
+            Err(Rejected::BadSignature)
+        );
+        // A real heartbeat published as host_stopped, or into another lattice.
+        assert_eq!(
+            members.receive(&subject, Some(&beat.2), &beat.1, now),
+            Err(Rejected::WrongSubject)
+        );
+        let elsewhere = subjects::event("other", subjects::HOST_HEARTBEAT);
+        assert_eq!(
+            members.receive(&elsewhere, Some(&beat.2), &beat.1, now),
+            Err(Rejected::WrongSubject)
+        );
+        // A heartbeat that would never expire, even signed by the node's own key.
+        let mut forever = info.clone();
+        forever.heartbeat_interval_ms = 60_001;
+        let forever = signed(&key, subjects::HOST_HEARTBEAT, &forever, now + 3);
+        assert_eq!(receive(&members, &forever, now), Err(Rejected::BadInterval));
+        let mut too_fast = info.clone();
+        too_fast.heartbeat_interval_ms = 999;
+        let too_fast = signed(&key, subjects::HOST_HEARTBEAT, &too_fast, now + 3);
+        assert_eq!(
+            receive(&members, &too_fast, now),
+            Err(Rejected::BadInterval)
+        );
+        // An invented id: not a key, or a key whose holder did not sign.
+        let mut invented = info.clone();
+        invented.id = "Ninvented".into();
+        let invented = signed(&key, subjects::HOST_HEARTBEAT, &invented, now + 3);
+        assert_eq!(receive(&members, &invented, now), Err(Rejected::BadId));
+        let (_, mut other) = node("ghost");
+        other.name = "ghost".into();
+        let ghost = signed(&intruder, subjects::HOST_HEARTBEAT, &other, now + 3);
+        assert_eq!(receive(&members, &ghost, now), Err(Rejected::BadSignature));
+        // A changed body under a real signature.
+        let tampered = String::from_utf8(beat.1.clone())
+            .unwrap()
+            .replace(r#""name":"a""#, r#""name":"b""#);
+        assert_ne!(tampered.as_bytes(), beat.1);
+        let tampered = tampered.into_bytes();
+        assert_eq!(
+            members.receive(
+                &elsewhere.replace("other", "default"),
+                Some(&beat.2),
+                &tampered,
+                now
+            ),
+            Err(Rejected::BadSignature)
+        );
+        assert_eq!(
+            members.receive(&subject, Some(&beat.2), b"{not json", now),
+            Err(Rejected::Malformed)
+        );
+
+        assert_eq!(names(&members), ["a"]);
+        let hosts = members.hosts();
+        assert_eq!(hosts[0].heartbeat_interval_ms, 1_000);
+        let counts = members.rejections().snapshot();
+        assert_eq!(
+            counts,
+            RejectionCounts {
+                malformed: 1,
+                unsigned: 1,
+                wrong_subject: 2,
+                bad_id: 1,
+                bad_signature: 4,
+                bad_interval: 2,
+                stale: 0,
+            }
+        );
+        assert_eq!(
+            counts.to_string(),
+            "malformed=1 unsigned=1 wrong_subject=2 bad_id=1 bad_signature=4 bad_interval=2"
+        );
+        // The real node's own events still go through.
+        assert_eq!(receive(&members, &beat, now), Ok(Accepted::Heartbeat));
+    }
+
+    #[test]
+    fn a_replay_outside_the_window_is_refused_even_by_a_fresh_receiver() {
+        let window = SEQUENCE_WINDOW.as_millis() as u64;
+        let (key, info) = node("a");
+        let now = unix_ms();
+        let old = signed(&key, subjects::HOST_HEARTBEAT, &info, now - window - 1);
+        let skewed = signed(&key, subjects::HOST_HEARTBEAT, &info, now - window + 1_000);
+        let future = signed(&key, subjects::HOST_HEARTBEAT, &info, now + window + 1);
+        let fresh = Membership::default();
+        assert_eq!(receive(&fresh, &old, now), Err(Rejected::Stale));
+        assert_eq!(receive(&fresh, &future, now), Err(Rejected::Stale));
+        assert!(fresh.hosts().is_empty());
+        assert_eq!(receive(&fresh, &skewed, now), Ok(Accepted::Heartbeat));
+    }
+
+    #[test]
+    fn a_stopped_host_stays_gone_under_replays_and_is_back_when_it_restarts() {
+        let members = Membership::default();
+        let (key, info) = node("a");
+        let signer = Signer::new(key.clone()).unwrap();
+        let (payload, signature) = signer.sign(subjects::HOST_HEARTBEAT, &info).unwrap();
+        let beat = (
+            subjects::event("default", subjects::HOST_HEARTBEAT),
+            payload,
+            signature,
+        );
+        let now = unix_ms();
+        assert_eq!(receive(&members, &beat, now), Ok(Accepted::Heartbeat));
+        let (payload, signature) = signer.sign(subjects::HOST_STOPPED, &info).unwrap();
+        let stop = (
+            subjects::event("default", subjects::HOST_STOPPED),
+            payload,
+            signature,
+        );
+        assert_eq!(
+            receive(&members, &stop, now),
+            Ok(Accepted::Stopped(info.clone()))
+        );
+        assert!(members.hosts().is_empty());
+        assert_eq!(receive(&members, &beat, now), Err(Rejected::Stale));
+        assert!(members.hosts().is_empty());
+
+        // The same key in a new process: a new signer, whose sequence starts at the clock.
+        std::thread::sleep(Duration::from_millis(5));
+        let restarted = Signer::new(key).unwrap();
+        let (payload, signature) = restarted.sign(subjects::HOST_STARTED, &info).unwrap();
+        let started = (
+            subjects::event("default", subjects::HOST_STARTED),
+            payload,
+            signature,
+        );
+        assert_eq!(
+            receive(&members, &started, unix_ms()),
+            Ok(Accepted::Started(info))
+        );
+        assert_eq!(names(&members), ["a"]);
+    }
+
+    #[test]
+    fn sequences_grow_and_are_forgotten_only_outside_the_window() {
+        let (key, info) = node("a");
+        let signer = Signer::new(key.clone()).unwrap();
+        let before = unix_ms();
+        let seqs: Vec<u64> = (0..1_000).map(|_| signer.next_sequence()).collect();
+        assert!(seqs.windows(2).all(|w| w[0] < w[1]));
+        assert!(seqs[0] >= before);
+        assert!(Signer::new(nkeys::KeyPair::new_user()).is_err());
+        let public_only = nkeys::KeyPair::from_public_key(&key.public_key()).unwrap();
+        assert!(Signer::new(public_only).is_err());
+
+        let members = Membership::default();
+        let window = SEQUENCE_WINDOW.as_millis() as u64;
+        let now = unix_ms();
+        let beat = signed(&key, subjects::HOST_HEARTBEAT, &info, now);
+        assert_eq!(receive(&members, &beat, now), Ok(Accepted::Heartbeat));
+        let (other, other_info) = node("b");
+        let later = now + window + 1;
+        let theirs = signed(&other, subjects::HOST_HEARTBEAT, &other_info, later);
+        assert_eq!(receive(&members, &theirs, later), Ok(Accepted::Heartbeat));
+        let state = members.state();
+        assert!(!state.sequences.contains_key(&info.id));
+        assert!(state.sequences.contains_key(&other_info.id));
+        drop(state);
+        // Forgotten, yet refused: the window keeps it out.
+        assert_eq!(receive(&members, &beat, later), Err(Rejected::Stale));
+    }
+
+    #[test]
+    fn the_signed_body_is_host_info_with_event_and_seq() {
+        let (key, info) = node("a");
+        let signer = Signer::new(key.clone()).unwrap();
+        let (payload, signature) = signer.sign(subjects::HOST_HEARTBEAT, &info).unwrap();
+        let json: serde_json::Value = serde_json::from_slice(&payload).unwrap();
+        assert_eq!(json["id"], key.public_key());
+        assert_eq!(json["event"], "host_heartbeat");
+        assert!(json["seq"].as_u64().unwrap() > 0);
+        assert_eq!(json["heartbeat_interval_ms"], 1_000);
+        let back: HostInfo = serde_json::from_slice(&payload).unwrap();
+        assert_eq!(back, info);
+        assert_eq!(
+            identity::verify(&key.public_key(), &payload, &signature),
+            Ok(())
+        );
     }
 }
