@@ -128,7 +128,7 @@ pub enum Rejected {
     /// No [`SIGNATURE_HEADER`] (nodes before signed membership send none).
     #[error("unsigned")]
     Unsigned,
-    /// The body's `event` or `lattice` is not the subject's.
+    /// The body's `event` or `lattice` is not the subject's, or `event` names no host event.
     #[error("event or lattice differs from its subject")]
     WrongSubject,
     /// The `id` is not an nkeys server public key, so no signature can name it.
@@ -282,7 +282,14 @@ fn verify_event(
 ) -> Result<HostEvent, Rejected> {
     let event: HostEvent = serde_json::from_slice(payload).map_err(|_| Rejected::Malformed)?;
     let signature = signature.ok_or(Rejected::Unsigned)?;
-    if subject != subjects::event(&event.info.lattice, &event.event) {
+    let host_events = [
+        subjects::HOST_STARTED,
+        subjects::HOST_HEARTBEAT,
+        subjects::HOST_STOPPED,
+    ];
+    if !host_events.contains(&event.event.as_str())
+        || subject != subjects::event(&event.info.lattice, &event.event)
+    {
         return Err(Rejected::WrongSubject);
     }
     identity::verify(&event.info.id, payload, signature).map_err(|e| match e {
@@ -317,6 +324,47 @@ struct Seen {
     at: Instant,
 }
 
+impl State {
+    /// Records `seq` as the last of `id` if it is greater than the last and within
+    /// [`SEQUENCE_WINDOW`] of `now_ms`; forgets the sequences that left the window.
+    fn accept_sequence(&mut self, id: &str, seq: u64, now_ms: u64) -> Result<(), Rejected> {
+        let window = u64::try_from(SEQUENCE_WINDOW.as_millis()).unwrap_or(u64::MAX);
+        let oldest = now_ms.saturating_sub(window);
+        if seq < oldest || seq > now_ms.saturating_add(window) {
+            return Err(Rejected::Stale);
+        }
+        if self.sequences.get(id).is_some_and(|last| seq <= *last) {
+            return Err(Rejected::Stale);
+        }
+        self.sequences.insert(id.to_owned(), seq);
+        self.sequences.retain(|_, last| *last >= oldest);
+        Ok(())
+    }
+
+    /// Records a verified heartbeat or `host_started`; true when the host is new or its
+    /// labels, components or failures changed (wake [`Membership::changed`]).
+    fn observe(&mut self, info: HostInfo) -> bool {
+        let same = self.hosts.get(&info.id).is_some_and(|seen| {
+            seen.info.labels == info.labels
+                && seen.info.components == info.components
+                && seen.info.failures == info.failures
+        });
+        self.hosts.insert(
+            info.id.clone(),
+            Seen {
+                info,
+                at: Instant::now(),
+            },
+        );
+        !same
+    }
+
+    /// Forgets host `id` (a verified `host_stopped`); true when it was known.
+    fn forget(&mut self, id: &str) -> bool {
+        self.hosts.remove(id).is_some()
+    }
+}
+
 impl Membership {
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
@@ -337,47 +385,34 @@ impl Membership {
         payload: &[u8],
         now_ms: u64,
     ) -> Result<Accepted, Rejected> {
+        // The sequence checked and the host recorded under one lock, so events taken in at
+        // once cannot record an older one last.
+        let mut state = self.state();
         let result = verify_event(subject, signature, payload).and_then(|event| {
-            self.accept_sequence(&event.info.id, event.seq, now_ms)?;
+            state.accept_sequence(&event.info.id, event.seq, now_ms)?;
             Ok(event)
         });
         let event = match result {
             Ok(event) => event,
             Err(reason) => {
+                drop(state);
                 self.rejections.count(reason);
                 return Err(reason);
             }
         };
-        Ok(match event.event.as_str() {
-            subjects::HOST_STOPPED => {
-                self.forget(&event.info.id);
-                Accepted::Stopped(event.info)
-            }
-            subjects::HOST_STARTED => {
-                self.observe(event.info.clone());
-                Accepted::Started(event.info)
-            }
-            _ => {
-                self.observe(event.info);
-                Accepted::Heartbeat
-            }
-        })
-    }
-
-    /// Records `seq` as the last of `id` if it is greater than the last and within the window.
-    fn accept_sequence(&self, id: &str, seq: u64, now_ms: u64) -> Result<(), Rejected> {
-        let window = SEQUENCE_WINDOW.as_millis() as u64;
-        if seq < now_ms.saturating_sub(window) || seq > now_ms.saturating_add(window) {
-            return Err(Rejected::Stale);
+        let (changed, accepted) = match event.event.as_str() {
+            subjects::HOST_STOPPED => (state.forget(&event.info.id), Accepted::Stopped(event.info)),
+            subjects::HOST_STARTED => (
+                state.observe(event.info.clone()),
+                Accepted::Started(event.info),
+            ),
+            _ => (state.observe(event.info), Accepted::Heartbeat),
+        };
+        drop(state);
+        if changed {
+            self.changed.notify_one();
         }
-        let mut state = self.state();
-        if state.sequences.get(id).is_some_and(|last| seq <= *last) {
-            return Err(Rejected::Stale);
-        }
-        state.sequences.insert(id.to_owned(), seq);
-        let oldest = now_ms.saturating_sub(window);
-        state.sequences.retain(|_, last| *last >= oldest);
-        Ok(())
+        Ok(accepted)
     }
 
     /// Dropped host events so far, by reason.
@@ -385,32 +420,18 @@ impl Membership {
         &self.rejections
     }
 
-    /// Records a verified heartbeat or `host_started`; wakes [`Membership::changed`] when the
-    /// host is new or its labels, components or failures changed.
+    /// Records a host as [`Membership::receive`] does once its event is verified (tests only).
+    #[cfg(test)]
     fn observe(&self, info: HostInfo) {
-        let mut state = self.state();
-        let same = state.hosts.get(&info.id).is_some_and(|seen| {
-            seen.info.labels == info.labels
-                && seen.info.components == info.components
-                && seen.info.failures == info.failures
-        });
-        state.hosts.insert(
-            info.id.clone(),
-            Seen {
-                info,
-                at: Instant::now(),
-            },
-        );
-        drop(state);
-        if !same {
+        if self.state().observe(info) {
             self.changed.notify_one();
         }
     }
 
-    /// Forgets host `id` (a verified `host_stopped`).
+    /// Forgets host `id` as a verified `host_stopped` does (tests only).
+    #[cfg(test)]
     fn forget(&self, id: &str) {
-        let removed = self.state().hosts.remove(id);
-        if removed.is_some() {
+        if self.state().forget(id) {
             self.changed.notify_one();
         }
     }
@@ -826,6 +847,9 @@ mod tests {
             members.receive(&elsewhere, Some(&beat.2), &beat.1, now),
             Err(Rejected::WrongSubject)
         );
+        // Signed, but no host event.
+        let status = signed(&key, "app_status", &info, now + 3);
+        assert_eq!(receive(&members, &status, now), Err(Rejected::WrongSubject));
         // A heartbeat that would never expire, even signed by the node's own key.
         let mut forever = info.clone();
         forever.heartbeat_interval_ms = 60_001;
@@ -876,7 +900,7 @@ mod tests {
             RejectionCounts {
                 malformed: 1,
                 unsigned: 1,
-                wrong_subject: 2,
+                wrong_subject: 3,
                 bad_id: 1,
                 bad_signature: 4,
                 bad_interval: 2,
@@ -885,7 +909,7 @@ mod tests {
         );
         assert_eq!(
             counts.to_string(),
-            "malformed=1 unsigned=1 wrong_subject=2 bad_id=1 bad_signature=4 bad_interval=2"
+            "malformed=1 unsigned=1 wrong_subject=3 bad_id=1 bad_signature=4 bad_interval=2"
         );
         // The real node's own events still go through.
         assert_eq!(receive(&members, &beat, now), Ok(Accepted::Heartbeat));
