@@ -87,8 +87,8 @@ pub const NATS_URL_FILE: &str = "nats.url";
 pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    std::fs::create_dir_all(&config.data_dir)
-        .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
+    // Its owner's only (mode 0700): it holds the keys the node's NATS admits.
+    nats::local_auth::prepare_data_dir(&config.data_dir)?;
     let key = identity::load_or_create(&config.data_dir)?;
     // Host events are signed with the node's key (PROTOCOL.md §Events).
     let signer = Arc::new(Signer::new(key)?);
@@ -104,13 +104,41 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         "starting lattice node"
     );
 
-    let (supervisor, url, uplink) = start_nats(&config).await?;
+    // The one client identity the node's own nats-server admits (none in external mode).
+    let local_user = match &config.nats_mode {
+        NatsMode::External { .. } => {
+            nats::local_auth::remove(&config.data_dir)?;
+            None
+        }
+        _ => Some(nats::local_auth::load_or_create(&config.data_dir)?),
+    };
+    let (supervisor, url, uplink) = start_nats(&config, local_user.as_ref()).await?;
     let url_file = config.data_dir.join(NATS_URL_FILE);
     // Private: an external URL may carry a user and password.
     write_private(&url_file, &format!("{url}\n"))
         .with_context(|| format!("writing {}", url_file.display()))?;
 
-    let result = run_with_nats(&config, id, &url, uplink, &mut sigterm, &mut sigint, signer).await;
+    let auth = match (&config.nats_mode, &local_user) {
+        (_, Some(user)) => nats::ClientAuth::Local(user),
+        (
+            NatsMode::External {
+                creds: Some(creds), ..
+            },
+            None,
+        ) => nats::ClientAuth::Creds(creds),
+        _ => nats::ClientAuth::None,
+    };
+    let result = run_with_nats(
+        &config,
+        id,
+        &url,
+        auth,
+        uplink,
+        &mut sigterm,
+        &mut sigint,
+        signer,
+    )
+    .await;
     if let Some(supervisor) = supervisor {
         supervisor.stop().await;
     }
@@ -126,6 +154,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
 /// Returns the supervisor, the URL the node connects to, and the uplink state.
 async fn start_nats(
     config: &NodeConfig,
+    local_user: Option<&nats::local_auth::LocalUser>,
 ) -> anyhow::Result<(Option<NatsSupervisor>, String, watch::Receiver<Uplink>)> {
     let (leaf_remote, uplink) = match &config.nats_mode {
         NatsMode::External { url, .. } => {
@@ -142,6 +171,10 @@ async fn start_nats(
             Some(UplinkTracker::start(url.clone())),
         ),
     };
+    let client_nkey = local_user
+        .context("the node's own nats-server needs its local user")?
+        .public_key()
+        .to_owned();
     let nats_dir = config.data_dir.join("nats");
     let binary = nats::find_nats_server(config.nats_server.as_deref())?;
     let port = match config.nats_port {
@@ -155,6 +188,7 @@ async fn start_nats(
         // A leaf node uses the hub's JetStream (DESIGN.md §4), so it runs none of its own.
         jetstream_store_dir: leaf_remote.is_none().then(|| nats_dir.join("jetstream")),
         leaf_remote,
+        client_nkey,
     };
     let (tracker, uplink) = match uplink {
         Some((tracker, state)) => (Some(tracker), state),
@@ -213,17 +247,14 @@ async fn run_with_nats(
     config: &NodeConfig,
     id: String,
     nats_url: &str,
+    auth: nats::ClientAuth<'_>,
     uplink: watch::Receiver<Uplink>,
     sigterm: &mut tokio::signal::unix::Signal,
     sigint: &mut tokio::signal::unix::Signal,
     signer: Arc<Signer>,
 ) -> anyhow::Result<()> {
     let started = Instant::now();
-    let client_creds = match &config.nats_mode {
-        NatsMode::External { creds, .. } => creds.as_deref(),
-        _ => None,
-    };
-    let client = nats::connect(nats_url, &config.name, client_creds).await?;
+    let client = nats::connect(nats_url, &config.name, auth).await?;
     let membership = Arc::new(Membership::default());
     let peers = Peers {
         node: id.clone(),

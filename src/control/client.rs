@@ -13,6 +13,8 @@ use super::{
 };
 use crate::cli::{AppCommand, ClientArgs, GetCommand, OutputFormat};
 use crate::lattice::membership::HostInfo;
+use crate::nats::local_auth::{self, LocalUser};
+use crate::nats::permissions::{self, Denied};
 use crate::nats::subjects;
 use crate::node::NATS_URL_FILE;
 use crate::reconciler::artifacts::Artifacts;
@@ -20,6 +22,7 @@ use crate::reconciler::deploy::{ImagesTo, MAX_MANIFEST_BYTES, upload_images};
 use crate::reconciler::plan::AppStatus;
 use crate::reconciler::store::Source;
 use crate::reconciler::{DeployError, DeployOutcome, DeployRequest, manifest};
+use tokio::sync::watch;
 
 /// Default wait for an answer.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -185,6 +188,24 @@ async fn deploy(
         eprintln!("warning: {}: {warning}", file.display());
     }
     let nats = connect(client).await?;
+    // A step the NATS user may not take fails the deploy at once, naming the subject.
+    nats.guard(deploy_through(
+        &nats, file, &text, &manifest, version, js_domain, client,
+    ))
+    .await
+}
+
+/// The part of [`deploy`] that talks to the lattice through `nats`.
+async fn deploy_through(
+    nats: &Connection,
+    file: &std::path::Path,
+    text: &str,
+    manifest: &manifest::Manifest,
+    version: Option<String>,
+    js_domain: Option<String>,
+    client: &ClientArgs,
+) -> anyhow::Result<DeployOutcome> {
+    let in_file = |e: &dyn std::fmt::Display| anyhow::anyhow!("{}: {e}", file.display());
     let config: LatticeConfig = nats
         .request(subjects::CTL_GET_CONFIG, Vec::new(), DEFAULT_TIMEOUT)
         .await?;
@@ -195,11 +216,11 @@ async fn deploy(
     let js_domain = js_domain.or(config.js_domain);
     let js = crate::nats::SharedJetStream::fixed(nats.client.clone(), js_domain);
     let artifacts = Artifacts::new(js, &client.lattice, None).with_replicas(config.store_replicas);
-    let images = upload_images(&manifest, &artifacts, ImagesTo::Lattice)
+    let images = upload_images(manifest, &artifacts, ImagesTo::Lattice)
         .await
         .map_err(|e: DeployError| in_file(&format!("app {:?}: {e}", manifest.name)))?;
     let request = DeployRequest {
-        manifest: text,
+        manifest: text.to_owned(),
         version,
         images,
         source: Source::Cli,
@@ -214,7 +235,7 @@ async fn deploy(
         .map_err(|e| in_file(&format!("app {:?}: {e:#}", manifest.name)))?;
     // An artifact this deploy found already stored may have been collected between the upload
     // and the store (its last user undeployed meanwhile): put it back.
-    upload_images(&manifest, &artifacts, ImagesTo::Lattice)
+    upload_images(manifest, &artifacts, ImagesTo::Lattice)
         .await
         .map_err(|e: DeployError| in_file(&format!("app {:?}: {e}", manifest.name)))?;
     let outcome: DeployOutcome = outcome;
@@ -242,17 +263,53 @@ struct Connection {
     url: String,
     lattice: String,
     timeout: Option<Duration>,
+    /// The first permission violation the server reported on this connection.
+    denied: watch::Receiver<Option<Denied>>,
 }
 
-/// Connects as `args` say (`--nats-url` with `--creds`, else the local node's NATS).
+/// Connects as `args` say (`--nats-url`, with `--creds` if given; else the local node's NATS,
+/// as the local user whose key the node keeps next to the recorded URL).
+///
+/// # Errors
+/// The local node's files cannot be read (the message says whose they are and what to do),
+/// the creds file is refused, NATS cannot be reached in `--timeout`, or it refuses this client
+/// (`Authorization Violation`).
 async fn connect(args: &ClientArgs) -> anyhow::Result<Connection> {
     crate::config::check_lattice_name(&args.lattice)?;
-    let url = nats_url(args)?;
+    let target = target(args)?;
+    let url = target.url;
     let timeout = args.timeout.unwrap_or(DEFAULT_TIMEOUT);
+    let (denials, denied) = watch::channel(None);
+    let denials = std::sync::Arc::new(denials);
     let mut options = async_nats::ConnectOptions::new()
         .name("lattice cli")
-        .connection_timeout(timeout);
-    if let Some(creds) = &args.creds {
+        .connection_timeout(timeout)
+        .event_callback(move |event| {
+            let denials = denials.clone();
+            async move {
+                if let async_nats::Event::ServerError(error) = event
+                    && let Some(denial) = permissions::denied(&error)
+                {
+                    denials.send_if_modified(|first| {
+                        first.is_none() && {
+                            *first = Some(denial);
+                            true
+                        }
+                    });
+                }
+            }
+        });
+    let refused_hint = match (&target.local, &args.creds) {
+        (Some(file), _) => format!(
+            "the key in {} is not the one the node's nats-server admits now; is the node restarting?",
+            file.display()
+        ),
+        (None, Some(creds)) => format!("the user of --creds {} is not admitted", creds.display()),
+        (None, None) => "pass --creds FILE for this NATS, or leave out --nats-url to use the local node's NATS as the user it runs as".to_owned(),
+    };
+    if let Some(user) = target.user {
+        options = options.nkey(user.seed().to_owned());
+    } else if let Some(creds) = &args.creds {
         crate::config::check_creds_file(creds, "--creds")?;
         options = options
             .credentials_file(creds)
@@ -267,16 +324,54 @@ async fn connect(args: &ClientArgs) -> anyhow::Result<Connection> {
                 humantime::format_duration(timeout)
             )
         })?
-        .with_context(|| format!("cannot reach NATS at {url}"))?;
+        .map_err(|e| match e.kind() {
+            async_nats::ConnectErrorKind::AuthorizationViolation => anyhow::anyhow!(
+                "NATS at {url} refused this client: Authorization Violation ({refused_hint})"
+            ),
+            _ => anyhow::Error::new(e).context(format!("cannot reach NATS at {url}")),
+        })?;
     Ok(Connection {
         client,
         url,
         lattice: args.lattice.clone(),
         timeout: args.timeout,
+        denied,
     })
 }
 
 impl Connection {
+    /// Runs `work` on this connection; a permission violation the server reports meanwhile
+    /// ends it at once with `permission denied: <subject>` (the refused publish or subscription
+    /// itself would only time out), as does one reported before `work` failed.
+    async fn guard<T>(
+        &self,
+        work: impl std::future::Future<Output = anyhow::Result<T>>,
+    ) -> anyhow::Result<T> {
+        let mut denied = self.denied.clone();
+        let denial = async move {
+            match denied.wait_for(Option::is_some).await {
+                Ok(denial) => denial.clone(),
+                Err(_) => std::future::pending().await,
+            }
+        };
+        let refused = |denial: Denied| {
+            anyhow::anyhow!(
+                "{denial} (this NATS user may not {} it; PROTOCOL.md §Roles lists the subjects of each role)",
+                denial.operation.as_str()
+            )
+        };
+        tokio::select! {
+            result = work => match result {
+                Ok(value) => Ok(value),
+                Err(e) => match self.denied.borrow().clone() {
+                    Some(denial) => Err(refused(denial)),
+                    None => Err(e),
+                },
+            },
+            Some(denial) = denial => Err(refused(denial)),
+        }
+    }
+
     /// Sends one control request to `endpoint` and unwraps its [`CtlResponse`]; waits
     /// `--timeout`, else `default_timeout`.
     async fn request<T: DeserializeOwned>(
@@ -292,18 +387,24 @@ impl Connection {
             .payload(payload.into())
             .timeout(Some(timeout));
         let reply = self
-            .client
-            .send_request(subject.clone(), request)
+            .guard(async {
+                self.client
+                    .send_request(subject.clone(), request)
+                    .await
+                    .map_err(anyhow::Error::new)
+            })
             .await
-            .map_err(|e| match e.kind() {
-                async_nats::RequestErrorKind::NoResponders => anyhow::anyhow!(
+            .map_err(|e| match e.downcast_ref::<async_nats::RequestError>().map(|e| e.kind()) {
+                Some(async_nats::RequestErrorKind::NoResponders) => anyhow::anyhow!(
                     "no node of lattice {lattice:?} answers through {url} (no responders on {subject})"
                 ),
-                async_nats::RequestErrorKind::TimedOut => anyhow::anyhow!(
+                Some(async_nats::RequestErrorKind::TimedOut) => anyhow::anyhow!(
                     "no node of lattice {lattice:?} answered through {url} within {}",
                     humantime::format_duration(timeout)
                 ),
-                _ => anyhow::anyhow!("request on {subject} through {url}: {e}"),
+                Some(_) => anyhow::anyhow!("request on {subject} through {url}: {e}"),
+                // A permission violation, as `guard` says.
+                None => e,
             })?;
         let reply: CtlResponse<T> = serde_json::from_slice(&reply.payload)
             .with_context(|| format!("malformed reply on {subject}"))?;
@@ -345,25 +446,83 @@ fn status_text(status: &AppStatus) -> String {
     out
 }
 
-/// `--nats-url`, else the URL the local node recorded in its data dir.
-fn nats_url(args: &ClientArgs) -> anyhow::Result<String> {
+/// Where and as whom the CLI connects.
+struct Target {
+    /// The NATS URL.
+    url: String,
+    /// The local node's user, when connecting to the local node's NATS.
+    user: Option<LocalUser>,
+    /// The file that user's key came from.
+    local: Option<std::path::PathBuf>,
+}
+
+/// `--nats-url`, else the URL the local node recorded in its data dir with the key of the local
+/// user its nats-server admits (none from a node in external mode).
+///
+/// # Errors
+/// No node runs with that data dir, or this user cannot read its files: the message names the
+/// file, its owner, and what to do.
+fn target(args: &ClientArgs) -> anyhow::Result<Target> {
     if let Some(url) = &args.nats_url {
-        return Ok(url.clone());
+        return Ok(Target {
+            url: url.clone(),
+            user: None,
+            local: None,
+        });
     }
     let dir = match &args.data_dir {
         Some(dir) => dir.clone(),
         None => crate::config::default_data_dir()?,
     };
     let file = dir.join(NATS_URL_FILE);
-    match std::fs::read_to_string(&file) {
-        Ok(url) => Ok(url.trim().to_owned()),
+    let url = match std::fs::read_to_string(&file) {
+        Ok(url) => url.trim().to_owned(),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!(
             "no node runs with data dir {} (no {}): start `lattice up`, or pass --nats-url or --data-dir",
             dir.display(),
             file.display()
         ),
-        Err(e) => Err(e).with_context(|| format!("reading {}", file.display())),
-    }
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            bail!("{}", not_yours(&dir, &file))
+        }
+        Err(e) => return Err(e).with_context(|| format!("reading {}", file.display())),
+    };
+    let key = dir.join(local_auth::LOCAL_KEY_FILE);
+    let user = match local_auth::read(&dir) {
+        Ok(user) => user,
+        Err(local_auth::LocalAuthError::File { source, .. })
+            if source.kind() == std::io::ErrorKind::PermissionDenied =>
+        {
+            bail!("{}", not_yours(&dir, &key))
+        }
+        Err(e) => return Err(e.into()),
+    };
+    Ok(Target {
+        url,
+        local: user.is_some().then_some(key),
+        user,
+    })
+}
+
+/// Why this user may not use the node of data dir `dir` (`file` could not be read), and what to
+/// do instead.
+fn not_yours(dir: &std::path::Path, file: &std::path::Path) -> String {
+    use std::os::unix::fs::MetadataExt as _;
+    let owner = std::fs::metadata(dir)
+        .ok()
+        .map(|meta| {
+            let uid = nix::unistd::Uid::from_raw(meta.uid());
+            match nix::unistd::User::from_uid(uid) {
+                Ok(Some(user)) => format!("user {} (uid {uid})", user.name),
+                _ => format!("uid {uid}"),
+            }
+        })
+        .unwrap_or_else(|| "another user".to_owned());
+    format!(
+        "cannot read {}: permission denied. The local node's NATS admits only the user it runs          as, {owner}, who can read its data dir {}: run this command as that user          (e.g. `sudo -u <user> lattice …`), or pass --nats-url with --creds of a NATS user          allowed to steer the lattice",
+        file.display(),
+        dir.display()
+    )
 }
 
 fn hosts_table(hosts: &[HostInfo]) -> String {

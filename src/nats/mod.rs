@@ -4,12 +4,16 @@
 //! spawns it, forwards its log into tracing, reads its readiness and leaf connection from its
 //! monitoring port (`monitor`) and restarts it with backoff when it exits, `uplink` keeps the
 //! leaf uplink's state, `discovery` finds the lattice's JetStream (`jetstream`: the handle on
-//! it), `subjects` builds every subject we use, `kv` opens JetStream KV buckets.
+//! it), `subjects` builds every subject we use, `kv` opens JetStream KV buckets, `local_auth`
+//! keeps the nkey the node's own nats-server admits, `permissions` reads nats-server's
+//! permission errors.
 
 pub mod discovery;
 pub mod jetstream;
 pub mod kv;
+pub mod local_auth;
 pub mod monitor;
+pub mod permissions;
 pub mod server_config;
 pub mod subjects;
 pub mod supervisor;
@@ -23,8 +27,21 @@ use std::time::Duration;
 
 use anyhow::Context;
 
-/// Connects the node's client to `url` (with the credentials file `creds`, in external mode),
-/// logging connection events (disconnect, reconnect).
+/// How a client authenticates to NATS.
+#[derive(Debug, Clone, Copy)]
+pub enum ClientAuth<'a> {
+    /// Anonymously (an external NATS that needs nothing).
+    None,
+    /// With a NATS user credentials file (JWT and seed).
+    Creds(&'a std::path::Path),
+    /// As the local user of the node's own nats-server ([`local_auth`]).
+    Local(&'a local_auth::LocalUser),
+}
+
+/// Connects the node's client to `url` as `auth` says (the node's own nats-server: its local
+/// user; external mode: `--creds`, if any), logging connection events (disconnect, reconnect)
+/// and the server's errors (a permission violation names the subject this node's NATS user may
+/// not use: [`permissions`]).
 ///
 /// The client reconnects on its own, forever, when the server goes away (as when the supervisor
 /// restarts it); requests made meanwhile fail fast instead of hanging.
@@ -34,7 +51,7 @@ use anyhow::Context;
 pub async fn connect(
     url: &str,
     node_name: &str,
-    creds: Option<&std::path::Path>,
+    auth: ClientAuth<'_>,
 ) -> anyhow::Result<async_nats::Client> {
     let mut options = async_nats::ConnectOptions::new()
         .name(format!("lattice node {node_name}"))
@@ -44,14 +61,28 @@ pub async fn connect(
             match event {
                 async_nats::Event::Connected => tracing::info!("connected to nats-server"),
                 async_nats::Event::Disconnected => tracing::warn!("disconnected from nats-server"),
+                async_nats::Event::ServerError(error) => match permissions::denied(&error) {
+                    Some(denied) => tracing::warn!(
+                        subject = denied.subject,
+                        operation = denied.operation.as_str(),
+                        "permission denied: this node's NATS user may not {} {}",
+                        denied.operation.as_str(),
+                        denied.subject
+                    ),
+                    None => tracing::warn!(error = %error, "nats-server reported an error"),
+                },
                 other => tracing::debug!(event = %other, "nats client event"),
             }
         });
-    if let Some(creds) = creds {
-        options = options
-            .credentials_file(creds)
-            .await
-            .with_context(|| format!("--creds {}", creds.display()))?;
+    match auth {
+        ClientAuth::None => {}
+        ClientAuth::Creds(creds) => {
+            options = options
+                .credentials_file(creds)
+                .await
+                .with_context(|| format!("--creds {}", creds.display()))?;
+        }
+        ClientAuth::Local(user) => options = options.nkey(user.seed().to_owned()),
     }
     tokio::time::timeout(Duration::from_secs(10), options.connect(url))
         .await

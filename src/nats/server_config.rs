@@ -13,11 +13,22 @@ pub struct ServerSettings {
     pub client_port: u16,
     /// HTTP monitoring port on 127.0.0.1 (`/healthz`, `/varz`, `/leafz`), which the supervisor
     /// reads for readiness and the leaf uplink's state.
+    ///
+    /// nats-server has no authentication for it: any local user can read it. It serves
+    /// metadata only, never messages or secrets: the server's name, version, ports and
+    /// counters (`/varz`), the connected clients with their names, addresses and counts
+    /// (`/connz`; their subscriptions' subjects and public nkeys when asked), the subjects
+    /// subscribed to (`/subsz`), the leaf connection (`/leafz`) and JetStream's streams and
+    /// consumers with their sizes (`/jsz`). It cannot publish, subscribe or change anything.
     pub monitor_port: u16,
     /// JetStream store directory; `None` runs without JetStream.
     pub jetstream_store_dir: Option<PathBuf>,
     /// The remote this server joins as a leaf node, if any.
     pub leaf_remote: Option<LeafRemote>,
+    /// Public key (`U…`) of the one nkeys user the client port admits
+    /// ([`super::local_auth`]): every local client, the node's own included, authenticates
+    /// with it; any other gets `Authorization Violation`.
+    pub client_nkey: String,
 }
 
 /// A leafnode remote (nats-server's `leafnodes.remotes` entry).
@@ -29,7 +40,10 @@ pub struct LeafRemote {
     pub credentials: Option<PathBuf>,
 }
 
-/// Renders `settings` as a nats-server config file (clients on 127.0.0.1 only).
+/// Renders `settings` as a nats-server config file (clients on 127.0.0.1 only, authenticated
+/// by the nkey `settings.client_nkey`: nats-server's `authorization { users: [{ nkey }] }`,
+/// <https://docs.nats.io/running-a-nats-service/configuration/securing_nats/auth_intro/nkey_auth>).
+/// The leafnode remote authenticates separately, with its credentials file.
 /// `hub_js_without_domain`, in leaf mode, says that the hub runs JetStream without a domain
 /// (its leafnode INFO says so), which this leaf must then let through (see below).
 pub fn render(settings: &ServerSettings, hub_js_without_domain: bool) -> String {
@@ -37,6 +51,11 @@ pub fn render(settings: &ServerSettings, hub_js_without_domain: bool) -> String 
     let _ = writeln!(out, "server_name: {}", quote(&settings.server_name));
     let _ = writeln!(out, "listen: \"127.0.0.1:{}\"", settings.client_port);
     let _ = writeln!(out, "http: \"127.0.0.1:{}\"", settings.monitor_port);
+    let _ = writeln!(
+        out,
+        "authorization {{\n  users: [\n    {{ nkey: {} }}\n  ]\n}}",
+        quote(&settings.client_nkey)
+    );
     if let Some(dir) = &settings.jetstream_store_dir {
         let _ = writeln!(
             out,
@@ -86,9 +105,15 @@ mod tests {
                 monitor_port: 8333,
                 jetstream_store_dir: Some(PathBuf::from("/var/lib/lattice/nats/jetstream")),
                 leaf_remote: None,
+                client_nkey: "UABC".into(),
             },
             true,
         );
+        assert!(
+            text.contains("authorization {\n  users: [\n    { nkey: \"UABC\" }\n  ]\n}\n"),
+            "{text}"
+        );
+        assert!(!text.contains("no_auth_user"), "{text}");
         assert!(!text.contains("leafnodes"), "{text}");
         assert!(text.contains("server_name: \"node \\\"a\\\"\"\n"), "{text}");
         assert!(text.contains("listen: \"127.0.0.1:4333\"\n"), "{text}");
@@ -111,11 +136,14 @@ mod tests {
                 url: "nats-leaf://127.0.0.1:7422".into(),
                 credentials: Some(PathBuf::from("/etc/lattice/default.creds")),
             }),
+            client_nkey: "UXYZ".into(),
         };
         let text = render(&settings, false);
         assert!(!text.contains("default_js_domain"), "{text}");
         assert!(!text.contains("jetstream {"), "{text}");
         let text = render(&settings, true);
+        // Local clients authenticate in leaf mode too: nothing local is anonymous.
+        assert!(text.contains("{ nkey: \"UXYZ\" }"), "{text}");
         assert!(
             text.contains("default_js_domain: { \"$G\": \"\" }\n"),
             "{text}"

@@ -476,3 +476,72 @@ pub fn lattice_cli(args: &[&str]) -> std::process::Output {
     }
     child.wait_with_output().unwrap()
 }
+
+/// Who a test's own NATS client connects as.
+#[derive(Debug, Clone)]
+pub enum NatsLogin {
+    /// Nobody: the node's own NATS refuses it (`Authorization Violation`).
+    Anonymous,
+    /// A NATS user credentials file (a hub's user).
+    Creds(PathBuf),
+    /// The local user of the node whose data dir this is: the nkey seed it keeps in `local.nk`,
+    /// as the `lattice` CLI presents it.
+    Node(PathBuf),
+}
+
+/// The URL of the node's own NATS (as recorded in its data dir's `nats.url`) and the login its
+/// nats-server admits.
+pub fn node_nats(data_dir: &Path) -> (String, NatsLogin) {
+    let url = std::fs::read_to_string(data_dir.join("nats.url"))
+        .unwrap_or_else(|e| panic!("reading {}/nats.url: {e}", data_dir.display()));
+    (
+        url.trim().to_owned(),
+        NatsLogin::Node(data_dir.to_path_buf()),
+    )
+}
+
+/// Connects a plain async-nats client to `url` as `login` says.
+pub async fn nats_connect(
+    url: &str,
+    login: &NatsLogin,
+) -> Result<async_nats::Client, async_nats::ConnectError> {
+    let options = match login {
+        NatsLogin::Anonymous => async_nats::ConnectOptions::new(),
+        NatsLogin::Creds(creds) => async_nats::ConnectOptions::with_credentials_file(creds)
+            .await
+            .unwrap_or_else(|e| panic!("{}: {e}", creds.display())),
+        NatsLogin::Node(data_dir) => {
+            let file = data_dir.join("local.nk");
+            let seed = std::fs::read_to_string(&file)
+                .unwrap_or_else(|e| panic!("reading {}: {e}", file.display()));
+            async_nats::ConnectOptions::with_nkey(seed.trim().to_owned())
+        }
+    };
+    options.connect(url).await
+}
+
+/// A plain async-nats client of the node's own NATS, as its local user.
+pub async fn node_client(data_dir: &Path) -> async_nats::Client {
+    let (url, login) = node_nats(data_dir);
+    nats_connect(&url, &login)
+        .await
+        .unwrap_or_else(|e| panic!("connecting to the node's NATS at {url}: {e}"))
+}
+
+/// As [`lattice_cli`], run as user id `uid` (group id `gid`): another Unix user of the machine.
+pub fn lattice_cli_as(uid: u32, gid: u32, args: &[&str]) -> std::process::Output {
+    use std::os::unix::process::CommandExt as _;
+    Command::new(env!("CARGO_BIN_EXE_lattice"))
+        .args(args)
+        .env_remove("LATTICE_NATS_URL")
+        .env_remove("LATTICE_LATTICE")
+        .env_remove("LATTICE_DATA_DIR")
+        .env_remove("LATTICE_CREDS")
+        .env("HOME", "/nonexistent")
+        .uid(uid)
+        .gid(gid)
+        .current_dir("/")
+        .stdin(Stdio::null())
+        .output()
+        .expect("spawning lattice as another user")
+}

@@ -43,7 +43,6 @@ fn a_manifest_asking_for_4e9_instances_is_refused_at_deploy_naming_the_field() {
     );
 
     // The node itself, asked by a client that does not validate first.
-    let url = std::fs::read_to_string(node.data_dir.join("nats.url")).unwrap();
     let request = serde_json::json!({
         "manifest": spinning_manifest("spin", &wasm),
         "version": null,
@@ -51,7 +50,7 @@ fn a_manifest_asking_for_4e9_instances_is_refused_at_deploy_naming_the_field() {
         "source": {"kind": "cli"},
     });
     let reply: serde_json::Value = tokio::runtime::Runtime::new().unwrap().block_on(async {
-        let client = async_nats::connect(url.trim()).await.unwrap();
+        let client = crate::common::node_client(&node.data_dir).await;
         let message = client
             .request(
                 "lattice.default.ctl.v1.app.deploy",

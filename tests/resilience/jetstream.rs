@@ -19,13 +19,12 @@ fn hello_in_zone(app: &str, path: &str, zone: &str) -> String {
 /// The `get.config` answer of `member`'s node (lattice `default`), asked over its own NATS:
 /// `{"lattice", "js_domain", "jetstream": {"state", …}, …}`.
 fn lattice_config(member: &Member) -> serde_json::Value {
-    let url = std::fs::read_to_string(member.data_dir.join("nats.url")).unwrap();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     runtime.block_on(async {
-        let client = async_nats::connect(url.trim()).await.unwrap();
+        let client = crate::common::node_client(&member.data_dir).await;
         let reply = client
             .request("lattice.default.ctl.v1.get.config", Vec::new().into())
             .await

@@ -30,6 +30,7 @@ use crate::common::hub::{Hub, HubJetStream};
 use crate::common::lattice::{
     Member, all_answer, answers, array, eventually, join, logs, see_each_other, standalone, write,
 };
+use crate::common::{NatsLogin, nats_connect, node_nats};
 use crate::common::{example_wasm, lattice_cli, manifest_with};
 
 const APPS_BUCKET: &str = "lattice_default_apps";
@@ -128,8 +129,8 @@ fn apps(via: &Member) -> Result<Vec<String>, String> {
 
 /// Writes `record` as key `key` of the apps bucket through the node's NATS at `url`: an app
 /// record as an earlier release stored it (one value per app).
-fn put_app_record(url: &str, key: &str, record: &serde_json::Value) {
-    with_jetstream(url, None, async |js| {
+fn put_app_record(url: &str, login: &NatsLogin, key: &str, record: &serde_json::Value) {
+    with_jetstream(url, login, async |js| {
         let kv = js.get_key_value(APPS_BUCKET).await.unwrap();
         kv.put(key, serde_json::to_vec(record).unwrap().into())
             .await
@@ -137,10 +138,10 @@ fn put_app_record(url: &str, key: &str, record: &serde_json::Value) {
     });
 }
 
-/// Runs `f` with a JetStream context of a plain NATS client of `url`.
+/// Runs `f` with a JetStream context of a plain NATS client of `url`, connected as `login`.
 fn with_jetstream<T>(
     url: &str,
-    creds: Option<&Path>,
+    login: &NatsLogin,
     f: impl AsyncFnOnce(jetstream::Context) -> T,
 ) -> T {
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -148,18 +149,14 @@ fn with_jetstream<T>(
         .build()
         .unwrap();
     runtime.block_on(async {
-        let mut options = async_nats::ConnectOptions::new();
-        if let Some(creds) = creds {
-            options = options.credentials_file(creds).await.unwrap();
-        }
-        let client = options.connect(url).await.unwrap();
+        let client = nats_connect(url, login).await.unwrap();
         f(jetstream::new(client)).await
     })
 }
 
 /// Keys of the apps bucket through a plain client, sorted; an error while it does not exist.
-fn bucket_keys(url: &str, creds: Option<&Path>) -> Result<Vec<String>, String> {
-    with_jetstream(url, creds, async |js| {
+fn bucket_keys(url: &str, login: &NatsLogin) -> Result<Vec<String>, String> {
+    with_jetstream(url, login, async |js| {
         let kv = js
             .get_key_value(APPS_BUCKET)
             .await
@@ -328,7 +325,7 @@ fn with_the_hub_down_at_the_first_start_the_config_dir_app_runs_and_survives_a_r
     let admin = hub.user_creds(dir.path(), "admin.creds");
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let keys = bucket_keys(&url, Some(&admin)).unwrap_or_default();
+        let keys = bucket_keys(&url, &NatsLogin::Creds(admin.clone())).unwrap_or_default();
         if keys.contains(&"app.early".to_owned()) {
             break;
         }
@@ -363,13 +360,15 @@ fn deleting_the_apps_bucket_while_three_nodes_serve_fails_no_request() {
     let creds = hub.user_creds(work.path(), "admin.creds");
     let url = hub.client_url();
     assert_eq!(
-        bucket_keys(&url, Some(&creds)).unwrap().len(),
+        bucket_keys(&url, &NatsLogin::Creds(creds.clone()))
+            .unwrap()
+            .len(),
         4,
         "two heads, two versions"
     );
 
     let load = Load::start(&all, &["/one", "/two"]);
-    with_jetstream(&url, Some(&creds), async |js| {
+    with_jetstream(&url, &NatsLogin::Creds(creds.clone()), async |js| {
         js.delete_key_value(APPS_BUCKET).await.unwrap();
     });
     let keys = eventually(
@@ -377,7 +376,7 @@ fn deleting_the_apps_bucket_while_three_nodes_serve_fails_no_request() {
         Duration::from_secs(45),
         &all,
         || {
-            let keys = bucket_keys(&url, Some(&creds))?;
+            let keys = bucket_keys(&url, &NatsLogin::Creds(creds.clone()))?;
             if keys.contains(&"app.one".to_owned()) && keys.contains(&"app.two".to_owned()) {
                 Ok(keys)
             } else {
@@ -455,8 +454,8 @@ fn a_hundred_and_fifty_deploys_of_a_12_kib_manifest_keep_a_history_of_a_hundred(
     assert_eq!(history.len(), 100, "versions in the history");
     assert_eq!(history[0]["version"], "v51");
     // The versions past the history's length are gone from the bucket too.
-    let url = std::fs::read_to_string(node.data_dir.join("nats.url")).unwrap();
-    let keys = bucket_keys(url.trim(), None).unwrap();
+    let (url, login) = node_nats(&node.data_dir);
+    let keys = bucket_keys(&url, &login).unwrap();
     assert_eq!(
         keys.iter().filter(|k| k.starts_with("ver.big.")).count(),
         100,
@@ -482,8 +481,8 @@ fn an_app_record_of_the_one_value_layout_is_read_and_rewritten_by_its_next_deplo
     let history = array(node.json(&["app", "history", "new"])).unwrap();
     let digests = history[0]["digests"].clone();
     let digest = digests["new-web"].as_str().unwrap().to_owned();
-    let url = std::fs::read_to_string(node.data_dir.join("nats.url")).unwrap();
-    let url = url.trim();
+    let (url, login) = node_nats(&node.data_dir);
+    let url = url.as_str();
     // An earlier release's record: key `old`, every version in one value.
     let manifest = hello("old", "/old", 1);
     let record = serde_json::json!({
@@ -494,7 +493,7 @@ fn an_app_record_of_the_one_value_layout_is_read_and_rewritten_by_its_next_deplo
             "stored_at_ms": 1_700_000_000_000u64, "source": {"kind": "cli"}
         }]
     });
-    put_app_record(url, "old", &record);
+    put_app_record(url, &login, "old", &record);
     all_answer(
         &[&node],
         "/old",
@@ -510,7 +509,7 @@ fn an_app_record_of_the_one_value_layout_is_read_and_rewritten_by_its_next_deplo
         .map(|h| h["version"].as_str().unwrap())
         .collect();
     assert_eq!(versions, ["v1", "v2"], "{history:?}");
-    let keys = bucket_keys(url, None).unwrap();
+    let keys = bucket_keys(url, &login).unwrap();
     assert!(!keys.contains(&"old".to_owned()), "{keys:?}");
     assert!(keys.contains(&"app.old".to_owned()), "{keys:?}");
     assert_eq!(
@@ -530,8 +529,8 @@ fn rolling_back_an_app_record_of_the_one_value_layout_keeps_the_version_rolled_b
         .as_str()
         .unwrap()
         .to_owned();
-    let url = std::fs::read_to_string(node.data_dir.join("nats.url")).unwrap();
-    let url = url.trim();
+    let (url, login) = node_nats(&node.data_dir);
+    let url = url.as_str();
     // An earlier release's record of two versions, v2 deployed.
     let v1 = hello("old", "/old", 1);
     let v2 = v1.replace("version: v1", "version: v2");
@@ -546,7 +545,7 @@ fn rolling_back_an_app_record_of_the_one_value_layout_keeps_the_version_rolled_b
         "deployed": "v2",
         "versions": [version("v1", &v1, 1_700_000_000_000), version("v2", &v2, 1_700_000_001_000)],
     });
-    put_app_record(url, "old", &record);
+    put_app_record(url, &login, "old", &record);
     all_answer(
         &[&node],
         "/old",
@@ -556,7 +555,7 @@ fn rolling_back_an_app_record_of_the_one_value_layout_keeps_the_version_rolled_b
     // Back to v1, which the record holds with the same content: rewritten in the new layout,
     // every version with its key, v1 deployed.
     node.deploy(&write(work.path(), "old.yaml", &v1));
-    let keys = bucket_keys(url, None).unwrap();
+    let keys = bucket_keys(url, &login).unwrap();
     assert!(!keys.contains(&"old".to_owned()), "{keys:?}");
     assert_eq!(
         keys.iter().filter(|k| k.starts_with("ver.old.")).count(),
@@ -608,7 +607,7 @@ fn re_publishing_into_a_new_bucket_goes_past_an_app_it_cannot_write_and_skips_on
     a.terminate(Duration::from_secs(10));
     let creds = hub.user_creds(work.path(), "admin.creds");
     let url = hub.client_url();
-    with_jetstream(&url, Some(&creds), async |js| {
+    with_jetstream(&url, &NatsLogin::Creds(creds.clone()), async |js| {
         js.delete_key_value(APPS_BUCKET).await.unwrap();
         // The stream of a KV bucket, as the node creates it, but for its message size
         // (async-nats's `create_key_value` does not read nats-server 2.9's answer).
@@ -635,7 +634,7 @@ fn re_publishing_into_a_new_bucket_goes_past_an_app_it_cannot_write_and_skips_on
         Duration::from_secs(30),
         &[&a],
         || {
-            let keys = bucket_keys(&url, Some(&creds))?;
+            let keys = bucket_keys(&url, &NatsLogin::Creds(creds.clone()))?;
             if keys.contains(&"app.small".to_owned()) {
                 Ok(keys)
             } else {
@@ -647,7 +646,7 @@ fn re_publishing_into_a_new_bucket_goes_past_an_app_it_cannot_write_and_skips_on
         &["app \"big\" cannot be re-published into lattice_default_apps"],
         Duration::from_secs(10),
     );
-    let keys = bucket_keys(&url, Some(&creds)).unwrap();
+    let keys = bucket_keys(&url, &NatsLogin::Creds(creds.clone())).unwrap();
     assert!(!keys.contains(&"app.gone".to_owned()), "{keys:?}");
     assert!(!keys.contains(&"app.big".to_owned()), "{keys:?}");
     // `big` runs on from the mirror; `gone` is gone; the node follows the new bucket.
@@ -678,16 +677,16 @@ fn a_version_key_lost_under_its_surviving_head_is_written_again() {
     let node = standalone("solo");
     let work = tempfile::tempdir().unwrap();
     node.deploy(&write(work.path(), "app.yaml", &hello("app", "/app", 1)));
-    let url = std::fs::read_to_string(node.data_dir.join("nats.url")).unwrap();
-    let url = url.trim();
-    let keys = bucket_keys(url, None).unwrap();
+    let (url, login) = node_nats(&node.data_dir);
+    let url = url.as_str();
+    let keys = bucket_keys(url, &login).unwrap();
     let v1: Vec<&String> = keys.iter().filter(|k| k.starts_with("ver.app.")).collect();
     assert_eq!(v1.len(), 1, "{keys:?}");
     let v1 = v1[0].clone();
     let v2 = hello("app", "/app", 1).replace("version: v1", "version: v2");
     node.deploy(&write(work.path(), "app-v2.yaml", &v2));
     // v1's key purged from the stream: no value, no delete marker.
-    with_jetstream(url, None, async |js| {
+    with_jetstream(url, &login, async |js| {
         let stream = js.get_stream(format!("KV_{APPS_BUCKET}")).await.unwrap();
         stream
             .purge()
@@ -695,13 +694,13 @@ fn a_version_key_lost_under_its_surviving_head_is_written_again() {
             .await
             .unwrap();
     });
-    assert!(!bucket_keys(url, None).unwrap().contains(&v1));
+    assert!(!bucket_keys(url, &login).unwrap().contains(&v1));
     eventually(
         "the lost version key written again",
         Duration::from_secs(45),
         &[&node],
         || {
-            let keys = bucket_keys(url, None)?;
+            let keys = bucket_keys(url, &login)?;
             if keys.contains(&v1) {
                 Ok(())
             } else {
@@ -724,9 +723,9 @@ fn after_the_bucket_is_created_anew_its_changes_reach_the_node_at_once() {
         "Hello from lattice: /one",
         Duration::from_secs(20),
     );
-    let url = std::fs::read_to_string(node.data_dir.join("nats.url")).unwrap();
-    let url = url.trim();
-    with_jetstream(url, None, async |js| {
+    let (url, login) = node_nats(&node.data_dir);
+    let url = url.as_str();
+    with_jetstream(url, &login, async |js| {
         // The old bucket's stream far along (keys of no shape the nodes know), then deleted and
         // created anew at once: a watch resuming at the old stream's sequence would miss the
         // new one's changes until they pass it.
@@ -753,7 +752,7 @@ fn after_the_bucket_is_created_anew_its_changes_reach_the_node_at_once() {
         Duration::from_secs(45),
         &[&node],
         || {
-            let keys = bucket_keys(url, None)?;
+            let keys = bucket_keys(url, &login)?;
             if keys.contains(&"app.one".to_owned()) {
                 Ok(())
             } else {
@@ -767,7 +766,7 @@ fn after_the_bucket_is_created_anew_its_changes_reach_the_node_at_once() {
     // passes without the mirror's own check for a new bucket too; that check covers a watch
     // that outlives its stream.)
     std::thread::sleep(Duration::from_secs(2));
-    with_jetstream(url, None, async |js| {
+    with_jetstream(url, &login, async |js| {
         let kv = js.get_key_value(APPS_BUCKET).await.unwrap();
         kv.delete("app.one").await.unwrap();
     });
