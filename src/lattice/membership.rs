@@ -47,8 +47,8 @@ pub const SIGNATURE_HEADER: &str = "Lattice-Signature";
 /// Dropped host events are logged at most this often, with counts.
 const REJECTIONS_LOG_EVERY: Duration = Duration::from_secs(10);
 
-/// What a node says of itself: the payload of every host event and an entry of
-/// `lattice get hosts` (`PROTOCOL.md` §Events).
+/// What a node says of itself: the payload of every host event (with `event` and `seq`
+/// beside its fields) and an entry of `lattice get hosts` (`PROTOCOL.md` §Events).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HostInfo {
     /// Node id: the public nkeys server key (`N…`).
