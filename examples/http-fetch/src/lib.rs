@@ -15,7 +15,11 @@
 //! - An error code from `outgoing-handler.handle`, from the response future or
 //!   while reading the upstream body: `502`, body
 //!   `outgoing request failed: <ErrorCode as Debug>\n`. A host not allowing the
-//!   host thus gives `outgoing request failed: HttpRequestDenied`.
+//!   host thus gives `outgoing request failed: ErrorCode::HttpRequestDenied`,
+//!   an address of the node's own networks no entry names
+//!   `ErrorCode::DestinationIpProhibited`.
+//! - A `location` this component cannot send to (not http/https, user info):
+//!   `400`.
 //! - Missing or invalid `url`: `400`; a method other than `GET`: `405`.
 //!
 //! The upstream body is read whole before answering, so a failure half-way

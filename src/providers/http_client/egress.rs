@@ -622,6 +622,9 @@ mod tests {
                 "{uri}"
             );
         }
+        // A name the resolver reads as a number is judged by the address it resolves to.
+        let numeric = get(&star, &format!("http://2130706433:{port}/")).await;
+        assert!(numeric.is_err(), "{numeric:?}");
         assert_eq!(
             accepted.load(Ordering::SeqCst),
             0,
