@@ -265,4 +265,14 @@ pub struct UpArgs {
     /// Log filter, as tracing's EnvFilter: `info`, `debug`, `lattice=debug,info` [default: info].
     #[arg(long, env = "LATTICE_LOG", value_name = "FILTER")]
     pub log: Option<String>,
+
+    /// PEM file of CA certificates that components' outgoing HTTPS trusts besides the system's
+    /// roots; repeatable (env: comma-separated), each file may hold several certificates.
+    #[arg(
+        long = "ca-file",
+        env = "LATTICE_CA_FILE",
+        value_name = "FILE",
+        value_delimiter = ','
+    )]
+    pub ca_files: Vec<PathBuf>,
 }

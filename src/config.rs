@@ -90,6 +90,9 @@ pub struct NodeConfig {
     pub store_replicas: usize,
     /// tracing EnvFilter directive.
     pub log_filter: String,
+    /// `--ca-file`s (absolute): PEM CA certificates outgoing HTTPS trusts besides the system's
+    /// roots; checked when the node starts ([`crate::providers::http_client::Egress::new`]).
+    pub ca_files: Vec<PathBuf>,
 }
 
 /// The keys of `lattice.toml`: the flags of `lattice up`, by their long names.
@@ -119,6 +122,29 @@ struct FileConfig {
     start_timeout: Option<Duration>,
     store_replicas: Option<usize>,
     log: Option<String>,
+    /// One file or a list; relative to the config dir.
+    #[serde(default)]
+    ca_file: OneOrMany,
+}
+
+/// `ca-file = "a.pem"` or `ca-file = ["a.pem", "b.pem"]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    #[default]
+    None,
+    One(PathBuf),
+    Many(Vec<PathBuf>),
+}
+
+impl OneOrMany {
+    fn into_vec(self) -> Vec<PathBuf> {
+        match self {
+            OneOrMany::None => Vec::new(),
+            OneOrMany::One(path) => vec![path],
+            OneOrMany::Many(paths) => paths,
+        }
+    }
 }
 
 /// `request-timeout = "30s"` in TOML, parsed with humantime.
@@ -263,6 +289,19 @@ impl NodeConfig {
                 None => NatsMode::Standalone,
             },
         };
+        // Flags replace the file's list, as for every other key.
+        let ca_files = if args.ca_files.is_empty() {
+            file.ca_file
+                .into_vec()
+                .into_iter()
+                .map(|path| config_dir.join(path))
+                .collect()
+        } else {
+            args.ca_files
+                .into_iter()
+                .map(absolute)
+                .collect::<anyhow::Result<Vec<_>>>()?
+        };
         let js_domain = args.js_domain.or(file.js_domain);
         if let Some(domain) = &js_domain {
             ensure!(
@@ -306,6 +345,7 @@ impl NodeConfig {
             start_timeout,
             store_replicas,
             log_filter: args.log.or(file.log).unwrap_or_else(|| "info".to_owned()),
+            ca_files,
         })
     }
 }
@@ -470,6 +510,34 @@ mod tests {
         assert_eq!(c.labels["os"], std::env::consts::OS);
         assert_eq!(c.max_instance_memory_bytes, 128 * 1024 * 1024);
         assert_eq!(c.replica_concurrency, 64);
+    }
+
+    #[test]
+    fn ca_files_come_from_the_file_relative_to_the_config_dir_or_from_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(
+            NodeConfig::resolve(args(dir.path()))
+                .unwrap()
+                .ca_files
+                .is_empty()
+        );
+        std::fs::write(dir.path().join(CONFIG_FILE_NAME), "ca-file = \"ca.pem\"\n").unwrap();
+        let c = NodeConfig::resolve(args(dir.path())).unwrap();
+        assert_eq!(c.ca_files, vec![dir.path().join("ca.pem")]);
+        std::fs::write(
+            dir.path().join(CONFIG_FILE_NAME),
+            "ca-file = [\"a.pem\", \"/etc/b.pem\"]\n",
+        )
+        .unwrap();
+        let c = NodeConfig::resolve(args(dir.path())).unwrap();
+        assert_eq!(
+            c.ca_files,
+            vec![dir.path().join("a.pem"), PathBuf::from("/etc/b.pem")]
+        );
+        let mut a = args(dir.path());
+        a.ca_files = vec![PathBuf::from("/x/flag.pem")];
+        let c = NodeConfig::resolve(a).unwrap();
+        assert_eq!(c.ca_files, vec![PathBuf::from("/x/flag.pem")]);
     }
 
     #[test]

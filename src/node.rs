@@ -28,6 +28,7 @@ use crate::nats::subjects;
 use crate::nats::uplink::{Uplink, UplinkState, UplinkTracker};
 use crate::nats::{self, NatsSupervisor};
 use crate::providers::http::HttpServer;
+use crate::providers::http_client::Egress;
 use crate::providers::keyvalue::KeyValueProviders;
 use crate::reconciler::artifacts::{Artifacts, GC_INTERVAL};
 use crate::reconciler::plan;
@@ -270,6 +271,7 @@ async fn run_with_nats(
         .await?,
     );
     let heartbeat_now = Arc::new(Notify::new());
+    let egress = Egress::new(&config.ca_files).context("outgoing HTTPS settings")?;
     let host = Host::new(
         &config.data_dir,
         InstanceLimits {
@@ -277,7 +279,8 @@ async fn run_with_nats(
             max_memory_bytes: config.max_instance_memory_bytes,
             pool_instances: config.max_instances,
         },
-    )?;
+    )?
+    .with_egress(egress);
     tracing::info!(allocator = ?host.allocator(), "component host ready");
     let http = Arc::new(HttpServer::start(config.http_addr).await.with_context(|| {
         format!(

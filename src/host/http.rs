@@ -20,6 +20,7 @@ use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use super::InstanceLimits;
 use super::grants::Grants;
 use super::state::HostState;
+use crate::providers::http_client::EgressClient;
 
 /// Body of every response the ingress sends: a component's streamed body or a short text.
 pub type ResponseBody = wasmtime_wasi_http::p2::body::HyperOutgoingBody;
@@ -98,6 +99,8 @@ pub struct HttpComponent {
     permits: Arc<Semaphore>,
     max_concurrency: usize,
     limits: InstanceLimits,
+    /// Outgoing HTTP of all its instances: one connection pool.
+    egress: EgressClient,
 }
 
 impl HttpComponent {
@@ -107,6 +110,7 @@ impl HttpComponent {
         pre: ProxyPre<HostState>,
         max_concurrency: usize,
         limits: InstanceLimits,
+        egress: EgressClient,
     ) -> HttpComponent {
         HttpComponent {
             app: grants.app.clone(),
@@ -117,6 +121,7 @@ impl HttpComponent {
             permits: Arc::new(Semaphore::new(max_concurrency)),
             max_concurrency,
             limits,
+            egress,
         }
     }
 
@@ -233,7 +238,10 @@ impl HttpComponent {
         let limits = StoreLimitsBuilder::new()
             .memory_size(usize::try_from(self.limits.max_memory_bytes).unwrap_or(usize::MAX))
             .build();
-        let mut store = Store::new(self.pre.engine(), HostState::new(&self.grants, limits));
+        let mut store = Store::new(
+            self.pre.engine(),
+            HostState::new(&self.grants, limits, &self.egress),
+        );
         store.limiter(|state| &mut state.limits);
         // Guest code yields to the runtime at every epoch tick and traps once the deadline passed.
         store.set_epoch_deadline(1);

@@ -35,6 +35,8 @@ use wasmtime::Engine;
 use wasmtime::component::Linker;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
+use crate::providers::http_client::Egress;
+
 pub use cache::{CodeSource, hex, sha256_hex};
 pub use engine::{Allocator, DEFAULT_POOL_INSTANCES};
 pub use grants::{GrantedBucket, Grants, keyvalue_imports};
@@ -108,6 +110,7 @@ pub struct Host {
     cache: cache::CodeCache,
     limits: InstanceLimits,
     allocator: Allocator,
+    egress: Egress,
 }
 
 impl Host {
@@ -141,7 +144,15 @@ impl Host {
             cache,
             limits,
             allocator,
+            egress: Egress::system_roots(),
         })
+    }
+
+    /// This host with `egress` as the outgoing-HTTP settings of the components it prepares
+    /// (default: [`Egress::system_roots`]).
+    pub fn with_egress(mut self, egress: Egress) -> Host {
+        self.egress = egress;
+        self
     }
 
     /// The instance allocator in use.
@@ -170,7 +181,13 @@ impl Host {
         if let Some(reason) = grants.refusal(&self.imports(&component)) {
             return Err(ComponentError::NotGranted(reason));
         }
-        let component = HttpComponent::new(grants, digest, pre, max_concurrency, self.limits);
+        let egress = self.egress.client(
+            grants.allowed_hosts.clone(),
+            grants.app.clone(),
+            grants.component.clone(),
+        );
+        let component =
+            HttpComponent::new(grants, digest, pre, max_concurrency, self.limits, egress);
         Ok(PreparedComponent {
             component: Arc::new(component),
             code_source,

@@ -12,7 +12,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use super::grants::Grants;
-use crate::providers::http_client::OutgoingHttp;
+use crate::providers::http_client::{EgressClient, OutgoingHttp};
 
 /// The data of one component instance's `Store`: one request's worth of state.
 pub struct HostState {
@@ -31,8 +31,13 @@ pub struct HostState {
 }
 
 impl HostState {
-    /// State for one instance of the component `grants` belongs to, guest stdio into the log.
-    pub(crate) fn new(grants: &Arc<Grants>, limits: StoreLimits) -> HostState {
+    /// State for one instance of the component `grants` belongs to, guest stdio into the log,
+    /// outgoing HTTP through `egress` (the component's pooled client).
+    pub(crate) fn new(
+        grants: &Arc<Grants>,
+        limits: StoreLimits,
+        egress: &EgressClient,
+    ) -> HostState {
         let (app, component) = (&grants.app, &grants.component);
         let wasi = WasiCtx::builder()
             .stdout(GuestLog::new(app, component, "stdout"))
@@ -45,6 +50,7 @@ impl HostState {
             http: WasiHttpCtx::new(),
             http_hooks: OutgoingHttp::new(
                 grants.allowed_hosts.clone(),
+                egress.clone(),
                 app.clone(),
                 component.clone(),
             ),

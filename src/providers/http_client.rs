@@ -1,12 +1,22 @@
 //! The http-client provider: which hosts a component may call with
 //! `wasi:http/outgoing-handler`, from its http-client links' `allowed_hosts` (default: none,
-//! DESIGN.md §5), and the wasi:http hooks that enforce it. Allowed requests go out through
-//! wasmtime-wasi-http's client (hyper, TLS by rustls with the bundled webpki roots); denied ones
-//! get the `HTTP-request-denied` error code, never a connection.
+//! DESIGN.md §5), and the wasi:http hooks that enforce it. A denied host gets the
+//! `HTTP-request-denied` error code, never a connection. Allowed requests go out through
+//! [`egress`]: the host is resolved by the node, addresses of the node's own networks
+//! ([`address`]) get `destination-ip-prohibited` unless an entry names them literally, and
+//! connections are pooled per component, with TLS by rustls on the system's roots plus
+//! `--ca-file` ([`tls`]).
 
+pub mod address;
+pub mod egress;
+pub mod tls;
+
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use wasmtime_wasi_http::{WasiBody, WasiHttpHooks};
+
+pub use egress::{Egress, EgressClient};
 
 /// One `allowed_hosts` entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -145,6 +155,39 @@ impl AllowedHosts {
         };
         self.allows(&scheme, host, uri.port_u16().unwrap_or(default))
     }
+
+    /// Whether an entry without a wildcard names `host` or the address `ip` it resolved to, for
+    /// a request with `scheme` on `port`: what lets a request reach an address of the node's own
+    /// networks ([`address::restriction`]). `*` and `*.domain` never do, so `127.0.0.1:8080`,
+    /// `localhost` or `[::1]:9000` must be listed as such.
+    pub fn names_literally(
+        &self,
+        scheme: &http::uri::Scheme,
+        host: &str,
+        ip: IpAddr,
+        port: u16,
+    ) -> bool {
+        let bare = host
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(host);
+        let host = canonical_host(bare);
+        let ip = ip.to_canonical().to_string();
+        self.patterns.iter().any(|p| match p {
+            HostPattern::Any => false,
+            HostPattern::Host {
+                scheme: want_scheme,
+                name,
+                suffix,
+                port: want,
+            } => {
+                !*suffix
+                    && want_scheme.as_ref().is_none_or(|s| s == scheme)
+                    && want.is_none_or(|w| w == port)
+                    && (*name == ip || host.as_ref() == Some(name))
+            }
+        })
+    }
 }
 
 impl std::fmt::Display for AllowedHosts {
@@ -238,16 +281,14 @@ fn without_query(uri: &http::Uri) -> String {
 /// `connection-limit-reached`, so one request cannot use up the node's sockets.
 const MAX_IN_FLIGHT: usize = 32;
 
-/// How long an outgoing connection may take to be established when the guest sets no
-/// `connect-timeout` (10 s).
-const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
-
-/// The wasi:http hooks of one component instance: outgoing requests only to its allowed hosts.
+/// The wasi:http hooks of one component instance: outgoing requests only to its allowed hosts,
+/// through its component's pooled [`EgressClient`].
 pub struct OutgoingHttp {
     allowed: Arc<AllowedHosts>,
+    client: EgressClient,
     app: Arc<str>,
     component: Arc<str>,
-    /// Requests of this instance in flight: each holds a permit until its connection closes.
+    /// Requests of this instance in flight: each holds a permit until its response body ends.
     in_flight: Arc<tokio::sync::Semaphore>,
     /// Whether a denial was logged at WARN already (later ones at DEBUG: a guest looping on a
     /// denied host does not flood the log).
@@ -255,10 +296,17 @@ pub struct OutgoingHttp {
 }
 
 impl OutgoingHttp {
-    /// Hooks allowing `allowed` for component `component` of app `app` (named in denial logs).
-    pub fn new(allowed: Arc<AllowedHosts>, app: Arc<str>, component: Arc<str>) -> OutgoingHttp {
+    /// Hooks allowing `allowed` for component `component` of app `app` (named in denial logs),
+    /// sending through `client` (the component's, [`Egress::client`]).
+    pub fn new(
+        allowed: Arc<AllowedHosts>,
+        client: EgressClient,
+        app: Arc<str>,
+        component: Arc<str>,
+    ) -> OutgoingHttp {
         OutgoingHttp {
             allowed,
+            client,
             app,
             component,
             in_flight: Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT)),
@@ -267,13 +315,7 @@ impl OutgoingHttp {
     }
 }
 
-type SendResult = Result<
-    (
-        http::Response<WasiBody>,
-        Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
-    ),
-    wasmtime_wasi_http::Error,
->;
+use egress::SendResult;
 
 impl WasiHttpHooks for OutgoingHttp {
     fn send_request(
@@ -301,25 +343,8 @@ impl WasiHttpHooks for OutgoingHttp {
             return Box::new(async { Err(wasmtime_wasi_http::Error::ConnectionLimitReached) });
         };
         tracing::debug!(app = %self.app, component = %self.component, uri = %without_query(request.uri()), "outgoing HTTP request");
-        // A host that never answers the connect gets the guest `connection-timeout` it can
-        // handle, rather than wasmtime's 600 s default outliving the request's deadline. The
-        // other waits stay the guest's: the request deadline bounds them.
-        let mut options = options.unwrap_or_default();
-        options.connect_timeout.get_or_insert(CONNECT_TIMEOUT);
-        let options = Some(options);
-        Box::new(async move {
-            use http_body_util::BodyExt;
-            let (response, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
-            // The connection counts as in flight until its driver ends.
-            let io = async move {
-                let _permit = permit;
-                io.await
-            };
-            Ok((
-                response.map(BodyExt::boxed_unsync),
-                Box::new(io) as Box<dyn Future<Output = _> + Send>,
-            ))
-        })
+        let client = self.client.clone();
+        Box::new(async move { client.send(request, options, permit).await })
     }
 }
 
@@ -369,7 +394,8 @@ mod tests {
             .port();
         let uri = format!("http://127.0.0.1:{port}/");
         let allowed = Arc::new(AllowedHosts::parse(&format!("127.0.0.1:{port}")).unwrap());
-        let mut hooks = OutgoingHttp::new(allowed, "app".into(), "component".into());
+        let client = Egress::system_roots().client(allowed.clone(), "app".into(), "c".into());
+        let mut hooks = OutgoingHttp::new(allowed, client, "app".into(), "component".into());
         let mut send = |uri: &str| {
             let body = Empty::new().map_err(|never| match never {}).boxed_unsync();
             let request = http::Request::get(uri).body(body).unwrap();
@@ -400,6 +426,41 @@ mod tests {
             Some("connection limit reached"),
             "a request ended gives its place back"
         );
+    }
+
+    #[test]
+    fn only_entries_without_a_wildcard_name_addresses_literally() {
+        let http = http::uri::Scheme::HTTP;
+        let https = http::uri::Scheme::HTTPS;
+        let lo: IpAddr = "127.0.0.1".parse().unwrap();
+        let v6: IpAddr = "::1".parse().unwrap();
+        let allowed = AllowedHosts::parse(
+            "*, *.internal, 127.0.0.1:8080, localhost, [::1]:9000, https://10.0.0.5",
+        )
+        .unwrap();
+        // The address, on its port.
+        assert!(allowed.names_literally(&http, "127.0.0.1", lo, 8080));
+        assert!(!allowed.names_literally(&http, "127.0.0.1", lo, 8081));
+        // Another name for it, on the port the entry names: the entry names the address.
+        assert!(allowed.names_literally(&http, "api.test", lo, 8080));
+        // The host literally, any port (its entry has none).
+        assert!(allowed.names_literally(&http, "LocalHost.", lo, 1));
+        assert!(allowed.names_literally(&http, "localhost", v6, 1));
+        // IPv6 in its canonical form, with or without brackets; IPv4-mapped as IPv4.
+        assert!(allowed.names_literally(&http, "[::1]", v6, 9000));
+        assert!(allowed.names_literally(&http, "[0::1]", v6, 9000));
+        assert!(!allowed.names_literally(&http, "[::1]", v6, 9001));
+        let mapped: IpAddr = "::ffff:127.0.0.1".parse().unwrap();
+        assert!(allowed.names_literally(&http, "x", mapped, 8080));
+        // A scheme-bound entry: only that scheme and its default port.
+        let private: IpAddr = "10.0.0.5".parse().unwrap();
+        assert!(allowed.names_literally(&https, "10.0.0.5", private, 443));
+        assert!(!allowed.names_literally(&http, "10.0.0.5", private, 443));
+        // Wildcards never do.
+        assert!(!allowed.names_literally(&http, "db.internal", private, 5432));
+        let star = AllowedHosts::parse("*, *.example.com").unwrap();
+        assert!(!star.names_literally(&http, "localhost", lo, 80));
+        assert!(!star.names_literally(&http, "a.example.com", lo, 80));
     }
 
     #[test]

@@ -6,10 +6,20 @@
 //! - The URL is everything after `url=` in the query, `%XX`-decoded, so an
 //!   upstream URL with a query of its own may be passed unescaped; `http` and
 //!   `https` are accepted, the `#fragment` is dropped.
+//! - `wasi:http` does not follow redirects. With `follow=N` before `url=`
+//!   (`/fetch?follow=3&url=…`) the component does, up to `N` times: on a
+//!   `301`, `302`, `303`, `307` or `308` with a `location` (absolute, or a
+//!   path on the same host) it makes a new `GET` there, which the host checks
+//!   like the first. The answer is the last response's; a redirect past `N`
+//!   is answered as it came.
 //! - An error code from `outgoing-handler.handle`, from the response future or
 //!   while reading the upstream body: `502`, body
 //!   `outgoing request failed: <ErrorCode as Debug>\n`. A host not allowing the
-//!   host thus gives `outgoing request failed: HttpRequestDenied`.
+//!   host thus gives `outgoing request failed: ErrorCode::HttpRequestDenied`,
+//!   an address of the node's own networks no entry names
+//!   `ErrorCode::DestinationIpProhibited`.
+//! - A `location` this component cannot send to (not http/https, user info):
+//!   `400`.
 //! - Missing or invalid `url`: `400`; a method other than `GET`: `405`.
 //!
 //! The upstream body is read whole before answering, so a failure half-way
@@ -52,29 +62,64 @@ impl Guest for HttpFetch {
                 return respond_text(response_out, 400, &[], body.as_bytes());
             }
         };
-        let outgoing = match target.request() {
-            Ok(outgoing) => outgoing,
+        let follow = match follow_parameter(&path_with_query) {
+            Ok(follow) => follow,
             Err(err) => {
                 let body = format!("{err}\n");
                 return respond_text(response_out, 400, &[], body.as_bytes());
             }
         };
-        match fetch(outgoing) {
-            Ok((status, upstream_body)) => {
+        match fetch_following(target, follow) {
+            Ok(Ok((status, upstream_body))) => {
                 let mut body = format!("{status}\n").into_bytes();
                 body.extend_from_slice(&upstream_body);
                 respond_text(response_out, 200, &[], &body);
             }
-            Err(code) => {
+            Ok(Err(code)) => {
                 let body = format!("outgoing request failed: {code:?}\n");
                 respond_text(response_out, 502, &[], body.as_bytes());
+            }
+            Err(err) => {
+                let body = format!("{err}\n");
+                respond_text(response_out, 400, &[], body.as_bytes());
             }
         }
     }
 }
 
-/// Sends `request` and reads the whole answer: its status and body.
-fn fetch(request: OutgoingRequest) -> Result<(u16, Vec<u8>), ErrorCode> {
+/// What one `GET` answered: status, `location` (if any) and body.
+struct Fetched {
+    status: u16,
+    location: Option<String>,
+    body: Vec<u8>,
+}
+
+/// `GET target`, following up to `follow` redirects; the outer error is a URL
+/// this component cannot send (the first, or a `location`), the inner one the
+/// host's error code for a request.
+fn fetch_following(
+    mut target: Target,
+    follow: u32,
+) -> Result<Result<(u16, Vec<u8>), ErrorCode>, String> {
+    let mut left = follow;
+    loop {
+        let fetched = match fetch(target.request()?) {
+            Ok(fetched) => fetched,
+            Err(code) => return Ok(Err(code)),
+        };
+        let redirect = matches!(fetched.status, 301 | 302 | 303 | 307 | 308);
+        match fetched.location {
+            Some(location) if redirect && left > 0 => {
+                left -= 1;
+                target = target.join(&location)?;
+            }
+            _ => return Ok(Ok((fetched.status, fetched.body))),
+        }
+    }
+}
+
+/// Sends `request` and reads the whole answer: its status, `location` and body.
+fn fetch(request: OutgoingRequest) -> Result<Fetched, ErrorCode> {
     let future = outgoing_handler::handle(request, None)?;
     future.subscribe().block();
     let response = match future.get() {
@@ -85,8 +130,17 @@ fn fetch(request: OutgoingRequest) -> Result<(u16, Vec<u8>), ErrorCode> {
         }
     };
     let status = response.status();
+    let location = response
+        .headers()
+        .get("location")
+        .first()
+        .and_then(|value| String::from_utf8(value.clone()).ok());
     let body = read_body(&response)?;
-    Ok((status, body))
+    Ok(Fetched {
+        status,
+        location,
+        body,
+    })
 }
 
 /// The whole body of `response`, at most [`MAX_UPSTREAM_BODY`] bytes.
@@ -144,6 +198,26 @@ fn url_parameter(path_with_query: &str) -> Result<String, String> {
     percent_decode(raw).map_err(|err| format!("invalid url: {err}"))
 }
 
+/// The `N` of `follow=N` in the query of `path_with_query` (before `url=`,
+/// which takes the rest of the query); `0` without it.
+fn follow_parameter(path_with_query: &str) -> Result<u32, String> {
+    let query = path_with_query
+        .split_once('?')
+        .map(|(_, query)| query)
+        .unwrap_or_default();
+    for pair in query.split('&') {
+        if pair.starts_with("url=") {
+            break;
+        }
+        if let Some(n) = pair.strip_prefix("follow=") {
+            return n
+                .parse()
+                .map_err(|_| format!("invalid follow={n}: expected a number of redirects"));
+        }
+    }
+    Ok(0)
+}
+
 /// The parts of an absolute URL that `wasi:http` wants one by one.
 struct Target {
     scheme: Scheme,
@@ -186,6 +260,20 @@ impl Target {
             authority: authority.to_string(),
             path_with_query,
         })
+    }
+
+    /// Where a `location` header of this target's response points: an
+    /// absolute URL, or a path (`/…`) on this target's scheme and authority.
+    fn join(&self, location: &str) -> Result<Target, String> {
+        if location.starts_with('/') && !location.starts_with("//") {
+            let path_with_query = location.split_once('#').map_or(location, |(p, _)| p);
+            return Ok(Target {
+                scheme: self.scheme.clone(),
+                authority: self.authority.clone(),
+                path_with_query: path_with_query.to_string(),
+            });
+        }
+        Target::parse(location).map_err(|err| format!("redirect location: {err}"))
     }
 
     /// A `GET` request for this target; the host rejects parts it cannot

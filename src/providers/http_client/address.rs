@@ -1,0 +1,186 @@
+//! Which IP addresses outgoing HTTP refuses unless an allow-list entry names them literally:
+//! the node's own and its networks' (issue 13, DESIGN.md §5). Ranges from the IANA special-purpose
+//! registries (RFC 6890): loopback, link-local (cloud metadata at 169.254.169.254 among them),
+//! private (RFC 1918, RFC 4193), shared address space (CGNAT, RFC 6598), multicast, broadcast and
+//! unspecified, also when written as an IPv4-mapped, IPv4-compatible or NAT64 (RFC 6052) IPv6
+//! address.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+/// Why an address is not reachable through a wildcard allow-list entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Restricted {
+    /// `0.0.0.0/8` ("this network"), `::`.
+    Unspecified,
+    /// `127.0.0.0/8`, `::1`.
+    Loopback,
+    /// `169.254.0.0/16` (cloud metadata services), `fe80::/10`.
+    LinkLocal,
+    /// RFC 1918: `10.0.0.0/8`, `172.16.0.0/12`, `192.168.0.0/16`; and the deprecated IPv6
+    /// site-local `fec0::/10`.
+    Private,
+    /// RFC 4193 unique local IPv6: `fc00::/7`.
+    UniqueLocal,
+    /// RFC 6598 shared address space (carrier-grade NAT): `100.64.0.0/10`.
+    SharedAddressSpace,
+    /// `224.0.0.0/4`, `ff00::/8`.
+    Multicast,
+    /// `255.255.255.255`.
+    Broadcast,
+}
+
+impl std::fmt::Display for Restricted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Restricted::Unspecified => "an unspecified address",
+            Restricted::Loopback => "a loopback address",
+            Restricted::LinkLocal => "a link-local address",
+            Restricted::Private => "a private address",
+            Restricted::UniqueLocal => "a unique local (private) address",
+            Restricted::SharedAddressSpace => "a shared (carrier-grade NAT) address",
+            Restricted::Multicast => "a multicast address",
+            Restricted::Broadcast => "the broadcast address",
+        })
+    }
+}
+
+/// Why `ip` may be reached only through an allow-list entry naming it (or the host) literally;
+/// `None` for an address any matching entry reaches. An IPv6 address embedding an IPv4 one
+/// (`::ffff:a.b.c.d`, `::a.b.c.d`, `64:ff9b::a.b.c.d`) is judged by the IPv4 address.
+pub fn restriction(ip: IpAddr) -> Option<Restricted> {
+    match ip {
+        IpAddr::V4(v4) => restriction_v4(v4),
+        IpAddr::V6(v6) => restriction_v6(v6),
+    }
+}
+
+fn restriction_v4(ip: Ipv4Addr) -> Option<Restricted> {
+    let [a, b, ..] = ip.octets();
+    Some(match (a, b) {
+        (0, _) => Restricted::Unspecified,
+        (127, _) => Restricted::Loopback,
+        (169, 254) => Restricted::LinkLocal,
+        (10, _) | (192, 168) => Restricted::Private,
+        (172, b) if (16..32).contains(&b) => Restricted::Private,
+        (100, b) if (64..128).contains(&b) => Restricted::SharedAddressSpace,
+        (224..=239, _) => Restricted::Multicast,
+        _ if ip == Ipv4Addr::BROADCAST => Restricted::Broadcast,
+        _ => return None,
+    })
+}
+
+fn restriction_v6(ip: Ipv6Addr) -> Option<Restricted> {
+    if ip.is_unspecified() {
+        return Some(Restricted::Unspecified);
+    }
+    if ip.is_loopback() {
+        return Some(Restricted::Loopback);
+    }
+    if let Some(v4) = embedded_v4(ip) {
+        return restriction_v4(v4);
+    }
+    let first = ip.segments()[0];
+    Some(match first {
+        _ if first & 0xffc0 == 0xfe80 => Restricted::LinkLocal,
+        _ if first & 0xffc0 == 0xfec0 => Restricted::Private,
+        _ if first & 0xfe00 == 0xfc00 => Restricted::UniqueLocal,
+        _ if first & 0xff00 == 0xff00 => Restricted::Multicast,
+        _ => return None,
+    })
+}
+
+/// The IPv4 address an IPv4-mapped (`::ffff:0:0/96`), IPv4-compatible (`::/96`, deprecated
+/// but still routed by some stacks) or NAT64 well-known-prefix (`64:ff9b::/96`) address carries.
+fn embedded_v4(ip: Ipv6Addr) -> Option<Ipv4Addr> {
+    let s = ip.segments();
+    let low = Ipv4Addr::new((s[6] >> 8) as u8, s[6] as u8, (s[7] >> 8) as u8, s[7] as u8);
+    match s[..6] {
+        [0, 0, 0, 0, 0, 0xffff] | [0, 0, 0, 0, 0, 0] | [0x64, 0xff9b, 0, 0, 0, 0] => Some(low),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn of(text: &str) -> Option<Restricted> {
+        restriction(text.parse().unwrap())
+    }
+
+    #[test]
+    fn the_nodes_own_networks_are_restricted() {
+        use Restricted::*;
+        for (ip, want) in [
+            ("0.0.0.0", Unspecified),
+            ("0.1.2.3", Unspecified),
+            ("127.0.0.1", Loopback),
+            ("127.255.255.254", Loopback),
+            ("169.254.169.254", LinkLocal),
+            ("10.0.0.1", Private),
+            ("172.16.0.1", Private),
+            ("172.31.255.255", Private),
+            ("192.168.1.1", Private),
+            ("100.64.0.1", SharedAddressSpace),
+            ("100.127.255.255", SharedAddressSpace),
+            ("224.0.0.1", Multicast),
+            ("239.255.255.250", Multicast),
+            ("255.255.255.255", Broadcast),
+            ("::", Unspecified),
+            ("::1", Loopback),
+            ("fe80::1", LinkLocal),
+            ("febf::1", LinkLocal),
+            ("fec0::1", Private),
+            ("fc00::1", UniqueLocal),
+            ("fd12:3456::1", UniqueLocal),
+            ("ff02::1", Multicast),
+        ] {
+            assert_eq!(of(ip), Some(want), "{ip}");
+        }
+    }
+
+    #[test]
+    fn public_addresses_next_to_the_ranges_are_not() {
+        for ip in [
+            "1.1.1.1",
+            "9.255.255.255",
+            "11.0.0.0",
+            "126.255.255.255",
+            "128.0.0.0",
+            "169.253.255.255",
+            "169.255.0.0",
+            "172.15.255.255",
+            "172.32.0.0",
+            "192.167.255.255",
+            "192.169.0.0",
+            "100.63.255.255",
+            "100.128.0.0",
+            "223.255.255.255",
+            "255.255.255.254",
+            "2001:db8::1",
+            "2606:4700::1111",
+            "fe7f::1",
+            "fbff::1",
+            "fe00::1",
+            "::2:0:0:1",
+        ] {
+            assert_eq!(of(ip), None, "{ip}");
+        }
+    }
+
+    #[test]
+    fn ipv4_written_as_ipv6_is_judged_as_ipv4() {
+        assert_eq!(of("::ffff:127.0.0.1"), Some(Restricted::Loopback));
+        assert_eq!(of("::ffff:169.254.169.254"), Some(Restricted::LinkLocal));
+        assert_eq!(of("::ffff:10.1.2.3"), Some(Restricted::Private));
+        assert_eq!(of("::127.0.0.1"), Some(Restricted::Loopback));
+        assert_eq!(of("::192.168.0.1"), Some(Restricted::Private));
+        assert_eq!(
+            of("64:ff9b::100.64.0.1"),
+            Some(Restricted::SharedAddressSpace)
+        );
+        assert_eq!(of("64:ff9b::7f00:1"), Some(Restricted::Loopback));
+        assert_eq!(of("::ffff:1.1.1.1"), None);
+        assert_eq!(of("64:ff9b::1.1.1.1"), None);
+    }
+}
