@@ -12,6 +12,7 @@ use anyhow::{Context, bail, ensure};
 use serde::Deserialize;
 
 use crate::cli::UpArgs;
+use crate::providers::http::{ListenPolicy, ListenRule};
 
 /// Name of the optional node config file inside the config dir.
 pub const CONFIG_FILE_NAME: &str = "lattice.toml";
@@ -90,6 +91,8 @@ pub struct NodeConfig {
     pub store_replicas: usize,
     /// tracing EnvFilter directive.
     pub log_filter: String,
+    /// `--allowed-listen`: where apps may open listeners of their own.
+    pub allowed_listen: ListenPolicy,
 }
 
 /// The keys of `lattice.toml`: the flags of `lattice up`, by their long names.
@@ -119,6 +122,7 @@ struct FileConfig {
     start_timeout: Option<Duration>,
     store_replicas: Option<usize>,
     log: Option<String>,
+    allowed_listen: Option<Vec<String>>,
 }
 
 /// `request-timeout = "30s"` in TOML, parsed with humantime.
@@ -282,6 +286,18 @@ impl NodeConfig {
             "--heartbeat-interval: must be at least 100ms"
         );
 
+        let allowed_listen = match (args.allowed_listen, file.allowed_listen) {
+            (flags, _) if !flags.is_empty() => listen_policy(&flags, "--allowed-listen")?,
+            (_, Some(rules)) => listen_policy(
+                &rules,
+                &format!(
+                    "{} key allowed-listen",
+                    config_dir.join(CONFIG_FILE_NAME).display()
+                ),
+            )?,
+            (_, None) => ListenPolicy::loopback(),
+        };
+
         Ok(NodeConfig {
             config_dir,
             data_dir,
@@ -301,8 +317,23 @@ impl NodeConfig {
             start_timeout,
             store_replicas,
             log_filter: args.log.or(file.log).unwrap_or_else(|| "info".to_owned()),
+            allowed_listen,
         })
     }
+}
+
+/// The `--allowed-listen` rules `rules` (from `origin`, a flag or a file key); an empty list
+/// allows no app listener.
+///
+/// # Errors
+/// A rule that does not parse, named with `origin`.
+fn listen_policy(rules: &[String], origin: &str) -> anyhow::Result<ListenPolicy> {
+    let rules = rules
+        .iter()
+        .map(|r| r.parse::<ListenRule>())
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| origin.to_owned())?;
+    Ok(ListenPolicy::new(rules))
 }
 
 /// Checks a NATS credentials file before anything starts: it exists, parses as a creds file
@@ -575,5 +606,41 @@ mod tests {
         a.leaf_url = Some("nats-leaf://x:7422".into());
         let err = format!("{:#}", NodeConfig::resolve(a).unwrap_err());
         assert!(err.contains("--nats-url and --leaf-url"), "{err}");
+    }
+
+    #[test]
+    fn allowed_listen_comes_from_flags_else_the_file_else_loopback() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = NodeConfig::resolve(args(dir.path())).unwrap();
+        assert_eq!(c.allowed_listen, ListenPolicy::loopback());
+        std::fs::write(
+            dir.path().join(CONFIG_FILE_NAME),
+            "allowed-listen = [\"0.0.0.0:8080\", \"[::1]\"]\n",
+        )
+        .unwrap();
+        let c = NodeConfig::resolve(args(dir.path())).unwrap();
+        assert_eq!(c.allowed_listen.to_string(), "0.0.0.0:8080, [::1]");
+        let mut a = args(dir.path());
+        a.allowed_listen = vec!["*:9000-9100".into()];
+        let c = NodeConfig::resolve(a).unwrap();
+        assert_eq!(c.allowed_listen.to_string(), "*:9000-9100");
+
+        let mut a = args(dir.path());
+        a.allowed_listen = vec!["localhost:80".into()];
+        let err = format!("{:#}", NodeConfig::resolve(a).unwrap_err());
+        assert!(
+            err.contains("--allowed-listen") && err.contains("\"localhost:80\""),
+            "{err}"
+        );
+        std::fs::write(
+            dir.path().join(CONFIG_FILE_NAME),
+            "allowed-listen = [\"10.0.0.1/8\"]\n",
+        )
+        .unwrap();
+        let err = format!("{:#}", NodeConfig::resolve(args(dir.path())).unwrap_err());
+        assert!(
+            err.contains("lattice.toml key allowed-listen") && err.contains("host bits"),
+            "{err}"
+        );
     }
 }

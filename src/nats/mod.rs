@@ -4,12 +4,14 @@
 //! spawns it, forwards its log into tracing, reads its readiness and leaf connection from its
 //! monitoring port (`monitor`) and restarts it with backoff when it exits, `uplink` keeps the
 //! leaf uplink's state, `discovery` finds the lattice's JetStream (`jetstream`: the handle on
-//! it), `subjects` builds every subject we use, `kv` opens JetStream KV buckets.
+//! it), `subjects` builds every subject we use, `kv` opens JetStream KV buckets, `redact` hides
+//! the passwords and tokens of URLs wherever they are shown.
 
 pub mod discovery;
 pub mod jetstream;
 pub mod kv;
 pub mod monitor;
+pub mod redact;
 pub mod server_config;
 pub mod subjects;
 pub mod supervisor;
@@ -28,6 +30,8 @@ use anyhow::Context;
 ///
 /// The client reconnects on its own, forever, when the server goes away (as when the supervisor
 /// restarts it); requests made meanwhile fail fast instead of hanging.
+///
+/// `url` appears in errors with its password or token redacted ([`redact::redact_url`]).
 ///
 /// # Errors
 /// The first connection attempt did not succeed within 10 s.
@@ -53,8 +57,10 @@ pub async fn connect(
             .await
             .with_context(|| format!("--creds {}", creds.display()))?;
     }
+    let shown = redact::redact_url(url);
     tokio::time::timeout(Duration::from_secs(10), options.connect(url))
         .await
-        .with_context(|| format!("connecting to nats at {url}: timed out after 10 s"))?
-        .with_context(|| format!("connecting to nats at {url}"))
+        .with_context(|| format!("connecting to nats at {shown}: timed out after 10 s"))?
+        .map_err(|e| anyhow::anyhow!("{}", redact::redact_urls_in(&e.to_string())))
+        .with_context(|| format!("connecting to nats at {shown}"))
 }
