@@ -275,4 +275,18 @@ pub struct UpArgs {
         value_delimiter = ','
     )]
     pub ca_files: Vec<PathBuf>,
+    /// Where apps may open listeners of their own (a manifest http link's `address`): `ADDRESS`
+    /// or `ADDRESS:PORTS`, with ADDRESS `*`, an IPv4 address or network (`0.0.0.0`,
+    /// `10.0.0.0/8`) or an IPv6 one in brackets (`[::1]`, `[fd00::/8]`), PORTS a port, a range
+    /// `LOW-HIGH` or `*`; repeatable (env: comma-separated). `0.0.0.0` (every interface) is
+    /// allowed only by a rule naming it or `*`. An address outside them is refused on this
+    /// node, with the reason in `lattice app status`; --http-addr is not subject to it
+    /// [default: 127.0.0.0/8 and [::1], any port].
+    #[arg(
+        long = "allowed-listen",
+        env = "LATTICE_ALLOWED_LISTEN",
+        value_name = "ADDRESS[:PORTS]",
+        value_delimiter = ','
+    )]
+    pub allowed_listen: Vec<String>,
 }

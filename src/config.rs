@@ -12,6 +12,7 @@ use anyhow::{Context, bail, ensure};
 use serde::Deserialize;
 
 use crate::cli::UpArgs;
+use crate::providers::http::{ListenPolicy, ListenRule};
 
 /// Name of the optional node config file inside the config dir.
 pub const CONFIG_FILE_NAME: &str = "lattice.toml";
@@ -93,6 +94,8 @@ pub struct NodeConfig {
     /// `--ca-file`s (absolute): PEM CA certificates outgoing HTTPS trusts besides the system's
     /// roots; checked when the node starts ([`crate::providers::http_client::Egress::new`]).
     pub ca_files: Vec<PathBuf>,
+    /// `--allowed-listen`: where apps may open listeners of their own.
+    pub allowed_listen: ListenPolicy,
 }
 
 /// The keys of `lattice.toml`: the flags of `lattice up`, by their long names.
@@ -125,6 +128,7 @@ struct FileConfig {
     /// One file or a list; relative to the config dir.
     #[serde(default)]
     ca_file: OneOrMany,
+    allowed_listen: Option<Vec<String>>,
 }
 
 /// `ca-file = "a.pem"` or `ca-file = ["a.pem", "b.pem"]`.
@@ -326,6 +330,18 @@ impl NodeConfig {
             interval_ms.end()
         );
 
+        let allowed_listen = match (args.allowed_listen, file.allowed_listen) {
+            (flags, _) if !flags.is_empty() => listen_policy(&flags, "--allowed-listen")?,
+            (_, Some(rules)) => listen_policy(
+                &rules,
+                &format!(
+                    "{} key allowed-listen",
+                    config_dir.join(CONFIG_FILE_NAME).display()
+                ),
+            )?,
+            (_, None) => ListenPolicy::loopback(),
+        };
+
         Ok(NodeConfig {
             config_dir,
             data_dir,
@@ -346,8 +362,23 @@ impl NodeConfig {
             store_replicas,
             log_filter: args.log.or(file.log).unwrap_or_else(|| "info".to_owned()),
             ca_files,
+            allowed_listen,
         })
     }
+}
+
+/// The `--allowed-listen` rules `rules` (from `origin`, a flag or a file key); an empty list
+/// allows no app listener.
+///
+/// # Errors
+/// A rule that does not parse, named with `origin`.
+fn listen_policy(rules: &[String], origin: &str) -> anyhow::Result<ListenPolicy> {
+    let rules = rules
+        .iter()
+        .map(|r| r.parse::<ListenRule>())
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| origin.to_owned())?;
+    Ok(ListenPolicy::new(rules))
 }
 
 /// Checks a NATS credentials file before anything starts: it exists, parses as a creds file
@@ -671,5 +702,41 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn allowed_listen_comes_from_flags_else_the_file_else_loopback() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = NodeConfig::resolve(args(dir.path())).unwrap();
+        assert_eq!(c.allowed_listen, ListenPolicy::loopback());
+        std::fs::write(
+            dir.path().join(CONFIG_FILE_NAME),
+            "allowed-listen = [\"0.0.0.0:8080\", \"[::1]\"]\n",
+        )
+        .unwrap();
+        let c = NodeConfig::resolve(args(dir.path())).unwrap();
+        assert_eq!(c.allowed_listen.to_string(), "0.0.0.0:8080, [::1]");
+        let mut a = args(dir.path());
+        a.allowed_listen = vec!["*:9000-9100".into()];
+        let c = NodeConfig::resolve(a).unwrap();
+        assert_eq!(c.allowed_listen.to_string(), "*:9000-9100");
+
+        let mut a = args(dir.path());
+        a.allowed_listen = vec!["localhost:80".into()];
+        let err = format!("{:#}", NodeConfig::resolve(a).unwrap_err());
+        assert!(
+            err.contains("--allowed-listen") && err.contains("\"localhost:80\""),
+            "{err}"
+        );
+        std::fs::write(
+            dir.path().join(CONFIG_FILE_NAME),
+            "allowed-listen = [\"10.0.0.1/8\"]\n",
+        )
+        .unwrap();
+        let err = format!("{:#}", NodeConfig::resolve(args(dir.path())).unwrap_err());
+        assert!(
+            err.contains("lattice.toml key allowed-listen") && err.contains("host bits"),
+            "{err}"
+        );
     }
 }

@@ -100,7 +100,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         lattice = config.lattice,
         version = env!("CARGO_PKG_VERSION"),
         labels = ?config.labels,
-        nats = ?config.nats_mode,
+        nats = %crate::nats::redact::redact_urls_in(&format!("{:?}", config.nats_mode)),
         js_domain = config.js_domain.as_deref().unwrap_or("-"),
         "starting lattice node"
     );
@@ -304,15 +304,18 @@ async fn run_with_nats(
     // keyvalue-nats buckets live in the same JetStream as the apps; keyvalue-sled trees in the
     // node's own database.
     let keyvalue = KeyValueProviders::new(Some(js.clone()), Some(db.clone()));
-    let deployer = Arc::new(Deployer::new(
-        host.clone(),
-        http.clone(),
-        rpc.clone(),
-        artifacts.clone(),
-        keyvalue,
-        config.replica_concurrency,
-        config.start_timeout,
-    ));
+    let deployer = Arc::new(
+        Deployer::new(
+            host.clone(),
+            http.clone(),
+            rpc.clone(),
+            artifacts.clone(),
+            keyvalue,
+            config.replica_concurrency,
+            config.start_timeout,
+        )
+        .with_allowed_listen(config.allowed_listen.clone()),
+    );
     let apps = Arc::new(
         AppStore::new(
             js.clone(),
@@ -561,7 +564,7 @@ async fn run_with_nats(
     let received = match early {
         Some(name) => name,
         None => {
-            tracing::info!(ingress = %http.ingress_addr(), nats = nats_url, "lattice node is up");
+            tracing::info!(ingress = %http.ingress_addr(), nats = %crate::nats::redact::redact_url(nats_url), "lattice node is up");
             // Under systemd (Type=notify) this marks the unit started; elsewhere a no-op.
             if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
                 tracing::warn!(error = %e, "telling systemd the node is ready");

@@ -260,6 +260,7 @@ async fn call<T: DeserializeOwned>(
 /// A CLI's connection to the lattice.
 struct Connection {
     client: async_nats::Client,
+    /// The server URL as shown in errors: redacted.
     url: String,
     lattice: String,
     timeout: Option<Duration>,
@@ -316,23 +317,26 @@ async fn connect(args: &ClientArgs) -> anyhow::Result<Connection> {
             .await
             .with_context(|| format!("--creds {}", creds.display()))?;
     }
+    // Shown (errors included) without its password or token.
+    let shown = crate::nats::redact::redact_url(&url);
     let client = tokio::time::timeout(timeout + Duration::from_secs(1), options.connect(&url))
         .await
         .map_err(|_| {
             anyhow::anyhow!(
-                "cannot reach NATS at {url}: no connection within {}",
+                "cannot reach NATS at {shown}: no connection within {}",
                 humantime::format_duration(timeout)
             )
         })?
         .map_err(|e| match e.kind() {
             async_nats::ConnectErrorKind::AuthorizationViolation => anyhow::anyhow!(
-                "NATS at {url} refused this client: Authorization Violation ({refused_hint})"
+                "NATS at {shown} refused this client: Authorization Violation ({refused_hint})"
             ),
-            _ => anyhow::Error::new(e).context(format!("cannot reach NATS at {url}")),
+            _ => anyhow::anyhow!("{}", crate::nats::redact::redact_urls_in(&e.to_string()))
+                .context(format!("cannot reach NATS at {shown}")),
         })?;
     Ok(Connection {
         client,
-        url,
+        url: shown,
         lattice: args.lattice.clone(),
         timeout: args.timeout,
         denied,

@@ -105,15 +105,18 @@ impl RemoteInfo {
 /// Not a URL, no host, or a websocket URL (`ws://`, `wss://`, whose INFO comes after an HTTP
 /// upgrade this reader does not do).
 pub fn leaf_address(url: &str) -> Result<(String, u16), String> {
-    let uri: http::Uri = url.parse().map_err(|e| format!("leaf URL {url:?}: {e}"))?;
+    let shown = super::redact::redact_url(url);
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|e| format!("leaf URL {shown:?}: {e}"))?;
     if let Some(scheme @ ("ws" | "wss")) = uri.scheme_str() {
         return Err(format!(
-            "leaf URL {url:?}: a {scheme} remote's INFO is not read (it follows an HTTP upgrade)"
+            "leaf URL {shown:?}: a {scheme} remote's INFO is not read (it follows an HTTP upgrade)"
         ));
     }
     let authority = uri
         .authority()
-        .ok_or_else(|| format!("leaf URL {url:?}: no host"))?;
+        .ok_or_else(|| format!("leaf URL {shown:?}: no host"))?;
     Ok((
         authority
             .host()
@@ -253,6 +256,7 @@ pub async fn watch_jetstream(
     loop {
         let outcome = match &discovery.reach {
             Reach::Leaf { remote, .. } => {
+                let shown = super::redact::redact_url(remote);
                 let now = uplink
                     .as_ref()
                     .map(|u| u.borrow().clone())
@@ -273,7 +277,7 @@ pub async fn watch_jetstream(
                     match &info {
                         Ok(info) => {
                             tracing::debug!(
-                                remote,
+                                remote = shown,
                                 server = info.server_name.as_deref().unwrap_or("-"),
                                 jetstream = info.jetstream,
                                 domain = info.domain().unwrap_or("(none)"),
@@ -282,7 +286,11 @@ pub async fn watch_jetstream(
                             shared.expect(info.domain().map(str::to_owned));
                         }
                         Err(e) => {
-                            tracing::debug!(remote, error = e, "reading the remote's leafnode INFO")
+                            tracing::debug!(
+                                remote = shown,
+                                error = e,
+                                "reading the remote's leafnode INFO"
+                            )
                         }
                     }
                     remote_info = Some((Instant::now(), info));
@@ -293,7 +301,7 @@ pub async fn watch_jetstream(
                     let info = remote_info.as_ref().map(|(_, info)| info);
                     let candidates = leaf_candidates(discovery.configured.as_deref(), info);
                     Some(find(&client, &candidates).await.map_err(|failures| {
-                        unreachable_reason(remote, info, discovery.configured.as_deref(), failures)
+                        unreachable_reason(&shown, info, discovery.configured.as_deref(), failures)
                     }))
                 }
             }

@@ -6,7 +6,7 @@
 //! leaf uplink's state, `discovery` finds the lattice's JetStream (`jetstream`: the handle on
 //! it), `subjects` builds every subject we use, `kv` opens JetStream KV buckets, `local_auth`
 //! keeps the nkey the node's own nats-server admits, `permissions` reads nats-server's
-//! permission errors.
+//! permission errors, `redact` hides the passwords and tokens of URLs wherever they are shown.
 
 pub mod discovery;
 pub mod jetstream;
@@ -14,6 +14,7 @@ pub mod kv;
 pub mod local_auth;
 pub mod monitor;
 pub mod permissions;
+pub mod redact;
 pub mod server_config;
 pub mod subjects;
 pub mod supervisor;
@@ -45,6 +46,8 @@ pub enum ClientAuth<'a> {
 ///
 /// The client reconnects on its own, forever, when the server goes away (as when the supervisor
 /// restarts it); requests made meanwhile fail fast instead of hanging.
+///
+/// `url` appears in errors with its password or token redacted ([`redact::redact_url`]).
 ///
 /// # Errors
 /// The first connection attempt did not succeed within 10 s.
@@ -84,8 +87,10 @@ pub async fn connect(
         }
         ClientAuth::Local(user) => options = options.nkey(user.seed().to_owned()),
     }
+    let shown = redact::redact_url(url);
     tokio::time::timeout(Duration::from_secs(10), options.connect(url))
         .await
-        .with_context(|| format!("connecting to nats at {url}: timed out after 10 s"))?
-        .with_context(|| format!("connecting to nats at {url}"))
+        .with_context(|| format!("connecting to nats at {shown}: timed out after 10 s"))?
+        .map_err(|e| anyhow::anyhow!("{}", redact::redact_urls_in(&e.to_string())))
+        .with_context(|| format!("connecting to nats at {shown}"))
 }

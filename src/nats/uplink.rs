@@ -11,11 +11,16 @@
 //!   as leafnode to remote server …: <reason>` (dial, TLS) and `Leafnode connection closed:
 //!   <reason>`. The supervisor forwards those lines here; they set the reason, and an error
 //!   line while `/leafz` lists no connection makes the uplink [`UplinkState::Failed`].
+//!
+//! The remote URL is kept redacted ([`redact_url`]): a password or token in its userinfo never
+//! reaches the log, a heartbeat or `lattice get hosts`, whoever built or sent the [`Uplink`].
 
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, mpsc, watch};
+
+use super::redact::{redact_url, redact_urls_in};
 
 /// Whether this node reaches the rest of the lattice.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -55,23 +60,33 @@ impl UplinkState {
 pub struct Uplink {
     /// State.
     pub state: UplinkState,
-    /// The remote URL (leaf mode) or server URL (external mode).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// The remote URL (leaf mode) or server URL (external mode), redacted ([`redact_url`]):
+    /// also when read from a peer's heartbeat.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "redacted"
+    )]
     pub remote: Option<String>,
-    /// Why it failed or dropped, in nats-server's words.
+    /// Why it failed or dropped, in nats-server's words (URLs in it redacted).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
 
 impl Uplink {
-    /// An uplink in `state` without remote or error.
+    /// An uplink in `state` without error, to `remote` (stored redacted).
     pub fn fixed(state: UplinkState, remote: Option<String>) -> Uplink {
         Uplink {
             state,
-            remote,
+            remote: remote.as_deref().map(redact_url),
             error: None,
         }
     }
+}
+
+/// Reads an optional URL and redacts it: a peer that sends one with its password shows none.
+fn redacted<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    Ok(Option::<String>::deserialize(d)?.as_deref().map(redact_url))
 }
 
 /// A leaf-connection line of nats-server's log, as far as the uplink cares.
@@ -143,8 +158,9 @@ pub struct UplinkTracker {
 impl UplinkTracker {
     /// Starts tracking the uplink to `remote`: returns the tracker the supervisor feeds and the
     /// state, which starts as [`UplinkState::Connecting`]. Changes are logged: connected at
-    /// info, failures at error, a drop at warn.
+    /// info, failures at error, a drop at warn; `remote` is logged and reported redacted.
     pub fn start(remote: String) -> (UplinkTracker, watch::Receiver<Uplink>) {
+        let remote = redact_url(&remote);
         let (inputs, mut rx) = mpsc::unbounded_channel();
         let (state_tx, state_rx) =
             watch::channel(Uplink::fixed(UplinkState::Connecting, Some(remote.clone())));
@@ -155,6 +171,7 @@ impl UplinkTracker {
                 let Some((state, error)) = machine.step(input, before.state) else {
                     continue;
                 };
+                let error = error.as_deref().map(redact_urls_in);
                 if before.state == state && before.error == error {
                     continue;
                 }
@@ -268,6 +285,20 @@ impl Machine {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn remotes_are_redacted_when_built_and_when_read() {
+        let built = Uplink::fixed(
+            UplinkState::External,
+            Some("nats://u:secret@127.0.0.1:4222".into()),
+        );
+        assert_eq!(built.remote.as_deref(), Some("nats://u:***@127.0.0.1:4222"));
+        let sent = r#"{"state":"connected","remote":"tls://tok3n@hub:7422"}"#;
+        let read: Uplink = serde_json::from_str(sent).unwrap();
+        assert_eq!(read.remote.as_deref(), Some("tls://***@hub:7422"));
+        let none: Uplink = serde_json::from_str(r#"{"state":"none"}"#).unwrap();
+        assert_eq!(none.remote, None);
+    }
 
     #[test]
     fn reads_nats_server_leaf_lines() {

@@ -24,7 +24,7 @@ use super::store::Desired;
 use crate::host::{CodeSource, GrantedBucket, Grants, Host, HttpComponent};
 use crate::lattice::membership::ComponentReplicas;
 use crate::lattice::rpc::{Rpc, Serving};
-use crate::providers::http::{HttpServer, Router, RoutingTable};
+use crate::providers::http::{HttpServer, ListenPolicy, Router, RoutingTable};
 use crate::providers::keyvalue::KeyValueProviders;
 
 /// How long a replica that failed to start waits before it is tried again.
@@ -72,6 +72,8 @@ struct LocalState {
     installed: Option<TableKey>,
     /// (app, component, version) already logged as having no replica here.
     noted: BTreeSet<(String, String, String)>,
+    /// (app, address) already logged as outside `--allowed-listen`.
+    listen_refused: BTreeSet<(String, SocketAddr)>,
 }
 
 /// The apps routed (`name@version`) and the local components behind them (app, component,
@@ -91,6 +93,8 @@ pub struct Deployer {
     changed: Arc<Notify>,
     /// Told when a start ends (well or not).
     started: Arc<Notify>,
+    /// Where apps may open listeners of their own (`--allowed-listen`).
+    allowed_listen: ListenPolicy,
 }
 
 /// What a start needs: fetches, grants, compiles and subscribes one component.
@@ -141,7 +145,16 @@ impl Deployer {
             inventory: std::sync::Mutex::new((Vec::new(), Vec::new())),
             changed: Arc::new(Notify::new()),
             started: Arc::new(Notify::new()),
+            allowed_listen: ListenPolicy::loopback(),
         }
+    }
+
+    /// This deployer with `policy` as the node's `--allowed-listen` (the default is
+    /// [`ListenPolicy::loopback`]): an app whose http link names an `address` outside it gets
+    /// none of its routes on this node, and a failure with an empty `component` saying why.
+    pub fn with_allowed_listen(mut self, policy: ListenPolicy) -> Deployer {
+        self.allowed_listen = policy;
+        self
     }
 
     /// Notified when a start ends, well or not: the next apply routes to it (or reports it).
@@ -361,7 +374,8 @@ impl Deployer {
     }
 
     /// Installs the routes of every app of `desired` (apps stored earlier keep a contested
-    /// route) with the local components; returns the apps whose routes could not be installed.
+    /// route, an app listening outside `--allowed-listen` gets none) with the local
+    /// components; returns the apps whose routes could not be installed.
     async fn install_routes(&self, state: &mut LocalState, desired: &Desired) -> Vec<Failure> {
         let ingress = self.http.ingress_addr();
         let mut apps: Vec<(&String, &Arc<Manifest>, &str, u64)> = desired
@@ -391,6 +405,24 @@ impl Deployer {
             })
             .collect();
         let mut excluded: BTreeMap<String, String> = BTreeMap::new();
+        // An app's own listeners where the node's operator allows them, else none of its
+        // routes here (the ingress is the operator's own choice).
+        let mut refused = BTreeSet::new();
+        for (name, manifest, _, _) in &apps {
+            let why = deploy::routes_of(manifest, ingress)
+                .iter()
+                .map(|r| r.key.listener)
+                .filter(|l| *l != ingress)
+                .find_map(|l| Some((l, self.allowed_listen.refusal(l)?)));
+            if let Some((listener, reason)) = why {
+                if !state.listen_refused.contains(&((*name).clone(), listener)) {
+                    tracing::warn!(app = name.as_str(), %listener, "app routes refused here: {reason}");
+                }
+                refused.insert(((*name).clone(), listener));
+                excluded.insert((*name).clone(), reason);
+            }
+        }
+        state.listen_refused = refused;
         loop {
             let mut routes = Vec::new();
             let mut included = Vec::new();

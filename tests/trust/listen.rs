@@ -1,4 +1,107 @@
-//! Issue 13: listen.
+//! Issue 13: listeners only where the node's operator allows (`--allowed-listen`). An app's
+//! own `address` on every interface is refused by a node with the default rules (loopback
+//! only), with the reason in `lattice app status`, and served by a node of the same lattice
+//! whose operator allows it.
 
-#[allow(unused_imports)]
-use crate::common;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::common::hub::Hub;
+use crate::common::lattice::{self, HEARTBEAT, eventually};
+use crate::common::{self, Node, example_wasm, http_get, manifest};
+
+/// Starts node `name` of `hub`'s lattice as a leaf node in `dir` (config dir `dir/config`),
+/// with `extra` flags; waits until it is up and its uplink stands.
+fn leaf_node(hub: &Hub, dir: &std::path::Path, name: &str, extra: &[String]) -> Node {
+    std::fs::create_dir_all(dir.join("config")).unwrap();
+    let creds = hub.user_creds(dir, "node.creds");
+    let mut flags: Vec<String> = vec![
+        "--creds".into(),
+        creds.to_string_lossy().into_owned(),
+        "--leaf-url".into(),
+        hub.leaf_url(),
+        "--name".into(),
+        name.into(),
+        "--heartbeat-interval".into(),
+        format!("{}ms", HEARTBEAT.as_millis()),
+    ];
+    flags.extend_from_slice(extra);
+    let node = lattice::start(dir, &flags);
+    node.wait_for_log(&["leaf uplink connected"], Duration::from_secs(10));
+    node
+}
+
+/// `lattice ARGS --data-dir <node's> -o json`, parsed.
+fn cli_json(node: &Node, args: &[&str]) -> Result<serde_json::Value, String> {
+    let data = node.data_dir.to_string_lossy().into_owned();
+    let mut all = args.to_vec();
+    all.extend_from_slice(&["--data-dir", &data, "-o", "json"]);
+    let out = common::lattice_cli(&all);
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())
+}
+
+#[test]
+fn an_address_on_every_interface_is_refused_by_default_and_served_where_allowed() {
+    let hub = Hub::start();
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let strict = leaf_node(&hub, dir_a.path(), "strict", &[]);
+    let port = common::free_port();
+    let open = leaf_node(
+        &hub,
+        dir_b.path(),
+        "open",
+        &["--allowed-listen".into(), format!("0.0.0.0:{port}")],
+    );
+
+    let app = manifest("everywhere", &example_wasm("http-hello"), "/")
+        .replace("path: /\n", &format!("address: 0.0.0.0:{port}\n"));
+    let file = dir_a.path().join("everywhere.yaml");
+    std::fs::write(&file, app).unwrap();
+    cli_json(&strict, &["app", "deploy", &file.to_string_lossy()])
+        .unwrap_or_else(|e| panic!("deploy: {e}\n{}", strict.log()));
+
+    // Served by the node that allows it, on every interface (loopback among them).
+    let own: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    common::wait_until(
+        "the allowing node to answer on 0.0.0.0:PORT",
+        Duration::from_secs(20),
+        || http_get(own, "/x", None).is_some_and(|(s, b)| s == 200 && b.starts_with("Hello")),
+    );
+    open.wait_for_log(&["http listener for an app address opened"], HEARTBEAT);
+
+    // Refused by the default node, with the reason in `app status`, whichever node answers.
+    let reason = eventually(
+        "app status to name the strict node's refusal",
+        Duration::from_secs(15),
+        &[],
+        || {
+            let status = cli_json(&open, &["app", "status", "everywhere"])?;
+            let reason = status["reason"].as_str().unwrap_or_default().to_owned();
+            if status["state"] == "failed" && reason.contains("on node strict") {
+                Ok(reason)
+            } else {
+                Err(format!("status {status}"))
+            }
+        },
+    );
+    assert!(
+        reason.contains(&format!("address 0.0.0.0:{port} (every interface)"))
+            && reason.contains("--allowed-listen (127.0.0.0/8, [::1])"),
+        "{reason}"
+    );
+    assert!(
+        !reason.contains("on node open"),
+        "the allowing node reports nothing: {reason}"
+    );
+    strict.wait_for_log(&["app routes refused here", "everywhere"], HEARTBEAT);
+    assert!(
+        !strict
+            .log()
+            .contains("http listener for an app address opened"),
+        "the strict node opened no listener:\n{}",
+        strict.log()
+    );
+}

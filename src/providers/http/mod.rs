@@ -1,9 +1,12 @@
-//! The HTTP server provider (ingress): listeners, a pure route table, and the hand-off of each
-//! request to the component its route names.
+//! The HTTP server provider (ingress): listeners, a pure route table, the operator's rules of
+//! where apps may listen (`listen`), and the hand-off of each request to the component its
+//! route names.
 
 pub mod authority;
+pub mod listen;
 pub mod router;
 pub mod server;
 
+pub use listen::{ListenPolicy, ListenRule, ListenRuleError};
 pub use router::{Route, RouteConflict, RouteKey, RouteTarget, Router};
 pub use server::{BindError, HttpServer, RoutingTable};
