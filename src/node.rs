@@ -131,7 +131,6 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     };
     let result = run_with_nats(
         &config,
-        id,
         &url,
         auth,
         uplink,
@@ -246,7 +245,6 @@ impl LocalHost {
 /// The parts that run on top of a ready NATS.
 async fn run_with_nats(
     config: &NodeConfig,
-    id: String,
     nats_url: &str,
     auth: nats::ClientAuth<'_>,
     uplink: watch::Receiver<Uplink>,
@@ -254,6 +252,7 @@ async fn run_with_nats(
     sigint: &mut tokio::signal::unix::Signal,
     signer: Arc<Signer>,
 ) -> anyhow::Result<()> {
+    let id = signer.id();
     let started = Instant::now();
     let client = nats::connect(nats_url, &config.name, auth).await?;
     let membership = Arc::new(Membership::default());
