@@ -253,6 +253,7 @@ async fn connect(args: &ClientArgs) -> anyhow::Result<Connection> {
     let mut options = async_nats::ConnectOptions::new()
         .name("lattice cli")
         .connection_timeout(timeout);
+    options = crate::nats::redact::with_url_credentials(options, &url);
     if let Some(creds) = &args.creds {
         crate::config::check_creds_file(creds, "--creds")?;
         options = options

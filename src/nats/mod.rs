@@ -25,8 +25,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 
-/// Connects the node's client to `url` (with the credentials file `creds`, in external mode),
-/// logging connection events (disconnect, reconnect).
+/// Connects the node's client to `url` (with the credentials file `creds`, in external mode,
+/// and the user and password or token of `url`'s userinfo), logging connection events (disconnect, reconnect).
 ///
 /// The client reconnects on its own, forever, when the server goes away (as when the supervisor
 /// restarts it); requests made meanwhile fail fast instead of hanging.
@@ -51,6 +51,8 @@ pub async fn connect(
                 other => tracing::debug!(event = %other, "nats client event"),
             }
         });
+    // async-nats does not send a URL's user and password (or token) itself.
+    options = redact::with_url_credentials(options, url);
     if let Some(creds) = creds {
         options = options
             .credentials_file(creds)
