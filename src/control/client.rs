@@ -308,6 +308,8 @@ async fn connect(args: &ClientArgs) -> anyhow::Result<Connection> {
         (None, Some(creds)) => format!("the user of --creds {} is not admitted", creds.display()),
         (None, None) => "pass --creds FILE for this NATS, or leave out --nats-url to use the local node's NATS as the user it runs as".to_owned(),
     };
+    // async-nats does not send a URL's user and password (or token) itself.
+    options = crate::nats::redact::with_url_credentials(options, &url);
     if let Some(user) = target.user {
         options = options.nkey(user.seed().to_owned());
     } else if let Some(creds) = &args.creds {

@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use super::logging::GuestLogLimiter;
 use crate::providers::http_client::AllowedHosts;
 use crate::providers::keyvalue::{Bucket, KvInterfaces};
 
@@ -29,12 +30,15 @@ pub struct Grants {
     pub buckets: BTreeMap<Arc<str>, GrantedBucket>,
     /// Hosts `wasi:http/outgoing-handler` may reach; empty: none.
     pub allowed_hosts: Arc<AllowedHosts>,
+    /// The rate limit of its log lines (`wasi:logging`, stdout, stderr), all instances together.
+    pub log_limiter: GuestLogLimiter,
 }
 
 impl Grants {
     /// Nothing granted: no config, no bucket, no outgoing host.
     pub fn none(app: Arc<str>, component: Arc<str>) -> Grants {
         Grants {
+            log_limiter: GuestLogLimiter::new(app.clone(), component.clone()),
             app,
             component,
             config: BTreeMap::new(),

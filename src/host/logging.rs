@@ -1,24 +1,218 @@
-//! `wasi:logging/logging@0.1.0-draft` into tracing: target `component`, with the app and
-//! component names and the guest's `context` as fields; `critical` becomes ERROR with
-//! `critical=true`, since tracing has no higher level.
+//! Guest log lines into tracing: `wasi:logging/logging@0.1.0-draft` calls and the lines of a
+//! guest's stdout/stderr (`state.rs`). Target `component`, with the app and component names
+//! and the guest's `context` as fields; `critical` becomes ERROR with `critical=true`, since
+//! tracing has no higher level.
+//!
+//! A guest never writes the node's log itself, so what it sends is made safe first:
+//! - control characters (`\n`, `\r`, ESC, …, and U+2028/U+2029) are escaped (`\n`, `\r`,
+//!   `\t`, else `\u{1b}`), so one `log` call (or one stdout line) is one log line and cannot
+//!   forge another or drive a terminal;
+//! - a message is cut at [`MAX_LINE_BYTES`] (on a char boundary) with a marker saying how many
+//!   bytes were cut;
+//! - lines are rate limited per component on this node ([`GuestLogLimiter`]: a burst of
+//!   [`LOG_BURST`] lines, then [`LOG_LINES_PER_SECOND`]); dropped lines are counted and a
+//!   `dropped N guest log lines` warning is logged at most once a second per component.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
 
 use super::bindings::logging::logging::{self, Level};
 use super::state::HostState;
 
-/// Longest message kept, in bytes; longer ones are cut (at a char boundary) and marked.
-const MAX_MESSAGE_BYTES: usize = 16 * 1024;
+/// Longest guest log line kept (message as escaped), in bytes; the rest is cut and counted.
+pub const MAX_LINE_BYTES: usize = 4 * 1024;
+
+/// Longest `context` of a `wasi:logging` call kept, in bytes (escaped).
+const MAX_CONTEXT_BYTES: usize = 256;
+
+/// Lines a component may log at once before the rate applies.
+pub const LOG_BURST: u32 = 500;
+
+/// Lines a component may log per second, all its instances on this node together, once its
+/// burst is spent.
+pub const LOG_LINES_PER_SECOND: u32 = 100;
+
+/// How often, at most, the dropped lines of one component are reported.
+const REPORT_EVERY: Duration = Duration::from_secs(1);
+
+/// `text` made one safe log line: control characters escaped (see the module doc), then cut to
+/// `max_bytes` on a char boundary with ` …[N bytes cut]` (N counting bytes of `text`, plus
+/// `already_cut` bytes the caller dropped before).
+pub fn one_line(text: &str, max_bytes: usize, already_cut: usize) -> String {
+    let mut out = String::with_capacity(text.len().min(max_bytes));
+    let mut consumed = text.len();
+    for (at, c) in text.char_indices() {
+        let before = out.len();
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_control() || matches!(c, '\u{2028}' | '\u{2029}') => {
+                let _ = write!(out, "\\u{{{:x}}}", c as u32);
+            }
+            c => out.push(c),
+        }
+        if out.len() > max_bytes {
+            out.truncate(before);
+            consumed = at;
+            break;
+        }
+    }
+    let cut = text.len() - consumed + already_cut;
+    if cut > 0 {
+        let _ = write!(out, " …[{cut} bytes cut]");
+    }
+    out
+}
+
+/// The rate limit of one component's guest log lines on this node, shared by all its
+/// instances (`wasi:logging`, stdout and stderr alike): a token bucket of [`LOG_BURST`] lines
+/// refilled at [`LOG_LINES_PER_SECOND`]. Cheap to clone.
+#[derive(Clone)]
+pub struct GuestLogLimiter {
+    inner: Arc<Limiter>,
+}
+
+struct Limiter {
+    app: Arc<str>,
+    component: Arc<str>,
+    burst: f64,
+    per_second: f64,
+    bucket: Mutex<Bucket>,
+    /// Lines dropped since the last report.
+    dropped: AtomicU64,
+    /// Whether a report is pending (a task will log `dropped`).
+    reporting: AtomicBool,
+}
+
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
+impl GuestLogLimiter {
+    /// The limiter of component `component` of app `app`, with the default rate.
+    pub fn new(app: Arc<str>, component: Arc<str>) -> GuestLogLimiter {
+        GuestLogLimiter::with_rate(app, component, LOG_BURST, LOG_LINES_PER_SECOND)
+    }
+
+    /// A limiter letting `burst` lines through at once, then `per_second`.
+    pub fn with_rate(
+        app: Arc<str>,
+        component: Arc<str>,
+        burst: u32,
+        per_second: u32,
+    ) -> GuestLogLimiter {
+        GuestLogLimiter {
+            inner: Arc::new(Limiter {
+                app,
+                component,
+                burst: f64::from(burst),
+                per_second: f64::from(per_second),
+                bucket: Mutex::new(Bucket {
+                    tokens: f64::from(burst),
+                    at: Instant::now(),
+                }),
+                dropped: AtomicU64::new(0),
+                reporting: AtomicBool::new(false),
+            }),
+        }
+    }
+
+    /// Whether one more line may be logged now; a line refused is counted, and reported (with
+    /// the others) within about a second.
+    pub fn admit(&self) -> bool {
+        let now = Instant::now();
+        let admitted = {
+            let mut bucket = self.inner.bucket.lock().unwrap_or_else(|p| p.into_inner());
+            let refill = now.duration_since(bucket.at).as_secs_f64() * self.inner.per_second;
+            bucket.tokens = (bucket.tokens + refill).min(self.inner.burst);
+            bucket.at = now;
+            if bucket.tokens >= 1.0 {
+                bucket.tokens -= 1.0;
+                true
+            } else {
+                false
+            }
+        };
+        if !admitted {
+            self.inner.dropped.fetch_add(1, Ordering::Relaxed);
+            report_later(&self.inner);
+        }
+        admitted
+    }
+
+    /// Lines dropped and not reported yet.
+    pub fn dropped(&self) -> u64 {
+        self.inner.dropped.load(Ordering::Relaxed)
+    }
+}
+
+impl Limiter {
+    /// Logs the lines dropped since the last report, if any; whether there were.
+    fn report(&self) -> bool {
+        let dropped = self.dropped.swap(0, Ordering::Relaxed);
+        if dropped > 0 {
+            tracing::warn!(
+                target: "component",
+                app = %self.app,
+                component = %self.component,
+                dropped,
+                "dropped {dropped} guest log lines (over {LOG_BURST} at once or \
+                 {LOG_LINES_PER_SECOND}/s)"
+            );
+        }
+        dropped > 0
+    }
+}
+
+impl Drop for Limiter {
+    fn drop(&mut self) {
+        self.report();
+    }
+}
+
+/// Starts the reporter of `limiter` unless one runs: a task that logs the dropped count a
+/// second later, and every second after while lines are still dropped.
+fn report_later(limiter: &Arc<Limiter>) {
+    if limiter.reporting.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        // No runtime (not a host call): the count waits for the next drop or the limiter's end.
+        limiter.reporting.store(false, Ordering::Release);
+        return;
+    };
+    let weak: Weak<Limiter> = Arc::downgrade(limiter);
+    runtime.spawn(async move {
+        loop {
+            tokio::time::sleep(REPORT_EVERY).await;
+            // Gone: its drop reported what was left.
+            let Some(limiter) = weak.upgrade() else {
+                return;
+            };
+            if !limiter.report() {
+                limiter.reporting.store(false, Ordering::Release);
+                // A line dropped between the report and now found a reporter running.
+                if limiter.dropped.load(Ordering::Relaxed) == 0
+                    || limiter.reporting.swap(true, Ordering::AcqRel)
+                {
+                    return;
+                }
+            }
+        }
+    });
+}
 
 impl logging::Host for HostState {
     fn log(&mut self, level: Level, context: String, message: String) -> wasmtime::Result<()> {
-        let mut message = message;
-        if message.len() > MAX_MESSAGE_BYTES {
-            let mut end = MAX_MESSAGE_BYTES;
-            while !message.is_char_boundary(end) {
-                end -= 1;
-            }
-            message.truncate(end);
-            message.push_str(" …(cut)");
+        if !self.grants.log_limiter.admit() {
+            return Ok(());
         }
+        let message = one_line(&message, MAX_LINE_BYTES, 0);
+        let context = one_line(&context, MAX_CONTEXT_BYTES, 0);
         let app = &*self.grants.app;
         let component = &*self.grants.component;
         match level {
@@ -42,5 +236,44 @@ impl logging::Host for HostState {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_characters_are_escaped_into_one_line() {
+        assert_eq!(
+            one_line(
+                "line one\nINFO forged\r\x1b[31mred\t\u{7f}\u{2028}é",
+                4096,
+                0
+            ),
+            "line one\\nINFO forged\\r\\u{1b}[31mred\\t\\u{7f}\\u{2028}é"
+        );
+        assert_eq!(one_line("plain", 4096, 0), "plain");
+    }
+
+    #[test]
+    fn long_lines_are_cut_on_a_char_boundary_with_the_count() {
+        let text = "é".repeat(3000); // 6000 bytes
+        let line = one_line(&text, MAX_LINE_BYTES, 0);
+        let (kept, marker) = line.split_once(" …[").unwrap();
+        assert_eq!(kept.len(), 4096);
+        assert_eq!(marker, "1904 bytes cut]");
+        // Escapes count as what they become; a cut by the caller adds up.
+        let line = one_line(&"\n".repeat(10), 5, 7);
+        assert_eq!(line, "\\n\\n …[15 bytes cut]");
+    }
+
+    #[test]
+    fn a_burst_then_the_rate_and_drops_are_counted() {
+        let limiter = GuestLogLimiter::with_rate("a".into(), "c".into(), 10, 1);
+        let admitted = (0..1000).filter(|_| limiter.admit()).count();
+        // The burst, and at most a line or so refilled meanwhile.
+        assert!((10..=11).contains(&admitted), "{admitted}");
+        assert_eq!(limiter.dropped() as usize, 1000 - admitted);
     }
 }

@@ -1,5 +1,6 @@
 //! `HostState`, the data of every component `Store`: plain contexts with small view accessors,
-//! as `wasmtime serve` keeps its `Host`. Also the stdout/stderr of guests, into tracing.
+//! as `wasmtime serve` keeps its `Host`. Also the stdout/stderr of guests, into tracing (escaped,
+//! cut and rate limited as `logging.rs` says).
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -12,6 +13,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use super::grants::Grants;
+use super::logging::{GuestLogLimiter, MAX_LINE_BYTES, one_line};
 use crate::providers::http_client::{EgressClient, OutgoingHttp};
 
 /// The data of one component instance's `Store`: one request's worth of state.
@@ -40,8 +42,8 @@ impl HostState {
     ) -> HostState {
         let (app, component) = (&grants.app, &grants.component);
         let wasi = WasiCtx::builder()
-            .stdout(GuestLog::new(app, component, "stdout"))
-            .stderr(GuestLog::new(app, component, "stderr"))
+            .stdout(GuestLog::new(grants, "stdout"))
+            .stderr(GuestLog::new(grants, "stderr"))
             .allow_ip_name_lookup(false)
             .build();
         HostState {
@@ -79,20 +81,24 @@ impl WasiHttpView for HostState {
     }
 }
 
-/// A guest's stdout or stderr: each line becomes a log event with the app and component names.
+/// A guest's stdout or stderr: each line becomes a log event with the app and component names,
+/// made safe as `wasi:logging` messages are (`logging.rs`: escaped, cut at
+/// [`MAX_LINE_BYTES`], rate limited with the component's other lines).
 #[derive(Clone)]
 pub(crate) struct GuestLog {
     app: Arc<str>,
     component: Arc<str>,
     stream: &'static str,
+    limiter: GuestLogLimiter,
 }
 
 impl GuestLog {
-    fn new(app: &Arc<str>, component: &Arc<str>, stream: &'static str) -> GuestLog {
+    fn new(grants: &Grants, stream: &'static str) -> GuestLog {
         GuestLog {
-            app: app.clone(),
-            component: component.clone(),
+            app: grants.app.clone(),
+            component: grants.component.clone(),
             stream,
+            limiter: grants.log_limiter.clone(),
         }
     }
 }
@@ -108,23 +114,40 @@ impl StdoutStream for GuestLog {
         Box::new(LineWriter {
             log: self.clone(),
             pending: Vec::new(),
+            cut: 0,
         })
     }
 }
 
-/// Splits written bytes into lines; a partial last line is logged when the stream is dropped.
+/// Splits written bytes into lines (at `\n`); a partial last line is logged when the stream is
+/// dropped. Holds at most [`MAX_LINE_BYTES`] of a line: the rest of a longer one is counted
+/// and named in the line's cut marker.
 struct LineWriter {
     log: GuestLog,
     pending: Vec<u8>,
+    /// Bytes of the pending line dropped past [`MAX_LINE_BYTES`].
+    cut: usize,
 }
 
-/// Longest line kept before it is logged anyway, in bytes.
-const MAX_LINE_BYTES: usize = 16 * 1024;
-
 impl LineWriter {
-    fn emit(&self, line: &[u8]) {
-        let text = String::from_utf8_lossy(line);
-        let text = text.trim_end_matches(['\r', '\n']);
+    /// Adds `bytes` (no `\n` among them) to the pending line, as far as it has room.
+    fn take(&mut self, bytes: &[u8]) {
+        let room = MAX_LINE_BYTES.saturating_sub(self.pending.len());
+        let kept = room.min(bytes.len());
+        self.pending.extend_from_slice(&bytes[..kept]);
+        self.cut += bytes.len() - kept;
+    }
+
+    /// Logs the pending line (if the component's rate allows) and starts a new one.
+    fn emit(&mut self) {
+        let line = std::mem::take(&mut self.pending);
+        let cut = std::mem::take(&mut self.cut);
+        if !self.log.limiter.admit() {
+            return;
+        }
+        let text = String::from_utf8_lossy(&line);
+        let text = text.strip_suffix('\r').unwrap_or(&text);
+        let text = one_line(text, MAX_LINE_BYTES, cut);
         tracing::info!(target: "component", app = %self.log.app, component = %self.log.component, stream = self.log.stream, "{text}");
     }
 }
@@ -136,15 +159,13 @@ impl tokio::io::AsyncWrite for LineWriter {
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
         let this = self.get_mut();
-        this.pending.extend_from_slice(buf);
-        while let Some(end) = this.pending.iter().position(|b| *b == b'\n') {
-            let line: Vec<u8> = this.pending.drain(..=end).collect();
-            this.emit(&line);
+        let mut rest = buf;
+        while let Some(end) = rest.iter().position(|b| *b == b'\n') {
+            this.take(&rest[..end]);
+            this.emit();
+            rest = &rest[end + 1..];
         }
-        if this.pending.len() > MAX_LINE_BYTES {
-            let line = std::mem::take(&mut this.pending);
-            this.emit(&line);
-        }
+        this.take(rest);
         Poll::Ready(Ok(buf.len()))
     }
 
@@ -159,9 +180,8 @@ impl tokio::io::AsyncWrite for LineWriter {
 
 impl Drop for LineWriter {
     fn drop(&mut self) {
-        if !self.pending.is_empty() {
-            let line = std::mem::take(&mut self.pending);
-            self.emit(&line);
+        if !self.pending.is_empty() || self.cut > 0 {
+            self.emit();
         }
     }
 }

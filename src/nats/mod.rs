@@ -40,7 +40,8 @@ pub enum ClientAuth<'a> {
 }
 
 /// Connects the node's client to `url` as `auth` says (the node's own nats-server: its local
-/// user; external mode: `--creds`, if any), logging connection events (disconnect, reconnect)
+/// user; external mode: `--creds`, if any, and the user and password or token of `url`'s
+/// userinfo), logging connection events (disconnect, reconnect)
 /// and the server's errors (a permission violation names the subject this node's NATS user may
 /// not use: [`permissions`]).
 ///
@@ -77,6 +78,8 @@ pub async fn connect(
                 other => tracing::debug!(event = %other, "nats client event"),
             }
         });
+    // async-nats does not send a URL's user and password (or token) itself.
+    options = redact::with_url_credentials(options, url);
     match auth {
         ClientAuth::None => {}
         ClientAuth::Creds(creds) => {

@@ -7,6 +7,9 @@
 //! while userinfo without a `:` is taken for a token and replaced whole. A list of URLs
 //! separated by commas (as `nats-server`'s and async-nats' clients accept) is redacted item by
 //! item.
+//!
+//! async-nats (0.51) does not send a URL's userinfo in its CONNECT (nats-io/nats.rs#1623), so
+//! [`url_credentials`] reads it for the caller to set on `ConnectOptions`, as nats.go does.
 
 /// What replaces a password or token.
 pub const REDACTED: &str = "***";
@@ -42,6 +45,75 @@ pub fn redact_urls_in(text: &str) -> String {
     }
     out.push_str(rest);
     out
+}
+
+/// What the userinfo of a NATS URL authenticates with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UrlCredentials {
+    /// `user:password@`.
+    UserPassword {
+        /// The user name, `%XX`-decoded.
+        user: String,
+        /// The password, `%XX`-decoded.
+        password: String,
+    },
+    /// `token@`: a token alone, `%XX`-decoded.
+    Token(String),
+}
+
+/// The credentials in the userinfo of `url` (the first item of a comma-separated list that has
+/// any), `%XX` escapes decoded (RFC 3986 §2.1; an invalid escape is kept as written); `None`
+/// when no item has userinfo.
+pub fn url_credentials(url: &str) -> Option<UrlCredentials> {
+    url.split(',').find_map(|item| {
+        let rest = item.split_once("://").map_or(item, |(_, rest)| rest);
+        let (userinfo, _) = rest.rsplit_once('@')?;
+        Some(match userinfo.split_once(':') {
+            Some((user, password)) => UrlCredentials::UserPassword {
+                user: percent_decoded(user),
+                password: percent_decoded(password),
+            },
+            None => UrlCredentials::Token(percent_decoded(userinfo)),
+        })
+    })
+}
+
+/// `text` with its valid `%XX` escapes decoded; bytes that do not form UTF-8 become U+FFFD.
+fn percent_decoded(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(byte)) => {
+                out.push(byte);
+                i += 3;
+            }
+            (byte, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// `options` with the credentials of `url`'s userinfo, if it has any ([`url_credentials`]).
+pub fn with_url_credentials(
+    options: async_nats::ConnectOptions,
+    url: &str,
+) -> async_nats::ConnectOptions {
+    match url_credentials(url) {
+        Some(UrlCredentials::UserPassword { user, password }) => {
+            options.user_and_password(user, password)
+        }
+        Some(UrlCredentials::Token(token)) => options.token(token),
+        None => options,
+    }
 }
 
 fn redact_one(item: &str) -> String {
@@ -80,6 +152,29 @@ mod tests {
         ] {
             assert_eq!(redact_url(url), shown, "{url}");
         }
+    }
+
+    #[test]
+    fn credentials_are_read_from_the_userinfo() {
+        assert_eq!(
+            url_credentials("nats://u:p%40ss:w@h:4222"),
+            Some(UrlCredentials::UserPassword {
+                user: "u".into(),
+                password: "p@ss:w".into()
+            })
+        );
+        assert_eq!(
+            url_credentials("nats://h1,nats://t%2Fk@h2"),
+            Some(UrlCredentials::Token("t/k".into()))
+        );
+        assert_eq!(url_credentials("nats://127.0.0.1:4222"), None);
+        assert_eq!(
+            url_credentials("a:100%@h"),
+            Some(UrlCredentials::UserPassword {
+                user: "a".into(),
+                password: "100%".into()
+            })
+        );
     }
 
     #[test]

@@ -18,6 +18,14 @@
 //! Two headers for testing the host: `x-echo-sleep-ms: N` holds the instance
 //! N ms (a clock wait, no CPU) before answering, and `x-echo-trap: <message>`
 //! makes the guest trap (a Rust panic, which aborts) before it sets a response.
+//!
+//! Two more for testing the host's handling of guest logs: `x-echo-log: <text>` logs `<text>`
+//! (`%XX`-decoded, so `%0A` is a newline) before answering, `x-echo-log-count: N` times
+//! (default 1), through `x-echo-log-to`: `logging` (the default: `wasi:logging` at info level,
+//! context `echo`, one call per line), `stdout` or `stderr` (one `println!`/`eprintln!` per
+//! line). A malformed escape answers `400`.
+//!
+//! Beyond `wasi:http` it imports only `wasi:logging/logging` (and the WASI 0.2 basics).
 
 use std::io::Write as _;
 
@@ -26,6 +34,24 @@ use wasi::http::types::{
     ErrorCode, Fields, IncomingRequest, Method, OutgoingBody, OutgoingResponse, ResponseOutparam,
 };
 use wasi::io::streams::StreamError;
+
+#[allow(missing_docs, clippy::all)]
+mod bindings {
+    wit_bindgen::generate!({
+        inline: r#"
+            package lattice-examples:http-echo;
+
+            world echo {
+                import wasi:logging/logging@0.1.0-draft;
+            }
+        "#,
+        path: "../../wit",
+        world: "echo",
+        generate_all,
+    });
+}
+
+use bindings::wasi::logging::logging::{self, Level};
 
 /// Largest number of bytes asked for in one read of the request body.
 const READ_CHUNK: u64 = 64 * 1024;
@@ -41,6 +67,26 @@ impl Guest for HttpEcho {
         }
         if let Some(ms) = header_text(&request, "x-echo-sleep-ms").and_then(|v| v.parse().ok()) {
             std::thread::sleep(std::time::Duration::from_millis(ms));
+        }
+        if let Some(text) = header_text(&request, "x-echo-log") {
+            let text = match example_http::percent_decode(&text) {
+                Ok(text) => text,
+                Err(err) => {
+                    let body = format!("x-echo-log: {err}\n");
+                    return example_http::respond_text(response_out, 400, &[], body.as_bytes());
+                }
+            };
+            let count: u64 = header_text(&request, "x-echo-log-count")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(1);
+            let to = header_text(&request, "x-echo-log-to");
+            for _ in 0..count {
+                match to.as_deref() {
+                    Some("stdout") => println!("{text}"),
+                    Some("stderr") => eprintln!("{text}"),
+                    _ => logging::log(Level::Info, "echo", &text),
+                }
+            }
         }
         let method = method_name(&request.method());
         let path = request.path_with_query().unwrap_or_else(|| "/".to_string());
