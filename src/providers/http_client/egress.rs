@@ -52,7 +52,8 @@ pub struct Egress {
 }
 
 impl Egress {
-    /// Outgoing HTTP trusting the system's roots plus the certificates of `ca_files` (PEM).
+    /// Outgoing HTTP trusting the system's roots plus the certificates of `ca_files` (PEM;
+    /// none: the system's roots only).
     ///
     /// # Errors
     /// [`TlsError`], naming a file that cannot be read or holds no usable CA certificate.
@@ -60,17 +61,6 @@ impl Egress {
         Ok(Egress {
             tls: client_config(ca_files)?,
         })
-    }
-
-    /// Outgoing HTTP trusting the system's roots only.
-    ///
-    /// # Panics
-    /// Never: without files nothing can fail but rustls's safe defaults, which always build.
-    pub fn system_roots() -> Egress {
-        match Egress::new(&[]) {
-            Ok(egress) => egress,
-            Err(e) => unreachable!("TLS settings without CA files: {e}"),
-        }
     }
 
     /// The client of one component (`component` of app `app`, named in logs), reaching
@@ -604,7 +594,9 @@ mod tests {
 
     fn client(allowed: &str) -> EgressClient {
         let allowed = Arc::new(AllowedHosts::parse(allowed).unwrap());
-        Egress::system_roots().client(allowed, "app".into(), "component".into())
+        Egress::new(&[])
+            .unwrap()
+            .client(allowed, "app".into(), "component".into())
     }
 
     #[tokio::test]
