@@ -119,7 +119,8 @@ impl Host {
     /// the linker and the code cache in `<data_dir>/cache/components`.
     ///
     /// # Errors
-    /// The engine cannot be created or an interface cannot be added to the linker.
+    /// The engine cannot be created, an interface cannot be added to the linker, or rustls
+    /// refuses its default client settings.
     pub fn new(data_dir: &Path, limits: InstanceLimits) -> anyhow::Result<Host> {
         let (engine, allocator) = engine::build(limits.max_memory_bytes, limits.pool_instances)?;
         let mut linker = Linker::new(&engine);
@@ -145,12 +146,12 @@ impl Host {
             cache,
             limits,
             allocator,
-            egress: Egress::system_roots(),
+            egress: Egress::new(&[]).context("outgoing HTTPS settings")?,
         })
     }
 
     /// This host with `egress` as the outgoing-HTTP settings of the components it prepares
-    /// (default: [`Egress::system_roots`]).
+    /// (default: the system's trusted roots only, `Egress::new(&[])`).
     pub fn with_egress(mut self, egress: Egress) -> Host {
         self.egress = egress;
         self

@@ -52,7 +52,8 @@ pub struct Egress {
 }
 
 impl Egress {
-    /// Outgoing HTTP trusting the system's roots plus the certificates of `ca_files` (PEM).
+    /// Outgoing HTTP trusting the system's roots plus the certificates of `ca_files` (PEM;
+    /// none: the system's roots only).
     ///
     /// # Errors
     /// [`TlsError`], naming a file that cannot be read or holds no usable CA certificate.
@@ -60,17 +61,6 @@ impl Egress {
         Ok(Egress {
             tls: client_config(ca_files)?,
         })
-    }
-
-    /// Outgoing HTTP trusting the system's roots only.
-    ///
-    /// # Panics
-    /// Never: without files nothing can fail but rustls's safe defaults, which always build.
-    pub fn system_roots() -> Egress {
-        match Egress::new(&[]) {
-            Ok(egress) => egress,
-            Err(e) => unreachable!("TLS settings without CA files: {e}"),
-        }
     }
 
     /// The client of one component (`component` of app `app`, named in logs), reaching
@@ -122,9 +112,11 @@ tokio::task_local! {
 
 impl EgressClient {
     /// Sends `request` (absolute URI, allowed by the component's allow-list) with the guest's
-    /// `options`: the connection (lookup, TCP, TLS) within `connect_timeout` (default
-    /// [`DEFAULT_CONNECT_TIMEOUT`]), the response head within `first_byte_timeout` after that,
-    /// each body frame within `between_bytes_timeout` of the last (default 600 s each).
+    /// `options`: a new connection (lookup, TCP, TLS) within `connect_timeout` (default
+    /// [`DEFAULT_CONNECT_TIMEOUT`]), the response head within `connect_timeout +
+    /// first_byte_timeout` of the start (the pool does not say whether it connected, so a
+    /// reused connection's first byte may take up to both), each body frame within
+    /// `between_bytes_timeout` of the last (default 600 s each, as `default_send_request`).
     /// `hold` is kept until the response body ends or is dropped.
     ///
     /// # Errors
@@ -148,7 +140,7 @@ impl EgressClient {
         // The connector reads the connect timeout when the client asks it for a connection,
         // which happens inside this future (a connection the pool gets back first is kept).
         let response = CONNECT_TIMEOUT.scope(connect_timeout, self.client.request(request));
-        // The first byte's wait starts once connected: at most connect + first-byte in all.
+        // The first byte's wait, after connecting: at most connect + first-byte in all.
         let response =
             match tokio::time::timeout(connect_timeout + first_byte_timeout, response).await {
                 Err(_elapsed) => return Err(wasmtime_wasi_http::Error::ConnectionReadTimeout),
@@ -604,7 +596,9 @@ mod tests {
 
     fn client(allowed: &str) -> EgressClient {
         let allowed = Arc::new(AllowedHosts::parse(allowed).unwrap());
-        Egress::system_roots().client(allowed, "app".into(), "component".into())
+        Egress::new(&[])
+            .unwrap()
+            .client(allowed, "app".into(), "component".into())
     }
 
     #[tokio::test]
