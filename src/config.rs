@@ -476,6 +476,8 @@ fn parse_label(text: &str) -> anyhow::Result<(String, String)> {
     Ok((key.to_owned(), value.trim().to_owned()))
 }
 
+/// Label keys are not [`Name`]s on purpose: they also take `.` and `/` (`topology.kubernetes.io/zone`)
+/// and never become a subject token (labels travel in heartbeat payloads).
 fn check_label_key(key: &str) -> anyhow::Result<()> {
     ensure!(
         !key.is_empty()

@@ -51,7 +51,7 @@ pub fn is_reserved(bucket: &str) -> bool {
 /// What a node's operator allows of keyvalue buckets on this node (`NodeConfig::buckets`).
 ///
 /// keyvalue-sled buckets are per app: the tree of bucket `b` of app `a` is `keyvalue/a/b`, so two
-/// apps naming the same bucket see different data, unless `b` is in [`BucketPolicy::shared`]:
+/// apps naming the same bucket see different data, unless `b` is in [`BucketPolicy::shared_sled`]:
 /// then every app naming it opens the tree `keyvalue/b`. That is the tree every keyvalue-sled
 /// bucket had before buckets were per app, so data stored then stays readable by listing its
 /// bucket as shared: nothing is moved or deleted (see `KeyValueProviders::new`, which names
