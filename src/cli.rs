@@ -289,4 +289,26 @@ pub struct UpArgs {
         value_delimiter = ','
     )]
     pub allowed_listen: Vec<String>,
+    /// A keyvalue-sled bucket every app on this node shares; repeatable (env: comma-separated).
+    /// Other keyvalue-sled buckets are per app. Sharing a bucket also makes readable what was
+    /// stored in it before buckets were per app [default: none].
+    #[arg(
+        long = "shared-bucket",
+        env = "LATTICE_SHARED_BUCKET",
+        value_name = "NAME",
+        value_delimiter = ','
+    )]
+    pub shared_buckets: Vec<String>,
+
+    /// A glob pattern (`app_*`) of the keyvalue-nats buckets links may name on this node;
+    /// repeatable (env: comma-separated). A replica whose link names another bucket fails to
+    /// start here, with the reason in `lattice app status` [default: any bucket but the
+    /// lattice's own].
+    #[arg(
+        long = "allowed-buckets",
+        env = "LATTICE_ALLOWED_BUCKETS",
+        value_name = "PATTERN",
+        value_delimiter = ','
+    )]
+    pub allowed_buckets: Vec<String>,
 }

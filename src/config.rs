@@ -12,7 +12,9 @@ use anyhow::{Context, bail, ensure};
 use serde::Deserialize;
 
 use crate::cli::UpArgs;
+use crate::name::Name;
 use crate::providers::http::{ListenPolicy, ListenRule};
+use crate::providers::keyvalue::BucketPolicy;
 
 /// Name of the optional node config file inside the config dir.
 pub const CONFIG_FILE_NAME: &str = "lattice.toml";
@@ -96,6 +98,9 @@ pub struct NodeConfig {
     pub ca_files: Vec<PathBuf>,
     /// `--allowed-listen`: where apps may open listeners of their own.
     pub allowed_listen: ListenPolicy,
+    /// Which keyvalue buckets links may name here and which keyvalue-sled ones are shared
+    /// (`--shared-bucket`, `--allowed-buckets`).
+    pub buckets: BucketPolicy,
 }
 
 /// The keys of `lattice.toml`: the flags of `lattice up`, by their long names.
@@ -129,6 +134,8 @@ struct FileConfig {
     #[serde(default)]
     ca_file: OneOrMany,
     allowed_listen: Option<Vec<String>>,
+    shared_bucket: Option<Vec<String>>,
+    allowed_buckets: Option<Vec<String>>,
 }
 
 /// `ca-file = "a.pem"` or `ca-file = ["a.pem", "b.pem"]`.
@@ -308,13 +315,7 @@ impl NodeConfig {
         };
         let js_domain = args.js_domain.or(file.js_domain);
         if let Some(domain) = &js_domain {
-            ensure!(
-                !domain.is_empty()
-                    && domain
-                        .chars()
-                        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'),
-                "--js-domain {domain:?}: use letters, digits, '-' and '_' only"
-            );
+            Name::check(domain).map_err(|e| anyhow::anyhow!("--js-domain {domain:?}: {e}"))?;
         }
         let heartbeat_interval = args
             .heartbeat_interval
@@ -341,6 +342,11 @@ impl NodeConfig {
             )?,
             (_, None) => ListenPolicy::loopback(),
         };
+        let buckets = bucket_policy(
+            (args.shared_buckets, args.allowed_buckets),
+            (file.shared_bucket, file.allowed_buckets),
+            &config_dir.join(CONFIG_FILE_NAME),
+        )?;
 
         Ok(NodeConfig {
             config_dir,
@@ -363,6 +369,7 @@ impl NodeConfig {
             log_filter: args.log.or(file.log).unwrap_or_else(|| "info".to_owned()),
             ca_files,
             allowed_listen,
+            buckets,
         })
     }
 }
@@ -473,19 +480,65 @@ fn absolute(path: PathBuf) -> anyhow::Result<PathBuf> {
     std::path::absolute(&path).with_context(|| format!("resolving {}", path.display()))
 }
 
-/// A lattice name goes into NATS subjects and JetStream bucket names: keep it to their safe set.
+/// A lattice name goes into NATS subjects and JetStream bucket names: it is a [`Name`].
 ///
 /// # Errors
-/// The name is empty or has another character than `[A-Za-z0-9_-]`.
+/// The name is not a [`Name`] (empty, or another character than `[A-Za-z0-9_-]`); the message
+/// names `--lattice` and the reason.
 pub fn check_lattice_name(name: &str) -> anyhow::Result<()> {
-    ensure!(
-        !name.is_empty()
-            && name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'),
-        "--lattice {name:?}: use letters, digits, '-' and '_' only (it names NATS subjects and buckets)"
-    );
-    Ok(())
+    Name::check(name).map_err(|e| {
+        anyhow::anyhow!("--lattice {name:?}: {e} (it names NATS subjects and buckets)")
+    })
+}
+
+/// The node's [`BucketPolicy`] from `--shared-bucket` and `--allowed-buckets` (`flags`), else the
+/// `shared-bucket` and `allowed-buckets` lists of `lattice.toml` (`file`, at `path`): a flag
+/// given at least once replaces the file's list.
+///
+/// # Errors
+/// A value that is not a bucket name a link could give, or not a glob pattern; the message names
+/// the flag, or the file and key, and the value.
+fn bucket_policy(
+    flags: (Vec<String>, Vec<String>),
+    file: (Option<Vec<String>>, Option<Vec<String>>),
+    path: &Path,
+) -> anyhow::Result<BucketPolicy> {
+    let origin = |flag: &str, key: &str, from_flags: bool| {
+        if from_flags {
+            flag.to_owned()
+        } else {
+            format!("{} key {key}", path.display())
+        }
+    };
+    let (shared, shared_from_flags) = match (flags.0, file.0) {
+        (flags, _) if !flags.is_empty() => (flags, true),
+        (_, file) => (file.unwrap_or_default(), false),
+    };
+    let (allowed, allowed_from_flags) = match (flags.1, file.1) {
+        (flags, _) if !flags.is_empty() => (Some(flags), true),
+        (_, file) => (file, false),
+    };
+    let mut policy = BucketPolicy::default();
+    for text in shared {
+        let name = BucketPolicy::parse_shared(&text).map_err(|reason| {
+            let at = origin("--shared-bucket", "shared-bucket", shared_from_flags);
+            anyhow::anyhow!("{at}: {reason}")
+        })?;
+        policy.shared_sled.insert(name);
+    }
+    if let Some(allowed) = allowed {
+        let patterns = allowed
+            .iter()
+            .map(|text| {
+                BucketPolicy::parse_pattern(text).map_err(|reason| {
+                    let at = origin("--allowed-buckets", "allowed-buckets", allowed_from_flags);
+                    anyhow::anyhow!("{at} {text:?}: {reason}")
+                })
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        policy.allowed_nats = Some(patterns);
+    }
+    Ok(policy)
 }
 
 /// Parses `KEY=VALUE` of `--label`.
@@ -498,6 +551,8 @@ fn parse_label(text: &str) -> anyhow::Result<(String, String)> {
     Ok((key.to_owned(), value.trim().to_owned()))
 }
 
+/// Label keys are not [`Name`]s on purpose: they also take `.` and `/` (`topology.kubernetes.io/zone`)
+/// and never become a subject token (labels travel in heartbeat payloads).
 fn check_label_key(key: &str) -> anyhow::Result<()> {
     ensure!(
         !key.is_empty()
@@ -604,6 +659,48 @@ mod tests {
         let err = format!("{:#}", NodeConfig::resolve(args(dir.path())).unwrap_err());
         assert!(
             err.contains("lattice.toml") && err.contains("http-adr"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn bucket_flags_replace_the_files_lists_and_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = NodeConfig::resolve(args(dir.path())).unwrap();
+        assert_eq!(c.buckets, BucketPolicy::default());
+
+        std::fs::write(
+            dir.path().join(CONFIG_FILE_NAME),
+            "shared-bucket = [\"cache\", \"sessions\"]\nallowed-buckets = [\"app_*\"]\n",
+        )
+        .unwrap();
+        let c = NodeConfig::resolve(args(dir.path())).unwrap();
+        assert!(c.buckets.is_shared("cache") && c.buckets.is_shared("sessions"));
+        assert!(c.buckets.check_nats("app_x").is_ok());
+        assert!(c.buckets.check_nats("other").is_err());
+
+        let mut a = args(dir.path());
+        a.shared_buckets = vec!["only".into()];
+        a.allowed_buckets = vec!["team_*".into(), "x".into()];
+        let c = NodeConfig::resolve(a).unwrap();
+        assert!(c.buckets.is_shared("only") && !c.buckets.is_shared("cache"));
+        assert!(c.buckets.check_nats("team_a").is_ok() && c.buckets.check_nats("app_x").is_err());
+
+        let mut a = args(dir.path());
+        a.shared_buckets = vec!["lattice_default_apps".into()];
+        let err = format!("{:#}", NodeConfig::resolve(a).unwrap_err());
+        assert!(
+            err.contains("--shared-bucket") && err.contains("reserved"),
+            "{err}"
+        );
+        std::fs::write(
+            dir.path().join(CONFIG_FILE_NAME),
+            "allowed-buckets = [\"a[\"]\n",
+        )
+        .unwrap();
+        let err = format!("{:#}", NodeConfig::resolve(args(dir.path())).unwrap_err());
+        assert!(
+            err.contains("lattice.toml key allowed-buckets") && err.contains("glob"),
             "{err}"
         );
     }

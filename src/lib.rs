@@ -13,6 +13,7 @@ pub mod config;
 pub mod control;
 pub mod host;
 pub mod lattice;
+pub mod name;
 pub mod nats;
 pub mod node;
 pub mod providers;

@@ -302,7 +302,8 @@ async fn run_with_nats(
     .with_replicas(config.store_replicas);
     // keyvalue-nats buckets live in the same JetStream as the apps; keyvalue-sled trees in the
     // node's own database.
-    let keyvalue = KeyValueProviders::new(Some(js.clone()), Some(db.clone()));
+    let keyvalue =
+        KeyValueProviders::new(Some(js.clone()), Some(db.clone()), config.buckets.clone());
     let deployer = Arc::new(
         Deployer::new(
             host.clone(),

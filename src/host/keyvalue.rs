@@ -345,13 +345,13 @@ impl batch::Host for HostState {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::providers::keyvalue::{KvInterfaces, MAX_KEY_BYTES, SledBucket};
+    use crate::providers::keyvalue::{KvInterfaces, MAX_KEY_BYTES, SledBucket, SledScope};
 
     /// A sled bucket in a temporary directory, opened through a link granting `interfaces`.
     fn opened(interfaces: KvInterfaces) -> (tempfile::TempDir, Opened) {
         let dir = tempfile::tempdir().unwrap();
         let db = sled::open(dir.path()).unwrap();
-        let bucket = Arc::new(SledBucket::open(&db, "batch").unwrap());
+        let bucket = Arc::new(SledBucket::open(&db, "batch", SledScope::App("app")).unwrap());
         let opened = Opened {
             granted: GrantedBucket { bucket, interfaces },
             link: "default".into(),
@@ -421,7 +421,7 @@ mod tests {
         let long = "k".repeat(MAX_KEY_BYTES + 1);
         let err = b.admit("increment", Via::Atomics, ["k", long.as_str()]);
         assert!(
-            matches!(&err, Err(store::Error::Other(text)) if text.contains("keyvalue-sled bucket batch: increment") && text.contains("at most 1024")),
+            matches!(&err, Err(store::Error::Other(text)) if text.contains("keyvalue-sled bucket batch of app app: increment") && text.contains("at most 1024")),
             "{err:?}"
         );
     }

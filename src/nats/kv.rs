@@ -41,9 +41,9 @@ pub enum IfMissing {
 /// Why a KV bucket could not be opened.
 #[derive(Debug, thiserror::Error)]
 pub enum OpenBucketError {
-    /// The name is not a valid bucket name.
-    #[error("{0:?} is not a valid JetStream KV bucket name (letters, digits, '-' and '_')")]
-    InvalidName(String),
+    /// The name is not a valid bucket name ([`crate::name::Name`]'s rule, NATS ADR-8's).
+    #[error("JetStream KV bucket name {0:?}: {1}")]
+    InvalidName(String, crate::name::NameError),
     /// JetStream answered that the bucket does not exist.
     #[error("JetStream KV bucket {0} does not exist")]
     Missing(String),
@@ -85,12 +85,8 @@ pub async fn open_bucket_with_replicas(
     if_missing: IfMissing,
     replicas: usize,
 ) -> Result<Store, OpenBucketError> {
-    if bucket.is_empty()
-        || !bucket
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_'))
-    {
-        return Err(OpenBucketError::InvalidName(bucket.to_owned()));
+    if let Err(e) = crate::name::Name::check(bucket) {
+        return Err(OpenBucketError::InvalidName(bucket.to_owned(), e));
     }
     let unavailable = |reason: String| OpenBucketError::Unavailable {
         bucket: bucket.to_owned(),

@@ -703,7 +703,7 @@ impl Starter {
         for (name, link) in &spec.keyvalue {
             let bucket = self
                 .keyvalue
-                .open(&link.bucket)
+                .open(app, &link.bucket)
                 .await
                 .map_err(|e| format!("keyvalue link {name:?}: {e:#}"))?;
             let granted = GrantedBucket {

@@ -15,6 +15,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use crate::name::Name;
 use crate::providers::http_client::AllowedHosts;
 use crate::providers::keyvalue::KeyValueLink;
 
@@ -427,6 +428,7 @@ pub fn parse(text: &str, base_dir: &Path) -> Result<Manifest, FieldError> {
             "component" => {
                 let context = links::LinkContext {
                     app: &raw.metadata.name,
+                    component: &c.name,
                     capabilities: &capabilities,
                     components: &component_names,
                     named: &named,
@@ -580,21 +582,9 @@ fn resolve_image(image: &str, base_dir: &Path) -> Result<PathBuf, String> {
     Ok(base_dir.join(path))
 }
 
-/// App and component names: letters, digits, `-` and `_` (they become NATS subject tokens, where
-/// `.` separates tokens).
+/// App and component names are [`Name`]s: they become NATS subject tokens.
 fn check_name(name: &str) -> Result<(), String> {
-    if name.is_empty() {
-        return Err("must not be empty".to_owned());
-    }
-    if !name
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_'))
-    {
-        return Err(format!(
-            "{name:?}: use letters, digits, '-' and '_' only (names become NATS subject tokens)"
-        ));
-    }
-    Ok(())
+    Name::check(name).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

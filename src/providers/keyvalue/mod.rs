@@ -1,11 +1,14 @@
 //! The keyvalue providers behind `wasi:keyvalue`: a small [`Bucket`] trait (as Spin's
 //! key-value factor has), with two backends: `nats` (a JetStream KV bucket shared by the
-//! lattice, wasmCloud's keyvalue-nats) and `sled` (a tree in the node's own database).
+//! lattice, wasmCloud's keyvalue-nats) and `sled` (a tree in the node's own database, per app
+//! unless shared). Which buckets a link may name is `policy`'s: never the lattice's own, and
+//! what the node's operator allows.
 //!
 //! Counters written by `increment` are decimal ASCII text (`b"1000"`), as wasmCloud's
 //! keyvalue-nats provider writes them, so other NATS clients can read them.
 
 mod nats;
+mod policy;
 mod sled;
 
 use std::collections::HashMap;
@@ -15,7 +18,12 @@ use bytes::Bytes;
 use futures::future::BoxFuture;
 
 pub use self::nats::NatsBucket;
-pub use self::sled::SledBucket;
+pub use self::policy::{
+    BucketPolicy, MAX_BUCKET_NAME, RESERVED_PREFIX, check_bucket_name, is_reserved,
+};
+pub use self::sled::{SledBucket, SledScope, shared_form_buckets};
+
+use crate::name::Name;
 
 /// Keys returned by one `list-keys` page at most.
 pub const KEYS_PAGE: usize = 1000;
@@ -182,17 +190,18 @@ pub struct KeyValueLink {
 /// Which bucket a keyvalue link grants, from the link's target capability and its config.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum BucketSpec {
-    /// A JetStream KV bucket of the lattice (wasmCloud's keyvalue-nats).
+    /// A JetStream KV bucket of the lattice (wasmCloud's keyvalue-nats), by its plain name.
     Nats {
         /// The bucket's name.
-        bucket: String,
+        bucket: Name,
         /// Create it when missing (`enable_bucket_auto_create: 'true'`).
         auto_create: bool,
     },
-    /// A tree in this node's sled database, `keyvalue/<bucket>`: node-local.
+    /// A tree in this node's sled database: node-local, the app's own unless the node shares
+    /// the bucket ([`SledScope`]).
     Sled {
         /// The bucket's name.
-        bucket: String,
+        bucket: Name,
     },
 }
 
@@ -206,39 +215,83 @@ impl std::fmt::Display for BucketSpec {
 }
 
 /// Opens the buckets links grant, once each: the node's JetStream for keyvalue-nats, its sled
-/// database for keyvalue-sled. Cheap to clone.
+/// database for keyvalue-sled, as the node's [`BucketPolicy`] allows. Cheap to clone.
 #[derive(Clone)]
 pub struct KeyValueProviders {
     js: Option<crate::nats::SharedJetStream>,
     db: Option<::sled::Db>,
-    open: Arc<Mutex<HashMap<BucketSpec, Arc<dyn Bucket>>>>,
+    policy: Arc<BucketPolicy>,
+    /// Opened buckets by the app owning them (`None`: keyvalue-nats and shared keyvalue-sled
+    /// buckets, one for every app) and spec.
+    open: Arc<Mutex<HashMap<OpenKey, Arc<dyn Bucket>>>>,
 }
 
+/// An opened bucket's key: the app owning it (`None` when every app shares it) and its spec.
+type OpenKey = (Option<Name>, BucketSpec);
+
 impl KeyValueProviders {
-    /// Providers over `js` (keyvalue-nats) and `db` (keyvalue-sled); a missing one makes its
-    /// buckets fail to open, with an error saying so.
+    /// Providers over `js` (keyvalue-nats) and `db` (keyvalue-sled) under `policy`; a missing
+    /// backend makes its buckets fail to open, with an error saying so.
+    ///
+    /// Logs a warning for each keyvalue-sled bucket of `db` with data in the shared form
+    /// (`keyvalue/<bucket>`) that `policy` does not share: data stored before keyvalue-sled
+    /// buckets were per app, which apps read again once the node lists the bucket with
+    /// `--shared-bucket`. Nothing is moved or deleted: which app a bucket of the old layout
+    /// belonged to cannot be known (every app naming it shared it), so the operator chooses.
     pub fn new(
         js: Option<crate::nats::SharedJetStream>,
         db: Option<::sled::Db>,
+        policy: BucketPolicy,
     ) -> KeyValueProviders {
+        if let Some(db) = &db {
+            match shared_form_buckets(db) {
+                Ok(buckets) => {
+                    for bucket in buckets.iter().filter(|b| !policy.is_shared(b)) {
+                        tracing::warn!(
+                            bucket,
+                            "keyvalue-sled bucket {bucket} holds data stored before keyvalue-sled                              buckets were per app; no app sees it unless this node shares it                              (--shared-bucket {bucket}, or shared-bucket in lattice.toml)"
+                        );
+                    }
+                }
+                Err(e) => tracing::warn!("listing keyvalue-sled buckets: {e}"),
+            }
+        }
         KeyValueProviders {
             js,
             db,
+            policy: Arc::new(policy),
             open: Arc::new(Mutex::new(HashMap::new())),
         }
     }
 
-    /// The bucket `spec` names, opened (or created, when the spec allows it) on first use.
+    /// The bucket `spec` names for app `app`, opened (or created, when the spec allows it) on
+    /// first use: a keyvalue-nats bucket by its plain name, a keyvalue-sled bucket as the app's
+    /// own tree unless the node shares it.
     ///
     /// # Errors
-    /// A keyvalue-nats bucket that does not exist without `auto_create`, JetStream unreachable, a
-    /// bad bucket name, or the sled tree cannot be opened. The message names the bucket.
-    pub async fn open(&self, spec: &BucketSpec) -> anyhow::Result<Arc<dyn Bucket>> {
+    /// The bucket is the lattice's own, or a keyvalue-nats bucket this node's `--allowed-buckets`
+    /// does not allow; a keyvalue-nats bucket that does not exist without `auto_create`,
+    /// JetStream unreachable, or the sled tree cannot be opened. The message names the bucket
+    /// and the reason.
+    pub async fn open(&self, app: &str, spec: &BucketSpec) -> anyhow::Result<Arc<dyn Bucket>> {
+        let owner = match spec {
+            BucketSpec::Nats { bucket, .. } => {
+                self.policy
+                    .check_nats(bucket.as_str())
+                    .map_err(|reason| anyhow::anyhow!("{spec}: {reason}"))?;
+                None
+            }
+            BucketSpec::Sled { bucket } if self.policy.is_shared(bucket.as_str()) => None,
+            BucketSpec::Sled { .. } => {
+                Some(Name::new(app).map_err(|e| anyhow::anyhow!("{spec}: app name {e}"))?)
+            }
+        };
+        let key = (owner, spec.clone());
         if let Some(bucket) = self
             .open
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .get(spec)
+            .get(&key)
         {
             return Ok(bucket.clone());
         }
@@ -251,7 +304,7 @@ impl KeyValueProviders {
                     .js
                     .as_ref()
                     .ok_or_else(|| anyhow::anyhow!("{spec}: this node has no JetStream"))?;
-                Arc::new(NatsBucket::open(js, bucket, *auto_create).await?)
+                Arc::new(NatsBucket::open(js, bucket.as_str(), *auto_create).await?)
             }
             BucketSpec::Sled { bucket } => {
                 let db = self
@@ -259,14 +312,23 @@ impl KeyValueProviders {
                     .as_ref()
                     .ok_or_else(|| anyhow::anyhow!("{spec}: this node has no sled database"))?;
                 // Opening a tree may read the disk: on a blocking thread, like every sled call.
-                let (db, name) = (db.clone(), bucket.clone());
-                Arc::new(tokio::task::spawn_blocking(move || SledBucket::open(&db, &name)).await??)
+                let (db, name, owner) = (db.clone(), bucket.clone(), key.0.clone());
+                Arc::new(
+                    tokio::task::spawn_blocking(move || {
+                        let scope = match &owner {
+                            Some(app) => SledScope::App(app.as_str()),
+                            None => SledScope::Shared,
+                        };
+                        SledBucket::open(&db, name.as_str(), scope)
+                    })
+                    .await??,
+                )
             }
         };
         self.open
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(spec.clone(), bucket.clone());
+            .insert(key, bucket.clone());
         Ok(bucket)
     }
 }

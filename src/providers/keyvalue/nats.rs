@@ -185,7 +185,8 @@ impl NatsBucket {
 }
 
 /// Checks that JetStream KV takes `key` (NATS ADR-8: letters, digits and `-/_=.`, not starting
-/// or ending with `.`; keys are subject tokens).
+/// or ending with `.`; a key is one or more subject tokens). Not [`crate::name::Name`]'s rule on
+/// purpose: a key is data of the guest's, several tokens long, where a name is one token.
 ///
 /// # Errors
 /// The reason, naming the rule.

@@ -1,11 +1,57 @@
-//! keyvalue-sled: a bucket is the tree `keyvalue/<bucket>` of the node's sled database, so its
-//! data stays on this node and survives restarts. Calls run on tokio's blocking threads: sled
-//! may wait for I/O.
+//! keyvalue-sled: a bucket is a tree of the node's sled database, so its data stays on this node
+//! and survives restarts. The tree of bucket `b` of app `a` is `keyvalue/a/b` (per app: two
+//! apps naming one bucket see different data); a bucket the node's operator shares is the tree
+//! `keyvalue/b`, which every keyvalue-sled bucket was before buckets were per app
+//! ([`super::BucketPolicy`]). Names have no `/`, so the two forms never meet. Calls run on
+//! tokio's blocking threads: sled may wait for I/O.
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
 
 use super::{Bucket, KeysPage, KvError, add_counter, parse_counter};
+
+/// Whose a keyvalue-sled bucket is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SledScope<'a> {
+    /// App `0`'s own: the tree `keyvalue/<app>/<bucket>`.
+    App(&'a str),
+    /// Shared by every app of the node (`--shared-bucket`): the tree `keyvalue/<bucket>`.
+    Shared,
+}
+
+impl SledScope<'_> {
+    /// The sled tree of `bucket` in this scope.
+    pub fn tree(&self, bucket: &str) -> String {
+        match self {
+            SledScope::App(app) => format!("{TREE_PREFIX}{app}/{bucket}"),
+            SledScope::Shared => format!("{TREE_PREFIX}{bucket}"),
+        }
+    }
+}
+
+/// Prefix of every keyvalue-sled tree in the node's database.
+const TREE_PREFIX: &str = "keyvalue/";
+
+/// The buckets of `db` that hold data in the shared form `keyvalue/<bucket>`: listed as shared,
+/// or stored before keyvalue-sled buckets were per app.
+///
+/// # Errors
+/// sled cannot open one of them.
+pub fn shared_form_buckets(db: &sled::Db) -> sled::Result<Vec<String>> {
+    let mut found = Vec::new();
+    for tree in db.tree_names() {
+        let Some(bucket) = tree
+            .strip_prefix(TREE_PREFIX.as_bytes())
+            .filter(|b| !b.is_empty() && !b.contains(&b'/'))
+        else {
+            continue;
+        };
+        if !db.open_tree(&tree)?.is_empty() {
+            found.push(String::from_utf8_lossy(bucket).into_owned());
+        }
+    }
+    Ok(found)
+}
 
 /// A node-local bucket in sled. Cheap to clone.
 #[derive(Clone)]
@@ -15,18 +61,19 @@ pub struct SledBucket {
 }
 
 impl SledBucket {
-    /// Opens (or creates) the tree of `bucket` in `db`.
+    /// Opens (or creates) the tree of `bucket` in `scope` in `db`.
     ///
     /// # Errors
     /// sled cannot open the tree; the message names the bucket.
-    pub fn open(db: &sled::Db, bucket: &str) -> anyhow::Result<SledBucket> {
+    pub fn open(db: &sled::Db, bucket: &str, scope: SledScope<'_>) -> anyhow::Result<SledBucket> {
+        let label = match scope {
+            SledScope::App(app) => format!("keyvalue-sled bucket {bucket} of app {app}"),
+            SledScope::Shared => format!("keyvalue-sled bucket {bucket} (shared)"),
+        };
         let tree = db
-            .open_tree(format!("keyvalue/{bucket}"))
-            .map_err(|e| anyhow::anyhow!("opening keyvalue-sled bucket {bucket}: {e}"))?;
-        Ok(SledBucket {
-            label: format!("keyvalue-sled bucket {bucket}"),
-            tree,
-        })
+            .open_tree(scope.tree(bucket))
+            .map_err(|e| anyhow::anyhow!("opening {label}: {e}"))?;
+        Ok(SledBucket { label, tree })
     }
 
     fn error(&self, op: &str, key: &str, cause: impl std::fmt::Display) -> KvError {
@@ -144,7 +191,7 @@ mod tests {
     async fn increments_are_exact_under_concurrency_and_keys_page() {
         let dir = tempfile::tempdir().unwrap();
         let db = sled::open(dir.path()).unwrap();
-        let bucket = SledBucket::open(&db, "counters").unwrap();
+        let bucket = SledBucket::open(&db, "counters", SledScope::App("shop")).unwrap();
         let mut threads = Vec::new();
         for _ in 0..8 {
             let bucket = bucket.clone();
@@ -174,8 +221,30 @@ mod tests {
         assert_eq!(last, None);
         bucket.set("word", Bytes::from("abc")).await.unwrap();
         let err = bucket.increment("word", 1).await.unwrap_err().to_string();
-        assert!(err.contains("keyvalue-sled bucket counters"), "{err}");
+        assert!(
+            err.contains("keyvalue-sled bucket counters of app shop"),
+            "{err}"
+        );
         bucket.delete("word").await.unwrap();
         assert!(!bucket.exists("word").await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn apps_see_their_own_trees_and_shared_ones_are_the_old_layout() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::open(dir.path()).unwrap();
+        // What a node wrote before buckets were per app: the tree `keyvalue/<bucket>`.
+        db.open_tree("keyvalue/counters")
+            .unwrap()
+            .insert("hits", "7")
+            .unwrap();
+        let a = SledBucket::open(&db, "counters", SledScope::App("a")).unwrap();
+        let b = SledBucket::open(&db, "counters", SledScope::App("b")).unwrap();
+        a.set("hits", Bytes::from("1")).await.unwrap();
+        assert_eq!(b.get("hits").await.unwrap(), None);
+        assert_eq!(a.get("hits").await.unwrap(), Some(Bytes::from("1")));
+        let shared = SledBucket::open(&db, "counters", SledScope::Shared).unwrap();
+        assert_eq!(shared.get("hits").await.unwrap(), Some(Bytes::from("7")));
+        assert_eq!(shared_form_buckets(&db).unwrap(), ["counters"]);
     }
 }

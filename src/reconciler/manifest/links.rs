@@ -12,8 +12,9 @@ use serde::Deserialize;
 use serde_yaml::Value;
 
 use super::{FieldError, HttpLink, RawComponent, from_value};
+use crate::name::Name;
 use crate::providers::http_client::AllowedHosts;
-use crate::providers::keyvalue::{BucketSpec, KeyValueLink, KvInterfaces};
+use crate::providers::keyvalue::{BucketSpec, KeyValueLink, KvInterfaces, check_bucket_name};
 
 /// The capabilities a node has built in, by what a manifest's `image` says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,11 +51,6 @@ pub(super) fn capability(image: &str) -> Option<Capability> {
 /// The images accepted, for errors.
 pub(super) const BUILT_IN: &str = "ghcr.io/wasmcloud/http-server:*, ghcr.io/wasmcloud/keyvalue-nats:*, \
     ghcr.io/wasmcloud/http-client:*, or wasmcloud+builtin:// http-server, keyvalue-nats, keyvalue-sled, http-client";
-
-/// The longest keyvalue bucket name, in characters: the name appears twice in the NATS subject
-/// of a KV read (`$JS.API.DIRECT.GET.KV_<bucket>.$KV.<bucket>.<key>`), which with a key of
-/// `MAX_KEY_BYTES` must stay well under nats-server's 4096-byte `max_control_line`.
-const MAX_BUCKET_NAME: usize = 128;
 
 #[derive(Deserialize)]
 struct LinkProps {
@@ -257,6 +253,8 @@ pub(super) struct ComponentLinks {
 pub(super) struct LinkContext<'a> {
     /// The app's name (the default keyvalue-sled bucket).
     pub(super) app: &'a str,
+    /// The component whose links these are, for errors.
+    pub(super) component: &'a str,
     /// The manifest's built-in capabilities by name.
     pub(super) capabilities: &'a BTreeMap<&'a str, Capability>,
     /// The manifest's component names.
@@ -269,7 +267,9 @@ pub(super) struct LinkContext<'a> {
 ///
 /// # Errors
 /// A target that is not a built-in capability of the manifest, a package the target does not
-/// provide, two keyvalue links with the same name, a missing `bucket`, a bad
+/// provide, two keyvalue links with the same name, a link name that is not a [`Name`], a
+/// missing `bucket`, a bucket name that is not a [`Name`] or is the lattice's own
+/// ([`check_bucket_name`]: the reason names the app, component and link), a bad
 /// `enable_bucket_auto_create` or `allowed_hosts`.
 pub(super) fn component_link(
     props: Value,
@@ -280,6 +280,7 @@ pub(super) fn component_link(
 ) -> Result<(), FieldError> {
     let LinkContext {
         app,
+        component,
         capabilities,
         components,
         named,
@@ -330,7 +331,21 @@ pub(super) fn component_link(
                 ));
             }
             let name = link.name.clone().unwrap_or_else(|| "default".to_owned());
-            let bucket = config.remove("bucket");
+            Name::check(&name)
+                .map_err(|e| FieldError::new(format!("{field}.name"), e.to_string()))?;
+            let bucket = config
+                .remove("bucket")
+                .map(|bucket| {
+                    check_bucket_name(&bucket).map_err(|reason| {
+                        FieldError::new(
+                            format!("{config_field}.bucket"),
+                            format!(
+                                "app {app:?}, component {component:?}, keyvalue link {name:?}: {reason}"
+                            ),
+                        )
+                    })
+                })
+                .transpose()?;
             let spec = if kind == Capability::KeyValueNats {
                 let bucket = bucket.ok_or_else(|| {
                     FieldError::new(
@@ -365,27 +380,17 @@ pub(super) fn component_link(
                         "{config_field}.{key}: not used by keyvalue-sled; ignored"
                     ));
                 }
-                BucketSpec::Sled {
-                    bucket: bucket.unwrap_or_else(|| (*app).to_owned()),
-                }
+                // Without `bucket`, the app's name: a bucket of the app's own whatever its
+                // name (keyvalue-sled buckets are per app), so the reserved prefix is no
+                // matter here.
+                let bucket = match bucket {
+                    Some(bucket) => bucket,
+                    None => Name::new(*app).map_err(|e| {
+                        FieldError::new(format!("{config_field}.bucket"), e.to_string())
+                    })?,
+                };
+                BucketSpec::Sled { bucket }
             };
-            let bucket_name = match &spec {
-                BucketSpec::Nats { bucket, .. } | BucketSpec::Sled { bucket } => bucket,
-            };
-            if bucket_name.is_empty()
-                || bucket_name.len() > MAX_BUCKET_NAME
-                || !bucket_name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_'))
-            {
-                return Err(FieldError::new(
-                    format!("{config_field}.bucket"),
-                    format!(
-                        "{bucket_name:?}: use letters, digits, '-' and '_' only, at most \
-                         {MAX_BUCKET_NAME} of them"
-                    ),
-                ));
-            }
             let granted = KeyValueLink {
                 bucket: spec,
                 interfaces,

@@ -258,7 +258,7 @@ fn component_links_grant_buckets_hosts_and_config_in_both_forms() {
                 "default".to_owned(),
                 KeyValueLink {
                     bucket: BucketSpec::Nats {
-                        bucket: "counters".into(),
+                        bucket: Name::new("counters").unwrap(),
                         auto_create: true
                     },
                     interfaces: KvInterfaces {
@@ -272,7 +272,7 @@ fn component_links_grant_buckets_hosts_and_config_in_both_forms() {
                 "local".to_owned(),
                 KeyValueLink {
                     bucket: BucketSpec::Sled {
-                        bucket: "kv-counter".into()
+                        bucket: Name::new("kv-counter").unwrap()
                     },
                     interfaces: KvInterfaces {
                         store: true,
@@ -371,6 +371,39 @@ fn bad_component_links_name_their_field() {
     );
     assert!(e.reason.contains("at most 128"), "{e}");
 
+    // The lattice's own buckets, in a keyvalue-nats or a keyvalue-sled link: refused, naming
+    // the app, component, link and why.
+    for (from, link) in [
+        ("bucket: counters", "default"),
+        (
+            "            name: local\n            target: kvsled\n",
+            "local",
+        ),
+    ] {
+        let to = if link == "default" {
+            "bucket: lattice_default_apps".to_owned()
+        } else {
+            "            name: local\n            target:\n              name: kvsled\n              \
+             config:\n                - name: b\n                  properties:\n                    \
+             bucket: LATTICE_default_artifacts\n"
+                .to_owned()
+        };
+        let text = CAPABILITIES.replace(from, &to);
+        assert_ne!(text, CAPABILITIES, "{from}");
+        let e = parse_err(&text);
+        assert!(e.field.ends_with(".target.config.bucket"), "{link}: {e}");
+        assert!(
+            e.reason
+                .contains("app \"kv-counter\", component \"counter\"")
+                && e.reason.contains(&format!("keyvalue link {link:?}"))
+                && e.reason.contains("reserved for the lattice's own buckets"),
+            "{e}"
+        );
+    }
+    let e = parse_err(&CAPABILITIES.replace("name: local", "name: lo.cal"));
+    assert_eq!(e.field, "spec.components[0].traits[2].properties.name");
+    assert!(e.reason.contains("'.'"), "{e}");
+
     let e = parse_err(&CAPABILITIES.replace(
         "wasmcloud+builtin://keyvalue-sled",
         "ghcr.io/wasmcloud/keyvalue-redis:0.28",
@@ -412,7 +445,7 @@ fn unknown_fields_in_a_target_are_warned_and_digest_images_are_built_in() {
     assert_eq!(
         m.components[0].keyvalue["default"].bucket,
         BucketSpec::Nats {
-            bucket: "counters".into(),
+            bucket: Name::new("counters").unwrap(),
             auto_create: true
         }
     );

@@ -648,9 +648,10 @@ mod tests {
         let key = version_key("shop", "v1.2 (rc/1)");
         assert_eq!(key_kind(&key), Some(KeyKind::Version("shop")));
         assert_eq!(key.len(), "ver.shop.".len() + 32);
+        // Every `.`-separated token of a key is a subject token of the one name rule.
         assert!(
-            key.chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+            key.split('.').all(|t| crate::name::Name::check(t).is_ok()),
+            "{key}"
         );
         assert_ne!(version_key("shop", "v1"), version_key("shop", "v2"));
         assert_eq!(key_kind("a.b.c.d"), None);
