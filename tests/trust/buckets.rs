@@ -212,6 +212,7 @@ fn a_link_to_the_lattices_apps_bucket_is_refused_at_deploy_with_the_reason() {
         let out = cli(&node, &["app", "deploy", &file.to_string_lossy()]);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{app}: deploy must fail: {stderr}");
+        eprintln!("deploy {app}: exit {}, stderr: {stderr}", out.status);
         for needle in [
             file.to_string_lossy().as_ref(),
             "spec.components[0].traits[1].properties.target.config.bucket",
@@ -253,7 +254,8 @@ fn sled_buckets_are_per_app_unless_shared_and_old_data_stays_readable_when_share
     seed_old_layout(dir.path(), "common", "/counter/x", "41");
     let mut node = standalone(dir.path(), &[]);
     node.wait_for_log(
-        &["keyvalue-sled bucket common holds data stored before"],
+        &["keyvalue-sled bucket common holds data stored before keyvalue-sled buckets were per app",
+            "--shared-bucket common",],
         SETTLE,
     );
     for (file, _) in &apps {
@@ -402,6 +404,7 @@ fn a_nats_bucket_outside_allowed_buckets_is_refused_on_that_node_only() {
         .ok_or(format!("{status}"))
     });
     let reason = status["reason"].as_str().unwrap();
+    eprintln!("kvother status reason: {reason}");
     for needle in [
         "component counter on node node-a",
         "keyvalue link \"default\"",

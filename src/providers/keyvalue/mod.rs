@@ -249,7 +249,9 @@ impl KeyValueProviders {
                     for bucket in buckets.iter().filter(|b| !policy.is_shared(b)) {
                         tracing::warn!(
                             bucket,
-                            "keyvalue-sled bucket {bucket} holds data stored before keyvalue-sled                              buckets were per app; no app sees it unless this node shares it                              (--shared-bucket {bucket}, or shared-bucket in lattice.toml)"
+                            "keyvalue-sled bucket {bucket} holds data stored before keyvalue-sled \
+                             buckets were per app; no app sees it unless this node shares it \
+                             (--shared-bucket {bucket}, or shared-bucket in lattice.toml)"
                         );
                     }
                 }
