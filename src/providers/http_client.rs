@@ -240,6 +240,8 @@ fn canonical_host(host: &str) -> Option<String> {
             .map(|ip| ip.to_string());
     }
     let name = host.strip_suffix('.').unwrap_or(host);
+    // A DNS label (LDH, plus `_` as in service names): a host name, not a lattice name, so not
+    // `crate::name::Name` even though the characters agree today.
     let label_ok = |label: &str| {
         !label.is_empty()
             && label
