@@ -194,7 +194,7 @@ impl Launch {
             Ok(info) => Some(info.jetstream && info.domain().is_none()),
             Err(e) => {
                 tracing::debug!(
-                    remote = remote.url,
+                    remote = %crate::nats::redact::redact_url(&remote.url),
                     error = e,
                     "reading the hub's leafnode INFO"
                 );
