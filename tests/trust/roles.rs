@@ -149,6 +149,11 @@ fn a_viewer_reads_an_operator_deploys_and_a_serve_only_node_runs_its_share() {
     let hub = Hub::start();
     let a = join_as(&hub, "node-a", "a", &node());
     let b = join_as(&hub, "serve-b", "b", &serve_only());
+    b.wait_for_log(
+        &["serve-only node", "$KV.lattice_default_apps.app"],
+        Duration::from_secs(1),
+    );
+    assert_eq!(a.count_log("serve-only node"), 0, "{}", a.log());
     see_each_other(&[&a, &b]);
     let work = tempfile::tempdir().unwrap();
     let viewer = hub.user_creds_with(work.path(), "viewer.creds", &viewer());
