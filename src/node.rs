@@ -105,6 +105,16 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         "starting lattice node"
     );
 
+    if let NatsMode::Leaf {
+        creds: Some(creds), ..
+    } = &config.nats_mode
+    {
+        nats::user_permissions::warn_if_serve_only(
+            creds,
+            &config.lattice,
+            config.js_domain.as_deref(),
+        );
+    }
     // The one client identity the node's own nats-server admits (none in external mode).
     let local_user = match &config.nats_mode {
         NatsMode::External { .. } => {

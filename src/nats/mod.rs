@@ -6,7 +6,8 @@
 //! leaf uplink's state, `discovery` finds the lattice's JetStream (`jetstream`: the handle on
 //! it), `subjects` builds every subject we use, `kv` opens JetStream KV buckets, `local_auth`
 //! keeps the nkey the node's own nats-server admits, `permissions` reads nats-server's
-//! permission errors, `redact` hides the passwords and tokens of URLs wherever they are shown.
+//! permission errors, `user_permissions` what a creds file's JWT allows, `redact` hides the
+//! passwords and tokens of URLs wherever they are shown.
 
 pub mod discovery;
 pub mod jetstream;
@@ -19,6 +20,7 @@ pub mod server_config;
 pub mod subjects;
 pub mod supervisor;
 pub mod uplink;
+pub mod user_permissions;
 
 pub use discovery::{Discovery, Reach, watch_jetstream};
 pub use jetstream::{JetStreamState, SharedJetStream};

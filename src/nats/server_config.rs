@@ -14,7 +14,8 @@ pub struct ServerSettings {
     /// HTTP monitoring port on 127.0.0.1 (`/healthz`, `/varz`, `/leafz`), which the supervisor
     /// reads for readiness and the leaf uplink's state.
     ///
-    /// nats-server has no authentication for it: any local user can read it. It serves
+    /// Open to any local user: nats-server authenticates it only by TLS client certificates
+    /// (`https` with `verify`), which the node does not set up. It serves
     /// metadata only, never messages or secrets: the server's name, version, ports and
     /// counters (`/varz`), the connected clients with their names, addresses and counts
     /// (`/connz`; their subscriptions' subjects and public nkeys when asked), the subjects

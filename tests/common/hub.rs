@@ -12,7 +12,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use nats_io_jwt::{Account, KeyPair, Operator, OperatorLimits, SystemAccount, Token, User};
+use nats_io_jwt::{
+    Account, KeyPair, Operator, OperatorLimits, Permission, SystemAccount, Token, User,
+};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use tempfile::TempDir;
@@ -187,14 +189,20 @@ resolver_preload: {{
     /// Writes a creds file for a new user of the hub's account into `dir/name` with mode 0600
     /// and returns its path.
     pub fn user_creds(&self, dir: &Path, name: &str) -> PathBuf {
-        write_creds(dir, name, &self.account)
+        write_creds(dir, name, &self.account, &Permissions::default())
+    }
+
+    /// As [`Hub::user_creds`], for a user whose JWT carries `permissions` (what a NATS
+    /// operator gives each role, PROTOCOL.md §Roles).
+    pub fn user_creds_with(&self, dir: &Path, name: &str, permissions: &Permissions) -> PathBuf {
+        write_creds(dir, name, &self.account, permissions)
     }
 
     /// Writes a creds file that parses but is signed by an account the hub does not know (the
     /// hub refuses it: authorization violation) into `dir/name` with mode 0600 and returns its
     /// path.
     pub fn foreign_creds(&self, dir: &Path, name: &str) -> PathBuf {
-        write_creds(dir, name, &KeyPair::new_account())
+        write_creds(dir, name, &KeyPair::new_account(), &Permissions::default())
     }
 
     /// Stops the hub process (SIGTERM, then waits; SIGKILL after 10 s), keeping its config,
@@ -328,10 +336,47 @@ fn accepts(port: u16) -> bool {
     TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
 }
 
-/// Mints a new user signed by `account` and writes its creds file to `dir/name` (mode 0600).
-fn write_creds(dir: &Path, name: &str, account: &KeyPair) -> PathBuf {
+/// A NATS user's publish and subscribe permissions (subjects with wildcards; empty lists are
+/// left out: no `allow` means everything is allowed, as in nats-server).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Permissions {
+    /// Subjects it may publish to.
+    pub pub_allow: Vec<String>,
+    /// Subjects it may not publish to (winning over `pub_allow`).
+    pub pub_deny: Vec<String>,
+    /// Subjects it may subscribe to.
+    pub sub_allow: Vec<String>,
+    /// Subjects it may not subscribe to (winning over `sub_allow`).
+    pub sub_deny: Vec<String>,
+}
+
+impl Permissions {
+    /// The JWT's `pub` or `sub` claim for `allow` and `deny`, `None` when both are empty.
+    fn claim(allow: &[String], deny: &[String]) -> Option<Permission> {
+        let list = |l: &[String]| (!l.is_empty()).then(|| l.to_vec().into());
+        (!allow.is_empty() || !deny.is_empty()).then(|| Permission {
+            allow: list(allow),
+            deny: list(deny),
+        })
+    }
+}
+
+/// Mints a new user signed by `account` with `permissions` and writes its creds file to
+/// `dir/name` (mode 0600).
+fn write_creds(dir: &Path, name: &str, account: &KeyPair, permissions: &Permissions) -> PathBuf {
     let user = KeyPair::new_user();
-    let claims: User = User::builder().bearer_token(false).try_into().unwrap();
+    let claims: User = User::builder()
+        .bearer_token(false)
+        .pub_(Permissions::claim(
+            &permissions.pub_allow,
+            &permissions.pub_deny,
+        ))
+        .sub(Permissions::claim(
+            &permissions.sub_allow,
+            &permissions.sub_deny,
+        ))
+        .try_into()
+        .unwrap();
     let jwt = Token::new(user.public_key())
         .name(name)
         .claims(claims)

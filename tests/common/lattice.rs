@@ -11,7 +11,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde_json::Value;
 
-use super::hub::Hub;
+use super::hub::{Hub, Permissions};
 use super::{Node, lattice_cli};
 
 /// Heartbeat interval of test nodes.
@@ -51,9 +51,14 @@ impl std::ops::DerefMut for Member {
 /// node with a fresh user's creds (nothing else: the node finds the hub's JetStream itself) and
 /// 1 s heartbeats; waits until it is up and its leaf uplink is connected.
 pub fn join(hub: &Hub, name: &str, zone: &str) -> Member {
+    join_as(hub, name, zone, &Permissions::default())
+}
+
+/// As [`join`], with a hub user whose JWT carries `permissions` (a role of PROTOCOL.md §Roles).
+pub fn join_as(hub: &Hub, name: &str, zone: &str, permissions: &Permissions) -> Member {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir.path().join("config")).unwrap();
-    let creds = hub.user_creds(dir.path(), "node.creds");
+    let creds = hub.user_creds_with(dir.path(), "node.creds", permissions);
     let flags: Vec<String> = vec![
         "--creds".into(),
         creds.to_string_lossy().into_owned(),
