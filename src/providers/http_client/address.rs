@@ -1,9 +1,11 @@
 //! Which IP addresses outgoing HTTP refuses unless an allow-list entry names them literally:
 //! the node's own and its networks' (issue 13, DESIGN.md §5). Ranges from the IANA special-purpose
 //! registries (RFC 6890): loopback, link-local (cloud metadata at 169.254.169.254 among them),
-//! private (RFC 1918, RFC 4193), shared address space (CGNAT, RFC 6598), multicast, broadcast and
-//! unspecified, also when written as an IPv4-mapped, IPv4-compatible or NAT64 (RFC 6052) IPv6
-//! address.
+//! private (RFC 1918, RFC 4193), shared address space (CGNAT, RFC 6598), IETF protocol
+//! assignments (`192.0.0.0/24`), benchmarking (`198.18.0.0/15`, also used by fake-IP VPNs and
+//! proxies), reserved (`240.0.0.0/4`), multicast, broadcast and unspecified, also when written as
+//! an IPv4-mapped, IPv4-compatible, NAT64 (RFC 6052 `64:ff9b::/96`, RFC 8215 `64:ff9b:1::/48`) or
+//! 6to4 (RFC 3056 `2002::/16`) IPv6 address.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -27,6 +29,14 @@ pub enum Restricted {
     Multicast,
     /// `255.255.255.255`.
     Broadcast,
+    /// `192.0.0.0/24`, IETF protocol assignments (RFC 6890): DS-Lite, NAT64 discovery and
+    /// similar addresses of the node's own network.
+    ProtocolAssignments,
+    /// `198.18.0.0/15`, benchmarking (RFC 2544): also the fake addresses of fake-IP VPNs and
+    /// proxies, which lead into the node's own tunnel.
+    Benchmarking,
+    /// `240.0.0.0/4`, reserved (RFC 1112), but for the broadcast address.
+    Reserved,
 }
 
 impl std::fmt::Display for Restricted {
@@ -40,13 +50,17 @@ impl std::fmt::Display for Restricted {
             Restricted::SharedAddressSpace => "a shared (carrier-grade NAT) address",
             Restricted::Multicast => "a multicast address",
             Restricted::Broadcast => "the broadcast address",
+            Restricted::ProtocolAssignments => "an IETF protocol assignment address",
+            Restricted::Benchmarking => "a benchmarking (or fake-IP VPN) address",
+            Restricted::Reserved => "a reserved address",
         })
     }
 }
 
 /// Why `ip` may be reached only through an allow-list entry naming it (or the host) literally;
 /// `None` for an address any matching entry reaches. An IPv6 address embedding an IPv4 one
-/// (`::ffff:a.b.c.d`, `::a.b.c.d`, `64:ff9b::a.b.c.d`) is judged by the IPv4 address.
+/// (`::ffff:a.b.c.d`, `::a.b.c.d`, `64:ff9b::a.b.c.d`, `64:ff9b:1:…:a.b.c.d`, 6to4
+/// `2002:AABB:CCDD::`) is judged by the IPv4 address.
 pub fn restriction(ip: IpAddr) -> Option<Restricted> {
     match ip {
         IpAddr::V4(v4) => restriction_v4(v4),
@@ -55,8 +69,9 @@ pub fn restriction(ip: IpAddr) -> Option<Restricted> {
 }
 
 fn restriction_v4(ip: Ipv4Addr) -> Option<Restricted> {
-    let [a, b, ..] = ip.octets();
+    let [a, b, c, _] = ip.octets();
     Some(match (a, b) {
+        _ if ip == Ipv4Addr::BROADCAST => Restricted::Broadcast,
         (0, _) => Restricted::Unspecified,
         (127, _) => Restricted::Loopback,
         (169, 254) => Restricted::LinkLocal,
@@ -64,7 +79,9 @@ fn restriction_v4(ip: Ipv4Addr) -> Option<Restricted> {
         (172, b) if (16..32).contains(&b) => Restricted::Private,
         (100, b) if (64..128).contains(&b) => Restricted::SharedAddressSpace,
         (224..=239, _) => Restricted::Multicast,
-        _ if ip == Ipv4Addr::BROADCAST => Restricted::Broadcast,
+        (192, 0) if c == 0 => Restricted::ProtocolAssignments,
+        (198, 18 | 19) => Restricted::Benchmarking,
+        (240..=255, _) => Restricted::Reserved,
         _ => return None,
     })
 }
@@ -90,12 +107,20 @@ fn restriction_v6(ip: Ipv6Addr) -> Option<Restricted> {
 }
 
 /// The IPv4 address an IPv4-mapped (`::ffff:0:0/96`), IPv4-compatible (`::/96`, deprecated
-/// but still routed by some stacks) or NAT64 well-known-prefix (`64:ff9b::/96`) address carries.
+/// but still routed by some stacks), NAT64 (the well-known prefix `64:ff9b::/96`, RFC 6052; a
+/// `/96` of the local-use prefix `64:ff9b:1::/48`, RFC 8215) or 6to4 (`2002:AABB:CCDD::/48`,
+/// RFC 3056) address carries. In the local-use prefix the IPv4 address is read from the last
+/// 32 bits, where a `/96` translation prefix (what NAT64 gateways use by default) puts it; with
+/// a shorter prefix (RFC 6052 §2.2) those bits are the suffix, mostly zero, so such addresses
+/// read as `0.x.x.x` and are refused as unspecified.
 fn embedded_v4(ip: Ipv6Addr) -> Option<Ipv4Addr> {
     let s = ip.segments();
-    let low = Ipv4Addr::new((s[6] >> 8) as u8, s[6] as u8, (s[7] >> 8) as u8, s[7] as u8);
-    match s[..6] {
-        [0, 0, 0, 0, 0, 0xffff] | [0, 0, 0, 0, 0, 0] | [0x64, 0xff9b, 0, 0, 0, 0] => Some(low),
+    let v4 = |hi: u16, lo: u16| Ipv4Addr::new((hi >> 8) as u8, hi as u8, (lo >> 8) as u8, lo as u8);
+    match s {
+        [0, 0, 0, 0, 0, 0xffff | 0, ..]
+        | [0x64, 0xff9b, 0, 0, 0, 0, ..]
+        | [0x64, 0xff9b, 1, ..] => Some(v4(s[6], s[7])),
+        [0x2002, hi, lo, ..] => Some(v4(hi, lo)),
         _ => None,
     }
 }
@@ -134,6 +159,12 @@ mod tests {
             ("fc00::1", UniqueLocal),
             ("fd12:3456::1", UniqueLocal),
             ("ff02::1", Multicast),
+            ("192.0.0.0", ProtocolAssignments),
+            ("192.0.0.255", ProtocolAssignments),
+            ("198.18.0.0", Benchmarking),
+            ("198.19.255.255", Benchmarking),
+            ("240.0.0.0", Reserved),
+            ("255.255.255.254", Reserved),
         ] {
             assert_eq!(of(ip), Some(want), "{ip}");
         }
@@ -156,7 +187,10 @@ mod tests {
             "100.63.255.255",
             "100.128.0.0",
             "223.255.255.255",
-            "255.255.255.254",
+            "191.255.255.255",
+            "192.0.1.0",
+            "198.17.255.255",
+            "198.20.0.0",
             "2001:db8::1",
             "2606:4700::1111",
             "fe7f::1",
@@ -182,5 +216,32 @@ mod tests {
         assert_eq!(of("64:ff9b::7f00:1"), Some(Restricted::Loopback));
         assert_eq!(of("::ffff:1.1.1.1"), None);
         assert_eq!(of("64:ff9b::1.1.1.1"), None);
+        assert_eq!(of("64:ff9b::198.18.0.1"), Some(Restricted::Benchmarking));
+    }
+
+    #[test]
+    fn nat64_local_use_and_6to4_are_judged_by_their_ipv4_address() {
+        use Restricted::*;
+        // RFC 8215's local-use prefix, a /96 of it: the last 32 bits.
+        assert_eq!(of("64:ff9b:1::127.0.0.1"), Some(Loopback));
+        assert_eq!(of("64:ff9b:1:abcd:0:1:10.0.0.1"), Some(Private));
+        assert_eq!(
+            of("64:ff9b:1:ffff:ffff:ffff:169.254.169.254"),
+            Some(LinkLocal)
+        );
+        assert_eq!(of("64:ff9b:1::1.1.1.1"), None);
+        // A shorter translation prefix leaves the last bits zero: unspecified, refused.
+        assert_eq!(of("64:ff9b:1:101:1:100::"), Some(Unspecified));
+        // Next to it, outside both NAT64 prefixes: not IPv4.
+        assert_eq!(of("64:ff9b:2::127.0.0.1"), None);
+        assert_eq!(of("64:ff9a:ffff:ffff:ffff:ffff:7f00:1"), None);
+        // 6to4: the IPv4 address follows the 2002::/16 prefix.
+        assert_eq!(of("2002:7f00:1::"), Some(Loopback));
+        assert_eq!(of("2002:a9fe:a9fe::1"), Some(LinkLocal));
+        assert_eq!(of("2002:c0a8:101:1::1"), Some(Private));
+        assert_eq!(of("2002:c612:1::"), Some(Benchmarking));
+        assert_eq!(of("2002:101:101::1"), None);
+        assert_eq!(of("2001:ffff:7f00:1::"), None);
+        assert_eq!(of("2003:7f00:1::"), None);
     }
 }
