@@ -288,8 +288,8 @@ async fn run_with_nats(
             max_memory_bytes: config.max_instance_memory_bytes,
             pool_instances: config.max_instances,
         },
-    )?
-    .with_egress(egress);
+        egress,
+    )?;
     tracing::info!(allocator = ?host.allocator(), "component host ready");
     let http = Arc::new(HttpServer::start(config.http_addr).await.with_context(|| {
         format!(

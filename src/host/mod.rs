@@ -9,7 +9,9 @@
 //! # async fn example(wasm: Vec<u8>) -> anyhow::Result<()> {
 //! use std::sync::Arc;
 //! use lattice::host::{Grants, Host, InstanceLimits};
-//! let host = Host::new(std::path::Path::new("/tmp/data"), InstanceLimits::default())?;
+//! use lattice::providers::http_client::Egress;
+//! let egress = Egress::new(&[])?;
+//! let host = Host::new(std::path::Path::new("/tmp/data"), InstanceLimits::default(), egress)?;
 //! let grants = Arc::new(Grants::none("hello".into(), "http-hello".into()));
 //! let prepared = host.prepare_http_component(grants, wasm, 64).await?;
 //! // prepared.component.handle(request).await answers one hyper request with a fresh instance.
@@ -116,12 +118,12 @@ pub struct Host {
 
 impl Host {
     /// Creates the engine (pooling allocator, or on-demand where the pool cannot be reserved),
-    /// the linker and the code cache in `<data_dir>/cache/components`.
+    /// the linker and the code cache in `<data_dir>/cache/components`; the components it
+    /// prepares send outgoing HTTP with `egress` (the node's roots, `--ca-file`s and limits).
     ///
     /// # Errors
-    /// The engine cannot be created, an interface cannot be added to the linker, or rustls
-    /// refuses its default client settings.
-    pub fn new(data_dir: &Path, limits: InstanceLimits) -> anyhow::Result<Host> {
+    /// The engine cannot be created or an interface cannot be added to the linker.
+    pub fn new(data_dir: &Path, limits: InstanceLimits, egress: Egress) -> anyhow::Result<Host> {
         let (engine, allocator) = engine::build(limits.max_memory_bytes, limits.pool_instances)?;
         let mut linker = Linker::new(&engine);
         // Like `wasmtime serve -Scli`: all of WASI 0.2 (cli, clocks, random, io, filesystem
@@ -146,15 +148,8 @@ impl Host {
             cache,
             limits,
             allocator,
-            egress: Egress::new(&[]).context("outgoing HTTPS settings")?,
+            egress,
         })
-    }
-
-    /// This host with `egress` as the outgoing-HTTP settings of the components it prepares
-    /// (default: the system's trusted roots only, `Egress::new(&[])`).
-    pub fn with_egress(mut self, egress: Egress) -> Host {
-        self.egress = egress;
-        self
     }
 
     /// The instance allocator in use.
@@ -187,6 +182,7 @@ impl Host {
             grants.allowed_hosts.clone(),
             grants.app.clone(),
             grants.component.clone(),
+            self.limits.request_timeout,
         );
         let component =
             HttpComponent::new(grants, digest, pre, max_concurrency, self.limits, egress);

@@ -396,9 +396,12 @@ mod tests {
             .port();
         let uri = format!("http://127.0.0.1:{port}/");
         let allowed = Arc::new(AllowedHosts::parse(&format!("127.0.0.1:{port}")).unwrap());
-        let client = Egress::new(&[])
-            .unwrap()
-            .client(allowed.clone(), "app".into(), "c".into());
+        let client = Egress::new(&[]).unwrap().client(
+            allowed.clone(),
+            "app".into(),
+            "c".into(),
+            std::time::Duration::from_secs(30),
+        );
         let mut hooks = OutgoingHttp::new(allowed, client, "app".into(), "component".into());
         let mut send = |uri: &str| {
             let body = Empty::new().map_err(|never| match never {}).boxed_unsync();

@@ -5,10 +5,16 @@
 //! lookup, as DNS rebinding would need, never happens) and speaks TLS with [`super::tls`].
 //! HTTP/1.1 only, as `default_send_request`; redirects are not followed (wasi:http leaves them to
 //! the guest, whose next request is checked the same way).
+//!
+//! What one component can hold of the node is bounded: every socket (in use, idle in the pool,
+//! or still connecting in the background after its request gave up) holds a permit of its
+//! component's [`MAX_COMPONENT_SOCKETS`] and of the node's [`MAX_NODE_SOCKETS`] until it closes;
+//! name lookups run on tokio's blocking pool, at most [`MAX_LOOKUPS`] at once node-wide; and no
+//! timeout a guest asks for is longer than the node's request timeout.
 
 use std::future::Future;
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -23,6 +29,7 @@ use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::client::TlsStream;
 use wasmtime_wasi_http::{RequestOptions, WasiBody};
 
@@ -39,16 +46,42 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// (600 s, as `default_send_request`; the request deadline is shorter anyway).
 const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(600);
 
-/// How long an idle pooled connection is kept (90 s, hyper-util's default).
-const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// How long an idle pooled connection is kept (30 s): while idle it holds its socket permits.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Idle connections kept per scheme and authority, per component.
-const POOL_MAX_IDLE_PER_HOST: usize = 8;
+const POOL_MAX_IDLE_PER_HOST: usize = 4;
 
-/// The node's outgoing-HTTP settings: its TLS client configuration. Cheap to clone.
+/// Sockets one component may have open at once (64), all its instances together: connected,
+/// idle in its pool, or still connecting. Past them a request that needs a new connection gets
+/// `connection-limit-reached` until one closes (an idle one within [`POOL_IDLE_TIMEOUT`]).
+/// hyper-util bounds idle connections per host only; a guest allowed `*` could otherwise
+/// leave one idle socket per host and port it tries.
+pub const MAX_COMPONENT_SOCKETS: usize = 64;
+
+/// Sockets all components of the node may have open at once (512), counted as
+/// [`MAX_COMPONENT_SOCKETS`] is: half the 1,024 file descriptors a process gets by default
+/// (systemd's soft limit), so the ingress, NATS and sled keep theirs.
+pub const MAX_NODE_SOCKETS: usize = 512;
+
+/// Name lookups (`getaddrinfo`, each on a thread of tokio's blocking pool) under way at once,
+/// node-wide (32). A lookup runs to its end even when its request gave up; past these a request
+/// that needs one gets `connection-limit-reached`, rather than queueing on the pool that sled
+/// and compiles use too.
+pub const MAX_LOOKUPS: usize = 32;
+
+/// The node's outgoing-HTTP settings: its TLS client configuration and the node-wide socket and
+/// lookup limits every component's client shares. Cheap to clone.
 #[derive(Clone)]
 pub struct Egress {
     tls: Arc<rustls::ClientConfig>,
+    /// The node's [`MAX_NODE_SOCKETS`].
+    sockets: Arc<Semaphore>,
+    /// The node's [`MAX_LOOKUPS`].
+    lookups: Arc<Semaphore>,
+    /// Sockets per component ([`MAX_COMPONENT_SOCKETS`]) and in all ([`MAX_NODE_SOCKETS`]).
+    component_sockets: usize,
+    node_sockets: usize,
 }
 
 impl Egress {
@@ -60,17 +93,32 @@ impl Egress {
     pub fn new(ca_files: &[std::path::PathBuf]) -> Result<Egress, TlsError> {
         Ok(Egress {
             tls: client_config(ca_files)?,
+            sockets: Arc::new(Semaphore::new(MAX_NODE_SOCKETS)),
+            lookups: Arc::new(Semaphore::new(MAX_LOOKUPS)),
+            component_sockets: MAX_COMPONENT_SOCKETS,
+            node_sockets: MAX_NODE_SOCKETS,
         })
+    }
+
+    /// This node's settings with other socket limits (tests).
+    #[cfg(test)]
+    fn with_socket_limits(mut self, node: usize, component: usize) -> Egress {
+        self.sockets = Arc::new(Semaphore::new(node));
+        self.node_sockets = node;
+        self.component_sockets = component;
+        self
     }
 
     /// The client of one component (`component` of app `app`, named in logs), reaching
     /// `allowed`: its connections are pooled for all its instances and shared with no other
-    /// component.
+    /// component; no connect, first-byte or between-bytes timeout is longer than `max_wait`
+    /// (the node's request timeout).
     pub fn client(
         &self,
         allowed: Arc<AllowedHosts>,
         app: Arc<str>,
         component: Arc<str>,
+        max_wait: Duration,
     ) -> EgressClient {
         let connector = Connector {
             inner: Arc::new(ConnectorInner {
@@ -79,6 +127,13 @@ impl Egress {
                 app,
                 component,
                 refusal_logged: AtomicBool::new(false),
+                limit_logged: AtomicBool::new(false),
+                sockets: Arc::new(Semaphore::new(self.component_sockets)),
+                node_sockets: self.sockets.clone(),
+                socket_limit: self.component_sockets,
+                node_socket_limit: self.node_sockets,
+                lookups: self.lookups.clone(),
+                max_wait,
             }),
         };
         let client = Client::builder(TokioExecutor::new())
@@ -86,7 +141,7 @@ impl Egress {
             .pool_max_idle_per_host(POOL_MAX_IDLE_PER_HOST)
             .pool_timer(TokioTimer::new())
             .build(connector);
-        EgressClient { client }
+        EgressClient { client, max_wait }
     }
 }
 
@@ -94,6 +149,8 @@ impl Egress {
 #[derive(Clone)]
 pub struct EgressClient {
     client: Client<Connector, WasiBody>,
+    /// The longest timeout a guest gets (the node's request timeout).
+    max_wait: Duration,
 }
 
 /// What `WasiHttpHooks::send_request` returns.
@@ -116,13 +173,16 @@ impl EgressClient {
     /// [`DEFAULT_CONNECT_TIMEOUT`]), the response head within `connect_timeout +
     /// first_byte_timeout` of the start (the pool does not say whether it connected, so a
     /// reused connection's first byte may take up to both), each body frame within
-    /// `between_bytes_timeout` of the last (default 600 s each, as `default_send_request`).
+    /// `between_bytes_timeout` of the guest asking for it (default 600 s each, as
+    /// `default_send_request`); each of the three at most the client's `max_wait`.
     /// `hold` is kept until the response body ends or is dropped.
     ///
     /// # Errors
     /// wasi:http's error codes: `destination-ip-prohibited` for an address of the node's own
-    /// networks no entry names, `DNS-error`, `connection-refused`, `connection-timeout`,
-    /// `connection-read-timeout`, the `TLS-*` codes, `HTTP-protocol-error`.
+    /// networks no entry names, `connection-limit-reached` when a new connection would pass
+    /// [`MAX_COMPONENT_SOCKETS`] or [`MAX_NODE_SOCKETS`] or its lookup [`MAX_LOOKUPS`],
+    /// `DNS-error`, `connection-refused`, `connection-timeout`, `connection-read-timeout`, the
+    /// `TLS-*` codes, `HTTP-protocol-error`.
     pub(super) async fn send<H: Send + Unpin + 'static>(
         &self,
         request: http::Request<WasiBody>,
@@ -130,11 +190,18 @@ impl EgressClient {
         hold: H,
     ) -> SendResult {
         let options = options.unwrap_or_default();
-        let connect_timeout = options.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT);
-        let first_byte_timeout = options.first_byte_timeout.unwrap_or(DEFAULT_READ_TIMEOUT);
+        let connect_timeout = options
+            .connect_timeout
+            .unwrap_or(DEFAULT_CONNECT_TIMEOUT)
+            .min(self.max_wait);
+        let first_byte_timeout = options
+            .first_byte_timeout
+            .unwrap_or(DEFAULT_READ_TIMEOUT)
+            .min(self.max_wait);
         let between_bytes_timeout = options
             .between_bytes_timeout
             .unwrap_or(DEFAULT_READ_TIMEOUT)
+            .min(self.max_wait)
             // A zero interval panics in tokio; 1 ns is as good as none.
             .max(Duration::from_nanos(1));
         // The connector reads the connect timeout when the client asks it for a connection,
@@ -147,12 +214,12 @@ impl EgressClient {
                 Ok(Err(e)) => return Err(client_error(&e)),
                 Ok(Ok(response)) => response,
             };
-        let mut timeout = tokio::time::interval(between_bytes_timeout);
-        timeout.reset();
+        let timeout = tokio::time::interval(between_bytes_timeout);
         let response = response.map(|incoming| {
             http_body_util::BodyExt::boxed_unsync(ResponseBody {
                 incoming,
                 timeout,
+                restart: true,
                 _hold: hold,
             })
         });
@@ -168,6 +235,9 @@ impl EgressClient {
 struct ResponseBody<H> {
     incoming: hyper::body::Incoming,
     timeout: tokio::time::Interval,
+    /// Whether the next `poll_frame` asks for a new frame (the first, or after one was
+    /// returned): the timeout runs from then, not while the guest is not reading.
+    restart: bool,
     _hold: H,
 }
 
@@ -179,6 +249,9 @@ impl<H: Unpin> http_body::Body for ResponseBody<H> {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        if std::mem::take(&mut self.restart) {
+            self.timeout.reset();
+        }
         match Pin::new(&mut self.incoming).poll_frame(cx) {
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Ready(Some(Err(e))) if e.is_timeout() => {
@@ -186,7 +259,7 @@ impl<H: Unpin> http_body::Body for ResponseBody<H> {
             }
             Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
             Poll::Ready(Some(Ok(frame))) => {
-                self.timeout.reset();
+                self.restart = true;
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Pending => {
@@ -276,6 +349,9 @@ enum ConnectError {
     /// The URI has no host (the client checks it has one first).
     #[error("no host in {0}")]
     NoHost(String),
+    /// The component's or the node's sockets, or the node's lookups, are all in use.
+    #[error("{limit} {what} are in use")]
+    Limit { what: &'static str, limit: usize },
 }
 
 impl ConnectError {
@@ -304,6 +380,7 @@ impl ConnectError {
             ConnectError::ServerName { .. } | ConnectError::NoHost(_) => {
                 Error::HttpRequestUriInvalid
             }
+            ConnectError::Limit { .. } => Error::ConnectionLimitReached,
         }
     }
 }
@@ -342,6 +419,20 @@ struct ConnectorInner {
     /// Whether a refused address was logged at INFO already (later ones at DEBUG: a guest
     /// looping on a refused host does not flood the log).
     refusal_logged: AtomicBool,
+    /// Whether a limit reached was logged at WARN already (later ones at DEBUG).
+    limit_logged: AtomicBool,
+    /// The component's sockets ([`MAX_COMPONENT_SOCKETS`]).
+    sockets: Arc<Semaphore>,
+    /// The node's sockets ([`MAX_NODE_SOCKETS`]).
+    node_sockets: Arc<Semaphore>,
+    /// How many permits `sockets` and `node_sockets` have in all (for errors).
+    socket_limit: usize,
+    node_socket_limit: usize,
+    /// The node's lookups ([`MAX_LOOKUPS`]).
+    lookups: Arc<Semaphore>,
+    /// The longest connect timeout (the node's request timeout): also what a connection the
+    /// pool dials in the background, after its request gave up, may take.
+    max_wait: Duration,
 }
 
 impl tower_service::Service<Uri> for Connector {
@@ -356,25 +447,82 @@ impl tower_service::Service<Uri> for Connector {
     fn call(&mut self, uri: Uri) -> Self::Future {
         let timeout = CONNECT_TIMEOUT
             .try_with(|t| *t)
-            .unwrap_or(DEFAULT_CONNECT_TIMEOUT);
+            .unwrap_or(DEFAULT_CONNECT_TIMEOUT)
+            .min(self.inner.max_wait);
         let inner = self.inner.clone();
         Box::pin(async move {
-            match tokio::time::timeout(timeout, inner.connect(&uri)).await {
-                Ok(Ok(stream)) => Ok(TokioIo::new(stream)),
-                Ok(Err(e)) => {
-                    if let ConnectError::Prohibited { .. } = e {
-                        inner.log_refusal(&uri, &e);
-                    }
-                    Err(e)
-                }
-                Err(_elapsed) => Err(ConnectError::Timeout(timeout)),
+            // The socket's permits, taken before it exists and released when it closes:
+            // whether it serves a request, idles in the pool or connects in the background.
+            let result = match inner.socket_permits() {
+                Ok(permits) => match tokio::time::timeout(timeout, inner.connect(&uri)).await {
+                    Ok(Ok(io)) => Ok(TokioIo::new(Stream {
+                        io,
+                        _permits: permits,
+                    })),
+                    Ok(Err(e)) => Err(e),
+                    Err(_elapsed) => Err(ConnectError::Timeout(timeout)),
+                },
+                Err(e) => Err(e),
+            };
+            match &result {
+                Err(e @ ConnectError::Prohibited { .. }) => inner.log_refusal(&uri, e),
+                Err(e @ ConnectError::Limit { .. }) => inner.log_limit(&uri, e),
+                _ => {}
             }
+            result
         })
     }
 }
 
 impl ConnectorInner {
-    async fn connect(&self, uri: &Uri) -> Result<Stream, ConnectError> {
+    /// A permit of the component's sockets and one of the node's.
+    fn socket_permits(&self) -> Result<[OwnedSemaphorePermit; 2], ConnectError> {
+        let component =
+            self.sockets
+                .clone()
+                .try_acquire_owned()
+                .map_err(|_| ConnectError::Limit {
+                    what: "sockets of the component",
+                    limit: self.socket_limit,
+                })?;
+        let node =
+            self.node_sockets
+                .clone()
+                .try_acquire_owned()
+                .map_err(|_| ConnectError::Limit {
+                    what: "outgoing-HTTP sockets of the node",
+                    limit: self.node_socket_limit,
+                })?;
+        Ok([component, node])
+    }
+
+    /// The addresses of `host` on `port`, looked up on the blocking pool under a permit of
+    /// [`MAX_LOOKUPS`] the lookup keeps until `getaddrinfo` returns.
+    async fn lookup(&self, host: &str, port: u16) -> Result<Vec<SocketAddr>, ConnectError> {
+        let permit = self
+            .lookups
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| ConnectError::Limit {
+                what: "name lookups of the node",
+                limit: MAX_LOOKUPS,
+            })?;
+        let name = host.to_owned();
+        let looked_up = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            (name.as_str(), port)
+                .to_socket_addrs()
+                .map(Iterator::collect::<Vec<_>>)
+        })
+        .await
+        .unwrap_or_else(|e| Err(io::Error::other(format!("the lookup's thread failed: {e}"))));
+        looked_up.map_err(|source| ConnectError::Lookup {
+            host: host.to_owned(),
+            source,
+        })
+    }
+
+    async fn connect(&self, uri: &Uri) -> Result<Transport, ConnectError> {
         let https = uri.scheme() == Some(&Scheme::HTTPS);
         let scheme = if https { Scheme::HTTPS } else { Scheme::HTTP };
         let host = uri
@@ -387,13 +535,7 @@ impl ConnectorInner {
         let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
         let addrs: Vec<SocketAddr> = match bare.parse::<IpAddr>() {
             Ok(ip) => vec![SocketAddr::new(ip, port)],
-            Err(_) => tokio::net::lookup_host((bare, port))
-                .await
-                .map_err(|source| ConnectError::Lookup {
-                    host: bare.to_owned(),
-                    source,
-                })?
-                .collect(),
+            Err(_) => self.lookup(bare, port).await?,
         };
         let mut refused = None;
         let permitted: Vec<SocketAddr> = addrs
@@ -424,7 +566,7 @@ impl ConnectorInner {
         // Requests are small and interactive: no Nagle delay, as hyper's HttpConnector.
         let _ = tcp.set_nodelay(true);
         if !https {
-            return Ok(Stream::Plain(tcp));
+            return Ok(Transport::Plain(tcp));
         }
         let name = rustls::pki_types::ServerName::try_from(bare)
             .map_err(|_| ConnectError::ServerName {
@@ -439,7 +581,17 @@ impl ConnectorInner {
                 host: bare.to_owned(),
                 source,
             })?;
-        Ok(Stream::Tls(Box::new(tls)))
+        Ok(Transport::Tls(Box::new(tls)))
+    }
+
+    fn log_limit(&self, uri: &Uri, error: &ConnectError) {
+        let uri = without_query(uri);
+        let why = "outgoing HTTP request refused (connection-limit-reached)";
+        if self.limit_logged.swap(true, Ordering::Relaxed) {
+            tracing::debug!(app = %self.app, component = %self.component, uri, reason = %error, "{why}");
+        } else {
+            tracing::warn!(app = %self.app, component = %self.component, uri, reason = %error, "{why}");
+        }
     }
 
     fn log_refusal(&self, uri: &Uri, error: &ConnectError) {
@@ -472,10 +624,10 @@ async fn connect_first(addrs: &[SocketAddr]) -> Result<TcpStream, ConnectError> 
     Err(last.unwrap_or_else(|| ConnectError::NoHost("no address to connect to".to_owned())))
 }
 
-/// A connection the pool keeps: plain TCP or TLS over it.
-enum Stream {
-    Plain(TcpStream),
-    Tls(Box<TlsStream<TcpStream>>),
+/// A connection the pool keeps, with its socket permits (released when it closes).
+struct Stream {
+    io: Transport,
+    _permits: [OwnedSemaphorePermit; 2],
 }
 
 impl Connection for Stream {
@@ -490,10 +642,7 @@ impl AsyncRead for Stream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            Stream::Tls(s) => Pin::new(s).poll_read(cx, buf),
-        }
+        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
     }
 }
 
@@ -503,23 +652,72 @@ impl AsyncWrite for Stream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+}
+
+/// Plain TCP or TLS over it.
+enum Transport {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Transport {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            Stream::Tls(s) => Pin::new(s).poll_write(cx, buf),
+            Transport::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Transport::Tls(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Transport {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Transport::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Transport::Tls(s) => Pin::new(s).poll_write(cx, buf),
         }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
-            Stream::Tls(s) => Pin::new(s).poll_flush(cx),
+            Transport::Plain(s) => Pin::new(s).poll_flush(cx),
+            Transport::Tls(s) => Pin::new(s).poll_flush(cx),
         }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            Stream::Tls(s) => Pin::new(s).poll_shutdown(cx),
+            Transport::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Transport::Tls(s) => Pin::new(s).poll_shutdown(cx),
         }
     }
 
@@ -529,15 +727,15 @@ impl AsyncWrite for Stream {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-            Stream::Tls(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Transport::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Transport::Tls(s) => Pin::new(s).poll_write_vectored(cx, bufs),
         }
     }
 
     fn is_write_vectored(&self) -> bool {
         match self {
-            Stream::Plain(s) => s.is_write_vectored(),
-            Stream::Tls(s) => s.is_write_vectored(),
+            Transport::Plain(s) => s.is_write_vectored(),
+            Transport::Tls(s) => s.is_write_vectored(),
         }
     }
 }
@@ -553,15 +751,26 @@ mod tests {
 
     /// A keep-alive HTTP/1.1 server on 127.0.0.1 answering `200 ok`; counts connections.
     async fn server() -> (u16, Arc<AtomicUsize>) {
+        let (port, accepted, _open) = counting_server().await;
+        (port, accepted)
+    }
+
+    /// [`server`], also counting the connections accepted and not yet closed by the client.
+    async fn counting_server() -> (u16, Arc<AtomicUsize>, Arc<AtomicUsize>) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let accepted = Arc::new(AtomicUsize::new(0));
+        let open = Arc::new(AtomicUsize::new(0));
         let count = accepted.clone();
+        let still_open = open.clone();
         tokio::spawn(async move {
             loop {
                 let (mut tcp, _) = listener.accept().await.unwrap();
                 count.fetch_add(1, Ordering::SeqCst);
+                still_open.fetch_add(1, Ordering::SeqCst);
+                let closed = still_open.clone();
                 tokio::spawn(async move {
+                    let _closed = Decrement(closed);
                     let mut buf = Vec::new();
                     let mut chunk = [0u8; 1024];
                     loop {
@@ -580,25 +789,60 @@ mod tests {
                 });
             }
         });
-        (port, accepted)
+        (port, accepted, open)
+    }
+
+    /// Decrements its counter when dropped.
+    struct Decrement(Arc<AtomicUsize>);
+
+    impl Drop for Decrement {
+        fn drop(&mut self) {
+            self.0.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    /// Waits (up to 10 s) until `open` is `want`; its value then.
+    async fn settle(open: &AtomicUsize, want: usize) -> usize {
+        for _ in 0..200 {
+            if open.load(Ordering::SeqCst) == want {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        open.load(Ordering::SeqCst)
     }
 
     async fn get(client: &EgressClient, uri: &str) -> Result<String, String> {
+        get_with(client, uri, None).await
+    }
+
+    async fn get_with(
+        client: &EgressClient,
+        uri: &str,
+        options: Option<RequestOptions>,
+    ) -> Result<String, String> {
         let body = Empty::new().map_err(|never| match never {}).boxed_unsync();
         let request = http::Request::get(uri).body(body).unwrap();
         let (response, _io) = client
-            .send(request, None, ())
+            .send(request, options, ())
             .await
             .map_err(|e| format!("{e:?}"))?;
-        let body = response.into_body().collect().await.unwrap().to_bytes();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| format!("{e:?}"))?
+            .to_bytes();
         Ok(String::from_utf8_lossy(&body).into_owned())
     }
 
     fn client(allowed: &str) -> EgressClient {
+        client_of(&Egress::new(&[]).unwrap(), allowed, Duration::from_secs(30))
+    }
+
+    fn client_of(egress: &Egress, allowed: &str, max_wait: Duration) -> EgressClient {
         let allowed = Arc::new(AllowedHosts::parse(allowed).unwrap());
-        Egress::new(&[])
-            .unwrap()
-            .client(allowed, "app".into(), "component".into())
+        egress.client(allowed, "app".into(), "component".into(), max_wait)
     }
 
     #[tokio::test]
@@ -616,9 +860,30 @@ mod tests {
                 "{uri}"
             );
         }
-        // A name the resolver reads as a number is judged by the address it resolves to.
-        let numeric = get(&star, &format!("http://2130706433:{port}/")).await;
-        assert!(numeric.is_err(), "{numeric:?}");
+        // Names the resolver reads as loopback or as a number (inet_aton's decimal, octal, hex
+        // and short forms) are judged by the address they resolve to.
+        for host in [
+            "LOCALHOST",
+            "2130706433",
+            "0",
+            "0177.0.0.1",
+            "0x7f.1",
+            "127.1",
+        ] {
+            assert_eq!(
+                get(&star, &format!("http://{host}:{port}/")).await,
+                Err("DestinationIpProhibited".to_owned()),
+                "{host}"
+            );
+        }
+        // `localhost.` resolves where the resolver answers it (RFC 6761, systemd-resolved) and is
+        // prohibited then; glibc's hosts file matches no trailing dot: a DNS error here.
+        let fqdn = get(&star, &format!("http://localhost.:{port}/")).await;
+        assert!(
+            fqdn.as_ref().is_err_and(|e| e == "DestinationIpProhibited")
+                || fqdn.as_ref().is_err_and(|e| e.starts_with("DnsError")),
+            "{fqdn:?}"
+        );
         assert_eq!(
             accepted.load(Ordering::SeqCst),
             0,
@@ -652,5 +917,164 @@ mod tests {
             got.as_ref().is_err_and(|e| e.starts_with("DnsError")),
             "{got:?}"
         );
+    }
+
+    #[tokio::test]
+    async fn sockets_are_capped_per_component_and_per_node_idle_ones_included() {
+        let egress = Egress::new(&[]).unwrap().with_socket_limits(3, 2);
+        let mut servers = Vec::new();
+        for _ in 0..4 {
+            servers.push(counting_server().await);
+        }
+        let open = |servers: &[(u16, Arc<AtomicUsize>, Arc<AtomicUsize>)]| {
+            servers
+                .iter()
+                .map(|(_, _, open)| open.load(Ordering::SeqCst))
+                .sum::<usize>()
+        };
+        let uri = |i: usize| format!("http://127.0.0.1:{}/", servers[i].0);
+        // `127.0.0.1` (any port) names loopback literally: one component, a port after another.
+        let a = client_of(&egress, "127.0.0.1", Duration::from_secs(30));
+        assert_eq!(get(&a, &uri(0)).await, Ok("ok".into()));
+        assert_eq!(get(&a, &uri(1)).await, Ok("ok".into()));
+        // Two idle connections are the component's two sockets: a third port is refused …
+        assert_eq!(
+            get(&a, &uri(2)).await,
+            Err("ConnectionLimitReached".to_owned())
+        );
+        assert_eq!(
+            servers[2].1.load(Ordering::SeqCst),
+            0,
+            "no socket was opened"
+        );
+        // … while its idle connections still serve their hosts.
+        assert_eq!(get(&a, &uri(0)).await, Ok("ok".into()));
+        assert_eq!(open(&servers), 2);
+        // Another component has the node's third socket, then the node has none.
+        let b = client_of(&egress, "127.0.0.1", Duration::from_secs(30));
+        assert_eq!(get(&b, &uri(2)).await, Ok("ok".into()));
+        assert_eq!(
+            get(&b, &uri(3)).await,
+            Err("ConnectionLimitReached".to_owned())
+        );
+        assert_eq!(open(&servers), 3);
+        // When a component goes, its sockets close and their permits are free again.
+        drop(a);
+        for (_, _, open) in &servers[..2] {
+            assert_eq!(settle(open, 0).await, 0, "the idle connections close");
+        }
+        assert_eq!(get(&b, &uri(3)).await, Ok("ok".into()));
+        assert_eq!(open(&servers), 2);
+    }
+
+    #[tokio::test]
+    async fn a_name_lookup_past_the_nodes_limit_is_refused() {
+        let (port, accepted) = server().await;
+        let mut egress = Egress::new(&[]).unwrap();
+        egress.lookups = Arc::new(Semaphore::new(0));
+        let named = client_of(&egress, "localhost, 127.0.0.1", Duration::from_secs(30));
+        assert_eq!(
+            get(&named, &format!("http://localhost:{port}/")).await,
+            Err("ConnectionLimitReached".to_owned())
+        );
+        // An address needs no lookup.
+        assert_eq!(
+            get(&named, &format!("http://127.0.0.1:{port}/")).await,
+            Ok("ok".into())
+        );
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    }
+
+    /// A server on 127.0.0.1 that answers each connection's first request with a chunked
+    /// `200` whose chunks (`one`, `two`) come `gap` apart; or, with `gap` of `None`, never.
+    async fn slow_server(gap: Option<Duration>) -> u16 {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            loop {
+                let (mut tcp, _) = listener.accept().await.unwrap();
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 1024];
+                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match tcp.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    let Some(gap) = gap else {
+                        // Holds the connection without answering.
+                        let _ = tcp.read(&mut chunk).await;
+                        return;
+                    };
+                    let head = "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\none\r\n";
+                    let _ = tcp.write_all(head.as_bytes()).await;
+                    tokio::time::sleep(gap).await;
+                    let _ = tcp.write_all(b"3\r\ntwo\r\n0\r\n\r\n").await;
+                    let _ = tcp.read(&mut chunk).await;
+                });
+            }
+        });
+        port
+    }
+
+    #[tokio::test]
+    async fn the_between_bytes_timeout_runs_while_the_guest_waits_for_a_frame_only() {
+        let port = slow_server(Some(Duration::from_millis(1000))).await;
+        let named = client(&format!("127.0.0.1:{port}"));
+        let options = RequestOptions {
+            between_bytes_timeout: Some(Duration::from_millis(600)),
+            ..RequestOptions::default()
+        };
+        let body = Empty::new().map_err(|never| match never {}).boxed_unsync();
+        let request = http::Request::get(format!("http://127.0.0.1:{port}/"))
+            .body(body)
+            .unwrap();
+        let (response, _io) = named.send(request, Some(options), ()).await.unwrap();
+        let mut body = response.into_body();
+        let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert_eq!(first, "one");
+        // The guest reads again 700 ms later (past the timeout), the second chunk comes 300 ms
+        // after it asks (within it).
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        let second = body.frame().await.unwrap();
+        assert_eq!(
+            second
+                .map(|f| f.into_data().unwrap())
+                .map_err(|e| e.to_string()),
+            Ok(Bytes::from_static(b"two"))
+        );
+
+        // A server that stops sending does time out.
+        let port = slow_server(Some(Duration::from_secs(5))).await;
+        let named = client(&format!("127.0.0.1:{port}"));
+        let options = RequestOptions {
+            between_bytes_timeout: Some(Duration::from_millis(300)),
+            ..RequestOptions::default()
+        };
+        let got = get_with(&named, &format!("http://127.0.0.1:{port}/"), Some(options)).await;
+        assert_eq!(got, Err("ConnectionReadTimeout".to_owned()));
+    }
+
+    #[tokio::test]
+    async fn no_timeout_is_longer_than_the_nodes_request_timeout() {
+        let port = slow_server(None).await;
+        let egress = Egress::new(&[]).unwrap();
+        let named = client_of(
+            &egress,
+            &format!("127.0.0.1:{port}"),
+            Duration::from_millis(300),
+        );
+        let options = RequestOptions {
+            first_byte_timeout: Some(Duration::from_secs(3600)),
+            ..RequestOptions::default()
+        };
+        // The guest asked for an hour; the node's 300 ms hold (a 20 s guard fails the test).
+        let got = tokio::time::timeout(
+            Duration::from_secs(20),
+            get_with(&named, &format!("http://127.0.0.1:{port}/"), Some(options)),
+        )
+        .await;
+        assert_eq!(got, Ok(Err("ConnectionReadTimeout".to_owned())));
     }
 }
