@@ -23,6 +23,8 @@ const DEPLOYED: Duration = Duration::from_secs(60);
 struct Upstream {
     port: u16,
     connections: Arc<AtomicUsize>,
+    /// Connections accepted and not closed yet.
+    open: Arc<AtomicUsize>,
 }
 
 impl Upstream {
@@ -44,6 +46,8 @@ impl Upstream {
         let port = listener.local_addr().unwrap().port();
         let connections = Arc::new(AtomicUsize::new(0));
         let counter = connections.clone();
+        let open = Arc::new(AtomicUsize::new(0));
+        let still_open = open.clone();
         let redirects: Arc<Vec<(String, String)>> = Arc::new(
             redirects
                 .iter()
@@ -54,25 +58,37 @@ impl Upstream {
             for tcp in listener.incoming() {
                 let Ok(tcp) = tcp else { continue };
                 counter.fetch_add(1, Ordering::SeqCst);
+                still_open.fetch_add(1, Ordering::SeqCst);
                 tcp.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
                 let redirects = redirects.clone();
                 let tls = tls.clone();
-                std::thread::spawn(move || match tls {
-                    None => serve(tcp, &redirects),
-                    Some(config) => {
-                        let Ok(conn) = rustls::ServerConnection::new(config) else {
-                            return;
-                        };
-                        serve(rustls::StreamOwned::new(conn, tcp), &redirects)
+                let closed = still_open.clone();
+                std::thread::spawn(move || {
+                    match tls {
+                        None => serve(tcp, &redirects),
+                        Some(config) => {
+                            if let Ok(conn) = rustls::ServerConnection::new(config) {
+                                serve(rustls::StreamOwned::new(conn, tcp), &redirects)
+                            }
+                        }
                     }
+                    closed.fetch_sub(1, Ordering::SeqCst);
                 });
             }
         });
-        Upstream { port, connections }
+        Upstream {
+            port,
+            connections,
+            open,
+        }
     }
 
     fn connections(&self) -> usize {
         self.connections.load(Ordering::SeqCst)
+    }
+
+    fn open(&self) -> usize {
+        self.open.load(Ordering::SeqCst)
     }
 }
 
@@ -301,6 +317,80 @@ fn connections_of_a_component_are_reused_across_its_requests() {
     );
 }
 
+/// The sockets one component may hold (`MAX_COMPONENT_SOCKETS` of the http-client provider).
+const COMPONENT_SOCKETS: usize = 64;
+
+#[test]
+fn a_component_holds_at_most_64_sockets_idle_ones_included() {
+    // One more keep-alive upstream than the component may hold sockets.
+    let upstreams: Vec<Upstream> = (0..=COMPONENT_SOCKETS)
+        .map(|_| Upstream::start(&[]))
+        .collect();
+    // `127.0.0.1` names loopback literally, on any port: as `*` would a public host.
+    let (node, _dirs) = node_with(
+        &[(
+            "ports.yaml",
+            fetch_app("egress-ports", "/ports", "127.0.0.1"),
+        )],
+        &["/ports"],
+        &[],
+    );
+    let open = || upstreams.iter().map(Upstream::open).sum::<usize>();
+    for (i, upstream) in upstreams[..COMPONENT_SOCKETS].iter().enumerate() {
+        let answer = get(
+            &node,
+            &format!("/ports?url=http://127.0.0.1:{}/{i}", upstream.port),
+        );
+        assert_eq!(
+            answer,
+            (200, format!("200\nhello from upstream /{i}")),
+            "port {i}: {}",
+            node.log()
+        );
+    }
+    // Each connection stays idle in the component's pool, holding its socket.
+    assert_eq!(
+        open(),
+        COMPONENT_SOCKETS,
+        "connections open at the upstreams"
+    );
+    // One port more: refused, with no connection.
+    let last = &upstreams[COMPONENT_SOCKETS];
+    let answer = get(
+        &node,
+        &format!("/ports?url=http://127.0.0.1:{}/", last.port),
+    );
+    assert!(
+        answer.0 == 502
+            && answer
+                .1
+                .contains("outgoing request failed: ErrorCode::ConnectionLimitReached"),
+        "port {} past the limit: {answer:?}",
+        COMPONENT_SOCKETS + 1
+    );
+    assert_eq!(
+        last.connections(),
+        0,
+        "the port past the limit was connected to"
+    );
+    assert_eq!(open(), COMPONENT_SOCKETS);
+    node.wait_for_log(
+        &[
+            "connection-limit-reached",
+            "app=egress-ports",
+            "component=fetch",
+        ],
+        Duration::from_secs(5),
+    );
+    // The idle connections still serve their own hosts.
+    let answer = get(
+        &node,
+        &format!("/ports?url=http://127.0.0.1:{}/again", upstreams[0].port),
+    );
+    assert_eq!(answer, (200, "200\nhello from upstream /again".to_owned()));
+    assert_eq!(upstreams[0].connections(), 1);
+}
+
 /// A CA (`<name>-ca.pem`) and a certificate it signed for IP 127.0.0.1
 /// (`<name>.pem`, key `<name>.key`) in `dir`, made with the `openssl` CLI.
 fn make_certs(dir: &Path, name: &str) -> (PathBuf, PathBuf, PathBuf) {
@@ -398,7 +488,10 @@ fn https_trusts_the_ca_file_and_only_it_besides_the_system_roots() {
     let (_, other_cert, other_key) = make_certs(certs.path(), "untrusted");
     let trusted = Upstream::start_tls(server_tls(&cert, &key));
     let untrusted = Upstream::start_tls(server_tls(&other_cert, &other_key));
-    let allowed = format!("127.0.0.1:{}, 127.0.0.1:{}", trusted.port, untrusted.port);
+    let allowed = format!(
+        "127.0.0.1:{}, 127.0.0.1:{}, localhost:{}",
+        trusted.port, untrusted.port, trusted.port
+    );
     let ca = ca.to_str().unwrap().to_owned();
     let (node, _dirs) = node_with(
         &[("tls.yaml", fetch_app("egress-tls", "/tls", &allowed))],
@@ -429,6 +522,16 @@ fn https_trusts_the_ca_file_and_only_it_besides_the_system_roots() {
     assert!(
         answer.0 == 502 && answer.1.contains("TlsCertificateError"),
         "a certificate of a CA not trusted: {answer:?}"
+    );
+    // A trusted certificate for another name: `localhost` is allowed literally, the
+    // certificate names only IP 127.0.0.1.
+    let answer = get(
+        &node,
+        &format!("/tls?url=https://localhost:{}/", trusted.port),
+    );
+    assert!(
+        answer.0 == 502 && answer.1.contains("TlsCertificateError"),
+        "a certificate for 127.0.0.1 presented as localhost: {answer:?}"
     );
 }
 
