@@ -5,7 +5,10 @@
 //! [`egress`]: the host is resolved by the node, addresses of the node's own networks
 //! ([`address`]) get `destination-ip-prohibited` unless an entry names them literally, and
 //! connections are pooled per component, with TLS by rustls on the system's roots plus
-//! `--ca-file` ([`tls`]).
+//! `--ca-file` ([`tls`]). What a component holds is bounded: 32 requests in flight per
+//! instance, [`egress::MAX_COMPONENT_SOCKETS`] sockets per component and
+//! [`egress::MAX_NODE_SOCKETS`] per node, [`egress::MAX_LOOKUPS`] name lookups per node, no
+//! timeout longer than the node's request timeout.
 
 pub mod address;
 pub mod egress;

@@ -38,12 +38,13 @@ use super::tls::{TlsError, client_config};
 use super::{AllowedHosts, without_query};
 
 /// How long establishing a connection (lookup, TCP, TLS) may take when the guest sets no
-/// `connect-timeout` (10 s): a host that never answers gets a `connection-timeout` it can
-/// handle rather than outliving the request's deadline.
+/// `connect-timeout` (10 s, or the node's request timeout if shorter): a host that never
+/// answers gets a `connection-timeout` it can handle rather than outliving the request's
+/// deadline.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The wait for the first byte and between bytes of a response when the guest sets none
-/// (600 s, as `default_send_request`; the request deadline is shorter anyway).
+/// (600 s, as `default_send_request`), before it is clamped to the node's request timeout.
 const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// How long an idle pooled connection is kept (30 s): while idle it holds its socket permits.
@@ -54,7 +55,7 @@ const POOL_MAX_IDLE_PER_HOST: usize = 4;
 
 /// Sockets one component may have open at once (64), all its instances together: connected,
 /// idle in its pool, or still connecting. Past them a request that needs a new connection gets
-/// `connection-limit-reached` until one closes (an idle one within [`POOL_IDLE_TIMEOUT`]).
+/// `connection-limit-reached` until one closes (an idle one within 30 s, the pool's idle timeout).
 /// hyper-util bounds idle connections per host only; a guest allowed `*` could otherwise
 /// leave one idle socket per host and port it tries.
 pub const MAX_COMPONENT_SOCKETS: usize = 64;
