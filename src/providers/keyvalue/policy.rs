@@ -54,8 +54,9 @@ pub fn is_reserved(bucket: &str) -> bool {
 /// apps naming the same bucket see different data, unless `b` is in [`BucketPolicy::shared_sled`]:
 /// then every app naming it opens the tree `keyvalue/b`. That is the tree every keyvalue-sled
 /// bucket had before buckets were per app, so data stored then stays readable by listing its
-/// bucket as shared: nothing is moved or deleted (see `KeyValueProviders::new`, which names
-/// such trees at start).
+/// bucket as shared. An unshared old tree whose name is an app's own (its default bucket) is
+/// moved into that app's tree when the app first opens it (`adopt_old_default`); other old
+/// trees stay where they are (`KeyValueProviders::new` names them at start).
 ///
 /// keyvalue-nats buckets keep their plain names (wasmCloud compatibility: other NATS clients
 /// share them); with [`BucketPolicy::allowed_nats`] set, a link may name only those matching
