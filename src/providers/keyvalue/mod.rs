@@ -233,23 +233,32 @@ pub struct KeyValueProviders {
 /// `keyvalue/<bucket>` holds data the node does not share: data stored before keyvalue-sled
 /// buckets were per app. App `<bucket>` takes it over as its default bucket when it first opens
 /// it with its own still empty (its owner is known); for any other app the node's operator
-/// shares it (`--shared-bucket`), which links can name unless the name is reserved or not a
-/// bucket name any more: then only app `<bucket>` can get it back.
+/// shares it (`--shared-bucket`). A reserved name (`lattice_…`) cannot be shared, as links
+/// cannot name it: only app `<bucket>` gets it back. A name that is no [`Name`] any more
+/// (written before names were checked) no link and no app can open.
 pub fn old_data_warning(bucket: &str) -> String {
     let start = format!(
-        "keyvalue-sled bucket {bucket} holds data stored before keyvalue-sled buckets were per \
-         app; app {bucket} takes it over as its own default bucket when it first opens it \
-         (if its own is still empty)"
+        "keyvalue-sled bucket {bucket} holds data stored before keyvalue-sled buckets were per app"
+    );
+    if let Err(e) = Name::check(bucket) {
+        return format!(
+            "{start}; its name is not a bucket name any more ({e}), so no link can open it: it \
+             stays unread in the node's database"
+        );
+    }
+    let adopt = format!(
+        "app {bucket} takes it over as its own default bucket when it first opens it (if its \
+         own is still empty)"
     );
     match check_bucket_name(bucket) {
         Ok(_) => format!(
-            "{start}; for other apps, no app sees it unless this node shares it (--shared-bucket \
-             {bucket}, or shared-bucket in lattice.toml: every app naming it then shares it)"
+            "{start}; {adopt}; for other apps, no app sees it unless this node shares it \
+             (--shared-bucket {bucket}, or shared-bucket in lattice.toml: every app naming it \
+             then shares it)"
         ),
         Err(reason) => format!(
-            "{start}; links cannot name it any more ({reason}), so it cannot be shared: deploy \
-             it as app {bucket}'s default bucket (a keyvalue-sled link without `bucket`), or \
-             it stays unread in the node's database"
+            "{start}; {adopt}; links cannot name it ({reason}), so it cannot be shared: only app \
+             {bucket}, through a keyvalue-sled link without `bucket`, gets it back"
         ),
     }
 }
@@ -482,6 +491,9 @@ mod tests {
         assert!(reserved.contains("reserved"), "{reserved}");
         assert!(reserved.contains("cannot be shared"), "{reserved}");
         assert!(!reserved.contains("--shared-bucket"), "{reserved}");
+        let old = old_data_warning("cache.v1");
+        assert!(old.contains("no link can open it"), "{old}");
+        assert!(!old.contains("takes it over"), "{old}");
     }
 
     #[test]
