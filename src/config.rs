@@ -693,6 +693,10 @@ mod tests {
             err.contains("--shared-bucket") && err.contains("reserved"),
             "{err}"
         );
+        std::fs::write(dir.path().join(CONFIG_FILE_NAME), "allowed-buckets = []\n").unwrap();
+        let c = NodeConfig::resolve(args(dir.path())).unwrap();
+        let reason = c.buckets.check_nats("anything").unwrap_err();
+        assert!(reason.contains("--allowed-buckets: none"), "{reason}");
         std::fs::write(
             dir.path().join(CONFIG_FILE_NAME),
             "allowed-buckets = [\"a[\"]\n",

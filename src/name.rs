@@ -1,6 +1,6 @@
 //! [`Name`]: the one rule for names that become NATS subject tokens or JetStream names: the
-//! lattice's name, app, component and link names of a manifest, keyvalue bucket names, the
-//! JetStream domain.
+//! lattice's name, app and component names of a manifest, keyvalue bucket names, the
+//! JetStream domain, app names at the control API.
 //!
 //! The rule is `[A-Za-z0-9_-]+`. NATS subjects are `.`-separated tokens where `*` and `>` are
 //! wildcards and whitespace ends the subject (<https://docs.nats.io/nats-concepts/subjects>);
@@ -12,6 +12,8 @@
 //! Other rules that look alike are different things and stay where they are: label keys
 //! (`config.rs`: they also take `.` and `/`, and never reach a subject), keyvalue-nats keys
 //! (`providers::keyvalue::nats`: ADR-8 keys take `/`, `=` and `.`, several subject tokens).
+//! Keyvalue link names (the identifier `store.open` matches) never leave the host, and take
+//! any text.
 //!
 //! ```
 //! use lattice::name::Name;

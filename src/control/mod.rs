@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use crate::lattice::membership::{ComponentReplicas, HostInfo, Membership};
+use crate::name::Name;
 use crate::nats::{JetStreamState, subjects};
 use crate::reconciler::plan::{self, AppStatus};
 use crate::reconciler::store;
@@ -256,7 +257,7 @@ async fn answer(context: &ControlContext, name: &str, payload: &[u8]) -> Vec<u8>
             },
             Err(e) => CtlResponse::error(e),
         }),
-        subjects::CTL_APP_UNDEPLOY => to_json(&match parse::<AppRequest>(name, payload) {
+        subjects::CTL_APP_UNDEPLOY => to_json(&match parse_app_request(name, payload) {
             Ok(request) => match context.apps.undeploy(&request.name, None).await {
                 Ok(_) => CtlResponse::ok(request.name),
                 Err(e) => CtlResponse::error(e.to_string()),
@@ -275,7 +276,7 @@ async fn answer(context: &ControlContext, name: &str, payload: &[u8]) -> Vec<u8>
                 })
                 .collect::<Vec<_>>(),
         )),
-        subjects::CTL_APP_STATUS => to_json(&match parse::<AppRequest>(name, payload) {
+        subjects::CTL_APP_STATUS => to_json(&match parse_app_request(name, payload) {
             Ok(request) => match context
                 .statuses()
                 .into_iter()
@@ -289,7 +290,7 @@ async fn answer(context: &ControlContext, name: &str, payload: &[u8]) -> Vec<u8>
             },
             Err(e) => CtlResponse::error(e),
         }),
-        subjects::CTL_APP_HISTORY => to_json(&match parse::<AppRequest>(name, payload) {
+        subjects::CTL_APP_HISTORY => to_json(&match parse_app_request(name, payload) {
             Ok(request) => match context.apps.mirror().record(&request.name) {
                 Some(record) => CtlResponse::ok(
                     record
@@ -319,6 +320,19 @@ async fn answer(context: &ControlContext, name: &str, payload: &[u8]) -> Vec<u8>
 
 fn parse<T: serde::de::DeserializeOwned>(endpoint: &str, payload: &[u8]) -> Result<T, String> {
     serde_json::from_slice(payload).map_err(|e| format!("malformed {endpoint} request: {e}"))
+}
+
+/// The [`AppRequest`] of `app.undeploy`, `app.status` or `app.history` (endpoint `endpoint`),
+/// its app name checked as a [`Name`]: it becomes the desired-state key `app.<name>`
+/// (`PROTOCOL.md` §Desired state), and a `.` or `*` there would name other keys.
+///
+/// # Errors
+/// The payload is not an [`AppRequest`], or its `name` is not a [`Name`] (the reason, naming
+/// the endpoint and the name).
+fn parse_app_request(endpoint: &str, payload: &[u8]) -> Result<AppRequest, String> {
+    let request: AppRequest = parse(endpoint, payload)?;
+    Name::check(&request.name).map_err(|e| format!("{endpoint}: app name {e}"))?;
+    Ok(request)
 }
 
 fn inventory_reply(
@@ -362,4 +376,27 @@ fn inventory_reply(
 
 fn to_json<T: Serialize>(value: &T) -> Vec<u8> {
     serde_json::to_vec(value).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn app_names_of_requests_are_checked_as_names() {
+        let request = parse_app_request("app.status", br#"{"name":"shop-2"}"#).unwrap();
+        assert_eq!(request.name, "shop-2");
+        for (payload, needle) in [
+            (
+                r#"{"name":"a.b"}"#,
+                "app.undeploy: app name \"a.b\": '.' is not allowed",
+            ),
+            (r#"{"name":"*"}"#, "'*' is not allowed"),
+            (r#"{"name":""}"#, "app.undeploy: app name must not be empty"),
+            (r#"{"app":"x"}"#, "malformed app.undeploy request"),
+        ] {
+            let reason = parse_app_request("app.undeploy", payload.as_bytes()).unwrap_err();
+            assert!(reason.contains(needle), "{payload}: {reason}");
+        }
+    }
 }

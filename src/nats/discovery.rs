@@ -18,6 +18,10 @@
 //! A standalone node uses its own JetStream (`$JS.API`); a node on an external NATS asks
 //! `$JS.API`, then the domain of the server it is connected to (its client INFO). `--js-domain`
 //! overrides all of this: only that domain is asked.
+//!
+//! A domain read from an INFO is checked as `--js-domain` is, as a [`Name`]: it becomes one
+//! token of `$JS.<domain>.API`. A hub naming another domain makes the JetStream unreachable,
+//! with that reason; a server of an external NATS naming one is not asked in that domain.
 
 use std::time::Duration;
 
@@ -30,6 +34,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::jetstream::{JetStreamState, SharedJetStream};
 use super::uplink::{Uplink, UplinkState};
+use crate::name::Name;
 
 /// How long one `$JS…API.INFO` request may take.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -92,9 +97,44 @@ pub struct RemoteInfo {
 }
 
 impl RemoteInfo {
-    /// The domain, `None` when absent or empty.
+    /// The domain, `None` when absent, empty or not a [`Name`] ([`RemoteInfo::domain_error`]
+    /// says why).
     pub fn domain(&self) -> Option<&str> {
-        self.domain.as_deref().filter(|d| !d.is_empty())
+        self.domain
+            .as_deref()
+            .filter(|d| !d.is_empty() && Name::check(d).is_ok())
+    }
+
+    /// Why the domain this INFO names is not used, `None` when it is (or none is named).
+    pub fn domain_error(&self) -> Option<String> {
+        bad_domain(self.domain.as_deref())
+    }
+}
+
+/// Why `domain` (from an INFO) is not used: it is not a [`Name`]. `None` for a valid, empty
+/// or absent one.
+fn bad_domain(domain: Option<&str>) -> Option<String> {
+    let domain = domain.filter(|d| !d.is_empty())?;
+    Name::check(domain).err().map(|e| {
+        format!(
+            "JetStream domain {e}; a domain becomes one token of $JS.<domain>.API, so the node \
+             does not use it"
+        )
+    })
+}
+
+/// For a leaf node without `--js-domain`: why the JetStream is unreachable when the hub at
+/// `remote` names, in its leafnode `info`, a domain that is not a [`Name`].
+fn leaf_domain_refusal(
+    remote: &str,
+    configured: Option<&str>,
+    info: Option<&Result<RemoteInfo, String>>,
+) -> Option<String> {
+    match (configured, info) {
+        (None, Some(Ok(info))) => info
+            .domain_error()
+            .map(|e| format!("the hub at {remote} names in its leafnode INFO a {e}")),
+        _ => None,
     }
 }
 
@@ -295,10 +335,14 @@ pub async fn watch_jetstream(
                     }
                     remote_info = Some((Instant::now(), info));
                 }
+                let info = remote_info.as_ref().map(|(_, info)| info);
                 if !connected {
                     leaf_not_connected(&now, started)
+                } else if let Some(reason) =
+                    leaf_domain_refusal(&shown, discovery.configured.as_deref(), info)
+                {
+                    Some(Err(reason))
                 } else {
-                    let info = remote_info.as_ref().map(|(_, info)| info);
                     let candidates = leaf_candidates(discovery.configured.as_deref(), info);
                     Some(find(&client, &candidates).await.map_err(|failures| {
                         unreachable_reason(&shown, info, discovery.configured.as_deref(), failures)
@@ -306,17 +350,21 @@ pub async fn watch_jetstream(
                 }
             }
             Reach::Standalone | Reach::External => {
+                let server_domain = matches!(discovery.reach, Reach::External)
+                    .then(|| client.server_info().domain)
+                    .flatten();
+                let skipped = bad_domain(server_domain.as_deref());
                 let candidates = direct_candidates(
                     discovery.configured.as_deref(),
-                    matches!(discovery.reach, Reach::External)
-                        .then(|| client.server_info().domain)
-                        .flatten(),
+                    server_domain.filter(|_| skipped.is_none()),
                 );
-                Some(
-                    find(&client, &candidates).await.map_err(|failures| {
-                        format!("no JetStream answered: {}", failures.join("; "))
-                    }),
-                )
+                Some(find(&client, &candidates).await.map_err(|failures| {
+                    let not_asked = skipped
+                        .as_ref()
+                        .map(|e| format!(" (the server's INFO names a {e})"))
+                        .unwrap_or_default();
+                    format!("no JetStream answered: {}{not_asked}", failures.join("; "))
+                }))
             }
         };
         // A JetStream found is not given up on one failed probe (a busy hub, a leader
@@ -553,6 +601,38 @@ mod tests {
                 .collect::<Vec<_>>(),
             [None, Some("edge".to_owned())]
         );
+    }
+
+    #[test]
+    fn a_hub_domain_that_is_not_a_name_is_not_used_and_says_why() {
+        let info: Result<RemoteInfo, String> = Ok(RemoteInfo {
+            jetstream: true,
+            domain: Some("hub.>".into()),
+            ..RemoteInfo::default()
+        });
+        assert_eq!(info.as_ref().unwrap().domain(), None);
+        let domains: Vec<_> = leaf_candidates(None, Some(&info))
+            .into_iter()
+            .map(|c| c.domain)
+            .collect();
+        assert_eq!(domains, [None], "never asked in that domain");
+        let reason = leaf_domain_refusal("nats-leaf://hub:7422", None, Some(&info)).unwrap();
+        for needle in [
+            "the hub at nats-leaf://hub:7422 names in its leafnode INFO a JetStream domain",
+            "\"hub.>\": '.' is not allowed",
+            "$JS.<domain>.API",
+        ] {
+            assert!(reason.contains(needle), "{needle:?} in {reason}");
+        }
+        // --js-domain overrides the INFO; a valid or absent domain is no refusal.
+        assert_eq!(leaf_domain_refusal("hub", Some("ngs"), Some(&info)), None);
+        let good = Ok(RemoteInfo {
+            domain: Some("hub".into()),
+            ..RemoteInfo::default()
+        });
+        assert_eq!(leaf_domain_refusal("hub", None, Some(&good)), None);
+        assert_eq!(bad_domain(Some("")), None);
+        assert_eq!(bad_domain(None), None);
     }
 
     #[test]

@@ -306,6 +306,49 @@ fn sled_buckets_are_per_app_unless_shared_and_old_data_stays_readable_when_share
     );
 }
 
+#[test]
+fn an_apps_old_default_bucket_is_moved_into_its_own_once() {
+    // App kvown's default bucket (its own name) as a node wrote it before buckets were per app.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("config")).unwrap();
+    seed_old_layout(dir.path(), "kvown", "/counter/x", "41");
+    let work = tempfile::tempdir().unwrap();
+    let file = write(
+        work.path(),
+        "kvown.yaml",
+        &counter_app("kvown", "own.test", "spreadscaler", KEYVALUE_SLED, &[]),
+    );
+    let mut node = standalone(dir.path(), &[]);
+    node.wait_for_log(
+        &[
+            "keyvalue-sled bucket kvown holds data stored before keyvalue-sled buckets were per \
+           app; app kvown takes it over as its own default bucket",
+        ],
+        SETTLE,
+    );
+    deploy(&node, &file);
+    assert_eq!(first_200(&node, "own.test"), "41\n", "{}", node.log());
+    assert_eq!(
+        count(&node, "POST", "own.test"),
+        Some((200, "42\n".to_owned()))
+    );
+    let moved = "moved 1 keys stored before buckets were per app (tree keyvalue/kvown) into app \
+                 kvown's own default bucket (keyvalue/kvown/kvown)";
+    assert_eq!(node.count_log(moved), 1, "{}", node.log());
+    assert!(node.terminate(Duration::from_secs(20)).is_some());
+
+    // After a restart the data is the app's own, and nothing is left behind or moved again.
+    let node = standalone(dir.path(), &[]);
+    assert_eq!(first_200(&node, "own.test"), "42\n", "{}", node.log());
+    assert_eq!(
+        node.count_log("holds data stored before"),
+        0,
+        "{}",
+        node.log()
+    );
+    assert_eq!(node.count_log(moved), 0, "{}", node.log());
+}
+
 /// Starts node `name` joined to `hub` as a leaf node with `extra` flags, in `dir`; waits until
 /// it is up and its uplink connected.
 fn join_with(hub: &Hub, dir: &Path, name: &str, extra: &[&str]) -> Node {

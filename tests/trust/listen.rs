@@ -105,3 +105,57 @@ fn an_address_on_every_interface_is_refused_by_default_and_served_where_allowed(
         strict.log()
     );
 }
+
+#[test]
+fn every_ipv6_interface_is_refused_unless_every_ipv4_one_is_allowed_too() {
+    // On Linux a socket on [::]:PORT also accepts IPv4 on every interface: a rule for [::]
+    // alone does not allow it.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("config")).unwrap();
+    let port = common::free_port();
+    let node = lattice::start(
+        dir.path(),
+        &[
+            "--name".into(),
+            "v6only".into(),
+            "--allowed-listen".into(),
+            format!("[::]:{port}"),
+        ],
+    );
+    let app = manifest("dualstack", &example_wasm("http-hello"), "/")
+        .replace("path: /\n", &format!("address: '[::]:{port}'\n"));
+    let file = dir.path().join("dualstack.yaml");
+    std::fs::write(&file, app).unwrap();
+    cli_json(&node, &["app", "deploy", &file.to_string_lossy()])
+        .unwrap_or_else(|e| panic!("deploy: {e}\n{}", node.log()));
+    let reason = eventually(
+        "app status to name the refusal",
+        Duration::from_secs(30),
+        &[],
+        || {
+            let status = cli_json(&node, &["app", "status", "dualstack"])?;
+            let reason = status["reason"].as_str().unwrap_or_default().to_owned();
+            if status["state"] == "failed" && reason.contains("on node v6only") {
+                Ok(reason)
+            } else {
+                Err(format!("status {status}"))
+            }
+        },
+    );
+    assert!(
+        reason.contains(&format!(
+            "address [::]:{port} (every interface, IPv4 included: a socket on [::] also \
+             accepts IPv4, so 0.0.0.0:{port} must be allowed too)"
+        )),
+        "{reason}"
+    );
+    let own: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    assert!(http_get(own, "/x", None).is_none(), "nothing listens");
+    assert!(
+        !node
+            .log()
+            .contains("http listener for an app address opened"),
+        "{}",
+        node.log()
+    );
+}

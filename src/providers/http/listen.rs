@@ -9,15 +9,23 @@
 //!   same as leaving it out).
 //!
 //! An address is allowed when some rule's network contains its IP and its port is in the rule's
-//! ports. `0.0.0.0` and `[::]` (every interface) are addresses like any other: only a rule that
-//! contains them (`0.0.0.0`, `0.0.0.0/0`, `[::]`, `[::/0]`, `*`) allows them, so the default,
-//! [`ListenPolicy::loopback`] (`127.0.0.0/8` and `[::1]`, any port), refuses them.
+//! ports. `0.0.0.0` and `[::]` (every interface) are addresses like any other: only rules that
+//! contain them (`0.0.0.0` or `0.0.0.0/0`; `[::]` or `[::/0]` with one of those, see below;
+//! `*`) allow them, so the default, [`ListenPolicy::loopback`] (`127.0.0.0/8` and `[::1]`, any
+//! port), refuses them.
+//!
+//! IPv4 inside IPv6: an IPv4-mapped address (`[::ffff:10.0.0.1]:80`) is checked as the IPv4
+//! address it is, and a rule written in that form (`[::ffff:10.0.0.0/104]`) is read as the IPv4
+//! rule (`10.0.0.0/8`); an IPv6 network otherwise holds IPv6 addresses only. The node binds app
+//! listeners as the OS does by default, and on Linux (`net.ipv6.bindv6only = 0`) a socket on
+//! `[::]:p` also accepts IPv4 connections on every interface: so `[::]:p` is allowed only when
+//! the rules allow both `[::]:p` and `0.0.0.0:p` (`*` does).
 
 use std::fmt;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::str::FromStr;
 
-use ipnet::IpNet;
+use ipnet::{IpNet, Ipv4Net};
 
 /// The addresses one `--allowed-listen` rule allows (see the module doc for the syntax).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,13 +94,12 @@ impl FromStr for ListenRule {
                     fail(format!("{after:?} after the IPv6 address: write `:PORTS`"))
                 })?),
             };
-            let net = parse_net(inside).map_err(fail)?;
-            if !matches!(net, IpNet::V6(_)) {
+            if !inside.contains(':') {
                 return Err(fail(format!(
                     "{inside:?} in brackets is not an IPv6 address"
                 )));
             }
-            (Some(net), ports)
+            (Some(parse_net(inside).map_err(fail)?), ports)
         } else if rule.matches(':').count() > 1 {
             // A bare IPv6 address or network: no port.
             (Some(parse_net(rule).map_err(fail)?), None)
@@ -138,12 +145,26 @@ fn parse_net(text: &str) -> Result<IpNet, String> {
                 net.trunc()
             ));
         }
-        Ok(net)
+        Ok(unmapped(net))
     } else {
         let ip: IpAddr = text
             .parse()
             .map_err(|_| format!("{text:?} is not an IP address (host names are not taken)"))?;
-        Ok(IpNet::from(ip))
+        Ok(unmapped(IpNet::from(ip)))
+    }
+}
+
+/// An IPv6 network inside the IPv4-mapped range `::ffff:0:0/96` as the IPv4 network it maps
+/// (`::ffff:10.0.0.0/104` is `10.0.0.0/8`): addresses are checked in IPv4 form ([`canonical`]),
+/// so the rule must be too.
+fn unmapped(net: IpNet) -> IpNet {
+    match net {
+        IpNet::V6(v6) if v6.prefix_len() >= 96 => v6
+            .addr()
+            .to_ipv4_mapped()
+            .and_then(|v4| Ipv4Net::new(v4, v6.prefix_len() - 96).ok())
+            .map_or(net, IpNet::V4),
+        other => other,
     }
 }
 
@@ -209,7 +230,7 @@ impl ListenPolicy {
         ListenPolicy {
             rules: vec![
                 ListenRule::any_port(Some(IpNet::new_assert(
-                    IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 0)),
+                    IpAddr::V4(Ipv4Addr::new(127, 0, 0, 0)),
                     8,
                 ))),
                 ListenRule::any_port(Some(IpNet::from(IpAddr::V6(std::net::Ipv6Addr::LOCALHOST)))),
@@ -227,8 +248,14 @@ impl ListenPolicy {
         &self.rules
     }
 
-    /// Whether some rule allows `addr`.
+    /// Whether some rule allows `addr`; for `[::]:p`, which on Linux also takes IPv4
+    /// connections on every interface, whether the rules also allow `0.0.0.0:p`.
     pub fn allows(&self, addr: SocketAddr) -> bool {
+        self.allows_only(addr) && dual_stack_v4(addr).is_none_or(|v4| self.allows_only(v4))
+    }
+
+    /// Whether some rule allows `addr` itself.
+    fn allows_only(&self, addr: SocketAddr) -> bool {
         self.rules.iter().any(|r| r.allows(addr))
     }
 
@@ -242,14 +269,30 @@ impl ListenPolicy {
             true => "none".to_owned(),
             false => rules.join(", "),
         };
-        let every = match addr.ip().is_unspecified() {
-            true => " (every interface)",
-            false => "",
+        let every = match (dual_stack_v4(addr), addr.ip().is_unspecified()) {
+            (Some(v4), _) if self.allows_only(addr) => format!(
+                " (every interface, IPv4 included: a socket on [::] also accepts IPv4, so {v4} \
+                 must be allowed too)"
+            ),
+            (Some(_), _) => " (every interface, IPv4 included)".to_owned(),
+            (None, true) => " (every interface)".to_owned(),
+            (None, false) => String::new(),
         };
         Some(format!(
             "address {addr}{every} is outside this node's --allowed-listen ({allowed}): the \
              node's operator decides where apps may listen"
         ))
+    }
+}
+
+/// For `[::]:p`: `0.0.0.0:p`, the IPv4 addresses a dual-stack socket on it also accepts.
+fn dual_stack_v4(addr: SocketAddr) -> Option<SocketAddr> {
+    match addr.ip() {
+        IpAddr::V6(v6) if v6.is_unspecified() => Some(SocketAddr::new(
+            IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            addr.port(),
+        )),
+        _ => None,
     }
 }
 
@@ -352,5 +395,36 @@ mod tests {
         assert!(any.allows(addr("0.0.0.0:1")) && any.allows(addr("[::]:65535")));
         assert!(rule("0.0.0.0/0").allows(addr("0.0.0.0:80")));
         assert!(!ListenPolicy::new(Vec::new()).allows(addr("127.0.0.1:80")));
+    }
+
+    #[test]
+    fn every_ipv6_interface_needs_every_ipv4_one_too() {
+        let v6_only = ListenPolicy::new(vec![rule("[::]:80")]);
+        assert!(!v6_only.allows(addr("[::]:80")));
+        let why = v6_only.refusal(addr("[::]:80")).unwrap();
+        assert!(why.contains("IPv4 included"), "{why}");
+        assert!(why.contains("0.0.0.0:80 must be allowed too"), "{why}");
+        let both = ListenPolicy::new(vec![rule("[::]:80"), rule("0.0.0.0:80")]);
+        assert!(both.allows(addr("[::]:80")) && both.allows(addr("0.0.0.0:80")));
+        assert!(!both.allows(addr("[::]:81")));
+        assert!(ListenPolicy::new(vec![rule("*:80")]).allows(addr("[::]:80")));
+        let nets = ListenPolicy::new(vec![rule("[::/0]"), rule("0.0.0.0/0")]);
+        assert!(nets.allows(addr("[::]:443")));
+        // Other IPv6 addresses are IPv6 only: no IPv4 rule needed.
+        assert!(ListenPolicy::new(vec![rule("[fd00::/8]")]).allows(addr("[fd00::1]:80")));
+    }
+
+    #[test]
+    fn ipv4_mapped_rules_are_read_as_ipv4() {
+        assert_eq!(rule("[::ffff:10.0.0.0/104]").to_string(), "10.0.0.0/8");
+        assert_eq!(rule("[::ffff:192.0.2.7]:80").to_string(), "192.0.2.7:80");
+        assert_eq!(rule("::ffff:0:0/96").to_string(), "0.0.0.0/0");
+        let mapped = ListenPolicy::new(vec![rule("[::ffff:10.0.0.0/104]")]);
+        assert!(mapped.allows(addr("10.1.2.3:80")));
+        assert!(mapped.allows(addr("[::ffff:10.1.2.3]:80")));
+        assert!(!mapped.allows(addr("11.0.0.1:80")));
+        // Wider IPv6 networks stay IPv6.
+        assert_eq!(rule("[::/0]").to_string(), "[::/0]");
+        assert!(!ListenPolicy::new(vec![rule("[::/0]")]).allows(addr("10.0.0.1:80")));
     }
 }

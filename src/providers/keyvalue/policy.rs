@@ -54,8 +54,9 @@ pub fn is_reserved(bucket: &str) -> bool {
 /// apps naming the same bucket see different data, unless `b` is in [`BucketPolicy::shared_sled`]:
 /// then every app naming it opens the tree `keyvalue/b`. That is the tree every keyvalue-sled
 /// bucket had before buckets were per app, so data stored then stays readable by listing its
-/// bucket as shared: nothing is moved or deleted (see `KeyValueProviders::new`, which names
-/// such trees at start).
+/// bucket as shared. An unshared old tree whose name is an app's own (its default bucket) is
+/// moved into that app's tree when the app first opens it (`adopt_old_default`); other old
+/// trees stay where they are (`KeyValueProviders::new` names them at start).
 ///
 /// keyvalue-nats buckets keep their plain names (wasmCloud compatibility: other NATS clients
 /// share them); with [`BucketPolicy::allowed_nats`] set, a link may name only those matching
@@ -64,8 +65,9 @@ pub fn is_reserved(bucket: &str) -> bool {
 pub struct BucketPolicy {
     /// keyvalue-sled buckets every app on this node shares (`--shared-bucket`).
     pub shared_sled: BTreeSet<Name>,
-    /// Glob patterns (`app_*`) of the keyvalue-nats buckets links may name (`--allowed-buckets`);
-    /// `None`: any bucket but the lattice's own.
+    /// Glob patterns (`app_*`) of the keyvalue-nats buckets links may name (`--allowed-buckets`),
+    /// matched case-sensitively (JetStream bucket names are); `None`: any bucket but the
+    /// lattice's own; empty (`allowed-buckets = []` in `lattice.toml`): none.
     pub allowed_nats: Option<Vec<glob::Pattern>>,
 }
 
@@ -103,6 +105,11 @@ impl BucketPolicy {
     pub fn check_nats(&self, bucket: &str) -> Result<(), String> {
         check_bucket_name(bucket)?;
         match &self.allowed_nats {
+            Some(patterns) if patterns.is_empty() => Err(
+                "this node's operator allows links to name no keyvalue-nats bucket \
+                 (--allowed-buckets: none)"
+                    .to_owned(),
+            ),
             Some(patterns) if !patterns.iter().any(|p| p.matches(bucket)) => Err(format!(
                 "this node's operator does not allow links to name it (--allowed-buckets: {})",
                 patterns
@@ -159,6 +166,16 @@ mod tests {
             reason.contains("--allowed-buckets: app_*, exact"),
             "{reason}"
         );
+        // Case-sensitive, as JetStream bucket names are.
+        assert!(policy.check_nats("APP_counters").is_err());
+        assert!(policy.check_nats("Exact").is_err());
+        // An empty list allows none.
+        let none = BucketPolicy {
+            allowed_nats: Some(Vec::new()),
+            ..BucketPolicy::default()
+        };
+        let reason = none.check_nats("anything").unwrap_err();
+        assert!(reason.contains("--allowed-buckets: none"), "{reason}");
         assert!(BucketPolicy::parse_pattern("").is_err());
         assert!(BucketPolicy::parse_pattern("a[").is_err());
     }

@@ -4,6 +4,10 @@
 //! `keyvalue/b`, which every keyvalue-sled bucket was before buckets were per app
 //! ([`super::BucketPolicy`]). Names have no `/`, so the two forms never meet. Calls run on
 //! tokio's blocking threads: sled may wait for I/O.
+//!
+//! Data of an app's default bucket (its own name) stored before buckets were per app is moved
+//! into the app's own tree when the app first opens it ([`adopt_old_default`]): the owner of
+//! the old tree `keyvalue/<app>` is known then. Other old trees stay where they are.
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
@@ -33,7 +37,8 @@ impl SledScope<'_> {
 const TREE_PREFIX: &str = "keyvalue/";
 
 /// The buckets of `db` that hold data in the shared form `keyvalue/<bucket>`: listed as shared,
-/// or stored before keyvalue-sled buckets were per app.
+/// or stored before keyvalue-sled buckets were per app; sorted. Blocking (opens each such
+/// tree): call it on a blocking thread.
 ///
 /// # Errors
 /// sled cannot open one of them.
@@ -50,7 +55,51 @@ pub fn shared_form_buckets(db: &sled::Db) -> sled::Result<Vec<String>> {
             found.push(String::from_utf8_lossy(bucket).into_owned());
         }
     }
+    found.sort();
     Ok(found)
+}
+
+/// Moves the data of app `app`'s default bucket stored before buckets were per app (the old
+/// tree `keyvalue/<app>`) into the app's own tree `keyvalue/<app>/<app>`, when `bucket` is
+/// `app` (the default bucket: its owner is known), the app's own tree is empty and the old
+/// tree holds data. The caller makes sure the bucket is not shared (a shared bucket *is* the
+/// old tree). Returns how many keys were moved (0: nothing to do).
+///
+/// The keys are copied in one sled batch, flushed, then the old tree is cleared: after a crash
+/// in between, the app's tree is not empty, so the data is never moved twice (the old tree
+/// keeps a copy, which the start warning names). Blocking: call it on a blocking thread.
+///
+/// # Errors
+/// sled cannot read or write one of the two trees.
+pub fn adopt_old_default(db: &sled::Db, app: &str, bucket: &str) -> sled::Result<usize> {
+    if app != bucket {
+        return Ok(0);
+    }
+    let old_name = SledScope::Shared.tree(bucket);
+    // Look it up by name first: opening it would create an empty tree.
+    if !db.tree_names().iter().any(|t| t == old_name.as_bytes()) {
+        return Ok(0);
+    }
+    let own = db.open_tree(SledScope::App(app).tree(bucket))?;
+    if !own.is_empty() {
+        return Ok(0);
+    }
+    let old = db.open_tree(&old_name)?;
+    let mut batch = sled::Batch::default();
+    let mut moved = 0;
+    for entry in old.iter() {
+        let (key, value) = entry?;
+        batch.insert(key, value);
+        moved += 1;
+    }
+    if moved == 0 {
+        return Ok(0);
+    }
+    own.apply_batch(batch)?;
+    own.flush()?;
+    old.clear()?;
+    old.flush()?;
+    Ok(moved)
 }
 
 /// A node-local bucket in sled. Cheap to clone.
@@ -246,5 +295,41 @@ mod tests {
         let shared = SledBucket::open(&db, "counters", SledScope::Shared).unwrap();
         assert_eq!(shared.get("hits").await.unwrap(), Some(Bytes::from("7")));
         assert_eq!(shared_form_buckets(&db).unwrap(), ["counters"]);
+    }
+
+    #[tokio::test]
+    async fn an_apps_old_default_bucket_is_moved_into_its_own_tree_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::open(dir.path()).unwrap();
+        let old = db.open_tree("keyvalue/shop").unwrap();
+        old.insert("hits", "7").unwrap();
+        old.insert("name", "x").unwrap();
+        db.open_tree("keyvalue/other")
+            .unwrap()
+            .insert("k", "v")
+            .unwrap();
+        // Not the app's default bucket, or no old tree: nothing moves, nothing is created.
+        assert_eq!(adopt_old_default(&db, "web", "shop").unwrap(), 0);
+        assert_eq!(adopt_old_default(&db, "shop", "other").unwrap(), 0);
+        assert_eq!(adopt_old_default(&db, "new", "new").unwrap(), 0);
+        assert!(
+            !db.tree_names()
+                .iter()
+                .any(|t| t.as_ref() == b"keyvalue/new")
+        );
+        assert_eq!(shared_form_buckets(&db).unwrap(), ["other", "shop"]);
+
+        assert_eq!(adopt_old_default(&db, "shop", "shop").unwrap(), 2);
+        let own = SledBucket::open(&db, "shop", SledScope::App("shop")).unwrap();
+        assert_eq!(own.get("hits").await.unwrap(), Some(Bytes::from("7")));
+        assert_eq!(own.get("name").await.unwrap(), Some(Bytes::from("x")));
+        assert!(old.is_empty());
+        assert_eq!(shared_form_buckets(&db).unwrap(), ["other"]);
+
+        // Once only: the app's tree is not empty any more, whatever the old one holds.
+        old.insert("hits", "99").unwrap();
+        own.set("hits", Bytes::from("8")).await.unwrap();
+        assert_eq!(adopt_old_default(&db, "shop", "shop").unwrap(), 0);
+        assert_eq!(own.get("hits").await.unwrap(), Some(Bytes::from("8")));
     }
 }

@@ -267,8 +267,8 @@ pub(super) struct LinkContext<'a> {
 ///
 /// # Errors
 /// A target that is not a built-in capability of the manifest, a package the target does not
-/// provide, two keyvalue links with the same name, a link name that is not a [`Name`], a
-/// missing `bucket`, a bucket name that is not a [`Name`] or is the lattice's own
+/// provide, two keyvalue links with the same name, a missing `bucket`, a bucket name that is
+/// not a [`Name`] or is the lattice's own
 /// ([`check_bucket_name`]: the reason names the app, component and link), a bad
 /// `enable_bucket_auto_create` or `allowed_hosts`.
 pub(super) fn component_link(
@@ -330,9 +330,9 @@ pub(super) fn component_link(
                     "list the wasi:keyvalue interfaces this link grants: store, atomics, batch",
                 ));
             }
+            // The identifier `store.open` matches: never part of a subject or a bucket name,
+            // so any text (not a `Name`), as always.
             let name = link.name.clone().unwrap_or_else(|| "default".to_owned());
-            Name::check(&name)
-                .map_err(|e| FieldError::new(format!("{field}.name"), e.to_string()))?;
             let bucket = config
                 .remove("bucket")
                 .map(|bucket| {
