@@ -93,7 +93,10 @@ pub async fn connect(
         ClientAuth::Local(user) => options = options.nkey(user.seed().to_owned()),
     }
     let shown = redact::redact_url(url);
-    tokio::time::timeout(Duration::from_secs(10), options.connect(url))
+    // Without its userinfo (sent above): async-nats logs the server's `url::Url` at debug
+    // with `Debug`, which prints the password.
+    let bare = redact::without_userinfo(url);
+    tokio::time::timeout(Duration::from_secs(10), options.connect(bare))
         .await
         .with_context(|| format!("connecting to nats at {shown}: timed out after 10 s"))?
         .map_err(|e| anyhow::anyhow!("{}", redact::redact_urls_in(&e.to_string())))
