@@ -55,7 +55,9 @@ fn split_scheme(url: &str) -> (&str, &str) {
 }
 
 /// [`redact_url`] of every URL-like word (`scheme://…`, up to white space or a quote) inside
-/// free `text`, such as an error chain that quotes a URL; the rest of the text is kept.
+/// free `text`, such as an error chain that quotes a URL; the rest of the text is kept. A URL
+/// right after a `"` runs to the next `"` not escaped by `\` (Go's `%q`, as nats-server quotes
+/// a URL it cannot parse), so a password holding a space or a quote is hidden too.
 pub fn redact_urls_in(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
@@ -67,15 +69,32 @@ pub fn redact_urls_in(text: &str) -> String {
             .rfind(|&(_, c)| !(c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.')))
             .map_or(0, |(i, c)| i + c.len_utf8());
         let after = &rest[at + 3..];
-        let len = after
-            .find(|c: char| c.is_whitespace() || matches!(c, '"' | '\'' | '`' | '<' | '>'))
-            .unwrap_or(after.len());
+        let len = if rest[..start].ends_with('"') {
+            quoted_len(after)
+        } else {
+            after
+                .find(|c: char| c.is_whitespace() || matches!(c, '"' | '\'' | '`' | '<' | '>'))
+                .unwrap_or(after.len())
+        };
         out.push_str(&rest[..start]);
         out.push_str(&redact_url(&rest[start..at + 3 + len]));
         rest = &after[len..];
     }
     out.push_str(rest);
     out
+}
+
+/// Bytes of `text` before its first `"` not escaped by a `\` (all of it when there is none).
+fn quoted_len(text: &str) -> usize {
+    let mut escaped = false;
+    for (i, c) in text.char_indices() {
+        match c {
+            '\\' if !escaped => escaped = true,
+            '"' if !escaped => return i,
+            _ => escaped = false,
+        }
+    }
+    text.len()
 }
 
 /// A URL as given by the user (a flag or env var), which may carry a password or token: its
@@ -308,5 +327,10 @@ mod tests {
         assert_eq!(redact_urls_in("no url here"), "no url here");
         assert!(!redact_urls_in("x nats://u:secret@h,nats://v:secret@g y").contains("secret"));
         assert!(!redact_urls_in("x nats-leaf://u:pa,ss@hub y").contains("ss"));
+        // Quoted as Go's %q does: to the closing quote, escaped quotes included.
+        assert_eq!(
+            redact_urls_in(r#"error parsing leafnode url ["nats-leaf://u:se cr\"et@hub"] x"#),
+            r#"error parsing leafnode url ["nats-leaf://u:***@hub"] x"#
+        );
     }
 }
