@@ -342,3 +342,35 @@ pub struct UpArgs {
     )]
     pub allowed_buckets: Vec<String>,
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    use super::*;
+
+    /// The URL and creds arguments of `command` and its subcommands: whether each hides the
+    /// value of its env var in `--help`.
+    fn secret_args(command: &clap::Command, found: &mut Vec<(String, bool)>) {
+        for arg in command.get_arguments() {
+            if matches!(arg.get_id().as_str(), "nats_url" | "leaf_url" | "creds") {
+                found.push((
+                    format!("{} {}", command.get_name(), arg.get_id()),
+                    arg.is_hide_env_values_set(),
+                ));
+            }
+        }
+        for sub in command.get_subcommands() {
+            secret_args(sub, found);
+        }
+    }
+
+    #[test]
+    fn help_shows_no_url_or_creds_value_from_the_env() {
+        let mut found = Vec::new();
+        secret_args(&Cli::command(), &mut found);
+        // `up`: three; `get hosts` and the `app` commands: two each.
+        assert!(found.len() >= 7, "{found:?}");
+        assert!(found.iter().all(|(_, hidden)| *hidden), "{found:?}");
+    }
+}
