@@ -7,7 +7,8 @@
 //! it), `subjects` builds every subject we use, `kv` opens JetStream KV buckets, `local_auth`
 //! keeps the nkey the node's own nats-server admits, `permissions` reads nats-server's
 //! permission errors, `user_permissions` what a creds file's JWT allows, `redact` hides the
-//! passwords and tokens of URLs wherever they are shown.
+//! passwords and tokens of URLs wherever they are shown, `urls` checks the URLs given to the
+//! node before anything starts.
 
 pub mod discovery;
 pub mod jetstream;
@@ -20,6 +21,7 @@ pub mod server_config;
 pub mod subjects;
 pub mod supervisor;
 pub mod uplink;
+pub mod urls;
 pub mod user_permissions;
 
 pub use discovery::{Discovery, Reach, watch_jetstream};
