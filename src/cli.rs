@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::nats::redact::SecretUrl;
+
 /// `lattice`: run WebAssembly components across many machines.
 #[derive(Debug, Parser)]
 #[command(name = "lattice", version, about, long_about = None)]
@@ -131,8 +133,13 @@ pub enum OutputFormat {
 #[derive(Debug, Clone, Args)]
 pub struct ClientArgs {
     /// NATS server to talk through [default: the local node's, as recorded in its data dir].
-    #[arg(long, env = "LATTICE_NATS_URL", value_name = "URL")]
-    pub nats_url: Option<String>,
+    #[arg(
+        long,
+        env = "LATTICE_NATS_URL",
+        value_name = "URL",
+        hide_env_values = true
+    )]
+    pub nats_url: Option<SecretUrl>,
 
     /// Data dir of the local node whose NATS to use when --nats-url is not given.
     /// Default: as for `lattice up`.
@@ -140,7 +147,12 @@ pub struct ClientArgs {
     pub data_dir: Option<PathBuf>,
 
     /// NATS credentials file for --nats-url.
-    #[arg(long, env = "LATTICE_CREDS", value_name = "FILE")]
+    #[arg(
+        long,
+        env = "LATTICE_CREDS",
+        value_name = "FILE",
+        hide_env_values = true
+    )]
     pub creds: Option<PathBuf>,
 
     /// Name of the lattice.
@@ -195,13 +207,24 @@ pub struct UpArgs {
 
     /// NATS user credentials file: the node's nats-server becomes a leaf node of --leaf-url,
     /// authenticating with it. The file must not be readable by group or others.
-    #[arg(long, env = "LATTICE_CREDS", value_name = "FILE")]
+    #[arg(
+        long,
+        env = "LATTICE_CREDS",
+        value_name = "FILE",
+        hide_env_values = true
+    )]
     pub creds: Option<PathBuf>,
 
     /// Remote the leaf node joins, e.g. `nats-leaf://hub.example:7422`
-    /// [default with --creds: tls://connect.ngs.global].
-    #[arg(long, env = "LATTICE_LEAF_URL", value_name = "URL")]
-    pub leaf_url: Option<String>,
+    /// [default with --creds: tls://connect.ngs.global]. A password in it given here is visible
+    /// in the process list: prefer the env var or `lattice.toml`.
+    #[arg(
+        long,
+        env = "LATTICE_LEAF_URL",
+        value_name = "URL",
+        hide_env_values = true
+    )]
+    pub leaf_url: Option<SecretUrl>,
 
     /// JetStream domain of the lattice's store (desired state, artifacts, keyvalue-nats), to use
     /// instead of the one found [default: found: in leaf mode the hub's, from its leafnode INFO,
@@ -210,9 +233,16 @@ pub struct UpArgs {
     pub js_domain: Option<String>,
 
     /// Connect to this existing NATS instead of running a nats-server (external mode), e.g.
-    /// `nats://nats.internal:4222`; --creds then authenticates the node's own connection.
-    #[arg(long, env = "LATTICE_NATS_URL", value_name = "URL")]
-    pub nats_url: Option<String>,
+    /// `nats://nats.internal:4222`; --creds then authenticates the node's own connection. A
+    /// password in it given here is visible in the process list: prefer the env var or
+    /// `lattice.toml`.
+    #[arg(
+        long,
+        env = "LATTICE_NATS_URL",
+        value_name = "URL",
+        hide_env_values = true
+    )]
+    pub nats_url: Option<SecretUrl>,
 
     /// How often the node publishes its heartbeat, e.g. `5s` (1s to 60s); a node not heard
     /// from for 3 intervals is gone [default: 5s].
@@ -311,4 +341,36 @@ pub struct UpArgs {
         value_delimiter = ','
     )]
     pub allowed_buckets: Vec<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    use super::*;
+
+    /// The URL and creds arguments of `command` and its subcommands: whether each hides the
+    /// value of its env var in `--help`.
+    fn secret_args(command: &clap::Command, found: &mut Vec<(String, bool)>) {
+        for arg in command.get_arguments() {
+            if matches!(arg.get_id().as_str(), "nats_url" | "leaf_url" | "creds") {
+                found.push((
+                    format!("{} {}", command.get_name(), arg.get_id()),
+                    arg.is_hide_env_values_set(),
+                ));
+            }
+        }
+        for sub in command.get_subcommands() {
+            secret_args(sub, found);
+        }
+    }
+
+    #[test]
+    fn help_shows_no_url_or_creds_value_from_the_env() {
+        let mut found = Vec::new();
+        secret_args(&Cli::command(), &mut found);
+        // `up`: three; `get hosts` and the `app` commands: two each.
+        assert!(found.len() >= 7, "{found:?}");
+        assert!(found.iter().all(|(_, hidden)| *hidden), "{found:?}");
+    }
 }

@@ -13,6 +13,7 @@ use serde::Deserialize;
 
 use crate::cli::UpArgs;
 use crate::name::Name;
+use crate::nats::redact::{SecretUrl, redact_url, url_credentials};
 use crate::providers::http::{ListenPolicy, ListenRule};
 use crate::providers::keyvalue::BucketPolicy;
 
@@ -31,8 +32,9 @@ pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
 /// Largest `--max-instances`: each pool slot reserves address space for its memories.
 pub const MAX_POOL_INSTANCES: u32 = 10_000;
 
-/// How the node reaches NATS (DESIGN.md §2 "NATS modes").
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// How the node reaches NATS (DESIGN.md §2 "NATS modes"). `Debug` and `Display` show the URL
+/// with its password or token redacted ([`redact_url`]).
+#[derive(Clone, PartialEq, Eq)]
 pub enum NatsMode {
     /// Own nats-server with JetStream, loopback only (no `--creds`, `--leaf-url`, `--nats-url`).
     Standalone,
@@ -52,7 +54,48 @@ pub enum NatsMode {
     },
 }
 
+impl std::fmt::Debug for NatsMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NatsMode::Standalone => f.write_str("Standalone"),
+            NatsMode::Leaf { url, creds } => f
+                .debug_struct("Leaf")
+                .field("url", &redact_url(url))
+                .field("creds", creds)
+                .finish(),
+            NatsMode::External { url, creds } => f
+                .debug_struct("External")
+                .field("url", &redact_url(url))
+                .field("creds", creds)
+                .finish(),
+        }
+    }
+}
+
+/// `standalone`, `leaf node of URL` or `external NATS at URL`, the URL redacted, then
+/// ` with creds FILE` when there is one.
+impl std::fmt::Display for NatsMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let creds = match self {
+            NatsMode::Standalone => return f.write_str("standalone"),
+            NatsMode::Leaf { url, creds } => {
+                write!(f, "leaf node of {}", redact_url(url))?;
+                creds
+            }
+            NatsMode::External { url, creds } => {
+                write!(f, "external NATS at {}", redact_url(url))?;
+                creds
+            }
+        };
+        match creds {
+            Some(creds) => write!(f, " with creds {}", creds.display()),
+            None => Ok(()),
+        }
+    }
+}
+
 /// Everything `lattice up` needs, checked: paths absolute, names valid, units explicit.
+/// `Debug` shows URLs redacted (through [`NatsMode`]'s).
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
     /// Directory holding `lattice.toml` and application manifests.
@@ -101,6 +144,9 @@ pub struct NodeConfig {
     /// Which keyvalue buckets links may name here and which keyvalue-sled ones are shared
     /// (`--shared-bucket`, `--allowed-buckets`).
     pub buckets: BucketPolicy,
+    /// Warnings about where secrets were given (a password in a URL on the command line or in
+    /// a `lattice.toml` others can read), for the node to log once its log is set up.
+    pub warnings: Vec<String>,
 }
 
 /// The keys of `lattice.toml`: the flags of `lattice up`, by their long names.
@@ -283,10 +329,29 @@ impl NodeConfig {
             }
             (None, None) => None,
         };
-        let nats_mode = match (
-            args.nats_url.or(file.nats_url),
-            args.leaf_url.or(file.leaf_url),
-        ) {
+        let file_path = config_dir.join(CONFIG_FILE_NAME);
+        let mut warnings = Vec::new();
+        let nats_url = url_setting(
+            (args.nats_url, file.nats_url),
+            ("--nats-url", "LATTICE_NATS_URL", "nats-url"),
+            &file_path,
+            &mut warnings,
+        )?;
+        let leaf_url = url_setting(
+            (args.leaf_url, file.leaf_url),
+            ("--leaf-url", "LATTICE_LEAF_URL", "leaf-url"),
+            &file_path,
+            &mut warnings,
+        )?;
+        if let Some((url, origin)) = &nats_url {
+            crate::nats::urls::check_nats_url(url)
+                .with_context(|| format!("{origin} {}", redact_url(url)))?;
+        }
+        if let Some((url, origin)) = &leaf_url {
+            crate::nats::urls::check_leaf_url(url)
+                .with_context(|| format!("{origin} {}", redact_url(url)))?;
+        }
+        let nats_mode = match (nats_url.map(|(url, _)| url), leaf_url.map(|(url, _)| url)) {
             (Some(_), Some(_)) => bail!(
                 "--nats-url and --leaf-url: choose one (--nats-url uses an existing NATS, --leaf-url makes the node's own nats-server a leaf node)"
             ),
@@ -370,8 +435,67 @@ impl NodeConfig {
             ca_files,
             allowed_listen,
             buckets,
+            warnings,
         })
     }
+}
+
+/// The URL of a setting given as flag or env var (`arg`) or as key `names.2` of `file_path`
+/// (`file`), with where it came from (`--nats-url`, `env LATTICE_NATS_URL`, `<file> key
+/// nats-url`). A URL carrying a password or token adds a warning to `warnings` when it came
+/// from the command line (every local user sees it in the process list) or from a file group
+/// or others can read. A flag and its env var both arrive through clap: a value equal to the
+/// env var's is taken to come from it.
+///
+/// # Errors
+/// `file_path` cannot be read for its mode.
+fn url_setting(
+    (arg, file): (Option<SecretUrl>, Option<String>),
+    (flag, env, key): (&str, &str, &str),
+    file_path: &Path,
+    warnings: &mut Vec<String>,
+) -> anyhow::Result<Option<(String, String)>> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let (url, origin) = match (arg, file) {
+        (Some(url), _) => {
+            let url = url.into_inner();
+            let from_env = std::env::var(env).is_ok_and(|value| value == url);
+            let origin = if from_env {
+                format!("env {env}")
+            } else {
+                flag.to_owned()
+            };
+            if !from_env && url_credentials(&url).is_some() {
+                warnings.push(format!(
+                    "{flag} {}: its password or token is visible in the process list to every \
+                     local user; use {env} or a {CONFIG_FILE_NAME} readable by this user only",
+                    redact_url(&url)
+                ));
+            }
+            (url, origin)
+        }
+        (None, Some(url)) => {
+            let origin = format!("{} key {key}", file_path.display());
+            if url_credentials(&url).is_some() {
+                let mode = std::fs::metadata(file_path)
+                    .with_context(|| format!("{}: cannot read its mode", file_path.display()))?
+                    .permissions()
+                    .mode()
+                    & 0o777;
+                if mode & 0o077 != 0 {
+                    warnings.push(format!(
+                        "{origin} {}: group or others can read its password or token (mode \
+                         {mode:o}): run `chmod 600 {}`",
+                        redact_url(&url),
+                        file_path.display()
+                    ));
+                }
+            }
+            (url, origin)
+        }
+        (None, None) => return Ok(None),
+    };
+    Ok(Some((url, origin)))
 }
 
 /// The `--allowed-listen` rules `rules` (from `origin`, a flag or a file key); an empty list
@@ -838,6 +962,102 @@ mod tests {
         assert!(
             err.contains("lattice.toml key allowed-listen") && err.contains("host bits"),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn nats_urls_are_shown_redacted_in_debug_and_display() {
+        let dir = tempfile::tempdir().unwrap();
+        for (url, shown) in [
+            (
+                "u:it's a \"secret\"<x>@10.0.0.1:4222",
+                "u:***@10.0.0.1:4222",
+            ),
+            (
+                "nats://u:p'secret@10.0.0.1:4222",
+                "nats://u:***@10.0.0.1:4222",
+            ),
+            (
+                "nats://secret-token@10.0.0.1:4222",
+                "nats://***@10.0.0.1:4222",
+            ),
+        ] {
+            let mut a = args(dir.path());
+            a.nats_url = Some(url.into());
+            let args_debug = format!("{a:?}");
+            let config = NodeConfig::resolve(a).unwrap();
+            for text in [
+                args_debug,
+                format!("{config:?}"),
+                format!("{:?}", config.nats_mode),
+                config.nats_mode.to_string(),
+            ] {
+                assert!(!text.contains("secret"), "{text}");
+                assert!(text.contains(shown), "{text}");
+            }
+        }
+        let mut a = args(dir.path());
+        a.leaf_url = Some("nats-leaf://u:secret@hub:7422".into());
+        let mode = NodeConfig::resolve(a).unwrap().nats_mode;
+        assert_eq!(mode.to_string(), "leaf node of nats-leaf://u:***@hub:7422");
+        assert!(!format!("{mode:?}").contains("secret"));
+    }
+
+    #[test]
+    fn unparsable_urls_are_refused_naming_the_flag_without_the_password() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut a = args(dir.path());
+        a.leaf_url = Some("nats-leaf://u:se cret@hub:7422".into());
+        let err = format!("{:#}", NodeConfig::resolve(a).unwrap_err());
+        assert!(
+            err.starts_with("--leaf-url nats-leaf://u:***@hub:7422: ") && !err.contains("cret"),
+            "{err}"
+        );
+        let mut a = args(dir.path());
+        a.nats_url = Some("nats://u:secret@hub:port".into());
+        let err = format!("{:#}", NodeConfig::resolve(a).unwrap_err());
+        assert!(
+            err.starts_with("--nats-url nats://u:***@hub:port: ") && !err.contains("secret"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_password_on_the_command_line_or_in_a_readable_file_is_warned_about() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let mut a = args(dir.path());
+        a.nats_url = Some("nats://u:secret@10.0.0.1:4222".into());
+        let warnings = NodeConfig::resolve(a).unwrap().warnings;
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(
+            warnings[0].starts_with("--nats-url nats://u:***@10.0.0.1:4222:")
+                && warnings[0].contains("visible in the process list")
+                && warnings[0].contains("LATTICE_NATS_URL")
+                && !warnings[0].contains("secret"),
+            "{warnings:?}"
+        );
+        let mut a = args(dir.path());
+        a.nats_url = Some("nats://10.0.0.1:4222".into());
+        assert!(NodeConfig::resolve(a).unwrap().warnings.is_empty());
+
+        let file = dir.path().join(CONFIG_FILE_NAME);
+        std::fs::write(&file, "leaf-url = \"nats-leaf://tok@hub:7422\"\n").unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let warnings = NodeConfig::resolve(args(dir.path())).unwrap().warnings;
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(
+            warnings[0].contains("lattice.toml key leaf-url nats-leaf://***@hub:7422")
+                && warnings[0].contains("mode 644")
+                && warnings[0].contains("chmod 600"),
+            "{warnings:?}"
+        );
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(
+            NodeConfig::resolve(args(dir.path()))
+                .unwrap()
+                .warnings
+                .is_empty()
         );
     }
 }

@@ -100,10 +100,13 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         lattice = config.lattice,
         version = env!("CARGO_PKG_VERSION"),
         labels = ?config.labels,
-        nats = %crate::nats::redact::redact_urls_in(&format!("{:?}", config.nats_mode)),
+        nats = %config.nats_mode,
         js_domain = config.js_domain.as_deref().unwrap_or("-"),
         "starting lattice node"
     );
+    for warning in &config.warnings {
+        tracing::warn!("{warning}");
+    }
 
     if let NatsMode::Leaf {
         creds: Some(creds), ..

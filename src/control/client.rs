@@ -321,7 +321,9 @@ async fn connect(args: &ClientArgs) -> anyhow::Result<Connection> {
     }
     // Shown (errors included) without its password or token.
     let shown = crate::nats::redact::redact_url(&url);
-    let client = tokio::time::timeout(timeout + Duration::from_secs(1), options.connect(&url))
+    // Without its userinfo (sent above): async-nats logs the server's URL with its password.
+    let bare = crate::nats::redact::without_userinfo(&url);
+    let client = tokio::time::timeout(timeout + Duration::from_secs(1), options.connect(bare))
         .await
         .map_err(|_| {
             anyhow::anyhow!(
@@ -471,7 +473,7 @@ struct Target {
 fn target(args: &ClientArgs) -> anyhow::Result<Target> {
     if let Some(url) = &args.nats_url {
         return Ok(Target {
-            url: url.clone(),
+            url: url.as_str().to_owned(),
             user: None,
             local: None,
         });
@@ -525,7 +527,10 @@ fn not_yours(dir: &std::path::Path, file: &std::path::Path) -> String {
         })
         .unwrap_or_else(|| "another user".to_owned());
     format!(
-        "cannot read {}: permission denied. The local node's NATS admits only the user it runs          as, {owner}, who can read its data dir {}: run this command as that user          (e.g. `sudo -u <user> lattice …`), or pass --nats-url with --creds of a NATS user          allowed to steer the lattice",
+        "cannot read {}: permission denied. The local node's NATS admits only the user it runs \
+         as, {owner}, who can read its data dir {}: run this command as that user \
+         (e.g. `sudo -u <user> lattice …`), or pass --nats-url with --creds of a NATS user \
+         allowed to steer the lattice",
         file.display(),
         dir.display()
     )
@@ -612,5 +617,15 @@ mod tests {
             &[["x".into(), "1".into()], ["yyyy".into(), "2".into()]],
         );
         assert_eq!(text, "A     LONGER\nx     1\nyyyy  2\n");
+    }
+
+    #[test]
+    fn not_yours_reads_as_one_sentence() {
+        let text = not_yours(
+            std::path::Path::new("/nonexistent/d"),
+            std::path::Path::new("/nonexistent/d/f"),
+        );
+        assert!(!text.contains("  "), "{text}");
+        assert!(text.contains("runs as, another user, who"), "{text}");
     }
 }

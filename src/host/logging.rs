@@ -11,7 +11,9 @@
 //!   bytes were cut;
 //! - lines are rate limited per component on this node ([`GuestLogLimiter`]: a burst of
 //!   [`LOG_BURST`] lines, then [`LOG_LINES_PER_SECOND`]); dropped lines are counted and a
-//!   `dropped N guest log lines` warning is logged at most once a second per component.
+//!   `dropped N guest log lines` warning is logged at most once a second per component. A
+//!   line the node's log filter drops anyway (`debug` under `--log info`) is not counted and
+//!   takes nothing from the rate ([`GuestLogLimiter::admit_at`]).
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -144,6 +146,13 @@ impl GuestLogLimiter {
         admitted
     }
 
+    /// [`GuestLogLimiter::admit`] for a line at `level` (target `component`), when the node's
+    /// log filter keeps such lines; `false`, and nothing taken from the rate or counted, when
+    /// it does not.
+    pub fn admit_at(&self, level: tracing::Level) -> bool {
+        component_enabled(level) && self.admit()
+    }
+
     /// Lines dropped and not reported yet.
     pub fn dropped(&self) -> u64 {
         self.inner.dropped.load(Ordering::Relaxed)
@@ -206,9 +215,29 @@ fn report_later(limiter: &Arc<Limiter>) {
     });
 }
 
+/// Whether the current subscriber keeps events of target `component` at `level`
+/// (`tracing::enabled!` needs its level as a constant).
+fn component_enabled(level: tracing::Level) -> bool {
+    use tracing::Level as L;
+    match level {
+        L::TRACE => tracing::enabled!(target: "component", L::TRACE),
+        L::DEBUG => tracing::enabled!(target: "component", L::DEBUG),
+        L::INFO => tracing::enabled!(target: "component", L::INFO),
+        L::WARN => tracing::enabled!(target: "component", L::WARN),
+        _ => tracing::enabled!(target: "component", L::ERROR),
+    }
+}
+
 impl logging::Host for HostState {
     fn log(&mut self, level: Level, context: String, message: String) -> wasmtime::Result<()> {
-        if !self.grants.log_limiter.admit() {
+        let traced = match level {
+            Level::Trace => tracing::Level::TRACE,
+            Level::Debug => tracing::Level::DEBUG,
+            Level::Info => tracing::Level::INFO,
+            Level::Warn => tracing::Level::WARN,
+            Level::Error | Level::Critical => tracing::Level::ERROR,
+        };
+        if !self.grants.log_limiter.admit_at(traced) {
             return Ok(());
         }
         let message = one_line(&message, MAX_LINE_BYTES, 0);
@@ -275,5 +304,24 @@ mod tests {
         // The burst, and at most a line or so refilled meanwhile.
         assert!((10..=11).contains(&admitted), "{admitted}");
         assert_eq!(limiter.dropped() as usize, 1000 - admitted);
+    }
+
+    #[test]
+    fn lines_the_filter_drops_take_nothing_from_the_rate() {
+        let subscriber = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new("info"))
+            .with_writer(std::io::sink)
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            let limiter = GuestLogLimiter::with_rate("a".into(), "c".into(), 10, 1);
+            let debug = (0..1000)
+                .filter(|_| limiter.admit_at(tracing::Level::DEBUG))
+                .count();
+            assert_eq!((debug, limiter.dropped()), (0, 0));
+            let info = (0..10)
+                .filter(|_| limiter.admit_at(tracing::Level::INFO))
+                .count();
+            assert_eq!(info, 10, "the debug lines spent the burst");
+        });
     }
 }

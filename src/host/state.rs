@@ -16,6 +16,19 @@ use super::grants::Grants;
 use super::logging::{GuestLogLimiter, MAX_LINE_BYTES, one_line};
 use crate::providers::http_client::{EgressClient, OutgoingHttp};
 
+/// Most resources (streams, fields, requests, bucket handles, …) one instance may hold at once
+/// in its [`ResourceTable`]: wasmtime's default (1,000,000) would let one instance hold that
+/// many host objects (a stdout stream keeps up to a 4 KiB line) outside its memory limit. Past
+/// it, the call creating one more traps.
+pub const MAX_RESOURCES: usize = 10_000;
+
+/// An empty resource table holding at most [`MAX_RESOURCES`].
+fn resource_table() -> ResourceTable {
+    let mut table = ResourceTable::new();
+    table.set_max_capacity(MAX_RESOURCES);
+    table
+}
+
 /// The data of one component instance's `Store`: one request's worth of state.
 pub struct HostState {
     /// Resources handed to the guest (streams, requests, fields, …).
@@ -47,7 +60,7 @@ impl HostState {
             .allow_ip_name_lookup(false)
             .build();
         HostState {
-            table: ResourceTable::new(),
+            table: resource_table(),
             wasi,
             http: WasiHttpCtx::new(),
             http_hooks: OutgoingHttp::new(
@@ -142,7 +155,7 @@ impl LineWriter {
     fn emit(&mut self) {
         let line = std::mem::take(&mut self.pending);
         let cut = std::mem::take(&mut self.cut);
-        if !self.log.limiter.admit() {
+        if !self.log.limiter.admit_at(tracing::Level::INFO) {
             return;
         }
         let text = String::from_utf8_lossy(&line);
@@ -183,5 +196,19 @@ impl Drop for LineWriter {
         if !self.pending.is_empty() || self.cut > 0 {
             self.emit();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_instance_holds_at_most_max_resources() {
+        let mut table = resource_table();
+        for i in 0..MAX_RESOURCES {
+            table.push(i).unwrap();
+        }
+        assert!(table.push(MAX_RESOURCES).is_err());
     }
 }

@@ -7,7 +7,8 @@
 //! it), `subjects` builds every subject we use, `kv` opens JetStream KV buckets, `local_auth`
 //! keeps the nkey the node's own nats-server admits, `permissions` reads nats-server's
 //! permission errors, `user_permissions` what a creds file's JWT allows, `redact` hides the
-//! passwords and tokens of URLs wherever they are shown.
+//! passwords and tokens of URLs wherever they are shown, `urls` checks the URLs given to the
+//! node before anything starts.
 
 pub mod discovery;
 pub mod jetstream;
@@ -20,6 +21,7 @@ pub mod server_config;
 pub mod subjects;
 pub mod supervisor;
 pub mod uplink;
+pub mod urls;
 pub mod user_permissions;
 
 pub use discovery::{Discovery, Reach, watch_jetstream};
@@ -93,7 +95,10 @@ pub async fn connect(
         ClientAuth::Local(user) => options = options.nkey(user.seed().to_owned()),
     }
     let shown = redact::redact_url(url);
-    tokio::time::timeout(Duration::from_secs(10), options.connect(url))
+    // Without its userinfo (sent above): async-nats logs the server's `url::Url` at debug
+    // with `Debug`, which prints the password.
+    let bare = redact::without_userinfo(url);
+    tokio::time::timeout(Duration::from_secs(10), options.connect(bare))
         .await
         .with_context(|| format!("connecting to nats at {shown}: timed out after 10 s"))?
         .map_err(|e| anyhow::anyhow!("{}", redact::redact_urls_in(&e.to_string())))

@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::discovery::read_remote_info;
 use super::monitor::Monitor;
+use super::redact::redact_urls_in;
 use super::server_config::{ServerSettings, render};
 use super::uplink::UplinkTracker;
 
@@ -495,8 +496,10 @@ async fn terminate(mut child: Child) {
 /// user can do nothing about.
 const DEFAULT_DOMAIN_WARNING: &str = "The option `default_js_domain` is a temporary backwards compatibility measure and will be removed";
 
-/// Forwards the child's log lines into tracing at their own level, keeping the last few, and
-/// shows `uplink` every line.
+/// Forwards the child's log lines into tracing at their own level, keeping the last few (for
+/// startup errors), and shows `uplink` every line; each line with its URLs redacted
+/// ([`redact_urls_in`]) first: nats-server quotes a leaf URL it cannot parse whole, password
+/// included (`error parsing leafnode url [%q]`).
 async fn forward_log(
     stream: impl AsyncRead + Unpin,
     recent: Arc<Mutex<VecDeque<String>>>,
@@ -504,6 +507,7 @@ async fn forward_log(
 ) {
     let mut lines = BufReader::new(stream).lines();
     while let Some(Ok(line)) = lines.next().await {
+        let line = redact_urls_in(&line);
         let (mut level, message) = parse_log_line(&line);
         if message == DEFAULT_DOMAIN_WARNING {
             level = LogLevel::Debug;
@@ -527,10 +531,11 @@ async fn forward_log(
     }
 }
 
+/// The kept log lines, one per line, their URLs redacted (again: they were when kept).
 fn tail(recent: &Mutex<VecDeque<String>>) -> String {
     recent
         .lock()
-        .map(|r| r.iter().cloned().collect::<Vec<_>>().join("\n"))
+        .map(|r| redact_urls_in(&r.iter().cloned().collect::<Vec<_>>().join("\n")))
         .unwrap_or_default()
 }
 
@@ -579,6 +584,29 @@ mod tests {
             (LogLevel::Error, "boom")
         );
         assert_eq!(parse_log_line("plain"), (LogLevel::Info, "plain"));
+    }
+
+    #[tokio::test]
+    async fn forwarded_lines_and_the_tail_have_their_urls_redacted() {
+        let log = "[1] 2026/12/01 13:00:00.000000 [ERR] error parsing leafnode url \
+                   [\"nats-leaf://u:se cr\\\"et@hub:7422\"]\n\
+                   [1] 2026/12/01 13:00:00.000001 [INF] token tls://s3cret@hub here\n";
+        let recent = Arc::new(Mutex::new(VecDeque::new()));
+        forward_log(
+            futures::io::Cursor::new(log.as_bytes()),
+            recent.clone(),
+            None,
+        )
+        .await;
+        let tail = tail(&recent);
+        assert!(
+            !tail.contains("se cr") && !tail.contains("s3cret"),
+            "{tail}"
+        );
+        assert!(
+            tail.contains("[\"nats-leaf://u:***@hub:7422\"]") && tail.contains("tls://***@hub"),
+            "{tail}"
+        );
     }
 
     #[test]

@@ -68,8 +68,13 @@ pub struct Uplink {
         deserialize_with = "redacted"
     )]
     pub remote: Option<String>,
-    /// Why it failed or dropped, in nats-server's words (URLs in it redacted).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Why it failed or dropped, in nats-server's words (URLs in it redacted: also when read
+    /// from a peer's heartbeat).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "redacted_text"
+    )]
     pub error: Option<String>,
 }
 
@@ -87,6 +92,13 @@ impl Uplink {
 /// Reads an optional URL and redacts it: a peer that sends one with its password shows none.
 fn redacted<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
     Ok(Option::<String>::deserialize(d)?.as_deref().map(redact_url))
+}
+
+/// Reads optional free text and redacts the URLs in it ([`redact_urls_in`]).
+fn redacted_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    Ok(Option::<String>::deserialize(d)?
+        .as_deref()
+        .map(redact_urls_in))
 }
 
 /// A leaf-connection line of nats-server's log, as far as the uplink cares.
@@ -298,6 +310,13 @@ mod tests {
         assert_eq!(read.remote.as_deref(), Some("tls://***@hub:7422"));
         let none: Uplink = serde_json::from_str(r#"{"state":"none"}"#).unwrap();
         assert_eq!(none.remote, None);
+        assert_eq!(none.error, None);
+        let sent = r#"{"state":"failed","error":"cannot reach nats-leaf://u:secret@hub:7422 now"}"#;
+        let read: Uplink = serde_json::from_str(sent).unwrap();
+        assert_eq!(
+            read.error.as_deref(),
+            Some("cannot reach nats-leaf://u:***@hub:7422 now")
+        );
     }
 
     #[test]

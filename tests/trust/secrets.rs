@@ -22,10 +22,15 @@ struct GuardedNats {
 
 impl GuardedNats {
     fn start() -> GuardedNats {
+        GuardedNats::start_with(SECRET)
+    }
+
+    /// As [`GuardedNats::start`], user `u` with `password` (no `"` or `\\` in it).
+    fn start_with(password: &str) -> GuardedNats {
         let dir = tempfile::tempdir().unwrap();
         let port = common::free_port();
         let config = format!(
-            "listen: 127.0.0.1:{port}\nauthorization {{\n  user: u\n  password: \"{SECRET}\"\n}}\n\
+            "listen: 127.0.0.1:{port}\nauthorization {{\n  user: u\n  password: \"{password}\"\n}}\n\
              jetstream {{\n  store_dir: {:?}\n}}\n",
             dir.path().join("js")
         );
@@ -63,18 +68,24 @@ impl Drop for GuardedNats {
 }
 
 /// The payloads of the host events of lattice `default` published within `window`, through a
-/// client of `nats` (user `u`).
+/// client of `nats` (user `u`, password [`SECRET`]).
 fn host_events(nats: &GuardedNats, window: Duration) -> Vec<String> {
+    host_events_as(nats, SECRET, window)
+}
+
+/// [`host_events`] as user `u` with `password`.
+fn host_events_as(nats: &GuardedNats, password: &str, window: Duration) -> Vec<String> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     runtime.block_on(async {
         use futures::StreamExt as _;
-        let client = async_nats::ConnectOptions::with_user_and_password("u".into(), SECRET.into())
-            .connect(format!("nats://127.0.0.1:{}", nats.port))
-            .await
-            .unwrap();
+        let client =
+            async_nats::ConnectOptions::with_user_and_password("u".into(), password.into())
+                .connect(format!("nats://127.0.0.1:{}", nats.port))
+                .await
+                .unwrap();
         let mut events = client.subscribe("lattice.default.evt.v1.*").await.unwrap();
         let mut payloads = Vec::new();
         let deadline = tokio::time::Instant::now() + window;
@@ -145,6 +156,181 @@ fn a_password_in_the_nats_url_shows_in_no_log_heartbeat_or_cli_output() {
     assert!(
         !log.contains(SECRET),
         "the node's log shows the password:\n{log}"
+    );
+    // Given on the command line: said once, with what to do instead.
+    assert_eq!(
+        node.count_log("--nats-url nats://u:***@127.0.0.1"),
+        1,
+        "one warning about the password in argv:\n{log}"
+    );
+    let warning = node.wait_for_log(&["visible in the process list"], Duration::ZERO);
+    assert!(
+        warning.contains("WARN") && warning.contains("LATTICE_NATS_URL"),
+        "{warning}"
+    );
+}
+
+#[test]
+fn a_url_nats_server_cannot_parse_is_refused_without_its_password() {
+    // nats-server would quote it whole in its log; the node refuses it first.
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_lattice"))
+        .arg("up")
+        .arg("--config-dir")
+        .arg(dir.path())
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .args(["--leaf-url", "nats-leaf://u:se cret@127.0.0.1:7422"])
+        .env_remove("LATTICE_LOG")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("--leaf-url nats-leaf://u:***@127.0.0.1:7422") && !stderr.contains("cret"),
+        "{stderr}"
+    );
+}
+
+/// `lattice up --nats-url URL --log debug` (which [`Node`] cannot do: it sets `--log` itself),
+/// its stderr collected; killed by its pid on drop.
+struct DebugNode {
+    child: Child,
+    log: std::sync::Arc<std::sync::Mutex<String>>,
+    data_dir: std::path::PathBuf,
+    _dirs: tempfile::TempDir,
+}
+
+impl DebugNode {
+    fn start(url: &str) -> DebugNode {
+        use std::io::BufRead as _;
+        let dirs = tempfile::tempdir().unwrap();
+        let (config_dir, data_dir) = (dirs.path().join("config"), dirs.path().join("data"));
+        std::fs::create_dir_all(&config_dir).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_lattice"))
+            .arg("up")
+            .arg("--config-dir")
+            .arg(&config_dir)
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .args(["--http-addr", &format!("127.0.0.1:{}", common::free_port())])
+            .args(["--name", "test-node", "--heartbeat-interval", "1s"])
+            .args(["--log", "debug", "--nats-url", url])
+            .env_remove("LATTICE_LOG")
+            .env_remove("NOTIFY_SOCKET")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawning lattice");
+        let stderr = child.stderr.take().unwrap();
+        let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                let mut log = sink.lock().unwrap();
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        DebugNode {
+            child,
+            log,
+            data_dir,
+            _dirs: dirs,
+        }
+    }
+
+    fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+}
+
+impl Drop for DebugNode {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Checks, once a node on `nats` (user `u`, `password`) is up (`log` gives its log so far,
+/// `data_dir` is its data dir), that `secrets` (the password, or pieces of it) appear nowhere:
+/// its log, its heartbeats, `lattice get hosts`, while heartbeats name the server as `shown`.
+fn shows_no_secret(
+    nats: &GuardedNats,
+    password: &str,
+    (log, data_dir): (&dyn Fn() -> String, &std::path::Path),
+    secrets: &[&str],
+    shown: &str,
+) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !log().contains("lattice node is up") {
+        assert!(Instant::now() < deadline, "the node is not up:\n{}", log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let events = host_events_as(nats, password, Duration::from_secs(3));
+    assert!(
+        events.iter().any(|e| e.contains(shown)),
+        "no heartbeat naming {shown} within 3 s: {events:?}"
+    );
+    let data = data_dir.to_string_lossy().into_owned();
+    let out = common::lattice_cli(&["get", "hosts", "--data-dir", &data]);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "lattice get hosts: {stderr}");
+    let log = log();
+    for secret in secrets {
+        for (what, text) in [
+            ("the node's log", &log),
+            ("get hosts", &stdout),
+            ("get hosts' stderr", &stderr),
+        ] {
+            assert!(!text.contains(secret), "{what} shows {secret:?}:\n{text}");
+        }
+        for event in &events {
+            assert!(
+                !event.contains(secret),
+                "a host event shows {secret:?}: {event}"
+            );
+        }
+    }
+}
+
+#[test]
+fn at_debug_level_the_nats_client_logs_no_password() {
+    let nats = GuardedNats::start();
+    // async-nats logs the server's `url::Url` with `Debug` at every connect.
+    let node = DebugNode::start(&nats.url_with(SECRET));
+    shows_no_secret(
+        &nats,
+        SECRET,
+        (&|| node.log(), &node.data_dir),
+        &[SECRET],
+        "nats://u:***@127.0.0.1",
+    );
+    assert!(
+        node.log().contains("async_nats"),
+        "not at debug:\n{}",
+        node.log()
+    );
+}
+
+#[test]
+fn a_schemeless_url_with_quotes_and_spaces_in_its_password_shows_nowhere() {
+    // What a Debug-printed config quotes, escapes or ends a URL word at.
+    let password = "s3cret'Pa ss<w0rd>";
+    let nats = GuardedNats::start_with(password);
+    let url = format!("u:{password}@127.0.0.1:{}", nats.port);
+    let node = Node::start(&["--nats-url", &url, "--heartbeat-interval", "1s"]);
+    shows_no_secret(
+        &nats,
+        password,
+        (&|| node.log(), &node.data_dir),
+        &["s3cret", "ss<w0rd"],
+        "u:***@127.0.0.1",
     );
 }
 
