@@ -311,7 +311,7 @@ pub struct UpArgs {
     /// `LOW-HIGH` or `*`; repeatable (env: comma-separated). `0.0.0.0` (every interface) is
     /// allowed only by a rule naming it or `*`. An address outside them is refused on this
     /// node, with the reason in `lattice app status`; --http-addr is not subject to it
-    /// [default: 127.0.0.0/8 and [::1], any port].
+    /// [default: 127.0.0.0/8 and ::1, any port].
     #[arg(
         long = "allowed-listen",
         env = "LATTICE_ALLOWED_LISTEN",
