@@ -71,7 +71,7 @@ pub fn one_line(text: &str, max_bytes: usize, already_cut: usize) -> String {
 
 /// The rate limit of one component's guest log lines on this node, shared by all its
 /// instances (`wasi:logging`, stdout and stderr alike): a token bucket of `LOG_BURST` (500) lines
-/// refilled at `LOG_LINES_PER_SECOND` (100) a second. Cheap to clone.
+/// refilled at `LOG_LINES_PER_SECOND` (100) lines a second. Cheap to clone.
 #[derive(Clone)]
 pub struct GuestLogLimiter {
     inner: Arc<Limiter>,
