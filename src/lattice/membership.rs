@@ -6,7 +6,9 @@
 //! §Events): a node accepts only events whose signature verifies with the key their `id`
 //! names, whose sequence is newer than the last it accepted of that id and within
 //! [`SEQUENCE_WINDOW`] of its clock, and whose `heartbeat_interval_ms` is in
-//! [`HEARTBEAT_INTERVAL_MS`]; it drops and counts the others ([`Rejections`]).
+//! [`HEARTBEAT_INTERVAL_MS`]; it drops and counts the others ([`Rejections`]). The cheap
+//! checks come first (size, signature header, JSON, subject, interval, window, sequence, the
+//! [`MAX_HOSTS`] limit) and the ed25519 verification last, outside the membership's lock.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
@@ -672,8 +674,10 @@ impl Membership {
     }
 
     /// Follows the host `events` (from [`Membership::subscribe`]) until `shutdown`; tells
-    /// `on_join` when a host starts. Dropped events are logged at warn with their counts, at
-    /// most every 10 s.
+    /// `on_join` when a host starts, at most once every [`JOIN_ANSWER_EVERY`] (joins in between
+    /// are told together when it is over). Dropped events are logged at warn with their
+    /// counts, at most every 10 s; joins and leaves at info, the first
+    /// [`CHANGE_LINES_PER_PERIOD`] of every 10 s.
     ///
     /// # Errors
     /// The subscription ended (the client closed it) before `shutdown`.
