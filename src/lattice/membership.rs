@@ -334,14 +334,13 @@ fn window_ms() -> u64 {
 }
 
 /// The cheap checks of the host event `payload` received on `subject` with `signature` (the
-/// [`SIGNATURE_HEADER`]), in this order: size, signature present, JSON, subject, interval,
-/// sequence within [`SEQUENCE_WINDOW`] of `now_ms`. The signature itself is checked later,
-/// once the membership found the sequence new ([`Membership::receive`]).
+/// [`SIGNATURE_HEADER`]), in this order: size, signature present, JSON, subject, interval.
+/// The window, the sequence and the signature itself are checked next
+/// ([`Membership::receive`]).
 fn parse_event<'a>(
     subject: &str,
     signature: Option<&'a str>,
     payload: &[u8],
-    now_ms: u64,
 ) -> Result<(HostEvent, &'a str), Rejected> {
     if payload.len() > MAX_EVENT_BYTES {
         return Err(Rejected::Oversized);
@@ -361,11 +360,13 @@ fn parse_event<'a>(
     if !HEARTBEAT_INTERVAL_MS.contains(&event.info.heartbeat_interval_ms) {
         return Err(Rejected::BadInterval);
     }
-    let window = window_ms();
-    if event.seq < now_ms.saturating_sub(window) || event.seq > now_ms.saturating_add(window) {
-        return Err(Rejected::OutOfWindow);
-    }
     Ok((event, signature))
+}
+
+/// Whether `seq` is within [`SEQUENCE_WINDOW`] of `now_ms`, either way.
+fn in_window(seq: u64, now_ms: u64) -> bool {
+    let window = window_ms();
+    (now_ms.saturating_sub(window)..=now_ms.saturating_add(window)).contains(&seq)
 }
 
 /// The hosts this node has heard from, by verified host events only.
@@ -539,13 +540,12 @@ impl Membership {
         payload: &[u8],
         now_ms: u64,
     ) -> Result<(bool, Accepted), Rejected> {
-        let (event, signature) =
-            parse_event(subject, signature, payload, now_ms).inspect_err(|reason| {
-                if *reason == Rejected::OutOfWindow {
-                    self.log_out_of_window(payload, now_ms);
-                }
-            })?;
+        let (event, signature) = parse_event(subject, signature, payload)?;
         let id = &event.info.id;
+        if !in_window(event.seq, now_ms) {
+            self.log_out_of_window(id, event.seq, now_ms);
+            return Err(Rejected::OutOfWindow);
+        }
         self.state().admits(id, event.seq, now_ms)?;
         identity::verify(id, payload, signature).map_err(|e| match e {
             identity::VerifyError::NotAServerKey => Rejected::BadId,
@@ -568,25 +568,18 @@ impl Membership {
     /// Logs an out-of-window event's id and how far its `seq` is from this node's clock, once
     /// per id and for at most [`OUT_OF_WINDOW_LOGGED`] ids (the id is as the event claims it:
     /// its signature was not checked).
-    fn log_out_of_window(&self, payload: &[u8], now_ms: u64) {
-        #[derive(Deserialize)]
-        struct Claimed {
-            id: String,
-            seq: u64,
-        }
-        let Ok(claimed) = serde_json::from_slice::<Claimed>(payload) else {
-            return;
-        };
+    fn log_out_of_window(&self, id: &str, seq: u64, now_ms: u64) {
         let mut logged = self
             .out_of_window_logged
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        if logged.len() >= OUT_OF_WINDOW_LOGGED || !logged.insert(claimed.id.clone()) {
+        if logged.len() >= OUT_OF_WINDOW_LOGGED || logged.contains(id) {
             return;
         }
-        let offset_ms = i128::from(claimed.seq) - i128::from(now_ms);
+        logged.insert(id.to_owned());
+        let offset_ms = i128::from(seq) - i128::from(now_ms);
         tracing::warn!(
-            id = claimed.id,
+            id,
             offset_ms = i64::try_from(offset_ms).unwrap_or(i64::MAX),
             "host event with a sequence more than 60 s from this node's clock dropped (is one \
              of the clocks off? the id is unverified; logged once per id)"
