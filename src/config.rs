@@ -382,15 +382,26 @@ impl NodeConfig {
         if let Some(domain) = &js_domain {
             Name::check(domain).map_err(|e| anyhow::anyhow!("--js-domain {domain:?}: {e}"))?;
         }
-        let heartbeat_interval = args
-            .heartbeat_interval
-            .or(file.heartbeat_interval)
-            .unwrap_or(DEFAULT_HEARTBEAT_INTERVAL);
+        let (heartbeat_interval, interval_from) =
+            match (args.heartbeat_interval, file.heartbeat_interval) {
+                (Some(interval), _) => (interval, "--heartbeat-interval".to_owned()),
+                (None, Some(interval)) => (
+                    interval,
+                    format!(
+                        "{} key heartbeat-interval",
+                        config_dir.join(CONFIG_FILE_NAME).display()
+                    ),
+                ),
+                (None, None) => (
+                    DEFAULT_HEARTBEAT_INTERVAL,
+                    "--heartbeat-interval".to_owned(),
+                ),
+            };
         // Others drop heartbeats announcing an interval outside this range (PROTOCOL.md §Events).
         let interval_ms = crate::lattice::membership::HEARTBEAT_INTERVAL_MS;
         ensure!(
             u64::try_from(heartbeat_interval.as_millis()).is_ok_and(|ms| interval_ms.contains(&ms)),
-            "--heartbeat-interval {}: must be from {}ms to {}ms",
+            "{interval_from} {}: must be from {}ms to {}ms",
             humantime::format_duration(heartbeat_interval),
             interval_ms.start(),
             interval_ms.end()
@@ -927,6 +938,18 @@ mod tests {
                 }
             }
         }
+        // From the file, the error names the file and key, as for every other key.
+        std::fs::write(
+            dir.path().join(CONFIG_FILE_NAME),
+            "heartbeat-interval = \"90s\"\n",
+        )
+        .unwrap();
+        let err = format!("{:#}", NodeConfig::resolve(args(dir.path())).unwrap_err());
+        assert!(
+            err.contains("lattice.toml key heartbeat-interval 1m 30s")
+                && !err.contains("--heartbeat-interval"),
+            "{err}"
+        );
     }
 
     #[test]

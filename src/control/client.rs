@@ -12,6 +12,7 @@ use super::{
     LatticeConfig,
 };
 use crate::cli::{AppCommand, ClientArgs, GetCommand, OutputFormat};
+use crate::host::escape_control;
 use crate::lattice::membership::HostInfo;
 use crate::nats::local_auth::{self, LocalUser};
 use crate::nats::permissions::{self, Denied};
@@ -582,8 +583,15 @@ fn inventory_table(inventory: &[HostInventory]) -> String {
     table(["HOST", "APP", "COMPONENT", "REPLICAS"], &rows)
 }
 
-/// Left-aligned columns, two spaces apart.
+/// Left-aligned columns, two spaces apart. Control characters in cells are escaped
+/// ([`escape_control`]): cells carry what other nodes say (names, labels, errors), which must
+/// not forge rows or drive the terminal.
 fn table<const N: usize>(header: [&str; N], rows: &[[String; N]]) -> String {
+    let rows: Vec<[String; N]> = rows
+        .iter()
+        .map(|row| row.each_ref().map(|cell| escape_control(cell)))
+        .collect();
+    let rows = rows.as_slice();
     let mut widths = header.map(str::len);
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
@@ -627,5 +635,42 @@ mod tests {
         );
         assert!(!text.contains("  "), "{text}");
         assert!(text.contains("runs as, another user, who"), "{text}");
+    }
+
+    #[test]
+    fn what_other_hosts_say_is_shown_with_control_characters_escaped() {
+        use crate::lattice::membership::NodeHealth;
+        use crate::nats::uplink::{Uplink, UplinkState};
+        let host = HostInfo {
+            id: "NID".into(),
+            name: "web\nNFORGED  forged  0s".into(),
+            lattice: "default".into(),
+            labels: [("zone".to_owned(), "eu\u{1b}[2J".to_owned())].into(),
+            version: "0".into(),
+            uptime_ms: 0,
+            heartbeat_interval_ms: 1_000,
+            uplink: Uplink {
+                error: Some("refused\r\nok".into()),
+                ..Uplink::fixed(UplinkState::Failed, None)
+            },
+            http_addr: "127.0.0.1:8000".into(),
+            components: Vec::new(),
+            failures: Vec::new(),
+            health: NodeHealth {
+                degraded: Some("x\ty\u{7}".into()),
+                tasks: Vec::new(),
+            },
+        };
+        let text = hosts_table(&[host]);
+        assert_eq!(text.lines().count(), 2, "{text}");
+        assert!(!text.contains('\u{1b}') && !text.contains('\r') && !text.contains('\u{7}'));
+        for shown in [
+            "web\\nNFORGED",
+            "zone=eu\\u{1b}[2J",
+            "(refused\\r\\nok)",
+            "degraded (x\\ty\\u{7})",
+        ] {
+            assert!(text.contains(shown), "{shown} in {text}");
+        }
     }
 }

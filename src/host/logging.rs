@@ -47,15 +47,7 @@ pub fn one_line(text: &str, max_bytes: usize, already_cut: usize) -> String {
     let mut consumed = text.len();
     for (at, c) in text.char_indices() {
         let before = out.len();
-        match c {
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if c.is_control() || matches!(c, '\u{2028}' | '\u{2029}') => {
-                let _ = write!(out, "\\u{{{:x}}}", c as u32);
-            }
-            c => out.push(c),
-        }
+        push_escaped(&mut out, c);
         if out.len() > max_bytes {
             out.truncate(before);
             consumed = at;
@@ -67,6 +59,31 @@ pub fn one_line(text: &str, max_bytes: usize, already_cut: usize) -> String {
         let _ = write!(out, " …[{cut} bytes cut]");
     }
     out
+}
+
+/// `text` with its control characters (and U+2028/U+2029) escaped as [`one_line`] escapes
+/// them, uncut: for text from elsewhere shown on a terminal or in a log (e.g. what other
+/// nodes say of themselves in `lattice get hosts`).
+pub fn escape_control(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        push_escaped(&mut out, c);
+    }
+    out
+}
+
+/// Pushes `c` onto `out`, escaped if it is a control character: `\n`, `\r`, `\t`, else
+/// `\u{1b}`.
+fn push_escaped(out: &mut String, c: char) {
+    match c {
+        '\n' => out.push_str("\\n"),
+        '\r' => out.push_str("\\r"),
+        '\t' => out.push_str("\\t"),
+        c if c.is_control() || matches!(c, '\u{2028}' | '\u{2029}') => {
+            let _ = write!(out, "\\u{{{:x}}}", c as u32);
+        }
+        c => out.push(c),
+    }
 }
 
 /// The rate limit of one component's guest log lines on this node, shared by all its
@@ -283,6 +300,10 @@ mod tests {
             "line one\\nINFO forged\\r\\u{1b}[31mred\\t\\u{7f}\\u{2028}é"
         );
         assert_eq!(one_line("plain", 4096, 0), "plain");
+        assert_eq!(
+            escape_control("web\n\u{1b}[2Jx\u{2028}"),
+            "web\\n\\u{1b}[2Jx\\u{2028}"
+        );
     }
 
     #[test]

@@ -47,7 +47,7 @@ pub use http::{
     text_response,
 };
 pub use keyvalue::BucketResource;
-pub use logging::{GuestLogLimiter, MAX_LINE_BYTES, one_line};
+pub use logging::{GuestLogLimiter, MAX_LINE_BYTES, escape_control, one_line};
 pub use state::HostState;
 
 /// Limits applied to every component instance.

@@ -14,7 +14,8 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 pub const NODE_KEY_FILE: &str = "node.nk";
 
 /// Returns the node's key pair kept in `data_dir` (with its seed; its public key, `N…`, 56
-/// characters, is the node id), creating the key on first start.
+/// characters, is the node id), creating the key on first start (mode 0600); an existing
+/// key file readable by others is made private again (mode 0600).
 ///
 /// # Errors
 /// The key file cannot be read or written, or does not hold a server seed (the message names
@@ -30,6 +31,21 @@ pub fn load_or_create(data_dir: &Path) -> anyhow::Result<nkeys::KeyPair> {
                     "{}: holds a {:?} key, a server key (seed SN…) is expected",
                     path.display(),
                     key.key_pair_type()
+                );
+            }
+            // Whoever reads the seed can speak for the node: a copy readable by others is made
+            // private again, as the local NATS key is (`nats::local_auth`).
+            let mode = std::fs::metadata(&path)
+                .with_context(|| format!("reading the mode of {}", path.display()))?
+                .permissions()
+                .mode();
+            if mode & 0o077 != 0 {
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+                    .with_context(|| format!("making {} private (mode 600)", path.display()))?;
+                tracing::warn!(
+                    file = %path.display(),
+                    was = format!("{:o}", mode & 0o777),
+                    "the node key was readable by others; made private (mode 600)"
                 );
             }
             Ok(key)
@@ -109,6 +125,11 @@ mod tests {
             .unwrap()
             .permissions()
             .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let file = dir.path().join(NODE_KEY_FILE);
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert_eq!(load_or_create(dir.path()).unwrap().public_key(), id);
+        let mode = std::fs::metadata(&file).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
         std::fs::write(dir.path().join(NODE_KEY_FILE), "garbage").unwrap();
         let err = format!("{:#}", load_or_create(dir.path()).unwrap_err());

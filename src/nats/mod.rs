@@ -43,6 +43,29 @@ pub enum ClientAuth<'a> {
     Local(&'a local_auth::LocalUser),
 }
 
+/// How often, at most, dropped messages of full subscriptions are logged.
+const SLOW_CONSUMER_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// Notes a message async-nats dropped because subscription `sid`'s buffer was full (a slow
+/// consumer: its reader falls behind, e.g. under a flood of host events); logs the count at
+/// warn at most every [`SLOW_CONSUMER_LOG_EVERY`].
+fn slow_consumer(sid: u64) {
+    static DROPPED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    static LOGGED: std::sync::Mutex<Option<std::time::Instant>> = std::sync::Mutex::new(None);
+    DROPPED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let mut logged = LOGGED.lock().unwrap_or_else(|p| p.into_inner());
+    if logged.is_some_and(|at| at.elapsed() < SLOW_CONSUMER_LOG_EVERY) {
+        return;
+    }
+    *logged = Some(std::time::Instant::now());
+    let dropped = DROPPED.swap(0, std::sync::atomic::Ordering::Relaxed);
+    tracing::warn!(
+        subscription = sid,
+        dropped,
+        "nats messages dropped: a subscription's buffer was full (a slow consumer)"
+    );
+}
+
 /// Connects the node's client to `url` as `auth` says (the node's own nats-server: its local
 /// user; external mode: `--creds`, if any, and the user and password or token of `url`'s
 /// userinfo), logging connection events (disconnect, reconnect)
@@ -79,6 +102,7 @@ pub async fn connect(
                     ),
                     None => tracing::warn!(error = %error, "nats-server reported an error"),
                 },
+                async_nats::Event::SlowConsumer(sid) => slow_consumer(sid),
                 other => tracing::debug!(event = %other, "nats client event"),
             }
         });
