@@ -257,6 +257,14 @@ async fn call<T: DeserializeOwned>(
         .await
 }
 
+/// Prefix of the inboxes of a CLI connected with `--creds` as the NATS user whose public key is
+/// `user`: `_INBOX.cli.<user>` (a role's subscribe permission `_INBOX.cli.{{subject()}}.>`).
+/// Under `_INBOX.`, where nodes may answer; async-nats's default inboxes are `_INBOX.<nuid>`,
+/// never `_INBOX.cli`.
+fn cli_inbox_prefix(user: &str) -> String {
+    format!("_INBOX.cli.{user}")
+}
+
 /// A CLI's connection to the lattice.
 struct Connection {
     client: async_nats::Client,
@@ -318,6 +326,13 @@ async fn connect(args: &ClientArgs) -> anyhow::Result<Connection> {
             .credentials_file(creds)
             .await
             .with_context(|| format!("--creds {}", creds.display()))?;
+        // Replies come to this user's own inboxes, so a role need not subscribe to every
+        // inbox of the account (PROTOCOL.md §Roles).
+        let text = std::fs::read_to_string(creds)
+            .with_context(|| format!("--creds {}", creds.display()))?;
+        let user = crate::nats::user_permissions::user_key(&text)
+            .map_err(|e| anyhow::anyhow!("--creds {}: {e}", creds.display()))?;
+        options = options.custom_inbox_prefix(cli_inbox_prefix(&user));
     }
     // Shown (errors included) without its password or token.
     let shown = crate::nats::redact::redact_url(&url);

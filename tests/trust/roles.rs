@@ -16,6 +16,10 @@ use crate::common::{example_wasm, lattice_cli, manifest_with};
 /// The lattice of these tests.
 const L: &str = "default";
 
+/// PROTOCOL.md §Roles: the inboxes of a CLI user, `_INBOX.cli.<its public key>.>`, as a
+/// nats-server permission template.
+const CLI_INBOXES: &str = "_INBOX.cli.{{subject()}}.>";
+
 fn strings(list: &[&str]) -> Vec<String> {
     list.iter().map(|s| s.replace("<L>", L)).collect()
 }
@@ -91,7 +95,7 @@ fn viewer() -> Permissions {
             "lattice.<L>.ctl.v1.app.status",
             "lattice.<L>.ctl.v1.app.history",
         ]),
-        sub_allow: strings(&["_INBOX.>"]),
+        sub_allow: vec![CLI_INBOXES.to_owned()],
         ..Permissions::default()
     }
 }
@@ -114,7 +118,7 @@ fn operator(domain: &str) -> Permissions {
     }
     Permissions {
         pub_allow,
-        sub_allow: strings(&["_INBOX.>"]),
+        sub_allow: vec![CLI_INBOXES.to_owned()],
         ..Permissions::default()
     }
 }
@@ -247,6 +251,14 @@ fn a_viewer_reads_an_operator_deploys_and_a_serve_only_node_runs_its_share() {
         },
     );
     assert_eq!(hosts.len(), 2);
+    // Nor see other clients' inboxes (nodes' watch deliveries, RPC exchanges).
+    let refused = violation(&hub, &viewer, "_INBOX.>", true);
+    assert!(
+        refused
+            .as_deref()
+            .is_some_and(|e| e.contains("Subscription to \"_INBOX.>\"")),
+        "{refused:?}"
+    );
     assert!(app_names(&hub, &viewer, &[&a, &b]).is_empty());
     let started = std::time::Instant::now();
     let out = as_user(&hub, &viewer, &["app", "deploy", &file]);
