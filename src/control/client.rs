@@ -190,13 +190,36 @@ async fn deploy(
     }
     let nats = connect(client).await?;
     // A step the NATS user may not take fails the deploy at once, naming the subject.
-    nats.guard(deploy_through(
-        &nats, file, &text, &manifest, version, js_domain, client,
-    ))
+    let (outcome, artifacts) = nats
+        .guard(deploy_through(
+            &nats, file, &text, &manifest, version, js_domain, client,
+        ))
+        .await?;
+    // An artifact this deploy found already stored may have been collected between the upload
+    // and the store (its last user undeployed meanwhile): put it back. The version is stored
+    // whatever happens here, and the error says so.
+    nats.guard(async {
+        upload_images(&manifest, &artifacts, ImagesTo::Lattice)
+            .await
+            .map_err(anyhow::Error::new)
+    })
     .await
+    .map_err(|e| {
+        anyhow::anyhow!(
+            "{}: app {:?} version {} is stored, but putting its artifacts back failed: {e:#}",
+            file.display(),
+            manifest.name,
+            outcome.version
+        )
+    })?;
+    for warning in &outcome.warnings {
+        eprintln!("warning: {}: {warning}", file.display());
+    }
+    Ok(outcome)
 }
 
-/// The part of [`deploy`] that talks to the lattice through `nats`.
+/// The part of [`deploy`] that talks to the lattice through `nats` up to the store: the
+/// outcome, and the artifact store it uploaded into.
 async fn deploy_through(
     nats: &Connection,
     file: &std::path::Path,
@@ -205,7 +228,7 @@ async fn deploy_through(
     version: Option<String>,
     js_domain: Option<String>,
     client: &ClientArgs,
-) -> anyhow::Result<DeployOutcome> {
+) -> anyhow::Result<(DeployOutcome, Artifacts)> {
     let in_file = |e: &dyn std::fmt::Display| anyhow::anyhow!("{}: {e}", file.display());
     let config: LatticeConfig = nats
         .request(subjects::CTL_GET_CONFIG, Vec::new(), DEFAULT_TIMEOUT)
@@ -234,16 +257,7 @@ async fn deploy_through(
         )
         .await
         .map_err(|e| in_file(&format!("app {:?}: {e:#}", manifest.name)))?;
-    // An artifact this deploy found already stored may have been collected between the upload
-    // and the store (its last user undeployed meanwhile): put it back.
-    upload_images(manifest, &artifacts, ImagesTo::Lattice)
-        .await
-        .map_err(|e: DeployError| in_file(&format!("app {:?}: {e}", manifest.name)))?;
-    let outcome: DeployOutcome = outcome;
-    for warning in &outcome.warnings {
-        eprintln!("warning: {}: {warning}", file.display());
-    }
-    Ok(outcome)
+    Ok((outcome, artifacts))
 }
 
 /// Connects as `args` say and sends one request to `endpoint`: its response.
@@ -258,6 +272,14 @@ async fn call<T: DeserializeOwned>(
         .await
 }
 
+/// Prefix of the inboxes of a CLI connected with `--creds` as the NATS user whose public key is
+/// `user`: `_INBOX.cli.<user>` (a role's subscribe permission `_INBOX.cli.{{subject()}}.>`).
+/// Under `_INBOX.`, where nodes may answer; async-nats's default inboxes are `_INBOX.<nuid>`,
+/// never `_INBOX.cli`.
+fn cli_inbox_prefix(user: &str) -> String {
+    format!("_INBOX.cli.{user}")
+}
+
 /// A CLI's connection to the lattice.
 struct Connection {
     client: async_nats::Client,
@@ -265,7 +287,8 @@ struct Connection {
     url: String,
     lattice: String,
     timeout: Option<Duration>,
-    /// The first permission violation the server reported on this connection.
+    /// The latest permission violation the server reported on this connection (a change is a
+    /// new one).
     denied: watch::Receiver<Option<Denied>>,
 }
 
@@ -292,12 +315,7 @@ async fn connect(args: &ClientArgs) -> anyhow::Result<Connection> {
                 if let async_nats::Event::ServerError(error) = event
                     && let Some(denial) = permissions::denied(&error)
                 {
-                    denials.send_if_modified(|first| {
-                        first.is_none() && {
-                            *first = Some(denial);
-                            true
-                        }
-                    });
+                    denials.send_replace(Some(denial));
                 }
             }
         });
@@ -319,6 +337,13 @@ async fn connect(args: &ClientArgs) -> anyhow::Result<Connection> {
             .credentials_file(creds)
             .await
             .with_context(|| format!("--creds {}", creds.display()))?;
+        // Replies come to this user's own inboxes, so a role need not subscribe to every
+        // inbox of the account (PROTOCOL.md §Roles).
+        let text = std::fs::read_to_string(creds)
+            .with_context(|| format!("--creds {}", creds.display()))?;
+        let user = crate::nats::user_permissions::user_key(&text)
+            .map_err(|e| anyhow::anyhow!("--creds {}: {e}", creds.display()))?;
+        options = options.custom_inbox_prefix(cli_inbox_prefix(&user));
     }
     // Shown (errors included) without its password or token.
     let shown = crate::nats::redact::redact_url(&url);
@@ -351,16 +376,23 @@ async fn connect(args: &ClientArgs) -> anyhow::Result<Connection> {
 impl Connection {
     /// Runs `work` on this connection; a permission violation the server reports meanwhile
     /// ends it at once with `permission denied: <subject>` (the refused publish or subscription
-    /// itself would only time out), as does one reported before `work` failed.
+    /// itself would only time out), as does one reported before `work` failed. Violations
+    /// reported before `work` started (by an earlier step that went on) are not its own.
     async fn guard<T>(
         &self,
         work: impl std::future::Future<Output = anyhow::Result<T>>,
     ) -> anyhow::Result<T> {
         let mut denied = self.denied.clone();
+        denied.mark_unchanged();
+        let mut seen = denied.clone();
         let denial = async move {
-            match denied.wait_for(Option::is_some).await {
-                Ok(denial) => denial.clone(),
-                Err(_) => std::future::pending().await,
+            loop {
+                if seen.changed().await.is_err() {
+                    return std::future::pending().await;
+                }
+                if let Some(denial) = seen.borrow_and_update().clone() {
+                    return Some(denial);
+                }
             }
         };
         let refused = |denial: Denied| {
@@ -372,10 +404,13 @@ impl Connection {
         tokio::select! {
             result = work => match result {
                 Ok(value) => Ok(value),
-                Err(e) => match self.denied.borrow().clone() {
-                    Some(denial) => Err(refused(denial)),
-                    None => Err(e),
-                },
+                Err(e) => {
+                    let new = denied.has_changed().unwrap_or(false);
+                    match denied.borrow().clone() {
+                        Some(denial) if new => Err(refused(denial)),
+                        _ => Err(e),
+                    }
+                }
             },
             Some(denial) = denial => Err(refused(denial)),
         }

@@ -251,7 +251,7 @@ async fn answer(context: &ControlContext, name: &str, payload: &[u8]) -> Vec<u8>
             store_replicas: context.apps.replicas(),
         })),
         subjects::CTL_APP_DEPLOY => to_json(&match parse::<DeployRequest>(name, payload) {
-            Ok(request) => match context.apps.deploy(request).await {
+            Ok(request) => match context.apps.deploy(over_nats(request)).await {
                 Ok(outcome) => CtlResponse::ok(outcome),
                 Err(e) => CtlResponse::error(e.to_string()),
             },
@@ -318,6 +318,16 @@ async fn answer(context: &ControlContext, name: &str, payload: &[u8]) -> Vec<u8>
     }
 }
 
+/// `request` as it arrived over NATS: from the CLI, whatever its `source` claims (a
+/// `Source::File` of another node would skip that node's route-conflict check or make it refuse
+/// its own config-dir manifest). The config-dir watcher deploys in-process with its own source.
+fn over_nats(request: DeployRequest) -> DeployRequest {
+    DeployRequest {
+        source: crate::reconciler::store::Source::Cli,
+        ..request
+    }
+}
+
 fn parse<T: serde::de::DeserializeOwned>(endpoint: &str, payload: &[u8]) -> Result<T, String> {
     serde_json::from_slice(payload).map_err(|e| format!("malformed {endpoint} request: {e}"))
 }
@@ -381,6 +391,7 @@ fn to_json<T: Serialize>(value: &T) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::reconciler::store::Source;
 
     #[test]
     fn app_names_of_requests_are_checked_as_names() {
@@ -398,5 +409,19 @@ mod tests {
             let reason = parse_app_request("app.undeploy", payload.as_bytes()).unwrap_err();
             assert!(reason.contains(needle), "{payload}: {reason}");
         }
+    }
+
+    #[test]
+    fn a_deploy_over_nats_is_the_clis_whatever_it_claims() {
+        let claimed: DeployRequest = serde_json::from_value(serde_json::json!({
+            "manifest": "x",
+            "images": {},
+            "source": {"kind": "file", "node_id": "NVICTIM", "node": "victim", "path": "/etc/lattice/a.yaml"}
+        }))
+        .unwrap();
+        assert!(matches!(claimed.source, Source::File { .. }));
+        let request = over_nats(claimed.clone());
+        assert_eq!(request.source, Source::Cli);
+        assert_eq!(request.manifest, claimed.manifest);
     }
 }

@@ -29,6 +29,35 @@ pub enum LocalAuthError {
         /// The I/O error.
         source: std::io::Error,
     },
+    /// The data dir (or a symlink to it) belongs to another user: the node does not take it
+    /// over.
+    #[error(
+        "data dir {path}: owned by uid {owner}, not by this user (uid {euid}): run the node as \
+         that user, or give it a data dir of its own (--data-dir)"
+    )]
+    NotOwner {
+        /// The data dir, or the symlink naming it.
+        path: PathBuf,
+        /// Its owner's uid.
+        owner: u32,
+        /// This process's effective uid.
+        euid: u32,
+    },
+    /// An existing data dir open to others holds files that are not a node's: it is left as
+    /// it is rather than restricted (it may be `/var/lib` or a home dir).
+    #[error(
+        "data dir {path}: mode {mode:o} lets other users in and it holds files that are not a \
+         lattice node's (such as {example}): give the node an empty or new dir (--data-dir), or \
+         restrict this one yourself (chmod 700)"
+    )]
+    NotNodeDir {
+        /// The data dir.
+        path: PathBuf,
+        /// Its mode (permission bits).
+        mode: u32,
+        /// One entry that is not a node's.
+        example: String,
+    },
     /// The seed file exists but cannot be read, written or made private.
     #[error("{path}: cannot {action}: {source}")]
     File {
@@ -98,37 +127,117 @@ impl LocalUser {
     }
 }
 
-/// Creates the data dir (and its parents) if missing, and restricts it to its owner (mode
-/// 0700) whether it was just made or already existed; logs when an existing one was open to others.
+/// Entries of a data dir a node makes: an existing dir holding one of them (or nothing) is a
+/// node's, and may be restricted to its owner.
+const NODE_ENTRIES: [&str; 5] = ["node.nk", "nats.url", LOCAL_KEY_FILE, "state", "nats"];
+
+/// Creates the data dir (and its parents) if missing, mode 0700. An existing one must belong to
+/// this process's effective user (and so must a symlink naming it); if it is open to others it
+/// is restricted to mode 0700 only when it is empty or already holds a node's files
+/// ([`NODE_ENTRIES`]), which is logged.
 ///
 /// # Errors
-/// It cannot be created, or its mode cannot be set (e.g. it belongs to another user).
+/// It cannot be created or read, it (or the symlink naming it) belongs to another user, it is
+/// open to others and holds other files, or its mode cannot be set.
 pub fn prepare_data_dir(dir: &Path) -> Result<(), LocalAuthError> {
+    use std::os::unix::fs::MetadataExt as _;
     let failed = |action, source| LocalAuthError::DataDir {
         path: dir.to_path_buf(),
         action,
         source,
     };
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(DATA_DIR_MODE)
-        .create(dir)
-        .map_err(|e| failed("create it", e))?;
-    let mode = std::fs::metadata(dir)
-        .map_err(|e| failed("read its mode", e))?
-        .permissions()
-        .mode()
-        & 0o777;
-    if mode != DATA_DIR_MODE {
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(DATA_DIR_MODE))
-            .map_err(|e| failed("restrict it to mode 0700", e))?;
-        tracing::info!(
-            dir = %dir.display(),
-            was = format!("{mode:o}"),
-            "data dir restricted to its owner (mode 700)"
-        );
+    let euid = nix::unistd::geteuid().as_raw();
+    let not_owner = |owner| LocalAuthError::NotOwner {
+        path: dir.to_path_buf(),
+        owner,
+        euid,
+    };
+    match std::fs::symlink_metadata(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(DATA_DIR_MODE)
+                .create(dir)
+                .map_err(|e| failed("create it", e));
+        }
+        Err(e) => return Err(failed("read it", e)),
+        // A symlink another user (root aside) may change could point the node anywhere.
+        Ok(link) if link.file_type().is_symlink() && link.uid() != euid && link.uid() != 0 => {
+            return Err(not_owner(link.uid()));
+        }
+        Ok(_) => {}
     }
+    let meta = std::fs::metadata(dir).map_err(|e| failed("read it", e))?;
+    if meta.uid() != euid {
+        return Err(not_owner(meta.uid()));
+    }
+    let mode = meta.permissions().mode() & 0o777;
+    if mode == DATA_DIR_MODE {
+        return Ok(());
+    }
+    let mut entries = std::fs::read_dir(dir).map_err(|e| failed("list it", e))?;
+    let mut example = None;
+    let mut nodes = false;
+    for entry in entries.by_ref() {
+        let name = entry.map_err(|e| failed("list it", e))?.file_name();
+        let name = name.to_string_lossy();
+        if NODE_ENTRIES.contains(&name.as_ref()) {
+            nodes = true;
+            break;
+        }
+        example.get_or_insert_with(|| name.into_owned());
+    }
+    if let (false, Some(example)) = (nodes, example) {
+        return Err(LocalAuthError::NotNodeDir {
+            path: dir.to_path_buf(),
+            mode,
+            example,
+        });
+    }
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(DATA_DIR_MODE))
+        .map_err(|e| failed("restrict it to mode 0700", e))?;
+    tracing::info!(
+        dir = %dir.display(),
+        was = format!("{mode:o}"),
+        "data dir restricted to its owner (mode 700)"
+    );
     Ok(())
+}
+
+/// Writes `bytes` to `path`, mode 0600, through a temporary file next to it
+/// (`.<name>.tmp-<pid>`) that is synced, then renamed over `path`, or with `create_new`
+/// hard-linked to `path` (failing if `path` exists): no reader ever sees a partial file.
+///
+/// # Errors
+/// The temporary file cannot be written or moved into place (with `create_new`: `path`
+/// exists, [`std::io::ErrorKind::AlreadyExists`]).
+pub fn write_private(path: &Path, bytes: &[u8], create_new: bool) -> std::io::Result<()> {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
+    let written = (|| {
+        // A temp file left by a crash of a process with this pid.
+        match std::fs::remove_file(&tmp) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        if create_new {
+            std::fs::hard_link(&tmp, path)
+        } else {
+            std::fs::rename(&tmp, path)
+        }
+    })();
+    let _ = std::fs::remove_file(&tmp);
+    written
 }
 
 /// Returns the local user kept in `data_dir` ([`LOCAL_KEY_FILE`]), creating it on first start;
@@ -168,13 +277,9 @@ pub fn load_or_create(data_dir: &Path) -> Result<LocalUser, LocalAuthError> {
                 path: path.clone(),
                 reason: format!("encoding a new seed: {e}"),
             })?;
-            let mut file = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&path)
+            // Complete or absent: a concurrent CLI never reads it empty.
+            write_private(&path, format!("{seed}\n").as_bytes(), true)
                 .map_err(|e| failed("create it", e))?;
-            writeln!(file, "{seed}").map_err(|e| failed("write it", e))?;
             tracing::info!(user = key.public_key(), file = %path.display(), "new local NATS key created");
             Ok(LocalUser {
                 seed,
@@ -264,6 +369,84 @@ mod tests {
         remove(&data).unwrap();
         assert!(read(&data).unwrap().is_none());
         remove(&data).unwrap();
+    }
+
+    #[test]
+    fn an_open_dir_is_restricted_only_when_it_is_a_nodes() {
+        let dir = tempfile::tempdir().unwrap();
+        let open = |path: &Path| {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap()
+        };
+        // Empty: restricted.
+        let empty = dir.path().join("empty");
+        std::fs::create_dir(&empty).unwrap();
+        open(&empty);
+        prepare_data_dir(&empty).unwrap();
+        assert_eq!(mode(&empty), 0o700);
+        // A node's (one of its files): restricted.
+        let node = dir.path().join("node");
+        std::fs::create_dir_all(node.join("state")).unwrap();
+        std::fs::write(node.join("other"), "x").unwrap();
+        open(&node);
+        prepare_data_dir(&node).unwrap();
+        assert_eq!(mode(&node), 0o700);
+        // Someone's dir of other files (a home dir, /var/lib): left alone, named.
+        let home = dir.path().join("home");
+        std::fs::create_dir(&home).unwrap();
+        std::fs::write(home.join(".bashrc"), "x").unwrap();
+        open(&home);
+        let err = prepare_data_dir(&home).unwrap_err().to_string();
+        assert!(
+            err.contains("home") && err.contains(".bashrc") && err.contains("755"),
+            "{err}"
+        );
+        assert_eq!(mode(&home), 0o755);
+    }
+
+    #[test]
+    fn a_dir_of_another_user_is_refused() {
+        use std::os::unix::fs::MetadataExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let euid = nix::unistd::geteuid().as_raw();
+        let other = if euid == 65534 { 65533 } else { 65534 };
+        let theirs = dir.path().join("theirs");
+        std::fs::create_dir(&theirs).unwrap();
+        if std::os::unix::fs::chown(&theirs, Some(other), None).is_err() {
+            eprintln!("skipped: cannot chown (not root)");
+            return;
+        }
+        std::fs::set_permissions(&theirs, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let err = prepare_data_dir(&theirs).unwrap_err().to_string();
+        assert!(
+            err.contains("theirs") && err.contains(&format!("uid {other}")),
+            "{err}"
+        );
+        assert_eq!(mode(&theirs), 0o755);
+        // A symlink of another user to a dir of ours.
+        let ours = dir.path().join("ours");
+        std::fs::create_dir(&ours).unwrap();
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&ours, &link).unwrap();
+        prepare_data_dir(&link).unwrap();
+        std::os::unix::fs::lchown(&link, Some(other), None).unwrap();
+        assert_eq!(std::fs::symlink_metadata(&link).unwrap().uid(), other);
+        let err = prepare_data_dir(&link).unwrap_err().to_string();
+        assert!(err.contains("link") && err.contains("owned by"), "{err}");
+    }
+
+    #[test]
+    fn private_files_are_whole_and_mode_600() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("f.conf");
+        write_private(&file, b"one", false).unwrap();
+        write_private(&file, b"two", false).unwrap();
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), "two");
+        assert_eq!(mode(&file), 0o600);
+        let err = write_private(&file, b"three", true).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::AlreadyExists);
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), "two");
+        // No temporary file left behind.
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
     }
 
     #[test]

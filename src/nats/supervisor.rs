@@ -215,9 +215,10 @@ impl Launch {
             &self.settings,
             self.hub_js_without_domain.load(Ordering::Relaxed),
         );
-        std::fs::write(&self.config_path, text).with_context(|| {
-            format!("writing nats-server config {}", self.config_path.display())
-        })?;
+        // Mode 0600: it can name the leaf remote's URL.
+        super::local_auth::write_private(&self.config_path, text.as_bytes(), false).with_context(
+            || format!("writing nats-server config {}", self.config_path.display()),
+        )?;
         let mut command = std::process::Command::new(&self.binary);
         command.arg("-c").arg(&self.config_path);
         // If this node dies without stopping its child (SIGKILL, crash), the kernel stops the child

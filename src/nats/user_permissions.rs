@@ -30,8 +30,41 @@ pub struct Permission {
 
 #[derive(Deserialize)]
 struct Claims {
+    /// The user's public key (`U…`).
+    #[serde(default)]
+    sub: String,
     #[serde(default)]
     nats: UserPermissions,
+}
+
+/// The claims of the user JWT in the NATS credentials file text `creds`.
+fn claims(creds: &str) -> Result<Claims, String> {
+    let jwt = creds
+        .split("-----BEGIN NATS USER JWT-----")
+        .nth(1)
+        .and_then(|rest| rest.split("------END").next())
+        .map(str::trim)
+        .filter(|jwt| !jwt.is_empty())
+        .ok_or("no user JWT in it")?;
+    let payload = jwt.split('.').nth(1).ok_or("the JWT has no payload")?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .map_err(|e| format!("the JWT's payload is not base64url: {e}"))?;
+    serde_json::from_slice(&bytes).map_err(|e| format!("the JWT's claims are not JSON: {e}"))
+}
+
+/// The public key (`U…`, the JWT's `sub`) of the user of the NATS credentials file text
+/// `creds`: what nats-server's permission template `{{subject()}}` stands for.
+///
+/// # Errors
+/// No JWT in it, one that is not base64url JSON claims, or one without a user key in `sub`.
+pub fn user_key(creds: &str) -> Result<String, String> {
+    let sub = claims(creds)?.sub;
+    if sub.starts_with('U') && sub.len() == 56 && sub.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        Ok(sub)
+    } else {
+        Err(format!("the JWT's subject {sub:?} is not a user key (U…)"))
+    }
 }
 
 impl UserPermissions {
@@ -41,20 +74,7 @@ impl UserPermissions {
     /// # Errors
     /// No JWT in it, or one whose payload is not base64url JSON claims; the message says which.
     pub fn from_creds(creds: &str) -> Result<UserPermissions, String> {
-        let jwt = creds
-            .split("-----BEGIN NATS USER JWT-----")
-            .nth(1)
-            .and_then(|rest| rest.split("------END").next())
-            .map(str::trim)
-            .filter(|jwt| !jwt.is_empty())
-            .ok_or("no user JWT in it")?;
-        let payload = jwt.split('.').nth(1).ok_or("the JWT has no payload")?;
-        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(payload.trim_end_matches('='))
-            .map_err(|e| format!("the JWT's payload is not base64url: {e}"))?;
-        let claims: Claims = serde_json::from_slice(&bytes)
-            .map_err(|e| format!("the JWT's claims are not JSON: {e}"))?;
-        Ok(claims.nats)
+        Ok(claims(creds)?.nats)
     }
 
     /// Whether the user may publish to the literal subject `subject`.
@@ -157,5 +177,16 @@ mod tests {
         let all = UserPermissions::from_creds(&creds(r#"{"nats":{"type":"user"}}"#)).unwrap();
         assert!(all.may_publish("anything.at.all"));
         assert!(UserPermissions::from_creds("nothing").is_err());
+    }
+
+    #[test]
+    fn reads_the_user_key_from_the_jwt() {
+        let key = nkeys::KeyPair::new_user().public_key();
+        let text = creds(&format!(r#"{{"sub":"{key}","nats":{{"type":"user"}}}}"#));
+        assert_eq!(user_key(&text).unwrap(), key);
+        let account = nkeys::KeyPair::new_account().public_key();
+        let text = creds(&format!(r#"{{"sub":"{account}"}}"#));
+        assert!(user_key(&text).unwrap_err().contains("not a user key"));
+        assert!(user_key("nothing").is_err());
     }
 }

@@ -362,9 +362,23 @@ impl Permissions {
 }
 
 /// Mints a new user signed by `account` with `permissions` and writes its creds file to
-/// `dir/name` (mode 0600).
+/// `dir/name` (mode 0600). `{{subject()}}` in a subject becomes the new user's public key: the
+/// literal subject an operator writes into that user's JWT (nats-server expands the template
+/// itself only in a scoped signing key's template).
 fn write_creds(dir: &Path, name: &str, account: &KeyPair, permissions: &Permissions) -> PathBuf {
     let user = KeyPair::new_user();
+    let key = user.public_key();
+    let own = |list: &[String]| -> Vec<String> {
+        list.iter()
+            .map(|s| s.replace("{{subject()}}", &key))
+            .collect()
+    };
+    let permissions = &Permissions {
+        pub_allow: own(&permissions.pub_allow),
+        pub_deny: own(&permissions.pub_deny),
+        sub_allow: own(&permissions.sub_allow),
+        sub_deny: own(&permissions.sub_deny),
+    };
     let claims: User = User::builder()
         .bearer_token(false)
         .pub_(Permissions::claim(

@@ -28,6 +28,9 @@ fn only_the_nodes_user_reaches_its_nats() {
     node.wait_for_log(&["lattice node is up"], Duration::from_secs(20));
     assert_eq!(mode(&data), 0o700, "the data dir");
     assert_eq!(mode(&data.join("local.nk")), 0o600, "the local key");
+    // It can name the leaf remote's URL.
+    let conf = data.join("nats").join("nats-server.conf");
+    assert_eq!(mode(&conf), 0o600, "{}", conf.display());
 
     // A plain client without the node's key: refused.
     let (url, login) = common::node_nats(&data);

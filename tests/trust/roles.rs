@@ -16,6 +16,10 @@ use crate::common::{example_wasm, lattice_cli, manifest_with};
 /// The lattice of these tests.
 const L: &str = "default";
 
+/// PROTOCOL.md §Roles: the inboxes of a CLI user, `_INBOX.cli.<its public key>.>`, as a
+/// nats-server permission template.
+const CLI_INBOXES: &str = "_INBOX.cli.{{subject()}}.>";
+
 fn strings(list: &[&str]) -> Vec<String> {
     list.iter().map(|s| s.replace("<L>", L)).collect()
 }
@@ -42,27 +46,43 @@ fn node() -> Permissions {
     }
 }
 
-/// PROTOCOL.md §Roles, *serve-only node*: a node's, but it may not write the desired state or
-/// the artifacts, nor take deploy and undeploy requests.
+/// PROTOCOL.md §Roles, *serve-only node*: its lattice's subjects but deploy and undeploy
+/// (a full node answering one would store it with its own authority), and of the JetStream API
+/// only the reading verbs on the lattice's two streams: an allow-list, because a deny list
+/// cannot see a `STREAM.CREATE` body that republishes into the apps bucket.
 fn serve_only() -> Permissions {
-    let mut deny = strings(&["$KV.lattice_<L>_apps.>", "$O.lattice_<L>_artifacts.>"]);
+    let mut publish = strings(&[
+        "lattice.<L>.>",
+        "_INBOX.>",
+        "$SRV.>",
+        "$JS.ACK.>",
+        "$JS.FC.>",
+    ]);
     for js in ["$JS.API", "$JS.*.API"] {
-        // A KV handle of a JetStream in a domain puts through the prefixed API.
-        deny.push(format!("{js}.$KV.lattice_{L}_apps.>"));
-        deny.push(format!("{js}.$O.lattice_{L}_artifacts.>"));
-        for op in ["CREATE", "UPDATE", "DELETE", "PURGE", "MSG.DELETE"] {
-            for stream in ["KV_lattice_<L>_apps", "OBJ_lattice_<L>_artifacts"] {
-                deny.push(format!("{js}.STREAM.{op}.{}", stream.replace("<L>", L)));
-            }
+        publish.push(format!("{js}.INFO"));
+        for stream in ["KV_lattice_<L>_apps", "OBJ_lattice_<L>_artifacts"] {
+            let stream = stream.replace("<L>", L);
+            publish.extend([
+                format!("{js}.STREAM.INFO.{stream}"),
+                format!("{js}.STREAM.MSG.GET.{stream}"),
+                format!("{js}.DIRECT.GET.{stream}"),
+                format!("{js}.DIRECT.GET.{stream}.>"),
+                format!("{js}.CONSUMER.CREATE.{stream}"),
+                format!("{js}.CONSUMER.CREATE.{stream}.>"),
+                format!("{js}.CONSUMER.INFO.{stream}.*"),
+                format!("{js}.CONSUMER.DELETE.{stream}.*"),
+            ]);
         }
     }
+    let control = strings(&[
+        "lattice.<L>.ctl.v1.app.deploy",
+        "lattice.<L>.ctl.v1.app.undeploy",
+    ]);
     Permissions {
-        pub_deny: deny,
-        sub_deny: strings(&[
-            "lattice.<L>.ctl.v1.app.deploy",
-            "lattice.<L>.ctl.v1.app.undeploy",
-        ]),
-        ..node()
+        pub_allow: publish,
+        pub_deny: control.clone(),
+        sub_allow: strings(&["lattice.<L>.>", "_INBOX.>", "$SRV.>"]),
+        sub_deny: control,
     }
 }
 
@@ -75,7 +95,7 @@ fn viewer() -> Permissions {
             "lattice.<L>.ctl.v1.app.status",
             "lattice.<L>.ctl.v1.app.history",
         ]),
-        sub_allow: strings(&["_INBOX.>"]),
+        sub_allow: vec![CLI_INBOXES.to_owned()],
         ..Permissions::default()
     }
 }
@@ -98,7 +118,7 @@ fn operator(domain: &str) -> Permissions {
     }
     Permissions {
         pub_allow,
-        sub_allow: strings(&["_INBOX.>"]),
+        sub_allow: vec![CLI_INBOXES.to_owned()],
         ..Permissions::default()
     }
 }
@@ -144,6 +164,56 @@ fn app_names(hub: &Hub, creds: &Path, members: &[&Member]) -> Vec<String> {
         .collect()
 }
 
+/// What nats-server answers a plain client of `hub`, connected as the user of `creds`, that
+/// publishes to (or, with `subscribe`, subscribes to) `subject`: the text of the
+/// `Permissions Violation` it reports, `None` if it reports none within 3 s.
+fn violation(hub: &Hub, creds: &Path, subject: &str, subscribe: bool) -> Option<String> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let (errors, mut seen) = tokio::sync::mpsc::unbounded_channel();
+        let client = async_nats::ConnectOptions::with_credentials_file(creds)
+            .await
+            .unwrap()
+            .event_callback(move |event| {
+                let errors = errors.clone();
+                async move {
+                    if let async_nats::Event::ServerError(e) = event {
+                        let _ = errors.send(e.to_string());
+                    }
+                }
+            })
+            .connect(hub.client_url())
+            .await
+            .unwrap();
+        // Held until the server answered (or not).
+        let _subscription = if subscribe {
+            Some(client.subscribe(subject.to_owned()).await.unwrap())
+        } else {
+            client
+                .publish(subject.to_owned(), "{}".into())
+                .await
+                .unwrap();
+            None
+        };
+        client.flush().await.unwrap();
+        let wait = async {
+            while let Some(error) = seen.recv().await {
+                if error.contains("Permissions Violation") {
+                    return Some(error);
+                }
+            }
+            None
+        };
+        tokio::time::timeout(Duration::from_secs(3), wait)
+            .await
+            .ok()
+            .flatten()
+    })
+}
+
 #[test]
 fn a_viewer_reads_an_operator_deploys_and_a_serve_only_node_runs_its_share() {
     let hub = Hub::start();
@@ -181,6 +251,14 @@ fn a_viewer_reads_an_operator_deploys_and_a_serve_only_node_runs_its_share() {
         },
     );
     assert_eq!(hosts.len(), 2);
+    // Nor see other clients' inboxes (nodes' watch deliveries, RPC exchanges).
+    let refused = violation(&hub, &viewer, "_INBOX.>", true);
+    assert!(
+        refused
+            .as_deref()
+            .is_some_and(|e| e.contains("Subscription to \"_INBOX.>\"")),
+        "{refused:?}"
+    );
     assert!(app_names(&hub, &viewer, &[&a, &b]).is_empty());
     let started = std::time::Instant::now();
     let out = as_user(&hub, &viewer, &["app", "deploy", &file]);
@@ -220,6 +298,33 @@ fn a_viewer_reads_an_operator_deploys_and_a_serve_only_node_runs_its_share() {
         Duration::from_secs(20),
     );
     assert_eq!(app_names(&hub, &viewer, &[&a, &b]), ["hello"]);
+
+    // A serve-only node's user cannot have the full node undeploy (or deploy) for it.
+    let serve_only = hub.user_creds_with(work.path(), "serve-only.creds", &serve_only());
+    let out = as_user(&hub, &serve_only, &["app", "undeploy", "hello"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "permission denied: lattice.{L}.ctl.v1.app.undeploy"
+        )),
+        "{stderr}"
+    );
+    assert_eq!(app_names(&hub, &viewer, &[&a, &b]), ["hello"]);
+    // Nor create or update streams (one republishing into the apps bucket would write it).
+    for subject in [
+        "$JS.API.STREAM.CREATE.X".to_owned(),
+        format!("$JS.{}.API.STREAM.CREATE.X", Hub::JS_DOMAIN),
+        "$JS.API.STREAM.UPDATE.X".to_owned(),
+    ] {
+        let refused = violation(&hub, &serve_only, &subject, false);
+        assert!(
+            refused
+                .as_deref()
+                .is_some_and(|e| e.contains("STREAM.") && e.contains(".X")),
+            "{subject}: {refused:?}"
+        );
+    }
     let status = json_as(&hub, &viewer, &["app", "status", "hello"]).unwrap();
     assert_eq!(status["state"], "deployed", "{status}");
     let history = array(json_as(&hub, &viewer, &["app", "history", "hello"]).unwrap()).unwrap();
