@@ -247,17 +247,12 @@ fn sled_buckets_are_per_app_unless_shared_and_old_data_stays_readable_when_share
         })
         .collect();
 
-    // Per app: the same bucket name, different data; the old layout's data is not seen, and the
-    // node names it at start.
+    // Per app: the same bucket name, different data; the old layout's data of a bucket named
+    // like no app is not seen.
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir.path().join("config")).unwrap();
     seed_old_layout(dir.path(), "common", "/counter/x", "41");
     let mut node = standalone(dir.path(), &[]);
-    node.wait_for_log(
-        &["keyvalue-sled bucket common holds data stored before keyvalue-sled buckets were per app",
-            "--shared-bucket common",],
-        SETTLE,
-    );
     for (file, _) in &apps {
         deploy(&node, file);
     }
@@ -299,54 +294,51 @@ fn sled_buckets_are_per_app_unless_shared_and_old_data_stays_readable_when_share
         count(&node, "GET", "a.test"),
         Some((200, "43\n".to_owned()))
     );
-    assert_eq!(
-        node.count_log("holds data stored before"),
-        0,
-        "a shared bucket is not reported as left behind"
-    );
 }
 
 #[test]
-fn an_apps_old_default_bucket_is_moved_into_its_own_once() {
+fn an_apps_default_bucket_keeps_what_it_stored_before_buckets_were_per_app() {
     // App kvown's default bucket (its own name) as a node wrote it before buckets were per app.
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir.path().join("config")).unwrap();
     seed_old_layout(dir.path(), "kvown", "/counter/x", "41");
     let work = tempfile::tempdir().unwrap();
-    let file = write(
+    let own = write(
         work.path(),
         "kvown.yaml",
         &counter_app("kvown", "own.test", "spreadscaler", KEYVALUE_SLED, &[]),
     );
-    let mut node = standalone(dir.path(), &[]);
-    node.wait_for_log(
-        &[
-            "keyvalue-sled bucket kvown holds data stored before keyvalue-sled buckets were per \
-           app; app kvown takes it over as its own default bucket",
-        ],
-        SETTLE,
+    // Another app naming the same bucket gets one of its own.
+    let other = write(
+        work.path(),
+        "kvother.yaml",
+        &counter_app(
+            "kvother",
+            "other.test",
+            "spreadscaler",
+            KEYVALUE_SLED,
+            &[("bucket", "kvown")],
+        ),
     );
-    deploy(&node, &file);
+    let mut node = standalone(dir.path(), &[]);
+    deploy(&node, &own);
+    deploy(&node, &other);
     assert_eq!(first_200(&node, "own.test"), "41\n", "{}", node.log());
+    assert_eq!(first_200(&node, "other.test"), "0\n", "{}", node.log());
     assert_eq!(
         count(&node, "POST", "own.test"),
         Some((200, "42\n".to_owned()))
     );
-    let moved = "moved 1 keys stored before buckets were per app (tree keyvalue/kvown) into app \
-                 kvown's own default bucket (keyvalue/kvown/kvown)";
-    assert_eq!(node.count_log(moved), 1, "{}", node.log());
+    assert_eq!(
+        count(&node, "POST", "other.test"),
+        Some((200, "1\n".to_owned()))
+    );
     assert!(node.terminate(Duration::from_secs(20)).is_some());
 
-    // After a restart the data is the app's own, and nothing is left behind or moved again.
+    // After a restart each still reads its own.
     let node = standalone(dir.path(), &[]);
     assert_eq!(first_200(&node, "own.test"), "42\n", "{}", node.log());
-    assert_eq!(
-        node.count_log("holds data stored before"),
-        0,
-        "{}",
-        node.log()
-    );
-    assert_eq!(node.count_log(moved), 0, "{}", node.log());
+    assert_eq!(first_200(&node, "other.test"), "1\n", "{}", node.log());
 }
 
 /// Starts node `name` joined to `hub` as a leaf node with `extra` flags, in `dir`; waits until

@@ -21,7 +21,7 @@ pub use self::nats::NatsBucket;
 pub use self::policy::{
     BucketPolicy, MAX_BUCKET_NAME, RESERVED_PREFIX, check_bucket_name, is_reserved,
 };
-pub use self::sled::{SledBucket, SledScope, adopt_old_default, shared_form_buckets};
+pub use self::sled::{SledBucket, SledScope};
 
 use crate::name::Name;
 
@@ -224,43 +224,6 @@ pub struct KeyValueProviders {
     /// Opened buckets by the app owning them (`None`: keyvalue-nats and shared keyvalue-sled
     /// buckets, one for every app) and spec.
     open: Arc<Mutex<HashMap<OpenKey, Arc<dyn Bucket>>>>,
-    /// Held while a keyvalue-sled bucket is opened: two first opens of one app's default
-    /// bucket at once move its old data once ([`adopt_old_default`]).
-    adopting: Arc<Mutex<()>>,
-}
-
-/// The start warning for keyvalue-sled bucket `bucket`, whose old-form tree
-/// `keyvalue/<bucket>` holds data the node does not share: data stored before keyvalue-sled
-/// buckets were per app. App `<bucket>` takes it over as its default bucket when it first opens
-/// it with its own still empty (its owner is known); for any other app the node's operator
-/// shares it (`--shared-bucket`). A reserved name (`lattice_…`) cannot be shared, as links
-/// cannot name it: only app `<bucket>` gets it back. A name that is no [`Name`] any more
-/// (written before names were checked) no link and no app can open.
-pub fn old_data_warning(bucket: &str) -> String {
-    let start = format!(
-        "keyvalue-sled bucket {bucket} holds data stored before keyvalue-sled buckets were per app"
-    );
-    if let Err(e) = Name::check(bucket) {
-        return format!(
-            "{start}; its name is not a bucket name any more ({e}), so no link can open it: it \
-             stays unread in the node's database"
-        );
-    }
-    let adopt = format!(
-        "app {bucket} takes it over as its own default bucket when it first opens it (if its \
-         own is still empty)"
-    );
-    match check_bucket_name(bucket) {
-        Ok(_) => format!(
-            "{start}; {adopt}; for other apps, no app sees it unless this node shares it \
-             (--shared-bucket {bucket}, or shared-bucket in lattice.toml: every app naming it \
-             then shares it)"
-        ),
-        Err(reason) => format!(
-            "{start}; {adopt}; links cannot name it ({reason}), so it cannot be shared: only app \
-             {bucket}, through a keyvalue-sled link without `bucket`, gets it back"
-        ),
-    }
 }
 
 /// An opened bucket's key: the app owning it (`None` when every app shares it) and its spec.
@@ -269,37 +232,17 @@ type OpenKey = (Option<Name>, BucketSpec);
 impl KeyValueProviders {
     /// Providers over `js` (keyvalue-nats) and `db` (keyvalue-sled) under `policy`; a missing
     /// backend makes its buckets fail to open, with an error saying so.
-    ///
-    /// Within a tokio runtime, also scans `db` on a blocking thread (sled may read the disk)
-    /// and logs a warning for each keyvalue-sled bucket with data in the shared form
-    /// (`keyvalue/<bucket>`) that `policy` does not share: data stored before keyvalue-sled
-    /// buckets were per app ([`old_data_warning`] says what becomes of it). Outside a runtime
-    /// (unit tests) nothing is scanned.
     pub fn new(
         js: Option<crate::nats::SharedJetStream>,
         db: Option<::sled::Db>,
         policy: BucketPolicy,
     ) -> KeyValueProviders {
         let policy = Arc::new(policy);
-        if let (Some(db), Ok(runtime)) = (&db, tokio::runtime::Handle::try_current()) {
-            let (db, policy) = (db.clone(), policy.clone());
-            drop(
-                runtime.spawn_blocking(move || match shared_form_buckets(&db) {
-                    Ok(buckets) => {
-                        for bucket in buckets.iter().filter(|b| !policy.is_shared(b)) {
-                            tracing::warn!(bucket, "{}", old_data_warning(bucket));
-                        }
-                    }
-                    Err(e) => tracing::warn!("listing keyvalue-sled buckets: {e}"),
-                }),
-            );
-        }
         KeyValueProviders {
             js,
             db,
             policy,
             open: Arc::new(Mutex::new(HashMap::new())),
-            adopting: Arc::new(Mutex::new(())),
         }
     }
 
@@ -352,35 +295,10 @@ impl KeyValueProviders {
                     .ok_or_else(|| anyhow::anyhow!("{spec}: this node has no sled database"))?;
                 // Opening a tree may read the disk: on a blocking thread, like every sled call.
                 let (db, name, owner) = (db.clone(), bucket.clone(), key.0.clone());
-                let adopting = self.adopting.clone();
                 Arc::new(
                     tokio::task::spawn_blocking(move || {
-                        let _one = adopting.lock().unwrap_or_else(|p| p.into_inner());
                         let scope = match &owner {
-                            Some(app) => {
-                                let moved = self::sled::adopt_old_default(
-                                    &db,
-                                    app.as_str(),
-                                    name.as_str(),
-                                )
-                                .map_err(|e| {
-                                    anyhow::anyhow!(
-                                        "keyvalue-sled bucket {name} of app {app}: moving the \
-                                         data stored before buckets were per app: {e}"
-                                    )
-                                })?;
-                                if moved > 0 {
-                                    tracing::info!(
-                                        app = app.as_str(),
-                                        bucket = name.as_str(),
-                                        keys = moved,
-                                        "keyvalue-sled bucket {name}: moved {moved} keys stored \
-                                         before buckets were per app (tree keyvalue/{name}) into \
-                                         app {app}'s own default bucket (keyvalue/{app}/{name})"
-                                    );
-                                }
-                                SledScope::App(app.as_str())
-                            }
+                            Some(app) => SledScope::App(app.as_str()),
                             None => SledScope::Shared,
                         };
                         SledBucket::open(&db, name.as_str(), scope)
@@ -453,8 +371,8 @@ mod tests {
             bucket: Name::new(name).unwrap(),
         };
         let providers = KeyValueProviders::new(None, Some(db.clone()), BucketPolicy::default());
-        // App shop's default bucket: moved into its own tree. Another app naming it, or app shop
-        // naming another old bucket, sees an empty bucket of its own.
+        // App shop's default bucket is the old tree of its name. Another app naming it, or app
+        // shop naming another old bucket, sees an empty bucket of its own.
         let own = providers.open("shop", &sled_bucket("shop")).await.unwrap();
         assert_eq!(own.get("hits").await.unwrap(), Some(Bytes::from("7")));
         let web = providers.open("web", &sled_bucket("shop")).await.unwrap();
@@ -464,9 +382,8 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(common.get("hits").await.unwrap(), None);
-        assert_eq!(shared_form_buckets(&db).unwrap(), ["common"]);
 
-        // A shared bucket is the old tree itself: nothing is moved.
+        // A shared bucket is the old tree itself.
         let dir = tempfile::tempdir().unwrap();
         let db = ::sled::open(dir.path()).unwrap();
         db.open_tree("keyvalue/shop")
@@ -479,21 +396,6 @@ mod tests {
         let shared = providers.open("shop", &sled_bucket("shop")).await.unwrap();
         assert_eq!(shared.label(), "keyvalue-sled bucket shop (shared)");
         assert_eq!(shared.get("hits").await.unwrap(), Some(Bytes::from("7")));
-        assert_eq!(shared_form_buckets(&db).unwrap(), ["shop"]);
-    }
-
-    #[test]
-    fn the_old_data_warning_says_what_to_do() {
-        let plain = old_data_warning("counters");
-        assert!(plain.contains("app counters takes it over"), "{plain}");
-        assert!(plain.contains("--shared-bucket counters"), "{plain}");
-        let reserved = old_data_warning("lattice_cache");
-        assert!(reserved.contains("reserved"), "{reserved}");
-        assert!(reserved.contains("cannot be shared"), "{reserved}");
-        assert!(!reserved.contains("--shared-bucket"), "{reserved}");
-        let old = old_data_warning("cache.v1");
-        assert!(old.contains("no link can open it"), "{old}");
-        assert!(!old.contains("takes it over"), "{old}");
     }
 
     #[test]

@@ -50,13 +50,13 @@ pub fn is_reserved(bucket: &str) -> bool {
 
 /// What a node's operator allows of keyvalue buckets on this node (`NodeConfig::buckets`).
 ///
-/// keyvalue-sled buckets are per app: the tree of bucket `b` of app `a` is `keyvalue/a/b`, so two
-/// apps naming the same bucket see different data, unless `b` is in [`BucketPolicy::shared_sled`]:
-/// then every app naming it opens the tree `keyvalue/b`. That is the tree every keyvalue-sled
-/// bucket had before buckets were per app, so data stored then stays readable by listing its
-/// bucket as shared. An unshared old tree whose name is an app's own (its default bucket) is
-/// moved into that app's tree when the app first opens it (`adopt_old_default`); other old
-/// trees stay where they are (`KeyValueProviders::new` names them at start).
+/// keyvalue-sled buckets are per app: the tree of bucket `b` of app `a` is `keyvalue/a/b` (and
+/// `keyvalue/a` for the app's default bucket, named like it), so two apps naming the same
+/// bucket see different data, unless `b` is in [`BucketPolicy::shared_sled`]: then every app
+/// naming it opens the tree `keyvalue/b`. That is the tree every keyvalue-sled bucket had
+/// before buckets were per app: an app's default bucket keeps its data as it was, and the data
+/// of another bucket stored then is readable by listing it as shared. Sharing a bucket named
+/// like an app shares that app's default bucket.
 ///
 /// keyvalue-nats buckets keep their plain names (wasmCloud compatibility: other NATS clients
 /// share them); with [`BucketPolicy::allowed_nats`] set, a link may name only those matching

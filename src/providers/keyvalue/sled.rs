@@ -1,13 +1,12 @@
 //! keyvalue-sled: a bucket is a tree of the node's sled database, so its data stays on this node
 //! and survives restarts. The tree of bucket `b` of app `a` is `keyvalue/a/b` (per app: two
-//! apps naming one bucket see different data); a bucket the node's operator shares is the tree
-//! `keyvalue/b`, which every keyvalue-sled bucket was before buckets were per app
-//! ([`super::BucketPolicy`]). Names have no `/`, so the two forms never meet. Calls run on
+//! apps naming one bucket see different data), except an app's default bucket, named like the
+//! app, whose tree is `keyvalue/a`; a bucket the node's operator shares is the tree
+//! `keyvalue/b` ([`super::BucketPolicy`]). `keyvalue/<name>` is the tree every keyvalue-sled
+//! bucket had before buckets were per app: an app's default bucket (the common case) keeps its
+//! data across that change with nothing moved, and the data of another old bucket is readable
+//! by sharing it. Names have no `/`, so per-app trees never meet the others. Calls run on
 //! tokio's blocking threads: sled may wait for I/O.
-//!
-//! Data of an app's default bucket (its own name) stored before buckets were per app is moved
-//! into the app's own tree when the app first opens it ([`adopt_old_default`]): the owner of
-//! the old tree `keyvalue/<app>` is known then. Other old trees stay where they are.
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
@@ -17,7 +16,8 @@ use super::{Bucket, KeysPage, KvError, add_counter, parse_counter};
 /// Whose a keyvalue-sled bucket is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SledScope<'a> {
-    /// App `0`'s own: the tree `keyvalue/<app>/<bucket>`.
+    /// App `0`'s own: the tree `keyvalue/<app>/<bucket>`, or `keyvalue/<app>` for the app's
+    /// default bucket (named like the app).
     App(&'a str),
     /// Shared by every app of the node (`--shared-bucket`): the tree `keyvalue/<bucket>`.
     Shared,
@@ -27,80 +27,14 @@ impl SledScope<'_> {
     /// The sled tree of `bucket` in this scope.
     pub fn tree(&self, bucket: &str) -> String {
         match self {
-            SledScope::App(app) => format!("{TREE_PREFIX}{app}/{bucket}"),
-            SledScope::Shared => format!("{TREE_PREFIX}{bucket}"),
+            SledScope::App(app) if *app != bucket => format!("{TREE_PREFIX}{app}/{bucket}"),
+            SledScope::App(_) | SledScope::Shared => format!("{TREE_PREFIX}{bucket}"),
         }
     }
 }
 
 /// Prefix of every keyvalue-sled tree in the node's database.
 const TREE_PREFIX: &str = "keyvalue/";
-
-/// The buckets of `db` that hold data in the shared form `keyvalue/<bucket>`: listed as shared,
-/// or stored before keyvalue-sled buckets were per app; sorted. Blocking (opens each such
-/// tree): call it on a blocking thread.
-///
-/// # Errors
-/// sled cannot open one of them.
-pub fn shared_form_buckets(db: &sled::Db) -> sled::Result<Vec<String>> {
-    let mut found = Vec::new();
-    for tree in db.tree_names() {
-        let Some(bucket) = tree
-            .strip_prefix(TREE_PREFIX.as_bytes())
-            .filter(|b| !b.is_empty() && !b.contains(&b'/'))
-        else {
-            continue;
-        };
-        if !db.open_tree(&tree)?.is_empty() {
-            found.push(String::from_utf8_lossy(bucket).into_owned());
-        }
-    }
-    found.sort();
-    Ok(found)
-}
-
-/// Moves the data of app `app`'s default bucket stored before buckets were per app (the old
-/// tree `keyvalue/<app>`) into the app's own tree `keyvalue/<app>/<app>`, when `bucket` is
-/// `app` (the default bucket: its owner is known), the app's own tree is empty and the old
-/// tree holds data. The caller makes sure the bucket is not shared (a shared bucket *is* the
-/// old tree). Returns how many keys were moved (0: nothing to do).
-///
-/// The keys are copied in one sled batch, flushed, then the old tree is cleared: after a crash
-/// in between, the app's tree is not empty, so the data is never moved twice (the old tree
-/// keeps a copy, which the start warning names). Blocking: call it on a blocking thread.
-///
-/// # Errors
-/// sled cannot read or write one of the two trees.
-pub fn adopt_old_default(db: &sled::Db, app: &str, bucket: &str) -> sled::Result<usize> {
-    if app != bucket {
-        return Ok(0);
-    }
-    let old_name = SledScope::Shared.tree(bucket);
-    // Look it up by name first: opening it would create an empty tree.
-    if !db.tree_names().iter().any(|t| t == old_name.as_bytes()) {
-        return Ok(0);
-    }
-    let own = db.open_tree(SledScope::App(app).tree(bucket))?;
-    if !own.is_empty() {
-        return Ok(0);
-    }
-    let old = db.open_tree(&old_name)?;
-    let mut batch = sled::Batch::default();
-    let mut moved = 0;
-    for entry in old.iter() {
-        let (key, value) = entry?;
-        batch.insert(key, value);
-        moved += 1;
-    }
-    if moved == 0 {
-        return Ok(0);
-    }
-    own.apply_batch(batch)?;
-    own.flush()?;
-    old.clear()?;
-    old.flush()?;
-    Ok(moved)
-}
 
 /// A node-local bucket in sled. Cheap to clone.
 #[derive(Clone)]
@@ -294,42 +228,24 @@ mod tests {
         assert_eq!(a.get("hits").await.unwrap(), Some(Bytes::from("1")));
         let shared = SledBucket::open(&db, "counters", SledScope::Shared).unwrap();
         assert_eq!(shared.get("hits").await.unwrap(), Some(Bytes::from("7")));
-        assert_eq!(shared_form_buckets(&db).unwrap(), ["counters"]);
     }
 
     #[tokio::test]
-    async fn an_apps_old_default_bucket_is_moved_into_its_own_tree_once() {
+    async fn an_apps_default_bucket_is_the_tree_of_its_name_and_no_other_apps() {
         let dir = tempfile::tempdir().unwrap();
         let db = sled::open(dir.path()).unwrap();
-        let old = db.open_tree("keyvalue/shop").unwrap();
-        old.insert("hits", "7").unwrap();
-        old.insert("name", "x").unwrap();
-        db.open_tree("keyvalue/other")
+        // As a node wrote app shop's default bucket before buckets were per app.
+        db.open_tree("keyvalue/shop")
             .unwrap()
-            .insert("k", "v")
+            .insert("hits", "7")
             .unwrap();
-        // Not the app's default bucket, or no old tree: nothing moves, nothing is created.
-        assert_eq!(adopt_old_default(&db, "web", "shop").unwrap(), 0);
-        assert_eq!(adopt_old_default(&db, "shop", "other").unwrap(), 0);
-        assert_eq!(adopt_old_default(&db, "new", "new").unwrap(), 0);
-        assert!(
-            !db.tree_names()
-                .iter()
-                .any(|t| t.as_ref() == b"keyvalue/new")
-        );
-        assert_eq!(shared_form_buckets(&db).unwrap(), ["other", "shop"]);
-
-        assert_eq!(adopt_old_default(&db, "shop", "shop").unwrap(), 2);
+        assert_eq!(SledScope::App("shop").tree("shop"), "keyvalue/shop");
+        assert_eq!(SledScope::App("web").tree("shop"), "keyvalue/web/shop");
         let own = SledBucket::open(&db, "shop", SledScope::App("shop")).unwrap();
         assert_eq!(own.get("hits").await.unwrap(), Some(Bytes::from("7")));
-        assert_eq!(own.get("name").await.unwrap(), Some(Bytes::from("x")));
-        assert!(old.is_empty());
-        assert_eq!(shared_form_buckets(&db).unwrap(), ["other"]);
-
-        // Once only: the app's tree is not empty any more, whatever the old one holds.
-        old.insert("hits", "99").unwrap();
-        own.set("hits", Bytes::from("8")).await.unwrap();
-        assert_eq!(adopt_old_default(&db, "shop", "shop").unwrap(), 0);
-        assert_eq!(own.get("hits").await.unwrap(), Some(Bytes::from("8")));
+        let other = SledBucket::open(&db, "shop", SledScope::App("web")).unwrap();
+        assert_eq!(other.get("hits").await.unwrap(), None);
+        other.set("hits", Bytes::from("1")).await.unwrap();
+        assert_eq!(own.get("hits").await.unwrap(), Some(Bytes::from("7")));
     }
 }
