@@ -306,7 +306,13 @@ async fn connect(args: &ClientArgs) -> anyhow::Result<Connection> {
     let timeout = args.timeout.unwrap_or(DEFAULT_TIMEOUT);
     let (denials, denied) = watch::channel(None);
     let denials = std::sync::Arc::new(denials);
-    let mut options = async_nats::ConnectOptions::new()
+    // The local node's server: its sockets must be the node's user's (the data dir's owner)
+    // before the nonce is signed with the node's key.
+    let base = match (&target.user, target.owner) {
+        (Some(user), Some(owner)) => crate::nats::local_peer::options(user, &url, owner),
+        _ => async_nats::ConnectOptions::new(),
+    };
+    let mut options = base
         .name("lattice cli")
         .connection_timeout(timeout)
         .event_callback(move |event| {
@@ -329,9 +335,10 @@ async fn connect(args: &ClientArgs) -> anyhow::Result<Connection> {
     };
     // async-nats does not send a URL's user and password (or token) itself.
     options = crate::nats::redact::with_url_credentials(options, &url);
-    if let Some(user) = target.user {
-        options = options.nkey(user.seed().to_owned());
-    } else if let Some(creds) = &args.creds {
+    // The local user signs in the auth callback above.
+    if target.user.is_none()
+        && let Some(creds) = &args.creds
+    {
         crate::config::check_creds_file(creds, "--creds")?;
         options = options
             .credentials_file(creds)
@@ -498,6 +505,8 @@ struct Target {
     user: Option<LocalUser>,
     /// The file that user's key came from.
     local: Option<std::path::PathBuf>,
+    /// The uid of the local node's user (its data dir's owner).
+    owner: Option<u32>,
 }
 
 /// `--nats-url`, else the URL the local node recorded in its data dir with the key of the local
@@ -512,6 +521,7 @@ fn target(args: &ClientArgs) -> anyhow::Result<Target> {
             url: url.as_str().to_owned(),
             user: None,
             local: None,
+            owner: None,
         });
     }
     let dir = match &args.data_dir {
@@ -541,10 +551,17 @@ fn target(args: &ClientArgs) -> anyhow::Result<Target> {
         }
         Err(e) => return Err(e.into()),
     };
+    let owner = {
+        use std::os::unix::fs::MetadataExt as _;
+        std::fs::metadata(&dir)
+            .with_context(|| format!("reading {}", dir.display()))?
+            .uid()
+    };
     Ok(Target {
         url,
         local: user.is_some().then_some(key),
         user,
+        owner: Some(owner),
     })
 }
 

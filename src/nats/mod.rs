@@ -14,6 +14,7 @@ pub mod discovery;
 pub mod jetstream;
 pub mod kv;
 pub mod local_auth;
+pub mod local_peer;
 pub mod monitor;
 pub mod permissions;
 pub mod redact;
@@ -84,7 +85,12 @@ pub async fn connect(
     node_name: &str,
     auth: ClientAuth<'_>,
 ) -> anyhow::Result<async_nats::Client> {
-    let mut options = async_nats::ConnectOptions::new()
+    // The node's own server: its sockets must be this user's before the nonce is signed.
+    let base = match auth {
+        ClientAuth::Local(user) => local_peer::options(user, url, nix::unistd::geteuid().as_raw()),
+        _ => async_nats::ConnectOptions::new(),
+    };
+    let mut options = base
         .name(format!("lattice node {node_name}"))
         .connection_timeout(Duration::from_secs(5))
         .max_reconnects(None)
@@ -116,7 +122,7 @@ pub async fn connect(
                 .await
                 .with_context(|| format!("--creds {}", creds.display()))?;
         }
-        ClientAuth::Local(user) => options = options.nkey(user.seed().to_owned()),
+        ClientAuth::Local(_) => {}
     }
     let shown = redact::redact_url(url);
     // Without its userinfo (sent above): async-nats logs the server's `url::Url` at debug

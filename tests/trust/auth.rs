@@ -103,3 +103,49 @@ fn only_the_nodes_user_reaches_its_nats() {
     let hosts = array(cli(&["get", "hosts"])).unwrap();
     assert_eq!(hosts.len(), 1, "{hosts:?}");
 }
+
+/// A server on the node's port that is not the node's nats-server (a local user bound the port
+/// while the node was down): the CLI refuses it before signing its nonce with the node's key.
+#[test]
+fn the_cli_does_not_sign_for_a_server_of_another_user() {
+    use std::io::{BufRead as _, BufReader, Write as _};
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    // The fake server: this test's uid, not the node's (the data dir's owner, nobody).
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::fs::write(data.join("nats.url"), format!("nats://127.0.0.1:{port}\n")).unwrap();
+    let seed = nkeys::KeyPair::new_user().seed().unwrap();
+    std::fs::write(data.join("local.nk"), format!("{seed}\n")).unwrap();
+    for path in [data.join("nats.url"), data.join("local.nk"), data.clone()] {
+        std::os::unix::fs::chown(&path, Some(NOBODY.0), Some(NOBODY.1)).unwrap();
+    }
+    let fake = std::thread::spawn(move || {
+        let (mut stream, _) = listener.accept().unwrap();
+        stream
+            .write_all(
+                b"INFO {\"server_id\":\"FAKE\",\"version\":\"2.9.10\",\"proto\":1,\"max_payload\":1048576,\"auth_required\":true,\"nonce\":\"abcdefgh\"}\r\n",
+            )
+            .unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let mut line = String::new();
+        let _ = BufReader::new(stream).read_line(&mut line);
+        line
+    });
+    let dir = data.to_string_lossy().into_owned();
+    let out = common::lattice_cli(&["get", "hosts", "--data-dir", &dir, "--timeout", "3s"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let received = fake.join().unwrap();
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        !received.contains("\"sig\""),
+        "the CLI signed the fake server's nonce: {received}"
+    );
+    assert!(
+        stderr.contains("not the node's nats-server") && stderr.contains("uid 65534"),
+        "{stderr}"
+    );
+}

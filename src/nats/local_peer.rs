@@ -1,0 +1,131 @@
+//! Is the server on the node's client port the node's own nats-server? While that server is in
+//! backoff, or the node is down, any local user can bind the fixed loopback port and wait for
+//! the node's client (reconnecting forever) or the owner's CLI. Before either signs the
+//! server's nonce with the local key ([`super::local_auth`]), it checks on Linux that every
+//! socket on that port (the listener and the connections it accepted, as `/proc/net/tcp` and
+//! `/proc/net/tcp6` list them, <https://www.kernel.org/doc/html/latest/networking/proc_net_tcp.html>)
+//! belongs to the node's user; otherwise it refuses the server and sends nothing.
+//! On other systems there is no check.
+
+use super::local_auth::LocalUser;
+
+/// `/proc/net/tcp` states that belong to a live server socket: `01` established, `0A` listen.
+const LIVE_STATES: [&str; 2] = ["01", "0A"];
+
+/// Sockets whose local address is on `port` (any address) in `table` (the text of
+/// `/proc/net/tcp` or `/proc/net/tcp6`), in a [`LIVE_STATES`] state: their owners' uids.
+fn owners(table: &str, port: u16) -> Vec<u32> {
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            // sl local_address rem_address st tx:rx tr:when retrnsmt uid ...
+            let local = fields.get(1)?;
+            let state = fields.get(3)?;
+            let uid = fields.get(7)?.parse().ok()?;
+            let local_port = u16::from_str_radix(local.rsplit(':').next()?, 16).ok()?;
+            (local_port == port && LIVE_STATES.contains(state)).then_some(uid)
+        })
+        .collect()
+}
+
+/// Checks that every live socket on TCP port `port` belongs to uid `expected` (the node's
+/// user).
+///
+/// # Errors
+/// One belongs to another uid (the message names the port and both uids), or, with none
+/// found, that nothing of that user listens there. `/proc/net/tcp` unreadable is no error.
+#[cfg(target_os = "linux")]
+pub fn check(port: u16, expected: u32) -> Result<(), String> {
+    let mut found = false;
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
+        for uid in owners(&text, port) {
+            if uid != expected {
+                return Err(format!(
+                    "the server on port {port} is not the node's nats-server: a socket there \
+                     belongs to uid {uid}, the node runs as uid {expected}"
+                ));
+            }
+            found = true;
+        }
+    }
+    if found || !std::path::Path::new("/proc/net/tcp").exists() {
+        Ok(())
+    } else {
+        Err(format!(
+            "no socket of uid {expected} (the node's user) on port {port}"
+        ))
+    }
+}
+
+/// No check outside Linux.
+#[cfg(not(target_os = "linux"))]
+pub fn check(_port: u16, _expected: u32) -> Result<(), String> {
+    Ok(())
+}
+
+/// Connect options that authenticate as `user` (signing the server's nonce) to the server at
+/// `url` (the node's own, `nats://127.0.0.1:<port>`) only after [`check`] found that server's
+/// sockets to belong to uid `owner`; a URL without a port is not checked.
+pub fn options(user: &LocalUser, url: &str, owner: u32) -> async_nats::ConnectOptions {
+    let port = url
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.trim_end_matches('/').parse::<u16>().ok());
+    let seed = user.seed().to_owned();
+    async_nats::ConnectOptions::with_auth_callback(move |nonce| {
+        let seed = seed.clone();
+        async move {
+            if let Some(port) = port {
+                check(port, owner).map_err(async_nats::AuthError::new)?;
+            }
+            let key = nkeys::KeyPair::from_seed(&seed).map_err(async_nats::AuthError::new)?;
+            let signature = key.sign(&nonce).map_err(async_nats::AuthError::new)?;
+            let mut auth = async_nats::Auth::new();
+            auth.nkey = Some(key.public_key());
+            auth.signature = Some(signature);
+            Ok(auth)
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TABLE: &str = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000  1000        0 1 1 0000000000000000 100 0 0 10 0
+   1: 0100007F:1F90 0100007F:C350 01 00000000:00000000 00:00000000 00000000  1000        0 2 1 0000000000000000 20 4 30 10 -1
+   2: 0100007F:C350 0100007F:1F90 01 00000000:00000000 00:00000000 00000000     0        0 3 1 0000000000000000 20 4 30 10 -1
+   3: 0100007F:1F90 0100007F:C351 06 00000000:00000000 03:00000000 00000000     0        0 0 3 0000000000000000
+";
+
+    #[test]
+    fn owners_of_the_live_sockets_on_a_port() {
+        // Port 0x1F90 = 8080: the listener and one accepted connection (uid 1000); the
+        // client's end (port 0xC350) and a TIME_WAIT entry are not the server's.
+        assert_eq!(owners(TABLE, 8080), [1000, 1000]);
+        assert_eq!(owners(TABLE, 50000), [0]);
+        assert!(owners(TABLE, 9).is_empty());
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_listener_of_this_user_passes_and_another_uid_does_not() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let me = nix::unistd::geteuid().as_raw();
+        check(port, me).unwrap();
+        let err = check(port, me + 1).unwrap_err();
+        assert!(
+            err.contains(&format!("uid {me}")) && err.contains(&port.to_string()),
+            "{err}"
+        );
+        drop(listener);
+        assert!(check(port, me).unwrap_err().contains("no socket"));
+    }
+}
