@@ -577,7 +577,14 @@ fn read_file_config(path: &Path) -> anyhow::Result<FileConfig> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(FileConfig::default()),
         Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
     };
-    toml::from_str(&text).with_context(|| format!("{}: invalid node config", path.display()))
+    // toml's error quotes the offending line, which may hold a URL with its password.
+    toml::from_str(&text).map_err(|e| {
+        anyhow::anyhow!(
+            "{}: invalid node config: {}",
+            path.display(),
+            crate::nats::redact::redact_urls_in(&e.to_string())
+        )
+    })
 }
 
 /// systemd's directory variable, else the system path as root, else the XDG path.
@@ -775,6 +782,21 @@ mod tests {
         a.max_instances = Some(0);
         let err = format!("{:#}", NodeConfig::resolve(a).unwrap_err());
         assert!(err.contains("--max-instances"), "{err}");
+    }
+
+    #[test]
+    fn a_toml_error_quoting_a_url_shows_no_password() {
+        let dir = tempfile::tempdir().unwrap();
+        // A misspelt key: toml's error quotes the line.
+        std::fs::write(
+            dir.path().join(CONFIG_FILE_NAME),
+            "nats_url = \"nats://u:s3cret@hub:4222\"\n",
+        )
+        .unwrap();
+        let err = format!("{:#}", NodeConfig::resolve(args(dir.path())).unwrap_err());
+        assert!(err.contains("invalid node config"), "{err}");
+        assert!(err.contains("nats://u:***@hub:4222"), "{err}");
+        assert!(!err.contains("s3cret"), "{err}");
     }
 
     #[test]

@@ -532,11 +532,11 @@ async fn forward_log(
     }
 }
 
-/// The kept log lines, one per line, their URLs redacted (again: they were when kept).
+/// The kept log lines, one per line (their URLs were redacted when kept, line by line).
 fn tail(recent: &Mutex<VecDeque<String>>) -> String {
     recent
         .lock()
-        .map(|r| redact_urls_in(&r.iter().cloned().collect::<Vec<_>>().join("\n")))
+        .map(|r| r.iter().cloned().collect::<Vec<_>>().join("\n"))
         .unwrap_or_default()
 }
 

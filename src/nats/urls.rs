@@ -5,7 +5,7 @@
 
 use anyhow::ensure;
 
-use super::redact::url_credentials;
+use super::redact::{url_credentials, without_userinfo};
 
 /// Checks `--nats-url` as async-nats (0.51) reads it: a URL (`nats://` prepended when it has no
 /// scheme) with scheme `nats`, `tls`, `ws` or `wss` and a host.
@@ -75,6 +75,15 @@ pub fn parse_url(text: &str) -> anyhow::Result<url::Url> {
         url_credentials(text).is_none() || !url.username().is_empty() || url.password().is_some(),
         "its user name or password holds a `/`, `?` or `#`: write it as %2F, %3F or %23"
     );
+    // The credentials are read, and the URL handed to the client, up to the last `@`
+    // (`redact::without_userinfo`): that must be the host the URL names, or the password would
+    // go to another server (`nats://u:p@host/x@y`).
+    let bare = url::Url::parse(&without_userinfo(text))
+        .map_err(|_| anyhow::anyhow!("an `@` after its host: write it as %40"))?;
+    ensure!(
+        bare.host_str() == url.host_str() && bare.port() == url.port(),
+        "an `@` after its host: write it as %40"
+    );
     Ok(url)
 }
 
@@ -85,6 +94,8 @@ mod tests {
     #[test]
     fn urls_nats_server_or_async_nats_cannot_parse_are_refused() {
         for (leaf, url, reason) in [
+            (false, "nats://u:p@host/x@evil:4222", "%40"),
+            (true, "nats-leaf://u:p@hub:7422/x@evil:7422", "%40"),
             (true, "nats-leaf://u:se cret@hub:7422", "does not accept"),
             (true, "nats-leaf://u:se\"cret@hub:7422", "does not accept"),
             (true, "nats-leaf://u:sé@hub:7422", "does not accept"),
