@@ -467,15 +467,18 @@ impl Connection {
     }
 }
 
+/// `lattice app status` as text: a header line, the `reason:` line, then the components'
+/// [`table`]. Control characters are escaped ([`escape_control`]) everywhere: the reason is
+/// built from what other nodes say (their names and failure reasons).
 fn status_text(status: &AppStatus) -> String {
     let mut out = format!(
         "app {} version {}: {}\n",
-        status.name,
-        status.version,
+        escape_control(&status.name),
+        escape_control(&status.version),
         status.state.as_str()
     );
     if !status.reason.is_empty() {
-        let _ = writeln!(out, "reason: {}", status.reason);
+        let _ = writeln!(out, "reason: {}", escape_control(&status.reason));
     }
     let rows: Vec<[String; 4]> = status
         .components
@@ -687,6 +690,37 @@ mod tests {
         );
         assert!(!text.contains("  "), "{text}");
         assert!(text.contains("runs as, another user, who"), "{text}");
+    }
+
+    #[test]
+    fn app_status_text_escapes_control_characters() {
+        use crate::reconciler::plan::{AppState, ComponentStatus, NodeReplicas};
+        let status = AppStatus {
+            name: "shop\u{1b}[2J".into(),
+            version: "v1\rv2".into(),
+            state: AppState::Failed,
+            reason: "component web on node evil\nreason: all fine: ok\u{7}".into(),
+            components: vec![ComponentStatus {
+                name: "web".into(),
+                desired: 1,
+                running: 0,
+                nodes: vec![NodeReplicas {
+                    id: "NID".into(),
+                    name: "n\n1".into(),
+                    replicas: 0,
+                }],
+            }],
+        };
+        let text = status_text(&status);
+        assert_eq!(text.lines().count(), 4, "{text}");
+        assert!(!text.contains('\u{1b}') && !text.contains('\r') && !text.contains('\u{7}'));
+        for shown in [
+            "app shop\\u{1b}[2J version v1\\rv2: failed\n",
+            "reason: component web on node evil\\nreason: all fine: ok\\u{7}\n",
+            "n\\n1=0",
+        ] {
+            assert!(text.contains(shown), "{shown} in {text}");
+        }
     }
 
     #[test]

@@ -49,18 +49,34 @@ pub const SIGNATURE_HEADER: &str = "Lattice-Signature";
 /// Largest host event payload taken in, in bytes (half of nats-server's default
 /// `max_payload`); a larger one is dropped before it is parsed. A node with 1,000 components
 /// and 100 failures, names of 32 characters, sends about 280 KB
-/// (`tests::a_large_host_fits_the_event_limit`); a node refuses to send a larger one.
+/// (`tests::a_large_host_fits_the_event_limit`), and its failures are sent bounded
+/// ([`bounded_failures`]); a node refuses to send a larger one (logged at error).
 pub const MAX_EVENT_BYTES: usize = 512 * 1024;
 
 /// Most ids a node keeps (hosts and the sequences of hosts that stopped within
 /// [`SEQUENCE_WINDOW`]); an event of a new id beyond it is dropped ([`Rejected::TooManyHosts`]).
 pub const MAX_HOSTS: usize = 10_000;
 
-/// Expired hosts and sequences are forgotten at most this often, in ms.
-const PRUNE_EVERY_MS: u64 = 1_000;
+/// Expired hosts and sequences are forgotten at most this often (by the monotonic clock, so
+/// a step of the wall clock does not stop it).
+const PRUNE_EVERY: Duration = Duration::from_secs(1);
 
-/// Ids whose out-of-window events are logged, at most.
+/// Ids whose out-of-window events are logged, at most, per [`REJECTIONS_LOG_EVERY`].
 const OUT_OF_WINDOW_LOGGED: usize = 64;
+
+/// Longest failure `reason` a node sends, in bytes; a longer one is cut on a character
+/// boundary and ends with [`REASON_CUT_MARKER`].
+pub const MAX_FAILURE_REASON_BYTES: usize = 1024;
+
+/// Appended to a failure `reason` cut to [`MAX_FAILURE_REASON_BYTES`].
+const REASON_CUT_MARKER: &str = " [cut]";
+
+/// Most failures a node lists in its host events; beyond them, one last entry with an empty
+/// `app` says how many were left out ([`bounded_failures`]).
+pub const MAX_FAILURES_LISTED: usize = 100;
+
+/// A failed signing of this node's host event is logged at error at most this often.
+const SIGN_ERROR_LOG_EVERY: Duration = Duration::from_secs(60);
 
 /// Dropped host events are logged at most this often, with counts.
 const REJECTIONS_LOG_EVERY: Duration = Duration::from_secs(10);
@@ -374,8 +390,9 @@ pub struct Membership {
     state: Mutex<State>,
     changed: Notify,
     rejections: Rejections,
-    /// Ids whose out-of-window events were logged (at most [`OUT_OF_WINDOW_LOGGED`]).
-    out_of_window_logged: Mutex<HashSet<String>>,
+    /// Ids whose out-of-window events were logged (at most [`OUT_OF_WINDOW_LOGGED`]) since
+    /// the instant beside them; cleared every [`REJECTIONS_LOG_EVERY`].
+    out_of_window_logged: Mutex<(Instant, HashSet<String>)>,
 }
 
 impl Default for Membership {
@@ -387,11 +404,13 @@ impl Default for Membership {
 struct State {
     hosts: HashMap<String, Seen>,
     /// The last sequence accepted of each id, kept while it is within [`SEQUENCE_WINDOW`] of
-    /// the clock (an event older than that is refused by the window itself), so a host that
-    /// stopped or went silent is not brought back by its own events replayed.
+    /// the clock, either way (an event older than that is refused by the window itself; one
+    /// further ahead was accepted before this node's clock stepped back, and kept would hold
+    /// the sender `stale` for the whole step), so a host that stopped or went silent is not
+    /// brought back by its own events replayed.
     sequences: HashMap<String, u64>,
-    /// When (this node's clock, ms) expired hosts and sequences were last forgotten.
-    pruned_ms: u64,
+    /// When (monotonic) expired hosts and sequences were last forgotten.
+    pruned_at: Option<Instant>,
     /// [`MAX_HOSTS`], or fewer in tests.
     max_hosts: usize,
 }
@@ -405,7 +424,9 @@ impl State {
     /// Whether an event of `id` with `seq` may be taken in, before its signature is checked:
     /// [`Rejected::Stale`] unless `seq` is greater than the last accepted of `id`,
     /// [`Rejected::TooManyHosts`] for a new id while [`State::max_hosts`] ids are known.
-    fn admits(&mut self, id: &str, seq: u64, now_ms: u64) -> Result<(), Rejected> {
+    fn admits(&mut self, id: &str, seq: u64, now_ms: u64, at: Instant) -> Result<(), Rejected> {
+        // First, so a sequence that left the window does not hold its sender stale.
+        self.prune(now_ms, at);
         if let Some(last) = self.sequences.get(id) {
             return if seq > *last {
                 Ok(())
@@ -416,7 +437,6 @@ impl State {
         if self.hosts.contains_key(id) {
             return Ok(());
         }
-        self.prune(now_ms);
         if self.hosts.len().max(self.sequences.len()) >= self.max_hosts {
             return Err(Rejected::TooManyHosts);
         }
@@ -425,23 +445,31 @@ impl State {
 
     /// Records `seq` as the last of `id` if [`State::admits`] it (checked again: another event
     /// of `id` may have been accepted while this one's signature was checked).
-    fn accept_sequence(&mut self, id: &str, seq: u64, now_ms: u64) -> Result<(), Rejected> {
-        self.admits(id, seq, now_ms)?;
+    fn accept_sequence(
+        &mut self,
+        id: &str,
+        seq: u64,
+        now_ms: u64,
+        at: Instant,
+    ) -> Result<(), Rejected> {
+        self.admits(id, seq, now_ms, at)?;
         self.sequences.insert(id.to_owned(), seq);
-        self.prune(now_ms);
         Ok(())
     }
 
-    /// Forgets the sequences that left the window and the hosts that missed
-    /// [`MISSED_HEARTBEATS`]: at most once every [`PRUNE_EVERY_MS`] of `now_ms`, so a flood
-    /// does not walk the maps on every event.
-    fn prune(&mut self, now_ms: u64) {
-        if now_ms < self.pruned_ms.saturating_add(PRUNE_EVERY_MS) {
+    /// Forgets the sequences that left the window of `now_ms` (this node's clock, ms since the
+    /// Unix epoch), either way, and the hosts that missed [`MISSED_HEARTBEATS`]: at most once
+    /// every [`PRUNE_EVERY`] of the monotonic `at`, so a flood does not walk the maps on every
+    /// event and a step back of the wall clock does not stop it.
+    fn prune(&mut self, now_ms: u64, at: Instant) {
+        if self
+            .pruned_at
+            .is_some_and(|last| at.saturating_duration_since(last) < PRUNE_EVERY)
+        {
             return;
         }
-        self.pruned_ms = now_ms;
-        let oldest = now_ms.saturating_sub(window_ms());
-        self.sequences.retain(|_, last| *last >= oldest);
+        self.pruned_at = Some(at);
+        self.sequences.retain(|_, last| in_window(*last, now_ms));
         self.expire_hosts();
     }
 
@@ -484,12 +512,12 @@ impl Membership {
             state: Mutex::new(State {
                 hosts: HashMap::new(),
                 sequences: HashMap::new(),
-                pruned_ms: 0,
+                pruned_at: None,
                 max_hosts,
             }),
             changed: Notify::new(),
             rejections: Rejections::default(),
-            out_of_window_logged: Mutex::new(HashSet::new()),
+            out_of_window_logged: Mutex::new((Instant::now(), HashSet::new())),
         }
     }
 
@@ -517,7 +545,20 @@ impl Membership {
         payload: &[u8],
         now_ms: u64,
     ) -> Result<Accepted, Rejected> {
-        match self.take_in(subject, signature, payload, now_ms) {
+        self.receive_at(subject, signature, payload, now_ms, Instant::now())
+    }
+
+    /// [`Membership::receive`] at the monotonic instant `at` (when pruning and the
+    /// out-of-window log are due).
+    fn receive_at(
+        &self,
+        subject: &str,
+        signature: Option<&str>,
+        payload: &[u8],
+        now_ms: u64,
+        at: Instant,
+    ) -> Result<Accepted, Rejected> {
+        match self.take_in(subject, signature, payload, now_ms, at) {
             Ok((changed, accepted)) => {
                 if changed {
                     self.changed.notify_one();
@@ -539,14 +580,15 @@ impl Membership {
         signature: Option<&str>,
         payload: &[u8],
         now_ms: u64,
+        at: Instant,
     ) -> Result<(bool, Accepted), Rejected> {
         let (event, signature) = parse_event(subject, signature, payload)?;
         let id = &event.info.id;
         if !in_window(event.seq, now_ms) {
-            self.log_out_of_window(id, event.seq, now_ms);
+            self.log_out_of_window(id, event.seq, now_ms, at);
             return Err(Rejected::OutOfWindow);
         }
-        self.state().admits(id, event.seq, now_ms)?;
+        self.state().admits(id, event.seq, now_ms, at)?;
         identity::verify(id, payload, signature).map_err(|e| match e {
             identity::VerifyError::NotAServerKey => Rejected::BadId,
             identity::VerifyError::BadSignature => Rejected::BadSignature,
@@ -554,7 +596,7 @@ impl Membership {
         // The sequence checked again and the host recorded under one lock, so events taken in
         // at once cannot record an older one last.
         let mut state = self.state();
-        state.accept_sequence(id, event.seq, now_ms)?;
+        state.accept_sequence(id, event.seq, now_ms, at)?;
         Ok(match event.event.as_str() {
             subjects::HOST_STOPPED => (state.forget(id), Accepted::Stopped(event.info)),
             subjects::HOST_STARTED => (
@@ -566,24 +608,32 @@ impl Membership {
     }
 
     /// Logs an out-of-window event's id and how far its `seq` is from this node's clock, once
-    /// per id and for at most [`OUT_OF_WINDOW_LOGGED`] ids (the id is as the event claims it:
-    /// its signature was not checked).
-    fn log_out_of_window(&self, id: &str, seq: u64, now_ms: u64) {
-        let mut logged = self
+    /// per id and for at most [`OUT_OF_WINDOW_LOGGED`] ids per [`REJECTIONS_LOG_EVERY`] of the
+    /// monotonic `at`, so forged ids cannot silence it for good (the id is as the event claims
+    /// it: its signature was not checked). True when it logged.
+    fn log_out_of_window(&self, id: &str, seq: u64, now_ms: u64, at: Instant) -> bool {
+        let mut guard = self
             .out_of_window_logged
             .lock()
             .unwrap_or_else(|p| p.into_inner());
+        let (since, logged) = &mut *guard;
+        if at.saturating_duration_since(*since) >= REJECTIONS_LOG_EVERY {
+            *since = at;
+            logged.clear();
+        }
         if logged.len() >= OUT_OF_WINDOW_LOGGED || logged.contains(id) {
-            return;
+            return false;
         }
         logged.insert(id.to_owned());
         let offset_ms = i128::from(seq) - i128::from(now_ms);
         tracing::warn!(
-            id,
+            unverified_id = id,
             offset_ms = i64::try_from(offset_ms).unwrap_or(i64::MAX),
             "host event with a sequence more than 60 s from this node's clock dropped (is one \
-             of the clocks off? the id is unverified; logged once per id)"
+             of the clocks off? the id is unverified: its signature is not checked; logged \
+             once per id, for at most 64 ids per 10 s)"
         );
+        true
     }
 
     /// Dropped host events so far, by reason.
@@ -836,6 +886,41 @@ impl ChangeLog {
     }
 }
 
+/// `failures` as a node sends them: each `reason` cut to [`MAX_FAILURE_REASON_BYTES`] (on a
+/// character boundary, ending with [`REASON_CUT_MARKER`]), and at most [`MAX_FAILURES_LISTED`]
+/// of them; beyond that, one more entry with empty `app`, `component` and `version` and the
+/// reason `<n> more failures not listed` (no app is named so: readers that match failures to an
+/// app skip it).
+pub fn bounded_failures(failures: &[Failure]) -> Vec<Failure> {
+    let mut bounded: Vec<Failure> = failures
+        .iter()
+        .take(MAX_FAILURES_LISTED)
+        .map(|f| Failure {
+            reason: bounded_reason(&f.reason),
+            ..f.clone()
+        })
+        .collect();
+    let left_out = failures.len().saturating_sub(MAX_FAILURES_LISTED);
+    if left_out > 0 {
+        bounded.push(Failure {
+            app: String::new(),
+            component: String::new(),
+            version: String::new(),
+            reason: format!("{left_out} more failures not listed"),
+        });
+    }
+    bounded
+}
+
+/// `reason` cut to [`MAX_FAILURE_REASON_BYTES`] with [`REASON_CUT_MARKER`] if longer.
+fn bounded_reason(reason: &str) -> String {
+    if reason.len() <= MAX_FAILURE_REASON_BYTES {
+        return reason.to_owned();
+    }
+    let end = reason.floor_char_boundary(MAX_FAILURE_REASON_BYTES - REASON_CUT_MARKER.len());
+    format!("{}{REASON_CUT_MARKER}", &reason[..end])
+}
+
 /// Signs this node's host events and numbers them: one per node, shared by everything that
 /// publishes them, so the sequence grows across all of them.
 pub struct Signer {
@@ -868,7 +953,11 @@ impl Signer {
     /// The next sequence: `max(last + 1, now in ms since the Unix epoch)`, so it grows within
     /// a run and, with the clock, from one run to the next; if `last` is more than
     /// [`SEQUENCE_WINDOW`] ahead of the clock (the clock jumped forward, then back), every
-    /// receiver would refuse it, so the sequence starts again from the clock (with a warning).
+    /// receiver would refuse it, so the sequence starts again from the clock (with a warning):
+    /// a receiver that still holds a higher sequence of this node (accepted while its clock
+    /// was within the window of it) drops the events as `stale` until its clock passes it,
+    /// at most [`SEQUENCE_WINDOW`], or forgets it within a second once that sequence is
+    /// more than the window ahead of its own clock.
     fn next_sequence(&self) -> u64 {
         self.next_sequence_at(unix_ms())
     }
@@ -894,8 +983,9 @@ impl Signer {
                             now,
                             ahead_ms = last - now,
                             "the host event sequence was more than 60 s ahead of the clock (the \
-                             clock stepped back): starting it again from the clock; others may \
-                             drop this node's events as stale for up to 2 minutes"
+                             clock stepped back): starting it again from the clock; a node \
+                             that accepted a higher sequence drops this node's events as \
+                             stale until its own clock passes it (at most 60 s)"
                         );
                     }
                     return next;
@@ -908,11 +998,17 @@ impl Signer {
     /// The payload of host event `event` (one of the `subjects::HOST_*`) carrying `info`, and
     /// its signature (the [`SIGNATURE_HEADER`] value).
     ///
+    /// `info.failures` are sent as [`bounded_failures`], so a node with many or long failures
+    /// still fits [`MAX_EVENT_BYTES`].
+    ///
     /// # Errors
-    /// `info` cannot be serialized or signing fails.
+    /// `info` cannot be serialized, is larger than [`MAX_EVENT_BYTES`] even so, or signing
+    /// fails.
     fn sign(&self, event: &str, info: &HostInfo) -> anyhow::Result<(Vec<u8>, String)> {
+        let mut info = info.clone();
+        info.failures = bounded_failures(&info.failures);
         let body = HostEvent {
-            info: info.clone(),
+            info,
             event: event.to_owned(),
             seq: self.next_sequence(),
         };
@@ -932,6 +1028,8 @@ pub struct Heartbeat {
     client: async_nats::Client,
     lattice: String,
     signer: Arc<Signer>,
+    /// When a failed signing was last logged, and how many failed since without a line.
+    sign_errors: Mutex<(Option<Instant>, u64)>,
 }
 
 impl Heartbeat {
@@ -941,6 +1039,7 @@ impl Heartbeat {
             client,
             lattice: lattice.to_owned(),
             signer,
+            sign_errors: Mutex::new((None, 0)),
         }
     }
 
@@ -950,11 +1049,21 @@ impl Heartbeat {
         let (payload, signature) = match self.signer.sign(event, info) {
             Ok(signed) => signed,
             Err(e) => {
-                tracing::warn!(
-                    subject,
-                    error = format!("{e:#}"),
-                    "signing a host event failed"
-                );
+                let mut errors = self.sign_errors.lock().unwrap_or_else(|p| p.into_inner());
+                let (logged, unlogged) = &mut *errors;
+                if logged.is_some_and(|at| at.elapsed() < SIGN_ERROR_LOG_EVERY) {
+                    *unlogged += 1;
+                } else {
+                    tracing::error!(
+                        subject,
+                        error = format!("{e:#}"),
+                        not_logged_since = *unlogged,
+                        "signing a host event failed: the others do not hear from this node \
+                         (logged at most once a minute)"
+                    );
+                    *logged = Some(Instant::now());
+                    *unlogged = 0;
+                }
                 return;
             }
         };
@@ -1059,7 +1168,9 @@ mod tests {
         (subject, payload, signature): &(String, Vec<u8>, String),
         now: u64,
     ) -> Result<Accepted, Rejected> {
-        members.receive(subject, Some(signature), payload, now)
+        // The monotonic clock moves with `now` when it is ahead of the wall clock.
+        let at = Instant::now() + Duration::from_millis(now.saturating_sub(unix_ms()));
+        members.receive_at(subject, Some(signature), payload, now, at)
     }
 
     fn names(members: &Membership) -> Vec<String> {
@@ -1224,7 +1335,7 @@ mod tests {
         let counts = fresh.rejections().snapshot();
         assert_eq!((counts.out_of_window, counts.stale), (2, 0));
         assert_eq!(
-            fresh.out_of_window_logged.lock().unwrap().len(),
+            fresh.out_of_window_logged.lock().unwrap().1.len(),
             1,
             "logged once for the id"
         );
@@ -1312,17 +1423,110 @@ mod tests {
         assert_eq!(receive(&members, &beat, now), Ok(Accepted::Heartbeat));
         // Out of the window now, but the last pruning was less than a second ago.
         let later = now + window + 1;
-        members.state().pruned_ms = later - 10;
+        let start = Instant::now();
+        members.state().pruned_at = Some(start);
         let (other, other_info) = node("b");
         let theirs = signed(&other, subjects::HOST_HEARTBEAT, &other_info, later);
-        assert_eq!(receive(&members, &theirs, later), Ok(Accepted::Heartbeat));
+        let at = start + Duration::from_millis(990);
+        let got = members.receive_at(&theirs.0, Some(&theirs.2), &theirs.1, later, at);
+        assert_eq!(got, Ok(Accepted::Heartbeat));
         assert!(members.state().sequences.contains_key(&info.id));
-        let again = signed(&other, subjects::HOST_HEARTBEAT, &other_info, later + 1_000);
-        assert_eq!(
-            receive(&members, &again, later + 1_000),
-            Ok(Accepted::Heartbeat)
-        );
+        let again = signed(&other, subjects::HOST_HEARTBEAT, &other_info, later + 1);
+        let at = start + PRUNE_EVERY;
+        let got = members.receive_at(&again.0, Some(&again.2), &again.1, later + 1, at);
+        assert_eq!(got, Ok(Accepted::Heartbeat));
         assert!(!members.state().sequences.contains_key(&info.id));
+    }
+
+    #[test]
+    fn a_sequence_far_ahead_of_a_receiver_whose_clock_stepped_back_is_forgotten() {
+        let members = Membership::default();
+        let hour = 3_600_000;
+        let now = unix_ms();
+        let start = Instant::now();
+        let (key, info) = node("a");
+        // The receiver's clock (and the sender's) was an hour ahead: accepted.
+        let ahead = signed(&key, subjects::HOST_HEARTBEAT, &info, now + hour);
+        let got = members.receive_at(&ahead.0, Some(&ahead.2), &ahead.1, now + hour, start);
+        assert_eq!(got, Ok(Accepted::Heartbeat));
+        // Both clocks stepped back; the sender started its sequence again from its clock.
+        let back = signed(&key, subjects::HOST_HEARTBEAT, &info, now + 5);
+        let at = start + Duration::from_millis(500);
+        let got = members.receive_at(&back.0, Some(&back.2), &back.1, now + 5, at);
+        assert_eq!(got, Err(Rejected::Stale));
+        // A second later (monotonic), though the wall clock is an hour behind the last
+        // pruning, the sequence far ahead of it is forgotten and the sender accepted again.
+        let back = signed(&key, subjects::HOST_HEARTBEAT, &info, now + 6);
+        let at = start + PRUNE_EVERY;
+        let got = members.receive_at(&back.0, Some(&back.2), &back.1, now + 6, at);
+        assert_eq!(got, Ok(Accepted::Heartbeat));
+        assert_eq!(members.state().sequences.get(&info.id), Some(&(now + 6)));
+        // A sequence up to the window ahead is kept.
+        let (other, other_info) = node("b");
+        let window = SEQUENCE_WINDOW.as_millis() as u64;
+        let edge = signed(&other, subjects::HOST_HEARTBEAT, &other_info, now + window);
+        let at = start + PRUNE_EVERY * 2;
+        let got = members.receive_at(&edge.0, Some(&edge.2), &edge.1, now, at);
+        assert_eq!(got, Ok(Accepted::Heartbeat));
+        let at = start + PRUNE_EVERY * 3;
+        members.state().prune(now, at);
+        assert!(members.state().sequences.contains_key(&other_info.id));
+    }
+
+    #[test]
+    fn out_of_window_ids_are_logged_again_after_a_while() {
+        let members = Membership::default();
+        let start = Instant::now();
+        let now = unix_ms();
+        for i in 0..OUT_OF_WINDOW_LOGGED {
+            assert!(members.log_out_of_window(&format!("forged-{i}"), 0, now, start));
+        }
+        assert!(!members.log_out_of_window("real", 0, now, start));
+        assert!(!members.log_out_of_window("forged-0", 0, now, start));
+        let later = start + REJECTIONS_LOG_EVERY;
+        assert!(members.log_out_of_window("real", 0, now, later));
+        assert!(!members.log_out_of_window("real", 0, now, later));
+        assert!(members.log_out_of_window("forged-0", 0, now, later));
+    }
+
+    #[test]
+    fn failures_are_bounded_in_number_and_length() {
+        let failure = |i: usize, reason: String| Failure {
+            app: format!("app-{i}"),
+            component: "c".into(),
+            version: "v1".into(),
+            reason,
+        };
+        // A reason of 3-byte characters is cut on a character boundary, with the marker.
+        let long = "é€".repeat(1_000);
+        let few = bounded_failures(&[failure(0, long.clone()), failure(1, "short".into())]);
+        assert_eq!(few.len(), 2);
+        assert!(few[0].reason.len() <= MAX_FAILURE_REASON_BYTES);
+        assert!(few[0].reason.ends_with(REASON_CUT_MARKER));
+        let kept = few[0].reason.trim_end_matches(REASON_CUT_MARKER);
+        assert!(long.starts_with(kept) && kept.len() > MAX_FAILURE_REASON_BYTES - 16);
+        assert_eq!(few[1], failure(1, "short".into()));
+
+        let many: Vec<Failure> = (0..1_000)
+            .map(|i| failure(i, "x".repeat(100_000)))
+            .collect();
+        let bounded = bounded_failures(&many);
+        assert_eq!(bounded.len(), MAX_FAILURES_LISTED + 1);
+        assert_eq!(bounded[MAX_FAILURES_LISTED - 1].app, "app-99");
+        let last = &bounded[MAX_FAILURES_LISTED];
+        assert_eq!((last.app.as_str(), last.component.as_str()), ("", ""));
+        assert_eq!(last.reason, "900 more failures not listed");
+        assert_eq!(bounded_failures(&many[..MAX_FAILURES_LISTED]).len(), 100);
+
+        // A node with 1,000 failures of 100 KB each still sends its heartbeat, readable as a
+        // HostInfo whose failures are the bounded ones.
+        let (key, mut info) = node("a");
+        info.failures = many;
+        let signer = Signer::new(key).unwrap();
+        let (payload, _) = signer.sign(subjects::HOST_HEARTBEAT, &info).unwrap();
+        assert!(payload.len() <= MAX_EVENT_BYTES, "{} bytes", payload.len());
+        let back: HostInfo = serde_json::from_slice(&payload).unwrap();
+        assert_eq!(back.failures, bounded);
     }
 
     #[test]
