@@ -13,7 +13,7 @@
 //! [`MAX_COMPONENT_LOOKUPS`] and of the node's [`MAX_LOOKUPS`], so one component never holds
 //! all of the node's; and no timeout a guest asks for is longer than the node's request timeout.
 //! A request waits for the node's permits (and its component's lookups) up to its connect
-//! timeout, a component's sockets being all in use fails it at once.
+//! timeout; one that finds its component's sockets all in use fails at once.
 
 use std::future::Future;
 use std::io;
