@@ -7,8 +7,9 @@
 //! connections are pooled per component, with TLS by rustls on the system's roots plus
 //! `--ca-file` ([`tls`]). What a component holds is bounded: 32 requests in flight per
 //! instance, [`egress::MAX_COMPONENT_SOCKETS`] sockets per component and
-//! [`egress::MAX_NODE_SOCKETS`] per node, [`egress::MAX_LOOKUPS`] name lookups per node, no
-//! timeout longer than the node's request timeout.
+//! [`egress::MAX_NODE_SOCKETS`] per node, [`egress::MAX_COMPONENT_LOOKUPS`] name lookups per
+//! component and [`egress::MAX_LOOKUPS`] per node (the node's waited for up to the connect
+//! timeout), no timeout longer than the node's request timeout.
 
 pub mod address;
 pub mod egress;

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::common::{Dirs, Node, example_wasm, http_server_link};
 
@@ -336,6 +336,8 @@ fn a_component_holds_at_most_64_sockets_idle_ones_included() {
         &[],
     );
     let open = || upstreams.iter().map(Upstream::open).sum::<usize>();
+    // The pool closes a connection idle for 30 s: the checks below hold while none has been.
+    let first = Instant::now();
     for (i, upstream) in upstreams[..COMPONENT_SOCKETS].iter().enumerate() {
         let answer = get(
             &node,
@@ -349,23 +351,26 @@ fn a_component_holds_at_most_64_sockets_idle_ones_included() {
         );
     }
     // Each connection stays idle in the component's pool, holding its socket.
-    assert_eq!(
-        open(),
-        COMPONENT_SOCKETS,
-        "connections open at the upstreams"
-    );
-    // One port more: refused, with no connection.
+    let open_after_last = open();
+    // One port more, right after: refused, with no connection.
     let last = &upstreams[COMPONENT_SOCKETS];
     let answer = get(
         &node,
         &format!("/ports?url=http://127.0.0.1:{}/", last.port),
+    );
+    let elapsed = first.elapsed();
+    assert_eq!(
+        open_after_last, COMPONENT_SOCKETS,
+        "connections open at the upstreams ({elapsed:?} after the first request; the pool \
+         closes one idle for 30 s)"
     );
     assert!(
         answer.0 == 502
             && answer
                 .1
                 .contains("outgoing request failed: ErrorCode::ConnectionLimitReached"),
-        "port {} past the limit: {answer:?}",
+        "port {} past the limit ({elapsed:?} after the first request; the pool closes a \
+         connection idle for 30 s): {answer:?}",
         COMPONENT_SOCKETS + 1
     );
     assert_eq!(

@@ -4,8 +4,9 @@
 //! private (RFC 1918, RFC 4193), shared address space (CGNAT, RFC 6598), IETF protocol
 //! assignments (`192.0.0.0/24`), benchmarking (`198.18.0.0/15`, also used by fake-IP VPNs and
 //! proxies), reserved (`240.0.0.0/4`), multicast, broadcast and unspecified, also when written as
-//! an IPv4-mapped, IPv4-compatible, NAT64 (RFC 6052 `64:ff9b::/96`, RFC 8215 `64:ff9b:1::/48`) or
-//! 6to4 (RFC 3056 `2002::/16`) IPv6 address.
+//! an IPv4-mapped, IPv4-compatible, NAT64 (RFC 6052 `64:ff9b::/96`) or 6to4 (RFC 3056
+//! `2002::/16`) IPv6 address; and the whole NAT64 local-use prefix (RFC 8215 `64:ff9b:1::/48`),
+//! which translates to the operator's own IPv4 networks.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -37,6 +38,11 @@ pub enum Restricted {
     Benchmarking,
     /// `240.0.0.0/4`, reserved (RFC 1112), but for the broadcast address.
     Reserved,
+    /// `64:ff9b:1::/48`, the NAT64 local-use prefix (RFC 8215): it translates to IPv4 networks
+    /// of the operator's choosing, by definition the node's own, and where in the address the
+    /// IPv4 one sits depends on the translator's prefix length (RFC 6052 §2.2), so the whole
+    /// prefix is refused rather than any embedded IPv4 address judged.
+    Nat64LocalUse,
 }
 
 impl std::fmt::Display for Restricted {
@@ -53,14 +59,16 @@ impl std::fmt::Display for Restricted {
             Restricted::ProtocolAssignments => "an IETF protocol assignment address",
             Restricted::Benchmarking => "a benchmarking (or fake-IP VPN) address",
             Restricted::Reserved => "a reserved address",
+            Restricted::Nat64LocalUse => "a local-use NAT64 address",
         })
     }
 }
 
 /// Why `ip` may be reached only through an allow-list entry naming it (or the host) literally;
 /// `None` for an address any matching entry reaches. An IPv6 address embedding an IPv4 one
-/// (`::ffff:a.b.c.d`, `::a.b.c.d`, `64:ff9b::a.b.c.d`, `64:ff9b:1:…:a.b.c.d`, 6to4
-/// `2002:AABB:CCDD::`) is judged by the IPv4 address.
+/// (`::ffff:a.b.c.d`, `::a.b.c.d`, `64:ff9b::a.b.c.d`, 6to4 `2002:AABB:CCDD::`) is judged by
+/// the IPv4 address; any address in the NAT64 local-use prefix `64:ff9b:1::/48` is
+/// [`Restricted::Nat64LocalUse`].
 pub fn restriction(ip: IpAddr) -> Option<Restricted> {
     match ip {
         IpAddr::V4(v4) => restriction_v4(v4),
@@ -93,6 +101,9 @@ fn restriction_v6(ip: Ipv6Addr) -> Option<Restricted> {
     if ip.is_loopback() {
         return Some(Restricted::Loopback);
     }
+    if let [0x64, 0xff9b, 1, ..] = ip.segments() {
+        return Some(Restricted::Nat64LocalUse);
+    }
     if let Some(v4) = embedded_v4(ip) {
         return restriction_v4(v4);
     }
@@ -107,19 +118,14 @@ fn restriction_v6(ip: Ipv6Addr) -> Option<Restricted> {
 }
 
 /// The IPv4 address an IPv4-mapped (`::ffff:0:0/96`), IPv4-compatible (`::/96`, deprecated
-/// but still routed by some stacks), NAT64 (the well-known prefix `64:ff9b::/96`, RFC 6052; a
-/// `/96` of the local-use prefix `64:ff9b:1::/48`, RFC 8215) or 6to4 (`2002:AABB:CCDD::/48`,
-/// RFC 3056) address carries. In the local-use prefix the IPv4 address is read from the last
-/// 32 bits, where a `/96` translation prefix (what NAT64 gateways use by default) puts it; with
-/// a shorter prefix (RFC 6052 §2.2) those bits are the suffix, mostly zero, so such addresses
-/// read as `0.x.x.x` and are refused as unspecified.
+/// but still routed by some stacks), NAT64 well-known-prefix (`64:ff9b::/96`, RFC 6052: the
+/// last 32 bits) or 6to4 (`2002:AABB:CCDD::/48`, RFC 3056) address carries. The local-use
+/// prefix `64:ff9b:1::/48` is not decoded here: [`restriction_v6`] refuses all of it.
 fn embedded_v4(ip: Ipv6Addr) -> Option<Ipv4Addr> {
     let s = ip.segments();
     let v4 = |hi: u16, lo: u16| Ipv4Addr::new((hi >> 8) as u8, hi as u8, (lo >> 8) as u8, lo as u8);
     match s {
-        [0, 0, 0, 0, 0, 0xffff | 0, ..]
-        | [0x64, 0xff9b, 0, 0, 0, 0, ..]
-        | [0x64, 0xff9b, 1, ..] => Some(v4(s[6], s[7])),
+        [0, 0, 0, 0, 0, 0xffff | 0, ..] | [0x64, 0xff9b, 0, 0, 0, 0, ..] => Some(v4(s[6], s[7])),
         [0x2002, hi, lo, ..] => Some(v4(hi, lo)),
         _ => None,
     }
@@ -220,18 +226,24 @@ mod tests {
     }
 
     #[test]
-    fn nat64_local_use_and_6to4_are_judged_by_their_ipv4_address() {
+    fn nat64_local_use_is_refused_whole_and_6to4_judged_by_its_ipv4_address() {
         use Restricted::*;
-        // RFC 8215's local-use prefix, a /96 of it: the last 32 bits.
-        assert_eq!(of("64:ff9b:1::127.0.0.1"), Some(Loopback));
-        assert_eq!(of("64:ff9b:1:abcd:0:1:10.0.0.1"), Some(Private));
-        assert_eq!(
-            of("64:ff9b:1:ffff:ffff:ffff:169.254.169.254"),
-            Some(LinkLocal)
-        );
-        assert_eq!(of("64:ff9b:1::1.1.1.1"), None);
-        // A shorter translation prefix leaves the last bits zero: unspecified, refused.
-        assert_eq!(of("64:ff9b:1:101:1:100::"), Some(Unspecified));
+        // RFC 8215's local-use prefix, whatever the translation prefix length: under a /96 the
+        // IPv4 address is in the last 32 bits, under a /64 (RFC 6052 §2.2) in bits 72-103,
+        // `64:ff9b:1:0:a:0:500::` being 10.0.0.5 (bits 64-71 are the zero "u" octet).
+        for ip in [
+            "64:ff9b:1::127.0.0.1",
+            "64:ff9b:1:abcd:0:1:10.0.0.1",
+            "64:ff9b:1:ffff:ffff:ffff:169.254.169.254",
+            "64:ff9b:1::1.1.1.1",
+            "64:ff9b:1:0:a:0:500::",
+            "64:ff9b:1:0:7f:0:100::",
+            "64:ff9b:1:101:1:100::",
+            "64:ff9b:1::",
+            "64:ff9b:1:ffff:ffff:ffff:ffff:ffff",
+        ] {
+            assert_eq!(of(ip), Some(Nat64LocalUse), "{ip}");
+        }
         // Next to it, outside both NAT64 prefixes: not IPv4.
         assert_eq!(of("64:ff9b:2::127.0.0.1"), None);
         assert_eq!(of("64:ff9a:ffff:ffff:ffff:ffff:7f00:1"), None);

@@ -9,8 +9,11 @@
 //! What one component can hold of the node is bounded: every socket (in use, idle in the pool,
 //! or still connecting in the background after its request gave up) holds a permit of its
 //! component's [`MAX_COMPONENT_SOCKETS`] and of the node's [`MAX_NODE_SOCKETS`] until it closes;
-//! name lookups run on tokio's blocking pool, at most [`MAX_LOOKUPS`] at once node-wide; and no
-//! timeout a guest asks for is longer than the node's request timeout.
+//! name lookups run on tokio's blocking pool, each under a permit of its component's
+//! [`MAX_COMPONENT_LOOKUPS`] and of the node's [`MAX_LOOKUPS`], so one component never holds
+//! all of the node's; and no timeout a guest asks for is longer than the node's request timeout.
+//! A request waits for the node's permits (and its component's lookups) up to its connect
+//! timeout; one that finds its component's sockets all in use fails at once.
 
 use std::future::Future;
 use std::io;
@@ -55,21 +58,31 @@ const POOL_MAX_IDLE_PER_HOST: usize = 4;
 
 /// Sockets one component may have open at once (64), all its instances together: connected,
 /// idle in its pool, or still connecting. Past them a request that needs a new connection gets
-/// `connection-limit-reached` until one closes (an idle one within 30 s, the pool's idle timeout).
+/// `connection-limit-reached` at once, until one closes (an idle one within 30 s, the pool's idle
+/// timeout): the component's own sockets are what it waits for, so waiting would not help.
 /// hyper-util bounds idle connections per host only; a guest allowed `*` could otherwise
 /// leave one idle socket per host and port it tries.
 pub const MAX_COMPONENT_SOCKETS: usize = 64;
 
 /// Sockets all components of the node may have open at once (512), counted as
 /// [`MAX_COMPONENT_SOCKETS`] is: half the 1,024 file descriptors a process gets by default
-/// (systemd's soft limit), so the ingress, NATS and sled keep theirs.
+/// (systemd's soft limit), so the ingress, NATS and sled keep theirs. A request that needs a new
+/// connection while all are in use waits for one up to its connect timeout, then gets
+/// `connection-limit-reached`.
 pub const MAX_NODE_SOCKETS: usize = 512;
 
 /// Name lookups (`getaddrinfo`, each on a thread of tokio's blocking pool) under way at once,
-/// node-wide (32). A lookup runs to its end even when its request gave up; past these a request
-/// that needs one gets `connection-limit-reached`, rather than queueing on the pool that sled
-/// and compiles use too.
+/// node-wide (32). A lookup holds its permit until `getaddrinfo` returns, even when its request
+/// gave up (the thread cannot be stopped); a request that needs one while all are in use waits
+/// for one up to its connect timeout, then gets `connection-limit-reached`, rather than queueing
+/// on the pool that sled and compiles use too.
 pub const MAX_LOOKUPS: usize = 32;
+
+/// Name lookups one component may have under way at once (4), all its instances together,
+/// taken before one of the node's [`MAX_LOOKUPS`] and held as long: a component looping over
+/// names under a slow resolver holds at most these of the node's, the others keep the rest.
+/// A request waits for one up to its connect timeout, then gets `connection-limit-reached`.
+pub const MAX_COMPONENT_LOOKUPS: usize = 4;
 
 /// The node's outgoing-HTTP settings: its TLS client configuration and the node-wide socket and
 /// lookup limits every component's client shares. Cheap to clone.
@@ -83,6 +96,9 @@ pub struct Egress {
     /// Sockets per component ([`MAX_COMPONENT_SOCKETS`]) and in all ([`MAX_NODE_SOCKETS`]).
     component_sockets: usize,
     node_sockets: usize,
+    /// Lookups per component ([`MAX_COMPONENT_LOOKUPS`]) and in all ([`MAX_LOOKUPS`]).
+    component_lookups: usize,
+    node_lookups: usize,
 }
 
 impl Egress {
@@ -98,6 +114,8 @@ impl Egress {
             lookups: Arc::new(Semaphore::new(MAX_LOOKUPS)),
             component_sockets: MAX_COMPONENT_SOCKETS,
             node_sockets: MAX_NODE_SOCKETS,
+            component_lookups: MAX_COMPONENT_LOOKUPS,
+            node_lookups: MAX_LOOKUPS,
         })
     }
 
@@ -107,6 +125,15 @@ impl Egress {
         self.sockets = Arc::new(Semaphore::new(node));
         self.node_sockets = node;
         self.component_sockets = component;
+        self
+    }
+
+    /// This node's settings with other lookup limits (tests).
+    #[cfg(test)]
+    fn with_lookup_limits(mut self, node: usize, component: usize) -> Egress {
+        self.lookups = Arc::new(Semaphore::new(node));
+        self.node_lookups = node;
+        self.component_lookups = component;
         self
     }
 
@@ -121,7 +148,18 @@ impl Egress {
         component: Arc<str>,
         max_wait: Duration,
     ) -> EgressClient {
-        let connector = Connector {
+        EgressClient::over(self.connector(allowed, app, component, max_wait), max_wait)
+    }
+
+    /// The connector of one component's client (see [`Egress::client`]).
+    fn connector(
+        &self,
+        allowed: Arc<AllowedHosts>,
+        app: Arc<str>,
+        component: Arc<str>,
+        max_wait: Duration,
+    ) -> Connector {
+        Connector {
             inner: Arc::new(ConnectorInner {
                 allowed,
                 tls: tokio_rustls::TlsConnector::from(self.tls.clone()),
@@ -133,16 +171,13 @@ impl Egress {
                 node_sockets: self.sockets.clone(),
                 socket_limit: self.component_sockets,
                 node_socket_limit: self.node_sockets,
-                lookups: self.lookups.clone(),
+                lookups: Arc::new(Semaphore::new(self.component_lookups)),
+                node_lookups: self.lookups.clone(),
+                lookup_limit: self.component_lookups,
+                node_lookup_limit: self.node_lookups,
                 max_wait,
             }),
-        };
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-            .pool_max_idle_per_host(POOL_MAX_IDLE_PER_HOST)
-            .pool_timer(TokioTimer::new())
-            .build(connector);
-        EgressClient { client, max_wait }
+        }
     }
 }
 
@@ -163,6 +198,18 @@ pub(super) type SendResult = Result<
     wasmtime_wasi_http::Error,
 >;
 
+impl EgressClient {
+    /// A pooled client connecting through `connector`, no timeout longer than `max_wait`.
+    fn over(connector: Connector, max_wait: Duration) -> EgressClient {
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+            .pool_max_idle_per_host(POOL_MAX_IDLE_PER_HOST)
+            .pool_timer(TokioTimer::new())
+            .build(connector);
+        EgressClient { client, max_wait }
+    }
+}
+
 tokio::task_local! {
     /// The connect timeout of the request whose connection the connector is making.
     static CONNECT_TIMEOUT: Duration;
@@ -181,7 +228,8 @@ impl EgressClient {
     /// # Errors
     /// wasi:http's error codes: `destination-ip-prohibited` for an address of the node's own
     /// networks no entry names, `connection-limit-reached` when a new connection would pass
-    /// [`MAX_COMPONENT_SOCKETS`] or [`MAX_NODE_SOCKETS`] or its lookup [`MAX_LOOKUPS`],
+    /// [`MAX_COMPONENT_SOCKETS`], or no socket of [`MAX_NODE_SOCKETS`] or lookup of
+    /// [`MAX_COMPONENT_LOOKUPS`] and [`MAX_LOOKUPS`] came free within the connect timeout,
     /// `DNS-error`, `connection-refused`, `connection-timeout`, `connection-read-timeout`, the
     /// `TLS-*` codes, `HTTP-protocol-error`.
     pub(super) async fn send<H: Send + Unpin + 'static>(
@@ -350,7 +398,8 @@ enum ConnectError {
     /// The URI has no host (the client checks it has one first).
     #[error("no host in {0}")]
     NoHost(String),
-    /// The component's or the node's sockets, or the node's lookups, are all in use.
+    /// The component's or the node's sockets or lookups are all in use (those the request may
+    /// wait for: until its connect timeout).
     #[error("{limit} {what} are in use")]
     Limit { what: &'static str, limit: usize },
 }
@@ -429,8 +478,13 @@ struct ConnectorInner {
     /// How many permits `sockets` and `node_sockets` have in all (for errors).
     socket_limit: usize,
     node_socket_limit: usize,
-    /// The node's lookups ([`MAX_LOOKUPS`]).
+    /// The component's lookups ([`MAX_COMPONENT_LOOKUPS`]).
     lookups: Arc<Semaphore>,
+    /// The node's lookups ([`MAX_LOOKUPS`]).
+    node_lookups: Arc<Semaphore>,
+    /// How many permits `lookups` and `node_lookups` have in all (for errors).
+    lookup_limit: usize,
+    node_lookup_limit: usize,
     /// The longest connect timeout (the node's request timeout): also what a connection the
     /// pool dials in the background, after its request gave up, may take.
     max_wait: Duration,
@@ -452,17 +506,23 @@ impl tower_service::Service<Uri> for Connector {
             .min(self.inner.max_wait);
         let inner = self.inner.clone();
         Box::pin(async move {
+            // Waiting for permits counts against the connect timeout. A permit's wait ends at
+            // the same deadline as the timeout around it, and is polled first: it reports the
+            // limit rather than a connection timeout.
+            let deadline = tokio::time::Instant::now() + timeout;
             // The socket's permits, taken before it exists and released when it closes:
             // whether it serves a request, idles in the pool or connects in the background.
-            let result = match inner.socket_permits() {
-                Ok(permits) => match tokio::time::timeout(timeout, inner.connect(&uri)).await {
-                    Ok(Ok(io)) => Ok(TokioIo::new(Stream {
-                        io,
-                        _permits: permits,
-                    })),
-                    Ok(Err(e)) => Err(e),
-                    Err(_elapsed) => Err(ConnectError::Timeout(timeout)),
-                },
+            let result = match inner.socket_permits(deadline).await {
+                Ok(permits) => {
+                    match tokio::time::timeout_at(deadline, inner.connect(&uri, deadline)).await {
+                        Ok(Ok(io)) => Ok(TokioIo::new(Stream {
+                            io,
+                            _permits: permits,
+                        })),
+                        Ok(Err(e)) => Err(e),
+                        Err(_elapsed) => Err(ConnectError::Timeout(timeout)),
+                    }
+                }
                 Err(e) => Err(e),
             };
             match &result {
@@ -476,8 +536,12 @@ impl tower_service::Service<Uri> for Connector {
 }
 
 impl ConnectorInner {
-    /// A permit of the component's sockets and one of the node's.
-    fn socket_permits(&self) -> Result<[OwnedSemaphorePermit; 2], ConnectError> {
+    /// A permit of the component's sockets (at once) and one of the node's (waiting for it
+    /// until `deadline`).
+    async fn socket_permits(
+        &self,
+        deadline: tokio::time::Instant,
+    ) -> Result<[OwnedSemaphorePermit; 2], ConnectError> {
         let component =
             self.sockets
                 .clone()
@@ -486,31 +550,52 @@ impl ConnectorInner {
                     what: "sockets of the component",
                     limit: self.socket_limit,
                 })?;
-        let node =
-            self.node_sockets
-                .clone()
-                .try_acquire_owned()
-                .map_err(|_| ConnectError::Limit {
-                    what: "outgoing-HTTP sockets of the node",
-                    limit: self.node_socket_limit,
-                })?;
+        let node = permit_by(
+            &self.node_sockets,
+            deadline,
+            "outgoing-HTTP sockets of the node",
+            self.node_socket_limit,
+        )
+        .await?;
+        Ok([component, node])
+    }
+
+    /// A permit of the component's lookups, then one of the node's, waiting for each until
+    /// `deadline`.
+    async fn lookup_permits(
+        &self,
+        deadline: tokio::time::Instant,
+    ) -> Result<[OwnedSemaphorePermit; 2], ConnectError> {
+        let component = permit_by(
+            &self.lookups,
+            deadline,
+            "name lookups of the component",
+            self.lookup_limit,
+        )
+        .await?;
+        let node = permit_by(
+            &self.node_lookups,
+            deadline,
+            "name lookups of the node",
+            self.node_lookup_limit,
+        )
+        .await?;
         Ok([component, node])
     }
 
     /// The addresses of `host` on `port`, looked up on the blocking pool under a permit of
-    /// [`MAX_LOOKUPS`] the lookup keeps until `getaddrinfo` returns.
-    async fn lookup(&self, host: &str, port: u16) -> Result<Vec<SocketAddr>, ConnectError> {
-        let permit = self
-            .lookups
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| ConnectError::Limit {
-                what: "name lookups of the node",
-                limit: MAX_LOOKUPS,
-            })?;
+    /// [`MAX_COMPONENT_LOOKUPS`] and one of [`MAX_LOOKUPS`] (waited for until `deadline`), which
+    /// the lookup keeps until `getaddrinfo` returns.
+    async fn lookup(
+        &self,
+        host: &str,
+        port: u16,
+        deadline: tokio::time::Instant,
+    ) -> Result<Vec<SocketAddr>, ConnectError> {
+        let permits = self.lookup_permits(deadline).await?;
         let name = host.to_owned();
         let looked_up = tokio::task::spawn_blocking(move || {
-            let _permit = permit;
+            let _permits = permits;
             (name.as_str(), port)
                 .to_socket_addrs()
                 .map(Iterator::collect::<Vec<_>>)
@@ -523,7 +608,12 @@ impl ConnectorInner {
         })
     }
 
-    async fn connect(&self, uri: &Uri) -> Result<Transport, ConnectError> {
+    /// A connection to `uri`'s host, its lookup's permits waited for until `deadline`.
+    async fn connect(
+        &self,
+        uri: &Uri,
+        deadline: tokio::time::Instant,
+    ) -> Result<Transport, ConnectError> {
         let https = uri.scheme() == Some(&Scheme::HTTPS);
         let scheme = if https { Scheme::HTTPS } else { Scheme::HTTP };
         let host = uri
@@ -536,7 +626,7 @@ impl ConnectorInner {
         let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
         let addrs: Vec<SocketAddr> = match bare.parse::<IpAddr>() {
             Ok(ip) => vec![SocketAddr::new(ip, port)],
-            Err(_) => self.lookup(bare, port).await?,
+            Err(_) => self.lookup(bare, port, deadline).await?,
         };
         let mut refused = None;
         let permitted: Vec<SocketAddr> = addrs
@@ -605,6 +695,21 @@ impl ConnectorInner {
         } else {
             tracing::info!(app = %self.app, component = %self.component, uri, reason = %error, "{why}");
         }
+    }
+}
+
+/// A permit of `semaphore` (`limit` permits of `what`), waiting for one until `deadline`
+/// (`acquire_owned` is cancel-safe: a request that gives up leaves its place in the queue).
+async fn permit_by(
+    semaphore: &Arc<Semaphore>,
+    deadline: tokio::time::Instant,
+    what: &'static str,
+    limit: usize,
+) -> Result<OwnedSemaphorePermit, ConnectError> {
+    match tokio::time::timeout_at(deadline, semaphore.clone().acquire_owned()).await {
+        Ok(Ok(permit)) => Ok(permit),
+        // Elapsed, or closed (these semaphores never are).
+        Err(_) | Ok(Err(_)) => Err(ConnectError::Limit { what, limit }),
     }
 }
 
@@ -951,21 +1056,118 @@ mod tests {
         // … while its idle connections still serve their hosts.
         assert_eq!(get(&a, &uri(0)).await, Ok("ok".into()));
         assert_eq!(open(&servers), 2);
-        // Another component has the node's third socket, then the node has none.
+        // Another component has the node's third socket, then the node has none: a request
+        // waits for one up to its connect timeout.
         let b = client_of(&egress, "127.0.0.1", Duration::from_secs(30));
         assert_eq!(get(&b, &uri(2)).await, Ok("ok".into()));
         assert_eq!(
-            get(&b, &uri(3)).await,
+            get_with(
+                &b,
+                &uri(3),
+                Some(connect_within(Duration::from_millis(200)))
+            )
+            .await,
             Err("ConnectionLimitReached".to_owned())
         );
         assert_eq!(open(&servers), 3);
-        // When a component goes, its sockets close and their permits are free again.
+        // When a component goes while a request waits, its sockets close and their permits
+        // serve the waiting request.
+        let waiting = {
+            let (b, uri) = (b.clone(), uri(3));
+            tokio::spawn(async move {
+                get_with(&b, &uri, Some(connect_within(Duration::from_secs(20)))).await
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!waiting.is_finished(), "the request waits for a socket");
         drop(a);
+        assert_eq!(waiting.await.unwrap(), Ok("ok".into()));
         for (_, _, open) in &servers[..2] {
             assert_eq!(settle(open, 0).await, 0, "the idle connections close");
         }
-        assert_eq!(get(&b, &uri(3)).await, Ok("ok".into()));
         assert_eq!(open(&servers), 2);
+    }
+
+    /// Options with only a connect timeout.
+    fn connect_within(timeout: Duration) -> RequestOptions {
+        RequestOptions {
+            connect_timeout: Some(timeout),
+            ..RequestOptions::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn one_components_lookups_cannot_take_all_the_nodes() {
+        let (port, _accepted) = server().await;
+        let egress = Egress::new(&[]).unwrap();
+        let allowed = Arc::new(AllowedHosts::parse("localhost").unwrap());
+        let max_wait = Duration::from_secs(30);
+        let a = egress.connector(allowed.clone(), "app".into(), "a".into(), max_wait);
+        let a_client = EgressClient::over(a.clone(), max_wait);
+        let b = client_of(&egress, "localhost", max_wait);
+        // `a` holds all its lookups, as a guest looping over names under a slow resolver
+        // would (each permit is held until `getaddrinfo` returns).
+        let soon = || tokio::time::Instant::now() + Duration::from_millis(200);
+        let mut held = Vec::new();
+        for _ in 0..MAX_COMPONENT_LOOKUPS {
+            held.push(a.inner.lookup_permits(soon()).await.unwrap());
+        }
+        assert!(matches!(
+            a.inner.lookup_permits(soon()).await,
+            Err(ConnectError::Limit {
+                what: "name lookups of the component",
+                limit: MAX_COMPONENT_LOOKUPS,
+            })
+        ));
+        assert_eq!(
+            egress.lookups.available_permits(),
+            MAX_LOOKUPS - MAX_COMPONENT_LOOKUPS,
+            "the node's other lookups are left to the other components"
+        );
+        // `a`'s next request that needs a lookup waits for one up to its connect timeout; `b`'s
+        // looks its name up at once.
+        let uri = format!("http://localhost:{port}/");
+        let within = || Some(connect_within(Duration::from_millis(300)));
+        assert_eq!(
+            get_with(&a_client, &uri, within()).await,
+            Err("ConnectionLimitReached".to_owned())
+        );
+        assert_eq!(get_with(&b, &uri, within()).await, Ok("ok".into()));
+        drop(held);
+        assert_eq!(get_with(&a_client, &uri, within()).await, Ok("ok".into()));
+    }
+
+    #[tokio::test]
+    async fn a_lookup_waits_for_the_nodes_permit_up_to_its_deadline() {
+        let egress = Egress::new(&[]).unwrap().with_lookup_limits(1, 4);
+        let allowed = Arc::new(AllowedHosts::parse("localhost").unwrap());
+        let max_wait = Duration::from_secs(30);
+        let a = egress.connector(allowed.clone(), "app".into(), "a".into(), max_wait);
+        let b = egress.connector(allowed, "app".into(), "b".into(), max_wait);
+        let held = a
+            .inner
+            .lookup_permits(tokio::time::Instant::now())
+            .await
+            .unwrap();
+        // The node's only lookup is `a`'s: `b` waits until its deadline, then is refused …
+        let soon = tokio::time::Instant::now() + Duration::from_millis(200);
+        assert!(matches!(
+            b.inner.lookup_permits(soon).await,
+            Err(ConnectError::Limit {
+                what: "name lookups of the node",
+                limit: 1,
+            })
+        ));
+        // … or has it when `a`'s lookup ends before.
+        let later = tokio::time::Instant::now() + Duration::from_secs(20);
+        let waiting = tokio::spawn(async move { b.inner.lookup_permits(later).await.is_ok() });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(
+            !waiting.is_finished(),
+            "the lookup waits for the node's permit"
+        );
+        drop(held);
+        assert!(waiting.await.unwrap());
     }
 
     #[tokio::test]
@@ -974,8 +1176,15 @@ mod tests {
         let mut egress = Egress::new(&[]).unwrap();
         egress.lookups = Arc::new(Semaphore::new(0));
         let named = client_of(&egress, "localhost, 127.0.0.1", Duration::from_secs(30));
+        // None comes free within the connect timeout.
+        let uri = format!("http://localhost:{port}/");
         assert_eq!(
-            get(&named, &format!("http://localhost:{port}/")).await,
+            get_with(
+                &named,
+                &uri,
+                Some(connect_within(Duration::from_millis(200)))
+            )
+            .await,
             Err("ConnectionLimitReached".to_owned())
         );
         // An address needs no lookup.
