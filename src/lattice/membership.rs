@@ -65,7 +65,7 @@ const PRUNE_EVERY: Duration = Duration::from_secs(1);
 const OUT_OF_WINDOW_LOGGED: usize = 64;
 
 /// Longest failure `reason` a node sends, in bytes; a longer one is cut on a character
-/// boundary and ends with [`REASON_CUT_MARKER`].
+/// boundary and ends with `REASON_CUT_MARKER`.
 pub const MAX_FAILURE_REASON_BYTES: usize = 1024;
 
 /// Appended to a failure `reason` cut to [`MAX_FAILURE_REASON_BYTES`].
@@ -717,10 +717,10 @@ impl Membership {
     }
 
     /// Follows the host `events` (from [`Membership::subscribe`]) until `shutdown`; tells
-    /// `on_join` when a host starts, at most once every [`JOIN_ANSWER_EVERY`] (joins in between
+    /// `on_join` when a host starts, at most once every `JOIN_ANSWER_EVERY` (joins in between
     /// are told together when it is over). Dropped events are logged at warn with their
     /// counts, at most every 10 s; joins and leaves at info, the first
-    /// [`CHANGE_LINES_PER_PERIOD`] of every 10 s.
+    /// `CHANGE_LINES_PER_PERIOD` of every 10 s.
     ///
     /// # Errors
     /// The subscription ended (the client closed it) before `shutdown`.
@@ -842,7 +842,7 @@ impl RejectionLog {
     }
 }
 
-/// Rate limit of the "host joined/left" lines: the first [`CHANGE_LINES_PER_PERIOD`] of each
+/// Rate limit of the "host joined/left" lines: the first `CHANGE_LINES_PER_PERIOD` of each
 /// [`REJECTIONS_LOG_EVERY`] at info, the others counted and reported in one line.
 struct ChangeLog {
     since: Instant,
@@ -887,7 +887,7 @@ impl ChangeLog {
 }
 
 /// `failures` as a node sends them: each `reason` cut to [`MAX_FAILURE_REASON_BYTES`] (on a
-/// character boundary, ending with [`REASON_CUT_MARKER`]), and at most [`MAX_FAILURES_LISTED`]
+/// character boundary, ending with `REASON_CUT_MARKER`), and at most [`MAX_FAILURES_LISTED`]
 /// of them; beyond that, one more entry with empty `app`, `component` and `version` and the
 /// reason `<n> more failures not listed` (no app is named so: readers that match failures to an
 /// app skip it).
@@ -912,7 +912,7 @@ pub fn bounded_failures(failures: &[Failure]) -> Vec<Failure> {
     bounded
 }
 
-/// `reason` cut to [`MAX_FAILURE_REASON_BYTES`] with [`REASON_CUT_MARKER`] if longer.
+/// `reason` cut to [`MAX_FAILURE_REASON_BYTES`] with `REASON_CUT_MARKER` if longer.
 fn bounded_reason(reason: &str) -> String {
     if reason.len() <= MAX_FAILURE_REASON_BYTES {
         return reason.to_owned();

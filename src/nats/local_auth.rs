@@ -134,7 +134,7 @@ const NODE_ENTRIES: [&str; 5] = ["node.nk", "nats.url", LOCAL_KEY_FILE, "state",
 /// Creates the data dir (and its parents) if missing, mode 0700. An existing one must belong to
 /// this process's effective user (and so must a symlink naming it); if it is open to others it
 /// is restricted to mode 0700 only when it is empty or already holds a node's files
-/// ([`NODE_ENTRIES`]), which is logged.
+/// (`NODE_ENTRIES`), which is logged.
 ///
 /// # Errors
 /// It cannot be created or read, it (or the symlink naming it) belongs to another user, it is
