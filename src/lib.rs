@@ -16,6 +16,7 @@ pub mod lattice;
 pub mod name;
 pub mod nats;
 pub mod node;
+pub mod private_file;
 pub mod providers;
 pub mod reconciler;
 pub mod supervisor;

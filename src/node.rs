@@ -129,7 +129,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     let (supervisor, url, uplink) = start_nats(&config, local_user.as_ref()).await?;
     let url_file = config.data_dir.join(NATS_URL_FILE);
     // Private: an external URL may carry a user and password.
-    write_private(&url_file, &format!("{url}\n"))
+    crate::private_file::write(&url_file, format!("{url}\n").as_bytes(), false)
         .with_context(|| format!("writing {}", url_file.display()))?;
 
     let auth = match (&config.nats_mode, &local_user) {
@@ -646,20 +646,6 @@ async fn sweep_artifacts(
             apps.sweep_artifacts().await;
         }
     }
-}
-
-/// Writes `text` to `path`, readable by its owner only.
-fn write_private(path: &std::path::Path, text: &str) -> std::io::Result<()> {
-    use std::io::Write as _;
-    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)?;
-    file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
-    file.write_all(text.as_bytes())
 }
 
 /// Wakes the heartbeat (`now`) whenever the node's components (`inventory`) or its uplink

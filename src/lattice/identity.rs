@@ -2,8 +2,6 @@
 //! node keeps its id across restarts (as a wasmCloud host's id is an nkeys server key), and the
 //! ed25519 signatures made and checked with it (`PROTOCOL.md` §Events).
 
-use std::io::Write as _;
-use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
 use std::path::Path;
 
 use anyhow::{Context, bail};
@@ -35,16 +33,12 @@ pub fn load_or_create(data_dir: &Path) -> anyhow::Result<nkeys::KeyPair> {
             }
             // Whoever reads the seed can speak for the node: a copy readable by others is made
             // private again, as the local NATS key is (`nats::local_auth`).
-            let mode = std::fs::metadata(&path)
-                .with_context(|| format!("reading the mode of {}", path.display()))?
-                .permissions()
-                .mode();
-            if mode & 0o077 != 0 {
-                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
-                    .with_context(|| format!("making {} private (mode 600)", path.display()))?;
+            if let Some(was) = crate::private_file::restrict(&path)
+                .with_context(|| format!("making {} private (mode 600)", path.display()))?
+            {
                 tracing::warn!(
                     file = %path.display(),
-                    was = format!("{:o}", mode & 0o777),
+                    was = format!("{was:o}"),
                     "the node key was readable by others; made private (mode 600)"
                 );
             }
@@ -53,15 +47,9 @@ pub fn load_or_create(data_dir: &Path) -> anyhow::Result<nkeys::KeyPair> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let key = nkeys::KeyPair::new_server();
             let seed = key.seed().context("encoding the node key")?;
-            let mut file = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&path)
+            // Complete or absent, never a partial seed.
+            crate::private_file::write(&path, format!("{seed}\n").as_bytes(), true)
                 .with_context(|| format!("creating {}", path.display()))?;
-            file.set_permissions(std::fs::Permissions::from_mode(0o600))
-                .with_context(|| format!("making {} private", path.display()))?;
-            writeln!(file, "{seed}").with_context(|| format!("writing {}", path.display()))?;
             tracing::info!(id = key.public_key(), file = %path.display(), "new node identity created");
             Ok(key)
         }
@@ -113,6 +101,8 @@ pub fn verify(id: &str, bytes: &[u8], signature: &str) -> Result<(), VerifyError
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::PermissionsExt as _;
+
     use super::*;
 
     #[test]

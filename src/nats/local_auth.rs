@@ -6,8 +6,7 @@
 //! cannot connect at all (`Authorization Violation`). The seed file is `<data-dir>/local.nk`
 //! (mode 0600), written once and kept across restarts, next to `nats.url`.
 
-use std::io::Write as _;
-use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _};
+use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 
 /// File in the data dir holding the seed (`SU…`) of the nkeys user the node's nats-server admits.
@@ -204,42 +203,6 @@ pub fn prepare_data_dir(dir: &Path) -> Result<(), LocalAuthError> {
     Ok(())
 }
 
-/// Writes `bytes` to `path`, mode 0600, through a temporary file next to it
-/// (`.<name>.tmp-<pid>`) that is synced, then renamed over `path`, or with `create_new`
-/// hard-linked to `path` (failing if `path` exists): no reader ever sees a partial file.
-///
-/// # Errors
-/// The temporary file cannot be written or moved into place (with `create_new`: `path`
-/// exists, [`std::io::ErrorKind::AlreadyExists`]).
-pub fn write_private(path: &Path, bytes: &[u8], create_new: bool) -> std::io::Result<()> {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
-    let written = (|| {
-        // A temp file left by a crash of a process with this pid.
-        match std::fs::remove_file(&tmp) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
-            _ => {}
-        }
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        if create_new {
-            std::fs::hard_link(&tmp, path)
-        } else {
-            std::fs::rename(&tmp, path)
-        }
-    })();
-    let _ = std::fs::remove_file(&tmp);
-    written
-}
-
 /// Returns the local user kept in `data_dir` ([`LOCAL_KEY_FILE`]), creating it on first start;
 /// an existing file readable by others is made private again (mode 0600).
 ///
@@ -256,16 +219,12 @@ pub fn load_or_create(data_dir: &Path) -> Result<LocalUser, LocalAuthError> {
     match std::fs::read_to_string(&path) {
         Ok(text) => {
             let user = LocalUser::parse(&path, &text)?;
-            let mode = std::fs::metadata(&path)
-                .map_err(|e| failed("read its mode", e))?
-                .permissions()
-                .mode();
-            if mode & 0o077 != 0 {
-                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
-                    .map_err(|e| failed("make it private (mode 600)", e))?;
+            if let Some(was) = crate::private_file::restrict(&path)
+                .map_err(|e| failed("make it private (mode 600)", e))?
+            {
                 tracing::warn!(
                     file = %path.display(),
-                    was = format!("{:o}", mode & 0o777),
+                    was = format!("{was:o}"),
                     "the local NATS key was readable by others; made private (mode 600)"
                 );
             }
@@ -278,7 +237,7 @@ pub fn load_or_create(data_dir: &Path) -> Result<LocalUser, LocalAuthError> {
                 reason: format!("encoding a new seed: {e}"),
             })?;
             // Complete or absent: a concurrent CLI never reads it empty.
-            write_private(&path, format!("{seed}\n").as_bytes(), true)
+            crate::private_file::write(&path, format!("{seed}\n").as_bytes(), true)
                 .map_err(|e| failed("create it", e))?;
             tracing::info!(user = key.public_key(), file = %path.display(), "new local NATS key created");
             Ok(LocalUser {
@@ -432,21 +391,6 @@ mod tests {
         assert_eq!(std::fs::symlink_metadata(&link).unwrap().uid(), other);
         let err = prepare_data_dir(&link).unwrap_err().to_string();
         assert!(err.contains("link") && err.contains("owned by"), "{err}");
-    }
-
-    #[test]
-    fn private_files_are_whole_and_mode_600() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("f.conf");
-        write_private(&file, b"one", false).unwrap();
-        write_private(&file, b"two", false).unwrap();
-        assert_eq!(std::fs::read_to_string(&file).unwrap(), "two");
-        assert_eq!(mode(&file), 0o600);
-        let err = write_private(&file, b"three", true).unwrap_err();
-        assert_eq!(err.kind(), std::io::ErrorKind::AlreadyExists);
-        assert_eq!(std::fs::read_to_string(&file).unwrap(), "two");
-        // No temporary file left behind.
-        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
     }
 
     #[test]

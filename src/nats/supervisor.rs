@@ -216,7 +216,7 @@ impl Launch {
             self.hub_js_without_domain.load(Ordering::Relaxed),
         );
         // Mode 0600: it can name the leaf remote's URL.
-        super::local_auth::write_private(&self.config_path, text.as_bytes(), false).with_context(
+        crate::private_file::write(&self.config_path, text.as_bytes(), false).with_context(
             || format!("writing nats-server config {}", self.config_path.display()),
         )?;
         let mut command = std::process::Command::new(&self.binary);
