@@ -112,11 +112,7 @@ impl AllowedHosts {
 
     /// Whether a request with `scheme` (http or https) to `host` on `port` is allowed.
     pub fn allows(&self, scheme: &http::uri::Scheme, host: &str, port: u16) -> bool {
-        let bare = host
-            .strip_prefix('[')
-            .and_then(|h| h.strip_suffix(']'))
-            .unwrap_or(host);
-        let Some(host) = canonical_host(bare) else {
+        let Some(host) = canonical_request_host(host) else {
             return false;
         };
         self.patterns.iter().any(|p| match p {
@@ -171,11 +167,7 @@ impl AllowedHosts {
         ip: IpAddr,
         port: u16,
     ) -> bool {
-        let bare = host
-            .strip_prefix('[')
-            .and_then(|h| h.strip_suffix(']'))
-            .unwrap_or(host);
-        let host = canonical_host(bare);
+        let host = canonical_request_host(host);
         let ip = ip.to_canonical().to_string();
         self.patterns.iter().any(|p| match p {
             HostPattern::Any => false,
@@ -230,6 +222,16 @@ impl std::fmt::Display for AllowedHosts {
         }
         Ok(())
     }
+}
+
+/// A request's `host` (an IPv6 address in brackets, as `http::Uri::host` gives it) in the form
+/// of [`canonical_host`].
+fn canonical_request_host(host: &str) -> Option<String> {
+    let bare = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    canonical_host(bare)
 }
 
 /// `host` in the one form entries and requests are compared in: a name lowercased and without
