@@ -4,15 +4,14 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Output;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde_json::Value;
 
+use super::Node;
 use super::hub::{Hub, Permissions};
-use super::{Node, lattice_cli};
 
 /// Heartbeat interval of test nodes.
 pub const HEARTBEAT: Duration = Duration::from_secs(1);
@@ -123,35 +122,11 @@ impl Member {
         kill(Pid::from_raw(self.pid()), Signal::SIGKILL).unwrap();
     }
 
-    /// Runs `lattice ARGS --data-dir <its data dir> -o json` (through this node's NATS).
-    pub fn cli(&self, args: &[&str]) -> Output {
-        let data = self.data_dir.to_string_lossy().into_owned();
-        let mut all = args.to_vec();
-        all.extend_from_slice(&["--data-dir", &data, "-o", "json"]);
-        lattice_cli(&all)
-    }
-
-    /// As [`Member::cli`]: the parsed JSON of a successful run, else what went wrong (with the
-    /// CLI's stderr).
+    /// As [`Node::try_json`], the error naming this node.
     pub fn try_json(&self, args: &[&str]) -> Result<Value, String> {
-        let out = self.cli(args);
-        if !out.status.success() {
-            return Err(format!(
-                "`lattice {}` through {} failed ({}): {}",
-                args.join(" "),
-                self.name,
-                out.status,
-                String::from_utf8_lossy(&out.stderr)
-            ));
-        }
-        serde_json::from_slice(&out.stdout).map_err(|e| {
-            format!(
-                "`lattice {}` through {}: not JSON ({e}): {}",
-                args.join(" "),
-                self.name,
-                String::from_utf8_lossy(&out.stdout)
-            )
-        })
+        self.node
+            .try_json(args)
+            .map_err(|e| format!("through {}: {e}", self.name))
     }
 
     /// As [`Member::try_json`], panicking with the error and this node's log.

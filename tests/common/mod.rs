@@ -172,6 +172,35 @@ pub struct Node {
 }
 
 impl Node {
+    /// Runs `lattice ARGS --data-dir <its data dir> -o json` (through this node's NATS).
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        let data = self.data_dir.to_string_lossy().into_owned();
+        let mut all = args.to_vec();
+        all.extend_from_slice(&["--data-dir", &data, "-o", "json"]);
+        lattice_cli(&all)
+    }
+
+    /// As [`Node::cli`]: the parsed JSON of a successful run, else what went wrong (with the
+    /// CLI's stderr, or its stdout when that is not JSON).
+    pub fn try_json(&self, args: &[&str]) -> Result<serde_json::Value, String> {
+        let out = self.cli(args);
+        if !out.status.success() {
+            return Err(format!(
+                "`lattice {}` failed ({}): {}",
+                args.join(" "),
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        serde_json::from_slice(&out.stdout).map_err(|e| {
+            format!(
+                "`lattice {}`: not JSON ({e}): {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stdout)
+            )
+        })
+    }
+
     /// Starts a node with fresh temp dirs and `extra` flags.
     pub fn start(extra: &[&str]) -> Node {
         let dirs = tempfile::tempdir().unwrap();

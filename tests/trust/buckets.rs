@@ -5,14 +5,13 @@
 //! `lattice app status`.
 
 use std::path::Path;
-use std::process::Output;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
 
 use crate::common::hub::Hub;
 use crate::common::lattice::{self as cluster, write};
-use crate::common::{Node, example_wasm, http_request_with, lattice_cli};
+use crate::common::{Node, example_wasm, http_request_with};
 
 /// How long an app may take to be deployed (compiling included) or to report a failure.
 const SETTLE: Duration = Duration::from_secs(60);
@@ -100,31 +99,9 @@ spec:
 const KEYVALUE_SLED: &str = "wasmcloud+builtin://keyvalue-sled";
 const KEYVALUE_NATS: &str = "ghcr.io/wasmcloud/keyvalue-nats:0.3.1";
 
-/// `lattice ARGS --data-dir <node's data dir> -o json`, through `node`'s NATS.
-fn cli(node: &Node, args: &[&str]) -> Output {
-    let data = node.data_dir.to_string_lossy().into_owned();
-    let mut all = args.to_vec();
-    all.extend_from_slice(&["--data-dir", &data, "-o", "json"]);
-    lattice_cli(&all)
-}
-
-/// The parsed JSON of a successful `cli` run, else what went wrong.
-fn json(node: &Node, args: &[&str]) -> Result<Value, String> {
-    let out = cli(node, args);
-    if !out.status.success() {
-        return Err(format!(
-            "`lattice {}` failed ({}): {}",
-            args.join(" "),
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        ));
-    }
-    serde_json::from_slice(&out.stdout).map_err(|e| format!("not JSON ({e})"))
-}
-
 /// Deploys `file` through `node`; panics unless it succeeds.
 fn deploy(node: &Node, file: &Path) {
-    let out = cli(node, &["app", "deploy", &file.to_string_lossy()]);
+    let out = node.cli(&["app", "deploy", &file.to_string_lossy()]);
     assert!(
         out.status.success(),
         "deploying {} failed: {}\n{}",
@@ -209,7 +186,7 @@ fn a_link_to_the_lattices_apps_bucket_is_refused_at_deploy_with_the_reason() {
                 &[("bucket", "lattice_default_apps")],
             ),
         );
-        let out = cli(&node, &["app", "deploy", &file.to_string_lossy()]);
+        let out = node.cli(&["app", "deploy", &file.to_string_lossy()]);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{app}: deploy must fail: {stderr}");
         eprintln!("deploy {app}: exit {}, stderr: {stderr}", out.status);
@@ -226,7 +203,7 @@ fn a_link_to_the_lattices_apps_bucket_is_refused_at_deploy_with_the_reason() {
         }
     }
     // Nothing changed: no app was stored.
-    let apps = json(&node, &["app", "list"]).unwrap();
+    let apps = node.try_json(&["app", "list"]).unwrap();
     assert_eq!(apps, Value::Array(Vec::new()), "{apps}");
 }
 
@@ -377,7 +354,7 @@ fn a_nats_bucket_outside_allowed_buckets_is_refused_on_that_node_only() {
     );
     let b = join_with(&hub, dir_b.path(), "node-b", &[]);
     let members = || -> Result<Vec<String>, String> {
-        let hosts = json(&a, &["get", "hosts"])?;
+        let hosts = a.try_json(&["get", "hosts"])?;
         Ok(hosts
             .as_array()
             .ok_or("not an array")?
@@ -422,7 +399,7 @@ fn a_nats_bucket_outside_allowed_buckets_is_refused_on_that_node_only() {
         names
     };
     until("kvallowed deployed on both nodes", &[&a, &b], || {
-        let status = json(&a, &["app", "status", "kvallowed"])?;
+        let status = a.try_json(&["app", "status", "kvallowed"])?;
         (status["state"] == "deployed" && nodes_of(&status) == ["node-a", "node-b"])
             .then_some(())
             .ok_or(format!("{status}"))
@@ -430,7 +407,7 @@ fn a_nats_bucket_outside_allowed_buckets_is_refused_on_that_node_only() {
 
     // The other one: refused on node-a, with the reason in `app status`; node-b runs it.
     let status = until("kvother refused on node-a", &[&a, &b], || {
-        let status = json(&a, &["app", "status", "kvother"])?;
+        let status = a.try_json(&["app", "status", "kvother"])?;
         let reason = status["reason"].as_str().unwrap_or("");
         (status["state"] == "failed"
             && reason.contains("on node node-a")

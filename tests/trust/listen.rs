@@ -31,18 +31,6 @@ fn leaf_node(hub: &Hub, dir: &std::path::Path, name: &str, extra: &[String]) -> 
     node
 }
 
-/// `lattice ARGS --data-dir <node's> -o json`, parsed.
-fn cli_json(node: &Node, args: &[&str]) -> Result<serde_json::Value, String> {
-    let data = node.data_dir.to_string_lossy().into_owned();
-    let mut all = args.to_vec();
-    all.extend_from_slice(&["--data-dir", &data, "-o", "json"]);
-    let out = common::lattice_cli(&all);
-    if !out.status.success() {
-        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
-    }
-    serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())
-}
-
 #[test]
 fn an_address_on_every_interface_is_refused_by_default_and_served_where_allowed() {
     let hub = Hub::start();
@@ -60,7 +48,8 @@ fn an_address_on_every_interface_is_refused_by_default_and_served_where_allowed(
         .replace("path: /\n", &format!("address: 0.0.0.0:{port}\n"));
     let file = dir_a.path().join("everywhere.yaml");
     std::fs::write(&file, app).unwrap();
-    cli_json(&strict, &["app", "deploy", &file.to_string_lossy()])
+    strict
+        .try_json(&["app", "deploy", &file.to_string_lossy()])
         .unwrap_or_else(|e| panic!("deploy: {e}\n{}", strict.log()));
 
     // Served by the node that allows it, on every interface (loopback among them).
@@ -78,7 +67,7 @@ fn an_address_on_every_interface_is_refused_by_default_and_served_where_allowed(
         Duration::from_secs(15),
         &[],
         || {
-            let status = cli_json(&open, &["app", "status", "everywhere"])?;
+            let status = open.try_json(&["app", "status", "everywhere"])?;
             let reason = status["reason"].as_str().unwrap_or_default().to_owned();
             if status["state"] == "failed" && reason.contains("on node strict") {
                 Ok(reason)
@@ -126,14 +115,14 @@ fn every_ipv6_interface_is_refused_unless_every_ipv4_one_is_allowed_too() {
         .replace("path: /\n", &format!("address: '[::]:{port}'\n"));
     let file = dir.path().join("dualstack.yaml");
     std::fs::write(&file, app).unwrap();
-    cli_json(&node, &["app", "deploy", &file.to_string_lossy()])
+    node.try_json(&["app", "deploy", &file.to_string_lossy()])
         .unwrap_or_else(|e| panic!("deploy: {e}\n{}", node.log()));
     let reason = eventually(
         "app status to name the refusal",
         Duration::from_secs(30),
         &[],
         || {
-            let status = cli_json(&node, &["app", "status", "dualstack"])?;
+            let status = node.try_json(&["app", "status", "dualstack"])?;
             let reason = status["reason"].as_str().unwrap_or_default().to_owned();
             if status["state"] == "failed" && reason.contains("on node v6only") {
                 Ok(reason)
