@@ -341,6 +341,29 @@ pub struct UpArgs {
         value_delimiter = ','
     )]
     pub allowed_buckets: Vec<String>,
+
+    /// Format of the node's log on stderr: `text` (for people; no colours unless stderr is a
+    /// terminal outside systemd) or `json` (one object a line) [default: text].
+    #[arg(long, env = "LATTICE_LOG_FORMAT", value_name = "FORMAT")]
+    pub log_format: Option<LogFormat>,
+
+    /// OTLP/HTTP endpoint traces are exported to, e.g. `http://127.0.0.1:4318` (`/v1/traces` is
+    /// appended, as for `OTEL_EXPORTER_OTLP_ENDPOINT`, which is read when this is not set)
+    /// [default: none: traces off unless an `OTEL_EXPORTER_OTLP_*ENDPOINT` is set].
+    #[arg(long, env = "LATTICE_OTLP_ENDPOINT", value_name = "URL")]
+    pub otlp_endpoint: Option<String>,
+}
+
+/// `--log-format`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Lines for people.
+    #[default]
+    Text,
+    /// One JSON object a line: `timestamp`, `level`, `target`, the event's fields (`message`
+    /// among them) and `span` / `spans` with the fields of the spans it is in.
+    Json,
 }
 
 #[cfg(test)]

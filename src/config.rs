@@ -147,6 +147,10 @@ pub struct NodeConfig {
     /// Warnings about where secrets were given (a password in a URL on the command line or in
     /// a `lattice.toml` others can read), for the node to log once its log is set up.
     pub warnings: Vec<String>,
+    /// `--log-format`.
+    pub log_format: crate::cli::LogFormat,
+    /// `--otlp-endpoint`: where traces go, if set (else the standard `OTEL_*` variables).
+    pub otlp_endpoint: Option<String>,
 }
 
 /// The keys of `lattice.toml`: the flags of `lattice up`, by their long names.
@@ -182,6 +186,8 @@ struct FileConfig {
     allowed_listen: Option<Vec<String>>,
     shared_bucket: Option<Vec<String>>,
     allowed_buckets: Option<Vec<String>>,
+    log_format: Option<crate::cli::LogFormat>,
+    otlp_endpoint: Option<String>,
 }
 
 /// `ca-file = "a.pem"` or `ca-file = ["a.pem", "b.pem"]`.
@@ -447,6 +453,8 @@ impl NodeConfig {
             allowed_listen,
             buckets,
             warnings,
+            log_format: args.log_format.or(file.log_format).unwrap_or_default(),
+            otlp_endpoint: args.otlp_endpoint.or(file.otlp_endpoint),
         })
     }
 }

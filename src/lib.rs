@@ -13,6 +13,7 @@ pub mod config;
 pub mod control;
 pub mod host;
 pub mod lattice;
+pub mod metrics;
 pub mod name;
 pub mod nats;
 pub mod node;
@@ -20,6 +21,7 @@ pub mod private_file;
 pub mod providers;
 pub mod reconciler;
 pub mod supervisor;
+pub mod telemetry;
 
 /// Keeps `RUST_BACKTRACE=1` from making every error capture a host backtrace: sets
 /// `RUST_LIB_BACKTRACE=0` unless the user set `RUST_LIB_BACKTRACE` themselves. Panics keep their
@@ -50,7 +52,12 @@ pub fn run(cli: cli::Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         cli::Command::Up(args) => {
             let config = config::NodeConfig::resolve(*args)?;
-            init_tracing(&config.log_filter)?;
+            let _telemetry = telemetry::init(&telemetry::Settings {
+                filter: config.log_filter.clone(),
+                format: config.log_format,
+                otlp_endpoint: config.otlp_endpoint.clone(),
+                node_name: config.name.clone(),
+            })?;
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .thread_name("lattice")
@@ -75,17 +82,4 @@ pub fn run(cli: cli::Cli) -> anyhow::Result<ExitCode> {
             runtime.block_on(control::client::app(args.command))
         }
     }
-}
-
-/// Installs the global tracing subscriber: human-readable lines on stderr, filtered by
-/// `filter` (an `EnvFilter` directive such as `info` or `lattice=debug,info`).
-fn init_tracing(filter: &str) -> anyhow::Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_new(filter)
-        .map_err(|e| anyhow::anyhow!("--log {filter:?}: {e}"))?;
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .try_init()
-        .map_err(|e| anyhow::anyhow!("installing the log subscriber: {e}"))
 }

@@ -1,0 +1,224 @@
+//! The node's log and traces: the global `tracing` subscriber (text or JSON lines on stderr) and,
+//! when configured, an OpenTelemetry layer that exports spans over OTLP/HTTP (protobuf).
+//!
+//! Traces follow the OpenTelemetry specification's environment variables
+//! (<https://opentelemetry.io/docs/specs/otel/configuration/sdk-environment-variables/>):
+//! they are on when `--otlp-endpoint`, `OTEL_EXPORTER_OTLP_ENDPOINT` or
+//! `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` is set and `OTEL_SDK_DISABLED` is not `true` nor
+//! `OTEL_TRACES_EXPORTER` `none`; `OTEL_SERVICE_NAME` and `OTEL_RESOURCE_ATTRIBUTES` name the
+//! service (default `lattice`). Context travels as W3C Trace Context
+//! (<https://www.w3.org/TR/trace-context/>): the `traceparent` and `tracestate` headers of HTTP
+//! requests, and the same names as NATS message headers between nodes ([`inject_nats`],
+//! [`extract_nats`]). With traces off, injecting and extracting do nothing.
+
+use opentelemetry::propagation::{Extractor, Injector};
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+use tracing_subscriber::Layer as _;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
+
+use crate::cli::LogFormat;
+
+/// What [`init`] sets up.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// tracing EnvFilter directive of the log (`info`, `lattice=debug,info`).
+    pub filter: String,
+    /// `--log-format`.
+    pub format: LogFormat,
+    /// `--otlp-endpoint`: the OTLP/HTTP base URL (`/v1/traces` is appended).
+    pub otlp_endpoint: Option<String>,
+    /// The node's name, the `service.instance.id` of its spans.
+    pub node_name: String,
+}
+
+/// Keeps the trace exporter running; dropping it flushes the spans not yet sent (waiting up
+/// to the batch processor's export timeout) and stops the exporter.
+#[must_use = "dropping it stops the trace exporter"]
+pub struct Guard {
+    provider: Option<SdkTracerProvider>,
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if let Some(provider) = self.provider.take()
+            && let Err(e) = provider.shutdown()
+        {
+            eprintln!("lattice: flushing traces: {e}");
+        }
+    }
+}
+
+/// Whether the environment turns traces on (see the module docs), given `--otlp-endpoint`.
+fn traces_wanted(endpoint: Option<&str>) -> bool {
+    let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+    if var("OTEL_SDK_DISABLED").is_some_and(|v| v.eq_ignore_ascii_case("true"))
+        || var("OTEL_TRACES_EXPORTER").is_some_and(|v| v.eq_ignore_ascii_case("none"))
+    {
+        return false;
+    }
+    endpoint.is_some()
+        || var("OTEL_EXPORTER_OTLP_ENDPOINT").is_some()
+        || var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").is_some()
+}
+
+/// The tracer provider exporting to `endpoint` (else where the `OTEL_*` variables say).
+///
+/// # Errors
+/// The endpoint is not a URL, or the exporter's HTTP client cannot be built.
+fn tracer_provider(settings: &Settings) -> anyhow::Result<SdkTracerProvider> {
+    use opentelemetry_otlp::WithExportConfig as _;
+    let mut exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .with_protocol(opentelemetry_otlp::Protocol::HttpBinary);
+    if let Some(endpoint) = &settings.otlp_endpoint {
+        let endpoint = format!("{}/v1/traces", endpoint.trim_end_matches('/'));
+        exporter = exporter.with_endpoint(endpoint);
+    }
+    // The exporter's blocking HTTP client is built here, before the node's runtime exists (it
+    // runs one of its own), and sends from the batch processor's thread.
+    let exporter = exporter
+        .build()
+        .map_err(|e| anyhow::anyhow!("the OTLP trace exporter: {e}"))?;
+    let mut resource = opentelemetry_sdk::Resource::builder();
+    let named = std::env::var_os("OTEL_SERVICE_NAME").is_some()
+        || std::env::var("OTEL_RESOURCE_ATTRIBUTES").is_ok_and(|a| a.contains("service.name="));
+    if !named {
+        resource = resource.with_service_name("lattice");
+    }
+    let resource = resource
+        .with_attribute(opentelemetry::KeyValue::new(
+            "service.instance.id",
+            settings.node_name.clone(),
+        ))
+        .with_attribute(opentelemetry::KeyValue::new(
+            "service.version",
+            env!("CARGO_PKG_VERSION"),
+        ))
+        .build();
+    Ok(SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        .with_resource(resource)
+        .build())
+}
+
+/// Installs the global subscriber: the log on stderr in `settings.format`, filtered by
+/// `settings.filter`, and the trace exporter when traces are on. Text has ANSI colours only
+/// when stderr is a terminal, `NO_COLOR` is unset and the process is not under systemd
+/// (`JOURNAL_STREAM` unset).
+///
+/// # Errors
+/// A bad filter, a bad OTLP endpoint, or a subscriber already installed.
+pub fn init(settings: &Settings) -> anyhow::Result<Guard> {
+    use std::io::IsTerminal as _;
+    let filter = tracing_subscriber::EnvFilter::try_new(&settings.filter)
+        .map_err(|e| anyhow::anyhow!("--log {:?}: {e}", settings.filter))?;
+    let ansi = std::io::stderr().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none()
+        && std::env::var_os("JOURNAL_STREAM").is_none();
+    let log = match settings.format {
+        LogFormat::Text => tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_ansi(ansi)
+            .boxed(),
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .json()
+            .with_writer(std::io::stderr)
+            .with_current_span(true)
+            .with_span_list(true)
+            .boxed(),
+    };
+    let provider = if traces_wanted(settings.otlp_endpoint.as_deref()) {
+        Some(tracer_provider(settings)?)
+    } else {
+        None
+    };
+    let traces = provider.as_ref().map(|provider| {
+        opentelemetry::global::set_text_map_propagator(
+            opentelemetry_sdk::propagation::TraceContextPropagator::new(),
+        );
+        tracing_opentelemetry::layer()
+            .with_tracer(provider.tracer("lattice"))
+            // Spans only: the log's events stay in the log.
+            .with_location(false)
+    });
+    tracing_subscriber::registry()
+        .with(log.with_filter(filter))
+        .with(traces)
+        .try_init()
+        .map_err(|e| anyhow::anyhow!("installing the log subscriber: {e}"))?;
+    Ok(Guard { provider })
+}
+
+/// Makes the trace context `headers` carry (`traceparent`, `tracestate`) the parent of `span`.
+/// No-op when the headers carry none or traces are off.
+pub fn continue_http(span: &tracing::Span, headers: &http::HeaderMap) {
+    let parent = opentelemetry::global::get_text_map_propagator(|propagator| {
+        propagator.extract(&opentelemetry_http::HeaderExtractor(headers))
+    });
+    set_parent(span, parent);
+}
+
+/// Writes `span`'s trace context into `headers` (`traceparent`, `tracestate`), for an
+/// outgoing HTTP request. No-op when traces are off.
+pub fn inject_http(span: &tracing::Span, headers: &mut http::HeaderMap) {
+    let context = span.context();
+    opentelemetry::global::get_text_map_propagator(|propagator| {
+        propagator.inject_context(&context, &mut opentelemetry_http::HeaderInjector(headers));
+    });
+}
+
+/// Writes `span`'s trace context into NATS message headers, under the W3C names. No-op when
+/// traces are off.
+pub fn inject_nats(span: &tracing::Span, headers: &mut async_nats::HeaderMap) {
+    let context = span.context();
+    opentelemetry::global::get_text_map_propagator(|propagator| {
+        propagator.inject_context(&context, &mut NatsHeaders(headers));
+    });
+}
+
+/// Makes the trace context NATS message `headers` carry the parent of `span`. No-op when
+/// they carry none or traces are off.
+pub fn extract_nats(span: &tracing::Span, headers: Option<&async_nats::HeaderMap>) {
+    let Some(headers) = headers else { return };
+    let parent = opentelemetry::global::get_text_map_propagator(|propagator| {
+        propagator.extract(&NatsHeadersRef(headers))
+    });
+    set_parent(span, parent);
+}
+
+/// Records `error` on `span` as OpenTelemetry's error status (and the `error` field, if the
+/// span declared one).
+pub fn record_error(span: &tracing::Span, error: &dyn std::fmt::Display) {
+    span.set_status(opentelemetry::trace::Status::error(error.to_string()));
+}
+
+fn set_parent(span: &tracing::Span, parent: opentelemetry::Context) {
+    use opentelemetry::trace::TraceContextExt as _;
+    if parent.span().span_context().is_valid() {
+        // Fails only when the span is disabled (no subscriber layer records it).
+        let _ = span.set_parent(parent);
+    }
+}
+
+struct NatsHeaders<'a>(&'a mut async_nats::HeaderMap);
+
+impl Injector for NatsHeaders<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        self.0.insert(key, value.as_str());
+    }
+}
+
+struct NatsHeadersRef<'a>(&'a async_nats::HeaderMap);
+
+impl Extractor for NatsHeadersRef<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).map(|value| value.as_str())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.iter().map(|(name, _)| name.as_ref()).collect()
+    }
+}
