@@ -164,6 +164,9 @@ pub struct Node {
     log: Arc<Mutex<String>>,
     /// The shared ingress.
     pub http: SocketAddr,
+    /// The admin endpoint (`/healthz`, `/readyz`, `/metrics`), on a free loopback port unless
+    /// `--admin-addr` or `LATTICE_ADMIN_ADDR` was given.
+    pub admin: SocketAddr,
     /// Its config dir (manifests go here).
     pub config_dir: PathBuf,
     /// Its data dir.
@@ -228,6 +231,7 @@ impl Node {
         address_space_bytes: Option<u64>,
     ) -> Node {
         let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let mut command = Command::new(env!("CARGO_BIN_EXE_lattice"));
         if let Some(limit) = address_space_bytes {
             use std::os::unix::process::CommandExt as _;
@@ -260,6 +264,7 @@ impl Node {
             .args(extra)
             .env_remove("LATTICE_LOG")
             .env_remove("NOTIFY_SOCKET")
+            .env("LATTICE_ADMIN_ADDR", admin.to_string())
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -281,6 +286,7 @@ impl Node {
             child: Some(child),
             log,
             http,
+            admin,
             config_dir: config_dir.to_path_buf(),
             data_dir: data_dir.to_path_buf(),
             _dirs: None,

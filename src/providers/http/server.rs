@@ -273,6 +273,8 @@ async fn route_request(
         span.record("component", &*route.target.component);
         span.record("route", tracing::field::display(&route.key));
         let key = (route.target.app.clone(), route.target.component.clone());
+        let started = std::time::Instant::now();
+        let mut forwarded = false;
         // A local replica first; else one elsewhere in the lattice.
         let response = match (table.components.get(&key), &table.remote) {
             (Some(component), remote) => match component.try_handle(request, Scheme::Http).await {
@@ -280,6 +282,7 @@ async fn route_request(
                 // No room here: a replica elsewhere, if one is idle, before 503.
                 Err(refused) => match remote {
                     Some(rpc) => {
+                        forwarded = true;
                         rpc.overflow(&key.0, &key.1, route.target.resend, refused)
                             .await
                     }
@@ -287,6 +290,7 @@ async fn route_request(
                 },
             },
             (None, Some(rpc)) => {
+                forwarded = true;
                 rpc.forward(&key.0, &key.1, route.target.resend, request)
                     .await
             }
@@ -299,6 +303,11 @@ async fn route_request(
             ),
         };
         span.record("status", response.status().as_u16());
+        crate::metrics::get().component(&key.0, &key.1).request(
+            response.status().as_u16(),
+            started.elapsed(),
+            forwarded,
+        );
         tracing::debug!("served");
         response
     }
