@@ -32,7 +32,7 @@ grep -q 'role: worker' "$WORK/config/hello.yaml" || { echo "could not add the sp
 LOCAL=${LOCAL_PORT:-18280}; REMOTE=${REMOTE_PORT:-18281}
 start_node() { # name role config-dir http-port
   target/release/lattice up --name "$1" --label "role=$2" --leaf-url "nats-leaf://127.0.0.1:$HUB_LEAF" \
-    --js-domain hub --config-dir "$3" --data-dir "$WORK/$1" --http-addr "127.0.0.1:$4" 2>"$WORK/$1.log" &
+    --js-domain hub --config-dir "$3" --data-dir "$WORK/$1" --http-addr "127.0.0.1:$4" --admin-addr 127.0.0.1:0 2>"$WORK/$1.log" &
   PIDS+=($!)
 }
 start_node worker worker "$WORK/config" "$LOCAL"

@@ -352,6 +352,11 @@ pub struct UpArgs {
     /// [default: none: traces off unless an `OTEL_EXPORTER_OTLP_*ENDPOINT` is set].
     #[arg(long, env = "LATTICE_OTLP_ENDPOINT", value_name = "URL")]
     pub otlp_endpoint: Option<String>,
+
+    /// Address of the admin endpoint (`/healthz`, `/readyz`, `/metrics`), or `none` to turn
+    /// it off (and metrics with it) [default: 127.0.0.1:9464].
+    #[arg(long, env = "LATTICE_ADMIN_ADDR", value_name = "ADDR|none")]
+    pub admin_addr: Option<String>,
 }
 
 /// `--log-format`.

@@ -151,6 +151,9 @@ pub struct NodeConfig {
     pub log_format: crate::cli::LogFormat,
     /// `--otlp-endpoint`: where traces go, if set (else the standard `OTEL_*` variables).
     pub otlp_endpoint: Option<String>,
+    /// `--admin-addr`: where the admin endpoint listens; `None`: `none`, no endpoint and no
+    /// metrics.
+    pub admin_addr: Option<SocketAddr>,
 }
 
 /// The keys of `lattice.toml`: the flags of `lattice up`, by their long names.
@@ -188,6 +191,7 @@ struct FileConfig {
     allowed_buckets: Option<Vec<String>>,
     log_format: Option<crate::cli::LogFormat>,
     otlp_endpoint: Option<String>,
+    admin_addr: Option<String>,
 }
 
 /// `ca-file = "a.pem"` or `ca-file = ["a.pem", "b.pem"]`.
@@ -430,6 +434,18 @@ impl NodeConfig {
             &config_dir.join(CONFIG_FILE_NAME),
         )?;
 
+        let admin_addr = match (args.admin_addr, file.admin_addr) {
+            (Some(addr), _) => admin_addr(&addr, "--admin-addr")?,
+            (None, Some(addr)) => admin_addr(
+                &addr,
+                &format!(
+                    "{} key admin-addr",
+                    config_dir.join(CONFIG_FILE_NAME).display()
+                ),
+            )?,
+            (None, None) => Some(crate::admin::DEFAULT_ADDR),
+        };
+
         Ok(NodeConfig {
             config_dir,
             data_dir,
@@ -455,8 +471,24 @@ impl NodeConfig {
             warnings,
             log_format: args.log_format.or(file.log_format).unwrap_or_default(),
             otlp_endpoint: args.otlp_endpoint.or(file.otlp_endpoint),
+            admin_addr,
         })
     }
+}
+
+/// `--admin-addr`'s value from `origin`: `none` (off) or a socket address.
+///
+/// # Errors
+/// Neither: the error names `origin` and the value.
+fn admin_addr(value: &str, origin: &str) -> anyhow::Result<Option<SocketAddr>> {
+    if value.trim().eq_ignore_ascii_case("none") {
+        return Ok(None);
+    }
+    value.trim().parse().map(Some).map_err(|e| {
+        anyhow::anyhow!(
+            "{origin} {value:?}: {e}; expected ADDRESS:PORT (e.g. 127.0.0.1:9464) or none"
+        )
+    })
 }
 
 /// The URL of a setting given as flag or env var (`arg`) or as key `names.2` of `file_path`

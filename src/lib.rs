@@ -8,6 +8,7 @@
 
 use std::process::ExitCode;
 
+pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod control;

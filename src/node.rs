@@ -107,6 +107,17 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     for warning in &config.warnings {
         tracing::warn!("{warning}");
     }
+    // First, so that probes get answers while the rest starts.
+    let admin_stop = CancellationToken::new();
+    let admin = match config.admin_addr {
+        Some(addr) => {
+            crate::metrics::install();
+            let server = crate::admin::AdminServer::bind(addr).await?;
+            tracing::info!(addr = %server.addr(), "admin endpoint listening");
+            Some(tokio::spawn(server.serve(admin_stop.clone())))
+        }
+        None => None,
+    };
 
     if let NatsMode::Leaf {
         creds: Some(creds), ..
@@ -156,6 +167,10 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         supervisor.stop().await;
     }
     let _ = std::fs::remove_file(&url_file);
+    admin_stop.cancel();
+    if let Some(admin) = admin {
+        let _ = admin.await;
+    }
     match &result {
         Ok(()) => tracing::info!("lattice node stopped"),
         Err(e) => tracing::error!(error = format!("{e:#}"), "lattice node failed"),

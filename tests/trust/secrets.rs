@@ -215,7 +215,7 @@ impl DebugNode {
             .arg(&data_dir)
             .args(["--http-addr", &format!("127.0.0.1:{}", common::free_port())])
             .args(["--name", "test-node", "--heartbeat-interval", "1s"])
-            .args(["--log", "debug", "--nats-url", url])
+            .args(["--log", "debug", "--nats-url", url, "--admin-addr", "none"])
             .env_remove("LATTICE_LOG")
             .env_remove("NOTIFY_SOCKET")
             .stdin(Stdio::null())
