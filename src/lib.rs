@@ -12,6 +12,7 @@ pub mod cli;
 pub mod config;
 pub mod control;
 pub mod host;
+pub mod init;
 pub mod lattice;
 pub mod name;
 pub mod nats;
@@ -74,6 +75,7 @@ pub fn run(cli: cli::Cli) -> anyhow::Result<ExitCode> {
                 .build()?;
             runtime.block_on(control::client::app(args.command))
         }
+        cli::Command::Init(args) => init::run(&args),
     }
 }
 
