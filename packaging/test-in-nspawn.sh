@@ -5,7 +5,8 @@
 # start returns then), checks the unit is active, an app answers on the ingress (a component
 # compiled and run under the unit's sandboxing), /readyz (when the binary has the admin
 # endpoint), that a creds file in /etc/credstore reaches the service as
-# $CREDENTIALS_DIRECTORY/default.creds readable by the service's user only, that the node
+# $CREDENTIALS_DIRECTORY/default.creds readable by the service's user only, that root's CLI
+# (`lattice get hosts`, `lattice app list`) reaches the node, that the node
 # outlives WatchdogSec without a restart, that it stops cleanly, and that `dpkg --purge`
 # removes its DynamicUser state. Run as root:
 #
@@ -142,6 +143,14 @@ uid=$(inside stat -c %u "/proc/$(inside systemctl show -P MainPID lattice)")
 inside cmp -s "$cred" /etc/credstore/lattice.creds || fail "$cred differs from the file on disk"
 step "/etc/credstore/lattice.creds (root 0600) reaches the node (uid $uid) as $cred, mode 400"
 inside rm /etc/credstore/lattice.creds
+
+# root's CLI reaches the service's node through its state dir (/var/lib/lattice).
+hosts=$(inside /usr/bin/lattice get hosts -o json) || fail "lattice get hosts as root: $hosts"
+name=$(inside cat /proc/sys/kernel/hostname)
+grep -q "\"name\": \"$name\"" <<<"$hosts" || fail "lattice get hosts lacks node $name: $hosts"
+apps=$(inside /usr/bin/lattice app list) || fail "lattice app list as root: $apps"
+grep -Eq '^http-hello +v0\.1\.0 +deployed' <<<"$apps" || fail "lattice app list: $apps"
+step "as root, lattice get hosts and lattice app list answer (http-hello deployed)"
 
 # WatchdogSec=30s: a node that sends no WATCHDOG=1 is killed and restarted within it, so an
 # active node without restarts 40 s on is one that keeps sending it.
