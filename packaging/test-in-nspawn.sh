@@ -59,7 +59,15 @@ cleanup() {
     # SIGTERM: nspawn asks the container's systemd to power off.
     kill -TERM "$nspawn_pid" 2>/dev/null || true
     for _ in $(seq 100); do kill -0 "$nspawn_pid" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$nspawn_pid" 2>/dev/null || true
+    # Still there (the container's init had not got as far as acting on it): kill its
+    # children, the container's PID 1 among them, which ends every process of the container,
+    # then nspawn; killing nspawn alone would leave the container running.
+    if kill -0 "$nspawn_pid" 2>/dev/null; then
+      for child in $(ps -o pid= --ppid "$nspawn_pid" 2>/dev/null || true); do
+        kill -KILL "$child" 2>/dev/null || true
+      done
+      kill -KILL "$nspawn_pid" 2>/dev/null || true
+    fi
     wait "$nspawn_pid" 2>/dev/null || true
   fi
   rm -rf "$run"
