@@ -10,6 +10,16 @@
 //! [`egress::MAX_NODE_SOCKETS`] per node, [`egress::MAX_COMPONENT_LOOKUPS`] name lookups per
 //! component and [`egress::MAX_LOOKUPS`] per node (the node's waited for up to the connect
 //! timeout), no timeout longer than the node's request timeout.
+//!
+//! Each request that goes out is a client span `http_client.request` (exported under the
+//! method's name, as OpenTelemetry's HTTP conventions name client spans:
+//! <https://opentelemetry.io/docs/specs/semconv/http/http-spans/>), a child of the component
+//! call, with `http.request.method`, `server.address`, `server.port` and, once the head is in,
+//! `http.response.status_code`; a failure or a status of 400 or more is its error. When traces
+//! are on the request carries that span's W3C `traceparent` (and `tracestate`), replacing any
+//! the component set: the component runs inside the node's trace, whose parent is the
+//! incoming request's own `traceparent`, so the server continues that trace. With traces off
+//! the component's headers go out as it set them.
 
 pub mod address;
 pub mod egress;
@@ -324,6 +334,27 @@ impl OutgoingHttp {
 }
 
 use egress::SendResult;
+use tracing::Instrument as _;
+
+/// The client span of `request` (an allowed one, so its URI is absolute, without user info):
+/// see the module doc. Neither the path nor the query: they may carry user data.
+fn client_span(request: &http::Request<WasiBody>) -> tracing::Span {
+    let uri = request.uri();
+    let method = request.method().as_str();
+    let port = uri.port_u16().unwrap_or(match uri.scheme_str() {
+        Some("https") => 443,
+        _ => 80,
+    });
+    tracing::info_span!(
+        "http_client.request",
+        otel.name = method,
+        otel.kind = "client",
+        http.request.method = method,
+        server.address = uri.host().unwrap_or_default(),
+        server.port = port,
+        http.response.status_code = tracing::field::Empty,
+    )
+}
 
 impl WasiHttpHooks for OutgoingHttp {
     fn send_request(
@@ -351,8 +382,28 @@ impl WasiHttpHooks for OutgoingHttp {
             return Box::new(async { Err(wasmtime_wasi_http::Error::ConnectionLimitReached) });
         };
         tracing::debug!(app = %self.app, component = %self.component, uri = %without_query(request.uri()), "outgoing HTTP request");
+        let span = client_span(&request);
+        let mut request = request;
+        crate::telemetry::inject_http(&span, request.headers_mut());
         let client = self.client.clone();
-        Box::new(async move { client.send(request, options, permit).await })
+        let within = span.clone();
+        Box::new(
+            async move {
+                let result = client.send(request, options, permit).await;
+                match &result {
+                    Ok((response, _)) => {
+                        let status = response.status();
+                        span.record("http.response.status_code", status.as_u16());
+                        if status.as_u16() >= 400 {
+                            crate::telemetry::record_error(&span, &status);
+                        }
+                    }
+                    Err(e) => crate::telemetry::record_error(&span, e),
+                }
+                result
+            }
+            .instrument(within),
+        )
     }
 }
 
