@@ -21,7 +21,7 @@ use wasmtime::component::Resource;
 use super::bindings::keyvalue::{atomics, batch, store};
 use super::grants::GrantedBucket;
 use super::state::HostState;
-use crate::metrics::{KeyValueBackend, OpResult};
+use crate::metrics::OpResult;
 use crate::providers::keyvalue::{Bucket, KEYS_PAGE, KvError, check_key};
 
 /// Calls of one batch operation in flight at once: a batch over a leaf connection costs a few
@@ -57,7 +57,7 @@ impl HostState {
     fn bucket(&self, resource: &Resource<BucketResource>) -> wasmtime::Result<Opened> {
         let resource = self.table.get(resource)?;
         let span = tracing::Span::current();
-        span.record("backend", backend_name(resource.granted.bucket.backend()));
+        span.record("backend", resource.granted.bucket.backend().as_str());
         span.record("bucket", resource.granted.bucket.name());
         Ok(Opened {
             granted: resource.granted.clone(),
@@ -81,14 +81,6 @@ impl std::ops::Deref for Opened {
 
     fn deref(&self) -> &Self::Target {
         &*self.granted.bucket
-    }
-}
-
-/// The `backend` field of a keyvalue span: the label value of the metrics.
-fn backend_name(backend: KeyValueBackend) -> &'static str {
-    match backend {
-        KeyValueBackend::Nats => "nats",
-        KeyValueBackend::Sled => "sled",
     }
 }
 
@@ -118,7 +110,7 @@ impl Opened {
                 &tracing::Span::current(),
                 &format_args!(
                     "keyvalue-{} bucket {}: {op} failed: {kind}",
-                    backend_name(backend),
+                    backend.as_str(),
                     self.name()
                 ),
             );
