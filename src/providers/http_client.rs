@@ -492,6 +492,82 @@ mod tests {
         );
     }
 
+    #[tokio::test]
+    async fn the_client_span_replaces_the_components_traceparent_with_its_own() {
+        use http_body_util::{BodyExt, Empty};
+        use opentelemetry::trace::{TraceContextExt as _, TracerProvider as _};
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+        use tracing_subscriber::layer::SubscriberExt as _;
+
+        // Traces on, as `telemetry::init` turns them on, for this thread.
+        let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder().build();
+        let subscriber = tracing_subscriber::registry()
+            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
+        let _default = tracing::subscriber::set_default(subscriber);
+        opentelemetry::global::set_text_map_propagator(
+            opentelemetry_sdk::propagation::TraceContextPropagator::new(),
+        );
+
+        // An upstream that hands over the head of the one request it answers.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (head_tx, head_rx) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut head = Vec::new();
+            let mut chunk = [0u8; 1024];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = stream.read(&mut chunk).await.unwrap();
+                assert!(n > 0, "the request ended before its head did");
+                head.extend_from_slice(&chunk[..n]);
+            }
+            let _ = head_tx.send(String::from_utf8_lossy(&head).into_owned());
+            let answer = "HTTP/1.1 204 No Content\r\nconnection: close\r\n\r\n";
+            stream.write_all(answer.as_bytes()).await.unwrap();
+        });
+
+        let allowed = Arc::new(AllowedHosts::parse(&format!("127.0.0.1:{port}")).unwrap());
+        let client = Egress::new(&[]).unwrap().client(
+            allowed.clone(),
+            "app".into(),
+            "c".into(),
+            std::time::Duration::from_secs(30),
+        );
+        let mut hooks = OutgoingHttp::new(allowed, client, "app".into(), "c".into());
+        let theirs = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+        let body = Empty::new().map_err(|never| match never {}).boxed_unsync();
+        let request = http::Request::get(format!("http://127.0.0.1:{port}/x"))
+            .header("traceparent", theirs)
+            .body(body)
+            .unwrap();
+        let call = tracing::info_span!("component_call");
+        let sent = {
+            let _entered = call.enter();
+            Box::into_pin(hooks.send_request(request, None, Box::new(async { Ok(()) })))
+        };
+        let (response, _) = sent.await.unwrap();
+        assert_eq!(response.status(), 204);
+
+        let head = head_rx.await.unwrap();
+        let sent: Vec<&str> = head
+            .lines()
+            .filter_map(|l| l.split_once(':'))
+            .filter(|(name, _)| name.eq_ignore_ascii_case("traceparent"))
+            .map(|(_, value)| value.trim())
+            .collect();
+        let trace_id = call.context().span().span_context().trace_id().to_string();
+        assert_eq!(sent.len(), 1, "{head}");
+        assert_ne!(sent[0], theirs, "{head}");
+        let parts: Vec<&str> = sent[0].split('-').collect();
+        assert_eq!(parts[1], trace_id, "the component call's trace: {head}");
+        let call_id = call.context().span().span_context().span_id().to_string();
+        assert_ne!(
+            parts[2], call_id,
+            "the client span's own id, not its parent's: {head}"
+        );
+    }
+
     #[test]
     fn only_entries_without_a_wildcard_name_addresses_literally() {
         let http = http::uri::Scheme::HTTP;

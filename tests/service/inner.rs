@@ -193,8 +193,36 @@ fn metrics_count_keyvalue_operations_instances_replicas_compiles_and_reconcile_a
     let dirs = Dirs::with_manifest("kvsled.yaml", &sled);
     std::fs::write(dirs.config.join("kvnats.yaml"), &nats).unwrap();
     std::fs::write(dirs.config.join("kvmissing.yaml"), &missing).unwrap();
+    // A component that spins until the deadline: one instance alive for that long.
+    std::fs::write(
+        dirs.config.join("spin.yaml"),
+        crate::common::manifest_with(
+            "spin",
+            "spin",
+            &example_wasm("http-loop"),
+            "/loop",
+            "instances: 1",
+        ),
+    )
+    .unwrap();
     // A fresh data dir: a cold code cache.
-    let node = Node::start_in(&dirs.config, &dirs.data, &["--max-instances", "40"]);
+    let node = Node::start_in(
+        &dirs.config,
+        &dirs.data,
+        &["--max-instances", "40", "--request-timeout", "4s"],
+    );
+
+    node.wait_for_log(&["admin endpoint listening"], DEPLOYED);
+    // While a request spins, its instance is alive and holds a pool slot.
+    std::thread::scope(|scope| {
+        let spinning = scope.spawn(|| node.wait_for_status("/loop", 504, DEPLOYED));
+        wait_until("spin's instance alive in /metrics", DEPLOYED, || {
+            let text = metrics(&node);
+            value(&text, r#"lattice_instances{app="spin",component="spin"}"#) == Some(1.0)
+                && value(&text, "lattice_pool_slots_in_use") == Some(1.0)
+        });
+        spinning.join().unwrap();
+    });
 
     assert_eq!(first_200(&node, "/counter/x"), "0\n");
     assert_eq!(first_200(&node, "/ncounter/x"), "0\n");
@@ -228,14 +256,15 @@ fn metrics_count_keyvalue_operations_instances_replicas_compiles_and_reconcile_a
     let mut text = String::new();
     wait_until("instances and pool slots back to 0", SETTLED, || {
         text = metrics(&node);
-        value(
-            &text,
-            r#"lattice_instances{app="kvsled",component="counter"}"#,
-        ) == Some(0.0)
-            && value(
+        let alive = |app: &str, component: &str| {
+            value(
                 &text,
-                r#"lattice_instances{app="kvnats",component="counter"}"#,
-            ) == Some(0.0)
+                &format!(r#"lattice_instances{{app="{app}",component="{component}"}}"#),
+            )
+        };
+        alive("kvsled", "counter") == Some(0.0)
+            && alive("kvnats", "counter") == Some(0.0)
+            && alive("spin", "spin") == Some(0.0)
             && value(&text, "lattice_pool_slots_in_use") == Some(0.0)
     });
 
@@ -280,8 +309,8 @@ fn metrics_count_keyvalue_operations_instances_replicas_compiles_and_reconcile_a
     );
     assert_eq!(
         value_or_0(&text, r#"lattice_reconcile_actions_total{action="start"}"#),
-        3.0,
-        "2 sled replicas and 1 nats replica started: {text}"
+        4.0,
+        "2 sled replicas, 1 nats and 1 spin replica started: {text}"
     );
     assert!(
         value_or_0(&text, r#"lattice_reconcile_actions_total{action="failed"}"#) >= 1.0,
