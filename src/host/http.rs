@@ -284,7 +284,9 @@ impl HttpComponent {
         };
         let timeout = timeout.min(self.limits.request_timeout);
         let deadline = Instant::now() + timeout;
-        let span = tracing::info_span!(
+        // At DEBUG: free with traces off at the default log level (the request's span carries
+        // app and component for the log); the trace layer records it at any level.
+        let span = tracing::debug_span!(
             "component_call",
             app = %self.app,
             component = %self.name,
@@ -326,7 +328,7 @@ impl HttpComponent {
                 tracing::error!(error = format!("{e:?}"), "component trapped while starting");
                 record_error(
                     &span,
-                    &format_args!("component trapped while starting: {e:#}"),
+                    &format_args!("component trapped while starting: {}", e.root_cause()),
                 );
                 return Err(NotAdmitted::Failed(text_response(
                     StatusCode::INTERNAL_SERVER_ERROR,

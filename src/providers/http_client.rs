@@ -345,7 +345,8 @@ fn client_span(request: &http::Request<WasiBody>) -> tracing::Span {
         Some("https") => 443,
         _ => 80,
     });
-    tracing::info_span!(
+    // At DEBUG, as the component call: free with traces off at the default log level.
+    tracing::debug_span!(
         "http_client.request",
         otel.name = method,
         otel.kind = "client",

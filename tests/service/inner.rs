@@ -358,11 +358,7 @@ impl Recorder {
             for stream in listener.incoming() {
                 let Ok(stream) = stream else { continue };
                 let kept = kept.clone();
-                std::thread::spawn(move || {
-                    if let Some(head) = answer(stream) {
-                        kept.lock().unwrap().push(head);
-                    }
-                });
+                std::thread::spawn(move || answer(stream, &kept));
             }
         });
         Recorder { addr, heads }
@@ -374,8 +370,9 @@ impl Recorder {
     }
 }
 
-/// Reads one request head from `stream`, answers `200 ok` and closes; returns the head.
-fn answer(mut stream: TcpStream) -> Option<String> {
+/// Reads one request head from `stream`, adds it to `kept`, then answers `200 ok` and closes
+/// (kept first: whoever got the answer finds the head).
+fn answer(mut stream: TcpStream, kept: &Mutex<Vec<String>>) {
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
@@ -383,14 +380,16 @@ fn answer(mut stream: TcpStream) -> Option<String> {
     let mut chunk = [0u8; 1024];
     while !head.windows(4).any(|w| w == b"\r\n\r\n") {
         match stream.read(&mut chunk) {
-            Ok(0) | Err(_) => return None,
+            Ok(0) | Err(_) => return,
             Ok(n) => head.extend_from_slice(&chunk[..n]),
         }
     }
+    kept.lock()
+        .unwrap()
+        .push(String::from_utf8_lossy(&head).into_owned());
     let _ = stream.write_all(
         b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
     );
-    Some(String::from_utf8_lossy(&head).into_owned())
 }
 
 /// The `traceparent` header values of `head`.
@@ -452,7 +451,12 @@ fn an_outgoing_request_carries_a_traceparent_when_traces_are_on_and_none_when_of
     let url = |which: &str| format!("/fetch?url=http://{}/{which}", upstream.addr);
     for (node, which) in [(&on, "on"), (&off, "off")] {
         let body = node.wait_for_status(&url(which), 200, DEPLOYED);
-        assert_eq!(body, "200\nok", "through the node with traces {which}");
+        assert_eq!(
+            body,
+            "200\nok",
+            "through the node with traces {which}\n{}",
+            node.log()
+        );
     }
     let heads = upstream.heads();
     let head = |which: &str| {
@@ -473,7 +477,7 @@ fn an_outgoing_request_carries_a_traceparent_when_traces_are_on_and_none_when_of
 
     // Each request is its own trace, sent from a client span of its own.
     let again = on.get(&url("again"));
-    assert_eq!(again, Some((200, "200\nok".to_owned())));
+    assert_eq!(again, Some((200, "200\nok".to_owned())), "{}", on.log());
     let heads = upstream.heads();
     let second = heads
         .iter()
@@ -487,4 +491,332 @@ fn an_outgoing_request_carries_a_traceparent_when_traces_are_on_and_none_when_of
         sent[0].split('-').nth(2),
         "two requests, two client spans"
     );
+}
+
+/// One span as the node exported it.
+#[derive(Debug, Clone)]
+struct Exported {
+    name: String,
+    trace_id: String,
+    span_id: String,
+    parent: String,
+    /// OTLP's `SpanKind`: 1 internal, 2 server, 3 client.
+    kind: i32,
+    /// OTLP's status code (2: error) and message.
+    status: (i32, String),
+    /// Attributes, their values as text.
+    attributes: Vec<(String, String)>,
+}
+
+impl Exported {
+    fn attribute(&self, key: &str) -> Option<&str> {
+        self.attributes
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// An OTLP/HTTP receiver on 127.0.0.1 (a free port): takes `POST /v1/traces` (protobuf,
+/// keep-alive), keeps every span. Its threads end with the test process.
+struct Receiver {
+    addr: SocketAddr,
+    spans: Arc<Mutex<Vec<Exported>>>,
+}
+
+impl Receiver {
+    fn start() -> Receiver {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let spans = Arc::new(Mutex::new(Vec::new()));
+        let kept = spans.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { continue };
+                let kept = kept.clone();
+                std::thread::spawn(move || receive(stream, &kept));
+            }
+        });
+        Receiver { addr, spans }
+    }
+
+    fn spans(&self) -> Vec<Exported> {
+        self.spans.lock().unwrap().clone()
+    }
+}
+
+/// Serves export requests on `stream` until it closes, adding their spans to `kept`.
+fn receive(mut stream: TcpStream, kept: &Mutex<Vec<Exported>>) {
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use opentelemetry_proto::tonic::common::v1::any_value::Value;
+    use prost::Message as _;
+
+    let mut buffer = Vec::new();
+    let mut chunk = [0u8; 16 * 1024];
+    loop {
+        let end = loop {
+            if let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+                break end + 4;
+            }
+            match stream.read(&mut chunk) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+            }
+        };
+        let head = String::from_utf8_lossy(&buffer[..end]).to_ascii_lowercase();
+        let length: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .map_or(0, |v| v.trim().parse().unwrap());
+        while buffer.len() < end + length {
+            match stream.read(&mut chunk) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+            }
+        }
+        let body: Vec<u8> = buffer.drain(..end + length).skip(end).collect();
+        let request = ExportTraceServiceRequest::decode(body.as_slice()).unwrap();
+        let hex = |bytes: &[u8]| bytes.iter().map(|b| format!("{b:02x}")).collect::<String>();
+        let mut spans = kept.lock().unwrap();
+        for span in request
+            .resource_spans
+            .iter()
+            .flat_map(|r| &r.scope_spans)
+            .flat_map(|s| &s.spans)
+        {
+            let attributes = span
+                .attributes
+                .iter()
+                .map(|kv| {
+                    let value = match kv.value.as_ref().and_then(|v| v.value.as_ref()) {
+                        Some(Value::StringValue(s)) => s.clone(),
+                        Some(Value::IntValue(i)) => i.to_string(),
+                        Some(Value::BoolValue(b)) => b.to_string(),
+                        Some(Value::DoubleValue(d)) => d.to_string(),
+                        other => format!("{other:?}"),
+                    };
+                    (kv.key.clone(), value)
+                })
+                .collect();
+            let status = span
+                .status
+                .as_ref()
+                .map(|s| (s.code, s.message.clone()))
+                .unwrap_or_default();
+            spans.push(Exported {
+                name: span.name.clone(),
+                trace_id: hex(&span.trace_id),
+                span_id: hex(&span.span_id),
+                parent: hex(&span.parent_span_id),
+                kind: span.kind,
+                status,
+                attributes,
+            });
+        }
+        drop(spans);
+        let answer =
+            "HTTP/1.1 200 OK\r\ncontent-type: application/x-protobuf\r\ncontent-length: 0\r\n\r\n";
+        if stream.write_all(answer.as_bytes()).is_err() {
+            return;
+        }
+    }
+}
+
+/// The names of the spans above `span` in `spans`, nearest first.
+fn ancestors(spans: &[Exported], span: &Exported) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut parent = span.parent.clone();
+    while let Some(up) = spans
+        .iter()
+        .find(|s| s.span_id == parent && s.trace_id == span.trace_id)
+    {
+        names.push(up.name.clone());
+        parent = up.parent.clone();
+    }
+    names
+}
+
+#[test]
+fn keyvalue_and_outgoing_http_spans_are_children_of_the_component_call_which_records_a_deadline() {
+    let receiver = Receiver::start();
+    let upstream = Recorder::start();
+    let work = tempfile::tempdir().unwrap();
+    let config = work.path().join("config");
+    std::fs::create_dir_all(&config).unwrap();
+    let apps = [
+        (
+            "kvsled",
+            app_yaml(
+                "kvsled",
+                "counter",
+                "http-keyvalue-counter",
+                "/counter",
+                1,
+                (&keyvalue_link("kvsled", &[]), "kvsled", KEYVALUE_SLED),
+            ),
+        ),
+        (
+            "fetch",
+            app_yaml(
+                "fetch",
+                "fetch",
+                "http-fetch",
+                "/fetch",
+                1,
+                (
+                    &http_client_link("httpclient", &upstream.addr.to_string()),
+                    "httpclient",
+                    HTTP_CLIENT,
+                ),
+            ),
+        ),
+        (
+            "spin",
+            crate::common::manifest_with(
+                "spin",
+                "spin",
+                &example_wasm("http-loop"),
+                "/loop",
+                "instances: 1",
+            ),
+        ),
+    ];
+    for (name, yaml) in &apps {
+        std::fs::write(config.join(format!("{name}.yaml")), yaml).unwrap();
+    }
+    let endpoint = format!("http://{}", receiver.addr);
+    let node = Node::start_with(
+        &config,
+        &work.path().join("data"),
+        &["--request-timeout", "3s"],
+        &[("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str())],
+        None,
+    );
+
+    assert_eq!(first_200(&node, "/counter/secret-key"), "0\n");
+    assert_eq!(
+        post(&node, "/counter/secret-key"),
+        Some((200, "1\n".to_owned()))
+    );
+    let fetched = node.wait_for_status(
+        &format!("/fetch?url=http://{}/up", upstream.addr),
+        200,
+        DEPLOYED,
+    );
+    assert_eq!(fetched, "200\nok");
+    node.wait_for_status("/loop", 504, DEPLOYED);
+
+    // The batch exporter sends every few seconds.
+    let mut spans = Vec::new();
+    let call_of = |spans: &[Exported], app: &str| {
+        spans
+            .iter()
+            .filter(|s| s.name == "component_call" && s.attribute("app") == Some(app))
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    wait_until(
+        "the spans of the three calls",
+        Duration::from_secs(60),
+        || {
+            spans = receiver.spans();
+            spans.iter().any(|s| s.name == "keyvalue.increment")
+                && spans.iter().any(|s| s.name == "GET")
+                && !call_of(&spans, "spin").is_empty()
+        },
+    );
+    let report = || {
+        spans
+            .iter()
+            .filter(|s| !s.name.starts_with("wit-bindgen"))
+            .map(|s| format!("{s:?}"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+
+    // keyvalue: a client span with its backend and bucket, under the counter's call; the key
+    // is in none of its attributes.
+    let increment = spans
+        .iter()
+        .find(|s| s.name == "keyvalue.increment")
+        .unwrap();
+    assert_eq!(increment.kind, 3, "{increment:?}");
+    assert_eq!(
+        increment.attribute("backend"),
+        Some("sled"),
+        "{increment:?}"
+    );
+    assert_eq!(
+        increment.attribute("bucket"),
+        Some("kvsled"),
+        "{increment:?}"
+    );
+    assert!(
+        increment
+            .attributes
+            .iter()
+            .all(|(_, v)| !v.contains("secret-key")),
+        "the key is user data: {increment:?}"
+    );
+    let above = ancestors(&spans, increment);
+    assert_eq!(
+        above.first().map(String::as_str),
+        Some("component_call"),
+        "{above:?}\n{}",
+        report()
+    );
+    let counter_call = spans
+        .iter()
+        .find(|s| s.span_id == increment.parent)
+        .unwrap();
+    assert_eq!(counter_call.attribute("app"), Some("kvsled"));
+    assert_eq!(counter_call.attribute("component"), Some("counter"));
+    assert_eq!(counter_call.kind, 1, "{counter_call:?}");
+    assert!(
+        above.len() >= 2,
+        "the component call is a child of the request's span: {above:?}\n{}",
+        report()
+    );
+
+    // Outgoing HTTP: a client span under the fetch's call, whose id the upstream got as the
+    // parent in its traceparent.
+    let get = spans.iter().find(|s| s.name == "GET").unwrap();
+    assert_eq!(get.kind, 3, "{get:?}");
+    assert_eq!(get.attribute("http.request.method"), Some("GET"), "{get:?}");
+    assert_eq!(
+        get.attribute("server.address"),
+        Some("127.0.0.1"),
+        "{get:?}"
+    );
+    assert_eq!(
+        get.attribute("server.port"),
+        Some(upstream.addr.port().to_string().as_str()),
+        "{get:?}"
+    );
+    assert_eq!(
+        get.attribute("http.response.status_code"),
+        Some("200"),
+        "{get:?}"
+    );
+    assert!(
+        ancestors(&spans, get).iter().any(|n| n == "component_call"),
+        "{:?}\n{}",
+        ancestors(&spans, get),
+        report()
+    );
+    let head = upstream
+        .heads()
+        .into_iter()
+        .find(|h| h.starts_with("GET /up "))
+        .unwrap();
+    assert_eq!(
+        traceparents(&head),
+        vec![format!("00-{}-{}-01", get.trace_id, get.span_id)],
+        "{head}"
+    );
+
+    // The runaway component: its call ends in the deadline, recorded as the span's error.
+    let spin = &call_of(&spans, "spin")[0];
+    assert_eq!(spin.status.0, 2, "an error status: {spin:?}");
+    assert!(spin.status.1.contains("deadline of 3s"), "{spin:?}");
 }
