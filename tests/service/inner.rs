@@ -339,6 +339,36 @@ fn metrics_count_keyvalue_operations_instances_replicas_compiles_and_reconcile_a
         Some(2.0),
         "{text}"
     );
+
+    // A new version of an app: its replicas are updated, not started again.
+    std::fs::write(
+        dirs.config.join("kvsled.yaml"),
+        sled.replace("version: v1", "version: v2"),
+    )
+    .unwrap();
+    wait_until("kvsled's update counted", DEPLOYED, || {
+        text = metrics(&node);
+        value_or_0(&text, r#"lattice_reconcile_actions_total{action="update"}"#) == 2.0
+    });
+    assert_eq!(
+        value_or_0(&text, r#"lattice_reconcile_actions_total{action="start"}"#),
+        4.0,
+        "{text}"
+    );
+    assert_eq!(
+        value(
+            &text,
+            r#"lattice_replicas{app="kvsled",component="counter"}"#
+        ),
+        Some(2.0),
+        "{text}"
+    );
+    assert_eq!(
+        post(&node, "/counter/x"),
+        Some((200, "4\n".to_owned())),
+        "v2 counts on in the same bucket\n{}",
+        node.log()
+    );
 }
 
 /// An HTTP/1.1 server on 127.0.0.1 (a free port) answering every request `200 ok` and keeping
