@@ -166,6 +166,39 @@ impl Health {
     pub fn degraded(&self) -> Option<String> {
         degraded_reason(&self.tasks(), self.policy.degraded_after)
     }
+
+    /// The tasks failing now, one line each with its cause, e.g. `reconciler restarting
+    /// (3 restarts): …`: those whose last attempt failed and whose next one waits for its
+    /// backoff, and those failing for longer than the policy's `degraded_after` (whose new
+    /// attempts keep failing). Empty while every task runs. What `/readyz` reports
+    /// ([`crate::readiness::Condition::Tasks`]).
+    pub fn failing(&self) -> Vec<String> {
+        failing_tasks(&self.tasks(), self.policy.degraded_after)
+    }
+}
+
+/// The tasks of `tasks` failing now, as [`Health::failing`] describes them.
+pub fn failing_tasks(tasks: &[TaskHealth], after: Duration) -> Vec<String> {
+    tasks
+        .iter()
+        .filter_map(|t| {
+            let cause = t.last_error.as_deref().unwrap_or("(no cause)");
+            if t.state == TaskState::Restarting {
+                Some(format!(
+                    "{} restarting ({} restarts): {cause}",
+                    t.name, t.restarts
+                ))
+            } else if t.failing_for_ms > after.as_millis() as u64 {
+                Some(format!(
+                    "{} failing for {} s: {cause}",
+                    t.name,
+                    t.failing_for_ms / 1000
+                ))
+            } else {
+                None
+            }
+        })
+        .collect()
 }
 
 /// The reason a node with these `tasks` is degraded, if one fails for longer than `after`.
@@ -375,6 +408,7 @@ async fn supervise<F, Fut>(
             record.last_error = Some(cause.clone());
             record.restarts
         };
+        crate::metrics::get().task_restarted(name);
         tracing::error!(
             task = name,
             error = cause,
@@ -454,6 +488,7 @@ mod tests {
             Some("panicked: boom on the first run")
         );
         assert!(health.degraded().is_none());
+        assert!(health.failing().is_empty(), "{:?}", health.failing());
         assert!(tasks.shutdown(Duration::from_secs(1)).await.is_empty());
         assert_eq!(health.tasks()[0].state, TaskState::Stopped);
     }
@@ -471,6 +506,10 @@ mod tests {
         wait_for("degraded", || health.degraded().is_some()).await;
         let reason = health.degraded().unwrap();
         assert!(reason.starts_with("broken failing for "), "{reason}");
+        let failing = health.failing();
+        assert_eq!(failing.len(), 1, "{failing:?}");
+        assert!(failing[0].starts_with("broken "), "{failing:?}");
+        assert!(failing[0].ends_with(": store unreachable"), "{failing:?}");
         assert!(reason.ends_with(": store unreachable"), "{reason}");
         let task = &health.tasks()[0];
         assert!(task.restarts >= 3, "{task:?}");

@@ -1,0 +1,143 @@
+//! The node under systemd (`Type=notify`, `WatchdogSec=`): what it tells the service manager
+//! over `$NOTIFY_SOCKET` (sd_notify(3), through the `sd-notify` crate). Outside systemd
+//! (`NOTIFY_SOCKET` unset) every message is a no-op and only the log lines remain.
+//!
+//! - `READY=1`, once, as soon as the node is ready as `/readyz` says ([`crate::readiness`]): its
+//!   nats-server runs, its NATS connection stands, the lattice's store answered, the first
+//!   reconcile pass completed and no task is failing. Logged as `lattice node is ready`.
+//! - `STATUS=ready` or `STATUS=not ready: <reasons>` whenever that changes, for
+//!   `systemctl status`.
+//! - `WATCHDOG=1` every half of `$WATCHDOG_USEC` (sd_watchdog_enabled(3)), but only while every
+//!   loop in the [`Liveness`] registry beat within its allowance: a node whose loops are stuck
+//!   stops pinging, and systemd restarts it after `WatchdogSec=`. Each withheld ping is logged
+//!   (warn) with the loops that are stuck.
+//! - `STOPPING=1` when the node begins to stop ([`stopping`]).
+//!
+//! # Which loops prove the node alive
+//! The node registers its important loops (see `node.rs`) and each one beats from inside its
+//! own round, so a beat means that loop's task was polled and went round, not that a timer
+//! fired somewhere:
+//! - `nats-supervisor`: the loop watching, restarting and stopping nats-server
+//!   ([`crate::nats::supervisor`]), through the [`crate::liveness::Beat`] it is given; it beats
+//!   every second while it watches and while it waits out a restart's backoff.
+//! - `reconciler`: the reconciler's pass loop calls the node's description of itself
+//!   (`Reconciler::local`) on every pass (at least every tick, ≤ 1 s); the node hands it one
+//!   that beats. This is observed from `node.rs` because the reconciler's files belong to
+//!   another part: once merged, a beat passed to `Reconciler::run` and beaten at the top of its
+//!   loop would say the same more directly.
+//! - `heartbeat`: the heartbeat loop calls its `info()` closure before each heartbeat (every
+//!   `--heartbeat-interval`); the node hands it one that beats.
+//! - The HTTP ingress's accept loop is not registered: its file belongs to another part and
+//!   nothing of it can be observed from `node.rs` without a request. After the merge,
+//!   `HttpServer::start` would take a `Beat` and beat on every accept and on a 1 s tick in its
+//!   select.
+//!
+//! A loop that has not begun (the reconciler before the config dir's first pass) is not held
+//! against the node: readiness covers the start, and systemd's watchdog only runs once the
+//! unit is started (`READY=1`).
+
+use std::time::Duration;
+
+use sd_notify::NotifyState;
+use tokio_util::sync::CancellationToken;
+
+use crate::liveness::Liveness;
+use crate::readiness::Readiness;
+
+/// How often readiness is read until `READY=1` went out.
+const STARTING_POLL: Duration = Duration::from_millis(100);
+
+/// How often readiness is read after that, for `STATUS=`.
+const READY_POLL: Duration = Duration::from_secs(1);
+
+/// Sends `states`; a failure is logged at warn (once per kind of message is enough for the
+/// reader: the next ones would fail alike), never fatal.
+fn notify(states: &[NotifyState<'_>], what: &str) {
+    if let Err(e) = sd_notify::notify(states) {
+        tracing::warn!(error = %e, "telling systemd {what}");
+    }
+}
+
+/// Tells systemd the node is stopping (`STOPPING=1`).
+pub fn stopping() {
+    notify(&[NotifyState::Stopping], "the node is stopping");
+}
+
+/// The watchdog interval systemd asks for (`$WATCHDOG_USEC`, for this process), if any.
+pub fn watchdog_interval() -> Option<Duration> {
+    sd_notify::watchdog_enabled().filter(|interval| !interval.is_zero())
+}
+
+/// Talks to systemd until `shutdown`: `READY=1` once `readiness` holds, `STATUS=` as it
+/// changes, and `WATCHDOG=1` every half watchdog interval while every loop of `liveness` is
+/// alive (module docs).
+///
+/// # Cancel safety
+/// Meant to run as its own task until `shutdown`; nothing is left half-sent when it is dropped.
+pub async fn run(readiness: Readiness, liveness: Liveness, shutdown: CancellationToken) {
+    let watchdog = watchdog_interval();
+    if let Some(interval) = watchdog {
+        tracing::info!(
+            interval_ms = interval.as_millis() as u64,
+            loops = ?liveness.names(),
+            "systemd watchdog enabled: pinging every half interval while the node's loops are alive"
+        );
+    }
+    // A disabled watchdog never ticks.
+    let mut pings =
+        tokio::time::interval(watchdog.map_or(Duration::from_secs(3600), |interval| interval / 2));
+    pings.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut poll = tokio::time::interval(STARTING_POLL);
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut ready_sent = false;
+    let mut last_status = String::new();
+    let mut withheld = false;
+    loop {
+        tokio::select! {
+            _ = poll.tick() => {}
+            () = readiness.changed() => {}
+            _ = pings.tick(), if watchdog.is_some() => {
+                let stuck = liveness.stuck();
+                if stuck.is_empty() {
+                    notify(&[NotifyState::Watchdog], "the node is alive");
+                    if std::mem::take(&mut withheld) {
+                        tracing::info!("every loop is alive again: WATCHDOG=1 resumed");
+                    }
+                } else {
+                    withheld = true;
+                    let loops: Vec<String> = stuck.iter().map(ToString::to_string).collect();
+                    tracing::warn!(
+                        stuck = loops.join("; "),
+                        "withholding WATCHDOG=1 from systemd: a loop of the node is stuck"
+                    );
+                }
+                continue;
+            }
+            () = shutdown.cancelled() => return,
+        }
+        let reasons = readiness.reasons();
+        let status = if reasons.is_empty() {
+            "ready".to_owned()
+        } else {
+            format!("not ready: {}", reasons.join("; "))
+        };
+        if !ready_sent && reasons.is_empty() {
+            notify(
+                &[NotifyState::Ready, NotifyState::Status(&status)],
+                "the node is ready",
+            );
+            tracing::info!("lattice node is ready");
+            ready_sent = true;
+            poll = tokio::time::interval(READY_POLL);
+            poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            poll.reset();
+        } else if status != last_status {
+            // Logged when it flips, not at every change of a reason's wording.
+            if ready_sent && (status == "ready") != (last_status == "ready") {
+                tracing::info!(status, "readiness changed");
+            }
+            notify(&[NotifyState::Status(&status)], "the node's status");
+        }
+        last_status = status;
+    }
+}
