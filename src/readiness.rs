@@ -34,8 +34,6 @@
 
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::Notify;
-
 /// One thing the node needs before it is ready; see the module docs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Condition {
@@ -117,8 +115,6 @@ pub struct Readiness {
 
 struct Inner {
     slots: Mutex<[Slot; 5]>,
-    /// Notified whenever a condition is handed a probe, marked met or given a new reason.
-    changed: Notify,
 }
 
 impl Default for Readiness {
@@ -133,14 +129,12 @@ impl Readiness {
         Readiness {
             inner: Arc::new(Inner {
                 slots: Mutex::new(Condition::ALL.map(|c| Slot::Waiting(c.initial().to_owned()))),
-                changed: Notify::new(),
             }),
         }
     }
 
     fn set(&self, condition: Condition, slot: Slot) {
         self.lock()[condition.index()] = slot;
-        self.inner.changed.notify_waiters();
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, [Slot; 5]> {
@@ -189,12 +183,6 @@ impl Readiness {
     /// Whether every condition holds now.
     pub fn is_ready(&self) -> bool {
         self.reasons().is_empty()
-    }
-
-    /// Completes when a condition is next handed a probe, marked met or given a reason (not
-    /// when a probe's answer changes: those are read by asking).
-    pub async fn changed(&self) {
-        self.inner.changed.notified().await;
     }
 }
 

@@ -2,9 +2,11 @@
 //! over `$NOTIFY_SOCKET` (sd_notify(3), through the `sd-notify` crate). Outside systemd
 //! (`NOTIFY_SOCKET` unset) every message is a no-op and only the log lines remain.
 //!
-//! - `READY=1`, once, as soon as the node is ready as `/readyz` says ([`crate::readiness`]): its
+//! - `READY=1`, once, when the node is ready as `/readyz` says ([`crate::readiness`]): its
 //!   nats-server runs, its NATS connection stands, the lattice's store answered, the first
-//!   reconcile pass completed and no task is failing. Logged as `lattice node is ready`.
+//!   reconcile pass completed and no task is failing. Readiness is read every 100 ms and must
+//!   hold at two reads in a row, so `/readyz` has answered 200 for at least that long when
+//!   systemd hears of it. Logged as `lattice node is ready`.
 //! - `STATUS=ready` or `STATUS=not ready: <reasons>` whenever that changes, for
 //!   `systemctl status`.
 //! - `WATCHDOG=1` every half of `$WATCHDOG_USEC` (sd_watchdog_enabled(3)), but only while every
@@ -90,12 +92,12 @@ pub async fn run(readiness: Readiness, liveness: Liveness, shutdown: Cancellatio
     let mut poll = tokio::time::interval(STARTING_POLL);
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut ready_sent = false;
+    let mut ready_reads = 0;
     let mut last_status = String::new();
     let mut withheld = false;
     loop {
         tokio::select! {
             _ = poll.tick() => {}
-            () = readiness.changed() => {}
             _ = pings.tick(), if watchdog.is_some() => {
                 let stuck = liveness.stuck();
                 if stuck.is_empty() {
@@ -121,7 +123,12 @@ pub async fn run(readiness: Readiness, liveness: Liveness, shutdown: Cancellatio
         } else {
             format!("not ready: {}", reasons.join("; "))
         };
-        if !ready_sent && reasons.is_empty() {
+        ready_reads = if reasons.is_empty() {
+            ready_reads + 1
+        } else {
+            0
+        };
+        if !ready_sent && ready_reads >= 2 {
             notify(
                 &[NotifyState::Ready, NotifyState::Status(&status)],
                 "the node is ready",
