@@ -961,6 +961,24 @@ mod tests {
     }
 
     #[test]
+    fn credentials_are_not_held_to_the_mode_check_of_creds_files() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("default.creds");
+        std::fs::write(&path, creds_text()).unwrap();
+        // As systemd hands a credential to a DynamicUser service: 0440, an ACL for the user.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o440)).unwrap();
+        check_credential(&path, "--creds credential:default.creds").unwrap();
+        let err = check_creds_file(&path, "--creds").unwrap_err().to_string();
+        assert!(err.contains("mode 440"), "{err}");
+        std::fs::write(dir.path().join("junk"), "junk").unwrap();
+        let err = check_credential(&dir.path().join("junk"), "--creds credential:junk")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not a NATS credentials file"), "{err}");
+    }
+
+    #[test]
     fn creds_files_are_checked_before_anything_starts() {
         use std::os::unix::fs::PermissionsExt as _;
         let dir = tempfile::tempdir().unwrap();

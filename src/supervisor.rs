@@ -40,6 +40,10 @@ use tokio_util::task::AbortOnDropHandle;
 /// The least time a task gets to end once told to stop, whatever is left of a shared bound.
 const STOP_GRACE: Duration = Duration::from_millis(200);
 
+/// How long an attempt started after a failure must run before [`Health::failing`] no longer
+/// lists its task.
+pub const SETTLE: Duration = Duration::from_secs(5);
+
 /// How failed tasks are restarted, and when failing makes the node degraded. One policy for
 /// every task of a node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -167,38 +171,49 @@ impl Health {
         degraded_reason(&self.tasks(), self.policy.degraded_after)
     }
 
-    /// The tasks failing now, one line each with its cause, e.g. `reconciler restarting
-    /// (3 restarts): …`: those whose last attempt failed and whose next one waits for its
-    /// backoff, and those failing for longer than the policy's `degraded_after` (whose new
-    /// attempts keep failing). Empty while every task runs. What `/readyz` reports
-    /// ([`crate::readiness::Condition::Tasks`]).
+    /// The tasks failing now, one line each with its cause: what `/readyz` reports
+    /// ([`crate::readiness::Condition::Tasks`]). A task is failing while its last attempt
+    /// failed and the next one waits for its backoff (`reconciler restarting (3 restarts):
+    /// …`), while an attempt started after a failure has not yet run [`SETTLE`]
+    /// (`reconciler running again for 1200 ms after 3 restart(s); last: …`: an attempt that
+    /// fails at once must not look healthy between two failures), and while it has been
+    /// failing for longer than the policy's `degraded_after`. Empty while every task runs.
     pub fn failing(&self) -> Vec<String> {
-        failing_tasks(&self.tasks(), self.policy.degraded_after)
+        let now = Instant::now();
+        lock(&self.records)
+            .iter()
+            .filter_map(|record| {
+                let record = lock(record);
+                let health = record.health(&self.policy, now);
+                let cause = health.last_error.as_deref().unwrap_or("(no cause)");
+                let running_for = now.duration_since(record.attempt_started);
+                if health.state == TaskState::Restarting {
+                    Some(format!(
+                        "{} restarting ({} restarts): {cause}",
+                        health.name, health.restarts
+                    ))
+                } else if health.failing_for_ms > self.policy.degraded_after.as_millis() as u64 {
+                    Some(format!(
+                        "{} failing for {} s: {cause}",
+                        health.name,
+                        health.failing_for_ms / 1000
+                    ))
+                } else if health.state == TaskState::Running
+                    && health.failing_for_ms > 0
+                    && running_for < SETTLE
+                {
+                    Some(format!(
+                        "{} running again for {} ms after {} restart(s); last: {cause}",
+                        health.name,
+                        running_for.as_millis(),
+                        health.restarts
+                    ))
+                } else {
+                    None
+                }
+            })
+            .collect()
     }
-}
-
-/// The tasks of `tasks` failing now, as [`Health::failing`] describes them.
-pub fn failing_tasks(tasks: &[TaskHealth], after: Duration) -> Vec<String> {
-    tasks
-        .iter()
-        .filter_map(|t| {
-            let cause = t.last_error.as_deref().unwrap_or("(no cause)");
-            if t.state == TaskState::Restarting {
-                Some(format!(
-                    "{} restarting ({} restarts): {cause}",
-                    t.name, t.restarts
-                ))
-            } else if t.failing_for_ms > after.as_millis() as u64 {
-                Some(format!(
-                    "{} failing for {} s: {cause}",
-                    t.name,
-                    t.failing_for_ms / 1000
-                ))
-            } else {
-                None
-            }
-        })
-        .collect()
 }
 
 /// The reason a node with these `tasks` is degraded, if one fails for longer than `after`.
@@ -488,7 +503,15 @@ mod tests {
             Some("panicked: boom on the first run")
         );
         assert!(health.degraded().is_none());
-        assert!(health.failing().is_empty(), "{:?}", health.failing());
+        // Running again, but not for long enough to count as healthy for readiness.
+        let failing = health.failing();
+        assert_eq!(failing.len(), 1, "{failing:?}");
+        assert!(
+            failing[0].starts_with("flaky running again for ")
+                && failing[0]
+                    .ends_with(" ms after 1 restart(s); last: panicked: boom on the first run"),
+            "{failing:?}"
+        );
         assert!(tasks.shutdown(Duration::from_secs(1)).await.is_empty());
         assert_eq!(health.tasks()[0].state, TaskState::Stopped);
     }

@@ -274,3 +274,44 @@ fn prometheus_scrapes_request_counts_equal_to_those_sent_by_status_class() {
         "{seen:?}"
     );
 }
+
+/// A task that keeps failing (the config-dir watcher, whose dir is a symlink to nowhere) makes
+/// `/readyz` 503 naming it, and its restarts are counted; once it runs again and stays up,
+/// `/readyz` is 200.
+#[test]
+fn readyz_is_503_while_a_supervised_task_is_failing() {
+    let dirs = tempfile::tempdir().unwrap();
+    let target = dirs.path().join("manifests");
+    let config_dir = dirs.path().join("config");
+    std::os::unix::fs::symlink(&target, &config_dir).unwrap();
+    let node = Node::start_in(&config_dir, &dirs.path().join("data"), &[]);
+    node.wait_for_log(&["lattice node is up"], Duration::from_secs(30));
+    let seen = poll_readyz(&node, 503, Duration::from_secs(10));
+    let mut body = seen.last().unwrap().1.clone();
+    wait_until(
+        "/readyz to name the failing watcher",
+        Duration::from_secs(10),
+        || {
+            body = node.admin_get("/readyz").unwrap().1;
+            body.contains("tasks: config-watcher ")
+        },
+    );
+    assert!(
+        body.contains("config-watcher restarting (")
+            || body.contains("config-watcher running again for "),
+        "{body}"
+    );
+    let (_, metrics) = node.admin_get("/metrics").unwrap();
+    let restarts: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("lattice_task_restarts_total{task=\"config-watcher\"} "))
+        .unwrap_or_else(|| panic!("no restarts of config-watcher counted:\n{metrics}"))
+        .parse()
+        .unwrap();
+    assert!(restarts >= 1, "{metrics}");
+
+    // The dir can be made now: the next attempt runs, and once it has run a while the node is
+    // ready.
+    std::fs::create_dir_all(&target).unwrap();
+    poll_readyz(&node, 200, Duration::from_secs(60));
+}
