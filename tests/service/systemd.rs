@@ -316,3 +316,61 @@ fn a_credential_that_cannot_be_had_is_named_with_the_reason() {
         "{err}"
     );
 }
+
+/// A node whose hub has no JetStream yet completes its first pass (it runs from its mirror)
+/// but is not ready: `/readyz` names the store and no `READY=1` goes out, until the hub comes
+/// back with JetStream.
+#[test]
+fn ready_waits_until_the_lattice_store_has_answered() {
+    use crate::common::hub::HubJetStream;
+    let mut hub = Hub::start_with(HubJetStream::Off);
+    let tmp = tempfile::tempdir().unwrap();
+    let creds = hub.user_creds(tmp.path(), "node.creds");
+    let socket_path = tmp.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let (config, data) = (tmp.path().join("config"), tmp.path().join("data"));
+    std::fs::create_dir_all(&config).unwrap();
+    let (creds_s, leaf, socket_s) = (
+        creds.to_string_lossy().into_owned(),
+        hub.leaf_url(),
+        socket_path.to_string_lossy().into_owned(),
+    );
+    let node = Node::launch(&Launch {
+        dirs: Some((&config, &data)),
+        extra: &["--creds", &creds_s, "--leaf-url", &leaf],
+        env: &[("NOTIFY_SOCKET", &socket_s)],
+        ..Launch::default()
+    });
+    node.wait_for_log(&["lattice node is up"], Duration::from_secs(30));
+    // Up, but not ready: for 3 s, /readyz names the store and systemd hears no READY=1.
+    let until = Instant::now() + Duration::from_secs(3);
+    let mut buffer = [0u8; 4096];
+    while Instant::now() < until {
+        let (status, body) = node.admin_get("/readyz").unwrap();
+        assert_eq!(status, 503, "{body}");
+        assert!(
+            body.contains("store: the lattice's store has not answered yet"),
+            "{body}"
+        );
+        if let Ok(n) = socket.recv(&mut buffer) {
+            let text = String::from_utf8_lossy(&buffer[..n]).into_owned();
+            assert!(
+                !text.lines().any(|l| l == "READY=1"),
+                "READY=1 while not ready: {text}"
+            );
+        }
+    }
+    hub.restart_with(HubJetStream::Domain(Hub::JS_DOMAIN));
+    let mut seen = Vec::new();
+    receive_until(
+        &socket,
+        "READY=1",
+        Duration::from_secs(40),
+        &mut seen,
+        &node,
+    );
+    assert_eq!(node.admin_get("/readyz"), Some((200, "ready\n".to_owned())));
+}
