@@ -77,7 +77,19 @@ pub fn watchdog_interval() -> Option<Duration> {
 /// # Cancel safety
 /// Meant to run as its own task until `shutdown`; nothing is left half-sent when it is dropped.
 pub async fn run(readiness: Readiness, liveness: Liveness, shutdown: CancellationToken) {
-    let watchdog = watchdog_interval();
+    let send = |states: &[NotifyState<'_>], what: &str| notify(states, what);
+    run_with(readiness, liveness, watchdog_interval(), &send, shutdown).await;
+}
+
+/// What [`run`] does, sending each message through `send` (the message, and what it tells
+/// for the log) with the watchdog interval `watchdog`.
+async fn run_with(
+    readiness: Readiness,
+    liveness: Liveness,
+    watchdog: Option<Duration>,
+    send: &(dyn Fn(&[NotifyState<'_>], &str) + Sync),
+    shutdown: CancellationToken,
+) {
     if let Some(interval) = watchdog {
         tracing::info!(
             interval_ms = interval.as_millis() as u64,
@@ -101,7 +113,7 @@ pub async fn run(readiness: Readiness, liveness: Liveness, shutdown: Cancellatio
             _ = pings.tick(), if watchdog.is_some() => {
                 let stuck = liveness.stuck();
                 if stuck.is_empty() {
-                    notify(&[NotifyState::Watchdog], "the node is alive");
+                    send(&[NotifyState::Watchdog], "the node is alive");
                     if std::mem::take(&mut withheld) {
                         tracing::info!("every loop is alive again: WATCHDOG=1 resumed");
                     }
@@ -129,7 +141,7 @@ pub async fn run(readiness: Readiness, liveness: Liveness, shutdown: Cancellatio
             0
         };
         if !ready_sent && ready_reads >= 2 {
-            notify(
+            send(
                 &[NotifyState::Ready, NotifyState::Status(&status)],
                 "the node is ready",
             );
@@ -143,8 +155,88 @@ pub async fn run(readiness: Readiness, liveness: Liveness, shutdown: Cancellatio
             if ready_sent && (status == "ready") != (last_status == "ready") {
                 tracing::info!(status, "readiness changed");
             }
-            notify(&[NotifyState::Status(&status)], "the node's status");
+            send(&[NotifyState::Status(&status)], "the node's status");
         }
         last_status = status;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+    use std::time::Instant;
+
+    use super::*;
+    use crate::readiness::Condition;
+
+    /// Runs the notifier with a 200 ms watchdog (a ping every 100 ms) and one loop allowed
+    /// 300 ms, beating every 20 ms for 600 ms and then no more; returns what was sent, when.
+    async fn run_for(duration: Duration) -> Vec<(Duration, String)> {
+        let readiness = Readiness::new();
+        for condition in Condition::ALL {
+            readiness.met(condition);
+        }
+        let liveness = Liveness::new();
+        let beat = liveness.register("reconciler", Duration::from_millis(300));
+        let sent = Arc::new(Mutex::new(Vec::new()));
+        let start = Instant::now();
+        let record = sent.clone();
+        let send = move |states: &[NotifyState<'_>], _: &str| {
+            let text: Vec<String> = states.iter().map(ToString::to_string).collect();
+            record
+                .lock()
+                .unwrap()
+                .push((start.elapsed(), text.join(",")));
+        };
+        let shutdown = CancellationToken::new();
+        let notifier = tokio::spawn({
+            let shutdown = shutdown.clone();
+            async move {
+                run_with(
+                    readiness,
+                    liveness,
+                    Some(Duration::from_millis(200)),
+                    &send,
+                    shutdown,
+                )
+                .await;
+            }
+        });
+        while start.elapsed() < Duration::from_millis(600) {
+            beat.beat();
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tokio::time::sleep(duration.saturating_sub(start.elapsed())).await;
+        shutdown.cancel();
+        notifier.await.unwrap();
+        sent.lock().unwrap().clone()
+    }
+
+    #[tokio::test]
+    async fn the_watchdog_pings_while_the_loops_beat_and_withholds_once_one_is_stuck() {
+        let sent = run_for(Duration::from_millis(1500)).await;
+        let pings: Vec<Duration> = sent
+            .iter()
+            .filter(|(_, text)| text == "WATCHDOG=1")
+            .map(|(at, _)| *at)
+            .collect();
+        assert!(
+            pings
+                .iter()
+                .filter(|at| **at < Duration::from_millis(600))
+                .count()
+                >= 3,
+            "{sent:?}"
+        );
+        // The loop's last beat was at about 600 ms, its allowance 300 ms: nothing after
+        // 1000 ms (one ping period of slack).
+        assert!(
+            pings.iter().all(|at| *at < Duration::from_millis(1000)),
+            "{sent:?}"
+        );
+        assert!(
+            sent.iter().any(|(_, text)| text == "READY=1,STATUS=ready"),
+            "{sent:?}"
+        );
     }
 }
