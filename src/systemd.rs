@@ -7,8 +7,9 @@
 //!   reconcile pass completed and no task is failing. Readiness is read every 100 ms and must
 //!   hold at two reads in a row, so `/readyz` has answered 200 for at least that long when
 //!   systemd hears of it. Logged as `lattice node is ready`.
-//! - `STATUS=ready` or `STATUS=not ready: <reasons>` whenever that changes, for
-//!   `systemctl status`.
+//! - `STATUS=not ready: <reasons>` (for `systemctl status`) while a start takes longer than
+//!   5 s, as the reasons change, and after `READY=1` whenever readiness changes
+//!   (`STATUS=ready` once back). A quick start sends `READY=1` alone.
 //! - `WATCHDOG=1` every half of `$WATCHDOG_USEC` (sd_watchdog_enabled(3)), but only while every
 //!   loop in the [`Liveness`] registry beat within its allowance: a node whose loops are stuck
 //!   stops pinging, and systemd restarts it after `WatchdogSec=`. Each withheld ping is logged
@@ -51,6 +52,9 @@ const STARTING_POLL: Duration = Duration::from_millis(100);
 
 /// How often readiness is read after that, for `STATUS=`.
 const READY_POLL: Duration = Duration::from_secs(1);
+
+/// A start not ready after this long says why in `STATUS=` lines.
+const SLOW_START: Duration = Duration::from_secs(5);
 
 /// Sends `states`; a failure is logged at warn (once per kind of message is enough for the
 /// reader: the next ones would fail alike), never fatal.
@@ -103,7 +107,9 @@ async fn run_with(
     pings.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut poll = tokio::time::interval(STARTING_POLL);
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let started = tokio::time::Instant::now();
     let mut ready_sent = false;
+    let mut status_sent = false;
     let mut ready_reads = 0;
     let mut last_status = String::new();
     let mut withheld = false;
@@ -140,24 +146,36 @@ async fn run_with(
         } else {
             0
         };
-        if !ready_sent && ready_reads >= 2 {
-            send(
-                &[NotifyState::Ready, NotifyState::Status(&status)],
-                "the node is ready",
-            );
-            tracing::info!("lattice node is ready");
-            ready_sent = true;
-            poll = tokio::time::interval(READY_POLL);
-            poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            poll.reset();
-        } else if status != last_status {
+        if !ready_sent {
+            if ready_reads >= 2 {
+                // The STATUS= of a slow start is replaced; a quick start sends READY=1 alone.
+                let ready = [NotifyState::Ready, NotifyState::Status(&status)];
+                let count = if status_sent { 2 } else { 1 };
+                send(&ready[..count], "the node is ready");
+                tracing::info!("lattice node is ready");
+                ready_sent = true;
+                poll = tokio::time::interval(READY_POLL);
+                poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                poll.reset();
+                last_status = status;
+            } else if !reasons.is_empty()
+                && started.elapsed() >= SLOW_START
+                && status != last_status
+            {
+                send(&[NotifyState::Status(&status)], "why the node is not ready");
+                status_sent = true;
+                last_status = status;
+            }
+            continue;
+        }
+        if status != last_status {
             // Logged when it flips, not at every change of a reason's wording.
-            if ready_sent && (status == "ready") != (last_status == "ready") {
+            if (status == "ready") != (last_status == "ready") {
                 tracing::info!(status, "readiness changed");
             }
             send(&[NotifyState::Status(&status)], "the node's status");
+            last_status = status;
         }
-        last_status = status;
     }
 }
 
@@ -234,9 +252,6 @@ mod tests {
             pings.iter().all(|at| *at < Duration::from_millis(1000)),
             "{sent:?}"
         );
-        assert!(
-            sent.iter().any(|(_, text)| text == "READY=1,STATUS=ready"),
-            "{sent:?}"
-        );
+        assert!(sent.iter().any(|(_, text)| text == "READY=1"), "{sent:?}");
     }
 }

@@ -148,7 +148,13 @@ fn under_systemd_the_node_joins_the_hub_and_says_ready_only_once_readyz_is_200()
         &mut seen,
         &node,
     );
-    assert!(ready.lines().any(|l| l == "STATUS=ready"), "{ready:?}");
+    // A quick start says READY=1 alone (and nothing before it but watchdog pings).
+    assert_eq!(ready, "READY=1\n");
+    assert!(
+        seen.iter()
+            .all(|(_, text)| text == "READY=1\n" || text == "WATCHDOG=1\n"),
+        "{seen:?}"
+    );
     // The watchdog pings every second while the loops are alive.
     let pings_from = seen.len();
     let watch_until = Instant::now() + Duration::from_secs(4);
