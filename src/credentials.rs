@@ -4,9 +4,10 @@
 //! loaded one.
 //!
 //! systemd places a unit's credentials in a directory of their own
-//! (`/run/credentials/<unit>/`) that only the service's processes can read, on a file system
-//! that is never swapped out; the files are read-only, mode 0400 or 0440, owned by root or the
-//! service user, possibly with an ACL granting the service user access
+//! (`/run/credentials/<unit>/`) that only the service's processes can read, on a memory file
+//! system (ramfs where it can, so never swapped out); the files are read-only (mode 0400 or
+//! 0440), owned by root or the service user, possibly with an ACL granting the service user
+//! access
 //! (<https://systemd.io/CREDENTIALS/>). So the file stays root-only where it lives on disk
 //! (`/etc/lattice/default.creds`, mode 0600) and the service, even a `DynamicUser=` one, can read
 //! its copy. Whether group or others could read the copy says nothing about who can (the

@@ -14,7 +14,7 @@ fn json_logs_are_one_object_a_line_and_request_lines_carry_app_and_component() {
     let mut node = Node::launch(&Launch {
         dirs: Some((&dirs.config, &dirs.data)),
         extra: &["--log-format", "json"],
-        log: Some("info,lattice=debug,nats_server=info"),
+        log: Some("lattice=debug,nats_server=info"),
         ..Launch::default()
     });
     node.wait_for_status("/greet", 200, Duration::from_secs(30));
