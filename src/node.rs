@@ -170,6 +170,9 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
             let state = supervisor.state();
             readiness.probe(Condition::NatsServer, move || match &*state.borrow() {
                 nats::ServerState::Running { .. } => None,
+                nats::ServerState::Unhealthy { pid, why } => {
+                    Some(format!("pid {pid} is not healthy: {why}"))
+                }
                 nats::ServerState::Restarting { why } => Some(format!("restarting: {why}")),
                 nats::ServerState::Stopped => Some("stopped".to_owned()),
             });

@@ -2,7 +2,8 @@
 //! ([`crate::admin`]) and when systemd is told `READY=1` ([`crate::systemd`]).
 //!
 //! The node is ready while every [`Condition`] holds:
-//! - [`Condition::NatsServer`]: its own nats-server child runs (not restarting); met at once in
+//! - [`Condition::NatsServer`]: its own nats-server child runs (not restarting) and answers
+//!   `ok` on its monitoring port's `/healthz` ([`crate::nats::ServerState`]); met at once in
 //!   external mode, which has none.
 //! - [`Condition::Connection`]: its NATS connection is connected (async-nats'
 //!   `Client::connection_state`).

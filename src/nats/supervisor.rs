@@ -2,7 +2,8 @@
 //! readiness and the leaf uplink from its monitoring port ([`super::monitor`]), restart with
 //! exponential backoff, and an orderly stop.
 //!
-//! What it reports: whether the child runs ([`ServerState`], for the node's readiness), each
+//! What it reports: whether the child runs and its `/healthz` says so (checked every second:
+//! [`ServerState`], for the node's readiness), each
 //! restart after an exit (`lattice_nats_server_restarts_total`), and its own liveness (a
 //! [`Beat`] at least every [`BEAT_EVERY`] while it watches, waits or restarts, for the systemd
 //! watchdog: [`crate::liveness`]).
@@ -61,6 +62,11 @@ pub const BEAT_EVERY: Duration = Duration::from_secs(1);
 /// hub's INFO and for readiness, or a stop's grace, with room to spare.
 pub const BEAT_ALLOWANCE: Duration = Duration::from_secs(30);
 
+/// How many `/healthz` checks in a row (one every [`BEAT_EVERY`], each bounded by the
+/// monitor's request timeout) must fail before a running server counts as
+/// [`ServerState::Unhealthy`].
+pub const UNHEALTHY_AFTER: u32 = 2;
+
 /// Whether the supervised nats-server runs, as the node's readiness reads it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ServerState {
@@ -68,6 +74,15 @@ pub enum ServerState {
     Running {
         /// Its process id.
         pid: u32,
+    },
+    /// It runs as process `pid` but its monitoring port has not said it is healthy for
+    /// [`UNHEALTHY_AFTER`] checks in a row (a frozen or overloaded server, JetStream not
+    /// current): `why`, as the last check saw it.
+    Unhealthy {
+        /// Its process id.
+        pid: u32,
+        /// Why, one line.
+        why: String,
     },
     /// It is being restarted: `why` (it exited, how; or it is reconfigured).
     Restarting {
@@ -351,7 +366,20 @@ impl Launch {
     /// mode, meanwhile, tells the uplink tracker what `/leafz` lists, every [`LEAFZ_POLL`], and
     /// every [`LEAFZ_FAST_POLL`] for [`LEAFZ_FAST_FOR`] after a leafnode line in the log; each
     /// time the uplink (re)connects, reads the hub's INFO again.
-    async fn watch(&self, child: &mut Child, shutdown: &CancellationToken) -> Stop {
+    ///
+    /// Meanwhile it asks `/healthz` every [`BEAT_EVERY`] (one request at a time, on a task of its
+    /// own so that a server that does not answer holds nothing up) and keeps `state` at
+    /// [`ServerState::Unhealthy`] while [`UNHEALTHY_AFTER`] answers in a row or more were not
+    /// `ok`, [`ServerState::Running`] otherwise.
+    async fn watch(
+        &self,
+        child: &mut Child,
+        shutdown: &CancellationToken,
+        state: &watch::Sender<ServerState>,
+    ) -> Stop {
+        let pid = child.id();
+        let mut check: Option<tokio_util::task::AbortOnDropHandle<Result<(), String>>> = None;
+        let mut failed_checks = 0;
         let look = self.uplink.as_ref().map(UplinkTracker::look_requests);
         let mut next_poll = tokio::time::Instant::now();
         let mut fast_until = next_poll;
@@ -360,7 +388,47 @@ impl Launch {
         beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                _ = beat.tick() => self.beat.beat(),
+                _ = beat.tick() => {
+                    self.beat.beat();
+                    if check.is_none() {
+                        let monitor = self.monitor;
+                        check = Some(tokio_util::task::AbortOnDropHandle::new(tokio::spawn(
+                            async move {
+                                match monitor.healthz().await {
+                                    Ok(health) if health.is_ok() => Ok(()),
+                                    Ok(health) => Err(format!(
+                                        "/healthz says {}: {}",
+                                        health.status,
+                                        health.error.unwrap_or_default()
+                                    )),
+                                    Err(e) => Err(e.to_string()),
+                                }
+                            },
+                        )));
+                    }
+                }
+                checked = health_checked(&mut check) => {
+                    check = None;
+                    match checked {
+                        Ok(()) => {
+                            failed_checks = 0;
+                            state.send_if_modified(|now| {
+                                let changed = *now != ServerState::Running { pid };
+                                *now = ServerState::Running { pid };
+                                changed
+                            });
+                        }
+                        Err(why) => {
+                            failed_checks += 1;
+                            if failed_checks >= UNHEALTHY_AFTER {
+                                if failed_checks == UNHEALTHY_AFTER {
+                                    tracing::warn!(pid, error = why, "nats-server is not healthy");
+                                }
+                                state.send_replace(ServerState::Unhealthy { pid, why });
+                            }
+                        }
+                    }
+                }
                 status = child.status() => {
                     return Stop::Exited(status.map_or_else(|e| e.to_string(), |s| s.to_string()));
                 }
@@ -407,6 +475,16 @@ enum Stop {
     Reconfigure(bool),
 }
 
+/// The outcome of the `/healthz` check under way; forever without one.
+async fn health_checked(
+    check: &mut Option<tokio_util::task::AbortOnDropHandle<Result<(), String>>>,
+) -> Result<(), String> {
+    match check {
+        Some(handle) => handle.await.unwrap_or_else(|e| Err(e.to_string())),
+        None => std::future::pending().await,
+    }
+}
+
 /// Waits for `notify`, or forever without one.
 async fn notified(notify: Option<&tokio::sync::Notify>) {
     match notify {
@@ -450,7 +528,7 @@ async fn supervise(
     };
     loop {
         let pid = child.id();
-        match launch.watch(&mut child, &shutdown).await {
+        match launch.watch(&mut child, &shutdown, &state).await {
             Stop::Exited(status) => {
                 tracing::error!(pid, %status, "nats-server exited unexpectedly; restarting it");
                 state.send_replace(ServerState::Restarting {

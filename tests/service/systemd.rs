@@ -380,3 +380,94 @@ fn ready_waits_until_the_lattice_store_has_answered() {
     );
     assert_eq!(node.admin_get("/readyz"), Some((200, "ready\n".to_owned())));
 }
+
+/// SIGCONTs a process stopped by the test when dropped, so no stopped nats-server outlives a
+/// failed test.
+struct Stopped(i32);
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.0),
+            nix::sys::signal::Signal::SIGCONT,
+        );
+    }
+}
+
+/// A frozen nats-server (SIGSTOP) is not a stuck node: `/readyz` turns 503 naming it (its
+/// monitoring port stops answering) while the node's own loops go on and the watchdog keeps
+/// being pinged; after SIGCONT the node is ready again. (Withholding the ping for a loop that
+/// is stuck is shown by `systemd::tests` in the library: nothing outside the process can make
+/// one of its loops stop without stopping the whole process.)
+#[test]
+fn a_frozen_nats_server_makes_the_node_unready_but_not_stuck() {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    let tmp = tempfile::tempdir().unwrap();
+    let socket_path = tmp.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let (config, data) = (tmp.path().join("config"), tmp.path().join("data"));
+    std::fs::create_dir_all(&config).unwrap();
+    let socket_s = socket_path.to_string_lossy().into_owned();
+    let node = Node::launch(&Launch {
+        dirs: Some((&config, &data)),
+        env: &[("NOTIFY_SOCKET", &socket_s), ("WATCHDOG_USEC", "2000000")],
+        ..Launch::default()
+    });
+    let mut seen = Vec::new();
+    receive_until(
+        &socket,
+        "READY=1",
+        Duration::from_secs(30),
+        &mut seen,
+        &node,
+    );
+    let pid = node.nats_pid();
+    kill(Pid::from_raw(pid), Signal::SIGSTOP).unwrap();
+    let frozen = Stopped(pid);
+    let mut body = String::new();
+    wait_until(
+        "/readyz to name the frozen nats-server",
+        Duration::from_secs(15),
+        || {
+            body = node
+                .admin_get("/readyz")
+                .map(|(_, b)| b)
+                .unwrap_or_default();
+            body.contains(&format!("nats-server: pid {pid} is not healthy: "))
+        },
+    );
+    assert_eq!(node.admin_get("/readyz").unwrap().0, 503, "{body}");
+    // The node's loops go on: the watchdog is pinged throughout.
+    let from = seen.len();
+    let until = Instant::now() + Duration::from_secs(3);
+    let mut buffer = [0u8; 4096];
+    while Instant::now() < until {
+        if let Ok(n) = socket.recv(&mut buffer) {
+            seen.push((
+                Instant::now(),
+                String::from_utf8_lossy(&buffer[..n]).into_owned(),
+            ));
+        }
+    }
+    let pings = seen[from..]
+        .iter()
+        .filter(|(_, t)| t.lines().any(|l| l == "WATCHDOG=1"))
+        .count();
+    assert!(
+        pings >= 2,
+        "{pings} pings while nats-server was frozen: {seen:?}"
+    );
+    drop(frozen);
+    wait_until("/readyz 200 after SIGCONT", Duration::from_secs(30), || {
+        node.admin_get("/readyz").is_some_and(|(s, _)| s == 200)
+    });
+    assert_eq!(
+        node.nats_pid(),
+        pid,
+        "the same nats-server, not a restarted one"
+    );
+}
