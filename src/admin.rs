@@ -1,14 +1,18 @@
-//! The admin endpoint (`--admin-addr`, default `127.0.0.1:9464`): `/healthz` and `/metrics`
-//! over plain HTTP/1.1 (hyper), for probes and Prometheus, on an address of its own so that no
-//! app's route can shadow it.
+//! The admin endpoint (`--admin-addr`, default `127.0.0.1:9464`): `/healthz`, `/readyz` and
+//! `/metrics` over plain HTTP/1.1 (hyper), for probes and Prometheus, on an address of its own
+//! so that no app's route can shadow it.
 //!
 //! - `GET /healthz`: `200 ok` while the process answers.
-//! - `GET /metrics`: [`crate::metrics`] in the OpenMetrics text format.
+//! - `GET /readyz`: `200 ready` while the node is ready ([`crate::readiness`]), else `503` with
+//!   the reasons, one line each (`<condition>: <why>`), plain text.
+//! - `GET /metrics`: [`crate::metrics`] in the OpenMetrics text format, after the refreshers
+//!   handed to [`AdminState::before_metrics`] ran (counts kept elsewhere, read at scrape time).
 //!
 //! Anything else is 404; a method other than GET or HEAD is 405.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -18,6 +22,8 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::readiness::Readiness;
+
 /// The default `--admin-addr`: loopback, the port OpenTelemetry's Prometheus exporters use
 /// (not Prometheus's own 9090).
 pub const DEFAULT_ADDR: SocketAddr =
@@ -25,6 +31,47 @@ pub const DEFAULT_ADDR: SocketAddr =
 
 /// How long a client may take to send a request's headers.
 const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// What the admin endpoint answers from; cheap to clone, every clone sees the same state.
+#[derive(Clone)]
+pub struct AdminState {
+    readiness: Readiness,
+    refreshers: Arc<Mutex<Vec<Refresher>>>,
+}
+
+/// Brings one part of the metrics up to date (e.g. copies counts kept elsewhere into the
+/// registry); called right before `/metrics` renders.
+pub type Refresher = Arc<dyn Fn() + Send + Sync>;
+
+impl AdminState {
+    /// The state of a node whose readiness is `readiness`, with no refresher yet.
+    pub fn new(readiness: Readiness) -> AdminState {
+        AdminState {
+            readiness,
+            refreshers: Arc::default(),
+        }
+    }
+
+    /// Runs `refresh` before every `/metrics` render from now on. It must be cheap and must not
+    /// block: it runs on the endpoint's connection task.
+    pub fn before_metrics(&self, refresh: impl Fn() + Send + Sync + 'static) {
+        self.refreshers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(Arc::new(refresh));
+    }
+
+    fn refresh(&self) {
+        let refreshers = self
+            .refreshers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        for refresh in refreshers {
+            refresh();
+        }
+    }
+}
 
 /// A bound admin endpoint; [`AdminServer::serve`] answers on it.
 pub struct AdminServer {
@@ -63,8 +110,9 @@ impl AdminServer {
         self.addr
     }
 
-    /// Answers requests until `shutdown` fires; connections still open then are dropped.
-    pub async fn serve(self, shutdown: CancellationToken) {
+    /// Answers requests from `state` until `shutdown` fires; connections still open then are
+    /// dropped.
+    pub async fn serve(self, state: AdminState, shutdown: CancellationToken) {
         let mut connections = JoinSet::new();
         loop {
             let accepted = tokio::select! {
@@ -78,9 +126,11 @@ impl AdminServer {
                     continue;
                 }
             };
+            let state = state.clone();
             connections.spawn(async move {
-                let service = hyper::service::service_fn(|request| async move {
-                    Ok::<_, Infallible>(answer(&request))
+                let service = hyper::service::service_fn(|request| {
+                    let state = state.clone();
+                    async move { Ok::<_, Infallible>(answer(&request, &state)) }
                 });
                 let connection = hyper::server::conn::http1::Builder::new()
                     .timer(TokioTimer::new())
@@ -107,7 +157,7 @@ fn text(status: StatusCode, content_type: &'static str, body: String) -> Respons
     response
 }
 
-fn answer<B>(request: &Request<B>) -> Response<Full<Bytes>> {
+fn answer<B>(request: &Request<B>, state: &AdminState) -> Response<Full<Bytes>> {
     const PLAIN: &str = "text/plain; charset=utf-8";
     if request.method() != Method::GET && request.method() != Method::HEAD {
         return text(
@@ -118,15 +168,82 @@ fn answer<B>(request: &Request<B>) -> Response<Full<Bytes>> {
     }
     match request.uri().path() {
         "/healthz" => text(StatusCode::OK, PLAIN, "ok\n".to_owned()),
-        "/metrics" => text(
-            StatusCode::OK,
-            crate::metrics::CONTENT_TYPE,
-            crate::metrics::get().render(),
-        ),
+        "/readyz" => {
+            let reasons = state.readiness.reasons();
+            if reasons.is_empty() {
+                text(StatusCode::OK, PLAIN, "ready\n".to_owned())
+            } else {
+                let mut body = reasons.join("\n");
+                body.push('\n');
+                text(StatusCode::SERVICE_UNAVAILABLE, PLAIN, body)
+            }
+        }
+        "/metrics" => {
+            state.refresh();
+            text(
+                StatusCode::OK,
+                crate::metrics::CONTENT_TYPE,
+                crate::metrics::get().render(),
+            )
+        }
         _ => text(
             StatusCode::NOT_FOUND,
             PLAIN,
-            "not found: /healthz, /metrics\n".to_owned(),
+            "not found: /healthz, /readyz, /metrics\n".to_owned(),
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::readiness::Condition;
+
+    fn get(path: &str) -> Request<()> {
+        Request::get(path).body(()).unwrap()
+    }
+
+    fn body(response: Response<Full<Bytes>>) -> (StatusCode, String) {
+        use http_body_util::BodyExt as _;
+        let status = response.status();
+        let bytes = futures::executor::block_on(response.into_body().collect())
+            .unwrap()
+            .to_bytes();
+        (status, String::from_utf8(bytes.to_vec()).unwrap())
+    }
+
+    #[test]
+    fn readyz_lists_the_reasons_until_the_node_is_ready() {
+        let readiness = Readiness::new();
+        let state = AdminState::new(readiness.clone());
+        let (status, text) = body(answer(&get("/readyz"), &state));
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(text.lines().count(), Condition::ALL.len(), "{text}");
+        assert!(
+            text.contains("first reconcile pass: not completed yet\n"),
+            "{text}"
+        );
+        for condition in Condition::ALL {
+            readiness.met(condition);
+        }
+        assert_eq!(
+            body(answer(&get("/readyz"), &state)),
+            (StatusCode::OK, "ready\n".to_owned())
+        );
+    }
+
+    #[test]
+    fn metrics_run_the_refreshers_first() {
+        let state = AdminState::new(Readiness::new());
+        let runs = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let counter = runs.clone();
+        state.before_metrics(move || {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        });
+        let (status, _) = body(answer(&get("/metrics"), &state));
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(runs.load(std::sync::atomic::Ordering::SeqCst), 1);
+        let (status, _) = body(answer(&get("/nope"), &state));
+        assert_eq!(status, StatusCode::NOT_FOUND);
     }
 }

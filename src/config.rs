@@ -325,19 +325,39 @@ impl NodeConfig {
             "--store-replicas: {store_replicas} is outside 1..=5 (JetStream's replica range)"
         );
 
+        // `credential:NAME` names a systemd credential (crate::credentials), checked as one.
         let creds = match (args.creds, file.creds) {
-            (Some(path), _) => {
-                let path = absolute(path)?;
-                check_creds_file(&path, "--creds")?;
-                Some(path)
-            }
+            (Some(path), _) => match crate::credentials::credential_name(&path) {
+                Some(name) => Some(credential(name, "--creds")?),
+                None => {
+                    let path = absolute(path)?;
+                    check_creds_file(&path, "--creds")?;
+                    Some(path)
+                }
+            },
             (None, Some(path)) => {
-                let path = config_dir.join(path);
                 let key = format!("{} key creds", config_dir.join(CONFIG_FILE_NAME).display());
-                check_creds_file(&path, &key)?;
-                Some(path)
+                match crate::credentials::credential_name(&path) {
+                    Some(name) => Some(credential(name, &key)?),
+                    None => {
+                        let path = config_dir.join(path);
+                        check_creds_file(&path, &key)?;
+                        Some(path)
+                    }
+                }
             }
-            (None, None) => None,
+            (None, None) => match crate::credentials::default_credential() {
+                Some(path) => {
+                    let origin = format!(
+                        "the default credential (${}/{})",
+                        crate::credentials::DIRECTORY_VAR,
+                        crate::credentials::DEFAULT_CREDENTIAL
+                    );
+                    check_credential(&path, &origin)?;
+                    Some(path)
+                }
+                None => None,
+            },
         };
         let file_path = config_dir.join(CONFIG_FILE_NAME);
         let mut warnings = Vec::new();
@@ -569,6 +589,11 @@ fn listen_policy(rules: &[String], origin: &str) -> anyhow::Result<ListenPolicy>
 /// # Errors
 /// Names the file, where it was given (`origin`, e.g. `--creds`) and the problem.
 pub fn check_creds_file(path: &Path, origin: &str) -> anyhow::Result<()> {
+    check_creds_content(path, origin, true)
+}
+
+/// [`check_creds_file`], with the mode check only when `private` says so.
+fn check_creds_content(path: &Path, origin: &str, private: bool) -> anyhow::Result<()> {
     use std::os::unix::fs::PermissionsExt as _;
     let meta = std::fs::metadata(path)
         .with_context(|| format!("{origin} {}: cannot read it", path.display()))?;
@@ -579,7 +604,7 @@ pub fn check_creds_file(path: &Path, origin: &str) -> anyhow::Result<()> {
     );
     let mode = meta.permissions().mode() & 0o777;
     ensure!(
-        mode & 0o077 == 0,
+        !private || mode & 0o077 == 0,
         "{origin} {}: group or others can access it (mode {mode:o}); it holds a secret key: run `chmod 600 {}`",
         path.display(),
         path.display()
@@ -595,6 +620,27 @@ pub fn check_creds_file(path: &Path, origin: &str) -> anyhow::Result<()> {
                 path.display()
             )
         })
+}
+
+/// The systemd credential `name` (`credential:NAME`, given at `origin`), checked: its path.
+///
+/// # Errors
+/// [`crate::credentials::CredentialError`], or what [`check_credential`] finds.
+fn credential(name: &str, origin: &str) -> anyhow::Result<PathBuf> {
+    let path = crate::credentials::resolve(name, origin)?;
+    check_credential(&path, &format!("{origin} credential:{name}"))?;
+    Ok(path)
+}
+
+/// Checks a NATS credentials file that systemd handed over (`$CREDENTIALS_DIRECTORY/NAME`): it
+/// is a regular file this process can read and it parses as a creds file. Its mode is not
+/// checked: the credentials directory, private to the service, decides who can read it
+/// ([`crate::credentials`]).
+///
+/// # Errors
+/// Names the file, where it was given (`origin`) and the problem.
+pub fn check_credential(path: &Path, origin: &str) -> anyhow::Result<()> {
+    check_creds_content(path, origin, false)
 }
 
 /// The default data dir: $STATE_DIRECTORY, else /var/lib/lattice as root, else
@@ -912,6 +958,24 @@ mod tests {
             "-----BEGIN NATS USER JWT-----\neyJ0eXAiOiJKV1QifQ.e30.c2ln\n------END NATS USER JWT------\n\n\
              -----BEGIN USER NKEY SEED-----\n{seed}\n------END USER NKEY SEED------\n"
         )
+    }
+
+    #[test]
+    fn credentials_are_not_held_to_the_mode_check_of_creds_files() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("default.creds");
+        std::fs::write(&path, creds_text()).unwrap();
+        // As systemd hands a credential to a DynamicUser service: 0440, an ACL for the user.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o440)).unwrap();
+        check_credential(&path, "--creds credential:default.creds").unwrap();
+        let err = check_creds_file(&path, "--creds").unwrap_err().to_string();
+        assert!(err.contains("mode 440"), "{err}");
+        std::fs::write(dir.path().join("junk"), "junk").unwrap();
+        let err = check_credential(&dir.path().join("junk"), "--creds credential:junk")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not a NATS credentials file"), "{err}");
     }
 
     #[test]

@@ -12,17 +12,21 @@ pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod control;
+pub mod credentials;
 pub mod host;
 pub mod init;
 pub mod lattice;
+pub mod liveness;
 pub mod metrics;
 pub mod name;
 pub mod nats;
 pub mod node;
 pub mod private_file;
 pub mod providers;
+pub mod readiness;
 pub mod reconciler;
 pub mod supervisor;
+pub mod systemd;
 pub mod telemetry;
 
 /// Keeps `RUST_BACKTRACE=1` from making every error capture a host backtrace: sets

@@ -4,10 +4,16 @@
 //! → lattice RPC → host → HTTP ingress → desired-state mirror (sled) → the supervised tasks
 //! ([`crate::supervisor`]): membership, control API, JetStream watch, mirror follower,
 //! `host_started`, config-dir watcher (its first pass writes into the lattice's store),
-//! artifact sweeper, reconciler (its first pass makes the node ready), heartbeat. Stop
+//! artifact sweeper, reconciler (its first pass makes the node up), heartbeat. Stop
 //! (SIGINT/SIGTERM): heartbeat → `host_stopped` (others re-place at once) → the other tasks in
 //! reverse start order, each bounded → HTTP and RPC (drain in-flight requests) → NATS client →
 //! nats-server last.
+//!
+//! Before all of it: the node's [`Readiness`] (fed from here as the parts come up: nats-server,
+//! the connection, the store, the first pass, the tasks' health), its [`Liveness`] registry
+//! (the nats supervisor, the reconciler and the heartbeat beat in it), the admin endpoint that
+//! serves them, and the systemd notifier ([`crate::systemd`]: `READY=1` once ready, the
+//! watchdog while the loops are alive).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -23,6 +29,7 @@ use crate::host::{Host, InstanceLimits};
 use crate::lattice::identity;
 use crate::lattice::membership::{Heartbeat, HostInfo, Membership, NodeHealth, Signer};
 use crate::lattice::rpc::{Peers, Rpc};
+use crate::liveness::{Beat, Liveness};
 use crate::nats::server_config::{LeafRemote, ServerSettings};
 use crate::nats::subjects;
 use crate::nats::uplink::{Uplink, UplinkState, UplinkTracker};
@@ -30,6 +37,7 @@ use crate::nats::{self, NatsSupervisor};
 use crate::providers::http::HttpServer;
 use crate::providers::http_client::Egress;
 use crate::providers::keyvalue::KeyValueProviders;
+use crate::readiness::{Condition, Readiness};
 use crate::reconciler::artifacts::{Artifacts, GC_INTERVAL};
 use crate::reconciler::plan;
 use crate::reconciler::store::Mirror;
@@ -80,6 +88,14 @@ const TASK_HEARTBEAT: &str = "heartbeat";
 /// Name of the file in the data dir that records the URL of this node's NATS, for CLI commands.
 pub const NATS_URL_FILE: &str = "nats.url";
 
+/// The longest a reconcile pass (with the supervisor's longest restart backoff, 30 s, before
+/// a restarted one) may rightly keep the reconciler from beating.
+const RECONCILER_ALLOWANCE: Duration = Duration::from_secs(60);
+
+/// Beyond three heartbeat intervals, how long the heartbeat may rightly go without beating
+/// (a publish held up, the supervisor's longest restart backoff).
+const HEARTBEAT_SLACK: Duration = Duration::from_secs(30);
+
 /// Runs the node until SIGINT or SIGTERM, then stops it in order.
 ///
 /// # Errors
@@ -108,16 +124,26 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         tracing::warn!("{warning}");
     }
     // First, so that probes get answers while the rest starts.
+    let readiness = Readiness::new();
+    let liveness = Liveness::new();
+    let admin_state = crate::admin::AdminState::new(readiness.clone());
     let admin_stop = CancellationToken::new();
     let admin = match config.admin_addr {
         Some(addr) => {
             crate::metrics::install();
             let server = crate::admin::AdminServer::bind(addr).await?;
             tracing::info!(addr = %server.addr(), "admin endpoint listening");
-            Some(tokio::spawn(server.serve(admin_stop.clone())))
+            Some(tokio::spawn(
+                server.serve(admin_state.clone(), admin_stop.clone()),
+            ))
         }
         None => None,
     };
+    let systemd = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(crate::systemd::run(
+        readiness.clone(),
+        liveness.clone(),
+        admin_stop.clone(),
+    )));
 
     if let NatsMode::Leaf {
         creds: Some(creds), ..
@@ -137,7 +163,23 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         }
         _ => Some(nats::local_auth::load_or_create(&config.data_dir)?),
     };
-    let (supervisor, url, uplink) = start_nats(&config, local_user.as_ref()).await?;
+    let nats_beat = liveness.register("nats-supervisor", nats::supervisor::BEAT_ALLOWANCE);
+    let (supervisor, url, uplink) = start_nats(&config, local_user.as_ref(), nats_beat).await?;
+    match &supervisor {
+        Some(supervisor) => {
+            let state = supervisor.state();
+            readiness.probe(Condition::NatsServer, move || match &*state.borrow() {
+                nats::ServerState::Running { .. } => None,
+                nats::ServerState::Unhealthy { pid, why } => {
+                    Some(format!("pid {pid} is not healthy: {why}"))
+                }
+                nats::ServerState::Restarting { why } => Some(format!("restarting: {why}")),
+                nats::ServerState::Stopped => Some("stopped".to_owned()),
+            });
+        }
+        // External mode: there is none to wait for.
+        None => readiness.met(Condition::NatsServer),
+    }
     let url_file = config.data_dir.join(NATS_URL_FILE);
     // Private: an external URL may carry a user and password.
     crate::private_file::write(&url_file, format!("{url}\n").as_bytes(), false)
@@ -158,9 +200,13 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         &url,
         auth,
         uplink,
-        &mut sigterm,
-        &mut sigint,
+        (&mut sigterm, &mut sigint),
         signer,
+        Watch {
+            readiness,
+            liveness,
+            admin: admin_state,
+        },
     )
     .await;
     if let Some(supervisor) = supervisor {
@@ -171,6 +217,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     if let Some(admin) = admin {
         let _ = admin.await;
     }
+    let _ = systemd.await;
     match &result {
         Ok(()) => tracing::info!("lattice node stopped"),
         Err(e) => tracing::error!(error = format!("{e:#}"), "lattice node failed"),
@@ -183,11 +230,11 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
 async fn start_nats(
     config: &NodeConfig,
     local_user: Option<&nats::local_auth::LocalUser>,
+    beat: Beat,
 ) -> anyhow::Result<(Option<NatsSupervisor>, String, watch::Receiver<Uplink>)> {
     let (leaf_remote, uplink) = match &config.nats_mode {
         NatsMode::External { url, .. } => {
-            let (_, uplink) =
-                watch::channel(Uplink::fixed(UplinkState::External, Some(url.clone())));
+            let uplink = Uplink::fixed_channel(UplinkState::External, Some(url.clone()));
             return Ok((None, url.clone(), uplink));
         }
         NatsMode::Standalone => (None, None),
@@ -220,16 +267,14 @@ async fn start_nats(
     };
     let (tracker, uplink) = match uplink {
         Some((tracker, state)) => (Some(tracker), state),
-        None => (
-            None,
-            watch::channel(Uplink::fixed(UplinkState::None, None)).1,
-        ),
+        None => (None, Uplink::fixed_channel(UplinkState::None, None)),
     };
     let supervisor = NatsSupervisor::start(
         binary,
         nats_dir.join("nats-server.conf"),
         &settings,
         tracker,
+        beat,
     )
     .await?;
     let url = supervisor.url().to_owned();
@@ -270,20 +315,55 @@ impl LocalHost {
     }
 }
 
+/// What the node reports about itself while it runs: readiness, the liveness of its loops,
+/// and the admin endpoint's refreshers.
+struct Watch {
+    readiness: Readiness,
+    liveness: Liveness,
+    admin: crate::admin::AdminState,
+}
+
 /// The parts that run on top of a ready NATS.
 async fn run_with_nats(
     config: &NodeConfig,
     nats_url: &str,
     auth: nats::ClientAuth<'_>,
     uplink: watch::Receiver<Uplink>,
-    sigterm: &mut tokio::signal::unix::Signal,
-    sigint: &mut tokio::signal::unix::Signal,
+    (sigterm, sigint): (
+        &mut tokio::signal::unix::Signal,
+        &mut tokio::signal::unix::Signal,
+    ),
     signer: Arc<Signer>,
+    watch: Watch,
 ) -> anyhow::Result<()> {
+    let Watch {
+        readiness,
+        liveness,
+        admin,
+    } = watch;
     let id = signer.id();
     let started = Instant::now();
     let client = nats::connect(nats_url, &config.name, auth).await?;
+    readiness.probe(Condition::Connection, {
+        let client = client.clone();
+        move || match client.connection_state() {
+            async_nats::connection::State::Connected => None,
+            async_nats::connection::State::Pending => Some("connecting".to_owned()),
+            async_nats::connection::State::Disconnected => {
+                Some("disconnected; reconnecting".to_owned())
+            }
+        }
+    });
     let membership = Arc::new(Membership::default());
+    admin.before_metrics({
+        let membership = membership.clone();
+        move || {
+            let metrics = crate::metrics::get();
+            for (reason, total) in membership.rejections().snapshot().by_reason() {
+                metrics.membership_rejected(reason, total);
+            }
+        }
+    });
     let peers = Peers {
         node: id.clone(),
         membership: membership.clone(),
@@ -322,6 +402,7 @@ async fn run_with_nats(
         .open_tree("files")
         .context("opening the config-dir records")?;
     let (js, js_state) = nats::SharedJetStream::new(client.clone(), config.js_domain.clone());
+    follow_store(&js, &readiness);
     let artifacts = Artifacts::new(
         js.clone(),
         &config.lattice,
@@ -358,6 +439,13 @@ async fn run_with_nats(
     );
 
     let mut tasks = Supervisor::new(RestartPolicy::default());
+    readiness.probe(Condition::Tasks, {
+        let health = tasks.health();
+        move || {
+            let failing = health.failing();
+            (!failing.is_empty()).then(|| failing.join("; "))
+        }
+    });
     let local = Arc::new(LocalHost {
         id: id.clone(),
         config: config.clone(),
@@ -501,12 +589,21 @@ async fn run_with_nats(
         }
     });
     let (reconciled, first_pass) = tokio::sync::oneshot::channel();
+    // The reconciler asks for this node's description on every pass: that call is its beat.
+    let reconciler_local: Arc<dyn Fn() -> HostInfo + Send + Sync> = {
+        let beat = liveness.register("reconciler", RECONCILER_ALLOWANCE);
+        let local = local_info.clone();
+        Arc::new(move || {
+            beat.beat();
+            local()
+        })
+    };
     let reconciler = Reconciler {
         me: id,
         deployer: deployer.clone(),
         mirror,
         membership,
-        local: local_info,
+        local: reconciler_local,
         client: client.clone(),
         lattice: config.lattice.clone(),
         tick: config.heartbeat_interval.min(Duration::from_secs(1)),
@@ -557,6 +654,8 @@ async fn run_with_nats(
         let (client, lattice, local) = (client.clone(), config.lattice.clone(), local.clone());
         let (interval, now) = (config.heartbeat_interval, heartbeat_now.clone());
         let signer = signer.clone();
+        // The heartbeat describes this node before each heartbeat: that call is its beat.
+        let beat = liveness.register("heartbeat", interval * 3 + HEARTBEAT_SLACK);
         move |shutdown| {
             let heartbeat = Heartbeat::new(client.clone(), &lattice, signer.clone());
             let local = local.clone();
@@ -565,7 +664,12 @@ async fn run_with_nats(
                 local.uplink.clone(),
                 now.clone(),
             );
-            let run = heartbeat.run(move || local.info(), interval, now.clone(), shutdown);
+            let beat = beat.clone();
+            let info = move || {
+                beat.beat();
+                local.info()
+            };
+            let run = heartbeat.run(info, interval, now.clone(), shutdown);
             async move {
                 tokio::select! {
                     () = run => {}
@@ -583,8 +687,9 @@ async fn run_with_nats(
         }
     };
     tokio::pin!(signal);
-    // Up (and READY for systemd) once this node runs its share of the lattice, the config dir's
-    // manifests included; a watcher that fails before that does not hold the node back.
+    // Up once this node runs its share of the lattice, the config dir's manifests included; a
+    // watcher that fails before that does not hold the node back. READY for systemd follows
+    // once every readiness condition holds (crate::systemd).
     let early = tokio::select! {
         _ = first_pass => None,
         name = &mut signal => Some(name),
@@ -592,16 +697,13 @@ async fn run_with_nats(
     let received = match early {
         Some(name) => name,
         None => {
+            readiness.met(Condition::FirstPass);
             tracing::info!(ingress = %http.ingress_addr(), nats = %crate::nats::redact::redact_url(nats_url), "lattice node is up");
-            // Under systemd (Type=notify) this marks the unit started; elsewhere a no-op.
-            if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
-                tracing::warn!(error = %e, "telling systemd the node is ready");
-            }
             signal.await
         }
     };
     tracing::info!("{received} received; stopping");
-    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    crate::systemd::stopping();
     tasks.stop(TASK_HEARTBEAT, HEARTBEAT_STOP_TIMEOUT).await;
     // host_stopped first: the others re-place this node's replicas at once, while it finishes
     // what it serves. NATS may be unreachable now (external mode, a restarting nats-server):
@@ -637,6 +739,33 @@ async fn run_with_nats(
         Err(_) => tracing::debug!("the nats client did not drain within {NATS_GOODBYE_TIMEOUT:?}"),
     }
     Ok(())
+}
+
+/// Makes [`Condition::Store`] follow `js`: unmet with the discovery's reason until the lattice's
+/// JetStream (the desired-state store) answers, met for good from then on.
+fn follow_store(js: &nats::SharedJetStream, readiness: &Readiness) {
+    let state = js.subscribe();
+    readiness.probe(Condition::Store, move || match &*state.borrow() {
+        nats::JetStreamState::Found { .. } => None,
+        nats::JetStreamState::Searching => {
+            Some("the lattice's store has not answered yet: looking for its JetStream".to_owned())
+        }
+        nats::JetStreamState::Unreachable { reason } => Some(format!(
+            "the lattice's store has not answered yet: {reason}"
+        )),
+    });
+    let mut state = js.subscribe();
+    let readiness = readiness.clone();
+    // Ends with the node (the state's sender is dropped).
+    tokio::spawn(async move {
+        if state
+            .wait_for(|s| matches!(s, nats::JetStreamState::Found { .. }))
+            .await
+            .is_ok()
+        {
+            readiness.met(Condition::Store);
+        }
+    });
 }
 
 /// Every [`GC_INTERVAL`], if this node is the one of the lattice that sweeps (by rendezvous over

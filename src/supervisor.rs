@@ -40,6 +40,10 @@ use tokio_util::task::AbortOnDropHandle;
 /// The least time a task gets to end once told to stop, whatever is left of a shared bound.
 const STOP_GRACE: Duration = Duration::from_millis(200);
 
+/// How long an attempt started after a failure must run before [`Health::failing`] no longer
+/// lists its task.
+pub const SETTLE: Duration = Duration::from_secs(5);
+
 /// How failed tasks are restarted, and when failing makes the node degraded. One policy for
 /// every task of a node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -165,6 +169,50 @@ impl Health {
     /// `degraded_after`, with its cause, e.g. `reconciler failing for 75 s: …`.
     pub fn degraded(&self) -> Option<String> {
         degraded_reason(&self.tasks(), self.policy.degraded_after)
+    }
+
+    /// The tasks failing now, one line each with its cause: what `/readyz` reports
+    /// ([`crate::readiness::Condition::Tasks`]). A task is failing while its last attempt
+    /// failed and the next one waits for its backoff (`reconciler restarting (3 restarts):
+    /// …`), while an attempt started after a failure has not yet run [`SETTLE`]
+    /// (`reconciler running again for 1200 ms after 3 restart(s); last: …`: an attempt that
+    /// fails at once must not look healthy between two failures), and while it has been
+    /// failing for longer than the policy's `degraded_after`. Empty while every task runs.
+    pub fn failing(&self) -> Vec<String> {
+        let now = Instant::now();
+        lock(&self.records)
+            .iter()
+            .filter_map(|record| {
+                let record = lock(record);
+                let health = record.health(&self.policy, now);
+                let cause = health.last_error.as_deref().unwrap_or("(no cause)");
+                let running_for = now.duration_since(record.attempt_started);
+                if health.state == TaskState::Restarting {
+                    Some(format!(
+                        "{} restarting ({} restarts): {cause}",
+                        health.name, health.restarts
+                    ))
+                } else if health.failing_for_ms > self.policy.degraded_after.as_millis() as u64 {
+                    Some(format!(
+                        "{} failing for {} s: {cause}",
+                        health.name,
+                        health.failing_for_ms / 1000
+                    ))
+                } else if health.state == TaskState::Running
+                    && health.failing_for_ms > 0
+                    && running_for < SETTLE
+                {
+                    Some(format!(
+                        "{} running again for {} ms after {} restart(s); last: {cause}",
+                        health.name,
+                        running_for.as_millis(),
+                        health.restarts
+                    ))
+                } else {
+                    None
+                }
+            })
+            .collect()
     }
 }
 
@@ -375,6 +423,7 @@ async fn supervise<F, Fut>(
             record.last_error = Some(cause.clone());
             record.restarts
         };
+        crate::metrics::get().task_restarted(name);
         tracing::error!(
             task = name,
             error = cause,
@@ -454,6 +503,15 @@ mod tests {
             Some("panicked: boom on the first run")
         );
         assert!(health.degraded().is_none());
+        // Running again, but not for long enough to count as healthy for readiness.
+        let failing = health.failing();
+        assert_eq!(failing.len(), 1, "{failing:?}");
+        assert!(
+            failing[0].starts_with("flaky running again for ")
+                && failing[0]
+                    .ends_with(" ms after 1 restart(s); last: panicked: boom on the first run"),
+            "{failing:?}"
+        );
         assert!(tasks.shutdown(Duration::from_secs(1)).await.is_empty());
         assert_eq!(health.tasks()[0].state, TaskState::Stopped);
     }
@@ -471,6 +529,10 @@ mod tests {
         wait_for("degraded", || health.degraded().is_some()).await;
         let reason = health.degraded().unwrap();
         assert!(reason.starts_with("broken failing for "), "{reason}");
+        let failing = health.failing();
+        assert_eq!(failing.len(), 1, "{failing:?}");
+        assert!(failing[0].starts_with("broken "), "{failing:?}");
+        assert!(failing[0].ends_with(": store unreachable"), "{failing:?}");
         assert!(reason.ends_with(": store unreachable"), "{reason}");
         let task = &health.tasks()[0];
         assert!(task.restarts >= 3, "{task:?}");

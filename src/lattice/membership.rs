@@ -240,6 +240,13 @@ impl RejectionCounts {
         ]
     }
 
+    /// Each reason's count, by the reason's fixed name (`oversized`, `unsigned`, `malformed`,
+    /// `wrong_subject`, `bad_interval`, `out_of_window`, `stale`, `too_many_hosts`, `bad_id`,
+    /// `bad_signature`): the `reason` label of `lattice_membership_rejected_total`.
+    pub fn by_reason(&self) -> [(&'static str, u64); 10] {
+        self.fields()
+    }
+
     /// Every dropped event.
     pub fn total(&self) -> u64 {
         self.fields().iter().map(|(_, n)| n).sum()

@@ -49,7 +49,7 @@ fn owners(table: &str, port: u16) -> Vec<u32> {
         .collect()
 }
 
-/// Checks that every socket a connection to `127.0.0.1:port` could reach ([`owners`]) belongs
+/// Checks that every socket a connection to `127.0.0.1:port` could reach (`owners`) belongs
 /// to uid `expected` (the node's user).
 ///
 /// # Errors

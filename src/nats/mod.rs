@@ -27,7 +27,7 @@ pub mod user_permissions;
 
 pub use discovery::{Discovery, Reach, watch_jetstream};
 pub use jetstream::{JetStreamState, SharedJetStream};
-pub use supervisor::{NatsSupervisor, find_nats_server};
+pub use supervisor::{NatsSupervisor, ServerState, find_nats_server};
 
 use std::time::Duration;
 

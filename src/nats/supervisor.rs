@@ -1,6 +1,12 @@
 //! Supervises the node's `nats-server` child: spawn (async-process), log forwarding into tracing,
 //! readiness and the leaf uplink from its monitoring port ([`super::monitor`]), restart with
 //! exponential backoff, and an orderly stop.
+//!
+//! What it reports: whether the child runs and its `/healthz` says so (checked every second:
+//! [`ServerState`], for the node's readiness), each
+//! restart after an exit (`lattice_nats_server_restarts_total`), and its own liveness (a
+//! [`Beat`] at least every [`BEAT_EVERY`] while it watches, waits or restarts, for the systemd
+//! watchdog: [`crate::liveness`]).
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -15,8 +21,11 @@ use futures::StreamExt;
 use futures::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+
+use crate::liveness::Beat;
 
 use super::discovery::read_remote_info;
 use super::monitor::Monitor;
@@ -47,6 +56,42 @@ const STABLE_RUN: Duration = Duration::from_secs(60);
 const STOP_GRACE: Duration = Duration::from_secs(3);
 /// Log lines of the current child kept to explain a failed start.
 const KEPT_LOG_LINES: usize = 20;
+/// How often the supervising loop beats while nothing else happens.
+pub const BEAT_EVERY: Duration = Duration::from_secs(1);
+/// The longest the supervising loop may rightly go without a beat: a (re)start's wait for the
+/// hub's INFO and for readiness, or a stop's grace, with room to spare.
+pub const BEAT_ALLOWANCE: Duration = Duration::from_secs(30);
+
+/// How many `/healthz` checks in a row (one every [`BEAT_EVERY`], each bounded by the
+/// monitor's request timeout) must fail before a running server counts as
+/// [`ServerState::Unhealthy`].
+pub const UNHEALTHY_AFTER: u32 = 2;
+
+/// Whether the supervised nats-server runs, as the node's readiness reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServerState {
+    /// It runs (it reported itself healthy when it started), as process `pid`.
+    Running {
+        /// Its process id.
+        pid: u32,
+    },
+    /// It runs as process `pid` but its monitoring port has not said it is healthy for
+    /// [`UNHEALTHY_AFTER`] checks in a row (a frozen or overloaded server, JetStream not
+    /// current): `why`, as the last check saw it.
+    Unhealthy {
+        /// Its process id.
+        pid: u32,
+        /// Why, one line.
+        why: String,
+    },
+    /// It is being restarted: `why` (it exited, how; or it is reconfigured).
+    Restarting {
+        /// Why, one line.
+        why: String,
+    },
+    /// The node stopped it.
+    Stopped,
+}
 
 /// Finds the `nats-server` executable: `explicit` (flag or `LATTICE_NATS_SERVER`), next to the
 /// running executable, on `$PATH`, then `/usr/sbin` and `/usr/local/sbin` (Debian installs it
@@ -98,6 +143,7 @@ pub struct NatsSupervisor {
     url: String,
     shutdown: CancellationToken,
     task: JoinHandle<()>,
+    state: watch::Receiver<ServerState>,
 }
 
 /// How to start one nats-server process.
@@ -116,6 +162,8 @@ struct Launch {
     monitor: Monitor,
     /// Told what `/leafz` lists and the leaf connection lines of the log, in leaf mode.
     uplink: Option<UplinkTracker>,
+    /// The supervising loop's liveness.
+    beat: Beat,
 }
 
 impl NatsSupervisor {
@@ -125,7 +173,8 @@ impl NatsSupervisor {
     /// its monitoring port says it is healthy, and keeps it running in a background task until
     /// [`NatsSupervisor::stop`]. `uplink`, in leaf mode, is fed what `/leafz` lists (polled
     /// every second, every 100 ms for 2 s after a leafnode log line) and the log lines about
-    /// the leaf connection.
+    /// the leaf connection. `beat` is beaten by the supervising loop (see the module docs),
+    /// from this start on.
     ///
     /// # Errors
     /// The config cannot be written, the process cannot be spawned, or it does not report
@@ -135,6 +184,7 @@ impl NatsSupervisor {
         config_path: PathBuf,
         settings: &ServerSettings,
         uplink: Option<UplinkTracker>,
+        beat: Beat,
     ) -> anyhow::Result<Self> {
         if let Some(dir) = config_path.parent() {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -152,6 +202,7 @@ impl NatsSupervisor {
             server_name: settings.server_name.clone(),
             monitor: Monitor::new(settings.monitor_port),
             uplink,
+            beat,
         };
         let (child, version) = launch.spawn_ready().await?;
         tracing::info!(
@@ -163,12 +214,19 @@ impl NatsSupervisor {
             "nats-server is ready"
         );
         let shutdown = CancellationToken::new();
-        let task = tokio::spawn(supervise(launch.clone(), child, shutdown.clone()));
+        let (state_tx, state) = watch::channel(ServerState::Running { pid: child.id() });
+        let task = tokio::spawn(supervise(launch.clone(), child, shutdown.clone(), state_tx));
         Ok(NatsSupervisor {
             url: format!("nats://127.0.0.1:{}", launch.port),
             shutdown,
             task,
+            state,
         })
+    }
+
+    /// Whether the server runs now, and as it changes.
+    pub fn state(&self) -> watch::Receiver<ServerState> {
+        self.state.clone()
     }
 
     /// The client URL of the supervised server, `nats://127.0.0.1:PORT` (stable across restarts).
@@ -221,6 +279,11 @@ impl Launch {
         )?;
         let mut command = std::process::Command::new(&self.binary);
         command.arg("-c").arg(&self.config_path);
+        // systemd's notification socket and watchdog are the node's: nats-server must neither
+        // report for the unit nor be taken for it.
+        for var in ["NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"] {
+            command.env_remove(var);
+        }
         // If this node dies without stopping its child (SIGKILL, crash), the kernel stops the child
         // too, so no orphaned nats-server keeps the port.
         #[cfg(target_os = "linux")]
@@ -266,6 +329,7 @@ impl Launch {
                     tail(&recent)
                 );
             }
+            self.beat.beat();
             if Instant::now() > deadline {
                 bail!(
                     "nats-server did not report itself ready on 127.0.0.1:{}/healthz within {READY_TIMEOUT:?} ({last}); its last log lines:\n{}",
@@ -302,13 +366,69 @@ impl Launch {
     /// mode, meanwhile, tells the uplink tracker what `/leafz` lists, every [`LEAFZ_POLL`], and
     /// every [`LEAFZ_FAST_POLL`] for [`LEAFZ_FAST_FOR`] after a leafnode line in the log; each
     /// time the uplink (re)connects, reads the hub's INFO again.
-    async fn watch(&self, child: &mut Child, shutdown: &CancellationToken) -> Stop {
+    ///
+    /// Meanwhile it asks `/healthz` every [`BEAT_EVERY`] (one request at a time, on a task of its
+    /// own so that a server that does not answer holds nothing up) and keeps `state` at
+    /// [`ServerState::Unhealthy`] while [`UNHEALTHY_AFTER`] answers in a row or more were not
+    /// `ok`, [`ServerState::Running`] otherwise.
+    async fn watch(
+        &self,
+        child: &mut Child,
+        shutdown: &CancellationToken,
+        state: &watch::Sender<ServerState>,
+    ) -> Stop {
+        let pid = child.id();
+        let mut check: Option<tokio_util::task::AbortOnDropHandle<Result<(), String>>> = None;
+        let mut failed_checks = 0;
         let look = self.uplink.as_ref().map(UplinkTracker::look_requests);
         let mut next_poll = tokio::time::Instant::now();
         let mut fast_until = next_poll;
         let mut listed = false;
+        let mut beat = tokio::time::interval(BEAT_EVERY);
+        beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
+                _ = beat.tick() => {
+                    self.beat.beat();
+                    if check.is_none() {
+                        let monitor = self.monitor;
+                        check = Some(tokio_util::task::AbortOnDropHandle::new(tokio::spawn(
+                            async move {
+                                match monitor.healthz().await {
+                                    Ok(health) if health.is_ok() => Ok(()),
+                                    Ok(health) => Err(format!(
+                                        "/healthz says {}: {}",
+                                        health.status,
+                                        health.error.unwrap_or_default()
+                                    )),
+                                    Err(e) => Err(e.to_string()),
+                                }
+                            },
+                        )));
+                    }
+                }
+                checked = health_checked(&mut check) => {
+                    check = None;
+                    match checked {
+                        Ok(()) => {
+                            failed_checks = 0;
+                            state.send_if_modified(|now| {
+                                let changed = *now != ServerState::Running { pid };
+                                *now = ServerState::Running { pid };
+                                changed
+                            });
+                        }
+                        Err(why) => {
+                            failed_checks += 1;
+                            if failed_checks >= UNHEALTHY_AFTER {
+                                if failed_checks == UNHEALTHY_AFTER {
+                                    tracing::warn!(pid, error = why, "nats-server is not healthy");
+                                }
+                                state.send_replace(ServerState::Unhealthy { pid, why });
+                            }
+                        }
+                    }
+                }
                 status = child.status() => {
                     return Stop::Exited(status.map_or_else(|e| e.to_string(), |s| s.to_string()));
                 }
@@ -355,6 +475,16 @@ enum Stop {
     Reconfigure(bool),
 }
 
+/// The outcome of the `/healthz` check under way; forever without one.
+async fn health_checked(
+    check: &mut Option<tokio_util::task::AbortOnDropHandle<Result<(), String>>>,
+) -> Result<(), String> {
+    match check {
+        Some(handle) => handle.await.unwrap_or_else(|e| Err(e.to_string())),
+        None => std::future::pending().await,
+    }
+}
+
 /// Waits for `notify`, or forever without one.
 async fn notified(notify: Option<&tokio::sync::Notify>) {
     match notify {
@@ -363,23 +493,54 @@ async fn notified(notify: Option<&tokio::sync::Notify>) {
     }
 }
 
-/// Restarts the child with backoff whenever it exits, until `shutdown`.
-async fn supervise(launch: Launch, mut child: Child, shutdown: CancellationToken) {
+/// Sleeps `duration`, beating `beat` at least every [`BEAT_EVERY`]: the loop waits, it is not
+/// stuck.
+async fn sleep_beating(duration: Duration, beat: &Beat) {
+    let until = tokio::time::Instant::now() + duration;
+    loop {
+        beat.beat();
+        let now = tokio::time::Instant::now();
+        if now >= until {
+            return;
+        }
+        tokio::time::sleep_until(until.min(now + BEAT_EVERY)).await;
+    }
+}
+
+/// Restarts the child with backoff whenever it exits, until `shutdown`; keeps `state` current
+/// and counts each restart after an exit.
+async fn supervise(
+    launch: Launch,
+    mut child: Child,
+    shutdown: CancellationToken,
+    state: watch::Sender<ServerState>,
+) {
     let mut backoff = BACKOFF_INITIAL;
     let mut started = Instant::now();
     let mut last_reconfigure: Option<Instant> = None;
     let mut reconfigure_backoff = BACKOFF_INITIAL;
+    let stopped = |child| {
+        let state = state.clone();
+        async move {
+            terminate(child).await;
+            state.send_replace(ServerState::Stopped);
+        }
+    };
     loop {
         let pid = child.id();
-        match launch.watch(&mut child, &shutdown).await {
+        match launch.watch(&mut child, &shutdown, &state).await {
             Stop::Exited(status) => {
                 tracing::error!(pid, %status, "nats-server exited unexpectedly; restarting it");
+                state.send_replace(ServerState::Restarting {
+                    why: format!("pid {pid} exited ({status})"),
+                });
+                crate::metrics::get().nats_server_restarted();
                 if let Some(uplink) = &launch.uplink {
                     uplink.server_exited();
                 }
             }
             Stop::Shutdown => {
-                terminate(child).await;
+                stopped(child).await;
                 return;
             }
             Stop::Reconfigure(open) => {
@@ -393,9 +554,9 @@ async fn supervise(launch: Launch, mut child: Child, shutdown: CancellationToken
                         "the hub's JetStream domain changed again; waiting before restarting nats-server"
                     );
                     tokio::select! {
-                        () = tokio::time::sleep(wait) => {}
+                        () = sleep_beating(wait, &launch.beat) => {}
                         () = shutdown.cancelled() => {
-                            terminate(child).await;
+                            stopped(child).await;
                             return;
                         }
                     }
@@ -413,6 +574,9 @@ async fn supervise(launch: Launch, mut child: Child, shutdown: CancellationToken
                     },
                     "the hub's JetStream changed: restarting nats-server with the leaf config for it"
                 );
+                state.send_replace(ServerState::Restarting {
+                    why: "reconfigured for the hub's JetStream".to_owned(),
+                });
                 terminate(child).await;
                 if let Some(uplink) = &launch.uplink {
                     uplink.server_exited();
@@ -422,6 +586,7 @@ async fn supervise(launch: Launch, mut child: Child, shutdown: CancellationToken
                     Ok((new_child, version)) => {
                         child = new_child;
                         started = Instant::now();
+                        state.send_replace(ServerState::Running { pid: child.id() });
                         tracing::info!(
                             pid = child.id(),
                             version,
@@ -430,6 +595,12 @@ async fn supervise(launch: Launch, mut child: Child, shutdown: CancellationToken
                         continue;
                     }
                     Err(e) => {
+                        state.send_replace(ServerState::Restarting {
+                            why: format!(
+                                "restarting failed: {}",
+                                format!("{e:#}").lines().next().unwrap_or_default()
+                            ),
+                        });
                         tracing::error!(error = format!("{e:#}"), "restarting nats-server failed")
                     }
                 }
@@ -444,18 +615,25 @@ async fn supervise(launch: Launch, mut child: Child, shutdown: CancellationToken
                 "restarting nats-server after backoff"
             );
             tokio::select! {
-                () = tokio::time::sleep(backoff) => {}
-                () = shutdown.cancelled() => return,
+                () = sleep_beating(backoff, &launch.beat) => {}
+                () = shutdown.cancelled() => {
+                    state.send_replace(ServerState::Stopped);
+                    return;
+                }
             }
             backoff = (backoff * 2).min(BACKOFF_MAX);
             let spawned = tokio::select! {
                 spawned = launch.spawn_ready() => spawned,
-                () = shutdown.cancelled() => return,
+                () = shutdown.cancelled() => {
+                    state.send_replace(ServerState::Stopped);
+                    return;
+                }
             };
             match spawned {
                 Ok((new_child, version)) => {
                     child = new_child;
                     started = Instant::now();
+                    state.send_replace(ServerState::Running { pid: child.id() });
                     tracing::info!(
                         pid = child.id(),
                         port = launch.port,
@@ -465,6 +643,12 @@ async fn supervise(launch: Launch, mut child: Child, shutdown: CancellationToken
                     break;
                 }
                 Err(e) => {
+                    state.send_replace(ServerState::Restarting {
+                        why: format!(
+                            "restarting failed: {}",
+                            format!("{e:#}").lines().next().unwrap_or_default()
+                        ),
+                    });
                     tracing::error!(error = format!("{e:#}"), "restarting nats-server failed")
                 }
             }

@@ -87,6 +87,14 @@ impl Uplink {
             error: None,
         }
     }
+
+    /// The uplink of a node whose state never changes (standalone: [`UplinkState::None`];
+    /// external: [`UplinkState::External`]), as the node follows it; records the state in
+    /// `lattice_uplink_state`.
+    pub fn fixed_channel(state: UplinkState, remote: Option<String>) -> watch::Receiver<Uplink> {
+        crate::metrics::get().uplink_state(state.as_str());
+        watch::channel(Uplink::fixed(state, remote)).1
+    }
 }
 
 /// Reads an optional URL and redacts it: a peer that sends one with its password shows none.
@@ -176,6 +184,7 @@ impl UplinkTracker {
         let (inputs, mut rx) = mpsc::unbounded_channel();
         let (state_tx, state_rx) =
             watch::channel(Uplink::fixed(UplinkState::Connecting, Some(remote.clone())));
+        crate::metrics::get().uplink_state(UplinkState::Connecting.as_str());
         tokio::spawn(async move {
             let mut machine = Machine::default();
             while let Some(input) = rx.recv().await {
@@ -200,6 +209,9 @@ impl UplinkTracker {
                         "leaf uplink disconnected; nats-server reconnects on its own"
                     ),
                     _ => {}
+                }
+                if before.state != state {
+                    crate::metrics::get().uplink_state(state.as_str());
                 }
                 state_tx.send_modify(|now| {
                     now.state = state;

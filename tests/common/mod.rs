@@ -158,6 +158,26 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// The `--log` filter of test nodes unless [`Launch::log`] says otherwise.
+pub const DEFAULT_LOG: &str = "info,lattice=debug,nats_server=info";
+
+/// How [`Node::launch`] starts `lattice up`.
+#[derive(Clone, Copy, Default)]
+pub struct Launch<'a> {
+    /// `--config-dir` and `--data-dir`; `None`: neither flag, the node finds them from
+    /// `$CONFIGURATION_DIRECTORY` and `$STATE_DIRECTORY`, which `env` must then set.
+    pub dirs: Option<(&'a Path, &'a Path)>,
+    /// More flags.
+    pub extra: &'a [&'a str],
+    /// Env vars to set (systemd's, `LATTICE_*`, …), after the harness removed the inherited
+    /// systemd ones.
+    pub env: &'a [(&'a str, &'a str)],
+    /// RLIMIT_AS of the node and its nats-server, if any.
+    pub address_space_bytes: Option<u64>,
+    /// `--log` [default: [`DEFAULT_LOG`]].
+    pub log: Option<&'a str>,
+}
+
 /// A running `lattice up` with its own config and data dirs.
 pub struct Node {
     child: Option<Child>,
@@ -230,6 +250,37 @@ impl Node {
         env: &[(&str, &str)],
         address_space_bytes: Option<u64>,
     ) -> Node {
+        Node::launch(&Launch {
+            dirs: Some((config_dir, data_dir)),
+            extra,
+            env,
+            address_space_bytes,
+            ..Launch::default()
+        })
+    }
+
+    /// Starts a node as `launch` says.
+    pub fn launch(launch: &Launch<'_>) -> Node {
+        let Launch {
+            dirs,
+            extra,
+            env,
+            address_space_bytes,
+            log,
+        } = *launch;
+        let (config_dir, data_dir) = match dirs {
+            Some((config, data)) => (config.to_path_buf(), data.to_path_buf()),
+            // Where the node finds them: systemd's variables, as the test set them.
+            None => {
+                let var = |name: &str| {
+                    env.iter()
+                        .find(|(key, _)| *key == name)
+                        .map(|(_, value)| PathBuf::from(value))
+                        .unwrap_or_else(|| panic!("Launch without dirs needs env {name}"))
+                };
+                (var("CONFIGURATION_DIRECTORY"), var("STATE_DIRECTORY"))
+            }
+        };
         let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let mut command = Command::new(env!("CARGO_BIN_EXE_lattice"));
@@ -247,12 +298,15 @@ impl Node {
                 });
             }
         }
+        command.arg("up");
+        if dirs.is_some() {
+            command
+                .arg("--config-dir")
+                .arg(&config_dir)
+                .arg("--data-dir")
+                .arg(&data_dir);
+        }
         let mut child = command
-            .arg("up")
-            .arg("--config-dir")
-            .arg(config_dir)
-            .arg("--data-dir")
-            .arg(data_dir)
             .arg("--http-addr")
             .arg(http.to_string())
             .args(if extra.contains(&"--name") {
@@ -260,10 +314,16 @@ impl Node {
             } else {
                 &["--name", "test-node"][..]
             })
-            .args(["--log", "info,lattice=debug,nats_server=info"])
+            .args(["--log", log.unwrap_or(DEFAULT_LOG)])
             .args(extra)
             .env_remove("LATTICE_LOG")
             .env_remove("NOTIFY_SOCKET")
+            .env_remove("WATCHDOG_USEC")
+            .env_remove("WATCHDOG_PID")
+            .env_remove("CREDENTIALS_DIRECTORY")
+            .env_remove("CONFIGURATION_DIRECTORY")
+            .env_remove("STATE_DIRECTORY")
+            .env_remove("JOURNAL_STREAM")
             .env("LATTICE_ADMIN_ADDR", admin.to_string())
             .envs(env.iter().copied())
             .stdin(Stdio::null())
@@ -287,10 +347,16 @@ impl Node {
             log,
             http,
             admin,
-            config_dir: config_dir.to_path_buf(),
-            data_dir: data_dir.to_path_buf(),
+            config_dir,
+            data_dir,
             _dirs: None,
         }
+    }
+
+    /// `GET path` on the admin endpoint (`/healthz`, `/readyz`, `/metrics`): status and body;
+    /// `None` if the connection failed.
+    pub fn admin_get(&self, path: &str) -> Option<(u16, String)> {
+        http_get(self.admin, path, None)
     }
 
     /// Writes `file` into the config dir: a manifest of app `app` routing `path` to the example

@@ -1,1 +1,64 @@
-//! Tests of issue 14: logs.
+//! Tests of issue 14: logs for machines. With `--log-format json` every line the node writes
+//! (nats-server's forwarded lines included) is one JSON object with timestamp, level, target
+//! and fields, and the lines of a request carry its app and component in their span fields.
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::common::{Dirs, Launch, Node};
+
+#[test]
+fn json_logs_are_one_object_a_line_and_request_lines_carry_app_and_component() {
+    let dirs = Dirs::with_hello();
+    let mut node = Node::launch(&Launch {
+        dirs: Some((&dirs.config, &dirs.data)),
+        extra: &["--log-format", "json"],
+        log: Some("lattice=debug,nats_server=info"),
+        ..Launch::default()
+    });
+    node.wait_for_status("/greet", 200, Duration::from_secs(30));
+    node.wait_for_log(&["\"served\""], Duration::from_secs(10));
+    let status = node.terminate(Duration::from_secs(30));
+    assert!(status.is_some_and(|s| s.success()), "{status:?}");
+    let log = node.log();
+
+    let lines: Vec<Value> = log
+        .lines()
+        .map(|line| {
+            let value: Value = serde_json::from_str(line)
+                .unwrap_or_else(|e| panic!("not JSON ({e}): {line:?}\nlog:\n{log}"));
+            assert!(value.is_object(), "not one object: {line}");
+            for key in ["timestamp", "level", "target", "fields"] {
+                assert!(value.get(key).is_some(), "no {key}: {line}");
+            }
+            value
+        })
+        .collect();
+    assert!(lines.len() > 10, "{log}");
+
+    // nats-server's own lines, tagged as such.
+    let nats: Vec<&Value> = lines
+        .iter()
+        .filter(|l| l["target"] == "nats_server")
+        .collect();
+    assert!(
+        nats.iter()
+            .any(|l| l["fields"]["message"] == "Server is ready"),
+        "no nats_server line saying it is ready: {nats:?}"
+    );
+
+    // The request's lines: in the ingress's `http_request` span, with its app and component.
+    let served: Vec<&Value> = lines
+        .iter()
+        .filter(|l| l["fields"]["message"] == "served")
+        .collect();
+    assert!(!served.is_empty(), "{log}");
+    for line in served {
+        let span = &line["span"];
+        assert_eq!(span["name"], "http_request", "{line}");
+        assert_eq!(span["app"], "hello", "{line}");
+        assert_eq!(span["component"], "hello-component", "{line}");
+        assert_eq!(span["path"], "/greet", "{line}");
+    }
+}
