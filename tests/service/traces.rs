@@ -135,14 +135,14 @@ impl Drop for Receiver {
     }
 }
 
-/// A node labelled `role=<role>` joined to `hub`, with `manifest` in its config dir, exporting
-/// its spans to `receiver` every 100 ms.
+/// A node labelled `role=<role>` joined to `hub`, with `manifests` in its config dir,
+/// exporting its spans to `receiver` (if any) every 100 ms.
 fn traced_node(
     hub: &Hub,
     name: &str,
     role: &str,
     manifests: &[(&str, String)],
-    receiver: &Receiver,
+    receiver: Option<&Receiver>,
 ) -> (Node, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("config");
@@ -154,7 +154,7 @@ fn traced_node(
     let creds = creds.to_string_lossy().into_owned();
     let leaf_url = hub.leaf_url();
     let label = format!("role={role}");
-    let endpoint = receiver.endpoint();
+    let endpoint = receiver.map(Receiver::endpoint);
     let flags = [
         "--creds",
         &creds,
@@ -169,11 +169,14 @@ fn traced_node(
         "--heartbeat-interval",
         "1000ms",
     ];
-    let env = [
-        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
-        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
-        ("OTEL_SERVICE_NAME", "lattice-test"),
-    ];
+    let env = match &endpoint {
+        Some(endpoint) => vec![
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+            ("OTEL_SERVICE_NAME", "lattice-test"),
+        ],
+        None => Vec::new(),
+    };
     let node = Node::start_with(&config, &dir.path().join("data"), &flags, &env, None);
     node.wait_for_log(&["lattice node is up"], Duration::from_secs(20));
     node.wait_for_log(&["leaf uplink connected"], Duration::from_secs(10));
@@ -228,8 +231,8 @@ fn a_request_through_two_nodes_is_one_trace_continuing_the_clients() {
         // Its replicas belong on nodes labelled role=c: there are none.
         ("ghost.yaml", app_on("ghost", "http-hello", "/ghost", "c")),
     ];
-    let (a, _a_dir) = traced_node(&hub, "node-a", "a", &manifests, &receiver);
-    let (b, _b_dir) = traced_node(&hub, "node-b", "b", &manifests, &receiver);
+    let (a, _a_dir) = traced_node(&hub, "node-a", "a", &manifests, Some(&receiver));
+    let (b, _b_dir) = traced_node(&hub, "node-b", "b", &manifests, Some(&receiver));
     a.wait_for_log(
         &["no replica of this component belongs on this node"],
         Duration::from_secs(10),
@@ -360,4 +363,128 @@ fn a_request_through_two_nodes_is_one_trace_continuing_the_clients() {
         ingress["attributes"]["http.response.status_code"], 503,
         "{ingress}"
     );
+}
+
+/// The value of the sample of `metrics` (OpenMetrics text) named `name` whose labels include
+/// every one of `labels` (`key="value"`), summed over the samples that match; 0 for none.
+fn sample(metrics: &str, name: &str, labels: &[&str]) -> f64 {
+    metrics
+        .lines()
+        .filter_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let (series_name, rest) = series.split_once('{').unwrap_or((series, ""));
+            (series_name == name && labels.iter().all(|l| rest.contains(l)))
+                .then(|| value.parse::<f64>().ok())
+                .flatten()
+        })
+        .sum()
+}
+
+/// `/metrics` of `node`'s admin endpoint.
+fn metrics_of(node: &Node) -> String {
+    let (status, text) = crate::common::http_get(node.admin, "/metrics", None).expect("/metrics");
+    assert_eq!(status, 200, "{text}");
+    text
+}
+
+#[test]
+fn forwarded_requests_count_on_both_nodes_and_503s_by_reason() {
+    // Traces off: metrics do not depend on them.
+    let hub = Hub::start();
+    let manifests = [
+        ("echo.yaml", app_on("echo", "http-echo", "/echo", "b")),
+        ("ghost.yaml", app_on("ghost", "http-hello", "/ghost", "c")),
+    ];
+    let (a, _a_dir) = traced_node(&hub, "node-a", "a", &manifests, None);
+    let (b, _b_dir) = traced_node(&hub, "node-b", "b", &manifests, None);
+    a.wait_for_log(
+        &["no replica of this component belongs on this node"],
+        Duration::from_secs(10),
+    );
+    wait_until(
+        "node A reaches B's replica",
+        Duration::from_secs(15),
+        || {
+            http_request_with(a.http, "GET", "/echo/warm-up", &[], &[])
+                .is_some_and(|(status, _, _)| status == 200)
+        },
+    );
+    let before = metrics_of(&a);
+    let echo = [r#"app="echo""#, r#"component="web""#];
+    let ok_before = sample(
+        &before,
+        "lattice_http_requests_total",
+        &[echo[0], echo[1], r#"status_class="2xx""#],
+    );
+    const SENT: usize = 5;
+    for i in 0..SENT {
+        let (status, _, _) =
+            http_request_with(a.http, "GET", &format!("/echo/{i}"), &[], &[]).unwrap();
+        assert_eq!(status, 200);
+    }
+    assert_eq!(a.get("/ghost").unwrap().0, 503);
+    assert_eq!(a.get("/nowhere").unwrap().0, 404);
+
+    let on_a = metrics_of(&a);
+    let on_b = metrics_of(&b);
+    let two_xx = [echo[0], echo[1], r#"status_class="2xx""#];
+    assert_eq!(
+        sample(&on_a, "lattice_http_requests_total", &two_xx) - ok_before,
+        SENT as f64,
+        "{on_a}"
+    );
+    // Every request A forwarded was served by B, and counted as sent by A.
+    let ok = [echo[0], echo[1], r#"result="Ok""#];
+    let sent = sample(&on_a, "lattice_invocations_sent_total", &ok);
+    let served = sample(&on_b, "lattice_invocations_served_total", &ok);
+    assert!(sent >= SENT as f64, "{on_a}");
+    assert_eq!(sent, served, "A:\n{on_a}\nB:\n{on_b}");
+    assert_eq!(
+        sample(
+            &on_a,
+            "lattice_http_request_duration_seconds_count",
+            &[echo[0], echo[1], r#"served="forwarded""#]
+        ),
+        sample(&on_a, "lattice_http_requests_total", &[echo[0], echo[1]]),
+        "{on_a}"
+    );
+    // B's own ingress took none of them.
+    assert_eq!(
+        sample(&on_b, "lattice_http_requests_total", &[echo[0], echo[1]]),
+        0.0,
+        "{on_b}"
+    );
+    // The 503 of a component no node runs, and the 404, in bounded series.
+    assert_eq!(
+        sample(
+            &on_a,
+            "lattice_http_unavailable_total",
+            &[r#"reason="NoReplica""#]
+        ),
+        1.0,
+        "{on_a}"
+    );
+    assert_eq!(
+        sample(
+            &on_a,
+            "lattice_invocations_sent_total",
+            &[r#"app="ghost""#, r#"result="NoResponders""#]
+        ),
+        1.0,
+        "{on_a}"
+    );
+    assert_eq!(
+        sample(
+            &on_a,
+            "lattice_http_requests_total",
+            &[
+                r#"app="_none""#,
+                r#"component="_none""#,
+                r#"status_class="4xx""#
+            ]
+        ),
+        1.0,
+        "{on_a}"
+    );
+    assert!(!on_a.contains("nowhere"), "no path in a label: {on_a}");
 }
