@@ -365,15 +365,18 @@ fn a_request_through_two_nodes_is_one_trace_continuing_the_clients() {
     );
 }
 
-/// The value of the sample of `metrics` (OpenMetrics text) named `name` whose labels include
-/// every one of `labels` (`key="value"`), summed over the samples that match; 0 for none.
+/// The value of the samples of `metrics` (OpenMetrics text) named `name` whose labels include
+/// every one of `labels` (`key="value"`), summed; 0 for none. Labels compare without case and
+/// underscores: `reason="NoReplica"` matches `reason="no_replica"`.
 fn sample(metrics: &str, name: &str, labels: &[&str]) -> f64 {
+    let loose = |text: &str| text.to_lowercase().replace('_', "");
     metrics
         .lines()
         .filter_map(|line| {
             let (series, value) = line.rsplit_once(' ')?;
             let (series_name, rest) = series.split_once('{').unwrap_or((series, ""));
-            (series_name == name && labels.iter().all(|l| rest.contains(l)))
+            let rest = loose(rest);
+            (series_name == name && labels.iter().all(|l| rest.contains(&loose(l))))
                 .then(|| value.parse::<f64>().ok())
                 .flatten()
         })
