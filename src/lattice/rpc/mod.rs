@@ -210,6 +210,15 @@ pub struct Rpc {
     serving: tokio_util::task::TaskTracker,
 }
 
+/// What a forwarded request is for: the component, its resend policy and its metric handles.
+#[derive(Clone, Copy)]
+struct Call<'a> {
+    app: &'a str,
+    component: &'a str,
+    resend: Resend,
+    metrics: &'a ComponentMetrics,
+}
+
 /// How [`Rpc::forward_to`] ended, for the 503 reasons.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Ending {
@@ -302,16 +311,14 @@ impl Rpc {
         B::Error: std::fmt::Display + Send,
     {
         let subject = subjects::http_invoke(&self.lattice, app, component);
+        let call = Call {
+            app,
+            component,
+            resend,
+            metrics,
+        };
         let (response, ending) = self
-            .forward_to(
-                app,
-                component,
-                resend,
-                metrics,
-                request,
-                vec![subject],
-                Fallback::Spill,
-            )
+            .forward_to(call, request, vec![subject], Fallback::Spill)
             .await;
         match ending {
             Ending::Answered => {}
@@ -376,12 +383,15 @@ impl Rpc {
         // Should every replica elsewhere be busy or gone, the answer is this one's: full (503
         // with Retry-After), not "runs on no node".
         let full_here = refused.response(app, component);
+        let call = Call {
+            app,
+            component,
+            resend,
+            metrics,
+        };
         let (response, ending) = self
             .forward_to(
-                app,
-                component,
-                resend,
-                metrics,
+                call,
                 refused.request,
                 targets,
                 Fallback::FullHere(full_here),
@@ -424,14 +434,11 @@ impl Rpc {
     /// that is busy or has no subscriber passes it to the next; the last one's answer stands,
     /// except that a busy answer outranks a later "no subscriber". `fallback` says what comes
     /// after the last target. All of it is one `rpc_forward` span (kind `client`), whose
-    /// context every attempt's `request` message carries; each attempt counts in `metrics`.
-    #[allow(clippy::too_many_arguments)]
+    /// context every attempt's `request` message carries; each attempt counts in the call's
+    /// metrics.
     async fn forward_to<B>(
         &self,
-        app: &str,
-        component: &str,
-        resend: Resend,
-        metrics: &ComponentMetrics,
+        call: Call<'_>,
         request: hyper::Request<B>,
         targets: Vec<String>,
         fallback: Fallback,
@@ -445,14 +452,14 @@ impl Rpc {
             otel.kind = "client",
             messaging.system = "nats",
             messaging.destination.name = targets.first().map(String::as_str),
-            app,
-            component,
+            app = call.app,
+            component = call.component,
             attempts = 0i64,
             http.response.status_code = tracing::field::Empty,
             error = tracing::field::Empty,
         );
         let (response, ending) = self
-            .forward_attempts(app, component, resend, metrics, request, targets, fallback)
+            .forward_attempts(call, request, targets, fallback)
             .instrument(span.clone())
             .await;
         let status = response.status().as_u16();
@@ -473,13 +480,9 @@ impl Rpc {
     }
 
     /// [`Rpc::forward_to`] inside its span.
-    #[allow(clippy::too_many_arguments)]
     async fn forward_attempts<B>(
         &self,
-        app: &str,
-        component: &str,
-        resend: Resend,
-        metrics: &ComponentMetrics,
+        call: Call<'_>,
         request: hyper::Request<B>,
         targets: Vec<String>,
         fallback: Fallback,
@@ -488,6 +491,12 @@ impl Rpc {
         B: hyper::body::Body<Data = Bytes> + Send + Unpin + 'static,
         B::Error: std::fmt::Display + Send,
     {
+        let Call {
+            app,
+            component,
+            resend,
+            metrics,
+        } = call;
         let timeout = self.max_timeout;
         let deadline = Instant::now() + timeout;
         let mut targets = targets.into_iter();
@@ -504,8 +513,8 @@ impl Rpc {
         };
         let span = tracing::Span::current();
         let (mut parts, body) = request.into_parts();
-        // The component elsewhere sees this span as its caller, as behind any traced proxy
-        // (W3C Trace Context §3.2: an intermediary that takes part updates `traceparent`).
+        // The component elsewhere sees this span as its caller, as behind any proxy that takes
+        // part in the trace (W3C Trace Context: its own span becomes the `parent-id`).
         telemetry::inject_http(&span, &mut parts.headers);
         let resendable = resend.allows(&parts.method);
         let mut chunker = Chunker::new(body);

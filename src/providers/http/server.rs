@@ -327,7 +327,7 @@ async fn route_request(
         None => RequestId::Seq(REQUESTS.fetch_add(1, Ordering::Relaxed) + 1),
     };
     span.record("request_id", tracing::field::display(&request_id));
-    let (mut response, metrics, forwarded) = answer(installed, listener, request)
+    let (mut response, routed) = answer(installed, listener, request)
         .instrument(span.clone())
         .await;
     let status = response.status().as_u16();
@@ -335,7 +335,13 @@ async fn route_request(
     if status >= 500 {
         telemetry::record_error(&span, &format_args!("HTTP {status}"));
     }
-    metrics.request(status, started.elapsed(), forwarded);
+    match routed {
+        Some((metrics, forwarded)) => {
+            metrics.request(status, started.elapsed(), forwarded);
+            span.in_scope(|| tracing::debug!("served"));
+        }
+        None => installed.unrouted.request(status, started.elapsed(), false),
+    }
     if let RequestId::Trace(trace) = request_id
         && let Ok(value) = hyper::header::HeaderValue::try_from(trace.to_string())
     {
@@ -345,7 +351,6 @@ async fn route_request(
             .entry(REQUEST_ID_HEADER)
             .or_insert(value);
     }
-    span.in_scope(|| tracing::debug!("served"));
     response
 }
 
@@ -366,20 +371,23 @@ impl std::fmt::Display for RequestId {
     }
 }
 
-/// The answer to `request`, the handles it counts in, and whether a replica elsewhere served it
-/// (inside the request's span).
+/// The answer to `request` (inside the request's span) and, when a route took it, the handles
+/// it counts in and whether a replica elsewhere served it.
 async fn answer(
     installed: &Installed,
     listener: SocketAddr,
     request: hyper::Request<Incoming>,
-) -> (hyper::Response<ResponseBody>, &ComponentMetrics, bool) {
+) -> (
+    hyper::Response<ResponseBody>,
+    Option<(&ComponentMetrics, bool)>,
+) {
     let table = &installed.table;
     let host = match authority::request_host(request.version(), request.uri(), request.headers()) {
         Ok(host) => host,
         Err(e) => {
             tracing::debug!(error = %e, "bad host");
             let response = text_response(StatusCode::BAD_REQUEST, format!("{e}\n"));
-            return (response, &installed.unrouted, false);
+            return (response, None);
         }
     };
     let path = request.uri().path();
@@ -391,7 +399,7 @@ async fn answer(
             StatusCode::NOT_FOUND,
             format!("no route for {}{path}\n", host.as_deref().unwrap_or("")),
         );
-        return (response, &installed.unrouted, false);
+        return (response, None);
     };
     let span = tracing::Span::current();
     span.record("http.route", route.key.path.as_str());
@@ -429,5 +437,5 @@ async fn answer(
             (response, false)
         }
     };
-    (response, metrics, forwarded)
+    (response, Some((metrics, forwarded)))
 }
