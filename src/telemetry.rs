@@ -12,10 +12,11 @@
 //! [`extract_nats`]). With traces off, injecting and extracting do nothing (one relaxed atomic
 //! load: no lock, no allocation), so the request path pays nothing for them.
 //!
-//! Only the `lattice` crate's own spans, at `debug` level and above, are exported (with its
-//! warnings and errors as span events; nothing of hyper, h2, async-nats or wasmtime): one trace per request holds the ingress
-//! (`http_request`), its routing, the forwarding over NATS (`rpc_forward`), the serving node's
-//! invocation (`rpc_invocation`) and what the component did inside it.
+//! Only the `lattice` crate's own spans, at `debug` level and above, are exported, with its
+//! warnings and errors as span events; nothing of hyper, h2, async-nats or wasmtime. One trace
+//! per request holds the ingress (`http_request`), its routing (`route`), the forwarding over
+//! NATS (`rpc_forward`), the serving node's invocation (`rpc_invocation`) and what the
+//! component did inside it.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -170,7 +171,11 @@ pub fn init(settings: &Settings) -> anyhow::Result<Guard> {
         tracing_opentelemetry::layer()
             .with_tracer(provider.tracer("lattice"))
             .with_location(false)
-            .with_filter(tracing_subscriber::filter::filter_fn(exported))
+            // Decided once per callsite (the filter reads only its metadata).
+            .with_filter(
+                tracing_subscriber::filter::filter_fn(exported)
+                    .with_max_level_hint(tracing::level_filters::LevelFilter::DEBUG),
+            )
     });
     tracing_subscriber::registry()
         .with(log.with_filter(filter))

@@ -4,9 +4,10 @@
 //! `opentelemetry-proto`), which must hold one trace with the client's trace id and every
 //! parent link intact across the two nodes.
 //!
-//! The receiver runs in a venv: by default `~/.cache/lattice-ci/otlp-receiver-<version>`
-//! ([`RECEIVER_VENV`]), or the Python named by `$LATTICE_OTLP_RECEIVER_PYTHON`. `.ci/run`
-//! makes it (see [`install_command`]).
+//! The receiver runs in a venv: by default
+//! `${XDG_CACHE_HOME:-~/.cache}/lattice-ci/otlp-receiver-<version>` ([`RECEIVER_VENV`]), or the
+//! Python named by `$LATTICE_OTLP_RECEIVER_PYTHON`. `.ci/run` makes it (see
+//! [`install_command`]).
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
@@ -19,11 +20,13 @@ use serde_json::Value;
 use crate::common::hub::Hub;
 use crate::common::{Node, example_wasm, http_request_with, manifest_with, wait_until};
 
-/// The `opentelemetry-proto` release the receiver's venv holds.
+/// The `opentelemetry-proto` release the receiver's venv holds, and the `protobuf` runtime
+/// under it.
 const PROTO_VERSION: &str = "1.45.2";
+const PROTOBUF_VERSION: &str = "7.36.2";
 
-/// The receiver's venv, under `$HOME`.
-const RECEIVER_VENV: &str = ".cache/lattice-ci/otlp-receiver-1.45.2";
+/// The receiver's venv, under the cache dir (`$XDG_CACHE_HOME`, else `~/.cache`).
+const RECEIVER_VENV: &str = "lattice-ci/otlp-receiver-1.45.2";
 
 /// Names the receiver's Python instead of the venv's.
 const PYTHON_VAR: &str = "LATTICE_OTLP_RECEIVER_PYTHON";
@@ -40,20 +43,27 @@ const EXPORT_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// The shell command that makes the receiver's venv.
 fn install_command() -> String {
+    let venv = cache_dir().join(RECEIVER_VENV);
+    let venv = venv.display();
     format!(
-        "python3 -m venv ~/{RECEIVER_VENV} && ~/{RECEIVER_VENV}/bin/pip install --quiet \
-         'opentelemetry-proto=={PROTO_VERSION}'"
+        "python3 -m venv {venv} && {venv}/bin/pip install --quiet \
+         'opentelemetry-proto=={PROTO_VERSION}' 'protobuf=={PROTOBUF_VERSION}'"
     )
+}
+
+/// `$XDG_CACHE_HOME`, else `~/.cache`.
+fn cache_dir() -> PathBuf {
+    match std::env::var_os("XDG_CACHE_HOME").filter(|dir| !dir.is_empty()) {
+        Some(dir) => PathBuf::from(dir),
+        None => Path::new(&std::env::var_os("HOME").expect("HOME is set")).join(".cache"),
+    }
 }
 
 /// The Python that runs the receiver; panics with the install command when it is missing.
 fn receiver_python() -> PathBuf {
     let python = match std::env::var_os(PYTHON_VAR) {
         Some(python) => PathBuf::from(python),
-        None => {
-            let home = std::env::var_os("HOME").expect("HOME is set");
-            Path::new(&home).join(RECEIVER_VENV).join("bin/python")
-        }
+        None => cache_dir().join(RECEIVER_VENV).join("bin/python"),
     };
     assert!(
         python.is_file(),

@@ -219,11 +219,12 @@ struct Call<'a> {
     metrics: &'a ComponentMetrics,
 }
 
-/// How [`Rpc::forward_to`] ended, for the 503 reasons.
+/// How [`Rpc::forward_to`] ended, for the 503 reasons and the span's error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Ending {
-    /// A replica (or the exchange) gave the answer.
-    Answered,
+    /// A replica (or the exchange) gave the answer: how the last invocation went, `None`
+    /// when none was sent (the request could not be read or sent).
+    Answered(Option<InvocationResult>),
     /// No target ran it; `busy` when one of them said it had no room.
     NotRun { busy: bool },
 }
@@ -321,7 +322,7 @@ impl Rpc {
             .forward_to(call, request, vec![subject], Fallback::Spill)
             .await;
         match ending {
-            Ending::Answered => {}
+            Ending::Answered(_) => {}
             Ending::NotRun { busy: true } => crate::metrics::get().unavailable(Unavailable::Busy),
             Ending::NotRun { busy: false } => {
                 crate::metrics::get().unavailable(Unavailable::NoReplica)
@@ -397,7 +398,7 @@ impl Rpc {
                 Fallback::FullHere(full_here),
             )
             .await;
-        if ending != Ending::Answered {
+        if matches!(ending, Ending::NotRun { .. }) {
             self.saturated(app, component, &refused.reason, "and elsewhere");
             crate::metrics::get().unavailable(reason);
         }
@@ -471,10 +472,19 @@ impl Rpc {
             Ending::NotRun { busy: false } => {
                 telemetry::record_error(&span, &"no replica subscribed");
             }
-            Ending::Answered if status >= 500 => {
+            Ending::Answered(Some(InvocationResult::Timeout)) => {
+                telemetry::record_error(&span, &"no replica answered within the request deadline");
+            }
+            Ending::Answered(Some(InvocationResult::Error)) => {
+                telemetry::record_error(
+                    &span,
+                    &format_args!("the exchange with the replica failed (HTTP {status})"),
+                );
+            }
+            Ending::Answered(_) if status >= 500 => {
                 telemetry::record_error(&span, &format_args!("HTTP {status}"));
             }
-            Ending::Answered => {}
+            Ending::Answered(_) => {}
         }
         (response, ending)
     }
@@ -536,14 +546,14 @@ impl Rpc {
                     "request headers of {head_len} bytes do not fit the lattice's {limit}-byte messages\n"
                 ),
             );
-            return (response, Ending::Answered);
+            return (response, Ending::Answered(None));
         };
         // What the client has sent by now (a slow upload is not waited for) goes with the head.
         let first = match chunker.first(room).await {
             Ok(first) => first,
             Err(e) => {
                 let response = text_response(StatusCode::BAD_REQUEST, format!("{e}\n"));
-                return (response, Ending::Answered);
+                return (response, Ending::Answered(None));
             }
         };
         let mut headers = wire::frame_headers(FrameKind::Request, None);
@@ -581,7 +591,7 @@ impl Rpc {
                     StatusCode::BAD_GATEWAY,
                     format!("cannot send the request over NATS: {e}\n"),
                 );
-                return (response, Ending::Answered);
+                return (response, Ending::Answered(Some(InvocationResult::Error)));
             }
             let attempt = Attempt {
                 subject: &subject,
@@ -593,7 +603,7 @@ impl Rpc {
             match self.await_reply(&attempt, &mut exchange).await {
                 Reply::Done(response, result) => {
                     metrics.invocation_sent(result);
-                    return (response, Ending::Answered);
+                    return (response, Ending::Answered(Some(result)));
                 }
                 Reply::Resend => {
                     metrics.invocation_sent(InvocationResult::Timeout);
