@@ -29,6 +29,9 @@ pub enum Command {
     Get(GetArgs),
     /// Deploy, update, undeploy and inspect applications (wadm manifests) lattice-wide.
     App(AppArgs),
+    /// Write a starter config dir: `lattice.toml` with every key commented and one example
+    /// manifest. Overwrites nothing.
+    Init(crate::init::InitArgs),
 }
 
 /// `lattice app …`.

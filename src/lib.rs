@@ -13,6 +13,7 @@ pub mod cli;
 pub mod config;
 pub mod control;
 pub mod host;
+pub mod init;
 pub mod lattice;
 pub mod metrics;
 pub mod name;
@@ -82,5 +83,6 @@ pub fn run(cli: cli::Cli) -> anyhow::Result<ExitCode> {
                 .build()?;
             runtime.block_on(control::client::app(args.command))
         }
+        cli::Command::Init(args) => init::run(&args),
     }
 }

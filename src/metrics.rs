@@ -125,7 +125,7 @@ struct BuildLabels {
 }
 
 /// Why a request got a 503 (`lattice_http_unavailable_total{reason}`).
-#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
 pub enum Unavailable {
     /// The component's concurrency bound on this node (replicas × `--replica-concurrency`),
     /// with no idle replica elsewhere.
@@ -143,7 +143,7 @@ pub enum Unavailable {
 
 /// The outcome of one cross-node invocation, sent or served
 /// (`lattice_invocations_{sent,served}_total{result}`).
-#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
 pub enum InvocationResult {
     /// The serving replica answered (any HTTP status of the component's).
     Ok,
@@ -158,7 +158,7 @@ pub enum InvocationResult {
 }
 
 /// What one reconcile pass did to a replica here (`lattice_reconcile_actions_total{action}`).
-#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
 pub enum ReconcileAction {
     /// A replica started.
     Start,
@@ -171,7 +171,7 @@ pub enum ReconcileAction {
 }
 
 /// The store behind a keyvalue operation (`lattice_keyvalue_operations_total{backend}`).
-#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
 pub enum KeyValueBackend {
     /// `keyvalue-nats`: a JetStream KV bucket, lattice-wide.
     Nats,
@@ -180,12 +180,67 @@ pub enum KeyValueBackend {
 }
 
 /// Whether an operation succeeded.
-#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
 pub enum OpResult {
     /// It did.
     Ok,
     /// It returned an error to its caller.
     Error,
+}
+
+/// Label values in Prometheus's style (`no_responders`, `sled`), not the variants' Rust names
+/// (`NoResponders`, `Sled`) that `derive(EncodeLabelValue)` would write.
+macro_rules! label_values {
+    ($($ty:ty { $($variant:ident => $text:literal),+ $(,)? })+) => {$(
+        impl $ty {
+            /// The label value, as `/metrics` shows it.
+            pub fn as_str(&self) -> &'static str {
+                match self {
+                    $(Self::$variant => $text),+
+                }
+            }
+        }
+
+        impl EncodeLabelValue for $ty {
+            fn encode(
+                &self,
+                encoder: &mut prometheus_client::encoding::LabelValueEncoder<'_>,
+            ) -> Result<(), std::fmt::Error> {
+                self.as_str().encode(encoder)
+            }
+        }
+    )+};
+}
+
+label_values! {
+    Unavailable {
+        Concurrency => "concurrency",
+        Pool => "pool",
+        NoReplica => "no_replica",
+        Busy => "busy",
+        Draining => "draining",
+    }
+    InvocationResult {
+        Ok => "ok",
+        Busy => "busy",
+        Timeout => "timeout",
+        NoResponders => "no_responders",
+        Error => "error",
+    }
+    ReconcileAction {
+        Start => "start",
+        Stop => "stop",
+        Update => "update",
+        Failed => "failed",
+    }
+    KeyValueBackend {
+        Nats => "nats",
+        Sled => "sled",
+    }
+    OpResult {
+        Ok => "ok",
+        Error => "error",
+    }
 }
 
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
@@ -705,6 +760,29 @@ mod tests {
             text.contains(
                 r#"lattice_http_requests_total{app="_other",component="_other",status_class="2xx"} 10"#
             ),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn label_values_are_lowercase() {
+        let metrics = Metrics::enabled();
+        metrics.keyvalue(KeyValueBackend::Sled, "get", OpResult::Ok);
+        metrics.reconcile_actions(ReconcileAction::Start, 2);
+        metrics.unavailable(Unavailable::NoReplica);
+        let text = metrics.render();
+        assert!(
+            text.contains(
+                r#"lattice_keyvalue_operations_total{backend="sled",operation="get",result="ok"} 1"#
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"lattice_reconcile_actions_total{action="start"} 2"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"lattice_http_unavailable_total{reason="no_replica"} 1"#),
             "{text}"
         );
     }

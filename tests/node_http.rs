@@ -5,6 +5,9 @@
 
 mod common;
 
+#[path = "node/init.rs"]
+mod init;
+
 use std::time::{Duration, Instant};
 
 use common::{Node, alive, example_wasm, http_request, manifest};

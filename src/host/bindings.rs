@@ -7,10 +7,12 @@ mod generated {
     wasmtime::component::bindgen!({
         path: "wit",
         world: "lattice:host/capabilities",
-        // No `tracing` of arguments and results for wasi:config (its values may be secrets) or
-        // wasi:logging (its messages are logged once already, by the interface itself).
+        // No `tracing` of arguments and results for wasi:config (its values may be secrets),
+        // wasi:logging (its messages are logged once already, by the interface itself) or
+        // wasi:keyvalue (keys and values are user data, which would become events of the
+        // exported spans; each call has a span of its own, `keyvalue.rs`).
         imports: {
-            "wasi:keyvalue": async | tracing | trappable,
+            "wasi:keyvalue": async | trappable,
             "wasi:config": trappable,
             "wasi:logging": trappable,
             default: tracing | trappable,

@@ -154,8 +154,9 @@ impl CodeCache {
     }
 
     /// Compiles `wasm` (whose sha256 is `digest`) under `slot`, unless another caller cached it
-    /// while this one waited for the gate, and stores the result. Blocking: run it off the
-    /// async runtime; the slot is given back when it returns.
+    /// while this one waited for the gate, and stores the result; a compile that succeeds is
+    /// timed in `lattice_component_compile_duration_seconds`. Blocking: run it off the async
+    /// runtime; the slot is given back when it returns.
     ///
     /// # Errors
     /// `wasm` is not a valid component for this engine (the error says why).
@@ -182,9 +183,11 @@ impl CodeCache {
                 Component::new(engine, wasm)?
             }
         };
+        let took = started.elapsed();
+        crate::metrics::get().compiled(took);
         tracing::debug!(
             digest,
-            elapsed_ms = started.elapsed().as_millis() as u64,
+            elapsed_ms = took.as_millis() as u64,
             "compiled component"
         );
         if let Err(e) = store(&path, &component) {

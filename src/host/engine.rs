@@ -1,10 +1,14 @@
 //! The node's one wasmtime `Engine`: component model, epoch interruption, the pooling allocator
 //! sized for small VMs with a fallback to on-demand allocation, and the epoch ticker thread.
+//! Also [`PoolSlots`], the pool's slots in use for `lattice_pool_slots_in_use`.
 
 use std::time::Duration;
 
 use anyhow::Context;
-use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+use wasmtime::{
+    Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig,
+    PoolingAllocatorMetrics,
+};
 
 /// How often the epoch advances; request deadlines are measured in these ticks.
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
@@ -95,6 +99,51 @@ pub fn build(max_memory_bytes: u64, pool_instances: u32) -> anyhow::Result<(Engi
     };
     start_epoch_ticker(&engine)?;
     Ok((engine, allocator))
+}
+
+/// The pooling allocator's component instance slots in use, as wasmtime counts them
+/// ([`PoolingAllocatorMetrics::component_instances`]: a slot is taken when an instance is
+/// made and given back when its store is dropped), written to `lattice_pool_slots_in_use` of
+/// `lattice_pool_slots` (`--max-instances`). With the on-demand allocator there is no pool and
+/// both stay 0. Cheap to clone.
+#[derive(Clone)]
+pub(super) struct PoolSlots {
+    pool: Option<PoolingAllocatorMetrics>,
+    total: u64,
+}
+
+impl PoolSlots {
+    /// The slots of `engine`'s pool, `total` of them; sets the gauges (none in use yet).
+    pub(super) fn new(engine: &Engine, total: u32) -> PoolSlots {
+        let slots = PoolSlots {
+            pool: engine.pooling_allocator_metrics(),
+            total: u64::from(total.max(1)),
+        };
+        slots.update();
+        slots
+    }
+
+    /// Writes the slots in use now: call it after an instance took a slot or gave it back.
+    /// Two atomic loads and a store when nothing changes meanwhile. Concurrent updates may
+    /// write in any order, so each reads the count again after writing and writes once more
+    /// if it changed: the last update to run leaves the count of its time, so an idle node
+    /// shows what it holds.
+    pub(super) fn update(&self) {
+        let Some(pool) = &self.pool else { return };
+        let metrics = crate::metrics::get();
+        if !metrics.is_enabled() {
+            return;
+        }
+        let mut seen = pool.component_instances();
+        loop {
+            metrics.pool_slots(seen, self.total);
+            let now = pool.component_instances();
+            if now == seen {
+                break;
+            }
+            seen = now;
+        }
+    }
 }
 
 fn base_config() -> Config {

@@ -3,6 +3,14 @@
 //! A request the node has no room for (the component's concurrency bound, or the pooling
 //! allocator out of slots) is handed back untouched ([`Refused`]), so the ingress can try a
 //! replica elsewhere before it answers 503.
+//!
+//! Each instance's life, from before its store is made until after the store is dropped, is
+//! counted in `lattice_instances{app, component}`, and the pool's slots in use are written
+//! when it takes and gives back its slot. Its work is one `component_call` span (fields `app`,
+//! `component`, `otel.kind = internal`), a child of the span current where the request is
+//! admitted: instantiation and the guest's run, host calls (keyvalue, outgoing HTTP) and all,
+//! since the guest's task runs inside it. A trap, the deadline, the memory cap or an error
+//! code of the guest is recorded on it as an error.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -18,9 +26,12 @@ use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 
 use super::InstanceLimits;
+use super::engine::PoolSlots;
 use super::grants::Grants;
 use super::state::HostState;
+use crate::metrics::ComponentMetrics;
 use crate::providers::http_client::EgressClient;
+use crate::telemetry::record_error;
 
 /// Body of every response the ingress sends: a component's streamed body or a short text.
 pub type ResponseBody = wasmtime_wasi_http::p2::body::HyperOutgoingBody;
@@ -101,6 +112,35 @@ pub struct HttpComponent {
     limits: InstanceLimits,
     /// Outgoing HTTP of all its instances: one connection pool.
     egress: EgressClient,
+    /// Its series (`lattice_instances`, `lattice_replicas`, …), made once.
+    metrics: ComponentMetrics,
+    /// The node's pool slots, written as its instances come and go.
+    pool: PoolSlots,
+}
+
+/// One instance alive, from before its store is made: counted in `lattice_instances` of its
+/// component; uncounted when dropped, which is after its store (declare it first), and the
+/// pool's slots written again then.
+struct Alive {
+    metrics: ComponentMetrics,
+    pool: PoolSlots,
+}
+
+impl Alive {
+    fn new(metrics: &ComponentMetrics, pool: &PoolSlots) -> Alive {
+        metrics.instance(true);
+        Alive {
+            metrics: metrics.clone(),
+            pool: pool.clone(),
+        }
+    }
+}
+
+impl Drop for Alive {
+    fn drop(&mut self) {
+        self.metrics.instance(false);
+        self.pool.update();
+    }
 }
 
 impl HttpComponent {
@@ -111,8 +151,11 @@ impl HttpComponent {
         max_concurrency: usize,
         limits: InstanceLimits,
         egress: EgressClient,
+        pool: PoolSlots,
     ) -> HttpComponent {
         HttpComponent {
+            metrics: crate::metrics::get().component(&grants.app, &grants.component),
+            pool,
             app: grants.app.clone(),
             name: grants.component.clone(),
             digest,
@@ -138,6 +181,11 @@ impl HttpComponent {
     /// sha256 of the component's wasm, lowercase hex.
     pub fn digest(&self) -> &str {
         &self.digest
+    }
+
+    /// Its metrics handles (made once, when it was prepared).
+    pub fn metrics(&self) -> &ComponentMetrics {
+        &self.metrics
     }
 
     /// Serves `request` with a fresh instance. Never fails: the component's response, or
@@ -217,7 +265,8 @@ impl HttpComponent {
 
     /// Takes a place in the component's concurrency bound and instantiates it for one request
     /// with the deadline `timeout` from now (capped by the node's request timeout), before the
-    /// request is read: one that finds no room can go elsewhere.
+    /// request is read: one that finds no room can go elsewhere. Opens the `component_call`
+    /// span (a child of the current one) that [`Admitted::serve`] goes on in.
     ///
     /// # Errors
     /// [`NotAdmitted::Busy`] at the concurrency bound or with no free pool slot;
@@ -235,6 +284,16 @@ impl HttpComponent {
         };
         let timeout = timeout.min(self.limits.request_timeout);
         let deadline = Instant::now() + timeout;
+        // At DEBUG: free with traces off at the default log level (the request's span carries
+        // app and component for the log); the trace layer records it at any level.
+        let span = tracing::debug_span!(
+            "component_call",
+            app = %self.app,
+            component = %self.name,
+            otel.kind = "internal",
+        );
+        // Before the store: dropped after it.
+        let alive = Alive::new(&self.metrics, &self.pool);
         let limits = StoreLimitsBuilder::new()
             .memory_size(usize::try_from(self.limits.max_memory_bytes).unwrap_or(usize::MAX))
             .build();
@@ -253,15 +312,24 @@ impl HttpComponent {
             })
         });
         let instantiated =
-            tokio::time::timeout_at(deadline.into(), self.pre.instantiate_async(&mut store)).await;
+            tokio::time::timeout_at(deadline.into(), self.pre.instantiate_async(&mut store))
+                .instrument(span.clone())
+                .await;
+        self.pool.update();
+        let entered = span.enter();
         let proxy = match instantiated {
             Ok(Ok(proxy)) => proxy,
             Ok(Err(e)) if is_pool_exhausted(&e) => {
+                // Not the component's failure: the request may go elsewhere.
                 tracing::debug!(error = %e, "no free pool slot for an instance");
                 return Err(NotAdmitted::Busy(Saturation::Pool(e.to_string())));
             }
             Ok(Err(e)) if e.downcast_ref::<Trap>() != Some(&Trap::Interrupt) => {
                 tracing::error!(error = format!("{e:?}"), "component trapped while starting");
+                record_error(
+                    &span,
+                    &format_args!("component trapped while starting: {}", e.root_cause()),
+                );
                 return Err(NotAdmitted::Failed(text_response(
                     StatusCode::INTERNAL_SERVER_ERROR,
                     "component failed; see the node log\n".into(),
@@ -272,10 +340,14 @@ impl HttpComponent {
                     timeout_ms = timeout.as_millis() as u64,
                     "component exceeded the request deadline while starting"
                 );
+                record_error(&span, &DeadlineExceeded(timeout));
                 return Err(NotAdmitted::Failed(deadline_response(timeout)));
             }
         };
+        drop(entered);
         Ok(Admitted {
+            span,
+            alive,
             app: self.app.clone(),
             name: self.name.clone(),
             permit,
@@ -297,6 +369,8 @@ pub enum NotAdmitted {
 
 /// A fresh instance with its place in the component's concurrency bound, for one request.
 pub struct Admitted {
+    /// The `component_call` span.
+    span: tracing::Span,
     app: Arc<str>,
     name: Arc<str>,
     permit: tokio::sync::OwnedSemaphorePermit,
@@ -304,12 +378,15 @@ pub struct Admitted {
     proxy: wasmtime_wasi_http::p2::bindings::Proxy,
     deadline: Instant,
     timeout: std::time::Duration,
+    /// After `store`: fields are dropped in declaration order.
+    alive: Alive,
 }
 
 impl Admitted {
     /// Hands `request` to the instance and returns its response. Never fails: 504 when the
     /// deadline passes, 500 when the instance traps or sets no response (logged with the
-    /// cause), 503 + `Retry-After` when the pool has no stack for the call.
+    /// cause), 503 + `Retry-After` when the pool has no stack for the call. Runs in the
+    /// `component_call` span [`HttpComponent::admit`] opened, and so does the guest's task.
     pub async fn serve<B>(
         self,
         request: hyper::Request<B>,
@@ -319,7 +396,21 @@ impl Admitted {
         B: hyper::body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<wasmtime_wasi_http::Error>,
     {
+        let span = self.span.clone();
+        self.run(request, scheme).instrument(span).await
+    }
+
+    async fn run<B>(
+        self,
+        request: hyper::Request<B>,
+        scheme: Scheme,
+    ) -> hyper::Response<ResponseBody>
+    where
+        B: hyper::body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<wasmtime_wasi_http::Error>,
+    {
         let Admitted {
+            span,
             app,
             name,
             permit,
@@ -327,6 +418,7 @@ impl Admitted {
             proxy,
             deadline,
             timeout,
+            alive,
         } = self;
         let (sender, receiver) = tokio::sync::oneshot::channel();
         let resources: wasmtime::Result<_> = (|| {
@@ -341,11 +433,15 @@ impl Admitted {
             Ok(pair) => pair,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot hand the request to the component");
+                drop(store);
+                drop(alive);
                 return text_response(StatusCode::BAD_REQUEST, format!("bad request: {e}\n"));
             }
         };
         // The instance runs in its own task, which may outlive the response headers while it
         // streams the body; the deadline covers all of it, host calls included.
+        // Inside the `component_call` span (current here): a spawned task would lose it.
+        let task_span = span.clone();
         let task = tokio::spawn(
             async move {
                 let _permit = permit;
@@ -353,7 +449,7 @@ impl Admitted {
                     .wasi_http_incoming_handler()
                     .call_handle(&mut store, req, out);
                 let outcome = match tokio::time::timeout_at(deadline.into(), run).await {
-                    Ok(Ok(())) => return Outcome::Finished,
+                    Ok(Ok(())) => Outcome::Finished,
                     Ok(Err(e)) if e.downcast_ref::<Trap>() == Some(&Trap::Interrupt) => {
                         Outcome::DeadlineExceeded
                     }
@@ -364,6 +460,12 @@ impl Admitted {
                     }
                     Ok(Err(e)) => {
                         tracing::error!(error = format!("{e:?}"), "component trapped");
+                        // The trap itself (a memory cap met shows as the guest's own trap),
+                        // without the wasm backtrace the log has.
+                        record_error(
+                            &task_span,
+                            &format_args!("component trapped: {}", e.root_cause()),
+                        );
                         Outcome::Trapped
                     }
                     Err(_elapsed) => Outcome::DeadlineExceeded,
@@ -373,10 +475,14 @@ impl Admitted {
                         timeout_ms = timeout.as_millis() as u64,
                         "component exceeded the request deadline"
                     );
+                    record_error(&task_span, &DeadlineExceeded(timeout));
                 }
+                // The instance is gone with its store; then it is uncounted.
+                drop(store);
+                drop(alive);
                 outcome
             }
-            .in_current_span(),
+            .instrument(span.clone()),
         );
 
         // The task ends by the deadline and drops the outparam with its store, so this wait is
@@ -385,6 +491,10 @@ impl Admitted {
             Ok(Ok(response)) => response,
             Ok(Err(code)) => {
                 tracing::warn!(error = ?code, "component answered with an error code");
+                record_error(
+                    &span,
+                    &format_args!("component answered with an error code: {code:?}"),
+                );
                 text_response(
                     StatusCode::INTERNAL_SERVER_ERROR,
                     format!("component error: {code:?}\n"),
@@ -394,6 +504,7 @@ impl Admitted {
                 Ok(Outcome::DeadlineExceeded) => deadline_response(timeout),
                 Ok(Outcome::Finished) => {
                     tracing::error!("component returned without setting a response");
+                    record_error(&span, &"component returned without setting a response");
                     text_response(
                         StatusCode::INTERNAL_SERVER_ERROR,
                         "component set no response\n".into(),
@@ -408,6 +519,7 @@ impl Admitted {
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "component task failed");
+                    record_error(&span, &format_args!("component task failed: {e}"));
                     text_response(
                         StatusCode::INTERNAL_SERVER_ERROR,
                         "component failed; see the node log\n".into(),
@@ -429,6 +541,19 @@ enum Outcome {
     DeadlineExceeded,
     /// The pool had no stack for the call: the guest never ran.
     PoolExhausted(String),
+}
+
+/// The error a deadline met is recorded as: the deadline, in humantime's form.
+struct DeadlineExceeded(std::time::Duration);
+
+impl std::fmt::Display for DeadlineExceeded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "component exceeded the request deadline of {}",
+            humantime::format_duration(self.0)
+        )
+    }
 }
 
 fn deadline_response(timeout: std::time::Duration) -> hyper::Response<ResponseBody> {

@@ -2,18 +2,26 @@
 //! takes the name of one of the component's keyvalue links (default `default`) and gives its
 //! bucket; any other identifier is `no-such-store`. A call through an interface the link does
 //! not list is `access-denied`; a key over `MAX_KEY_BYTES` is refused before it reaches the
-//! backend. The buckets are the providers' (`providers::keyvalue`); every call has a span named
-//! after it.
+//! backend. The buckets are the providers' (`providers::keyvalue`).
+//!
+//! Every call on a bucket has a span named after it (`keyvalue.get`, `keyvalue.set`,
+//! `keyvalue.increment`, `keyvalue.get_many`, …) with the fields `backend` (`nats`, `sled`)
+//! and `bucket` (its plain name), a child of the component call; the key and the value are
+//! user data and are never a field. Each is counted once in
+//! `lattice_keyvalue_operations_total{backend, operation, result}` (a batch call is one
+//! operation), a call refused here (`access-denied`, a key too long) as an error.
 
 use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt, stream};
+use tracing::field::Empty;
 use wasmtime::component::Resource;
 
 use super::bindings::keyvalue::{atomics, batch, store};
 use super::grants::GrantedBucket;
 use super::state::HostState;
+use crate::metrics::OpResult;
 use crate::providers::keyvalue::{Bucket, KEYS_PAGE, KvError, check_key};
 
 /// Calls of one batch operation in flight at once: a batch over a leaf connection costs a few
@@ -44,9 +52,13 @@ enum Via {
 }
 
 impl HostState {
-    /// The bucket behind `resource`, and a way to report its errors.
+    /// The bucket behind `resource`, and a way to report its errors. Records its backend and
+    /// name on the current span (the call's).
     fn bucket(&self, resource: &Resource<BucketResource>) -> wasmtime::Result<Opened> {
         let resource = self.table.get(resource)?;
+        let span = tracing::Span::current();
+        span.record("backend", resource.granted.bucket.backend().as_str());
+        span.record("bucket", resource.granted.bucket.name());
         Ok(Opened {
             granted: resource.granted.clone(),
             link: resource.link.clone(),
@@ -73,6 +85,39 @@ impl std::ops::Deref for Opened {
 }
 
 impl Opened {
+    /// Counts operation `op` (its name in the metrics: `get`, `list-keys`, `get-many`, …) by
+    /// how it ended, records an error on the current span (the call's, without the key: the
+    /// node's log has the whole message), and returns `result`.
+    fn finish<T>(
+        &self,
+        op: &'static str,
+        result: Result<T, store::Error>,
+    ) -> Result<T, store::Error> {
+        let backend = self.backend();
+        let outcome = if result.is_ok() {
+            OpResult::Ok
+        } else {
+            OpResult::Error
+        };
+        crate::metrics::get().keyvalue(backend, op, outcome);
+        if let Err(e) = &result {
+            let kind = match e {
+                store::Error::NoSuchStore => "no-such-store",
+                store::Error::AccessDenied => "access-denied",
+                store::Error::Other(_) => "other (the node's log has the reason)",
+            };
+            crate::telemetry::record_error(
+                &tracing::Span::current(),
+                &format_args!(
+                    "keyvalue-{} bucket {}: {op} failed: {kind}",
+                    backend.as_str(),
+                    self.name()
+                ),
+            );
+        }
+        result
+    }
+
     /// `e` as the guest sees it (`other`), logged for the operator with where it happened.
     fn error(&self, e: KvError) -> store::Error {
         tracing::warn!(
@@ -163,7 +208,7 @@ impl Opened {
 }
 
 impl store::Host for HostState {
-    #[tracing::instrument(name = "wasi_keyvalue.open", level = "debug", skip_all, fields(identifier = %identifier))]
+    #[tracing::instrument(name = "keyvalue.open", level = "debug", skip_all, fields(identifier = %identifier))]
     async fn open(
         &mut self,
         identifier: String,
@@ -186,22 +231,23 @@ impl store::Host for HostState {
 }
 
 impl store::HostBucket for HostState {
-    #[tracing::instrument(name = "wasi_keyvalue.get", level = "debug", skip_all)]
+    #[tracing::instrument(name = "keyvalue.get", level = "debug", skip_all, fields(backend = Empty, bucket = Empty, otel.kind = "client"))]
     async fn get(
         &mut self,
         bucket: Resource<BucketResource>,
         key: String,
     ) -> wasmtime::Result<Result<Option<Vec<u8>>, store::Error>> {
         let b = self.bucket(&bucket)?;
-        Ok(async {
+        let result = async {
             b.admit("get", Via::Store, [key.as_str()])?;
             let value = b.get(&key).await.map_err(|e| b.error(e))?;
             Ok(value.map(Vec::from))
         }
-        .await)
+        .await;
+        Ok(b.finish("get", result))
     }
 
-    #[tracing::instrument(name = "wasi_keyvalue.set", level = "debug", skip_all)]
+    #[tracing::instrument(name = "keyvalue.set", level = "debug", skip_all, fields(backend = Empty, bucket = Empty, otel.kind = "client"))]
     async fn set(
         &mut self,
         bucket: Resource<BucketResource>,
@@ -209,51 +255,54 @@ impl store::HostBucket for HostState {
         value: Vec<u8>,
     ) -> wasmtime::Result<Result<(), store::Error>> {
         let b = self.bucket(&bucket)?;
-        Ok(async {
+        let result = async {
             b.admit("set", Via::Store, [key.as_str()])?;
             b.set(&key, Bytes::from(value))
                 .await
                 .map_err(|e| b.error(e))
         }
-        .await)
+        .await;
+        Ok(b.finish("set", result))
     }
 
-    #[tracing::instrument(name = "wasi_keyvalue.delete", level = "debug", skip_all)]
+    #[tracing::instrument(name = "keyvalue.delete", level = "debug", skip_all, fields(backend = Empty, bucket = Empty, otel.kind = "client"))]
     async fn delete(
         &mut self,
         bucket: Resource<BucketResource>,
         key: String,
     ) -> wasmtime::Result<Result<(), store::Error>> {
         let b = self.bucket(&bucket)?;
-        Ok(async {
+        let result = async {
             b.admit("delete", Via::Store, [key.as_str()])?;
             b.delete(&key).await.map_err(|e| b.error(e))
         }
-        .await)
+        .await;
+        Ok(b.finish("delete", result))
     }
 
-    #[tracing::instrument(name = "wasi_keyvalue.exists", level = "debug", skip_all)]
+    #[tracing::instrument(name = "keyvalue.exists", level = "debug", skip_all, fields(backend = Empty, bucket = Empty, otel.kind = "client"))]
     async fn exists(
         &mut self,
         bucket: Resource<BucketResource>,
         key: String,
     ) -> wasmtime::Result<Result<bool, store::Error>> {
         let b = self.bucket(&bucket)?;
-        Ok(async {
+        let result = async {
             b.admit("exists", Via::Store, [key.as_str()])?;
             b.exists(&key).await.map_err(|e| b.error(e))
         }
-        .await)
+        .await;
+        Ok(b.finish("exists", result))
     }
 
-    #[tracing::instrument(name = "wasi_keyvalue.list_keys", level = "debug", skip_all)]
+    #[tracing::instrument(name = "keyvalue.list_keys", level = "debug", skip_all, fields(backend = Empty, bucket = Empty, otel.kind = "client"))]
     async fn list_keys(
         &mut self,
         bucket: Resource<BucketResource>,
         cursor: Option<u64>,
     ) -> wasmtime::Result<Result<store::KeyResponse, store::Error>> {
         let b = self.bucket(&bucket)?;
-        Ok(async {
+        let result = async {
             b.admit("list-keys", Via::Store, [])?;
             let (keys, cursor) = b
                 .keys(cursor.unwrap_or(0), KEYS_PAGE)
@@ -261,7 +310,8 @@ impl store::HostBucket for HostState {
                 .map_err(|e| b.error(e))?;
             Ok(store::KeyResponse { keys, cursor })
         }
-        .await)
+        .await;
+        Ok(b.finish("list-keys", result))
     }
 
     async fn drop(&mut self, bucket: Resource<BucketResource>) -> wasmtime::Result<()> {
@@ -272,7 +322,7 @@ impl store::HostBucket for HostState {
 }
 
 impl atomics::Host for HostState {
-    #[tracing::instrument(name = "wasi_keyvalue.increment", level = "debug", skip_all)]
+    #[tracing::instrument(name = "keyvalue.increment", level = "debug", skip_all, fields(backend = Empty, bucket = Empty, otel.kind = "client"))]
     async fn increment(
         &mut self,
         bucket: Resource<BucketResource>,
@@ -280,37 +330,39 @@ impl atomics::Host for HostState {
         delta: u64,
     ) -> wasmtime::Result<Result<u64, store::Error>> {
         let b = self.bucket(&bucket)?;
-        Ok(async {
+        let result = async {
             b.admit("increment", Via::Atomics, [key.as_str()])?;
             b.increment(&key, delta).await.map_err(|e| b.error(e))
         }
-        .await)
+        .await;
+        Ok(b.finish("increment", result))
     }
 }
 
 impl batch::Host for HostState {
-    #[tracing::instrument(name = "wasi_keyvalue.get_many", level = "debug", skip_all)]
+    #[tracing::instrument(name = "keyvalue.get_many", level = "debug", skip_all, fields(backend = Empty, bucket = Empty, otel.kind = "client"))]
     async fn get_many(
         &mut self,
         bucket: Resource<BucketResource>,
         keys: Vec<String>,
     ) -> wasmtime::Result<Result<ManyValues, store::Error>> {
         let b = self.bucket(&bucket)?;
-        Ok(async {
+        let result = async {
             b.admit("get-many", Via::Batch, keys.iter().map(String::as_str))?;
             b.get_many(keys).await
         }
-        .await)
+        .await;
+        Ok(b.finish("get-many", result))
     }
 
-    #[tracing::instrument(name = "wasi_keyvalue.set_many", level = "debug", skip_all)]
+    #[tracing::instrument(name = "keyvalue.set_many", level = "debug", skip_all, fields(backend = Empty, bucket = Empty, otel.kind = "client"))]
     async fn set_many(
         &mut self,
         bucket: Resource<BucketResource>,
         key_values: Vec<(String, Vec<u8>)>,
     ) -> wasmtime::Result<Result<(), store::Error>> {
         let b = self.bucket(&bucket)?;
-        Ok(async {
+        let result = async {
             b.admit(
                 "set-many",
                 Via::Batch,
@@ -322,23 +374,25 @@ impl batch::Host for HostState {
             })
             .await
         }
-        .await)
+        .await;
+        Ok(b.finish("set-many", result))
     }
 
-    #[tracing::instrument(name = "wasi_keyvalue.delete_many", level = "debug", skip_all)]
+    #[tracing::instrument(name = "keyvalue.delete_many", level = "debug", skip_all, fields(backend = Empty, bucket = Empty, otel.kind = "client"))]
     async fn delete_many(
         &mut self,
         bucket: Resource<BucketResource>,
         keys: Vec<String>,
     ) -> wasmtime::Result<Result<(), store::Error>> {
         let b = self.bucket(&bucket)?;
-        Ok(async {
+        let result = async {
             b.admit("delete-many", Via::Batch, keys.iter().map(String::as_str))?;
             let b = &b;
             b.each(keys, |key| async move { b.delete(&key).await })
                 .await
         }
-        .await)
+        .await;
+        Ok(b.finish("delete-many", result))
     }
 }
 

@@ -114,6 +114,7 @@ pub struct Host {
     limits: InstanceLimits,
     allocator: Allocator,
     egress: Egress,
+    pool: engine::PoolSlots,
 }
 
 impl Host {
@@ -142,7 +143,9 @@ impl Host {
         .map_err(anyhow::Error::from)
         .context("linking wasi:keyvalue, wasi:config and wasi:logging")?;
         let cache = cache::CodeCache::new(data_dir.join("cache").join("components"), &engine);
+        let pool = engine::PoolSlots::new(&engine, limits.pool_instances);
         Ok(Host {
+            pool,
             engine,
             linker: Arc::new(linker),
             cache,
@@ -184,8 +187,15 @@ impl Host {
             grants.component.clone(),
             self.limits.request_timeout,
         );
-        let component =
-            HttpComponent::new(grants, digest, pre, max_concurrency, self.limits, egress);
+        let component = HttpComponent::new(
+            grants,
+            digest,
+            pre,
+            max_concurrency,
+            self.limits,
+            egress,
+            self.pool.clone(),
+        );
         Ok(PreparedComponent {
             component: Arc::new(component),
             code_source,

@@ -10,6 +10,16 @@
 //! [`egress::MAX_NODE_SOCKETS`] per node, [`egress::MAX_COMPONENT_LOOKUPS`] name lookups per
 //! component and [`egress::MAX_LOOKUPS`] per node (the node's waited for up to the connect
 //! timeout), no timeout longer than the node's request timeout.
+//!
+//! Each request that goes out is a client span `http_client.request` (exported under the
+//! method's name, as OpenTelemetry's HTTP conventions name client spans:
+//! <https://opentelemetry.io/docs/specs/semconv/http/http-spans/>), a child of the component
+//! call, with `http.request.method`, `server.address`, `server.port` and, once the head is in,
+//! `http.response.status_code`; a failure or a status of 400 or more is its error. When traces
+//! are on the request carries that span's W3C `traceparent` (and `tracestate`), replacing any
+//! the component set: the component runs inside the node's trace, whose parent is the
+//! incoming request's own `traceparent`, so the server continues that trace. With traces off
+//! the component's headers go out as it set them.
 
 pub mod address;
 pub mod egress;
@@ -324,6 +334,28 @@ impl OutgoingHttp {
 }
 
 use egress::SendResult;
+use tracing::Instrument as _;
+
+/// The client span of `request` (an allowed one, so its URI is absolute, without user info):
+/// see the module doc. Neither the path nor the query: they may carry user data.
+fn client_span(request: &http::Request<WasiBody>) -> tracing::Span {
+    let uri = request.uri();
+    let method = request.method().as_str();
+    let port = uri.port_u16().unwrap_or(match uri.scheme_str() {
+        Some("https") => 443,
+        _ => 80,
+    });
+    // At DEBUG, as the component call: free with traces off at the default log level.
+    tracing::debug_span!(
+        "http_client.request",
+        otel.name = method,
+        otel.kind = "client",
+        http.request.method = method,
+        server.address = uri.host().unwrap_or_default(),
+        server.port = port,
+        http.response.status_code = tracing::field::Empty,
+    )
+}
 
 impl WasiHttpHooks for OutgoingHttp {
     fn send_request(
@@ -351,8 +383,28 @@ impl WasiHttpHooks for OutgoingHttp {
             return Box::new(async { Err(wasmtime_wasi_http::Error::ConnectionLimitReached) });
         };
         tracing::debug!(app = %self.app, component = %self.component, uri = %without_query(request.uri()), "outgoing HTTP request");
+        let span = client_span(&request);
+        let mut request = request;
+        crate::telemetry::inject_http(&span, request.headers_mut());
         let client = self.client.clone();
-        Box::new(async move { client.send(request, options, permit).await })
+        let within = span.clone();
+        Box::new(
+            async move {
+                let result = client.send(request, options, permit).await;
+                match &result {
+                    Ok((response, _)) => {
+                        let status = response.status();
+                        span.record("http.response.status_code", status.as_u16());
+                        if status.as_u16() >= 400 {
+                            crate::telemetry::record_error(&span, &status);
+                        }
+                    }
+                    Err(e) => crate::telemetry::record_error(&span, e),
+                }
+                result
+            }
+            .instrument(within),
+        )
     }
 }
 
@@ -438,6 +490,82 @@ mod tests {
             outcome(send(&uri)).await.as_deref(),
             Some("connection limit reached"),
             "a request ended gives its place back"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_client_span_replaces_the_components_traceparent_with_its_own() {
+        use http_body_util::{BodyExt, Empty};
+        use opentelemetry::trace::{TraceContextExt as _, TracerProvider as _};
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+        use tracing_subscriber::layer::SubscriberExt as _;
+
+        // Traces on, as `telemetry::init` turns them on, for this thread.
+        let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder().build();
+        let subscriber = tracing_subscriber::registry()
+            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
+        let _default = tracing::subscriber::set_default(subscriber);
+        opentelemetry::global::set_text_map_propagator(
+            opentelemetry_sdk::propagation::TraceContextPropagator::new(),
+        );
+
+        // An upstream that hands over the head of the one request it answers.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (head_tx, head_rx) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut head = Vec::new();
+            let mut chunk = [0u8; 1024];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = stream.read(&mut chunk).await.unwrap();
+                assert!(n > 0, "the request ended before its head did");
+                head.extend_from_slice(&chunk[..n]);
+            }
+            let _ = head_tx.send(String::from_utf8_lossy(&head).into_owned());
+            let answer = "HTTP/1.1 204 No Content\r\nconnection: close\r\n\r\n";
+            stream.write_all(answer.as_bytes()).await.unwrap();
+        });
+
+        let allowed = Arc::new(AllowedHosts::parse(&format!("127.0.0.1:{port}")).unwrap());
+        let client = Egress::new(&[]).unwrap().client(
+            allowed.clone(),
+            "app".into(),
+            "c".into(),
+            std::time::Duration::from_secs(30),
+        );
+        let mut hooks = OutgoingHttp::new(allowed, client, "app".into(), "c".into());
+        let theirs = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+        let body = Empty::new().map_err(|never| match never {}).boxed_unsync();
+        let request = http::Request::get(format!("http://127.0.0.1:{port}/x"))
+            .header("traceparent", theirs)
+            .body(body)
+            .unwrap();
+        let call = tracing::info_span!("component_call");
+        let sent = {
+            let _entered = call.enter();
+            Box::into_pin(hooks.send_request(request, None, Box::new(async { Ok(()) })))
+        };
+        let (response, _) = sent.await.unwrap();
+        assert_eq!(response.status(), 204);
+
+        let head = head_rx.await.unwrap();
+        let sent: Vec<&str> = head
+            .lines()
+            .filter_map(|l| l.split_once(':'))
+            .filter(|(name, _)| name.eq_ignore_ascii_case("traceparent"))
+            .map(|(_, value)| value.trim())
+            .collect();
+        let trace_id = call.context().span().span_context().trace_id().to_string();
+        assert_eq!(sent.len(), 1, "{head}");
+        assert_ne!(sent[0], theirs, "{head}");
+        let parts: Vec<&str> = sent[0].split('-').collect();
+        assert_eq!(parts[1], trace_id, "the component call's trace: {head}");
+        let call_id = call.context().span().span_context().span_id().to_string();
+        assert_ne!(
+            parts[2], call_id,
+            "the client span's own id, not its parent's: {head}"
         );
     }
 

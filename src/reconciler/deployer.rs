@@ -8,6 +8,12 @@
 //! bounds how many compile at once. When a start ends, the reconciler is woken
 //! ([`Deployer::on_started`]) and the next apply routes to it. A slow or failing component so
 //! delays no other app, e.g. the failover of one whose node was lost.
+//!
+//! What it does is counted per replica in `lattice_reconcile_actions_total{action}`: a start
+//! that ends well is `start` for a component new here (or the replicas added to one),
+//! `update` for a new version or artifact of one that ran here (its replicas), a failed one
+//! `failed` (its replicas); replicas the share no longer names, or removed from a running
+//! component, are `stop`. `lattice_replicas` follows every change.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
@@ -24,6 +30,7 @@ use super::store::Desired;
 use crate::host::{CodeSource, GrantedBucket, Grants, Host, HttpComponent};
 use crate::lattice::membership::ComponentReplicas;
 use crate::lattice::rpc::{Rpc, Serving};
+use crate::metrics::ReconcileAction;
 use crate::providers::http::{HttpServer, ListenPolicy, Router, RoutingTable};
 use crate::providers::keyvalue::KeyValueProviders;
 
@@ -303,7 +310,12 @@ impl Deployer {
             .cloned()
             .collect();
         for key in stopped {
-            state.components.remove(&key);
+            if let Some(local) = state.components.remove(&key) {
+                let metrics = local.component.metrics();
+                metrics.replicas(0);
+                crate::metrics::get()
+                    .reconcile_actions(ReconcileAction::Stop, u64::from(local.replicas));
+            }
             tracing::info!(app = key.0, component = key.1, "replicas stopped here");
         }
         state.failed.retain(|k, _| share.contains_key(k));
@@ -608,6 +620,11 @@ async fn run_start(
                 replicas = want.replicas,
                 "replicas running here"
             );
+            count_started(state.components.get(&key), &local);
+            local
+                .component
+                .metrics()
+                .replicas(u64::from(local.replicas));
             state.components.insert(key, local);
         }
         Err(reason) => {
@@ -623,6 +640,8 @@ async fn run_start(
                     "cannot start replicas here: {reason}"
                 );
             }
+            crate::metrics::get()
+                .reconcile_actions(ReconcileAction::Failed, u64::from(want.replicas));
             state.failed.insert(
                 key,
                 FailedStart {
@@ -636,6 +655,30 @@ async fn run_start(
     }
     drop(state);
     started.notify_one();
+}
+
+/// Counts what a start that ended well did, `local` replacing `before` (if one ran here): an
+/// update of the replicas of a new version or artifact, else the replicas added or removed.
+fn count_started(before: Option<&LocalComponent>, local: &LocalComponent) {
+    let metrics = crate::metrics::get();
+    let now = u64::from(local.replicas);
+    match before {
+        None => metrics.reconcile_actions(ReconcileAction::Start, now),
+        Some(old)
+            if old.version != local.version
+                || old.component.digest() != local.component.digest() =>
+        {
+            metrics.reconcile_actions(ReconcileAction::Update, now);
+        }
+        Some(old) => {
+            let was = u64::from(old.replicas);
+            if now > was {
+                metrics.reconcile_actions(ReconcileAction::Start, now - was);
+            } else {
+                metrics.reconcile_actions(ReconcileAction::Stop, was - now);
+            }
+        }
+    }
 }
 
 impl Starter {

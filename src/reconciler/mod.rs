@@ -6,6 +6,11 @@
 //! `app.deploy`, the config-dir `watcher`); `store` mirrors the KV; `artifacts` moves component
 //! bytes by digest; `plan` is the pure placement every node computes alike; [`Deployer`] makes
 //! this node run its share; [`Reconciler`] loops over all of it, level-triggered.
+//!
+//! Metrics: the loop counts its passes (`lattice_reconcile_passes_total`); the [`Deployer`]
+//! counts what it did to replicas here (`lattice_reconcile_actions_total{action}`: started,
+//! stopped, updated, failed to start, as each start ends) and sets `lattice_replicas` of each
+//! component whenever its replicas here change (0 once it goes).
 
 pub mod artifacts;
 pub mod deploy;
@@ -118,6 +123,7 @@ impl Reconciler {
             surplus.retain(|k, _| running.contains_key(k));
             let share = plan::local_share(&self.me, &desired, &placement, &hosts, &running, now);
             self.deployer.apply(&desired, &share).await;
+            crate::metrics::get().reconcile_pass();
             // The first pass is done once the starts it began have ended (each under its
             // deadline), so the node is up with its share running; later passes go on meanwhile.
             if first_pass.is_some()

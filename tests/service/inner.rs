@@ -1,1 +1,852 @@
-//! Tests of issue 14: inner.
+//! Issue 14, inside the node: what `/metrics` shows of its components (instances, pool slots,
+//! replicas, compiles), its reconciler (passes, actions) and keyvalue operations by backend;
+//! and the W3C `traceparent` an outgoing request of a component carries when traces are on.
+//! Real `lattice up`, the real http-keyvalue-counter and http-fetch components, keyvalue on
+//! sled and on the node's JetStream, upstream servers on 127.0.0.1.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::common::{Dirs, Node, example_wasm, free_port, http_get, http_request, wait_until};
+
+/// How long a node may take to deploy its config dir's apps (compiling included).
+const DEPLOYED: Duration = Duration::from_secs(60);
+
+/// How long a gauge may take to settle after the answers (an instance's task ends after its
+/// response has gone out).
+const SETTLED: Duration = Duration::from_secs(10);
+
+/// The built-in keyvalue-sled capability.
+const KEYVALUE_SLED: &str = "wasmcloud+builtin://keyvalue-sled";
+
+/// The keyvalue-nats capability, as wadm manifests name it.
+const KEYVALUE_NATS: &str = "ghcr.io/wasmcloud/keyvalue-nats:0.3.1";
+
+/// The http-client capability, as wadm manifests name it.
+const HTTP_CLIENT: &str = "ghcr.io/wasmcloud/http-client:0.12.0";
+
+/// A name unique to this run, for JetStream buckets.
+fn unique(prefix: &str) -> String {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("{prefix}-{}-{}", std::process::id(), nanos % 1_000_000_000)
+}
+
+/// A manifest of app `app`: example `example` as component `component` with `instances`
+/// replicas (spreadscaler) routed at `path`, with link `link` (YAML list items indented by 8
+/// spaces) to capability `target` of image `image`.
+fn app_yaml(
+    app: &str,
+    component: &str,
+    example: &str,
+    path: &str,
+    instances: u32,
+    (link, target, image): (&str, &str, &str),
+) -> String {
+    format!(
+        r#"apiVersion: core.oam.dev/v1beta1
+kind: Application
+metadata:
+  name: {app}
+  annotations:
+    version: v1
+spec:
+  components:
+    - name: {component}
+      type: component
+      properties:
+        image: file://{wasm}
+      traits:
+        - type: spreadscaler
+          properties:
+            instances: {instances}
+{link}    - name: {target}
+      type: capability
+      properties:
+        image: {image}
+{http}"#,
+        wasm = example_wasm(example).display(),
+        http = crate::common::http_server_link(component, path),
+    )
+}
+
+/// A wasi:keyvalue link (store, atomics) to capability `target`, with `properties` as its
+/// target config.
+fn keyvalue_link(target: &str, properties: &[(&str, &str)]) -> String {
+    let mut link = format!(
+        "        - type: link
+          properties:
+            namespace: wasi
+            package: keyvalue
+            interfaces: [store, atomics]
+            target:
+              name: {target}
+"
+    );
+    if !properties.is_empty() {
+        link.push_str(
+            "              config:\n                - name: kv-config\n                  properties:\n",
+        );
+        for (key, value) in properties {
+            link.push_str(&format!("                    {key}: '{value}'\n"));
+        }
+    }
+    link
+}
+
+/// A wasi:http/outgoing-handler link to capability `target` allowing `allowed_hosts`.
+fn http_client_link(target: &str, allowed_hosts: &str) -> String {
+    format!(
+        "        - type: link
+          properties:
+            namespace: wasi
+            package: http
+            interfaces: [outgoing-handler]
+            target: {target}
+            target_config:
+              - name: client
+                properties:
+                  allowed_hosts: '{allowed_hosts}'
+"
+    )
+}
+
+/// The node's `/metrics` text.
+fn metrics(node: &Node) -> String {
+    match http_get(node.admin, "/metrics", None) {
+        Some((200, text)) => text,
+        other => panic!("GET /metrics: {other:?}\n{}", node.log()),
+    }
+}
+
+/// The value of series `series` (name and labels, as `/metrics` writes them) in `text`.
+fn value(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|line| {
+        let rest = line.strip_prefix(series)?.strip_prefix(' ')?;
+        rest.split_whitespace().next()?.parse().ok()
+    })
+}
+
+/// `value`, 0 when the series is absent.
+fn value_or_0(text: &str, series: &str) -> f64 {
+    value(text, series).unwrap_or(0.0)
+}
+
+/// Polls `GET path` on the node's ingress until it answers 200; returns the body.
+fn first_200(node: &Node, path: &str) -> String {
+    node.wait_for_status(path, 200, DEPLOYED)
+}
+
+/// `POST path` on the node's ingress: status and body.
+fn post(node: &Node, path: &str) -> Option<(u16, String)> {
+    let (status, _, body) = http_request(node.http, "POST", path, None, &[])?;
+    Some((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+#[test]
+fn metrics_count_keyvalue_operations_instances_replicas_compiles_and_reconcile_actions() {
+    let bucket = unique("inner");
+    let sled = app_yaml(
+        "kvsled",
+        "counter",
+        "http-keyvalue-counter",
+        "/counter",
+        2,
+        (&keyvalue_link("kvsled", &[]), "kvsled", KEYVALUE_SLED),
+    );
+    let nats = app_yaml(
+        "kvnats",
+        "counter",
+        "http-keyvalue-counter",
+        "/ncounter",
+        1,
+        (
+            &keyvalue_link(
+                "kvnats",
+                &[
+                    ("bucket", bucket.as_str()),
+                    ("enable_bucket_auto_create", "true"),
+                ],
+            ),
+            "kvnats",
+            KEYVALUE_NATS,
+        ),
+    );
+    // A bucket that does not exist and may not be created: its start fails (and is retried).
+    let missing = app_yaml(
+        "kvmissing",
+        "counter",
+        "http-keyvalue-counter",
+        "/missing",
+        1,
+        (
+            &keyvalue_link("kvnats", &[("bucket", &unique("absent"))]),
+            "kvnats",
+            KEYVALUE_NATS,
+        ),
+    );
+    let dirs = Dirs::with_manifest("kvsled.yaml", &sled);
+    std::fs::write(dirs.config.join("kvnats.yaml"), &nats).unwrap();
+    std::fs::write(dirs.config.join("kvmissing.yaml"), &missing).unwrap();
+    // A component that spins until the deadline: one instance alive for that long.
+    std::fs::write(
+        dirs.config.join("spin.yaml"),
+        crate::common::manifest_with(
+            "spin",
+            "spin",
+            &example_wasm("http-loop"),
+            "/loop",
+            "instances: 1",
+        ),
+    )
+    .unwrap();
+    // A fresh data dir: a cold code cache.
+    let node = Node::start_in(
+        &dirs.config,
+        &dirs.data,
+        &["--max-instances", "40", "--request-timeout", "4s"],
+    );
+
+    node.wait_for_log(&["admin endpoint listening"], DEPLOYED);
+    // While a request spins, its instance is alive and holds a pool slot.
+    std::thread::scope(|scope| {
+        let spinning = scope.spawn(|| node.wait_for_status("/loop", 504, DEPLOYED));
+        wait_until("spin's instance alive in /metrics", DEPLOYED, || {
+            let text = metrics(&node);
+            value(&text, r#"lattice_instances{app="spin",component="spin"}"#) == Some(1.0)
+                && value(&text, "lattice_pool_slots_in_use") == Some(1.0)
+        });
+        spinning.join().unwrap();
+    });
+
+    assert_eq!(first_200(&node, "/counter/x"), "0\n");
+    assert_eq!(first_200(&node, "/ncounter/x"), "0\n");
+    for n in 1..=3 {
+        assert_eq!(
+            post(&node, "/counter/x"),
+            Some((200, format!("{n}\n"))),
+            "POST {n} to the sled counter\n{}",
+            node.log()
+        );
+    }
+    for n in 1..=2 {
+        assert_eq!(
+            post(&node, "/ncounter/x"),
+            Some((200, format!("{n}\n"))),
+            "POST {n} to the nats counter\n{}",
+            node.log()
+        );
+    }
+    node.wait_for_log(&["cannot start replicas here", "kvmissing"], DEPLOYED);
+
+    let kv = |text: &str, backend: &str, op: &str, result: &str| {
+        value_or_0(
+            text,
+            &format!(
+                r#"lattice_keyvalue_operations_total{{backend="{backend}",operation="{op}",result="{result}"}}"#
+            ),
+        )
+    };
+    // Instances end (and give back their slots) just after their answers: wait for that.
+    let mut text = String::new();
+    wait_until("instances and pool slots back to 0", SETTLED, || {
+        text = metrics(&node);
+        let alive = |app: &str, component: &str| {
+            value(
+                &text,
+                &format!(r#"lattice_instances{{app="{app}",component="{component}"}}"#),
+            )
+        };
+        alive("kvsled", "counter") == Some(0.0)
+            && alive("kvnats", "counter") == Some(0.0)
+            && alive("spin", "spin") == Some(0.0)
+            && value(&text, "lattice_pool_slots_in_use") == Some(0.0)
+    });
+
+    assert_eq!(kv(&text, "sled", "increment", "ok"), 3.0, "{text}");
+    assert_eq!(kv(&text, "nats", "increment", "ok"), 2.0, "{text}");
+    assert!(kv(&text, "sled", "get", "ok") >= 1.0, "{text}");
+    assert!(kv(&text, "nats", "get", "ok") >= 1.0, "{text}");
+    assert_eq!(kv(&text, "sled", "increment", "error"), 0.0, "{text}");
+    assert_eq!(value(&text, "lattice_pool_slots"), Some(40.0), "{text}");
+
+    assert_eq!(
+        value(
+            &text,
+            r#"lattice_replicas{app="kvsled",component="counter"}"#
+        ),
+        Some(2.0),
+        "{text}"
+    );
+    assert_eq!(
+        value(
+            &text,
+            r#"lattice_replicas{app="kvnats",component="counter"}"#
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        value_or_0(
+            &text,
+            r#"lattice_replicas{app="kvmissing",component="counter"}"#
+        ),
+        0.0,
+        "{text}"
+    );
+
+    // One example, compiled once (the other starts load its code or wait for it).
+    let compiles = value_or_0(&text, "lattice_component_compile_duration_seconds_count");
+    assert!(compiles >= 1.0, "a cold cache compiles: {text}");
+    assert!(
+        value_or_0(&text, "lattice_reconcile_passes_total") > 0.0,
+        "{text}"
+    );
+    assert_eq!(
+        value_or_0(&text, r#"lattice_reconcile_actions_total{action="start"}"#),
+        4.0,
+        "2 sled replicas, 1 nats and 1 spin replica started: {text}"
+    );
+    assert!(
+        value_or_0(&text, r#"lattice_reconcile_actions_total{action="failed"}"#) >= 1.0,
+        "kvmissing's start failed: {text}"
+    );
+
+    // An app removed: its replicas stop, and its gauge goes to 0.
+    std::fs::remove_file(dirs.config.join("kvnats.yaml")).unwrap();
+    wait_until("kvnats's replicas gone from /metrics", DEPLOYED, || {
+        text = metrics(&node);
+        value(
+            &text,
+            r#"lattice_replicas{app="kvnats",component="counter"}"#,
+        ) == Some(0.0)
+    });
+    assert_eq!(
+        value_or_0(&text, r#"lattice_reconcile_actions_total{action="stop"}"#),
+        1.0,
+        "{text}"
+    );
+    assert_eq!(
+        value(
+            &text,
+            r#"lattice_replicas{app="kvsled",component="counter"}"#
+        ),
+        Some(2.0),
+        "{text}"
+    );
+
+    // A new version of an app: its replicas are updated, not started again.
+    std::fs::write(
+        dirs.config.join("kvsled.yaml"),
+        sled.replace("version: v1", "version: v2"),
+    )
+    .unwrap();
+    wait_until("kvsled's update counted", DEPLOYED, || {
+        text = metrics(&node);
+        value_or_0(&text, r#"lattice_reconcile_actions_total{action="update"}"#) == 2.0
+    });
+    assert_eq!(
+        value_or_0(&text, r#"lattice_reconcile_actions_total{action="start"}"#),
+        4.0,
+        "{text}"
+    );
+    assert_eq!(
+        value(
+            &text,
+            r#"lattice_replicas{app="kvsled",component="counter"}"#
+        ),
+        Some(2.0),
+        "{text}"
+    );
+    assert_eq!(
+        post(&node, "/counter/x"),
+        Some((200, "4\n".to_owned())),
+        "v2 counts on in the same bucket\n{}",
+        node.log()
+    );
+}
+
+/// An HTTP/1.1 server on 127.0.0.1 (a free port) answering every request `200 ok` and keeping
+/// the head of each (its lines, as sent). Its threads end with the test process.
+struct Recorder {
+    addr: SocketAddr,
+    heads: Arc<Mutex<Vec<String>>>,
+}
+
+impl Recorder {
+    fn start() -> Recorder {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let heads = Arc::new(Mutex::new(Vec::new()));
+        let kept = heads.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { continue };
+                let kept = kept.clone();
+                std::thread::spawn(move || answer(stream, &kept));
+            }
+        });
+        Recorder { addr, heads }
+    }
+
+    /// The heads received so far.
+    fn heads(&self) -> Vec<String> {
+        self.heads.lock().unwrap().clone()
+    }
+}
+
+/// Reads one request head from `stream`, adds it to `kept`, then answers `200 ok` and closes
+/// (kept first: whoever got the answer finds the head).
+fn answer(mut stream: TcpStream, kept: &Mutex<Vec<String>>) {
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut head = Vec::new();
+    let mut chunk = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        match stream.read(&mut chunk) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => head.extend_from_slice(&chunk[..n]),
+        }
+    }
+    kept.lock()
+        .unwrap()
+        .push(String::from_utf8_lossy(&head).into_owned());
+    let _ = stream.write_all(
+        b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
+    );
+}
+
+/// The `traceparent` header values of `head`.
+fn traceparents(head: &str) -> Vec<String> {
+    head.lines()
+        .filter_map(|line| line.split_once(':'))
+        .filter(|(name, _)| name.trim().eq_ignore_ascii_case("traceparent"))
+        .map(|(_, value)| value.trim().to_owned())
+        .collect()
+}
+
+/// Whether `value` is a W3C traceparent of version 00 with a trace and a parent id that are not
+/// all zeros: `00-<32 hex>-<16 hex>-<2 hex>`.
+fn is_traceparent(value: &str) -> bool {
+    let hex = |s: &str, len: usize| {
+        s.len() == len
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    };
+    let parts: Vec<&str> = value.split('-').collect();
+    matches!(parts.as_slice(), [version, trace, parent, flags]
+        if *version == "00" && hex(trace, 32) && hex(parent, 16) && hex(flags, 2)
+            && trace.bytes().any(|b| b != b'0') && parent.bytes().any(|b| b != b'0'))
+}
+
+/// A node running http-fetch (allowed to reach `upstream` only) at `/fetch`, with `env`.
+fn fetch_node(work: &Path, upstream: SocketAddr, env: &[(&str, &str)]) -> Node {
+    let config = work.join("config");
+    std::fs::create_dir_all(&config).unwrap();
+    let fetch = app_yaml(
+        "fetch",
+        "fetch",
+        "http-fetch",
+        "/fetch",
+        1,
+        (
+            &http_client_link("httpclient", &upstream.to_string()),
+            "httpclient",
+            HTTP_CLIENT,
+        ),
+    );
+    std::fs::write(config.join("fetch.yaml"), fetch).unwrap();
+    Node::start_with(&config, &work.join("data"), &[], env, None)
+}
+
+#[test]
+fn an_outgoing_request_carries_a_traceparent_when_traces_are_on_and_none_when_off() {
+    let upstream = Recorder::start();
+    let work = tempfile::tempdir().unwrap();
+    // Traces on, to an OTLP endpoint where nothing listens: the spans are dropped on export.
+    let closed = format!("http://127.0.0.1:{}", free_port());
+    let on = fetch_node(
+        &work.path().join("on"),
+        upstream.addr,
+        &[("OTEL_EXPORTER_OTLP_ENDPOINT", closed.as_str())],
+    );
+    let off = fetch_node(&work.path().join("off"), upstream.addr, &[]);
+
+    let url = |which: &str| format!("/fetch?url=http://{}/{which}", upstream.addr);
+    for (node, which) in [(&on, "on"), (&off, "off")] {
+        let body = node.wait_for_status(&url(which), 200, DEPLOYED);
+        assert_eq!(
+            body,
+            "200\nok",
+            "through the node with traces {which}\n{}",
+            node.log()
+        );
+    }
+    let heads = upstream.heads();
+    let head = |which: &str| {
+        heads
+            .iter()
+            .find(|h| h.starts_with(&format!("GET /{which} ")))
+            .unwrap_or_else(|| panic!("no GET /{which} reached the upstream: {heads:?}"))
+            .clone()
+    };
+    let sent = traceparents(&head("on"));
+    assert_eq!(sent.len(), 1, "one traceparent with traces on: {sent:?}");
+    assert!(is_traceparent(&sent[0]), "not a W3C traceparent: {sent:?}");
+    assert_eq!(
+        traceparents(&head("off")),
+        Vec::<String>::new(),
+        "no traceparent with traces off"
+    );
+
+    // Each request is its own trace, sent from a client span of its own.
+    let again = on.get(&url("again"));
+    assert_eq!(again, Some((200, "200\nok".to_owned())), "{}", on.log());
+    let heads = upstream.heads();
+    let second = heads
+        .iter()
+        .find(|h| h.starts_with("GET /again "))
+        .map(|h| traceparents(h))
+        .unwrap_or_default();
+    assert_eq!(second.len(), 1, "{heads:?}");
+    assert!(is_traceparent(&second[0]), "{second:?}");
+    assert_ne!(
+        second[0].split('-').nth(2),
+        sent[0].split('-').nth(2),
+        "two requests, two client spans"
+    );
+}
+
+/// One span as the node exported it.
+#[derive(Debug, Clone)]
+struct Exported {
+    name: String,
+    trace_id: String,
+    span_id: String,
+    parent: String,
+    /// OTLP's `SpanKind`: 1 internal, 2 server, 3 client.
+    kind: i32,
+    /// OTLP's status code (2: error) and message.
+    status: (i32, String),
+    /// Attributes, their values as text.
+    attributes: Vec<(String, String)>,
+}
+
+impl Exported {
+    fn attribute(&self, key: &str) -> Option<&str> {
+        self.attributes
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// An OTLP/HTTP receiver on 127.0.0.1 (a free port): takes `POST /v1/traces` (protobuf,
+/// keep-alive), keeps every span. Its threads end with the test process.
+struct Receiver {
+    addr: SocketAddr,
+    spans: Arc<Mutex<Vec<Exported>>>,
+}
+
+impl Receiver {
+    fn start() -> Receiver {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let spans = Arc::new(Mutex::new(Vec::new()));
+        let kept = spans.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { continue };
+                let kept = kept.clone();
+                std::thread::spawn(move || receive(stream, &kept));
+            }
+        });
+        Receiver { addr, spans }
+    }
+
+    fn spans(&self) -> Vec<Exported> {
+        self.spans.lock().unwrap().clone()
+    }
+}
+
+/// Serves export requests on `stream` until it closes, adding their spans to `kept`.
+fn receive(mut stream: TcpStream, kept: &Mutex<Vec<Exported>>) {
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use opentelemetry_proto::tonic::common::v1::any_value::Value;
+    use prost::Message as _;
+
+    let mut buffer = Vec::new();
+    let mut chunk = [0u8; 16 * 1024];
+    loop {
+        let end = loop {
+            if let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+                break end + 4;
+            }
+            match stream.read(&mut chunk) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+            }
+        };
+        let head = String::from_utf8_lossy(&buffer[..end]).to_ascii_lowercase();
+        let length: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .map_or(0, |v| v.trim().parse().unwrap());
+        while buffer.len() < end + length {
+            match stream.read(&mut chunk) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+            }
+        }
+        let body: Vec<u8> = buffer.drain(..end + length).skip(end).collect();
+        let request = ExportTraceServiceRequest::decode(body.as_slice()).unwrap();
+        let hex = |bytes: &[u8]| bytes.iter().map(|b| format!("{b:02x}")).collect::<String>();
+        let mut spans = kept.lock().unwrap();
+        for span in request
+            .resource_spans
+            .iter()
+            .flat_map(|r| &r.scope_spans)
+            .flat_map(|s| &s.spans)
+        {
+            let attributes = span
+                .attributes
+                .iter()
+                .map(|kv| {
+                    let value = match kv.value.as_ref().and_then(|v| v.value.as_ref()) {
+                        Some(Value::StringValue(s)) => s.clone(),
+                        Some(Value::IntValue(i)) => i.to_string(),
+                        Some(Value::BoolValue(b)) => b.to_string(),
+                        Some(Value::DoubleValue(d)) => d.to_string(),
+                        other => format!("{other:?}"),
+                    };
+                    (kv.key.clone(), value)
+                })
+                .collect();
+            let status = span
+                .status
+                .as_ref()
+                .map(|s| (s.code, s.message.clone()))
+                .unwrap_or_default();
+            spans.push(Exported {
+                name: span.name.clone(),
+                trace_id: hex(&span.trace_id),
+                span_id: hex(&span.span_id),
+                parent: hex(&span.parent_span_id),
+                kind: span.kind,
+                status,
+                attributes,
+            });
+        }
+        drop(spans);
+        let answer =
+            "HTTP/1.1 200 OK\r\ncontent-type: application/x-protobuf\r\ncontent-length: 0\r\n\r\n";
+        if stream.write_all(answer.as_bytes()).is_err() {
+            return;
+        }
+    }
+}
+
+/// The names of the spans above `span` in `spans`, nearest first.
+fn ancestors(spans: &[Exported], span: &Exported) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut parent = span.parent.clone();
+    while let Some(up) = spans
+        .iter()
+        .find(|s| s.span_id == parent && s.trace_id == span.trace_id)
+    {
+        names.push(up.name.clone());
+        parent = up.parent.clone();
+    }
+    names
+}
+
+#[test]
+fn keyvalue_and_outgoing_http_spans_are_children_of_the_component_call_which_records_a_deadline() {
+    let receiver = Receiver::start();
+    let upstream = Recorder::start();
+    let work = tempfile::tempdir().unwrap();
+    let config = work.path().join("config");
+    std::fs::create_dir_all(&config).unwrap();
+    let apps = [
+        (
+            "kvsled",
+            app_yaml(
+                "kvsled",
+                "counter",
+                "http-keyvalue-counter",
+                "/counter",
+                1,
+                (&keyvalue_link("kvsled", &[]), "kvsled", KEYVALUE_SLED),
+            ),
+        ),
+        (
+            "fetch",
+            app_yaml(
+                "fetch",
+                "fetch",
+                "http-fetch",
+                "/fetch",
+                1,
+                (
+                    &http_client_link("httpclient", &upstream.addr.to_string()),
+                    "httpclient",
+                    HTTP_CLIENT,
+                ),
+            ),
+        ),
+        (
+            "spin",
+            crate::common::manifest_with(
+                "spin",
+                "spin",
+                &example_wasm("http-loop"),
+                "/loop",
+                "instances: 1",
+            ),
+        ),
+    ];
+    for (name, yaml) in &apps {
+        std::fs::write(config.join(format!("{name}.yaml")), yaml).unwrap();
+    }
+    let endpoint = format!("http://{}", receiver.addr);
+    let node = Node::start_with(
+        &config,
+        &work.path().join("data"),
+        &["--request-timeout", "3s"],
+        &[("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str())],
+        None,
+    );
+
+    assert_eq!(first_200(&node, "/counter/secret-key"), "0\n");
+    assert_eq!(
+        post(&node, "/counter/secret-key"),
+        Some((200, "1\n".to_owned()))
+    );
+    let fetched = node.wait_for_status(
+        &format!("/fetch?url=http://{}/up", upstream.addr),
+        200,
+        DEPLOYED,
+    );
+    assert_eq!(fetched, "200\nok");
+    node.wait_for_status("/loop", 504, DEPLOYED);
+
+    // The batch exporter sends every few seconds.
+    let mut spans = Vec::new();
+    let call_of = |spans: &[Exported], app: &str| {
+        spans
+            .iter()
+            .filter(|s| s.name == "component_call" && s.attribute("app") == Some(app))
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    wait_until(
+        "the spans of the three calls",
+        Duration::from_secs(60),
+        || {
+            spans = receiver.spans();
+            spans.iter().any(|s| s.name == "keyvalue.increment")
+                && spans.iter().any(|s| s.name == "GET")
+                && !call_of(&spans, "spin").is_empty()
+        },
+    );
+    let report = || {
+        spans
+            .iter()
+            .filter(|s| !s.name.starts_with("wit-bindgen"))
+            .map(|s| format!("{s:?}"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+
+    // keyvalue: a client span with its backend and bucket, under the counter's call; the key
+    // is in none of its attributes.
+    let increment = spans
+        .iter()
+        .find(|s| s.name == "keyvalue.increment")
+        .unwrap();
+    assert_eq!(increment.kind, 3, "{increment:?}");
+    assert_eq!(
+        increment.attribute("backend"),
+        Some("sled"),
+        "{increment:?}"
+    );
+    assert_eq!(
+        increment.attribute("bucket"),
+        Some("kvsled"),
+        "{increment:?}"
+    );
+    assert!(
+        increment
+            .attributes
+            .iter()
+            .all(|(_, v)| !v.contains("secret-key")),
+        "the key is user data: {increment:?}"
+    );
+    let above = ancestors(&spans, increment);
+    assert_eq!(
+        above.first().map(String::as_str),
+        Some("component_call"),
+        "{above:?}\n{}",
+        report()
+    );
+    let counter_call = spans
+        .iter()
+        .find(|s| s.span_id == increment.parent)
+        .unwrap();
+    assert_eq!(counter_call.attribute("app"), Some("kvsled"));
+    assert_eq!(counter_call.attribute("component"), Some("counter"));
+    assert_eq!(counter_call.kind, 1, "{counter_call:?}");
+    assert!(
+        above.len() >= 2,
+        "the component call is a child of the request's span: {above:?}\n{}",
+        report()
+    );
+
+    // Outgoing HTTP: a client span under the fetch's call, whose id the upstream got as the
+    // parent in its traceparent.
+    let get = spans.iter().find(|s| s.name == "GET").unwrap();
+    assert_eq!(get.kind, 3, "{get:?}");
+    assert_eq!(get.attribute("http.request.method"), Some("GET"), "{get:?}");
+    assert_eq!(
+        get.attribute("server.address"),
+        Some("127.0.0.1"),
+        "{get:?}"
+    );
+    assert_eq!(
+        get.attribute("server.port"),
+        Some(upstream.addr.port().to_string().as_str()),
+        "{get:?}"
+    );
+    assert_eq!(
+        get.attribute("http.response.status_code"),
+        Some("200"),
+        "{get:?}"
+    );
+    assert!(
+        ancestors(&spans, get).iter().any(|n| n == "component_call"),
+        "{:?}\n{}",
+        ancestors(&spans, get),
+        report()
+    );
+    let head = upstream
+        .heads()
+        .into_iter()
+        .find(|h| h.starts_with("GET /up "))
+        .unwrap();
+    assert_eq!(
+        traceparents(&head),
+        vec![format!("00-{}-{}-01", get.trace_id, get.span_id)],
+        "{head}"
+    );
+
+    // The runaway component: its call ends in the deadline, recorded as the span's error.
+    let spin = &call_of(&spans, "spin")[0];
+    assert_eq!(spin.status.0, 2, "an error status: {spin:?}");
+    assert!(spin.status.1.contains("deadline of 3s"), "{spin:?}");
+}

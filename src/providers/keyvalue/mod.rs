@@ -23,6 +23,7 @@ pub use self::policy::{
 };
 pub use self::sled::{SledBucket, SledScope};
 
+pub use crate::metrics::KeyValueBackend;
 use crate::name::Name;
 
 /// Keys returned by one `list-keys` page at most.
@@ -126,6 +127,10 @@ pub type KeysPage = (Vec<String>, Option<u64>);
 pub trait Bucket: Send + Sync {
     /// What the bucket is, for messages: `keyvalue-nats bucket counters`.
     fn label(&self) -> &str;
+    /// The bucket's plain name (`counters`), for spans: no app, no key.
+    fn name(&self) -> &str;
+    /// The backend it lives in, for metrics and spans.
+    fn backend(&self) -> KeyValueBackend;
     /// The value of `key`, `None` when absent.
     fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Bytes>, KvError>>;
     /// Sets `key` to `value`.

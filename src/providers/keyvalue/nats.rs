@@ -20,7 +20,7 @@ use futures::TryStreamExt;
 use futures::future::BoxFuture;
 use tokio::sync::Mutex;
 
-use super::{Bucket, KeysPage, KvError, add_counter, parse_counter};
+use super::{Bucket, KeyValueBackend, KeysPage, KvError, add_counter, parse_counter};
 use crate::nats::kv::{IfMissing, OpenBucketError, open_bucket};
 
 /// Compare-and-swap attempts of one `increment` before it gives up. Each failed attempt means
@@ -206,6 +206,14 @@ fn check_nats_key(key: &str) -> Result<(), &'static str> {
 impl Bucket for NatsBucket {
     fn label(&self) -> &str {
         &self.label
+    }
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn backend(&self) -> KeyValueBackend {
+        KeyValueBackend::Nats
     }
 
     fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Bytes>, KvError>> {

@@ -11,7 +11,7 @@
 use bytes::Bytes;
 use futures::future::BoxFuture;
 
-use super::{Bucket, KeysPage, KvError, add_counter, parse_counter};
+use super::{Bucket, KeyValueBackend, KeysPage, KvError, add_counter, parse_counter};
 
 /// Whose a keyvalue-sled bucket is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,6 +40,7 @@ const TREE_PREFIX: &str = "keyvalue/";
 #[derive(Clone)]
 pub struct SledBucket {
     label: String,
+    name: std::sync::Arc<str>,
     tree: sled::Tree,
 }
 
@@ -56,7 +57,11 @@ impl SledBucket {
         let tree = db
             .open_tree(scope.tree(bucket))
             .map_err(|e| anyhow::anyhow!("opening {label}: {e}"))?;
-        Ok(SledBucket { label, tree })
+        Ok(SledBucket {
+            label,
+            name: bucket.into(),
+            tree,
+        })
     }
 
     fn error(&self, op: &str, key: &str, cause: impl std::fmt::Display) -> KvError {
@@ -102,6 +107,14 @@ impl SledBucket {
 impl Bucket for SledBucket {
     fn label(&self) -> &str {
         &self.label
+    }
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn backend(&self) -> KeyValueBackend {
+        KeyValueBackend::Sled
     }
 
     fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Bytes>, KvError>> {
