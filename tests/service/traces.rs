@@ -501,3 +501,58 @@ fn forwarded_requests_count_on_both_nodes_and_503s_by_reason() {
     );
     assert!(!on_a.contains("nowhere"), "no path in a label: {on_a}");
 }
+
+#[test]
+fn a_request_a_full_replica_cannot_take_counts_as_unavailable_for_concurrency() {
+    let node = Node::start(&["--replica-concurrency", "1"]);
+    node.write_manifest("echo.yaml", "echo", "http-echo", "/echo");
+    node.wait_for_status("/echo", 200, Duration::from_secs(15));
+    // One request holds the replica's one place for a while (tried again should a probe below
+    // hold it at that moment); the next finds no room here and no replica elsewhere.
+    let refused = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let addr = node.http;
+    let holder = std::thread::spawn({
+        let refused = refused.clone();
+        move || loop {
+            let (status, _, _) =
+                http_request_with(addr, "GET", "/echo", &[("x-echo-sleep-ms", "3000")], &[])
+                    .unwrap();
+            if status != 503 {
+                return status;
+            }
+            refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    });
+    wait_until(
+        "a second request is refused",
+        Duration::from_secs(10),
+        || {
+            let refused_now = node.get("/echo").unwrap().0 == 503;
+            if refused_now {
+                refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            refused_now
+        },
+    );
+    assert_eq!(holder.join().unwrap(), 200);
+    let refused = refused.load(std::sync::atomic::Ordering::Relaxed);
+    let metrics = metrics_of(&node);
+    assert_eq!(
+        sample(
+            &metrics,
+            "lattice_http_unavailable_total",
+            &[r#"reason="concurrency""#]
+        ),
+        refused as f64,
+        "{metrics}"
+    );
+    assert_eq!(
+        sample(
+            &metrics,
+            "lattice_http_requests_total",
+            &[r#"app="echo""#, r#"status_class="5xx""#]
+        ),
+        refused as f64,
+        "{metrics}"
+    );
+}
