@@ -2,7 +2,9 @@
 //! runs no replica of the component, and is served by node B's replica over NATS; both nodes
 //! export their spans over OTLP/HTTP to a receiver (`otlp_receiver.py`, decoding with PyPI's
 //! `opentelemetry-proto`), which must hold one trace with the client's trace id and every
-//! parent link intact across the two nodes.
+//! parent link intact across the two nodes. The request path's metrics are checked here too
+//! (requests and invocations counted on both nodes, 503s by reason, unrouted requests), as
+//! the same forwarding produces them.
 //!
 //! The receiver runs in a venv: by default
 //! `${XDG_CACHE_HOME:-~/.cache}/lattice-ci/otlp-receiver-<version>` ([`RECEIVER_VENV`]), or the
