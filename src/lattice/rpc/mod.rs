@@ -18,6 +18,13 @@
 //! `busy` before running anything; the requester then tries the component's replicas on other
 //! nodes through their node subjects (`…<component>.<node-id>`), as a node whose own replica
 //! is saturated does ([`Rpc::overflow`]), and answers 503 + `Retry-After` when all are busy.
+//!
+//! Traces: a forwarded request is an `rpc_forward` span (kind `client`) whose W3C context
+//! travels in the `request` message's NATS headers (`traceparent`, `tracestate`); the serving
+//! node's `rpc_invocation` span (kind `server`) continues it, and the component's call runs
+//! inside that span. Metrics: each attempt counts in `lattice_invocations_sent_total`, each
+//! invocation served here in `lattice_invocations_served_total`, and the 503s decided here in
+//! `lattice_http_unavailable_total`.
 
 pub mod mux;
 pub mod stream;
@@ -37,7 +44,9 @@ use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 
 use crate::host::{HttpComponent, NotAdmitted, Refused, ResponseBody, Saturation, text_response};
 use crate::lattice::membership::Membership;
+use crate::metrics::{ComponentMetrics, InvocationResult, Unavailable};
 use crate::nats::subjects;
+use crate::telemetry;
 use mux::Mux;
 use stream::{Chunker, Peer, complete_body, streamed_body};
 use wire::{ErrorBody, FrameKind, RequestHead, ResponseHead};
@@ -143,10 +152,18 @@ impl<B> Forwarding<B> {
     }
 }
 
+/// The reason label of a 503 for want of room here.
+pub fn unavailable_of(reason: &Saturation) -> Unavailable {
+    match reason {
+        Saturation::Concurrency { .. } => Unavailable::Concurrency,
+        Saturation::Pool(_) => Unavailable::Pool,
+    }
+}
+
 /// How one attempt of a forwarded request ended.
 enum Reply {
-    /// The answer to send.
-    Done(hyper::Response<ResponseBody>),
+    /// The answer to send, and how the invocation went.
+    Done(hyper::Response<ResponseBody>, InvocationResult),
     /// No replica accepted it in time, and it may be sent again.
     Resend,
     /// The replica did not run it: the answer to send unless another target takes it.
@@ -191,6 +208,25 @@ pub struct Rpc {
     max_timeout: Duration,
     /// Invocations being served here.
     serving: tokio_util::task::TaskTracker,
+}
+
+/// What a forwarded request is for: the component, its resend policy and its metric handles.
+#[derive(Clone, Copy)]
+struct Call<'a> {
+    app: &'a str,
+    component: &'a str,
+    resend: Resend,
+    metrics: &'a ComponentMetrics,
+}
+
+/// How [`Rpc::forward_to`] ended, for the 503 reasons and the span's error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ending {
+    /// A replica (or the exchange) gave the answer: how the last invocation went, `None`
+    /// when none was sent (the request could not be read or sent).
+    Answered(Option<InvocationResult>),
+    /// No target ran it; `busy` when one of them said it had no room.
+    NotRun { busy: bool },
 }
 
 /// What [`Rpc::forward_to`] falls back on when its targets are busy or gone.
@@ -260,12 +296,15 @@ impl Rpc {
     /// response, streaming both bodies; a request no replica accepts within
     /// [`ACCEPT_TIMEOUT`] is sent again only if `resend` allows its method. Never fails: 503
     /// when no replica runs anywhere (NATS reports no responders), 504 when none answers within
-    /// the request timeout, 502 when the exchange breaks before the response head.
+    /// the request timeout, 502 when the exchange breaks before the response head. Each
+    /// attempt counts in `metrics` (the component's handles), a 503 in the node's
+    /// unavailable count (no replica, or all busy).
     pub async fn forward<B>(
         &self,
         app: &str,
         component: &str,
         resend: Resend,
+        metrics: &ComponentMetrics,
         request: hyper::Request<B>,
     ) -> hyper::Response<ResponseBody>
     where
@@ -273,15 +312,23 @@ impl Rpc {
         B::Error: std::fmt::Display + Send,
     {
         let subject = subjects::http_invoke(&self.lattice, app, component);
-        self.forward_to(
+        let call = Call {
             app,
             component,
             resend,
-            request,
-            vec![subject],
-            Fallback::Spill,
-        )
-        .await
+            metrics,
+        };
+        let (response, ending) = self
+            .forward_to(call, request, vec![subject], Fallback::Spill)
+            .await;
+        match ending {
+            Ending::Answered(_) => {}
+            Ending::NotRun { busy: true } => crate::metrics::get().unavailable(Unavailable::Busy),
+            Ending::NotRun { busy: false } => {
+                crate::metrics::get().unavailable(Unavailable::NoReplica)
+            }
+        }
+        response
     }
 
     /// The invocation subjects of the replicas of component `component` of `app` on other
@@ -312,12 +359,14 @@ impl Rpc {
 
     /// Serves a request the local replica had no room for ([`Refused`]) on a replica of
     /// another node: each is asked in turn, a busy one answering at once without running it;
-    /// 503 + `Retry-After` when none runs elsewhere or every one is busy too.
+    /// 503 + `Retry-After` when none runs elsewhere or every one is busy too (counted with the
+    /// reason this node had no room: concurrency or pool). Attempts count in `metrics`.
     pub async fn overflow<B>(
         &self,
         app: &str,
         component: &str,
         resend: Resend,
+        metrics: &ComponentMetrics,
         refused: Refused<B>,
     ) -> hyper::Response<ResponseBody>
     where
@@ -325,26 +374,33 @@ impl Rpc {
         B::Error: std::fmt::Display + Send,
     {
         let targets = self.replicas_elsewhere(app, component);
+        let reason = unavailable_of(&refused.reason);
         if targets.is_empty() {
             self.saturated(app, component, &refused.reason, "runs nowhere else");
+            crate::metrics::get().unavailable(reason);
             return refused.response(app, component);
         }
         tracing::debug!(reason = ?refused.reason, replicas = targets.len(), "component saturated here; trying its replicas elsewhere");
         // Should every replica elsewhere be busy or gone, the answer is this one's: full (503
         // with Retry-After), not "runs on no node".
         let full_here = refused.response(app, component);
-        let response = self
+        let call = Call {
+            app,
+            component,
+            resend,
+            metrics,
+        };
+        let (response, ending) = self
             .forward_to(
-                app,
-                component,
-                resend,
+                call,
                 refused.request,
                 targets,
                 Fallback::FullHere(full_here),
             )
             .await;
-        if response.status() == StatusCode::SERVICE_UNAVAILABLE {
+        if matches!(ending, Ending::NotRun { .. }) {
             self.saturated(app, component, &refused.reason, "and elsewhere");
+            crate::metrics::get().unavailable(reason);
         }
         response
     }
@@ -378,20 +434,79 @@ impl Rpc {
     /// Sends `request` to the first of `targets` (invocation subjects) that takes it: one
     /// that is busy or has no subscriber passes it to the next; the last one's answer stands,
     /// except that a busy answer outranks a later "no subscriber". `fallback` says what comes
-    /// after the last target.
+    /// after the last target. All of it is one `rpc_forward` span (kind `client`), whose
+    /// context every attempt's `request` message carries; each attempt counts in the call's
+    /// metrics.
     async fn forward_to<B>(
         &self,
-        app: &str,
-        component: &str,
-        resend: Resend,
+        call: Call<'_>,
         request: hyper::Request<B>,
         targets: Vec<String>,
         fallback: Fallback,
-    ) -> hyper::Response<ResponseBody>
+    ) -> (hyper::Response<ResponseBody>, Ending)
     where
         B: hyper::body::Body<Data = Bytes> + Send + Unpin + 'static,
         B::Error: std::fmt::Display + Send,
     {
+        let span = tracing::info_span!(
+            "rpc_forward",
+            otel.kind = "client",
+            messaging.system = "nats",
+            messaging.destination.name = targets.first().map(String::as_str),
+            app = call.app,
+            component = call.component,
+            attempts = 0i64,
+            http.response.status_code = tracing::field::Empty,
+            error = tracing::field::Empty,
+        );
+        let (response, ending) = self
+            .forward_attempts(call, request, targets, fallback)
+            .instrument(span.clone())
+            .await;
+        let status = response.status().as_u16();
+        span.record("http.response.status_code", i64::from(status));
+        match ending {
+            Ending::NotRun { busy: true } => {
+                telemetry::record_error(&span, &"every replica tried was busy");
+            }
+            Ending::NotRun { busy: false } => {
+                telemetry::record_error(&span, &"no replica subscribed");
+            }
+            Ending::Answered(Some(InvocationResult::Timeout)) => {
+                telemetry::record_error(&span, &"no replica answered within the request deadline");
+            }
+            Ending::Answered(Some(InvocationResult::Error)) => {
+                telemetry::record_error(
+                    &span,
+                    &format_args!("the exchange with the replica failed (HTTP {status})"),
+                );
+            }
+            Ending::Answered(_) if status >= 500 => {
+                telemetry::record_error(&span, &format_args!("HTTP {status}"));
+            }
+            Ending::Answered(_) => {}
+        }
+        (response, ending)
+    }
+
+    /// [`Rpc::forward_to`] inside its span.
+    async fn forward_attempts<B>(
+        &self,
+        call: Call<'_>,
+        request: hyper::Request<B>,
+        targets: Vec<String>,
+        fallback: Fallback,
+    ) -> (hyper::Response<ResponseBody>, Ending)
+    where
+        B: hyper::body::Body<Data = Bytes> + Send + Unpin + 'static,
+        B::Error: std::fmt::Display + Send,
+    {
+        let Call {
+            app,
+            component,
+            resend,
+            metrics,
+        } = call;
         let timeout = self.max_timeout;
         let deadline = Instant::now() + timeout;
         let mut targets = targets.into_iter();
@@ -400,12 +515,17 @@ impl Rpc {
             Fallback::FullHere(response) => (false, Some(response)),
         };
         let Some(mut subject) = targets.next() else {
-            return text_response(
+            let response = text_response(
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!("component {component} of app {app} runs on no node of the lattice\n"),
             );
+            return (response, Ending::NotRun { busy: false });
         };
-        let (parts, body) = request.into_parts();
+        let span = tracing::Span::current();
+        let (mut parts, body) = request.into_parts();
+        // The component elsewhere sees this span as its caller, as behind any proxy that takes
+        // part in the trace (W3C Trace Context: its own span becomes the `parent-id`).
+        telemetry::inject_http(&span, &mut parts.headers);
         let resendable = resend.allows(&parts.method);
         let mut chunker = Chunker::new(body);
         let mut head = RequestHead {
@@ -420,18 +540,26 @@ impl Rpc {
         let head_len = serde_json::to_vec(&head).map_or(0, |h| h.len()) + HEAD_SLACK;
         let limit = stream::chunk_limit(&self.client);
         let Some(room) = limit.checked_sub(head_len) else {
-            return text_response(
+            let response = text_response(
                 StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
                 format!(
                     "request headers of {head_len} bytes do not fit the lattice's {limit}-byte messages\n"
                 ),
             );
+            return (response, Ending::Answered(None));
         };
         // What the client has sent by now (a slow upload is not waited for) goes with the head.
         let first = match chunker.first(room).await {
             Ok(first) => first,
-            Err(e) => return text_response(StatusCode::BAD_REQUEST, format!("{e}\n")),
+            Err(e) => {
+                let response = text_response(StatusCode::BAD_REQUEST, format!("{e}\n"));
+                return (response, Ending::Answered(None));
+            }
         };
+        let mut headers = wire::frame_headers(FrameKind::Request, None);
+        telemetry::inject_nats(&span, &mut headers);
+        let mut attempts = 0i64;
+        let mut any_busy = false;
         (head.streamed, head.trailers) = (first.streamed, first.trailers);
         let first = first.data;
         let mut exchange = Forwarding {
@@ -446,20 +574,24 @@ impl Rpc {
             head.timeout_ms = deadline
                 .saturating_duration_since(Instant::now())
                 .as_millis() as u64;
+            attempts += 1;
+            span.record("attempts", attempts);
             if let Err(e) = self
                 .client
                 .publish_with_reply_and_headers(
                     subject.clone(),
                     exchange.exchange.subject.clone(),
-                    wire::frame_headers(FrameKind::Request, None),
+                    headers.clone(),
                     wire::encode_with_head(&head, &first),
                 )
                 .await
             {
-                return text_response(
+                metrics.invocation_sent(InvocationResult::Error);
+                let response = text_response(
                     StatusCode::BAD_GATEWAY,
                     format!("cannot send the request over NATS: {e}\n"),
                 );
+                return (response, Ending::Answered(Some(InvocationResult::Error)));
             }
             let attempt = Attempt {
                 subject: &subject,
@@ -469,12 +601,24 @@ impl Rpc {
                 resendable,
             };
             match self.await_reply(&attempt, &mut exchange).await {
-                Reply::Done(response) => return response,
-                Reply::Resend => tracing::warn!(
-                    subject,
-                    "no replica accepted the request within {ACCEPT_TIMEOUT:?}; sending it again"
-                ),
+                Reply::Done(response, result) => {
+                    metrics.invocation_sent(result);
+                    return (response, Ending::Answered(Some(result)));
+                }
+                Reply::Resend => {
+                    metrics.invocation_sent(InvocationResult::Timeout);
+                    tracing::warn!(
+                        subject,
+                        "no replica accepted the request within {ACCEPT_TIMEOUT:?}; sending it again"
+                    );
+                }
                 Reply::NotRun { response, busy } => {
+                    metrics.invocation_sent(if busy {
+                        InvocationResult::Busy
+                    } else {
+                        InvocationResult::NoResponders
+                    });
+                    any_busy |= busy;
                     if busy && spill && targets.len() == 0 {
                         spill = false;
                         targets = self.replicas_elsewhere(app, component).into_iter();
@@ -494,7 +638,7 @@ impl Rpc {
                             subject = next;
                             kept = Some(response);
                         }
-                        None => return response,
+                        None => return (response, Ending::NotRun { busy: any_busy }),
                     }
                 }
             }
@@ -526,10 +670,13 @@ impl Rpc {
             let message = match tokio::time::timeout_at(wait_until.into(), frames.recv()).await {
                 Ok(Some(message)) => message,
                 Ok(None) => {
-                    return Reply::Done(text_response(
-                        StatusCode::BAD_GATEWAY,
-                        "the lattice rpc exchange closed\n".into(),
-                    ));
+                    return Reply::Done(
+                        text_response(
+                            StatusCode::BAD_GATEWAY,
+                            "the lattice rpc exchange closed\n".into(),
+                        ),
+                        InvocationResult::Error,
+                    );
                 }
                 Err(_) if !accepted && accept_by.is_some() && Instant::now() < deadline => {
                     accept_by = None;
@@ -550,13 +697,16 @@ impl Rpc {
                 }
                 Err(_) => {
                     tracing::warn!(subject, "no replica answered within the request deadline");
-                    return Reply::Done(text_response(
-                        StatusCode::GATEWAY_TIMEOUT,
-                        format!(
-                            "no replica of component {component} of app {app} answered within {}\n",
-                            humantime::format_duration(timeout)
+                    return Reply::Done(
+                        text_response(
+                            StatusCode::GATEWAY_TIMEOUT,
+                            format!(
+                                "no replica of component {component} of app {app} answered within {}\n",
+                                humantime::format_duration(timeout)
+                            ),
                         ),
-                    ));
+                        InvocationResult::Timeout,
+                    );
                 }
             };
             if message.status == Some(async_nats::StatusCode::NO_RESPONDERS) {
@@ -601,10 +751,10 @@ impl Rpc {
                         match wire::decode_with_head(message.payload) {
                             Ok(decoded) => decoded,
                             Err(e) => {
-                                return Reply::Done(text_response(
-                                    StatusCode::BAD_GATEWAY,
-                                    format!("{e}\n"),
-                                ));
+                                return Reply::Done(
+                                    text_response(StatusCode::BAD_GATEWAY, format!("{e}\n")),
+                                    InvocationResult::Error,
+                                );
                             }
                         };
                     let (frames, guard) = forwarding.take_frames();
@@ -616,10 +766,13 @@ impl Rpc {
                         idle: timeout,
                         guard,
                     };
-                    let built = build_response(&head, source);
-                    return Reply::Done(built.unwrap_or_else(|e| {
-                        text_response(StatusCode::BAD_GATEWAY, format!("{e}\n"))
-                    }));
+                    return match build_response(&head, source) {
+                        Ok(response) => Reply::Done(response, InvocationResult::Ok),
+                        Err(e) => Reply::Done(
+                            text_response(StatusCode::BAD_GATEWAY, format!("{e}\n")),
+                            InvocationResult::Error,
+                        ),
+                    };
                 }
                 Some(FrameKind::Error) => {
                     let error: ErrorBody =
@@ -632,7 +785,7 @@ impl Rpc {
                         StatusCode::from_u16(error.status).unwrap_or(StatusCode::BAD_GATEWAY);
                     let mut response = text_response(status, format!("{}\n", error.message));
                     if !error.busy {
-                        return Reply::Done(response);
+                        return Reply::Done(response, InvocationResult::Error);
                     }
                     response.headers_mut().insert(
                         hyper::header::RETRY_AFTER,
@@ -683,6 +836,8 @@ impl Rpc {
     /// Subscribes `component`'s replicas here to its queue group, and to this node's own
     /// subject of it (overflow from saturated nodes), and serves each invocation, until the
     /// returned [`Serving`] is dropped. One it has no room for is answered `busy` at once.
+    /// Each invocation is an `rpc_invocation` span continuing the trace context of its
+    /// message's headers, and counts in the component's `lattice_invocations_served_total`.
     ///
     /// # Errors
     /// A subscription cannot be made.
@@ -710,6 +865,7 @@ impl Rpc {
         let stop = CancellationToken::new();
         let rpc = self.clone();
         let cancelled = stop.clone();
+        let metrics = crate::metrics::get().component(component.app(), component.name());
         tokio::spawn(async move {
             loop {
                 let message = tokio::select! {
@@ -725,15 +881,30 @@ impl Rpc {
                 };
                 let rpc = rpc.clone();
                 let component = component.clone();
+                let metrics = metrics.clone();
                 let span = tracing::info_span!(
                     "rpc_invocation",
+                    otel.kind = "server",
+                    messaging.system = "nats",
                     app = component.app(),
                     component = component.name(),
-                    status = tracing::field::Empty,
+                    request_id = tracing::field::Empty,
+                    http.response.status_code = tracing::field::Empty,
+                    error = tracing::field::Empty,
                 );
+                telemetry::extract_nats(&span, message.headers.as_ref());
+                if let Some(trace) = telemetry::trace_id(&span) {
+                    span.record("request_id", tracing::field::display(trace));
+                }
                 let tasks = rpc.serving.clone();
                 tasks.spawn(
-                    async move { rpc.serve_one(&component, message).await }.instrument(span),
+                    async move {
+                        let result = rpc.serve_one(&component, message).await;
+                        if let Some(result) = result {
+                            metrics.invocation_served(result);
+                        }
+                    }
+                    .instrument(span),
                 );
             }
             // What NATS delivered before it took the unsubscribe would be lost, and a request
@@ -744,7 +915,10 @@ impl Rpc {
             let mut left = futures::stream::select(subscriber, overflow);
             let turned_away = async {
                 while let Some(message) = left.next().await {
-                    rpc.turn_away(&component, &message).await;
+                    if rpc.turn_away(&component, &message).await {
+                        metrics.invocation_served(InvocationResult::Busy);
+                        crate::metrics::get().unavailable(Unavailable::Draining);
+                    }
                 }
             };
             let _ = tokio::time::timeout(LEAVE_DRAIN, turned_away).await;
@@ -769,10 +943,10 @@ impl Rpc {
     }
 
     /// Answers an invocation delivered after `component` stopped serving here `busy`: it did
-    /// not run.
-    async fn turn_away(&self, component: &HttpComponent, message: &async_nats::Message) {
+    /// not run. False when it had no reply subject (nothing answered).
+    async fn turn_away(&self, component: &HttpComponent, message: &async_nats::Message) -> bool {
         let Some(reply) = &message.reply else {
-            return;
+            return false;
         };
         // The requester follows frames by their reply subject: this one needs one.
         let (_exchange, peer) = self.answer_to(reply);
@@ -787,19 +961,26 @@ impl Rpc {
             component.app()
         ))
         .await;
+        true
     }
 
-    async fn serve_one(&self, component: &HttpComponent, message: async_nats::Message) {
-        let Some(reply) = message.reply.clone() else {
-            return;
-        };
+    /// Serves one invocation (inside its span); `None` when it had no reply subject (nothing
+    /// to answer), else how it went.
+    async fn serve_one(
+        &self,
+        component: &HttpComponent,
+        message: async_nats::Message,
+    ) -> Option<InvocationResult> {
+        let reply = message.reply.clone()?;
+        let span = tracing::Span::current();
         let (exchange, peer) = self.answer_to(&reply);
         let (head, first): (RequestHead, Bytes) = match wire::decode_with_head(message.payload) {
             Ok(decoded) => decoded,
             Err(e) => {
                 tracing::warn!(error = %e, "malformed invocation");
+                telemetry::record_error(&span, &e);
                 peer.send_error(400, &e.to_string()).await;
-                return;
+                return Some(InvocationResult::Error);
             }
         };
         let timeout = Duration::from_millis(head.timeout_ms).min(self.max_timeout);
@@ -810,7 +991,7 @@ impl Rpc {
             ..
         } = exchange;
         let Some(mut acks) = acks else {
-            return;
+            return Some(InvocationResult::Error);
         };
         // The route lives until the response is sent: its acks come back through it.
         let _route = guard.clone();
@@ -825,8 +1006,9 @@ impl Rpc {
         let request = match build_request(&head, source) {
             Ok(request) => request,
             Err(e) => {
+                telemetry::record_error(&span, &e);
                 peer.send_error(400, &e).await;
-                return;
+                return Some(InvocationResult::Error);
             }
         };
         // Room first: a request this node cannot run now is refused before anything of it
@@ -834,10 +1016,11 @@ impl Rpc {
         let response = match component.admit(timeout).await {
             Err(NotAdmitted::Busy(reason)) => {
                 tracing::debug!(?reason, "no room for a lattice invocation; answered busy");
-                tracing::Span::current().record("status", 503);
-                peer.send_busy(&reason.message(component.app(), component.name()))
-                    .await;
-                return;
+                let message = reason.message(component.app(), component.name());
+                span.record("http.response.status_code", 503i64);
+                telemetry::record_error(&span, &message);
+                peer.send_busy(&message).await;
+                return Some(InvocationResult::Busy);
             }
             Err(NotAdmitted::Failed(response)) => response,
             Ok(admitted) => {
@@ -851,7 +1034,7 @@ impl Rpc {
                         .await
                         .is_err()
                 {
-                    return;
+                    return Some(InvocationResult::Error);
                 }
                 let handling = admitted.serve(request, Scheme::Http);
                 tokio::pin!(handling);
@@ -864,7 +1047,11 @@ impl Rpc {
                 }
             }
         };
-        tracing::Span::current().record("status", response.status().as_u16());
+        let status = response.status().as_u16();
+        span.record("http.response.status_code", i64::from(status));
+        if status >= 500 {
+            telemetry::record_error(&span, &format_args!("HTTP {status}"));
+        }
         tracing::debug!("lattice invocation served");
 
         let (parts, body) = response.into_parts();
@@ -883,8 +1070,9 @@ impl Rpc {
         let first = match chunker.first(room).await {
             Ok(first) => first,
             Err(e) => {
+                telemetry::record_error(&span, &e);
                 peer.send_error(502, &e).await;
-                return;
+                return Some(InvocationResult::Error);
             }
         };
         (head.streamed, head.trailers) = (first.streamed, first.trailers);
@@ -901,22 +1089,26 @@ impl Rpc {
                 error = e,
                 "sending the response head over the lattice failed"
             );
+            telemetry::record_error(&span, &e);
             peer.send_error(
                 502,
                 &format!("the replica could not send its response: {e}"),
             )
             .await;
-            return;
+            return Some(InvocationResult::Error);
         }
         if !head.streamed {
-            return;
+            return Some(InvocationResult::Ok);
         }
         if let Err(e) = peer.send_body(&mut chunker, &mut acks).await {
             tracing::warn!(
                 error = e,
                 "streaming the response body over the lattice failed"
             );
+            telemetry::record_error(&span, &e);
+            return Some(InvocationResult::Error);
         }
+        Some(InvocationResult::Ok)
     }
 }
 

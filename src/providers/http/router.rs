@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::SocketAddr;
+use std::ops::Range;
 use std::sync::Arc;
 
 use crate::lattice::rpc::Resend;
@@ -92,9 +93,16 @@ pub struct RouteConflict {
 /// An immutable route table.
 #[derive(Debug, Clone, Default)]
 pub struct Router {
-    /// Per listener, most specific first: a host before no host, then longer paths.
-    by_listener: BTreeMap<SocketAddr, Vec<Route>>,
+    /// Every route, grouped by listener; within one, most specific first: a host before no
+    /// host, then longer paths. A route's index here is its [`RouteId`].
+    routes: Vec<Route>,
+    /// Per listener, its routes' range in `routes`.
+    by_listener: BTreeMap<SocketAddr, Range<usize>>,
 }
+
+/// A route's position in its [`Router`] ([`Router::routes`]): what the server keeps per-route
+/// state by (a `Vec` indexed by it), so that a request finds that state without a map lookup.
+pub type RouteId = usize;
 
 impl Router {
     /// Builds the table. Routes listed earlier hold their keys; a later route with an equal key
@@ -104,7 +112,7 @@ impl Router {
     /// [`RouteConflict`] for the first duplicate key.
     pub fn build(routes: impl IntoIterator<Item = Route>) -> Result<Router, RouteConflict> {
         let mut seen: BTreeMap<RouteKey, Arc<str>> = BTreeMap::new();
-        let mut by_listener: BTreeMap<SocketAddr, Vec<Route>> = BTreeMap::new();
+        let mut grouped: BTreeMap<SocketAddr, Vec<Route>> = BTreeMap::new();
         for route in routes {
             if let Some(holder) = seen.get(&route.key) {
                 return Err(RouteConflict {
@@ -114,12 +122,11 @@ impl Router {
                 });
             }
             seen.insert(route.key.clone(), route.target.app.clone());
-            by_listener
-                .entry(route.key.listener)
-                .or_default()
-                .push(route);
+            grouped.entry(route.key.listener).or_default().push(route);
         }
-        for routes in by_listener.values_mut() {
+        let mut flat = Vec::with_capacity(seen.len());
+        let mut by_listener = BTreeMap::new();
+        for (listener, mut routes) in grouped {
             routes.sort_by(|a, b| {
                 b.key
                     .host
@@ -127,18 +134,42 @@ impl Router {
                     .cmp(&a.key.host.is_some())
                     .then(b.key.path.len().cmp(&a.key.path.len()))
             });
+            let start = flat.len();
+            flat.extend(routes);
+            by_listener.insert(listener, start..flat.len());
         }
-        Ok(Router { by_listener })
+        Ok(Router {
+            routes: flat,
+            by_listener,
+        })
     }
 
     /// The most specific route on `listener` matching `host` (as sent, any case, port allowed)
     /// and `path`.
     pub fn lookup(&self, listener: SocketAddr, host: Option<&str>, path: &str) -> Option<&Route> {
+        self.lookup_id(listener, host, path).map(|(_, route)| route)
+    }
+
+    /// As [`Router::lookup`], with the route's [`RouteId`].
+    pub fn lookup_id(
+        &self,
+        listener: SocketAddr,
+        host: Option<&str>,
+        path: &str,
+    ) -> Option<(RouteId, &Route)> {
         let host = host.map(normalize_host);
-        self.by_listener
-            .get(&listener)?
+        let range = self.by_listener.get(&listener)?.clone();
+        let start = range.start;
+        self.routes[range]
             .iter()
-            .find(|r| r.key.matches(host.as_deref(), path))
+            .enumerate()
+            .find(|(_, r)| r.key.matches(host.as_deref(), path))
+            .map(|(i, route)| (start + i, route))
+    }
+
+    /// Every route, in [`RouteId`] order.
+    pub fn routes(&self) -> &[Route] {
+        &self.routes
     }
 
     /// Every listener address some route uses.
@@ -214,6 +245,29 @@ mod tests {
             app_of(&router, Some("other.org"), "/api").as_deref(),
             Some("api")
         );
+    }
+
+    #[test]
+    fn route_ids_index_routes() {
+        let other: SocketAddr = "127.0.0.1:9000".parse().unwrap();
+        let mut elsewhere = route("elsewhere", None, "/");
+        elsewhere.key.listener = other;
+        let router = Router::build([
+            route("root", None, "/"),
+            elsewhere,
+            route("api", None, "/api"),
+        ])
+        .unwrap();
+        assert_eq!(router.routes().len(), 3);
+        for (listener, path, app) in [
+            (INGRESS.parse().unwrap(), "/api/x", "api"),
+            (INGRESS.parse().unwrap(), "/x", "root"),
+            (other, "/api", "elsewhere"),
+        ] {
+            let (id, route) = router.lookup_id(listener, None, path).unwrap();
+            assert_eq!(&*route.target.app, app);
+            assert_eq!(router.routes()[id].target.app, route.target.app);
+        }
     }
 
     #[test]

@@ -1,11 +1,18 @@
 //! The HTTP listeners (hyper, HTTP/1.1 and h2c): the shared ingress plus one per app `address`,
-//! each request routed by the current [`RoutingTable`] to a local component.
+//! each request routed by the current [`RoutingTable`] to a local component, or over the
+//! lattice to a replica elsewhere.
+//!
+//! Each request is one `http_request` span (OpenTelemetry kind `server`, continuing the
+//! client's W3C `traceparent`), with a `route` child for the route lookup, and is counted in
+//! the node's metrics through handles made when the table is installed ([`HttpServer::apply`]):
+//! recording is then an atomic add and one histogram observation, no map lookup.
 
 use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hyper::StatusCode;
 use hyper::body::Incoming;
@@ -21,7 +28,9 @@ use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use super::authority;
 use super::router::Router;
 use crate::host::{HttpComponent, ResponseBody, text_response};
-use crate::lattice::rpc::Rpc;
+use crate::lattice::rpc::{self, Rpc};
+use crate::metrics::{ComponentMetrics, Unavailable};
+use crate::telemetry;
 
 /// How long a client may take to send a request's headers.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
@@ -38,6 +47,58 @@ pub struct RoutingTable {
     pub components: HashMap<(Arc<str>, Arc<str>), Arc<HttpComponent>>,
     /// Where requests for components with no local replica go.
     pub remote: Option<Arc<Rpc>>,
+}
+
+/// The app and component label of requests no route took (400 for a bad host, 404): one
+/// bounded series, no host or path in it.
+pub const UNROUTED: &str = "_none";
+
+/// Response header carrying the request's id (the `request_id` of its log lines and spans)
+/// when traces are on: its W3C trace id, so that a client can find its request's trace. With
+/// traces off the id is a number counted per process, which stays in the log (a client would
+/// learn from it how many requests the node served).
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+/// The table requests are served by: the routing table and, per route, what it leads to.
+struct Installed {
+    table: RoutingTable,
+    /// Indexed by [`super::RouteId`].
+    targets: Vec<Target>,
+    /// Requests no route took.
+    unrouted: ComponentMetrics,
+}
+
+/// What a route leads to, looked up once at install time.
+struct Target {
+    /// Its component's replica here, if any.
+    local: Option<Arc<HttpComponent>>,
+    /// Its component's metric handles.
+    metrics: ComponentMetrics,
+}
+
+impl Installed {
+    /// Finds every route's local component and makes its metric handles (a lock of the
+    /// registry per route, at install time only).
+    fn new(table: RoutingTable) -> Installed {
+        let metrics = crate::metrics::get();
+        let targets = table
+            .router
+            .routes()
+            .iter()
+            .map(|route| {
+                let key = (route.target.app.clone(), route.target.component.clone());
+                Target {
+                    local: table.components.get(&key).cloned(),
+                    metrics: metrics.component(&route.target.app, &route.target.component),
+                }
+            })
+            .collect();
+        Installed {
+            targets,
+            unrouted: metrics.component(UNROUTED, UNROUTED),
+            table,
+        }
+    }
 }
 
 /// A listener address could not be bound.
@@ -61,7 +122,7 @@ struct Listener {
 /// The HTTP server provider: owns the listeners and the current routing table.
 pub struct HttpServer {
     ingress: SocketAddr,
-    table: Arc<RwLock<Arc<RoutingTable>>>,
+    table: Arc<RwLock<Arc<Installed>>>,
     listeners: Mutex<BTreeMap<SocketAddr, Listener>>,
 }
 
@@ -84,7 +145,9 @@ impl HttpServer {
         })?;
         let server = HttpServer {
             ingress,
-            table: Arc::new(RwLock::new(Arc::new(RoutingTable::default()))),
+            table: Arc::new(RwLock::new(Arc::new(Installed::new(
+                RoutingTable::default(),
+            )))),
             listeners: Mutex::new(BTreeMap::new()),
         };
         server.spawn_listener(ingress, listener);
@@ -124,7 +187,8 @@ impl HttpServer {
             tracing::info!(%addr, "http listener for an app address opened");
             self.spawn_listener(addr, listener);
         }
-        *self.table.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(table);
+        let installed = Arc::new(Installed::new(table));
+        *self.table.write().unwrap_or_else(|p| p.into_inner()) = installed;
         let unused: Vec<Listener> = {
             let mut open = self.listeners.lock().unwrap_or_else(|p| p.into_inner());
             let stale: Vec<SocketAddr> = open
@@ -184,7 +248,7 @@ impl HttpServer {
 async fn serve_listener(
     listener: TcpListener,
     addr: SocketAddr,
-    table: Arc<RwLock<Arc<RoutingTable>>>,
+    table: Arc<RwLock<Arc<Installed>>>,
     stop: CancellationToken,
     release: tokio::sync::oneshot::Sender<()>,
 ) {
@@ -234,83 +298,144 @@ async fn serve_listener(
     }
 }
 
-/// Routes one request: 404 when no route matches, else the component's answer.
+/// Requests this process has taken, for request ids when traces are off.
+static REQUESTS: AtomicU64 = AtomicU64::new(0);
+
+/// Routes one request: 400 for a bad `Host`, 404 when no route matches, else the answer of
+/// the route's component, here or on a replica elsewhere.
 async fn route_request(
-    table: &RoutingTable,
+    installed: &Installed,
     listener: SocketAddr,
     request: hyper::Request<Incoming>,
 ) -> hyper::Response<ResponseBody> {
-    let host = authority::request_host(request.version(), request.uri(), request.headers());
-    let path = request.uri().path().to_owned();
+    let started = Instant::now();
     let span = tracing::info_span!(
         "http_request",
-        method = %request.method(),
-        path = %path,
+        otel.kind = "server",
+        http.request.method = %request.method(),
+        url.path = request.uri().path(),
+        http.route = tracing::field::Empty,
         app = tracing::field::Empty,
         component = tracing::field::Empty,
-        route = tracing::field::Empty,
-        status = tracing::field::Empty,
+        request_id = tracing::field::Empty,
+        http.response.status_code = tracing::field::Empty,
+        error = tracing::field::Empty,
     );
-    async move {
-        let host = match host {
-            Ok(host) => host,
-            Err(e) => {
-                tracing::Span::current().record("status", 400);
-                tracing::debug!(error = %e, "bad host");
-                return text_response(StatusCode::BAD_REQUEST, format!("{e}\n"));
-            }
-        };
-        let Some(route) = table.router.lookup(listener, host.as_deref(), &path) else {
-            tracing::Span::current().record("status", 404);
-            tracing::debug!("no route");
-            return text_response(
-                StatusCode::NOT_FOUND,
-                format!("no route for {}{path}\n", host.as_deref().unwrap_or("")),
-            );
-        };
-        let span = tracing::Span::current();
-        span.record("app", &*route.target.app);
-        span.record("component", &*route.target.component);
-        span.record("route", tracing::field::display(&route.key));
-        let key = (route.target.app.clone(), route.target.component.clone());
-        let started = std::time::Instant::now();
-        let mut forwarded = false;
-        // A local replica first; else one elsewhere in the lattice.
-        let response = match (table.components.get(&key), &table.remote) {
-            (Some(component), remote) => match component.try_handle(request, Scheme::Http).await {
-                Ok(response) => response,
-                // No room here: a replica elsewhere, if one is idle, before 503.
-                Err(refused) => match remote {
-                    Some(rpc) => {
-                        forwarded = true;
-                        rpc.overflow(&key.0, &key.1, route.target.resend, refused)
-                            .await
-                    }
-                    None => refused.response(&key.0, &key.1),
-                },
-            },
-            (None, Some(rpc)) => {
-                forwarded = true;
-                rpc.forward(&key.0, &key.1, route.target.resend, request)
-                    .await
-            }
-            (None, None) => text_response(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!(
-                    "component {} of app {} runs on no replica here\n",
-                    key.1, key.0
-                ),
-            ),
-        };
-        span.record("status", response.status().as_u16());
-        crate::metrics::get().component(&key.0, &key.1).request(
-            response.status().as_u16(),
-            started.elapsed(),
-            forwarded,
-        );
-        tracing::debug!("served");
-        response
+    telemetry::continue_http(&span, request.headers());
+    let request_id = match telemetry::trace_id(&span) {
+        Some(trace) => RequestId::Trace(trace),
+        None => RequestId::Seq(REQUESTS.fetch_add(1, Ordering::Relaxed) + 1),
+    };
+    span.record("request_id", tracing::field::display(&request_id));
+    let (mut response, routed) = answer(installed, listener, request)
+        .instrument(span.clone())
+        .await;
+    let status = response.status().as_u16();
+    span.record("http.response.status_code", i64::from(status));
+    if status >= 500 {
+        telemetry::record_error(&span, &format_args!("HTTP {status}"));
     }
-    .instrument(span)
-    .await
+    match routed {
+        Some((metrics, forwarded)) => {
+            metrics.request(status, started.elapsed(), forwarded);
+            span.in_scope(|| tracing::debug!("served"));
+        }
+        None => installed.unrouted.request(status, started.elapsed(), false),
+    }
+    if let RequestId::Trace(trace) = request_id
+        && let Ok(value) = hyper::header::HeaderValue::try_from(trace.to_string())
+    {
+        // One the component set itself stands.
+        response
+            .headers_mut()
+            .entry(REQUEST_ID_HEADER)
+            .or_insert(value);
+    }
+    response
+}
+
+/// The id of one request (see [`REQUEST_ID_HEADER`]).
+enum RequestId {
+    /// Its trace's id.
+    Trace(opentelemetry::trace::TraceId),
+    /// Its number among this process's requests, from 1.
+    Seq(u64),
+}
+
+impl std::fmt::Display for RequestId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RequestId::Trace(trace) => write!(f, "{trace}"),
+            RequestId::Seq(n) => write!(f, "{n}"),
+        }
+    }
+}
+
+/// The answer to `request` (inside the request's span) and, when a route took it, the handles
+/// it counts in and whether a replica elsewhere served it.
+async fn answer(
+    installed: &Installed,
+    listener: SocketAddr,
+    request: hyper::Request<Incoming>,
+) -> (
+    hyper::Response<ResponseBody>,
+    Option<(&ComponentMetrics, bool)>,
+) {
+    let table = &installed.table;
+    let host = match authority::request_host(request.version(), request.uri(), request.headers()) {
+        Ok(host) => host,
+        Err(e) => {
+            tracing::debug!(error = %e, "bad host");
+            let response = text_response(StatusCode::BAD_REQUEST, format!("{e}\n"));
+            return (response, None);
+        }
+    };
+    let path = request.uri().path();
+    let found = tracing::debug_span!("route", otel.kind = "internal")
+        .in_scope(|| table.router.lookup_id(listener, host.as_deref(), path));
+    let Some((id, route)) = found else {
+        tracing::debug!("no route");
+        let response = text_response(
+            StatusCode::NOT_FOUND,
+            format!("no route for {}{path}\n", host.as_deref().unwrap_or("")),
+        );
+        return (response, None);
+    };
+    let span = tracing::Span::current();
+    span.record("http.route", route.key.path.as_str());
+    span.record("app", &*route.target.app);
+    span.record("component", &*route.target.component);
+    let Target { local, metrics } = &installed.targets[id];
+    let (app, component) = (&route.target.app, &route.target.component);
+    let resend = route.target.resend;
+    // A local replica first; else one elsewhere in the lattice.
+    let (response, forwarded) = match (local, &table.remote) {
+        (Some(local), remote) => match local.try_handle(request, Scheme::Http).await {
+            Ok(response) => (response, false),
+            // No room here: a replica elsewhere, if one is idle, before 503.
+            Err(refused) => match remote {
+                Some(rpc) => {
+                    let response = rpc.overflow(app, component, resend, metrics, refused).await;
+                    (response, true)
+                }
+                None => {
+                    crate::metrics::get().unavailable(rpc::unavailable_of(&refused.reason));
+                    (refused.response(app, component), false)
+                }
+            },
+        },
+        (None, Some(rpc)) => (
+            rpc.forward(app, component, resend, metrics, request).await,
+            true,
+        ),
+        (None, None) => {
+            crate::metrics::get().unavailable(Unavailable::NoReplica);
+            let response = text_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("component {component} of app {app} runs on no replica here\n"),
+            );
+            (response, false)
+        }
+    };
+    (response, Some((metrics, forwarded)))
 }
