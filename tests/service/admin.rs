@@ -210,7 +210,7 @@ fn prometheus_scrapes_request_counts_equal_to_those_sent_by_status_class() {
 
     // Known status classes: 200s from http-hello, 404s that http-config answers for a key it
     // does not have, 500s of http-echo trapping; the ingress's own 404s (no route) belong to
-    // no app and are not counted in this family.
+    // no app: they count under app and component `_none`.
     let send = |path: &str, headers: &[(&str, &str)], want: u16| {
         let (status, _, body) = http_request_with(node.http, "GET", path, headers, b"")
             .unwrap_or_else(|| panic!("GET {path}: no answer"));
@@ -245,6 +245,10 @@ fn prometheus_scrapes_request_counts_equal_to_those_sent_by_status_class() {
             n,
         )
     })
+    .chain([(
+        ("_none".to_owned(), "_none".to_owned(), "4xx".to_owned()),
+        2,
+    )])
     .collect();
     let deadline = Instant::now() + Duration::from_secs(30);
     let seen = loop {
@@ -267,10 +271,10 @@ fn prometheus_scrapes_request_counts_equal_to_those_sent_by_status_class() {
         std::thread::sleep(Duration::from_millis(250));
     };
     // Every class of each component is exported (zero until counted), and nothing else.
-    assert_eq!(seen.len(), 3 * 5, "{seen:?}");
+    assert_eq!(seen.len(), 4 * 5, "{seen:?}");
     assert!(
         seen.keys()
-            .all(|(app, _, _)| ["hello", "config", "echo"].contains(&app.as_str())),
+            .all(|(app, _, _)| ["hello", "config", "echo", "_none"].contains(&app.as_str())),
         "{seen:?}"
     );
 }

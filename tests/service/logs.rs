@@ -59,6 +59,6 @@ fn json_logs_are_one_object_a_line_and_request_lines_carry_app_and_component() {
         assert_eq!(span["name"], "http_request", "{line}");
         assert_eq!(span["app"], "hello", "{line}");
         assert_eq!(span["component"], "hello-component", "{line}");
-        assert_eq!(span["path"], "/greet", "{line}");
+        assert_eq!(span["url.path"], "/greet", "{line}");
     }
 }
