@@ -3,8 +3,10 @@
 # package), the wasm32-wasip2 Rust target (for the example components), cargo-nextest (the
 # test runner), python3-venv (CI installs a second nats-server version from PyPI in a venv), and
 # for the Debian package's test (packaging/test-deb.sh) systemd (systemd-analyze) and dpkg-dev
-# (dpkg-shlibdeps, for cargo-deb's `$auto` dependencies), skipping what is already there. Run as
-# root or with sudo available.
+# (dpkg-shlibdeps, for cargo-deb's `$auto` dependencies), and for the observability tests
+# (tests/service/) Debian's prometheus, which a test starts on loopback, and a venv with PyPI's
+# opentelemetry-proto for the OTLP receiver the trace tests run; skipping what is already there.
+# Run as root or with sudo available.
 set -euo pipefail
 
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
@@ -25,6 +27,25 @@ command -v dpkg-shlibdeps >/dev/null 2>&1 || missing+=(dpkg-dev)
 if [ "${#missing[@]}" -gt 0 ]; then
   as_root apt-get update -qq
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
+fi
+if ! command -v prometheus >/dev/null 2>&1; then
+  as_root apt-get update -qq
+  # Its recommends are exporters the tests do not use.
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus
+  # Debian's package starts a system-wide Prometheus on :9090 where systemd runs; the tests
+  # start their own.
+  as_root systemctl disable --now prometheus >/dev/null 2>&1 || true
+fi
+# The OTLP/HTTP receiver of tests/service/traces.rs and inner.rs (tests/service/otlp_receiver.py):
+# its versions are the ones tests/service/traces.rs names.
+OTLP_PROTO_VERSION=1.45.2
+OTLP_PROTOBUF_VERSION=7.36.2
+otlp_venv="${XDG_CACHE_HOME:-$HOME/.cache}/lattice-ci/otlp-receiver-$OTLP_PROTO_VERSION"
+if ! "$otlp_venv/bin/python" -c 'import opentelemetry.proto.collector.trace.v1.trace_service_pb2' >/dev/null 2>&1; then
+  rm -rf "$otlp_venv"
+  python3 -m venv "$otlp_venv"
+  "$otlp_venv/bin/pip" install --quiet --disable-pip-version-check \
+    "opentelemetry-proto==$OTLP_PROTO_VERSION" "protobuf==$OTLP_PROTOBUF_VERSION"
 fi
 if ! rustup target list --installed | grep -qx wasm32-wasip2; then
   rustup target add wasm32-wasip2

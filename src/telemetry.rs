@@ -38,6 +38,13 @@ pub fn traces_on() -> bool {
     TRACES_ON.load(Ordering::Relaxed)
 }
 
+/// Unit tests that install a trace layer of their own turn propagation on with this, as
+/// [`init`] does (nextest runs each test in a process of its own).
+#[cfg(test)]
+pub(crate) fn turn_traces_on_for_tests() {
+    TRACES_ON.store(true, Ordering::Relaxed);
+}
+
 /// What [`init`] sets up.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -136,7 +143,7 @@ fn exported(meta: &tracing::Metadata<'_>) -> bool {
 /// Installs the global subscriber: the log on stderr in `settings.format`, filtered by
 /// `settings.filter`, and the trace exporter when traces are on. Text has ANSI colours only
 /// when stderr is a terminal, `NO_COLOR` is unset and the process is not under systemd
-/// (`JOURNAL_STREAM` unset).
+/// (`JOURNAL_STREAM` unset); under systemd it has no timestamps either (the journal's stand).
 ///
 /// # Errors
 /// A bad filter, a bad OTLP endpoint, or a subscriber already installed.
@@ -144,10 +151,16 @@ pub fn init(settings: &Settings) -> anyhow::Result<Guard> {
     use std::io::IsTerminal as _;
     let filter = tracing_subscriber::EnvFilter::try_new(&settings.filter)
         .map_err(|e| anyhow::anyhow!("--log {:?}: {e}", settings.filter))?;
-    let ansi = std::io::stderr().is_terminal()
-        && std::env::var_os("NO_COLOR").is_none()
-        && std::env::var_os("JOURNAL_STREAM").is_none();
+    // Under systemd, stderr goes to the journal, which stamps every line itself.
+    let journal = std::env::var_os("JOURNAL_STREAM").is_some();
+    let ansi =
+        std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none() && !journal;
     let log = match settings.format {
+        LogFormat::Text if journal => tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_ansi(false)
+            .without_time()
+            .boxed(),
         LogFormat::Text => tracing_subscriber::fmt::layer()
             .with_writer(std::io::stderr)
             .with_ansi(ansi)

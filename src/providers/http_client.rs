@@ -509,6 +509,7 @@ mod tests {
         opentelemetry::global::set_text_map_propagator(
             opentelemetry_sdk::propagation::TraceContextPropagator::new(),
         );
+        crate::telemetry::turn_traces_on_for_tests();
 
         // An upstream that hands over the head of the one request it answers.
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
