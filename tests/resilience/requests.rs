@@ -126,9 +126,10 @@ fn duplicate_missing_and_invalid_host_headers_get_400() {
 }
 
 /// The lines `node` logged within the span of requests to `path`, and its components' stderr,
-/// since byte `from` of its log; timestamps cut off, the ingress address as `<ingress>`.
+/// since byte `from` of its log; timestamps cut off, the ingress address as `<ingress>`, each
+/// request's id as `request_id=<id>`.
 fn request_lines(node: &Node, from: usize, path: &str) -> Vec<String> {
-    let span = format!("path={path}");
+    let span = format!("url.path=\"{path}\"");
     let ingress = node.http.to_string();
     node.log()[from..]
         .lines()
@@ -137,10 +138,18 @@ fn request_lines(node: &Node, from: usize, path: &str) -> Vec<String> {
                 || line.contains("stream=\"stderr\"")
         })
         .map(|line| {
-            line.split_once(' ')
+            let line = line
+                .split_once(' ')
                 .map_or(line, |(_, rest)| rest)
                 .trim()
-                .replace(&ingress, "<ingress>")
+                .replace(&ingress, "<ingress>");
+            match line.split_once("request_id=") {
+                Some((before, after)) => {
+                    let rest = after.trim_start_matches(|c: char| c.is_ascii_alphanumeric());
+                    format!("{before}request_id=<id>{rest}")
+                }
+                None => line,
+            }
         })
         .collect()
 }
@@ -188,7 +197,7 @@ fn a_trap_logs_the_same_with_and_without_rust_backtrace() {
             node.log()
         );
         node.wait_for_log(
-            &["component trapped", "path=/echo/t"],
+            &["component trapped", "url.path=\"/echo/t\""],
             Duration::from_secs(10),
         );
         // Whatever else the request logs comes with or before the trap line; a moment more

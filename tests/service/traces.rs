@@ -509,6 +509,19 @@ fn a_request_a_full_replica_cannot_take_counts_as_unavailable_for_concurrency() 
     let node = Node::start(&["--replica-concurrency", "1"]);
     node.write_manifest("echo.yaml", "echo", "http-echo", "/echo");
     node.wait_for_status("/echo", 200, Duration::from_secs(15));
+    // While the app was being deployed, probes may have met its route before its replica (a 503
+    // of reason no_replica): only what follows counts.
+    let before = metrics_of(&node);
+    let unavailable_before = sample(
+        &before,
+        "lattice_http_unavailable_total",
+        &[r#"reason="concurrency""#],
+    );
+    let errors_before = sample(
+        &before,
+        "lattice_http_requests_total",
+        &[r#"app="echo""#, r#"status_class="5xx""#],
+    );
     // One request holds the replica's one place for a while (tried again should a probe below
     // hold it at that moment); the next finds no room here and no replica elsewhere.
     let refused = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -544,7 +557,7 @@ fn a_request_a_full_replica_cannot_take_counts_as_unavailable_for_concurrency() 
             &metrics,
             "lattice_http_unavailable_total",
             &[r#"reason="concurrency""#]
-        ),
+        ) - unavailable_before,
         refused as f64,
         "{metrics}"
     );
@@ -553,7 +566,7 @@ fn a_request_a_full_replica_cannot_take_counts_as_unavailable_for_concurrency() 
             &metrics,
             "lattice_http_requests_total",
             &[r#"app="echo""#, r#"status_class="5xx""#]
-        ),
+        ) - errors_before,
         refused as f64,
         "{metrics}"
     );
