@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::admin::telemetry::LogFormat;
 use crate::nats::redact::SecretUrl;
 
 /// `lattice`: run WebAssembly components across many machines.
@@ -363,18 +364,6 @@ pub struct UpArgs {
     /// it off (and metrics with it) [default: 127.0.0.1:9464].
     #[arg(long, env = "LATTICE_ADMIN_ADDR", value_name = "ADDR|none")]
     pub admin_addr: Option<String>,
-}
-
-/// `--log-format`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    /// Lines for people.
-    #[default]
-    Text,
-    /// One JSON object a line: `timestamp`, `level`, `target`, the event's fields (`message`
-    /// among them) and `span` / `spans` with the fields of the spans it is in.
-    Json,
 }
 
 #[cfg(test)]

@@ -148,7 +148,7 @@ pub struct NodeConfig {
     /// a `lattice.toml` others can read), for the node to log once its log is set up.
     pub warnings: Vec<String>,
     /// `--log-format`.
-    pub log_format: crate::cli::LogFormat,
+    pub log_format: crate::admin::telemetry::LogFormat,
     /// `--otlp-endpoint`: where traces go, if set (else the standard `OTEL_*` variables).
     pub otlp_endpoint: Option<String>,
     /// `--admin-addr`: where the admin endpoint listens; `None`: `none`, no endpoint and no
@@ -189,7 +189,7 @@ struct FileConfig {
     allowed_listen: Option<Vec<String>>,
     shared_bucket: Option<Vec<String>>,
     allowed_buckets: Option<Vec<String>>,
-    log_format: Option<crate::cli::LogFormat>,
+    log_format: Option<crate::admin::telemetry::LogFormat>,
     otlp_endpoint: Option<String>,
     admin_addr: Option<String>,
 }
@@ -325,9 +325,9 @@ impl NodeConfig {
             "--store-replicas: {store_replicas} is outside 1..=5 (JetStream's replica range)"
         );
 
-        // `credential:NAME` names a systemd credential (crate::credentials), checked as one.
+        // `credential:NAME` names a systemd credential (crate::admin::credentials), checked as one.
         let creds = match (args.creds, file.creds) {
-            (Some(path), _) => match crate::credentials::credential_name(&path) {
+            (Some(path), _) => match crate::admin::credentials::credential_name(&path) {
                 Some(name) => Some(credential(name, "--creds")?),
                 None => {
                     let path = absolute(path)?;
@@ -337,7 +337,7 @@ impl NodeConfig {
             },
             (None, Some(path)) => {
                 let key = format!("{} key creds", config_dir.join(CONFIG_FILE_NAME).display());
-                match crate::credentials::credential_name(&path) {
+                match crate::admin::credentials::credential_name(&path) {
                     Some(name) => Some(credential(name, &key)?),
                     None => {
                         let path = config_dir.join(path);
@@ -346,12 +346,12 @@ impl NodeConfig {
                     }
                 }
             }
-            (None, None) => match crate::credentials::default_credential() {
+            (None, None) => match crate::admin::credentials::default_credential() {
                 Some(path) => {
                     let origin = format!(
                         "the default credential (${}/{})",
-                        crate::credentials::DIRECTORY_VAR,
-                        crate::credentials::DEFAULT_CREDENTIAL
+                        crate::admin::credentials::DIRECTORY_VAR,
+                        crate::admin::credentials::DEFAULT_CREDENTIAL
                     );
                     check_credential(&path, &origin)?;
                     Some(path)
@@ -625,9 +625,9 @@ fn check_creds_content(path: &Path, origin: &str, private: bool) -> anyhow::Resu
 /// The systemd credential `name` (`credential:NAME`, given at `origin`), checked: its path.
 ///
 /// # Errors
-/// [`crate::credentials::CredentialError`], or what [`check_credential`] finds.
+/// [`crate::admin::credentials::CredentialError`], or what [`check_credential`] finds.
 fn credential(name: &str, origin: &str) -> anyhow::Result<PathBuf> {
-    let path = crate::credentials::resolve(name, origin)?;
+    let path = crate::admin::credentials::resolve(name, origin)?;
     check_credential(&path, &format!("{origin} credential:{name}"))?;
     Ok(path)
 }
@@ -635,7 +635,7 @@ fn credential(name: &str, origin: &str) -> anyhow::Result<PathBuf> {
 /// Checks a NATS credentials file that systemd handed over (`$CREDENTIALS_DIRECTORY/NAME`): it
 /// is a regular file this process can read and it parses as a creds file. Its mode is not
 /// checked: the credentials directory, private to the service, decides who can read it
-/// ([`crate::credentials`]).
+/// ([`crate::admin::credentials`]).
 ///
 /// # Errors
 /// Names the file, where it was given (`origin`) and the problem.

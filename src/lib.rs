@@ -12,22 +12,16 @@ pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod control;
-pub mod credentials;
 pub mod host;
 pub mod init;
 pub mod lattice;
-pub mod liveness;
-pub mod metrics;
 pub mod name;
 pub mod nats;
 pub mod node;
 pub mod private_file;
 pub mod providers;
-pub mod readiness;
 pub mod reconciler;
 pub mod supervisor;
-pub mod systemd;
-pub mod telemetry;
 
 /// Keeps `RUST_BACKTRACE=1` from making every error capture a host backtrace: sets
 /// `RUST_LIB_BACKTRACE=0` unless the user set `RUST_LIB_BACKTRACE` themselves. Panics keep their
@@ -58,7 +52,7 @@ pub fn run(cli: cli::Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         cli::Command::Up(args) => {
             let config = config::NodeConfig::resolve(*args)?;
-            let _telemetry = telemetry::init(&telemetry::Settings {
+            let _telemetry = admin::telemetry::init(&admin::telemetry::Settings {
                 filter: config.log_filter.clone(),
                 format: config.log_format,
                 otlp_endpoint: config.otlp_endpoint.clone(),

@@ -12,7 +12,7 @@
 //! Before all of it: the node's [`Readiness`] (fed from here as the parts come up: nats-server,
 //! the connection, the store, the first pass, the tasks' health), its [`Liveness`] registry
 //! (the nats supervisor, the reconciler and the heartbeat beat in it), the admin endpoint that
-//! serves them, and the systemd notifier ([`crate::systemd`]: `READY=1` once ready, the
+//! serves them, and the systemd notifier ([`crate::admin::systemd`]: `READY=1` once ready, the
 //! watchdog while the loops are alive).
 
 use std::sync::Arc;
@@ -23,13 +23,14 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
+use crate::admin::liveness::{Beat, Liveness};
+use crate::admin::readiness::{Condition, Readiness};
 use crate::config::{NatsMode, NodeConfig};
 use crate::control;
 use crate::host::{Host, InstanceLimits};
 use crate::lattice::identity;
 use crate::lattice::membership::{Heartbeat, HostInfo, Membership, NodeHealth, Signer};
 use crate::lattice::rpc::{Peers, Rpc};
-use crate::liveness::{Beat, Liveness};
 use crate::nats::server_config::{LeafRemote, ServerSettings};
 use crate::nats::subjects;
 use crate::nats::uplink::{Uplink, UplinkState, UplinkTracker};
@@ -37,7 +38,6 @@ use crate::nats::{self, NatsSupervisor};
 use crate::providers::http::HttpServer;
 use crate::providers::http_client::Egress;
 use crate::providers::keyvalue::KeyValueProviders;
-use crate::readiness::{Condition, Readiness};
 use crate::reconciler::artifacts::{Artifacts, GC_INTERVAL};
 use crate::reconciler::plan;
 use crate::reconciler::store::Mirror;
@@ -130,7 +130,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     let admin_stop = CancellationToken::new();
     let admin = match config.admin_addr {
         Some(addr) => {
-            crate::metrics::install();
+            crate::admin::metrics::install();
             let server = crate::admin::AdminServer::bind(addr).await?;
             tracing::info!(addr = %server.addr(), "admin endpoint listening");
             Some(tokio::spawn(
@@ -139,11 +139,9 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         }
         None => None,
     };
-    let systemd = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(crate::systemd::run(
-        readiness.clone(),
-        liveness.clone(),
-        admin_stop.clone(),
-    )));
+    let systemd = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(
+        crate::admin::systemd::run(readiness.clone(), liveness.clone(), admin_stop.clone()),
+    ));
 
     if let NatsMode::Leaf {
         creds: Some(creds), ..
@@ -358,7 +356,7 @@ async fn run_with_nats(
     admin.before_metrics({
         let membership = membership.clone();
         move || {
-            let metrics = crate::metrics::get();
+            let metrics = crate::admin::metrics::get();
             for (reason, total) in membership.rejections().snapshot().by_reason() {
                 metrics.membership_rejected(reason, total);
             }
@@ -689,7 +687,7 @@ async fn run_with_nats(
     tokio::pin!(signal);
     // Up once this node runs its share of the lattice, the config dir's manifests included; a
     // watcher that fails before that does not hold the node back. READY for systemd follows
-    // once every readiness condition holds (crate::systemd).
+    // once every readiness condition holds (crate::admin::systemd).
     let early = tokio::select! {
         _ = first_pass => None,
         name = &mut signal => Some(name),
@@ -703,7 +701,7 @@ async fn run_with_nats(
         }
     };
     tracing::info!("{received} received; stopping");
-    crate::systemd::stopping();
+    crate::admin::systemd::stopping();
     tasks.stop(TASK_HEARTBEAT, HEARTBEAT_STOP_TIMEOUT).await;
     // host_stopped first: the others re-place this node's replicas at once, while it finishes
     // what it serves. NATS may be unreachable now (external mode, a restarting nats-server):

@@ -172,7 +172,7 @@ impl Health {
     }
 
     /// The tasks failing now, one line each with its cause: what `/readyz` reports
-    /// ([`crate::readiness::Condition::Tasks`]). A task is failing while its last attempt
+    /// ([`crate::admin::readiness::Condition::Tasks`]). A task is failing while its last attempt
     /// failed and the next one waits for its backoff (`reconciler restarting (3 restarts):
     /// …`), while an attempt started after a failure has not yet run [`SETTLE`]
     /// (`reconciler running again for 1200 ms after 3 restart(s); last: …`: an attempt that
@@ -423,7 +423,7 @@ async fn supervise<F, Fut>(
             record.last_error = Some(cause.clone());
             record.restarts
         };
-        crate::metrics::get().task_restarted(name);
+        crate::admin::metrics::get().task_restarted(name);
         tracing::error!(
             task = name,
             error = cause,

@@ -184,7 +184,7 @@ impl CodeCache {
             }
         };
         let took = started.elapsed();
-        crate::metrics::get().compiled(took);
+        crate::admin::metrics::get().compiled(took);
         tracing::debug!(
             digest,
             elapsed_ms = took.as_millis() as u64,

@@ -130,7 +130,7 @@ impl PoolSlots {
     /// shows what it holds.
     pub(super) fn update(&self) {
         let Some(pool) = &self.pool else { return };
-        let metrics = crate::metrics::get();
+        let metrics = crate::admin::metrics::get();
         if !metrics.is_enabled() {
             return;
         }

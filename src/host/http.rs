@@ -29,9 +29,9 @@ use super::InstanceLimits;
 use super::engine::PoolSlots;
 use super::grants::Grants;
 use super::state::HostState;
-use crate::metrics::ComponentMetrics;
+use crate::admin::metrics::ComponentMetrics;
+use crate::admin::telemetry::record_error;
 use crate::providers::http_client::EgressClient;
-use crate::telemetry::record_error;
 
 /// Body of every response the ingress sends: a component's streamed body or a short text.
 pub type ResponseBody = wasmtime_wasi_http::p2::body::HyperOutgoingBody;
@@ -154,7 +154,7 @@ impl HttpComponent {
         pool: PoolSlots,
     ) -> HttpComponent {
         HttpComponent {
-            metrics: crate::metrics::get().component(&grants.app, &grants.component),
+            metrics: crate::admin::metrics::get().component(&grants.app, &grants.component),
             pool,
             app: grants.app.clone(),
             name: grants.component.clone(),

@@ -21,7 +21,7 @@ use wasmtime::component::Resource;
 use super::bindings::keyvalue::{atomics, batch, store};
 use super::grants::GrantedBucket;
 use super::state::HostState;
-use crate::metrics::OpResult;
+use crate::admin::metrics::OpResult;
 use crate::providers::keyvalue::{Bucket, KEYS_PAGE, KvError, check_key};
 
 /// Calls of one batch operation in flight at once: a batch over a leaf connection costs a few
@@ -99,14 +99,14 @@ impl Opened {
         } else {
             OpResult::Error
         };
-        crate::metrics::get().keyvalue(backend, op, outcome);
+        crate::admin::metrics::get().keyvalue(backend, op, outcome);
         if let Err(e) = &result {
             let kind = match e {
                 store::Error::NoSuchStore => "no-such-store",
                 store::Error::AccessDenied => "access-denied",
                 store::Error::Other(_) => "other (the node's log has the reason)",
             };
-            crate::telemetry::record_error(
+            crate::admin::telemetry::record_error(
                 &tracing::Span::current(),
                 &format_args!(
                     "keyvalue-{} bucket {}: {op} failed: {kind}",

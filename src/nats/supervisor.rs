@@ -6,7 +6,7 @@
 //! [`ServerState`], for the node's readiness), each
 //! restart after an exit (`lattice_nats_server_restarts_total`), and its own liveness (a
 //! [`Beat`] at least every [`BEAT_EVERY`] while it watches, waits or restarts, for the systemd
-//! watchdog: [`crate::liveness`]).
+//! watchdog: [`crate::admin::liveness`]).
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -25,7 +25,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::liveness::Beat;
+use crate::admin::liveness::Beat;
 
 use super::discovery::read_remote_info;
 use super::monitor::Monitor;
@@ -534,7 +534,7 @@ async fn supervise(
                 state.send_replace(ServerState::Restarting {
                     why: format!("pid {pid} exited ({status})"),
                 });
-                crate::metrics::get().nats_server_restarted();
+                crate::admin::metrics::get().nats_server_restarted();
                 if let Some(uplink) = &launch.uplink {
                     uplink.server_exited();
                 }

@@ -92,7 +92,7 @@ impl Uplink {
     /// external: [`UplinkState::External`]), as the node follows it; records the state in
     /// `lattice_uplink_state`.
     pub fn fixed_channel(state: UplinkState, remote: Option<String>) -> watch::Receiver<Uplink> {
-        crate::metrics::get().uplink_state(state.as_str());
+        crate::admin::metrics::get().uplink_state(state.as_str());
         watch::channel(Uplink::fixed(state, remote)).1
     }
 }
@@ -184,7 +184,7 @@ impl UplinkTracker {
         let (inputs, mut rx) = mpsc::unbounded_channel();
         let (state_tx, state_rx) =
             watch::channel(Uplink::fixed(UplinkState::Connecting, Some(remote.clone())));
-        crate::metrics::get().uplink_state(UplinkState::Connecting.as_str());
+        crate::admin::metrics::get().uplink_state(UplinkState::Connecting.as_str());
         tokio::spawn(async move {
             let mut machine = Machine::default();
             while let Some(input) = rx.recv().await {
@@ -211,7 +211,7 @@ impl UplinkTracker {
                     _ => {}
                 }
                 if before.state != state {
-                    crate::metrics::get().uplink_state(state.as_str());
+                    crate::admin::metrics::get().uplink_state(state.as_str());
                 }
                 state_tx.send_modify(|now| {
                     now.state = state;

@@ -385,7 +385,7 @@ impl WasiHttpHooks for OutgoingHttp {
         tracing::debug!(app = %self.app, component = %self.component, uri = %without_query(request.uri()), "outgoing HTTP request");
         let span = client_span(&request);
         let mut request = request;
-        crate::telemetry::inject_http(&span, request.headers_mut());
+        crate::admin::telemetry::inject_http(&span, request.headers_mut());
         let client = self.client.clone();
         let within = span.clone();
         Box::new(
@@ -396,10 +396,10 @@ impl WasiHttpHooks for OutgoingHttp {
                         let status = response.status();
                         span.record("http.response.status_code", status.as_u16());
                         if status.as_u16() >= 400 {
-                            crate::telemetry::record_error(&span, &status);
+                            crate::admin::telemetry::record_error(&span, &status);
                         }
                     }
-                    Err(e) => crate::telemetry::record_error(&span, e),
+                    Err(e) => crate::admin::telemetry::record_error(&span, e),
                 }
                 result
             }
@@ -509,7 +509,7 @@ mod tests {
         opentelemetry::global::set_text_map_propagator(
             opentelemetry_sdk::propagation::TraceContextPropagator::new(),
         );
-        crate::telemetry::turn_traces_on_for_tests();
+        crate::admin::telemetry::turn_traces_on_for_tests();
 
         // An upstream that hands over the head of the one request it answers.
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

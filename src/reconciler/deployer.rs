@@ -27,10 +27,10 @@ use super::deploy;
 use super::manifest::{ComponentSpec, Image, Manifest};
 use super::plan::{Failure, LocalReplicas};
 use super::store::Desired;
+use crate::admin::metrics::ReconcileAction;
 use crate::host::{CodeSource, GrantedBucket, Grants, Host, HttpComponent};
 use crate::lattice::membership::ComponentReplicas;
 use crate::lattice::rpc::{Rpc, Serving};
-use crate::metrics::ReconcileAction;
 use crate::providers::http::{HttpServer, ListenPolicy, Router, RoutingTable};
 use crate::providers::keyvalue::KeyValueProviders;
 
@@ -313,7 +313,7 @@ impl Deployer {
             if let Some(local) = state.components.remove(&key) {
                 let metrics = local.component.metrics();
                 metrics.replicas(0);
-                crate::metrics::get()
+                crate::admin::metrics::get()
                     .reconcile_actions(ReconcileAction::Stop, u64::from(local.replicas));
             }
             tracing::info!(app = key.0, component = key.1, "replicas stopped here");
@@ -640,7 +640,7 @@ async fn run_start(
                     "cannot start replicas here: {reason}"
                 );
             }
-            crate::metrics::get()
+            crate::admin::metrics::get()
                 .reconcile_actions(ReconcileAction::Failed, u64::from(want.replicas));
             state.failed.insert(
                 key,
@@ -660,7 +660,7 @@ async fn run_start(
 /// Counts what a start that ended well did, `local` replacing `before` (if one ran here): an
 /// update of the replicas of a new version or artifact, else the replicas added or removed.
 fn count_started(before: Option<&LocalComponent>, local: &LocalComponent) {
-    let metrics = crate::metrics::get();
+    let metrics = crate::admin::metrics::get();
     let now = u64::from(local.replicas);
     match before {
         None => metrics.reconcile_actions(ReconcileAction::Start, now),

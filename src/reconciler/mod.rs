@@ -123,7 +123,7 @@ impl Reconciler {
             surplus.retain(|k, _| running.contains_key(k));
             let share = plan::local_share(&self.me, &desired, &placement, &hosts, &running, now);
             self.deployer.apply(&desired, &share).await;
-            crate::metrics::get().reconcile_pass();
+            crate::admin::metrics::get().reconcile_pass();
             // The first pass is done once the starts it began have ended (each under its
             // deadline), so the node is up with its share running; later passes go on meanwhile.
             if first_pass.is_some()

@@ -42,11 +42,11 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 use tracing::Instrument;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 
+use crate::admin::metrics::{ComponentMetrics, InvocationResult, Unavailable};
+use crate::admin::telemetry;
 use crate::host::{HttpComponent, NotAdmitted, Refused, ResponseBody, Saturation, text_response};
 use crate::lattice::membership::Membership;
-use crate::metrics::{ComponentMetrics, InvocationResult, Unavailable};
 use crate::nats::subjects;
-use crate::telemetry;
 use mux::Mux;
 use stream::{Chunker, Peer, complete_body, streamed_body};
 use wire::{ErrorBody, FrameKind, RequestHead, ResponseHead};
@@ -323,9 +323,11 @@ impl Rpc {
             .await;
         match ending {
             Ending::Answered(_) => {}
-            Ending::NotRun { busy: true } => crate::metrics::get().unavailable(Unavailable::Busy),
+            Ending::NotRun { busy: true } => {
+                crate::admin::metrics::get().unavailable(Unavailable::Busy)
+            }
             Ending::NotRun { busy: false } => {
-                crate::metrics::get().unavailable(Unavailable::NoReplica)
+                crate::admin::metrics::get().unavailable(Unavailable::NoReplica)
             }
         }
         response
@@ -377,7 +379,7 @@ impl Rpc {
         let reason = unavailable_of(&refused.reason);
         if targets.is_empty() {
             self.saturated(app, component, &refused.reason, "runs nowhere else");
-            crate::metrics::get().unavailable(reason);
+            crate::admin::metrics::get().unavailable(reason);
             return refused.response(app, component);
         }
         tracing::debug!(reason = ?refused.reason, replicas = targets.len(), "component saturated here; trying its replicas elsewhere");
@@ -400,7 +402,7 @@ impl Rpc {
             .await;
         if matches!(ending, Ending::NotRun { .. }) {
             self.saturated(app, component, &refused.reason, "and elsewhere");
-            crate::metrics::get().unavailable(reason);
+            crate::admin::metrics::get().unavailable(reason);
         }
         response
     }
@@ -865,7 +867,7 @@ impl Rpc {
         let stop = CancellationToken::new();
         let rpc = self.clone();
         let cancelled = stop.clone();
-        let metrics = crate::metrics::get().component(component.app(), component.name());
+        let metrics = crate::admin::metrics::get().component(component.app(), component.name());
         tokio::spawn(async move {
             loop {
                 let message = tokio::select! {
@@ -917,7 +919,7 @@ impl Rpc {
                 while let Some(message) = left.next().await {
                     if rpc.turn_away(&component, &message).await {
                         metrics.invocation_served(InvocationResult::Busy);
-                        crate::metrics::get().unavailable(Unavailable::Draining);
+                        crate::admin::metrics::get().unavailable(Unavailable::Draining);
                     }
                 }
             };

@@ -27,10 +27,10 @@ use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 
 use super::authority;
 use super::router::Router;
+use crate::admin::metrics::{ComponentMetrics, Unavailable};
+use crate::admin::telemetry;
 use crate::host::{HttpComponent, ResponseBody, text_response};
 use crate::lattice::rpc::{self, Rpc};
-use crate::metrics::{ComponentMetrics, Unavailable};
-use crate::telemetry;
 
 /// How long a client may take to send a request's headers.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
@@ -80,7 +80,7 @@ impl Installed {
     /// Finds every route's local component and makes its metric handles (a lock of the
     /// registry per route, at install time only).
     fn new(table: RoutingTable) -> Installed {
-        let metrics = crate::metrics::get();
+        let metrics = crate::admin::metrics::get();
         let targets = table
             .router
             .routes()
@@ -419,7 +419,7 @@ async fn answer(
                     (response, true)
                 }
                 None => {
-                    crate::metrics::get().unavailable(rpc::unavailable_of(&refused.reason));
+                    crate::admin::metrics::get().unavailable(rpc::unavailable_of(&refused.reason));
                     (refused.response(app, component), false)
                 }
             },
@@ -429,7 +429,7 @@ async fn answer(
             true,
         ),
         (None, None) => {
-            crate::metrics::get().unavailable(Unavailable::NoReplica);
+            crate::admin::metrics::get().unavailable(Unavailable::NoReplica);
             let response = text_response(
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!("component {component} of app {app} runs on no replica here\n"),

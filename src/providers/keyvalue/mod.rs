@@ -23,7 +23,7 @@ pub use self::policy::{
 };
 pub use self::sled::{SledBucket, SledScope};
 
-pub use crate::metrics::KeyValueBackend;
+pub use crate::admin::metrics::KeyValueBackend;
 use crate::name::Name;
 
 /// Keys returned by one `list-keys` page at most.

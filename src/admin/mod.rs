@@ -3,12 +3,24 @@
 //! so that no app's route can shadow it.
 //!
 //! - `GET /healthz`: `200 ok` while the process answers.
-//! - `GET /readyz`: `200 ready` while the node is ready ([`crate::readiness`]), else `503` with
+//! - `GET /readyz`: `200 ready` while the node is ready ([`crate::admin::readiness`]), else `503` with
 //!   the reasons, one line each (`<condition>: <why>`), plain text.
-//! - `GET /metrics`: [`crate::metrics`] in the OpenMetrics text format, after the refreshers
+//! - `GET /metrics`: [`crate::admin::metrics`] in the OpenMetrics text format, after the refreshers
 //!   handed to [`AdminState::before_metrics`] ran (counts kept elsewhere, read at scrape time).
 //!
 //! Anything else is 404; a method other than GET or HEAD is 405.
+//!
+//! The folder is the node's side that faces its operator (DESIGN.md §2, `admin`): this endpoint,
+//! what it reports ([`readiness`], [`metrics`]), the log and trace export ([`telemetry`]), and
+//! systemd's service protocol ([`systemd`] with its [`liveness`] beats, [`credentials`]). It
+//! imports nothing from the other top-level folders: they record into it.
+
+pub mod credentials;
+pub mod liveness;
+pub mod metrics;
+pub mod readiness;
+pub mod systemd;
+pub mod telemetry;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -22,7 +34,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::readiness::Readiness;
+use crate::admin::readiness::Readiness;
 
 /// The default `--admin-addr`: loopback, the port OpenTelemetry's Prometheus exporters use
 /// (not Prometheus's own 9090).
@@ -182,8 +194,8 @@ fn answer<B>(request: &Request<B>, state: &AdminState) -> Response<Full<Bytes>> 
             state.refresh();
             text(
                 StatusCode::OK,
-                crate::metrics::CONTENT_TYPE,
-                crate::metrics::get().render(),
+                crate::admin::metrics::CONTENT_TYPE,
+                crate::admin::metrics::get().render(),
             )
         }
         _ => text(
@@ -197,7 +209,7 @@ fn answer<B>(request: &Request<B>, state: &AdminState) -> Response<Full<Bytes>> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::readiness::Condition;
+    use crate::admin::readiness::Condition;
 
     fn get(path: &str) -> Request<()> {
         Request::get(path).body(()).unwrap()

@@ -2,7 +2,7 @@
 //! over `$NOTIFY_SOCKET` (sd_notify(3), through the `sd-notify` crate). Outside systemd
 //! (`NOTIFY_SOCKET` unset) every message is a no-op and only the log lines remain.
 //!
-//! - `READY=1`, once, when the node is ready as `/readyz` says ([`crate::readiness`]): its
+//! - `READY=1`, once, when the node is ready as `/readyz` says ([`crate::admin::readiness`]): its
 //!   nats-server runs, its NATS connection stands, the lattice's store answered, the first
 //!   reconcile pass completed and no task is failing. Readiness is read every 100 ms and must
 //!   hold at two reads in a row, so `/readyz` has answered 200 for at least that long when
@@ -21,7 +21,7 @@
 //! own round, so a beat means that loop's task was polled and went round, not that a timer
 //! fired somewhere:
 //! - `nats-supervisor`: the loop watching, restarting and stopping nats-server
-//!   ([`crate::nats::supervisor`]), through the [`crate::liveness::Beat`] it is given; it beats
+//!   ([`crate::nats::supervisor`]), through the [`crate::admin::liveness::Beat`] it is given; it beats
 //!   every second while it watches and while it waits out a restart's backoff.
 //! - `reconciler`: the reconciler's pass loop calls the node's description of itself
 //!   (`Reconciler::local`) on every pass (at least every tick, ≤ 1 s); the node hands it one
@@ -44,8 +44,8 @@ use std::time::Duration;
 use sd_notify::NotifyState;
 use tokio_util::sync::CancellationToken;
 
-use crate::liveness::Liveness;
-use crate::readiness::Readiness;
+use crate::admin::liveness::Liveness;
+use crate::admin::readiness::Readiness;
 
 /// How often readiness is read until `READY=1` went out.
 const STARTING_POLL: Duration = Duration::from_millis(100);
@@ -185,7 +185,7 @@ mod tests {
     use std::time::Instant;
 
     use super::*;
-    use crate::readiness::Condition;
+    use crate::admin::readiness::Condition;
 
     /// Runs the notifier with a 200 ms watchdog (a ping every 100 ms) and one loop allowed
     /// 300 ms, beating every 20 ms for 600 ms and then no more; returns what was sent, when.

@@ -1,5 +1,5 @@
 //! Which of the node's loops are alive: a registry where each important loop records a beat
-//! as it goes round, read by the systemd watchdog ([`crate::systemd`]), which pings systemd
+//! as it goes round, read by the systemd watchdog ([`crate::admin::systemd`]), which pings systemd
 //! only while every loop beat within its allowance.
 //!
 //! A loop [`Liveness::register`]s once, with a name and an allowance (the longest time one of

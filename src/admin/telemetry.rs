@@ -28,9 +28,19 @@ use tracing_subscriber::Layer as _;
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 
-use crate::cli::LogFormat;
-
 /// Whether [`init`] turned traces on: the propagation helpers do nothing until then.
+/// `--log-format`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Lines for people.
+    #[default]
+    Text,
+    /// One JSON object a line: `timestamp`, `level`, `target`, the event's fields (`message`
+    /// among them) and `span` / `spans` with the fields of the spans it is in.
+    Json,
+}
+
 static TRACES_ON: AtomicBool = AtomicBool::new(false);
 
 /// Whether spans are exported (see the module docs).
