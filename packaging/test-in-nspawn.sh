@@ -4,12 +4,13 @@
 # nothing, starts lattice.service (standalone: no creds file), waits for READY=1 (systemctl
 # start returns then), checks the unit is active, an app answers on the ingress (a component
 # compiled and run under the unit's sandboxing), /readyz (when the binary has the admin
-# endpoint), that root's CLI (`lattice get hosts`, `lattice app list`) reaches the node, that
-# a file in /etc/credstore reaches the service as a credential readable by the service's user
-# only (a drop-in's probe.creds, a name the node ignores), that a junk
-# /etc/credstore/lattice.creds with a leaf-url fails the start with the node's error naming
-# default.creds (so the unit's LoadCredential= hands that file to the node as default.creds),
-# that installing the same .deb again while the unit runs leaves it active, that the node
+# endpoint), the unit's LimitNOFILE= and TimeoutStartSec= on the node, that root's CLI
+# (`lattice get hosts`, `lattice app list`) reaches the node, that a file in /etc/credstore
+# reaches the service as a credential readable by the service's user only (a drop-in's
+# probe.creds, a name the node ignores), that a junk /etc/credstore/lattice.creds with a
+# leaf-url fails the start with the node's error naming default.creds (so the unit's
+# LoadCredential= hands that file to the node as default.creds), that installing the same
+# .deb again while the unit runs restarts it and leaves it active and enabled, that the node
 # outlives WatchdogSec without a restart, that it stops cleanly, and that `dpkg --purge`
 # removes its DynamicUser state and the unit's enablement. Every command inside the container
 # runs under `timeout 180`, the boot wait under one deadline. Run as root:
