@@ -3,9 +3,12 @@
 # package), the wasm32-wasip2 Rust target (for the example components), cargo-nextest (the
 # test runner), python3-venv (CI installs a second nats-server version from PyPI in a venv), and
 # for the Debian package's test (packaging/test-deb.sh) systemd (systemd-analyze) and dpkg-dev
-# (dpkg-shlibdeps, for cargo-deb's `$auto` dependencies), and for the observability tests
-# (tests/service/) Debian's prometheus, which a test starts on loopback, and a venv with PyPI's
-# opentelemetry-proto for the OTLP receiver the trace tests run; skipping what is already there.
+# (dpkg-shlibdeps, for cargo-deb's `$auto` dependencies), for its run under a real systemd
+# (packaging/test-in-nspawn.sh) systemd-container (systemd-nspawn), debootstrap with Debian's
+# archive keyring and procps (`ps`; a minimal Debian 12 has none of these three), and for the
+# observability tests (tests/service/) Debian's prometheus, which a test starts on loopback, and
+# a venv with PyPI's opentelemetry-proto for the OTLP receiver the trace tests run; skipping
+# what is already there.
 # Run as root or with sudo available.
 set -euo pipefail
 
@@ -24,6 +27,10 @@ fi
 missing=()
 command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
 command -v dpkg-shlibdeps >/dev/null 2>&1 || missing+=(dpkg-dev)
+command -v systemd-nspawn >/dev/null 2>&1 || missing+=(systemd-container)
+command -v debootstrap >/dev/null 2>&1 || missing+=(debootstrap)
+[ -f /usr/share/keyrings/debian-archive-keyring.gpg ] || missing+=(debian-archive-keyring)
+command -v ps >/dev/null 2>&1 || missing+=(procps)
 if [ "${#missing[@]}" -gt 0 ]; then
   as_root apt-get update -qq
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"

@@ -12,27 +12,41 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+fail() { echo "test-deb: FAILED: $*" >&2; exit 1; }
+step() { echo "test-deb: $*"; }
+# A command that fails outside a check (set -e ends the script) still says so.
+trap 'echo "test-deb: FAILED: line $LINENO: $BASH_COMMAND (exit $?)" >&2' ERR
+[ "$(id -u)" -eq 0 ] || fail "run as root (it installs and purges the lattice package with dpkg)"
+
 CARGO_DEB_VERSION=3.8.0
 cache="${XDG_CACHE_HOME:-$HOME/.cache}/lattice-ci"
 deb_root="$cache/cargo-deb-$CARGO_DEB_VERSION"
 if ! "$deb_root/bin/cargo-deb" --version 2>/dev/null | grep -qx "cargo-deb $CARGO_DEB_VERSION"; then
   rm -rf "$deb_root"
   build_dir=$(mktemp -d)
+  # A failed build leaves no build dir (nor a half-installed cargo-deb) behind.
+  trap 'rm -rf "$build_dir" "$deb_root"' EXIT
   cargo install --quiet --locked cargo-deb --version "$CARGO_DEB_VERSION" \
     --root "$deb_root" --target-dir "$build_dir"
   rm -rf "$build_dir"
+  trap - EXIT
 fi
 
-fail() { echo "test-deb: FAILED: $*" >&2; exit 1; }
-step() { echo "test-deb: $*"; }
-
-# What the package owns or makes, and the state its service keeps: none may be here before.
+# What the package owns or makes, the state its service keeps, and what enabling it makes
+# (the wants link, deb-systemd-helper's record of it): none may be here before.
 state_paths=(/var/lib/lattice /var/lib/private/lattice)
 owned_paths=(/usr/bin/lattice /usr/lib/systemd/system/lattice.service /etc/lattice)
+enable_paths() {
+  # The wants link of `systemctl enable`, and what deb-systemd-helper records of the unit
+  # (lattice.service.dsh-also, and its copies of wants links) and of a mask.
+  compgen -G '/etc/systemd/system/*.wants/lattice.service' || true
+  find /var/lib/systemd/deb-systemd-helper-enabled /var/lib/systemd/deb-systemd-helper-masked \
+    -name 'lattice.service*' 2>/dev/null || true
+}
 if dpkg-query -W -f='${Status}' lattice 2>/dev/null | grep -q 'installed'; then
   fail "a lattice package is installed on this machine; this test would purge it"
 fi
-for path in "${state_paths[@]}" "${owned_paths[@]}"; do
+for path in "${state_paths[@]}" "${owned_paths[@]}" $(enable_paths); do
   if [ -e "$path" ] || [ -L "$path" ]; then
     fail "$path exists; this test installs and purges the lattice package, which would remove it"
   fi
@@ -109,9 +123,8 @@ while IFS= read -r path; do
   fi
 done <<<"$listed"
 for path in "${state_paths[@]}" /etc/lattice /etc/systemd/system/lattice.service \
-  /var/lib/systemd/deb-systemd-helper-enabled/lattice.service.dsh-also \
-  /var/lib/systemd/deb-systemd-helper-masked/lattice.service; do
+  /etc/systemd/system/multi-user.target.wants/lattice.service $(enable_paths); do
   if [ -e "$path" ] || [ -L "$path" ]; then fail "dpkg --purge left $path"; fi
 done
-step "dpkg --purge: no file of the package, no state left"
+step "dpkg --purge: no file of the package, no state, no wants link or deb-systemd-helper state left"
 step "passed"
