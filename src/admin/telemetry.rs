@@ -6,11 +6,22 @@
 //! they are on when `--otlp-endpoint`, `OTEL_EXPORTER_OTLP_ENDPOINT` or
 //! `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` is set and `OTEL_SDK_DISABLED` is not `true` nor
 //! `OTEL_TRACES_EXPORTER` `none`; `OTEL_SERVICE_NAME` and `OTEL_RESOURCE_ATTRIBUTES` name the
-//! service (default `lattice`). Context travels as W3C Trace Context
+//! service (default `lattice`). The exporter speaks OTLP/HTTP with protobuf only: a
+//! `OTEL_EXPORTER_OTLP_PROTOCOL` (or `…_TRACES_PROTOCOL`) other than `http/protobuf` is warned
+//! about and not followed. `https://` endpoints work (rustls on the ring provider, the system's
+//! roots). The SDK's own warnings (a failed export, a full queue) go to the log under targets
+//! `opentelemetry*`, never into the traces. Context travels as W3C Trace Context
 //! (<https://www.w3.org/TR/trace-context/>): the `traceparent` and `tracestate` headers of HTTP
 //! requests, and the same names as NATS message headers between nodes ([`inject_nats`],
 //! [`extract_nats`]). With traces off, injecting and extracting do nothing (one relaxed atomic
-//! load: no lock, no allocation), so the request path pays nothing for them.
+//! load: no lock, no allocation), so the request path pays nothing for them. An incoming
+//! `traceparent` longer than [`MAX_TRACEPARENT`] bytes is ignored, and a `tracestate` longer
+//! than [`MAX_TRACESTATE`] dropped (W3C Trace Context §3.3.1.5 lets a vendor truncate it), so a
+//! client cannot make the node parse or carry more than that.
+//!
+//! The node continues a client's trace: its trace id and sampled flag come from the client's
+//! `traceparent`. A node behind an edge it does not trust should have that edge strip the
+//! header (README.md §"Spans of a request, across nodes").
 //!
 //! Only the `lattice` crate's own spans, at `debug` level and above, are exported, with its
 //! warnings and errors as span events; nothing of hyper, h2, async-nats or wasmtime. One trace
@@ -18,7 +29,7 @@
 //! NATS (`rpc_forward`), the serving node's invocation (`rpc_invocation`) and what the
 //! component did inside it.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use opentelemetry::propagation::{Extractor, Injector};
 use opentelemetry::trace::TracerProvider as _;
@@ -28,7 +39,6 @@ use tracing_subscriber::Layer as _;
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 
-/// Whether [`init`] turned traces on: the propagation helpers do nothing until then.
 /// `--log-format`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -41,7 +51,26 @@ pub enum LogFormat {
     Json,
 }
 
+/// Whether [`init`] turned traces on: the propagation helpers do nothing until then.
 static TRACES_ON: AtomicBool = AtomicBool::new(false);
+
+/// Longest incoming `traceparent` handed to the propagator, in bytes (version 00's is 55;
+/// later versions may append fields).
+pub const MAX_TRACEPARENT: usize = 128;
+
+/// Longest incoming `tracestate` kept, in bytes; a longer one is dropped whole. W3C Trace
+/// Context §3.3.1.5 asks vendors to propagate at least 512 bytes.
+pub const MAX_TRACESTATE: usize = 512;
+
+/// Requests this process has taken, ingress and served invocations alike: the `request_id`
+/// of their spans when traces are off.
+static REQUESTS: AtomicU64 = AtomicU64::new(0);
+
+/// The next request id of this process (from 1), for spans when traces are off: one relaxed
+/// atomic add.
+pub fn next_request_id() -> u64 {
+    REQUESTS.fetch_add(1, Ordering::Relaxed) + 1
+}
 
 /// Whether spans are exported (see the module docs).
 pub fn traces_on() -> bool {
@@ -104,6 +133,9 @@ fn traces_wanted(endpoint: Option<&str>) -> bool {
 /// The endpoint is not a URL, or the exporter's HTTP client cannot be built.
 fn tracer_provider(settings: &Settings) -> anyhow::Result<SdkTracerProvider> {
     use opentelemetry_otlp::WithExportConfig as _;
+    // The exporter's reqwest is built with rustls but no crypto provider of its own: ring, as
+    // the rest of the node's TLS. Fails only when a provider is already installed, which stands.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let mut exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_http()
         .with_protocol(opentelemetry_otlp::Protocol::HttpBinary);
@@ -136,6 +168,26 @@ fn tracer_provider(settings: &Settings) -> anyhow::Result<SdkTracerProvider> {
         .with_batch_exporter(exporter)
         .with_resource(resource)
         .build())
+}
+
+/// The warning for an `OTEL_EXPORTER_OTLP_PROTOCOL` or `OTEL_EXPORTER_OTLP_TRACES_PROTOCOL`
+/// this exporter does not speak (it speaks `http/protobuf` only), if one is set.
+fn protocol_warning() -> Option<String> {
+    [
+        "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+        "OTEL_EXPORTER_OTLP_PROTOCOL",
+    ]
+    .into_iter()
+    .find_map(|name| {
+        let value = std::env::var(name).ok()?;
+        let value = value.trim();
+        (!value.is_empty() && value != "http/protobuf").then(|| {
+            format!(
+                "{name}={value:?} is not supported: traces are exported over OTLP/HTTP \
+                     with protobuf (http/protobuf) only; grpc and http/json are not"
+            )
+        })
+    })
 }
 
 /// What the trace layer records: this crate's spans at `debug` and above, and its warnings and
@@ -206,6 +258,11 @@ pub fn init(settings: &Settings) -> anyhow::Result<Guard> {
         .try_init()
         .map_err(|e| anyhow::anyhow!("installing the log subscriber: {e}"))?;
     TRACES_ON.store(provider.is_some(), Ordering::Relaxed);
+    if provider.is_some()
+        && let Some(warning) = protocol_warning()
+    {
+        tracing::warn!("{warning}");
+    }
     Ok(Guard { provider })
 }
 
@@ -216,9 +273,21 @@ pub fn continue_http(span: &tracing::Span, headers: &http::HeaderMap) {
         return;
     }
     let parent = opentelemetry::global::get_text_map_propagator(|propagator| {
-        propagator.extract(&opentelemetry_http::HeaderExtractor(headers))
+        propagator.extract(&Bounded(opentelemetry_http::HeaderExtractor(headers)))
     });
     set_parent(span, parent);
+}
+
+/// Makes `span`'s trace context the one `headers` carry, in place of theirs: the request a
+/// component gets names the node's span as its caller. No-op when traces are off (the
+/// client's `traceparent` and `tracestate` stay as they came).
+pub fn replace_http(span: &tracing::Span, headers: &mut http::HeaderMap) {
+    if !traces_on() {
+        return;
+    }
+    headers.remove(TRACEPARENT);
+    headers.remove(TRACESTATE);
+    inject_http(span, headers);
 }
 
 /// Writes `span`'s trace context into `headers` (`traceparent`, `tracestate`), for an
@@ -229,7 +298,10 @@ pub fn inject_http(span: &tracing::Span, headers: &mut http::HeaderMap) {
     }
     let context = span.context();
     opentelemetry::global::get_text_map_propagator(|propagator| {
-        propagator.inject_context(&context, &mut opentelemetry_http::HeaderInjector(headers));
+        propagator.inject_context(
+            &context,
+            &mut NonEmpty(opentelemetry_http::HeaderInjector(headers)),
+        );
     });
 }
 
@@ -241,7 +313,7 @@ pub fn inject_nats(span: &tracing::Span, headers: &mut async_nats::HeaderMap) {
     }
     let context = span.context();
     opentelemetry::global::get_text_map_propagator(|propagator| {
-        propagator.inject_context(&context, &mut NatsHeaders(headers));
+        propagator.inject_context(&context, &mut NonEmpty(NatsHeaders(headers)));
     });
 }
 
@@ -252,7 +324,7 @@ pub fn extract_nats(span: &tracing::Span, headers: Option<&async_nats::HeaderMap
         return;
     };
     let parent = opentelemetry::global::get_text_map_propagator(|propagator| {
-        propagator.extract(&NatsHeadersRef(headers))
+        propagator.extract(&Bounded(NatsHeadersRef(headers)))
     });
     set_parent(span, parent);
 }
@@ -285,6 +357,42 @@ fn set_parent(span: &tracing::Span, parent: opentelemetry::Context) {
     if parent.span().span_context().is_valid() {
         // Fails only when the span is disabled (no subscriber layer records it).
         let _ = span.set_parent(parent);
+    }
+}
+
+const TRACEPARENT: &str = "traceparent";
+const TRACESTATE: &str = "tracestate";
+
+/// An extractor that hides a `traceparent` over [`MAX_TRACEPARENT`] bytes and a `tracestate`
+/// over [`MAX_TRACESTATE`] from the propagator.
+struct Bounded<E>(E);
+
+impl<E: Extractor> Extractor for Bounded<E> {
+    fn get(&self, key: &str) -> Option<&str> {
+        let value = self.0.get(key)?;
+        let limit = if key.eq_ignore_ascii_case(TRACEPARENT) {
+            MAX_TRACEPARENT
+        } else if key.eq_ignore_ascii_case(TRACESTATE) {
+            MAX_TRACESTATE
+        } else {
+            usize::MAX
+        };
+        (value.len() <= limit).then_some(value)
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys()
+    }
+}
+
+/// An injector that skips empty values (a `tracestate` with no entries is not sent).
+struct NonEmpty<I>(I);
+
+impl<I: Injector> Injector for NonEmpty<I> {
+    fn set(&mut self, key: &str, value: String) {
+        if !value.is_empty() {
+            self.0.set(key, value);
+        }
     }
 }
 
