@@ -415,3 +415,95 @@ impl Extractor for NatsHeadersRef<'_> {
         self.0.iter().map(|(name, _)| name.as_ref()).collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opentelemetry::propagation::TextMapPropagator as _;
+    use opentelemetry::trace::TraceContextExt as _;
+
+    const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+    const PARENT: &str = "00f067aa0ba902b7";
+
+    fn headers(pairs: &[(&str, &str)]) -> http::HeaderMap {
+        pairs
+            .iter()
+            .map(|(k, v)| {
+                (
+                    http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                    http::HeaderValue::from_str(v).unwrap(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn an_oversized_tracestate_is_dropped_and_an_oversized_traceparent_ignored() {
+        let propagator = opentelemetry_sdk::propagation::TraceContextPropagator::new();
+        let traceparent = format!("00-{TRACE}-{PARENT}-01");
+        let extract = |headers: &http::HeaderMap| {
+            propagator.extract(&Bounded(opentelemetry_http::HeaderExtractor(headers)))
+        };
+        let kept = extract(&headers(&[
+            ("traceparent", &traceparent),
+            ("tracestate", "a=1"),
+        ]));
+        assert_eq!(kept.span().span_context().trace_id().to_string(), TRACE);
+        assert_eq!(kept.span().span_context().trace_state().header(), "a=1");
+
+        let long_state = format!("a={}", "x".repeat(MAX_TRACESTATE));
+        let dropped = extract(&headers(&[
+            ("traceparent", &traceparent),
+            ("tracestate", &long_state),
+        ]));
+        assert!(dropped.span().span_context().is_valid());
+        assert_eq!(dropped.span().span_context().trace_state().header(), "");
+
+        let long_parent = format!("{traceparent}-{}", "0".repeat(MAX_TRACEPARENT));
+        let ignored = extract(&headers(&[("traceparent", &long_parent)]));
+        assert!(!ignored.span().span_context().is_valid());
+    }
+
+    #[test]
+    fn the_component_sees_the_nodes_span_and_no_empty_tracestate() {
+        use opentelemetry::trace::TracerProvider as _;
+        let provider = SdkTracerProvider::builder().build();
+        let subscriber = tracing_subscriber::registry()
+            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
+        let _default = tracing::subscriber::set_default(subscriber);
+        opentelemetry::global::set_text_map_propagator(
+            opentelemetry_sdk::propagation::TraceContextPropagator::new(),
+        );
+        turn_traces_on_for_tests();
+
+        let mut request = headers(&[("traceparent", &format!("00-{TRACE}-{PARENT}-01"))]);
+        let span = tracing::info_span!("http_request");
+        continue_http(&span, &request);
+        replace_http(&span, &mut request);
+        let seen = request["traceparent"].to_str().unwrap().to_owned();
+        let own = span.context().span().span_context().span_id().to_string();
+        assert_eq!(seen, format!("00-{TRACE}-{own}-01"));
+        assert_ne!(own, PARENT);
+        assert!(!request.contains_key("tracestate"), "{request:?}");
+
+        // A client's tracestate goes on with the trace; an empty one is not sent.
+        let mut nats = async_nats::HeaderMap::new();
+        inject_nats(&span, &mut nats);
+        assert!(nats.get("traceparent").is_some());
+        assert!(nats.get("tracestate").is_none());
+    }
+
+    #[test]
+    fn only_http_protobuf_is_a_supported_protocol() {
+        // SAFETY: nextest runs each test in a process of its own: no other thread reads the
+        // environment.
+        unsafe { std::env::set_var("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf") };
+        assert_eq!(protocol_warning(), None);
+        unsafe { std::env::set_var("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "grpc") };
+        let warning = protocol_warning().unwrap();
+        assert!(
+            warning.contains("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") && warning.contains("grpc"),
+            "{warning}"
+        );
+    }
+}

@@ -585,3 +585,77 @@ fn a_request_a_full_replica_cannot_take_counts_as_unavailable_for_concurrency() 
         "{metrics}"
     );
 }
+
+#[test]
+fn a_request_whose_client_goes_away_before_the_answer_counts_as_cancelled() {
+    use std::io::Write as _;
+    let node = Node::start(&[]);
+    node.write_manifest("echo.yaml", "echo", "http-echo", "/echo");
+    node.wait_for_status("/echo", 200, Duration::from_secs(15));
+    let cancelled = [r#"app="echo""#, r#"status_class="cancelled""#];
+    let answered = [r#"app="echo""#, r#"status_class="2xx""#];
+    let before_metrics = metrics_of(&node);
+    let before = sample(&before_metrics, "lattice_http_requests_total", &cancelled);
+    let answered_before = sample(&before_metrics, "lattice_http_requests_total", &answered);
+    // The replica holds the request for 3 s; the client hangs up long before.
+    let mut client = std::net::TcpStream::connect(node.http).unwrap();
+    client
+        .write_all(b"GET /echo HTTP/1.1\r\nhost: localhost\r\nx-echo-sleep-ms: 3000\r\n\r\n")
+        .unwrap();
+    wait_until("the replica serves it", Duration::from_secs(5), || {
+        sample(&metrics_of(&node), "lattice_instances", &[r#"app="echo""#]) == 1.0
+    });
+    client.shutdown(std::net::Shutdown::Both).unwrap();
+    drop(client);
+    let mut metrics = String::new();
+    wait_until(
+        "the dropped request counts as cancelled",
+        Duration::from_secs(10),
+        || {
+            metrics = metrics_of(&node);
+            sample(&metrics, "lattice_http_requests_total", &cancelled) - before == 1.0
+        },
+    );
+    // And once only, in no status class: no response head was sent (the replica's answer, 3 s
+    // on, goes nowhere).
+    std::thread::sleep(Duration::from_millis(3500));
+    let after = metrics_of(&node);
+    assert_eq!(
+        sample(&after, "lattice_http_requests_total", &cancelled) - before,
+        1.0,
+        "{after}"
+    );
+    assert_eq!(
+        sample(&after, "lattice_http_requests_total", &answered),
+        answered_before,
+        "{after}"
+    );
+}
+
+#[test]
+fn a_failed_trace_export_is_logged() {
+    // Nothing listens there (the port was free a moment ago).
+    let endpoint = format!("http://127.0.0.1:{}", crate::common::free_port());
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config");
+    std::fs::create_dir_all(&config).unwrap();
+    let env = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+    ];
+    let node = Node::start_with(&config, &dir.path().join("data"), &[], &env, None);
+    node.wait_for_log(&["lattice node is up"], Duration::from_secs(20));
+    // An unsupported protocol is named at start.
+    node.wait_for_log(
+        &["WARN", "OTEL_EXPORTER_OTLP_PROTOCOL", "not supported"],
+        Duration::from_secs(5),
+    );
+    // A span to export: a 404.
+    assert_eq!(node.get("/nowhere").unwrap().0, 404);
+    let line = node.wait_for_log(&["ExportError"], Duration::from_secs(20));
+    assert!(
+        line.contains("ERROR") || line.contains("WARN"),
+        "logged at warn or above: {line}"
+    );
+}
