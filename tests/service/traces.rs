@@ -87,12 +87,20 @@ struct Receiver {
 
 impl Receiver {
     fn start() -> Receiver {
+        Receiver::start_with(None)
+    }
+
+    /// With `tls` (a certificate chain and its key, PEM files), over HTTPS.
+    fn start_with(tls: Option<(&Path, &Path)>) -> Receiver {
         let dir = tempfile::tempdir().unwrap();
         let spans = dir.path().join("spans.jsonl");
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/service/otlp_receiver.py");
-        let mut child = Command::new(receiver_python())
-            .arg(&script)
-            .arg(&spans)
+        let mut command = Command::new(receiver_python());
+        command.arg(&script).arg(&spans);
+        if let Some((cert, key)) = tls {
+            command.arg(cert).arg(key);
+        }
+        let mut child = command
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -115,7 +123,7 @@ impl Receiver {
         }
     }
 
-    /// The base URL nodes export to (`/v1/traces` is appended by the exporter).
+    /// The base URL nodes export to (`/v1/traces` is appended by the exporter), over HTTP.
     fn endpoint(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
@@ -658,4 +666,109 @@ fn a_failed_trace_export_is_logged() {
         line.contains("ERROR") || line.contains("WARN"),
         "logged at warn or above: {line}"
     );
+}
+
+/// Makes a CA and a certificate for `127.0.0.1` it signed (openssl's CLI) in `dir`: the CA's,
+/// the leaf's and the leaf key's PEM files.
+fn test_certificates(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("running openssl");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=test CA",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=127.0.0.1",
+        "-keyout",
+        "leaf.key",
+        "-out",
+        "leaf.csr",
+    ]);
+    std::fs::write(
+        dir.join("leaf.ext"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "leaf.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "1",
+        "-extfile",
+        "leaf.ext",
+        "-out",
+        "leaf.pem",
+    ]);
+    (
+        dir.join("ca.pem"),
+        dir.join("leaf.pem"),
+        dir.join("leaf.key"),
+    )
+}
+
+#[test]
+fn spans_reach_an_https_endpoint() {
+    let certs = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = test_certificates(certs.path());
+    let receiver = Receiver::start_with(Some((&cert, &key)));
+    let endpoint = format!("https://127.0.0.1:{}", receiver.port);
+    let ca = ca.to_string_lossy().into_owned();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config");
+    std::fs::create_dir_all(&config).unwrap();
+    let env = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        // The system's roots, as rustls-native-certs finds them: here only the test's CA.
+        ("SSL_CERT_FILE", ca.as_str()),
+    ];
+    let node = Node::start_with(&config, &dir.path().join("data"), &[], &env, None);
+    node.wait_for_log(&["lattice node is up"], Duration::from_secs(20));
+    let traceparent = format!("00-{GHOST_TRACE}-{CLIENT_SPAN}-01");
+    let (status, _, _) = http_request_with(
+        node.http,
+        "GET",
+        "/nowhere",
+        &[("traceparent", &traceparent)],
+        &[],
+    )
+    .unwrap();
+    assert_eq!(status, 404);
+    wait_until("the span over HTTPS", EXPORT_TIMEOUT, || {
+        !receiver.trace(GHOST_TRACE).is_empty()
+    });
+    assert!(!node.log().contains("ExportError"), "{}", node.log());
 }
