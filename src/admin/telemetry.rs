@@ -279,15 +279,45 @@ pub fn continue_http(span: &tracing::Span, headers: &http::HeaderMap) {
 }
 
 /// Makes `span`'s trace context the one `headers` carry, in place of theirs: the request a
-/// component gets names the node's span as its caller. No-op when traces are off (the
-/// client's `traceparent` and `tracestate` stay as they came).
-pub fn replace_http(span: &tracing::Span, headers: &mut http::HeaderMap) {
+/// component gets names the node's span as its caller. Returns what it replaced, for
+/// [`Replaced::restore`]. No-op when traces are off (the client's `traceparent` and
+/// `tracestate` stay as they came).
+pub fn replace_http(span: &tracing::Span, headers: &mut http::HeaderMap) -> Replaced {
     if !traces_on() {
-        return;
+        return Replaced::default();
     }
-    headers.remove(TRACEPARENT);
-    headers.remove(TRACESTATE);
+    let replaced = Replaced {
+        replaced: true,
+        traceparent: headers.remove(TRACEPARENT),
+        tracestate: headers.remove(TRACESTATE),
+    };
     inject_http(span, headers);
+    replaced
+}
+
+/// The trace context headers [`replace_http`] replaced (none when it did nothing).
+#[derive(Debug, Default)]
+pub struct Replaced {
+    replaced: bool,
+    traceparent: Option<http::HeaderValue>,
+    tracestate: Option<http::HeaderValue>,
+}
+
+impl Replaced {
+    /// Puts the headers back as they were before [`replace_http`]; no-op if it did nothing.
+    pub fn restore(self, headers: &mut http::HeaderMap) {
+        if !self.replaced {
+            return;
+        }
+        headers.remove(TRACEPARENT);
+        headers.remove(TRACESTATE);
+        if let Some(value) = self.traceparent {
+            headers.insert(TRACEPARENT, value);
+        }
+        if let Some(value) = self.tracestate {
+            headers.insert(TRACESTATE, value);
+        }
+    }
 }
 
 /// Writes `span`'s trace context into `headers` (`traceparent`, `tracestate`), for an
@@ -485,6 +515,16 @@ mod tests {
         assert_eq!(seen, format!("00-{TRACE}-{own}-01"));
         assert_ne!(own, PARENT);
         assert!(!request.contains_key("tracestate"), "{request:?}");
+        // What it replaced comes back as it was (a request going elsewhere).
+        let client = headers(&[
+            ("traceparent", &format!("00-{TRACE}-{PARENT}-01")),
+            ("tracestate", "a=1"),
+        ]);
+        let mut request = client.clone();
+        let saved = replace_http(&span, &mut request);
+        assert_ne!(request, client);
+        saved.restore(&mut request);
+        assert_eq!(request, client);
 
         // A client's tracestate goes on with the trace; an empty one is not sent.
         let mut nats = async_nats::HeaderMap::new();

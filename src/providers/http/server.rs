@@ -429,19 +429,23 @@ async fn answer<'i>(
     pending.metrics = Some(metrics);
     let (app, component) = (&route.target.app, &route.target.component);
     let resend = route.target.resend;
-    if local.is_some() {
-        // With traces on, the component's caller is this span, as behind a replica elsewhere
-        // it is that node's `rpc_invocation`.
-        telemetry::replace_http(&span, request.headers_mut());
-    }
+    // With traces on, the component's caller is this span, as behind a replica elsewhere it is
+    // that node's `rpc_invocation`; the client's context is kept for a request the local
+    // replica has no room for, which goes elsewhere as it came.
+    let client_context = match local {
+        Some(_) => telemetry::replace_http(&span, request.headers_mut()),
+        None => telemetry::Replaced::default(),
+    };
     // A local replica first; else one elsewhere in the lattice.
     let (response, forwarded) = match (local, &table.remote) {
         (Some(local), remote) => match local.try_handle(request, Scheme::Http).await {
             Ok(response) => (response, false),
-            // No room here: a replica elsewhere, if one is idle, before 503. Forwarded, the
-            // request carries its new `traceparent`: the serving node replaces it again.
-            Err(refused) => match remote {
-                Some(rpc) => rpc.overflow(app, component, resend, metrics, refused).await,
+            // No room here: a replica elsewhere, if one is idle, before 503.
+            Err(mut refused) => match remote {
+                Some(rpc) => {
+                    client_context.restore(refused.request.headers_mut());
+                    rpc.overflow(app, component, resend, metrics, refused).await
+                }
                 None => {
                     crate::admin::metrics::get().unavailable(rpc::unavailable_of(&refused.reason));
                     (refused.response(app, component), false)
