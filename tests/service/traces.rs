@@ -4,7 +4,9 @@
 //! `opentelemetry-proto`), which must hold one trace with the client's trace id and every
 //! parent link intact across the two nodes. The request path's metrics are checked here too
 //! (requests and invocations counted on both nodes, 503s by reason, unrouted requests), as
-//! the same forwarding produces them.
+//! the same forwarding produces them. Also here: a request whose client hangs up before the
+//! answer (counted `cancelled`, its span an error), a failed export (logged), and an `https://`
+//! endpoint (the receiver over TLS with a test CA).
 //!
 //! The receiver runs in a venv: by default
 //! `${XDG_CACHE_HOME:-~/.cache}/lattice-ci/otlp-receiver-<version>` ([`RECEIVER_VENV`]), or the
@@ -597,7 +599,17 @@ fn a_request_a_full_replica_cannot_take_counts_as_unavailable_for_concurrency() 
 #[test]
 fn a_request_whose_client_goes_away_before_the_answer_counts_as_cancelled() {
     use std::io::Write as _;
-    let node = Node::start(&[]);
+    const DROPPED_TRACE: &str = "5bf92f3577b34da6a3ce929d0e0e4737";
+    let receiver = Receiver::start();
+    let endpoint = receiver.endpoint();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config");
+    std::fs::create_dir_all(&config).unwrap();
+    let env = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+    ];
+    let node = Node::start_with(&config, &dir.path().join("data"), &[], &env, None);
     node.write_manifest("echo.yaml", "echo", "http-echo", "/echo");
     node.wait_for_status("/echo", 200, Duration::from_secs(15));
     let cancelled = [r#"app="echo""#, r#"status_class="cancelled""#];
@@ -608,7 +620,13 @@ fn a_request_whose_client_goes_away_before_the_answer_counts_as_cancelled() {
     // The replica holds the request for 3 s; the client hangs up long before.
     let mut client = std::net::TcpStream::connect(node.http).unwrap();
     client
-        .write_all(b"GET /echo HTTP/1.1\r\nhost: localhost\r\nx-echo-sleep-ms: 3000\r\n\r\n")
+        .write_all(
+            format!(
+                "GET /echo HTTP/1.1\r\nhost: localhost\r\nx-echo-sleep-ms: 3000\r\n\
+                 traceparent: 00-{DROPPED_TRACE}-{CLIENT_SPAN}-01\r\n\r\n"
+            )
+            .as_bytes(),
+        )
         .unwrap();
     wait_until("the replica serves it", Duration::from_secs(5), || {
         sample(&metrics_of(&node), "lattice_instances", &[r#"app="echo""#]) == 1.0
@@ -637,6 +655,21 @@ fn a_request_whose_client_goes_away_before_the_answer_counts_as_cancelled() {
         sample(&after, "lattice_http_requests_total", &answered),
         answered_before,
         "{after}"
+    );
+    // Its span ends with an error status.
+    let mut trace = BTreeMap::new();
+    wait_until("the dropped request's span", EXPORT_TIMEOUT, || {
+        trace = receiver.trace(DROPPED_TRACE);
+        trace.values().any(|s| s["name"] == "http_request")
+    });
+    let ingress = trace
+        .values()
+        .find(|s| s["name"] == "http_request")
+        .unwrap();
+    assert_eq!(ingress["status"], "STATUS_CODE_ERROR", "{ingress}");
+    assert_eq!(
+        ingress["status_message"], "the client went away before the response head",
+        "{ingress}"
     );
 }
 
