@@ -22,7 +22,8 @@
 //! Traces: a forwarded request is an `rpc_forward` span (kind `client`) whose W3C context
 //! travels in the `request` message's NATS headers (`traceparent`, `tracestate`); the serving
 //! node's `rpc_invocation` span (kind `server`) continues it, and the component's call runs
-//! inside that span. Metrics: each attempt counts in `lattice_invocations_sent_total`, each
+//! inside that span (with traces on, the `traceparent` the component gets is that span's; the
+//! request head carries the client's own unchanged). Metrics: each attempt counts in `lattice_invocations_sent_total`, each
 //! invocation served here in `lattice_invocations_served_total`, and the 503s decided here in
 //! `lattice_http_unavailable_total`.
 
@@ -910,9 +911,11 @@ impl Rpc {
                 );
                 if traces {
                     telemetry::extract_nats(&span, message.headers.as_ref());
-                    if let Some(trace) = telemetry::trace_id(&span) {
-                        span.record("request_id", tracing::field::display(trace));
-                    }
+                    match telemetry::trace_id(&span) {
+                        Some(trace) => span.record("request_id", tracing::field::display(trace)),
+                        // A span the trace layer does not record: a number, as traces off.
+                        None => span.record("request_id", telemetry::next_request_id()),
+                    };
                 }
                 let tasks = rpc.serving.clone();
                 tasks.spawn(

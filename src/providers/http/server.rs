@@ -32,7 +32,7 @@ use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 
 use super::authority;
 use super::router::Router;
-use crate::admin::metrics::{ComponentMetrics, Unavailable};
+use crate::admin::metrics::{ComponentMetrics, UNROUTED, Unavailable};
 use crate::admin::telemetry;
 use crate::host::{HttpComponent, ResponseBody, text_response};
 use crate::lattice::rpc::{self, Rpc};
@@ -53,8 +53,6 @@ pub struct RoutingTable {
     /// Where requests for components with no local replica go.
     pub remote: Option<Arc<Rpc>>,
 }
-
-use crate::admin::metrics::UNROUTED;
 
 /// Response header carrying the request's id (the `request_id` of its log lines and spans)
 /// when traces are on: its W3C trace id, so that a client can find its request's trace. With
