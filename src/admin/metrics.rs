@@ -10,7 +10,14 @@
 //! mutex (a histogram). Label values come from a fixed set (status class, reason, task name,
 //! backend) or from app and component names, and those series are bounded: past
 //! [`MAX_COMPONENT_SERIES`] (app, component) pairs, further ones share the pair
-//! `("_other", "_other")`. No label carries a path, a header or any other request data.
+//! `("(other)", "(other)")`, and requests no route took count under [`UNROUTED`]
+//! (`("(none)", "(none)")`): neither sentinel is a valid app or component name (a name is
+//! `[A-Za-z0-9_-]+`), so no app's series can merge with them. No label carries a path, a
+//! header or any other request data.
+//!
+//! `lattice_http_requests_total{status_class}` takes one of six values: `1xx` … `5xx` for a
+//! response head the ingress sent, and `cancelled` for a request whose client went away (closed
+//! or reset its connection, or the listener's drain ran out) before the response head.
 //!
 //! Metric names follow Prometheus conventions (`_total` counters, `_seconds` histograms, base
 //! units); see <https://prometheus.io/docs/practices/naming/>. README.md §Metrics lists them.
@@ -27,12 +34,17 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 /// At most this many (app, component) label pairs get series of their own; the ones after share
-/// `("_other", "_other")`, so a lattice with many apps cannot grow a node's `/metrics` without
+/// `("(other)", "(other)")`, so a lattice with many apps cannot grow a node's `/metrics` without
 /// bound.
 pub const MAX_COMPONENT_SERIES: usize = 1_000;
 
 /// The label value that stands for every (app, component) pair past [`MAX_COMPONENT_SERIES`].
-pub const OTHER: &str = "_other";
+/// Not a valid name (see the module docs), so no app's series merges with it.
+pub const OTHER: &str = "(other)";
+
+/// The app and component label of requests no route took (400 for a bad host, 404): one
+/// bounded series, no host or path in it. Not a valid name, as [`OTHER`].
+pub const UNROUTED: &str = "(none)";
 
 /// `Content-Type` of [`Metrics::render`]'s text: OpenMetrics 1.0, which Prometheus scrapes.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -56,8 +68,29 @@ pub struct Metrics {
     inner: Option<Arc<Inner>>,
 }
 
-/// HTTP status classes, the `status_class` label: `1xx` … `5xx`.
-const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+/// The `status_class` label: HTTP status classes `1xx` … `5xx`, and `cancelled` (the client
+/// went away before the response head).
+const STATUS_CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "cancelled"];
+
+/// Index of `cancelled` in [`STATUS_CLASSES`].
+const CANCELLED: usize = 5;
+
+/// Every [`InvocationResult`], in the order of [`ComponentInner::sent`] and `served`.
+const INVOCATION_RESULTS: [InvocationResult; 5] = [
+    InvocationResult::Ok,
+    InvocationResult::Busy,
+    InvocationResult::Timeout,
+    InvocationResult::NoResponders,
+    InvocationResult::Error,
+];
+
+/// Every [`Unavailable`] reason, in the order of `Inner::unavailable`.
+const UNAVAILABLE_REASONS: [Unavailable; 4] = [
+    Unavailable::Concurrency,
+    Unavailable::Pool,
+    Unavailable::NoReplica,
+    Unavailable::Busy,
+];
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
@@ -137,8 +170,20 @@ pub enum Unavailable {
     NoReplica,
     /// Every replica elsewhere answered busy.
     Busy,
-    /// The node is stopping and takes no new requests.
-    Draining,
+}
+
+impl Unavailable {
+    /// Its index in [`UNAVAILABLE_REASONS`].
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+impl InvocationResult {
+    /// Its index in [`INVOCATION_RESULTS`].
+    fn index(self) -> usize {
+        self as usize
+    }
 }
 
 /// The outcome of one cross-node invocation, sent or served
@@ -218,7 +263,6 @@ label_values! {
         Pool => "pool",
         NoReplica => "no_replica",
         Busy => "busy",
-        Draining => "draining",
     }
     InvocationResult {
         Ok => "ok",
@@ -253,7 +297,9 @@ struct Inner {
     instances: Family<ComponentLabels, Gauge>,
     sent: Family<InvocationLabels, Counter>,
     served: Family<InvocationLabels, Counter>,
-    unavailable: Family<ReasonLabels, Counter>,
+    /// By reason, in the order of [`UNAVAILABLE_REASONS`]: made once, so that counting is an
+    /// atomic add.
+    unavailable: [Counter; 4],
     pool_slots_in_use: Gauge,
     pool_slots: Gauge,
     nats_server_restarts: Counter,
@@ -325,6 +371,8 @@ impl Metrics {
             "503 answers of the ingress, by reason",
             unavailable.clone(),
         );
+        let unavailable = UNAVAILABLE_REASONS
+            .map(|reason| unavailable.get_or_create_owned(&ReasonLabels { reason }));
         let pool_slots_in_use = Gauge::default();
         registry.register(
             "lattice_pool_slots_in_use",
@@ -462,10 +510,7 @@ impl Metrics {
     /// Counts a 503 of the ingress.
     pub fn unavailable(&self, reason: Unavailable) {
         if let Some(inner) = &self.inner {
-            inner
-                .unavailable
-                .get_or_create(&ReasonLabels { reason })
-                .inc();
+            inner.unavailable[reason.index()].inc();
         }
     }
 
@@ -586,14 +631,16 @@ pub struct ComponentMetrics {
 }
 
 struct ComponentInner {
-    /// By status class: `1xx` at 0 … `5xx` at 4.
-    requests: [Counter; 5],
+    /// By status class: `1xx` at 0 … `5xx` at 4, `cancelled` at 5 ([`STATUS_CLASSES`]).
+    requests: [Counter; 6],
+    /// Invocations sent, by result ([`INVOCATION_RESULTS`]).
+    sent: [Counter; 5],
+    /// Invocations served, by result ([`INVOCATION_RESULTS`]).
+    served: [Counter; 5],
     local: Histogram,
     forwarded: Histogram,
     replicas: Gauge,
     instances: Gauge,
-    metrics: Arc<Inner>,
-    labels: ComponentLabels,
 }
 
 impl ComponentMetrics {
@@ -622,21 +669,31 @@ impl ComponentMetrics {
                 })
                 .clone()
         };
+        let invocations = |family: &Family<InvocationLabels, Counter>| {
+            INVOCATION_RESULTS.map(|result| {
+                family.get_or_create_owned(&InvocationLabels {
+                    app: app.to_owned(),
+                    component: component.to_owned(),
+                    result,
+                })
+            })
+        };
         ComponentMetrics {
             inner: Some(Arc::new(ComponentInner {
                 requests,
+                sent: invocations(&inner.sent),
+                served: invocations(&inner.served),
                 local: duration("local"),
                 forwarded: duration("forwarded"),
                 replicas: inner.replicas.get_or_create_owned(&labels),
                 instances: inner.instances.get_or_create_owned(&labels),
-                metrics: inner.clone(),
-                labels,
             })),
         }
     }
 
     /// Counts one answered request with HTTP status `status` that took `took` from routing to
-    /// the response head, served by a replica here (`forwarded == false`) or elsewhere.
+    /// the response head, answered by a replica elsewhere (`forwarded`: its response head
+    /// came over the lattice) or by this node (its replica, or a 4xx/5xx the node decided).
     pub fn request(&self, status: u16, took: Duration, forwarded: bool) {
         let Some(inner) = &self.inner else { return };
         let class = usize::from(status / 100).clamp(1, 5) - 1;
@@ -647,6 +704,14 @@ impl ComponentMetrics {
             &inner.local
         };
         histogram.observe(took.as_secs_f64());
+    }
+
+    /// Counts one request whose client went away before its response head (status class
+    /// `cancelled`; no duration is recorded).
+    pub fn cancelled(&self) {
+        if let Some(inner) = &self.inner {
+            inner.requests[CANCELLED].inc();
+        }
     }
 
     /// Sets the replicas of this component that this node runs.
@@ -670,30 +735,14 @@ impl ComponentMetrics {
     /// Counts one invocation this node sent to another node's replica.
     pub fn invocation_sent(&self, result: InvocationResult) {
         if let Some(inner) = &self.inner {
-            inner
-                .metrics
-                .sent
-                .get_or_create(&InvocationLabels {
-                    app: inner.labels.app.clone(),
-                    component: inner.labels.component.clone(),
-                    result,
-                })
-                .inc();
+            inner.sent[result.index()].inc();
         }
     }
 
     /// Counts one invocation from another node that a replica here served.
     pub fn invocation_served(&self, result: InvocationResult) {
         if let Some(inner) = &self.inner {
-            inner
-                .metrics
-                .served
-                .get_or_create(&InvocationLabels {
-                    app: inner.labels.app.clone(),
-                    component: inner.labels.component.clone(),
-                    result,
-                })
-                .inc();
+            inner.served[result.index()].inc();
         }
     }
 }
@@ -758,7 +807,7 @@ mod tests {
         assert_eq!(series, MAX_COMPONENT_SERIES + 1);
         assert!(
             text.contains(
-                r#"lattice_http_requests_total{app="_other",component="_other",status_class="2xx"} 10"#
+                r#"lattice_http_requests_total{app="(other)",component="(other)",status_class="2xx"} 10"#
             ),
             "{text}"
         );
@@ -785,6 +834,37 @@ mod tests {
             text.contains(r#"lattice_http_unavailable_total{reason="no_replica"} 1"#),
             "{text}"
         );
+    }
+
+    #[test]
+    fn cancelled_requests_and_invocations_count_in_their_series() {
+        let metrics = Metrics::enabled();
+        let component = metrics.component("shop", "front");
+        component.cancelled();
+        component.invocation_sent(InvocationResult::NoResponders);
+        component.invocation_served(InvocationResult::Busy);
+        metrics.unavailable(Unavailable::Busy);
+        let text = metrics.render();
+        for line in [
+            r#"lattice_http_requests_total{app="shop",component="front",status_class="cancelled"} 1"#,
+            r#"lattice_invocations_sent_total{app="shop",component="front",result="no_responders"} 1"#,
+            r#"lattice_invocations_served_total{app="shop",component="front",result="busy"} 1"#,
+            r#"lattice_invocations_served_total{app="shop",component="front",result="ok"} 0"#,
+            r#"lattice_http_unavailable_total{reason="busy"} 1"#,
+            r#"lattice_http_unavailable_total{reason="pool"} 0"#,
+        ] {
+            assert!(text.contains(line), "{line} in:\n{text}");
+        }
+    }
+
+    #[test]
+    fn sentinels_are_no_valid_name() {
+        for sentinel in [OTHER, UNROUTED] {
+            assert!(
+                crate::name::Name::check(sentinel).is_err(),
+                "{sentinel} must not be a valid name"
+            );
+        }
     }
 
     #[test]

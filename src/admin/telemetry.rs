@@ -6,11 +6,22 @@
 //! they are on when `--otlp-endpoint`, `OTEL_EXPORTER_OTLP_ENDPOINT` or
 //! `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` is set and `OTEL_SDK_DISABLED` is not `true` nor
 //! `OTEL_TRACES_EXPORTER` `none`; `OTEL_SERVICE_NAME` and `OTEL_RESOURCE_ATTRIBUTES` name the
-//! service (default `lattice`). Context travels as W3C Trace Context
+//! service (default `lattice`). The exporter speaks OTLP/HTTP with protobuf only: a
+//! `OTEL_EXPORTER_OTLP_PROTOCOL` (or `…_TRACES_PROTOCOL`) other than `http/protobuf` is warned
+//! about and not followed. `https://` endpoints work (rustls on the ring provider, the system's
+//! roots). The SDK's own warnings (a failed export, a full queue) go to the log under targets
+//! `opentelemetry*`, never into the traces. Context travels as W3C Trace Context
 //! (<https://www.w3.org/TR/trace-context/>): the `traceparent` and `tracestate` headers of HTTP
 //! requests, and the same names as NATS message headers between nodes ([`inject_nats`],
 //! [`extract_nats`]). With traces off, injecting and extracting do nothing (one relaxed atomic
-//! load: no lock, no allocation), so the request path pays nothing for them.
+//! load: no lock, no allocation), so the request path pays nothing for them. An incoming
+//! `traceparent` longer than [`MAX_TRACEPARENT`] bytes is ignored, and a `tracestate` longer
+//! than [`MAX_TRACESTATE`] dropped (W3C Trace Context §3.3.1.5 lets a vendor truncate it), so a
+//! client cannot make the node parse or carry more than that.
+//!
+//! The node continues a client's trace: its trace id and sampled flag come from the client's
+//! `traceparent`. A node behind an edge it does not trust should have that edge strip the
+//! header (README.md §"Spans of a request, across nodes").
 //!
 //! Only the `lattice` crate's own spans, at `debug` level and above, are exported, with its
 //! warnings and errors as span events; nothing of hyper, h2, async-nats or wasmtime. One trace
@@ -18,7 +29,7 @@
 //! NATS (`rpc_forward`), the serving node's invocation (`rpc_invocation`) and what the
 //! component did inside it.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use opentelemetry::propagation::{Extractor, Injector};
 use opentelemetry::trace::TracerProvider as _;
@@ -28,7 +39,6 @@ use tracing_subscriber::Layer as _;
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 
-/// Whether [`init`] turned traces on: the propagation helpers do nothing until then.
 /// `--log-format`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -41,7 +51,26 @@ pub enum LogFormat {
     Json,
 }
 
+/// Whether [`init`] turned traces on: the propagation helpers do nothing until then.
 static TRACES_ON: AtomicBool = AtomicBool::new(false);
+
+/// Longest incoming `traceparent` handed to the propagator, in bytes (version 00's is 55;
+/// later versions may append fields).
+pub const MAX_TRACEPARENT: usize = 128;
+
+/// Longest incoming `tracestate` kept, in bytes; a longer one is dropped whole. W3C Trace
+/// Context §3.3.1.5 asks vendors to propagate at least 512 bytes.
+pub const MAX_TRACESTATE: usize = 512;
+
+/// Requests this process has taken, ingress and served invocations alike: the `request_id`
+/// of their spans when traces are off.
+static REQUESTS: AtomicU64 = AtomicU64::new(0);
+
+/// The next request id of this process (from 1), for spans when traces are off: one relaxed
+/// atomic add.
+pub fn next_request_id() -> u64 {
+    REQUESTS.fetch_add(1, Ordering::Relaxed) + 1
+}
 
 /// Whether spans are exported (see the module docs).
 pub fn traces_on() -> bool {
@@ -104,6 +133,9 @@ fn traces_wanted(endpoint: Option<&str>) -> bool {
 /// The endpoint is not a URL, or the exporter's HTTP client cannot be built.
 fn tracer_provider(settings: &Settings) -> anyhow::Result<SdkTracerProvider> {
     use opentelemetry_otlp::WithExportConfig as _;
+    // The exporter's reqwest is built with rustls but no crypto provider of its own: ring, as
+    // the rest of the node's TLS. Fails only when a provider is already installed, which stands.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let mut exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_http()
         .with_protocol(opentelemetry_otlp::Protocol::HttpBinary);
@@ -136,6 +168,26 @@ fn tracer_provider(settings: &Settings) -> anyhow::Result<SdkTracerProvider> {
         .with_batch_exporter(exporter)
         .with_resource(resource)
         .build())
+}
+
+/// The warning for an `OTEL_EXPORTER_OTLP_PROTOCOL` or `OTEL_EXPORTER_OTLP_TRACES_PROTOCOL`
+/// this exporter does not speak (it speaks `http/protobuf` only), if one is set.
+fn protocol_warning() -> Option<String> {
+    [
+        "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+        "OTEL_EXPORTER_OTLP_PROTOCOL",
+    ]
+    .into_iter()
+    .find_map(|name| {
+        let value = std::env::var(name).ok()?;
+        let value = value.trim();
+        (!value.is_empty() && value != "http/protobuf").then(|| {
+            format!(
+                "{name}={value:?} is not supported: traces are exported over OTLP/HTTP \
+                     with protobuf (http/protobuf) only; grpc and http/json are not"
+            )
+        })
+    })
 }
 
 /// What the trace layer records: this crate's spans at `debug` and above, and its warnings and
@@ -206,6 +258,11 @@ pub fn init(settings: &Settings) -> anyhow::Result<Guard> {
         .try_init()
         .map_err(|e| anyhow::anyhow!("installing the log subscriber: {e}"))?;
     TRACES_ON.store(provider.is_some(), Ordering::Relaxed);
+    if provider.is_some()
+        && let Some(warning) = protocol_warning()
+    {
+        tracing::warn!("{warning}");
+    }
     Ok(Guard { provider })
 }
 
@@ -216,9 +273,51 @@ pub fn continue_http(span: &tracing::Span, headers: &http::HeaderMap) {
         return;
     }
     let parent = opentelemetry::global::get_text_map_propagator(|propagator| {
-        propagator.extract(&opentelemetry_http::HeaderExtractor(headers))
+        propagator.extract(&Bounded(opentelemetry_http::HeaderExtractor(headers)))
     });
     set_parent(span, parent);
+}
+
+/// Makes `span`'s trace context the one `headers` carry, in place of theirs: the request a
+/// component gets names the node's span as its caller. Returns what it replaced, for
+/// [`Replaced::restore`]. No-op when traces are off (the client's `traceparent` and
+/// `tracestate` stay as they came).
+pub fn replace_http(span: &tracing::Span, headers: &mut http::HeaderMap) -> Replaced {
+    if !traces_on() {
+        return Replaced::default();
+    }
+    let replaced = Replaced {
+        replaced: true,
+        traceparent: headers.remove(TRACEPARENT),
+        tracestate: headers.remove(TRACESTATE),
+    };
+    inject_http(span, headers);
+    replaced
+}
+
+/// The trace context headers [`replace_http`] replaced (none when it did nothing).
+#[derive(Debug, Default)]
+pub struct Replaced {
+    replaced: bool,
+    traceparent: Option<http::HeaderValue>,
+    tracestate: Option<http::HeaderValue>,
+}
+
+impl Replaced {
+    /// Puts the headers back as they were before [`replace_http`]; no-op if it did nothing.
+    pub fn restore(self, headers: &mut http::HeaderMap) {
+        if !self.replaced {
+            return;
+        }
+        headers.remove(TRACEPARENT);
+        headers.remove(TRACESTATE);
+        if let Some(value) = self.traceparent {
+            headers.insert(TRACEPARENT, value);
+        }
+        if let Some(value) = self.tracestate {
+            headers.insert(TRACESTATE, value);
+        }
+    }
 }
 
 /// Writes `span`'s trace context into `headers` (`traceparent`, `tracestate`), for an
@@ -229,7 +328,10 @@ pub fn inject_http(span: &tracing::Span, headers: &mut http::HeaderMap) {
     }
     let context = span.context();
     opentelemetry::global::get_text_map_propagator(|propagator| {
-        propagator.inject_context(&context, &mut opentelemetry_http::HeaderInjector(headers));
+        propagator.inject_context(
+            &context,
+            &mut NonEmpty(opentelemetry_http::HeaderInjector(headers)),
+        );
     });
 }
 
@@ -241,7 +343,7 @@ pub fn inject_nats(span: &tracing::Span, headers: &mut async_nats::HeaderMap) {
     }
     let context = span.context();
     opentelemetry::global::get_text_map_propagator(|propagator| {
-        propagator.inject_context(&context, &mut NatsHeaders(headers));
+        propagator.inject_context(&context, &mut NonEmpty(NatsHeaders(headers)));
     });
 }
 
@@ -252,7 +354,7 @@ pub fn extract_nats(span: &tracing::Span, headers: Option<&async_nats::HeaderMap
         return;
     };
     let parent = opentelemetry::global::get_text_map_propagator(|propagator| {
-        propagator.extract(&NatsHeadersRef(headers))
+        propagator.extract(&Bounded(NatsHeadersRef(headers)))
     });
     set_parent(span, parent);
 }
@@ -288,6 +390,42 @@ fn set_parent(span: &tracing::Span, parent: opentelemetry::Context) {
     }
 }
 
+const TRACEPARENT: &str = "traceparent";
+const TRACESTATE: &str = "tracestate";
+
+/// An extractor that hides a `traceparent` over [`MAX_TRACEPARENT`] bytes and a `tracestate`
+/// over [`MAX_TRACESTATE`] from the propagator.
+struct Bounded<E>(E);
+
+impl<E: Extractor> Extractor for Bounded<E> {
+    fn get(&self, key: &str) -> Option<&str> {
+        let value = self.0.get(key)?;
+        let limit = if key.eq_ignore_ascii_case(TRACEPARENT) {
+            MAX_TRACEPARENT
+        } else if key.eq_ignore_ascii_case(TRACESTATE) {
+            MAX_TRACESTATE
+        } else {
+            usize::MAX
+        };
+        (value.len() <= limit).then_some(value)
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys()
+    }
+}
+
+/// An injector that skips empty values (a `tracestate` with no entries is not sent).
+struct NonEmpty<I>(I);
+
+impl<I: Injector> Injector for NonEmpty<I> {
+    fn set(&mut self, key: &str, value: String) {
+        if !value.is_empty() {
+            self.0.set(key, value);
+        }
+    }
+}
+
 struct NatsHeaders<'a>(&'a mut async_nats::HeaderMap);
 
 impl Injector for NatsHeaders<'_> {
@@ -305,5 +443,107 @@ impl Extractor for NatsHeadersRef<'_> {
 
     fn keys(&self) -> Vec<&str> {
         self.0.iter().map(|(name, _)| name.as_ref()).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opentelemetry::propagation::TextMapPropagator as _;
+    use opentelemetry::trace::TraceContextExt as _;
+
+    const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+    const PARENT: &str = "00f067aa0ba902b7";
+
+    fn headers(pairs: &[(&str, &str)]) -> http::HeaderMap {
+        pairs
+            .iter()
+            .map(|(k, v)| {
+                (
+                    http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                    http::HeaderValue::from_str(v).unwrap(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn an_oversized_tracestate_is_dropped_and_an_oversized_traceparent_ignored() {
+        let propagator = opentelemetry_sdk::propagation::TraceContextPropagator::new();
+        let traceparent = format!("00-{TRACE}-{PARENT}-01");
+        let extract = |headers: &http::HeaderMap| {
+            propagator.extract(&Bounded(opentelemetry_http::HeaderExtractor(headers)))
+        };
+        let kept = extract(&headers(&[
+            ("traceparent", &traceparent),
+            ("tracestate", "a=1"),
+        ]));
+        assert_eq!(kept.span().span_context().trace_id().to_string(), TRACE);
+        assert_eq!(kept.span().span_context().trace_state().header(), "a=1");
+
+        let long_state = format!("a={}", "x".repeat(MAX_TRACESTATE));
+        let dropped = extract(&headers(&[
+            ("traceparent", &traceparent),
+            ("tracestate", &long_state),
+        ]));
+        assert!(dropped.span().span_context().is_valid());
+        assert_eq!(dropped.span().span_context().trace_state().header(), "");
+
+        let long_parent = format!("{traceparent}-{}", "0".repeat(MAX_TRACEPARENT));
+        let ignored = extract(&headers(&[("traceparent", &long_parent)]));
+        assert!(!ignored.span().span_context().is_valid());
+    }
+
+    #[test]
+    fn the_component_sees_the_nodes_span_and_no_empty_tracestate() {
+        use opentelemetry::trace::TracerProvider as _;
+        let provider = SdkTracerProvider::builder().build();
+        let subscriber = tracing_subscriber::registry()
+            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
+        let _default = tracing::subscriber::set_default(subscriber);
+        opentelemetry::global::set_text_map_propagator(
+            opentelemetry_sdk::propagation::TraceContextPropagator::new(),
+        );
+        turn_traces_on_for_tests();
+
+        let mut request = headers(&[("traceparent", &format!("00-{TRACE}-{PARENT}-01"))]);
+        let span = tracing::info_span!("http_request");
+        continue_http(&span, &request);
+        replace_http(&span, &mut request);
+        let seen = request["traceparent"].to_str().unwrap().to_owned();
+        let own = span.context().span().span_context().span_id().to_string();
+        assert_eq!(seen, format!("00-{TRACE}-{own}-01"));
+        assert_ne!(own, PARENT);
+        assert!(!request.contains_key("tracestate"), "{request:?}");
+        // What it replaced comes back as it was (a request going elsewhere).
+        let client = headers(&[
+            ("traceparent", &format!("00-{TRACE}-{PARENT}-01")),
+            ("tracestate", "a=1"),
+        ]);
+        let mut request = client.clone();
+        let saved = replace_http(&span, &mut request);
+        assert_ne!(request, client);
+        saved.restore(&mut request);
+        assert_eq!(request, client);
+
+        // A client's tracestate goes on with the trace; an empty one is not sent.
+        let mut nats = async_nats::HeaderMap::new();
+        inject_nats(&span, &mut nats);
+        assert!(nats.get("traceparent").is_some());
+        assert!(nats.get("tracestate").is_none());
+    }
+
+    #[test]
+    fn only_http_protobuf_is_a_supported_protocol() {
+        // SAFETY: nextest runs each test in a process of its own: no other thread reads the
+        // environment.
+        unsafe { std::env::set_var("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf") };
+        assert_eq!(protocol_warning(), None);
+        unsafe { std::env::set_var("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "grpc") };
+        let warning = protocol_warning().unwrap();
+        assert!(
+            warning.contains("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") && warning.contains("grpc"),
+            "{warning}"
+        );
     }
 }

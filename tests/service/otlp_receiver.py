@@ -13,11 +13,14 @@ argument:
 
 Prints `listening <port>` on stdout once it accepts connections. Runs until killed.
 
-    python otlp_receiver.py SPANS_FILE
+    python otlp_receiver.py SPANS_FILE [CERT_PEM KEY_PEM]
+
+With a certificate chain and its key it speaks HTTPS instead (for `https://` endpoints).
 """
 
 import gzip
 import json
+import ssl
 import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -93,6 +96,11 @@ class Handler(BaseHTTPRequestHandler):
 def main():
     Handler.spans_file = sys.argv[1]
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    if len(sys.argv) == 4:
+        # HTTPS with this certificate chain and key (PEM files): argv[2], argv[3].
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(sys.argv[2], sys.argv[3])
+        server.socket = context.wrap_socket(server.socket, server_side=True)
     print(f"listening {server.server_address[1]}", flush=True)
     server.serve_forever()
 

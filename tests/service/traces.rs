@@ -4,7 +4,9 @@
 //! `opentelemetry-proto`), which must hold one trace with the client's trace id and every
 //! parent link intact across the two nodes. The request path's metrics are checked here too
 //! (requests and invocations counted on both nodes, 503s by reason, unrouted requests), as
-//! the same forwarding produces them.
+//! the same forwarding produces them. Also here: a request whose client hangs up before the
+//! answer (counted `cancelled`, its span an error), a failed export (logged), and an `https://`
+//! endpoint (the receiver over TLS with a test CA).
 //!
 //! The receiver runs in a venv: by default
 //! `${XDG_CACHE_HOME:-~/.cache}/lattice-ci/otlp-receiver-<version>` ([`RECEIVER_VENV`]), or the
@@ -87,12 +89,20 @@ struct Receiver {
 
 impl Receiver {
     fn start() -> Receiver {
+        Receiver::start_with(None)
+    }
+
+    /// With `tls` (a certificate chain and its key, PEM files), over HTTPS.
+    fn start_with(tls: Option<(&Path, &Path)>) -> Receiver {
         let dir = tempfile::tempdir().unwrap();
         let spans = dir.path().join("spans.jsonl");
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/service/otlp_receiver.py");
-        let mut child = Command::new(receiver_python())
-            .arg(&script)
-            .arg(&spans)
+        let mut command = Command::new(receiver_python());
+        command.arg(&script).arg(&spans);
+        if let Some((cert, key)) = tls {
+            command.arg(cert).arg(key);
+        }
+        let mut child = command
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -115,7 +125,7 @@ impl Receiver {
         }
     }
 
-    /// The base URL nodes export to (`/v1/traces` is appended by the exporter).
+    /// The base URL nodes export to (`/v1/traces` is appended by the exporter), over HTTP.
     fn endpoint(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
@@ -424,13 +434,10 @@ fn forwarded_requests_count_on_both_nodes_and_503s_by_reason() {
                 .is_some_and(|(status, _, _)| status == 200)
         },
     );
-    let before = metrics_of(&a);
+    // The warm-up may have met the route before B's replica subscribed (503s of no_replica, a
+    // NoResponders attempt): every series is compared with what it was before.
+    let (before_a, before_b) = (metrics_of(&a), metrics_of(&b));
     let echo = [r#"app="echo""#, r#"component="web""#];
-    let ok_before = sample(
-        &before,
-        "lattice_http_requests_total",
-        &[echo[0], echo[1], r#"status_class="2xx""#],
-    );
     const SENT: usize = 5;
     for i in 0..SENT {
         let (status, _, _) =
@@ -442,25 +449,29 @@ fn forwarded_requests_count_on_both_nodes_and_503s_by_reason() {
 
     let on_a = metrics_of(&a);
     let on_b = metrics_of(&b);
+    let grew = |now: &str, before: &str, name: &str, labels: &[&str]| {
+        sample(now, name, labels) - sample(before, name, labels)
+    };
+    let on_a_grew = |name: &str, labels: &[&str]| grew(&on_a, &before_a, name, labels);
     let two_xx = [echo[0], echo[1], r#"status_class="2xx""#];
     assert_eq!(
-        sample(&on_a, "lattice_http_requests_total", &two_xx) - ok_before,
+        on_a_grew("lattice_http_requests_total", &two_xx),
         SENT as f64,
         "{on_a}"
     );
     // Every request A forwarded was served by B, and counted as sent by A.
     let ok = [echo[0], echo[1], r#"result="Ok""#];
-    let sent = sample(&on_a, "lattice_invocations_sent_total", &ok);
-    let served = sample(&on_b, "lattice_invocations_served_total", &ok);
-    assert!(sent >= SENT as f64, "{on_a}");
+    let sent = on_a_grew("lattice_invocations_sent_total", &ok);
+    let served = grew(&on_b, &before_b, "lattice_invocations_served_total", &ok);
+    assert_eq!(sent, SENT as f64, "{on_a}");
     assert_eq!(sent, served, "A:\n{on_a}\nB:\n{on_b}");
+    // Answered by B: forwarded.
     assert_eq!(
-        sample(
-            &on_a,
+        on_a_grew(
             "lattice_http_request_duration_seconds_count",
             &[echo[0], echo[1], r#"served="forwarded""#]
         ),
-        sample(&on_a, "lattice_http_requests_total", &[echo[0], echo[1]]),
+        SENT as f64,
         "{on_a}"
     );
     // B's own ingress took none of them.
@@ -469,32 +480,45 @@ fn forwarded_requests_count_on_both_nodes_and_503s_by_reason() {
         0.0,
         "{on_b}"
     );
-    // The 503 of a component no node runs, and the 404, in bounded series.
+    // The 503 of a component no node runs, and the 404, in bounded series. The 503 is A's own
+    // answer: its duration counts as local, not forwarded.
     assert_eq!(
-        sample(
-            &on_a,
-            "lattice_http_unavailable_total",
-            &[r#"reason="NoReplica""#]
-        ),
+        on_a_grew("lattice_http_unavailable_total", &[r#"reason="NoReplica""#]),
         1.0,
         "{on_a}"
     );
     assert_eq!(
-        sample(
-            &on_a,
+        on_a_grew(
             "lattice_invocations_sent_total",
             &[r#"app="ghost""#, r#"result="NoResponders""#]
         ),
         1.0,
         "{on_a}"
     );
+    let ghost = [r#"app="ghost""#, r#"component="web""#];
+    assert_eq!(
+        on_a_grew(
+            "lattice_http_request_duration_seconds_count",
+            &[ghost[0], ghost[1], r#"served="local""#]
+        ),
+        1.0,
+        "{on_a}"
+    );
     assert_eq!(
         sample(
             &on_a,
+            "lattice_http_request_duration_seconds_count",
+            &[ghost[0], ghost[1], r#"served="forwarded""#]
+        ),
+        0.0,
+        "{on_a}"
+    );
+    assert_eq!(
+        on_a_grew(
             "lattice_http_requests_total",
             &[
-                r#"app="_none""#,
-                r#"component="_none""#,
+                r#"app="(none)""#,
+                r#"component="(none)""#,
                 r#"status_class="4xx""#
             ]
         ),
@@ -570,4 +594,214 @@ fn a_request_a_full_replica_cannot_take_counts_as_unavailable_for_concurrency() 
         refused as f64,
         "{metrics}"
     );
+}
+
+#[test]
+fn a_request_whose_client_goes_away_before_the_answer_counts_as_cancelled() {
+    use std::io::Write as _;
+    const DROPPED_TRACE: &str = "5bf92f3577b34da6a3ce929d0e0e4737";
+    let receiver = Receiver::start();
+    let endpoint = receiver.endpoint();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config");
+    std::fs::create_dir_all(&config).unwrap();
+    let env = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+    ];
+    let node = Node::start_with(&config, &dir.path().join("data"), &[], &env, None);
+    node.write_manifest("echo.yaml", "echo", "http-echo", "/echo");
+    node.wait_for_status("/echo", 200, Duration::from_secs(15));
+    let cancelled = [r#"app="echo""#, r#"status_class="cancelled""#];
+    let answered = [r#"app="echo""#, r#"status_class="2xx""#];
+    let before_metrics = metrics_of(&node);
+    let before = sample(&before_metrics, "lattice_http_requests_total", &cancelled);
+    let answered_before = sample(&before_metrics, "lattice_http_requests_total", &answered);
+    // The replica holds the request for 3 s; the client hangs up long before.
+    let mut client = std::net::TcpStream::connect(node.http).unwrap();
+    client
+        .write_all(
+            format!(
+                "GET /echo HTTP/1.1\r\nhost: localhost\r\nx-echo-sleep-ms: 3000\r\n\
+                 traceparent: 00-{DROPPED_TRACE}-{CLIENT_SPAN}-01\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+    wait_until("the replica serves it", Duration::from_secs(5), || {
+        sample(&metrics_of(&node), "lattice_instances", &[r#"app="echo""#]) == 1.0
+    });
+    client.shutdown(std::net::Shutdown::Both).unwrap();
+    drop(client);
+    let mut metrics = String::new();
+    wait_until(
+        "the dropped request counts as cancelled",
+        Duration::from_secs(10),
+        || {
+            metrics = metrics_of(&node);
+            sample(&metrics, "lattice_http_requests_total", &cancelled) - before == 1.0
+        },
+    );
+    // And once only, in no status class: no response head was sent (the replica's answer, 3 s
+    // on, goes nowhere).
+    std::thread::sleep(Duration::from_millis(3500));
+    let after = metrics_of(&node);
+    assert_eq!(
+        sample(&after, "lattice_http_requests_total", &cancelled) - before,
+        1.0,
+        "{after}"
+    );
+    assert_eq!(
+        sample(&after, "lattice_http_requests_total", &answered),
+        answered_before,
+        "{after}"
+    );
+    // Its span ends with an error status.
+    let mut trace = BTreeMap::new();
+    wait_until("the dropped request's span", EXPORT_TIMEOUT, || {
+        trace = receiver.trace(DROPPED_TRACE);
+        trace.values().any(|s| s["name"] == "http_request")
+    });
+    let ingress = trace
+        .values()
+        .find(|s| s["name"] == "http_request")
+        .unwrap();
+    assert_eq!(ingress["status"], "STATUS_CODE_ERROR", "{ingress}");
+    assert_eq!(
+        ingress["status_message"], "the client went away before the response head",
+        "{ingress}"
+    );
+}
+
+#[test]
+fn a_failed_trace_export_is_logged() {
+    // Nothing listens there (the port was free a moment ago).
+    let endpoint = format!("http://127.0.0.1:{}", crate::common::free_port());
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config");
+    std::fs::create_dir_all(&config).unwrap();
+    let env = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+    ];
+    let node = Node::start_with(&config, &dir.path().join("data"), &[], &env, None);
+    node.wait_for_log(&["lattice node is up"], Duration::from_secs(20));
+    // An unsupported protocol is named at start.
+    node.wait_for_log(
+        &["WARN", "OTEL_EXPORTER_OTLP_PROTOCOL", "not supported"],
+        Duration::from_secs(5),
+    );
+    // A span to export: a 404.
+    assert_eq!(node.get("/nowhere").unwrap().0, 404);
+    let line = node.wait_for_log(&["ExportError"], Duration::from_secs(20));
+    assert!(
+        line.contains("ERROR") || line.contains("WARN"),
+        "logged at warn or above: {line}"
+    );
+}
+
+/// Makes a CA and a certificate for `127.0.0.1` it signed (openssl's CLI) in `dir`: the CA's,
+/// the leaf's and the leaf key's PEM files.
+fn test_certificates(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("running openssl");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=test CA",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=127.0.0.1",
+        "-keyout",
+        "leaf.key",
+        "-out",
+        "leaf.csr",
+    ]);
+    std::fs::write(
+        dir.join("leaf.ext"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "leaf.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "1",
+        "-extfile",
+        "leaf.ext",
+        "-out",
+        "leaf.pem",
+    ]);
+    (
+        dir.join("ca.pem"),
+        dir.join("leaf.pem"),
+        dir.join("leaf.key"),
+    )
+}
+
+#[test]
+fn spans_reach_an_https_endpoint() {
+    let certs = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = test_certificates(certs.path());
+    let receiver = Receiver::start_with(Some((&cert, &key)));
+    let endpoint = format!("https://127.0.0.1:{}", receiver.port);
+    let ca = ca.to_string_lossy().into_owned();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config");
+    std::fs::create_dir_all(&config).unwrap();
+    let env = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        // The system's roots, as rustls-native-certs finds them: here only the test's CA.
+        ("SSL_CERT_FILE", ca.as_str()),
+    ];
+    let node = Node::start_with(&config, &dir.path().join("data"), &[], &env, None);
+    node.wait_for_log(&["lattice node is up"], Duration::from_secs(20));
+    let traceparent = format!("00-{GHOST_TRACE}-{CLIENT_SPAN}-01");
+    let (status, _, _) = http_request_with(
+        node.http,
+        "GET",
+        "/nowhere",
+        &[("traceparent", &traceparent)],
+        &[],
+    )
+    .unwrap();
+    assert_eq!(status, 404);
+    wait_until("the span over HTTPS", EXPORT_TIMEOUT, || {
+        !receiver.trace(GHOST_TRACE).is_empty()
+    });
+    assert!(!node.log().contains("ExportError"), "{}", node.log());
 }

@@ -22,7 +22,8 @@
 //! Traces: a forwarded request is an `rpc_forward` span (kind `client`) whose W3C context
 //! travels in the `request` message's NATS headers (`traceparent`, `tracestate`); the serving
 //! node's `rpc_invocation` span (kind `server`) continues it, and the component's call runs
-//! inside that span. Metrics: each attempt counts in `lattice_invocations_sent_total`, each
+//! inside that span (with traces on, the `traceparent` the component gets is that span's; the
+//! request head carries the client's own unchanged). Metrics: each attempt counts in `lattice_invocations_sent_total`, each
 //! invocation served here in `lattice_invocations_served_total`, and the 503s decided here in
 //! `lattice_http_unavailable_total`.
 
@@ -229,6 +230,14 @@ enum Ending {
     NotRun { busy: bool },
 }
 
+impl Ending {
+    /// Whether a replica elsewhere sent the response head (the `served="forwarded"` of the
+    /// request's duration); a 503, 504 or 502 this node made itself is not.
+    fn answered_elsewhere(self) -> bool {
+        self == Ending::Answered(Some(InvocationResult::Ok))
+    }
+}
+
 /// What [`Rpc::forward_to`] falls back on when its targets are busy or gone.
 enum Fallback {
     /// A busy answer when no target is left brings in the replicas elsewhere
@@ -298,7 +307,9 @@ impl Rpc {
     /// when no replica runs anywhere (NATS reports no responders), 504 when none answers within
     /// the request timeout, 502 when the exchange breaks before the response head. Each
     /// attempt counts in `metrics` (the component's handles), a 503 in the node's
-    /// unavailable count (no replica, or all busy).
+    /// unavailable count (no replica, or all busy). The flag is true when the response head
+    /// came from a replica elsewhere (the invocation's result is `ok`), false for an answer
+    /// this node made itself (503, 504, 502).
     pub async fn forward<B>(
         &self,
         app: &str,
@@ -306,7 +317,7 @@ impl Rpc {
         resend: Resend,
         metrics: &ComponentMetrics,
         request: hyper::Request<B>,
-    ) -> hyper::Response<ResponseBody>
+    ) -> (hyper::Response<ResponseBody>, bool)
     where
         B: hyper::body::Body<Data = Bytes> + Send + Unpin + 'static,
         B::Error: std::fmt::Display + Send,
@@ -330,7 +341,7 @@ impl Rpc {
                 crate::admin::metrics::get().unavailable(Unavailable::NoReplica)
             }
         }
-        response
+        (response, ending.answered_elsewhere())
     }
 
     /// The invocation subjects of the replicas of component `component` of `app` on other
@@ -362,7 +373,8 @@ impl Rpc {
     /// Serves a request the local replica had no room for ([`Refused`]) on a replica of
     /// another node: each is asked in turn, a busy one answering at once without running it;
     /// 503 + `Retry-After` when none runs elsewhere or every one is busy too (counted with the
-    /// reason this node had no room: concurrency or pool). Attempts count in `metrics`.
+    /// reason this node had no room: concurrency or pool). Attempts count in `metrics`. The
+    /// flag is as [`Rpc::forward`]'s: false for this node's own 503.
     pub async fn overflow<B>(
         &self,
         app: &str,
@@ -370,7 +382,7 @@ impl Rpc {
         resend: Resend,
         metrics: &ComponentMetrics,
         refused: Refused<B>,
-    ) -> hyper::Response<ResponseBody>
+    ) -> (hyper::Response<ResponseBody>, bool)
     where
         B: hyper::body::Body<Data = Bytes> + Send + Unpin + 'static,
         B::Error: std::fmt::Display + Send,
@@ -380,7 +392,7 @@ impl Rpc {
         if targets.is_empty() {
             self.saturated(app, component, &refused.reason, "runs nowhere else");
             crate::admin::metrics::get().unavailable(reason);
-            return refused.response(app, component);
+            return (refused.response(app, component), false);
         }
         tracing::debug!(reason = ?refused.reason, replicas = targets.len(), "component saturated here; trying its replicas elsewhere");
         // Should every replica elsewhere be busy or gone, the answer is this one's: full (503
@@ -404,7 +416,7 @@ impl Rpc {
             self.saturated(app, component, &refused.reason, "and elsewhere");
             crate::admin::metrics::get().unavailable(reason);
         }
-        response
+        (response, ending.answered_elsewhere())
     }
 
     /// Logs a 503 for want of room: at debug level each time, at warn level at most once per
@@ -452,7 +464,7 @@ impl Rpc {
     {
         let span = tracing::info_span!(
             "rpc_forward",
-            otel.kind = "client",
+            otel.kind = telemetry::traces_on().then_some("client"),
             messaging.system = "nats",
             messaging.destination.name = targets.first().map(String::as_str),
             app = call.app,
@@ -524,10 +536,9 @@ impl Rpc {
             return (response, Ending::NotRun { busy: false });
         };
         let span = tracing::Span::current();
-        let (mut parts, body) = request.into_parts();
-        // The component elsewhere sees this span as its caller, as behind any proxy that takes
-        // part in the trace (W3C Trace Context: its own span becomes the `parent-id`).
-        telemetry::inject_http(&span, &mut parts.headers);
+        // The request's own `traceparent` travels unchanged: the serving node sets the one its
+        // component sees (PROTOCOL.md §Traces).
+        let (parts, body) = request.into_parts();
         let resendable = resend.allows(&parts.method);
         let mut chunker = Chunker::new(body);
         let mut head = RequestHead {
@@ -884,19 +895,27 @@ impl Rpc {
                 let rpc = rpc.clone();
                 let component = component.clone();
                 let metrics = metrics.clone();
+                // With traces off, the id is this node's own count (the requester's log has
+                // another number for the same request); with traces on, both nodes log the
+                // trace id.
+                let traces = telemetry::traces_on();
                 let span = tracing::info_span!(
                     "rpc_invocation",
-                    otel.kind = "server",
+                    otel.kind = traces.then_some("server"),
                     messaging.system = "nats",
                     app = component.app(),
                     component = component.name(),
-                    request_id = tracing::field::Empty,
+                    request_id = (!traces).then(telemetry::next_request_id),
                     http.response.status_code = tracing::field::Empty,
                     error = tracing::field::Empty,
                 );
-                telemetry::extract_nats(&span, message.headers.as_ref());
-                if let Some(trace) = telemetry::trace_id(&span) {
-                    span.record("request_id", tracing::field::display(trace));
+                if traces {
+                    telemetry::extract_nats(&span, message.headers.as_ref());
+                    match telemetry::trace_id(&span) {
+                        Some(trace) => span.record("request_id", tracing::field::display(trace)),
+                        // A span the trace layer does not record: a number, as traces off.
+                        None => span.record("request_id", telemetry::next_request_id()),
+                    };
                 }
                 let tasks = rpc.serving.clone();
                 tasks.spawn(
@@ -917,9 +936,9 @@ impl Rpc {
             let mut left = futures::stream::select(subscriber, overflow);
             let turned_away = async {
                 while let Some(message) = left.next().await {
+                    // Not a 503 of this node's ingress: the requester tries its next target.
                     if rpc.turn_away(&component, &message).await {
                         metrics.invocation_served(InvocationResult::Busy);
-                        crate::admin::metrics::get().unavailable(Unavailable::Draining);
                     }
                 }
             };
@@ -1005,7 +1024,7 @@ impl Rpc {
             idle: timeout,
             guard,
         };
-        let request = match build_request(&head, source) {
+        let mut request = match build_request(&head, source) {
             Ok(request) => request,
             Err(e) => {
                 telemetry::record_error(&span, &e);
@@ -1013,6 +1032,9 @@ impl Rpc {
                 return Some(InvocationResult::Error);
             }
         };
+        // With traces on, the component sees this invocation's span as its caller, as a
+        // component behind the ingress sees `http_request` (PROTOCOL.md §Traces).
+        telemetry::replace_http(&span, request.headers_mut());
         // Room first: a request this node cannot run now is refused before anything of it
         // ran, so the requester may take it elsewhere.
         let response = match component.admit(timeout).await {

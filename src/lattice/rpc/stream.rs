@@ -14,7 +14,15 @@ use tracing::Instrument as _;
 use super::wire::{self, ErrorBody, Field, FrameKind};
 use crate::host::ResponseBody;
 
-/// Bytes of every NATS message kept free for our headers and the protocol line.
+/// Bytes of every NATS message kept free for our headers and the protocol line. NATS counts
+/// the headers in `max_payload` (<https://docs.nats.io/reference/reference-protocols/nats-protocol#hpub>);
+/// ours are at most: the `NATS/1.0` line and the frame kind and sequence (< 100 bytes), and on
+/// a `request` the trace context (`telemetry::inject_nats`): a `traceparent` of 55 bytes and a
+/// `tracestate` of at most `telemetry::MAX_TRACESTATE` (512) bytes, as an incoming one longer
+/// than that is dropped and the node adds no entry of its own. With names and CRLFs that is
+/// under 800 bytes, which leaves over 3 KiB of this for the `HPUB` line (subject, reply
+/// subject, sizes). The HTTP head (with a client's own `traceparent` among its headers) is in the
+/// JSON part of the payload, measured before the body is cut ([`chunk_limit`]'s callers).
 const HEADROOM: usize = 4 * 1024;
 /// `data` frames a sender may have in flight without an ack.
 pub const WINDOW: u64 = 4;

@@ -5,12 +5,17 @@
 //! Each request is one `http_request` span (OpenTelemetry kind `server`, continuing the
 //! client's W3C `traceparent`), with a `route` child for the route lookup, and is counted in
 //! the node's metrics through handles made when the table is installed ([`HttpServer::apply`]):
-//! recording is then an atomic add and one histogram observation, no map lookup.
+//! recording is then an atomic add and one histogram observation, no map lookup. A request
+//! whose client goes away before its response head (hyper then drops its future) counts
+//! under status class `cancelled`, and its span ends with an error status.
+//!
+//! With traces on, the component sees the `http_request` span as its caller: the request's
+//! `traceparent` (and `tracestate`) are replaced by the span's context. With traces off they
+//! reach it as the client sent them (PROTOCOL.md §Traces).
 
 use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -27,7 +32,7 @@ use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 
 use super::authority;
 use super::router::Router;
-use crate::admin::metrics::{ComponentMetrics, Unavailable};
+use crate::admin::metrics::{ComponentMetrics, UNROUTED, Unavailable};
 use crate::admin::telemetry;
 use crate::host::{HttpComponent, ResponseBody, text_response};
 use crate::lattice::rpc::{self, Rpc};
@@ -48,10 +53,6 @@ pub struct RoutingTable {
     /// Where requests for components with no local replica go.
     pub remote: Option<Arc<Rpc>>,
 }
-
-/// The app and component label of requests no route took (400 for a bad host, 404): one
-/// bounded series, no host or path in it.
-pub const UNROUTED: &str = "_none";
 
 /// Response header carrying the request's id (the `request_id` of its log lines and spans)
 /// when traces are on: its W3C trace id, so that a client can find its request's trace. With
@@ -298,9 +299,6 @@ async fn serve_listener(
     }
 }
 
-/// Requests this process has taken, for request ids when traces are off.
-static REQUESTS: AtomicU64 = AtomicU64::new(0);
-
 /// Routes one request: 400 for a bad `Host`, 404 when no route matches, else the answer of
 /// the route's component, here or on a replica elsewhere.
 async fn route_request(
@@ -309,27 +307,39 @@ async fn route_request(
     request: hyper::Request<Incoming>,
 ) -> hyper::Response<ResponseBody> {
     let started = Instant::now();
+    let traces = telemetry::traces_on();
+    // With traces off: the id is known now, and the log gets no `otel.kind` (nothing reads it).
     let span = tracing::info_span!(
         "http_request",
-        otel.kind = "server",
+        otel.kind = traces.then_some("server"),
         http.request.method = %request.method(),
         url.path = request.uri().path(),
         http.route = tracing::field::Empty,
         app = tracing::field::Empty,
         component = tracing::field::Empty,
-        request_id = tracing::field::Empty,
+        request_id = (!traces).then(telemetry::next_request_id),
         http.response.status_code = tracing::field::Empty,
         error = tracing::field::Empty,
     );
-    telemetry::continue_http(&span, request.headers());
-    let request_id = match telemetry::trace_id(&span) {
-        Some(trace) => RequestId::Trace(trace),
-        None => RequestId::Seq(REQUESTS.fetch_add(1, Ordering::Relaxed) + 1),
+    let mut trace_id = None;
+    if traces {
+        telemetry::continue_http(&span, request.headers());
+        trace_id = telemetry::trace_id(&span);
+        match trace_id {
+            Some(trace) => span.record("request_id", tracing::field::display(trace)),
+            // A span the trace layer does not record: a number, as with traces off.
+            None => span.record("request_id", telemetry::next_request_id()),
+        };
+    }
+    // Until the response head, a dropped future (the client went away) counts as cancelled.
+    let mut pending = Pending {
+        metrics: Some(&installed.unrouted),
+        span: &span,
     };
-    span.record("request_id", tracing::field::display(&request_id));
-    let (mut response, routed) = answer(installed, listener, request)
+    let (mut response, routed) = answer(installed, listener, request, &mut pending)
         .instrument(span.clone())
         .await;
+    pending.metrics = None;
     let status = response.status().as_u16();
     span.record("http.response.status_code", i64::from(status));
     if status >= 500 {
@@ -342,7 +352,7 @@ async fn route_request(
         }
         None => installed.unrouted.request(status, started.elapsed(), false),
     }
-    if let RequestId::Trace(trace) = request_id
+    if let Some(trace) = trace_id
         && let Ok(value) = hyper::header::HeaderValue::try_from(trace.to_string())
     {
         // One the component set itself stands.
@@ -354,32 +364,37 @@ async fn route_request(
     response
 }
 
-/// The id of one request (see [`REQUEST_ID_HEADER`]).
-enum RequestId {
-    /// Its trace's id.
-    Trace(opentelemetry::trace::TraceId),
-    /// Its number among this process's requests, from 1.
-    Seq(u64),
+/// A request not answered yet: dropped so (hyper drops the request's future when its client
+/// closes or resets the connection, or when the listener's drain runs out), it counts under
+/// status class `cancelled` in the handles of the route it took (the unrouted ones before
+/// routing) and its span gets an error status.
+struct Pending<'a> {
+    /// `None` once answered.
+    metrics: Option<&'a ComponentMetrics>,
+    span: &'a tracing::Span,
 }
 
-impl std::fmt::Display for RequestId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            RequestId::Trace(trace) => write!(f, "{trace}"),
-            RequestId::Seq(n) => write!(f, "{n}"),
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        if let Some(metrics) = self.metrics.take() {
+            metrics.cancelled();
+            telemetry::record_error(self.span, &"the client went away before the response head");
+            self.span
+                .in_scope(|| tracing::debug!("request cancelled by its client"));
         }
     }
 }
 
 /// The answer to `request` (inside the request's span) and, when a route took it, the handles
 /// it counts in and whether a replica elsewhere served it.
-async fn answer(
-    installed: &Installed,
+async fn answer<'i>(
+    installed: &'i Installed,
     listener: SocketAddr,
-    request: hyper::Request<Incoming>,
+    mut request: hyper::Request<Incoming>,
+    pending: &mut Pending<'i>,
 ) -> (
     hyper::Response<ResponseBody>,
-    Option<(&ComponentMetrics, bool)>,
+    Option<(&'i ComponentMetrics, bool)>,
 ) {
     let table = &installed.table;
     let host = match authority::request_host(request.version(), request.uri(), request.headers()) {
@@ -391,8 +406,11 @@ async fn answer(
         }
     };
     let path = request.uri().path();
-    let found = tracing::debug_span!("route", otel.kind = "internal")
-        .in_scope(|| table.router.lookup_id(listener, host.as_deref(), path));
+    let found = tracing::debug_span!(
+        "route",
+        otel.kind = telemetry::traces_on().then_some("internal")
+    )
+    .in_scope(|| table.router.lookup_id(listener, host.as_deref(), path));
     let Some((id, route)) = found else {
         tracing::debug!("no route");
         let response = text_response(
@@ -406,17 +424,25 @@ async fn answer(
     span.record("app", &*route.target.app);
     span.record("component", &*route.target.component);
     let Target { local, metrics } = &installed.targets[id];
+    pending.metrics = Some(metrics);
     let (app, component) = (&route.target.app, &route.target.component);
     let resend = route.target.resend;
+    // With traces on, the component's caller is this span, as behind a replica elsewhere it is
+    // that node's `rpc_invocation`; the client's context is kept for a request the local
+    // replica has no room for, which goes elsewhere as it came.
+    let client_context = match local {
+        Some(_) => telemetry::replace_http(&span, request.headers_mut()),
+        None => telemetry::Replaced::default(),
+    };
     // A local replica first; else one elsewhere in the lattice.
     let (response, forwarded) = match (local, &table.remote) {
         (Some(local), remote) => match local.try_handle(request, Scheme::Http).await {
             Ok(response) => (response, false),
             // No room here: a replica elsewhere, if one is idle, before 503.
-            Err(refused) => match remote {
+            Err(mut refused) => match remote {
                 Some(rpc) => {
-                    let response = rpc.overflow(app, component, resend, metrics, refused).await;
-                    (response, true)
+                    client_context.restore(refused.request.headers_mut());
+                    rpc.overflow(app, component, resend, metrics, refused).await
                 }
                 None => {
                     crate::admin::metrics::get().unavailable(rpc::unavailable_of(&refused.reason));
@@ -424,10 +450,7 @@ async fn answer(
                 }
             },
         },
-        (None, Some(rpc)) => (
-            rpc.forward(app, component, resend, metrics, request).await,
-            true,
-        ),
+        (None, Some(rpc)) => rpc.forward(app, component, resend, metrics, request).await,
         (None, None) => {
             crate::admin::metrics::get().unavailable(Unavailable::NoReplica);
             let response = text_response(
