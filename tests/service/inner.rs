@@ -1,6 +1,7 @@
 //! Issue 14, inside the node: what `/metrics` shows of its components (instances, pool slots,
 //! replicas, compiles), its reconciler (passes, actions) and keyvalue operations by backend;
-//! and the W3C `traceparent` an outgoing request of a component carries when traces are on.
+//! the W3C `traceparent` an outgoing request of a component carries when traces are on; and
+//! that no key of a failed keyvalue call or text of a guest's panic is exported in a span.
 //! Real `lattice up`, the real http-keyvalue-counter and http-fetch components, keyvalue on
 //! sled and on the node's JetStream, upstream servers on 127.0.0.1.
 
@@ -536,6 +537,8 @@ struct Exported {
     status: (i32, String),
     /// Attributes, their values as text.
     attributes: Vec<(String, String)>,
+    /// Events: each one's name and attributes, values as text.
+    events: Vec<(String, Vec<(String, String)>)>,
 }
 
 impl Exported {
@@ -614,19 +617,26 @@ fn receive(mut stream: TcpStream, kept: &Mutex<Vec<Exported>>) {
             .flat_map(|r| &r.scope_spans)
             .flat_map(|s| &s.spans)
         {
-            let attributes = span
-                .attributes
+            let texts = |attributes: &[opentelemetry_proto::tonic::common::v1::KeyValue]| {
+                attributes
+                    .iter()
+                    .map(|kv| {
+                        let value = match kv.value.as_ref().and_then(|v| v.value.as_ref()) {
+                            Some(Value::StringValue(s)) => s.clone(),
+                            Some(Value::IntValue(i)) => i.to_string(),
+                            Some(Value::BoolValue(b)) => b.to_string(),
+                            Some(Value::DoubleValue(d)) => d.to_string(),
+                            other => format!("{other:?}"),
+                        };
+                        (kv.key.clone(), value)
+                    })
+                    .collect::<Vec<_>>()
+            };
+            let attributes = texts(&span.attributes);
+            let events = span
+                .events
                 .iter()
-                .map(|kv| {
-                    let value = match kv.value.as_ref().and_then(|v| v.value.as_ref()) {
-                        Some(Value::StringValue(s)) => s.clone(),
-                        Some(Value::IntValue(i)) => i.to_string(),
-                        Some(Value::BoolValue(b)) => b.to_string(),
-                        Some(Value::DoubleValue(d)) => d.to_string(),
-                        other => format!("{other:?}"),
-                    };
-                    (kv.key.clone(), value)
-                })
+                .map(|e| (e.name.clone(), texts(&e.attributes)))
                 .collect();
             let status = span
                 .status
@@ -641,6 +651,7 @@ fn receive(mut stream: TcpStream, kept: &Mutex<Vec<Exported>>) {
                 kind: span.kind,
                 status,
                 attributes,
+                events,
             });
         }
         drop(spans);
@@ -849,4 +860,135 @@ fn keyvalue_and_outgoing_http_spans_are_children_of_the_component_call_which_rec
     let spin = &call_of(&spans, "spin")[0];
     assert_eq!(spin.status.0, 2, "an error status: {spin:?}");
     assert!(spin.status.1.contains("deadline of 3s"), "{spin:?}");
+}
+
+#[test]
+fn a_failed_keyvalue_call_exports_its_key_nowhere_and_a_trapped_instance_is_uncounted() {
+    let receiver = Receiver::start();
+    let work = tempfile::tempdir().unwrap();
+    let config = work.path().join("config");
+    std::fs::create_dir_all(&config).unwrap();
+    // First http-keyvalue, to store a value that is not a number; then the counter in its
+    // place (same app, link and bucket), whose increment of that key fails.
+    let kv = |example: &str, version: &str| {
+        app_yaml(
+            "kverr",
+            "kv",
+            example,
+            "/k",
+            1,
+            (&keyvalue_link("kvsled", &[]), "kvsled", KEYVALUE_SLED),
+        )
+        .replace("version: v1", &format!("version: {version}"))
+    };
+    std::fs::write(config.join("kverr.yaml"), kv("http-keyvalue", "v1")).unwrap();
+    std::fs::write(
+        config.join("echo.yaml"),
+        crate::common::manifest_with(
+            "echo",
+            "echo",
+            &example_wasm("http-echo"),
+            "/echo",
+            "instances: 1",
+        ),
+    )
+    .unwrap();
+    let endpoint = format!("http://{}", receiver.addr);
+    let node = Node::start_with(
+        &config,
+        &work.path().join("data"),
+        &[],
+        &[("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str())],
+        None,
+    );
+
+    let key = "/k/secret-key";
+    // 404 `absent` from the component (a 404 before is the ingress's: no route yet).
+    wait_until("http-keyvalue deployed", DEPLOYED, || {
+        node.get(key) == Some((404, "absent\n".to_owned()))
+    });
+    let put = http_request(node.http, "PUT", key, None, b"not-a-number");
+    assert_eq!(put.map(|(status, ..)| status), Some(200), "{}", node.log());
+    std::fs::write(config.join("kverr.yaml"), kv("http-keyvalue-counter", "v2")).unwrap();
+    let mut answer = None;
+    wait_until("the counter in http-keyvalue's place", DEPLOYED, || {
+        answer = post(&node, key);
+        answer
+            .as_ref()
+            .is_some_and(|(_, body)| body.starts_with("keyvalue error"))
+    });
+    assert_eq!(
+        answer.as_ref().map(|(status, _)| *status),
+        Some(500),
+        "{answer:?}"
+    );
+    // The node's log has the reason, key included.
+    node.wait_for_log(&["wasi:keyvalue call failed", "secret-key"], SETTLED);
+
+    // A guest that traps: its instance is counted while it runs and uncounted after.
+    let trapped = crate::common::http_request_with(
+        node.http,
+        "GET",
+        "/echo/x",
+        &[("x-echo-trap", "guest-panic-text")],
+        b"",
+    );
+    assert_eq!(
+        trapped.map(|(status, ..)| status),
+        Some(500),
+        "{}",
+        node.log()
+    );
+    wait_until("echo's instance uncounted after its trap", SETTLED, || {
+        let text = metrics(&node);
+        value(&text, r#"lattice_instances{app="echo",component="echo"}"#) == Some(0.0)
+            && value(&text, "lattice_pool_slots_in_use") == Some(0.0)
+    });
+
+    let mut spans = Vec::new();
+    wait_until(
+        "the failed increment's and the trap's spans",
+        Duration::from_secs(60),
+        || {
+            spans = receiver.spans();
+            spans
+                .iter()
+                .any(|s| s.name == "keyvalue.increment" && s.status.0 == 2)
+                && spans
+                    .iter()
+                    .any(|s| s.name == "component_call" && s.attribute("app") == Some("echo"))
+        },
+    );
+    let increment = spans
+        .iter()
+        .find(|s| s.name == "keyvalue.increment" && s.status.0 == 2)
+        .unwrap();
+    assert!(
+        increment.status.1.contains("increment failed"),
+        "the error, without the key: {increment:?}"
+    );
+    // Nowhere in any span: attributes, events, status; but for the request's own path (which
+    // is the key here: the counter counts by path) on the ingress's span.
+    for span in &spans {
+        let texts = span
+            .attributes
+            .iter()
+            .filter(|(k, _)| !(span.name == "http_request" && k == "url.path"))
+            .chain(span.events.iter().flat_map(|(_, a)| a))
+            .map(|(_, v)| v.as_str())
+            .chain(span.events.iter().map(|(name, _)| name.as_str()))
+            .chain([span.status.1.as_str()]);
+        for text in texts {
+            assert!(
+                !text.contains("secret-key") && !text.contains("guest-panic-text"),
+                "user data exported in {span:?}"
+            );
+        }
+    }
+    let echo = spans
+        .iter()
+        .find(|s| s.name == "component_call" && s.attribute("app") == Some("echo"))
+        .unwrap();
+    assert_eq!(echo.status.0, 2, "a trap is the call's error: {echo:?}");
+    assert!(echo.status.1.contains("component trapped"), "{echo:?}");
 }
