@@ -456,11 +456,41 @@ mod tests {
             link: "default".into(),
             app: "app".into(),
             component: "component".into(),
-            op: "test",
+            op: "get",
             span: tracing::Span::none(),
             finished: AtomicBool::new(true),
         };
         (dir, opened)
+    }
+
+    #[tokio::test]
+    async fn a_call_dropped_before_it_finished_counts_as_an_error() {
+        let metrics = crate::admin::metrics::install();
+        let count = |result: &str| {
+            let series = format!(
+                r#"lattice_keyvalue_operations_total{{backend="sled",operation="get",result="{result}"}} "#
+            );
+            let text = metrics.render();
+            text.lines()
+                .find_map(|l| l.strip_prefix(series.as_str()))
+                .map_or(0, |v| v.trim().parse::<u64>().unwrap())
+        };
+        let (_dir, b) = opened(KvInterfaces::default());
+        // One that ends: counted once, by how it ended.
+        b.finished.store(false, Ordering::Relaxed);
+        assert!(b.finish(Ok::<(), store::Error>(())).is_ok());
+        drop(b);
+        assert_eq!((count("ok"), count("error")), (1, 0));
+        // One cut off (its future dropped, as the request deadline drops it): an error.
+        let (_dir, b) = opened(KvInterfaces::default());
+        b.finished.store(false, Ordering::Relaxed);
+        let call = async move {
+            let _b = b;
+            std::future::pending::<()>().await;
+        };
+        let cut = tokio::time::timeout(std::time::Duration::from_millis(1), call).await;
+        assert!(cut.is_err());
+        assert_eq!((count("ok"), count("error")), (1, 1));
     }
 
     #[tokio::test]
