@@ -346,9 +346,30 @@ use tracing::Instrument as _;
 
 /// The client span of `request` (an allowed one, so its URI is absolute, without user info):
 /// see the module doc. Neither the path nor the query: they may carry user data.
+/// The guest sets the method and the host: an extension method is `_OTHER` (exported as
+/// `HTTP`), as OpenTelemetry's HTTP conventions have it, and the host is cut to 255 bytes (a DNS
+/// name has at most 253), so a span holds no long string of the guest's.
 fn client_span(request: &http::Request<WasiBody>) -> tracing::Span {
+    use http::Method;
     let uri = request.uri();
-    let method = request.method().as_str();
+    let known = [
+        Method::GET,
+        Method::HEAD,
+        Method::POST,
+        Method::PUT,
+        Method::DELETE,
+        Method::CONNECT,
+        Method::OPTIONS,
+        Method::TRACE,
+        Method::PATCH,
+    ];
+    let (method, name) = if known.contains(request.method()) {
+        (request.method().as_str(), request.method().as_str())
+    } else {
+        ("_OTHER", "HTTP")
+    };
+    let host = uri.host().unwrap_or_default();
+    let host = host.get(..255).unwrap_or(host);
     let port = uri.port_u16().unwrap_or(match uri.scheme_str() {
         Some("https") => 443,
         _ => 80,
@@ -356,10 +377,10 @@ fn client_span(request: &http::Request<WasiBody>) -> tracing::Span {
     // At DEBUG, as the component call: free with traces off at the default log level.
     tracing::debug_span!(
         "http_client.request",
-        otel.name = method,
+        otel.name = name,
         otel.kind = "client",
         http.request.method = method,
-        server.address = uri.host().unwrap_or_default(),
+        server.address = host,
         server.port = port,
         http.response.status_code = tracing::field::Empty,
     )
