@@ -9,9 +9,14 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use crate::common::{Dirs, Node, example_wasm, free_port, http_get, http_request, wait_until};
+use observe::{Recorder, http_client_link, keyvalue_link, unique};
+
+// Until `tests/common/mod.rs` has `pub mod observe;`: then `use crate::common::observe;`.
+#[path = "../common/observe.rs"]
+mod observe;
 
 /// How long a node may take to deploy its config dir's apps (compiling included).
 const DEPLOYED: Duration = Duration::from_secs(60);
@@ -28,15 +33,6 @@ const KEYVALUE_NATS: &str = "ghcr.io/wasmcloud/keyvalue-nats:0.3.1";
 
 /// The http-client capability, as wadm manifests name it.
 const HTTP_CLIENT: &str = "ghcr.io/wasmcloud/http-client:0.12.0";
-
-/// A name unique to this run, for JetStream buckets.
-fn unique(prefix: &str) -> String {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!("{prefix}-{}-{}", std::process::id(), nanos % 1_000_000_000)
-}
 
 /// A manifest of app `app`: example `example` as component `component` with `instances`
 /// replicas (spreadscaler) routed at `path`, with link `link` (YAML list items indented by 8
@@ -73,47 +69,6 @@ spec:
 {http}"#,
         wasm = example_wasm(example).display(),
         http = crate::common::http_server_link(component, path),
-    )
-}
-
-/// A wasi:keyvalue link (store, atomics) to capability `target`, with `properties` as its
-/// target config.
-fn keyvalue_link(target: &str, properties: &[(&str, &str)]) -> String {
-    let mut link = format!(
-        "        - type: link
-          properties:
-            namespace: wasi
-            package: keyvalue
-            interfaces: [store, atomics]
-            target:
-              name: {target}
-"
-    );
-    if !properties.is_empty() {
-        link.push_str(
-            "              config:\n                - name: kv-config\n                  properties:\n",
-        );
-        for (key, value) in properties {
-            link.push_str(&format!("                    {key}: '{value}'\n"));
-        }
-    }
-    link
-}
-
-/// A wasi:http/outgoing-handler link to capability `target` allowing `allowed_hosts`.
-fn http_client_link(target: &str, allowed_hosts: &str) -> String {
-    format!(
-        "        - type: link
-          properties:
-            namespace: wasi
-            package: http
-            interfaces: [outgoing-handler]
-            target: {target}
-            target_config:
-              - name: client
-                properties:
-                  allowed_hosts: '{allowed_hosts}'
-"
     )
 }
 
@@ -369,57 +324,6 @@ fn metrics_count_keyvalue_operations_instances_replicas_compiles_and_reconcile_a
         Some((200, "4\n".to_owned())),
         "v2 counts on in the same bucket\n{}",
         node.log()
-    );
-}
-
-/// An HTTP/1.1 server on 127.0.0.1 (a free port) answering every request `200 ok` and keeping
-/// the head of each (its lines, as sent). Its threads end with the test process.
-struct Recorder {
-    addr: SocketAddr,
-    heads: Arc<Mutex<Vec<String>>>,
-}
-
-impl Recorder {
-    fn start() -> Recorder {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        let heads = Arc::new(Mutex::new(Vec::new()));
-        let kept = heads.clone();
-        std::thread::spawn(move || {
-            for stream in listener.incoming() {
-                let Ok(stream) = stream else { continue };
-                let kept = kept.clone();
-                std::thread::spawn(move || answer(stream, &kept));
-            }
-        });
-        Recorder { addr, heads }
-    }
-
-    /// The heads received so far.
-    fn heads(&self) -> Vec<String> {
-        self.heads.lock().unwrap().clone()
-    }
-}
-
-/// Reads one request head from `stream`, adds it to `kept`, then answers `200 ok` and closes
-/// (kept first: whoever got the answer finds the head).
-fn answer(mut stream: TcpStream, kept: &Mutex<Vec<String>>) {
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    let mut head = Vec::new();
-    let mut chunk = [0u8; 1024];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-        match stream.read(&mut chunk) {
-            Ok(0) | Err(_) => return,
-            Ok(n) => head.extend_from_slice(&chunk[..n]),
-        }
-    }
-    kept.lock()
-        .unwrap()
-        .push(String::from_utf8_lossy(&head).into_owned());
-    let _ = stream.write_all(
-        b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
     );
 }
 
