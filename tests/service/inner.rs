@@ -896,3 +896,74 @@ fn a_failed_keyvalue_call_exports_its_key_nowhere_and_a_trapped_instance_is_unco
     assert_eq!(echo.status.0, 2, "a trap is the call's error: {echo:?}");
     assert!(echo.status.1.contains("component trapped"), "{echo:?}");
 }
+
+#[test]
+fn an_instance_the_pool_had_no_slot_for_is_a_refusal_on_its_span_not_an_error() {
+    let receiver = Receiver::start();
+    let work = tempfile::tempdir().unwrap();
+    let config = work.path().join("config");
+    std::fs::create_dir_all(&config).unwrap();
+    std::fs::write(
+        config.join("spin.yaml"),
+        crate::common::manifest_with(
+            "spin",
+            "spin",
+            &example_wasm("http-loop"),
+            "/loop",
+            "instances: 1",
+        ),
+    )
+    .unwrap();
+    let endpoint = format!("http://{}", receiver.addr);
+    // One pool slot: while one request spins, the next finds the pool full.
+    let node = Node::start_with(
+        &config,
+        &work.path().join("data"),
+        &["--max-instances", "1", "--request-timeout", "3s"],
+        &[("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str())],
+        None,
+    );
+    node.wait_for_status("/loop", 504, DEPLOYED);
+    std::thread::scope(|scope| {
+        let spinning = scope.spawn(|| node.get("/loop"));
+        wait_until("spin's instance alive", DEPLOYED, || {
+            value(
+                &metrics(&node),
+                r#"lattice_instances{app="spin",component="spin"}"#,
+            ) == Some(1.0)
+        });
+        let refused = node.get("/loop");
+        assert_eq!(refused.as_ref().map(|(s, _)| *s), Some(503), "{refused:?}");
+        assert_eq!(
+            value(
+                &metrics(&node),
+                r#"lattice_instances{app="spin",component="spin"}"#,
+            ),
+            Some(1.0),
+            "the refused instance was never counted"
+        );
+        assert_eq!(spinning.join().unwrap().map(|(s, _)| s), Some(504));
+    });
+    let text = metrics(&node);
+    assert_eq!(
+        value_or_0(&text, r#"lattice_http_unavailable_total{reason="pool"}"#),
+        1.0,
+        "{text}"
+    );
+
+    let mut spans = Vec::new();
+    wait_until("the refused call's span", Duration::from_secs(60), || {
+        spans = receiver.spans();
+        spans
+            .iter()
+            .any(|s| s.name == "component_call" && s.attribute("refused") == Some("pool"))
+    });
+    let refused = spans
+        .iter()
+        .find(|s| s.name == "component_call" && s.attribute("refused") == Some("pool"))
+        .unwrap();
+    assert_ne!(
+        refused.status.0, 2,
+        "a refusal is not an error: {refused:?}"
+    );
+}
