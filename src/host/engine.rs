@@ -1,6 +1,7 @@
 //! The node's one wasmtime `Engine`: component model, epoch interruption, the pooling allocator
 //! sized for small VMs with a fallback to on-demand allocation, and the epoch ticker thread.
-//! Also [`PoolSlots`], the pool's slots in use for `lattice_pool_slots_in_use`.
+//! Also [`PoolSlots`], the pool's slots in use for `lattice_pool_slots_in_use` (its most used
+//! resource, scaled to component instance slots).
 
 use std::time::Duration;
 
@@ -101,15 +102,58 @@ pub fn build(max_memory_bytes: u64, pool_instances: u32) -> anyhow::Result<(Engi
     Ok((engine, allocator))
 }
 
-/// The pooling allocator's component instance slots in use, as wasmtime counts them
-/// ([`PoolingAllocatorMetrics::component_instances`]: a slot is taken when an instance is
-/// made and given back when its store is dropped), written to `lattice_pool_slots_in_use` of
-/// `lattice_pool_slots` (`--max-instances`). With the on-demand allocator there is no pool and
-/// both stay 0. Cheap to clone.
+/// The pooling allocator's slots in use, written to `lattice_pool_slots_in_use` of
+/// `lattice_pool_slots` (`--max-instances`). A component instance slot comes with 4 core
+/// instances, 2 memories, 2 tables and 1 stack, and the pool refuses an instance once any of
+/// them runs out (a component of many core modules uses up core instances first), so the slots
+/// in use are those of the resource furthest used, each scaled to slots ([`slots_in_use`]), as
+/// wasmtime counts them ([`PoolingAllocatorMetrics`]: taken when an instance is made, given
+/// back when its store is dropped). With the on-demand allocator there is no pool and both
+/// stay 0. Cheap to clone.
 #[derive(Clone)]
 pub(super) struct PoolSlots {
     pool: Option<PoolingAllocatorMetrics>,
     total: u64,
+}
+
+/// What one pool holds in use of each resource it limits.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct InUse {
+    component_instances: u64,
+    core_instances: u64,
+    memories: u64,
+    tables: u64,
+    stacks: u64,
+}
+
+impl InUse {
+    fn of(pool: &PoolingAllocatorMetrics) -> InUse {
+        let wide = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
+        InUse {
+            component_instances: pool.component_instances(),
+            core_instances: pool.core_instances(),
+            memories: wide(pool.memories()),
+            tables: wide(pool.tables()),
+            stacks: wide(pool.stacks()),
+        }
+    }
+}
+
+/// The component instance slots `in_use` amounts to: the most of any resource, scaled to
+/// slots and rounded up (5 core instances of 4 per slot are 2 slots), at most `total`.
+fn slots_in_use(in_use: InUse, total: u64) -> u64 {
+    let per_slot = |n: u64, per: u32| n.div_ceil(u64::from(per));
+    [
+        in_use.component_instances,
+        per_slot(in_use.core_instances, CORE_INSTANCES_PER_SLOT),
+        per_slot(in_use.memories, MEMORIES_PER_SLOT),
+        per_slot(in_use.tables, TABLES_PER_SLOT),
+        in_use.stacks,
+    ]
+    .into_iter()
+    .max()
+    .unwrap_or(0)
+    .min(total)
 }
 
 impl PoolSlots {
@@ -124,9 +168,9 @@ impl PoolSlots {
     }
 
     /// Writes the slots in use now: call it after an instance took a slot or gave it back.
-    /// Two atomic loads and a store when nothing changes meanwhile. Concurrent updates may
-    /// write in any order, so each reads the count again after writing and writes once more
-    /// if it changed: the last update to run leaves the count of its time, so an idle node
+    /// A few atomic loads and a store when nothing changes meanwhile. Concurrent updates may
+    /// write in any order, so each reads the counts again after writing and writes once more
+    /// if they changed: the last update to run leaves the count of its time, so an idle node
     /// shows what it holds.
     pub(super) fn update(&self) {
         let Some(pool) = &self.pool else { return };
@@ -134,10 +178,10 @@ impl PoolSlots {
         if !metrics.is_enabled() {
             return;
         }
-        let mut seen = pool.component_instances();
+        let mut seen = InUse::of(pool);
         loop {
-            metrics.pool_slots(seen, self.total);
-            let now = pool.component_instances();
+            metrics.pool_slots(slots_in_use(seen, self.total), self.total);
+            let now = InUse::of(pool);
             if now == seen {
                 break;
             }
@@ -166,4 +210,45 @@ fn start_epoch_ticker(engine: &Engine) -> anyhow::Result<()> {
         })
         .context("starting the epoch ticker thread")?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_slots_in_use_are_those_of_the_most_used_resource() {
+        let one = InUse {
+            component_instances: 1,
+            core_instances: 1,
+            memories: 1,
+            tables: 1,
+            stacks: 1,
+        };
+        assert_eq!(slots_in_use(InUse::default(), 10), 0);
+        assert_eq!(slots_in_use(one, 10), 1);
+        // Two instances of a component with 9 core modules each: 18 core instances of the
+        // 4 per slot are 5 slots' worth, though only 2 component instances run.
+        let many_modules = InUse {
+            component_instances: 2,
+            core_instances: 18,
+            memories: 2,
+            tables: 2,
+            stacks: 2,
+        };
+        assert_eq!(slots_in_use(many_modules, 10), 5);
+        // Memories of 2 per slot, rounded up; never more than the pool holds.
+        let memories = InUse { memories: 7, ..one };
+        assert_eq!(slots_in_use(memories, 10), 4);
+        assert_eq!(
+            slots_in_use(
+                InUse {
+                    core_instances: 100,
+                    ..one
+                },
+                10
+            ),
+            10
+        );
+    }
 }

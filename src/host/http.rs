@@ -4,13 +4,16 @@
 //! allocator out of slots) is handed back untouched ([`Refused`]), so the ingress can try a
 //! replica elsewhere before it answers 503.
 //!
-//! Each instance's life, from before its store is made until after the store is dropped, is
-//! counted in `lattice_instances{app, component}`, and the pool's slots in use are written
-//! when it takes and gives back its slot. Its work is one `component_call` span (fields `app`,
-//! `component`, `otel.kind = internal`), a child of the span current where the request is
-//! admitted: instantiation and the guest's run, host calls (keyvalue, outgoing HTTP) and all,
-//! since the guest's task runs inside it. A trap, the deadline, the memory cap or an error
-//! code of the guest is recorded on it as an error.
+//! Each admitted instance's life, from its instantiation succeeding until after its store is
+//! dropped, is counted in `lattice_instances{app, component}`, and the pool's slots in use are
+//! written when it takes and gives back its slot. Its work is one `component_call` span (fields
+//! `app`, `component`, `otel.kind = internal`, `refused`), a child of the span current where
+//! the request is admitted: instantiation and the guest's run, host calls (keyvalue, outgoing
+//! HTTP) and all, since the guest's task runs inside it. A trap (its root cause, bounded), the
+//! deadline, the memory cap or an error code of the guest is recorded on it as an error; a trap
+//! is logged whole outside the span, since its text is partly the guest's. An instance the pool
+//! had no slot for is `refused = "pool"` on the span, not an error: nothing of the guest ran,
+//! and the request may be served elsewhere.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -291,9 +294,11 @@ impl HttpComponent {
             app = %self.app,
             component = %self.name,
             otel.kind = "internal",
+            refused = tracing::field::Empty,
         );
-        // Before the store: dropped after it.
-        let alive = Alive::new(&self.metrics, &self.pool);
+        // Before the store, so dropped after it: a slot given back by a failed instantiation
+        // shows in the pool's gauge.
+        let slots = SlotsUpdate(&self.pool);
         let limits = StoreLimitsBuilder::new()
             .memory_size(usize::try_from(self.limits.max_memory_bytes).unwrap_or(usize::MAX))
             .build();
@@ -320,15 +325,25 @@ impl HttpComponent {
         let proxy = match instantiated {
             Ok(Ok(proxy)) => proxy,
             Ok(Err(e)) if is_pool_exhausted(&e) => {
-                // Not the component's failure: the request may go elsewhere.
+                // Not the component's failure, and not an error of the span: the request may
+                // go elsewhere, and nothing of the guest ran.
+                span.record("refused", "pool");
                 tracing::debug!(error = %e, "no free pool slot for an instance");
                 return Err(NotAdmitted::Busy(Saturation::Pool(e.to_string())));
             }
             Ok(Err(e)) if e.downcast_ref::<Trap>() != Some(&Trap::Interrupt) => {
-                tracing::error!(error = format!("{e:?}"), "component trapped while starting");
+                log_trap(
+                    &self.app,
+                    &self.name,
+                    &e,
+                    "component trapped while starting",
+                );
                 record_error(
                     &span,
-                    &format_args!("component trapped while starting: {}", e.root_cause()),
+                    &format_args!(
+                        "component trapped while starting: {}",
+                        Bounded(&e.root_cause().to_string())
+                    ),
                 );
                 return Err(NotAdmitted::Failed(text_response(
                     StatusCode::INTERNAL_SERVER_ERROR,
@@ -345,6 +360,10 @@ impl HttpComponent {
             }
         };
         drop(entered);
+        // Counted once the instance exists and the request is admitted: a refused one never
+        // shows as an instance.
+        let alive = Alive::new(&self.metrics, &self.pool);
+        drop(slots);
         Ok(Admitted {
             span,
             alive,
@@ -442,6 +461,7 @@ impl Admitted {
         // streams the body; the deadline covers all of it, host calls included.
         // Inside the `component_call` span (current here): a spawned task would lose it.
         let task_span = span.clone();
+        let (task_app, task_name) = (app.clone(), name.clone());
         let task = tokio::spawn(
             async move {
                 let _permit = permit;
@@ -455,16 +475,20 @@ impl Admitted {
                     }
                     Ok(Err(e)) if is_pool_exhausted(&e) => {
                         // No stack for the call: the guest never ran.
+                        task_span.record("refused", "pool");
                         tracing::debug!(error = %e, "no free pool slot for the call");
                         Outcome::PoolExhausted(e.to_string())
                     }
                     Ok(Err(e)) => {
-                        tracing::error!(error = format!("{e:?}"), "component trapped");
+                        log_trap(&task_app, &task_name, &e, "component trapped");
                         // The trap itself (a memory cap met shows as the guest's own trap),
-                        // without the wasm backtrace the log has.
+                        // without the wasm backtrace the log has, and bounded.
                         record_error(
                             &task_span,
-                            &format_args!("component trapped: {}", e.root_cause()),
+                            &format_args!(
+                                "component trapped: {}",
+                                Bounded(&e.root_cause().to_string())
+                            ),
                         );
                         Outcome::Trapped
                     }
@@ -527,6 +551,44 @@ impl Admitted {
                 }
             },
         }
+    }
+}
+
+/// Writes the pool's slots in use when dropped (after the store it was made before).
+struct SlotsUpdate<'a>(&'a PoolSlots);
+
+impl Drop for SlotsUpdate<'_> {
+    fn drop(&mut self) {
+        self.0.update();
+    }
+}
+
+/// Logs the trap `error` of component `component` of app `app` at ERROR with its whole text
+/// (the wasm backtrace, and whatever the guest put in its error), outside any span: the text is
+/// partly the guest's, so it stays in the node's log and is never exported as a span event.
+/// The span gets a [`Bounded`] root cause instead.
+fn log_trap(app: &str, component: &str, error: &wasmtime::Error, what: &str) {
+    tracing::error!(parent: None, app, component, error = format!("{error:?}"), "{what}");
+}
+
+/// Text written with at most [`Bounded::MAX`] bytes of it (cut at a character boundary, `…`
+/// after), for what a guest controls and a span records.
+struct Bounded<'a>(&'a str);
+
+impl Bounded<'_> {
+    const MAX: usize = 256;
+}
+
+impl std::fmt::Display for Bounded<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.0.len() <= Self::MAX {
+            return f.write_str(self.0);
+        }
+        let mut end = Self::MAX;
+        while !self.0.is_char_boundary(end) {
+            end -= 1;
+        }
+        write!(f, "{}… ({} bytes)", &self.0[..end], self.0.len())
     }
 }
 

@@ -9,9 +9,14 @@
 //! and `bucket` (its plain name), a child of the component call; the key and the value are
 //! user data and are never a field. Each is counted once in
 //! `lattice_keyvalue_operations_total{backend, operation, result}` (a batch call is one
-//! operation), a call refused here (`access-denied`, a key too long) as an error.
+//! operation), a call refused here (`access-denied`, a key too long) as an error, and so is a
+//! call the request deadline cut off (its span ends with that error). `keyvalue.open` has the
+//! field `link`: the link's name once the identifier matched one, else `unknown` (the
+//! identifier is the guest's). Warnings that quote a key are logged outside the span, so they
+//! are never exported as its events.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt, stream};
@@ -52,9 +57,14 @@ enum Via {
 }
 
 impl HostState {
-    /// The bucket behind `resource`, and a way to report its errors. Records its backend and
+    /// The bucket behind `resource` for operation `op` (its name in the metrics: `get`,
+    /// `list-keys`, `get-many`, …), and a way to report its errors. Records its backend and
     /// name on the current span (the call's).
-    fn bucket(&self, resource: &Resource<BucketResource>) -> wasmtime::Result<Opened> {
+    fn bucket(
+        &self,
+        resource: &Resource<BucketResource>,
+        op: &'static str,
+    ) -> wasmtime::Result<Opened> {
         let resource = self.table.get(resource)?;
         let span = tracing::Span::current();
         span.record("backend", resource.granted.bucket.backend().as_str());
@@ -64,16 +74,45 @@ impl HostState {
             link: resource.link.clone(),
             app: self.grants.app.clone(),
             component: self.grants.component.clone(),
+            op,
+            span,
+            finished: AtomicBool::new(false),
         })
     }
 }
 
-/// An open bucket taken out of the table for one call.
+/// An open bucket taken out of the table for one call of operation `op`, in `span`. A call
+/// dropped before [`Opened::finish`] ran (the request deadline cut it off: wasmtime drops the
+/// host call's future) is counted as an error and ends its span with an error when this is
+/// dropped.
 struct Opened {
     granted: GrantedBucket,
     link: Arc<str>,
     app: Arc<str>,
     component: Arc<str>,
+    op: &'static str,
+    span: tracing::Span,
+    /// Whether [`Opened::finish`] counted the call.
+    finished: AtomicBool,
+}
+
+impl Drop for Opened {
+    fn drop(&mut self) {
+        if self.finished.load(Ordering::Relaxed) {
+            return;
+        }
+        let backend = self.backend();
+        crate::admin::metrics::get().keyvalue(backend, self.op, OpResult::Error);
+        crate::admin::telemetry::record_error(
+            &self.span,
+            &format_args!(
+                "keyvalue-{} bucket {}: {} cut off before it ended (the request deadline?)",
+                backend.as_str(),
+                self.name(),
+                self.op
+            ),
+        );
+    }
 }
 
 impl std::ops::Deref for Opened {
@@ -85,14 +124,11 @@ impl std::ops::Deref for Opened {
 }
 
 impl Opened {
-    /// Counts operation `op` (its name in the metrics: `get`, `list-keys`, `get-many`, …) by
-    /// how it ended, records an error on the current span (the call's, without the key: the
-    /// node's log has the whole message), and returns `result`.
-    fn finish<T>(
-        &self,
-        op: &'static str,
-        result: Result<T, store::Error>,
-    ) -> Result<T, store::Error> {
+    /// Counts the operation by how it ended, records an error on the call's span (without
+    /// the key: the node's log has the whole message), and returns `result`.
+    fn finish<T>(&self, result: Result<T, store::Error>) -> Result<T, store::Error> {
+        self.finished.store(true, Ordering::Relaxed);
+        let op = self.op;
         let backend = self.backend();
         let outcome = if result.is_ok() {
             OpResult::Ok
@@ -107,7 +143,7 @@ impl Opened {
                 store::Error::Other(_) => "other (the node's log has the reason)",
             };
             crate::admin::telemetry::record_error(
-                &tracing::Span::current(),
+                &self.span,
                 &format_args!(
                     "keyvalue-{} bucket {}: {op} failed: {kind}",
                     backend.as_str(),
@@ -118,9 +154,12 @@ impl Opened {
         result
     }
 
-    /// `e` as the guest sees it (`other`), logged for the operator with where it happened.
+    /// `e` as the guest sees it (`other`), logged for the operator with where it happened. The
+    /// text may quote the key (user data), so the warning has no parent span: it stays in the
+    /// node's log and is never exported as an event of the call's span.
     fn error(&self, e: KvError) -> store::Error {
         tracing::warn!(
+            parent: None,
             app = %self.app,
             component = %self.component,
             link = %self.link,
@@ -208,20 +247,26 @@ impl Opened {
 }
 
 impl store::Host for HostState {
-    #[tracing::instrument(name = "keyvalue.open", level = "debug", skip_all, fields(identifier = %identifier))]
+    /// The span's `link` is the link's name once one matched, else `unknown`: the identifier is
+    /// the guest's, of any length, and is never a field (the log has its first 64 bytes).
+    #[tracing::instrument(name = "keyvalue.open", level = "debug", skip_all, fields(link = Empty))]
     async fn open(
         &mut self,
         identifier: String,
     ) -> wasmtime::Result<Result<Resource<BucketResource>, store::Error>> {
+        let span = tracing::Span::current();
         let Some((link, bucket)) = self.grants.buckets.get_key_value(identifier.as_str()) else {
+            span.record("link", "unknown");
             tracing::debug!(
+                parent: None,
                 app = %self.grants.app,
                 component = %self.grants.component,
-                identifier,
+                identifier = crate::providers::keyvalue::shown_key(&identifier),
                 "store.open: no keyvalue link by this name"
             );
             return Ok(Err(store::Error::NoSuchStore));
         };
+        span.record("link", &**link);
         let resource = BucketResource {
             link: link.clone(),
             granted: bucket.clone(),
@@ -237,14 +282,14 @@ impl store::HostBucket for HostState {
         bucket: Resource<BucketResource>,
         key: String,
     ) -> wasmtime::Result<Result<Option<Vec<u8>>, store::Error>> {
-        let b = self.bucket(&bucket)?;
+        let b = self.bucket(&bucket, "get")?;
         let result = async {
             b.admit("get", Via::Store, [key.as_str()])?;
             let value = b.get(&key).await.map_err(|e| b.error(e))?;
             Ok(value.map(Vec::from))
         }
         .await;
-        Ok(b.finish("get", result))
+        Ok(b.finish(result))
     }
 
     #[tracing::instrument(name = "keyvalue.set", level = "debug", skip_all, fields(backend = Empty, bucket = Empty, otel.kind = "client"))]
@@ -254,7 +299,7 @@ impl store::HostBucket for HostState {
         key: String,
         value: Vec<u8>,
     ) -> wasmtime::Result<Result<(), store::Error>> {
-        let b = self.bucket(&bucket)?;
+        let b = self.bucket(&bucket, "set")?;
         let result = async {
             b.admit("set", Via::Store, [key.as_str()])?;
             b.set(&key, Bytes::from(value))
@@ -262,7 +307,7 @@ impl store::HostBucket for HostState {
                 .map_err(|e| b.error(e))
         }
         .await;
-        Ok(b.finish("set", result))
+        Ok(b.finish(result))
     }
 
     #[tracing::instrument(name = "keyvalue.delete", level = "debug", skip_all, fields(backend = Empty, bucket = Empty, otel.kind = "client"))]
@@ -271,13 +316,13 @@ impl store::HostBucket for HostState {
         bucket: Resource<BucketResource>,
         key: String,
     ) -> wasmtime::Result<Result<(), store::Error>> {
-        let b = self.bucket(&bucket)?;
+        let b = self.bucket(&bucket, "delete")?;
         let result = async {
             b.admit("delete", Via::Store, [key.as_str()])?;
             b.delete(&key).await.map_err(|e| b.error(e))
         }
         .await;
-        Ok(b.finish("delete", result))
+        Ok(b.finish(result))
     }
 
     #[tracing::instrument(name = "keyvalue.exists", level = "debug", skip_all, fields(backend = Empty, bucket = Empty, otel.kind = "client"))]
@@ -286,13 +331,13 @@ impl store::HostBucket for HostState {
         bucket: Resource<BucketResource>,
         key: String,
     ) -> wasmtime::Result<Result<bool, store::Error>> {
-        let b = self.bucket(&bucket)?;
+        let b = self.bucket(&bucket, "exists")?;
         let result = async {
             b.admit("exists", Via::Store, [key.as_str()])?;
             b.exists(&key).await.map_err(|e| b.error(e))
         }
         .await;
-        Ok(b.finish("exists", result))
+        Ok(b.finish(result))
     }
 
     #[tracing::instrument(name = "keyvalue.list_keys", level = "debug", skip_all, fields(backend = Empty, bucket = Empty, otel.kind = "client"))]
@@ -301,7 +346,7 @@ impl store::HostBucket for HostState {
         bucket: Resource<BucketResource>,
         cursor: Option<u64>,
     ) -> wasmtime::Result<Result<store::KeyResponse, store::Error>> {
-        let b = self.bucket(&bucket)?;
+        let b = self.bucket(&bucket, "list-keys")?;
         let result = async {
             b.admit("list-keys", Via::Store, [])?;
             let (keys, cursor) = b
@@ -311,7 +356,7 @@ impl store::HostBucket for HostState {
             Ok(store::KeyResponse { keys, cursor })
         }
         .await;
-        Ok(b.finish("list-keys", result))
+        Ok(b.finish(result))
     }
 
     async fn drop(&mut self, bucket: Resource<BucketResource>) -> wasmtime::Result<()> {
@@ -329,13 +374,13 @@ impl atomics::Host for HostState {
         key: String,
         delta: u64,
     ) -> wasmtime::Result<Result<u64, store::Error>> {
-        let b = self.bucket(&bucket)?;
+        let b = self.bucket(&bucket, "increment")?;
         let result = async {
             b.admit("increment", Via::Atomics, [key.as_str()])?;
             b.increment(&key, delta).await.map_err(|e| b.error(e))
         }
         .await;
-        Ok(b.finish("increment", result))
+        Ok(b.finish(result))
     }
 }
 
@@ -346,13 +391,13 @@ impl batch::Host for HostState {
         bucket: Resource<BucketResource>,
         keys: Vec<String>,
     ) -> wasmtime::Result<Result<ManyValues, store::Error>> {
-        let b = self.bucket(&bucket)?;
+        let b = self.bucket(&bucket, "get-many")?;
         let result = async {
             b.admit("get-many", Via::Batch, keys.iter().map(String::as_str))?;
             b.get_many(keys).await
         }
         .await;
-        Ok(b.finish("get-many", result))
+        Ok(b.finish(result))
     }
 
     #[tracing::instrument(name = "keyvalue.set_many", level = "debug", skip_all, fields(backend = Empty, bucket = Empty, otel.kind = "client"))]
@@ -361,7 +406,7 @@ impl batch::Host for HostState {
         bucket: Resource<BucketResource>,
         key_values: Vec<(String, Vec<u8>)>,
     ) -> wasmtime::Result<Result<(), store::Error>> {
-        let b = self.bucket(&bucket)?;
+        let b = self.bucket(&bucket, "set-many")?;
         let result = async {
             b.admit(
                 "set-many",
@@ -375,7 +420,7 @@ impl batch::Host for HostState {
             .await
         }
         .await;
-        Ok(b.finish("set-many", result))
+        Ok(b.finish(result))
     }
 
     #[tracing::instrument(name = "keyvalue.delete_many", level = "debug", skip_all, fields(backend = Empty, bucket = Empty, otel.kind = "client"))]
@@ -384,7 +429,7 @@ impl batch::Host for HostState {
         bucket: Resource<BucketResource>,
         keys: Vec<String>,
     ) -> wasmtime::Result<Result<(), store::Error>> {
-        let b = self.bucket(&bucket)?;
+        let b = self.bucket(&bucket, "delete-many")?;
         let result = async {
             b.admit("delete-many", Via::Batch, keys.iter().map(String::as_str))?;
             let b = &b;
@@ -392,7 +437,7 @@ impl batch::Host for HostState {
                 .await
         }
         .await;
-        Ok(b.finish("delete-many", result))
+        Ok(b.finish(result))
     }
 }
 
@@ -411,8 +456,41 @@ mod tests {
             link: "default".into(),
             app: "app".into(),
             component: "component".into(),
+            op: "get",
+            span: tracing::Span::none(),
+            finished: AtomicBool::new(true),
         };
         (dir, opened)
+    }
+
+    #[tokio::test]
+    async fn a_call_dropped_before_it_finished_counts_as_an_error() {
+        let metrics = crate::admin::metrics::install();
+        let count = |result: &str| {
+            let series = format!(
+                r#"lattice_keyvalue_operations_total{{backend="sled",operation="get",result="{result}"}} "#
+            );
+            let text = metrics.render();
+            text.lines()
+                .find_map(|l| l.strip_prefix(series.as_str()))
+                .map_or(0, |v| v.trim().parse::<u64>().unwrap())
+        };
+        let (_dir, b) = opened(KvInterfaces::default());
+        // One that ends: counted once, by how it ended.
+        b.finished.store(false, Ordering::Relaxed);
+        assert!(b.finish(Ok::<(), store::Error>(())).is_ok());
+        drop(b);
+        assert_eq!((count("ok"), count("error")), (1, 0));
+        // One cut off (its future dropped, as the request deadline drops it): an error.
+        let (_dir, b) = opened(KvInterfaces::default());
+        b.finished.store(false, Ordering::Relaxed);
+        let call = async move {
+            let _b = b;
+            std::future::pending::<()>().await;
+        };
+        let cut = tokio::time::timeout(std::time::Duration::from_millis(1), call).await;
+        assert!(cut.is_err());
+        assert_eq!((count("ok"), count("error")), (1, 1));
     }
 
     #[tokio::test]

@@ -16,10 +16,13 @@
 //! <https://opentelemetry.io/docs/specs/semconv/http/http-spans/>), a child of the component
 //! call, with `http.request.method`, `server.address`, `server.port` and, once the head is in,
 //! `http.response.status_code`; a failure or a status of 400 or more is its error. When traces
-//! are on the request carries that span's W3C `traceparent` (and `tracestate`), replacing any
-//! the component set: the component runs inside the node's trace, whose parent is the
-//! incoming request's own `traceparent`, so the server continues that trace. With traces off
-//! the component's headers go out as it set them.
+//! are on, a request whose component set a valid W3C `traceparent` goes out with it and its
+//! `tracestate` untouched (a guest's tracing SDK, a stored job's context, a signed request):
+//! the server continues the component's trace. Otherwise it carries that span's `traceparent`
+//! (and `tracestate` when not empty), replacing what the component set, so the server
+//! continues the node's trace. With traces off the component's headers go out as it set them.
+//! Logs name a destination by its origin (`scheme://host[:port]`); its path only at DEBUG,
+//! outside any span.
 
 pub mod address;
 pub mod egress;
@@ -288,11 +291,16 @@ fn split_port(entry: &str) -> Option<(&str, Option<u16>)> {
     }
 }
 
-/// `uri` for the log, without its query (which often carries tokens).
-fn without_query(uri: &http::Uri) -> String {
+/// `uri`'s origin for the log, `scheme://host[:port]` (the port when the URI has one): no user
+/// info (`user:pass@`), path or query, which carry credentials and tokens (webhook URLs have
+/// them in their paths). The path goes to the log at DEBUG only, outside any span.
+fn origin(uri: &http::Uri) -> String {
     let scheme = uri.scheme_str().unwrap_or("http");
-    let authority = uri.authority().map_or("", |a| a.as_str());
-    format!("{scheme}://{authority}{}", uri.path())
+    let host = uri.host().unwrap_or_default();
+    match uri.port_u16() {
+        Some(port) => format!("{scheme}://{host}:{port}"),
+        None => format!("{scheme}://{host}"),
+    }
 }
 
 /// Outgoing requests one instance may have in flight at once; past that `handle` returns
@@ -338,9 +346,30 @@ use tracing::Instrument as _;
 
 /// The client span of `request` (an allowed one, so its URI is absolute, without user info):
 /// see the module doc. Neither the path nor the query: they may carry user data.
+/// The guest sets the method and the host: an extension method is `_OTHER` (exported as
+/// `HTTP`), as OpenTelemetry's HTTP conventions have it, and the host is cut to 255 bytes (a DNS
+/// name has at most 253), so a span holds no long string of the guest's.
 fn client_span(request: &http::Request<WasiBody>) -> tracing::Span {
+    use http::Method;
     let uri = request.uri();
-    let method = request.method().as_str();
+    let known = [
+        Method::GET,
+        Method::HEAD,
+        Method::POST,
+        Method::PUT,
+        Method::DELETE,
+        Method::CONNECT,
+        Method::OPTIONS,
+        Method::TRACE,
+        Method::PATCH,
+    ];
+    let (method, name) = if known.contains(request.method()) {
+        (request.method().as_str(), request.method().as_str())
+    } else {
+        ("_OTHER", "HTTP")
+    };
+    let host = uri.host().unwrap_or_default();
+    let host = host.get(..255).unwrap_or(host);
     let port = uri.port_u16().unwrap_or(match uri.scheme_str() {
         Some("https") => 443,
         _ => 80,
@@ -348,13 +377,53 @@ fn client_span(request: &http::Request<WasiBody>) -> tracing::Span {
     // At DEBUG, as the component call: free with traces off at the default log level.
     tracing::debug_span!(
         "http_client.request",
-        otel.name = method,
+        otel.name = name,
         otel.kind = "client",
         http.request.method = method,
-        server.address = uri.host().unwrap_or_default(),
+        server.address = host,
         server.port = port,
         http.response.status_code = tracing::field::Empty,
     )
+}
+
+/// The W3C trace context an outgoing request carries: a valid `traceparent` the component set
+/// is left as it is, with its `tracestate` (a guest's tracing SDK, a stored job's context, a
+/// signed request: the server continues the component's trace, and the node's client span
+/// stays a child of the component call); else `span`'s context replaces whatever the
+/// component set. An empty `tracestate` is never sent. No-op when traces are off.
+fn carry_trace(span: &tracing::Span, headers: &mut http::HeaderMap) {
+    if !crate::admin::telemetry::traces_on() {
+        return;
+    }
+    if !has_valid_traceparent(headers) {
+        crate::admin::telemetry::inject_http(span, headers);
+    }
+    let tracestate = http::header::HeaderName::from_static("tracestate");
+    let empty = headers
+        .get_all(&tracestate)
+        .iter()
+        .all(|value| value.as_bytes().iter().all(u8::is_ascii_whitespace));
+    if empty {
+        headers.remove(&tracestate);
+    }
+}
+
+/// Whether `headers` hold one `traceparent` that W3C Trace Context accepts
+/// (<https://www.w3.org/TR/trace-context/#traceparent-header>): version `00` (or a later one,
+/// read as `00`), a non-zero trace id and parent id.
+fn has_valid_traceparent(headers: &http::HeaderMap) -> bool {
+    use opentelemetry::propagation::TextMapPropagator as _;
+    use opentelemetry::trace::TraceContextExt as _;
+    if headers.get_all("traceparent").iter().count() != 1 {
+        return false;
+    }
+    // Against an empty context: `extract` falls back to the current one (the component call's).
+    let context = opentelemetry_sdk::propagation::TraceContextPropagator::new()
+        .extract_with_context(
+            &opentelemetry::Context::new(),
+            &opentelemetry_http::HeaderExtractor(headers),
+        );
+    context.span().span_context().is_valid()
 }
 
 impl WasiHttpHooks for OutgoingHttp {
@@ -365,13 +434,13 @@ impl WasiHttpHooks for OutgoingHttp {
         _fut: Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
     ) -> Box<dyn Future<Output = SendResult> + Send> {
         if !self.allowed.allows_uri(request.uri()) {
-            let uri = without_query(request.uri());
+            let uri = origin(request.uri());
+            let path = request.uri().path();
             let why = "outgoing HTTP request denied: its host is not in the allowed_hosts of an http-client link";
-            if std::mem::replace(&mut self.denial_logged, true) {
-                tracing::debug!(app = %self.app, component = %self.component, uri, "{why}");
-            } else {
+            if !std::mem::replace(&mut self.denial_logged, true) {
                 tracing::warn!(app = %self.app, component = %self.component, uri, allowed_hosts = %self.allowed, "{why}");
             }
+            tracing::debug!(parent: None, app = %self.app, component = %self.component, uri, path, "{why}");
             return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
         }
         let Ok(permit) = self.in_flight.clone().try_acquire_owned() else {
@@ -382,10 +451,10 @@ impl WasiHttpHooks for OutgoingHttp {
             );
             return Box::new(async { Err(wasmtime_wasi_http::Error::ConnectionLimitReached) });
         };
-        tracing::debug!(app = %self.app, component = %self.component, uri = %without_query(request.uri()), "outgoing HTTP request");
+        tracing::debug!(parent: None, app = %self.app, component = %self.component, uri = origin(request.uri()), path = request.uri().path(), "outgoing HTTP request");
         let span = client_span(&request);
         let mut request = request;
-        crate::admin::telemetry::inject_http(&span, request.headers_mut());
+        carry_trace(&span, request.headers_mut());
         let client = self.client.clone();
         let within = span.clone();
         Box::new(
@@ -493,12 +562,15 @@ mod tests {
         );
     }
 
-    #[tokio::test]
-    async fn the_client_span_replaces_the_components_traceparent_with_its_own() {
+    /// Sends one request with `headers` set by "the component", inside a `component_call`
+    /// span with traces on, and returns the trace headers the server got (name, value) and
+    /// that span.
+    async fn trace_headers_sent(
+        headers: &[(&str, &str)],
+    ) -> (Vec<(String, String)>, tracing::Span) {
         use http_body_util::{BodyExt, Empty};
-        use opentelemetry::trace::{TraceContextExt as _, TracerProvider as _};
+        use opentelemetry::trace::TracerProvider as _;
         use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-        use tracing_opentelemetry::OpenTelemetrySpanExt as _;
         use tracing_subscriber::layer::SubscriberExt as _;
 
         // Traces on, as `telemetry::init` turns them on, for this thread.
@@ -537,12 +609,12 @@ mod tests {
             std::time::Duration::from_secs(30),
         );
         let mut hooks = OutgoingHttp::new(allowed, client, "app".into(), "c".into());
-        let theirs = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
         let body = Empty::new().map_err(|never| match never {}).boxed_unsync();
-        let request = http::Request::get(format!("http://127.0.0.1:{port}/x"))
-            .header("traceparent", theirs)
-            .body(body)
-            .unwrap();
+        let mut request = http::Request::get(format!("http://127.0.0.1:{port}/x"));
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let request = request.body(body).unwrap();
         let call = tracing::info_span!("component_call");
         let sent = {
             let _entered = call.enter();
@@ -552,22 +624,66 @@ mod tests {
         assert_eq!(response.status(), 204);
 
         let head = head_rx.await.unwrap();
-        let sent: Vec<&str> = head
+        let sent = head
             .lines()
             .filter_map(|l| l.split_once(':'))
-            .filter(|(name, _)| name.eq_ignore_ascii_case("traceparent"))
-            .map(|(_, value)| value.trim())
+            .filter(|(name, _)| {
+                name.eq_ignore_ascii_case("traceparent") || name.eq_ignore_ascii_case("tracestate")
+            })
+            .map(|(name, value)| (name.to_ascii_lowercase(), value.trim().to_owned()))
             .collect();
-        let trace_id = call.context().span().span_context().trace_id().to_string();
-        assert_eq!(sent.len(), 1, "{head}");
-        assert_ne!(sent[0], theirs, "{head}");
-        let parts: Vec<&str> = sent[0].split('-').collect();
-        assert_eq!(parts[1], trace_id, "the component call's trace: {head}");
-        let call_id = call.context().span().span_context().span_id().to_string();
+        (sent, call)
+    }
+
+    #[tokio::test]
+    async fn a_valid_traceparent_of_the_component_goes_out_untouched() {
+        let theirs = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+        let (sent, _) =
+            trace_headers_sent(&[("traceparent", theirs), ("tracestate", "vendor=abc")]).await;
+        assert_eq!(
+            sent,
+            vec![
+                ("traceparent".to_owned(), theirs.to_owned()),
+                ("tracestate".to_owned(), "vendor=abc".to_owned())
+            ]
+        );
+    }
+
+    /// Asserts that `sent` is one `traceparent`, the client span's in `call`'s trace.
+    fn assert_the_client_spans_own(sent: &[(String, String)], call: &tracing::Span) {
+        use opentelemetry::trace::TraceContextExt as _;
+        use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+
+        assert_eq!(
+            sent.len(),
+            1,
+            "one traceparent, no empty tracestate: {sent:?}"
+        );
+        let (name, value) = &sent[0];
+        assert_eq!(name, "traceparent");
+        let parts: Vec<&str> = value.split('-').collect();
+        let context = call.context();
+        let trace_id = context.span().span_context().trace_id().to_string();
+        assert_eq!(parts[1], trace_id, "the component call's trace: {sent:?}");
+        let call_id = context.span().span_context().span_id().to_string();
         assert_ne!(
             parts[2], call_id,
-            "the client span's own id, not its parent's: {head}"
+            "the client span's own id, not its parent's: {sent:?}"
         );
+    }
+
+    #[tokio::test]
+    async fn without_a_traceparent_the_client_span_sends_its_own_and_no_empty_tracestate() {
+        let (sent, call) = trace_headers_sent(&[]).await;
+        assert_the_client_spans_own(&sent, &call);
+    }
+
+    #[tokio::test]
+    async fn an_invalid_traceparent_of_the_component_is_replaced() {
+        // An all-zero trace id is invalid; an empty tracestate is never sent.
+        let zeros = "00-00000000000000000000000000000000-b7ad6b7169203331-01";
+        let (sent, call) = trace_headers_sent(&[("traceparent", zeros), ("tracestate", "")]).await;
+        assert_the_client_spans_own(&sent, &call);
     }
 
     #[test]
@@ -606,11 +722,13 @@ mod tests {
     }
 
     #[test]
-    fn logged_uris_leave_out_the_query() {
-        let uri = "https://api.test:8443/v1/items?token=secret"
+    fn logged_uris_are_origins_without_credentials_path_or_query() {
+        let uri = "https://user:pass@api.test:8443/hooks/T0KEN/x?token=secret"
             .parse()
             .unwrap();
-        assert_eq!(without_query(&uri), "https://api.test:8443/v1/items");
+        assert_eq!(origin(&uri), "https://api.test:8443");
+        let uri = "http://me@[::1]/a".parse().unwrap();
+        assert_eq!(origin(&uri), "http://[::1]");
     }
 
     #[test]

@@ -11,7 +11,8 @@
 //!
 //! What it does is counted per replica in `lattice_reconcile_actions_total{action}`: a start
 //! that ends well is `start` for a component new here (or the replicas added to one),
-//! `update` for a new version or artifact of one that ran here (its replicas), a failed one
+//! `update` for a new version or artifact of one that ran here (as many as replaced old ones,
+//! `min(was, now)`, the difference `start` or `stop`), a failed one
 //! `failed` (its replicas); replicas the share no longer names, or removed from a running
 //! component, are `stop`. `lattice_replicas` follows every change.
 
@@ -657,28 +658,33 @@ async fn run_start(
     started.notify_one();
 }
 
-/// Counts what a start that ended well did, `local` replacing `before` (if one ran here): an
-/// update of the replicas of a new version or artifact, else the replicas added or removed.
+/// Counts what a start that ended well did, `local` replacing `before` (if one ran here).
 fn count_started(before: Option<&LocalComponent>, local: &LocalComponent) {
+    let before = before.map(|old| {
+        let changed =
+            old.version != local.version || old.component.digest() != local.component.digest();
+        (u64::from(old.replicas), changed)
+    });
     let metrics = crate::admin::metrics::get();
-    let now = u64::from(local.replicas);
-    match before {
-        None => metrics.reconcile_actions(ReconcileAction::Start, now),
-        Some(old)
-            if old.version != local.version
-                || old.component.digest() != local.component.digest() =>
-        {
-            metrics.reconcile_actions(ReconcileAction::Update, now);
-        }
-        Some(old) => {
-            let was = u64::from(old.replicas);
-            if now > was {
-                metrics.reconcile_actions(ReconcileAction::Start, now - was);
-            } else {
-                metrics.reconcile_actions(ReconcileAction::Stop, was - now);
-            }
-        }
+    for (action, count) in started_actions(before, u64::from(local.replicas)) {
+        metrics.reconcile_actions(action, count);
     }
+}
+
+/// The reconcile actions of `now` replicas replacing `before` (its replica count, and whether
+/// its version or artifact differs), each with a count above 0: replicas of a new version or
+/// artifact that take the place of old ones are updates, `min(was, now)` of them, and the
+/// difference is started or stopped; with the same version and artifact only the difference
+/// counts. v1×3 → v2×1 is 1 update and 2 stops; v1×1 → v2×3 is 1 update and 2 starts.
+fn started_actions(before: Option<(u64, bool)>, now: u64) -> Vec<(ReconcileAction, u64)> {
+    let (was, changed) = before.unwrap_or((0, false));
+    let updated = if changed { was.min(now) } else { 0 };
+    let actions = [
+        (ReconcileAction::Update, updated),
+        (ReconcileAction::Start, now.saturating_sub(was)),
+        (ReconcileAction::Stop, was.saturating_sub(now)),
+    ];
+    actions.into_iter().filter(|(_, n)| *n > 0).collect()
 }
 
 impl Starter {
@@ -766,5 +772,33 @@ pub(super) fn listener_for(address: Option<SocketAddr>, ingress: SocketAddr) -> 
     match address {
         Some(addr) if !(addr.ip().is_unspecified() && addr.port() == ingress.port()) => addr,
         _ => ingress,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_new_version_updates_the_replicas_it_replaces_and_starts_or_stops_the_rest() {
+        use ReconcileAction::{Start, Stop, Update};
+        // First start here.
+        assert_eq!(started_actions(None, 3), vec![(Start, 3)]);
+        // v1×3 → v2×1: one replica updated, two stopped.
+        assert_eq!(
+            started_actions(Some((3, true)), 1),
+            vec![(Update, 1), (Stop, 2)]
+        );
+        // v1×1 → v2×3: one updated, two started.
+        assert_eq!(
+            started_actions(Some((1, true)), 3),
+            vec![(Update, 1), (Start, 2)]
+        );
+        // v1×2 → v2×2: two updated.
+        assert_eq!(started_actions(Some((2, true)), 2), vec![(Update, 2)]);
+        // Same version: only the difference.
+        assert_eq!(started_actions(Some((1, false)), 3), vec![(Start, 2)]);
+        assert_eq!(started_actions(Some((3, false)), 1), vec![(Stop, 2)]);
+        assert_eq!(started_actions(Some((2, false)), 2), vec![]);
     }
 }

@@ -1,6 +1,7 @@
 //! Issue 14, inside the node: what `/metrics` shows of its components (instances, pool slots,
 //! replicas, compiles), its reconciler (passes, actions) and keyvalue operations by backend;
-//! and the W3C `traceparent` an outgoing request of a component carries when traces are on.
+//! the W3C `traceparent` an outgoing request of a component carries when traces are on; and
+//! that no key of a failed keyvalue call or text of a guest's panic is exported in a span.
 //! Real `lattice up`, the real http-keyvalue-counter and http-fetch components, keyvalue on
 //! sled and on the node's JetStream, upstream servers on 127.0.0.1.
 
@@ -8,9 +9,14 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use crate::common::{Dirs, Node, example_wasm, free_port, http_get, http_request, wait_until};
+use observe::{Recorder, http_client_link, keyvalue_link, unique};
+
+// Until `tests/common/mod.rs` has `pub mod observe;`: then `use crate::common::observe;`.
+#[path = "../common/observe.rs"]
+mod observe;
 
 /// How long a node may take to deploy its config dir's apps (compiling included).
 const DEPLOYED: Duration = Duration::from_secs(60);
@@ -27,15 +33,6 @@ const KEYVALUE_NATS: &str = "ghcr.io/wasmcloud/keyvalue-nats:0.3.1";
 
 /// The http-client capability, as wadm manifests name it.
 const HTTP_CLIENT: &str = "ghcr.io/wasmcloud/http-client:0.12.0";
-
-/// A name unique to this run, for JetStream buckets.
-fn unique(prefix: &str) -> String {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!("{prefix}-{}-{}", std::process::id(), nanos % 1_000_000_000)
-}
 
 /// A manifest of app `app`: example `example` as component `component` with `instances`
 /// replicas (spreadscaler) routed at `path`, with link `link` (YAML list items indented by 8
@@ -72,47 +69,6 @@ spec:
 {http}"#,
         wasm = example_wasm(example).display(),
         http = crate::common::http_server_link(component, path),
-    )
-}
-
-/// A wasi:keyvalue link (store, atomics) to capability `target`, with `properties` as its
-/// target config.
-fn keyvalue_link(target: &str, properties: &[(&str, &str)]) -> String {
-    let mut link = format!(
-        "        - type: link
-          properties:
-            namespace: wasi
-            package: keyvalue
-            interfaces: [store, atomics]
-            target:
-              name: {target}
-"
-    );
-    if !properties.is_empty() {
-        link.push_str(
-            "              config:\n                - name: kv-config\n                  properties:\n",
-        );
-        for (key, value) in properties {
-            link.push_str(&format!("                    {key}: '{value}'\n"));
-        }
-    }
-    link
-}
-
-/// A wasi:http/outgoing-handler link to capability `target` allowing `allowed_hosts`.
-fn http_client_link(target: &str, allowed_hosts: &str) -> String {
-    format!(
-        "        - type: link
-          properties:
-            namespace: wasi
-            package: http
-            interfaces: [outgoing-handler]
-            target: {target}
-            target_config:
-              - name: client
-                properties:
-                  allowed_hosts: '{allowed_hosts}'
-"
     )
 }
 
@@ -371,57 +327,6 @@ fn metrics_count_keyvalue_operations_instances_replicas_compiles_and_reconcile_a
     );
 }
 
-/// An HTTP/1.1 server on 127.0.0.1 (a free port) answering every request `200 ok` and keeping
-/// the head of each (its lines, as sent). Its threads end with the test process.
-struct Recorder {
-    addr: SocketAddr,
-    heads: Arc<Mutex<Vec<String>>>,
-}
-
-impl Recorder {
-    fn start() -> Recorder {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        let heads = Arc::new(Mutex::new(Vec::new()));
-        let kept = heads.clone();
-        std::thread::spawn(move || {
-            for stream in listener.incoming() {
-                let Ok(stream) = stream else { continue };
-                let kept = kept.clone();
-                std::thread::spawn(move || answer(stream, &kept));
-            }
-        });
-        Recorder { addr, heads }
-    }
-
-    /// The heads received so far.
-    fn heads(&self) -> Vec<String> {
-        self.heads.lock().unwrap().clone()
-    }
-}
-
-/// Reads one request head from `stream`, adds it to `kept`, then answers `200 ok` and closes
-/// (kept first: whoever got the answer finds the head).
-fn answer(mut stream: TcpStream, kept: &Mutex<Vec<String>>) {
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    let mut head = Vec::new();
-    let mut chunk = [0u8; 1024];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-        match stream.read(&mut chunk) {
-            Ok(0) | Err(_) => return,
-            Ok(n) => head.extend_from_slice(&chunk[..n]),
-        }
-    }
-    kept.lock()
-        .unwrap()
-        .push(String::from_utf8_lossy(&head).into_owned());
-    let _ = stream.write_all(
-        b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
-    );
-}
-
 /// The `traceparent` header values of `head`.
 fn traceparents(head: &str) -> Vec<String> {
     head.lines()
@@ -536,6 +441,8 @@ struct Exported {
     status: (i32, String),
     /// Attributes, their values as text.
     attributes: Vec<(String, String)>,
+    /// Events: each one's name and attributes, values as text.
+    events: Vec<(String, Vec<(String, String)>)>,
 }
 
 impl Exported {
@@ -614,19 +521,26 @@ fn receive(mut stream: TcpStream, kept: &Mutex<Vec<Exported>>) {
             .flat_map(|r| &r.scope_spans)
             .flat_map(|s| &s.spans)
         {
-            let attributes = span
-                .attributes
+            let texts = |attributes: &[opentelemetry_proto::tonic::common::v1::KeyValue]| {
+                attributes
+                    .iter()
+                    .map(|kv| {
+                        let value = match kv.value.as_ref().and_then(|v| v.value.as_ref()) {
+                            Some(Value::StringValue(s)) => s.clone(),
+                            Some(Value::IntValue(i)) => i.to_string(),
+                            Some(Value::BoolValue(b)) => b.to_string(),
+                            Some(Value::DoubleValue(d)) => d.to_string(),
+                            other => format!("{other:?}"),
+                        };
+                        (kv.key.clone(), value)
+                    })
+                    .collect::<Vec<_>>()
+            };
+            let attributes = texts(&span.attributes);
+            let events = span
+                .events
                 .iter()
-                .map(|kv| {
-                    let value = match kv.value.as_ref().and_then(|v| v.value.as_ref()) {
-                        Some(Value::StringValue(s)) => s.clone(),
-                        Some(Value::IntValue(i)) => i.to_string(),
-                        Some(Value::BoolValue(b)) => b.to_string(),
-                        Some(Value::DoubleValue(d)) => d.to_string(),
-                        other => format!("{other:?}"),
-                    };
-                    (kv.key.clone(), value)
-                })
+                .map(|e| (e.name.clone(), texts(&e.attributes)))
                 .collect();
             let status = span
                 .status
@@ -641,6 +555,7 @@ fn receive(mut stream: TcpStream, kept: &Mutex<Vec<Exported>>) {
                 kind: span.kind,
                 status,
                 attributes,
+                events,
             });
         }
         drop(spans);
@@ -849,4 +764,206 @@ fn keyvalue_and_outgoing_http_spans_are_children_of_the_component_call_which_rec
     let spin = &call_of(&spans, "spin")[0];
     assert_eq!(spin.status.0, 2, "an error status: {spin:?}");
     assert!(spin.status.1.contains("deadline of 3s"), "{spin:?}");
+}
+
+#[test]
+fn a_failed_keyvalue_call_exports_its_key_nowhere_and_a_trapped_instance_is_uncounted() {
+    let receiver = Receiver::start();
+    let work = tempfile::tempdir().unwrap();
+    let config = work.path().join("config");
+    std::fs::create_dir_all(&config).unwrap();
+    // First http-keyvalue, to store a value that is not a number; then the counter in its
+    // place (same app, link and bucket), whose increment of that key fails.
+    let kv = |example: &str, version: &str| {
+        app_yaml(
+            "kverr",
+            "kv",
+            example,
+            "/k",
+            1,
+            (&keyvalue_link("kvsled", &[]), "kvsled", KEYVALUE_SLED),
+        )
+        .replace("version: v1", &format!("version: {version}"))
+    };
+    std::fs::write(config.join("kverr.yaml"), kv("http-keyvalue", "v1")).unwrap();
+    std::fs::write(
+        config.join("echo.yaml"),
+        crate::common::manifest_with(
+            "echo",
+            "echo",
+            &example_wasm("http-echo"),
+            "/echo",
+            "instances: 1",
+        ),
+    )
+    .unwrap();
+    let endpoint = format!("http://{}", receiver.addr);
+    let node = Node::start_with(
+        &config,
+        &work.path().join("data"),
+        &[],
+        &[("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str())],
+        None,
+    );
+
+    let key = "/k/secret-key";
+    // 404 `absent` from the component (a 404 before is the ingress's: no route yet).
+    wait_until("http-keyvalue deployed", DEPLOYED, || {
+        node.get(key) == Some((404, "absent\n".to_owned()))
+    });
+    let put = http_request(node.http, "PUT", key, None, b"not-a-number");
+    assert_eq!(put.map(|(status, ..)| status), Some(200), "{}", node.log());
+    std::fs::write(config.join("kverr.yaml"), kv("http-keyvalue-counter", "v2")).unwrap();
+    let mut answer = None;
+    wait_until("the counter in http-keyvalue's place", DEPLOYED, || {
+        answer = post(&node, key);
+        answer
+            .as_ref()
+            .is_some_and(|(_, body)| body.starts_with("keyvalue error"))
+    });
+    assert_eq!(
+        answer.as_ref().map(|(status, _)| *status),
+        Some(500),
+        "{answer:?}"
+    );
+    // The node's log has the reason, key included.
+    node.wait_for_log(&["wasi:keyvalue call failed", "secret-key"], SETTLED);
+
+    // A guest that traps: its instance is counted while it runs and uncounted after.
+    let trapped = crate::common::http_request_with(
+        node.http,
+        "GET",
+        "/echo/x",
+        &[("x-echo-trap", "guest-panic-text")],
+        b"",
+    );
+    assert_eq!(
+        trapped.map(|(status, ..)| status),
+        Some(500),
+        "{}",
+        node.log()
+    );
+    wait_until("echo's instance uncounted after its trap", SETTLED, || {
+        let text = metrics(&node);
+        value(&text, r#"lattice_instances{app="echo",component="echo"}"#) == Some(0.0)
+            && value(&text, "lattice_pool_slots_in_use") == Some(0.0)
+    });
+
+    let mut spans = Vec::new();
+    wait_until(
+        "the failed increment's and the trap's spans",
+        Duration::from_secs(60),
+        || {
+            spans = receiver.spans();
+            spans
+                .iter()
+                .any(|s| s.name == "keyvalue.increment" && s.status.0 == 2)
+                && spans
+                    .iter()
+                    .any(|s| s.name == "component_call" && s.attribute("app") == Some("echo"))
+        },
+    );
+    let increment = spans
+        .iter()
+        .find(|s| s.name == "keyvalue.increment" && s.status.0 == 2)
+        .unwrap();
+    assert!(
+        increment.status.1.contains("increment failed"),
+        "the error, without the key: {increment:?}"
+    );
+    // Nowhere in any span: attributes, events, status; but for the request's own path (which
+    // is the key here: the counter counts by path) on the ingress's span.
+    for span in &spans {
+        let texts = span
+            .attributes
+            .iter()
+            .filter(|(k, _)| !(span.name == "http_request" && k == "url.path"))
+            .chain(span.events.iter().flat_map(|(_, a)| a))
+            .map(|(_, v)| v.as_str())
+            .chain(span.events.iter().map(|(name, _)| name.as_str()))
+            .chain([span.status.1.as_str()]);
+        for text in texts {
+            assert!(
+                !text.contains("secret-key") && !text.contains("guest-panic-text"),
+                "user data exported in {span:?}"
+            );
+        }
+    }
+    let echo = spans
+        .iter()
+        .find(|s| s.name == "component_call" && s.attribute("app") == Some("echo"))
+        .unwrap();
+    assert_eq!(echo.status.0, 2, "a trap is the call's error: {echo:?}");
+    assert!(echo.status.1.contains("component trapped"), "{echo:?}");
+}
+
+#[test]
+fn an_instance_the_pool_had_no_slot_for_is_a_refusal_on_its_span_not_an_error() {
+    let receiver = Receiver::start();
+    let work = tempfile::tempdir().unwrap();
+    let config = work.path().join("config");
+    std::fs::create_dir_all(&config).unwrap();
+    std::fs::write(
+        config.join("spin.yaml"),
+        crate::common::manifest_with(
+            "spin",
+            "spin",
+            &example_wasm("http-loop"),
+            "/loop",
+            "instances: 1",
+        ),
+    )
+    .unwrap();
+    let endpoint = format!("http://{}", receiver.addr);
+    // One pool slot: while one request spins, the next finds the pool full.
+    let node = Node::start_with(
+        &config,
+        &work.path().join("data"),
+        &["--max-instances", "1", "--request-timeout", "3s"],
+        &[("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str())],
+        None,
+    );
+    node.wait_for_status("/loop", 504, DEPLOYED);
+    std::thread::scope(|scope| {
+        let spinning = scope.spawn(|| node.get("/loop"));
+        wait_until("spin's instance alive", DEPLOYED, || {
+            value(
+                &metrics(&node),
+                r#"lattice_instances{app="spin",component="spin"}"#,
+            ) == Some(1.0)
+        });
+        let refused = node.get("/loop");
+        assert_eq!(refused.as_ref().map(|(s, _)| *s), Some(503), "{refused:?}");
+        assert_eq!(
+            value(
+                &metrics(&node),
+                r#"lattice_instances{app="spin",component="spin"}"#,
+            ),
+            Some(1.0),
+            "the refused instance was never counted"
+        );
+        assert_eq!(spinning.join().unwrap().map(|(s, _)| s), Some(504));
+    });
+    let text = metrics(&node);
+    assert_eq!(
+        value_or_0(&text, r#"lattice_http_unavailable_total{reason="pool"}"#),
+        1.0,
+        "{text}"
+    );
+
+    let mut spans = Vec::new();
+    wait_until("the refused call's span", Duration::from_secs(60), || {
+        spans = receiver.spans();
+        spans
+            .iter()
+            .any(|s| s.name == "component_call" && s.attribute("refused") == Some("pool"))
+    });
+    let refused = spans
+        .iter()
+        .find(|s| s.name == "component_call" && s.attribute("refused") == Some("pool"))
+        .unwrap();
+    assert_ne!(
+        refused.status.0, 2,
+        "a refusal is not an error: {refused:?}"
+    );
 }

@@ -38,7 +38,7 @@ use wasmtime_wasi_http::{RequestOptions, WasiBody};
 
 use super::address::{Restricted, restriction};
 use super::tls::{TlsError, client_config};
-use super::{AllowedHosts, without_query};
+use super::{AllowedHosts, origin};
 
 /// How long establishing a connection (lookup, TCP, TLS) may take when the guest sets no
 /// `connect-timeout` (10 s, or the node's request timeout if shorter): a host that never
@@ -676,25 +676,25 @@ impl ConnectorInner {
     }
 
     fn log_limit(&self, uri: &Uri, error: &ConnectError) {
-        let uri = without_query(uri);
+        // The origin only where it may be exported; the path (it may carry tokens) at DEBUG,
+        // outside any span.
+        let (path, uri) = (uri.path(), origin(uri));
         let why = "outgoing HTTP request refused (connection-limit-reached)";
-        if self.limit_logged.swap(true, Ordering::Relaxed) {
-            tracing::debug!(app = %self.app, component = %self.component, uri, reason = %error, "{why}");
-        } else {
+        if !self.limit_logged.swap(true, Ordering::Relaxed) {
             tracing::warn!(app = %self.app, component = %self.component, uri, reason = %error, "{why}");
         }
+        tracing::debug!(parent: None, app = %self.app, component = %self.component, uri, path, reason = %error, "{why}");
     }
 
     fn log_refusal(&self, uri: &Uri, error: &ConnectError) {
-        let uri = without_query(uri);
+        let (path, uri) = (uri.path(), origin(uri));
         let why = "outgoing HTTP request refused (destination-ip-prohibited): only an \
                    allowed_hosts entry naming the address or host itself, not a wildcard, \
                    reaches the node's own networks";
-        if self.refusal_logged.swap(true, Ordering::Relaxed) {
-            tracing::debug!(app = %self.app, component = %self.component, uri, reason = %error, "{why}");
-        } else {
+        if !self.refusal_logged.swap(true, Ordering::Relaxed) {
             tracing::info!(app = %self.app, component = %self.component, uri, reason = %error, "{why}");
         }
+        tracing::debug!(parent: None, app = %self.app, component = %self.component, uri, path, reason = %error, "{why}");
     }
 }
 

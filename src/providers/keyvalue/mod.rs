@@ -53,8 +53,10 @@ impl KvError {
     }
 }
 
-/// `key` quoted for a message: whole when short, else its first 64 characters and its length.
-fn shown_key(key: &str) -> String {
+/// `key` (or any other string a guest passed) quoted for a message: whole when short, else its
+/// first 64 characters and its length in bytes; so at most a few hundred bytes, however long
+/// `key` is.
+pub fn shown_key(key: &str) -> String {
     const SHOWN: usize = 64;
     match key.char_indices().nth(SHOWN) {
         None => format!("{key:?}"),
