@@ -587,21 +587,13 @@ async fn run_with_nats(
         }
     });
     let (reconciled, first_pass) = tokio::sync::oneshot::channel();
-    // The reconciler asks for this node's description on every pass: that call is its beat.
-    let reconciler_local: Arc<dyn Fn() -> HostInfo + Send + Sync> = {
-        let beat = liveness.register("reconciler", RECONCILER_ALLOWANCE);
-        let local = local_info.clone();
-        Arc::new(move || {
-            beat.beat();
-            local()
-        })
-    };
+    let reconciler_beat = liveness.register("reconciler", RECONCILER_ALLOWANCE);
     let reconciler = Reconciler {
         me: id,
         deployer: deployer.clone(),
         mirror,
         membership,
-        local: reconciler_local,
+        local: local_info.clone(),
         client: client.clone(),
         lattice: config.lattice.clone(),
         tick: config.heartbeat_interval.min(Duration::from_secs(1)),
@@ -615,6 +607,7 @@ async fn run_with_nats(
         let reconciled = Arc::new(std::sync::Mutex::new(Some(reconciled)));
         move |shutdown| {
             let reconciler = reconciler.clone();
+            let beat = reconciler_beat.clone();
             let watcher_first_pass = watcher_first_pass.take();
             let reconciled = reconciled.clone();
             async move {
@@ -641,7 +634,7 @@ async fn run_with_nats(
                     std::future::pending::<()>().await;
                 };
                 tokio::select! {
-                    () = reconciler.run(started, passed, shutdown) => {}
+                    () = reconciler.run(started, passed, beat, shutdown) => {}
                     () = tell => {}
                 }
                 Ok(())

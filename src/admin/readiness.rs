@@ -162,9 +162,9 @@ impl Readiness {
         self.set(condition, Slot::Probe(Arc::new(probe)));
     }
 
-    /// Why the node is not ready, one line per unmet condition (`<condition>: <why>`, in
-    /// [`Condition::ALL`]'s order); empty when it is ready.
-    pub fn reasons(&self) -> Vec<String> {
+    /// The unmet conditions with why each is unmet (one line), in [`Condition::ALL`]'s
+    /// order; empty when the node is ready.
+    pub fn unmet(&self) -> Vec<(Condition, String)> {
         // The probes run outside the lock: one may read state that is slow to lock.
         let slots = self.lock().clone();
         Condition::ALL
@@ -176,8 +176,17 @@ impl Readiness {
                     Slot::Probe(probe) => probe(),
                     Slot::Met => None,
                 }?;
-                Some(format!("{}: {}", condition.name(), one_line(&why)))
+                Some((*condition, one_line(&why)))
             })
+            .collect()
+    }
+
+    /// Why the node is not ready, one line per unmet condition (`<condition>: <why>`, in
+    /// [`Condition::ALL`]'s order); empty when it is ready.
+    pub fn reasons(&self) -> Vec<String> {
+        self.unmet()
+            .into_iter()
+            .map(|(condition, why)| format!("{}: {why}", condition.name()))
             .collect()
     }
 
