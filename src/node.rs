@@ -102,6 +102,7 @@ const HEARTBEAT_SLACK: Duration = Duration::from_secs(30);
 /// A part that cannot start: data dir, node key, nats-server (missing binary, no readiness),
 /// the NATS connection, the engine, the HTTP ingress address, the config dir.
 pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
+    raise_fd_limit();
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     // Its owner's only (mode 0700): it holds the keys the node's NATS admits.
@@ -133,6 +134,14 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
             crate::admin::metrics::install();
             let server = crate::admin::AdminServer::bind(addr).await?;
             tracing::info!(addr = %server.addr(), "admin endpoint listening");
+            if !addr.ip().is_loopback() {
+                tracing::warn!(
+                    addr = %server.addr(),
+                    "the admin endpoint listens on a non-loopback address: /readyz and /metrics \
+                     (task errors, app and component names) are readable from the network; \
+                     --admin-addr 127.0.0.1:PORT keeps them local"
+                );
+            }
             Some(tokio::spawn(
                 server.serve(admin_state.clone(), admin_stop.clone()),
             ))
@@ -221,6 +230,27 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         Err(e) => tracing::error!(error = format!("{e:#}"), "lattice node failed"),
     }
     result
+}
+
+/// Raises the soft limit of open files (`RLIMIT_NOFILE`) to the hard limit: the ingress, the
+/// admin endpoint, NATS and sled all need descriptors, and the usual soft limit (1024) is low
+/// for a server. Logged at debug; a failure is logged at warn and the node goes on under the
+/// limit it has.
+fn raise_fd_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => tracing::debug!(from = soft, to = hard, "raised the open files limit"),
+            Err(e) => tracing::warn!(
+                error = %e,
+                soft,
+                hard,
+                "cannot raise the open files limit (RLIMIT_NOFILE) to its hard limit"
+            ),
+        },
+        Ok((soft, _)) => tracing::debug!(limit = soft, "open files limit"),
+        Err(e) => tracing::warn!(error = %e, "reading the open files limit (RLIMIT_NOFILE)"),
+    }
 }
 
 /// Starts the node's own nats-server (standalone or leaf mode), or nothing (external mode).
