@@ -43,6 +43,34 @@ pub fn no_error_backtraces() {
     }
 }
 
+/// Makes a panic of `lattice up` a log event when the log is JSON (`--log-format json`), so
+/// that every line the node writes stays one JSON object: `tracing::error!` with the panic's
+/// message (`panic`), its `location` (file:line:column), the `thread`, and a `backtrace` when
+/// `RUST_BACKTRACE` asks for one. In text mode the standard hook's output (for people, with
+/// its backtrace hint) stays as it is. Call it after the subscriber is installed.
+pub fn install_panic_hook(format: admin::telemetry::LogFormat) {
+    if format != admin::telemetry::LogFormat::Json {
+        return;
+    }
+    std::panic::set_hook(Box::new(|info| {
+        let payload = info.payload();
+        let message = payload
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "(a payload that is not a string)".to_owned());
+        let location = info.location().map(ToString::to_string).unwrap_or_default();
+        let thread = std::thread::current();
+        let thread = thread.name().unwrap_or("<unnamed>");
+        let backtrace = std::backtrace::Backtrace::capture();
+        if backtrace.status() == std::backtrace::BacktraceStatus::Captured {
+            tracing::error!(panic = message, location, thread, backtrace = %backtrace, "panicked");
+        } else {
+            tracing::error!(panic = message, location, thread, "panicked");
+        }
+    }));
+}
+
 /// Runs the command the user gave: the whole program behind `main`.
 ///
 /// # Errors
@@ -58,6 +86,8 @@ pub fn run(cli: cli::Cli) -> anyhow::Result<ExitCode> {
                 otlp_endpoint: config.otlp_endpoint.clone(),
                 node_name: config.name.clone(),
             })?;
+            install_panic_hook(config.log_format);
+            let json = config.log_format == admin::telemetry::LogFormat::Json;
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .thread_name("lattice")
@@ -66,8 +96,15 @@ pub fn run(cli: cli::Cli) -> anyhow::Result<ExitCode> {
             // Blocking work still running (a compile nobody waits for any more) must not hold
             // the exit: dropping a runtime would wait for it without bound.
             runtime.shutdown_timeout(std::time::Duration::from_secs(2));
-            result?;
-            Ok(ExitCode::SUCCESS)
+            match result {
+                Ok(()) => Ok(ExitCode::SUCCESS),
+                Err(e) => {
+                    tracing::error!(error = format!("{e:#}"), "lattice node failed");
+                    // Under JSON every line is JSON: the log line is the report. Text mode
+                    // also gets `main`'s plain `error: …` line.
+                    if json { Ok(ExitCode::FAILURE) } else { Err(e) }
+                }
+            }
         }
         cli::Command::Get(args) => {
             let runtime = tokio::runtime::Builder::new_current_thread()

@@ -225,9 +225,9 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         let _ = admin.await;
     }
     let _ = systemd.await;
-    match &result {
-        Ok(()) => tracing::info!("lattice node stopped"),
-        Err(e) => tracing::error!(error = format!("{e:#}"), "lattice node failed"),
+    // A failure is logged by the caller (`lattice::run`), with the failures before this point.
+    if result.is_ok() {
+        tracing::info!("lattice node stopped");
     }
     result
 }
@@ -351,6 +351,16 @@ struct Watch {
     admin: crate::admin::AdminState,
 }
 
+/// Replaces the [`Condition::Connection`] probe (and the NATS client it holds) when dropped.
+struct ConnectionProbe(Readiness);
+
+impl Drop for ConnectionProbe {
+    fn drop(&mut self) {
+        self.0
+            .waiting(Condition::Connection, "closed: the node is stopping");
+    }
+}
+
 /// The parts that run on top of a ready NATS.
 async fn run_with_nats(
     config: &NodeConfig,
@@ -372,6 +382,10 @@ async fn run_with_nats(
     let id = signer.id();
     let started = Instant::now();
     let client = nats::connect(nats_url, &config.name, auth).await?;
+    // The probe holds a clone of the client: replaced when this function returns, however it
+    // returns, so that no clone outlives the node (reconnecting to a nats-server stopped next,
+    // its warnings burying the error the node stops for).
+    let _connection_probe = ConnectionProbe(readiness.clone());
     readiness.probe(Condition::Connection, {
         let client = client.clone();
         move || match client.connection_state() {
