@@ -23,7 +23,8 @@ pub const CONFIG_FILE_NAME: &str = "lattice.toml";
 /// Default address of the shared HTTP ingress.
 pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:8000";
 
-/// The public NGS endpoint, the default leaf remote with `--creds` (as in wasmCloud's guide).
+/// The public NGS endpoint, the default leaf remote with an explicit `--creds` (as in wasmCloud's
+/// guide); never with the implicit default credential alone.
 pub const DEFAULT_LEAF_URL: &str = "tls://connect.ngs.global";
 
 /// Default interval between heartbeats.

@@ -9,7 +9,7 @@
 //! reverse start order, each bounded → HTTP and RPC (drain in-flight requests) → NATS client →
 //! nats-server last.
 //!
-//! Before all of it: the node's [`Readiness`] (fed from here as the parts come up: nats-server,
+//! Before all of it: the open-files limit raised to its hard limit, the node's [`Readiness`] (fed from here as the parts come up: nats-server,
 //! the connection, the store, the first pass, the tasks' health), its [`Liveness`] registry
 //! (the nats supervisor, the reconciler and the heartbeat beat in it), the admin endpoint that
 //! serves them, and the systemd notifier ([`crate::admin::systemd`]: `READY=1` once ready, the

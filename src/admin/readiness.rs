@@ -1,5 +1,7 @@
 //! Whether the node is ready to serve its share of the lattice: what `/readyz` answers
-//! ([`crate::admin`]) and when systemd is told `READY=1` ([`crate::admin::systemd`]).
+//! ([`crate::admin`]) and when systemd is told `READY=1` ([`crate::admin::systemd`], which after
+//! a grace also says `READY=1` while only [`Condition::Store`] or [`Condition::Tasks`] are
+//! unmet).
 //!
 //! The node is ready while every [`Condition`] holds:
 //! - [`Condition::NatsServer`]: its own nats-server child runs (not restarting) and answers
