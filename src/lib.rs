@@ -79,7 +79,23 @@ pub fn install_panic_hook(format: admin::telemetry::LogFormat) {
 pub fn run(cli: cli::Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         cli::Command::Up(args) => {
-            let config = config::NodeConfig::resolve(*args)?;
+            // `--log-format json` (or its env var) holds for an invalid config too; the config
+            // file's `log-format` is not known when the config is what failed.
+            let json_asked = args.log_format == Some(admin::telemetry::LogFormat::Json);
+            let config = match config::NodeConfig::resolve(*args) {
+                Ok(config) => config,
+                Err(e) if json_asked => {
+                    let _telemetry = admin::telemetry::init(&admin::telemetry::Settings {
+                        filter: "info".to_owned(),
+                        format: admin::telemetry::LogFormat::Json,
+                        otlp_endpoint: None,
+                        node_name: String::new(),
+                    })?;
+                    tracing::error!(error = format!("{e:#}"), "lattice node failed");
+                    return Ok(ExitCode::FAILURE);
+                }
+                Err(e) => return Err(e),
+            };
             let _telemetry = admin::telemetry::init(&admin::telemetry::Settings {
                 filter: config.log_filter.clone(),
                 format: config.log_format,

@@ -480,6 +480,10 @@ async fn run_with_nats(
         .with_replicas(config.store_replicas),
     );
 
+    // Subscribed before host_started goes out, so the others' answers are heard; a restarted
+    // attempt subscribes anew. Before any task is spawned: from there on nothing returns early,
+    // so no task (each holding a clone of the client) outlives this function.
+    let mut events = Some(Membership::subscribe(&client, &config.lattice).await?);
     let mut tasks = Supervisor::new(RestartPolicy::default());
     readiness.probe(Condition::Tasks, {
         let health = tasks.health();
@@ -507,9 +511,6 @@ async fn run_with_nats(
             async move { rpc.route_replies(shutdown).await }
         }
     });
-    // Subscribed before host_started goes out, so the others' answers are heard; a restarted
-    // attempt subscribes anew.
-    let mut events = Some(Membership::subscribe(&client, &config.lattice).await?);
     tasks.spawn(TASK_MEMBERSHIP, {
         let (membership, client, lattice, on_join) = (
             membership.clone(),

@@ -110,3 +110,38 @@ fn a_failed_start_under_json_writes_only_json_lines() {
         "{failed}"
     );
 }
+
+/// A config that does not resolve under `--log-format json` is reported as one JSON line too.
+#[test]
+fn an_invalid_config_under_json_is_one_json_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_lattice"))
+        .arg("up")
+        .arg("--config-dir")
+        .arg(tmp.path().join("config"))
+        .arg("--data-dir")
+        .arg(tmp.path().join("data"))
+        .args(["--admin-addr", "not-an-address", "--log-format", "json"])
+        .env_remove("LATTICE_ADMIN_ADDR")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<Value> = stderr
+        .lines()
+        .map(|line| {
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line:?}"))
+        })
+        .collect();
+    assert_eq!(lines.len(), 1, "{stderr}");
+    assert_eq!(
+        lines[0]["fields"]["message"], "lattice node failed",
+        "{stderr}"
+    );
+    let error = lines[0]["fields"]["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("--admin-addr \"not-an-address\""),
+        "{stderr}"
+    );
+}
