@@ -137,3 +137,56 @@ pub fn run(cli: cli::Cli) -> anyhow::Result<ExitCode> {
         cli::Command::Init(args) => init::run(&args),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write as _;
+    use std::sync::{Arc, Mutex};
+
+    /// A writer into a shared buffer, for a test subscriber.
+    #[derive(Clone, Default)]
+    struct Buffer(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Buffer {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().write(bytes)
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn under_json_a_panic_is_one_json_event_with_its_message_and_location() {
+        let buffer = Buffer::default();
+        let writer = buffer.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .json()
+            .with_writer(move || writer.clone())
+            .finish();
+        super::install_panic_hook(crate::admin::telemetry::LogFormat::Json);
+        let line = line!() + 3;
+        tracing::subscriber::with_default(subscriber, || {
+            let result = std::panic::catch_unwind(|| {
+                panic!("boom {}", 42);
+            });
+            assert!(result.is_err());
+        });
+        let _ = std::panic::take_hook();
+        let text = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 1, "{text}");
+        let fields = &lines[0]["fields"];
+        assert_eq!(lines[0]["level"], "ERROR", "{text}");
+        assert_eq!(fields["message"], "panicked", "{text}");
+        assert_eq!(fields["panic"], "boom 42", "{text}");
+        let location = fields["location"].as_str().unwrap();
+        assert!(
+            location.starts_with(&format!("src/lib.rs:{line}:")),
+            "{text}"
+        );
+    }
+}
