@@ -140,7 +140,6 @@ pub fn run(cli: cli::Cli) -> anyhow::Result<ExitCode> {
 
 #[cfg(test)]
 mod tests {
-    use std::io::Write as _;
     use std::sync::{Arc, Mutex};
 
     /// A writer into a shared buffer, for a test subscriber.
