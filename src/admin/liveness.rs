@@ -10,7 +10,7 @@
 //!
 //! ```
 //! use std::time::Duration;
-//! use lattice::liveness::Liveness;
+//! use lattice::admin::liveness::Liveness;
 //!
 //! let liveness = Liveness::new();
 //! let heartbeat = liveness.register("heartbeat", Duration::from_secs(15));

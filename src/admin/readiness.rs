@@ -23,7 +23,7 @@
 //! and the systemd notifier can use it without knowing the node.
 //!
 //! ```
-//! use lattice::readiness::{Condition, Readiness};
+//! use lattice::admin::readiness::{Condition, Readiness};
 //!
 //! let readiness = Readiness::new();
 //! assert_eq!(readiness.reasons().len(), 5);
