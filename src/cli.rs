@@ -212,8 +212,9 @@ pub struct UpArgs {
     /// NATS user credentials file: the node's nats-server becomes a leaf node of --leaf-url,
     /// authenticating with it. The file must not be readable by group or others.
     /// `credential:NAME` reads systemd's credential $CREDENTIALS_DIRECTORY/NAME (the unit's
-    /// `LoadCredential=NAME:/etc/lattice/NAME`) [default: $CREDENTIALS_DIRECTORY/default.creds
-    /// when systemd loaded it, else none].
+    /// `LoadCredential=NAME:FILE`; the shipped unit has `LoadCredential=default.creds:lattice.creds`,
+    /// a file of /etc/credstore/) [default: $CREDENTIALS_DIRECTORY/default.creds when systemd
+    /// loaded it, which then requires --leaf-url or --nats-url; else none].
     #[arg(
         long,
         env = "LATTICE_CREDS",

@@ -23,7 +23,8 @@ pub const CONFIG_FILE_NAME: &str = "lattice.toml";
 /// Default address of the shared HTTP ingress.
 pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:8000";
 
-/// The public NGS endpoint, the default leaf remote with `--creds` (as in wasmCloud's guide).
+/// The public NGS endpoint, the default leaf remote with an explicit `--creds` (as in wasmCloud's
+/// guide); never with the implicit default credential alone.
 pub const DEFAULT_LEAF_URL: &str = "tls://connect.ngs.global";
 
 /// Default interval between heartbeats.
@@ -326,6 +327,8 @@ impl NodeConfig {
         );
 
         // `credential:NAME` names a systemd credential (crate::admin::credentials), checked as one.
+        // Whether the creds are systemd's default credential, taken without being named.
+        let mut implicit_creds = false;
         let creds = match (args.creds, file.creds) {
             (Some(path), _) => match crate::admin::credentials::credential_name(&path) {
                 Some(name) => Some(credential(name, "--creds")?),
@@ -354,6 +357,7 @@ impl NodeConfig {
                         crate::admin::credentials::DEFAULT_CREDENTIAL
                     );
                     check_credential(&path, &origin)?;
+                    implicit_creds = true;
                     Some(path)
                 }
                 None => None,
@@ -387,6 +391,18 @@ impl NodeConfig {
             ),
             (Some(url), None) => NatsMode::External { url, creds },
             (None, Some(url)) => NatsMode::Leaf { url, creds },
+            // The default credential alone does not say which lattice to join: without a URL it
+            // would make the node a leaf of DEFAULT_LEAF_URL (a public service).
+            (None, None) if implicit_creds => bail!(
+                "the default credential ${}/{} (the unit's LoadCredential={}:…) is loaded but no \
+                 leaf-url is given: set --leaf-url (env LATTICE_LEAF_URL, lattice.toml key \
+                 leaf-url) or --nats-url, or name the credential with --creds credential:{} to \
+                 join {DEFAULT_LEAF_URL}",
+                crate::admin::credentials::DIRECTORY_VAR,
+                crate::admin::credentials::DEFAULT_CREDENTIAL,
+                crate::admin::credentials::DEFAULT_CREDENTIAL,
+                crate::admin::credentials::DEFAULT_CREDENTIAL,
+            ),
             (None, None) => match creds {
                 Some(creds) => NatsMode::Leaf {
                     url: DEFAULT_LEAF_URL.to_owned(),

@@ -9,7 +9,7 @@
 //! reverse start order, each bounded → HTTP and RPC (drain in-flight requests) → NATS client →
 //! nats-server last.
 //!
-//! Before all of it: the node's [`Readiness`] (fed from here as the parts come up: nats-server,
+//! Before all of it: the open-files limit raised to its hard limit, the node's [`Readiness`] (fed from here as the parts come up: nats-server,
 //! the connection, the store, the first pass, the tasks' health), its [`Liveness`] registry
 //! (the nats supervisor, the reconciler and the heartbeat beat in it), the admin endpoint that
 //! serves them, and the systemd notifier ([`crate::admin::systemd`]: `READY=1` once ready, the
@@ -102,6 +102,7 @@ const HEARTBEAT_SLACK: Duration = Duration::from_secs(30);
 /// A part that cannot start: data dir, node key, nats-server (missing binary, no readiness),
 /// the NATS connection, the engine, the HTTP ingress address, the config dir.
 pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
+    raise_fd_limit();
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     // Its owner's only (mode 0700): it holds the keys the node's NATS admits.
@@ -133,6 +134,14 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
             crate::admin::metrics::install();
             let server = crate::admin::AdminServer::bind(addr).await?;
             tracing::info!(addr = %server.addr(), "admin endpoint listening");
+            if !addr.ip().is_loopback() {
+                tracing::warn!(
+                    addr = %server.addr(),
+                    "the admin endpoint listens on a non-loopback address: /readyz and /metrics \
+                     (task errors, app and component names) are readable from the network; \
+                     --admin-addr 127.0.0.1:PORT keeps them local"
+                );
+            }
             Some(tokio::spawn(
                 server.serve(admin_state.clone(), admin_stop.clone()),
             ))
@@ -216,11 +225,32 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         let _ = admin.await;
     }
     let _ = systemd.await;
-    match &result {
-        Ok(()) => tracing::info!("lattice node stopped"),
-        Err(e) => tracing::error!(error = format!("{e:#}"), "lattice node failed"),
+    // A failure is logged by the caller (`lattice::run`), with the failures before this point.
+    if result.is_ok() {
+        tracing::info!("lattice node stopped");
     }
     result
+}
+
+/// Raises the soft limit of open files (`RLIMIT_NOFILE`) to the hard limit: the ingress, the
+/// admin endpoint, NATS and sled all need descriptors, and the usual soft limit (1024) is low
+/// for a server. Logged at debug; a failure is logged at warn and the node goes on under the
+/// limit it has.
+fn raise_fd_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => tracing::debug!(from = soft, to = hard, "raised the open files limit"),
+            Err(e) => tracing::warn!(
+                error = %e,
+                soft,
+                hard,
+                "cannot raise the open files limit (RLIMIT_NOFILE) to its hard limit"
+            ),
+        },
+        Ok((soft, _)) => tracing::debug!(limit = soft, "open files limit"),
+        Err(e) => tracing::warn!(error = %e, "reading the open files limit (RLIMIT_NOFILE)"),
+    }
 }
 
 /// Starts the node's own nats-server (standalone or leaf mode), or nothing (external mode).
@@ -321,6 +351,16 @@ struct Watch {
     admin: crate::admin::AdminState,
 }
 
+/// Replaces the [`Condition::Connection`] probe (and the NATS client it holds) when dropped.
+struct ConnectionProbe(Readiness);
+
+impl Drop for ConnectionProbe {
+    fn drop(&mut self) {
+        self.0
+            .waiting(Condition::Connection, "closed: the node is stopping");
+    }
+}
+
 /// The parts that run on top of a ready NATS.
 async fn run_with_nats(
     config: &NodeConfig,
@@ -342,6 +382,10 @@ async fn run_with_nats(
     let id = signer.id();
     let started = Instant::now();
     let client = nats::connect(nats_url, &config.name, auth).await?;
+    // The probe holds a clone of the client: replaced when this function returns, however it
+    // returns, so that no clone outlives the node (reconnecting to a nats-server stopped next,
+    // its warnings burying the error the node stops for).
+    let _connection_probe = ConnectionProbe(readiness.clone());
     readiness.probe(Condition::Connection, {
         let client = client.clone();
         move || match client.connection_state() {
@@ -436,6 +480,10 @@ async fn run_with_nats(
         .with_replicas(config.store_replicas),
     );
 
+    // Subscribed before host_started goes out, so the others' answers are heard; a restarted
+    // attempt subscribes anew. Before any task is spawned: from there on nothing returns early,
+    // so no task (each holding a clone of the client) outlives this function.
+    let mut events = Some(Membership::subscribe(&client, &config.lattice).await?);
     let mut tasks = Supervisor::new(RestartPolicy::default());
     readiness.probe(Condition::Tasks, {
         let health = tasks.health();
@@ -463,9 +511,6 @@ async fn run_with_nats(
             async move { rpc.route_replies(shutdown).await }
         }
     });
-    // Subscribed before host_started goes out, so the others' answers are heard; a restarted
-    // attempt subscribes anew.
-    let mut events = Some(Membership::subscribe(&client, &config.lattice).await?);
     tasks.spawn(TASK_MEMBERSHIP, {
         let (membership, client, lattice, on_join) = (
             membership.clone(),
@@ -587,21 +632,13 @@ async fn run_with_nats(
         }
     });
     let (reconciled, first_pass) = tokio::sync::oneshot::channel();
-    // The reconciler asks for this node's description on every pass: that call is its beat.
-    let reconciler_local: Arc<dyn Fn() -> HostInfo + Send + Sync> = {
-        let beat = liveness.register("reconciler", RECONCILER_ALLOWANCE);
-        let local = local_info.clone();
-        Arc::new(move || {
-            beat.beat();
-            local()
-        })
-    };
+    let reconciler_beat = liveness.register("reconciler", RECONCILER_ALLOWANCE);
     let reconciler = Reconciler {
         me: id,
         deployer: deployer.clone(),
         mirror,
         membership,
-        local: reconciler_local,
+        local: local_info.clone(),
         client: client.clone(),
         lattice: config.lattice.clone(),
         tick: config.heartbeat_interval.min(Duration::from_secs(1)),
@@ -615,6 +652,7 @@ async fn run_with_nats(
         let reconciled = Arc::new(std::sync::Mutex::new(Some(reconciled)));
         move |shutdown| {
             let reconciler = reconciler.clone();
+            let beat = reconciler_beat.clone();
             let watcher_first_pass = watcher_first_pass.take();
             let reconciled = reconciled.clone();
             async move {
@@ -641,7 +679,7 @@ async fn run_with_nats(
                     std::future::pending::<()>().await;
                 };
                 tokio::select! {
-                    () = reconciler.run(started, passed, shutdown) => {}
+                    () = reconciler.run(started, passed, beat, shutdown) => {}
                     () = tell => {}
                 }
                 Ok(())

@@ -17,8 +17,10 @@
 //!
 //! Why a default: a unit that loads a credential named `default.creds` has said which NATS
 //! identity the node is, and the credentials directory holds only what the unit loaded, so
-//! nothing found there by accident can change the node's mode. Outside systemd
-//! (`$CREDENTIALS_DIRECTORY` unset) there is no default.
+//! nothing found there by accident can change the node's mode. It does not say which lattice,
+//! though: the default credential requires an explicit leaf or NATS URL (checked by
+//! [`crate::config`]), so that it never makes the node a leaf of the default leaf URL, a public
+//! service. Outside systemd (`$CREDENTIALS_DIRECTORY` unset) there is no default.
 
 use std::path::{Path, PathBuf};
 

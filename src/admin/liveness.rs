@@ -10,7 +10,7 @@
 //!
 //! ```
 //! use std::time::Duration;
-//! use lattice::liveness::Liveness;
+//! use lattice::admin::liveness::Liveness;
 //!
 //! let liveness = Liveness::new();
 //! let heartbeat = liveness.register("heartbeat", Duration::from_secs(15));
@@ -21,7 +21,10 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+// tokio's clock: the same as std's in the node, and paused with the tests' runtime.
+use tokio::time::Instant;
 
 /// No beat yet.
 const NEVER: u64 = u64::MAX;

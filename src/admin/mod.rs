@@ -41,8 +41,22 @@ use crate::admin::readiness::Readiness;
 pub const DEFAULT_ADDR: SocketAddr =
     SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9464);
 
-/// How long a client may take to send a request's headers.
-const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// How long a client may take to send a request's headers (an idle keep-alive connection
+/// included): a probe or a scrape sends them at once.
+const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The most connections the endpoint serves at once; one beyond is closed at once. Probes and
+/// a Prometheus or two need a handful; the cap keeps local users from holding the node's file
+/// descriptors.
+pub const MAX_CONNECTIONS: usize = 64;
+
+/// A connection's read buffer, at most: a request of the admin endpoint is a line and a few
+/// headers (hyper's smallest allowed is 8 KiB).
+const MAX_BUF_SIZE: usize = 16 * 1024;
+
+/// How long the accept loop pauses after an error (EMFILE, ENFILE, ENOBUFS: resources that a
+/// retry at once would not find either).
+const ACCEPT_ERROR_PAUSE: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// What the admin endpoint answers from; cheap to clone, every clone sees the same state.
 #[derive(Clone)]
@@ -123,23 +137,44 @@ impl AdminServer {
     }
 
     /// Answers requests from `state` until `shutdown` fires; connections still open then are
-    /// dropped.
+    /// dropped. At most [`MAX_CONNECTIONS`] at once (one beyond is closed as soon as it is
+    /// accepted), each given 2 s to send its request's headers and a 16 KiB read buffer; after
+    /// an accept error (e.g. out of file descriptors) the loop pauses 100 ms and logs at warn.
     pub async fn serve(self, state: AdminState, shutdown: CancellationToken) {
+        let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
         let mut connections = JoinSet::new();
         loop {
             let accepted = tokio::select! {
                 accepted = self.listener.accept() => accepted,
                 () = shutdown.cancelled() => break,
             };
-            let stream = match accepted {
-                Ok((stream, _)) => stream,
+            let (stream, peer) = match accepted {
+                Ok(accepted) => accepted,
                 Err(e) => {
-                    tracing::debug!(error = %e, "admin endpoint: accept");
-                    continue;
+                    tracing::warn!(
+                        error = %e,
+                        addr = %self.addr,
+                        "admin endpoint: accepting a connection; pausing {ACCEPT_ERROR_PAUSE:?}"
+                    );
+                    tokio::select! {
+                        () = tokio::time::sleep(ACCEPT_ERROR_PAUSE) => continue,
+                        () = shutdown.cancelled() => break,
+                    }
                 }
+            };
+            // Finished connections are reaped as new ones come.
+            while connections.try_join_next().is_some() {}
+            let Ok(slot) = slots.clone().try_acquire_owned() else {
+                tracing::debug!(
+                    %peer,
+                    "admin endpoint: {MAX_CONNECTIONS} connections open; closing this one"
+                );
+                drop(stream);
+                continue;
             };
             let state = state.clone();
             connections.spawn(async move {
+                let _slot = slot;
                 let service = hyper::service::service_fn(|request| {
                     let state = state.clone();
                     async move { Ok::<_, Infallible>(answer(&request, &state)) }
@@ -147,13 +182,12 @@ impl AdminServer {
                 let connection = hyper::server::conn::http1::Builder::new()
                     .timer(TokioTimer::new())
                     .header_read_timeout(HEADER_READ_TIMEOUT)
+                    .max_buf_size(MAX_BUF_SIZE)
                     .serve_connection(TokioIo::new(stream), service);
                 if let Err(e) = connection.await {
                     tracing::debug!(error = %e, "admin endpoint: connection");
                 }
             });
-            // Finished connections are reaped as new ones come.
-            while connections.try_join_next().is_some() {}
         }
         connections.shutdown().await;
     }

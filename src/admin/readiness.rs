@@ -1,5 +1,7 @@
 //! Whether the node is ready to serve its share of the lattice: what `/readyz` answers
-//! ([`crate::admin`]) and when systemd is told `READY=1` ([`crate::admin::systemd`]).
+//! ([`crate::admin`]) and when systemd is told `READY=1` ([`crate::admin::systemd`], which after
+//! a grace also says `READY=1` while only [`Condition::Store`] or [`Condition::Tasks`] are
+//! unmet).
 //!
 //! The node is ready while every [`Condition`] holds:
 //! - [`Condition::NatsServer`]: its own nats-server child runs (not restarting) and answers
@@ -21,7 +23,7 @@
 //! and the systemd notifier can use it without knowing the node.
 //!
 //! ```
-//! use lattice::readiness::{Condition, Readiness};
+//! use lattice::admin::readiness::{Condition, Readiness};
 //!
 //! let readiness = Readiness::new();
 //! assert_eq!(readiness.reasons().len(), 5);
@@ -162,9 +164,9 @@ impl Readiness {
         self.set(condition, Slot::Probe(Arc::new(probe)));
     }
 
-    /// Why the node is not ready, one line per unmet condition (`<condition>: <why>`, in
-    /// [`Condition::ALL`]'s order); empty when it is ready.
-    pub fn reasons(&self) -> Vec<String> {
+    /// The unmet conditions with why each is unmet (one line), in [`Condition::ALL`]'s
+    /// order; empty when the node is ready.
+    pub fn unmet(&self) -> Vec<(Condition, String)> {
         // The probes run outside the lock: one may read state that is slow to lock.
         let slots = self.lock().clone();
         Condition::ALL
@@ -176,8 +178,17 @@ impl Readiness {
                     Slot::Probe(probe) => probe(),
                     Slot::Met => None,
                 }?;
-                Some(format!("{}: {}", condition.name(), one_line(&why)))
+                Some((*condition, one_line(&why)))
             })
+            .collect()
+    }
+
+    /// Why the node is not ready, one line per unmet condition (`<condition>: <why>`, in
+    /// [`Condition::ALL`]'s order); empty when it is ready.
+    pub fn reasons(&self) -> Vec<String> {
+        self.unmet()
+            .into_iter()
+            .map(|(condition, why)| format!("{}: {why}", condition.name()))
             .collect()
     }
 

@@ -69,10 +69,13 @@ impl Reconciler {
     /// Reconciles until `shutdown`: after `start` (the config dir's first pass) and a short
     /// wait to hear from the other hosts, then whenever the desired state or a host changes,
     /// and every `tick`. `first_pass` is told once the starts of the first pass have ended.
+    /// `beat` beats at the top of every round of the loop (the systemd watchdog's proof that
+    /// the reconciler goes round, [`crate::admin::systemd`]).
     pub async fn run(
         self,
         start: tokio::sync::oneshot::Receiver<()>,
         first_pass: tokio::sync::oneshot::Sender<()>,
+        beat: crate::admin::liveness::Beat,
         shutdown: CancellationToken,
     ) {
         tokio::select! {
@@ -90,6 +93,7 @@ impl Reconciler {
         // routes to it.
         let started = self.deployer.on_started();
         loop {
+            beat.beat();
             let desired = self.mirror.desired();
             desired_rx.mark_unchanged();
             let hosts = self.hosts();

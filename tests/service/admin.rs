@@ -319,3 +319,40 @@ fn readyz_is_503_while_a_supervised_task_is_failing() {
     std::fs::create_dir_all(&target).unwrap();
     poll_readyz(&node, 200, Duration::from_secs(60));
 }
+
+/// Local users cannot starve the admin endpoint: with the node's open-files limit clamped to
+/// what it uses plus 100 (`prlimit`), 400 idle connections to the admin port (more than that
+/// limit) neither run the node out of descriptors (no accept error in its log) nor keep
+/// `/readyz` from answering 200 while they are held open; the app still answers.
+#[test]
+fn many_idle_connections_do_not_stop_readyz_from_answering() {
+    let dirs = Dirs::with_hello();
+    let node = Node::start_in(&dirs.config, &dirs.data, &[]);
+    poll_readyz(&node, 200, Duration::from_secs(30));
+    let pid = node.pid();
+    let open = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count();
+    let limit = open + 100;
+    let clamp = Command::new("prlimit")
+        .arg(format!("--pid={pid}"))
+        .arg(format!("--nofile={limit}:{limit}"))
+        .status()
+        .unwrap();
+    assert!(clamp.success(), "prlimit: {clamp:?}");
+    let idle: Vec<std::net::TcpStream> = (0..400)
+        .filter_map(|_| std::net::TcpStream::connect(node.admin).ok())
+        .collect();
+    assert!(idle.len() > limit, "only {} connections", idle.len());
+    poll_readyz(&node, 200, Duration::from_secs(30));
+    assert_eq!(
+        node.wait_for_status("/", 200, Duration::from_secs(10)),
+        "Hello from lattice: /\n"
+    );
+    let log = node.log();
+    assert!(
+        !log.contains("admin endpoint: accept"),
+        "the node ran out of descriptors:\n{log}"
+    );
+    drop(idle);
+}

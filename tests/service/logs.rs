@@ -62,3 +62,86 @@ fn json_logs_are_one_object_a_line_and_request_lines_carry_app_and_component() {
         assert_eq!(span["url.path"], "/greet", "{line}");
     }
 }
+
+/// A start that fails under `--log-format json` (the admin address is taken) writes only JSON
+/// lines, the failure among them as a `lattice node failed` event naming the address, and exits
+/// with 1.
+#[test]
+fn a_failed_start_under_json_writes_only_json_lines() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let tmp = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_lattice"))
+        .arg("up")
+        .arg("--config-dir")
+        .arg(tmp.path().join("config"))
+        .arg("--data-dir")
+        .arg(tmp.path().join("data"))
+        .args(["--admin-addr", &addr, "--http-addr", "127.0.0.1:0"])
+        .args(["--log-format", "json", "--log", "info"])
+        .env_remove("CREDENTIALS_DIRECTORY")
+        .env_remove("LATTICE_CREDS")
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("LATTICE_ADMIN_ADDR")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|line| {
+            serde_json::from_str(line)
+                .unwrap_or_else(|e| panic!("not JSON ({e}): {line:?}\noutput:\n{text}"))
+        })
+        .collect();
+    let failed = lines
+        .iter()
+        .find(|l| l["fields"]["message"] == "lattice node failed")
+        .unwrap_or_else(|| panic!("no `lattice node failed` event:\n{text}"));
+    assert_eq!(failed["level"], "ERROR", "{failed}");
+    let error = failed["fields"]["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains(&format!("cannot listen on {addr}")),
+        "{failed}"
+    );
+}
+
+/// A config that does not resolve under `--log-format json` is reported as one JSON line too.
+#[test]
+fn an_invalid_config_under_json_is_one_json_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_lattice"))
+        .arg("up")
+        .arg("--config-dir")
+        .arg(tmp.path().join("config"))
+        .arg("--data-dir")
+        .arg(tmp.path().join("data"))
+        .args(["--admin-addr", "not-an-address", "--log-format", "json"])
+        .env_remove("LATTICE_ADMIN_ADDR")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<Value> = stderr
+        .lines()
+        .map(|line| {
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line:?}"))
+        })
+        .collect();
+    assert_eq!(lines.len(), 1, "{stderr}");
+    assert_eq!(
+        lines[0]["fields"]["message"], "lattice node failed",
+        "{stderr}"
+    );
+    let error = lines[0]["fields"]["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("--admin-addr \"not-an-address\""),
+        "{stderr}"
+    );
+}

@@ -89,7 +89,9 @@ fn under_systemd_the_node_joins_the_hub_and_says_ready_only_once_readyz_is_200()
         std::fs::create_dir_all(dir).unwrap();
     }
     // As systemd lays out a credential: in a directory of the unit's own, here a 0600 file
-    // owned by another user than the node's.
+    // owned by another user than the node's. The node runs as root, so this shows only that a
+    // credential owned by another user is not refused (as a creds file by path would not be
+    // either), not who can read it.
     std::fs::set_permissions(&credentials, std::fs::Permissions::from_mode(0o700)).unwrap();
     let source = hub.user_creds(tmp.path(), "node.creds");
     let credential = credentials.join("default.creds");
@@ -148,11 +150,16 @@ fn under_systemd_the_node_joins_the_hub_and_says_ready_only_once_readyz_is_200()
         &mut seen,
         &node,
     );
-    // A quick start says READY=1 alone (and nothing before it but watchdog pings).
-    assert_eq!(ready, "READY=1\n");
+    // READY=1 (with STATUS=ready after a start slower than 5 s, which sent STATUS= lines
+    // before it), and nothing else before it but watchdog pings.
     assert!(
-        seen.iter()
-            .all(|(_, text)| text == "READY=1\n" || text == "WATCHDOG=1\n"),
+        ready == "READY=1\n" || ready == "READY=1\nSTATUS=ready\n",
+        "{ready:?}"
+    );
+    assert!(
+        seen.iter().all(|(_, text)| text == &ready
+            || text == "WATCHDOG=1\n"
+            || text.starts_with("STATUS=not ready: ")),
         "{seen:?}"
     );
     // The watchdog pings every second while the loops are alive.
@@ -374,6 +381,91 @@ fn ready_waits_until_the_lattice_store_has_answered() {
     receive_until(
         &socket,
         "READY=1",
+        Duration::from_secs(40),
+        &mut seen,
+        &node,
+    );
+    assert_eq!(node.admin_get("/readyz"), Some((200, "ready\n".to_owned())));
+}
+
+/// The default credential alone (`$CREDENTIALS_DIRECTORY/default.creds`, no `--creds`) does not
+/// choose a lattice: without `--leaf-url` or `--nats-url` the node refuses to start, naming the
+/// credential, the unit's `LoadCredential=` and the missing key, rather than join the default
+/// (public) leaf URL.
+#[test]
+fn the_default_credential_without_a_leaf_url_is_refused() {
+    let hub = Hub::start();
+    let dir = tempfile::tempdir().unwrap();
+    hub.user_creds(dir.path(), "default.creds");
+    let env = [("CREDENTIALS_DIRECTORY", dir.path())];
+    let err = up_fails(&[], &env);
+    assert!(
+        err.contains("the default credential $CREDENTIALS_DIRECTORY/default.creds")
+            && err.contains("LoadCredential=default.creds:")
+            && err.contains("no leaf-url is given: set --leaf-url"),
+        "{err}"
+    );
+}
+
+/// A leaf node whose hub has no JetStream: after the grace (1 s here, through the test knob
+/// `LATTICE_READY_GRACE_MS`) and its first pass, it tells systemd `READY=1` with a `STATUS=`
+/// saying it serves from its mirror, while `/readyz` stays 503 naming the store; once the hub
+/// comes back with JetStream, `STATUS=ready` and `/readyz` 200.
+#[test]
+fn after_the_grace_a_node_whose_store_is_out_of_reach_is_ready_serving_from_its_mirror() {
+    use crate::common::hub::HubJetStream;
+    let mut hub = Hub::start_with(HubJetStream::Off);
+    let tmp = tempfile::tempdir().unwrap();
+    let creds = hub.user_creds(tmp.path(), "node.creds");
+    let socket_path = tmp.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let (config, data) = (tmp.path().join("config"), tmp.path().join("data"));
+    std::fs::create_dir_all(&config).unwrap();
+    let (creds_s, leaf, socket_s) = (
+        creds.to_string_lossy().into_owned(),
+        hub.leaf_url(),
+        socket_path.to_string_lossy().into_owned(),
+    );
+    let node = Node::launch(&Launch {
+        dirs: Some((&config, &data)),
+        extra: &["--creds", &creds_s, "--leaf-url", &leaf],
+        env: &[
+            ("NOTIFY_SOCKET", &socket_s),
+            ("LATTICE_READY_GRACE_MS", "1000"),
+        ],
+        ..Launch::default()
+    });
+    let mut seen = Vec::new();
+    let (_, ready) = receive_until(
+        &socket,
+        "READY=1",
+        Duration::from_secs(40),
+        &mut seen,
+        &node,
+    );
+    assert!(
+        ready
+            .lines()
+            .any(|l| l.starts_with("STATUS=ready, serving from the mirror: the lattice's store")),
+        "{ready:?}"
+    );
+    let (status, body) = node.admin_get("/readyz").unwrap();
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body.contains("store: the lattice's store has not answered yet"),
+        "{body}"
+    );
+    node.wait_for_log(
+        &["lattice node is ready for systemd after the grace"],
+        Duration::from_secs(5),
+    );
+    hub.restart_with(HubJetStream::Domain(Hub::JS_DOMAIN));
+    receive_until(
+        &socket,
+        "STATUS=ready",
         Duration::from_secs(40),
         &mut seen,
         &node,
