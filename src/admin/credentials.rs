@@ -9,7 +9,7 @@
 //! 0440), owned by root or the service user, possibly with an ACL granting the service user
 //! access
 //! (<https://systemd.io/CREDENTIALS/>). So the file stays root-only where it lives on disk
-//! (`/etc/lattice/default.creds`, mode 0600) and the service, even a `DynamicUser=` one, can read
+//! (`/etc/credstore/lattice.creds`, mode 0600, for the shipped unit) and the service, even a `DynamicUser=` one, can read
 //! its copy. Whether group or others could read the copy says nothing about who can (the
 //! directory decides), so a credential is not held to the mode check that a creds file given
 //! by path is ([`crate::config::check_creds_file`]); it must still be a readable, regular NATS

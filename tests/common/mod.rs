@@ -4,6 +4,7 @@
 
 pub mod hub;
 pub mod lattice;
+pub mod observe;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;

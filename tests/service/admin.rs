@@ -246,7 +246,7 @@ fn prometheus_scrapes_request_counts_equal_to_those_sent_by_status_class() {
         )
     })
     .chain([(
-        ("_none".to_owned(), "_none".to_owned(), "4xx".to_owned()),
+        ("(none)".to_owned(), "(none)".to_owned(), "4xx".to_owned()),
         2,
     )])
     .collect();
@@ -271,10 +271,10 @@ fn prometheus_scrapes_request_counts_equal_to_those_sent_by_status_class() {
         std::thread::sleep(Duration::from_millis(250));
     };
     // Every class of each component is exported (zero until counted), and nothing else.
-    assert_eq!(seen.len(), 4 * 5, "{seen:?}");
+    assert_eq!(seen.len(), 4 * 6, "{seen:?}");
     assert!(
         seen.keys()
-            .all(|(app, _, _)| ["hello", "config", "echo", "_none"].contains(&app.as_str())),
+            .all(|(app, _, _)| ["hello", "config", "echo", "(none)"].contains(&app.as_str())),
         "{seen:?}"
     );
 }

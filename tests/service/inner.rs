@@ -11,12 +11,8 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::common::observe::{Recorder, http_client_link, keyvalue_link, unique};
 use crate::common::{Dirs, Node, example_wasm, free_port, http_get, http_request, wait_until};
-use observe::{Recorder, http_client_link, keyvalue_link, unique};
-
-// Until `tests/common/mod.rs` has `pub mod observe;`: then `use crate::common::observe;`.
-#[path = "../common/observe.rs"]
-mod observe;
 
 /// How long a node may take to deploy its config dir's apps (compiling included).
 const DEPLOYED: Duration = Duration::from_secs(60);
