@@ -190,8 +190,15 @@ fn protocol_warning() -> Option<String> {
     })
 }
 
+/// The target of events that stay in the node's log, inside the spans they happen in (so they
+/// carry the request's fields), and are never exported: what they say quotes a guest or its data
+/// (a trap's text, a keyvalue key). `tracing::warn!(target: LOG_ONLY, …)`; the log's filter
+/// sees them under this name (`--log lattice_log=off` silences them).
+pub const LOG_ONLY: &str = "lattice_log";
+
 /// What the trace layer records: this crate's spans at `debug` and above, and its warnings and
-/// errors (as events of the span they happen in); nothing of other crates.
+/// errors (as events of the span they happen in); nothing of other crates, nor [`LOG_ONLY`]
+/// events.
 fn exported(meta: &tracing::Metadata<'_>) -> bool {
     let ours = meta.target() == "lattice" || meta.target().starts_with("lattice::");
     let level = if meta.is_span() {

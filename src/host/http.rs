@@ -33,6 +33,7 @@ use super::engine::PoolSlots;
 use super::grants::Grants;
 use super::state::HostState;
 use crate::admin::metrics::ComponentMetrics;
+use crate::admin::telemetry::LOG_ONLY;
 use crate::admin::telemetry::record_error;
 use crate::providers::http_client::EgressClient;
 
@@ -564,11 +565,11 @@ impl Drop for SlotsUpdate<'_> {
 }
 
 /// Logs the trap `error` of component `component` of app `app` at ERROR with its whole text
-/// (the wasm backtrace, and whatever the guest put in its error), outside any span: the text is
-/// partly the guest's, so it stays in the node's log and is never exported as a span event.
-/// The span gets a [`Bounded`] root cause instead.
+/// (the wasm backtrace, and whatever the guest put in its error), in the request's span but
+/// under [`LOG_ONLY`]: the text is partly the guest's, so it stays in the node's log and is never
+/// exported as a span event. The span gets a [`Bounded`] root cause instead.
 fn log_trap(app: &str, component: &str, error: &wasmtime::Error, what: &str) {
-    tracing::error!(parent: None, app, component, error = format!("{error:?}"), "{what}");
+    tracing::error!(target: LOG_ONLY, app, component, error = format!("{error:?}"), "{what}");
 }
 
 /// Text written with at most [`Bounded::MAX`] bytes of it (cut at a character boundary, `…`

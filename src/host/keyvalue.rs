@@ -155,11 +155,11 @@ impl Opened {
     }
 
     /// `e` as the guest sees it (`other`), logged for the operator with where it happened. The
-    /// text may quote the key (user data), so the warning has no parent span: it stays in the
+    /// text may quote the key (user data), so the warning is [`LOG_ONLY`]: it stays in the
     /// node's log and is never exported as an event of the call's span.
     fn error(&self, e: KvError) -> store::Error {
         tracing::warn!(
-            parent: None,
+            target: crate::admin::telemetry::LOG_ONLY,
             app = %self.app,
             component = %self.component,
             link = %self.link,
@@ -258,7 +258,6 @@ impl store::Host for HostState {
         let Some((link, bucket)) = self.grants.buckets.get_key_value(identifier.as_str()) else {
             span.record("link", "unknown");
             tracing::debug!(
-                parent: None,
                 app = %self.grants.app,
                 component = %self.grants.component,
                 identifier = crate::providers::keyvalue::shown_key(&identifier),

@@ -21,8 +21,8 @@
 //! the server continues the component's trace. Otherwise it carries that span's `traceparent`
 //! (and `tracestate` when not empty), replacing what the component set, so the server
 //! continues the node's trace. With traces off the component's headers go out as it set them.
-//! Logs name a destination by its origin (`scheme://host[:port]`); its path only at DEBUG,
-//! outside any span.
+//! Logs name a destination by its origin (`scheme://host[:port]`); its path only at DEBUG
+//! (never exported: the trace layer takes warnings and errors only).
 
 pub mod address;
 pub mod egress;
@@ -293,7 +293,7 @@ fn split_port(entry: &str) -> Option<(&str, Option<u16>)> {
 
 /// `uri`'s origin for the log, `scheme://host[:port]` (the port when the URI has one): no user
 /// info (`user:pass@`), path or query, which carry credentials and tokens (webhook URLs have
-/// them in their paths). The path goes to the log at DEBUG only, outside any span.
+/// them in their paths). The path goes to the log at DEBUG only, which is never exported.
 fn origin(uri: &http::Uri) -> String {
     let scheme = uri.scheme_str().unwrap_or("http");
     let host = uri.host().unwrap_or_default();
@@ -440,7 +440,7 @@ impl WasiHttpHooks for OutgoingHttp {
             if !std::mem::replace(&mut self.denial_logged, true) {
                 tracing::warn!(app = %self.app, component = %self.component, uri, allowed_hosts = %self.allowed, "{why}");
             }
-            tracing::debug!(parent: None, app = %self.app, component = %self.component, uri, path, "{why}");
+            tracing::debug!(app = %self.app, component = %self.component, uri, path, "{why}");
             return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
         }
         let Ok(permit) = self.in_flight.clone().try_acquire_owned() else {
@@ -451,7 +451,7 @@ impl WasiHttpHooks for OutgoingHttp {
             );
             return Box::new(async { Err(wasmtime_wasi_http::Error::ConnectionLimitReached) });
         };
-        tracing::debug!(parent: None, app = %self.app, component = %self.component, uri = origin(request.uri()), path = request.uri().path(), "outgoing HTTP request");
+        tracing::debug!(app = %self.app, component = %self.component, uri = origin(request.uri()), path = request.uri().path(), "outgoing HTTP request");
         let span = client_span(&request);
         let mut request = request;
         carry_trace(&span, request.headers_mut());

@@ -677,13 +677,13 @@ impl ConnectorInner {
 
     fn log_limit(&self, uri: &Uri, error: &ConnectError) {
         // The origin only where it may be exported; the path (it may carry tokens) at DEBUG,
-        // outside any span.
+        // which is never exported.
         let (path, uri) = (uri.path(), origin(uri));
         let why = "outgoing HTTP request refused (connection-limit-reached)";
         if !self.limit_logged.swap(true, Ordering::Relaxed) {
             tracing::warn!(app = %self.app, component = %self.component, uri, reason = %error, "{why}");
         }
-        tracing::debug!(parent: None, app = %self.app, component = %self.component, uri, path, reason = %error, "{why}");
+        tracing::debug!(app = %self.app, component = %self.component, uri, path, reason = %error, "{why}");
     }
 
     fn log_refusal(&self, uri: &Uri, error: &ConnectError) {
@@ -694,7 +694,7 @@ impl ConnectorInner {
         if !self.refusal_logged.swap(true, Ordering::Relaxed) {
             tracing::info!(app = %self.app, component = %self.component, uri, reason = %error, "{why}");
         }
-        tracing::debug!(parent: None, app = %self.app, component = %self.component, uri, path, reason = %error, "{why}");
+        tracing::debug!(app = %self.app, component = %self.component, uri, path, reason = %error, "{why}");
     }
 }
 
