@@ -35,23 +35,12 @@ PIDS+=($!)
 PIDS+=($!)
 wait_http "$LPORT" "$WORK/lattice.log"; wait_http "$WPORT" "$WORK/wasmtime.log"
 
-# One wrk run: prints "RPS P50_MS P99_MS".
-run_wrk() {
-  wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency "http://127.0.0.1:$1/" | awk '
-    function ms(v) { if (v ~ /us$/) return v/1000; if (v ~ /ms$/) return v+0; if (v ~ /s$/) return v*1000; return v }
-    /Requests\/sec/ { rps=$2 }
-    /^ +50%/ { p50=ms($2) }
-    /^ +99%/ { p99=ms($2) }
-    /Non-2xx/ { bad=$NF }
-    END { printf "%d %.3f %.3f %s\n", rps, p50, p99, (bad==""?0:bad) }'
-}
-
 printf '%-6s %-16s %10s %9s %9s %8s\n' round server req/s p50_ms p99_ms non2xx
 L=(); W=()
 for r in $(seq "$ROUNDS"); do
-  read -r rps p50 p99 bad < <(run_wrk "$LPORT"); L+=("$rps")
+  read -r rps p50 p99 bad < <(wrk_get "$LPORT"); L+=("$rps")
   printf '%-6s %-16s %10s %9s %9s %8s\n' "$r" lattice "$rps" "$p50" "$p99" "$bad"
-  read -r rps p50 p99 bad < <(run_wrk "$WPORT"); W+=("$rps")
+  read -r rps p50 p99 bad < <(wrk_get "$WPORT"); W+=("$rps")
   printf '%-6s %-16s %10s %9s %9s %8s\n' "$r" "wasmtime-serve" "$rps" "$p50" "$p99" "$bad"
 done
 ML=$(median "${L[@]}"); MW=$(median "${W[@]}")

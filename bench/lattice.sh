@@ -44,25 +44,14 @@ grep -q 'no replica of this component belongs on this node' "$WORK/front.log" \
   || { echo "the front node runs a replica; the cross-node path would not be measured; its log:" >&2
        tail -n 30 "$WORK/front.log" >&2; exit 1; }
 
-# One wrk run: prints "RPS P50_MS P99_MS NON2XX".
-run_wrk() { # port connections
-  wrk -t"$(( $2 < THREADS ? $2 : THREADS ))" -c"$2" -d"$DURATION" --latency "http://127.0.0.1:$1/" | awk '
-    function ms(v) { if (v ~ /us$/) return v/1000; if (v ~ /ms$/) return v+0; if (v ~ /s$/) return v*1000; return v }
-    /Requests\/sec/ { rps=$2 }
-    /^ +50%/ { p50=ms($2) }
-    /^ +99%/ { p99=ms($2) }
-    /Non-2xx/ { bad=$NF }
-    END { printf "%d %.3f %.3f %s\n", rps, p50, p99, (bad==""?0:bad) }'
-}
-
 printf '%-6s %-12s %5s %10s %9s %9s %8s\n' round path conns req/s p50_ms p99_ms non2xx
 LP=(); RP=()
 for r in $(seq "$ROUNDS"); do
   for c in 1 "$CONNECTIONS"; do
-    read -r rps p50 p99 bad < <(run_wrk "$LOCAL" "$c")
+    read -r rps p50 p99 bad < <(wrk_get "$LOCAL" "$c")
     printf '%-6s %-12s %5s %10s %9s %9s %8s\n' "$r" local "$c" "$rps" "$p50" "$p99" "$bad"
     [ "$c" = 1 ] && LP+=("$p50")
-    read -r rps p50 p99 bad < <(run_wrk "$REMOTE" "$c")
+    read -r rps p50 p99 bad < <(wrk_get "$REMOTE" "$c")
     printf '%-6s %-12s %5s %10s %9s %9s %8s\n' "$r" cross-node "$c" "$rps" "$p50" "$p99" "$bad"
     [ "$c" = 1 ] && RP+=("$p50")
   done

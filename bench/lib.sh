@@ -11,6 +11,9 @@
 #   wait_http PORT LOG     until GET / on 127.0.0.1:PORT succeeds (20 s), else shows LOG's tail
 #   http_server_link C PATH the manifest lines of the http-server capability linking component C
 #                          to PATH on the shared ingress (for the end of a manifest's heredoc)
+#   wrk_get PORT [CONNS]   one `wrk` run of GET / on 127.0.0.1:PORT for $DURATION at CONNS
+#                          connections (default $CONNECTIONS) on min(CONNS, $THREADS) threads,
+#                          printed as "RPS P50_MS P99_MS NON2XX"
 #   free_port, median N..., now_ms
 
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
@@ -78,4 +81,15 @@ http_server_link() {
                   properties:
                     path: $2
 EOF
+}
+
+wrk_get() {
+  local conns=${2:-$CONNECTIONS}
+  wrk -t"$(( conns < THREADS ? conns : THREADS ))" -c"$conns" -d"$DURATION" --latency "http://127.0.0.1:$1/" | awk '
+    function ms(v) { if (v ~ /us$/) return v/1000; if (v ~ /ms$/) return v+0; if (v ~ /s$/) return v*1000; return v }
+    /Requests\/sec/ { rps=$2 }
+    /^ +50%/ { p50=ms($2) }
+    /^ +99%/ { p99=ms($2) }
+    /Non-2xx/ { bad=$NF }
+    END { printf "%d %.3f %.3f %s\n", rps, p50, p99, (bad==""?0:bad) }'
 }

@@ -29,26 +29,15 @@ PIDS+=($!)
 PIDS+=($!)
 wait_http "$ON" "$WORK/on.log"; wait_http "$OFF" "$WORK/off.log"
 
-# One wrk run: prints "RPS P50_MS P99_MS NON2XX".
-run_wrk() {
-  wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency "http://127.0.0.1:$1/" | awk '
-    function ms(v) { if (v ~ /us$/) return v/1000; if (v ~ /ms$/) return v+0; if (v ~ /s$/) return v*1000; return v }
-    /Requests\/sec/ { rps=$2 }
-    /^ +50%/ { p50=ms($2) }
-    /^ +99%/ { p99=ms($2) }
-    /Non-2xx/ { bad=$NF }
-    END { printf "%d %.3f %.3f %s\n", rps, p50, p99, (bad==""?0:bad) }'
-}
-
 printf '%-6s %-12s %10s %9s %9s %8s\n' round metrics req/s p50_ms p99_ms non2xx
 A=(); B=()
 for r in $(seq "$ROUNDS"); do
-  read -r rps p50 p99 bad < <(run_wrk "$ON"); A+=("$rps")
+  read -r rps p50 p99 bad < <(wrk_get "$ON"); A+=("$rps")
   printf '%-6s %-12s %10s %9s %9s %8s\n' "$r" on "$rps" "$p50" "$p99" "$bad"
-  read -r rps p50 p99 bad < <(run_wrk "$OFF"); B+=("$rps")
+  read -r rps p50 p99 bad < <(wrk_get "$OFF"); B+=("$rps")
   printf '%-6s %-12s %10s %9s %9s %8s\n' "$r" off "$rps" "$p50" "$p99" "$bad"
 done
-# The node with metrics counted every request: its 2xx count must equal what wrk saw answered.
+# What the node with metrics counted (every round's requests together), for the eye.
 curl -sf "http://127.0.0.1:$ADMIN/metrics" | grep '^lattice_http_requests_total{.*status_class="2xx"}' || true
 MA=$(median "${A[@]}"); MB=$(median "${B[@]}")
 echo "median req/s: metrics on $MA, off $MB, ratio $(awk -v a="$MA" -v b="$MB" 'BEGIN { if (b > 0) printf "%.3f", a/b; else printf "n/a" }')x"

@@ -13,13 +13,14 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use common::hub::Hub;
 use common::lattice::{
     Member, component, eventually, join, logs, replicas_are, see_each_other, standalone, state_is,
     write,
 };
+use common::observe::{http_client_link, keyvalue_link, unique};
 use common::{example_wasm, http_request_within};
 use serde_json::Value;
 
@@ -34,16 +35,6 @@ const HTTP_CLIENT: &str = "ghcr.io/wasmcloud/http-client:0.12.0";
 
 /// How long an app may take to be deployed (compiling included) or to report a failure.
 const SETTLE: Duration = Duration::from_secs(30);
-
-/// `prefix` made unique to this test run (for JetStream bucket names: a bucket left by another
-/// run is never found by accident).
-fn unique(prefix: &str) -> String {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!("{prefix}-{}-{}", std::process::id(), nanos % 1_000_000_000)
-}
 
 /// A wadm manifest of one component routed on the shared ingress, with its traits and the
 /// capabilities its links target.
@@ -183,30 +174,6 @@ spec:
     }
 }
 
-/// A wasi:keyvalue link (store, atomics) to capability `target` in wadm's current form
-/// (`target: {name, config}`), with `properties` as its target config.
-fn keyvalue_link(target: &str, properties: &[(&str, &str)]) -> String {
-    let mut link = format!(
-        "        - type: link
-          properties:
-            namespace: wasi
-            package: keyvalue
-            interfaces: [store, atomics]
-            target:
-              name: {target}
-"
-    );
-    if !properties.is_empty() {
-        link.push_str(
-            "              config:\n                - name: kv-config\n                  properties:\n",
-        );
-        for (key, value) in properties {
-            link.push_str(&format!("                    {key}: '{value}'\n"));
-        }
-    }
-    link
-}
-
 /// A wasi:keyvalue link (store, atomics) to capability `target` in wadm's older form
 /// (`target: NAME`, `target_config`), with `properties` as its target config.
 fn keyvalue_link_old_form(target: &str, properties: &[(&str, &str)]) -> String {
@@ -226,24 +193,6 @@ fn keyvalue_link_old_form(target: &str, properties: &[(&str, &str)]) -> String {
         link.push_str(&format!("                  {key}: '{value}'\n"));
     }
     link
-}
-
-/// A wasi:http/outgoing-handler link to capability `target` in wadm's older form, allowing
-/// `allowed_hosts`.
-fn http_client_link(target: &str, allowed_hosts: &str) -> String {
-    format!(
-        "        - type: link
-          properties:
-            namespace: wasi
-            package: http
-            interfaces: [outgoing-handler]
-            target: {target}
-            target_config:
-              - name: client
-                properties:
-                  allowed_hosts: '{allowed_hosts}'
-"
-    )
 }
 
 /// The counter example as app `app`, component `counter`, routed at `/counter`.

@@ -5,25 +5,17 @@
 //! `lattice app status`.
 
 use std::path::Path;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use serde_json::Value;
 
 use crate::common::hub::Hub;
 use crate::common::lattice::{self as cluster, write};
+use crate::common::observe::unique;
 use crate::common::{Node, example_wasm, http_request_with};
 
 /// How long an app may take to be deployed (compiling included) or to report a failure.
 const SETTLE: Duration = Duration::from_secs(60);
-
-/// `prefix` made unique to this test run, for JetStream bucket names.
-fn unique(prefix: &str) -> String {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!("{prefix}-{}-{}", std::process::id(), nanos % 1_000_000_000)
-}
 
 /// A manifest of app `app`: the keyvalue counter as component `counter` on `scaler` (1
 /// instance), routed at `/counter` for requests to host `host`, its `default` keyvalue link
