@@ -209,10 +209,58 @@ fn exported(meta: &tracing::Metadata<'_>) -> bool {
     ours && *meta.level() <= level
 }
 
+/// Whether stderr is the journal stream systemd connected: `JOURNAL_STREAM` holds that stream's
+/// `DEVICE:INODE`, to be compared with fd 2's, since children and shells started from a unit
+/// inherit the variable with another stderr (systemd.exec(5), §Environment variables).
+fn stderr_is_journal() -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    let Some(stream) = std::env::var("JOURNAL_STREAM").ok() else {
+        return false;
+    };
+    let Some((dev, ino)) = stream.split_once(':') else {
+        return false;
+    };
+    // Linux: the magic link stats what fd 2 is (a socket, pipe or file) whatever its name.
+    std::fs::metadata("/proc/self/fd/2").is_ok_and(|meta| {
+        dev.parse::<u64>().is_ok_and(|dev| dev == meta.dev())
+            && ino.parse::<u64>().is_ok_and(|ino| ino == meta.ino())
+    })
+}
+
+/// A text line for the journal: `<N>` first, the syslog priority of the event's level
+/// (error 3, warn 4, info 6, debug and trace 7), which journald reads off stderr lines
+/// (`SyslogLevelPrefix=`, on by default: sd-daemon(3)), so `journalctl -p warning` finds the
+/// node's warnings; the rest as the inner format writes it.
+struct JournalPriority<F>(F);
+
+impl<S, N, F> tracing_subscriber::fmt::FormatEvent<S, N> for JournalPriority<F>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'w> tracing_subscriber::fmt::FormatFields<'w> + 'static,
+    F: tracing_subscriber::fmt::FormatEvent<S, N>,
+{
+    fn format_event(
+        &self,
+        ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut writer: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        let priority = match *event.metadata().level() {
+            tracing::Level::ERROR => 3,
+            tracing::Level::WARN => 4,
+            tracing::Level::INFO => 6,
+            _ => 7,
+        };
+        write!(writer, "<{priority}>")?;
+        self.0.format_event(ctx, writer, event)
+    }
+}
+
 /// Installs the global subscriber: the log on stderr in `settings.format`, filtered by
 /// `settings.filter`, and the trace exporter when traces are on. Text has ANSI colours only
-/// when stderr is a terminal, `NO_COLOR` is unset and the process is not under systemd
-/// (`JOURNAL_STREAM` unset); under systemd it has no timestamps either (the journal's stand).
+/// when stderr is a terminal and `NO_COLOR` is unset; when stderr is systemd's journal stream
+/// ([`stderr_is_journal`]) it has no colours, no timestamps (the journal stamps each line) and
+/// a `<N>` priority before each line ([`JournalPriority`]).
 ///
 /// # Errors
 /// A bad filter, a bad OTLP endpoint, or a subscriber already installed.
@@ -220,15 +268,16 @@ pub fn init(settings: &Settings) -> anyhow::Result<Guard> {
     use std::io::IsTerminal as _;
     let filter = tracing_subscriber::EnvFilter::try_new(&settings.filter)
         .map_err(|e| anyhow::anyhow!("--log {:?}: {e}", settings.filter))?;
-    // Under systemd, stderr goes to the journal, which stamps every line itself.
-    let journal = std::env::var_os("JOURNAL_STREAM").is_some();
+    let journal = stderr_is_journal();
     let ansi =
         std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none() && !journal;
     let log = match settings.format {
         LogFormat::Text if journal => tracing_subscriber::fmt::layer()
             .with_writer(std::io::stderr)
             .with_ansi(false)
-            .without_time()
+            .event_format(JournalPriority(
+                tracing_subscriber::fmt::format().without_time(),
+            ))
             .boxed(),
         LogFormat::Text => tracing_subscriber::fmt::layer()
             .with_writer(std::io::stderr)

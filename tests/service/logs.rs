@@ -145,3 +145,82 @@ fn an_invalid_config_under_json_is_one_json_line() {
         "{stderr}"
     );
 }
+
+/// `lattice up` (standalone, no admin endpoint) with its stderr in the file `log` and
+/// `JOURNAL_STREAM` set to `journal_stream`; stopped with SIGINT once it logged that it is up.
+/// Returns the log.
+fn run_with_journal_stream(
+    dir: &std::path::Path,
+    journal_stream: impl Fn(&std::fs::File) -> String,
+) -> String {
+    let log = dir.join("stderr.log");
+    let file = std::fs::File::create(&log).unwrap();
+    let stream = journal_stream(&file);
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_lattice"))
+        .args(["up", "--admin-addr", "none", "--log", "info"])
+        .arg("--config-dir")
+        .arg(dir.join("config"))
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .args([
+            "--http-addr",
+            &format!("127.0.0.1:{}", crate::common::free_port()),
+        ])
+        .env_remove("LATTICE_LOG")
+        .env_remove("NOTIFY_SOCKET")
+        .env("JOURNAL_STREAM", stream)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(file)
+        .spawn()
+        .unwrap();
+    crate::common::wait_until("the node is up", Duration::from_secs(30), || {
+        std::fs::read_to_string(&log).is_ok_and(|l| l.contains("lattice node is up"))
+    });
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap()),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    assert!(child.wait().unwrap().success());
+    std::fs::read_to_string(&log).unwrap()
+}
+
+#[test]
+fn on_the_journal_stream_lines_carry_a_priority_and_no_timestamp() {
+    use std::os::unix::fs::MetadataExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    // stderr is the stream JOURNAL_STREAM names (its device and inode), as under systemd.
+    let log = run_with_journal_stream(dir.path(), |file| {
+        let meta = file.metadata().unwrap();
+        format!("{}:{}", meta.dev(), meta.ino())
+    });
+    assert!(!log.is_empty());
+    for line in log.lines() {
+        let priority = line
+            .strip_prefix('<')
+            .and_then(|rest| rest.split_once('>'))
+            .unwrap_or_else(|| panic!("no <N> priority: {line:?}\n{log}"));
+        let want = match priority.1.split_whitespace().next() {
+            Some("ERROR") => "3",
+            Some("WARN") => "4",
+            Some("INFO") => "6",
+            _ => "7",
+        };
+        assert_eq!(priority.0, want, "{line}");
+        assert!(
+            !priority.1.trim_start().starts_with("20"),
+            "a timestamp under the journal: {line}"
+        );
+    }
+
+    // An inherited JOURNAL_STREAM that is not this stderr (a shell started from a unit):
+    // ordinary lines, with their timestamps.
+    let dir = tempfile::tempdir().unwrap();
+    let log = run_with_journal_stream(dir.path(), |_| "1:1".to_owned());
+    assert!(
+        log.lines()
+            .all(|l| !l.starts_with('<') && l.starts_with("20")),
+        "{log}"
+    );
+}
