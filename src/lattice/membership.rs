@@ -75,6 +75,9 @@ const REASON_CUT_MARKER: &str = " [cut]";
 /// `app` says how many were left out ([`bounded_failures`]).
 pub const MAX_FAILURES_LISTED: usize = 100;
 
+/// How long publishing one host event may wait for the NATS client to take it.
+const PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// A failed signing of this node's host event is logged at error at most this often.
 const SIGN_ERROR_LOG_EVERY: Duration = Duration::from_secs(60);
 
@@ -1076,12 +1079,20 @@ impl Heartbeat {
         };
         let mut headers = async_nats::HeaderMap::new();
         headers.insert(SIGNATURE_HEADER, signature.as_str());
-        if let Err(e) = self
+        // Bounded: while the client is disconnected its command queue fills and a publish
+        // waits, and the heartbeat's loop must go round anyway (the systemd watchdog reads its
+        // beat; a node cut off from NATS is not a stuck node).
+        let publish = self
             .client
-            .publish_with_headers(subject.clone(), headers, payload.into())
-            .await
-        {
-            tracing::warn!(subject, error = %e, "publishing a host event failed");
+            .publish_with_headers(subject.clone(), headers, payload.into());
+        match tokio::time::timeout(PUBLISH_TIMEOUT, publish).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(subject, error = %e, "publishing a host event failed"),
+            Err(_) => tracing::warn!(
+                subject,
+                "NATS did not take a host event within {PUBLISH_TIMEOUT:?} (disconnected?); \
+                 dropped"
+            ),
         }
     }
 

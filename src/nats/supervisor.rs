@@ -67,6 +67,10 @@ pub const BEAT_ALLOWANCE: Duration = Duration::from_secs(30);
 /// [`ServerState::Unhealthy`].
 pub const UNHEALTHY_AFTER: u32 = 2;
 
+/// How long a running nats-server may fail its `/healthz` checks, every one in a row, before it
+/// is taken for wedged (frozen, deadlocked) and restarted like one that exited.
+pub const RESTART_UNHEALTHY_AFTER: Duration = Duration::from_secs(30);
+
 /// Whether the supervised nats-server runs, as the node's readiness reads it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ServerState {
@@ -380,6 +384,7 @@ impl Launch {
         let pid = child.id();
         let mut check: Option<tokio_util::task::AbortOnDropHandle<Result<(), String>>> = None;
         let mut failed_checks = 0;
+        let mut failing_since: Option<tokio::time::Instant> = None;
         let look = self.uplink.as_ref().map(UplinkTracker::look_requests);
         let mut next_poll = tokio::time::Instant::now();
         let mut fast_until = next_poll;
@@ -412,6 +417,7 @@ impl Launch {
                     match checked {
                         Ok(()) => {
                             failed_checks = 0;
+                            failing_since = None;
                             state.send_if_modified(|now| {
                                 let changed = *now != ServerState::Running { pid };
                                 *now = ServerState::Running { pid };
@@ -420,6 +426,10 @@ impl Launch {
                         }
                         Err(why) => {
                             failed_checks += 1;
+                            let since = *failing_since.get_or_insert_with(tokio::time::Instant::now);
+                            if since.elapsed() >= RESTART_UNHEALTHY_AFTER {
+                                return Stop::Wedged(why);
+                            }
                             if failed_checks >= UNHEALTHY_AFTER {
                                 if failed_checks == UNHEALTHY_AFTER {
                                     tracing::warn!(pid, error = why, "nats-server is not healthy");
@@ -470,6 +480,9 @@ enum Stop {
     Exited(String),
     /// The node stops.
     Shutdown,
+    /// The child runs but has failed every `/healthz` check for [`RESTART_UNHEALTHY_AFTER`]
+    /// (the last one's reason): it is restarted.
+    Wedged(String),
     /// The hub's JetStream now has no domain (`true`) or has one (`false`), so the config must
     /// change (and nats-server cannot reload this part of it).
     Reconfigure(bool),
@@ -542,6 +555,23 @@ async fn supervise(
             Stop::Shutdown => {
                 stopped(child).await;
                 return;
+            }
+            Stop::Wedged(why) => {
+                tracing::error!(
+                    pid,
+                    error = why,
+                    "nats-server failed every health check for {RESTART_UNHEALTHY_AFTER:?} \
+                     (frozen?); restarting it"
+                );
+                state.send_replace(ServerState::Restarting {
+                    why: format!("pid {pid} stopped answering its health checks ({why})"),
+                });
+                // A stopped (SIGSTOP) process takes no SIGTERM: terminate's SIGKILL ends it.
+                terminate(child).await;
+                crate::admin::metrics::get().nats_server_restarted();
+                if let Some(uplink) = &launch.uplink {
+                    uplink.server_exited();
+                }
             }
             Stop::Reconfigure(open) => {
                 // A hub that keeps changing its mind (or servers behind one name that differ)

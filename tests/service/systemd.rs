@@ -563,3 +563,33 @@ fn a_frozen_nats_server_makes_the_node_unready_but_not_stuck() {
         "the same nats-server, not a restarted one"
     );
 }
+
+/// A nats-server frozen for good (SIGSTOP, never continued) is taken for wedged after
+/// failing its health checks for `RESTART_UNHEALTHY_AFTER` (30 s): the node kills it and starts
+/// another, and is ready again; it does not stay unready forever.
+#[test]
+fn a_nats_server_frozen_for_good_is_restarted() {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    let node = Node::start(&[]);
+    node.wait_for_log(&["lattice node is ready"], Duration::from_secs(30));
+    let pid = node.nats_pid();
+    kill(Pid::from_raw(pid), Signal::SIGSTOP).unwrap();
+    // Continued at the end whatever happens, should the node not have killed it.
+    let _frozen = Stopped(pid);
+    node.wait_for_log(
+        &["failed every health check for 30s"],
+        Duration::from_secs(90),
+    );
+    node.wait_for_log(
+        &["nats-server restarted and ready"],
+        Duration::from_secs(30),
+    );
+    assert_ne!(node.nats_pid(), pid, "a new nats-server");
+    assert!(!crate::common::alive(pid), "the frozen one was killed");
+    wait_until(
+        "/readyz 200 after the restart",
+        Duration::from_secs(30),
+        || node.admin_get("/readyz").is_some_and(|(s, _)| s == 200),
+    );
+}
