@@ -8,11 +8,9 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::hub::Hub;
@@ -20,7 +18,7 @@ use common::lattice::{
     Member, component, eventually, join, logs, replicas_are, see_each_other, standalone, state_is,
     write,
 };
-use common::observe::{http_client_link, keyvalue_link, unique};
+use common::observe::{Recorder, http_client_link, keyvalue_link, unique};
 use common::{example_wasm, http_request_within};
 use serde_json::Value;
 
@@ -789,74 +787,22 @@ fn every_store_and_batch_call_works_alike_on_nats_and_sled_and_an_increment_coun
     );
 }
 
-/// A tiny HTTP/1.1 server on 127.0.0.1 (a free port) answering every request `200` with a fixed
-/// body, counting the connections it accepts. Its threads end with the test process.
-struct Upstream {
-    port: u16,
-    connections: Arc<AtomicUsize>,
-}
-
-impl Upstream {
-    fn start(body: &'static str) -> Upstream {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let connections = Arc::new(AtomicUsize::new(0));
-        let counter = connections.clone();
-        std::thread::spawn(move || {
-            for stream in listener.incoming() {
-                let Ok(stream) = stream else { continue };
-                counter.fetch_add(1, Ordering::SeqCst);
-                std::thread::spawn(move || answer(stream, body));
-            }
-        });
-        Upstream { port, connections }
-    }
-
-    fn connections(&self) -> usize {
-        self.connections.load(Ordering::SeqCst)
-    }
-
-    fn addr(&self) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], self.port))
-    }
-}
-
-/// Reads one request head from `stream` and answers `200 body`, closing the connection.
-fn answer(mut stream: TcpStream, body: &str) {
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    let mut head = Vec::new();
-    let mut chunk = [0u8; 1024];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-        match stream.read(&mut chunk) {
-            Ok(0) | Err(_) => return,
-            Ok(n) => head.extend_from_slice(&chunk[..n]),
-        }
-    }
-    let _ = write!(
-        stream,
-        "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-        body.len()
-    );
-}
-
 #[test]
 fn outgoing_http_reaches_only_the_allowed_host_and_a_denied_call_opens_no_connection() {
-    let allowed = Upstream::start("hello from the allowed upstream");
-    let other = Upstream::start("hello from the other upstream");
+    let allowed = Recorder::with_body("hello from the allowed upstream");
+    let other = Recorder::with_body("hello from the other upstream");
     let node = standalone("solo");
     let work = tempfile::tempdir().unwrap();
 
     let app = App::new("fetch", "fetch", "http-fetch", "/fetch").link(
-        http_client_link("httpclient", &allowed.addr().to_string()),
+        http_client_link("httpclient", &allowed.addr.to_string()),
         "httpclient",
         HTTP_CLIENT,
     );
     node.deploy(&write(work.path(), "fetch.yaml", &app.yaml()));
     deployed_on(&node, "fetch", &[("solo", 1)], &[&node]);
 
-    let answer = node.get(&format!("/fetch?url=http://{}/hi", allowed.addr()));
+    let answer = node.get(&format!("/fetch?url=http://{}/hi", allowed.addr));
     assert!(
         matches!(&answer, Some((200, body))
             if body.starts_with("200\n") && body.contains("hello from the allowed upstream")),
@@ -869,14 +815,17 @@ fn outgoing_http_reaches_only_the_allowed_host_and_a_denied_call_opens_no_connec
     );
 
     // Same address, another port: not on the list.
-    let answer = node.get(&format!("/fetch?url=http://{}/hi", other.addr()));
+    let answer = node.get(&format!("/fetch?url=http://{}/hi", other.addr));
     assert!(
         matches!(&answer, Some((502, body)) if body.contains("HttpRequestDenied")),
         "GET through a host not on the list: {answer:?}"
     );
     // Another name for the allowed address: not on the list either.
     let before = allowed.connections();
-    let answer = node.get(&format!("/fetch?url=http://localhost:{}/hi", allowed.port));
+    let answer = node.get(&format!(
+        "/fetch?url=http://localhost:{}/hi",
+        allowed.addr.port()
+    ));
     assert!(
         matches!(&answer, Some((502, body)) if body.contains("HttpRequestDenied")),
         "GET through localhost: {answer:?}"
