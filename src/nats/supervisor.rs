@@ -366,6 +366,16 @@ impl Launch {
         Ok(varz.version)
     }
 
+    /// The running nats-server is lost (`why`) and will be started again: `state` says so, the
+    /// restart is counted, and the uplink tracker hears that the server is gone.
+    fn lost(&self, state: &watch::Sender<ServerState>, why: String) {
+        state.send_replace(ServerState::Restarting { why });
+        crate::admin::metrics::get().nats_server_restarted();
+        if let Some(uplink) = &self.uplink {
+            uplink.server_exited();
+        }
+    }
+
     /// Runs until `child` exits, `shutdown`, or its config no longer fits the hub: in leaf
     /// mode, meanwhile, tells the uplink tracker what `/leafz` lists, every [`LEAFZ_POLL`], and
     /// every [`LEAFZ_FAST_POLL`] for [`LEAFZ_FAST_FOR`] after a leafnode line in the log; each
@@ -544,13 +554,7 @@ async fn supervise(
         match launch.watch(&mut child, &shutdown, &state).await {
             Stop::Exited(status) => {
                 tracing::error!(pid, %status, "nats-server exited unexpectedly; restarting it");
-                state.send_replace(ServerState::Restarting {
-                    why: format!("pid {pid} exited ({status})"),
-                });
-                crate::admin::metrics::get().nats_server_restarted();
-                if let Some(uplink) = &launch.uplink {
-                    uplink.server_exited();
-                }
+                launch.lost(&state, format!("pid {pid} exited ({status})"));
             }
             Stop::Shutdown => {
                 stopped(child).await;
@@ -563,15 +567,12 @@ async fn supervise(
                     "nats-server failed every health check for {RESTART_UNHEALTHY_AFTER:?} \
                      (frozen?); restarting it"
                 );
-                state.send_replace(ServerState::Restarting {
-                    why: format!("pid {pid} stopped answering its health checks ({why})"),
-                });
+                launch.lost(
+                    &state,
+                    format!("pid {pid} stopped answering its health checks ({why})"),
+                );
                 // A stopped (SIGSTOP) process takes no SIGTERM: terminate's SIGKILL ends it.
                 terminate(child).await;
-                crate::admin::metrics::get().nats_server_restarted();
-                if let Some(uplink) = &launch.uplink {
-                    uplink.server_exited();
-                }
             }
             Stop::Reconfigure(open) => {
                 // A hub that keeps changing its mind (or servers behind one name that differ)
