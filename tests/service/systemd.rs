@@ -103,18 +103,13 @@ fn under_systemd_the_node_joins_the_hub_and_says_ready_only_once_readyz_is_200()
         manifest("hello", &example_wasm("http-hello"), "/"),
     )
     .unwrap();
-    let socket_path = tmp.path().join("notify.sock");
-    let socket = UnixDatagram::bind(&socket_path).unwrap();
-    socket
-        .set_read_timeout(Some(Duration::from_millis(100)))
-        .unwrap();
+    let (socket, socket_s) = notify_socket(tmp.path());
 
     let leaf = hub.leaf_url();
-    let (credentials_s, state_s, config_s, socket_s) = (
+    let (credentials_s, state_s, config_s) = (
         credentials.to_string_lossy().into_owned(),
         state.to_string_lossy().into_owned(),
         config.to_string_lossy().into_owned(),
-        socket_path.to_string_lossy().into_owned(),
     );
     let env = [
         ("CREDENTIALS_DIRECTORY", credentials_s.as_str()),
@@ -339,18 +334,10 @@ fn ready_waits_until_the_lattice_store_has_answered() {
     let mut hub = Hub::start_with(HubJetStream::Off);
     let tmp = tempfile::tempdir().unwrap();
     let creds = hub.user_creds(tmp.path(), "node.creds");
-    let socket_path = tmp.path().join("notify.sock");
-    let socket = UnixDatagram::bind(&socket_path).unwrap();
-    socket
-        .set_read_timeout(Some(Duration::from_millis(100)))
-        .unwrap();
+    let (socket, socket_s) = notify_socket(tmp.path());
     let (config, data) = (tmp.path().join("config"), tmp.path().join("data"));
     std::fs::create_dir_all(&config).unwrap();
-    let (creds_s, leaf, socket_s) = (
-        creds.to_string_lossy().into_owned(),
-        hub.leaf_url(),
-        socket_path.to_string_lossy().into_owned(),
-    );
+    let (creds_s, leaf) = (creds.to_string_lossy().into_owned(), hub.leaf_url());
     let node = Node::launch(&Launch {
         dirs: Some((&config, &data)),
         extra: &["--creds", &creds_s, "--leaf-url", &leaf],
@@ -417,18 +404,10 @@ fn after_the_grace_a_node_whose_store_is_out_of_reach_is_ready_serving_from_its_
     let mut hub = Hub::start_with(HubJetStream::Off);
     let tmp = tempfile::tempdir().unwrap();
     let creds = hub.user_creds(tmp.path(), "node.creds");
-    let socket_path = tmp.path().join("notify.sock");
-    let socket = UnixDatagram::bind(&socket_path).unwrap();
-    socket
-        .set_read_timeout(Some(Duration::from_millis(100)))
-        .unwrap();
+    let (socket, socket_s) = notify_socket(tmp.path());
     let (config, data) = (tmp.path().join("config"), tmp.path().join("data"));
     std::fs::create_dir_all(&config).unwrap();
-    let (creds_s, leaf, socket_s) = (
-        creds.to_string_lossy().into_owned(),
-        hub.leaf_url(),
-        socket_path.to_string_lossy().into_owned(),
-    );
+    let (creds_s, leaf) = (creds.to_string_lossy().into_owned(), hub.leaf_url());
     let node = Node::launch(&Launch {
         dirs: Some((&config, &data)),
         extra: &["--creds", &creds_s, "--leaf-url", &leaf],
@@ -473,6 +452,17 @@ fn after_the_grace_a_node_whose_store_is_out_of_reach_is_ready_serving_from_its_
     assert_eq!(node.admin_get("/readyz"), Some((200, "ready\n".to_owned())));
 }
 
+/// A datagram socket in `dir` for the node's sd_notify messages (`NOTIFY_SOCKET`), reads
+/// timing out after 100 ms, and its path for the variable.
+fn notify_socket(dir: &std::path::Path) -> (UnixDatagram, String) {
+    let path = dir.join("notify.sock");
+    let socket = UnixDatagram::bind(&path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    (socket, path.to_string_lossy().into_owned())
+}
+
 /// SIGCONTs a process stopped by the test when dropped, so no stopped nats-server outlives a
 /// failed test.
 struct Stopped(i32);
@@ -496,14 +486,9 @@ fn a_frozen_nats_server_makes_the_node_unready_but_not_stuck() {
     use nix::sys::signal::{Signal, kill};
     use nix::unistd::Pid;
     let tmp = tempfile::tempdir().unwrap();
-    let socket_path = tmp.path().join("notify.sock");
-    let socket = UnixDatagram::bind(&socket_path).unwrap();
-    socket
-        .set_read_timeout(Some(Duration::from_millis(100)))
-        .unwrap();
+    let (socket, socket_s) = notify_socket(tmp.path());
     let (config, data) = (tmp.path().join("config"), tmp.path().join("data"));
     std::fs::create_dir_all(&config).unwrap();
-    let socket_s = socket_path.to_string_lossy().into_owned();
     let node = Node::launch(&Launch {
         dirs: Some((&config, &data)),
         env: &[("NOTIFY_SOCKET", &socket_s), ("WATCHDOG_USEC", "2000000")],
