@@ -573,6 +573,8 @@ impl Rpc {
         telemetry::inject_nats(&span, &mut headers);
         let mut attempts = 0i64;
         let mut any_busy = false;
+        let first_subject = subject.clone();
+        let mut resent_to: Vec<String> = Vec::new();
         (head.streamed, head.trailers) = (first.streamed, first.trailers);
         let first = first.data;
         let mut exchange = Forwarding {
@@ -620,10 +622,30 @@ impl Rpc {
                 }
                 Reply::Resend => {
                     metrics.invocation_sent(InvocationResult::Timeout);
+                    // The queue group may hand it to the same stalled replica again and again
+                    // (nats-server 2.15 did so ten times in a row across leaf nodes): each
+                    // replica elsewhere is asked by its own subject once, then the first
+                    // subject again, so a live replica gets it within a second per replica.
+                    let next = self
+                        .replicas_elsewhere(app, component)
+                        .into_iter()
+                        .find(|s| *s != subject && !resent_to.contains(s));
+                    let next = match next {
+                        Some(next) => {
+                            resent_to.push(next.clone());
+                            next
+                        }
+                        None => {
+                            resent_to.clear();
+                            first_subject.clone()
+                        }
+                    };
                     tracing::warn!(
                         subject,
+                        next,
                         "no replica accepted the request within {ACCEPT_TIMEOUT:?}; sending it again"
                     );
+                    subject = next;
                 }
                 Reply::NotRun { response, busy } => {
                     metrics.invocation_sent(if busy {
