@@ -253,7 +253,8 @@ pub struct UpArgs {
     pub nats_url: Option<SecretUrl>,
 
     /// How often the node publishes its heartbeat, e.g. `5s` (1s to 60s); a node not heard
-    /// from for 3 intervals is gone [default: 5s].
+    /// from for 3 intervals is gone, or sooner if its probe finds its NATS connection gone
+    /// [default: 1s].
     #[arg(long, env = "LATTICE_HEARTBEAT_INTERVAL", value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub heartbeat_interval: Option<Duration>,
 

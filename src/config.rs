@@ -27,8 +27,10 @@ pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:8000";
 /// guide); never with the implicit default credential alone.
 pub const DEFAULT_LEAF_URL: &str = "tls://connect.ngs.global";
 
-/// Default interval between heartbeats.
-pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
+/// Default interval between heartbeats: 1 s, so that with the probes of silent hosts
+/// ([`crate::lattice::probe`]) a killed node is forgotten about 1.25 s to 2.25 s after its death
+/// and its replicas run elsewhere within 3 s, and one that cannot be probed after 3 s at most.
+pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Largest `--max-instances`: each pool slot reserves address space for its memories.
 pub const MAX_POOL_INSTANCES: u32 = 10_000;

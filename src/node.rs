@@ -30,6 +30,7 @@ use crate::control;
 use crate::host::{Host, InstanceLimits};
 use crate::lattice::identity;
 use crate::lattice::membership::{Heartbeat, HostInfo, Membership, NodeHealth, Signer};
+use crate::lattice::probe::Probes;
 use crate::lattice::rpc::{Peers, Rpc};
 use crate::nats::server_config::{LeafRemote, ServerSettings};
 use crate::nats::subjects;
@@ -339,6 +340,7 @@ impl LocalHost {
                 degraded: self.health.degraded(),
                 tasks: self.health.tasks(),
             },
+            probe: true,
         }
     }
 }
@@ -512,11 +514,13 @@ async fn run_with_nats(
         }
     });
     tasks.spawn(TASK_MEMBERSHIP, {
-        let (membership, client, lattice, on_join) = (
+        let (membership, client, lattice, on_join, id, uplink) = (
             membership.clone(),
             client.clone(),
             config.lattice.clone(),
             heartbeat_now.clone(),
+            id.clone(),
+            uplink.clone(),
         );
         move |shutdown| {
             let (membership, client, lattice, on_join) = (
@@ -525,13 +529,14 @@ async fn run_with_nats(
                 lattice.clone(),
                 on_join.clone(),
             );
+            let probes = Probes::new(client.clone(), &lattice, &id, uplink.clone());
             let first = events.take();
             async move {
                 let events = match first {
                     Some(events) => events,
                     None => Membership::subscribe(&client, &lattice).await?,
                 };
-                membership.follow(events, &on_join, shutdown).await
+                membership.follow(events, probes, &on_join, shutdown).await
             }
         }
     });

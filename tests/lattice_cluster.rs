@@ -70,6 +70,23 @@ fn join_with(
     creds: Option<PathBuf>,
     extra: &[&str],
 ) -> Member {
+    let heartbeat = format!("{}ms", HEARTBEAT.as_millis());
+    let mut flags = vec!["--heartbeat-interval", &heartbeat];
+    flags.extend_from_slice(extra);
+    join_flags(hub, name, role, lattice, manifests, creds, &flags)
+}
+
+/// As [`join_with`], but with the node's own default heartbeat interval and `extra` flags
+/// only.
+fn join_flags(
+    hub: &Hub,
+    name: &str,
+    role: &str,
+    lattice: &str,
+    manifests: &[(&str, String)],
+    creds: Option<PathBuf>,
+    extra: &[&str],
+) -> Member {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("config");
     std::fs::create_dir_all(&config).unwrap();
@@ -80,7 +97,6 @@ fn join_with(
     let creds = creds.to_string_lossy().into_owned();
     let leaf_url = hub.leaf_url();
     let label = format!("role={role}");
-    let heartbeat = format!("{}ms", HEARTBEAT.as_millis());
     let mut flags = vec![
         "--creds",
         &creds,
@@ -92,8 +108,6 @@ fn join_with(
         &label,
         "--lattice",
         lattice,
-        "--heartbeat-interval",
-        &heartbeat,
         // No --js-domain: the node finds the hub's JetStream (domain `hub`) itself.
     ];
     flags.extend_from_slice(extra);
@@ -400,8 +414,82 @@ fn replicas_on_two_nodes_share_requests_and_survive_the_loss_of_one() {
     }
     assert!(
         failures_after_first_second.is_empty(),
-        "{failures_after_first_second:?}"
+        "{failures_after_first_second:?}\n{}",
+        c.log()
     );
+}
+
+#[test]
+fn a_killed_nodes_replica_answers_elsewhere_within_3_s_with_the_default_heartbeat() {
+    let hub = Hub::start();
+    let manifest = [(
+        "hello.yaml",
+        app_manifest("hello", "http-hello", "/hello", "worker", 1),
+    )];
+    // No --heartbeat-interval: the nodes' default.
+    let a = join_flags(&hub, "node-a", "worker", "default", &manifest, None, &[]);
+    let b = join_flags(&hub, "node-b", "worker", "default", &manifest, None, &[]);
+    let c = join_flags(&hub, "node-c", "front", "default", &manifest, None, &[]);
+    for node in [&a, &b, &c] {
+        joined(node);
+    }
+    let get = |node: &Node| node.get("/hello").map(|(s, _)| s);
+    wait_until("C reaches the replica", Duration::from_secs(10), || {
+        get(&c) == Some(200)
+    });
+    // Which worker runs it, once C has heard so (a heartbeat after the start).
+    let runs_it = |inventory: &[Value], name: &str| {
+        inventory
+            .iter()
+            .any(|h| h["name"] == name && h["components"].as_array().is_some_and(|c| !c.is_empty()))
+    };
+    let mut on_a = None;
+    wait_until(
+        "C's inventory lists the replica",
+        Duration::from_secs(10),
+        || {
+            let inventory = get_json(&c, "default", &["inventory"]);
+            on_a = match (runs_it(&inventory, "node-a"), runs_it(&inventory, "node-b")) {
+                (true, false) => Some(true),
+                (false, true) => Some(false),
+                _ => None,
+            };
+            on_a.is_some()
+        },
+    );
+    let (victim, survivor) = if on_a == Some(true) {
+        (&a, &b)
+    } else {
+        (&b, &a)
+    };
+    // Every host knows the others' heartbeats (each at least once) before the kill.
+    std::thread::sleep(HEARTBEAT * 2);
+
+    kill(Pid::from_raw(victim.pid()), Signal::SIGKILL).unwrap();
+    let killed = Instant::now();
+    let mut statuses = Vec::new();
+    let answered = loop {
+        let status = get(&c);
+        if status == Some(200) {
+            break killed.elapsed();
+        }
+        statuses.push(status);
+        assert!(
+            killed.elapsed() < Duration::from_secs(10),
+            "no answer 10 s after the kill: {statuses:?}\n{}\n{}",
+            c.log(),
+            survivor.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    eprintln!("the replica answered on the other node {answered:?} after the SIGKILL");
+    assert!(
+        answered <= Duration::from_secs(3),
+        "answered {answered:?} after the kill: {statuses:?}\n{}\n{}",
+        c.log(),
+        survivor.log()
+    );
+    assert!(survivor.count_log("lattice invocation served") > 0);
 }
 
 #[test]

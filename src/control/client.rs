@@ -746,6 +746,7 @@ mod tests {
                 degraded: Some("x\ty\u{7}".into()),
                 tasks: Vec::new(),
             },
+            probe: true,
         };
         let text = hosts_table(&[host]);
         assert_eq!(text.lines().count(), 2, "{text}");

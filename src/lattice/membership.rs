@@ -24,6 +24,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::lattice::identity;
+use crate::lattice::probe::Probes;
 use crate::nats::subjects;
 use crate::nats::uplink::Uplink;
 use crate::reconciler::plan::Failure;
@@ -122,6 +123,11 @@ pub struct HostInfo {
     /// The node's own tasks: each one's state, and whether the node is degraded.
     #[serde(default)]
     pub health: NodeHealth,
+    /// Whether the node answers probes on `lattice.<L>.node.v1.<id>.probe`
+    /// ([`crate::lattice::probe`]), so that a probe nobody subscribes to says it is gone;
+    /// false from nodes before probes (they are forgotten by their missed heartbeats only).
+    #[serde(default)]
+    pub probe: bool,
 }
 
 /// How a node's own tasks fare (DESIGN §2): part of every host event.
@@ -421,6 +427,8 @@ struct State {
     sequences: HashMap<String, u64>,
     /// When (monotonic) expired hosts and sequences were last forgotten.
     pruned_at: Option<Instant>,
+    /// Whether hosts expired since [`Membership::changed`] was last woken for it.
+    expired_untold: bool,
     /// [`MAX_HOSTS`], or fewer in tests.
     max_hosts: usize,
 }
@@ -428,6 +436,15 @@ struct State {
 struct Seen {
     info: HostInfo,
     at: Instant,
+    /// When it was last probed while silent ([`Membership::due_probes`]).
+    probed: Option<Instant>,
+}
+
+impl Seen {
+    /// The host's own heartbeat interval (at least 100 ms: a test's fewer are taken as that).
+    fn interval(&self) -> Duration {
+        Duration::from_millis(self.info.heartbeat_interval_ms.max(100))
+    }
 }
 
 impl State {
@@ -480,15 +497,18 @@ impl State {
         }
         self.pruned_at = Some(at);
         self.sequences.retain(|_, last| in_window(*last, now_ms));
-        self.expire_hosts();
+        // Told by the next `Membership::expire` or `hosts`.
+        self.expired_untold = self.expire_hosts();
     }
 
-    /// Forgets the hosts not heard from for [`MISSED_HEARTBEATS`] of their intervals.
-    fn expire_hosts(&mut self) {
-        self.hosts.retain(|_, seen| {
-            let interval = Duration::from_millis(seen.info.heartbeat_interval_ms.max(100));
-            seen.at.elapsed() <= interval * MISSED_HEARTBEATS
-        });
+    /// Forgets the hosts not heard from for [`MISSED_HEARTBEATS`] of their intervals; true
+    /// when it forgot any.
+    fn expire_hosts(&mut self) -> bool {
+        let before = self.hosts.len();
+        self.hosts
+            .retain(|_, seen| seen.at.elapsed() <= seen.interval() * MISSED_HEARTBEATS);
+        self.expired_untold |= self.hosts.len() != before;
+        std::mem::take(&mut self.expired_untold)
     }
 
     /// Records a verified heartbeat or `host_started`; true when the host is new or its
@@ -504,6 +524,7 @@ impl State {
             Seen {
                 info,
                 at: Instant::now(),
+                probed: None,
             },
         );
         !same
@@ -523,6 +544,7 @@ impl Membership {
                 hosts: HashMap::new(),
                 sequences: HashMap::new(),
                 pruned_at: None,
+                expired_untold: false,
                 max_hosts,
             }),
             changed: Notify::new(),
@@ -676,10 +698,60 @@ impl Membership {
         self.changed.notified().await;
     }
 
+    /// Forgets the hosts that missed [`MISSED_HEARTBEATS`] of their intervals now, not at
+    /// the next prune or read, and wakes [`Membership::changed`] if it forgot any (so the
+    /// reconciler re-places their replicas at once).
+    pub fn expire(&self) {
+        if self.state().expire_hosts() {
+            self.changed.notify_one();
+        }
+    }
+
+    /// The hosts that answer probes and have been silent for more than `after` of their own
+    /// heartbeat interval (a fraction, e.g. 1.25) at `now`, each at most once per interval:
+    /// their ids with the instant of their last event, marked probed. For
+    /// [`Membership::forget_unreachable`].
+    pub fn due_probes(&self, after: f64, now: Instant) -> Vec<(String, Instant)> {
+        let mut state = self.state();
+        state
+            .hosts
+            .iter_mut()
+            .filter_map(|(id, seen)| {
+                let interval = seen.interval();
+                let silent = now.saturating_duration_since(seen.at);
+                let probed_lately = seen
+                    .probed
+                    .is_some_and(|at| now.saturating_duration_since(at) < interval);
+                if !seen.info.probe || silent < interval.mul_f64(after) || probed_lately {
+                    return None;
+                }
+                seen.probed = Some(now);
+                Some((id.clone(), seen.at))
+            })
+            .collect()
+    }
+
+    /// Forgets host `id` if nothing was heard from it since `silent_since` (the instant
+    /// [`Membership::due_probes`] gave with it) and wakes [`Membership::changed`]: its probe
+    /// found nobody subscribed, so its NATS connection is gone. The host it forgot, if any;
+    /// its sequence is kept, so a replay of its last events cannot bring it back.
+    pub fn forget_unreachable(&self, id: &str, silent_since: Instant) -> Option<HostInfo> {
+        let mut state = self.state();
+        if state.hosts.get(id)?.at != silent_since {
+            return None;
+        }
+        let seen = state.hosts.remove(id)?;
+        drop(state);
+        self.changed.notify_one();
+        Some(seen.info)
+    }
+
     /// The live hosts, by name then id, with uptimes brought to now.
     pub fn hosts(&self) -> Vec<HostInfo> {
         let mut state = self.state();
-        state.expire_hosts();
+        if state.expire_hosts() {
+            self.changed.notify_one();
+        }
         let mut live: Vec<HostInfo> = state
             .hosts
             .values()
@@ -726,15 +798,31 @@ impl Membership {
             .with_context(|| format!("subscribing to {subject}"))
     }
 
-    /// Follows the host `events` (from [`Membership::subscribe`]) until `shutdown`; tells
+    /// Follows the host `events` (from [`Membership::subscribe`]) and runs `probes` (this
+    /// node's answers and the probes of silent hosts, [`Probes::run`]) until `shutdown`; tells
     /// `on_join` when a host starts, at most once every `JOIN_ANSWER_EVERY` (joins in between
     /// are told together when it is over). Dropped events are logged at warn with their
     /// counts, at most every 10 s; joins and leaves at info, the first
     /// `CHANGE_LINES_PER_PERIOD` of every 10 s.
     ///
     /// # Errors
-    /// The subscription ended (the client closed it) before `shutdown`.
+    /// The subscription ended (the client closed it) before `shutdown`, or the probe
+    /// subject's could not be made or ended.
     pub async fn follow(
+        &self,
+        events: async_nats::Subscriber,
+        probes: Probes,
+        on_join: &Notify,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<()> {
+        tokio::select! {
+            followed = self.follow_events(events, on_join, shutdown.clone()) => followed,
+            probed = probes.run(self, shutdown.clone()) => probed,
+        }
+    }
+
+    /// [`Membership::follow`] but for the probes.
+    async fn follow_events(
         &self,
         mut events: async_nats::Subscriber,
         on_join: &Notify,
@@ -1139,6 +1227,7 @@ mod tests {
             components: Vec::new(),
             failures: Vec::new(),
             health: NodeHealth::default(),
+            probe: true,
         }
     }
 
@@ -1193,6 +1282,55 @@ mod tests {
 
     fn names(members: &Membership) -> Vec<String> {
         members.hosts().into_iter().map(|h| h.name).collect()
+    }
+
+    #[test]
+    fn a_silent_host_is_probed_once_an_interval_and_forgotten_only_while_still_silent() {
+        let members = Membership::default();
+        let (key, info) = node("a");
+        let mut old = host("old", 1_000);
+        old.probe = false;
+        members.observe(old);
+        let now = unix_ms();
+        let beat = signed(&key, subjects::HOST_HEARTBEAT, &info, now);
+        receive(&members, &beat, now).unwrap();
+        let start = Instant::now();
+        assert!(members.due_probes(1.25, start).is_empty(), "heard just now");
+        let silent = start + Duration::from_millis(1_300);
+        let due = members.due_probes(1.25, silent);
+        // A host that does not answer probes is never probed: its heartbeats alone count.
+        assert_eq!(
+            due.iter().map(|(id, _)| id.as_str()).collect::<Vec<_>>(),
+            [info.id.as_str()]
+        );
+        assert!(
+            members
+                .due_probes(1.25, silent + Duration::from_millis(500))
+                .is_empty()
+        );
+        assert_eq!(
+            members
+                .due_probes(1.25, silent + Duration::from_secs(1))
+                .len(),
+            1
+        );
+
+        // Heard from after the probe went out: its no-responders forgets nothing.
+        let beat = signed(&key, subjects::HOST_HEARTBEAT, &info, now + 1);
+        receive(&members, &beat, now + 1).unwrap();
+        assert!(members.forget_unreachable(&info.id, due[0].1).is_none());
+        assert_eq!(names(&members), ["a", "node-old"]);
+
+        let due = members.due_probes(1.25, Instant::now() + Duration::from_millis(1_300));
+        let gone = members.forget_unreachable(&info.id, due[0].1).unwrap();
+        assert_eq!(gone.name, "a");
+        assert_eq!(names(&members), ["node-old"]);
+        // Its last heartbeat replayed does not bring it back; a new one does.
+        assert_eq!(receive(&members, &beat, now + 2), Err(Rejected::Stale));
+        assert_eq!(names(&members), ["node-old"]);
+        let beat = signed(&key, subjects::HOST_HEARTBEAT, &info, now + 2);
+        receive(&members, &beat, now + 2).unwrap();
+        assert_eq!(names(&members), ["a", "node-old"]);
     }
 
     #[test]

@@ -3,4 +3,5 @@
 
 pub mod identity;
 pub mod membership;
+pub mod probe;
 pub mod rpc;

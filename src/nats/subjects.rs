@@ -26,6 +26,12 @@ pub const HOST_STARTED: &str = "host_started";
 /// Published once when a node stops in order.
 pub const HOST_STOPPED: &str = "host_stopped";
 
+/// The probe subject of node `node` (its id) in `lattice`: `lattice.<lattice>.node.v1.<node>.probe`,
+/// answered by that node with an empty message ([`crate::lattice::probe`]).
+pub fn probe(lattice: &str, node: &str) -> String {
+    format!("lattice.{lattice}.node.{VERSION}.{node}.probe")
+}
+
 /// Prefix of the control API of `lattice`: `lattice.<lattice>.ctl.v1`; endpoints are
 /// [`CTL_GET_HOSTS`] and [`CTL_GET_INVENTORY`] under it.
 pub fn control(lattice: &str) -> String {

@@ -622,24 +622,8 @@ impl Rpc {
                 }
                 Reply::Resend => {
                     metrics.invocation_sent(InvocationResult::Timeout);
-                    // The queue group may hand it to the same stalled replica again and again
-                    // (nats-server 2.15 did so ten times in a row across leaf nodes): each
-                    // replica elsewhere is asked by its own subject once, then the first
-                    // subject again, so a live replica gets it within a second per replica.
-                    let next = self
-                        .replicas_elsewhere(app, component)
-                        .into_iter()
-                        .find(|s| *s != subject && !resent_to.contains(s));
-                    let next = match next {
-                        Some(next) => {
-                            resent_to.push(next.clone());
-                            next
-                        }
-                        None => {
-                            resent_to.clear();
-                            first_subject.clone()
-                        }
-                    };
+                    let next =
+                        self.resend_to(app, component, &subject, &first_subject, &mut resent_to);
                     tracing::warn!(
                         subject,
                         next,
@@ -665,8 +649,21 @@ impl Rpc {
                         Some(earlier) if !busy => earlier,
                         _ => response,
                     };
-                    match targets.next() {
-                        // Nothing ran: the next replica may take it, whatever the method.
+                    // Nothing ran: the next replica may take it, whatever the method. A resend
+                    // that found no subscriber went to a node that died (its heartbeats list it
+                    // still) and goes on as resends do, ending with the first subject again.
+                    let next = match targets.next() {
+                        Some(next) => Some(next),
+                        None if !resent_to.is_empty() => Some(self.resend_to(
+                            app,
+                            component,
+                            &subject,
+                            &first_subject,
+                            &mut resent_to,
+                        )),
+                        None => None,
+                    };
+                    match next {
                         Some(next) => {
                             tracing::debug!(subject, next, "replica busy or gone; trying the next");
                             exchange.replica = None;
@@ -676,6 +673,35 @@ impl Rpc {
                         None => return (response, Ending::NotRun { busy: any_busy }),
                     }
                 }
+            }
+        }
+    }
+
+    /// Where a request no replica accepted from `subject` goes next. The queue group may hand
+    /// it to the same stalled replica again and again (nats-server 2.15 did so ten times in a
+    /// row across leaf nodes): each replica elsewhere (by the heartbeats) is asked by its own
+    /// subject once, recorded in `resent_to`, then `first_subject` again with `resent_to`
+    /// cleared, so a live replica gets it within a second per replica.
+    fn resend_to(
+        &self,
+        app: &str,
+        component: &str,
+        subject: &str,
+        first_subject: &str,
+        resent_to: &mut Vec<String>,
+    ) -> String {
+        let next = self
+            .replicas_elsewhere(app, component)
+            .into_iter()
+            .find(|s| s != subject && !resent_to.contains(s));
+        match next {
+            Some(next) => {
+                resent_to.push(next.clone());
+                next
+            }
+            None => {
+                resent_to.clear();
+                first_subject.to_owned()
             }
         }
     }

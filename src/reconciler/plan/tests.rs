@@ -33,6 +33,7 @@ fn host(id: &str, zone: &str) -> HostInfo {
         components: Vec::new(),
         failures: Vec::new(),
         health: Default::default(),
+        probe: true,
     }
 }
 
