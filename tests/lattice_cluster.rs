@@ -19,6 +19,9 @@ use sha2::{Digest, Sha256};
 /// Heartbeat interval of test nodes.
 const HEARTBEAT: Duration = Duration::from_secs(1);
 
+/// The flags that give a node [`HEARTBEAT`] (whatever the default is).
+const HEARTBEAT_FLAGS: [&str; 2] = ["--heartbeat-interval", "1s"];
+
 /// A manifest for one example component at `path`, whose replicas go only to nodes labelled
 /// `role=<role>` (a spread requirement), so other nodes know the route but run no replica.
 fn app_manifest(app: &str, example: &str, path: &str, role: &str, instances: u32) -> String {
@@ -57,28 +60,12 @@ fn join(
     manifests: &[(&str, String)],
     creds: Option<PathBuf>,
 ) -> Member {
-    join_with(hub, name, role, lattice, manifests, creds, &[])
+    join_with(hub, name, role, lattice, manifests, creds, &HEARTBEAT_FLAGS)
 }
 
-/// As [`join`], with `extra` flags.
+/// As [`join`], with `extra` flags only: without `--heartbeat-interval` among them, the
+/// node's default.
 fn join_with(
-    hub: &Hub,
-    name: &str,
-    role: &str,
-    lattice: &str,
-    manifests: &[(&str, String)],
-    creds: Option<PathBuf>,
-    extra: &[&str],
-) -> Member {
-    let heartbeat = format!("{}ms", HEARTBEAT.as_millis());
-    let mut flags = vec!["--heartbeat-interval", &heartbeat];
-    flags.extend_from_slice(extra);
-    join_flags(hub, name, role, lattice, manifests, creds, &flags)
-}
-
-/// As [`join_with`], but with the node's own default heartbeat interval and `extra` flags
-/// only.
-fn join_flags(
     hub: &Hub,
     name: &str,
     role: &str,
@@ -427,9 +414,9 @@ fn a_killed_nodes_replica_answers_elsewhere_within_3_s_with_the_default_heartbea
         app_manifest("hello", "http-hello", "/hello", "worker", 1),
     )];
     // No --heartbeat-interval: the nodes' default.
-    let a = join_flags(&hub, "node-a", "worker", "default", &manifest, None, &[]);
-    let b = join_flags(&hub, "node-b", "worker", "default", &manifest, None, &[]);
-    let c = join_flags(&hub, "node-c", "front", "default", &manifest, None, &[]);
+    let a = join_with(&hub, "node-a", "worker", "default", &manifest, None, &[]);
+    let b = join_with(&hub, "node-b", "worker", "default", &manifest, None, &[]);
+    let c = join_with(&hub, "node-c", "front", "default", &manifest, None, &[]);
     for node in [&a, &b, &c] {
         joined(node);
     }
@@ -661,7 +648,7 @@ fn a_remote_runaway_component_gets_504_and_a_missing_one_503() {
             app_manifest("gone", "http-hello", "/gone", "nobody", 1),
         ),
     ];
-    let timeout = ["--request-timeout", "1s"];
+    let timeout = [&HEARTBEAT_FLAGS[..], &["--request-timeout", "1s"]].concat();
     let a = join_with(&hub, "node-a", "a", "default", &manifests, None, &timeout);
     let b = join_with(&hub, "node-b", "b", "default", &manifests, None, &timeout);
     joined(&a);
