@@ -1,6 +1,8 @@
 //! The HTTP listeners (hyper, HTTP/1.1 and h2c): the shared ingress plus one per app `address`,
 //! each request routed by the current [`RoutingTable`] to a local component, or over the
-//! lattice to a replica elsewhere.
+//! lattice to a replica elsewhere. The shared ingress is bound before it accepts
+//! ([`HttpServer::bind`]): while the node starts, a client's connection waits in the listen
+//! backlog and is answered once a replica here is routed, instead of being refused or told 404.
 //!
 //! Each request is one `http_request` span (OpenTelemetry kind `server`, continuing the
 //! client's W3C `traceparent`), with a `route` child for the route lookup, and is counted in
