@@ -10,7 +10,8 @@
 # answer 404 or 503 while it starts: its ingress holds connections in the backlog until the app
 # is routed). Kinds of run:
 #   cold  lattice with a fresh data dir (node key, nats-server's JetStream store, the component
-#         compiled); wasmtime serve compiling the component (its default: no code cache)
+#         compiled); wasmtime serve compiling the component (`-C cache=n`: by default it keeps
+#         compiled code in ~/.cache/wasmtime, so its default start is a warm one)
 #   warm  lattice with the data dir of the run before (code cache, desired state); wasmtime
 #         serve with its code cache on (`-C cache=y`, a cache of its own in the work dir)
 # Prints the median of each kind, the per-phase medians from the node's own log (JSON lines,
@@ -130,7 +131,7 @@ run_wasmtime "$WORK/fill-w.log" -C cache=y -C cache-config="$WORK/wasmtime-cache
 printf '%-4s %-5s %-14s %9s %6s  %s\n' run kind server first_ms status "phases (ms from exec, node's log)"
 for r in $(seq "$RUNS"); do
   for kind in cold warm; do
-    if [ "$kind" = cold ]; then data=$WORK/cold-data-$r; wargs=(); else data=$WORK/warm-data; wargs=(-C cache=y -C cache-config="$WORK/wasmtime-cache.toml"); fi
+    if [ "$kind" = cold ]; then data=$WORK/cold-data-$r; wargs=(-C cache=n); else data=$WORK/warm-data; wargs=(-C cache=y -C cache-config="$WORK/wasmtime-cache.toml"); fi
     read -r start ms status < <(run_lattice "$data" "$WORK/lattice-$kind-$r.log")
     phases=$(python3 "$WORK/phases.py" "$start" "$WORK/lattice-$kind-$r.log")
     printf '%-4s %-5s %-14s %9s %6s  %s\n' "$r" "$kind" lattice "$ms" "$status" "$phases"
