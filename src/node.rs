@@ -1,10 +1,15 @@
 //! `lattice up`: the node's supervision tree — start order, signals, shutdown order.
 //!
-//! Start: data dir and node key → nats-server (supervised; none in external mode) → NATS client
-//! → lattice RPC → host → HTTP ingress → desired-state mirror (sled) → the supervised tasks
-//! ([`crate::supervisor`]): membership, control API, JetStream watch, mirror follower,
-//! `host_started`, config-dir watcher (its first pass writes into the lattice's store),
-//! artifact sweeper, reconciler (its first pass makes the node up), heartbeat. Stop
+//! Start: data dir and node key → HTTP ingress bound (not accepting yet: a connection waits in
+//! its backlog) → host (engine and linker, built on a blocking thread) and, once it is there,
+//! the config dir's components loaded from the code cache or compiled ([`preload`]), both
+//! while nats-server starts (supervised; none in external mode) → NATS client → lattice RPC →
+//! desired-state mirror (sled) → the supervised tasks ([`crate::supervisor`]): membership,
+//! control API, JetStream watch, mirror follower, `host_started`, config-dir watcher (its first
+//! pass writes into the lattice's store), artifact sweeper, reconciler (its first pass makes
+//! the node up; standalone at once, else after listening up to [`DISCOVERY`] for the other
+//! hosts), heartbeat. The ingress accepts from the first routing table with a replica here,
+//! or from the node's up, whichever is first. Stop
 //! (SIGINT/SIGTERM): heartbeat → `host_stopped` (others re-place at once) → the other tasks in
 //! reverse start order, each bounded → HTTP and RPC (drain in-flight requests) → NATS client →
 //! nats-server last.
@@ -40,13 +45,17 @@ use crate::providers::http::HttpServer;
 use crate::providers::http_client::Egress;
 use crate::providers::keyvalue::KeyValueProviders;
 use crate::reconciler::artifacts::{Artifacts, GC_INTERVAL};
-use crate::reconciler::plan;
 use crate::reconciler::store::Mirror;
 use crate::reconciler::{AppStore, Deployer, Reconciler, watcher};
+use crate::reconciler::{plan, preload};
 use crate::supervisor::{Health, RestartPolicy, Supervisor};
 
-/// How long a starting node listens for the other hosts (who answer its `host_started` with a
-/// heartbeat at once) before it places replicas, at most.
+/// How long a starting node in leaf or external mode listens for the other hosts (who answer
+/// its `host_started` with a heartbeat at once) before it places replicas, at most. A
+/// standalone node does not wait: its own nats-server has no leafnode or cluster link and
+/// admits the node's local user only, so no other host can be there to answer. Nothing tells
+/// how many hosts will answer (host events carry no count of the lattice's hosts), so the wait
+/// cannot end at the last answer.
 const DISCOVERY: Duration = Duration::from_millis(500);
 
 /// How long a starting node waits for its config dir's first pass (which writes to the
@@ -163,6 +172,16 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
             config.js_domain.as_deref(),
         );
     }
+    // Bound before nats-server starts: a client's first connection waits in the backlog
+    // instead of being refused, and is answered once a replica here is routed.
+    let http = Arc::new(HttpServer::bind(config.http_addr).await.with_context(|| {
+        format!(
+            "starting the http ingress (--http-addr {})",
+            config.http_addr
+        )
+    })?);
+    // Built, and the config dir's code loaded, while nats-server starts.
+    let host = start_host(&config);
     // The one client identity the node's own nats-server admits (none in external mode).
     let local_user = match &config.nats_mode {
         NatsMode::External { .. } => {
@@ -203,20 +222,25 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         ) => nats::ClientAuth::Creds(creds),
         _ => nats::ClientAuth::None,
     };
-    let result = run_with_nats(
-        &config,
-        &url,
-        auth,
-        uplink,
-        (&mut sigterm, &mut sigint),
-        signer,
-        Watch {
-            readiness,
-            liveness,
-            admin: admin_state,
-        },
-    )
-    .await;
+    let result = match host.await.context("the component host's start task") {
+        Ok(Ok((host, _preload))) => {
+            run_with_nats(
+                &config,
+                &url,
+                auth,
+                uplink,
+                (&mut sigterm, &mut sigint),
+                Parts { signer, host, http },
+                Watch {
+                    readiness,
+                    liveness,
+                    admin: admin_state,
+                },
+            )
+            .await
+        }
+        Ok(Err(e)) | Err(e) => Err(e),
+    };
     if let Some(supervisor) = supervisor {
         supervisor.stop().await;
     }
@@ -252,6 +276,45 @@ fn raise_fd_limit() {
         Ok((soft, _)) => tracing::debug!(limit = soft, "open files limit"),
         Err(e) => tracing::warn!(error = %e, "reading the open files limit (RLIMIT_NOFILE)"),
     }
+}
+
+/// Builds the component host (engine, linker, code cache, and the egress's TLS roots) on a
+/// blocking thread, then starts loading the config dir's components' code in the background
+/// ([`preload::config_dir`]): the returned handle aborts that load when dropped.
+///
+/// # Errors
+/// (Of the task) the outgoing HTTPS settings are bad (`--ca-file`), or the engine or linker
+/// cannot be created.
+fn start_host(
+    config: &NodeConfig,
+) -> tokio::task::JoinHandle<anyhow::Result<(Host, tokio_util::task::AbortOnDropHandle<()>)>> {
+    let (data_dir, ca_files, config_dir) = (
+        config.data_dir.clone(),
+        config.ca_files.clone(),
+        config.config_dir.clone(),
+    );
+    let limits = InstanceLimits {
+        request_timeout: config.request_timeout,
+        max_memory_bytes: config.max_instance_memory_bytes,
+        pool_instances: config.max_instances,
+    };
+    tokio::spawn(async move {
+        let host = tokio::task::spawn_blocking(move || {
+            let egress = Egress::new(&ca_files).context("outgoing HTTPS settings")?;
+            Host::new(&data_dir, limits, egress)
+        })
+        .await
+        .context("the component host's build task")??;
+        tracing::info!(allocator = ?host.allocator(), "component host ready");
+        let preload = tokio::spawn({
+            let host = host.clone();
+            async move {
+                let loaded = preload::config_dir(&config_dir, &host).await;
+                tracing::debug!(components = loaded, "config dir's code loaded ahead");
+            }
+        });
+        Ok((host, tokio_util::task::AbortOnDropHandle::new(preload)))
+    })
 }
 
 /// Starts the node's own nats-server (standalone or leaf mode), or nothing (external mode).
@@ -353,6 +416,13 @@ struct Watch {
     admin: crate::admin::AdminState,
 }
 
+/// What the node made before NATS: its signer (node key), component host and HTTP ingress.
+struct Parts {
+    signer: Arc<Signer>,
+    host: Host,
+    http: Arc<HttpServer>,
+}
+
 /// Replaces the [`Condition::Connection`] probe (and the NATS client it holds) when dropped.
 struct ConnectionProbe(Readiness);
 
@@ -373,7 +443,7 @@ async fn run_with_nats(
         &mut tokio::signal::unix::Signal,
         &mut tokio::signal::unix::Signal,
     ),
-    signer: Arc<Signer>,
+    parts: Parts,
     watch: Watch,
 ) -> anyhow::Result<()> {
     let Watch {
@@ -381,6 +451,7 @@ async fn run_with_nats(
         liveness,
         admin,
     } = watch;
+    let Parts { signer, host, http } = parts;
     let id = signer.id();
     let started = Instant::now();
     let client = nats::connect(nats_url, &config.name, auth).await?;
@@ -422,23 +493,6 @@ async fn run_with_nats(
         .await?,
     );
     let heartbeat_now = Arc::new(Notify::new());
-    let egress = Egress::new(&config.ca_files).context("outgoing HTTPS settings")?;
-    let host = Host::new(
-        &config.data_dir,
-        InstanceLimits {
-            request_timeout: config.request_timeout,
-            max_memory_bytes: config.max_instance_memory_bytes,
-            pool_instances: config.max_instances,
-        },
-        egress,
-    )?;
-    tracing::info!(allocator = ?host.allocator(), "component host ready");
-    let http = Arc::new(HttpServer::start(config.http_addr).await.with_context(|| {
-        format!(
-            "starting the http ingress (--http-addr {})",
-            config.http_addr
-        )
-    })?);
     let db = sled::open(config.data_dir.join("state"))
         .with_context(|| format!("opening {}", config.data_dir.join("state").display()))?;
     let mirror = Arc::new(Mirror::open(&db)?);
@@ -601,7 +655,11 @@ async fn run_with_nats(
     // Others answer host_started with a heartbeat: this node learns of them before it places.
     let events = Heartbeat::new(client.clone(), &config.lattice, signer.clone());
     events.publish(subjects::HOST_STARTED, &local.info()).await;
-    let discovered = tokio::time::Instant::now() + DISCOVERY.min(config.heartbeat_interval);
+    let listen_for = match config.nats_mode {
+        NatsMode::Standalone => Duration::ZERO,
+        _ => DISCOVERY.min(config.heartbeat_interval),
+    };
+    let discovered = tokio::time::Instant::now() + listen_for;
 
     let (watcher_done, watcher_first_pass) = tokio::sync::oneshot::channel();
     tasks.spawn(TASK_WATCHER, {
@@ -739,6 +797,8 @@ async fn run_with_nats(
         Some(name) => name,
         None => {
             readiness.met(Condition::FirstPass);
+            // Already open if a replica here is routed; else it answers 404s from now on.
+            http.open();
             tracing::info!(ingress = %http.ingress_addr(), nats = %crate::nats::redact::redact_url(nats_url), "lattice node is up");
             signal.await
         }

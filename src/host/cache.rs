@@ -11,12 +11,16 @@
 //! compile runs its functions on a rayon pool of its own (wasmtime's parallel compilation uses
 //! the current rayon pool): in one shared pool a small component's functions would queue
 //! behind the thousands of a large one, and its start wait for the large one's compile.
+//!
+//! Code just compiled or read from disk is also kept in memory for [`KEEP_FOR`], so the loads
+//! that follow (a deploy's check, then its start; a load ahead of the deploy while the node
+//! starts) read and map the file once.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use sha2::{Digest, Sha256};
@@ -35,13 +39,46 @@ pub enum CodeSource {
 /// Compiles that run at once on a node; more wait (cache loads do not).
 pub const MAX_CONCURRENT_COMPILES: usize = 2;
 
-/// The on-disk cache of compiled components, in `<data-dir>/cache/components/`. Clones share
-/// one compile gate.
+/// How long code compiled or loaded stays in memory after its last load (forgotten at a load
+/// after that): longer than a deploy's check takes to reach its start, or a node's start to
+/// reach its first pass.
+pub const KEEP_FOR: Duration = Duration::from_secs(10);
+
+/// The on-disk cache of compiled components, in `<data-dir>/cache/components/`, with the code
+/// used in the last [`KEEP_FOR`] in memory. Clones share one compile gate and one memory.
 #[derive(Debug, Clone)]
 pub struct CodeCache {
     dir: PathBuf,
     engine_key: String,
     gate: Arc<CompileGate>,
+    recent: Arc<Mutex<Recent>>,
+}
+
+/// Code by digest, with when it was last loaded.
+#[derive(Debug, Default)]
+struct Recent(HashMap<String, (Component, Instant)>);
+
+impl Recent {
+    /// `digest`'s code, if kept (its time renewed).
+    fn take(&mut self, digest: &str) -> Option<Component> {
+        self.forget_old();
+        let (component, at) = self.0.get_mut(digest)?;
+        *at = Instant::now();
+        Some(component.clone())
+    }
+
+    fn keep(&mut self, digest: &str, component: &Component) {
+        self.forget_old();
+        self.0
+            .insert(digest.to_owned(), (component.clone(), Instant::now()));
+    }
+
+    /// Forgets the code not used for [`KEEP_FOR`] (its replicas, if any, hold it on).
+    fn forget_old(&mut self) {
+        let now = Instant::now();
+        self.0
+            .retain(|_, (_, at)| now.saturating_duration_since(*at) < KEEP_FOR);
+    }
 }
 
 /// Admits [`MAX_CONCURRENT_COMPILES`] compiles at once, one per digest. Waiting is async and
@@ -136,13 +173,24 @@ impl CodeCache {
             dir,
             engine_key,
             gate: Arc::default(),
+            recent: Arc::default(),
         }
     }
 
     /// The cached compiled code of the wasm whose sha256 is `digest` (lowercase hex), if there
-    /// is usable code. Blocking (a file read): run it off the async runtime.
+    /// is usable code: from memory if it was used in the last [`KEEP_FOR`], else from disk.
+    /// Blocking (a file read): run it off the async runtime.
     pub fn load(&self, engine: &Engine, digest: &str) -> Option<Component> {
-        load(engine, &self.path(digest))
+        if let Some(component) = self.recent().take(digest) {
+            return Some(component);
+        }
+        let component = load(engine, &self.path(digest))?;
+        self.recent().keep(digest, &component);
+        Some(component)
+    }
+
+    fn recent(&self) -> std::sync::MutexGuard<'_, Recent> {
+        self.recent.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Waits for the node's compile gate (see the module doc) to admit a compile of `digest`.
@@ -168,10 +216,10 @@ impl CodeCache {
         slot: CompileSlot,
     ) -> anyhow::Result<(Component, CodeSource)> {
         let _slot = slot;
-        let path = self.path(digest);
-        if let Some(component) = load(engine, &path) {
+        if let Some(component) = self.load(engine, digest) {
             return Ok((component, CodeSource::Cache));
         }
+        let path = self.path(digest);
         let started = Instant::now();
         let component = match rayon::ThreadPoolBuilder::new()
             .thread_name(|i| format!("compile-{i}"))
@@ -193,6 +241,7 @@ impl CodeCache {
         if let Err(e) = store(&path, &component) {
             tracing::warn!(path = %path.display(), error = format!("{e:#}"), "cannot cache compiled code");
         }
+        self.recent().keep(digest, &component);
         Ok((component, CodeSource::Compiled))
     }
 

@@ -59,7 +59,7 @@ fn owners(table: &str, port: u16) -> Vec<u32> {
 pub fn check(port: u16, expected: u32) -> Result<(), String> {
     let mut found = false;
     for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
-        let Ok(text) = std::fs::read_to_string(table) else {
+        let Some(text) = read_table(table) else {
             continue;
         };
         for uid in owners(&text, port) {
@@ -79,6 +79,22 @@ pub fn check(port: u16, expected: u32) -> Result<(), String> {
             "no socket of uid {expected} (the node's user) on port {port}"
         ))
     }
+}
+
+/// The text of `/proc/net/tcp{,6}` at `path`, read in reads of up to 64 KiB: the kernel walks
+/// its whole TCP hash table again for each read (to find where the last one ended: about 10 ms
+/// on a machine with a large table, even with no socket of that family), and
+/// `read_to_string`'s first reads of 32, 32, 64… bytes would make that five walks for a
+/// table of a few lines; this way it is two (the text, then the end).
+#[cfg(target_os = "linux")]
+fn read_table(path: &str) -> Option<String> {
+    use std::io::Read as _;
+    let mut text = Vec::with_capacity(64 * 1024);
+    std::fs::File::open(path)
+        .ok()?
+        .read_to_end(&mut text)
+        .ok()?;
+    String::from_utf8(text).ok()
 }
 
 /// No check outside Linux.

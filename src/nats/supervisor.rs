@@ -36,8 +36,10 @@ use super::uplink::UplinkTracker;
 /// How long a fresh nats-server may take to report itself healthy before the start counts as
 /// failed.
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
-/// How often a starting nats-server's `/healthz` is asked.
-const READY_POLL: Duration = Duration::from_millis(25);
+/// How often a starting nats-server's `/varz` and `/healthz` are asked, at most: also at once
+/// after each line it logs (the last of its start is `Server is ready`). Loopback requests,
+/// refused at once while the port is not bound yet.
+const READY_POLL: Duration = Duration::from_millis(5);
 /// How often `/leafz` is read while nothing happens.
 const LEAFZ_POLL: Duration = Duration::from_secs(1);
 /// How often `/leafz` is read for a while after a leafnode line in the log.
@@ -311,11 +313,14 @@ impl Launch {
             )
         })?;
         let recent = Arc::new(Mutex::new(VecDeque::new()));
+        let logged = Arc::new(tokio::sync::Notify::new());
         if let Some(out) = child.stdout.take() {
-            tokio::spawn(forward_log(out, recent.clone(), self.uplink.clone()));
+            let log = (recent.clone(), logged.clone());
+            tokio::spawn(forward_log(out, log, self.uplink.clone()));
         }
         if let Some(err) = child.stderr.take() {
-            tokio::spawn(forward_log(err, recent.clone(), self.uplink.clone()));
+            let log = (recent.clone(), logged.clone());
+            tokio::spawn(forward_log(err, log, self.uplink.clone()));
         }
         let deadline = Instant::now() + READY_TIMEOUT;
         let mut last = String::from("no answer yet");
@@ -341,7 +346,10 @@ impl Launch {
                     tail(&recent)
                 );
             }
-            tokio::time::sleep(READY_POLL).await;
+            tokio::select! {
+                () = tokio::time::sleep(READY_POLL) => {}
+                () = logged.notified() => {}
+            }
         }
     }
 
@@ -713,12 +721,13 @@ async fn terminate(mut child: Child) {
 const DEFAULT_DOMAIN_WARNING: &str = "The option `default_js_domain` is a temporary backwards compatibility measure and will be removed";
 
 /// Forwards the child's log lines into tracing at their own level, keeping the last few (for
-/// startup errors), and shows `uplink` every line; each line with its URLs redacted
+/// startup errors) in `recent` and telling `logged` after each, and shows `uplink` every line;
+/// each line with its URLs redacted
 /// ([`redact_urls_in`]) first: nats-server quotes a leaf URL it cannot parse whole, password
 /// included (`error parsing leafnode url [%q]`).
 async fn forward_log(
     stream: impl AsyncRead + Unpin,
-    recent: Arc<Mutex<VecDeque<String>>>,
+    (recent, logged): (Arc<Mutex<VecDeque<String>>>, Arc<tokio::sync::Notify>),
     uplink: Option<UplinkTracker>,
 ) {
     let mut lines = BufReader::new(stream).lines();
@@ -744,6 +753,7 @@ async fn forward_log(
             }
             recent.push_back(line);
         }
+        logged.notify_one();
     }
 }
 
@@ -810,7 +820,7 @@ mod tests {
         let recent = Arc::new(Mutex::new(VecDeque::new()));
         forward_log(
             futures::io::Cursor::new(log.as_bytes()),
-            recent.clone(),
+            (recent.clone(), Arc::default()),
             None,
         )
         .await;

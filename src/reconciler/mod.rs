@@ -3,9 +3,10 @@
 //! share of the replicas, started and stopped here, and every app's routes on the ingress.
 //!
 //! `manifest` parses wadm manifests; `deploy` validates and stores them (the control API's
-//! `app.deploy`, the config-dir `watcher`); `store` mirrors the KV; `artifacts` moves component
-//! bytes by digest; `plan` is the pure placement every node computes alike; [`Deployer`] makes
-//! this node run its share; [`Reconciler`] loops over all of it, level-triggered.
+//! `app.deploy`, the config-dir `watcher`); `preload` loads the config dir's code while the
+//! node starts; `store` mirrors the KV; `artifacts` moves component bytes by digest; `plan` is
+//! the pure placement every node computes alike; [`Deployer`] makes this node run its share;
+//! [`Reconciler`] loops over all of it, level-triggered.
 //!
 //! Metrics: the loop counts its passes (`lattice_reconcile_passes_total`); the [`Deployer`]
 //! counts what it did to replicas here (`lattice_reconcile_actions_total{action}`: started,
@@ -17,6 +18,7 @@ pub mod deploy;
 mod deployer;
 pub mod manifest;
 pub mod plan;
+pub mod preload;
 pub mod store;
 pub mod watcher;
 

@@ -1,6 +1,8 @@
 //! The HTTP listeners (hyper, HTTP/1.1 and h2c): the shared ingress plus one per app `address`,
 //! each request routed by the current [`RoutingTable`] to a local component, or over the
-//! lattice to a replica elsewhere.
+//! lattice to a replica elsewhere. The shared ingress is bound before it accepts
+//! ([`HttpServer::bind`]): while the node starts, a client's connection waits in the listen
+//! backlog and is answered once a replica here is routed, instead of being refused or told 404.
 //!
 //! Each request is one `http_request` span (OpenTelemetry kind `server`, continuing the
 //! client's W3C `traceparent`), with a `route` child for the route lookup, and is counted in
@@ -125,15 +127,21 @@ pub struct HttpServer {
     ingress: SocketAddr,
     table: Arc<RwLock<Arc<Installed>>>,
     listeners: Mutex<BTreeMap<SocketAddr, Listener>>,
+    /// Whether the ingress accepts connections yet ([`HttpServer::open`]); until then they
+    /// wait in its listen backlog.
+    opened: tokio::sync::watch::Sender<bool>,
 }
 
 impl HttpServer {
-    /// Binds the shared ingress on `ingress` (port 0 picks a free port) and starts serving it;
-    /// every request gets 404 until [`HttpServer::apply`] installs routes.
+    /// Binds the shared ingress on `ingress` (port 0 picks a free port) without accepting on
+    /// it yet: connections made meanwhile wait in the socket's listen backlog (the kernel
+    /// completes their handshakes), not refused, until the first table that leads to a
+    /// replica here is installed ([`HttpServer::apply`]) or [`HttpServer::open`], whichever
+    /// is first. From then on a request no route takes gets 404.
     ///
     /// # Errors
     /// [`BindError`] when the address cannot be bound.
-    pub async fn start(ingress: SocketAddr) -> Result<HttpServer, BindError> {
+    pub async fn bind(ingress: SocketAddr) -> Result<HttpServer, BindError> {
         let listener = TcpListener::bind(ingress)
             .await
             .map_err(|source| BindError {
@@ -150,10 +158,30 @@ impl HttpServer {
                 RoutingTable::default(),
             )))),
             listeners: Mutex::new(BTreeMap::new()),
+            opened: tokio::sync::watch::Sender::new(false),
         };
-        server.spawn_listener(ingress, listener);
-        tracing::info!(addr = %ingress, "http ingress listening");
+        server.spawn_listener(ingress, listener, Some(server.opened.subscribe()));
+        tracing::info!(addr = %ingress, "http ingress bound");
         Ok(server)
+    }
+
+    /// Binds the shared ingress on `ingress` and accepts on it at once ([`HttpServer::bind`]
+    /// then [`HttpServer::open`]).
+    ///
+    /// # Errors
+    /// [`BindError`] when the address cannot be bound.
+    pub async fn start(ingress: SocketAddr) -> Result<HttpServer, BindError> {
+        let server = HttpServer::bind(ingress).await?;
+        server.open();
+        Ok(server)
+    }
+
+    /// Starts accepting on the shared ingress (the connections waiting in its backlog first).
+    /// Idempotent.
+    pub fn open(&self) {
+        if !self.opened.send_replace(true) {
+            tracing::info!(addr = %self.ingress, "http ingress listening");
+        }
     }
 
     /// The bound address of the shared ingress.
@@ -186,10 +214,14 @@ impl HttpServer {
         }
         for (addr, listener) in bound {
             tracing::info!(%addr, "http listener for an app address opened");
-            self.spawn_listener(addr, listener);
+            self.spawn_listener(addr, listener, None);
         }
         let installed = Arc::new(Installed::new(table));
+        let serves_here = installed.targets.iter().any(|t| t.local.is_some());
         *self.table.write().unwrap_or_else(|p| p.into_inner()) = installed;
+        if serves_here {
+            self.open();
+        }
         let unused: Vec<Listener> = {
             let mut open = self.listeners.lock().unwrap_or_else(|p| p.into_inner());
             let stale: Vec<SocketAddr> = open
@@ -222,14 +254,20 @@ impl HttpServer {
         }
     }
 
-    fn spawn_listener(&self, addr: SocketAddr, listener: TcpListener) {
+    /// Serves `listener` on a task of its own; with `opened`, only once it says so.
+    fn spawn_listener(
+        &self,
+        addr: SocketAddr,
+        listener: TcpListener,
+        opened: Option<tokio::sync::watch::Receiver<bool>>,
+    ) {
         let stop = CancellationToken::new();
         let (release, released) = tokio::sync::oneshot::channel();
         let task = tokio::spawn(serve_listener(
             listener,
             addr,
             self.table.clone(),
-            stop.clone(),
+            (opened, stop.clone()),
             release,
         ));
         self.listeners
@@ -246,13 +284,24 @@ impl HttpServer {
     }
 }
 
+/// Accepts on `listener` (once `opened`, if given, says so) until `stop`, then drains.
 async fn serve_listener(
     listener: TcpListener,
     addr: SocketAddr,
     table: Arc<RwLock<Arc<Installed>>>,
-    stop: CancellationToken,
+    (opened, stop): (
+        Option<tokio::sync::watch::Receiver<bool>>,
+        CancellationToken,
+    ),
     release: tokio::sync::oneshot::Sender<()>,
 ) {
+    if let Some(mut opened) = opened {
+        tokio::select! {
+            // An error: the server is gone, and `stop` follows.
+            _ = opened.wait_for(|open| *open) => {}
+            () = stop.cancelled() => {}
+        }
+    }
     let graceful = GracefulShutdown::new();
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
