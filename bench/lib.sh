@@ -166,7 +166,7 @@ wrk_run() {
 wrk_get() { wrk_run "$@" | cut -d' ' -f1-4; }
 
 bench_target() {
-  cargo bench --quiet --no-run --bench "$1" --message-format=json-render-diagnostics \
+  cargo build --release --quiet --bench "$1" --message-format=json-render-diagnostics \
     | sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -n 1 | grep . \
     || { echo "building the bench target $1 failed" >&2; return 1; }
 }
