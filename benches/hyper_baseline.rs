@@ -17,11 +17,15 @@ use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 
 /// The answer of examples/http-hello to `request`.
-async fn hello(request: Request<hyper::body::Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn hello(
+    request: Request<hyper::body::Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
     let path = request.uri().path_and_query().map_or("/", |p| p.as_str());
     Ok(Response::builder()
         .header("content-type", "text/plain")
-        .body(Full::new(Bytes::from(format!("Hello from lattice: {path}\n"))))
+        .body(Full::new(Bytes::from(format!(
+            "Hello from lattice: {path}\n"
+        ))))
         .unwrap())
 }
 
@@ -35,7 +39,10 @@ async fn main() {
         .parse()
         .expect("the argument is a socket address, e.g. 127.0.0.1:18182");
     let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
-    eprintln!("hyper baseline serving on http://{}", listener.local_addr().unwrap());
+    eprintln!(
+        "hyper baseline serving on http://{}",
+        listener.local_addr().unwrap()
+    );
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;

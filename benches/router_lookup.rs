@@ -47,7 +47,10 @@ fn time_lookups(
 fn main() {
     let listener: SocketAddr = "127.0.0.1:8000".parse().unwrap();
     let counts = std::env::var("ROUTES").unwrap_or_else(|_| "1 10 100 1000 10000".to_owned());
-    for n in counts.split_whitespace().map(|n| n.parse::<usize>().unwrap()) {
+    for n in counts
+        .split_whitespace()
+        .map(|n| n.parse::<usize>().unwrap())
+    {
         let mut routes = Vec::with_capacity(n);
         for i in 0..n {
             let app = format!("app-{i}");
@@ -64,9 +67,15 @@ fn main() {
             .step_by(step)
             .map(|i| {
                 if i % 2 == 1 {
-                    (Some(format!("App-{i}.example:8000")), "/index.html".to_owned())
+                    (
+                        Some(format!("App-{i}.example:8000")),
+                        "/index.html".to_owned(),
+                    )
                 } else {
-                    (Some("other.example".to_owned()), format!("/app-{i}/index.html"))
+                    (
+                        Some("other.example".to_owned()),
+                        format!("/app-{i}/index.html"),
+                    )
                 }
             })
             .collect();

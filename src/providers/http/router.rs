@@ -76,6 +76,41 @@ pub struct RouteConflict {
     pub claimant: String,
 }
 
+/// The routes claimed so far, for checking app after app that none claims a route another
+/// holds ([`RouteClaims::claim`]) in time linear in the routes, where building a [`Router`] of
+/// every app so far for each app would be quadratic in the apps.
+#[derive(Debug, Clone, Default)]
+pub struct RouteClaims {
+    held: HashMap<RouteKey, Arc<str>>,
+}
+
+impl RouteClaims {
+    /// Claims all of `routes` (one app's), or none of them: as [`Router::build`] of the routes
+    /// claimed so far followed by `routes` would judge them.
+    ///
+    /// # Errors
+    /// [`RouteConflict`] for the first route of `routes` whose key is held already, by an
+    /// earlier claim or by an earlier route of `routes`.
+    pub fn claim(&mut self, routes: &[Route]) -> Result<(), RouteConflict> {
+        for (i, route) in routes.iter().enumerate() {
+            let earlier = routes[..i].iter().find(|r| r.key == route.key);
+            let holder = self.held.get(&route.key).or(earlier.map(|r| &r.target.app));
+            if let Some(holder) = holder {
+                return Err(RouteConflict {
+                    route: route.key.to_string(),
+                    holder: holder.to_string(),
+                    claimant: route.target.app.to_string(),
+                });
+            }
+        }
+        for route in routes {
+            self.held
+                .insert(route.key.clone(), route.target.app.clone());
+        }
+        Ok(())
+    }
+}
+
 /// An immutable route table. A lookup costs one hash probe per `/` of the request path (and
 /// one for the host), whatever the number of routes: a node with 10,000 apps routes as fast as
 /// one with one.
@@ -323,6 +358,34 @@ mod tests {
             err.to_string().contains("*/hello on 127.0.0.1:8000"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn claims_judge_as_a_build_of_every_route_so_far() {
+        let mut claims = RouteClaims::default();
+        claims.claim(&[route("first", None, "/hello")]).unwrap();
+        // The second app's free route is not claimed when another of its routes conflicts.
+        let err = claims
+            .claim(&[
+                route("second", None, "/free"),
+                route("second", None, "/hello/"),
+            ])
+            .unwrap_err();
+        assert_eq!(
+            (err.holder.as_str(), err.claimant.as_str()),
+            ("first", "second")
+        );
+        claims.claim(&[route("third", None, "/free")]).unwrap();
+        let twice = claims
+            .claim(&[route("fourth", None, "/x"), route("fourth", None, "/x/")])
+            .unwrap_err();
+        assert_eq!(
+            (twice.holder.as_str(), twice.claimant.as_str()),
+            ("fourth", "fourth")
+        );
+        claims
+            .claim(&[route("fifth", Some("a.example"), "/hello")])
+            .unwrap();
     }
 
     #[test]
