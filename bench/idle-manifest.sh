@@ -27,27 +27,7 @@ SECONDS_MEASURED=30
 PORT=$(free_port)
 mkdir -p "$WORK/config"
 
-manifest() { # app path
-  cat <<EOF
-apiVersion: core.oam.dev/v1beta1
-kind: Application
-metadata:
-  name: $1
-  annotations:
-    version: v1
-spec:
-  components:
-    - name: web
-      type: component
-      properties:
-        image: file://$WASM
-      traits:
-        - type: spreadscaler
-          properties:
-            instances: 1
-$(http_server_link web "$2")
-EOF
-}
+manifest() { app_manifest "$1" "$WASM" "$2"; } # app path
 manifest fine /fine > "$WORK/config/fine.yaml"
 # 50 MB: the same manifest with a 50 MB description annotation.
 {
