@@ -28,8 +28,8 @@ OUT=bench/.cache/all
 mkdir -p "$OUT"
 echo "building lattice (release) and the bench targets once" >&2
 # The bench targets first: building them also relinks target/release/lattice with the
-# dev-dependencies' features; the release build after it puts the shipped binary back, and the
-# scripts run a copy of it.
+# dev-dependencies' features (bench_target puts the release build back each time); the release
+# build after it puts the shipped binary in place, and the scripts run a copy of it.
 cargo build --release --quiet --benches || { echo "building the bench targets failed" >&2; exit 1; }
 cargo build --release --quiet || { echo "building lattice failed" >&2; exit 1; }
 cp target/release/lattice "$OUT/lattice"

@@ -21,7 +21,6 @@ THREADS=1
 CONNECTIONS=1
 
 . bench/lib.sh
-# Before bench_prepare: a bench target's build also relinks target/release/lattice.
 ROUTER_BENCH=${ROUTER_BENCH:-$(bench_target router_lookup)}
 bench_prepare wrk curl
 LATTICE=${BENCH_LATTICE:-target/release/lattice}

@@ -30,7 +30,6 @@ REUSE_CONFIG=${REUSE_CONFIG:-"lattice.max-instance-reuse-count: \"$REUSE_COUNT\"
 
 . bench/lib.sh
 bench_wasmtime
-# Before bench_prepare: a bench target's build also relinks target/release/lattice.
 HYPER=$(bench_target hyper_baseline)
 bench_prepare wrk curl
 LATTICE=${BENCH_LATTICE:-target/release/lattice}

@@ -25,8 +25,8 @@
 #                          prints its version next to the wasmtime crate version lattice uses.
 #   bench_target NAME      builds the crate's `[[bench]]` target NAME (release profile, with the
 #                          dev-dependencies' features: much of the tree builds again the first
-#                          time) and prints the path of its executable. The build also relinks
-#                          target/release/lattice: call it before bench_prepare.
+#                          time) and prints the path of its executable; target/release/lattice
+#                          is the release build again afterwards.
 #   wrk_run PORT [CONNS] [PATH]  as wrk_get, of GET PATH (default /), printed as
 #                          "RPS P50_MS P99_MS NON2XX REQUESTS"
 #   cpu_ticks PID          utime+stime of PID and its children (a lattice node's nats-server), in
@@ -175,6 +175,9 @@ for line in sys.stdin:
     t = m.get("target", {})
     if m.get("reason") == "compiler-artifact" and "bench" in t.get("kind", []) and t.get("name") == sys.argv[1]:
         print(m["executable"])' "$1" | grep . || { echo "building the bench target $1 failed" >&2; return 1; }
+  # That build relinked target/release/lattice with the dev-dependencies' features (tokio's
+  # test-util among them, whose clock takes a lock): the shipped build goes back in its place.
+  cargo build --release --quiet --bin lattice >&2
 }
 
 cpu_ticks() {
