@@ -1,12 +1,22 @@
 #!/usr/bin/env bash
-# HTTP throughput of lattice vs `wasmtime serve -Scli` on the same hello component, a fresh
-# instance per request in both. Alternating runs of `wrk` (32 connections, 10 s each by default);
-# prints requests/s, p50 and p99 latency per run and the ratio of the medians.
+# HTTP throughput and server CPU per request of every way to serve one hello component, side by
+# side on this machine: the third-party-written examples/http-hello-wstd served by
+#   lattice-fresh    a standalone `lattice up`, a fresh instance per request (the default)
+#   lattice-reuse    a standalone `lattice up` with instance reuse on for the component
+#                    (REUSE_CONFIG in its properties.config)
+#   wasmtime-fresh   `wasmtime serve -Scli` (the official release binary, bench/lib.sh)
+#   wasmtime-reuse   `wasmtime serve -Scli --max-instance-reuse-count 128`
+#   hyper            a plain hyper server answering the same bytes (benches/hyper_baseline.rs):
+#                    the machine's upper bound, no wasm at all
+# Alternating runs of `wrk` (32 connections, 10 s each by default), all five servers up at once
+# and one measured at a time; prints requests/s, p50, p99 and server CPU per request (utime +
+# stime of the server process and its children — a node's nats-server — from /proc over the
+# run, divided by the requests wrk counted) per run, then the medians and their ratios against
+# issue 15's targets as `result|` lines (bench/all.sh). Fails (no ratio) when any answer is not
+# 2xx, and before measuring when the reuse node does not reuse instances (an http-echo probe
+# with the same config must report a served count above 1), so reuse never measures fresh mode.
 #
-#   bench/http.sh [ROUNDS]        (env: DURATION=10s CONNECTIONS=32 THREADS=2)
-#
-# Installs wrk (Debian) and wasmtime-cli of the same major as our wasmtime (cargo install, once,
-# into bench/.cache/wasmtime) when missing.
+#   bench/http.sh [ROUNDS]     (env: DURATION=10s CONNECTIONS=32 THREADS=2, REUSE_CONFIG)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,34 +24,90 @@ ROUNDS=${1:-3}
 DURATION=${DURATION:-10s}
 CONNECTIONS=${CONNECTIONS:-32}
 THREADS=${THREADS:-2}
-CACHE=bench/.cache
-WASMTIME_VERSION=$(sed -n 's/^wasmtime = { version = "\([0-9.]*\)".*/\1/p' Cargo.toml)
+REUSE_COUNT=128
+# The component config lines that turn lattice's instance reuse on (YAML, one key a line).
+REUSE_CONFIG=${REUSE_CONFIG:-"lattice.max-instance-reuse-count: \"$REUSE_COUNT\""}
 
 . bench/lib.sh
-if [ ! -x "$CACHE/wasmtime/bin/wasmtime" ]; then
-  echo "installing wasmtime-cli $WASMTIME_VERSION into $CACHE/wasmtime (once; a long build)" >&2
-  cargo install --locked --quiet wasmtime-cli --version "$WASMTIME_VERSION" --root "$CACHE/wasmtime"
-fi
+bench_wasmtime
+HYPER=$(bench_target hyper_baseline)
 bench_prepare wrk curl
+LATTICE=${BENCH_LATTICE:-target/release/lattice}
+ECHO_WASM=$PWD/examples/target/wasm32-wasip2/release/http_echo.wasm
 
-mkdir -p "$WORK/config"
-sed "s#file://../target/wasm32-wasip2/release/http_hello.wasm#file://$WASM#" examples/http-hello/wadm.yaml > "$WORK/config/hello.yaml"
-LPORT=${LATTICE_PORT:-18180}
-WPORT=${WASMTIME_PORT:-18181}
-target/release/lattice up --config-dir "$WORK/config" --data-dir "$WORK/data" --http-addr "127.0.0.1:$LPORT" \
-  2>"$WORK/lattice.log" &
-PIDS+=($!)
-"$CACHE/wasmtime/bin/wasmtime" serve -Scli --addr "127.0.0.1:$WPORT" "$WASM" >/dev/null 2>"$WORK/wasmtime.log" &
-PIDS+=($!)
-wait_http "$LPORT" "$WORK/lattice.log"; wait_http "$WPORT" "$WORK/wasmtime.log"
+mkdir -p "$WORK/fresh-config" "$WORK/reuse-config"
+app_manifest hello "$WSTD_WASM" / > "$WORK/fresh-config/hello.yaml"
+app_manifest hello "$WSTD_WASM" / "$REUSE_CONFIG" > "$WORK/reuse-config/hello.yaml"
+app_manifest reuse-probe "$ECHO_WASM" /reuse-probe "$REUSE_CONFIG" > "$WORK/reuse-config/probe.yaml"
 
-printf '%-6s %-16s %10s %9s %9s %8s\n' round server req/s p50_ms p99_ms non2xx
-L=(); W=()
-for r in $(seq "$ROUNDS"); do
-  read -r rps p50 p99 bad < <(wrk_get "$LPORT"); L+=("$rps")
-  printf '%-6s %-16s %10s %9s %9s %8s\n' "$r" lattice "$rps" "$p50" "$p99" "$bad"
-  read -r rps p50 p99 bad < <(wrk_get "$WPORT"); W+=("$rps")
-  printf '%-6s %-16s %10s %9s %9s %8s\n' "$r" "wasmtime-serve" "$rps" "$p50" "$p99" "$bad"
+declare -A PORT PID
+NAMES=(lattice-fresh lattice-reuse wasmtime-fresh wasmtime-reuse hyper)
+for n in "${NAMES[@]}"; do PORT[$n]=$(free_port); done
+start() { # name command...
+  local name=$1; shift
+  "$@" >/dev/null 2>"$WORK/$name.log" &
+  PID[$name]=$!
+  PIDS+=($!)
+}
+for mode in fresh reuse; do
+  start "lattice-$mode" "$LATTICE" up --name "$mode" --config-dir "$WORK/$mode-config" --data-dir "$WORK/$mode-data" \
+    --http-addr "127.0.0.1:${PORT[lattice-$mode]}" --admin-addr 127.0.0.1:0
 done
-ML=$(median "${L[@]}"); MW=$(median "${W[@]}")
-echo "median req/s: lattice $ML, wasmtime serve $MW, ratio $(awk -v a="$ML" -v b="$MW" 'BEGIN { if (b > 0) printf "%.2f", a/b; else printf "n/a" }')x"
+start wasmtime-fresh "$WASMTIME" serve -Scli --addr "127.0.0.1:${PORT[wasmtime-fresh]}" "$WSTD_WASM"
+start wasmtime-reuse "$WASMTIME" serve -Scli --max-instance-reuse-count "$REUSE_COUNT" \
+  --addr "127.0.0.1:${PORT[wasmtime-reuse]}" "$WSTD_WASM"
+start hyper "$HYPER" "127.0.0.1:${PORT[hyper]}"
+for n in "${NAMES[@]}"; do wait_http "${PORT[$n]}" "$WORK/$n.log" || exit 1; done
+
+# Every server must give the same answer, byte for byte.
+want=$(curl -sf "http://127.0.0.1:${PORT[hyper]}/")
+for n in "${NAMES[@]}"; do
+  got=$(curl -sf "http://127.0.0.1:${PORT[$n]}/")
+  [ "$got" = "$want" ] || { echo "$n answered ${got@Q}, not ${want@Q}" >&2; exit 1; }
+done
+
+# Is reuse on? http-echo counts the requests its instance has served (x-echo-served).
+served=()
+for _ in 1 2 3 4 5; do
+  h=$(curl -sf -D - -o /dev/null "http://127.0.0.1:${PORT[lattice-reuse]}/reuse-probe" | tr -d '\r' \
+    | sed -n 's/^x-echo-served: *//Ip')
+  served+=("${h:--}")
+done
+case " ${served[*]} " in
+  *" - "*) echo "cannot tell whether lattice reuses instances: http-echo sent no x-echo-served header (served: ${served[*]})" >&2; exit 1 ;;
+esac
+if [ "$(printf '%s\n' "${served[@]}" | sort -n | tail -n 1)" -le 1 ]; then
+  echo "lattice did not reuse instances with config ${REUSE_CONFIG@Q} (http-echo's served counts: ${served[*]}); refusing to measure fresh mode as reuse" >&2
+  exit 1
+fi
+
+printf '%-6s %-15s %10s %9s %9s %8s %12s\n' round server req/s p50_ms p99_ms non2xx cpu_us/req
+declare -A RPS CPU
+for r in $(seq "$ROUNDS"); do
+  for n in "${NAMES[@]}"; do
+    t0=$(cpu_ticks "${PID[$n]}")
+    read -r rps p50 p99 bad requests < <(wrk_run "${PORT[$n]}")
+    [ -n "${requests:-}" ] || { echo "wrk against $n failed" >&2; exit 1; }
+    t1=$(cpu_ticks "${PID[$n]}")
+    cpu=$(us_per_request $(( t1 - t0 )) "$requests")
+    printf '%-6s %-15s %10s %9s %9s %8s %12s\n' "$r" "$n" "$rps" "$p50" "$p99" "$bad" "$cpu"
+    if [ "$bad" != 0 ] || [ "$rps" = 0 ]; then
+      echo "$n: $bad answers were not 2xx ($rps req/s); its log:" >&2; tail -n 20 "$WORK/$n.log" >&2; exit 1
+    fi
+    RPS[$n]="${RPS[$n]:-} $rps"; CPU[$n]="${CPU[$n]:-} $cpu"
+  done
+done
+
+declare -A MR MC
+for n in "${NAMES[@]}"; do
+  # shellcheck disable=SC2086 # the lists are space-separated numbers
+  MR[$n]=$(median ${RPS[$n]}); MC[$n]=$(median ${CPU[$n]})
+  printf 'median %-15s %8s req/s %8s us CPU/request\n' "$n" "${MR[$n]}" "${MC[$n]}"
+done
+echo "machine load: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "result|http fresh req/s|${MR[lattice-fresh]}|${MR[wasmtime-fresh]}|req/s|$(ratio "${MR[lattice-fresh]}" "${MR[wasmtime-fresh]}")|>=3x wasmtime serve fresh"
+echo "result|http reuse req/s|${MR[lattice-reuse]}|${MR[wasmtime-reuse]}|req/s|$(ratio "${MR[lattice-reuse]}" "${MR[wasmtime-reuse]}")|>=1.2x wasmtime serve reuse"
+echo "result|http reuse CPU/request|${MC[lattice-reuse]}|${MC[wasmtime-reuse]}|us|$(ratio "${MC[lattice-reuse]}" "${MC[wasmtime-reuse]}")|<=0.8x wasmtime serve reuse"
+echo "result|http fresh CPU/request|${MC[lattice-fresh]}|${MC[wasmtime-fresh]}|us|$(ratio "${MC[lattice-fresh]}" "${MC[wasmtime-fresh]}")|-"
+echo "result|http reuse vs plain hyper|${MR[lattice-reuse]}|${MR[hyper]}|req/s|$(ratio "${MR[lattice-reuse]}" "${MR[hyper]}")|>=0.4x hyper (stretch)"
+echo "result|http wasmtime serve reuse vs plain hyper|${MR[wasmtime-reuse]}|${MR[hyper]}|req/s|$(ratio "${MR[wasmtime-reuse]}" "${MR[hyper]}")|-"

@@ -21,33 +21,13 @@ if [ $# -ge 1 ]; then
   trap bench_cleanup EXIT
 else
   bench_prepare curl
-  LATTICE=target/release/lattice
+  LATTICE=${BENCH_LATTICE:-target/release/lattice}
 fi
 SECONDS_MEASURED=30
 PORT=$(free_port)
 mkdir -p "$WORK/config"
 
-manifest() { # app path
-  cat <<EOF
-apiVersion: core.oam.dev/v1beta1
-kind: Application
-metadata:
-  name: $1
-  annotations:
-    version: v1
-spec:
-  components:
-    - name: web
-      type: component
-      properties:
-        image: file://$WASM
-      traits:
-        - type: spreadscaler
-          properties:
-            instances: 1
-$(http_server_link web "$2")
-EOF
-}
+manifest() { app_manifest "$1" "$WASM" "$2"; } # app path
 manifest fine /fine > "$WORK/config/fine.yaml"
 # 50 MB: the same manifest with a 50 MB description annotation.
 {
@@ -85,6 +65,7 @@ node_after=$(ticks "$NODE"); nats_after=${NATS:+$(ticks "$NATS")}
 
 share() { awk -v d="$1" -v hz="$HZ" -v s="$SECONDS_MEASURED" 'BEGIN { printf "%.2f", 100 * d / hz / s }'; }
 echo "lattice process: $(share $((node_after - node_before))) % of one core over ${SECONDS_MEASURED} s idle"
+echo "result|idle CPU with a 50 MB manifest|$(share $((node_after - node_before)))|-|% core|-|-"
 [ -n "$NATS" ] && echo "its nats-server:  $(share $((nats_after - nats_before))) % of one core"
 echo "huge.yaml in the log: $(grep -c 'huge.yaml' "$WORK/node.log") line(s)"
 grep 'huge.yaml' "$WORK/node.log" | head -n 3 | cut -c1-300

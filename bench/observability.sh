@@ -34,10 +34,13 @@ A=(); B=()
 for r in $(seq "$ROUNDS"); do
   read -r rps p50 p99 bad < <(wrk_get "$ON"); A+=("$rps")
   printf '%-6s %-12s %10s %9s %9s %8s\n' "$r" on "$rps" "$p50" "$p99" "$bad"
+  [ "$bad" = 0 ] && [ "$rps" != 0 ] || { echo "metrics on: $bad answers were not 2xx" >&2; exit 1; }
   read -r rps p50 p99 bad < <(wrk_get "$OFF"); B+=("$rps")
   printf '%-6s %-12s %10s %9s %9s %8s\n' "$r" off "$rps" "$p50" "$p99" "$bad"
+  [ "$bad" = 0 ] && [ "$rps" != 0 ] || { echo "metrics off: $bad answers were not 2xx" >&2; exit 1; }
 done
 # What the node with metrics counted (every round's requests together), for the eye.
 curl -sf "http://127.0.0.1:$ADMIN/metrics" | grep '^lattice_http_requests_total{.*status_class="2xx"}' || true
 MA=$(median "${A[@]}"); MB=$(median "${B[@]}")
 echo "median req/s: metrics on $MA, off $MB, ratio $(awk -v a="$MA" -v b="$MB" 'BEGIN { if (b > 0) printf "%.3f", a/b; else printf "n/a" }')x"
+echo "result|metrics on vs off req/s|$MA|$MB|req/s|$(ratio "$MA" "$MB")|>=0.97x metrics off"

@@ -24,7 +24,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 ROUNDS=${1:-5}
-LATTICE=target/release/lattice
+LATTICE=${BENCH_LATTICE:-target/release/lattice}
 
 . bench/lib.sh
 bench_prepare curl
@@ -230,3 +230,5 @@ else
   echo "deploy→first 200: cold (round 1) ${DEPLOY[0]} ms"
 fi
 echo "node loss→replica elsewhere: median $(median "${LOSS[@]}") ms (rounds: ${LOSS[*]})"
+echo "result|reconcile deploy→first 200 cross-node|$(median "${DEPLOY[@]}")|-|ms|-|-"
+echo "result|reconcile node loss→replica (heartbeat 1s)|$(median "${LOSS[@]}")|-|ms|-|-"

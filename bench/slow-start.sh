@@ -216,3 +216,4 @@ done
 echo
 echo "failover of bench-b, plain: median $(median "${PLAIN[@]}") ms (rounds: ${PLAIN[*]})"
 echo "failover of bench-b, with bench-a compiling on the survivor: median $(median "${SLOW[@]}") ms (rounds: ${SLOW[*]}; bench-a's compile: ${COMPILES[*]} ms)"
+echo "result|slow-start failover with a compile vs none|$(median "${SLOW[@]}")|$(median "${PLAIN[@]}")|ms|$(ratio "$(median "${SLOW[@]}")" "$(median "${PLAIN[@]}")")|-"

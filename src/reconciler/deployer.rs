@@ -32,7 +32,7 @@ use crate::admin::metrics::ReconcileAction;
 use crate::host::{CodeSource, GrantedBucket, Grants, Host, HttpComponent};
 use crate::lattice::membership::ComponentReplicas;
 use crate::lattice::rpc::{Rpc, Serving};
-use crate::providers::http::{HttpServer, ListenPolicy, Router, RoutingTable};
+use crate::providers::http::{HttpServer, ListenPolicy, RouteClaims, Router, RoutingTable};
 use crate::providers::keyvalue::KeyValueProviders;
 
 /// How long a replica that failed to start waits before it is tried again.
@@ -439,15 +439,14 @@ impl Deployer {
         loop {
             let mut routes = Vec::new();
             let mut included = Vec::new();
+            let mut claims = RouteClaims::default();
             for (name, manifest, version, _) in &apps {
                 if excluded.contains_key(*name) {
                     continue;
                 }
                 let mine = deploy::routes_of(manifest, ingress);
-                let mut candidate = routes.clone();
-                candidate.extend(mine.iter().cloned());
-                match Router::build(candidate) {
-                    Ok(_) => {
+                match claims.claim(&mine) {
+                    Ok(()) => {
                         routes.extend(mine);
                         included.push(format!("{name}@{version}"));
                     }

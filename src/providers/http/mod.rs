@@ -8,5 +8,5 @@ pub mod router;
 pub mod server;
 
 pub use listen::{ListenPolicy, ListenRule, ListenRuleError};
-pub use router::{Route, RouteConflict, RouteId, RouteKey, RouteTarget, Router};
+pub use router::{Route, RouteClaims, RouteConflict, RouteId, RouteKey, RouteTarget, Router};
 pub use server::{BindError, HttpServer, RoutingTable};
