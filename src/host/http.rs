@@ -654,7 +654,13 @@ impl Admitted {
 
         // The task ends by the deadline and drops the outparam with its store, so this wait is
         // bounded too.
-        match receiver.await {
+        let answered = receiver.await;
+        if answered.is_err() {
+            // No response: the instance is not kept, and its task (awaited below) waits for
+            // no verdict.
+            drop(verdict.take());
+        }
+        match answered {
             Ok(Ok(response)) => match verdict.take() {
                 Some(tx) => response.map(|body| {
                     Watched {
@@ -682,11 +688,7 @@ impl Admitted {
                     format!("component error: {code:?}\n"),
                 )
             }
-            Err(_) => match {
-                // No response: the instance is not kept, and the task waits for no verdict.
-                drop(verdict.take());
-                task.await
-            } {
+            Err(_) => match task.await {
                 Ok(Outcome::DeadlineExceeded) => deadline_response(timeout),
                 Ok(Outcome::Finished) => {
                     tracing::error!("component returned without setting a response");

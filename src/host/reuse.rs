@@ -12,7 +12,10 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex, Weak};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+// tokio's: the same clock as its timers (and their paused clock in the unit tests).
+use tokio::time::Instant;
 
 /// Component config key: requests one instance serves before it is dropped, `1` to
 /// [`MAX_REUSE_COUNT`]; `1` (the default) is a fresh instance per request. As `wasmtime serve
@@ -255,7 +258,7 @@ async fn reap<T: Send + 'static>(pool: Weak<IdlePool<T>>) {
         let Some(next) = pool.upgrade().and_then(|pool| pool.drop_expired()) else {
             return;
         };
-        tokio::time::sleep_until(next.into()).await;
+        tokio::time::sleep_until(next).await;
     }
 }
 

@@ -31,7 +31,8 @@
 //! context `echo`, one call per line), `stdout` or `stderr` (one `println!`/`eprintln!` per
 //! line). A malformed escape answers `400`.
 //!
-//! Beyond `wasi:http` it imports only `wasi:logging/logging` (and the WASI 0.2 basics).
+//! Beyond `wasi:http` it imports only `wasi:logging/logging` (and the WASI 0.2 basics); built
+//! without its default feature `logging`, not even that (`x-echo-log` then goes to stderr).
 
 use std::io::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -42,6 +43,7 @@ use wasi::http::types::{
 };
 use wasi::io::streams::StreamError;
 
+#[cfg(feature = "logging")]
 #[allow(missing_docs, clippy::all)]
 mod bindings {
     wit_bindgen::generate!({
@@ -58,6 +60,7 @@ mod bindings {
     });
 }
 
+#[cfg(feature = "logging")]
 use bindings::wasi::logging::logging::{self, Level};
 
 /// Largest number of bytes asked for in one read of the request body.
@@ -102,7 +105,10 @@ impl Guest for HttpEcho {
                 match to.as_deref() {
                     Some("stdout") => println!("{text}"),
                     Some("stderr") => eprintln!("{text}"),
+                    #[cfg(feature = "logging")]
                     _ => logging::log(Level::Info, "echo", &text),
+                    #[cfg(not(feature = "logging"))]
+                    _ => eprintln!("{text}"),
                 }
             }
         }
