@@ -362,29 +362,12 @@ impl HttpComponent {
         if let Some(reuse) = &self.reuse
             && let Some(kept) = reuse.idle.take()
         {
-            let Kept {
-                mut store,
-                proxy,
-                served,
-                alive,
-            } = kept;
+            let mut kept = kept;
             // This request's own: wasi:http context, outgoing-HTTP hooks, deadline.
-            store.data_mut().next_request(&self.egress);
-            set_deadline(&mut store, deadline);
-            span.record("reused", served);
-            return Ok(Admitted {
-                span,
-                alive,
-                app: self.app.clone(),
-                name: self.name.clone(),
-                permit,
-                store,
-                proxy,
-                deadline,
-                timeout,
-                served,
-                reuse: Some(reuse.clone()),
-            });
+            kept.store.data_mut().next_request(&self.egress);
+            set_deadline(&mut kept.store, deadline);
+            span.record("reused", kept.served);
+            return Ok(self.admitted(span, permit, kept, deadline, timeout));
         }
         // Before the store, so dropped after it: a slot given back by a failed instantiation
         // shows in the pool's gauge.
@@ -449,7 +432,31 @@ impl HttpComponent {
         // shows as an instance.
         let alive = Alive::new(&self.metrics, &self.pool);
         drop(slots);
-        Ok(Admitted {
+        let fresh = Kept {
+            store,
+            proxy,
+            served: 0,
+            alive,
+        };
+        Ok(self.admitted(span, permit, fresh, deadline, timeout))
+    }
+
+    /// `instance` admitted for one request, in `span`, holding `permit`.
+    fn admitted(
+        &self,
+        span: tracing::Span,
+        permit: tokio::sync::OwnedSemaphorePermit,
+        instance: Kept,
+        deadline: Instant,
+        timeout: std::time::Duration,
+    ) -> Admitted {
+        let Kept {
+            store,
+            proxy,
+            served,
+            alive,
+        } = instance;
+        Admitted {
             span,
             alive,
             app: self.app.clone(),
@@ -459,9 +466,9 @@ impl HttpComponent {
             proxy,
             deadline,
             timeout,
-            served: 0,
+            served,
             reuse: self.reuse.clone(),
-        })
+        }
     }
 
     /// A store for a new instance: the component's grants, its memory cap, `deadline`.

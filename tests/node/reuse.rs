@@ -81,17 +81,17 @@ fn reuse_is_opt_in_bounded_and_never_keeps_a_failed_instance() {
             ],
         ),
     );
-    write(
-        "idle.yaml",
+    let idle = |timeout: &str| {
         echo_manifest(
             "idle",
             "/idle",
             &[
                 ("lattice.max-instance-reuse-count", "100"),
-                ("lattice.idle-instance-timeout", "300ms"),
+                ("lattice.idle-instance-timeout", timeout),
             ],
-        ),
-    );
+        )
+    };
+    write("idle.yaml", idle("300ms"));
     for path in ["/fresh", "/reuse", "/trap", "/idle"] {
         node.wait_for_status(path, 200, Duration::from_secs(20));
     }
@@ -135,17 +135,7 @@ fn reuse_is_opt_in_bounded_and_never_keeps_a_failed_instance() {
         ],
         Duration::from_secs(10),
     );
-    write(
-        "idle.yaml",
-        echo_manifest(
-            "idle",
-            "/idle",
-            &[
-                ("lattice.max-instance-reuse-count", "100"),
-                ("lattice.idle-instance-timeout", "soon"),
-            ],
-        ),
-    );
+    write("idle.yaml", idle("soon"));
     node.wait_for_log(
         &[
             "idle.yaml",
