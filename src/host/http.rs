@@ -253,10 +253,10 @@ impl HttpComponent {
         &self.metrics
     }
 
-    /// Serves `request` with a fresh instance (or a kept one, with reuse on). Never fails: the component's response, or
-    /// 503 + `Retry-After` when the concurrency bound is reached or the pool has no free slot,
-    /// 504 when the deadline passes, 500 when the instance traps or sets no response (logged
-    /// with the cause).
+    /// Serves `request` with a fresh instance (or a kept one, with reuse on). Never fails: the
+    /// component's response, or 503 + `Retry-After` when the concurrency bound is reached or
+    /// the pool has no free slot, 504 when the deadline passes, 500 when the instance traps or
+    /// sets no response (logged with the cause).
     pub async fn handle<B>(
         &self,
         request: hyper::Request<B>,
@@ -360,9 +360,8 @@ impl HttpComponent {
             reused = tracing::field::Empty,
         );
         if let Some(reuse) = &self.reuse
-            && let Some(kept) = reuse.idle.take()
+            && let Some(mut kept) = reuse.idle.take()
         {
-            let mut kept = kept;
             // This request's own: wasi:http context, outgoing-HTTP hooks, deadline.
             kept.store.data_mut().next_request(&self.egress);
             set_deadline(&mut kept.store, deadline);
@@ -725,8 +724,8 @@ impl Admitted {
     }
 }
 
-/// A response body that tells the instance's task, once dropped, whether it was sent whole
-/// (to its end, with no error): only then is the instance kept for reuse.
+/// A response body that tells the instance's task whether it was sent whole (to its end, with
+/// no error), when it ends, fails or is dropped: only then is the instance kept for reuse.
 struct Watched {
     inner: ResponseBody,
     /// It yielded its end.
