@@ -9,7 +9,9 @@
 # body sent (else the script exits non-zero, printing no ratio). MB/s is 10^6 bytes of the
 # request body per second of the whole exchange (sent and echoed back at once, streamed).
 #
-#   bench/bodies.sh [RUNS]        (env: SIZE_MIB=10; BENCH_LATTICE=path skips the release build)
+#   bench/bodies.sh [RUNS]        (env: SIZE_MIB=10; BENCH_LATTICE=path skips the release build;
+#                                  PERF_OUT=file also records `perf record -a -g` of 3 forwarded
+#                                  echoes into file, after the measured runs)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -114,6 +116,11 @@ for r in $(seq "$RUNS"); do
   W+=("$w"); L+=("$l"); F+=("$f")
   printf '%-5s %14s %14s %14s\n' "$r" "$w" "$l" "$f"
 done
+if [ -n "${PERF_OUT:-}" ]; then
+  perf record -q -a -g -o "$PERF_OUT" -- bash -c \
+    "for _ in 1 2 3; do curl -s -o /dev/null -H 'expect:' --data-binary @'$BODY' http://127.0.0.1:$REMOTE/echo; done"
+  perf report -i "$PERF_OUT" --no-children --sort comm,dso --stdio 2>/dev/null | grep -v '^#' | grep -v '^$' | head -n 15
+fi
 MW=$(median "${W[@]}"); ML=$(median "${L[@]}"); MF=$(median "${F[@]}")
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
 echo "median MB/s: wasmtime serve $MW, lattice $ML ($(ratio "$ML" "$MW")x), forwarded $MF ($(ratio "$MF" "$ML")x local)"
