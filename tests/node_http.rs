@@ -7,6 +7,8 @@ mod common;
 
 #[path = "node/init.rs"]
 mod init;
+#[path = "node/reuse.rs"]
+mod reuse;
 
 use std::time::{Duration, Instant};
 

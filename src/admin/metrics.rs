@@ -350,7 +350,8 @@ impl Metrics {
         let instances = Family::<ComponentLabels, Gauge>::default();
         registry.register(
             "lattice_instances",
-            "Component instances alive now (requests being served), by app and component",
+            "Component instances alive now (requests being served, and idle ones kept for \
+             reuse), by app and component",
             instances.clone(),
         );
         let sent = Family::<InvocationLabels, Counter>::default();

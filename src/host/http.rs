@@ -1,5 +1,8 @@
 //! Serving one HTTP request with a fresh instance of a `wasi:http/proxy` component, as
 //! `wasmtime serve` and Spin do: deadline by epoch interruption, memory cap, bounded concurrency.
+//! With instance reuse on for the component (`reuse.rs`), an idle instance it kept serves the
+//! request instead, with fresh per-request state, and goes back to be kept only when it answered
+//! cleanly (no trap, within its deadline, the response body sent whole).
 //! A request the node has no room for (the component's concurrency bound, or the pooling
 //! allocator out of slots) is handed back untouched ([`Refused`]), so the ingress can try a
 //! replica elsewhere before it answers 503.
@@ -13,9 +16,13 @@
 //! deadline, the memory cap or an error code of the guest is recorded on it as an error; a trap
 //! is logged whole outside the span, since its text is partly the guest's. An instance the pool
 //! had no slot for is `refused = "pool"` on the span, not an error: nothing of the guest ran,
-//! and the request may be served elsewhere.
+//! and the request may be served elsewhere. A reused instance sets `reused` on the span to the
+//! requests it served before. A kept idle instance stays counted in `lattice_instances` (it is
+//! alive and holds its pool slot).
 
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -31,6 +38,7 @@ use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use super::InstanceLimits;
 use super::engine::PoolSlots;
 use super::grants::Grants;
+use super::reuse::{IdlePool, IdleRegistry, Reuse};
 use super::state::HostState;
 use crate::admin::metrics::ComponentMetrics;
 use crate::admin::telemetry::LOG_ONLY;
@@ -120,6 +128,28 @@ pub struct HttpComponent {
     metrics: ComponentMetrics,
     /// The node's pool slots, written as its instances come and go.
     pool: PoolSlots,
+    /// Its idle instances, when it reuses them.
+    reuse: Option<Reuser>,
+    /// The idle instances of all components of the node: evicted when the pool is full.
+    registry: IdleRegistry,
+}
+
+/// A component's reuse bound and its idle instances.
+#[derive(Clone)]
+struct Reuser {
+    /// Requests one instance serves before it is dropped.
+    max_requests: u32,
+    idle: Arc<IdlePool<Kept>>,
+}
+
+/// An idle instance kept for the next request.
+struct Kept {
+    store: Store<HostState>,
+    proxy: wasmtime_wasi_http::p2::bindings::Proxy,
+    /// Requests it has served.
+    served: u32,
+    /// After `store`.
+    alive: Alive,
 }
 
 /// One instance alive, from before its store is made: counted in `lattice_instances` of its
@@ -147,7 +177,26 @@ impl Drop for Alive {
     }
 }
 
+impl Drop for HttpComponent {
+    fn drop(&mut self) {
+        // Gone from the node: its idle instances give their pool slots back now, and an
+        // instance still serving is dropped when done.
+        if let Some(reuse) = &self.reuse {
+            reuse.idle.close();
+        }
+    }
+}
+
+/// Where the node's instances come from, shared by all components: the pool's slots and the
+/// idle instances kept for reuse.
+pub(super) struct Slots {
+    pub(super) pool: PoolSlots,
+    pub(super) registry: IdleRegistry,
+}
+
 impl HttpComponent {
+    /// `reuse`: whether and how its instances are reused (`None`: a fresh one per request).
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn new(
         grants: Arc<Grants>,
         digest: String,
@@ -155,9 +204,21 @@ impl HttpComponent {
         max_concurrency: usize,
         limits: InstanceLimits,
         egress: EgressClient,
-        pool: PoolSlots,
+        slots: Slots,
+        reuse: Option<Reuse>,
     ) -> HttpComponent {
+        let Slots { pool, registry } = slots;
+        let reuse = reuse.map(|reuse| {
+            let idle = IdlePool::new(reuse.idle_timeout);
+            registry.register(&idle);
+            Reuser {
+                max_requests: reuse.max_requests,
+                idle,
+            }
+        });
         HttpComponent {
+            reuse,
+            registry,
             metrics: crate::admin::metrics::get().component(&grants.app, &grants.component),
             pool,
             app: grants.app.clone(),
@@ -192,10 +253,10 @@ impl HttpComponent {
         &self.metrics
     }
 
-    /// Serves `request` with a fresh instance. Never fails: the component's response, or
-    /// 503 + `Retry-After` when the concurrency bound is reached or the pool has no free slot,
-    /// 504 when the deadline passes, 500 when the instance traps or sets no response (logged
-    /// with the cause).
+    /// Serves `request` with a fresh instance (or a kept one, with reuse on). Never fails: the
+    /// component's response, or 503 + `Retry-After` when the concurrency bound is reached or
+    /// the pool has no free slot, 504 when the deadline passes, 500 when the instance traps or
+    /// sets no response (logged with the cause).
     pub async fn handle<B>(
         &self,
         request: hyper::Request<B>,
@@ -296,31 +357,36 @@ impl HttpComponent {
             component = %self.name,
             otel.kind = "internal",
             refused = tracing::field::Empty,
+            reused = tracing::field::Empty,
         );
+        if let Some(reuse) = &self.reuse
+            && let Some(mut kept) = reuse.idle.take()
+        {
+            // This request's own: wasi:http context, outgoing-HTTP hooks, deadline.
+            kept.store.data_mut().next_request(&self.egress);
+            set_deadline(&mut kept.store, deadline);
+            span.record("reused", kept.served);
+            return Ok(self.admitted(span, permit, kept, deadline, timeout));
+        }
         // Before the store, so dropped after it: a slot given back by a failed instantiation
         // shows in the pool's gauge.
         let slots = SlotsUpdate(&self.pool);
-        let limits = StoreLimitsBuilder::new()
-            .memory_size(usize::try_from(self.limits.max_memory_bytes).unwrap_or(usize::MAX))
-            .build();
-        let mut store = Store::new(
-            self.pre.engine(),
-            HostState::new(&self.grants, limits, &self.egress),
-        );
-        store.limiter(|state| &mut state.limits);
-        // Guest code yields to the runtime at every epoch tick and traps once the deadline passed.
-        store.set_epoch_deadline(1);
-        store.epoch_deadline_callback(move |_| {
-            Ok(if Instant::now() >= deadline {
-                UpdateDeadline::Interrupt
-            } else {
-                UpdateDeadline::Yield(1)
-            })
-        });
-        let instantiated =
-            tokio::time::timeout_at(deadline.into(), self.pre.instantiate_async(&mut store))
-                .instrument(span.clone())
-                .await;
+        let (store, instantiated) = loop {
+            let mut store = self.new_store(deadline);
+            let instantiated =
+                tokio::time::timeout_at(deadline.into(), self.pre.instantiate_async(&mut store))
+                    .instrument(span.clone())
+                    .await;
+            if matches!(&instantiated, Ok(Err(e)) if is_pool_exhausted(e))
+                && self.registry.evict_oldest()
+            {
+                // An idle instance (of any component) gave its slot back: kept instances never
+                // starve a request of a slot. Once more, in a new store.
+                drop(store);
+                continue;
+            }
+            break (store, instantiated);
+        };
         self.pool.update();
         let entered = span.enter();
         let proxy = match instantiated {
@@ -365,7 +431,31 @@ impl HttpComponent {
         // shows as an instance.
         let alive = Alive::new(&self.metrics, &self.pool);
         drop(slots);
-        Ok(Admitted {
+        let fresh = Kept {
+            store,
+            proxy,
+            served: 0,
+            alive,
+        };
+        Ok(self.admitted(span, permit, fresh, deadline, timeout))
+    }
+
+    /// `instance` admitted for one request, in `span`, holding `permit`.
+    fn admitted(
+        &self,
+        span: tracing::Span,
+        permit: tokio::sync::OwnedSemaphorePermit,
+        instance: Kept,
+        deadline: Instant,
+        timeout: std::time::Duration,
+    ) -> Admitted {
+        let Kept {
+            store,
+            proxy,
+            served,
+            alive,
+        } = instance;
+        Admitted {
             span,
             alive,
             app: self.app.clone(),
@@ -375,8 +465,36 @@ impl HttpComponent {
             proxy,
             deadline,
             timeout,
-        })
+            served,
+            reuse: self.reuse.clone(),
+        }
     }
+
+    /// A store for a new instance: the component's grants, its memory cap, `deadline`.
+    fn new_store(&self, deadline: Instant) -> Store<HostState> {
+        let limits = StoreLimitsBuilder::new()
+            .memory_size(usize::try_from(self.limits.max_memory_bytes).unwrap_or(usize::MAX))
+            .build();
+        let mut store = Store::new(
+            self.pre.engine(),
+            HostState::new(&self.grants, limits, &self.egress),
+        );
+        store.limiter(|state| &mut state.limits);
+        set_deadline(&mut store, deadline);
+        store
+    }
+}
+
+/// Guest code yields to the runtime at every epoch tick and traps once `deadline` passed.
+fn set_deadline(store: &mut Store<HostState>, deadline: Instant) {
+    store.set_epoch_deadline(1);
+    store.epoch_deadline_callback(move |_| {
+        Ok(if Instant::now() >= deadline {
+            UpdateDeadline::Interrupt
+        } else {
+            UpdateDeadline::Yield(1)
+        })
+    });
 }
 
 /// Why [`HttpComponent::admit`] did not start an instance.
@@ -387,7 +505,8 @@ pub enum NotAdmitted {
     Failed(hyper::Response<ResponseBody>),
 }
 
-/// A fresh instance with its place in the component's concurrency bound, for one request.
+/// An instance (fresh, or kept with reuse on) with its place in the component's concurrency
+/// bound, for one request.
 pub struct Admitted {
     /// The `component_call` span.
     span: tracing::Span,
@@ -398,6 +517,10 @@ pub struct Admitted {
     proxy: wasmtime_wasi_http::p2::bindings::Proxy,
     deadline: Instant,
     timeout: std::time::Duration,
+    /// Requests the instance served before this one.
+    served: u32,
+    /// Where it goes back to be kept, with reuse on.
+    reuse: Option<Reuser>,
     /// After `store`: fields are dropped in declaration order.
     alive: Alive,
 }
@@ -438,8 +561,20 @@ impl Admitted {
             proxy,
             deadline,
             timeout,
+            served,
+            reuse,
             alive,
         } = self;
+        // With reuse on and requests left in the instance: whether its response went out whole,
+        // from the response body (`Watched`) to the task, which keeps the instance only then.
+        let (mut verdict, keep) = match reuse.filter(|r| served.saturating_add(1) < r.max_requests)
+        {
+            Some(reuse) => {
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                (Some(tx), Some((reuse, rx)))
+            }
+            None => (None, None),
+        };
         let (sender, receiver) = tokio::sync::oneshot::channel();
         let resources: wasmtime::Result<_> = (|| {
             let req = store
@@ -502,6 +637,19 @@ impl Admitted {
                     );
                     record_error(&task_span, &DeadlineExceeded(timeout));
                 }
+                if outcome == Outcome::Finished
+                    && let Some((reuse, whole)) = keep
+                    // By the deadline: a client reading slowly does not hold it past that.
+                    && matches!(tokio::time::timeout_at(deadline.into(), whole).await, Ok(Ok(true)))
+                {
+                    reuse.idle.put(Kept {
+                        store,
+                        proxy,
+                        served: served.saturating_add(1),
+                        alive,
+                    });
+                    return outcome;
+                }
                 // The instance is gone with its store; then it is uncounted.
                 drop(store);
                 drop(alive);
@@ -512,9 +660,30 @@ impl Admitted {
 
         // The task ends by the deadline and drops the outparam with its store, so this wait is
         // bounded too.
-        match receiver.await {
-            Ok(Ok(response)) => response,
+        let answered = receiver.await;
+        if answered.is_err() {
+            // No response: the instance is not kept, and its task (awaited below) waits for
+            // no verdict.
+            drop(verdict.take());
+        }
+        match answered {
+            Ok(Ok(response)) => match verdict.take() {
+                Some(tx) => response.map(|body| {
+                    Watched {
+                        inner: body,
+                        ended: false,
+                        failed: false,
+                        verdict: Some(tx),
+                    }
+                    .boxed_unsync()
+                }),
+                None => response,
+            },
             Ok(Err(code)) => {
+                // The guest answered, with an error code: nothing of a body to wait for.
+                if let Some(tx) = verdict.take() {
+                    let _ = tx.send(true);
+                }
                 tracing::warn!(error = ?code, "component answered with an error code");
                 record_error(
                     &span,
@@ -552,6 +721,68 @@ impl Admitted {
                 }
             },
         }
+    }
+}
+
+/// A response body that tells the instance's task whether it was sent whole (to its end, with
+/// no error), when it ends, fails or is dropped: only then is the instance kept for reuse.
+struct Watched {
+    inner: ResponseBody,
+    /// It yielded its end.
+    ended: bool,
+    /// It yielded an error.
+    failed: bool,
+    verdict: Option<tokio::sync::oneshot::Sender<bool>>,
+}
+
+impl hyper::body::Body for Watched {
+    type Data = Bytes;
+    type Error = <ResponseBody as hyper::body::Body>::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        match &polled {
+            // Told at once, before the end reaches the client: its next request finds the
+            // instance kept (it is put back while the end is still being written).
+            Poll::Ready(None) => {
+                this.ended = true;
+                this.tell();
+            }
+            Poll::Ready(Some(Err(_))) => {
+                this.failed = true;
+                this.tell();
+            }
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Watched {
+    /// Sends the verdict, once: whole when it ended (or says it is at its end) with no error.
+    fn tell(&mut self) {
+        let whole = !self.failed && (self.ended || hyper::body::Body::is_end_stream(&self.inner));
+        if let Some(tx) = self.verdict.take() {
+            let _ = tx.send(whole);
+        }
+    }
+}
+
+impl Drop for Watched {
+    fn drop(&mut self) {
+        self.tell();
     }
 }
 

@@ -25,6 +25,7 @@ mod grants;
 mod http;
 mod keyvalue;
 mod logging;
+mod reuse;
 mod state;
 mod wasi_config;
 
@@ -48,6 +49,10 @@ pub use http::{
 };
 pub use keyvalue::BucketResource;
 pub use logging::{GuestLogLimiter, MAX_LINE_BYTES, escape_control, one_line};
+pub use reuse::{
+    CONCURRENT_REUSE_KEY, DEFAULT_IDLE_TIMEOUT, IDLE_TIMEOUT_KEY, MAX_IDLE_TIMEOUT,
+    MAX_REUSE_COUNT, REUSE_COUNT_KEY, REUSE_KEYS, Reuse, ReuseConfigError,
+};
 pub use state::HostState;
 
 /// Limits applied to every component instance.
@@ -87,6 +92,9 @@ pub enum ComponentError {
     /// The component imports an interface granted only by a link it does not have.
     #[error("{0}")]
     NotGranted(String),
+    /// A config key lattice reads (instance reuse) has a value it refuses.
+    #[error(transparent)]
+    Config(#[from] ReuseConfigError),
 }
 
 /// A component compiled, linked and pre-instantiated, with where its code came from.
@@ -115,6 +123,8 @@ pub struct Host {
     allocator: Allocator,
     egress: Egress,
     pool: engine::PoolSlots,
+    /// The idle instances of all its components kept for reuse.
+    registry: reuse::IdleRegistry,
 }
 
 impl Host {
@@ -146,6 +156,7 @@ impl Host {
         let pool = engine::PoolSlots::new(&engine, limits.pool_instances);
         Ok(Host {
             pool,
+            registry: reuse::IdleRegistry::default(),
             engine,
             linker: Arc::new(linker),
             cache,
@@ -162,18 +173,20 @@ impl Host {
 
     /// Compiles `wasm` (or loads its code from the cache), links it and pre-instantiates it as a
     /// `wasi:http/proxy` component with `grants` (its app and component names included),
-    /// admitting `max_concurrency` requests at once.
+    /// admitting `max_concurrency` requests at once; its instances are reused as its config's
+    /// reuse keys say ([`Reuse::from_config`]; by default a fresh instance per request).
     ///
     /// # Errors
-    /// [`ComponentError`]: not a component, an import the node does not host, an import its
-    /// grants do not allow (`wasi:keyvalue` without a keyvalue link), or no
-    /// `wasi:http/incoming-handler` export.
+    /// [`ComponentError`]: a reuse key with a bad value, not a component, an import the node
+    /// does not host, an import its grants do not allow (`wasi:keyvalue` without a keyvalue
+    /// link), or no `wasi:http/incoming-handler` export.
     pub async fn prepare_http_component(
         &self,
         grants: Arc<Grants>,
         wasm: Vec<u8>,
         max_concurrency: usize,
     ) -> Result<PreparedComponent, ComponentError> {
+        let reuse = Reuse::from_config(&grants.config)?;
         let digest = sha256_hex(&wasm);
         let (component, code_source) = self.compile(wasm, digest.clone()).await?;
         // Linked first: an import the node does not host is named as such, not as ungranted.
@@ -194,7 +207,11 @@ impl Host {
             max_concurrency,
             self.limits,
             egress,
-            self.pool.clone(),
+            http::Slots {
+                pool: self.pool.clone(),
+                registry: self.registry.clone(),
+            },
+            reuse,
         );
         Ok(PreparedComponent {
             component: Arc::new(component),

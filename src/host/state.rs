@@ -29,7 +29,8 @@ fn resource_table() -> ResourceTable {
     table
 }
 
-/// The data of one component instance's `Store`: one request's worth of state.
+/// The data of one component instance's `Store`: one request's worth of state, or, with
+/// instance reuse, the instance's (see [`HostState::next_request`] for what is per request).
 pub struct HostState {
     /// Resources handed to the guest (streams, requests, fields, …).
     pub(crate) table: ResourceTable,
@@ -72,6 +73,22 @@ impl HostState {
             grants: grants.clone(),
             limits,
         }
+    }
+}
+
+impl HostState {
+    /// Makes the per-request parts new for the next request of a reused instance: the
+    /// wasi:http context and the outgoing-HTTP hooks (their in-flight budget and the one
+    /// denial logged at WARN), from `egress` and the grants. The resource table, WASI context
+    /// (stdio, clocks, random) and memory limit are the instance's and stay.
+    pub(crate) fn next_request(&mut self, egress: &EgressClient) {
+        self.http = WasiHttpCtx::new();
+        self.http_hooks = OutgoingHttp::new(
+            self.grants.allowed_hosts.clone(),
+            egress.clone(),
+            self.grants.app.clone(),
+            self.grants.component.clone(),
+        );
     }
 }
 

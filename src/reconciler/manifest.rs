@@ -511,6 +511,7 @@ fn component(
         Image::File(resolve_image(image, base_dir).map_err(|r| FieldError::new(&image_field, r))?);
     let config =
         links::component_config(c.properties.config.as_ref(), at, context.named, warnings)?;
+    check_lattice_keys(&config, at, context, warnings)?;
     if c.properties.id.is_some() {
         warnings.push(format!(
             "{at}.properties.id: ignored (components are named by `name`)"
@@ -563,6 +564,42 @@ fn component(
         keyvalue: grants.keyvalue,
         allowed_hosts: grants.allowed_hosts,
     })
+}
+
+/// Checks the config keys lattice reads itself (`lattice.*`): the instance reuse keys'
+/// values ([`crate::host::Reuse::from_config`]), and a warning for a `lattice.` key lattice does
+/// not know (a typo would otherwise pass silently as plain `wasi:config`).
+///
+/// # Errors
+/// A reuse key with a bad value: the field is the component's `properties.config`, the reason
+/// names the app, the component, the key, its value and why.
+fn check_lattice_keys(
+    config: &BTreeMap<String, String>,
+    at: &str,
+    context: &links::LinkContext<'_>,
+    warnings: &mut Vec<String>,
+) -> Result<(), FieldError> {
+    let field = format!("{at}.properties.config");
+    crate::host::Reuse::from_config(config).map_err(|e| {
+        FieldError::new(
+            &field,
+            format!("app {}, component {}: {e}", context.app, context.component),
+        )
+    })?;
+    let known: Vec<&str> = crate::host::REUSE_KEYS
+        .into_iter()
+        .chain([crate::lattice::rpc::RETRY_SAFE_KEY])
+        .collect();
+    for key in config.keys() {
+        if key.starts_with("lattice.") && !known.contains(&key.as_str()) {
+            warnings.push(format!(
+                "{field}: {key} is not a key lattice reads (it knows {}); passed to the \
+                 component as wasi:config only",
+                known.join(", ")
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// A path, or `file://` URL, relative to the manifest's directory. OCI references are refused.

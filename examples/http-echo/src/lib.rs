@@ -15,9 +15,15 @@
 //! bytes (byte i is `i % 251`), written without reading the request body: a
 //! large response to a small request.
 //!
-//! Two headers for testing the host: `x-echo-sleep-ms: N` holds the instance
-//! N ms (a clock wait, no CPU) before answering, and `x-echo-trap: <message>`
-//! makes the guest trap (a Rust panic, which aborts) before it sets a response.
+//! Headers for testing the host: `x-echo-sleep-ms: N` holds the instance N ms (a
+//! clock wait, no CPU) before answering, `x-echo-spin-ms: N` keeps the CPU busy
+//! N ms (so only epoch interruption can stop it early), and
+//! `x-echo-trap: <message>` makes the guest trap (a Rust panic, which aborts)
+//! before it sets a response.
+//!
+//! Every response also carries `x-echo-served: N`, the requests this instance
+//! has handled, this one included (a counter in a static): `1` on every request
+//! when each gets a fresh instance, growing when the host reuses instances.
 //!
 //! Two more for testing the host's handling of guest logs: `x-echo-log: <text>` logs `<text>`
 //! (`%XX`-decoded, so `%0A` is a newline) before answering, `x-echo-log-count: N` times
@@ -25,9 +31,11 @@
 //! context `echo`, one call per line), `stdout` or `stderr` (one `println!`/`eprintln!` per
 //! line). A malformed escape answers `400`.
 //!
-//! Beyond `wasi:http` it imports only `wasi:logging/logging` (and the WASI 0.2 basics).
+//! Beyond `wasi:http` it imports only `wasi:logging/logging` (and the WASI 0.2 basics); built
+//! without its default feature `logging`, not even that (`x-echo-log` then goes to stderr).
 
 use std::io::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use wasi::exports::http::incoming_handler::Guest;
 use wasi::http::types::{
@@ -35,6 +43,7 @@ use wasi::http::types::{
 };
 use wasi::io::streams::StreamError;
 
+#[cfg(feature = "logging")]
 #[allow(missing_docs, clippy::all)]
 mod bindings {
     wit_bindgen::generate!({
@@ -51,10 +60,15 @@ mod bindings {
     });
 }
 
+#[cfg(feature = "logging")]
 use bindings::wasi::logging::logging::{self, Level};
 
 /// Largest number of bytes asked for in one read of the request body.
 const READ_CHUNK: u64 = 64 * 1024;
+
+/// Requests this instance has handled: its linear memory outlives a request only when the host
+/// reuses the instance.
+static SERVED: AtomicU64 = AtomicU64::new(0);
 
 struct HttpEcho;
 
@@ -62,11 +76,18 @@ wasi::http::proxy::export!(HttpEcho);
 
 impl Guest for HttpEcho {
     fn handle(request: IncomingRequest, response_out: ResponseOutparam) {
+        let served = SERVED.fetch_add(1, Ordering::Relaxed) + 1;
         if let Some(message) = header_text(&request, "x-echo-trap") {
             panic!("x-echo-trap: {message}");
         }
         if let Some(ms) = header_text(&request, "x-echo-sleep-ms").and_then(|v| v.parse().ok()) {
             std::thread::sleep(std::time::Duration::from_millis(ms));
+        }
+        if let Some(ms) = header_text(&request, "x-echo-spin-ms").and_then(|v| v.parse().ok()) {
+            let until = std::time::Instant::now() + std::time::Duration::from_millis(ms);
+            while std::time::Instant::now() < until {
+                std::hint::spin_loop();
+            }
         }
         if let Some(text) = header_text(&request, "x-echo-log") {
             let text = match example_http::percent_decode(&text) {
@@ -84,7 +105,10 @@ impl Guest for HttpEcho {
                 match to.as_deref() {
                     Some("stdout") => println!("{text}"),
                     Some("stderr") => eprintln!("{text}"),
+                    #[cfg(feature = "logging")]
                     _ => logging::log(Level::Info, "echo", &text),
+                    #[cfg(not(feature = "logging"))]
+                    _ => eprintln!("{text}"),
                 }
             }
         }
@@ -98,10 +122,11 @@ impl Guest for HttpEcho {
             ),
             ("x-echo-method".to_string(), method.into_bytes()),
             ("x-echo-path".to_string(), path.into_bytes()),
+            ("x-echo-served".to_string(), served.to_string().into_bytes()),
         ];
         entries.extend(request.headers().entries().into_iter().filter(|(name, _)| {
             let name = name.to_ascii_lowercase();
-            name.starts_with("x-") && name != "x-echo-method" && name != "x-echo-path"
+            name.starts_with("x-") && name != "x-echo-method" && name != "x-echo-path" && name != "x-echo-served"
         }));
         let headers = match Fields::from_list(&entries) {
             Ok(headers) => headers,

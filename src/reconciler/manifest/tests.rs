@@ -537,3 +537,89 @@ fn every_example_manifest_parses_within_the_bounds() {
     }
     assert!(seen >= 10, "{seen} example manifests");
 }
+
+/// [`HELLO`] with `config` entries (YAML lines of properties, 14 spaces in) on its component.
+fn hello_with_config(properties: &str) -> String {
+    let with = HELLO.replace(
+        "        image: file://./build/http_hello_world_s.wasm\n",
+        &format!(
+            "        image: file://./build/http_hello_world_s.wasm\n        config:\n          - name: tuning\n            properties:\n{properties}"
+        ),
+    );
+    assert_ne!(with, HELLO);
+    with
+}
+
+#[test]
+fn instance_reuse_keys_are_read_without_warnings() {
+    let m = parse_ok(&hello_with_config(
+        "              lattice.max-instance-reuse-count: \"128\"\n              lattice.max-instance-concurrent-reuse-count: \"1\"\n              lattice.idle-instance-timeout: 5s\n              lattice.retry-safe: \"true\"\n",
+    ));
+    let config = &m.components[0].config;
+    assert_eq!(
+        crate::host::Reuse::from_config(config),
+        Ok(Some(crate::host::Reuse {
+            max_requests: 128,
+            idle_timeout: std::time::Duration::from_secs(5)
+        }))
+    );
+    assert!(
+        m.warnings.iter().all(|w| !w.contains("lattice.")),
+        "{:?}",
+        m.warnings
+    );
+}
+
+#[test]
+fn bad_instance_reuse_values_are_refused_naming_app_component_and_key() {
+    for (line, key, reason) in [
+        (
+            "lattice.max-instance-reuse-count: \"0\"",
+            "lattice.max-instance-reuse-count",
+            "must be from 1",
+        ),
+        (
+            "lattice.max-instance-reuse-count: lots",
+            "lattice.max-instance-reuse-count",
+            "not a whole number",
+        ),
+        (
+            "lattice.max-instance-concurrent-reuse-count: \"16\"",
+            "lattice.max-instance-concurrent-reuse-count",
+            "only 1 is supported",
+        ),
+        (
+            "lattice.idle-instance-timeout: forever",
+            "lattice.idle-instance-timeout",
+            "not a duration",
+        ),
+    ] {
+        let error = parse_err(&hello_with_config(&format!("              {line}\n")));
+        assert_eq!(
+            error.field, "spec.components[0].properties.config",
+            "{line}"
+        );
+        for needle in ["app hello-world", "component http-component", key, reason] {
+            assert!(error.reason.contains(needle), "{line}: {error}");
+        }
+    }
+}
+
+#[test]
+fn an_unknown_lattice_key_is_warned_about() {
+    let m = parse_ok(&hello_with_config(
+        "              lattice.max-instance-reuse: \"8\"\n              greeting: hi\n",
+    ));
+    let warned: Vec<_> = m
+        .warnings
+        .iter()
+        .filter(|w| w.contains("lattice.max-instance-reuse "))
+        .collect();
+    assert_eq!(warned.len(), 1, "{:?}", m.warnings);
+    assert!(
+        warned[0].contains("lattice.max-instance-reuse-count"),
+        "{}",
+        warned[0]
+    );
+    assert!(m.warnings.iter().all(|w| !w.contains("greeting")));
+}
