@@ -142,7 +142,7 @@ impl<B> Forwarding<B> {
     fn take_frames(
         &mut self,
     ) -> (
-        tokio::sync::mpsc::Receiver<async_nats::Message>,
+        tokio::sync::mpsc::Receiver<mux::Inbound>,
         Arc<mux::RouteGuard>,
     ) {
         let (_, closed) = tokio::sync::mpsc::channel(1);
@@ -729,7 +729,7 @@ impl Rpc {
             };
             let frames = &mut forwarding.exchange.frames;
             let message = match tokio::time::timeout_at(wait_until.into(), frames.recv()).await {
-                Ok(Some(message)) => message,
+                Ok(Some(message)) => *message,
                 Ok(None) => {
                     return Reply::Done(
                         text_response(
@@ -1187,7 +1187,7 @@ impl Rpc {
 /// The first body bytes of a `request` or `response` frame, and where the rest arrives.
 struct BodySource {
     first: Bytes,
-    frames: tokio::sync::mpsc::Receiver<async_nats::Message>,
+    frames: tokio::sync::mpsc::Receiver<mux::Inbound>,
     client: async_nats::Client,
     /// The exchange subject of the side sending the body.
     peer: String,

@@ -310,7 +310,7 @@ pub fn streamed_body<K: Send + 'static>(
     client: async_nats::Client,
     peer: String,
     first: Bytes,
-    mut frames: mpsc::Receiver<async_nats::Message>,
+    mut frames: mpsc::Receiver<super::mux::Inbound>,
     idle: Duration,
     keep: K,
 ) -> ResponseBody {
@@ -330,7 +330,7 @@ pub fn streamed_body<K: Send + 'static>(
         let mut expected = 1;
         let failure = loop {
             let message = match tokio::time::timeout(idle, frames.recv()).await {
-                Ok(Some(message)) => message,
+                Ok(Some(message)) => *message,
                 Ok(None) => break "the exchange closed".to_owned(),
                 Err(_) => {
                     break format!("no body frame within {}", humantime::format_duration(idle));
