@@ -651,16 +651,20 @@ impl Rpc {
                     };
                     // Nothing ran: the next replica may take it, whatever the method. A resend
                     // that found no subscriber went to a node that died (its heartbeats list it
-                    // still) and goes on as resends do, ending with the first subject again.
+                    // still) and goes on as resends do, ending with the first subject again,
+                    // while the deadline lasts. A busy one ends it: every replica asked is full,
+                    // and the answer is 503 + Retry-After at once, not another round.
                     let next = match targets.next() {
                         Some(next) => Some(next),
-                        None if !resent_to.is_empty() => Some(self.resend_to(
-                            app,
-                            component,
-                            &subject,
-                            &first_subject,
-                            &mut resent_to,
-                        )),
+                        None if !busy && !resent_to.is_empty() && Instant::now() < deadline => {
+                            Some(self.resend_to(
+                                app,
+                                component,
+                                &subject,
+                                &first_subject,
+                                &mut resent_to,
+                            ))
+                        }
                         None => None,
                     };
                     match next {
