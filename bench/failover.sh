@@ -48,7 +48,7 @@ start_node() { # round name role http-port: default heartbeat flags
   [ "$3" = worker ] && cp "$WORK/manifests/"*.yaml "$dir/config/"
   "$LATTICE" up --name "$2" --label "role=$3" --leaf-url "nats-leaf://127.0.0.1:$HUB_LEAF" \
     --js-domain hub --config-dir "$dir/config" --data-dir "$dir/data" --http-addr "127.0.0.1:$4" \
-    --admin-addr 127.0.0.1:0 2>"$dir.log" &
+    --admin-addr 127.0.0.1:0 --log info,lattice::lattice::probe=debug 2>"$dir.log" &
   NODE_PID=$!
   PIDS+=("$NODE_PID")
   # No "Killed" notice from the shell when the victim dies.
@@ -99,8 +99,14 @@ body = json.dumps(dict(host, event="host_heartbeat", seq=1795000000000), separat
 headers = "NATS/1.0\r\nLattice-Signature: " + "x" * 86 + "\r\n\r\n"
 print(len(body) + len(headers) + len("lattice.default.evt.v1.host_heartbeat"))')
   fi
-  # Every node has heard the others' heartbeats a few times.
-  sleep 2
+  # Every node has vetted the two others' probes (they answered one, PROTOCOL.md §Probes).
+  for n in w1 w2 front; do
+    for _ in $(seq 300); do
+      [ "$(grep -c 'host answers probes' "$WORK/r$r-$n.log" || true)" -ge 2 ] && break; sleep 0.1
+    done
+    [ "$(grep -c 'host answers probes' "$WORK/r$r-$n.log" || true)" -ge 2 ] \
+      || { echo "round $r: $n never vetted the others' probes" >&2; tail -n 30 "$WORK/r$r-$n.log" >&2; exit 1; }
+  done
   VICTIM=$W1; [ "$WHO" = w2 ] && VICTIM=$W2
   read -r again longest failed < <(python3 - "$PF" "$VICTIM" "$WATCH" <<'EOF'
 import http.client, os, signal, sys, time

@@ -28,8 +28,10 @@ pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:8000";
 pub const DEFAULT_LEAF_URL: &str = "tls://connect.ngs.global";
 
 /// Default interval between heartbeats: 1 s, so that with the probes of silent hosts
-/// ([`crate::lattice::probe`]) a killed node is forgotten about 1.25 s to 2.25 s after its death
-/// and its replicas run elsewhere within 3 s, and one that cannot be probed after 3 s at most.
+/// ([`crate::lattice::probe`]) a killed node is forgotten 0.75 s to 1.95 s after its death
+/// (silent 1.25 intervals, then two no-responders half an interval apart) and its replicas
+/// run elsewhere within 3 s; a node that cannot be probed, a dead machine or a partition (no
+/// TCP FIN: the servers keep its interest until their ping timeout) after 3 s at most.
 pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Largest `--max-instances`: each pool slot reserves address space for its memories.

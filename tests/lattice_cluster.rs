@@ -409,36 +409,53 @@ fn replicas_on_two_nodes_share_requests_and_survive_the_loss_of_one() {
 #[test]
 fn a_killed_nodes_replica_answers_elsewhere_within_3_s_with_the_default_heartbeat() {
     let hub = Hub::start();
-    let manifest = [(
-        "hello.yaml",
-        app_manifest("hello", "http-hello", "/hello", "worker", 1),
-    )];
+    let manifests = [
+        (
+            "hello.yaml",
+            app_manifest("hello", "http-hello", "/hello", "worker", 1),
+        ),
+        // The same component on both workers: the survivor has it compiled before the kill,
+        // so the time measured is the failover's, not a first compile's.
+        (
+            "warm.yaml",
+            app_manifest("warm", "http-hello", "/warm", "worker", 2),
+        ),
+    ];
     // No --heartbeat-interval: the nodes' default.
-    let a = join_with(&hub, "node-a", "worker", "default", &manifest, None, &[]);
-    let b = join_with(&hub, "node-b", "worker", "default", &manifest, None, &[]);
-    let c = join_with(&hub, "node-c", "front", "default", &manifest, None, &[]);
+    let a = join_with(&hub, "node-a", "worker", "default", &manifests, None, &[]);
+    let b = join_with(&hub, "node-b", "worker", "default", &manifests, None, &[]);
+    let c = join_with(&hub, "node-c", "front", "default", &manifests, None, &[]);
     for node in [&a, &b, &c] {
         joined(node);
     }
-    let get = |node: &Node| node.get("/hello").map(|(s, _)| s);
+    let get = |node: &Node, path: &str| node.get(path).map(|(s, _)| s);
     wait_until("C reaches the replica", Duration::from_secs(10), || {
-        get(&c) == Some(200)
+        get(&c, "/hello") == Some(200)
     });
-    // Which worker runs it, once C has heard so (a heartbeat after the start).
-    let runs_it = |inventory: &[Value], name: &str| {
-        inventory
-            .iter()
-            .any(|h| h["name"] == name && h["components"].as_array().is_some_and(|c| !c.is_empty()))
+    // Which worker runs `hello`, once C has heard so, and that both run `warm`.
+    let runs = |inventory: &[Value], name: &str, app: &str| {
+        inventory.iter().any(|h| {
+            h["name"] == name
+                && h["components"]
+                    .as_array()
+                    .is_some_and(|c| c.iter().any(|c| c["app"] == app))
+        })
     };
     let mut on_a = None;
     wait_until(
-        "C's inventory lists the replica",
-        Duration::from_secs(10),
+        "C's inventory lists the replicas",
+        Duration::from_secs(20),
         || {
             let inventory = get_json(&c, "default", &["inventory"]);
-            on_a = match (runs_it(&inventory, "node-a"), runs_it(&inventory, "node-b")) {
-                (true, false) => Some(true),
-                (false, true) => Some(false),
+            let warm = ["node-a", "node-b"]
+                .iter()
+                .all(|name| runs(&inventory, name, "warm"));
+            on_a = match (
+                runs(&inventory, "node-a", "hello"),
+                runs(&inventory, "node-b", "hello"),
+            ) {
+                (true, false) if warm => Some(true),
+                (false, true) if warm => Some(false),
                 _ => None,
             };
             on_a.is_some()
@@ -449,14 +466,20 @@ fn a_killed_nodes_replica_answers_elsewhere_within_3_s_with_the_default_heartbea
     } else {
         (&b, &a)
     };
-    // Every host knows the others' heartbeats (each at least once) before the kill.
-    std::thread::sleep(HEARTBEAT * 2);
+    // Every node has vetted the probes of the two others (they answered one).
+    for node in [survivor, &c] {
+        wait_until(
+            "the nodes answer each other's probes",
+            Duration::from_secs(10),
+            || node.count_log("host answers probes") >= 2,
+        );
+    }
 
     kill(Pid::from_raw(victim.pid()), Signal::SIGKILL).unwrap();
     let killed = Instant::now();
     let mut statuses = Vec::new();
     let answered = loop {
-        let status = get(&c);
+        let status = get(&c, "/hello");
         if status == Some(200) {
             break killed.elapsed();
         }
@@ -477,6 +500,12 @@ fn a_killed_nodes_replica_answers_elsewhere_within_3_s_with_the_default_heartbea
         survivor.log()
     );
     assert!(survivor.count_log("lattice invocation served") > 0);
+    // Forgotten by its probes, not by its missed heartbeats.
+    assert!(
+        survivor.count_log("twice nothing subscribed to its probe subject") > 0,
+        "{}",
+        survivor.log()
+    );
 }
 
 #[test]

@@ -24,7 +24,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::lattice::identity;
-use crate::lattice::probe::Probes;
+use crate::lattice::probe::{self, Due, Marks, Probes, Round, Verdict};
 use crate::nats::subjects;
 use crate::nats::uplink::Uplink;
 use crate::reconciler::plan::Failure;
@@ -76,7 +76,8 @@ const REASON_CUT_MARKER: &str = " [cut]";
 /// `app` says how many were left out ([`bounded_failures`]).
 pub const MAX_FAILURES_LISTED: usize = 100;
 
-/// How long publishing one host event may wait for the NATS client to take it.
+/// How long publishing one host event may wait for the NATS client to take it, at most: no
+/// longer than the event's heartbeat interval either, so a wait never spans a missed beat.
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A failed signing of this node's host event is logged at error at most this often.
@@ -436,8 +437,8 @@ struct State {
 struct Seen {
     info: HostInfo,
     at: Instant,
-    /// When it was last probed while silent ([`Membership::due_probes`]).
-    probed: Option<Instant>,
+    /// What this node's probes learned of it ([`Membership::probe_round`]).
+    marks: Marks,
 }
 
 impl Seen {
@@ -514,17 +515,25 @@ impl State {
     /// Records a verified heartbeat or `host_started`; true when the host is new or its
     /// labels, components or failures changed (wake [`Membership::changed`]).
     fn observe(&mut self, info: HostInfo) -> bool {
-        let same = self.hosts.get(&info.id).is_some_and(|seen| {
+        let old = self.hosts.get(&info.id);
+        let same = old.is_some_and(|seen| {
             seen.info.labels == info.labels
                 && seen.info.components == info.components
                 && seen.info.failures == info.failures
+        });
+        // An event clears a first no-responders; a host earns its probes again after its
+        // probe subject went away (its events said `probe: false`).
+        let marks = old.map_or_else(Marks::default, |seen| Marks {
+            sent: seen.marks.sent,
+            earned: seen.marks.earned && seen.info.probe && info.probe,
+            gone: None,
         });
         self.hosts.insert(
             info.id.clone(),
             Seen {
                 info,
                 at: Instant::now(),
-                probed: None,
+                marks,
             },
         );
         !same
@@ -707,43 +716,99 @@ impl Membership {
         }
     }
 
-    /// The hosts that answer probes and have been silent for more than `after` of their own
-    /// heartbeat interval (a fraction, e.g. 1.25) at `now`, each at most once per interval:
-    /// their ids with the instant of their last event, marked probed. For
-    /// [`Membership::forget_unreachable`].
-    pub fn due_probes(&self, after: f64, now: Instant) -> Vec<(String, Instant)> {
+    /// The probes due at `now` ([`probe::due`]), at most `room` of them (second probes
+    /// first, then first probes of silent hosts, then vetting probes), those marked sent; with
+    /// the counts of hosts that answer probes and of those silent. No probe of a silent host
+    /// is due while more than [`probe::few`] are silent: heartbeats late everywhere are a fault
+    /// of the path, and probes would only add to it.
+    pub fn probe_round(&self, room: usize, now: Instant) -> Round {
         let mut state = self.state();
-        state
-            .hosts
-            .iter_mut()
-            .filter_map(|(id, seen)| {
-                let interval = seen.interval();
-                let silent = now.saturating_duration_since(seen.at);
-                let probed_lately = seen
-                    .probed
-                    .is_some_and(|at| now.saturating_duration_since(at) < interval);
-                if !seen.info.probe || silent < interval.mul_f64(after) || probed_lately {
-                    return None;
-                }
-                seen.probed = Some(now);
-                Some((id.clone(), seen.at))
-            })
-            .collect()
+        let mut round = Round::default();
+        let mut due: Vec<Due> = Vec::new();
+        for (id, seen) in &state.hosts {
+            let interval = seen.interval();
+            let silent = now.saturating_duration_since(seen.at);
+            if !seen.info.probe {
+                continue;
+            }
+            round.hosts += 1;
+            if silent >= interval.mul_f64(probe::PROBE_AFTER) {
+                round.silent += 1;
+            }
+            if let Some(kind) = probe::due(&seen.marks, true, interval, silent, now) {
+                due.push(Due {
+                    id: id.clone(),
+                    kind,
+                    silent_since: seen.at,
+                    interval,
+                });
+            }
+        }
+        if round.silent > probe::few(round.hosts) {
+            due.retain(|due| due.kind == probe::Kind::Vet);
+        }
+        due.sort_by_key(|due| due.kind);
+        due.truncate(room);
+        for due in &due {
+            if let Some(seen) = state.hosts.get_mut(&due.id) {
+                seen.marks.sent = Some(now);
+            }
+        }
+        round.due = due;
+        round
     }
 
-    /// Forgets host `id` if nothing was heard from it since `silent_since` (the instant
-    /// [`Membership::due_probes`] gave with it) and wakes [`Membership::changed`]: its probe
-    /// found nobody subscribed, so its NATS connection is gone. The host it forgot, if any;
-    /// its sequence is kept, so a replay of its last events cannot bring it back.
-    pub fn forget_unreachable(&self, id: &str, silent_since: Instant) -> Option<HostInfo> {
+    /// Host `id` answered a probe: its probe subject reaches it from here, and a first
+    /// no-responders of it is void. Its name if it earned its probes just now.
+    pub fn probe_answered(&self, id: &str) -> Option<String> {
         let mut state = self.state();
-        if state.hosts.get(id)?.at != silent_since {
-            return None;
+        let seen = state.hosts.get_mut(id).filter(|seen| seen.info.probe)?;
+        seen.marks.gone = None;
+        let earned = std::mem::replace(&mut seen.marks.earned, true);
+        (!earned).then(|| seen.info.name.clone())
+    }
+
+    /// Voids the first no-responders of the hosts `only` names, or of all hosts.
+    pub fn clear_gone(&self, only: Option<&[String]>) {
+        let mut state = self.state();
+        for (id, seen) in &mut state.hosts {
+            if only.is_none_or(|ids| ids.contains(id)) {
+                seen.marks.gone = None;
+            }
         }
-        let seen = state.hosts.remove(id)?;
+    }
+
+    /// Takes in a no-responders at `now` of the probe of host `id` sent when its last event
+    /// was that of `silent_since` ([`Due::silent_since`]): nothing if it was heard from since or
+    /// never answered a probe; its first recorded; its second, at least half an interval
+    /// later, forgets it and wakes [`Membership::changed`]. Its sequence is kept, so a replay
+    /// of its last events cannot bring it back.
+    pub fn probe_gone(&self, id: &str, silent_since: Instant, now: Instant) -> Verdict {
+        let mut state = self.state();
+        let Some(seen) = state
+            .hosts
+            .get_mut(id)
+            .filter(|seen| seen.at == silent_since)
+        else {
+            return Verdict::Heard;
+        };
+        if !seen.marks.earned {
+            return Verdict::Unearned;
+        }
+        let half = seen.interval().mul_f64(probe::CONFIRM_AFTER);
+        match seen.marks.gone {
+            Some(first) if now.saturating_duration_since(first) >= half => {}
+            Some(_) => return Verdict::First,
+            None => {
+                seen.marks.gone = Some(now);
+                return Verdict::First;
+            }
+        }
+        let name = seen.info.name.clone();
+        state.hosts.remove(id);
         drop(state);
         self.changed.notify_one();
-        Some(seen.info)
+        Verdict::Forgotten(name)
     }
 
     /// The live hosts, by name then id, with uptimes brought to now.
@@ -1173,13 +1238,13 @@ impl Heartbeat {
         let publish = self
             .client
             .publish_with_headers(subject.clone(), headers, payload.into());
-        match tokio::time::timeout(PUBLISH_TIMEOUT, publish).await {
+        let bound = Duration::from_millis(info.heartbeat_interval_ms.max(100)).min(PUBLISH_TIMEOUT);
+        match tokio::time::timeout(bound, publish).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::warn!(subject, error = %e, "publishing a host event failed"),
             Err(_) => tracing::warn!(
                 subject,
-                "NATS did not take a host event within {PUBLISH_TIMEOUT:?} (disconnected?); \
-                 dropped"
+                "NATS did not take a host event within {bound:?} (disconnected?); dropped"
             ),
         }
     }
@@ -1284,8 +1349,19 @@ mod tests {
         members.hosts().into_iter().map(|h| h.name).collect()
     }
 
+    /// The ids and kinds of the probes of `members` due `after` from now, with `room`.
+    fn round(members: &Membership, room: usize, after: Duration) -> Vec<(String, probe::Kind)> {
+        let round = members.probe_round(room, Instant::now() + after);
+        round
+            .due
+            .into_iter()
+            .map(|due| (due.id, due.kind))
+            .collect()
+    }
+
     #[test]
-    fn a_silent_host_is_probed_once_an_interval_and_forgotten_only_while_still_silent() {
+    fn a_silent_host_is_forgotten_only_after_two_no_responders_half_an_interval_apart() {
+        use probe::Kind;
         let members = Membership::default();
         let (key, info) = node("a");
         let mut old = host("old", 1_000);
@@ -1294,43 +1370,128 @@ mod tests {
         let now = unix_ms();
         let beat = signed(&key, subjects::HOST_HEARTBEAT, &info, now);
         receive(&members, &beat, now).unwrap();
-        let start = Instant::now();
-        assert!(members.due_probes(1.25, start).is_empty(), "heard just now");
-        let silent = start + Duration::from_millis(1_300);
-        let due = members.due_probes(1.25, silent);
+        let id = info.id.clone();
         // A host that does not answer probes is never probed: its heartbeats alone count.
+        // One that does is vetted first, however fresh.
         assert_eq!(
-            due.iter().map(|(id, _)| id.as_str()).collect::<Vec<_>>(),
-            [info.id.as_str()]
+            round(&members, 16, Duration::ZERO),
+            [(id.clone(), Kind::Vet)]
         );
         assert!(
-            members
-                .due_probes(1.25, silent + Duration::from_millis(500))
-                .is_empty()
+            round(&members, 16, Duration::from_secs(2)).is_empty(),
+            "vetted lately"
         );
-        assert_eq!(
-            members
-                .due_probes(1.25, silent + Duration::from_secs(1))
-                .len(),
-            1
-        );
+        let silent_since = members.state().hosts[&id].at;
 
-        // Heard from after the probe went out: its no-responders forgets nothing.
+        // Not earned: its no-responders forgets nothing (its subject may not reach it from here).
+        let t = Instant::now() + Duration::from_millis(1_300);
+        assert_eq!(members.probe_gone(&id, silent_since, t), Verdict::Unearned);
+        members.probe_answered(&id);
+        let due = members.probe_round(16, t).due;
+        assert_eq!(due.len(), 1);
+        assert_eq!(due[0].kind, Kind::Silent);
+        assert_eq!(
+            members.probe_gone(&id, due[0].silent_since, t),
+            Verdict::First
+        );
+        assert!(
+            round(&members, 16, Duration::from_millis(1_500)).is_empty(),
+            "too soon"
+        );
+        // A heartbeat in between voids the first no-responders.
         let beat = signed(&key, subjects::HOST_HEARTBEAT, &info, now + 1);
         receive(&members, &beat, now + 1).unwrap();
-        assert!(members.forget_unreachable(&info.id, due[0].1).is_none());
-        assert_eq!(names(&members), ["a", "node-old"]);
-
-        let due = members.due_probes(1.25, Instant::now() + Duration::from_millis(1_300));
-        let gone = members.forget_unreachable(&info.id, due[0].1).unwrap();
-        assert_eq!(gone.name, "a");
+        let t = Instant::now() + Duration::from_millis(2_500);
+        assert_eq!(members.probe_gone(&id, silent_since, t), Verdict::Heard);
+        let due = members.probe_round(16, t).due;
+        assert_eq!(due[0].kind, Kind::Silent, "earned survives a heartbeat");
+        assert_eq!(
+            members.probe_gone(&id, due[0].silent_since, t),
+            Verdict::First
+        );
+        let confirm = members.probe_round(16, t + Duration::from_millis(500)).due;
+        assert_eq!(confirm[0].kind, Kind::Confirm);
+        let t = t + Duration::from_millis(500);
+        assert_eq!(
+            members.probe_gone(&id, confirm[0].silent_since, t),
+            Verdict::Forgotten("a".into())
+        );
         assert_eq!(names(&members), ["node-old"]);
-        // Its last heartbeat replayed does not bring it back; a new one does.
+        // Its last heartbeat replayed does not bring it back; a new one does (to be vetted
+        // again).
         assert_eq!(receive(&members, &beat, now + 2), Err(Rejected::Stale));
         assert_eq!(names(&members), ["node-old"]);
         let beat = signed(&key, subjects::HOST_HEARTBEAT, &info, now + 2);
         receive(&members, &beat, now + 2).unwrap();
         assert_eq!(names(&members), ["a", "node-old"]);
+    }
+
+    #[test]
+    fn probing_is_earned_again_after_a_host_s_probe_subject_went_away() {
+        let members = Membership::default();
+        let (key, mut info) = node("a");
+        let now = unix_ms();
+        receive(
+            &members,
+            &signed(&key, subjects::HOST_HEARTBEAT, &info, now),
+            now,
+        )
+        .unwrap();
+        members.probe_answered(&info.id);
+        assert!(members.state().hosts[&info.id].marks.earned);
+        info.probe = false;
+        receive(
+            &members,
+            &signed(&key, subjects::HOST_HEARTBEAT, &info, now + 1),
+            now + 1,
+        )
+        .unwrap();
+        info.probe = true;
+        receive(
+            &members,
+            &signed(&key, subjects::HOST_HEARTBEAT, &info, now + 2),
+            now + 2,
+        )
+        .unwrap();
+        assert!(!members.state().hosts[&info.id].marks.earned);
+        members.probe_answered(&info.id);
+        members.state().hosts.get_mut(&info.id).unwrap().marks.gone = Some(Instant::now());
+        members.clear_gone(Some(&[info.id.clone()]));
+        assert!(members.state().hosts[&info.id].marks.gone.is_none());
+    }
+
+    #[test]
+    fn a_round_sends_at_most_its_room_marking_only_those_and_none_while_many_are_silent() {
+        use probe::Kind;
+        let members = Membership::default();
+        for name in ["a", "b", "c"] {
+            members.observe(host(name, 1_000));
+        }
+        // Room for two: the third is left unmarked, due at the next tick.
+        assert_eq!(round(&members, 2, Duration::ZERO).len(), 2);
+        assert_eq!(round(&members, 16, Duration::ZERO).len(), 1);
+        assert!(round(&members, 16, Duration::ZERO).is_empty());
+
+        for name in ["a", "b", "c"] {
+            members.probe_answered(name);
+        }
+        // Two silent hosts are probed, second probes first; three (more than a few) are not.
+        let after = Duration::from_millis(1_300);
+        members.state().hosts.get_mut("c").unwrap().at += after;
+        let due = members.probe_round(16, Instant::now() + after);
+        assert_eq!((due.hosts, due.silent, due.due.len()), (3, 2, 2));
+        members.state().hosts.get_mut("a").unwrap().marks.gone = Some(Instant::now());
+        members.state().hosts.get_mut("c").unwrap().at -= after;
+        let due = members.probe_round(16, Instant::now() + Duration::from_secs(3));
+        assert_eq!(due.silent, 3);
+        assert!(due.due.is_empty());
+        let d = Duration::from_millis(2_400);
+        members.state().hosts.get_mut("b").unwrap().at += d;
+        let kinds = round(&members, 16, d);
+        assert_eq!(
+            kinds.first().map(|(id, kind)| (id.as_str(), *kind)),
+            Some(("a", Kind::Confirm))
+        );
     }
 
     #[test]
