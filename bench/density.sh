@@ -10,7 +10,8 @@
 #  (d) routing: benches/router_lookup.rs, ns per route lookup from 1 to 10,000 routes — flat.
 # Fails when any answer is not 2xx. Prints `result|` lines (bench/all.sh).
 #
-#   bench/density.sh [ROUNDS]     (env: APPS=1000 DURATION=10s, ROUNDS of (c), default 3)
+#   bench/density.sh [ROUNDS]     (env: APPS=1000 DURATION=10s, ROUNDS of (c), default 3;
+#                                  ROUTER_BENCH: the router_lookup bench executable, built when unset)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -10,7 +10,8 @@
 #   start_hub              a hub nats-server on loopback with JetStream in domain `hub` (the
 #                          lattice's desired state) and a leafnode listener; sets HUB_PORT,
 #                          HUB_LEAF; waits until the leafnode port accepts.
-#   wait_http PORT LOG     until GET / on 127.0.0.1:PORT succeeds (20 s), else shows LOG's tail
+#   wait_http PORT LOG [PATH]  until GET PATH (default /) on 127.0.0.1:PORT succeeds (20 s), else
+#                          shows LOG's tail
 #   http_server_link C PATH the manifest lines of the http-server capability linking component C
 #                          to PATH on the shared ingress (for the end of a manifest's heredoc)
 #   app_manifest APP WASM PATH [CONFIG]  a manifest of app APP: one component APP (WASM, one
@@ -106,8 +107,8 @@ start_hub() {
 }
 
 wait_http() {
-  for _ in $(seq 400); do curl -sf "http://127.0.0.1:$1/" >/dev/null && return 0; sleep 0.05; done
-  echo "server on port $1 did not answer; its log:" >&2; tail -n 30 "$2" >&2; return 1
+  for _ in $(seq 400); do curl -sf "http://127.0.0.1:$1${3:-/}" >/dev/null && return 0; sleep 0.05; done
+  echo "server on port $1 did not answer GET ${3:-/}; its log:" >&2; tail -n 30 "$2" >&2; return 1
 }
 
 http_server_link() {
