@@ -182,6 +182,16 @@ impl PathTable {
     }
 }
 
+/// The order of a listener's routes in [`Router::routes`]: a host before no host, then longer
+/// paths first.
+fn most_specific_first(a: &Route, b: &Route) -> std::cmp::Ordering {
+    b.key
+        .host
+        .is_some()
+        .cmp(&a.key.host.is_some())
+        .then(b.key.path.len().cmp(&a.key.path.len()))
+}
+
 /// A route's position in its [`Router`] ([`Router::routes`]): what the server keeps per-route
 /// state by (a `Vec` indexed by it), so that a request finds that state without a map lookup.
 pub type RouteId = usize;
@@ -209,13 +219,7 @@ impl Router {
         let mut flat = Vec::with_capacity(seen.len());
         let mut by_listener = BTreeMap::new();
         for (listener, mut routes) in grouped {
-            routes.sort_by(|a, b| {
-                b.key
-                    .host
-                    .is_some()
-                    .cmp(&a.key.host.is_some())
-                    .then(b.key.path.len().cmp(&a.key.path.len()))
-            });
+            routes.sort_by(most_specific_first);
             let index: &mut ListenerRoutes = by_listener.entry(listener).or_default();
             for route in routes {
                 index.insert(&route.key, flat.len());
@@ -341,13 +345,7 @@ mod tests {
     /// probes must agree with.
     fn linear_scan(routes: &[Route], host: Option<&str>, path: &str) -> Option<String> {
         let mut sorted: Vec<&Route> = routes.iter().collect();
-        sorted.sort_by(|a, b| {
-            b.key
-                .host
-                .is_some()
-                .cmp(&a.key.host.is_some())
-                .then(b.key.path.len().cmp(&a.key.path.len()))
-        });
+        sorted.sort_by(|a, b| most_specific_first(a, b));
         let host = host.map(normalize_host);
         sorted
             .into_iter()
