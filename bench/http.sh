@@ -15,6 +15,10 @@
 # issue 15's targets as `result|` lines (bench/all.sh). Fails (no ratio) when any answer is not
 # 2xx, and before measuring when the reuse node does not reuse instances (an http-echo probe
 # with the same config must report a served count above 1), so reuse never measures fresh mode.
+# A run counts only when wrk saw no socket error and every answer had the size of a 2xx probe
+# answer (bench/lib.sh wrk_run), the server and its children were the same live processes
+# before and after it, and, for lattice-reuse, the node's lattice_instances gauge still shows
+# idle instances of the measured component (reuse was on for it).
 #
 #   bench/http.sh [ROUNDS]     (env: DURATION=10s CONNECTIONS=32 THREADS=2, REUSE_CONFIG;
 #                               HYPER_BENCH: the bench/hyper-baseline executable, built when unset)
