@@ -35,7 +35,7 @@ use crate::control;
 use crate::host::{Host, InstanceLimits};
 use crate::lattice::identity;
 use crate::lattice::membership::{Heartbeat, HostInfo, Membership, NodeHealth, Signer};
-use crate::lattice::probe::Probes;
+use crate::lattice::probe::{ProbeState, Probes};
 use crate::lattice::rpc::{Peers, Rpc};
 use crate::nats::server_config::{LeafRemote, ServerSettings};
 use crate::nats::subjects;
@@ -382,6 +382,8 @@ struct LocalHost {
     uplink: watch::Receiver<Uplink>,
     deployer: Arc<Deployer>,
     health: Health,
+    /// Whether the membership task's probe subscription is up.
+    probe: ProbeState,
 }
 
 impl LocalHost {
@@ -403,7 +405,7 @@ impl LocalHost {
                 degraded: self.health.degraded(),
                 tasks: self.health.tasks(),
             },
-            probe: true,
+            probe: self.probe.answering(),
         }
     }
 }
@@ -548,6 +550,7 @@ async fn run_with_nats(
             (!failing.is_empty()).then(|| failing.join("; "))
         }
     });
+    let probe_state = ProbeState::default();
     let local = Arc::new(LocalHost {
         id: id.clone(),
         config: config.clone(),
@@ -556,6 +559,7 @@ async fn run_with_nats(
         uplink: uplink.clone(),
         deployer: deployer.clone(),
         health: tasks.health(),
+        probe: probe_state.clone(),
     });
     let info_source = local.clone();
     let local_info: Arc<dyn Fn() -> HostInfo + Send + Sync> = Arc::new(move || info_source.info());
@@ -583,7 +587,8 @@ async fn run_with_nats(
                 lattice.clone(),
                 on_join.clone(),
             );
-            let probes = Probes::new(client.clone(), &lattice, &id, uplink.clone());
+            let probes = Probes::new(client.clone(), &lattice, &id, uplink.clone())
+                .reporting(probe_state.clone());
             let first = events.take();
             async move {
                 let events = match first {
