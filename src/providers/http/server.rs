@@ -284,6 +284,21 @@ impl HttpServer {
     }
 }
 
+impl Drop for HttpServer {
+    /// Stops every listener still running (a node whose start failed drops its server without
+    /// [`HttpServer::shutdown`]): an ingress not open yet closes without accepting.
+    fn drop(&mut self) {
+        for listener in self
+            .listeners
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+        {
+            listener.stop.cancel();
+        }
+    }
+}
+
 /// Accepts on `listener` (once `opened`, if given, says so) until `stop`, then drains.
 async fn serve_listener(
     listener: TcpListener,
@@ -296,10 +311,19 @@ async fn serve_listener(
     release: tokio::sync::oneshot::Sender<()>,
 ) {
     if let Some(mut opened) = opened {
-        tokio::select! {
-            // An error: the server is gone, and `stop` follows.
-            _ = opened.wait_for(|open| *open) => {}
-            () = stop.cancelled() => {}
+        let open = tokio::select! {
+            biased;
+            () = stop.cancelled() => false,
+            // An error: the server was dropped before it opened (the node's start failed).
+            opened = opened.wait_for(|open| *open) => opened.is_ok(),
+        };
+        if !open {
+            // Never accepted: closing the socket resets the connections waiting in its backlog
+            // (their clients see a reset, not a 404 from an empty table).
+            drop(listener);
+            let _ = release.send(());
+            tracing::debug!(%addr, "http ingress closed before it opened");
+            return;
         }
     }
     let graceful = GracefulShutdown::new();
@@ -313,6 +337,9 @@ async fn serve_listener(
     loop {
         while connections.try_join_next().is_some() {}
         tokio::select! {
+            // A stop wins over connections still queued: none is accepted once stopping.
+            biased;
+            () = stop.cancelled() => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, _peer)) => {
                     let _ = stream.set_nodelay(true);
@@ -334,7 +361,6 @@ async fn serve_listener(
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             },
-            () = stop.cancelled() => break,
         }
     }
     drop(listener);
@@ -510,4 +536,58 @@ async fn answer<'i>(
         }
     };
     (response, Some((metrics, forwarded)))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+
+    use super::*;
+
+    /// Sends one request on a connection made while the ingress is bound but not open, drops
+    /// the server (as a node whose start failed does), and returns what the client read.
+    async fn answer_after_drop(stop_first: bool) -> std::io::Result<Vec<u8>> {
+        let server = HttpServer::bind("127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
+        let addr = server.ingress_addr();
+        let client = tokio::task::spawn_blocking(move || {
+            let mut stream = std::net::TcpStream::connect(addr)?;
+            stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+            stream.write_all(b"GET / HTTP/1.1\r\nhost: localhost\r\n\r\n")?;
+            let mut read = Vec::new();
+            stream.read_to_end(&mut read).map(|_| read)
+        });
+        // The connection is in the backlog (the kernel completed its handshake).
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if stop_first {
+            server.shutdown().await;
+        }
+        drop(server);
+        client.await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_server_dropped_before_it_opened_answers_no_queued_connection() {
+        match answer_after_drop(false).await {
+            Ok(read) => assert!(
+                read.is_empty(),
+                "got an answer: {}",
+                String::from_utf8_lossy(&read)
+            ),
+            Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_server_shut_down_before_it_opened_answers_no_queued_connection() {
+        match answer_after_drop(true).await {
+            Ok(read) => assert!(
+                read.is_empty(),
+                "got an answer: {}",
+                String::from_utf8_lossy(&read)
+            ),
+            Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}"),
+        }
+    }
 }
