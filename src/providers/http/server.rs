@@ -2,7 +2,8 @@
 //! each request routed by the current [`RoutingTable`] to a local component, or over the
 //! lattice to a replica elsewhere. The shared ingress is bound before it accepts
 //! ([`HttpServer::bind`]): while the node starts, a client's connection waits in the listen
-//! backlog and is answered once a replica here is routed, instead of being refused or told 404.
+//! backlog and is answered once every route on the ingress leads to a replica, instead of
+//! being refused or told 404.
 //!
 //! Each request is one `http_request` span (OpenTelemetry kind `server`, continuing the
 //! client's W3C `traceparent`), with a `route` child for the route lookup, and is counted in
@@ -122,6 +123,17 @@ struct Listener {
     task: JoinHandle<()>,
 }
 
+/// Where the shared ingress stands ([`HttpServer::open_if_routed`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ingress {
+    /// It accepts.
+    Open,
+    /// Closed: a route on it leads to no replica yet (here or known elsewhere).
+    Unrouted,
+    /// Closed: the table installed has no route on it.
+    NoRoute,
+}
+
 /// The HTTP server provider: owns the listeners and the current routing table.
 pub struct HttpServer {
     ingress: SocketAddr,
@@ -135,9 +147,9 @@ pub struct HttpServer {
 impl HttpServer {
     /// Binds the shared ingress on `ingress` (port 0 picks a free port) without accepting on
     /// it yet: connections made meanwhile wait in the socket's listen backlog (the kernel
-    /// completes their handshakes), not refused, until the first table that leads to a
-    /// replica here is installed ([`HttpServer::apply`]) or [`HttpServer::open`], whichever
-    /// is first. From then on a request no route takes gets 404.
+    /// completes their handshakes), not refused, until every ingress route of the table
+    /// installed leads to a replica ([`HttpServer::open_if_routed`], checked at each
+    /// [`HttpServer::apply`]) or [`HttpServer::open`], whichever is first. From then on a request no route takes gets 404.
     ///
     /// # Errors
     /// [`BindError`] when the address cannot be bound.
@@ -184,6 +196,45 @@ impl HttpServer {
         }
     }
 
+    /// Opens the shared ingress ([`HttpServer::open`]) if every route on it in the table now
+    /// installed leads somewhere: to a replica here, or to one elsewhere that the lattice's
+    /// membership knows of ([`Rpc::replicas_elsewhere`]). A table with no ingress route does
+    /// not open it. Cheap once open; before, one look at the table (and at membership per
+    /// route with no replica here).
+    pub fn open_if_routed(&self) -> Ingress {
+        if *self.opened.borrow() {
+            return Ingress::Open;
+        }
+        let installed = self.table.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let mut ingress_routes = 0usize;
+        for (route, target) in installed
+            .table
+            .router
+            .routes()
+            .iter()
+            .zip(&installed.targets)
+        {
+            if route.key.listener != self.ingress {
+                continue;
+            }
+            ingress_routes += 1;
+            let elsewhere = || {
+                installed.table.remote.as_ref().is_some_and(|rpc| {
+                    !rpc.replicas_elsewhere(&route.target.app, &route.target.component)
+                        .is_empty()
+                })
+            };
+            if target.local.is_none() && !elsewhere() {
+                return Ingress::Unrouted;
+            }
+        }
+        if ingress_routes == 0 {
+            return Ingress::NoRoute;
+        }
+        self.open();
+        Ingress::Open
+    }
+
     /// The bound address of the shared ingress.
     pub fn ingress_addr(&self) -> SocketAddr {
         self.ingress
@@ -217,11 +268,8 @@ impl HttpServer {
             self.spawn_listener(addr, listener, None);
         }
         let installed = Arc::new(Installed::new(table));
-        let serves_here = installed.targets.iter().any(|t| t.local.is_some());
         *self.table.write().unwrap_or_else(|p| p.into_inner()) = installed;
-        if serves_here {
-            self.open();
-        }
+        self.open_if_routed();
         let unused: Vec<Listener> = {
             let mut open = self.listeners.lock().unwrap_or_else(|p| p.into_inner());
             let stale: Vec<SocketAddr> = open
