@@ -41,30 +41,37 @@ with open(log, "wb") as err:
     start_ns, t0 = time.time_ns(), time.monotonic()
     child = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
     status, took = None, None
-    while time.monotonic() - t0 < 30 and child.poll() is None:
-        try:
-            s = socket.create_connection(("127.0.0.1", port), timeout=30)
-        except OSError:
-            time.sleep(0.001)
-            continue
-        with s:
-            s.sendall(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-            head = b""
-            while b"\r\n" not in head:
-                data = s.recv(4096)
-                if not data:
-                    break
-                head += data
-        took = (time.monotonic() - t0) * 1000
-        if head.startswith(b"HTTP/"):
-            status = int(head.split()[1])
-            break
-    child.send_signal(signal.SIGTERM)
     try:
-        child.wait(20)
-    except subprocess.TimeoutExpired:
-        child.kill()
-        child.wait()
+        while time.monotonic() - t0 < 30 and child.poll() is None:
+            try:
+                s = socket.create_connection(("127.0.0.1", port), timeout=30)
+            except OSError:
+                time.sleep(0.001)
+                continue
+            head = b""
+            try:
+                with s:
+                    s.sendall(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+                    while b"\r\n" not in head:
+                        data = s.recv(4096)
+                        if not data:
+                            break
+                        head += data
+            except OSError:
+                # Reset or timed out (socket.timeout is an OSError): asked again.
+                continue
+            took = (time.monotonic() - t0) * 1000
+            if head.startswith(b"HTTP/"):
+                status = int(head.split()[1])
+                break
+    finally:
+        # However the loop ends (an exception included), no lattice is left running.
+        child.send_signal(signal.SIGTERM)
+        try:
+            child.wait(20)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
 print(start_ns, "%.1f" % (took or -1), status or "none")
 EOF
 

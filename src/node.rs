@@ -42,6 +42,7 @@ use crate::nats::subjects;
 use crate::nats::uplink::{Uplink, UplinkState, UplinkTracker};
 use crate::nats::{self, NatsSupervisor};
 use crate::providers::http::HttpServer;
+use crate::providers::http::server::Ingress;
 use crate::providers::http_client::Egress;
 use crate::providers::keyvalue::KeyValueProviders;
 use crate::reconciler::artifacts::{Artifacts, GC_INTERVAL};
@@ -173,7 +174,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         );
     }
     // Bound before nats-server starts: a client's first connection waits in the backlog
-    // instead of being refused, and is answered once a replica here is routed.
+    // instead of being refused, and is answered once its routes lead to replicas.
     let http = Arc::new(HttpServer::bind(config.http_addr).await.with_context(|| {
         format!(
             "starting the http ingress (--http-addr {})",
@@ -223,14 +224,19 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         _ => nats::ClientAuth::None,
     };
     let result = match host.await.context("the component host's start task") {
-        Ok(Ok((host, _preload))) => {
+        Ok(Ok((host, preload))) => {
             run_with_nats(
                 &config,
                 &url,
                 auth,
                 uplink,
                 (&mut sigterm, &mut sigint),
-                Parts { signer, host, http },
+                Parts {
+                    signer,
+                    host,
+                    http,
+                    preload,
+                },
                 Watch {
                     readiness,
                     liveness,
@@ -255,6 +261,33 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         tracing::info!("lattice node stopped");
     }
     result
+}
+
+/// How long after the NATS connect the shared ingress stays closed at most while a route on
+/// it leads to no replica yet ([`open_ingress`]): from then on such a route answers 503 (and
+/// forwards once a replica elsewhere is known) instead of holding its clients until up.
+const INGRESS_CLOSED_AT_MOST: Duration = Duration::from_secs(2);
+
+/// How often [`open_ingress`] looks at the routing table and membership.
+const INGRESS_OPEN_POLL: Duration = Duration::from_millis(20);
+
+/// Opens the shared ingress once every route on it leads to a replica, here or elsewhere as
+/// membership tells ([`HttpServer::open_if_routed`]; a table install checks the same), or at
+/// `deadline` if the table has a route on it by then; without any route it waits for the node's
+/// up (which opens it: a 404 for everything helps no client starting with the node).
+async fn open_ingress(http: Arc<HttpServer>, deadline: Instant) {
+    loop {
+        match http.open_if_routed() {
+            Ingress::Open => return,
+            Ingress::Unrouted if Instant::now() >= deadline => {
+                tracing::debug!("ingress opened with routes whose replicas are not known yet");
+                http.open();
+                return;
+            }
+            Ingress::Unrouted | Ingress::NoRoute => {}
+        }
+        tokio::time::sleep(INGRESS_OPEN_POLL).await;
+    }
 }
 
 /// Raises the soft limit of open files (`RLIMIT_NOFILE`) to the hard limit: the ingress, the
@@ -423,6 +456,9 @@ struct Parts {
     signer: Arc<Signer>,
     host: Host,
     http: Arc<HttpServer>,
+    /// The config dir's code loading ahead ([`preload`]): aborted at the first pass or a
+    /// signal, whichever is first.
+    preload: tokio_util::task::AbortOnDropHandle<()>,
 }
 
 /// Replaces the [`Condition::Connection`] probe (and the NATS client it holds) when dropped.
@@ -453,7 +489,12 @@ async fn run_with_nats(
         liveness,
         admin,
     } = watch;
-    let Parts { signer, host, http } = parts;
+    let Parts {
+        signer,
+        host,
+        http,
+        preload,
+    } = parts;
     let id = signer.id();
     let started = Instant::now();
     let client = nats::connect(nats_url, &config.name, auth).await?;
@@ -494,6 +535,10 @@ async fn run_with_nats(
         )
         .await?,
     );
+    let _ingress_opener = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(open_ingress(
+        http.clone(),
+        Instant::now() + INGRESS_CLOSED_AT_MOST,
+    )));
     let heartbeat_now = Arc::new(Notify::new());
     let db = sled::open(config.data_dir.join("state"))
         .with_context(|| format!("opening {}", config.data_dir.join("state").display()))?;
@@ -798,11 +843,13 @@ async fn run_with_nats(
         _ = first_pass => None,
         name = &mut signal => Some(name),
     };
+    // From here the deployer loads what it needs itself (or nothing: stopping).
+    drop(preload);
     let received = match early {
         Some(name) => name,
         None => {
             readiness.met(Condition::FirstPass);
-            // Already open if a replica here is routed; else it answers 404s from now on.
+            // Already open if its routes lead to replicas; else it answers 404s from now on.
             http.open();
             tracing::info!(ingress = %http.ingress_addr(), nats = %crate::nats::redact::redact_url(nats_url), "lattice node is up");
             signal.await

@@ -81,11 +81,14 @@ pub fn check(port: u16, expected: u32) -> Result<(), String> {
     }
 }
 
-/// The text of `/proc/net/tcp{,6}` at `path`, read in reads of up to 64 KiB: the kernel walks
-/// its whole TCP hash table again for each read (to find where the last one ended: about 10 ms
-/// on a machine with a large table, even with no socket of that family), and
-/// `read_to_string`'s first reads of 32, 32, 64… bytes would make that five walks for a
-/// table of a few lines; this way it is two (the text, then the end).
+/// The whole text of `/proc/net/tcp{,6}` at `path` (read to its end; `None` on any error,
+/// and the caller skips that table). The kernel walks its TCP hash table again for each read
+/// (to find where the last one ended: about 10 ms on a machine with a large table), so the
+/// reads should be few: the buffer's capacity makes `read_to_end` ask for as much as it has
+/// room for from the first read on (with a `/proc` file's size of 0 as its hint, its first
+/// reads would be of 32 bytes), though std asks for at most 8 KiB per read then and the
+/// kernel's seq_file answers about a page (4 KiB) per read anyway: a table of a few lines is
+/// two reads (the text, then the end).
 #[cfg(target_os = "linux")]
 fn read_table(path: &str) -> Option<String> {
     use std::io::Read as _;

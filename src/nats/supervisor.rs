@@ -36,10 +36,14 @@ use super::uplink::UplinkTracker;
 /// How long a fresh nats-server may take to report itself healthy before the start counts as
 /// failed.
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
-/// How often a starting nats-server's `/varz` and `/healthz` are asked, at most: also at once
-/// after each line it logs (the last of its start is `Server is ready`). Loopback requests,
-/// refused at once while the port is not bound yet.
+/// How often a starting nats-server's `/varz` and `/healthz` are asked (counted from the start
+/// of the previous ask): sooner after a line it logs (the last of its start is `Server is
+/// ready`), but never sooner than [`READY_POLL_AFTER_LOG`] after the previous ask. Loopback
+/// requests, refused at once while the port is not bound yet.
 const READY_POLL: Duration = Duration::from_millis(5);
+/// The least time between two asks of a starting nats-server, a burst of log lines included
+/// (each line only stores a wake-up: a burst makes one ask per this time at most).
+const READY_POLL_AFTER_LOG: Duration = Duration::from_millis(1);
 /// How often `/leafz` is read while nothing happens.
 const LEAFZ_POLL: Duration = Duration::from_secs(1);
 /// How often `/leafz` is read for a while after a leafnode line in the log.
@@ -325,6 +329,7 @@ impl Launch {
         let deadline = Instant::now() + READY_TIMEOUT;
         let mut last = String::from("no answer yet");
         loop {
+            let asked = tokio::time::Instant::now();
             match self.ready().await {
                 // Ours, healthy, and still running: another process holding the ports would
                 // answer too, but not with our name and client port, or not while ours runs.
@@ -347,8 +352,11 @@ impl Launch {
                 );
             }
             tokio::select! {
-                () = tokio::time::sleep(READY_POLL) => {}
-                () = logged.notified() => {}
+                () = tokio::time::sleep_until(asked + READY_POLL) => {}
+                () = async {
+                    logged.notified().await;
+                    tokio::time::sleep_until(asked + READY_POLL_AFTER_LOG).await;
+                } => {}
             }
         }
     }

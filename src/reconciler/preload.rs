@@ -10,33 +10,48 @@
 
 use std::path::{Path, PathBuf};
 
-use futures::StreamExt as _;
-
 use super::artifacts::read_component_file;
 use super::deploy::MAX_MANIFEST_BYTES;
 use super::manifest::{self, Image};
 use crate::host::{CodeSource, Host};
 
+/// At most this many component files are loaded ahead: past them the deployer loads its own.
+pub const MAX_PRELOAD_COMPONENTS: usize = 64;
+
+/// At most this many bytes of component files (wasm, bytes) are loaded ahead, in all.
+pub const MAX_PRELOAD_BYTES: u64 = 256 << 20;
+
 /// Loads (or compiles) the code of every component file that the manifests (`*.yaml`,
-/// `*.yml`) of `dir` name, two at a time at most (compiles wait for the host's compile gate
-/// besides). Returns how many components' code is now loaded; a missing `dir` loads none.
+/// `*.yml`) of `dir` name, each file once, one at a time (so that of the host's compile gate
+/// one slot stays free for the deployer's own loads), at most [`MAX_PRELOAD_COMPONENTS`] files
+/// and [`MAX_PRELOAD_BYTES`] of them. Returns how many components' code is now loaded; a
+/// missing `dir` loads none. The caller drops the future once the deployer's first pass has
+/// loaded what it needs (or at a signal).
 pub async fn config_dir(dir: &Path, host: &Host) -> usize {
     let files = manifest_files(dir).await;
     let mut components = Vec::new();
     for file in files {
         components.extend(component_files(dir, &file).await);
     }
-    components.sort();
-    components.dedup();
-    let loads = components.into_iter().map(|(app, component, path)| {
-        let host = host.clone();
-        async move { load(&host, &app, &component, &path).await }
-    });
-    futures::stream::iter(loads)
-        .buffer_unordered(2)
-        .filter(|loaded| std::future::ready(*loaded))
-        .count()
-        .await
+    // Two components of the same file are one load.
+    let mut seen = std::collections::HashSet::new();
+    components.retain(|(_, _, path)| seen.insert(path.clone()));
+    let (mut loaded, mut bytes) = (0, 0u64);
+    for (app, component, path) in components.into_iter().take(MAX_PRELOAD_COMPONENTS) {
+        let size = tokio::fs::metadata(&path).await.map_or(0, |m| m.len());
+        bytes += size;
+        if bytes > MAX_PRELOAD_BYTES {
+            tracing::debug!(
+                limit = MAX_PRELOAD_BYTES,
+                "config dir's components past the preload's bytes left to the deployer"
+            );
+            break;
+        }
+        if load(host, &app, &component, &path).await {
+            loaded += 1;
+        }
+    }
+    loaded
 }
 
 /// Loads (or compiles) the code of component `component` of app `app` from `path`; true if
@@ -104,7 +119,15 @@ async fn component_files(dir: &Path, file: &Path) -> Vec<(String, String, PathBu
             return Vec::new();
         }
     };
-    match manifest::parse(&text, dir) {
+    // Up to MAX_MANIFEST_BYTES of YAML: parsed off the runtime's workers.
+    let parsed = {
+        let dir = dir.to_owned();
+        tokio::task::spawn_blocking(move || manifest::parse(&text, &dir)).await
+    };
+    let Ok(parsed) = parsed else {
+        return Vec::new();
+    };
+    match parsed {
         Ok(manifest) => manifest
             .components
             .into_iter()

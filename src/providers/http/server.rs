@@ -2,7 +2,8 @@
 //! each request routed by the current [`RoutingTable`] to a local component, or over the
 //! lattice to a replica elsewhere. The shared ingress is bound before it accepts
 //! ([`HttpServer::bind`]): while the node starts, a client's connection waits in the listen
-//! backlog and is answered once a replica here is routed, instead of being refused or told 404.
+//! backlog and is answered once every route on the ingress leads to a replica, instead of
+//! being refused or told 404.
 //!
 //! Each request is one `http_request` span (OpenTelemetry kind `server`, continuing the
 //! client's W3C `traceparent`), with a `route` child for the route lookup, and is counted in
@@ -122,6 +123,17 @@ struct Listener {
     task: JoinHandle<()>,
 }
 
+/// Where the shared ingress stands ([`HttpServer::open_if_routed`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ingress {
+    /// It accepts.
+    Open,
+    /// Closed: a route on it leads to no replica yet (here or known elsewhere).
+    Unrouted,
+    /// Closed: the table installed has no route on it.
+    NoRoute,
+}
+
 /// The HTTP server provider: owns the listeners and the current routing table.
 pub struct HttpServer {
     ingress: SocketAddr,
@@ -135,9 +147,9 @@ pub struct HttpServer {
 impl HttpServer {
     /// Binds the shared ingress on `ingress` (port 0 picks a free port) without accepting on
     /// it yet: connections made meanwhile wait in the socket's listen backlog (the kernel
-    /// completes their handshakes), not refused, until the first table that leads to a
-    /// replica here is installed ([`HttpServer::apply`]) or [`HttpServer::open`], whichever
-    /// is first. From then on a request no route takes gets 404.
+    /// completes their handshakes), not refused, until every ingress route of the table
+    /// installed leads to a replica ([`HttpServer::open_if_routed`], checked at each
+    /// [`HttpServer::apply`]) or [`HttpServer::open`], whichever is first. From then on a request no route takes gets 404.
     ///
     /// # Errors
     /// [`BindError`] when the address cannot be bound.
@@ -184,6 +196,45 @@ impl HttpServer {
         }
     }
 
+    /// Opens the shared ingress ([`HttpServer::open`]) if every route on it in the table now
+    /// installed leads somewhere: to a replica here, or to one elsewhere that the lattice's
+    /// membership knows of ([`Rpc::replicas_elsewhere`]). A table with no ingress route does
+    /// not open it. Cheap once open; before, one look at the table (and at membership per
+    /// route with no replica here).
+    pub fn open_if_routed(&self) -> Ingress {
+        if *self.opened.borrow() {
+            return Ingress::Open;
+        }
+        let installed = self.table.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let mut ingress_routes = 0usize;
+        for (route, target) in installed
+            .table
+            .router
+            .routes()
+            .iter()
+            .zip(&installed.targets)
+        {
+            if route.key.listener != self.ingress {
+                continue;
+            }
+            ingress_routes += 1;
+            let elsewhere = || {
+                installed.table.remote.as_ref().is_some_and(|rpc| {
+                    !rpc.replicas_elsewhere(&route.target.app, &route.target.component)
+                        .is_empty()
+                })
+            };
+            if target.local.is_none() && !elsewhere() {
+                return Ingress::Unrouted;
+            }
+        }
+        if ingress_routes == 0 {
+            return Ingress::NoRoute;
+        }
+        self.open();
+        Ingress::Open
+    }
+
     /// The bound address of the shared ingress.
     pub fn ingress_addr(&self) -> SocketAddr {
         self.ingress
@@ -217,11 +268,8 @@ impl HttpServer {
             self.spawn_listener(addr, listener, None);
         }
         let installed = Arc::new(Installed::new(table));
-        let serves_here = installed.targets.iter().any(|t| t.local.is_some());
         *self.table.write().unwrap_or_else(|p| p.into_inner()) = installed;
-        if serves_here {
-            self.open();
-        }
+        self.open_if_routed();
         let unused: Vec<Listener> = {
             let mut open = self.listeners.lock().unwrap_or_else(|p| p.into_inner());
             let stale: Vec<SocketAddr> = open
@@ -284,6 +332,21 @@ impl HttpServer {
     }
 }
 
+impl Drop for HttpServer {
+    /// Stops every listener still running (a node whose start failed drops its server without
+    /// [`HttpServer::shutdown`]): an ingress not open yet closes without accepting.
+    fn drop(&mut self) {
+        for listener in self
+            .listeners
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+        {
+            listener.stop.cancel();
+        }
+    }
+}
+
 /// Accepts on `listener` (once `opened`, if given, says so) until `stop`, then drains.
 async fn serve_listener(
     listener: TcpListener,
@@ -296,10 +359,19 @@ async fn serve_listener(
     release: tokio::sync::oneshot::Sender<()>,
 ) {
     if let Some(mut opened) = opened {
-        tokio::select! {
-            // An error: the server is gone, and `stop` follows.
-            _ = opened.wait_for(|open| *open) => {}
-            () = stop.cancelled() => {}
+        let open = tokio::select! {
+            biased;
+            () = stop.cancelled() => false,
+            // An error: the server was dropped before it opened (the node's start failed).
+            opened = opened.wait_for(|open| *open) => opened.is_ok(),
+        };
+        if !open {
+            // Never accepted: closing the socket resets the connections waiting in its backlog
+            // (their clients see a reset, not a 404 from an empty table).
+            drop(listener);
+            let _ = release.send(());
+            tracing::debug!(%addr, "http ingress closed before it opened");
+            return;
         }
     }
     let graceful = GracefulShutdown::new();
@@ -313,6 +385,9 @@ async fn serve_listener(
     loop {
         while connections.try_join_next().is_some() {}
         tokio::select! {
+            // A stop wins over connections still queued: none is accepted once stopping.
+            biased;
+            () = stop.cancelled() => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, _peer)) => {
                     let _ = stream.set_nodelay(true);
@@ -334,7 +409,6 @@ async fn serve_listener(
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             },
-            () = stop.cancelled() => break,
         }
     }
     drop(listener);
@@ -510,4 +584,52 @@ async fn answer<'i>(
         }
     };
     (response, Some((metrics, forwarded)))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+
+    use super::*;
+
+    /// Sends one request on a connection made while the ingress is bound but not open, drops
+    /// the server (as a node whose start failed does), and checks that the client read no
+    /// answer: the end of the stream or a reset.
+    async fn no_answer_after_drop(stop_first: bool) {
+        let server = HttpServer::bind("127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
+        let addr = server.ingress_addr();
+        let client = tokio::task::spawn_blocking(move || {
+            let mut stream = std::net::TcpStream::connect(addr)?;
+            stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+            stream.write_all(b"GET / HTTP/1.1\r\nhost: localhost\r\n\r\n")?;
+            let mut read = Vec::new();
+            stream.read_to_end(&mut read).map(|_| read)
+        });
+        // The connection is in the backlog (the kernel completed its handshake).
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if stop_first {
+            server.shutdown().await;
+        }
+        drop(server);
+        match client.await.unwrap() {
+            Ok(read) => assert!(
+                read.is_empty(),
+                "got an answer: {}",
+                String::from_utf8_lossy(&read)
+            ),
+            Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_server_dropped_before_it_opened_answers_no_queued_connection() {
+        no_answer_after_drop(false).await;
+    }
+
+    #[tokio::test]
+    async fn a_server_shut_down_before_it_opened_answers_no_queued_connection() {
+        no_answer_after_drop(true).await;
+    }
 }
