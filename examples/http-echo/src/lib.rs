@@ -12,8 +12,8 @@
 //!   would clash with the two above).
 //!
 //! With a request header `x-echo-generate: N` the body is instead N generated
-//! bytes (byte i is `i % 251`), written without reading the request body: a
-//! large response to a small request.
+//! bytes (byte i is `i % 251`) with `content-length: N`, written without
+//! reading the request body: a large response to a small request.
 //!
 //! Headers for testing the host: `x-echo-sleep-ms: N` holds the instance N ms (a
 //! clock wait, no CPU) before answering, `x-echo-spin-ms: N` keeps the CPU busy
@@ -115,6 +115,12 @@ impl Guest for HttpEcho {
         let method = method_name(&request.method());
         let path = request.path_with_query().unwrap_or_else(|| "/".to_string());
 
+        let generate = request
+            .headers()
+            .get("x-echo-generate")
+            .first()
+            .and_then(|v| std::str::from_utf8(v).ok()?.trim().parse::<u64>().ok());
+
         let mut entries = vec![
             (
                 "content-type".to_string(),
@@ -124,6 +130,10 @@ impl Guest for HttpEcho {
             ("x-echo-path".to_string(), path.into_bytes()),
             ("x-echo-served".to_string(), served.to_string().into_bytes()),
         ];
+        // A generated body's length is known: declared, as most components do.
+        if let Some(len) = generate {
+            entries.push(("content-length".to_string(), len.to_string().into_bytes()));
+        }
         entries.extend(request.headers().entries().into_iter().filter(|(name, _)| {
             let name = name.to_ascii_lowercase();
             name.starts_with("x-") && name != "x-echo-method" && name != "x-echo-path" && name != "x-echo-served"
@@ -136,12 +146,6 @@ impl Guest for HttpEcho {
                 return;
             }
         };
-
-        let generate = request
-            .headers()
-            .get("x-echo-generate")
-            .first()
-            .and_then(|v| std::str::from_utf8(v).ok()?.trim().parse::<u64>().ok());
 
         let Ok(incoming_body) = request.consume() else {
             let message = "request body was already consumed".to_string();
