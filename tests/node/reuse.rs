@@ -142,6 +142,12 @@ fn reuse_is_opt_in_bounded_and_never_keeps_a_failed_instance() {
     let (status, _) = served(&node, "/trap", &[("x-echo-trap", "on purpose")]);
     assert_eq!(status, 500);
     assert_eq!(counts(&node, "/trap", 2), [1, 2]);
+    // A guest returning with its response body neither finished nor dropped: the client gets
+    // the whole answer as `handle` returns (not at the 30 s deadline, past the client's 10 s),
+    // and the instance is not kept.
+    let stash = [("x-echo-stash-body", "on")];
+    assert_eq!(counts_with(&node, "/trap", &stash, 1, true), [3]);
+    assert_eq!(counts(&node, "/trap", 1), [1]);
 
     // Idle past the timeout: dropped.
     assert_eq!(counts(&node, "/idle", 2), [1, 2]);

@@ -19,7 +19,9 @@
 //! clock wait, no CPU) before answering, `x-echo-spin-ms: N` keeps the CPU busy
 //! N ms (so only epoch interruption can stop it early), and
 //! `x-echo-trap: <message>` makes the guest trap (a Rust panic, which aborts)
-//! before it sets a response.
+//! before it sets a response, and `x-echo-stash-body: on` returns with the
+//! response body written but neither finished nor dropped (its handle leaked,
+//! as a garbage-collected guest may leave it).
 //!
 //! Every response also carries `x-echo-served: N`, the requests this instance
 //! has handled, this one included (a counter in a static): `1` on every request
@@ -147,6 +149,8 @@ impl Guest for HttpEcho {
             }
         };
 
+        let stash_body = header_text(&request, "x-echo-stash-body").is_some();
+
         let Ok(incoming_body) = request.consume() else {
             let message = "request body was already consumed".to_string();
             ResponseOutparam::set(response_out, Err(ErrorCode::InternalError(Some(message))));
@@ -176,6 +180,7 @@ impl Guest for HttpEcho {
         drop(incoming_body);
 
         match copied {
+            Ok(()) if stash_body => std::mem::forget(outgoing_body),
             Ok(()) => {
                 OutgoingBody::finish(outgoing_body, None).expect("finishing the response body");
             }
