@@ -148,6 +148,20 @@ fn reuse_is_opt_in_bounded_and_never_keeps_a_failed_instance() {
     let stash = [("x-echo-stash-body", "on")];
     assert_eq!(counts_with(&node, "/trap", &stash, 1, true), [3]);
     assert_eq!(counts(&node, "/trap", 1), [1]);
+    // HEAD: hyper drops the body unread; the instance is kept all the same.
+    let before = node.count_log("instance kept for reuse");
+    let (status, headers, _) =
+        http_request_with(node.http, "HEAD", "/trap", &[], b"").expect("an answer");
+    assert_eq!(status, 200);
+    assert!(
+        headers
+            .iter()
+            .any(|(k, v)| k == "x-echo-served" && v == "2")
+    );
+    wait_until("the instance kept", Duration::from_secs(10), || {
+        node.count_log("instance kept for reuse") > before
+    });
+    assert_eq!(counts(&node, "/trap", 1), [3]);
 
     // Idle past the timeout: dropped.
     assert_eq!(counts(&node, "/idle", 2), [1, 2]);
