@@ -2,7 +2,8 @@
 //! `wasmtime serve` and Spin do: deadline by epoch interruption, memory cap, bounded concurrency.
 //! With instance reuse on for the component (`reuse.rs`), an idle instance it kept serves the
 //! request instead, with fresh per-request state, and goes back to be kept only when it answered
-//! cleanly (no trap, within its deadline, the response body sent whole).
+//! cleanly: no trap, within its deadline, and, once `handle` returned, nothing of the request
+//! left in its store (`HostState::reusable`).
 //! A request the node has no room for (the component's concurrency bound, or the pooling
 //! allocator out of slots) is handed back untouched ([`Refused`]), so the ingress can try a
 //! replica elsewhere before it answers 503.
@@ -20,9 +21,7 @@
 //! requests it served before. A kept idle instance stays counted in `lattice_instances` (it is
 //! alive and holds its pool slot).
 
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -363,7 +362,7 @@ impl HttpComponent {
             && let Some(mut kept) = reuse.idle.take()
         {
             // This request's own: wasi:http context, outgoing-HTTP hooks, deadline.
-            kept.store.data_mut().next_request(&self.egress);
+            kept.store.data_mut().next_request();
             set_deadline(&mut kept.store, deadline);
             span.record("reused", kept.served);
             return Ok(self.admitted(span, permit, kept, deadline, timeout));
@@ -565,16 +564,17 @@ impl Admitted {
             reuse,
             alive,
         } = self;
-        // With reuse on and requests left in the instance: whether its response went out whole,
-        // from the response body (`Watched`) to the task, which keeps the instance only then.
-        let (mut verdict, keep) = match reuse.filter(|r| served.saturating_add(1) < r.max_requests)
-        {
-            Some(reuse) => {
-                let (tx, rx) = tokio::sync::oneshot::channel();
-                (Some(tx), Some((reuse, rx)))
-            }
-            None => (None, None),
-        };
+        let reuse_on = reuse.is_some();
+        // With reuse on and requests left in the instance: whether the guest set a response,
+        // told to the task as soon as it is known (the instance is kept only then).
+        let (mut responded, keep) =
+            match reuse.filter(|r| served.saturating_add(1) < r.max_requests) {
+                Some(reuse) => {
+                    let (tx, rx) = tokio::sync::oneshot::channel();
+                    (Some(tx), Some((reuse, rx)))
+                }
+                None => (None, None),
+            };
         let (sender, receiver) = tokio::sync::oneshot::channel();
         let resources: wasmtime::Result<_> = (|| {
             let req = store
@@ -637,18 +637,30 @@ impl Admitted {
                     );
                     record_error(&task_span, &DeadlineExceeded(timeout));
                 }
+                // Judged from the store once `handle` returned, not from how the client read
+                // the body: hyper drops a body with a declared length (or for HEAD, 204, 304)
+                // without polling its end. What the guest finished is already in the body's
+                // channel, which needs no store.
                 if outcome == Outcome::Finished
-                    && let Some((reuse, whole)) = keep
-                    // By the deadline: a client reading slowly does not hold it past that.
-                    && matches!(tokio::time::timeout_at(deadline.into(), whole).await, Ok(Ok(true)))
+                    && let Some((reuse, set)) = keep
                 {
-                    reuse.idle.put(Kept {
-                        store,
-                        proxy,
-                        served: served.saturating_add(1),
-                        alive,
-                    });
-                    return outcome;
+                    match store.data_mut().reusable() {
+                        // A clean table means the outparam is gone, so `set` is told at once.
+                        Ok(()) if matches!(set.await, Ok(true)) => {
+                            tracing::debug!("instance kept for reuse");
+                            reuse.idle.put(Kept {
+                                store,
+                                proxy,
+                                served: served.saturating_add(1),
+                                alive,
+                            });
+                            return outcome;
+                        }
+                        Ok(()) => tracing::debug!("instance not kept: it set no response"),
+                        Err(why) => tracing::debug!(reason = %why, "instance not kept"),
+                    }
+                } else if reuse_on {
+                    tracing::debug!("instance not kept");
                 }
                 // The instance is gone with its store; then it is uncounted.
                 drop(store);
@@ -659,31 +671,15 @@ impl Admitted {
         );
 
         // The task ends by the deadline and drops the outparam with its store, so this wait is
-        // bounded too.
+        // bounded too. The task ends once `handle` returns (dropping the instance, its permit
+        // and pool slot then, unless it is kept), however slowly the client reads the body.
         let answered = receiver.await;
-        if answered.is_err() {
-            // No response: the instance is not kept, and its task (awaited below) waits for
-            // no verdict.
-            drop(verdict.take());
+        if let Some(tx) = responded.take() {
+            let _ = tx.send(answered.is_ok());
         }
         match answered {
-            Ok(Ok(response)) => match verdict.take() {
-                Some(tx) => response.map(|body| {
-                    Watched {
-                        inner: body,
-                        ended: false,
-                        failed: false,
-                        verdict: Some(tx),
-                    }
-                    .boxed_unsync()
-                }),
-                None => response,
-            },
+            Ok(Ok(response)) => response,
             Ok(Err(code)) => {
-                // The guest answered, with an error code: nothing of a body to wait for.
-                if let Some(tx) = verdict.take() {
-                    let _ = tx.send(true);
-                }
                 tracing::warn!(error = ?code, "component answered with an error code");
                 record_error(
                     &span,
@@ -721,68 +717,6 @@ impl Admitted {
                 }
             },
         }
-    }
-}
-
-/// A response body that tells the instance's task whether it was sent whole (to its end, with
-/// no error), when it ends, fails or is dropped: only then is the instance kept for reuse.
-struct Watched {
-    inner: ResponseBody,
-    /// It yielded its end.
-    ended: bool,
-    /// It yielded an error.
-    failed: bool,
-    verdict: Option<tokio::sync::oneshot::Sender<bool>>,
-}
-
-impl hyper::body::Body for Watched {
-    type Data = Bytes;
-    type Error = <ResponseBody as hyper::body::Body>::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
-        let this = self.get_mut();
-        let polled = Pin::new(&mut this.inner).poll_frame(cx);
-        match &polled {
-            // Told at once, before the end reaches the client: its next request finds the
-            // instance kept (it is put back while the end is still being written).
-            Poll::Ready(None) => {
-                this.ended = true;
-                this.tell();
-            }
-            Poll::Ready(Some(Err(_))) => {
-                this.failed = true;
-                this.tell();
-            }
-            _ => {}
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> hyper::body::SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-impl Watched {
-    /// Sends the verdict, once: whole when it ended (or says it is at its end) with no error.
-    fn tell(&mut self) {
-        let whole = !self.failed && (self.ended || hyper::body::Body::is_end_stream(&self.inner));
-        if let Some(tx) = self.verdict.take() {
-            let _ = tx.send(whole);
-        }
-    }
-}
-
-impl Drop for Watched {
-    fn drop(&mut self) {
-        self.tell();
     }
 }
 

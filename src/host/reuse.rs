@@ -300,16 +300,22 @@ impl IdleRegistry {
         pools.push(Arc::downgrade(&pool));
     }
 
-    /// Drops the node's oldest idle instance, of any component; whether there was one.
+    /// Drops the node's oldest idle instance, of any component; whether there was one. The
+    /// pools are picked under the registry's lock and evicted after it (dropping a store is
+    /// slow, and every component's admission may need the lock); a pool emptied meanwhile (its
+    /// instance taken or timed out) gives way to the next oldest.
     pub(super) fn evict_oldest(&self) -> bool {
-        let mut pools = self.lock();
-        pools.retain(|p| p.strong_count() > 0);
-        let oldest = pools
-            .iter()
-            .filter_map(Weak::upgrade)
+        let pools: Vec<Arc<dyn Evict>> = {
+            let mut pools = self.lock();
+            pools.retain(|p| p.strong_count() > 0);
+            pools.iter().filter_map(Weak::upgrade).collect()
+        };
+        let mut candidates: Vec<_> = pools
+            .into_iter()
             .filter_map(|pool| Some((pool.oldest()?, pool)))
-            .min_by_key(|(since, _)| *since);
-        oldest.is_some_and(|(_, pool)| pool.evict_oldest())
+            .collect();
+        candidates.sort_by_key(|(since, _)| *since);
+        candidates.into_iter().any(|(_, pool)| pool.evict_oldest())
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Weak<dyn Evict>>> {

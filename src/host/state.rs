@@ -44,6 +44,9 @@ pub struct HostState {
     pub(crate) grants: Arc<Grants>,
     /// Memory and instance limits of this store.
     pub(crate) limits: StoreLimits,
+    /// Resources in the table after the instance's first request (set by
+    /// [`HostState::reusable`]), the most a kept instance may hold.
+    baseline: Option<usize>,
 }
 
 impl HostState {
@@ -72,24 +75,84 @@ impl HostState {
             ),
             grants: grants.clone(),
             limits,
+            baseline: None,
         }
     }
 }
 
 impl HostState {
     /// Makes the per-request parts new for the next request of a reused instance: the
-    /// wasi:http context and the outgoing-HTTP hooks (their in-flight budget and the one
-    /// denial logged at WARN), from `egress` and the grants. The resource table, WASI context
-    /// (stdio, clocks, random) and memory limit are the instance's and stay.
-    pub(crate) fn next_request(&mut self, egress: &EgressClient) {
+    /// wasi:http context and the one denial of the outgoing-HTTP hooks logged at WARN. The
+    /// resource table, WASI context (stdio, clocks, random), the in-flight budget of outgoing
+    /// requests and memory limit are the instance's and stay.
+    pub(crate) fn next_request(&mut self) {
         self.http = WasiHttpCtx::new();
-        self.http_hooks = OutgoingHttp::new(
-            self.grants.allowed_hosts.clone(),
-            egress.clone(),
-            self.grants.app.clone(),
-            self.grants.component.clone(),
-        );
+        self.http_hooks.next_request();
     }
+
+    /// Whether the instance may serve another request, judged once `handle` returned: nothing
+    /// of this request left in its resource table (a body, request or response, an outgoing
+    /// request or its body: a guest that returns without finishing its outgoing body, or with
+    /// a handle stashed, is not kept, and dropping its store ends that body), every outgoing
+    /// request's permit back, and the table no larger than after the instance's first request
+    /// (a guest leaking a handle per request is dropped long before the table's cap). The
+    /// first call records that size.
+    pub(crate) fn reusable(&mut self) -> Result<(), Unreusable> {
+        use wasmtime_wasi_http::p2::body::{
+            HostFutureTrailers, HostIncomingBody, HostOutgoingBody,
+        };
+        use wasmtime_wasi_http::p2::types::{
+            HostFutureIncomingResponse, HostIncomingRequest, HostIncomingResponse,
+            HostOutgoingRequest, HostOutgoingResponse, HostResponseOutparam,
+        };
+        let mut entries = 0;
+        for entry in self.table.iter_mut() {
+            let entry: &dyn std::any::Any = &*entry;
+            if entry.is::<HostIncomingRequest>()
+                || entry.is::<HostResponseOutparam>()
+                || entry.is::<HostOutgoingResponse>()
+                || entry.is::<HostOutgoingBody>()
+                || entry.is::<HostIncomingBody>()
+                || entry.is::<HostFutureTrailers>()
+                || entry.is::<HostOutgoingRequest>()
+                || entry.is::<HostFutureIncomingResponse>()
+                || entry.is::<HostIncomingResponse>()
+            {
+                return Err(Unreusable::RequestResourceLeft);
+            }
+            entries += 1;
+        }
+        if !self.http_hooks.all_returned() {
+            return Err(Unreusable::OutgoingInFlight);
+        }
+        let baseline = *self.baseline.get_or_insert(entries);
+        if entries > baseline || entries > MAX_RESOURCES - RESOURCE_HEADROOM {
+            return Err(Unreusable::TableGrew { entries, baseline });
+        }
+        Ok(())
+    }
+}
+
+/// Room a kept instance's table always has left under [`MAX_RESOURCES`]: more than one
+/// request's resources need (request, fields, body, outparam), so creating them never fails on
+/// a reused instance for want of room (which would be a 400 blamed on the client).
+const RESOURCE_HEADROOM: usize = 64;
+
+/// Why an instance is not kept after a request that ended cleanly (logged at DEBUG).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum Unreusable {
+    /// A resource of the request (body, request, response, outgoing request) is still in the
+    /// table: the guest returned without finishing or dropping it.
+    #[error("a resource of the request is left in the instance's table")]
+    RequestResourceLeft,
+    /// An outgoing request still holds a permit of the in-flight budget.
+    #[error("an outgoing request of the instance is still in flight")]
+    OutgoingInFlight,
+    /// The table holds more resources than after the instance's first request.
+    #[error(
+        "the instance holds {entries} resources, more than the {baseline} after its first request"
+    )]
+    TableGrew { entries: usize, baseline: usize },
 }
 
 impl WasiView for HostState {

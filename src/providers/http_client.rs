@@ -339,6 +339,18 @@ impl OutgoingHttp {
             denial_logged: false,
         }
     }
+
+    /// For the next request of a reused instance: its first denial is logged at WARN again.
+    /// The in-flight budget is the instance's and stays (outgoing requests a guest kept from
+    /// an earlier request still count).
+    pub fn next_request(&mut self) {
+        self.denial_logged = false;
+    }
+
+    /// Whether no outgoing request of the instance holds a permit (all responses ended).
+    pub fn all_returned(&self) -> bool {
+        self.in_flight.available_permits() == MAX_IN_FLIGHT
+    }
 }
 
 use egress::SendResult;

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::common::{Node, example_wasm, http_request_with, manifest};
+use crate::common::{Node, example_wasm, http_request_with, manifest, wait_until};
 
 /// A manifest of app `app` whose http-echo component answers `path`, with the component config
 /// `config` (`key: value` pairs).
@@ -31,10 +31,19 @@ fn echo_manifest(app: &str, path: &str, config: &[(&str, &str)]) -> String {
     with
 }
 
-/// The status and `x-echo-served` of one request to `path` with `headers`.
+/// The status and `x-echo-served` of one request to `path` with `headers`. With
+/// `x-echo-generate: N` among them, the answer declares `content-length: N`.
 fn served(node: &Node, path: &str, headers: &[(&str, &str)]) -> (u16, Option<u64>) {
     let (status, answer_headers, _) =
         http_request_with(node.http, "GET", path, headers, b"").expect("an answer");
+    if let Some((_, n)) = headers.iter().find(|(k, _)| *k == "x-echo-generate") {
+        let length = answer_headers.iter().find(|(k, _)| k == "content-length");
+        assert_eq!(
+            length.map(|(_, v)| v.as_str()),
+            Some(*n),
+            "{answer_headers:?}"
+        );
+    }
     let count = answer_headers
         .iter()
         .find(|(k, _)| k == "x-echo-served")
@@ -42,18 +51,39 @@ fn served(node: &Node, path: &str, headers: &[(&str, &str)]) -> (u16, Option<u64
     (status, count)
 }
 
-/// The `x-echo-served` of `n` requests to `path`, one after another (each `200`). A short
-/// pause after each: the instance goes back to be kept as its response ends, which the next
-/// request on a new connection could otherwise outrun.
-fn counts(node: &Node, path: &str, n: usize) -> Vec<u64> {
+/// The `x-echo-served` of `n` requests to `path` with `headers`, one after another (each
+/// `200`). After each, until its instance's task logged whether it is kept: the instance goes
+/// back to be kept as `handle` returns, which the next request on a new connection could
+/// otherwise outrun. `reuse`: whether the component reuses instances (only then it logs that).
+fn counts_with(
+    node: &Node,
+    path: &str,
+    headers: &[(&str, &str)],
+    n: usize,
+    reuse: bool,
+) -> Vec<u64> {
     (0..n)
         .map(|_| {
-            let (status, count) = served(node, path, &[]);
-            std::thread::sleep(Duration::from_millis(30));
+            let settled =
+                || node.count_log("instance kept for reuse") + node.count_log("instance not kept");
+            let before = settled();
+            let (status, count) = served(node, path, headers);
             assert_eq!(status, 200, "{path}");
+            if reuse {
+                wait_until(
+                    "the instance kept or dropped",
+                    Duration::from_secs(10),
+                    || settled() > before,
+                );
+            }
             count.expect("x-echo-served")
         })
         .collect()
+}
+
+/// [`counts_with`] no headers, of a component that reuses instances.
+fn counts(node: &Node, path: &str, n: usize) -> Vec<u64> {
+    counts_with(node, path, &[], n, true)
 }
 
 #[test]
@@ -99,15 +129,39 @@ fn reuse_is_opt_in_bounded_and_never_keeps_a_failed_instance() {
     std::thread::sleep(Duration::from_millis(1500));
 
     // Off by default: a fresh instance every request.
-    assert_eq!(counts(&node, "/fresh", 4), [1, 1, 1, 1]);
+    assert_eq!(counts_with(&node, "/fresh", &[], 4, false), [1, 1, 1, 1]);
     // Reuse 3: each instance serves three requests, then a fresh one.
     assert_eq!(counts(&node, "/reuse", 7), [1, 2, 3, 1, 2, 3, 1]);
+
+    // A response with a declared length (hyper never polls such a body's end) is reused too.
+    let length = [("x-echo-generate", "5000")];
+    assert_eq!(counts_with(&node, "/reuse", &length, 3, true), [2, 3, 1]);
 
     // A trap: that instance is dropped, the next request gets a fresh one.
     assert_eq!(counts(&node, "/trap", 2), [1, 2]);
     let (status, _) = served(&node, "/trap", &[("x-echo-trap", "on purpose")]);
     assert_eq!(status, 500);
     assert_eq!(counts(&node, "/trap", 2), [1, 2]);
+    // A guest returning with its response body neither finished nor dropped: the client gets
+    // the whole answer as `handle` returns (not at the 30 s deadline, past the client's 10 s),
+    // and the instance is not kept.
+    let stash = [("x-echo-stash-body", "on")];
+    assert_eq!(counts_with(&node, "/trap", &stash, 1, true), [3]);
+    assert_eq!(counts(&node, "/trap", 1), [1]);
+    // HEAD: hyper drops the body unread; the instance is kept all the same.
+    let before = node.count_log("instance kept for reuse");
+    let (status, headers, _) =
+        http_request_with(node.http, "HEAD", "/trap", &[], b"").expect("an answer");
+    assert_eq!(status, 200);
+    assert!(
+        headers
+            .iter()
+            .any(|(k, v)| k == "x-echo-served" && v == "2")
+    );
+    wait_until("the instance kept", Duration::from_secs(10), || {
+        node.count_log("instance kept for reuse") > before
+    });
+    assert_eq!(counts(&node, "/trap", 1), [3]);
 
     // Idle past the timeout: dropped.
     assert_eq!(counts(&node, "/idle", 2), [1, 2]);

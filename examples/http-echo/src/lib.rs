@@ -12,14 +12,16 @@
 //!   would clash with the two above).
 //!
 //! With a request header `x-echo-generate: N` the body is instead N generated
-//! bytes (byte i is `i % 251`), written without reading the request body: a
-//! large response to a small request.
+//! bytes (byte i is `i % 251`) with `content-length: N`, written without
+//! reading the request body: a large response to a small request.
 //!
 //! Headers for testing the host: `x-echo-sleep-ms: N` holds the instance N ms (a
 //! clock wait, no CPU) before answering, `x-echo-spin-ms: N` keeps the CPU busy
 //! N ms (so only epoch interruption can stop it early), and
 //! `x-echo-trap: <message>` makes the guest trap (a Rust panic, which aborts)
-//! before it sets a response.
+//! before it sets a response, and `x-echo-stash-body: on` returns with the
+//! response body written but neither finished nor dropped (its handle leaked,
+//! as a garbage-collected guest may leave it).
 //!
 //! Every response also carries `x-echo-served: N`, the requests this instance
 //! has handled, this one included (a counter in a static): `1` on every request
@@ -115,6 +117,12 @@ impl Guest for HttpEcho {
         let method = method_name(&request.method());
         let path = request.path_with_query().unwrap_or_else(|| "/".to_string());
 
+        let generate = request
+            .headers()
+            .get("x-echo-generate")
+            .first()
+            .and_then(|v| std::str::from_utf8(v).ok()?.trim().parse::<u64>().ok());
+
         let mut entries = vec![
             (
                 "content-type".to_string(),
@@ -124,6 +132,10 @@ impl Guest for HttpEcho {
             ("x-echo-path".to_string(), path.into_bytes()),
             ("x-echo-served".to_string(), served.to_string().into_bytes()),
         ];
+        // A generated body's length is known: declared, as most components do.
+        if let Some(len) = generate {
+            entries.push(("content-length".to_string(), len.to_string().into_bytes()));
+        }
         entries.extend(request.headers().entries().into_iter().filter(|(name, _)| {
             let name = name.to_ascii_lowercase();
             name.starts_with("x-") && name != "x-echo-method" && name != "x-echo-path" && name != "x-echo-served"
@@ -137,11 +149,7 @@ impl Guest for HttpEcho {
             }
         };
 
-        let generate = request
-            .headers()
-            .get("x-echo-generate")
-            .first()
-            .and_then(|v| std::str::from_utf8(v).ok()?.trim().parse::<u64>().ok());
+        let stash_body = header_text(&request, "x-echo-stash-body").is_some();
 
         let Ok(incoming_body) = request.consume() else {
             let message = "request body was already consumed".to_string();
@@ -172,6 +180,7 @@ impl Guest for HttpEcho {
         drop(incoming_body);
 
         match copied {
+            Ok(()) if stash_body => std::mem::forget(outgoing_body),
             Ok(()) => {
                 OutgoingBody::finish(outgoing_body, None).expect("finishing the response body");
             }
