@@ -84,10 +84,10 @@ manifest kv-hub /hub ghcr.io/wasmcloud/keyvalue-nats:0.3.1 "$NATS_CONFIG" > "$WO
 
 SOLO=$(free_port); LEAF=$(free_port)
 "$LATTICE" up --name solo --config-dir "$WORK/solo-config" --data-dir "$WORK/solo" \
-  --http-addr "127.0.0.1:$SOLO" 2>"$WORK/solo.log" &
+  --http-addr "127.0.0.1:$SOLO" --admin-addr 127.0.0.1:0 2>"$WORK/solo.log" &
 PIDS+=($!)
 "$LATTICE" up --name leaf --leaf-url "nats-leaf://127.0.0.1:$HUB_LEAF" --js-domain hub \
-  --config-dir "$WORK/leaf-config" --data-dir "$WORK/leaf" --http-addr "127.0.0.1:$LEAF" 2>"$WORK/leaf.log" &
+  --config-dir "$WORK/leaf-config" --data-dir "$WORK/leaf" --http-addr "127.0.0.1:$LEAF" --admin-addr 127.0.0.1:0 2>"$WORK/leaf.log" &
 PIDS+=($!)
 
 declare -A URL=([sled]="http://127.0.0.1:$SOLO/sled" [nats-local]="http://127.0.0.1:$SOLO/nats"

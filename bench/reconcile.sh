@@ -48,7 +48,7 @@ start_node() { # name; the log is appended to, so a restarted node's log keeps i
   local n=$1
   "$LATTICE" up --name "$n" --label "zone=${ZONE[$n]}" --leaf-url "nats-leaf://127.0.0.1:$HUB_LEAF" \
     --js-domain hub --heartbeat-interval 1s --config-dir "$WORK/$n-config" --data-dir "$WORK/$n" \
-    --http-addr "127.0.0.1:${PORT[$n]}" 2>>"$WORK/$n.log" &
+    --http-addr "127.0.0.1:${PORT[$n]}" --admin-addr 127.0.0.1:0 2>>"$WORK/$n.log" &
   PID[$n]=$!
   PIDS+=("${PID[$n]}")
 }

@@ -59,7 +59,7 @@ start_node() { # name; its log is appended to
   local n=$1
   "$LATTICE" up --name "$n" --label "zone=${ZONE[$n]}" --label "node=$n" \
     --leaf-url "nats-leaf://127.0.0.1:$HUB_LEAF" --js-domain hub --heartbeat-interval 1s \
-    --config-dir "$WORK/$n-config" --data-dir "$WORK/$n" --http-addr "127.0.0.1:${PORT[$n]}" \
+    --config-dir "$WORK/$n-config" --data-dir "$WORK/$n" --http-addr "127.0.0.1:${PORT[$n]}" --admin-addr 127.0.0.1:0 \
     --log info,lattice::host::cache=debug 2>>"$WORK/$n.log" &
   PID[$n]=$!
   PIDS+=("${PID[$n]}")
