@@ -84,13 +84,8 @@ spec:
 EOF
   http_server_link echo /echo; } > "$WORK/config/bodies.yaml"
 LOCAL=$(free_port); REMOTE=$(free_port)
-start_node() { # name role config-dir http-port
-  "$LATTICE" up --name "$1" --label "role=$2" --leaf-url "nats-leaf://127.0.0.1:$HUB_LEAF" \
-    --js-domain hub --config-dir "$3" --data-dir "$WORK/$1" --http-addr "127.0.0.1:$4" --admin-addr 127.0.0.1:0 2>"$WORK/$1.log" &
-  PIDS+=($!)
-}
-start_node worker worker "$WORK/config" "$LOCAL"
-start_node front front "$WORK/front-config" "$REMOTE"
+start_leaf_node worker worker "$WORK/config" "$LOCAL"
+start_leaf_node front front "$WORK/front-config" "$REMOTE"
 wait_echo "http://127.0.0.1:$WPORT/echo" "$WORK/wasmtime.log"
 wait_echo "http://127.0.0.1:$LOCAL/echo" "$WORK/worker.log"
 wait_echo "http://127.0.0.1:$REMOTE/echo" "$WORK/front.log"

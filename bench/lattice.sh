@@ -34,13 +34,8 @@ grep -q 'role: worker' "$WORK/config/hello.yaml" || { echo "could not add the sp
 
 LATTICE=${BENCH_LATTICE:-target/release/lattice}
 LOCAL=${LOCAL_PORT:-18280}; REMOTE=${REMOTE_PORT:-18281}
-start_node() { # name role config-dir http-port
-  "$LATTICE" up --name "$1" --label "role=$2" --leaf-url "nats-leaf://127.0.0.1:$HUB_LEAF" \
-    --js-domain hub --config-dir "$3" --data-dir "$WORK/$1" --http-addr "127.0.0.1:$4" --admin-addr 127.0.0.1:0 2>"$WORK/$1.log" &
-  PIDS+=($!)
-}
-start_node worker worker "$WORK/config" "$LOCAL"
-start_node front front "$WORK/front-config" "$REMOTE"
+start_leaf_node worker worker "$WORK/config" "$LOCAL"
+start_leaf_node front front "$WORK/front-config" "$REMOTE"
 wait_http "$LOCAL" "$WORK/worker.log"; wait_http "$REMOTE" "$WORK/front.log"
 # The front reconciles the app on its own schedule: give it a few seconds to log its decision.
 for _ in $(seq 100); do grep -q 'no replica of this component belongs on this node' "$WORK/front.log" && break; sleep 0.05; done

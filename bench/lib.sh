@@ -10,6 +10,7 @@
 #   start_hub              a hub nats-server on loopback with JetStream in domain `hub` (the
 #                          lattice's desired state) and a leafnode listener; sets HUB_PORT,
 #                          HUB_LEAF; waits until the leafnode port accepts.
+#   start_leaf_node NAME ROLE CONFIG_DIR HTTP_PORT  a lattice node, leaf of start_hub's hub
 #   wait_http PORT LOG [PATH]  until GET PATH (default /) on 127.0.0.1:PORT succeeds (20 s), else
 #                          shows LOG's tail
 #   http_server_link C PATH the manifest lines of the http-server capability linking component C
@@ -107,6 +108,12 @@ start_hub() {
   PIDS+=("$pid")
   for _ in $(seq 200); do (exec 3<>"/dev/tcp/127.0.0.1/$HUB_LEAF") 2>/dev/null && return 0; sleep 0.05; done
   echo "the hub nats-server did not come up; its log:" >&2; tail -n 30 "$WORK/hub.log" >&2; exit 1
+}
+
+start_leaf_node() { # name role config-dir http-port: a node of the hub's lattice ($LATTICE, start_hub)
+  "$LATTICE" up --name "$1" --label "role=$2" --leaf-url "nats-leaf://127.0.0.1:$HUB_LEAF" \
+    --js-domain hub --config-dir "$3" --data-dir "$WORK/$1" --http-addr "127.0.0.1:$4" --admin-addr 127.0.0.1:0 2>"$WORK/$1.log" &
+  PIDS+=($!)
 }
 
 wait_http() {
