@@ -97,7 +97,7 @@ async fn manifest_files(dir: &Path) -> Vec<PathBuf> {
     let mut files = Vec::new();
     while let Ok(Some(entry)) = entries.next_entry().await {
         let path = entry.path();
-        let manifest = path.extension().is_some_and(|e| e == "yaml" || e == "yml");
+        let manifest = super::watcher::named_as_manifest(&path);
         let small = tokio::fs::metadata(&path)
             .await
             .is_ok_and(|m| m.is_file() && m.len() <= MAX_MANIFEST_BYTES as u64);

@@ -209,20 +209,20 @@ fn touches_manifests(event: &notify::Event) -> bool {
             | EventKind::Any
             | EventKind::Other
     );
-    kind_counts
-        && (event.paths.is_empty()
-            || event
-                .paths
-                .iter()
-                .any(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"))))
+    kind_counts && (event.paths.is_empty() || event.paths.iter().any(|p| named_as_manifest(p)))
+}
+
+/// Whether `path` has a manifest's name, `*.yaml` or `*.yml` (the config dir's preload
+/// takes the same files).
+pub(super) fn named_as_manifest(path: &Path) -> bool {
+    matches!(
+        path.extension().and_then(|e| e.to_str()),
+        Some("yaml" | "yml")
+    )
 }
 
 fn is_manifest(path: &Path) -> bool {
-    path.is_file()
-        && matches!(
-            path.extension().and_then(|e| e.to_str()),
-            Some("yaml" | "yml")
-        )
+    path.is_file() && named_as_manifest(path)
 }
 
 struct DirDeployer {
