@@ -25,14 +25,16 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
+use futures::FutureExt;
 use http_body_util::{BodyExt, Full};
 use hyper::StatusCode;
 use tokio::sync::Semaphore;
+use tokio::sync::oneshot::error::RecvError;
 use tracing::Instrument;
 use wasmtime::{Store, StoreLimitsBuilder, Trap, UpdateDeadline};
 use wasmtime_wasi_http::WasiHttpView;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
-use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
+use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, Scheme};
 
 use super::InstanceLimits;
 use super::engine::PoolSlots;
@@ -575,7 +577,7 @@ impl Admitted {
                 }
                 None => (None, None),
             };
-        let (sender, receiver) = tokio::sync::oneshot::channel();
+        let (sender, mut receiver) = tokio::sync::oneshot::channel();
         let resources: wasmtime::Result<_> = (|| {
             let req = store
                 .data_mut()
@@ -593,93 +595,120 @@ impl Admitted {
                 return text_response(StatusCode::BAD_REQUEST, format!("bad request: {e}\n"));
             }
         };
-        // The instance runs in its own task, which may outlive the response headers while it
-        // streams the body; the deadline covers all of it, host calls included.
-        // Inside the `component_call` span (current here): a spawned task would lose it.
-        let task_span = span.clone();
-        let (task_app, task_name) = (app.clone(), name.clone());
-        let task = tokio::spawn(
-            async move {
-                let _permit = permit;
-                let run = proxy
-                    .wasi_http_incoming_handler()
-                    .call_handle(&mut store, req, out);
-                let outcome = match tokio::time::timeout_at(deadline.into(), run).await {
-                    Ok(Ok(())) => Outcome::Finished,
-                    Ok(Err(e)) if e.downcast_ref::<Trap>() == Some(&Trap::Interrupt) => {
-                        Outcome::DeadlineExceeded
-                    }
-                    Ok(Err(e)) if is_pool_exhausted(&e) => {
-                        // No stack for the call: the guest never ran.
-                        task_span.record("refused", "pool");
-                        tracing::debug!(error = %e, "no free pool slot for the call");
-                        Outcome::PoolExhausted(e.to_string())
-                    }
-                    Ok(Err(e)) => {
-                        log_trap(&task_app, &task_name, &e, "component trapped");
-                        // The trap itself (a memory cap met shows as the guest's own trap),
-                        // without the wasm backtrace the log has, and bounded.
-                        record_error(
-                            &task_span,
-                            &format_args!(
-                                "component trapped: {}",
-                                Bounded(&e.root_cause().to_string())
-                            ),
-                        );
-                        Outcome::Trapped
-                    }
-                    Err(_elapsed) => Outcome::DeadlineExceeded,
-                };
-                if outcome == Outcome::DeadlineExceeded {
-                    tracing::error!(
-                        timeout_ms = timeout.as_millis() as u64,
-                        "component exceeded the request deadline"
+        // The instance's run: the guest's `handle`, its deadline covering all of it (host calls
+        // included), then the decision to keep it. Inside the `component_call` span.
+        let run_span = span.clone();
+        let (run_app, run_name) = (app.clone(), name.clone());
+        let run = async move {
+            let _permit = permit;
+            let call = proxy
+                .wasi_http_incoming_handler()
+                .call_handle(&mut store, req, out);
+            let outcome = match tokio::time::timeout_at(deadline.into(), call).await {
+                Ok(Ok(())) => Outcome::Finished,
+                Ok(Err(e)) if e.downcast_ref::<Trap>() == Some(&Trap::Interrupt) => {
+                    Outcome::DeadlineExceeded
+                }
+                Ok(Err(e)) if is_pool_exhausted(&e) => {
+                    // No stack for the call: the guest never ran.
+                    run_span.record("refused", "pool");
+                    tracing::debug!(error = %e, "no free pool slot for the call");
+                    Outcome::PoolExhausted(e.to_string())
+                }
+                Ok(Err(e)) => {
+                    log_trap(&run_app, &run_name, &e, "component trapped");
+                    // The trap itself (a memory cap met shows as the guest's own trap),
+                    // without the wasm backtrace the log has, and bounded.
+                    record_error(
+                        &run_span,
+                        &format_args!(
+                            "component trapped: {}",
+                            Bounded(&e.root_cause().to_string())
+                        ),
                     );
-                    record_error(&task_span, &DeadlineExceeded(timeout));
+                    Outcome::Trapped
                 }
-                // Judged from the store once `handle` returned, not from how the client read
-                // the body: hyper drops a body with a declared length (or for HEAD, 204, 304)
-                // without polling its end. What the guest finished is already in the body's
-                // channel, which needs no store.
-                if outcome == Outcome::Finished
-                    && let Some((reuse, set)) = keep
-                {
-                    match store.data_mut().reusable() {
-                        // A clean table means the outparam is gone, so `set` is told at once.
-                        Ok(()) if matches!(set.await, Ok(true)) => {
-                            tracing::debug!("instance kept for reuse");
-                            reuse.idle.put(Kept {
-                                store,
-                                proxy,
-                                served: served.saturating_add(1),
-                                alive,
-                            });
-                            return outcome;
-                        }
-                        Ok(()) => tracing::debug!("instance not kept: it set no response"),
-                        Err(why) => tracing::debug!(reason = %why, "instance not kept"),
-                    }
-                } else if reuse_on {
-                    tracing::debug!("instance not kept");
-                }
-                // The instance is gone with its store; then it is uncounted.
-                drop(store);
-                drop(alive);
-                outcome
+                Err(_elapsed) => Outcome::DeadlineExceeded,
+            };
+            if outcome == Outcome::DeadlineExceeded {
+                tracing::error!(
+                    timeout_ms = timeout.as_millis() as u64,
+                    "component exceeded the request deadline"
+                );
+                record_error(&run_span, &DeadlineExceeded(timeout));
             }
-            .instrument(span.clone()),
-        );
+            // Judged from the store once `handle` returned, not from how the client read the
+            // body: hyper drops a body with a declared length (or for HEAD, 204, 304) without
+            // polling its end. What the guest finished is already in the body's channel, which
+            // needs no store.
+            if outcome == Outcome::Finished
+                && let Some((reuse, set)) = keep
+            {
+                match store.data_mut().reusable() {
+                    // A clean table means the outparam is gone, so `set` is told at once.
+                    Ok(()) if matches!(set.await, Ok(true)) => {
+                        tracing::debug!("instance kept for reuse");
+                        reuse.idle.put(Kept {
+                            store,
+                            proxy,
+                            served: served.saturating_add(1),
+                            alive,
+                        });
+                        return outcome;
+                    }
+                    Ok(()) => tracing::debug!("instance not kept: it set no response"),
+                    Err(why) => tracing::debug!(reason = %why, "instance not kept"),
+                }
+            } else if reuse_on {
+                tracing::debug!("instance not kept");
+            }
+            // The instance is gone with its store; then it is uncounted.
+            drop(store);
+            drop(alive);
+            outcome
+        }
+        .instrument(span.clone());
 
-        // The task ends by the deadline and drops the outparam with its store, so this wait is
-        // bounded too. The task ends once `handle` returns (dropping the instance, its permit
-        // and pool slot then, unless it is kept), however slowly the client reads the body.
-        let answered = receiver.await;
+        // The run goes on here, on the request's own task, until the guest has set its
+        // response: most guests set it, write their body and return within one poll, and then
+        // no task is spawned and no other task woken for them. A run still going once the
+        // response is known (a body streamed after the head, a slow host call), or whose
+        // request is dropped (its client went away), goes on in a task of its own and ends by
+        // the deadline; it drops the outparam with its store, so the wait for the response is
+        // bounded too.
+        let mut running = Running(Some(Box::pin(
+            std::panic::AssertUnwindSafe(run).catch_unwind(),
+        )));
+        let first = match running.0.as_mut() {
+            Some(run) => tokio::select! {
+                biased;
+                ended = run => First::Ended(ended),
+                answered = &mut receiver => First::Answered(answered),
+            },
+            None => unreachable!("the run was just set"),
+        };
+        let (answered, mut ended) = match first {
+            First::Ended(ended) => {
+                running.0 = None;
+                // The outparam is gone with the store: the response was sent, or never is.
+                (receiver.await, Some(ended))
+            }
+            First::Answered(answered) => (answered, None),
+        };
         if let Some(tx) = responded.take() {
             let _ = tx.send(answered.is_ok());
         }
+        if ended.is_none() {
+            // A run whose `handle` returned ends now (kept for reuse, or dropped).
+            ended = running.poll_once();
+        }
         match answered {
-            Ok(Ok(response)) => response,
+            Ok(Ok(response)) => {
+                running.detach();
+                response
+            }
             Ok(Err(code)) => {
+                running.detach();
                 tracing::warn!(error = ?code, "component answered with an error code");
                 record_error(
                     &span,
@@ -690,9 +719,9 @@ impl Admitted {
                     format!("component error: {code:?}\n"),
                 )
             }
-            Err(_) => match task.await {
-                Ok(Outcome::DeadlineExceeded) => deadline_response(timeout),
-                Ok(Outcome::Finished) => {
+            Err(_) => match ended.or(running.finish().await) {
+                Some(Ok(Outcome::DeadlineExceeded)) => deadline_response(timeout),
+                Some(Ok(Outcome::Finished)) => {
                     tracing::error!("component returned without setting a response");
                     record_error(&span, &"component returned without setting a response");
                     text_response(
@@ -700,16 +729,17 @@ impl Admitted {
                         "component set no response\n".into(),
                     )
                 }
-                Ok(Outcome::Trapped) => text_response(
+                Some(Ok(Outcome::Trapped)) => text_response(
                     StatusCode::INTERNAL_SERVER_ERROR,
                     "component failed; see the node log\n".into(),
                 ),
-                Ok(Outcome::PoolExhausted(reason)) => {
+                Some(Ok(Outcome::PoolExhausted(reason))) => {
                     busy_response(&app, &name, &Saturation::Pool(reason))
                 }
-                Err(e) => {
-                    tracing::error!(error = %e, "component task failed");
-                    record_error(&span, &format_args!("component task failed: {e}"));
+                Some(Err(_)) | None => {
+                    // The panic hook logged it with its message.
+                    tracing::error!("component run panicked");
+                    record_error(&span, &"component run panicked");
                     text_response(
                         StatusCode::INTERNAL_SERVER_ERROR,
                         "component failed; see the node log\n".into(),
@@ -717,6 +747,53 @@ impl Admitted {
                 }
             },
         }
+    }
+}
+
+/// An instance's run ([`Admitted::serve`]): how it ended, or the panic it ended with.
+type Run = std::pin::Pin<Box<dyn Future<Output = std::thread::Result<Outcome>> + Send>>;
+
+/// What the request's task saw first of its instance: the run's end, or the response.
+enum First {
+    Ended(std::thread::Result<Outcome>),
+    Answered(Result<Result<hyper::Response<ResponseBody>, ErrorCode>, RecvError>),
+}
+
+/// A run polled by the request's task, `None` once it ended. Whatever is left of it when this
+/// is dropped (or detached) goes on in a task of its own: a request's task dropped by hyper
+/// (its client went away) never cuts its guest short.
+struct Running(Option<Run>);
+
+impl Running {
+    /// Polls the run once, without waiting: its end when it ended.
+    fn poll_once(&mut self) -> Option<std::thread::Result<Outcome>> {
+        let ended = self.0.as_mut()?.as_mut().now_or_never();
+        if ended.is_some() {
+            self.0 = None;
+        }
+        ended
+    }
+
+    /// Waits for the run's end here; `None` when it had ended already.
+    async fn finish(&mut self) -> Option<std::thread::Result<Outcome>> {
+        let run = self.0.take()?;
+        Some(run.await)
+    }
+
+    /// Leaves what is left of the run to a task of its own.
+    fn detach(&mut self) {
+        if let Some(run) = self.0.take() {
+            // Outside a runtime (it is shutting down) there is nothing to run it on.
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(run);
+            }
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.detach();
     }
 }
 
