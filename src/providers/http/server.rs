@@ -543,9 +543,13 @@ async fn answer<'i>(
         return (response, None);
     };
     let span = tracing::Span::current();
-    span.record("http.route", route.key.path.as_str());
-    span.record("app", &*route.target.app);
-    span.record("component", &*route.target.component);
+    // At once: the log formats the fields of each record call again.
+    tracing::record_all!(
+        span,
+        http.route = route.key.path.as_str(),
+        app = &*route.target.app,
+        component = &*route.target.component
+    );
     let Target { local, metrics } = &installed.targets[id];
     pending.metrics = Some(metrics);
     let (app, component) = (&route.target.app, &route.target.component);
