@@ -1,11 +1,14 @@
-//! Routing cost against the number of routes (issue 15's density goal: flat from 1 to 10,000):
-//! builds a [`Router`] of N apps on the shared ingress, one path each (`/app-<i>`, as
-//! bench/density.sh deploys them) plus a host-bound half (`app-<i>.example` on `/`), and times
-//! lookups of requests spread over both halves (an odd step over the routes, so that every N
-//! hits host routes too), some of them with a deep path (`/app-<i>/` and 16 more segments).
-//! Prints one line per N: `routes N ns_per_lookup X`, the median of five timed passes, each
-//! reading the clock once per 1,000 lookups or more whatever N (at N = 1 a clock read per
-//! lookup would be most of what is measured).
+//! Routing cost against the number of routes (issue 15's density goal: flat from 1 to 10,000),
+//! for the two kinds of route, each in a [`Router`] of N apps on the shared ingress:
+//! - `path`: one path each (`/app-<i>`, as bench/density.sh deploys them), looked up by
+//!   requests spread over them (an odd step), half with a deep path (`/app-<i>/` and 16 more
+//!   segments), from hosts no route names;
+//! - `host`: one host each (`app-<i>.example` on `/`), looked up by requests naming them as
+//!   clients do (any case, with a port).
+//!
+//! Prints one line per kind and N: `routes N path|host ns_per_lookup X`, the median of five
+//! timed passes, each reading the clock once per 1,000 lookups or more whatever N (at N = 1 a
+//! clock read per lookup would be most of what is measured).
 //!
 //!     cargo bench --bench router_lookup        (env: ROUTES="1 10 100 1000 10000")
 #![allow(clippy::unwrap_used)] // a benchmark: a panic is the failure report
@@ -59,52 +62,57 @@ fn main() {
         .split_whitespace()
         .map(|n| n.parse::<usize>().unwrap())
     {
-        let mut routes = Vec::with_capacity(n);
-        for i in 0..n {
-            let app = format!("app-{i}");
-            if i % 2 == 1 {
-                routes.push(route(listener, &app, Some(&format!("{app}.example")), "/"));
-            } else {
-                routes.push(route(listener, &app, None, &format!("/{app}")));
-            }
-        }
-        let router = Router::build(routes).unwrap();
-        // At most 1,000 distinct requests, spread evenly over the routes; an odd step alternates
-        // between path routes (even i) and host routes (odd i).
+        // At most 1,000 distinct requests, spread evenly over the routes.
         let step = n.div_ceil(BATCH).max(1) | 1;
-        let distinct: Vec<(Option<String>, String)> = (0..n)
+        let paths = Router::build((0..n).map(|i| {
+            let app = format!("app-{i}");
+            route(listener, &app, None, &format!("/{app}"))
+        }))
+        .unwrap();
+        let path_requests: Vec<(Option<String>, String)> = (0..n)
             .step_by(step)
             .enumerate()
-            .map(|(k, i)| {
-                if i % 2 == 1 {
+            .flat_map(|(k, i)| {
+                let host = Some(format!("other-{}.example", k % 7));
+                [
                     (
-                        Some(format!("App-{i}.example:8000")),
-                        "/index.html".to_owned(),
-                    )
-                } else if k % 4 == 0 {
-                    (
-                        Some("other.example".to_owned()),
+                        host.clone(),
                         format!("/app-{i}/{}index.html", "deep/".repeat(16)),
-                    )
-                } else {
-                    (
-                        Some("other.example".to_owned()),
-                        format!("/app-{i}/index.html"),
-                    )
-                }
+                    ),
+                    (host, format!("/app-{i}/index.html")),
+                ]
             })
             .collect();
-        // Repeated up to one batch, so that small N read the clock as rarely as large N.
-        let requests: Vec<(Option<String>, String)> = distinct
-            .iter()
-            .cycle()
-            .take(distinct.len().max(BATCH))
-            .cloned()
+        let hosts = Router::build((0..n).map(|i| {
+            let app = format!("app-{i}");
+            route(listener, &app, Some(&format!("{app}.example")), "/")
+        }))
+        .unwrap();
+        let host_requests: Vec<(Option<String>, String)> = (0..n)
+            .step_by(step)
+            .map(|i| {
+                (
+                    Some(format!("App-{i}.example:8000")),
+                    "/index.html".to_owned(),
+                )
+            })
             .collect();
-        let mut passes: Vec<f64> = (0..5)
-            .map(|_| time_lookups(&router, listener, &requests, Duration::from_millis(200)))
-            .collect();
-        passes.sort_by(f64::total_cmp);
-        println!("routes {n} ns_per_lookup {:.1}", passes[2]);
+        for (kind, router, distinct) in [
+            ("path", &paths, &path_requests),
+            ("host", &hosts, &host_requests),
+        ] {
+            // Repeated up to one batch, so that small N read the clock as rarely as large N.
+            let requests: Vec<(Option<String>, String)> = distinct
+                .iter()
+                .cycle()
+                .take(distinct.len().max(BATCH))
+                .cloned()
+                .collect();
+            let mut passes: Vec<f64> = (0..5)
+                .map(|_| time_lookups(router, listener, &requests, Duration::from_millis(200)))
+                .collect();
+            passes.sort_by(f64::total_cmp);
+            println!("routes {n} {kind} ns_per_lookup {:.1}", passes[2]);
+        }
     }
 }

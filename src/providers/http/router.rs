@@ -24,7 +24,9 @@ impl RouteKey {
     pub fn new(listener: SocketAddr, host: Option<&str>, path: Option<&str>) -> RouteKey {
         RouteKey {
             listener,
-            host: host.map(normalize_host).filter(|h| !h.is_empty()),
+            host: host
+                .map(|h| normalize_host(h).into_owned())
+                .filter(|h| !h.is_empty()),
             path: normalize_path(path.unwrap_or("/")),
         }
     }
@@ -247,8 +249,8 @@ impl Router {
     ) -> Option<(RouteId, &Route)> {
         let index = self.by_listener.get(&listener)?;
         let hosted = host
-            .map(normalize_host)
-            .and_then(|host| index.by_host.get(&host))
+            .filter(|_| !index.by_host.is_empty())
+            .and_then(|host| index.by_host.get(normalize_host(host).as_ref()))
             .and_then(|paths| paths.longest_prefix(path));
         let id = hosted.or_else(|| index.any_host.longest_prefix(path))?;
         Some((id, &self.routes[id]))
@@ -265,16 +267,22 @@ impl Router {
     }
 }
 
-/// Lowercase, without a `:port` suffix (IPv6 literals keep their brackets).
-fn normalize_host(host: &str) -> String {
-    let host = host.trim().to_ascii_lowercase();
-    match host.rfind(':') {
+/// Lowercase, without a `:port` suffix (IPv6 literals keep their brackets); borrowed when
+/// `host` has no uppercase letter (as clients send it), so a lookup allocates nothing.
+fn normalize_host(host: &str) -> std::borrow::Cow<'_, str> {
+    let host = host.trim();
+    let host = match host.rfind(':') {
         Some(colon)
             if !host.ends_with(']') && host[colon + 1..].chars().all(|c| c.is_ascii_digit()) =>
         {
-            host[..colon].to_owned()
+            &host[..colon]
         }
         _ => host,
+    };
+    if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        std::borrow::Cow::Owned(host.to_ascii_lowercase())
+    } else {
+        std::borrow::Cow::Borrowed(host)
     }
 }
 
@@ -346,7 +354,7 @@ mod tests {
     fn linear_scan(routes: &[Route], host: Option<&str>, path: &str) -> Option<String> {
         let mut sorted: Vec<&Route> = routes.iter().collect();
         sorted.sort_by(|a, b| most_specific_first(a, b));
-        let host = host.map(normalize_host);
+        let host = host.map(|h| normalize_host(h).into_owned());
         sorted
             .into_iter()
             .find(|r| {
