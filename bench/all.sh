@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Every benchmark, then one table of their headline figures: builds lattice (release) and the
-# bench targets once, runs each bench script with BENCH_LATTICE, HYPER_BENCH and ROUTER_BENCH
-# set (so none rebuilds: bench/http.sh and bench/density.sh take the bench targets from them), and
-# prints the `result|NAME|OURS|PEER|UNIT|RATIO|TARGET` lines they printed as one table, with
-# PASS or FAIL where the target is numeric: `>=1.2x …`/`<=0.8x …` are checked against RATIO,
-# `<60 s`-style targets against OURS. Each script's full output is kept in bench/.cache/all/.
+# bench targets once, runs each bench script with BENCH_LATTICE, HYPER_BENCH, ROUTER_BENCH and
+# NATS_RTT_BENCH set (so none rebuilds: bench/http.sh, bench/density.sh and bench/lattice.sh take
+# the bench targets from them), and prints the `result|NAME|OURS|PEER|UNIT|RATIO|TARGET` lines
+# they printed as one table, with PASS or FAIL where the target is numeric: `>=1.2x …`/`<=0.8x …`
+# are checked against RATIO, `<60 s`-style targets against OURS. Each script's full output is
+# kept in bench/.cache/all/.
 # Exits non-zero if a script failed (a non-2xx answer, a failed check), is missing, or printed
 # no result| line; a failed script's figures do not enter the table (a FAILED-RUN row stands
 # for it). A target not met is marked FAIL in the table and counted, not an error of the run;
@@ -40,8 +41,9 @@ echo "building lattice (release) and the bench targets once" >&2
 # it makes sure the shipped binary is in place, and the scripts run a copy of it. The hyper
 # baseline is a crate of its own (bench/hyper-baseline), without those features.
 HYPER_BENCH=$(bench_hyper) && ROUTER_BENCH=$(bench_target router_lookup) \
+  && NATS_RTT_BENCH=$(bench_target nats_rtt) \
   || { echo "building the bench targets failed" >&2; exit 1; }
-export HYPER_BENCH ROUTER_BENCH
+export HYPER_BENCH ROUTER_BENCH NATS_RTT_BENCH
 cargo build --release --quiet || { echo "building lattice failed" >&2; exit 1; }
 cp target/release/lattice "$OUT/lattice"
 export BENCH_LATTICE=$PWD/$OUT/lattice

@@ -7,10 +7,18 @@
 # per run, at one connection (the latency a request pays) and at CONNECTIONS (throughput), and
 # the median p50 difference at one connection: the hop's added latency.
 #
+# Then the floor under the hop: benches/nats_rtt.rs on the same machine, a bare async-nats
+# request/reply over its own leaf → hub → leaf (p50 at one request in flight, and requests/s at
+# CONNECTIONS in flight with payloads the size of a forwarded hello and its answer).
+#
 #   bench/lattice.sh [ROUNDS]        (env: DURATION=10s CONNECTIONS=32 THREADS=2,
-#                                     BENCH_LATTICE=path of a lattice binary, not built then)
+#                                     BENCH_LATTICE=path of a lattice binary, not built then;
+#                                     NATS_RTT_BENCH=the nats_rtt bench executable, built when unset)
 # Headline lines: the median cross-node/local ratio of requests/s at CONNECTIONS (target ≥ 0.5),
-# and the added p50 at one connection.
+# the added p50 at one connection against nats_rtt's leaf → hub → leaf p50 (target ≤ 1.3×), and
+# nats_rtt's requests/s at CONNECTIONS against local: the ceiling bare NATS leaves on this
+# machine for the cross-node figure (no target: three nats-servers, wrk and both nodes share its
+# cores, where a lattice's nodes would each have their own).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -33,6 +41,7 @@ sed -e "s#file://../target/wasm32-wasip2/release/http_hello.wasm#file://$WASM#" 
 grep -q 'role: worker' "$WORK/config/hello.yaml" || { echo "could not add the spread to the manifest" >&2; exit 1; }
 
 LATTICE=${BENCH_LATTICE:-target/release/lattice}
+NATS_RTT=${NATS_RTT_BENCH:-$(bench_target nats_rtt)}
 LOCAL=${LOCAL_PORT:-18280}; REMOTE=${REMOTE_PORT:-18281}
 start_leaf_node worker worker "$WORK/config" "$LOCAL"
 start_leaf_node front front "$WORK/front-config" "$REMOTE"
@@ -60,4 +69,12 @@ echo "median p50 at 1 connection: local $ML ms, cross-node $MR ms, added $(awk -
 [ "$BAD" = 0 ] || { echo "$BAD answers were not 2xx; no figures" >&2; exit 1; }
 MLT=$(median "${LT[@]}"); MRT=$(median "${RT[@]}")
 echo "result|cross-node req/s at $CONNECTIONS conns|$MRT|$MLT|req/s|$(awk -v a="$MRT" -v b="$MLT" 'BEGIN { printf "%.2f", a/b }')|>=0.5x local"
-echo "result|cross-node added p50 at 1 conn|$(awk -v a="$MR" -v b="$ML" 'BEGIN { printf "%.3f", a-b }')|-|ms|-|<=1.3x nats_rtt leaf-hub-leaf p50"
+# The floor, with the nodes stopped (their nats-servers would share the cores).
+bench_cleanup; trap - EXIT; WORK=$(mktemp -d); PIDS=(); trap bench_cleanup EXIT
+ROUNDTRIPS=5000 CONCURRENCY=$CONNECTIONS SECONDS=5 "$NATS_RTT" | tee "$WORK/nats_rtt.out"
+NP50=$(awk '/leaf → hub → leaf +p50/ { print $6 }' "$WORK/nats_rtt.out")
+NRPS=$(awk '/req\/s at/ { print $5 }' "$WORK/nats_rtt.out")
+[ -n "$NP50" ] && [ -n "$NRPS" ] || { echo "nats_rtt printed no figures" >&2; exit 1; }
+ADDED=$(awk -v a="$MR" -v b="$ML" 'BEGIN { printf "%.3f", a-b }')
+echo "result|cross-node added p50 at 1 conn|$ADDED|$NP50|ms|$(ratio "$ADDED" "$NP50")|<=1.3x nats_rtt leaf-hub-leaf p50"
+echo "result|bare nats req/s leaf-hub-leaf at $CONNECTIONS (ceiling)|$NRPS|$MLT|req/s|$(ratio "$NRPS" "$MLT")|-"

@@ -3,7 +3,11 @@
 //! another leaf node, on loopback. `bench/lattice.sh` measures the whole HTTP hop; the
 //! difference between the two is what our RPC adds.
 //!
-//!     cargo bench --bench nats_rtt        (env: ROUNDTRIPS=5000)
+//! Then the throughput of the same request/reply with CONCURRENCY requests in flight (as wrk's
+//! connections), payloads and headers the size of a forwarded hello request and its response:
+//! the ceiling under `bench/lattice.sh`'s cross-node requests/s on this machine.
+//!
+//!     cargo bench --bench nats_rtt        (env: ROUNDTRIPS=5000 CONCURRENCY=32 SECONDS=5)
 #![allow(clippy::unwrap_used)] // a benchmark: a panic is the failure report
 
 use std::process::{Child, Command, Stdio};
@@ -95,6 +99,64 @@ async fn measure(
     (times[n / 2], times[n * 99 / 100])
 }
 
+/// Requests/s of `concurrency` requesters, each sending one request at a time for `seconds`,
+/// to a responder on `responder`, with a ~200-byte request and ~150-byte reply, each with one
+/// NATS header (as a lattice `request` and `response` frame).
+async fn throughput(
+    responder: &async_nats::Client,
+    requester: &async_nats::Client,
+    concurrency: usize,
+    seconds: u64,
+) -> f64 {
+    let mut subscriber = responder
+        .queue_subscribe("tput", "tput".into())
+        .await
+        .unwrap();
+    let reply_client = responder.clone();
+    let task = tokio::spawn(async move {
+        let reply_body = bytes::Bytes::from(vec![b'r'; 150]);
+        while let Some(message) = subscriber.next().await {
+            if let Some(reply) = message.reply {
+                let mut headers = async_nats::HeaderMap::new();
+                headers.insert("Lattice-Rpc-Frame", "response");
+                let _ = reply_client
+                    .publish_with_headers(reply, headers, reply_body.clone())
+                    .await;
+            }
+        }
+    });
+    while requester.request("tput", "warm".into()).await.is_err() {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let until = Instant::now() + Duration::from_secs(seconds);
+    let started = Instant::now();
+    let workers: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let requester = requester.clone();
+            tokio::spawn(async move {
+                let body = bytes::Bytes::from(vec![b'q'; 200]);
+                let mut done = 0u64;
+                while Instant::now() < until {
+                    let mut headers = async_nats::HeaderMap::new();
+                    headers.insert("Lattice-Rpc-Frame", "request");
+                    requester
+                        .request_with_headers("tput", headers, body.clone())
+                        .await
+                        .unwrap();
+                    done += 1;
+                }
+                done
+            })
+        })
+        .collect();
+    let mut total = 0;
+    for worker in workers {
+        total += worker.await.unwrap();
+    }
+    task.abort();
+    total as f64 / started.elapsed().as_secs_f64()
+}
+
 #[tokio::main]
 async fn main() {
     let n: usize = std::env::var("ROUNDTRIPS")
@@ -123,4 +185,14 @@ async fn main() {
     drop(a);
     let (p50, p99) = measure(&b, &a2, n).await;
     println!("leaf → hub → leaf   p50 {p50:.3} ms  p99 {p99:.3} ms  ({n} round trips)");
+    let concurrency: usize = std::env::var("CONCURRENCY")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(32);
+    let seconds: u64 = std::env::var("SECONDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5);
+    let rate = throughput(&b, &a2, concurrency, seconds).await;
+    println!("leaf → hub → leaf   {rate:.0} req/s at {concurrency} in flight ({seconds} s)");
 }
