@@ -71,10 +71,11 @@ MLT=$(median "${LT[@]}"); MRT=$(median "${RT[@]}")
 echo "result|cross-node req/s at $CONNECTIONS conns|$MRT|$MLT|req/s|$(awk -v a="$MRT" -v b="$MLT" 'BEGIN { printf "%.2f", a/b }')|>=0.5x local"
 # The floor, with the nodes stopped (their nats-servers would share the cores).
 bench_cleanup; trap - EXIT; WORK=$(mktemp -d); PIDS=(); trap bench_cleanup EXIT
-ROUNDTRIPS=5000 CONCURRENCY=$CONNECTIONS SECONDS=5 "$NATS_RTT" | tee "$WORK/nats_rtt.out"
-NP50=$(awk '/leaf → hub → leaf +p50/ { print $6 }' "$WORK/nats_rtt.out")
-NRPS=$(awk '/req\/s at/ { print $5 }' "$WORK/nats_rtt.out")
-[ -n "$NP50" ] && [ -n "$NRPS" ] || { echo "nats_rtt printed no figures" >&2; exit 1; }
+ROUNDTRIPS=5000 CONCURRENCY=$CONNECTIONS RUN_SECONDS=5 "$NATS_RTT" | tee "$WORK/nats_rtt.out"
+# `leaf → hub → leaf   p50 X ms …` and `leaf → hub → leaf   N req/s at C in flight …`.
+NP50=$(awk '/leaf → hub → leaf +p50/ { print $7 }' "$WORK/nats_rtt.out")
+NRPS=$(awk '/req\/s at/ { print $6 }' "$WORK/nats_rtt.out")
+[[ $NP50 =~ ^[0-9.]+$ && $NRPS =~ ^[0-9.]+$ ]] || { echo "nats_rtt printed no figures" >&2; exit 1; }
 ADDED=$(awk -v a="$MR" -v b="$ML" 'BEGIN { printf "%.3f", a-b }')
 echo "result|cross-node added p50 at 1 conn|$ADDED|$NP50|ms|$(ratio "$ADDED" "$NP50")|<=1.3x nats_rtt leaf-hub-leaf p50"
 echo "result|bare nats req/s leaf-hub-leaf at $CONNECTIONS (ceiling)|$NRPS|$MLT|req/s|$(ratio "$NRPS" "$MLT")|-"

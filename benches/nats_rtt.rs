@@ -7,7 +7,7 @@
 //! connections), payloads and headers the size of a forwarded hello request and its response:
 //! the ceiling under `bench/lattice.sh`'s cross-node requests/s on this machine.
 //!
-//!     cargo bench --bench nats_rtt        (env: ROUNDTRIPS=5000 CONCURRENCY=32 SECONDS=5)
+//!     cargo bench --bench nats_rtt        (env: ROUNDTRIPS=5000 CONCURRENCY=32 RUN_SECONDS=5)
 #![allow(clippy::unwrap_used)] // a benchmark: a panic is the failure report
 
 use std::process::{Child, Command, Stdio};
@@ -189,7 +189,7 @@ async fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(32);
-    let seconds: u64 = std::env::var("SECONDS")
+    let seconds: u64 = std::env::var("RUN_SECONDS")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(5);

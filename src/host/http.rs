@@ -13,7 +13,8 @@
 //! written when it takes and gives back its slot. Its work is one `component_call` span (fields
 //! `app`, `component`, `otel.kind = internal`, `refused`), a child of the span current where
 //! the request is admitted: instantiation and the guest's run, host calls (keyvalue, outgoing
-//! HTTP) and all, since the guest's task runs inside it. A trap (its root cause, bounded), the
+//! HTTP) and all, since the instance's run goes on inside it (on the request's task, or on a
+//! task of its own once the response is known). A trap (its root cause, bounded), the
 //! deadline, the memory cap or an error code of the guest is recorded on it as an error; a trap
 //! is logged whole outside the span, since its text is partly the guest's. An instance the pool
 //! had no slot for is `refused = "pool"` on the span, not an error: nothing of the guest ran,
@@ -530,7 +531,7 @@ impl Admitted {
     /// Hands `request` to the instance and returns its response. Never fails: 504 when the
     /// deadline passes, 500 when the instance traps or sets no response (logged with the
     /// cause), 503 + `Retry-After` when the pool has no stack for the call. Runs in the
-    /// `component_call` span [`HttpComponent::admit`] opened, and so does the guest's task.
+    /// `component_call` span [`HttpComponent::admit`] opened, and so does the instance's run.
     pub async fn serve<B>(
         self,
         request: hyper::Request<B>,
@@ -599,12 +600,18 @@ impl Admitted {
         // included), then the decision to keep it. Inside the `component_call` span.
         let run_span = span.clone();
         let (run_app, run_name) = (app.clone(), name.clone());
+        // Set once `handle` returned: what is left of the run then is quick (the decision to
+        // keep the instance), so the request's task finishes it instead of a new task.
+        let returned = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let run_returned = returned.clone();
         let run = async move {
             let _permit = permit;
             let call = proxy
                 .wasi_http_incoming_handler()
                 .call_handle(&mut store, req, out);
-            let outcome = match tokio::time::timeout_at(deadline.into(), call).await {
+            let called = tokio::time::timeout_at(deadline.into(), call).await;
+            run_returned.store(true, std::sync::atomic::Ordering::Release);
+            let outcome = match called {
                 Ok(Ok(())) => Outcome::Finished,
                 Ok(Err(e)) if e.downcast_ref::<Trap>() == Some(&Trap::Interrupt) => {
                     Outcome::DeadlineExceeded
@@ -656,7 +663,9 @@ impl Admitted {
                         });
                         return outcome;
                     }
-                    Ok(()) => tracing::debug!("instance not kept: it set no response"),
+                    Ok(()) => tracing::debug!(
+                        "instance not kept: it set no response, or its request was dropped"
+                    ),
                     Err(why) => tracing::debug!(reason = %why, "instance not kept"),
                 }
             } else if reuse_on {
@@ -698,8 +707,9 @@ impl Admitted {
         if let Some(tx) = responded.take() {
             let _ = tx.send(answered.is_ok());
         }
-        if ended.is_none() {
-            // A run whose `handle` returned ends now (kept for reuse, or dropped).
+        if ended.is_none() && returned.load(std::sync::atomic::Ordering::Acquire) {
+            // A run whose `handle` returned ends now (kept for reuse, or dropped); one still in
+            // the guest is detached below, so the response head waits for no guest code.
             ended = running.poll_once();
         }
         match answered {
@@ -719,7 +729,10 @@ impl Admitted {
                     format!("component error: {code:?}\n"),
                 )
             }
-            Err(_) => match ended.or(running.finish().await) {
+            Err(_) => match match ended {
+                Some(ended) => Some(ended),
+                None => running.finish().await,
+            } {
                 Some(Ok(Outcome::DeadlineExceeded)) => deadline_response(timeout),
                 Some(Ok(Outcome::Finished)) => {
                     tracing::error!("component returned without setting a response");
@@ -736,9 +749,21 @@ impl Admitted {
                 Some(Ok(Outcome::PoolExhausted(reason))) => {
                     busy_response(&app, &name, &Saturation::Pool(reason))
                 }
-                Some(Err(_)) | None => {
-                    // The panic hook logged it with its message.
-                    tracing::error!("component run panicked");
+                None => {
+                    // Not reached: a run that ended is in `ended`, else still in `running`.
+                    tracing::error!("component run lost");
+                    text_response(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "component failed; see the node log\n".into(),
+                    )
+                }
+                Some(Err(panic)) => {
+                    let message = panic
+                        .downcast_ref::<&str>()
+                        .map(|s| (*s).to_owned())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_default();
+                    tracing::error!(panic = message, "component run panicked");
                     record_error(&span, &"component run panicked");
                     text_response(
                         StatusCode::INTERNAL_SERVER_ERROR,
@@ -774,10 +799,12 @@ impl Running {
         ended
     }
 
-    /// Waits for the run's end here; `None` when it had ended already.
+    /// Waits for the run's end here; `None` when it had ended already. The run stays in
+    /// `self` meanwhile, so a request dropped during the wait still detaches it.
     async fn finish(&mut self) -> Option<std::thread::Result<Outcome>> {
-        let run = self.0.take()?;
-        Some(run.await)
+        let ended = self.0.as_mut()?.await;
+        self.0 = None;
+        Some(ended)
     }
 
     /// Leaves what is left of the run to a task of its own.

@@ -1117,8 +1117,16 @@ impl Rpc {
                 tokio::select! {
                     response = &mut handling => response,
                     () = tokio::time::sleep(ACCEPT_DELAY), if !head.streamed => {
-                        let _ = peer.send(FrameKind::Accept, None, Bytes::new()).await;
-                        handling.await
+                        // The guest runs inside `handling`: it goes on while the accept is sent.
+                        let accept = peer.send(FrameKind::Accept, None, Bytes::new());
+                        tokio::pin!(accept);
+                        let mut accepted = false;
+                        loop {
+                            tokio::select! {
+                                response = &mut handling => break response,
+                                _ = &mut accept, if !accepted => accepted = true,
+                            }
+                        }
                     }
                 }
             }
