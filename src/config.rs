@@ -144,6 +144,9 @@ pub struct NodeConfig {
     /// `--ca-file`s (absolute): PEM CA certificates outgoing HTTPS trusts besides the system's
     /// roots; checked when the node starts ([`crate::providers::http_client::Egress::new`]).
     pub ca_files: Vec<PathBuf>,
+    /// How this node pulls components from OCI registries: `--registry-creds`,
+    /// `--insecure-registry` and the `--ca-file`s.
+    pub registry: crate::reconciler::oci::RegistrySettings,
     /// `--allowed-listen`: where apps may open listeners of their own.
     pub allowed_listen: ListenPolicy,
     /// Which keyvalue buckets links may name here and which keyvalue-sled ones are shared
@@ -191,6 +194,9 @@ struct FileConfig {
     /// One file or a list; relative to the config dir.
     #[serde(default)]
     ca_file: OneOrMany,
+    /// Relative to the config dir.
+    registry_creds: Option<PathBuf>,
+    insecure_registry: Option<Vec<String>>,
     allowed_listen: Option<Vec<String>>,
     shared_bucket: Option<Vec<String>>,
     allowed_buckets: Option<Vec<String>>,
@@ -428,6 +434,18 @@ impl NodeConfig {
                 .map(absolute)
                 .collect::<anyhow::Result<Vec<_>>>()?
         };
+        let registry = crate::reconciler::oci::RegistrySettings {
+            creds_file: match args.registry_creds {
+                Some(path) => Some(absolute(path)?),
+                None => file.registry_creds.map(|path| config_dir.join(path)),
+            },
+            insecure: if args.insecure_registries.is_empty() {
+                file.insecure_registry.unwrap_or_default()
+            } else {
+                args.insecure_registries
+            },
+            ca_files: ca_files.clone(),
+        };
         let js_domain = args.js_domain.or(file.js_domain);
         if let Some(domain) = &js_domain {
             Name::check(domain).map_err(|e| anyhow::anyhow!("--js-domain {domain:?}: {e}"))?;
@@ -506,6 +524,7 @@ impl NodeConfig {
             store_replicas,
             log_filter: args.log.or(file.log).unwrap_or_else(|| "info".to_owned()),
             ca_files,
+            registry,
             allowed_listen,
             buckets,
             warnings,

@@ -20,6 +20,7 @@ use async_nats::jetstream::object_store::{self, ObjectStore};
 use futures::TryStreamExt;
 use tokio::io::AsyncReadExt;
 
+use super::oci::{OciError, OciPin, Registry, RegistrySettings};
 use crate::host::sha256_hex;
 use crate::nats::{SharedJetStream, subjects};
 
@@ -45,6 +46,9 @@ pub struct Artifacts {
     unused_since: Arc<Mutex<BTreeMap<String, Instant>>>,
     /// Replicas of the object store when this node creates it (`--store-replicas`).
     replicas: usize,
+    /// How components named by OCI reference are pulled; anonymous, HTTPS only, until
+    /// [`Artifacts::with_registry`].
+    registry: Arc<std::sync::OnceLock<Registry>>,
 }
 
 impl Artifacts {
@@ -57,7 +61,88 @@ impl Artifacts {
             dir,
             unused_since: Arc::default(),
             replicas: 1,
+            registry: Arc::default(),
         }
+    }
+
+    /// These artifacts, pulling components named by OCI reference through `registry`.
+    pub fn with_registry(self, registry: Registry) -> Artifacts {
+        let _ = self.registry.set(registry);
+        self
+    }
+
+    /// The registry client ([`Artifacts::with_registry`], else anonymous over HTTPS with the
+    /// docker config's credentials).
+    pub fn registry(&self) -> &Registry {
+        self.registry.get_or_init(|| {
+            Registry::new(&RegistrySettings::default()).unwrap_or_else(|e| {
+                tracing::warn!(
+                    error = format!("{e:#}"),
+                    "registry credentials not read; pulling anonymously"
+                );
+                Registry::anonymous()
+            })
+        })
+    }
+
+    /// Whether this node's cache holds `digest` (verified).
+    pub fn cached(&self, digest: &str) -> bool {
+        self.dir.as_ref().is_some_and(|dir| {
+            std::fs::read(dir.join(format!("{digest}.wasm")))
+                .is_ok_and(|bytes| sha256_hex(&bytes) == digest)
+        })
+    }
+
+    /// The bytes of `digest` ([`Artifacts::fetch`]); when the store does not hold them and
+    /// `pin` names the registry manifest they came from, pulled from the registry by that
+    /// digest, verified against `digest`, then put back into the store (or, failing that,
+    /// this node's cache).
+    ///
+    /// # Errors
+    /// As [`Artifacts::fetch`] without a pin; with one, the pull's [`OciError`] (one line
+    /// naming the pinned reference), or bytes of another digest.
+    pub async fn fetch_component(
+        &self,
+        digest: &str,
+        pin: Option<&OciPin>,
+    ) -> anyhow::Result<Vec<u8>> {
+        let Some(pin) = pin else {
+            return self.fetch(digest).await;
+        };
+        let missing = match self.fetch(digest).await {
+            Ok(bytes) => return Ok(bytes),
+            Err(e) => e,
+        };
+        tracing::info!(
+            digest,
+            image = pin.reference,
+            manifest = pin.digest,
+            reason = format!("{missing:#}"),
+            "artifact not in the lattice store; pulling it from its registry by digest"
+        );
+        let pulled = self.registry().pull_pinned(pin).await?;
+        let actual = sha256_hex(&pulled.wasm);
+        if actual != digest {
+            return Err(OciError::DigestMismatch {
+                reference: format!("{}@{}", pin.reference, pin.digest),
+                expected: format!("sha256:{digest}"),
+                actual: format!("sha256:{actual}"),
+            }
+            .into());
+        }
+        if let Err(e) = self.upload(&pulled.wasm).await {
+            tracing::warn!(
+                digest,
+                error = format!("{e:#}"),
+                "cannot put the pulled artifact into the lattice store"
+            );
+            if self.dir.is_some() {
+                let _ = self.keep_here(&pulled.wasm).await;
+            }
+        } else if let Some(dir) = &self.dir {
+            let _ = write_atomically(&dir.join(format!("{digest}.wasm")), &pulled.wasm).await;
+        }
+        Ok(pulled.wasm)
     }
 
     /// These artifacts, the object store created with `replicas` replicas (`--store-replicas`)

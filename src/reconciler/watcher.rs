@@ -518,7 +518,9 @@ impl DirDeployer {
         } else {
             ImagesTo::Lattice
         };
-        let images = deploy::upload_images(&manifest, self.store.artifacts(), to)
+        // Tags resolve now, as the file deploys (not when the node restarts: an unchanged file
+        // is not deployed again).
+        let resolved = deploy::resolve_images(&manifest, self.store.artifacts(), to, None)
             .await
             .map_err(to_failure)?;
         let outcome = self
@@ -526,7 +528,8 @@ impl DirDeployer {
             .deploy_file(DeployRequest {
                 manifest: text.to_owned(),
                 version: None,
-                images,
+                images: resolved.images.clone(),
+                oci: resolved.oci.clone(),
                 source: source.clone(),
             })
             .await
@@ -540,9 +543,14 @@ impl DirDeployer {
             tracing::info!(file = %path.display(), app = name, version = outcome.version, "manifest deployed to the lattice");
             // An artifact found already stored may have been collected between the upload and
             // the store (its last user undeployed meanwhile): put it back.
-            deploy::upload_images(&manifest, self.store.artifacts(), ImagesTo::Lattice)
-                .await
-                .map_err(to_failure)?;
+            deploy::resolve_images(
+                &manifest,
+                self.store.artifacts(),
+                ImagesTo::Lattice,
+                Some(&resolved),
+            )
+            .await
+            .map_err(to_failure)?;
         }
         // The same file naming another app now: that app goes.
         let renamed: Vec<String> = mirror

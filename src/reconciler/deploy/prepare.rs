@@ -56,8 +56,10 @@ pub(super) fn prepare(request: &DeployRequest) -> Result<Prepared, DeployError> 
     Ok(Prepared { manifest, version })
 }
 
-/// `version` with a suffix naming the content of `request` (`+sha-<12 hex>`).
-pub(super) fn suffixed(version: &str, request: &DeployRequest) -> String {
+/// `version` with a suffix naming the content of `request` (`+sha-<12 hex>`): a config-dir
+/// file edited in place, or `lattice app deploy --refresh` whose tags moved, keeps its version
+/// name with this suffix.
+pub fn suffixed(version: &str, request: &DeployRequest) -> String {
     let mut hasher = Sha256::new();
     hasher.update(request.manifest.as_bytes());
     for (component, digest) in &request.images {

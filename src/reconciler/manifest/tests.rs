@@ -165,9 +165,9 @@ fn errors_name_the_yaml_path() {
 
     let e = parse_err(&HELLO.replace(
         "file://./build/http_hello_world_s.wasm",
-        "ghcr.io/wasmcloud/components/hello:0.1",
+        "ghcr.io/Wasmcloud/hello:0.1",
     ));
-    assert!(e.reason.contains("OCI"), "{e}");
+    assert!(e.reason.contains("nor an OCI reference"), "{e}");
 
     let e = parse_err(&HELLO.replace("  name: hello-world\n", ""));
     assert_eq!(e.field, "metadata");
@@ -622,4 +622,30 @@ fn an_unknown_lattice_key_is_warned_about() {
         warned[0]
     );
     assert!(m.warnings.iter().all(|w| !w.contains("greeting")));
+}
+
+#[test]
+fn oci_references_are_images() {
+    for (written, kept) in [
+        (
+            "ghcr.io/wasmcloud/components/http-hello-world-rust:0.1.0",
+            "ghcr.io/wasmcloud/components/http-hello-world-rust:0.1.0",
+        ),
+        ("oci://127.0.0.1:5000/hello:v1", "127.0.0.1:5000/hello:v1"),
+        (
+            "localhost:5000/hello@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+            "localhost:5000/hello@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+        ),
+    ] {
+        let m = parse(
+            &HELLO.replace("file://./build/http_hello_world_s.wasm", written),
+            Path::new("/base"),
+        )
+        .unwrap();
+        assert_eq!(
+            m.components[0].image,
+            Image::Oci(kept.to_owned()),
+            "{written}"
+        );
+    }
 }
