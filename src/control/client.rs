@@ -75,7 +75,6 @@ pub async fn app(command: AppCommand) -> anyhow::Result<ExitCode> {
             registry,
             client,
         } => {
-            let registry = Registry::new(&registry.settings())?;
             let options = DeployOptions {
                 version,
                 js_domain,
@@ -184,8 +183,8 @@ struct DeployOptions {
     js_domain: Option<String>,
     /// `--refresh`: resolve OCI tags again.
     refresh: bool,
-    /// The registry client of `--registry-creds`, `--insecure-registry`, `--ca-file`.
-    registry: Registry,
+    /// `--registry-creds`, `--insecure-registry`, `--ca-file`.
+    registry: crate::cli::RegistryArgs,
 }
 
 /// `lattice app deploy`: parse and check the manifest here, upload its files (and pull its OCI
@@ -271,9 +270,16 @@ async fn deploy_through(
     }
     let js_domain = options.js_domain.or(config.js_domain);
     let js = crate::nats::SharedJetStream::fixed(nats.client.clone(), js_domain);
-    let artifacts = Artifacts::new(js, &client.lattice, None)
-        .with_replicas(config.store_replicas)
-        .with_registry(options.registry);
+    let mut artifacts =
+        Artifacts::new(js, &client.lattice, None).with_replicas(config.store_replicas);
+    // Credentials are read only for a manifest naming an OCI image.
+    if manifest
+        .components
+        .iter()
+        .any(|c| matches!(c.image, manifest::Image::Oci(_)))
+    {
+        artifacts = artifacts.with_registry(Registry::new(&options.registry.settings())?);
+    }
     let pinned = deployed_pins(nats, &manifest.name).await;
     let keep = pinned.as_ref().filter(|_| !options.refresh);
     let resolved = resolve_images(manifest, &artifacts, ImagesTo::Lattice, keep)

@@ -218,11 +218,12 @@ impl Credentials {
         files
     }
 
-    /// Reads `files`; one that does not exist is skipped, unless it is `required`.
+    /// Reads `files`; one that does not exist or is no docker config is skipped (the latter
+    /// with a warning), unless it is `required`.
     ///
     /// # Errors
-    /// A file that exists (or is `required`) cannot be read or is not a docker config (the
-    /// message names it).
+    /// The `required` file cannot be read or is not a docker config, or another file exists
+    /// but cannot be read (the message names it).
     pub fn read(files: &[PathBuf], required: Option<&Path>) -> anyhow::Result<Credentials> {
         let mut credentials = Credentials::default();
         for file in files {
@@ -236,9 +237,14 @@ impl Credentials {
                 }
                 Err(e) => anyhow::bail!("registry credentials {}: {e}", file.display()),
             };
-            credentials
-                .add(&text)
-                .map_err(|e| anyhow::anyhow!("registry credentials {}: {e}", file.display()))?;
+            if let Err(e) = credentials.add(&text) {
+                // Only the file asked for stops a node or command; a docker config of
+                // another shape (a tool's own fields) is skipped, with a warning.
+                if required == Some(file.as_path()) {
+                    anyhow::bail!("registry credentials {}: {e}", file.display());
+                }
+                tracing::warn!(file = %file.display(), error = e, "docker config not read; its registry credentials are not used");
+            }
         }
         Ok(credentials)
     }
@@ -847,7 +853,7 @@ mod tests {
         assert_eq!(pinned.digest(), Some(pin.digest.as_str()));
         assert_eq!(pinned.repository(), "wasmcloud/components/x");
         assert!(matches!(
-            parse_reference("UPPER/x:1"),
+            parse_reference("ghcr.io/x:a:b"),
             Err(OciError::BadReference { .. })
         ));
     }

@@ -2,6 +2,7 @@
 //! builds the example components once, and reads the node's log.
 #![allow(dead_code)]
 
+pub mod certs;
 pub mod hub;
 pub mod lattice;
 pub mod observe;

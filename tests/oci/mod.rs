@@ -51,18 +51,27 @@ fn push(
     file: &Path,
     docker: Option<&Path>,
 ) -> Result<String, String> {
+    push_with(
+        reference,
+        file,
+        &["--insecure-registry", &registry.host],
+        docker,
+    )
+}
+
+/// `lattice push REF FILE FLAGS`, with the docker config `docker`; the printed digest, or the
+/// failed run's stderr.
+fn push_with(
+    reference: &str,
+    file: &Path,
+    flags: &[&str],
+    docker: Option<&Path>,
+) -> Result<String, String> {
     let file = file.to_string_lossy();
     let env: Vec<(&str, &Path)> = docker.map(|d| ("DOCKER_CONFIG", d)).into_iter().collect();
-    let out = lattice(
-        &[
-            "push",
-            reference,
-            &file,
-            "--insecure-registry",
-            &registry.host,
-        ],
-        &env,
-    );
+    let mut args = vec!["push", reference, &file];
+    args.extend_from_slice(flags);
+    let out = lattice(&args, &env);
     let stdout = String::from_utf8_lossy(&out.stdout).trim().to_owned();
     if out.status.success() {
         Ok(stdout)
@@ -71,8 +80,8 @@ fn push(
     }
 }
 
-/// `lattice app deploy FILE -o json [flags]` through `via`, with the docker config `docker`:
-/// the outcome, or the failed run's stderr.
+/// `lattice app deploy FILE -o json --insecure-registry <registry> [flags]` through `via`,
+/// with the docker config `docker`: the outcome, or the failed run's stderr.
 fn deploy(
     via: &Member,
     registry: &Registry,
@@ -80,10 +89,22 @@ fn deploy(
     flags: &[&str],
     docker: Option<&Path>,
 ) -> Result<Value, String> {
+    let mut all = vec!["--insecure-registry", registry.host.as_str()];
+    all.extend_from_slice(flags);
+    deploy_with(via, file, &all, docker)
+}
+
+/// `lattice app deploy FILE -o json [flags]` through `via`, with the docker config `docker`:
+/// the outcome, or the failed run's stderr.
+fn deploy_with(
+    via: &Member,
+    file: &Path,
+    flags: &[&str],
+    docker: Option<&Path>,
+) -> Result<Value, String> {
     let file = file.to_string_lossy();
     let data = via.data_dir.to_string_lossy();
     let mut args = vec!["app", "deploy", &file, "--data-dir", &data, "-o", "json"];
-    args.extend_from_slice(&["--insecure-registry", &registry.host]);
     args.extend_from_slice(flags);
     let env: Vec<(&str, &Path)> = docker.map(|d| ("DOCKER_CONFIG", d)).into_iter().collect();
     let out = lattice(&args, &env);
@@ -228,7 +249,7 @@ fn oci_a_node_started_after_the_registry_stopped_runs_the_app_from_the_artifact_
 
 #[test]
 fn oci_basic_auth_pulls_with_a_docker_config_and_says_unauthorized_without() {
-    let registry = Registry::start_with(Some(("ann", "s3cret")));
+    let registry = Registry::start_with(Some(("ann", "s3cret")), None);
     let reference = format!("{}/private/hello:v1", registry.host);
     let hello = example_wasm("http-hello");
     let creds = docker_config(&registry.host, "ann", "s3cret");
@@ -485,4 +506,52 @@ fn oci_wrong_media_type_digest_mismatch_and_unknown_tag_each_give_their_error() 
     all_answer(&[&a], "/errs", "Hello", TIMEOUT);
     let history = a.json(&["app", "history", "errs"]);
     assert_eq!(history.as_array().unwrap().len(), 1, "{history}");
+}
+
+#[test]
+fn oci_https_registries_are_trusted_through_ca_file_and_plain_http_only_when_listed() {
+    let certs = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = crate::common::certs::ca_and_server_cert(certs.path(), "registry");
+    let tls = Registry::start_with(None, Some((&cert, &key)));
+    let hello = example_wasm("http-hello");
+    let reference = format!("{}/tls/hello:v1", tls.host);
+    // An unknown CA: refused, naming the reference.
+    let e = push_with(&reference, &hello, &[], None).unwrap_err();
+    assert!(
+        e.contains(&format!("{reference}: registry unreachable")),
+        "{e}"
+    );
+    let ca_flag = ca.to_string_lossy().into_owned();
+    let pushed = push_with(&reference, &hello, &["--ca-file", &ca_flag], None).unwrap();
+    assert!(pushed.starts_with("sha256:"), "{pushed}");
+
+    let hub = Hub::start();
+    let a = join_with(&hub, "a", "z1", &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(dir.path(), "app.yaml", &manifest("tls", &reference, "/tls"));
+    let e = deploy_with(&a, &file, &[], None).unwrap_err();
+    assert!(
+        e.contains(&format!("{reference}: registry unreachable")),
+        "{e}"
+    );
+    deploy_with(&a, &file, &["--ca-file", &ca_flag], None).unwrap();
+    all_answer(&[&a], "/tls", "Hello", TIMEOUT);
+    assert_eq!(deployed(&a, "tls")["oci"]["web"]["digest"], pushed.as_str());
+
+    // A plain-HTTP registry on loopback is reached only when listed.
+    let plain = Registry::start();
+    let reference = format!("{}/plain/hello:v1", plain.host);
+    push(&plain, &reference, &hello, None).unwrap();
+    let file = write(
+        dir.path(),
+        "plain.yaml",
+        &manifest("plain", &reference, "/plain"),
+    );
+    let e = deploy_with(&a, &file, &[], None).unwrap_err();
+    assert!(
+        e.contains(&format!("{reference}: registry unreachable")),
+        "{e}"
+    );
+    deploy(&a, &plain, &file, &[], None).unwrap();
+    all_answer(&[&a], "/plain", "Hello", TIMEOUT);
 }

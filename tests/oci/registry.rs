@@ -25,13 +25,14 @@ pub struct Registry {
 }
 
 impl Registry {
-    /// Starts a registry without auth; waits until it answers `/v2/`.
+    /// Starts a registry without auth, over plain HTTP; waits until it answers `/v2/`.
     pub fn start() -> Registry {
-        Registry::start_with(None)
+        Registry::start_with(None, None)
     }
 
-    /// Starts a registry requiring basic auth of `(user, password)` when given.
-    pub fn start_with(auth: Option<(&str, &str)>) -> Registry {
+    /// Starts a registry requiring basic auth of `(user, password)` when given, over HTTPS
+    /// with `tls` (certificate and key, PEM) when given.
+    pub fn start_with(auth: Option<(&str, &str)>, tls: Option<(&Path, &Path)>) -> Registry {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let host = format!("127.0.0.1:{port}");
@@ -39,6 +40,13 @@ impl Registry {
             "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {host}\n  secret: lattice-test\n",
             dir.path().join("storage").display()
         );
+        if let Some((cert, key)) = tls {
+            config.push_str(&format!(
+                "  tls:\n    certificate: {}\n    key: {}\n",
+                cert.display(),
+                key.display()
+            ));
+        }
         if let Some((user, password)) = auth {
             let hash = bcrypt::hash(password, 5).unwrap();
             std::fs::write(dir.path().join("htpasswd"), format!("{user}:{hash}\n")).unwrap();

@@ -165,7 +165,7 @@ fn errors_name_the_yaml_path() {
 
     let e = parse_err(&HELLO.replace(
         "file://./build/http_hello_world_s.wasm",
-        "ghcr.io/Wasmcloud/hello:0.1",
+        "ghcr.io/hello:a:b",
     ));
     assert!(e.reason.contains("nor an OCI reference"), "{e}");
 
