@@ -15,11 +15,9 @@
 //! write; credential helpers are not run). HTTPS trusts the system's roots plus `--ca-file`;
 //! plain HTTP only for the registries of `--insecure-registry HOST[:PORT]`.
 
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
-use base64::Engine as _;
 use futures::StreamExt as _;
 use oci_client::client::{ClientConfig, ClientProtocol, Config, ImageLayer};
 use oci_client::errors::OciDistributionError;
@@ -28,6 +26,9 @@ use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference, RegistryOperation};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
+
+mod credentials;
+pub use credentials::Credentials;
 
 use super::artifacts::MAX_COMPONENT_BYTES;
 use crate::host::hex;
@@ -179,128 +180,6 @@ pub struct RegistrySettings {
     pub insecure: Vec<String>,
     /// PEM files of CA certificates trusted besides the system's roots.
     pub ca_files: Vec<PathBuf>,
-}
-
-/// Static credentials by registry host, from docker `config.json` files (format:
-/// <https://github.com/docker/cli/blob/master/man/docker-config-json.5.md>, the `auths` object:
-/// `auth` = base64 of `user:password`, or `username` and `password`; `identitytoken` as a bearer
-/// token).
-#[derive(Debug, Clone, Default)]
-pub struct Credentials {
-    /// Registry host (`ghcr.io`, `127.0.0.1:5000`) → its auth; the first file naming a host wins.
-    by_host: BTreeMap<String, RegistryAuth>,
-}
-
-#[derive(Deserialize)]
-struct DockerConfig {
-    #[serde(default)]
-    auths: BTreeMap<String, DockerAuth>,
-}
-
-#[derive(Deserialize)]
-struct DockerAuth {
-    auth: Option<String>,
-    username: Option<String>,
-    password: Option<String>,
-    identitytoken: Option<String>,
-}
-
-impl Credentials {
-    /// The files read, in order: `creds_file`, `$DOCKER_CONFIG/config.json`,
-    /// `~/.docker/config.json` (a missing one is skipped).
-    pub fn default_files(creds_file: Option<&Path>) -> Vec<PathBuf> {
-        let mut files: Vec<PathBuf> = creds_file.map(Path::to_path_buf).into_iter().collect();
-        if let Some(dir) = std::env::var_os("DOCKER_CONFIG") {
-            files.push(PathBuf::from(dir).join("config.json"));
-        } else if let Some(home) = std::env::var_os("HOME") {
-            files.push(PathBuf::from(home).join(".docker/config.json"));
-        }
-        files
-    }
-
-    /// Reads `files`; one that does not exist or is no docker config is skipped (the latter
-    /// with a warning), unless it is `required`.
-    ///
-    /// # Errors
-    /// The `required` file cannot be read or is not a docker config, or another file exists
-    /// but cannot be read (the message names it).
-    pub fn read(files: &[PathBuf], required: Option<&Path>) -> anyhow::Result<Credentials> {
-        let mut credentials = Credentials::default();
-        for file in files {
-            let text = match std::fs::read_to_string(file) {
-                Ok(text) => text,
-                Err(e)
-                    if e.kind() == std::io::ErrorKind::NotFound
-                        && required != Some(file.as_path()) =>
-                {
-                    continue;
-                }
-                Err(e) => anyhow::bail!("registry credentials {}: {e}", file.display()),
-            };
-            if let Err(e) = credentials.add(&text) {
-                // Only the file asked for stops a node or command; a docker config of
-                // another shape (a tool's own fields) is skipped, with a warning.
-                if required == Some(file.as_path()) {
-                    anyhow::bail!("registry credentials {}: {e}", file.display());
-                }
-                tracing::warn!(file = %file.display(), error = e, "docker config not read; its registry credentials are not used");
-            }
-        }
-        Ok(credentials)
-    }
-
-    /// Adds the `auths` of one docker `config.json` text, keeping hosts already known.
-    ///
-    /// # Errors
-    /// Not JSON of that shape, or an `auth` that is not base64 of `user:password`.
-    pub fn add(&mut self, text: &str) -> Result<(), String> {
-        let config: DockerConfig = serde_json::from_str(text).map_err(|e| e.to_string())?;
-        for (key, entry) in config.auths {
-            let auth = if let Some(token) = entry.identitytoken.filter(|t| !t.is_empty()) {
-                RegistryAuth::Bearer(token)
-            } else if let Some(encoded) = entry.auth.filter(|a| !a.is_empty()) {
-                let decoded = base64::engine::general_purpose::STANDARD
-                    .decode(encoded.trim())
-                    .map_err(|e| format!("auths.{key}.auth: not base64: {e}"))?;
-                let decoded = String::from_utf8(decoded)
-                    .map_err(|_| format!("auths.{key}.auth: not UTF-8"))?;
-                let (user, password) = decoded
-                    .split_once(':')
-                    .ok_or_else(|| format!("auths.{key}.auth: not user:password"))?;
-                RegistryAuth::Basic(user.to_owned(), password.to_owned())
-            } else if let (Some(user), Some(password)) = (entry.username, entry.password) {
-                RegistryAuth::Basic(user, password)
-            } else {
-                continue;
-            };
-            self.by_host.entry(host_of(&key)).or_insert(auth);
-        }
-        Ok(())
-    }
-
-    /// The auth for `registry` (a reference's registry); anonymous when none is known.
-    pub fn for_registry(&self, registry: &str) -> RegistryAuth {
-        let docker_hub = ["docker.io", "index.docker.io", "registry-1.docker.io"];
-        self.by_host
-            .get(registry)
-            .or_else(|| {
-                docker_hub
-                    .contains(&registry)
-                    .then(|| docker_hub.iter().find_map(|h| self.by_host.get(*h)))
-                    .flatten()
-            })
-            .cloned()
-            .unwrap_or(RegistryAuth::Anonymous)
-    }
-}
-
-/// The host of an `auths` key: `https://index.docker.io/v1/` → `index.docker.io`.
-fn host_of(key: &str) -> String {
-    let rest = key
-        .strip_prefix("https://")
-        .or_else(|| key.strip_prefix("http://"))
-        .unwrap_or(key);
-    rest.split('/').next().unwrap_or(rest).to_owned()
 }
 
 /// A component pulled: its bytes and where they came from.
@@ -736,132 +615,4 @@ fn one_line(text: &str) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn manifest(config: &str, layers: &[(&str, u64)]) -> Vec<u8> {
-        let layers: Vec<serde_json::Value> = layers
-            .iter()
-            .map(|(media_type, size)| {
-                serde_json::json!({"mediaType": media_type, "size": size,
-                    "digest": format!("sha256:{}", "a".repeat(64))})
-            })
-            .collect();
-        serde_json::to_vec(&serde_json::json!({
-            "schemaVersion": 2,
-            "mediaType": OCI_MANIFEST,
-            "config": {"mediaType": config, "size": 2, "digest": format!("sha256:{}", "b".repeat(64))},
-            "layers": layers,
-        }))
-        .unwrap()
-    }
-
-    #[test]
-    fn the_wasm_layouts_in_use_are_accepted() {
-        for (config, layer) in [
-            (WASM_CONFIG, WASM_LAYER),
-            (
-                "application/vnd.wasmcloud.actor.archive.config",
-                WASMCLOUD_LAYER,
-            ),
-            (
-                "application/vnd.oci.image.config.v1+json",
-                "application/vnd.oci.image.layer.v1.tar",
-            ),
-        ] {
-            let found = wasm_layer("r", &manifest(config, &[(layer, 10)])).unwrap();
-            assert_eq!(found.media_type, layer);
-        }
-        // A wasm layer beside other layers (wash's annotations, a signature) is the one.
-        let found = wasm_layer(
-            "r",
-            &manifest(WASM_CONFIG, &[("text/plain", 1), (WASM_LAYER, 10)]),
-        )
-        .unwrap();
-        assert_eq!(found.media_type, WASM_LAYER);
-    }
-
-    #[test]
-    fn another_layout_is_refused_naming_its_media_types() {
-        let e = wasm_layer(
-            "reg/app:1",
-            &manifest(
-                "application/vnd.oci.image.config.v1+json",
-                &[("a/b", 1), ("c/d", 1)],
-            ),
-        )
-        .unwrap_err();
-        let text = e.to_string();
-        assert!(matches!(e, OciError::MediaType { .. }), "{text}");
-        assert!(text.starts_with("reg/app:1: wrong media type"), "{text}");
-        assert!(text.contains("layers [a/b, c/d]"), "{text}");
-        let index = serde_json::json!({"schemaVersion": 2,
-            "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": []});
-        let e = wasm_layer("reg/app:1", &serde_json::to_vec(&index).unwrap()).unwrap_err();
-        assert!(
-            e.to_string()
-                .contains("application/vnd.oci.image.index.v1+json"),
-            "{e}"
-        );
-    }
-
-    #[test]
-    fn a_layer_declared_too_large_is_refused_before_download() {
-        let e = wasm_layer(
-            "reg/big:1",
-            &manifest(WASM_CONFIG, &[(WASM_LAYER, MAX_COMPONENT_BYTES + 1)]),
-        )
-        .unwrap_err();
-        assert!(matches!(e, OciError::TooLarge { .. }), "{e}");
-        assert!(e.to_string().starts_with("reg/big:1: too large"), "{e}");
-    }
-
-    #[test]
-    fn docker_config_auths_are_read_by_host() {
-        let mut creds = Credentials::default();
-        let auth = base64::engine::general_purpose::STANDARD.encode("ann:secret");
-        creds
-            .add(&format!(
-                r#"{{"auths": {{"127.0.0.1:5000": {{"auth": "{auth}"}},
-                   "https://index.docker.io/v1/": {{"username": "bob", "password": "pw"}}}},
-                   "credsStore": "desktop"}}"#
-            ))
-            .unwrap();
-        assert_eq!(
-            creds.for_registry("127.0.0.1:5000"),
-            RegistryAuth::Basic("ann".into(), "secret".into())
-        );
-        assert_eq!(
-            creds.for_registry("docker.io"),
-            RegistryAuth::Basic("bob".into(), "pw".into())
-        );
-        assert_eq!(creds.for_registry("ghcr.io"), RegistryAuth::Anonymous);
-        assert!(creds.add(r#"{"auths": {"x": {"auth": "!!"}}}"#).is_err());
-    }
-
-    #[test]
-    fn references_parse_with_or_without_oci_scheme() {
-        let r = parse_reference("oci://127.0.0.1:5000/hello:v1").unwrap();
-        assert_eq!(r.registry(), "127.0.0.1:5000");
-        assert_eq!(r.repository(), "hello");
-        assert_eq!(r.tag(), Some("v1"));
-        let pin = OciPin {
-            reference: "ghcr.io/wasmcloud/components/x:0.1.0".into(),
-            digest: format!("sha256:{}", "c".repeat(64)),
-        };
-        let pinned = pin.pinned().unwrap();
-        assert_eq!(pinned.digest(), Some(pin.digest.as_str()));
-        assert_eq!(pinned.repository(), "wasmcloud/components/x");
-        assert!(matches!(
-            parse_reference("ghcr.io/x:a:b"),
-            Err(OciError::BadReference { .. })
-        ));
-    }
-
-    #[test]
-    fn only_components_count_as_components() {
-        assert!(is_component(b"\0asm\x0d\x00\x01\x00rest"));
-        assert!(!is_component(b"\0asm\x01\x00\x00\x00"));
-        assert!(!is_component(b"tar"));
-    }
-}
+mod tests;

@@ -1,0 +1,131 @@
+//! Tests of the layouts accepted, the docker config format and references.
+
+use base64::Engine as _;
+
+use super::*;
+
+fn manifest(config: &str, layers: &[(&str, u64)]) -> Vec<u8> {
+    let layers: Vec<serde_json::Value> = layers
+        .iter()
+        .map(|(media_type, size)| {
+            serde_json::json!({"mediaType": media_type, "size": size,
+                "digest": format!("sha256:{}", "a".repeat(64))})
+        })
+        .collect();
+    serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": config, "size": 2, "digest": format!("sha256:{}", "b".repeat(64))},
+        "layers": layers,
+    }))
+    .unwrap()
+}
+
+#[test]
+fn the_wasm_layouts_in_use_are_accepted() {
+    for (config, layer) in [
+        (WASM_CONFIG, WASM_LAYER),
+        (
+            "application/vnd.wasmcloud.actor.archive.config",
+            WASMCLOUD_LAYER,
+        ),
+        (
+            "application/vnd.oci.image.config.v1+json",
+            "application/vnd.oci.image.layer.v1.tar",
+        ),
+    ] {
+        let found = wasm_layer("r", &manifest(config, &[(layer, 10)])).unwrap();
+        assert_eq!(found.media_type, layer);
+    }
+    // A wasm layer beside other layers (wash's annotations, a signature) is the one.
+    let found = wasm_layer(
+        "r",
+        &manifest(WASM_CONFIG, &[("text/plain", 1), (WASM_LAYER, 10)]),
+    )
+    .unwrap();
+    assert_eq!(found.media_type, WASM_LAYER);
+}
+
+#[test]
+fn another_layout_is_refused_naming_its_media_types() {
+    let e = wasm_layer(
+        "reg/app:1",
+        &manifest(
+            "application/vnd.oci.image.config.v1+json",
+            &[("a/b", 1), ("c/d", 1)],
+        ),
+    )
+    .unwrap_err();
+    let text = e.to_string();
+    assert!(matches!(e, OciError::MediaType { .. }), "{text}");
+    assert!(text.starts_with("reg/app:1: wrong media type"), "{text}");
+    assert!(text.contains("layers [a/b, c/d]"), "{text}");
+    let index = serde_json::json!({"schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": []});
+    let e = wasm_layer("reg/app:1", &serde_json::to_vec(&index).unwrap()).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("application/vnd.oci.image.index.v1+json"),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_layer_declared_too_large_is_refused_before_download() {
+    let e = wasm_layer(
+        "reg/big:1",
+        &manifest(WASM_CONFIG, &[(WASM_LAYER, MAX_COMPONENT_BYTES + 1)]),
+    )
+    .unwrap_err();
+    assert!(matches!(e, OciError::TooLarge { .. }), "{e}");
+    assert!(e.to_string().starts_with("reg/big:1: too large"), "{e}");
+}
+
+#[test]
+fn docker_config_auths_are_read_by_host() {
+    let mut creds = Credentials::default();
+    let auth = base64::engine::general_purpose::STANDARD.encode("ann:secret");
+    creds
+        .add(&format!(
+            r#"{{"auths": {{"127.0.0.1:5000": {{"auth": "{auth}"}},
+               "https://index.docker.io/v1/": {{"username": "bob", "password": "pw"}}}},
+               "credsStore": "desktop"}}"#
+        ))
+        .unwrap();
+    assert_eq!(
+        creds.for_registry("127.0.0.1:5000"),
+        RegistryAuth::Basic("ann".into(), "secret".into())
+    );
+    assert_eq!(
+        creds.for_registry("docker.io"),
+        RegistryAuth::Basic("bob".into(), "pw".into())
+    );
+    assert_eq!(creds.for_registry("ghcr.io"), RegistryAuth::Anonymous);
+    assert!(creds.add(r#"{"auths": {"x": {"auth": "!!"}}}"#).is_err());
+}
+
+#[test]
+fn references_parse_with_or_without_oci_scheme() {
+    let r = parse_reference("oci://127.0.0.1:5000/hello:v1").unwrap();
+    assert_eq!(r.registry(), "127.0.0.1:5000");
+    assert_eq!(r.repository(), "hello");
+    assert_eq!(r.tag(), Some("v1"));
+    let pin = OciPin {
+        reference: "ghcr.io/wasmcloud/components/x:0.1.0".into(),
+        digest: format!("sha256:{}", "c".repeat(64)),
+    };
+    let pinned = pin.pinned().unwrap();
+    assert_eq!(pinned.digest(), Some(pin.digest.as_str()));
+    assert_eq!(pinned.repository(), "wasmcloud/components/x");
+    assert!(matches!(
+        parse_reference("ghcr.io/x:a:b"),
+        Err(OciError::BadReference { .. })
+    ));
+}
+
+#[test]
+fn only_components_count_as_components() {
+    assert!(is_component(b"\0asm\x0d\x00\x01\x00rest"));
+    assert!(!is_component(b"\0asm\x01\x00\x00\x00"));
+    assert!(!is_component(b"tar"));
+}
