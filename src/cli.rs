@@ -138,8 +138,9 @@ pub struct RegistryArgs {
         value_delimiter = ','
     )]
     pub insecure_registries: Vec<String>,
-    /// PEM file of CA certificates trusted for registries besides the system's roots;
-    /// repeatable (env: comma-separated).
+    /// PEM file of CA certificates trusted besides the system's roots, by OCI registries and,
+    /// on `lattice up`, by components' outgoing HTTPS; repeatable (env: comma-separated), each
+    /// file may hold several certificates.
     #[arg(
         long = "ca-file",
         env = "LATTICE_CA_FILE",
@@ -369,30 +370,9 @@ pub struct UpArgs {
     #[arg(long, env = "LATTICE_LOG", value_name = "FILTER")]
     pub log: Option<String>,
 
-    /// PEM file of CA certificates that components' outgoing HTTPS, and pulls from OCI
-    /// registries, trust besides the system's roots; repeatable (env: comma-separated), each
-    /// file may hold several certificates.
-    #[arg(
-        long = "ca-file",
-        env = "LATTICE_CA_FILE",
-        value_name = "FILE",
-        value_delimiter = ','
-    )]
-    pub ca_files: Vec<PathBuf>,
-    /// Docker `config.json` with the credentials (`auths`) this node pulls components from OCI
-    /// registries with, read before `$DOCKER_CONFIG/config.json` (else
-    /// `~/.docker/config.json`) [default: only those].
-    #[arg(long, env = "LATTICE_REGISTRY_CREDS", value_name = "FILE")]
-    pub registry_creds: Option<PathBuf>,
-    /// An OCI registry (`HOST` or `HOST:PORT`) this node pulls from over plain HTTP;
-    /// repeatable (env: comma-separated). `localhost` too only when listed [default: none].
-    #[arg(
-        long = "insecure-registry",
-        env = "LATTICE_INSECURE_REGISTRY",
-        value_name = "HOST[:PORT]",
-        value_delimiter = ','
-    )]
-    pub insecure_registries: Vec<String>,
+    /// How this node reaches OCI registries (`--ca-file` also for components' outgoing HTTPS).
+    #[command(flatten)]
+    pub registry: RegistryArgs,
     /// Where apps may open listeners of their own (a manifest http link's `address`): `ADDRESS`
     /// or `ADDRESS:PORTS`, with ADDRESS `*`, an IPv4 address or network (`0.0.0.0`,
     /// `10.0.0.0/8`) or an IPv6 one in brackets (`[::1]`, `[fd00::/8]`), PORTS a port, a range

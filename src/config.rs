@@ -422,27 +422,29 @@ impl NodeConfig {
             },
         };
         // Flags replace the file's list, as for every other key.
-        let ca_files = if args.ca_files.is_empty() {
+        let registry_args = args.registry;
+        let ca_files = if registry_args.ca_files.is_empty() {
             file.ca_file
                 .into_vec()
                 .into_iter()
                 .map(|path| config_dir.join(path))
                 .collect()
         } else {
-            args.ca_files
+            registry_args
+                .ca_files
                 .into_iter()
                 .map(absolute)
                 .collect::<anyhow::Result<Vec<_>>>()?
         };
         let registry = crate::reconciler::oci::RegistrySettings {
-            creds_file: match args.registry_creds {
+            creds_file: match registry_args.registry_creds {
                 Some(path) => Some(absolute(path)?),
                 None => file.registry_creds.map(|path| config_dir.join(path)),
             },
-            insecure: if args.insecure_registries.is_empty() {
+            insecure: if registry_args.insecure_registries.is_empty() {
                 file.insecure_registry.unwrap_or_default()
             } else {
-                args.insecure_registries
+                registry_args.insecure_registries
             },
             ca_files: ca_files.clone(),
         };
@@ -888,7 +890,7 @@ mod tests {
             vec![dir.path().join("a.pem"), PathBuf::from("/etc/b.pem")]
         );
         let mut a = args(dir.path());
-        a.ca_files = vec![PathBuf::from("/x/flag.pem")];
+        a.registry.ca_files = vec![PathBuf::from("/x/flag.pem")];
         let c = NodeConfig::resolve(a).unwrap();
         assert_eq!(c.ca_files, vec![PathBuf::from("/x/flag.pem")]);
     }

@@ -559,17 +559,29 @@ pub fn http_request_within(
 
 /// Runs the `lattice` binary with `args` (a client command), with a 30 s limit.
 pub fn lattice_cli(args: &[&str]) -> std::process::Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_lattice"))
+    lattice_cli_with(args, &[], Duration::from_secs(30))
+}
+
+/// As [`lattice_cli`], with `env` set and a limit of `timeout`.
+pub fn lattice_cli_with(
+    args: &[&str],
+    env: &[(&str, &Path)],
+    timeout: Duration,
+) -> std::process::Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_lattice"));
+    command
         .args(args)
         .env_remove("LATTICE_NATS_URL")
         .env_remove("LATTICE_LATTICE")
         .env_remove("LATTICE_DATA_DIR")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawning lattice");
-    let deadline = Instant::now() + Duration::from_secs(30);
+        .stderr(Stdio::piped());
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    let mut child = command.spawn().expect("spawning lattice");
+    let deadline = Instant::now() + timeout;
     while child.try_wait().unwrap().is_none() {
         if Instant::now() > deadline {
             let _ = child.kill();

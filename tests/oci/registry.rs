@@ -144,30 +144,9 @@ impl Drop for Registry {
 /// empty dir unless `env` sets it, so no credentials of this machine are used.
 pub fn lattice(args: &[&str], env: &[(&str, &Path)]) -> Output {
     let empty = tempfile::tempdir().unwrap();
-    let mut command = Command::new(env!("CARGO_BIN_EXE_lattice"));
-    command
-        .args(args)
-        .env_remove("LATTICE_NATS_URL")
-        .env_remove("LATTICE_LATTICE")
-        .env_remove("LATTICE_DATA_DIR")
-        .env_remove("LATTICE_REGISTRY_CREDS")
-        .env("DOCKER_CONFIG", empty.path())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    for (key, value) in env {
-        command.env(key, value);
-    }
-    let mut child = command.spawn().expect("spawning lattice");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    child.wait_with_output().unwrap()
+    let mut all = vec![("DOCKER_CONFIG", empty.path())];
+    all.extend_from_slice(env);
+    crate::common::lattice_cli_with(args, &all, Duration::from_secs(60))
 }
 
 /// A docker config dir whose `config.json` has a static `auths` entry of `host`.
