@@ -45,24 +45,25 @@ impl Credentials {
         files
     }
 
-    /// Reads `files`; one that does not exist or is no docker config is skipped (the latter
-    /// with a warning), unless it is `required`.
+    /// Reads `files`; one that does not exist, cannot be read or is no docker config is
+    /// skipped (with a warning unless missing), unless it is `required`.
     ///
     /// # Errors
-    /// The `required` file cannot be read or is not a docker config, or another file exists
-    /// but cannot be read (the message names it).
+    /// The `required` file cannot be read or is not a docker config (the message names it).
     pub fn read(files: &[PathBuf], required: Option<&Path>) -> anyhow::Result<Credentials> {
         let mut credentials = Credentials::default();
         for file in files {
             let text = match std::fs::read_to_string(file) {
                 Ok(text) => text,
-                Err(e)
-                    if e.kind() == std::io::ErrorKind::NotFound
-                        && required != Some(file.as_path()) =>
-                {
+                Err(e) if required == Some(file.as_path()) => {
+                    anyhow::bail!("registry credentials {}: {e}", file.display())
+                }
+                Err(e) => {
+                    if e.kind() != std::io::ErrorKind::NotFound {
+                        tracing::warn!(file = %file.display(), error = %e, "docker config not read; its registry credentials are not used");
+                    }
                     continue;
                 }
-                Err(e) => anyhow::bail!("registry credentials {}: {e}", file.display()),
             };
             if let Err(e) = credentials.add(&text) {
                 // Only the file asked for stops a node or command; a docker config of

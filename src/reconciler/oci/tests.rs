@@ -129,3 +129,25 @@ fn only_components_count_as_components() {
     assert!(!is_component(b"\0asm\x01\x00\x00\x00"));
     assert!(!is_component(b"tar"));
 }
+
+#[test]
+fn only_the_file_asked_for_must_be_a_readable_docker_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let asked = dir.path().join("creds.json");
+    let other = dir.path().join("other.json");
+    std::fs::write(&other, "not json").unwrap();
+    let e = Credentials::read(&[asked.clone(), other.clone()], Some(&asked)).unwrap_err();
+    assert!(e.to_string().contains("creds.json"), "{e}");
+    std::fs::write(
+        &asked,
+        r#"{"auths": {"reg:5000": {"username": "u", "password": "p"}}}"#,
+    )
+    .unwrap();
+    let creds = Credentials::read(&[asked.clone(), other], Some(&asked)).unwrap();
+    assert_eq!(
+        creds.for_registry("reg:5000"),
+        RegistryAuth::Basic("u".into(), "p".into())
+    );
+    std::fs::write(&asked, "not json").unwrap();
+    assert!(Credentials::read(std::slice::from_ref(&asked), Some(&asked)).is_err());
+}
