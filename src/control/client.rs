@@ -280,8 +280,9 @@ async fn deploy_through(
     {
         artifacts = artifacts.with_registry(Registry::new(&options.registry.settings())?);
     }
-    let pinned = deployed_pins(nats, &manifest.name).await;
-    let keep = pinned.as_ref().filter(|_| !options.refresh);
+    let deployed = deployed_pins(nats, &manifest.name).await;
+    let pinned = deployed.as_ref().map(|(_, pins)| pins);
+    let keep = pinned.filter(|_| !options.refresh);
     let resolved = resolve_images(manifest, &artifacts, ImagesTo::Lattice, keep)
         .await
         .map_err(|e: DeployError| in_file(&format!("app {:?}: {e}", manifest.name)))?;
@@ -294,12 +295,17 @@ async fn deploy_through(
     };
     // A refresh whose tags moved is new content under the manifest's version: that version
     // with a suffix naming the content, as for a config-dir file edited in place.
-    if options.refresh
-        && request.version.is_none()
-        && pinned.as_ref().is_some_and(|p| p.images != resolved.images)
-    {
-        let version = version_of(None, manifest, text);
-        request.version = Some(suffixed(&version, &request));
+    if request.version.is_none() {
+        let suffixed = suffixed(&version_of(None, manifest, text), &request);
+        // The same content deployed again after such a refresh (the pins kept): the version
+        // the refresh named, not the manifest's own, which holds the older images.
+        let redeployed = deployed
+            .as_ref()
+            .is_some_and(|(version, _)| *version == suffixed);
+        let moved = options.refresh && pinned.is_some_and(|p| p.images != resolved.images);
+        if redeployed || moved {
+            request.version = Some(suffixed);
+        }
     }
     let outcome = nats
         .request(
@@ -312,9 +318,10 @@ async fn deploy_through(
     Ok((outcome, artifacts, resolved))
 }
 
-/// The images of `app`'s deployed version with their OCI pins (from `app.history`); `None`
-/// when the app is not deployed (or its history cannot be read: its tags then resolve anew).
-async fn deployed_pins(nats: &Connection, app: &str) -> Option<ResolvedImages> {
+/// The name of `app`'s deployed version and its images with their OCI pins (from
+/// `app.history`); `None` when the app is not deployed (or its history cannot be read: its
+/// tags then resolve anew).
+async fn deployed_pins(nats: &Connection, app: &str) -> Option<(String, ResolvedImages)> {
     let payload = serde_json::to_vec(&AppRequest {
         name: app.to_owned(),
     })
@@ -324,10 +331,13 @@ async fn deployed_pins(nats: &Connection, app: &str) -> Option<ResolvedImages> {
         .await
         .ok()?;
     let deployed = history.into_iter().find(|h| h.deployed)?;
-    Some(ResolvedImages {
-        images: deployed.digests,
-        oci: deployed.oci,
-    })
+    Some((
+        deployed.version,
+        ResolvedImages {
+            images: deployed.digests,
+            oci: deployed.oci,
+        },
+    ))
 }
 
 /// `lattice push REF FILE.wasm`: uploads the component as a CNCF wasm artifact and prints the

@@ -33,7 +33,7 @@ use super::manifest::{FieldError, Image, Manifest};
 use super::oci::{OciError, OciPin};
 use super::store::layout::{self, AppHead, AppsBucket, WriteError, same_content};
 use super::store::{CAS_ATTEMPTS, Mirror, Source, StoredApp, StoredVersion};
-use crate::host::Host;
+use crate::host::{Host, sha256_hex};
 use crate::nats::{JetStreamState, SharedJetStream};
 use crate::providers::http::RouteConflict;
 
@@ -200,6 +200,14 @@ pub async fn resolve_images(
             field: spec.image_field.clone(),
             source,
         };
+        let registry = |reference: &str| {
+            artifacts.registry().map_err(|e| {
+                image_error(OciError::Registry {
+                    reference: reference.to_owned(),
+                    detail: format!("{e:#}"),
+                })
+            })
+        };
         match &spec.image {
             Image::File(path) => {
                 let wasm = read_component_file(path)
@@ -220,28 +228,38 @@ pub async fn resolve_images(
                     Some((pin, digest)) => {
                         let present = match to {
                             ImagesTo::Lattice => artifacts.exists(&digest).await.map_err(store)?,
-                            ImagesTo::ThisNode => artifacts.cached(&digest),
+                            ImagesTo::ThisNode => artifacts.cached(&digest).await,
                         };
                         if !present {
-                            let pulled = artifacts
-                                .registry()
+                            let pulled = registry(reference)?
                                 .pull_pinned(&pin)
                                 .await
+                                .map_err(|e| match e {
+                                    // The pinned manifest is gone (the tag was probably
+                                    // moved and the old one deleted).
+                                    OciError::NotFound { reference } => OciError::NotFound {
+                                        reference: format!(
+                                            "{reference} (the version's pin; `lattice app deploy --refresh` resolves the tag again)"
+                                        ),
+                                    },
+                                    e => e,
+                                })
                                 .map_err(image_error)?;
-                            let actual = put(&pulled.wasm).await.map_err(store)?;
+                            // Compared before it is stored: other bytes never enter the store.
+                            let actual = sha256_hex(&pulled.wasm);
                             if actual != digest {
                                 return Err(image_error(OciError::DigestMismatch {
-                                    reference: format!("{}@{}", pin.reference, pin.digest),
+                                    reference: pin.shown(),
                                     expected: format!("sha256:{digest}"),
                                     actual: format!("sha256:{actual}"),
                                 }));
                             }
+                            put(&pulled.wasm).await.map_err(store)?;
                         }
                         (pin, digest)
                     }
                     None => {
-                        let pulled = artifacts
-                            .registry()
+                        let pulled = registry(reference)?
                             .pull(reference)
                             .await
                             .map_err(image_error)?;

@@ -111,7 +111,7 @@ pub struct ComponentSpec {
     pub image_field: String,
     /// The registry manifest its artifact came from, when `image` is an OCI reference: the
     /// node pulls it by this digest when the artifact store lacks the bytes.
-    pub registry: Option<OciPin>,
+    pub oci_pin: Option<OciPin>,
     /// How many replicas, where.
     pub scaler: Scaler,
     /// Its `wasi:config`: the properties of its `config` entries, merged in order.
@@ -189,7 +189,7 @@ impl Manifest {
     /// ([`ComponentSpec::registry`]).
     pub fn bind_registry_pins(&mut self, pins: &BTreeMap<String, OciPin>) {
         for spec in &mut self.components {
-            spec.registry = pins.get(&spec.name).cloned();
+            spec.oci_pin = pins.get(&spec.name).cloned();
         }
     }
 }
@@ -575,7 +575,7 @@ fn component(
         name: c.name.clone(),
         image,
         image_field,
-        registry: None,
+        oci_pin: None,
         scaler,
         config,
         keyvalue: grants.keyvalue,
@@ -619,15 +619,25 @@ fn check_lattice_keys(
     Ok(())
 }
 
-/// A path or `file://` URL (relative to the manifest's directory), else an OCI reference
-/// (`oci://` optional): what ends in `.wasm` or starts with `/` or `.` is a path.
+/// A path or `file://` URL (relative to the manifest's directory), else an OCI reference:
+/// what ends in `.wasm` or starts with `/` or `.` is a path. Without `oci://`, a reference
+/// must name its registry host (a first segment with `.` or `:`, or `localhost`), so a
+/// mistyped path (`build/hello`) is not pulled from Docker Hub.
 fn resolve_image(image: &str, base_dir: &Path) -> Result<Image, String> {
     let path = if let Some(rest) = image.strip_prefix("file://") {
         rest
     } else if image.starts_with('/') || image.starts_with('.') || image.ends_with(".wasm") {
         image
     } else {
-        let reference = image.strip_prefix("oci://").unwrap_or(image);
+        let explicit = image.strip_prefix("oci://");
+        let reference = explicit.unwrap_or(image);
+        if explicit.is_none() && !names_registry_host(reference) {
+            return Err(format!(
+                "{image:?} is neither a path to a .wasm file (or file://) nor an OCI reference: \
+                 a reference names its registry host (`docker.io/library/hello:1`, \
+                 `localhost:5000/hello:1`) or starts with oci://"
+            ));
+        }
         crate::reconciler::oci::parse_reference(reference).map_err(|e| match e {
             crate::reconciler::oci::OciError::BadReference { reason, .. } => format!(
                 "{image:?} is neither a path to a .wasm file (or file://) nor an OCI reference: {reason}"
@@ -640,6 +650,15 @@ fn resolve_image(image: &str, base_dir: &Path) -> Result<Image, String> {
         return Err("empty path".to_owned());
     }
     Ok(Image::File(base_dir.join(path)))
+}
+
+/// Whether `reference`'s first segment is a registry host: it has a `.` or a `:` (port), or is
+/// `localhost`.
+fn names_registry_host(reference: &str) -> bool {
+    match reference.split_once('/') {
+        Some((first, _)) => first.contains('.') || first.contains(':') || first == "localhost",
+        None => false,
+    }
 }
 
 /// App and component names are [`Name`]s: they become NATS subject tokens.

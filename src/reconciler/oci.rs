@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use futures::StreamExt as _;
 use oci_client::client::{ClientConfig, ClientProtocol, Config, ImageLayer};
-use oci_client::errors::OciDistributionError;
+use oci_client::errors::{DigestError, OciDistributionError};
 use oci_client::manifest::{OciDescriptor, OciImageManifest};
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference, RegistryOperation};
@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
 mod credentials;
-pub use credentials::Credentials;
+pub use credentials::{Credentials, CredentialsError};
 
 use super::artifacts::MAX_COMPONENT_BYTES;
 use crate::host::hex;
@@ -43,13 +43,21 @@ pub const WASMCLOUD_LAYER: &str = "application/vnd.module.wasm.content.layer.v1+
 pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 /// Docker's image manifest media type (schema 2), which registries may serve.
 pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
-/// Largest manifest read, in bytes (a wasm artifact's is well under 1 KiB).
-pub const MAX_MANIFEST_BYTES: usize = 4 * 1024 * 1024;
+/// Largest OCI manifest accepted, in bytes (a wasm artifact's is well under 1 KiB). Checked
+/// after `oci-client` has read the body: it bounds what is parsed and kept, not what is
+/// downloaded (the connection's [`READ_TIMEOUT`] and the [`OPERATION_TIMEOUT`] bound that).
+pub const MAX_OCI_MANIFEST_BYTES: usize = 4 * 1024 * 1024;
+/// Most bytes allocated for a layer before it is read (its declared size is the registry's
+/// word), in bytes.
+const INITIAL_LAYER_CAPACITY: u64 = 1024 * 1024;
 /// Deadline of connecting to a registry.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Deadline of one read from a registry's connection (a stalled transfer fails after it).
 pub const READ_TIMEOUT: Duration = Duration::from_secs(30);
-/// Deadline of a whole pull or push, whatever its progress.
+/// Deadline of a whole pull or push, whatever its progress. A node's pull while it starts a
+/// version is also bounded by `--start-timeout` (60 s by default), the shorter of the two; a
+/// config-dir manifest's tag is resolved inline by the watcher's scan, which waits up to this
+/// long per image.
 pub const OPERATION_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// A component pinned to the registry manifest it came from: what a stored version records for
@@ -78,6 +86,18 @@ impl OciPin {
     }
 }
 
+impl OciPin {
+    /// `REFERENCE@DIGEST` as errors name it, the digest written once when the reference
+    /// already names it (`repo@sha256:…`).
+    pub fn shown(&self) -> String {
+        if self.reference.ends_with(&format!("@{}", self.digest)) {
+            self.reference.clone()
+        } else {
+            format!("{}@{}", self.reference, self.digest)
+        }
+    }
+}
+
 impl std::fmt::Display for OciPin {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{} ({})", self.reference, self.digest)
@@ -100,6 +120,26 @@ pub enum OciError {
     NotFound {
         /// The reference.
         reference: String,
+    },
+    /// The registry has the manifest but not a blob it names.
+    #[error("{reference}: blob {digest} unknown: the registry has the manifest but not this blob")]
+    BlobNotFound {
+        /// The reference.
+        reference: String,
+        /// The blob's digest.
+        digest: String,
+    },
+    /// More bytes came than the manifest declared for the layer.
+    #[error(
+        "{reference}: layer {digest} is longer than the {declared} bytes its manifest declares; refused"
+    )]
+    LongerThanDeclared {
+        /// The reference.
+        reference: String,
+        /// The layer's digest.
+        digest: String,
+        /// Its declared size, in bytes.
+        declared: u64,
     },
     /// The registry refused the credentials used (or their absence).
     #[error("{reference}: unauthorized: {detail}")]
@@ -126,6 +166,14 @@ pub enum OciError {
         reference: String,
         /// The media types found: manifest, config and layers.
         found: String,
+    },
+    /// The reference's digest uses an algorithm other than sha256.
+    #[error("{reference}: unsupported digest algorithm {algorithm}: only sha256 is accepted")]
+    UnsupportedDigest {
+        /// The reference.
+        reference: String,
+        /// The algorithm named (`sha512`).
+        algorithm: String,
     },
     /// The bytes served are not those the digest names.
     #[error("{reference}: digest mismatch: expected {expected}, got {actual}; refused")]
@@ -224,19 +272,43 @@ impl Registry {
             });
         }
         let config = client_config(settings, extra_root_certificates);
+        // Not `Client::new`: it falls back to a default client (no CA, no timeouts, no
+        // insecure list) when the configuration fails.
+        let client = Client::try_from(config).map_err(|e| {
+            let files: Vec<String> = settings
+                .ca_files
+                .iter()
+                .map(|f| f.display().to_string())
+                .collect();
+            if files.is_empty() {
+                anyhow::anyhow!("registry client: {}", one_line(&error_chain(&e)))
+            } else {
+                anyhow::anyhow!(
+                    "--ca-file {}: not usable as CA certificates: {}",
+                    files.join(", "),
+                    one_line(&error_chain(&e))
+                )
+            }
+        })?;
         Ok(Registry {
-            client: Client::new(config),
+            client,
             credentials,
         })
     }
 
     /// A client with no credentials, HTTPS only, the system's roots.
-    pub fn anonymous() -> Registry {
+    ///
+    /// # Errors
+    /// The TLS or HTTP client cannot be built.
+    pub fn anonymous() -> anyhow::Result<Registry> {
         let _ = rustls::crypto::ring::default_provider().install_default();
-        Registry {
-            client: Client::new(client_config(&RegistrySettings::default(), Vec::new())),
+        let config = client_config(&RegistrySettings::default(), Vec::new());
+        let client = Client::try_from(config)
+            .map_err(|e| anyhow::anyhow!("registry client: {}", one_line(&error_chain(&e))))?;
+        Ok(Registry {
+            client,
             credentials: Credentials::default(),
-        }
+        })
     }
 
     /// Pulls the component `reference` names (a tag is resolved to its manifest's digest
@@ -255,13 +327,21 @@ impl Registry {
     /// [`OciError`], each naming the pinned reference.
     pub async fn pull_pinned(&self, pin: &OciPin) -> Result<Pulled, OciError> {
         let pinned = pin.pinned()?;
-        let shown = format!("{}@{}", pin.reference, pin.digest);
+        let shown = pin.shown();
         let mut pulled = self.pull_parsed(&shown, &pinned).await?;
         pulled.pin.reference = pin.reference.clone();
         Ok(pulled)
     }
 
     async fn pull_parsed(&self, shown: &str, reference: &Reference) -> Result<Pulled, OciError> {
+        if let Some(digest) = reference.digest()
+            && !digest.starts_with("sha256:")
+        {
+            return Err(OciError::UnsupportedDigest {
+                reference: shown.to_owned(),
+                algorithm: digest.split(':').next().unwrap_or(digest).to_owned(),
+            });
+        }
         let work = async {
             let auth = self.credentials.for_registry(reference.resolve_registry());
             let (bytes, digest) = self
@@ -269,7 +349,7 @@ impl Registry {
                 .pull_manifest_raw(reference, &auth, &[OCI_MANIFEST, DOCKER_MANIFEST])
                 .await
                 .map_err(|e| classify(shown, &auth, e))?;
-            if bytes.len() > MAX_MANIFEST_BYTES {
+            if bytes.len() > MAX_OCI_MANIFEST_BYTES {
                 return Err(OciError::TooLarge {
                     reference: shown.to_owned(),
                     bytes: bytes.len() as u64,
@@ -329,12 +409,19 @@ impl Registry {
         layer: &OciDescriptor,
     ) -> Result<Vec<u8>, OciError> {
         let declared = u64::try_from(layer.size).unwrap_or(0);
+        // Without `urls`: oci-client would try them (any http/https URL, unauthenticated)
+        // when the registry's blob GET fails; only the registry itself is asked.
+        let mut layer = layer.clone();
+        layer.urls = None;
+        let layer = &layer;
         let mut stream = self
             .client
             .pull_blob_stream(reference, layer)
             .await
-            .map_err(|e| classify(shown, auth, e))?;
-        let mut wasm = Vec::with_capacity(usize::try_from(declared).unwrap_or(0));
+            .map_err(|e| classify_blob(shown, auth, &layer.digest, e))?;
+        // The declared size is the registry's word: the first allocation is bounded.
+        let mut wasm =
+            Vec::with_capacity(usize::try_from(declared.min(INITIAL_LAYER_CAPACITY)).unwrap_or(0));
         let mut hasher = Sha256::new();
         let mut failed = None;
         while let Some(chunk) = stream.next().await {
@@ -350,7 +437,11 @@ impl Registry {
                         });
                     }
                     if read > declared {
-                        break;
+                        return Err(OciError::LongerThanDeclared {
+                            reference: shown.to_owned(),
+                            digest: layer.digest.clone(),
+                            declared,
+                        });
                     }
                 }
                 // oci-client's own check fails the stream's end when the digest differs:
@@ -459,8 +550,8 @@ fn client_config(
     }
 }
 
-/// The config blob of a CNCF wasm artifact: `created`, `architecture: wasm`, `os: wasip2`,
-/// `layerDigests`.
+/// The config blob of a CNCF wasm artifact: `architecture: wasm`, `os: wasip2`,
+/// `layerDigests` (no `created`: the same bytes always give the same config, hence digest).
 fn wasm_config(layer: &ImageLayer) -> Vec<u8> {
     serde_json::json!({
         "architecture": "wasm",
@@ -557,7 +648,7 @@ fn classify(reference: &str, auth: &RegistryAuth, e: OciDistributionError) -> Oc
             let any = |names: &[&str]| codes.iter().any(|c| names.iter().any(|n| c == n));
             if any(&["Unauthorized", "Denied"]) {
                 unauthorized(reference)
-            } else if any(&["ManifestUnknown", "NameUnknown", "BlobUnknown"]) {
+            } else if any(&["ManifestUnknown", "NameUnknown", "ManifestBlobUnknown"]) {
                 OciError::NotFound { reference }
             } else {
                 OciError::Registry {
@@ -571,11 +662,19 @@ fn classify(reference: &str, auth: &RegistryAuth, e: OciDistributionError) -> Oc
                 }
             }
         }
-        OciDistributionError::DigestError(e) => OciError::DigestMismatch {
-            reference,
-            expected: "the digest asked for".to_owned(),
-            actual: e.to_string(),
-        },
+        OciDistributionError::DigestError(DigestError::VerificationError { expected, actual }) => {
+            OciError::DigestMismatch {
+                reference,
+                expected,
+                actual,
+            }
+        }
+        OciDistributionError::DigestError(DigestError::UnsupportedAlgorithm(algorithm)) => {
+            OciError::UnsupportedDigest {
+                reference,
+                algorithm,
+            }
+        }
         OciDistributionError::RequestError(e) => OciError::Unreachable {
             reference,
             detail: one_line(&error_chain(&e)),
@@ -592,6 +691,32 @@ fn classify(reference: &str, auth: &RegistryAuth, e: OciDistributionError) -> Oc
             reference,
             detail: one_line(&other.to_string()),
         },
+    }
+}
+
+/// [`classify`] for the GET of blob `digest`: a 404 or `BLOB_UNKNOWN` is a missing blob, not
+/// a missing manifest.
+fn classify_blob(
+    reference: &str,
+    auth: &RegistryAuth,
+    digest: &str,
+    e: OciDistributionError,
+) -> OciError {
+    let blob_unknown = match &e {
+        OciDistributionError::ServerError { code: 404, .. } => true,
+        OciDistributionError::RegistryError { envelope, .. } => envelope
+            .errors
+            .iter()
+            .any(|e| format!("{:?}", e.code) == "BlobUnknown"),
+        _ => false,
+    };
+    if blob_unknown {
+        OciError::BlobNotFound {
+            reference: reference.to_owned(),
+            digest: digest.to_owned(),
+        }
+    } else {
+        classify(reference, auth, e)
     }
 }
 

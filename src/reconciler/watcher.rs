@@ -24,7 +24,9 @@ use notify::{RecursiveMode, Watcher as _};
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
-use super::deploy::{self, AppStore, DeployError, DeployRequest, ImagesTo, MAX_MANIFEST_BYTES};
+use super::deploy::{
+    self, AppStore, DeployError, DeployRequest, ImagesTo, MAX_MANIFEST_BYTES, ResolvedImages,
+};
 use super::manifest;
 use super::store::Source;
 use crate::nats::JetStreamState;
@@ -519,10 +521,18 @@ impl DirDeployer {
             ImagesTo::Lattice
         };
         // Tags resolve now, as the file deploys (not when the node restarts: an unchanged file
-        // is not deployed again).
-        let resolved = deploy::resolve_images(&manifest, self.store.artifacts(), to, None)
-            .await
-            .map_err(to_failure)?;
+        // is not deployed again). A node-local app moving into the store unchanged keeps the
+        // digests it ran with: a tag moved meanwhile changes nothing.
+        let pinned = mirror.local(&name).and_then(|record| {
+            record
+                .deployed_version()
+                .filter(|v| v.source == source && v.manifest == text)
+                .map(ResolvedImages::of)
+        });
+        let resolved =
+            deploy::resolve_images(&manifest, self.store.artifacts(), to, pinned.as_ref())
+                .await
+                .map_err(to_failure)?;
         let outcome = self
             .store
             .deploy_file(DeployRequest {

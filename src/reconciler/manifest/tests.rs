@@ -169,6 +169,19 @@ fn errors_name_the_yaml_path() {
     ));
     assert!(e.reason.contains("nor an OCI reference"), "{e}");
 
+    // A mistyped path is not a Docker Hub image; oci:// says it is one.
+    for image in ["hello", "build/hello", "library/hello:1"] {
+        let e = parse_err(&HELLO.replace("file://./build/http_hello_world_s.wasm", image));
+        assert!(e.reason.contains("neither a path"), "{image}: {e}");
+    }
+    for image in [
+        "oci://hello:1",
+        "localhost/hello:1",
+        "127.0.0.1:5000/hello:1",
+    ] {
+        parse_ok(&HELLO.replace("file://./build/http_hello_world_s.wasm", image));
+    }
+
     let e = parse_err(&HELLO.replace("  name: hello-world\n", ""));
     assert_eq!(e.field, "metadata");
     assert!(e.reason.contains("missing field `name`"), "{e}");

@@ -10,12 +10,36 @@ use serde::Deserialize;
 
 /// Static credentials by registry host, from docker `config.json` files (format:
 /// <https://github.com/docker/cli/blob/master/man/docker-config-json.5.md>, the `auths` object:
-/// `auth` = base64 of `user:password`, or `username` and `password`; `identitytoken` as a bearer
-/// token).
+/// `auth` = base64 of `user:password`, or `username` and `password`). An `identitytoken` is an
+/// OAuth2 refresh token to exchange at the registry's token service, not a bearer token: it is
+/// not used (a warning says so), and the entry's `auth` or `username`/`password` are.
 #[derive(Debug, Clone, Default)]
 pub struct Credentials {
     /// Registry host (`ghcr.io`, `127.0.0.1:5000`) → its auth; the first file naming a host wins.
     by_host: BTreeMap<String, RegistryAuth>,
+}
+
+/// Why a docker `config.json` text is not used. No variant holds a value of the file.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CredentialsError {
+    /// Not JSON, or not of a docker config's shape.
+    #[error("{category} at line {line}, column {column}")]
+    Shape {
+        /// What is wrong (serde's category: not JSON, not a docker config, cut short).
+        category: &'static str,
+        /// 1-based line.
+        line: usize,
+        /// 1-based column.
+        column: usize,
+    },
+    /// An `auth` that is not base64 of `user:password`.
+    #[error("auths.{key}.auth: {reason}")]
+    Auth {
+        /// The `auths` key (a registry).
+        key: String,
+        /// Why.
+        reason: &'static str,
+    },
 }
 
 #[derive(Deserialize)]
@@ -71,7 +95,7 @@ impl Credentials {
                 if required == Some(file.as_path()) {
                     anyhow::bail!("registry credentials {}: {e}", file.display());
                 }
-                tracing::warn!(file = %file.display(), error = e, "docker config not read; its registry credentials are not used");
+                tracing::warn!(file = %file.display(), error = %e, "docker config not read; its registry credentials are not used");
             }
         }
         Ok(credentials)
@@ -80,21 +104,40 @@ impl Credentials {
     /// Adds the `auths` of one docker `config.json` text, keeping hosts already known.
     ///
     /// # Errors
-    /// Not JSON of that shape, or an `auth` that is not base64 of `user:password`.
-    pub fn add(&mut self, text: &str) -> Result<(), String> {
-        let config: DockerConfig = serde_json::from_str(text).map_err(|e| e.to_string())?;
+    /// Not JSON of that shape, or an `auth` that is not base64 of `user:password`. No message
+    /// quotes the file's values (they are secrets): serde's own text does, so only its
+    /// category and position are kept.
+    pub fn add(&mut self, text: &str) -> Result<(), CredentialsError> {
+        let config: DockerConfig =
+            serde_json::from_str(text).map_err(|e| CredentialsError::Shape {
+                category: match e.classify() {
+                    serde_json::error::Category::Io => "unreadable",
+                    serde_json::error::Category::Syntax => "not JSON",
+                    serde_json::error::Category::Data => "not a docker config",
+                    serde_json::error::Category::Eof => "JSON cut short",
+                },
+                line: e.line(),
+                column: e.column(),
+            })?;
         for (key, entry) in config.auths {
-            let auth = if let Some(token) = entry.identitytoken.filter(|t| !t.is_empty()) {
-                RegistryAuth::Bearer(token)
-            } else if let Some(encoded) = entry.auth.filter(|a| !a.is_empty()) {
+            if entry.identitytoken.as_ref().is_some_and(|t| !t.is_empty()) {
+                tracing::warn!(
+                    registry = host_of(&key),
+                    "docker config: an identitytoken (OAuth2 refresh token) is not used; the entry's auth or username/password are"
+                );
+            }
+            let bad_auth = |reason: &'static str| CredentialsError::Auth {
+                key: key.clone(),
+                reason,
+            };
+            let auth = if let Some(encoded) = entry.auth.filter(|a| !a.is_empty()) {
                 let decoded = base64::engine::general_purpose::STANDARD
                     .decode(encoded.trim())
-                    .map_err(|e| format!("auths.{key}.auth: not base64: {e}"))?;
-                let decoded = String::from_utf8(decoded)
-                    .map_err(|_| format!("auths.{key}.auth: not UTF-8"))?;
+                    .map_err(|_| bad_auth("not base64"))?;
+                let decoded = String::from_utf8(decoded).map_err(|_| bad_auth("not UTF-8"))?;
                 let (user, password) = decoded
                     .split_once(':')
-                    .ok_or_else(|| format!("auths.{key}.auth: not user:password"))?;
+                    .ok_or_else(|| bad_auth("not user:password"))?;
                 RegistryAuth::Basic(user.to_owned(), password.to_owned())
             } else if let (Some(user), Some(password)) = (entry.username, entry.password) {
                 RegistryAuth::Basic(user, password)

@@ -105,6 +105,53 @@ fn docker_config_auths_are_read_by_host() {
 }
 
 #[test]
+fn an_identitytoken_is_not_sent_the_auth_is() {
+    let mut creds = Credentials::default();
+    let auth = base64::engine::general_purpose::STANDARD.encode("ann:secret");
+    creds
+        .add(&format!(
+            r#"{{"auths": {{"acr.example": {{"auth": "{auth}", "identitytoken": "refresh-me"}},
+               "only-token.example": {{"identitytoken": "refresh-me"}}}}}}"#
+        ))
+        .unwrap();
+    assert_eq!(
+        creds.for_registry("acr.example"),
+        RegistryAuth::Basic("ann".into(), "secret".into())
+    );
+    assert_eq!(
+        creds.for_registry("only-token.example"),
+        RegistryAuth::Anonymous
+    );
+}
+
+#[test]
+fn credential_errors_quote_no_value() {
+    let mut creds = Credentials::default();
+    let secret = base64::engine::general_purpose::STANDARD.encode("ann:hunter2");
+    for text in [
+        format!(r#"{{"auths": {{"reg": {{"auth": ["{secret}"]}}}}}}"#),
+        format!(r#"{{"auths": {{"reg": {{"auth": "{secret}", "username": 7}}}}}}"#),
+        format!(r#"{{"auths": "{secret}"}}"#),
+        format!(r#"{{"auths": {{"reg": {{"auth": "{secret}!"}}}}}}"#),
+    ] {
+        let e = creds.add(&text).unwrap_err().to_string();
+        assert!(!e.contains(&secret) && !e.contains("hunter2"), "{e}");
+    }
+    let e = creds.add("{\"auths\": 1}").unwrap_err();
+    assert!(
+        matches!(
+            e,
+            CredentialsError::Shape {
+                category: "not a docker config",
+                line: 1,
+                ..
+            }
+        ),
+        "{e}"
+    );
+}
+
+#[test]
 fn references_parse_with_or_without_oci_scheme() {
     let r = parse_reference("oci://127.0.0.1:5000/hello:v1").unwrap();
     assert_eq!(r.registry(), "127.0.0.1:5000");
@@ -150,4 +197,30 @@ fn only_the_file_asked_for_must_be_a_readable_docker_config() {
     );
     std::fs::write(&asked, "not json").unwrap();
     assert!(Credentials::read(std::slice::from_ref(&asked), Some(&asked)).is_err());
+}
+
+#[test]
+fn a_pin_of_a_digest_reference_names_its_digest_once() {
+    let digest = format!("sha256:{}", "c".repeat(64));
+    let by_tag = OciPin {
+        reference: "reg:5000/x:v1".into(),
+        digest: digest.clone(),
+    };
+    assert_eq!(by_tag.shown(), format!("reg:5000/x:v1@{digest}"));
+    let by_digest = OciPin {
+        reference: format!("reg:5000/x@{digest}"),
+        digest: digest.clone(),
+    };
+    assert_eq!(by_digest.shown(), format!("reg:5000/x@{digest}"));
+}
+
+#[tokio::test]
+async fn a_sha512_reference_is_an_unsupported_algorithm_not_a_mismatch() {
+    let registry = Registry::anonymous().unwrap();
+    let reference = format!("127.0.0.1:9/x@sha512:{}", "d".repeat(128));
+    let e = registry.pull(&reference).await.unwrap_err();
+    assert!(
+        matches!(&e, OciError::UnsupportedDigest { algorithm, .. } if algorithm == "sha512"),
+        "{e}"
+    );
 }

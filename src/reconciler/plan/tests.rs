@@ -56,7 +56,7 @@ fn desired(app: &str, version: &str, scaler: Scaler) -> Desired {
             name: "web".into(),
             image: Image::Artifact { digest: "d".into() },
             image_field: "spec.components[0].properties.image".into(),
-            registry: None,
+            oci_pin: None,
             scaler,
             config: BTreeMap::new(),
             keyvalue: BTreeMap::new(),
