@@ -262,6 +262,9 @@ impl Registry {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let files = Credentials::default_files(settings.creds_file.as_deref());
         let credentials = Credentials::read(&files, settings.creds_file.as_deref())?;
+        // reqwest skips what is not a certificate: checked here, so a bad file stops the
+        // command or node instead of failing every pull later.
+        crate::providers::http_client::tls::check_ca_files(&settings.ca_files)?;
         let mut extra_root_certificates = Vec::new();
         for file in &settings.ca_files {
             let data = std::fs::read(file)

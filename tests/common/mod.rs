@@ -326,6 +326,10 @@ impl Node {
             .env_remove("CONFIGURATION_DIRECTORY")
             .env_remove("STATE_DIRECTORY")
             .env_remove("JOURNAL_STREAM")
+            .env_remove("LATTICE_REGISTRY_CREDS")
+            .env_remove("LATTICE_INSECURE_REGISTRY")
+            .env_remove("LATTICE_CA_FILE")
+            .env("DOCKER_CONFIG", empty_docker_config())
             .env("LATTICE_ADMIN_ADDR", admin.to_string())
             .envs(env.iter().copied())
             .stdin(Stdio::null())
@@ -562,7 +566,20 @@ pub fn lattice_cli(args: &[&str]) -> std::process::Output {
     lattice_cli_with(args, &[], Duration::from_secs(30))
 }
 
-/// As [`lattice_cli`], with `env` set and a limit of `timeout`.
+/// An empty dir for `DOCKER_CONFIG`, so that no node or command of a test reads this
+/// machine's `~/.docker/config.json` (a test's `env` may set another).
+pub fn empty_docker_config() -> &'static Path {
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = std::env::temp_dir().join("lattice-tests-empty-docker-config");
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    })
+}
+
+/// As [`lattice_cli`], with `env` set and a limit of `timeout`; registry settings of the
+/// environment (`LATTICE_REGISTRY_CREDS`, `LATTICE_INSECURE_REGISTRY`, `LATTICE_CA_FILE`,
+/// `DOCKER_CONFIG`) are not used.
 pub fn lattice_cli_with(
     args: &[&str],
     env: &[(&str, &Path)],
@@ -574,6 +591,10 @@ pub fn lattice_cli_with(
         .env_remove("LATTICE_NATS_URL")
         .env_remove("LATTICE_LATTICE")
         .env_remove("LATTICE_DATA_DIR")
+        .env_remove("LATTICE_REGISTRY_CREDS")
+        .env_remove("LATTICE_INSECURE_REGISTRY")
+        .env_remove("LATTICE_CA_FILE")
+        .env("DOCKER_CONFIG", empty_docker_config())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());

@@ -201,10 +201,10 @@ fn oci_a_moved_tag_changes_nothing_until_deploy_refresh() {
     b.terminate(Duration::from_secs(10));
     b.restart();
     all_answer(&[&a, &b], "/moving", "Hello", TIMEOUT);
-    // Deploying the same manifest again keeps the pinned digest.
+    // Deploying the same manifest again keeps the pinned digest: nothing new is stored, so
+    // there is nothing for the nodes to change to.
     let again = deploy(&a, &registry, &file, &[], None).unwrap();
     assert_eq!(again["changed"], false, "{again}");
-    std::thread::sleep(Duration::from_secs(2));
     all_answer(&[&a, &b], "/moving", "Hello", TIMEOUT);
     assert_eq!(
         deployed(&a, "moving")["oci"]["web"]["digest"],
@@ -222,6 +222,21 @@ fn oci_a_moved_tag_changes_nothing_until_deploy_refresh() {
         wasm_digest(&goodbye).as_str(),
         "{entry}"
     );
+    let refreshed_version = entry["version"].as_str().unwrap().to_owned();
+    assert!(refreshed_version.starts_with("v1+sha-"), "{entry}");
+
+    // The same manifest deployed again after the refresh (pins kept), and refreshed again
+    // with the tag where it is: the refreshed version, unchanged.
+    for flags in [&[][..], &["--refresh"][..]] {
+        let again = deploy(&a, &registry, &file, flags, None).unwrap();
+        assert_eq!(again["changed"], false, "{flags:?}: {again}");
+        assert_eq!(
+            deployed(&a, "moving")["version"],
+            refreshed_version.as_str(),
+            "{flags:?}"
+        );
+    }
+    all_answer(&[&a, &b], "/moving", "Goodbye", TIMEOUT);
 }
 
 #[test]
@@ -409,6 +424,22 @@ fn oci_layouts_skopeo_copied_in_are_pulled_and_run() {
         deploy(&a, &registry, &file, &[], None).unwrap_or_else(|e| panic!("{name}: {e}"));
         all_answer(&[&a], &format!("/{name}"), answer, TIMEOUT);
     }
+    // http-echo's own answer, not just any 200: the body asked for, its path header.
+    let (status, headers, body) = crate::common::http_request_with(
+        a.http,
+        "GET",
+        "/single",
+        &[("x-echo-generate", "3")],
+        b"",
+    )
+    .expect("GET /single");
+    assert_eq!((status, body), (200, vec![0, 1, 2]), "{headers:?}");
+    assert!(
+        headers
+            .iter()
+            .any(|(k, v)| k == "x-echo-path" && v == "/single"),
+        "{headers:?}"
+    );
 }
 
 #[test]

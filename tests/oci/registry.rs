@@ -141,12 +141,10 @@ impl Drop for Registry {
 }
 
 /// Runs the `lattice` binary with `args` and `env` set (a 60 s limit); `DOCKER_CONFIG` is an
-/// empty dir unless `env` sets it, so no credentials of this machine are used.
+/// empty dir unless `env` sets it ([`crate::common::lattice_cli_with`]), so no credentials of
+/// this machine are used.
 pub fn lattice(args: &[&str], env: &[(&str, &Path)]) -> Output {
-    let empty = tempfile::tempdir().unwrap();
-    let mut all = vec![("DOCKER_CONFIG", empty.path())];
-    all.extend_from_slice(env);
-    crate::common::lattice_cli_with(args, &all, Duration::from_secs(60))
+    crate::common::lattice_cli_with(args, env, Duration::from_secs(60))
 }
 
 /// A docker config dir whose `config.json` has a static `auths` entry of `host`.

@@ -224,3 +224,28 @@ async fn a_sha512_reference_is_an_unsupported_algorithm_not_a_mismatch() {
         "{e}"
     );
 }
+
+#[test]
+fn a_ca_file_that_holds_no_certificate_stops_the_client_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, text) in [
+        ("garbage.pem", "not a certificate\n"),
+        (
+            "bad.pem",
+            "-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydA==\n-----END CERTIFICATE-----\n",
+        ),
+    ] {
+        let file = dir.path().join(name);
+        std::fs::write(&file, text).unwrap();
+        let settings = RegistrySettings {
+            ca_files: vec![file],
+            ..RegistrySettings::default()
+        };
+        let e = Registry::new(&settings).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains(&format!("--ca-file {}", dir.path().join(name).display())),
+            "{e:#}"
+        );
+    }
+}
