@@ -586,3 +586,38 @@ fn oci_https_registries_are_trusted_through_ca_file_and_plain_http_only_when_lis
     deploy(&a, &plain, &file, &[], None).unwrap();
     all_answer(&[&a], "/plain", "Hello", TIMEOUT);
 }
+
+#[test]
+fn oci_a_config_dir_tag_is_not_resolved_again_when_the_node_restarts() {
+    let registry = Registry::start();
+    let reference = format!("{}/confdir:latest", registry.host);
+    let first = push(&registry, &reference, &example_wasm("http-hello"), None).unwrap();
+    let dirs = tempfile::tempdir().unwrap();
+    let (config, data) = (dirs.path().join("config"), dirs.path().join("data"));
+    std::fs::create_dir_all(&config).unwrap();
+    write(
+        &config,
+        "app.yaml",
+        &manifest("confdir", &reference, "/confdir"),
+    );
+    let flags = ["--insecure-registry", registry.host.as_str()];
+    let mut node = crate::common::Node::start_in(&config, &data, &flags);
+    let body = node.wait_for_status("/confdir", 200, TIMEOUT);
+    assert!(body.starts_with("Hello"), "{body}");
+
+    push(&registry, &reference, &example_wasm("http-goodbye"), None).unwrap();
+    node.terminate(Duration::from_secs(10));
+    let node = crate::common::Node::start_in(&config, &data, &flags);
+    let body = node.wait_for_status("/confdir", 200, TIMEOUT);
+    assert!(body.starts_with("Hello"), "{body}");
+    // A file written after the restart is deployed by a later scan than the first: once it
+    // answers, the first scan has passed app.yaml by.
+    node.write_manifest("later.yaml", "later", "http-goodbye", "/later");
+    node.wait_for_status("/later", 200, TIMEOUT);
+    let body = node.wait_for_status("/confdir", 200, TIMEOUT);
+    assert!(body.starts_with("Hello"), "{body}");
+    let history = node.try_json(&["app", "history", "confdir"]).unwrap();
+    let history = history.as_array().unwrap();
+    assert_eq!(history.len(), 1, "{history:?}");
+    assert_eq!(history[0]["oci"]["web"]["digest"], first.as_str());
+}

@@ -79,6 +79,9 @@ impl Registry {
         while Instant::now() < deadline {
             if let Ok(mut stream) = TcpStream::connect(&self.host) {
                 use std::io::Write as _;
+                // A registry that accepts but does not answer must not hold the wait past its
+                // deadline.
+                let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
                 let _ = write!(stream, "GET /v2/ HTTP/1.0\r\nHost: {}\r\n\r\n", self.host);
                 let mut answer = String::new();
                 let _ = stream.read_to_string(&mut answer);
