@@ -157,6 +157,7 @@ impl RegistryArgs {
             creds_file: self.registry_creds.clone(),
             insecure: self.insecure_registries.clone(),
             ca_files: self.ca_files.clone(),
+            allowed: Vec::new(),
         }
     }
 }
@@ -373,6 +374,17 @@ pub struct UpArgs {
     /// How this node reaches OCI registries (`--ca-file` also for components' outgoing HTTPS).
     #[command(flatten)]
     pub registry: RegistryArgs,
+    /// The only OCI registries (`HOST` or `HOST:PORT`, as references name them; `docker.io`
+    /// for Docker Hub) this node pulls from, for its config dir's manifests and for the
+    /// versions it runs; repeatable (env: comma-separated). A pull from another is refused,
+    /// naming the reference [default: any registry].
+    #[arg(
+        long = "allowed-registry",
+        env = "LATTICE_ALLOWED_REGISTRY",
+        value_name = "HOST[:PORT]",
+        value_delimiter = ','
+    )]
+    pub allowed_registries: Vec<String>,
     /// Where apps may open listeners of their own (a manifest http link's `address`): `ADDRESS`
     /// or `ADDRESS:PORTS`, with ADDRESS `*`, an IPv4 address or network (`0.0.0.0`,
     /// `10.0.0.0/8`) or an IPv6 one in brackets (`[::1]`, `[fd00::/8]`), PORTS a port, a range

@@ -145,7 +145,7 @@ pub struct NodeConfig {
     /// roots; checked when the node starts ([`crate::providers::http_client::Egress::new`]).
     pub ca_files: Vec<PathBuf>,
     /// How this node pulls components from OCI registries: `--registry-creds`,
-    /// `--insecure-registry` and the `--ca-file`s.
+    /// `--insecure-registry`, the `--ca-file`s and `--allowed-registry`.
     pub registry: crate::reconciler::oci::RegistrySettings,
     /// `--allowed-listen`: where apps may open listeners of their own.
     pub allowed_listen: ListenPolicy,
@@ -197,6 +197,7 @@ struct FileConfig {
     /// Relative to the config dir.
     registry_creds: Option<PathBuf>,
     insecure_registry: Option<Vec<String>>,
+    allowed_registry: Option<Vec<String>>,
     allowed_listen: Option<Vec<String>>,
     shared_bucket: Option<Vec<String>>,
     allowed_buckets: Option<Vec<String>>,
@@ -447,6 +448,11 @@ impl NodeConfig {
                 registry_args.insecure_registries
             },
             ca_files: ca_files.clone(),
+            allowed: if args.allowed_registries.is_empty() {
+                file.allowed_registry.unwrap_or_default()
+            } else {
+                args.allowed_registries.clone()
+            },
         };
         let js_domain = args.js_domain.or(file.js_domain);
         if let Some(domain) = &js_domain {
@@ -893,6 +899,24 @@ mod tests {
         a.registry.ca_files = vec![PathBuf::from("/x/flag.pem")];
         let c = NodeConfig::resolve(a).unwrap();
         assert_eq!(c.ca_files, vec![PathBuf::from("/x/flag.pem")]);
+    }
+
+    #[test]
+    fn allowed_registries_come_from_the_file_or_from_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = NodeConfig::resolve(args(dir.path())).unwrap();
+        assert!(c.registry.allowed.is_empty());
+        std::fs::write(
+            dir.path().join(CONFIG_FILE_NAME),
+            "allowed-registry = [\"ghcr.io\"]\n",
+        )
+        .unwrap();
+        let c = NodeConfig::resolve(args(dir.path())).unwrap();
+        assert_eq!(c.registry.allowed, vec!["ghcr.io".to_owned()]);
+        let mut a = args(dir.path());
+        a.allowed_registries = vec!["127.0.0.1:5000".into()];
+        let c = NodeConfig::resolve(a).unwrap();
+        assert_eq!(c.registry.allowed, vec!["127.0.0.1:5000".to_owned()]);
     }
 
     #[test]

@@ -115,6 +115,18 @@ pub enum OciError {
         /// Why.
         reason: String,
     },
+    /// The registry is not one of `--allowed-registry`.
+    #[error(
+        "{reference}: registry {registry} is not allowed on this node (--allowed-registry {allowed})"
+    )]
+    NotAllowed {
+        /// The reference.
+        reference: String,
+        /// Its registry.
+        registry: String,
+        /// The registries allowed, comma-separated.
+        allowed: String,
+    },
     /// The registry has no such tag, digest or repository.
     #[error("{reference}: unknown tag or digest: the registry has no such manifest")]
     NotFound {
@@ -228,6 +240,9 @@ pub struct RegistrySettings {
     pub insecure: Vec<String>,
     /// PEM files of CA certificates trusted besides the system's roots.
     pub ca_files: Vec<PathBuf>,
+    /// The only registries pulled from (`HOST` or `HOST:PORT`; `docker.io` for Docker Hub),
+    /// `--allowed-registry` of a node; empty: any.
+    pub allowed: Vec<String>,
 }
 
 /// A component pulled: its bytes and where they came from.
@@ -244,6 +259,8 @@ pub struct Pulled {
 pub struct Registry {
     client: Client,
     credentials: Credentials,
+    /// `--allowed-registry`; empty: any.
+    allowed: Vec<String>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -296,6 +313,7 @@ impl Registry {
         Ok(Registry {
             client,
             credentials,
+            allowed: settings.allowed.clone(),
         })
     }
 
@@ -311,6 +329,7 @@ impl Registry {
         Ok(Registry {
             client,
             credentials: Credentials::default(),
+            allowed: Vec::new(),
         })
     }
 
@@ -337,6 +356,20 @@ impl Registry {
     }
 
     async fn pull_parsed(&self, shown: &str, reference: &Reference) -> Result<Pulled, OciError> {
+        let registry = reference.resolve_registry();
+        let docker_hub = ["docker.io", "index.docker.io", "registry-1.docker.io"];
+        let allowed = |host: &String| {
+            host == registry
+                || host == reference.registry()
+                || (docker_hub.contains(&host.as_str()) && docker_hub.contains(&registry))
+        };
+        if !self.allowed.is_empty() && !self.allowed.iter().any(allowed) {
+            return Err(OciError::NotAllowed {
+                reference: shown.to_owned(),
+                registry: reference.registry().to_owned(),
+                allowed: self.allowed.join(","),
+            });
+        }
         if let Some(digest) = reference.digest()
             && !digest.starts_with("sha256:")
         {

@@ -127,6 +127,27 @@ fn deployed(via: &Member, app: &str) -> Value {
         .unwrap_or_else(|| panic!("no deployed version in {history}"))
 }
 
+/// Deletes artifact `digest` (hex) from the lattice's artifact store, as a hub user whose
+/// credentials go into `dir`.
+fn delete_artifact(hub: &Hub, dir: &Path, digest: &str) {
+    let store_creds = hub.user_creds(dir, "test.creds");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let client = crate::common::nats_connect(
+            &hub.client_url(),
+            &crate::common::NatsLogin::Creds(store_creds),
+        )
+        .await
+        .unwrap();
+        let js = async_nats::jetstream::new(client);
+        let store = js
+            .get_object_store("lattice_default_artifacts")
+            .await
+            .unwrap();
+        store.delete(digest).await.unwrap();
+    });
+}
+
 fn wasm_digest(file: &Path) -> String {
     digest(&std::fs::read(file).unwrap())
         .strip_prefix("sha256:")
@@ -297,22 +318,7 @@ fn oci_basic_auth_pulls_with_a_docker_config_and_says_unauthorized_without() {
         .as_str()
         .unwrap()
         .to_owned();
-    let store_creds = hub.user_creds(dir.path(), "test.creds");
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    runtime.block_on(async {
-        let client = crate::common::nats_connect(
-            &hub.client_url(),
-            &crate::common::NatsLogin::Creds(store_creds),
-        )
-        .await
-        .unwrap();
-        let js = async_nats::jetstream::new(client);
-        let store = js
-            .get_object_store("lattice_default_artifacts")
-            .await
-            .unwrap();
-        store.delete(&digest).await.unwrap();
-    });
+    delete_artifact(&hub, dir.path(), &digest);
     let b = join_with(&hub, "b", "z2", &registry.insecure());
     let status = eventually("b's start to fail unauthorized", TIMEOUT, &[&a, &b], || {
         let status = a.status("private")?;
@@ -620,4 +626,50 @@ fn oci_a_config_dir_tag_is_not_resolved_again_when_the_node_restarts() {
     let history = history.as_array().unwrap();
     assert_eq!(history.len(), 1, "{history:?}");
     assert_eq!(history[0]["oci"]["web"]["digest"], first.as_str());
+}
+
+#[test]
+fn oci_a_node_pulls_only_from_its_allowed_registries() {
+    let registry = Registry::start();
+    let reference = format!("{}/allowed/hello:v1", registry.host);
+    push(&registry, &reference, &example_wasm("http-hello"), None).unwrap();
+    let hub = Hub::start();
+    let a = join_with(&hub, "a", "z1", &registry.insecure());
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(
+        dir.path(),
+        "app.yaml",
+        &manifest("allowed", &reference, "/allowed"),
+    );
+    deploy(&a, &registry, &file, &[], None).unwrap();
+    all_answer(&[&a], "/allowed", "Hello", TIMEOUT);
+
+    // The store loses the bytes; a node allowed another registry only does not pull them.
+    let digest = deployed(&a, "allowed")["digests"]["web"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    delete_artifact(&hub, dir.path(), &digest);
+    let mut flags = registry.insecure();
+    flags.extend(["--allowed-registry".to_owned(), "ghcr.io".to_owned()]);
+    let b = join_with(&hub, "b", "z2", &flags);
+    eventually("b's start to fail: not allowed", TIMEOUT, &[&a, &b], || {
+        let status = a.status("allowed")?;
+        let reason = status["reason"].as_str().unwrap_or_default();
+        if reason.contains(&format!("registry {} is not allowed", registry.host)) {
+            Ok(status)
+        } else {
+            Err(format!("status {status}"))
+        }
+    });
+    // A node allowed that registry pulls it.
+    let mut flags = registry.insecure();
+    flags.extend(["--allowed-registry".to_owned(), registry.host.clone()]);
+    let c = join_with(&hub, "c", "z3", &flags);
+    all_answer(&[&a, &c], "/allowed", "Hello", TIMEOUT);
+    assert!(
+        c.log().contains("pulling it from its registry by digest"),
+        "{}",
+        logs(&[&c])
+    );
 }

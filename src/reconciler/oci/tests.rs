@@ -249,3 +249,35 @@ fn a_ca_file_that_holds_no_certificate_stops_the_client_naming_it() {
         );
     }
 }
+
+#[tokio::test]
+async fn only_the_allowed_registries_are_pulled_from() {
+    let settings = RegistrySettings {
+        allowed: vec!["127.0.0.1:9".into(), "docker.io".into()],
+        ..RegistrySettings::default()
+    };
+    let registry = Registry::new(&settings).unwrap();
+    let e = registry.pull("ghcr.io/x/y:1").await.unwrap_err();
+    assert!(matches!(e, OciError::NotAllowed { .. }), "{e}");
+    assert!(
+        e.to_string()
+            .starts_with("ghcr.io/x/y:1: registry ghcr.io is not allowed"),
+        "{e}"
+    );
+    // Allowed: tried (nothing listens there), not refused.
+    let e = registry.pull("127.0.0.1:9/x:1").await.unwrap_err();
+    assert!(!matches!(e, OciError::NotAllowed { .. }), "{e}");
+    let pin = OciPin {
+        reference: "index.docker.io/library/x:1".into(),
+        digest: format!("sha256:{}", "e".repeat(64)),
+    };
+    let e = Registry::new(&RegistrySettings {
+        allowed: vec!["127.0.0.1:9".into()],
+        ..RegistrySettings::default()
+    })
+    .unwrap()
+    .pull_pinned(&pin)
+    .await
+    .unwrap_err();
+    assert!(matches!(e, OciError::NotAllowed { .. }), "{e}");
+}
