@@ -537,10 +537,12 @@ pub fn http_request_within(
         .unwrap();
     runtime.block_on(async {
         let fut = async {
-            let client = reqwest::Client::builder().no_proxy().build().ok()?;
+            // reqwest 0.13 without a TLS provider of its own: the process's (ring).
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            let client = reqwest_otlp::Client::builder().no_proxy().build().ok()?;
             let mut request = client
                 .request(
-                    reqwest::Method::from_bytes(method.as_bytes()).ok()?,
+                    reqwest_otlp::Method::from_bytes(method.as_bytes()).ok()?,
                     format!("http://{addr}{path}"),
                 )
                 .body(body.to_vec());
