@@ -84,9 +84,7 @@ impl OciPin {
             self.digest.clone(),
         ))
     }
-}
 
-impl OciPin {
     /// `REFERENCE@DIGEST` as errors name it, the digest written once when the reference
     /// already names it (`repo@sha256:…`).
     pub fn shown(&self) -> String {
