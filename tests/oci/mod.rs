@@ -673,3 +673,73 @@ fn oci_a_node_pulls_only_from_its_allowed_registries() {
         logs(&[&c])
     );
 }
+
+#[test]
+fn oci_a_node_pull_whose_wasm_is_not_the_versions_is_refused() {
+    let registry = Registry::start();
+    let hello_ref = format!("{}/pair/hello:v1", registry.host);
+    let goodbye_ref = format!("{}/pair/goodbye:v1", registry.host);
+    push(&registry, &hello_ref, &example_wasm("http-hello"), None).unwrap();
+    let goodbye_pin = push(&registry, &goodbye_ref, &example_wasm("http-goodbye"), None).unwrap();
+    let hub = Hub::start();
+    let a = join_with(&hub, "a", "z1", &registry.insecure());
+    let dir = tempfile::tempdir().unwrap();
+    // Puts hello's wasm into the artifact store.
+    let file = write(
+        dir.path(),
+        "hello.yaml",
+        &manifest("hello", &hello_ref, "/hello"),
+    );
+    deploy(&a, &registry, &file, &[], None).unwrap();
+    all_answer(&[&a], "/hello", "Hello", TIMEOUT);
+    let hello = wasm_digest(&example_wasm("http-hello"));
+
+    // A client that does not resolve images itself: hello's wasm pinned to goodbye's manifest.
+    let request = serde_json::json!({
+        "manifest": manifest("mixed", &goodbye_ref, "/mixed"),
+        "version": null,
+        "images": {"web": hello},
+        "oci": {"web": {"reference": goodbye_ref, "digest": goodbye_pin}},
+        "source": {"kind": "cli"},
+    });
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let reply: Value = runtime.block_on(async {
+        let client = crate::common::node_client(&a.data_dir).await;
+        let message = client
+            .request(
+                "lattice.default.ctl.v1.app.deploy",
+                serde_json::to_vec(&request).unwrap().into(),
+            )
+            .await
+            .unwrap();
+        serde_json::from_slice(&message.payload).unwrap()
+    });
+    assert_eq!(reply["success"], true, "{reply}");
+    all_answer(&[&a], "/mixed", "Hello", TIMEOUT);
+
+    // Without hello's wasm in the store, a new node pulls the pin and gets goodbye's: refused.
+    delete_artifact(&hub, dir.path(), &hello);
+    let b = join_with(&hub, "b", "z2", &registry.insecure());
+    let status = eventually(
+        "b's start to fail: digest mismatch",
+        TIMEOUT,
+        &[&a, &b],
+        || {
+            let status = a.status("mixed")?;
+            let reason = status["reason"].as_str().unwrap_or_default();
+            if reason.contains("digest mismatch") {
+                Ok(status)
+            } else {
+                Err(format!("status {status}"))
+            }
+        },
+    );
+    let reason = status["reason"].as_str().unwrap();
+    assert!(
+        reason.contains(&format!("{goodbye_ref}@{goodbye_pin}: digest mismatch"))
+            && reason.contains(&format!("expected sha256:{hello}")),
+        "{reason}"
+    );
+    // Nothing of goodbye's runs in its place; a keeps answering.
+    all_answer(&[&a], "/mixed", "Hello", TIMEOUT);
+}
