@@ -682,7 +682,14 @@ fn classify(reference: &str, auth: &RegistryAuth, e: OciDistributionError) -> Oc
             let any = |names: &[&str]| codes.iter().any(|c| names.iter().any(|n| c == n));
             if any(&["Unauthorized", "Denied"]) {
                 unauthorized(reference)
-            } else if any(&["ManifestUnknown", "NameUnknown", "ManifestBlobUnknown"]) {
+            } else if any(&[
+                "ManifestUnknown",
+                "NameUnknown",
+                "ManifestBlobUnknown",
+                // Some registries answer a manifest by digest they lack so; a blob's GET is
+                // told apart by `classify_blob`.
+                "BlobUnknown",
+            ]) {
                 OciError::NotFound { reference }
             } else {
                 OciError::Registry {

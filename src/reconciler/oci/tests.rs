@@ -281,3 +281,114 @@ async fn only_the_allowed_registries_are_pulled_from() {
     .unwrap_err();
     assert!(matches!(e, OciError::NotAllowed { .. }), "{e}");
 }
+
+/// A registry on loopback that answers every request from `answers` (path → content type and
+/// body; anything else 404) over plain HTTP, one request per connection.
+async fn fake_registry(answers: Vec<(String, &'static str, Vec<u8>)>) -> String {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let host = listener.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let mut request = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                match stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => request.extend_from_slice(&buf[..n]),
+                }
+            }
+            let line = String::from_utf8_lossy(&request);
+            let path = line.split_whitespace().nth(1).unwrap_or("").to_owned();
+            let (status, content_type, body) = match answers.iter().find(|(p, _, _)| *p == path) {
+                Some((_, content_type, body)) => ("200 OK", *content_type, body.clone()),
+                None if path == "/v2/" => ("200 OK", "application/json", b"{}".to_vec()),
+                None => (
+                    "404 Not Found",
+                    "application/json",
+                    br#"{"errors":[{"code":"BLOB_UNKNOWN","message":"blob unknown to registry"}]}"#
+                        .to_vec(),
+                ),
+            };
+            let head = format!(
+                "HTTP/1.1 {status}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = stream.write_all(head.as_bytes()).await;
+            let _ = stream.write_all(&body).await;
+        }
+    });
+    host
+}
+
+#[tokio::test]
+async fn a_layer_longer_than_its_manifest_declares_is_refused_as_such() {
+    let wasm = b"\0asm\x0d\x00\x01\x00 and more than declared".to_vec();
+    let layer_digest = format!("sha256:{}", hex(&Sha256::digest(&wasm)));
+    let config = b"{}".to_vec();
+    let body = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": WASM_CONFIG, "size": config.len(),
+            "digest": format!("sha256:{}", hex(&Sha256::digest(&config)))},
+        "layers": [{"mediaType": WASM_LAYER, "size": 8, "digest": layer_digest}],
+    }))
+    .unwrap();
+    let host = fake_registry(vec![
+        ("/v2/x/manifests/1".into(), OCI_MANIFEST, body),
+        (
+            format!("/v2/x/blobs/{layer_digest}"),
+            "application/octet-stream",
+            wasm,
+        ),
+    ])
+    .await;
+    let registry = Registry::new(&RegistrySettings {
+        insecure: vec![host.clone()],
+        ..RegistrySettings::default()
+    })
+    .unwrap();
+    let reference = format!("{host}/x:1");
+    let e = registry.pull(&reference).await.unwrap_err();
+    assert!(
+        matches!(&e, OciError::LongerThanDeclared { declared: 8, .. }),
+        "{e}"
+    );
+    assert!(
+        e.to_string()
+            .starts_with(&format!("{reference}: layer sha256:")),
+        "{e}"
+    );
+
+    // A manifest whose layer the registry does not have: that blob, not the manifest, unknown.
+    let e = registry
+        .pull(&format!("{host}/x:missing"))
+        .await
+        .unwrap_err();
+    assert!(matches!(&e, OciError::NotFound { .. }), "{e}");
+}
+
+#[tokio::test]
+async fn a_blob_the_registry_lacks_is_named_not_the_manifest() {
+    let config = b"{}".to_vec();
+    let missing = format!("sha256:{}", "f".repeat(64));
+    let body = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": WASM_CONFIG, "size": config.len(),
+            "digest": format!("sha256:{}", hex(&Sha256::digest(&config)))},
+        "layers": [{"mediaType": WASM_LAYER, "size": 8, "digest": missing}],
+    }))
+    .unwrap();
+    let host = fake_registry(vec![("/v2/x/manifests/1".into(), OCI_MANIFEST, body)]).await;
+    let registry = Registry::new(&RegistrySettings {
+        insecure: vec![host.clone()],
+        ..RegistrySettings::default()
+    })
+    .unwrap();
+    let e = registry.pull(&format!("{host}/x:1")).await.unwrap_err();
+    assert!(
+        matches!(&e, OciError::BlobNotFound { digest, .. } if *digest == missing),
+        "{e}"
+    );
+}
