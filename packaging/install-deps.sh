@@ -7,7 +7,8 @@
 # (packaging/test-in-nspawn.sh) systemd-container (systemd-nspawn), debootstrap with Debian's
 # archive keyring and procps (`ps`; a minimal Debian 12 has none of these three), and for the
 # observability tests (tests/service/) Debian's prometheus, which a test starts on loopback, and
-# a venv with PyPI's opentelemetry-proto for the OTLP receiver the trace tests run; skipping
+# a venv with PyPI's opentelemetry-proto for the OTLP receiver the trace tests run, and for the
+# OCI tests (tests/oci/) docker-registry and skopeo; skipping
 # what is already there.
 # Run as root or with sudo available.
 set -euo pipefail
@@ -34,6 +35,17 @@ command -v ps >/dev/null 2>&1 || missing+=(procps)
 if [ "${#missing[@]}" -gt 0 ]; then
   as_root apt-get update -qq
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
+fi
+# The OCI tests (tests/oci/): Debian's CNCF distribution registry, which a test starts on
+# loopback, and skopeo, the second push tool; the registry's system-wide service (on :5000 where
+# systemd runs) is not used.
+missing=()
+command -v docker-registry >/dev/null 2>&1 || missing+=(docker-registry)
+command -v skopeo >/dev/null 2>&1 || missing+=(skopeo)
+if [ "${#missing[@]}" -gt 0 ]; then
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+  as_root systemctl disable --now docker-registry >/dev/null 2>&1 || true
 fi
 if ! command -v prometheus >/dev/null 2>&1; then
   as_root apt-get update -qq

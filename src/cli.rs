@@ -30,6 +30,10 @@ pub enum Command {
     Get(GetArgs),
     /// Deploy, update, undeploy and inspect applications (wadm manifests) lattice-wide.
     App(AppArgs),
+    /// Upload a component to an OCI registry as a CNCF wasm artifact (`application/wasm`
+    /// layer, `application/vnd.wasm.config.v0+json` config) and print its manifest's digest;
+    /// a manifest's `image` can then name it.
+    Push(PushArgs),
     /// Write a starter config dir: `lattice.toml` with every key commented and one example
     /// manifest. Overwrites nothing.
     Init(crate::init::InitArgs),
@@ -59,6 +63,13 @@ pub enum AppCommand {
         /// [default: the one the answering node found and uses].
         #[arg(long, env = "LATTICE_JS_DOMAIN", value_name = "DOMAIN")]
         js_domain: Option<String>,
+        /// Resolve the tags of OCI images again. Without it a component whose `image` is the
+        /// reference its deployed version pinned keeps that digest, wherever the tag moved.
+        #[arg(long)]
+        refresh: bool,
+        /// How to reach OCI registries.
+        #[command(flatten)]
+        registry: RegistryArgs,
         /// How to reach the lattice.
         #[command(flatten)]
         client: ClientArgs,
@@ -94,6 +105,61 @@ pub enum AppCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
+}
+
+/// `lattice push REF FILE.wasm`.
+#[derive(Debug, Clone, Args)]
+pub struct PushArgs {
+    /// Where to: `REGISTRY/REPO:TAG` (`oci://` optional).
+    pub reference: String,
+    /// The component (`.wasm`), at most 256 MiB.
+    pub file: PathBuf,
+    /// How to reach the registry.
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+    /// Output format.
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
+}
+
+/// How the CLI reaches OCI registries (a node's are flags of `lattice up` of the same names).
+#[derive(Debug, Clone, Default, Args)]
+pub struct RegistryArgs {
+    /// Docker `config.json` with registry credentials (`auths`), read before
+    /// `$DOCKER_CONFIG/config.json` (else `~/.docker/config.json`) [default: only those].
+    #[arg(long, env = "LATTICE_REGISTRY_CREDS", value_name = "FILE")]
+    pub registry_creds: Option<PathBuf>,
+    /// A registry (`HOST` or `HOST:PORT`, as references name it) reached over plain HTTP;
+    /// repeatable (env: comma-separated). `localhost` too only when listed [default: none].
+    #[arg(
+        long = "insecure-registry",
+        env = "LATTICE_INSECURE_REGISTRY",
+        value_name = "HOST[:PORT]",
+        value_delimiter = ','
+    )]
+    pub insecure_registries: Vec<String>,
+    /// PEM file of CA certificates trusted besides the system's roots, by OCI registries and,
+    /// on `lattice up`, by components' outgoing HTTPS; repeatable (env: comma-separated), each
+    /// file may hold several certificates.
+    #[arg(
+        long = "ca-file",
+        env = "LATTICE_CA_FILE",
+        value_name = "FILE",
+        value_delimiter = ','
+    )]
+    pub ca_files: Vec<PathBuf>,
+}
+
+impl RegistryArgs {
+    /// The settings these flags give.
+    pub fn settings(&self) -> crate::reconciler::oci::RegistrySettings {
+        crate::reconciler::oci::RegistrySettings {
+            creds_file: self.registry_creds.clone(),
+            insecure: self.insecure_registries.clone(),
+            ca_files: self.ca_files.clone(),
+            allowed: Vec::new(),
+        }
+    }
 }
 
 /// `lattice get …`.
@@ -305,15 +371,20 @@ pub struct UpArgs {
     #[arg(long, env = "LATTICE_LOG", value_name = "FILTER")]
     pub log: Option<String>,
 
-    /// PEM file of CA certificates that components' outgoing HTTPS trusts besides the system's
-    /// roots; repeatable (env: comma-separated), each file may hold several certificates.
+    /// How this node reaches OCI registries (`--ca-file` also for components' outgoing HTTPS).
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+    /// The only OCI registries (`HOST` or `HOST:PORT`, as references name them; `docker.io`
+    /// for Docker Hub) this node pulls from, for its config dir's manifests and for the
+    /// versions it runs; repeatable (env: comma-separated). A pull from another is refused,
+    /// naming the reference [default: any registry].
     #[arg(
-        long = "ca-file",
-        env = "LATTICE_CA_FILE",
-        value_name = "FILE",
+        long = "allowed-registry",
+        env = "LATTICE_ALLOWED_REGISTRY",
+        value_name = "HOST[:PORT]",
         value_delimiter = ','
     )]
-    pub ca_files: Vec<PathBuf>,
+    pub allowed_registries: Vec<String>,
     /// Where apps may open listeners of their own (a manifest http link's `address`): `ADDRESS`
     /// or `ADDRESS:PORTS`, with ADDRESS `*`, an IPv4 address or network (`0.0.0.0`,
     /// `10.0.0.0/8`) or an IPv6 one in brackets (`[::1]`, `[fd00::/8]`), PORTS a port, a range

@@ -144,6 +144,9 @@ pub struct NodeConfig {
     /// `--ca-file`s (absolute): PEM CA certificates outgoing HTTPS trusts besides the system's
     /// roots; checked when the node starts ([`crate::providers::http_client::Egress::new`]).
     pub ca_files: Vec<PathBuf>,
+    /// How this node pulls components from OCI registries: `--registry-creds`,
+    /// `--insecure-registry`, the `--ca-file`s and `--allowed-registry`.
+    pub registry: crate::reconciler::oci::RegistrySettings,
     /// `--allowed-listen`: where apps may open listeners of their own.
     pub allowed_listen: ListenPolicy,
     /// Which keyvalue buckets links may name here and which keyvalue-sled ones are shared
@@ -191,6 +194,10 @@ struct FileConfig {
     /// One file or a list; relative to the config dir.
     #[serde(default)]
     ca_file: OneOrMany,
+    /// Relative to the config dir.
+    registry_creds: Option<PathBuf>,
+    insecure_registry: Option<Vec<String>>,
+    allowed_registry: Option<Vec<String>>,
     allowed_listen: Option<Vec<String>>,
     shared_bucket: Option<Vec<String>>,
     allowed_buckets: Option<Vec<String>>,
@@ -416,17 +423,36 @@ impl NodeConfig {
             },
         };
         // Flags replace the file's list, as for every other key.
-        let ca_files = if args.ca_files.is_empty() {
+        let registry_args = args.registry;
+        let ca_files = if registry_args.ca_files.is_empty() {
             file.ca_file
                 .into_vec()
                 .into_iter()
                 .map(|path| config_dir.join(path))
                 .collect()
         } else {
-            args.ca_files
+            registry_args
+                .ca_files
                 .into_iter()
                 .map(absolute)
                 .collect::<anyhow::Result<Vec<_>>>()?
+        };
+        let registry = crate::reconciler::oci::RegistrySettings {
+            creds_file: match registry_args.registry_creds {
+                Some(path) => Some(absolute(path)?),
+                None => file.registry_creds.map(|path| config_dir.join(path)),
+            },
+            insecure: if registry_args.insecure_registries.is_empty() {
+                file.insecure_registry.unwrap_or_default()
+            } else {
+                registry_args.insecure_registries
+            },
+            ca_files: ca_files.clone(),
+            allowed: if args.allowed_registries.is_empty() {
+                file.allowed_registry.unwrap_or_default()
+            } else {
+                args.allowed_registries.clone()
+            },
         };
         let js_domain = args.js_domain.or(file.js_domain);
         if let Some(domain) = &js_domain {
@@ -506,6 +532,7 @@ impl NodeConfig {
             store_replicas,
             log_filter: args.log.or(file.log).unwrap_or_else(|| "info".to_owned()),
             ca_files,
+            registry,
             allowed_listen,
             buckets,
             warnings,
@@ -869,9 +896,27 @@ mod tests {
             vec![dir.path().join("a.pem"), PathBuf::from("/etc/b.pem")]
         );
         let mut a = args(dir.path());
-        a.ca_files = vec![PathBuf::from("/x/flag.pem")];
+        a.registry.ca_files = vec![PathBuf::from("/x/flag.pem")];
         let c = NodeConfig::resolve(a).unwrap();
         assert_eq!(c.ca_files, vec![PathBuf::from("/x/flag.pem")]);
+    }
+
+    #[test]
+    fn allowed_registries_come_from_the_file_or_from_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = NodeConfig::resolve(args(dir.path())).unwrap();
+        assert!(c.registry.allowed.is_empty());
+        std::fs::write(
+            dir.path().join(CONFIG_FILE_NAME),
+            "allowed-registry = [\"ghcr.io\"]\n",
+        )
+        .unwrap();
+        let c = NodeConfig::resolve(args(dir.path())).unwrap();
+        assert_eq!(c.registry.allowed, vec!["ghcr.io".to_owned()]);
+        let mut a = args(dir.path());
+        a.allowed_registries = vec!["127.0.0.1:5000".into()];
+        let c = NodeConfig::resolve(a).unwrap();
+        assert_eq!(c.registry.allowed, vec!["127.0.0.1:5000".to_owned()]);
     }
 
     #[test]

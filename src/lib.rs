@@ -134,6 +134,12 @@ pub fn run(cli: cli::Cli) -> anyhow::Result<ExitCode> {
                 .build()?;
             runtime.block_on(control::client::app(args.command))
         }
+        cli::Command::Push(args) => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(control::client::push(args))
+        }
         cli::Command::Init(args) => init::run(&args),
     }
 }

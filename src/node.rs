@@ -553,7 +553,8 @@ async fn run_with_nats(
         &config.lattice,
         Some(config.data_dir.join("artifacts")),
     )
-    .with_replicas(config.store_replicas);
+    .with_replicas(config.store_replicas)
+    .with_registry(crate::reconciler::oci::Registry::new(&config.registry)?);
     // keyvalue-nats buckets live in the same JetStream as the apps; keyvalue-sled trees in the
     // node's own database.
     let keyvalue =

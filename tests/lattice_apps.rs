@@ -8,6 +8,7 @@
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
 mod common;
+mod oci;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

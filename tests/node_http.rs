@@ -55,7 +55,9 @@ fn serves_the_example_manifest_within_5_seconds() {
         .build()
         .unwrap();
     let (version, body) = runtime.block_on(async {
-        let client = reqwest::Client::builder()
+        // reqwest 0.13 without a TLS provider of its own: the process's (ring).
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let client = reqwest_otlp::Client::builder()
             .http2_prior_knowledge()
             .build()
             .unwrap();
@@ -66,7 +68,7 @@ fn serves_the_example_manifest_within_5_seconds() {
             .unwrap();
         (response.version(), response.text().await.unwrap())
     });
-    assert_eq!(version, reqwest::Version::HTTP_2);
+    assert_eq!(version, reqwest_otlp::Version::HTTP_2);
     assert!(body.contains("/h2"), "{body}");
 }
 

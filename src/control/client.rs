@@ -11,6 +11,7 @@ use super::{
     AppRequest, AppSummary, CtlResponse, HistoryEntry, HostInventory, InventoryRequest,
     LatticeConfig,
 };
+use crate::cli::PushArgs;
 use crate::cli::{AppCommand, ClientArgs, GetCommand, OutputFormat};
 use crate::host::escape_control;
 use crate::lattice::membership::HostInfo;
@@ -19,7 +20,10 @@ use crate::nats::permissions::{self, Denied};
 use crate::nats::subjects;
 use crate::node::NATS_URL_FILE;
 use crate::reconciler::artifacts::Artifacts;
-use crate::reconciler::deploy::{ImagesTo, MAX_MANIFEST_BYTES, upload_images};
+use crate::reconciler::deploy::{
+    ImagesTo, MAX_MANIFEST_BYTES, ResolvedImages, resolve_images, suffixed, version_of,
+};
+use crate::reconciler::oci::Registry;
 use crate::reconciler::plan::AppStatus;
 use crate::reconciler::store::Source;
 use crate::reconciler::{DeployError, DeployOutcome, DeployRequest, manifest};
@@ -67,9 +71,17 @@ pub async fn app(command: AppCommand) -> anyhow::Result<ExitCode> {
             file,
             version,
             js_domain,
+            refresh,
+            registry,
             client,
         } => {
-            let outcome = deploy(&file, version, js_domain, &client).await?;
+            let options = DeployOptions {
+                version,
+                js_domain,
+                refresh,
+                registry,
+            };
+            let outcome = deploy(&file, options, &client).await?;
             match client.output {
                 OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&outcome)?),
                 OutputFormat::Table => println!(
@@ -138,7 +150,15 @@ pub async fn app(command: AppCommand) -> anyhow::Result<ExitCode> {
                                 h.source.clone(),
                                 h.digests
                                     .iter()
-                                    .map(|(c, d)| format!("{c}={}", &d[..d.len().min(12)]))
+                                    .map(|(c, d)| match h.oci.get(c) {
+                                        Some(pin) => format!(
+                                            "{c}={} ({}@{})",
+                                            &d[..d.len().min(12)],
+                                            escape_control(&pin.reference),
+                                            escape_control(&pin.digest)
+                                        ),
+                                        None => format!("{c}={}", &d[..d.len().min(12)]),
+                                    })
                                     .collect::<Vec<_>>()
                                     .join(","),
                             ]
@@ -155,12 +175,24 @@ pub async fn app(command: AppCommand) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// `lattice app deploy`: parse and check the manifest here, upload its files, then ask a node
-/// to validate and store it.
+/// What `lattice app deploy` was told besides the file.
+struct DeployOptions {
+    /// `--version`.
+    version: Option<String>,
+    /// `--js-domain`.
+    js_domain: Option<String>,
+    /// `--refresh`: resolve OCI tags again.
+    refresh: bool,
+    /// `--registry-creds`, `--insecure-registry`, `--ca-file`.
+    registry: crate::cli::RegistryArgs,
+}
+
+/// `lattice app deploy`: parse and check the manifest here, upload its files (and pull its OCI
+/// images, tags resolved unless the deployed version pinned them and `--refresh` is not
+/// given), then ask a node to validate and store it.
 async fn deploy(
     file: &std::path::Path,
-    version: Option<String>,
-    js_domain: Option<String>,
+    options: DeployOptions,
     client: &ClientArgs,
 ) -> anyhow::Result<DeployOutcome> {
     let in_file = |e: &dyn std::fmt::Display| anyhow::anyhow!("{}: {e}", file.display());
@@ -190,16 +222,16 @@ async fn deploy(
     }
     let nats = connect(client).await?;
     // A step the NATS user may not take fails the deploy at once, naming the subject.
-    let (outcome, artifacts) = nats
+    let (outcome, artifacts, resolved) = nats
         .guard(deploy_through(
-            &nats, file, &text, &manifest, version, js_domain, client,
+            &nats, file, &text, &manifest, options, client,
         ))
         .await?;
     // An artifact this deploy found already stored may have been collected between the upload
     // and the store (its last user undeployed meanwhile): put it back. The version is stored
     // whatever happens here, and the error says so.
     nats.guard(async {
-        upload_images(&manifest, &artifacts, ImagesTo::Lattice)
+        resolve_images(&manifest, &artifacts, ImagesTo::Lattice, Some(&resolved))
             .await
             .map_err(anyhow::Error::new)
     })
@@ -219,16 +251,15 @@ async fn deploy(
 }
 
 /// The part of [`deploy`] that talks to the lattice through `nats` up to the store: the
-/// outcome, and the artifact store it uploaded into.
+/// outcome, the artifact store it uploaded into and what the images resolved to.
 async fn deploy_through(
     nats: &Connection,
     file: &std::path::Path,
     text: &str,
     manifest: &manifest::Manifest,
-    version: Option<String>,
-    js_domain: Option<String>,
+    options: DeployOptions,
     client: &ClientArgs,
-) -> anyhow::Result<(DeployOutcome, Artifacts)> {
+) -> anyhow::Result<(DeployOutcome, Artifacts, ResolvedImages)> {
     let in_file = |e: &dyn std::fmt::Display| anyhow::anyhow!("{}: {e}", file.display());
     let config: LatticeConfig = nats
         .request(subjects::CTL_GET_CONFIG, Vec::new(), DEFAULT_TIMEOUT)
@@ -237,18 +268,45 @@ async fn deploy_through(
     if let Some(reason) = config.no_store {
         return Err(in_file(&format!("app {:?}: {reason}", manifest.name)));
     }
-    let js_domain = js_domain.or(config.js_domain);
+    let js_domain = options.js_domain.or(config.js_domain);
     let js = crate::nats::SharedJetStream::fixed(nats.client.clone(), js_domain);
-    let artifacts = Artifacts::new(js, &client.lattice, None).with_replicas(config.store_replicas);
-    let images = upload_images(manifest, &artifacts, ImagesTo::Lattice)
+    let mut artifacts =
+        Artifacts::new(js, &client.lattice, None).with_replicas(config.store_replicas);
+    // Credentials are read only for a manifest naming an OCI image.
+    if manifest
+        .components
+        .iter()
+        .any(|c| matches!(c.image, manifest::Image::Oci(_)))
+    {
+        artifacts = artifacts.with_registry(Registry::new(&options.registry.settings())?);
+    }
+    let deployed = deployed_pins(nats, &manifest.name).await;
+    let pinned = deployed.as_ref().map(|(_, pins)| pins);
+    let keep = pinned.filter(|_| !options.refresh);
+    let resolved = resolve_images(manifest, &artifacts, ImagesTo::Lattice, keep)
         .await
         .map_err(|e: DeployError| in_file(&format!("app {:?}: {e}", manifest.name)))?;
-    let request = DeployRequest {
+    let mut request = DeployRequest {
         manifest: text.to_owned(),
-        version,
-        images,
+        version: options.version,
+        images: resolved.images.clone(),
+        oci: resolved.oci.clone(),
         source: Source::Cli,
     };
+    // A refresh whose tags moved is new content under the manifest's version: that version
+    // with a suffix naming the content, as for a config-dir file edited in place.
+    if request.version.is_none() {
+        let suffixed = suffixed(&version_of(None, manifest, text), &request);
+        // The same content deployed again after such a refresh (the pins kept): the version
+        // the refresh named, not the manifest's own, which holds the older images.
+        let redeployed = deployed
+            .as_ref()
+            .is_some_and(|(version, _)| *version == suffixed);
+        let moved = options.refresh && pinned.is_some_and(|p| p.images != resolved.images);
+        if redeployed || moved {
+            request.version = Some(suffixed);
+        }
+    }
     let outcome = nats
         .request(
             subjects::CTL_APP_DEPLOY,
@@ -257,7 +315,53 @@ async fn deploy_through(
         )
         .await
         .map_err(|e| in_file(&format!("app {:?}: {e:#}", manifest.name)))?;
-    Ok((outcome, artifacts))
+    Ok((outcome, artifacts, resolved))
+}
+
+/// The name of `app`'s deployed version and its images with their OCI pins (from
+/// `app.history`); `None` when the app is not deployed (or its history cannot be read: its
+/// tags then resolve anew).
+async fn deployed_pins(nats: &Connection, app: &str) -> Option<(String, ResolvedImages)> {
+    let payload = serde_json::to_vec(&AppRequest {
+        name: app.to_owned(),
+    })
+    .ok()?;
+    let history: Vec<HistoryEntry> = nats
+        .request(subjects::CTL_APP_HISTORY, payload, DEFAULT_TIMEOUT)
+        .await
+        .ok()?;
+    let deployed = history.into_iter().find(|h| h.deployed)?;
+    Some((
+        deployed.version,
+        ResolvedImages {
+            images: deployed.digests,
+            oci: deployed.oci,
+        },
+    ))
+}
+
+/// `lattice push REF FILE.wasm`: uploads the component as a CNCF wasm artifact and prints the
+/// manifest's digest (JSON: `{"reference", "digest"}`).
+///
+/// # Errors
+/// The file is not a component of at most 256 MiB, the flags' files cannot be read, or the
+/// push fails ([`crate::reconciler::oci::OciError`], naming the reference).
+pub async fn push(args: PushArgs) -> anyhow::Result<ExitCode> {
+    let wasm = crate::reconciler::artifacts::read_component_file(&args.file)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    anyhow::ensure!(
+        crate::reconciler::oci::is_component(&wasm),
+        "{}: not a wasm component (a core module or another file)",
+        args.file.display()
+    );
+    let registry = Registry::new(&args.registry.settings())?;
+    let pin = registry.push(&args.reference, wasm).await?;
+    match args.output {
+        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&pin)?),
+        OutputFormat::Table => println!("{}", pin.digest),
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Connects as `args` say and sends one request to `endpoint`: its response.

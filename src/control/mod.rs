@@ -154,6 +154,10 @@ pub struct HistoryEntry {
     pub source: String,
     /// Component → sha256 of its wasm.
     pub digests: std::collections::BTreeMap<String, String>,
+    /// Component → the OCI reference and the registry manifest digest it was pinned to, for
+    /// components whose `image` is an OCI reference.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub oci: std::collections::BTreeMap<String, crate::reconciler::oci::OciPin>,
 }
 
 /// One entry of `app.list`.
@@ -302,6 +306,7 @@ async fn answer(context: &ControlContext, name: &str, payload: &[u8]) -> Vec<u8>
                             deployed: v.version == record.deployed,
                             source: v.source.to_string(),
                             digests: v.images.clone(),
+                            oci: v.oci.clone(),
                         })
                         .collect::<Vec<_>>(),
                 ),

@@ -20,6 +20,7 @@ use async_nats::jetstream::object_store::{self, ObjectStore};
 use futures::TryStreamExt;
 use tokio::io::AsyncReadExt;
 
+use super::oci::{OciError, OciPin, Registry, RegistrySettings};
 use crate::host::sha256_hex;
 use crate::nats::{SharedJetStream, subjects};
 
@@ -34,6 +35,36 @@ pub const GC_GRACE: Duration = Duration::from_secs(120);
 /// How often the sweeping node looks for unused artifacts.
 pub const GC_INTERVAL: Duration = Duration::from_secs(60);
 
+/// Why [`Artifacts::fetch`] has no bytes to give: a caller pulls from a registry only when
+/// the store lacks them or holds other bytes, not when it cannot be asked.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    /// The object store does not hold the artifact.
+    #[error("artifact sha256:{digest} is not in object store {bucket}")]
+    NotFound {
+        /// The artifact's digest (hex).
+        digest: String,
+        /// The object store bucket.
+        bucket: String,
+    },
+    /// The object store holds bytes of another digest (or more than a component may have).
+    #[error("artifact sha256:{digest} from the object store has digest {actual}; refused")]
+    Corrupt {
+        /// The digest asked for (hex).
+        digest: String,
+        /// The digest of the bytes read (hex).
+        actual: String,
+    },
+    /// The object store cannot be reached or read.
+    #[error("fetching artifact sha256:{digest}: {detail}")]
+    Store {
+        /// The artifact's digest (hex).
+        digest: String,
+        /// The store's error, with its causes.
+        detail: String,
+    },
+}
+
 /// The lattice's artifact store, seen from one node (or one CLI command).
 #[derive(Clone)]
 pub struct Artifacts {
@@ -45,6 +76,9 @@ pub struct Artifacts {
     unused_since: Arc<Mutex<BTreeMap<String, Instant>>>,
     /// Replicas of the object store when this node creates it (`--store-replicas`).
     replicas: usize,
+    /// How components named by OCI reference are pulled; anonymous, HTTPS only, until
+    /// [`Artifacts::with_registry`].
+    registry: Arc<std::sync::OnceLock<Registry>>,
 }
 
 impl Artifacts {
@@ -57,7 +91,98 @@ impl Artifacts {
             dir,
             unused_since: Arc::default(),
             replicas: 1,
+            registry: Arc::default(),
         }
+    }
+
+    /// These artifacts, pulling components named by OCI reference through `registry`.
+    pub fn with_registry(self, registry: Registry) -> Artifacts {
+        let _ = self.registry.set(registry);
+        self
+    }
+
+    /// The registry client: [`Artifacts::with_registry`]'s, else one made on first use with
+    /// the default settings (HTTPS with the system's roots, credentials from
+    /// `$DOCKER_CONFIG/config.json` or `~/.docker/config.json`).
+    ///
+    /// # Errors
+    /// No client was given and one cannot be made (TLS setup).
+    pub fn registry(&self) -> anyhow::Result<&Registry> {
+        if let Some(registry) = self.registry.get() {
+            return Ok(registry);
+        }
+        let registry = Registry::new(&RegistrySettings::default())?;
+        Ok(self.registry.get_or_init(|| registry))
+    }
+
+    /// Whether this node's cache holds `digest` (verified; read and hashed off the runtime's
+    /// workers).
+    pub async fn cached(&self, digest: &str) -> bool {
+        let Some(dir) = &self.dir else {
+            return false;
+        };
+        let path = dir.join(format!("{digest}.wasm"));
+        let digest = digest.to_owned();
+        tokio::task::spawn_blocking(move || {
+            std::fs::read(path).is_ok_and(|bytes| sha256_hex(&bytes) == digest)
+        })
+        .await
+        .unwrap_or(false)
+    }
+
+    /// The bytes of `digest` ([`Artifacts::fetch`]); when the store does not hold them and
+    /// `pin` names the registry manifest they came from, pulled from the registry by that
+    /// digest, verified against `digest`, then put back into the store (or, failing that,
+    /// this node's cache).
+    ///
+    /// A store that cannot be reached is not a reason to pull: the error is the store's.
+    ///
+    /// # Errors
+    /// As [`Artifacts::fetch`] without a pin; with one, [`FetchError::Store`], the pull's
+    /// [`OciError`] (one line naming the pinned reference), or bytes of another digest.
+    pub async fn fetch_component(
+        &self,
+        digest: &str,
+        pin: Option<&OciPin>,
+    ) -> anyhow::Result<Vec<u8>> {
+        let Some(pin) = pin else {
+            return Ok(self.fetch(digest).await?);
+        };
+        let why = match self.fetch(digest).await {
+            Ok(bytes) => return Ok(bytes),
+            Err(FetchError::NotFound { .. }) => "artifact not in the lattice store",
+            Err(FetchError::Corrupt { .. }) => "the lattice store holds other bytes",
+            Err(e @ FetchError::Store { .. }) => return Err(e.into()),
+        };
+        tracing::info!(
+            digest,
+            image = pin.reference,
+            manifest = pin.digest,
+            "{why}; pulling it from its registry by digest"
+        );
+        let pulled = self.registry()?.pull_pinned(pin).await?;
+        let actual = sha256_hex(&pulled.wasm);
+        if actual != digest {
+            return Err(OciError::DigestMismatch {
+                reference: pin.shown(),
+                expected: format!("sha256:{digest}"),
+                actual: format!("sha256:{actual}"),
+            }
+            .into());
+        }
+        if let Err(e) = self.upload(&pulled.wasm).await {
+            tracing::warn!(
+                digest,
+                error = format!("{e:#}"),
+                "cannot put the pulled artifact into the lattice store"
+            );
+            if self.dir.is_some() {
+                let _ = self.keep_here(&pulled.wasm).await;
+            }
+        } else if let Some(dir) = &self.dir {
+            let _ = write_atomically(&dir.join(format!("{digest}.wasm")), &pulled.wasm).await;
+        }
+        Ok(pulled.wasm)
     }
 
     /// These artifacts, the object store created with `replicas` replicas (`--store-replicas`)
@@ -167,9 +292,9 @@ impl Artifacts {
     /// cached.
     ///
     /// # Errors
-    /// Not in the cache and the store cannot be reached, does not hold it, or holds bytes of
-    /// another digest (the message says which).
-    pub async fn fetch(&self, digest: &str) -> anyhow::Result<Vec<u8>> {
+    /// Not in the cache and the store cannot be reached ([`FetchError::Store`]), does not hold
+    /// it ([`FetchError::NotFound`]), or holds bytes of another digest ([`FetchError::Corrupt`]).
+    pub async fn fetch(&self, digest: &str) -> Result<Vec<u8>, FetchError> {
         let cached = self.dir.as_ref().map(|d| d.join(format!("{digest}.wasm")));
         if let Some(path) = &cached
             && let Ok(bytes) = tokio::fs::read(path).await
@@ -179,15 +304,19 @@ impl Artifacts {
             }
             tracing::warn!(path = %path.display(), "cached artifact does not match its digest; fetching it again");
         }
-        let bucket = self.bucket().await?;
+        let store = |detail: String| FetchError::Store {
+            digest: digest.to_owned(),
+            detail,
+        };
+        let bucket = self.bucket().await.map_err(|e| store(format!("{e:#}")))?;
         let mut object = bucket.get(digest).await.map_err(|e| {
             if e.kind() == object_store::GetErrorKind::NotFound {
-                anyhow::anyhow!(
-                    "artifact sha256:{digest} is not in object store {}",
-                    subjects::artifacts_bucket(&self.lattice)
-                )
+                FetchError::NotFound {
+                    digest: digest.to_owned(),
+                    bucket: subjects::artifacts_bucket(&self.lattice),
+                }
             } else {
-                anyhow::Error::from(e).context(format!("fetching artifact sha256:{digest}"))
+                store(format!("{:#}", anyhow::Error::from(e)))
             }
         })?;
         let mut bytes = Vec::new();
@@ -195,12 +324,14 @@ impl Artifacts {
             .take(MAX_COMPONENT_BYTES + 1)
             .read_to_end(&mut bytes)
             .await
-            .with_context(|| format!("fetching artifact sha256:{digest}"))?;
+            .map_err(|e| store(e.to_string()))?;
         let actual = sha256_hex(&bytes);
-        anyhow::ensure!(
-            actual == digest,
-            "artifact sha256:{digest} from the object store has digest {actual}; refused"
-        );
+        if actual != digest {
+            return Err(FetchError::Corrupt {
+                digest: digest.to_owned(),
+                actual,
+            });
+        }
         if let Some(path) = &cached
             && let Err(e) = write_atomically(path, &bytes).await
         {

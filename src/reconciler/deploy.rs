@@ -4,7 +4,7 @@
 //! app: its own KV key, then the app's head with a compare-and-set (`store::layout`). A
 //! rejected manifest changes nothing.
 //!
-//! Two halves: [`upload_images`] runs where the manifest's files are (the CLI, or the node
+//! Two halves: [`resolve_images`] runs where the manifest's files are (the CLI, or the node
 //! whose config dir holds it) and puts their bytes into the artifact store; [`AppStore`] runs on
 //! a node (the control API's `app.deploy`, the config-dir watcher) and validates and stores.
 //! While no lattice store is reachable the config dir's manifests go into the node's node-local
@@ -25,14 +25,15 @@ mod checks;
 mod prepare;
 
 pub use checks::routes_of;
-pub use prepare::version_of;
-use prepare::{Prepared, prepare, suffixed, version_exists};
+use prepare::{Prepared, prepare, version_exists};
+pub use prepare::{suffixed, version_of};
 
 use super::artifacts::{Artifacts, read_component_file};
 use super::manifest::{FieldError, Image, Manifest};
+use super::oci::{OciError, OciPin};
 use super::store::layout::{self, AppHead, AppsBucket, WriteError, same_content};
 use super::store::{CAS_ATTEMPTS, Mirror, Source, StoredApp, StoredVersion};
-use crate::host::Host;
+use crate::host::{Host, sha256_hex};
 use crate::nats::{JetStreamState, SharedJetStream};
 use crate::providers::http::RouteConflict;
 
@@ -58,6 +59,10 @@ pub struct DeployRequest {
     pub version: Option<String>,
     /// Component name → sha256 of its wasm (lowercase hex), already in the artifact store.
     pub images: BTreeMap<String, String>,
+    /// Component name → the registry manifest its wasm came from, for components whose `image`
+    /// is an OCI reference (resolved by the deployer: [`resolve_images`]).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub oci: BTreeMap<String, OciPin>,
     /// Where the manifest comes from.
     pub source: Source,
 }
@@ -111,6 +116,15 @@ pub enum DeployError {
     /// No such app.
     #[error("no app {0:?} in the lattice")]
     NoSuchApp(String),
+    /// A component's OCI image cannot be pulled: unknown tag, unauthorized, registry
+    /// unreachable, wrong media type, digest mismatch, too large.
+    #[error("{field}: {source}")]
+    Image {
+        /// YAML path of the component's `image`.
+        field: String,
+        /// Why, naming the reference.
+        source: OciError,
+    },
     /// The desired-state store could not be read or written.
     #[error("desired-state store: {0}")]
     Store(String),
@@ -131,7 +145,7 @@ impl DeployError {
     }
 }
 
-/// Where [`upload_images`] puts the bytes of a manifest's component files.
+/// Where [`resolve_images`] puts the bytes of a manifest's component files.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ImagesTo {
     /// The lattice's artifact store.
@@ -140,33 +154,134 @@ pub enum ImagesTo {
     ThisNode,
 }
 
-/// Puts the wasm file of every component of `manifest` whose image is a file where `to` says,
-/// and returns component name → digest.
+/// What [`resolve_images`] made of a manifest's images.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ResolvedImages {
+    /// Component name → sha256 of its wasm (lowercase hex), in the artifact store (or cache).
+    pub images: BTreeMap<String, String>,
+    /// Component name → the registry manifest its wasm came from (OCI images only).
+    pub oci: BTreeMap<String, OciPin>,
+}
+
+impl ResolvedImages {
+    /// The images of a stored version.
+    pub fn of(version: &StoredVersion) -> ResolvedImages {
+        ResolvedImages {
+            images: version.images.clone(),
+            oci: version.oci.clone(),
+        }
+    }
+}
+
+/// Puts the wasm of every component of `manifest` where `to` says: a file's bytes; an OCI
+/// image's, pulled from its registry (the tag resolved to a digest now), unless `pinned` (the
+/// app's deployed version, or what an earlier call gave) already resolved the same reference
+/// for that component: then its pinned digest is kept (and pulled by that digest only if the
+/// store lacks its bytes). Returns what each component got.
 ///
 /// # Errors
-/// A file cannot be read ([`FieldError`] on its `image`), or the artifact store (or cache)
-/// cannot be written ([`DeployError::Store`]).
-pub async fn upload_images(
+/// A file cannot be read ([`FieldError`] on its `image`), a pull fails ([`DeployError::Image`],
+/// one line naming the field and the reference), or the artifact store (or cache) cannot be
+/// written ([`DeployError::Store`]).
+pub async fn resolve_images(
     manifest: &Manifest,
     artifacts: &Artifacts,
     to: ImagesTo,
-) -> Result<BTreeMap<String, String>, DeployError> {
-    let mut images = BTreeMap::new();
+    pinned: Option<&ResolvedImages>,
+) -> Result<ResolvedImages, DeployError> {
+    let mut resolved = ResolvedImages::default();
+    let store = |e: anyhow::Error| DeployError::Store(format!("{e:#}"));
+    let put = async |wasm: &[u8]| match to {
+        ImagesTo::Lattice => artifacts.upload(wasm).await,
+        ImagesTo::ThisNode => artifacts.keep_here(wasm).await,
+    };
     for spec in &manifest.components {
-        let Image::File(path) = &spec.image else {
-            continue;
+        let image_error = |source: OciError| DeployError::Image {
+            field: spec.image_field.clone(),
+            source,
         };
-        let wasm = read_component_file(path)
-            .await
-            .map_err(|reason| FieldError::new(&spec.image_field, reason))?;
-        let digest = match to {
-            ImagesTo::Lattice => artifacts.upload(&wasm).await,
-            ImagesTo::ThisNode => artifacts.keep_here(&wasm).await,
+        let registry = |reference: &str| {
+            artifacts.registry().map_err(|e| {
+                image_error(OciError::Registry {
+                    reference: reference.to_owned(),
+                    detail: format!("{e:#}"),
+                })
+            })
+        };
+        match &spec.image {
+            Image::File(path) => {
+                let wasm = read_component_file(path)
+                    .await
+                    .map_err(|reason| FieldError::new(&spec.image_field, reason))?;
+                let digest = put(&wasm).await.map_err(store)?;
+                resolved.images.insert(spec.name.clone(), digest);
+            }
+            Image::Oci(reference) => {
+                let kept = pinned.and_then(|p| {
+                    let pin = p
+                        .oci
+                        .get(&spec.name)
+                        .filter(|pin| pin.reference == *reference)?;
+                    Some((pin.clone(), p.images.get(&spec.name)?.clone()))
+                });
+                let (pin, digest) = match kept {
+                    Some((pin, digest)) => {
+                        let present = match to {
+                            ImagesTo::Lattice => artifacts.exists(&digest).await.map_err(store)?,
+                            ImagesTo::ThisNode => artifacts.cached(&digest).await,
+                        };
+                        if !present {
+                            let pulled = registry(reference)?
+                                .pull_pinned(&pin)
+                                .await
+                                .map_err(|e| match e {
+                                    // The pinned manifest is gone (the tag was probably
+                                    // moved and the old one deleted).
+                                    OciError::NotFound { reference } => OciError::NotFound {
+                                        reference: format!(
+                                            "{reference} (the version's pin; `lattice app deploy --refresh` resolves the tag again)"
+                                        ),
+                                    },
+                                    e => e,
+                                })
+                                .map_err(image_error)?;
+                            // Compared before it is stored: other bytes never enter the store.
+                            let actual = sha256_hex(&pulled.wasm);
+                            if actual != digest {
+                                return Err(image_error(OciError::DigestMismatch {
+                                    reference: pin.shown(),
+                                    expected: format!("sha256:{digest}"),
+                                    actual: format!("sha256:{actual}"),
+                                }));
+                            }
+                            put(&pulled.wasm).await.map_err(store)?;
+                        }
+                        (pin, digest)
+                    }
+                    None => {
+                        let pulled = registry(reference)?
+                            .pull(reference)
+                            .await
+                            .map_err(image_error)?;
+                        let digest = put(&pulled.wasm).await.map_err(store)?;
+                        tracing::info!(
+                            image = reference,
+                            manifest = pulled.pin.digest,
+                            digest,
+                            "component pulled from its registry"
+                        );
+                        (pulled.pin, digest)
+                    }
+                };
+                resolved.images.insert(spec.name.clone(), digest);
+                resolved.oci.insert(spec.name.clone(), pin);
+            }
+            Image::Artifact { digest } => {
+                resolved.images.insert(spec.name.clone(), digest.clone());
+            }
         }
-        .map_err(|e| DeployError::Store(format!("{e:#}")))?;
-        images.insert(spec.name.clone(), digest);
     }
-    Ok(images)
+    Ok(resolved)
 }
 
 /// The write side of the desired state, on a node.
@@ -294,6 +409,7 @@ impl AppStore {
             version: version.clone(),
             manifest: request.manifest.clone(),
             images: request.images.clone(),
+            oci: request.oci.clone(),
             stored_at_ms: now_ms(),
             source: request.source.clone(),
         };
@@ -401,6 +517,7 @@ impl AppStore {
             version: version.clone(),
             manifest: request.manifest.clone(),
             images: request.images.clone(),
+            oci: request.oci.clone(),
             stored_at_ms: now_ms(),
             source: request.source.clone(),
         };

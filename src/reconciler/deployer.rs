@@ -706,7 +706,7 @@ impl Starter {
         let fetching = self.fetching.acquire().await;
         let wasm = self
             .artifacts
-            .fetch(digest)
+            .fetch_component(digest, spec.oci_pin.as_ref())
             .await
             .map_err(|e| format!("{e:#}"))?;
         let prepared = self

@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use crate::name::Name;
 use crate::providers::http_client::AllowedHosts;
 use crate::providers::keyvalue::KeyValueLink;
+use crate::reconciler::oci::OciPin;
 
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
@@ -77,6 +78,10 @@ pub enum Image {
     /// A file on the machine that deploys the manifest, resolved against the manifest's
     /// directory (`image: ./x.wasm` or `file://…`).
     File(PathBuf),
+    /// A component in an OCI registry (`REGISTRY/REPO:TAG`, `REGISTRY/REPO@sha256:…`,
+    /// `oci://…`), as written without `oci://`: resolved to a digest by whoever deploys
+    /// ([`crate::reconciler::oci`]).
+    Oci(String),
     /// Bytes in the lattice's artifact store, by the sha256 of the wasm (lowercase hex): what a
     /// stored manifest names once its files were uploaded.
     Artifact {
@@ -89,6 +94,7 @@ impl std::fmt::Display for Image {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Image::File(path) => write!(f, "{}", path.display()),
+            Image::Oci(reference) => f.write_str(reference),
             Image::Artifact { digest } => write!(f, "artifact sha256:{digest}"),
         }
     }
@@ -103,6 +109,9 @@ pub struct ComponentSpec {
     pub image: Image,
     /// YAML path of `image`, for errors about the file.
     pub image_field: String,
+    /// The registry manifest its artifact came from, when `image` is an OCI reference: the
+    /// node pulls it by this digest when the artifact store lacks the bytes.
+    pub oci_pin: Option<OciPin>,
     /// How many replicas, where.
     pub scaler: Scaler,
     /// Its `wasi:config`: the properties of its `config` entries, merged in order.
@@ -174,6 +183,14 @@ impl Manifest {
             };
         }
         Ok(())
+    }
+
+    /// Records, for each component `pins` names, the registry manifest its artifact came from
+    /// ([`ComponentSpec::registry`]).
+    pub fn bind_registry_pins(&mut self, pins: &BTreeMap<String, OciPin>) {
+        for spec in &mut self.components {
+            spec.oci_pin = pins.get(&spec.name).cloned();
+        }
     }
 }
 
@@ -335,7 +352,7 @@ fn join(prefix: &str, path: &str) -> String {
 /// # Errors
 /// [`FieldError`] naming the first bad field: YAML syntax (`.`, with line and column), a missing
 /// or mistyped field, a wrong `apiVersion` or `kind`, duplicate component names, an image that
-/// is an OCI reference (not supported yet), a capability that is not built in, a link whose
+/// is neither a path nor an OCI reference, a capability that is not built in, a link whose
 /// target is not a component of the manifest, a bad `address`, a scaler beyond
 /// [`MAX_INSTANCES`], [`MAX_WEIGHT`] or [`MAX_SPREAD_ENTRIES`].
 pub fn parse(text: &str, base_dir: &Path) -> Result<Manifest, FieldError> {
@@ -507,8 +524,7 @@ fn component(
         .image
         .as_deref()
         .ok_or_else(|| FieldError::new(&image_field, "missing"))?;
-    let image =
-        Image::File(resolve_image(image, base_dir).map_err(|r| FieldError::new(&image_field, r))?);
+    let image = resolve_image(image, base_dir).map_err(|r| FieldError::new(&image_field, r))?;
     let config =
         links::component_config(c.properties.config.as_ref(), at, context.named, warnings)?;
     check_lattice_keys(&config, at, context, warnings)?;
@@ -559,6 +575,7 @@ fn component(
         name: c.name.clone(),
         image,
         image_field,
+        oci_pin: None,
         scaler,
         config,
         keyvalue: grants.keyvalue,
@@ -602,21 +619,46 @@ fn check_lattice_keys(
     Ok(())
 }
 
-/// A path, or `file://` URL, relative to the manifest's directory. OCI references are refused.
-fn resolve_image(image: &str, base_dir: &Path) -> Result<PathBuf, String> {
+/// A path or `file://` URL (relative to the manifest's directory), else an OCI reference:
+/// what ends in `.wasm` or starts with `/` or `.` is a path. Without `oci://`, a reference
+/// must name its registry host (a first segment with `.` or `:`, or `localhost`), so a
+/// mistyped path (`build/hello`) is not pulled from Docker Hub.
+fn resolve_image(image: &str, base_dir: &Path) -> Result<Image, String> {
     let path = if let Some(rest) = image.strip_prefix("file://") {
         rest
     } else if image.starts_with('/') || image.starts_with('.') || image.ends_with(".wasm") {
         image
     } else {
-        return Err(format!(
-            "{image:?} looks like an OCI reference, which is not supported yet; use a path to a .wasm file or file://"
-        ));
+        let explicit = image.strip_prefix("oci://");
+        let reference = explicit.unwrap_or(image);
+        if explicit.is_none() && !names_registry_host(reference) {
+            return Err(format!(
+                "{image:?} is neither a path to a .wasm file (or file://) nor an OCI reference: \
+                 a reference names its registry host (`docker.io/library/hello:1`, \
+                 `localhost:5000/hello:1`) or starts with oci://"
+            ));
+        }
+        crate::reconciler::oci::parse_reference(reference).map_err(|e| match e {
+            crate::reconciler::oci::OciError::BadReference { reason, .. } => format!(
+                "{image:?} is neither a path to a .wasm file (or file://) nor an OCI reference: {reason}"
+            ),
+            other => other.to_string(),
+        })?;
+        return Ok(Image::Oci(reference.to_owned()));
     };
     if path.is_empty() {
         return Err("empty path".to_owned());
     }
-    Ok(base_dir.join(path))
+    Ok(Image::File(base_dir.join(path)))
+}
+
+/// Whether `reference`'s first segment is a registry host: it has a `.` or a `:` (port), or is
+/// `localhost`.
+fn names_registry_host(reference: &str) -> bool {
+    match reference.split_once('/') {
+        Some((first, _)) => first.contains('.') || first.contains(':') || first == "localhost",
+        None => false,
+    }
 }
 
 /// App and component names are [`Name`]s: they become NATS subject tokens.

@@ -17,6 +17,7 @@ pub mod artifacts;
 pub mod deploy;
 mod deployer;
 pub mod manifest;
+pub mod oci;
 pub mod plan;
 pub mod preload;
 pub mod store;

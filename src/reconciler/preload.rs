@@ -133,7 +133,7 @@ async fn component_files(dir: &Path, file: &Path) -> Vec<(String, String, PathBu
             .into_iter()
             .filter_map(|spec| match spec.image {
                 Image::File(path) => Some((manifest.name.clone(), spec.name, path)),
-                Image::Artifact { .. } => None,
+                Image::Oci(_) | Image::Artifact { .. } => None,
             })
             .collect(),
         Err(e) => {

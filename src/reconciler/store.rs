@@ -27,6 +27,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use super::manifest::{self, Manifest};
+use super::oci::OciPin;
 use super::plan;
 use crate::lattice::membership::HostInfo;
 use layout::{Record, key_kind, parse_record};
@@ -78,6 +79,10 @@ pub struct StoredVersion {
     pub manifest: String,
     /// The artifact of each component: component name → sha256 of its wasm (lowercase hex).
     pub images: BTreeMap<String, String>,
+    /// For each component whose `image` is an OCI reference: the registry manifest its
+    /// artifact came from (the tag resolved at deploy); absent in records of earlier releases.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub oci: BTreeMap<String, OciPin>,
     /// When this version was stored, in ms since the Unix epoch.
     pub stored_at_ms: u64,
     /// Where it came from.
@@ -161,6 +166,7 @@ pub fn parse_stored(version: &StoredVersion) -> Result<Manifest, String> {
     manifest
         .bind_artifacts(&version.images)
         .map_err(|e| e.to_string())?;
+    manifest.bind_registry_pins(&version.oci);
     Ok(manifest)
 }
 

@@ -24,7 +24,9 @@ use notify::{RecursiveMode, Watcher as _};
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
-use super::deploy::{self, AppStore, DeployError, DeployRequest, ImagesTo, MAX_MANIFEST_BYTES};
+use super::deploy::{
+    self, AppStore, DeployError, DeployRequest, ImagesTo, MAX_MANIFEST_BYTES, ResolvedImages,
+};
 use super::manifest;
 use super::store::Source;
 use crate::nats::JetStreamState;
@@ -518,15 +520,26 @@ impl DirDeployer {
         } else {
             ImagesTo::Lattice
         };
-        let images = deploy::upload_images(&manifest, self.store.artifacts(), to)
-            .await
-            .map_err(to_failure)?;
+        // Tags resolve now, as the file deploys (not when the node restarts: an unchanged file
+        // is not deployed again). A node-local app moving into the store unchanged keeps the
+        // digests it ran with: a tag moved meanwhile changes nothing.
+        let pinned = mirror.local(&name).and_then(|record| {
+            record
+                .deployed_version()
+                .filter(|v| v.source == source && v.manifest == text)
+                .map(ResolvedImages::of)
+        });
+        let resolved =
+            deploy::resolve_images(&manifest, self.store.artifacts(), to, pinned.as_ref())
+                .await
+                .map_err(to_failure)?;
         let outcome = self
             .store
             .deploy_file(DeployRequest {
                 manifest: text.to_owned(),
                 version: None,
-                images,
+                images: resolved.images.clone(),
+                oci: resolved.oci.clone(),
                 source: source.clone(),
             })
             .await
@@ -540,9 +553,14 @@ impl DirDeployer {
             tracing::info!(file = %path.display(), app = name, version = outcome.version, "manifest deployed to the lattice");
             // An artifact found already stored may have been collected between the upload and
             // the store (its last user undeployed meanwhile): put it back.
-            deploy::upload_images(&manifest, self.store.artifacts(), ImagesTo::Lattice)
-                .await
-                .map_err(to_failure)?;
+            deploy::resolve_images(
+                &manifest,
+                self.store.artifacts(),
+                ImagesTo::Lattice,
+                Some(&resolved),
+            )
+            .await
+            .map_err(to_failure)?;
         }
         // The same file naming another app now: that app goes.
         let renamed: Vec<String> = mirror

@@ -53,8 +53,23 @@ pub fn join(hub: &Hub, name: &str, zone: &str) -> Member {
     join_as(hub, name, zone, &Permissions::default())
 }
 
+/// As [`join`], with `extra` flags (e.g. `--insecure-registry HOST`).
+pub fn join_with(hub: &Hub, name: &str, zone: &str, extra: &[String]) -> Member {
+    join_flags(hub, name, zone, &Permissions::default(), extra)
+}
+
 /// As [`join`], with a hub user whose JWT carries `permissions` (a role of PROTOCOL.md §Roles).
 pub fn join_as(hub: &Hub, name: &str, zone: &str, permissions: &Permissions) -> Member {
+    join_flags(hub, name, zone, permissions, &[])
+}
+
+fn join_flags(
+    hub: &Hub,
+    name: &str,
+    zone: &str,
+    permissions: &Permissions,
+    extra: &[String],
+) -> Member {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir.path().join("config")).unwrap();
     let creds = hub.user_creds_with(dir.path(), "node.creds", permissions);
@@ -72,6 +87,7 @@ pub fn join_as(hub: &Hub, name: &str, zone: &str, permissions: &Permissions) -> 
         "--heartbeat-interval".into(),
         format!("{}ms", HEARTBEAT.as_millis()),
     ];
+    let flags: Vec<String> = flags.into_iter().chain(extra.iter().cloned()).collect();
     let node = start(dir.path(), &flags);
     node.wait_for_log(&["leaf uplink connected"], Duration::from_secs(10));
     Member {

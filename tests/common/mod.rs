@@ -2,6 +2,7 @@
 //! builds the example components once, and reads the node's log.
 #![allow(dead_code)]
 
+pub mod certs;
 pub mod hub;
 pub mod lattice;
 pub mod observe;
@@ -325,6 +326,10 @@ impl Node {
             .env_remove("CONFIGURATION_DIRECTORY")
             .env_remove("STATE_DIRECTORY")
             .env_remove("JOURNAL_STREAM")
+            .env_remove("LATTICE_REGISTRY_CREDS")
+            .env_remove("LATTICE_INSECURE_REGISTRY")
+            .env_remove("LATTICE_CA_FILE")
+            .env("DOCKER_CONFIG", empty_docker_config())
             .env("LATTICE_ADMIN_ADDR", admin.to_string())
             .envs(env.iter().copied())
             .stdin(Stdio::null())
@@ -532,10 +537,12 @@ pub fn http_request_within(
         .unwrap();
     runtime.block_on(async {
         let fut = async {
-            let client = reqwest::Client::builder().no_proxy().build().ok()?;
+            // reqwest 0.13 without a TLS provider of its own: the process's (ring).
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            let client = reqwest_otlp::Client::builder().no_proxy().build().ok()?;
             let mut request = client
                 .request(
-                    reqwest::Method::from_bytes(method.as_bytes()).ok()?,
+                    reqwest_otlp::Method::from_bytes(method.as_bytes()).ok()?,
                     format!("http://{addr}{path}"),
                 )
                 .body(body.to_vec());
@@ -558,17 +565,46 @@ pub fn http_request_within(
 
 /// Runs the `lattice` binary with `args` (a client command), with a 30 s limit.
 pub fn lattice_cli(args: &[&str]) -> std::process::Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_lattice"))
+    lattice_cli_with(args, &[], Duration::from_secs(30))
+}
+
+/// An empty dir for `DOCKER_CONFIG`, so that no node or command of a test reads this
+/// machine's `~/.docker/config.json` (a test's `env` may set another).
+pub fn empty_docker_config() -> &'static Path {
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = std::env::temp_dir().join("lattice-tests-empty-docker-config");
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    })
+}
+
+/// As [`lattice_cli`], with `env` set and a limit of `timeout`; registry settings of the
+/// environment (`LATTICE_REGISTRY_CREDS`, `LATTICE_INSECURE_REGISTRY`, `LATTICE_CA_FILE`,
+/// `DOCKER_CONFIG`) are not used.
+pub fn lattice_cli_with(
+    args: &[&str],
+    env: &[(&str, &Path)],
+    timeout: Duration,
+) -> std::process::Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_lattice"));
+    command
         .args(args)
         .env_remove("LATTICE_NATS_URL")
         .env_remove("LATTICE_LATTICE")
         .env_remove("LATTICE_DATA_DIR")
+        .env_remove("LATTICE_REGISTRY_CREDS")
+        .env_remove("LATTICE_INSECURE_REGISTRY")
+        .env_remove("LATTICE_CA_FILE")
+        .env("DOCKER_CONFIG", empty_docker_config())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawning lattice");
-    let deadline = Instant::now() + Duration::from_secs(30);
+        .stderr(Stdio::piped());
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    let mut child = command.spawn().expect("spawning lattice");
+    let deadline = Instant::now() + timeout;
     while child.try_wait().unwrap().is_none() {
         if Instant::now() > deadline {
             let _ = child.kill();

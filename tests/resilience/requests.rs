@@ -42,7 +42,9 @@ fn h2_status(addr: SocketAddr, host: Option<&str>) -> Option<u16> {
         .build()
         .unwrap();
     runtime.block_on(async {
-        let client = reqwest::Client::builder()
+        // reqwest 0.13 without a TLS provider of its own: the process's (ring).
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let client = reqwest_otlp::Client::builder()
             .no_proxy()
             .http2_prior_knowledge()
             .timeout(Duration::from_secs(10))
@@ -53,7 +55,7 @@ fn h2_status(addr: SocketAddr, host: Option<&str>) -> Option<u16> {
             request = request.header("host", host);
         }
         let response = request.send().await.ok()?;
-        assert_eq!(response.version(), reqwest::Version::HTTP_2);
+        assert_eq!(response.version(), reqwest_otlp::Version::HTTP_2);
         Some(response.status().as_u16())
     })
 }
@@ -246,7 +248,9 @@ fn requests_past_the_instance_pool_get_200_or_503_with_retry_after() {
         .build()
         .unwrap();
     let answers: Vec<Result<(u16, bool), String>> = runtime.block_on(async move {
-        let client = reqwest::Client::builder()
+        // reqwest 0.13 without a TLS provider of its own: the process's (ring).
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let client = reqwest_otlp::Client::builder()
             .no_proxy()
             .timeout(Duration::from_secs(60))
             .build()

@@ -5,12 +5,12 @@
 
 use std::io::{Read, Write};
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::common::certs::ca_and_server_cert;
 use crate::common::{Dirs, Node, example_wasm, http_server_link};
 
 /// How long a node may take to deploy its config dir's apps.
@@ -396,76 +396,6 @@ fn a_component_holds_at_most_64_sockets_idle_ones_included() {
     assert_eq!(upstreams[0].connections(), 1);
 }
 
-/// A CA (`<name>-ca.pem`) and a certificate it signed for IP 127.0.0.1
-/// (`<name>.pem`, key `<name>.key`) in `dir`, made with the `openssl` CLI.
-fn make_certs(dir: &Path, name: &str) -> (PathBuf, PathBuf, PathBuf) {
-    let path = |f: &str| dir.join(format!("{name}{f}"));
-    let (ca_key, ca, key, csr, cert, ext) = (
-        path("-ca.key"),
-        path("-ca.pem"),
-        path(".key"),
-        path(".csr"),
-        path(".pem"),
-        path(".ext"),
-    );
-    std::fs::write(
-        &ext,
-        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n",
-    )
-    .unwrap();
-    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"];
-    let openssl = |args: &[&str]| {
-        let out = Command::new("openssl").args(args).output().unwrap();
-        assert!(
-            out.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    let s = |p: &PathBuf| p.to_str().unwrap().to_owned();
-    let subject = format!("/CN=lattice test CA {name}");
-    let mut args = vec!["req", "-x509", "-nodes", "-days", "2"];
-    args.extend(ec);
-    let (ca_key_s, ca_s) = (s(&ca_key), s(&ca));
-    args.extend([
-        "-keyout",
-        &ca_key_s,
-        "-out",
-        &ca_s,
-        "-subj",
-        &subject,
-        "-addext",
-        "basicConstraints=critical,CA:TRUE",
-        "-addext",
-        "keyUsage=critical,keyCertSign,cRLSign",
-    ]);
-    openssl(&args);
-    let (key_s, csr_s) = (s(&key), s(&csr));
-    let mut args = vec!["req", "-nodes"];
-    args.extend(ec);
-    args.extend(["-keyout", &key_s, "-out", &csr_s, "-subj", "/CN=127.0.0.1"]);
-    openssl(&args);
-    openssl(&[
-        "x509",
-        "-req",
-        "-in",
-        &csr_s,
-        "-CA",
-        &ca_s,
-        "-CAkey",
-        &ca_key_s,
-        "-set_serial",
-        "2",
-        "-days",
-        "2",
-        "-extfile",
-        &s(&ext),
-        "-out",
-        &s(&cert),
-    ]);
-    (ca, cert, key)
-}
-
 /// A rustls server configuration presenting `cert` (PEM) with `key`.
 fn server_tls(cert: &Path, key: &Path) -> Arc<rustls::ServerConfig> {
     use rustls::pki_types::pem::PemObject;
@@ -489,8 +419,8 @@ fn server_tls(cert: &Path, key: &Path) -> Arc<rustls::ServerConfig> {
 #[test]
 fn https_trusts_the_ca_file_and_only_it_besides_the_system_roots() {
     let certs = tempfile::tempdir().unwrap();
-    let (ca, cert, key) = make_certs(certs.path(), "trusted");
-    let (_, other_cert, other_key) = make_certs(certs.path(), "untrusted");
+    let (ca, cert, key) = ca_and_server_cert(certs.path(), "trusted");
+    let (_, other_cert, other_key) = ca_and_server_cert(certs.path(), "untrusted");
     let trusted = Upstream::start_tls(server_tls(&cert, &key));
     let untrusted = Upstream::start_tls(server_tls(&other_cert, &other_key));
     let allowed = format!(

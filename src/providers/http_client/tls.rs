@@ -85,6 +85,19 @@ pub fn client_config(ca_files: &[PathBuf]) -> Result<Arc<rustls::ClientConfig>, 
     Ok(Arc::new(config))
 }
 
+/// Checks that each of `ca_files` is PEM holding at least one certificate rustls can trust as
+/// a root, as [`client_config`] does (for clients that take the files' bytes unchecked).
+///
+/// # Errors
+/// [`TlsError`] naming the first file that is not.
+pub fn check_ca_files(ca_files: &[PathBuf]) -> Result<(), TlsError> {
+    let mut roots = RootCertStore::empty();
+    for file in ca_files {
+        add_ca_file(&mut roots, file)?;
+    }
+    Ok(())
+}
+
 fn add_ca_file(roots: &mut RootCertStore, file: &Path) -> Result<(), TlsError> {
     let read = |source| TlsError::Read {
         file: file.to_path_buf(),

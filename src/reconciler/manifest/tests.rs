@@ -165,9 +165,22 @@ fn errors_name_the_yaml_path() {
 
     let e = parse_err(&HELLO.replace(
         "file://./build/http_hello_world_s.wasm",
-        "ghcr.io/wasmcloud/components/hello:0.1",
+        "ghcr.io/hello:a:b",
     ));
-    assert!(e.reason.contains("OCI"), "{e}");
+    assert!(e.reason.contains("nor an OCI reference"), "{e}");
+
+    // A mistyped path is not a Docker Hub image; oci:// says it is one.
+    for image in ["hello", "build/hello", "library/hello:1"] {
+        let e = parse_err(&HELLO.replace("file://./build/http_hello_world_s.wasm", image));
+        assert!(e.reason.contains("neither a path"), "{image}: {e}");
+    }
+    for image in [
+        "oci://hello:1",
+        "localhost/hello:1",
+        "127.0.0.1:5000/hello:1",
+    ] {
+        parse_ok(&HELLO.replace("file://./build/http_hello_world_s.wasm", image));
+    }
 
     let e = parse_err(&HELLO.replace("  name: hello-world\n", ""));
     assert_eq!(e.field, "metadata");
@@ -622,4 +635,30 @@ fn an_unknown_lattice_key_is_warned_about() {
         warned[0]
     );
     assert!(m.warnings.iter().all(|w| !w.contains("greeting")));
+}
+
+#[test]
+fn oci_references_are_images() {
+    for (written, kept) in [
+        (
+            "ghcr.io/wasmcloud/components/http-hello-world-rust:0.1.0",
+            "ghcr.io/wasmcloud/components/http-hello-world-rust:0.1.0",
+        ),
+        ("oci://127.0.0.1:5000/hello:v1", "127.0.0.1:5000/hello:v1"),
+        (
+            "localhost:5000/hello@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+            "localhost:5000/hello@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+        ),
+    ] {
+        let m = parse(
+            &HELLO.replace("file://./build/http_hello_world_s.wasm", written),
+            Path::new("/base"),
+        )
+        .unwrap();
+        assert_eq!(
+            m.components[0].image,
+            Image::Oci(kept.to_owned()),
+            "{written}"
+        );
+    }
 }

@@ -56,6 +56,7 @@ fn desired(app: &str, version: &str, scaler: Scaler) -> Desired {
             name: "web".into(),
             image: Image::Artifact { digest: "d".into() },
             image_field: "spec.components[0].properties.image".into(),
+            oci_pin: None,
             scaler,
             config: BTreeMap::new(),
             keyvalue: BTreeMap::new(),
@@ -71,6 +72,7 @@ fn desired(app: &str, version: &str, scaler: Scaler) -> Desired {
             version: version.into(),
             manifest: String::new(),
             images: BTreeMap::new(),
+            oci: BTreeMap::new(),
             stored_at_ms: 0,
             source: Source::Cli,
         }],
@@ -455,6 +457,7 @@ fn a_stored_manifest_beyond_the_bounds_is_failed_not_placed() {
         version: "v1".into(),
         manifest: text.into(),
         images: BTreeMap::from([("web".to_owned(), "0".repeat(64))]),
+        oci: BTreeMap::new(),
         stored_at_ms: 0,
         source: Source::Cli,
     };

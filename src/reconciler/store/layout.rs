@@ -663,6 +663,7 @@ mod tests {
             version: name.into(),
             manifest: manifest.into(),
             images: BTreeMap::from([("web".to_owned(), digest.to_owned())]),
+            oci: BTreeMap::new(),
             stored_at_ms: at,
             source: super::super::Source::Cli,
         }

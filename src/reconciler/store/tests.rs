@@ -8,6 +8,7 @@ fn version(version: &str, at: u64) -> StoredVersion {
         version: version.into(),
         manifest: "not yaml: [".into(),
         images: BTreeMap::new(),
+        oci: BTreeMap::new(),
         stored_at_ms: at,
         source: Source::Cli,
     }
