@@ -255,7 +255,10 @@ pub struct Pulled {
 /// A client of OCI registries.
 #[derive(Clone)]
 pub struct Registry {
-    client: Client,
+    /// `Err` with the reason when this machine trusts no CA certificate at all (no system
+    /// roots, no `--ca-file`): every pull and push then fails with it, naming the reference,
+    /// and nothing else of the node depends on it.
+    client: Result<Client, String>,
     credentials: Credentials,
     /// `--allowed-registry`; empty: any.
     allowed: Vec<String>,
@@ -268,6 +271,15 @@ impl std::fmt::Debug for Registry {
 }
 
 impl Registry {
+    /// The client, or [`OciError::Unreachable`] for `reference` when this machine trusts no
+    /// CA certificate.
+    fn client(&self, reference: &str) -> Result<&Client, OciError> {
+        self.client.as_ref().map_err(|why| OciError::Unreachable {
+            reference: reference.to_owned(),
+            detail: why.clone(),
+        })
+    }
+
     /// A client with `settings`, its credentials read now.
     ///
     /// # Errors
@@ -280,36 +292,8 @@ impl Registry {
         // reqwest skips what is not a certificate: checked here, so a bad file stops the
         // command or node instead of failing every pull later.
         crate::providers::http_client::tls::check_ca_files(&settings.ca_files)?;
-        let mut extra_root_certificates = Vec::new();
-        for file in &settings.ca_files {
-            let data = std::fs::read(file)
-                .map_err(|e| anyhow::anyhow!("--ca-file {}: {e}", file.display()))?;
-            extra_root_certificates.push(oci_client::client::Certificate {
-                encoding: oci_client::client::CertificateEncoding::Pem,
-                data,
-            });
-        }
-        let config = client_config(settings, extra_root_certificates);
-        // Not `Client::new`: it falls back to a default client (no CA, no timeouts, no
-        // insecure list) when the configuration fails.
-        let client = Client::try_from(config).map_err(|e| {
-            let files: Vec<String> = settings
-                .ca_files
-                .iter()
-                .map(|f| f.display().to_string())
-                .collect();
-            if files.is_empty() {
-                anyhow::anyhow!("registry client: {}", one_line(&error_chain(&e)))
-            } else {
-                anyhow::anyhow!(
-                    "--ca-file {}: not usable as CA certificates: {}",
-                    files.join(", "),
-                    one_line(&error_chain(&e))
-                )
-            }
-        })?;
         Ok(Registry {
-            client,
+            client: build_client(settings)?,
             credentials,
             allowed: settings.allowed.clone(),
         })
@@ -321,11 +305,8 @@ impl Registry {
     /// The TLS or HTTP client cannot be built.
     pub fn anonymous() -> anyhow::Result<Registry> {
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let config = client_config(&RegistrySettings::default(), Vec::new());
-        let client = Client::try_from(config)
-            .map_err(|e| anyhow::anyhow!("registry client: {}", one_line(&error_chain(&e))))?;
         Ok(Registry {
-            client,
+            client: build_client(&RegistrySettings::default())?,
             credentials: Credentials::default(),
             allowed: Vec::new(),
         })
@@ -379,7 +360,7 @@ impl Registry {
         let work = async {
             let auth = self.credentials.for_registry(reference.resolve_registry());
             let (bytes, digest) = self
-                .client
+                .client(shown)?
                 .pull_manifest_raw(reference, &auth, &[OCI_MANIFEST, DOCKER_MANIFEST])
                 .await
                 .map_err(|e| classify(shown, &auth, e))?;
@@ -449,7 +430,7 @@ impl Registry {
         layer.urls = None;
         let layer = &layer;
         let mut stream = self
-            .client
+            .client(shown)?
             .pull_blob_stream(reference, layer)
             .await
             .map_err(|e| classify_blob(shown, auth, &layer.digest, e))?;
@@ -528,21 +509,22 @@ impl Registry {
         })?;
         let digest = format!("sha256:{}", hex(&Sha256::digest(&body)));
         let auth = self.credentials.for_registry(parsed.resolve_registry());
+        let client = self.client(reference)?;
         let work = async {
-            self.client
+            client
                 .auth(&parsed, &auth, RegistryOperation::Push)
                 .await
                 .map_err(|e| classify(reference, &auth, e))?;
             let layer_digest = layer.sha256_digest();
-            self.client
+            client
                 .push_blob(&parsed, layer.data.clone(), &layer_digest)
                 .await
                 .map_err(|e| classify(reference, &auth, e))?;
-            self.client
+            client
                 .push_blob(&parsed, config.data.clone(), &config.sha256_digest())
                 .await
                 .map_err(|e| classify(reference, &auth, e))?;
-            self.client
+            client
                 .push_manifest_raw(&parsed, body, http::HeaderValue::from_static(OCI_MANIFEST))
                 .await
                 .map_err(|e| classify(reference, &auth, e))?;
@@ -563,10 +545,72 @@ impl Registry {
     }
 }
 
-/// The `oci-client` configuration of `settings`, trusting `extra_root_certificates` too.
+/// The registry client of `settings`: `Ok(Err(reason))` when this machine trusts no CA
+/// certificate (a minimal system without `ca-certificates`, and no `--ca-file`).
+///
+/// # Errors
+/// A `--ca-file` cannot be read, or the client cannot be built from the certificates.
+fn build_client(settings: &RegistrySettings) -> anyhow::Result<Result<Client, String>> {
+    let roots = trust_roots(&settings.ca_files)?;
+    if roots.is_empty() {
+        let why = "this machine trusts no CA certificate (install Debian's ca-certificates, or \
+                   pass --ca-file)";
+        tracing::warn!("components named by OCI reference cannot be pulled: {why}");
+        return Ok(Err(why.to_owned()));
+    }
+    // Not `Client::new`: it falls back to a default client (no CA, no timeouts, no insecure
+    // list) when the configuration fails.
+    let client = Client::try_from(client_config(settings, roots)).map_err(|e| {
+        let files: Vec<String> = settings
+            .ca_files
+            .iter()
+            .map(|f| f.display().to_string())
+            .collect();
+        if files.is_empty() {
+            anyhow::anyhow!("registry client: {}", one_line(&error_chain(&e)))
+        } else {
+            anyhow::anyhow!(
+                "--ca-file {}: not usable as CA certificates: {}",
+                files.join(", "),
+                one_line(&error_chain(&e))
+            )
+        }
+    })?;
+    Ok(Ok(client))
+}
+
+/// The certificates a registry's TLS certificate may chain to: the system's roots
+/// (`rustls-native-certs`, as outgoing HTTPS) and every certificate of each of `ca_files`
+/// (PEM), all handed to reqwest as the only roots. reqwest's own loading of the system's
+/// roots fails outright on a machine that has none, and takes one certificate per PEM file.
+///
+/// # Errors
+/// A `--ca-file` cannot be read or parsed.
+fn trust_roots(ca_files: &[PathBuf]) -> anyhow::Result<Vec<oci_client::client::Certificate>> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let der = |cert: CertificateDer<'_>| oci_client::client::Certificate {
+        encoding: oci_client::client::CertificateEncoding::Der,
+        data: cert.to_vec(),
+    };
+    let native = rustls_native_certs::load_native_certs();
+    for error in &native.errors {
+        tracing::warn!(error = %error, "cannot read some of the system's trusted certificates");
+    }
+    let mut roots: Vec<_> = native.certs.into_iter().map(der).collect();
+    for file in ca_files {
+        let certs = CertificateDer::pem_file_iter(file)
+            .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| anyhow::anyhow!("--ca-file {}: {e}", file.display()))?;
+        roots.extend(certs.into_iter().map(der));
+    }
+    Ok(roots)
+}
+
+/// The `oci-client` configuration of `settings`, trusting `roots` only.
 fn client_config(
     settings: &RegistrySettings,
-    extra_root_certificates: Vec<oci_client::client::Certificate>,
+    roots: Vec<oci_client::client::Certificate>,
 ) -> ClientConfig {
     ClientConfig {
         protocol: if settings.insecure.is_empty() {
@@ -574,7 +618,7 @@ fn client_config(
         } else {
             ClientProtocol::HttpsExcept(settings.insecure.clone())
         },
-        extra_root_certificates,
+        tls_certs_only: roots,
         // An index names platforms of containers, not components: refused by media type.
         platform_resolver: None,
         connect_timeout: Some(CONNECT_TIMEOUT),
