@@ -377,33 +377,58 @@ async fn start_nats(
         .to_owned();
     let nats_dir = config.data_dir.join("nats");
     let binary = nats::find_nats_server(config.nats_server.as_deref())?;
-    let port = match config.nats_port {
-        Some(port) => port,
-        None => nats::supervisor::free_loopback_port()?,
-    };
-    let settings = ServerSettings {
-        server_name: config.name.clone(),
-        client_port: port,
-        monitor_port: nats::supervisor::free_loopback_port()?,
-        // A leaf node uses the hub's JetStream (DESIGN.md §4), so it runs none of its own.
-        jetstream_store_dir: leaf_remote.is_none().then(|| nats_dir.join("jetstream")),
-        leaf_remote,
-        client_nkey,
-    };
     let (tracker, uplink) = match uplink {
         Some((tracker, state)) => (Some(tracker), state),
         None => (None, Uplink::fixed_channel(UplinkState::None, None)),
     };
-    let supervisor = NatsSupervisor::start(
-        binary,
-        nats_dir.join("nats-server.conf"),
-        &settings,
-        tracker,
-        beat,
-    )
-    .await?;
+    // The ports picked here are free when picked, but another socket may take one before
+    // nats-server binds it (a port got by binding port 0 may also become an outgoing
+    // connection's source port): a start that fails on that is tried again with fresh ports.
+    let mut attempt = 1;
+    let supervisor = loop {
+        let settings = ServerSettings {
+            server_name: config.name.clone(),
+            client_port: match config.nats_port {
+                Some(port) => port,
+                None => nats::supervisor::free_loopback_port()?,
+            },
+            monitor_port: nats::supervisor::free_loopback_port()?,
+            // A leaf node uses the hub's JetStream (DESIGN.md §4), so it runs none of its own.
+            jetstream_store_dir: leaf_remote.is_none().then(|| nats_dir.join("jetstream")),
+            leaf_remote: leaf_remote.clone(),
+            client_nkey: client_nkey.clone(),
+        };
+        match NatsSupervisor::start(
+            binary.clone(),
+            nats_dir.join("nats-server.conf"),
+            &settings,
+            tracker.clone(),
+            beat.clone(),
+        )
+        .await
+        {
+            Ok(supervisor) => break supervisor,
+            Err(e) if attempt < NATS_START_ATTEMPTS && is_port_taken(&e) => {
+                tracing::warn!(
+                    error = format!("{e:#}"),
+                    attempt,
+                    "a port picked for nats-server was taken before it bound it; starting it again with others"
+                );
+                attempt += 1;
+            }
+            Err(e) => return Err(e),
+        }
+    };
     let url = supervisor.url().to_owned();
     Ok((Some(supervisor), url, uplink))
+}
+
+/// Starts of the node's nats-server tried when the ports picked for it were taken meanwhile.
+const NATS_START_ATTEMPTS: u32 = 3;
+
+/// Whether nats-server's start failed because a port it was given was in use.
+fn is_port_taken(error: &anyhow::Error) -> bool {
+    format!("{error:#}").contains("address already in use")
 }
 
 /// What this node says of itself in its host events.
