@@ -666,6 +666,24 @@ pub async fn node_client(data_dir: &Path) -> async_nats::Client {
         .unwrap_or_else(|e| panic!("connecting to the node's NATS at {url}: {e}"))
 }
 
+/// The reply to control API request `api` (e.g. `app.deploy`, `get.config`) of lattice
+/// `default` with `payload`, sent straight to the node's NATS as a client that is not the CLI
+/// (no checks of its own first): the reply's JSON (`{"success", "message", "response"}`).
+pub fn control_request(data_dir: &Path, api: &str, payload: Vec<u8>) -> serde_json::Value {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let client = node_client(data_dir).await;
+        let reply = client
+            .request(format!("lattice.default.ctl.v1.{api}"), payload.into())
+            .await
+            .unwrap();
+        serde_json::from_slice(&reply.payload).unwrap()
+    })
+}
+
 /// As [`lattice_cli`], run as user id `uid` (group id `gid`): another Unix user of the machine.
 pub fn lattice_cli_as(uid: u32, gid: u32, args: &[&str]) -> std::process::Output {
     use std::os::unix::process::CommandExt as _;

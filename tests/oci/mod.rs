@@ -702,18 +702,11 @@ fn oci_a_node_pull_whose_wasm_is_not_the_versions_is_refused() {
         "oci": {"web": {"reference": goodbye_ref, "digest": goodbye_pin}},
         "source": {"kind": "cli"},
     });
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let reply: Value = runtime.block_on(async {
-        let client = crate::common::node_client(&a.data_dir).await;
-        let message = client
-            .request(
-                "lattice.default.ctl.v1.app.deploy",
-                serde_json::to_vec(&request).unwrap().into(),
-            )
-            .await
-            .unwrap();
-        serde_json::from_slice(&message.payload).unwrap()
-    });
+    let reply = crate::common::control_request(
+        &a.data_dir,
+        "app.deploy",
+        serde_json::to_vec(&request).unwrap(),
+    );
     assert_eq!(reply["success"], true, "{reply}");
     all_answer(&[&a], "/mixed", "Hello", TIMEOUT);
 

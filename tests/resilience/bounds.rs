@@ -49,17 +49,11 @@ fn a_manifest_asking_for_4e9_instances_is_refused_at_deploy_naming_the_field() {
         "images": {"web": "0".repeat(64)},
         "source": {"kind": "cli"},
     });
-    let reply: serde_json::Value = tokio::runtime::Runtime::new().unwrap().block_on(async {
-        let client = crate::common::node_client(&node.data_dir).await;
-        let message = client
-            .request(
-                "lattice.default.ctl.v1.app.deploy",
-                serde_json::to_vec(&request).unwrap().into(),
-            )
-            .await
-            .unwrap();
-        serde_json::from_slice(&message.payload).unwrap()
-    });
+    let reply = crate::common::control_request(
+        &node.data_dir,
+        "app.deploy",
+        serde_json::to_vec(&request).unwrap(),
+    );
     assert_eq!(reply["success"], false, "{reply}");
     let message = reply["message"].as_str().unwrap_or_default();
     assert!(message.contains(INSTANCES_FIELD), "{reply}");

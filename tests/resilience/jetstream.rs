@@ -19,20 +19,9 @@ fn hello_in_zone(app: &str, path: &str, zone: &str) -> String {
 /// The `get.config` answer of `member`'s node (lattice `default`), asked over its own NATS:
 /// `{"lattice", "js_domain", "jetstream": {"state", …}, …}`.
 fn lattice_config(member: &Member) -> serde_json::Value {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
-        let client = crate::common::node_client(&member.data_dir).await;
-        let reply = client
-            .request("lattice.default.ctl.v1.get.config", Vec::new().into())
-            .await
-            .unwrap();
-        let answer: serde_json::Value = serde_json::from_slice(&reply.payload).unwrap();
-        assert_eq!(answer["success"], true, "{answer}");
-        answer["response"].clone()
-    })
+    let answer = crate::common::control_request(&member.data_dir, "get.config", Vec::new());
+    assert_eq!(answer["success"], true, "{answer}");
+    answer["response"].clone()
 }
 
 /// `Ok` when `member` logged that it found the JetStream through `api`.
