@@ -289,9 +289,6 @@ impl Registry {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let files = Credentials::default_files(settings.creds_file.as_deref());
         let credentials = Credentials::read(&files, settings.creds_file.as_deref())?;
-        // reqwest skips what is not a certificate: checked here, so a bad file stops the
-        // command or node instead of failing every pull later.
-        crate::providers::http_client::tls::check_ca_files(&settings.ca_files)?;
         Ok(Registry {
             client: build_client(settings)?,
             credentials,
@@ -579,30 +576,25 @@ fn build_client(settings: &RegistrySettings) -> anyhow::Result<Result<Client, St
     Ok(Ok(client))
 }
 
-/// The certificates a registry's TLS certificate may chain to: the system's roots
-/// (`rustls-native-certs`, as outgoing HTTPS) and every certificate of each of `ca_files`
-/// (PEM), all handed to reqwest as the only roots. reqwest's own loading of the system's
-/// roots fails outright on a machine that has none, and takes one certificate per PEM file.
+/// The certificates a registry's TLS certificate may chain to: the system's roots and every
+/// certificate of each of `ca_files`, as outgoing HTTPS trusts them (`http_client::tls`), all
+/// handed to reqwest as the only roots. reqwest's own loading of the system's roots fails
+/// outright on a machine that has none, and takes one certificate per PEM file.
 ///
 /// # Errors
-/// A `--ca-file` cannot be read or parsed.
+/// A `--ca-file` cannot be read, holds no certificate, or holds one that is not a usable CA
+/// certificate (the error names the file).
 fn trust_roots(ca_files: &[PathBuf]) -> anyhow::Result<Vec<oci_client::client::Certificate>> {
-    use rustls::pki_types::CertificateDer;
-    use rustls::pki_types::pem::PemObject;
-    let der = |cert: CertificateDer<'_>| oci_client::client::Certificate {
+    use crate::providers::http_client::tls;
+    let der = |cert: &rustls::pki_types::CertificateDer<'_>| oci_client::client::Certificate {
         encoding: oci_client::client::CertificateEncoding::Der,
         data: cert.to_vec(),
     };
-    let native = rustls_native_certs::load_native_certs();
-    for error in &native.errors {
-        tracing::warn!(error = %error, "cannot read some of the system's trusted certificates");
-    }
-    let mut roots: Vec<_> = native.certs.into_iter().map(der).collect();
+    let mut roots: Vec<_> = tls::native_certs().iter().map(der).collect();
     for file in ca_files {
-        let certs = CertificateDer::pem_file_iter(file)
-            .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-            .map_err(|e| anyhow::anyhow!("--ca-file {}: {e}", file.display()))?;
-        roots.extend(certs.into_iter().map(der));
+        // Checked as outgoing HTTPS checks them (reqwest would skip what is not a certificate):
+        // a bad file stops the command or node instead of failing every pull later.
+        roots.extend(tls::ca_file_certs(file)?.iter().map(der));
     }
     Ok(roots)
 }

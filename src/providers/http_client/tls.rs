@@ -41,14 +41,20 @@ pub enum TlsError {
     Config(rustls::Error),
 }
 
-/// The system's trusted roots, loaded once per process; unreadable ones are logged and skipped.
-static NATIVE_ROOTS: LazyLock<Arc<RootCertStore>> = LazyLock::new(|| {
+/// The system's trusted certificates, loaded once per process; unreadable ones are logged and
+/// skipped.
+static NATIVE_CERTS: LazyLock<Vec<CertificateDer<'static>>> = LazyLock::new(|| {
     let loaded = rustls_native_certs::load_native_certs();
     for error in &loaded.errors {
         tracing::warn!(error = %error, "cannot read some of the system's trusted certificates");
     }
+    loaded.certs
+});
+
+/// The system's trusted roots ([`native_certs`]) as rustls's store.
+static NATIVE_ROOTS: LazyLock<Arc<RootCertStore>> = LazyLock::new(|| {
     let mut roots = RootCertStore::empty();
-    let (added, ignored) = roots.add_parsable_certificates(loaded.certs);
+    let (added, ignored) = roots.add_parsable_certificates(native_certs().iter().cloned());
     tracing::debug!(
         added,
         ignored,
@@ -56,6 +62,12 @@ static NATIVE_ROOTS: LazyLock<Arc<RootCertStore>> = LazyLock::new(|| {
     );
     Arc::new(roots)
 });
+
+/// The system's trusted certificates (`rustls-native-certs`), loaded on first use; empty on a
+/// system without a CA bundle.
+pub fn native_certs() -> &'static [CertificateDer<'static>] {
+    &NATIVE_CERTS
+}
 
 /// The rustls client configuration of outgoing HTTPS: HTTP/1.1 by ALPN, the system's roots plus
 /// every certificate of `ca_files` (PEM, any number of `CERTIFICATE` blocks each).
@@ -85,20 +97,13 @@ pub fn client_config(ca_files: &[PathBuf]) -> Result<Arc<rustls::ClientConfig>, 
     Ok(Arc::new(config))
 }
 
-/// Checks that each of `ca_files` is PEM holding at least one certificate rustls can trust as
-/// a root, as [`client_config`] does (for clients that take the files' bytes unchecked).
+/// The certificates of the `--ca-file` `file` (PEM, any number of `CERTIFICATE` blocks), each
+/// one rustls can trust as a root.
 ///
 /// # Errors
-/// [`TlsError`] naming the first file that is not.
-pub fn check_ca_files(ca_files: &[PathBuf]) -> Result<(), TlsError> {
-    let mut roots = RootCertStore::empty();
-    for file in ca_files {
-        add_ca_file(&mut roots, file)?;
-    }
-    Ok(())
-}
-
-fn add_ca_file(roots: &mut RootCertStore, file: &Path) -> Result<(), TlsError> {
+/// [`TlsError`] naming `file` when it cannot be read, holds no certificate or holds one rustls
+/// cannot use as a root.
+pub fn ca_file_certs(file: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let read = |source| TlsError::Read {
         file: file.to_path_buf(),
         source,
@@ -112,13 +117,21 @@ fn add_ca_file(roots: &mut RootCertStore, file: &Path) -> Result<(), TlsError> {
             file: file.to_path_buf(),
         });
     }
-    for (i, cert) in certs.into_iter().enumerate() {
-        roots.add(cert).map_err(|source| TlsError::BadCertificate {
-            file: file.to_path_buf(),
-            index: i + 1,
-            source,
-        })?;
+    let mut check = RootCertStore::empty();
+    for (i, cert) in certs.iter().enumerate() {
+        check
+            .add(cert.clone())
+            .map_err(|source| TlsError::BadCertificate {
+                file: file.to_path_buf(),
+                index: i + 1,
+                source,
+            })?;
     }
+    Ok(certs)
+}
+
+fn add_ca_file(roots: &mut RootCertStore, file: &Path) -> Result<(), TlsError> {
+    roots.add_parsable_certificates(ca_file_certs(file)?);
     tracing::debug!(file = %file.display(), "trusting the CA certificates of --ca-file");
     Ok(())
 }
