@@ -157,12 +157,17 @@ async fn throughput(
     total as f64 / started.elapsed().as_secs_f64()
 }
 
-#[tokio::main]
-async fn main() {
-    let n: usize = std::env::var("ROUNDTRIPS")
+/// The environment variable `name` parsed, or `default` when unset or unparsable.
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(5000);
+        .unwrap_or(default)
+}
+
+#[tokio::main]
+async fn main() {
+    let n: usize = env_or("ROUNDTRIPS", 5000);
     let (hub_port, leaf_port) = (free_port(), free_port());
     let _hub = Server::start(&format!(
         "listen: 127.0.0.1:{hub_port}\nserver_name: hub\nleafnodes {{ listen: 127.0.0.1:{leaf_port} }}\n"
@@ -185,14 +190,8 @@ async fn main() {
     drop(a);
     let (p50, p99) = measure(&b, &a2, n).await;
     println!("leaf → hub → leaf   p50 {p50:.3} ms  p99 {p99:.3} ms  ({n} round trips)");
-    let concurrency: usize = std::env::var("CONCURRENCY")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(32);
-    let seconds: u64 = std::env::var("RUN_SECONDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(5);
+    let concurrency: usize = env_or("CONCURRENCY", 32);
+    let seconds: u64 = env_or("RUN_SECONDS", 5);
     let rate = throughput(&b, &a2, concurrency, seconds).await;
     println!("leaf → hub → leaf   {rate:.0} req/s at {concurrency} in flight ({seconds} s)");
 }

@@ -729,10 +729,8 @@ impl Admitted {
                     format!("component error: {code:?}\n"),
                 )
             }
-            Err(_) => match match ended {
-                Some(ended) => Some(ended),
-                None => running.finish().await,
-            } {
+            // `finish` waits only for a run that has not ended yet.
+            Err(_) => match ended.or(running.finish().await) {
                 Some(Ok(Outcome::DeadlineExceeded)) => deadline_response(timeout),
                 Some(Ok(Outcome::Finished)) => {
                     tracing::error!("component returned without setting a response");
